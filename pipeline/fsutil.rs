@@ -1,0 +1,90 @@
+//! File-system helpers shared by every stage: atomic writes, hashes, JSON sidecars.
+
+use crate::error::{Error, IoContext, Result};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Write a file through a temporary sibling and rename it into place, so a reader never sees a
+/// half-written result and an interrupted run leaves the previous file intact.
+pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).at(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{}.", path.file_name().and_then(|n| n.to_str()).unwrap_or("out")))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .at(dir)?;
+    {
+        let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+        write(&mut w).at(path)?;
+        w.flush().at(path)?;
+    }
+    tmp.as_file().sync_all().at(path)?;
+    tmp.persist(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e.error })?;
+    Ok(())
+}
+
+pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic(path, |w| w.write_all(bytes))
+}
+
+/// Pretty JSON, written atomically.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Other(e.to_string()))?;
+    write_atomic(path, |w| {
+        w.write_all(text.as_bytes())?;
+        w.write_all(b"\n")
+    })
+}
+
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).at(path)?;
+    serde_json::from_str(&text).map_err(|e| Error::BadData { path: path.into(), reason: format!("bad JSON: {e}") })
+}
+
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).at(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).at(path)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Fail with a clear error when a file's sha256 differs from the pinned one.
+pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
+    let got = sha256_file(path)?;
+    if got != expected.to_ascii_lowercase() {
+        return Err(Error::Checksum { path: path.into(), expected: expected.into(), got });
+    }
+    Ok(())
+}
+
+/// The sidecar of an artifact: `<file>.json` next to it.
+pub fn sidecar_path(artifact: &Path) -> PathBuf {
+    let mut s = artifact.as_os_str().to_owned();
+    s.push(".json");
+    PathBuf::from(s)
+}
+
+/// Join a user-controlled relative name under `root`, refusing anything that would escape it.
+pub fn safe_join(root: &Path, rel: &str) -> Result<PathBuf> {
+    let p = Path::new(rel);
+    if p.is_absolute()
+        || p.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(Error::BadData { path: root.join(rel), reason: "name escapes the output folder".into() });
+    }
+    Ok(root.join(p))
+}

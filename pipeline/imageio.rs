@@ -1,0 +1,149 @@
+//! Image decoding, resizing and the backbones' input preprocessing.
+
+use crate::error::{Error, Result};
+use image::{DynamicImage, ImageDecoder, ImageReader};
+use ndarray::{Array3, ArrayViewMut3, Axis};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Images larger than this many pixels are refused before decoding (decompression bombs).
+pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
+
+/// How images are resized to the backbone's input size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Interpolation {
+    /// Keras' `load_img` default (PIL NEAREST).
+    #[default]
+    Nearest,
+    /// PIL BILINEAR-like (triangle filter, antialiased when shrinking).
+    Bilinear,
+}
+
+/// File extensions the stages treat as images.
+pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp"];
+
+pub fn is_image_path(p: &Path) -> bool {
+    p.extension().and_then(|e| e.to_str()).map(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str())).unwrap_or(false)
+}
+
+/// Decode an image file (format sniffed from the content, EXIF orientation applied).
+pub fn decode(path: &Path, max_pixels: u64) -> Result<DynamicImage> {
+    let bad = |reason: String| Error::BadImage { path: path.into(), reason };
+    let reader = ImageReader::open(path)
+        .map_err(|e| Error::Io { path: path.into(), source: e })?
+        .with_guessed_format()
+        .map_err(|e| bad(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(bad("unknown image format".into()));
+    }
+    let mut dec = reader.into_decoder().map_err(|e| bad(e.to_string()))?;
+    let (w, h) = dec.dimensions();
+    if w == 0 || h == 0 {
+        return Err(bad(format!("empty image ({w}×{h})")));
+    }
+    if (w as u64) * (h as u64) > max_pixels {
+        return Err(bad(format!("{w}×{h} pixels exceeds the limit of {max_pixels}")));
+    }
+    let orientation = dec.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(dec).map_err(|e| bad(e.to_string()))?;
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+
+/// Convert to 8-bit RGB (gray replicated, alpha dropped, 16-bit scaled) and resize to
+/// `size`×`size`; returns HWC float32 in 0..255.
+pub fn to_rgb_array(img: &DynamicImage, size: (u32, u32), interp: Interpolation) -> Array3<f32> {
+    let rgb = img.to_rgb8();
+    let (w, h) = (size.1, size.0);
+    let (iw, ih) = rgb.dimensions();
+    let mut out = Array3::<f32>::zeros((h as usize, w as usize, 3));
+    match interp {
+        Interpolation::Nearest => {
+            // PIL's NEAREST: source = floor((dst + 0.5) * in / out).
+            let xs: Vec<u32> = (0..w).map(|x| (((x as f64 + 0.5) * iw as f64 / w as f64) as u32).min(iw - 1)).collect();
+            for y in 0..h {
+                let sy = (((y as f64 + 0.5) * ih as f64 / h as f64) as u32).min(ih - 1);
+                for (x, &sx) in xs.iter().enumerate() {
+                    let p = rgb.get_pixel(sx, sy).0;
+                    for c in 0..3 {
+                        out[[y as usize, x, c]] = p[c] as f32;
+                    }
+                }
+            }
+        }
+        Interpolation::Bilinear => {
+            let r = if (iw, ih) == (w, h) { rgb } else { image::imageops::resize(&rgb, w, h, image::imageops::FilterType::Triangle) };
+            for (x, y, p) in r.enumerate_pixels() {
+                for c in 0..3 {
+                    out[[y as usize, x as usize, c]] = p.0[c] as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Load one image as a preprocessed HWC tensor.
+pub fn load(path: &Path, size: (u32, u32), interp: Interpolation, pre: &Preprocess, max_pixels: u64) -> Result<Array3<f32>> {
+    let img = decode(path, max_pixels)?;
+    let mut a = to_rgb_array(&img, size, interp);
+    pre.apply(a.view_mut());
+    Ok(a)
+}
+
+/// Named preprocessing conventions (as in `keras.applications.imagenet_utils`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PreprocessKind {
+    /// RGB→BGR, minus the ImageNet BGR means (VGG, ResNet50 Keras).
+    Caffe,
+    /// x / 127.5 − 1 (Inception, MobileNet, Xception).
+    Tf,
+    /// x / 255, minus ImageNet mean, over ImageNet std, RGB (DenseNet, PyTorch models).
+    Torch,
+    /// x / 255.
+    Unit,
+    /// Unchanged 0..255 RGB.
+    Raw,
+}
+
+/// The exact per-pixel transform applied to RGB 0..255 input: `(x * scale − mean) / std`, in
+/// BGR channel order when `bgr`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Preprocess {
+    pub kind: PreprocessKind,
+    pub bgr: bool,
+    pub scale: f32,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Preprocess {
+    pub fn of(kind: PreprocessKind) -> Self {
+        let (bgr, scale, mean, std) = match kind {
+            PreprocessKind::Caffe => (true, 1.0, [103.939, 116.779, 123.68], [1.0; 3]),
+            PreprocessKind::Tf => (false, 1.0 / 127.5, [1.0; 3], [1.0; 3]),
+            PreprocessKind::Torch => (false, 1.0 / 255.0, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            PreprocessKind::Unit => (false, 1.0 / 255.0, [0.0; 3], [1.0; 3]),
+            PreprocessKind::Raw => (false, 1.0, [0.0; 3], [1.0; 3]),
+        };
+        Preprocess { kind, bgr, scale, mean, std }
+    }
+
+    /// Override the means (in the model's channel order), e.g. Caffe's integer means.
+    pub fn with_mean(mut self, mean: [f32; 3]) -> Self {
+        self.mean = mean;
+        self
+    }
+
+    pub fn apply(&self, mut a: ArrayViewMut3<'_, f32>) {
+        for mut px in a.lanes_mut(Axis(2)) {
+            let (r, g, b) = (px[0], px[1], px[2]);
+            let v = if self.bgr { [b, g, r] } else { [r, g, b] };
+            for c in 0..3 {
+                px[c] = (v[c] * self.scale - self.mean[c]) / self.std[c];
+            }
+        }
+    }
+}

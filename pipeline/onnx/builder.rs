@@ -1,0 +1,110 @@
+//! A small builder for ONNX graphs: unique names, attributes, initializers.
+
+use super::proto::*;
+use super::{tensor_f32, tensor_i64, value_info, Dim};
+use ndarray::ArrayD;
+
+/// An attribute value for [`GraphBuilder::node`].
+pub enum A {
+    I(i64),
+    F(f32),
+    Ints(Vec<i64>),
+    S(&'static str),
+}
+
+pub fn attribute(name: &str, v: A) -> AttributeProto {
+    let mut a = AttributeProto { name: name.into(), ..Default::default() };
+    match v {
+        A::I(i) => {
+            a.r#type = attr_type::INT;
+            a.i = i;
+        }
+        A::F(f) => {
+            a.r#type = attr_type::FLOAT;
+            a.f = f;
+        }
+        A::Ints(v) => {
+            a.r#type = attr_type::INTS;
+            a.ints = v;
+        }
+        A::S(s) => {
+            a.r#type = attr_type::STRING;
+            a.s = s.as_bytes().to_vec();
+        }
+    }
+    a
+}
+
+/// Builds a [`GraphProto`]; every name it makes is prefixed so graphs can be merged safely.
+#[derive(Default)]
+pub struct GraphBuilder {
+    pub graph: GraphProto,
+    prefix: String,
+    counter: usize,
+}
+
+impl GraphBuilder {
+    pub fn new(name: &str) -> Self {
+        GraphBuilder { graph: GraphProto { name: name.into(), ..Default::default() }, prefix: String::new(), counter: 0 }
+    }
+
+    /// Names made by [`Self::fresh`] start with `prefix`.
+    pub fn with_prefix(mut self, prefix: &str) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    pub fn fresh(&mut self, hint: &str) -> String {
+        self.counter += 1;
+        format!("{}{}_{}", self.prefix, hint, self.counter)
+    }
+
+    /// Add a node with one output; returns the output name.
+    pub fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, A)>) -> String {
+        let out = self.fresh(&op.to_ascii_lowercase());
+        self.node(op, inputs, &[&out], attrs);
+        out
+    }
+
+    pub fn node(&mut self, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<(&str, A)>) {
+        let name = self.fresh(op);
+        self.graph.node.push(NodeProto {
+            name,
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: outputs.iter().map(|s| s.to_string()).collect(),
+            attribute: attrs.into_iter().map(|(n, v)| attribute(n, v)).collect(),
+            ..Default::default()
+        });
+    }
+
+    pub fn init_f32(&mut self, name: &str, a: &ArrayD<f32>) -> String {
+        self.graph.initializer.push(tensor_f32(name, a));
+        name.into()
+    }
+
+    /// A fresh int64 constant initializer.
+    pub fn const_i64(&mut self, hint: &str, v: &[i64]) -> String {
+        let name = self.fresh(hint);
+        self.graph.initializer.push(tensor_i64(&name, &[v.len() as i64], v));
+        name
+    }
+
+    /// A fresh float scalar constant initializer.
+    pub fn const_f32(&mut self, hint: &str, v: f32) -> String {
+        let name = self.fresh(hint);
+        self.init_f32(&name, &ndarray::arr0(v).into_dyn())
+    }
+
+    pub fn input(&mut self, name: &str, dims: &[Dim]) {
+        self.graph.input.push(value_info(name, dtype::FLOAT, dims));
+    }
+
+    pub fn output(&mut self, name: &str, dims: &[Dim]) {
+        self.graph.output.push(value_info(name, dtype::FLOAT, dims));
+    }
+
+    pub fn finish(self) -> GraphProto {
+        self.graph
+    }
+}

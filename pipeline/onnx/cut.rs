@@ -1,0 +1,150 @@
+//! Cut a classifier down to its convolutional base and make it a feature extractor:
+//! keep the subgraph from the image input to one tensor, free the batch and spatial dims,
+//! and emit channels-last features under the output name [`FEATURES`].
+
+use super::proto::*;
+use super::{builder::attribute, builder::A, graph, value_info, vi_shape, Dim};
+use crate::error::{Error, Result};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+/// Output name of every tlearn backbone.
+pub const FEATURES: &str = "features";
+/// Input name of every tlearn backbone (always NHWC float32).
+pub const IMAGE: &str = "image";
+
+/// Memory layout of a 4-D image tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    Nhwc,
+    Nchw,
+}
+
+/// The image input of a model: its name and layout. Errors name the model file.
+pub fn image_input(m: &ModelProto, path: &Path) -> Result<(String, Layout)> {
+    let g = graph(m);
+    let inputs = super::real_inputs(g);
+    let [inp] = inputs.as_slice() else {
+        return Err(Error::NotImageInput {
+            path: path.into(),
+            input: inputs.iter().map(|i| i.name.clone()).collect::<Vec<_>>().join(","),
+            got: format!("{} inputs, expected exactly one", inputs.len()),
+        });
+    };
+    let (et, dims) = vi_shape(inp);
+    let bad = |got: String| Error::NotImageInput { path: path.into(), input: inp.name.clone(), got };
+    if et != dtype::FLOAT {
+        return Err(bad(format!("element type {et}")));
+    }
+    if dims.len() != 4 {
+        return Err(bad(format!("rank {} {:?}", dims.len(), dims)));
+    }
+    let is_ch = |d: Option<i64>| matches!(d, Some(1) | Some(3));
+    let layout = if is_ch(dims[3]) {
+        Layout::Nhwc
+    } else if is_ch(dims[1]) {
+        Layout::Nchw
+    } else {
+        return Err(bad(format!("shape {:?} has no 1- or 3-channel axis", dims)));
+    };
+    Ok((inp.name.clone(), layout))
+}
+
+/// Keep the part of `m` that computes `cut` from the image input.
+///
+/// The result has one input [`IMAGE`] `(N,H,W,C)` and one output [`FEATURES`] `(N,h,w,c)`;
+/// `cut_layout` says whether `cut` itself is NCHW (a Transpose is appended) or NHWC.
+pub fn cut_model(m: &ModelProto, path: &Path, cut: &str, cut_layout: Layout) -> Result<ModelProto> {
+    let (input, in_layout) = image_input(m, path)?;
+    let g = graph(m);
+    let producer: HashMap<&str, usize> =
+        g.node.iter().enumerate().flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i))).collect();
+    let inits: HashMap<&str, &TensorProto> = g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    if !producer.contains_key(cut) && cut != input {
+        let mut near: Vec<&str> = producer.keys().copied().filter(|k| k.contains("pool") || k.contains("Relu")).collect();
+        near.sort();
+        near.truncate(8);
+        return Err(Error::NoSuchTensor { name: cut.into(), hint: format!(" of {} (candidates: {})", path.display(), near.join(", ")) });
+    }
+    // Walk back from the cut tensor.
+    let mut keep = HashSet::new();
+    let mut used_inits = HashSet::new();
+    let mut stack = vec![cut.to_string()];
+    let mut seen = HashSet::new();
+    let mut reaches_input = cut == input;
+    while let Some(t) = stack.pop() {
+        if !seen.insert(t.clone()) {
+            continue;
+        }
+        if t == input {
+            reaches_input = true;
+        } else if let Some(&i) = producer.get(t.as_str()) {
+            keep.insert(i);
+            stack.extend(g.node[i].input.iter().filter(|s| !s.is_empty()).cloned());
+        } else if inits.contains_key(t.as_str()) {
+            used_inits.insert(t);
+        } else {
+            return Err(Error::BadModel { path: path.into(), reason: format!("tensor `{t}` has no producer") });
+        }
+    }
+    if !reaches_input {
+        return Err(Error::BadModel { path: path.into(), reason: format!("tensor `{cut}` does not depend on the input `{input}`") });
+    }
+    let mut b = super::GraphBuilder::new("tlearn_backbone").with_prefix("tl_cut_");
+    // The new input is always NHWC; transpose to what the original graph expects.
+    b.input(IMAGE, &[Dim::named("N"), Dim::named("H"), Dim::named("W"), channel_dim(g, &input, in_layout)]);
+    b.node("Identity", &[IMAGE], &[&input], vec![]);
+    if in_layout == Layout::Nchw {
+        b.graph.node.pop();
+        b.graph.node.push(NodeProto {
+            name: "tl_cut_to_nchw".into(),
+            op_type: "Transpose".into(),
+            input: vec![IMAGE.into()],
+            output: vec![input.clone()],
+            attribute: vec![attribute("perm", A::Ints(vec![0, 3, 1, 2]))],
+            ..Default::default()
+        });
+    }
+    for (i, n) in g.node.iter().enumerate() {
+        if keep.contains(&i) {
+            b.graph.node.push(n.clone());
+        }
+    }
+    for t in &g.initializer {
+        if used_inits.contains(&t.name) {
+            b.graph.initializer.push(t.clone());
+        }
+    }
+    match cut_layout {
+        Layout::Nchw => b.node("Transpose", &[cut], &[FEATURES], vec![("perm", A::Ints(vec![0, 2, 3, 1]))]),
+        Layout::Nhwc => b.node("Identity", &[cut], &[FEATURES], vec![]),
+    }
+    b.output(FEATURES, &[Dim::named("N"), Dim::named("h"), Dim::named("w"), Dim::named("c")]);
+    let mut out = m.clone();
+    out.graph = Some(b.finish());
+    out.producer_name = format!("tlearn (cut of {})", m.producer_name);
+    // Legacy ONNX (IR < 4) required initializers to be listed as inputs; ours are not.
+    out.ir_version = out.ir_version.max(4);
+    Ok(out)
+}
+
+fn channel_dim(g: &GraphProto, input: &str, layout: Layout) -> Dim {
+    let vi = g.input.iter().find(|i| i.name == input).expect("input exists");
+    let (_, dims) = vi_shape(vi);
+    let c = match layout {
+        Layout::Nhwc => dims[3],
+        Layout::Nchw => dims[1],
+    };
+    c.map(Dim::Fixed).unwrap_or_else(|| Dim::named("C"))
+}
+
+/// Sum of the element counts of all initializers (parameters).
+pub fn param_count(m: &ModelProto) -> usize {
+    graph(m).initializer.iter().filter(|t| t.data_type == dtype::FLOAT).map(super::numel).sum()
+}
+
+/// A single-input NHWC value info, used when checking models we wrote.
+pub fn nhwc_input(name: &str, c: i64) -> ValueInfoProto {
+    value_info(name, dtype::FLOAT, &[Dim::named("N"), Dim::named("H"), Dim::named("W"), Dim::Fixed(c)])
+}

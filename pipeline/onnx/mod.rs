@@ -1,0 +1,198 @@
+//! ONNX models as data: read, write, build and inspect them without onnxruntime.
+
+pub mod builder;
+pub mod cut;
+pub mod proto;
+pub mod summary;
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use ndarray::{ArrayD, IxDyn};
+use prost::Message;
+use proto::*;
+use std::path::Path;
+
+pub use builder::GraphBuilder;
+
+/// The ONNX opset tlearn emits for the graphs it builds.
+pub const OPSET: i64 = 17;
+
+pub fn decode_model(bytes: &[u8], path: &Path) -> Result<ModelProto> {
+    let m = ModelProto::decode(bytes).map_err(|e| Error::BadModel { path: path.into(), reason: e.to_string() })?;
+    if m.graph.is_none() {
+        return Err(Error::BadModel { path: path.into(), reason: "the model has no graph".into() });
+    }
+    if !m.functions.is_empty() {
+        return Err(Error::BadModel { path: path.into(), reason: "model-local functions are not supported".into() });
+    }
+    Ok(m)
+}
+
+pub fn load_model(path: &Path) -> Result<ModelProto> {
+    let bytes = std::fs::read(path).at(path)?;
+    decode_model(&bytes, path)
+}
+
+pub fn encode_model(m: &ModelProto) -> Vec<u8> {
+    m.encode_to_vec()
+}
+
+pub fn save_model(m: &ModelProto, path: &Path) -> Result<()> {
+    fsutil::write_bytes_atomic(path, &encode_model(m))
+}
+
+pub fn graph(m: &ModelProto) -> &GraphProto {
+    m.graph.as_ref().expect("decode_model checks the graph")
+}
+
+/// A model around `graph` with the default opset.
+pub fn model(graph: GraphProto, producer: &str) -> ModelProto {
+    ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
+        producer_name: producer.into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        graph: Some(graph),
+        ..Default::default()
+    }
+}
+
+/// A float32 initializer from an ndarray.
+pub fn tensor_f32(name: &str, a: &ArrayD<f32>) -> TensorProto {
+    let raw: Vec<u8> = a.iter().flat_map(|v| v.to_le_bytes()).collect();
+    TensorProto {
+        name: name.into(),
+        dims: a.shape().iter().map(|&d| d as i64).collect(),
+        data_type: dtype::FLOAT,
+        raw_data: raw,
+        ..Default::default()
+    }
+}
+
+pub fn tensor_i64(name: &str, dims: &[i64], v: &[i64]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: dtype::INT64,
+        raw_data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+/// The values of a float32 initializer.
+pub fn tensor_to_f32(t: &TensorProto) -> Result<ArrayD<f32>> {
+    let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+    let n: usize = shape.iter().product();
+    if t.data_type != dtype::FLOAT {
+        return Err(Error::Other(format!("initializer `{}` has data type {}, expected float32", t.name, t.data_type)));
+    }
+    if !t.external_data.is_empty() {
+        return Err(Error::Other(format!("initializer `{}` uses external data, which tlearn does not read", t.name)));
+    }
+    let v: Vec<f32> = if !t.raw_data.is_empty() {
+        t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    } else {
+        t.float_data.clone()
+    };
+    if v.len() != n {
+        return Err(Error::Shape { what: format!("initializer `{}`", t.name), expected: shape, got: vec![v.len()] });
+    }
+    Ok(ArrayD::from_shape_vec(IxDyn(&shape), v).expect("length checked"))
+}
+
+pub fn tensor_to_i64(t: &TensorProto) -> Vec<i64> {
+    if !t.raw_data.is_empty() {
+        match t.data_type {
+            dtype::INT32 => t.raw_data.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect(),
+            _ => t.raw_data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+        }
+    } else if !t.int64_data.is_empty() {
+        t.int64_data.clone()
+    } else {
+        t.int32_data.iter().map(|&v| v as i64).collect()
+    }
+}
+
+/// Number of elements of an initializer.
+pub fn numel(t: &TensorProto) -> usize {
+    t.dims.iter().map(|&d| d.max(0) as usize).product()
+}
+
+pub fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> ValueInfoProto {
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TypeTensor {
+                elem_type,
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| Dimension {
+                            value: Some(match d {
+                                Dim::Fixed(v) => DimValue::DimValue(*v),
+                                Dim::Named(s) => DimValue::DimParam(s.to_string()),
+                            }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A dimension of a graph input or output.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Dim {
+    Fixed(i64),
+    Named(String),
+}
+
+impl Dim {
+    pub fn named(s: &str) -> Dim {
+        Dim::Named(s.into())
+    }
+}
+
+/// Element type and dims of a value info (None when unknown).
+pub fn vi_shape(vi: &ValueInfoProto) -> (i32, Vec<Option<i64>>) {
+    let Some(tt) = vi.r#type.as_ref().and_then(|t| t.tensor_type.as_ref()) else { return (0, vec![]) };
+    let dims = tt
+        .shape
+        .as_ref()
+        .map(|s| {
+            s.dim
+                .iter()
+                .map(|d| match &d.value {
+                    Some(DimValue::DimValue(v)) if *v > 0 => Some(*v),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (tt.elem_type, dims)
+}
+
+pub fn attr<'a>(n: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
+    n.attribute.iter().find(|a| a.name == name)
+}
+
+pub fn attr_i(n: &NodeProto, name: &str, default: i64) -> i64 {
+    attr(n, name).map(|a| a.i).unwrap_or(default)
+}
+
+pub fn attr_f(n: &NodeProto, name: &str, default: f32) -> f32 {
+    attr(n, name).map(|a| a.f).unwrap_or(default)
+}
+
+pub fn attr_ints(n: &NodeProto, name: &str) -> Option<Vec<i64>> {
+    attr(n, name).map(|a| a.ints.clone())
+}
+
+/// The graph inputs that are not initializers (the real inputs of the model).
+pub fn real_inputs(g: &GraphProto) -> Vec<&ValueInfoProto> {
+    let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    g.input.iter().filter(|i| !inits.contains(i.name.as_str())).collect()
+}
