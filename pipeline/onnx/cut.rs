@@ -14,7 +14,9 @@ pub const FEATURES: &str = "features";
 pub const IMAGE: &str = "image";
 
 /// Memory layout of a 4-D image tensor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Layout {
     Nhwc,
@@ -28,12 +30,20 @@ pub fn image_input(m: &ModelProto, path: &Path) -> Result<(String, Layout)> {
     let [inp] = inputs.as_slice() else {
         return Err(Error::NotImageInput {
             path: path.into(),
-            input: inputs.iter().map(|i| i.name.clone()).collect::<Vec<_>>().join(","),
+            input: inputs
+                .iter()
+                .map(|i| i.name.clone())
+                .collect::<Vec<_>>()
+                .join(","),
             got: format!("{} inputs, expected exactly one", inputs.len()),
         });
     };
     let (et, dims) = vi_shape(inp);
-    let bad = |got: String| Error::NotImageInput { path: path.into(), input: inp.name.clone(), got };
+    let bad = |got: String| Error::NotImageInput {
+        path: path.into(),
+        input: inp.name.clone(),
+        got,
+    };
     if et != dtype::FLOAT {
         return Err(bad(format!("element type {et}")));
     }
@@ -58,14 +68,26 @@ pub fn image_input(m: &ModelProto, path: &Path) -> Result<(String, Layout)> {
 pub fn cut_model(m: &ModelProto, path: &Path, cut: &str, cut_layout: Layout) -> Result<ModelProto> {
     let (input, in_layout) = image_input(m, path)?;
     let g = graph(m);
-    let producer: HashMap<&str, usize> =
-        g.node.iter().enumerate().flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i))).collect();
-    let inits: HashMap<&str, &TensorProto> = g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    let producer: HashMap<&str, usize> = g
+        .node
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
+        .collect();
+    let inits: HashMap<&str, &TensorProto> =
+        g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
     if !producer.contains_key(cut) && cut != input {
-        let mut near: Vec<&str> = producer.keys().copied().filter(|k| k.contains("pool") || k.contains("Relu")).collect();
+        let mut near: Vec<&str> = producer
+            .keys()
+            .copied()
+            .filter(|k| k.contains("pool") || k.contains("Relu"))
+            .collect();
         near.sort();
         near.truncate(8);
-        return Err(Error::NoSuchTensor { name: cut.into(), hint: format!(" of {} (candidates: {})", path.display(), near.join(", ")) });
+        return Err(Error::NoSuchTensor {
+            name: cut.into(),
+            hint: format!(" of {} (candidates: {})", path.display(), near.join(", ")),
+        });
     }
     // Walk back from the cut tensor.
     let mut keep = HashSet::new();
@@ -85,15 +107,29 @@ pub fn cut_model(m: &ModelProto, path: &Path, cut: &str, cut_layout: Layout) -> 
         } else if inits.contains_key(t.as_str()) {
             used_inits.insert(t);
         } else {
-            return Err(Error::BadModel { path: path.into(), reason: format!("tensor `{t}` has no producer") });
+            return Err(Error::BadModel {
+                path: path.into(),
+                reason: format!("tensor `{t}` has no producer"),
+            });
         }
     }
     if !reaches_input {
-        return Err(Error::BadModel { path: path.into(), reason: format!("tensor `{cut}` does not depend on the input `{input}`") });
+        return Err(Error::BadModel {
+            path: path.into(),
+            reason: format!("tensor `{cut}` does not depend on the input `{input}`"),
+        });
     }
     let mut b = super::GraphBuilder::new("tlearn_backbone").with_prefix("tl_cut_");
     // The new input is always NHWC; transpose to what the original graph expects.
-    b.input(IMAGE, &[Dim::named("N"), Dim::named("H"), Dim::named("W"), channel_dim(g, &input, in_layout)]);
+    b.input(
+        IMAGE,
+        &[
+            Dim::named("N"),
+            Dim::named("H"),
+            Dim::named("W"),
+            channel_dim(g, &input, in_layout),
+        ],
+    );
     b.node("Identity", &[IMAGE], &[&input], vec![]);
     if in_layout == Layout::Nchw {
         b.graph.node.pop();
@@ -117,10 +153,23 @@ pub fn cut_model(m: &ModelProto, path: &Path, cut: &str, cut_layout: Layout) -> 
         }
     }
     match cut_layout {
-        Layout::Nchw => b.node("Transpose", &[cut], &[FEATURES], vec![("perm", A::Ints(vec![0, 2, 3, 1]))]),
+        Layout::Nchw => b.node(
+            "Transpose",
+            &[cut],
+            &[FEATURES],
+            vec![("perm", A::Ints(vec![0, 2, 3, 1]))],
+        ),
         Layout::Nhwc => b.node("Identity", &[cut], &[FEATURES], vec![]),
     }
-    b.output(FEATURES, &[Dim::named("N"), Dim::named("h"), Dim::named("w"), Dim::named("c")]);
+    b.output(
+        FEATURES,
+        &[
+            Dim::named("N"),
+            Dim::named("h"),
+            Dim::named("w"),
+            Dim::named("c"),
+        ],
+    );
     let mut out = m.clone();
     out.graph = Some(b.finish());
     out.producer_name = format!("tlearn (cut of {})", m.producer_name);
@@ -130,7 +179,11 @@ pub fn cut_model(m: &ModelProto, path: &Path, cut: &str, cut_layout: Layout) -> 
 }
 
 fn channel_dim(g: &GraphProto, input: &str, layout: Layout) -> Dim {
-    let vi = g.input.iter().find(|i| i.name == input).expect("input exists");
+    let vi = g
+        .input
+        .iter()
+        .find(|i| i.name == input)
+        .expect("input exists");
     let (_, dims) = vi_shape(vi);
     let c = match layout {
         Layout::Nhwc => dims[3],
@@ -141,10 +194,24 @@ fn channel_dim(g: &GraphProto, input: &str, layout: Layout) -> Dim {
 
 /// Sum of the element counts of all initializers (parameters).
 pub fn param_count(m: &ModelProto) -> usize {
-    graph(m).initializer.iter().filter(|t| t.data_type == dtype::FLOAT).map(super::numel).sum()
+    graph(m)
+        .initializer
+        .iter()
+        .filter(|t| t.data_type == dtype::FLOAT)
+        .map(super::numel)
+        .sum()
 }
 
 /// A single-input NHWC value info, used when checking models we wrote.
 pub fn nhwc_input(name: &str, c: i64) -> ValueInfoProto {
-    value_info(name, dtype::FLOAT, &[Dim::named("N"), Dim::named("H"), Dim::named("W"), Dim::Fixed(c)])
+    value_info(
+        name,
+        dtype::FLOAT,
+        &[
+            Dim::named("N"),
+            Dim::named("H"),
+            Dim::named("W"),
+            Dim::Fixed(c),
+        ],
+    )
 }

@@ -4,7 +4,6 @@
 use super::proto::*;
 use super::{cut, graph, numel, vi_shape};
 use crate::error::Result;
-use crate::runtime::{self, SessionOptions};
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::path::Path;
@@ -52,25 +51,48 @@ fn layer_name(n: &NodeProto) -> String {
 pub fn rows(m: &ModelProto, path: &Path, size: u32) -> Result<Vec<Row>> {
     let (input, layout) = cut::image_input(m, path)?;
     let g = graph(m);
-    let inits: HashMap<&str, &TensorProto> = g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    let inits: HashMap<&str, &TensorProto> =
+        g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
     let vi = g.input.iter().find(|i| i.name == input).expect("input");
     let (_, dims) = vi_shape(vi);
     let (h, w, c) = match layout {
-        cut::Layout::Nhwc => (dims[1].unwrap_or(size as i64), dims[2].unwrap_or(size as i64), dims[3].unwrap_or(3)),
-        cut::Layout::Nchw => (dims[2].unwrap_or(size as i64), dims[3].unwrap_or(size as i64), dims[1].unwrap_or(3)),
+        cut::Layout::Nhwc => (
+            dims[1].unwrap_or(size as i64),
+            dims[2].unwrap_or(size as i64),
+            dims[3].unwrap_or(3),
+        ),
+        cut::Layout::Nchw => (
+            dims[2].unwrap_or(size as i64),
+            dims[3].unwrap_or(size as i64),
+            dims[1].unwrap_or(3),
+        ),
     };
     // Layers: nodes Keras would show; residual Adds too. Bias Adds and activations fold into
     // the layer before them.
     let mut layers: Vec<(usize, Row)> = vec![];
     for (i, n) in g.node.iter().enumerate() {
-        let params: usize = n.input.iter().filter_map(|x| inits.get(x.as_str())).filter(|t| t.data_type == dtype::FLOAT).map(|t| numel(t)).sum();
+        let params: usize = n
+            .input
+            .iter()
+            .filter_map(|x| inits.get(x.as_str()))
+            .filter(|t| t.data_type == dtype::FLOAT)
+            .map(|t| numel(t))
+            .sum();
         let kind = match keras_kind(&n.op_type) {
             Some(k) => Some(k),
             None if n.op_type == "Add" && params == 0 => Some("Add"),
             _ => None,
         };
         match kind {
-            Some(k) => layers.push((i, Row { name: layer_name(n), kind: k.into(), shape: vec![], params })),
+            Some(k) => layers.push((
+                i,
+                Row {
+                    name: layer_name(n),
+                    kind: k.into(),
+                    shape: vec![],
+                    params,
+                },
+            )),
             None => {
                 if let Some(last) = layers.last_mut() {
                     last.1.params += params;
@@ -78,31 +100,25 @@ pub fn rows(m: &ModelProto, path: &Path, size: u32) -> Result<Vec<Row>> {
             }
         }
     }
-    let mut probe = m.clone();
-    let pg = probe.graph.as_mut().expect("graph");
-    let have: std::collections::HashSet<String> = pg.output.iter().map(|o| o.name.clone()).collect();
-    for (i, _) in &layers {
-        let o = &g.node[*i].output[0];
-        if !have.contains(o) {
-            pg.output.push(ValueInfoProto {
-                name: o.clone(),
-                r#type: Some(TypeProto { tensor_type: Some(TypeTensor { elem_type: dtype::FLOAT, shape: None }), ..Default::default() }),
-                ..Default::default()
-            });
-        }
-    }
-    let mut s = runtime::open(&super::encode_model(&probe), path, &SessionOptions { device: runtime::Device::Cpu, threads: 0 })?.session;
     let x = match layout {
         cut::Layout::Nhwc => ndarray::Array4::<f32>::zeros((1, h as usize, w as usize, c as usize)),
         cut::Layout::Nchw => ndarray::Array4::<f32>::zeros((1, c as usize, h as usize, w as usize)),
     }
     .into_dyn();
-    let names: Vec<&str> = layers.iter().map(|(i, _)| g.node[*i].output[0].as_str()).collect();
-    let outs = runtime::run_f32(&mut s, vec![(input.as_str(), x.view())], &names)?;
-    let mut rows = vec![Row { name: input.clone(), kind: "InputLayer".into(), shape: vec![None, Some(h as usize), Some(w as usize), Some(c as usize)], params: 0 }];
+    let names: Vec<String> = layers
+        .iter()
+        .map(|(i, _)| g.node[*i].output[0].clone())
+        .collect();
+    let shapes = super::probe::shapes(m, path, vec![(input.as_str(), x.view())], &names)?;
+    let mut rows = vec![Row {
+        name: input.clone(),
+        kind: "InputLayer".into(),
+        shape: vec![None, Some(h as usize), Some(w as usize), Some(c as usize)],
+        params: 0,
+    }];
     let nchw_inside = g.node.iter().any(|n| n.op_type == "Conv");
-    for ((_, mut r), y) in layers.into_iter().zip(outs) {
-        let mut shape: Vec<Option<usize>> = y.shape().iter().map(|&d| Some(d)).collect();
+    for ((_, mut r), name) in layers.into_iter().zip(&names) {
+        let mut shape: Vec<Option<usize>> = shapes[name].iter().map(|&d| Some(d)).collect();
         shape[0] = None;
         // ONNX image ops compute NCHW; show channels-last like Keras.
         if shape.len() == 4 && nchw_inside {
@@ -115,7 +131,10 @@ pub fn rows(m: &ModelProto, path: &Path, size: u32) -> Result<Vec<Row>> {
 }
 
 fn fmt_shape(s: &[Option<usize>]) -> String {
-    let parts: Vec<String> = s.iter().map(|d| d.map(|v| v.to_string()).unwrap_or_else(|| "None".into())).collect();
+    let parts: Vec<String> = s
+        .iter()
+        .map(|d| d.map(|v| v.to_string()).unwrap_or_else(|| "None".into()))
+        .collect();
     if parts.len() == 1 {
         format!("({},)", parts[0])
     } else {
@@ -138,15 +157,30 @@ pub fn thousands(n: usize) -> String {
 /// Render rows like Keras' `model.summary()`; `trainable` is the count of trainable parameters.
 pub fn render(title: &str, rows: &[Row], trainable: Option<usize>) -> String {
     let total: usize = rows.iter().map(|r| r.params).sum();
-    let w0 = rows.iter().map(|r| r.name.len() + r.kind.len() + 3).max().unwrap_or(10).max(28);
+    let w0 = rows
+        .iter()
+        .map(|r| r.name.len() + r.kind.len() + 3)
+        .max()
+        .unwrap_or(10)
+        .max(28);
     let mut s = String::new();
     let _ = writeln!(s, "Model: \"{title}\"");
     let line = "─".repeat(w0 + 32);
     let _ = writeln!(s, "{line}");
-    let _ = writeln!(s, "{:<w0$} {:<22} {:>8}", "Layer (type)", "Output Shape", "Param #");
+    let _ = writeln!(
+        s,
+        "{:<w0$} {:<22} {:>8}",
+        "Layer (type)", "Output Shape", "Param #"
+    );
     let _ = writeln!(s, "{}", "═".repeat(w0 + 32));
     for r in rows {
-        let _ = writeln!(s, "{:<w0$} {:<22} {:>8}", format!("{} ({})", r.name, r.kind), fmt_shape(&r.shape), thousands(r.params));
+        let _ = writeln!(
+            s,
+            "{:<w0$} {:<22} {:>8}",
+            format!("{} ({})", r.name, r.kind),
+            fmt_shape(&r.shape),
+            thousands(r.params)
+        );
     }
     let _ = writeln!(s, "{line}");
     let tr = trainable.unwrap_or(total);

@@ -1,0 +1,315 @@
+//! Datasets on disk: scan a raw dump (class folders or Kaggle `cat.123.jpg` names), split it
+//! stratified and seeded into `train/validation/test/<class>/`, and list split folders.
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use crate::imageio::is_image_path;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub const SPLITS: [&str; 3] = ["train", "validation", "test"];
+
+/// One labelled image.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Item {
+    pub class: String,
+    pub path: PathBuf,
+}
+
+/// What a scan found besides images.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ScanReport {
+    pub skipped_non_images: Vec<PathBuf>,
+    pub empty_classes: Vec<String>,
+}
+
+/// Scan `root`: sub-folders are classes if any exist, else file names `class.N.ext` give the class.
+pub fn scan(root: &Path) -> Result<(Vec<Item>, ScanReport)> {
+    if !root.is_dir() {
+        return Err(Error::BadData {
+            path: root.into(),
+            reason: "input folder does not exist or is not a folder".into(),
+        });
+    }
+    let mut report = ScanReport::default();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(root)
+        .at(root)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    let dirs: Vec<&PathBuf> = entries.iter().filter(|p| p.is_dir()).collect();
+    let mut items = vec![];
+    if !dirs.is_empty() {
+        for d in dirs {
+            let class = d.file_name().unwrap().to_string_lossy().into_owned();
+            let before = items.len();
+            for e in walkdir::WalkDir::new(d)
+                .follow_links(false)
+                .sort_by_file_name()
+            {
+                let e = e.map_err(|e| Error::BadData {
+                    path: d.clone(),
+                    reason: e.to_string(),
+                })?;
+                if !e.file_type().is_file() && !e.file_type().is_symlink() {
+                    continue;
+                }
+                if is_image_path(e.path()) {
+                    items.push(Item {
+                        class: class.clone(),
+                        path: e.path().to_path_buf(),
+                    });
+                } else {
+                    report.skipped_non_images.push(e.path().to_path_buf());
+                }
+            }
+            if items.len() == before {
+                report.empty_classes.push(class);
+            }
+        }
+    } else {
+        for p in entries {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            match (is_image_path(&p), name.split_once('.')) {
+                (true, Some((class, rest))) if !class.is_empty() && rest.contains('.') => items
+                    .push(Item {
+                        class: class.to_string(),
+                        path: p,
+                    }),
+                _ => report.skipped_non_images.push(p),
+            }
+        }
+    }
+    if items.is_empty() {
+        return Err(Error::BadData {
+            path: root.into(),
+            reason: "no images found (expected class folders or files named class.N.jpg)".into(),
+        });
+    }
+    Ok((items, report))
+}
+
+/// How many images of each class go to each split.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum SplitSpec {
+    /// `test` of each class to test, then `validation` of the rest to validation (Keras'
+    /// `validation_split` semantics), the remainder to train.
+    Fractions { test: f64, validation: f64 },
+    /// Fixed counts per class: train, validation, test (the rest is unused).
+    Counts {
+        train: usize,
+        validation: usize,
+        test: usize,
+    },
+}
+
+impl SplitSpec {
+    pub fn validate(&self) -> Result<()> {
+        if let SplitSpec::Fractions { test, validation } = self {
+            for (name, v) in [("test", *test), ("validation", *validation)] {
+                if !(0.0..1.0).contains(&v) {
+                    return Err(Error::Param {
+                        name: if name == "test" { "test" } else { "validation" },
+                        value: v.to_string(),
+                        reason: "must be in [0, 1)".into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// (train, validation, test) counts for a class of `n` images.
+    pub fn counts(&self, n: usize, class: &str) -> Result<[usize; 3]> {
+        match *self {
+            SplitSpec::Fractions { test, validation } => {
+                let t = (n as f64 * test).round() as usize;
+                let v = ((n - t) as f64 * validation).round() as usize;
+                Ok([n - t - v, v, t])
+            }
+            SplitSpec::Counts {
+                train,
+                validation,
+                test,
+            } => {
+                if train + validation + test > n {
+                    return Err(Error::Other(format!(
+                        "class `{class}` has {n} images, fewer than the {} requested ({train}+{validation}+{test})",
+                        train + validation + test
+                    )));
+                }
+                Ok([train, validation, test])
+            }
+        }
+    }
+}
+
+/// How files get into the split folders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkMode {
+    Copy,
+    Hardlink,
+    Symlink,
+}
+
+/// One row of the split manifest.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ManifestRow {
+    pub split: String,
+    pub class: String,
+    pub file: String,
+    pub source: String,
+}
+
+/// Assign items to splits, stratified per class, deterministic for a seed.
+pub fn assign(items: &[Item], spec: &SplitSpec, seed: u64) -> Result<Vec<(usize, Item)>> {
+    spec.validate()?;
+    let mut by_class: BTreeMap<&str, Vec<&Item>> = BTreeMap::new();
+    for it in items {
+        by_class.entry(&it.class).or_default().push(it);
+    }
+    let mut out = vec![];
+    for (ci, (class, mut v)) in by_class.into_iter().enumerate() {
+        v.sort();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
+            seed ^ (ci as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        v.shuffle(&mut rng);
+        let [tr, va, te] = spec.counts(v.len(), class)?;
+        for (i, it) in v.into_iter().enumerate() {
+            let split = if i < te {
+                2
+            } else if i < te + va {
+                1
+            } else if i < te + va + tr {
+                0
+            } else {
+                continue;
+            };
+            out.push((split, it.clone()));
+        }
+    }
+    out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    Ok(out)
+}
+
+/// Per-split, per-class counts.
+pub type Counts = BTreeMap<String, [usize; 3]>;
+
+/// Materialise a split into `out` (created atomically: built in a temp sibling, then renamed).
+pub fn write_split(
+    assigned: &[(usize, Item)],
+    out: &Path,
+    mode: LinkMode,
+    force: bool,
+) -> Result<Counts> {
+    if out.exists() {
+        if !force {
+            return Err(Error::BadData {
+                path: out.into(),
+                reason: "output folder exists (use --force to replace it)".into(),
+            });
+        }
+    }
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).at(parent)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".split-")
+        .tempdir_in(parent)
+        .at(parent)?;
+    let mut rows = vec![];
+    let mut counts: Counts = BTreeMap::new();
+    for (split, it) in assigned {
+        let split_name = SPLITS[*split];
+        let name = it.path.file_name().unwrap().to_string_lossy().into_owned();
+        let dir = fsutil::safe_join(&tmp.path().join(split_name), &it.class)?;
+        std::fs::create_dir_all(&dir).at(&dir)?;
+        let dest = fsutil::safe_join(&dir, &name)?;
+        if dest.exists() {
+            return Err(Error::BadData {
+                path: it.path.clone(),
+                reason: format!(
+                    "two images of class `{}` share the file name {name}",
+                    it.class
+                ),
+            });
+        }
+        let src = std::fs::canonicalize(&it.path).at(&it.path)?;
+        match mode {
+            LinkMode::Copy => std::fs::copy(&src, &dest).map(|_| ()),
+            LinkMode::Hardlink => {
+                std::fs::hard_link(&src, &dest).or_else(|_| std::fs::copy(&src, &dest).map(|_| ()))
+            }
+            LinkMode::Symlink => std::os::unix::fs::symlink(&src, &dest),
+        }
+        .at(&dest)?;
+        counts.entry(it.class.clone()).or_default()[*split] += 1;
+        rows.push(ManifestRow {
+            split: split_name.into(),
+            class: it.class.clone(),
+            file: format!("{split_name}/{}/{name}", it.class),
+            source: src.display().to_string(),
+        });
+    }
+    let mut w = csv::Writer::from_path(tmp.path().join("manifest.csv"))
+        .map_err(|e| Error::Other(e.to_string()))?;
+    for r in &rows {
+        w.serialize(r).map_err(|e| Error::Other(e.to_string()))?;
+    }
+    w.flush().at(tmp.path())?;
+    let tmp = tmp.keep();
+    if out.exists() {
+        std::fs::remove_dir_all(out).at(out)?;
+    }
+    std::fs::rename(&tmp, out).at(out)?;
+    Ok(counts)
+}
+
+/// The counts as a table: one row per class, columns train/validation/test/total.
+pub fn counts_table(c: &Counts) -> String {
+    let w = c.keys().map(|k| k.len()).max().unwrap_or(5).max(5);
+    let mut s = format!(
+        "{:<w$} {:>7} {:>10} {:>6} {:>7}\n",
+        "class", "train", "validation", "test", "total"
+    );
+    let mut tot = [0usize; 3];
+    for (k, v) in c {
+        s += &format!(
+            "{:<w$} {:>7} {:>10} {:>6} {:>7}\n",
+            k,
+            v[0],
+            v[1],
+            v[2],
+            v.iter().sum::<usize>()
+        );
+        for i in 0..3 {
+            tot[i] += v[i];
+        }
+    }
+    s += &format!(
+        "{:<w$} {:>7} {:>10} {:>6} {:>7}\n",
+        "total",
+        tot[0],
+        tot[1],
+        tot[2],
+        tot.iter().sum::<usize>()
+    );
+    s
+}
+
+/// The images of one split folder (`root/<split>/<class>/...`), classes sorted by name.
+pub fn list_split(root: &Path, split: &str) -> Result<(Vec<String>, Vec<Item>, ScanReport)> {
+    let dir = root.join(split);
+    let (items, report) = scan(&dir)?;
+    let mut classes: Vec<String> = items.iter().map(|i| i.class.clone()).collect();
+    classes.sort();
+    classes.dedup();
+    Ok((classes, items, report))
+}

@@ -1,0 +1,157 @@
+//! Classification metrics: loss, accuracy, per-class precision/recall/F1, confusion matrix, ROC-AUC.
+
+use ndarray::{ArrayD, Axis};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ClassMetrics {
+    pub class: String,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub support: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Metrics {
+    pub n_test: usize,
+    pub accuracy: f64,
+    /// Cross-entropy with probabilities clipped to [1e-7, 1 − 1e-7] (Keras).
+    pub loss: f64,
+    pub per_class: Vec<ClassMetrics>,
+    pub macro_f1: f64,
+    /// Rows: true class, columns: predicted class.
+    pub confusion: Vec<Vec<usize>>,
+    /// Binary only: area under the ROC curve of the positive class (index 1).
+    pub roc_auc: Option<f64>,
+}
+
+const EPS: f64 = 1e-7;
+
+/// Probability of each class for each row: (N,1) sigmoid outputs become (1−p, p).
+pub fn class_probs(probs: &ArrayD<f32>) -> Vec<Vec<f64>> {
+    probs
+        .axis_iter(Axis(0))
+        .map(|r| {
+            if r.len() == 1 {
+                vec![1.0 - r[[0]] as f64, r[[0]] as f64]
+            } else {
+                r.iter().map(|&v| v as f64).collect()
+            }
+        })
+        .collect()
+}
+
+pub fn compute(probs: &ArrayD<f32>, labels: &[usize], classes: &[String]) -> Metrics {
+    let p = class_probs(probs);
+    let k = classes.len();
+    let pred: Vec<usize> = crate::train::predicted(probs);
+    let mut confusion = vec![vec![0usize; k]; k];
+    for (&t, &q) in labels.iter().zip(&pred) {
+        confusion[t][q] += 1;
+    }
+    let n = labels.len();
+    let loss = labels
+        .iter()
+        .zip(&p)
+        .map(|(&t, r)| -(r[t].clamp(EPS, 1.0 - EPS)).ln())
+        .sum::<f64>()
+        / n.max(1) as f64;
+    let per_class: Vec<ClassMetrics> = (0..k)
+        .map(|c| {
+            let tp = confusion[c][c] as f64;
+            let predicted: f64 = (0..k).map(|r| confusion[r][c]).sum::<usize>() as f64;
+            let support: usize = confusion[c].iter().sum();
+            let precision = if predicted > 0.0 { tp / predicted } else { 0.0 };
+            let recall = if support > 0 {
+                tp / support as f64
+            } else {
+                0.0
+            };
+            let f1 = if precision + recall > 0.0 {
+                2.0 * precision * recall / (precision + recall)
+            } else {
+                0.0
+            };
+            ClassMetrics {
+                class: classes[c].clone(),
+                precision,
+                recall,
+                f1,
+                support,
+            }
+        })
+        .collect();
+    let macro_f1 = per_class.iter().map(|c| c.f1).sum::<f64>() / k.max(1) as f64;
+    let roc_auc = (k == 2)
+        .then(|| {
+            roc_auc(
+                &p.iter().map(|r| r[1]).collect::<Vec<_>>(),
+                &labels.iter().map(|&l| l == 1).collect::<Vec<_>>(),
+            )
+        })
+        .flatten();
+    Metrics {
+        n_test: n,
+        accuracy: crate::train::accuracy(&pred, labels),
+        loss,
+        per_class,
+        macro_f1,
+        confusion,
+        roc_auc,
+    }
+}
+
+/// ROC-AUC by the rank statistic (ties get average ranks); None without both classes.
+pub fn roc_auc(scores: &[f64], positive: &[bool]) -> Option<f64> {
+    let n_pos = positive.iter().filter(|&&p| p).count();
+    let n_neg = positive.len() - n_pos;
+    if n_pos == 0 || n_neg == 0 {
+        return None;
+    }
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let mut ranks = vec![0.0; scores.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && scores[idx[j + 1]] == scores[idx[i]] {
+            j += 1;
+        }
+        let r = (i + j) as f64 / 2.0 + 1.0;
+        for &t in &idx[i..=j] {
+            ranks[t] = r;
+        }
+        i = j + 1;
+    }
+    let sum_pos: f64 = ranks
+        .iter()
+        .zip(positive)
+        .filter(|(_, &p)| p)
+        .map(|(r, _)| r)
+        .sum();
+    Some((sum_pos - (n_pos * (n_pos + 1)) as f64 / 2.0) / (n_pos * n_neg) as f64)
+}
+
+/// A human summary of the metrics.
+pub fn render(m: &Metrics) -> String {
+    let mut s = format!(
+        "accuracy {:.4}  loss {:.4}  macro-F1 {:.4}",
+        m.accuracy, m.loss, m.macro_f1
+    );
+    if let Some(a) = m.roc_auc {
+        s += &format!("  ROC-AUC {a:.4}");
+    }
+    s += &format!("  (n = {})\n", m.n_test);
+    s += &format!(
+        "{:<14} {:>9} {:>9} {:>9} {:>8}\n",
+        "class", "precision", "recall", "f1", "support"
+    );
+    for c in &m.per_class {
+        s += &format!(
+            "{:<14} {:>9.4} {:>9.4} {:>9.4} {:>8}\n",
+            c.class, c.precision, c.recall, c.f1, c.support
+        );
+    }
+    s
+}

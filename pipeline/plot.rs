@@ -1,0 +1,196 @@
+//! PNG charts with plotters: training curves and confusion matrices.
+
+use crate::error::{Error, Result};
+use crate::train::Epoch;
+use plotters::prelude::*;
+use std::path::Path;
+use std::sync::OnceLock;
+
+const FONT_PATHS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+];
+
+/// Register a system TrueType font for plot text once; Err when none is installed.
+fn font() -> Result<()> {
+    static FONT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    FONT.get_or_init(|| {
+        let path = std::env::var("TLEARN_FONT")
+            .ok()
+            .into_iter()
+            .chain(FONT_PATHS.iter().map(|s| s.to_string()))
+            .find(|p| Path::new(p).is_file());
+        let path = path.ok_or_else(|| {
+            format!(
+                "no TrueType font found for plots (tried {}); set TLEARN_FONT",
+                FONT_PATHS.join(", ")
+            )
+        })?;
+        let bytes: &'static [u8] = Box::leak(
+            std::fs::read(&path)
+                .map_err(|e| format!("{path}: {e}"))?
+                .into_boxed_slice(),
+        );
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+            .map_err(|_| format!("{path}: not a usable font"))
+    })
+    .clone()
+    .map_err(Error::Other)
+}
+
+fn err<E: std::fmt::Display>(e: E) -> Error {
+    Error::Other(format!("plot: {e}"))
+}
+
+/// Two panels side by side: loss and accuracy per epoch, train vs validation (Keras' `plot(history)`).
+pub fn history(path: &Path, title: &str, h: &[Epoch]) -> Result<()> {
+    font()?;
+    let tmp = path.with_extension("tmp.png");
+    {
+        let root = BitMapBackend::new(&tmp, (1200, 480)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let root = root.titled(title, ("sans-serif", 22)).map_err(err)?;
+        let panels = root.split_evenly((1, 2));
+        let n = h.len().max(2) as f64;
+        let series: [(&str, fn(&Epoch) -> f64, fn(&Epoch) -> f64); 2] = [
+            ("loss", |e| e.loss, |e| e.val_loss),
+            ("accuracy", |e| e.accuracy, |e| e.val_accuracy),
+        ];
+        for (panel, (name, tr, va)) in panels.iter().zip(series) {
+            let vals: Vec<f64> = h
+                .iter()
+                .flat_map(|e| [tr(e), va(e)])
+                .filter(|v| v.is_finite())
+                .collect();
+            let (lo, hi) = vals
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+            let pad = ((hi - lo) * 0.08).max(1e-3);
+            let mut chart = ChartBuilder::on(panel)
+                .caption(format!("{name}"), ("sans-serif", 18))
+                .margin(12)
+                .x_label_area_size(36)
+                .y_label_area_size(56)
+                .build_cartesian_2d(1f64..n, (lo - pad)..(hi + pad))
+                .map_err(err)?;
+            chart
+                .configure_mesh()
+                .x_desc("epoch")
+                .y_desc(name)
+                .label_style(("sans-serif", 13))
+                .draw()
+                .map_err(err)?;
+            chart
+                .draw_series(LineSeries::new(
+                    h.iter().map(|e| (e.epoch as f64, tr(e))),
+                    BLUE.stroke_width(2),
+                ))
+                .map_err(err)?
+                .label(format!("training {name}"))
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE.stroke_width(2)));
+            chart
+                .draw_series(
+                    h.iter()
+                        .map(|e| Circle::new((e.epoch as f64, tr(e)), 3, BLUE.filled())),
+                )
+                .map_err(err)?;
+            chart
+                .draw_series(LineSeries::new(
+                    h.iter()
+                        .filter(|e| va(e).is_finite())
+                        .map(|e| (e.epoch as f64, va(e))),
+                    RED.stroke_width(2),
+                ))
+                .map_err(err)?
+                .label(format!("validation {name}"))
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED.stroke_width(2)));
+            chart
+                .configure_series_labels()
+                .border_style(BLACK)
+                .background_style(WHITE.mix(0.8))
+                .label_font(("sans-serif", 13))
+                .draw()
+                .map_err(err)?;
+        }
+        root.present().map_err(err)?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| Error::Io {
+        path: path.into(),
+        source: e,
+    })
+}
+
+/// A confusion matrix as a heat map with counts (rows: true class, columns: predicted).
+pub fn confusion(path: &Path, classes: &[String], m: &[Vec<usize>]) -> Result<()> {
+    font()?;
+    let tmp = path.with_extension("tmp.png");
+    let k = classes.len();
+    {
+        let side = 140 + 110 * k as u32;
+        let root = BitMapBackend::new(&tmp, (side + 60, side)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let max = m.iter().flatten().copied().max().unwrap_or(1).max(1) as f64;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "confusion matrix (rows: true, columns: predicted)",
+                ("sans-serif", 16),
+            )
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(110)
+            .build_cartesian_2d(0f64..k as f64, 0f64..k as f64)
+            .map_err(err)?;
+        let names = classes.to_vec();
+        let names2 = classes.to_vec();
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(k + 1)
+            .y_labels(k + 1)
+            .x_label_formatter(&move |v| {
+                names
+                    .get(v.floor() as usize)
+                    .filter(|_| v.fract() > 0.3)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .y_label_formatter(&move |v| {
+                names2
+                    .get(k.saturating_sub(1 + v.floor() as usize))
+                    .filter(|_| v.fract() > 0.3)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(err)?;
+        for (i, row) in m.iter().enumerate() {
+            for (j, &c) in row.iter().enumerate() {
+                let y = (k - 1 - i) as f64;
+                let shade = 1.0 - 0.8 * c as f64 / max;
+                let color = RGBColor((255.0 * shade) as u8, (255.0 * shade) as u8, 255);
+                chart
+                    .draw_series(std::iter::once(Rectangle::new(
+                        [(j as f64, y), (j as f64 + 1.0, y + 1.0)],
+                        color.filled(),
+                    )))
+                    .map_err(err)?;
+                let text_color = if shade < 0.5 { WHITE } else { BLACK };
+                chart
+                    .draw_series(std::iter::once(Text::new(
+                        c.to_string(),
+                        (j as f64 + 0.42, y + 0.55),
+                        ("sans-serif", 20).into_font().color(&text_color),
+                    )))
+                    .map_err(err)?;
+            }
+        }
+        root.present().map_err(err)?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| Error::Io {
+        path: path.into(),
+        source: e,
+    })
+}

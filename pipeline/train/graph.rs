@@ -1,0 +1,501 @@
+//! The training-graph compiler: turn an ONNX classifier into ONE graph of standard ONNX ops that
+//! computes the forward pass, the loss and the gradient of every trainable parameter, so that a
+//! stock onnxruntime `InferenceSession` trains it.
+//!
+//! Reverse-mode differentiation over the node list, one rule per op (see [`backward`]).
+//! Trainable initializers become graph inputs `<name>`, gradients come out as `grad/<name>`.
+//! Dropout becomes `Mul(x, mask)` with the mask fed per step (seeded in Rust, already scaled by
+//! 1/(1−p)), so a step is a pure function of its inputs. The loss is fused with the final
+//! Sigmoid (binary cross-entropy) or Softmax (categorical cross-entropy): dz = (p − y) / N.
+
+use crate::error::{Error, Result};
+use crate::onnx::builder::A;
+use crate::onnx::proto::*;
+use crate::onnx::{self, attr, attr_f, attr_i, attr_ints, Dim, GraphBuilder};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+pub const LABELS: &str = "labels";
+pub const LOSS: &str = "loss";
+
+/// The loss, chosen from the model's final activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Loss {
+    /// Sigmoid output (N,1), labels (N,1) in {0,1}.
+    BinaryCrossEntropy,
+    /// Softmax output (N,K), labels one-hot (N,K).
+    CategoricalCrossEntropy,
+}
+
+/// Train (forward + loss + gradients, dropout active) or evaluate (forward + loss).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Eval,
+}
+
+/// A dropout mask input of the training graph.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MaskInput {
+    pub name: String,
+    /// Dropout rate p: mask entries are 0 with probability p, else 1/(1−p).
+    pub ratio: f32,
+    /// Shape without the batch dimension.
+    pub shape: Vec<usize>,
+}
+
+/// A compiled training (or evaluation) graph and what it expects.
+#[derive(Clone, Debug)]
+pub struct TrainGraph {
+    pub model: ModelProto,
+    pub input: String,
+    pub output: String,
+    pub loss: Loss,
+    /// Trainable parameters (graph inputs), in order.
+    pub params: Vec<String>,
+    pub masks: Vec<MaskInput>,
+}
+
+pub fn grad_name(param: &str) -> String {
+    format!("grad/{param}")
+}
+
+/// Compile `m` (one data input, one output) for `mode`. `trainable` selects the initializers
+/// that get gradients; the others stay frozen constants. `feature_shape` is one sample's input
+/// shape (used to measure intermediate shapes once).
+pub fn compile(
+    m: &ModelProto,
+    what: &Path,
+    trainable: &dyn Fn(&str) -> bool,
+    feature_shape: &[usize],
+    mode: Mode,
+) -> Result<TrainGraph> {
+    let g = onnx::graph(m);
+    let inputs = onnx::real_inputs(g);
+    let [input] = inputs.as_slice() else {
+        return Err(Error::BadModel {
+            path: what.into(),
+            reason: format!("expected one data input, found {}", inputs.len()),
+        });
+    };
+    let input = input.name.clone();
+    let [output] = g.output.as_slice() else {
+        return Err(Error::BadModel {
+            path: what.into(),
+            reason: "expected exactly one output".into(),
+        });
+    };
+    let output = output.name.clone();
+    let last = g
+        .node
+        .iter()
+        .find(|n| n.output.first() == Some(&output))
+        .ok_or_else(|| Error::BadModel {
+            path: what.into(),
+            reason: format!("no node produces `{output}`"),
+        })?;
+    let loss = match last.op_type.as_str() {
+        "Sigmoid" => Loss::BinaryCrossEntropy,
+        "Softmax" => Loss::CategoricalCrossEntropy,
+        op => {
+            return Err(Error::UnsupportedOp {
+                node: last.name.clone(),
+                op: op.into(),
+                why: "the model must end in Sigmoid (binary) or Softmax (multi-class)".into(),
+            })
+        }
+    };
+    let logits = last.input[0].clone();
+    let float_inits: HashMap<&str, &TensorProto> = g
+        .initializer
+        .iter()
+        .filter(|t| t.data_type == dtype::FLOAT)
+        .map(|t| (t.name.as_str(), t))
+        .collect();
+    let params: Vec<String> = g
+        .initializer
+        .iter()
+        .filter(|t| t.data_type == dtype::FLOAT && !t.dims.is_empty() && trainable(&t.name))
+        .map(|t| t.name.clone())
+        .collect();
+    let param_set: HashSet<&str> = params.iter().map(|s| s.as_str()).collect();
+
+    // Shapes of every float tensor for a batch of 2 (2, not 1, so broadcasting is visible).
+    let mut names: Vec<String> = g
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().cloned())
+        .filter(|o| !o.is_empty())
+        .collect();
+    names.retain(|n| n != &output);
+    let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[&[2usize][..], feature_shape].concat()));
+    let mut shapes = onnx::probe::shapes(m, what, vec![(input.as_str(), x.view())], &names)?;
+    shapes.insert(input.clone(), x.shape().to_vec());
+    for (k, t) in &float_inits {
+        shapes.insert(k.to_string(), t.dims.iter().map(|&d| d as usize).collect());
+    }
+
+    let mut b = GraphBuilder::new("tlearn_train").with_prefix("tl/");
+    b.graph.initializer = g
+        .initializer
+        .iter()
+        .filter(|t| !param_set.contains(t.name.as_str()))
+        .cloned()
+        .collect();
+    let mut feature_dims = vec![Dim::named("N")];
+    feature_dims.extend(feature_shape.iter().map(|&d| Dim::Fixed(d as i64)));
+    b.input(&input, &feature_dims);
+    for p in &params {
+        let t = float_inits[p.as_str()];
+        b.input(
+            p,
+            &t.dims.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>(),
+        );
+    }
+    // Forward: copy nodes, replacing Dropout.
+    let mut masks = vec![];
+    for n in &g.node {
+        match n.op_type.as_str() {
+            "Dropout" => {
+                let ratio = dropout_ratio(n, g)?;
+                if mode == Mode::Train && ratio > 0.0 {
+                    let mask = format!("mask/{}", n.output[0]);
+                    let s = &shapes[&n.input[0]];
+                    b.input(
+                        &mask,
+                        &[
+                            &[Dim::named("N")][..],
+                            &s[1..]
+                                .iter()
+                                .map(|&d| Dim::Fixed(d as i64))
+                                .collect::<Vec<_>>(),
+                        ]
+                        .concat(),
+                    );
+                    masks.push(MaskInput {
+                        name: mask.clone(),
+                        ratio,
+                        shape: s[1..].to_vec(),
+                    });
+                    b.node("Mul", &[&n.input[0], &mask], &[&n.output[0]], vec![]);
+                } else {
+                    b.node("Identity", &[&n.input[0]], &[&n.output[0]], vec![]);
+                }
+            }
+            _ => b.graph.node.push(n.clone()),
+        }
+    }
+    b.output_any(&output);
+    // Loss from the logits: stable forms of BCE / CE.
+    b.input(
+        LABELS,
+        &[
+            Dim::named("N"),
+            Dim::Fixed(*shapes[&logits].last().unwrap_or(&1) as i64),
+        ],
+    );
+    let n_f = {
+        let shp = b.op("Shape", &[&logits], vec![]);
+        let zero = b.const_i64("zero", &[0]);
+        let n = b.op("Gather", &[&shp, &zero], vec![("axis", A::I(0))]);
+        b.op("Cast", &[&n], vec![("to", A::I(dtype::FLOAT as i64))])
+    };
+    let per_sample = match loss {
+        Loss::BinaryCrossEntropy => {
+            // max(z,0) − z·y + log(1 + exp(−|z|))
+            let r = b.op("Relu", &[&logits], vec![]);
+            let zy = b.op("Mul", &[&logits, LABELS], vec![]);
+            let a = b.op("Abs", &[&logits], vec![]);
+            let na = b.op("Neg", &[&a], vec![]);
+            let sp = b.op("Softplus", &[&na], vec![]);
+            let t = b.op("Sub", &[&r, &zy], vec![]);
+            b.op("Add", &[&t, &sp], vec![])
+        }
+        Loss::CategoricalCrossEntropy => {
+            let ls = b.op("LogSoftmax", &[&logits], vec![("axis", A::I(-1))]);
+            let m = b.op("Mul", &[&ls, LABELS], vec![]);
+            let axes = b.const_i64("axes", &[-1]);
+            let s = b.op("ReduceSum", &[&m, &axes], vec![("keepdims", A::I(0))]);
+            b.op("Neg", &[&s], vec![])
+        }
+    };
+    let total = b.op("ReduceSum", &[&per_sample], vec![("keepdims", A::I(0))]);
+    b.node("Div", &[&total, &n_f], &[LOSS], vec![]);
+    b.output_any(LOSS);
+    if mode == Mode::Train {
+        let diff = b.op("Sub", &[&output, LABELS], vec![]);
+        let dz = b.op("Div", &[&diff, &n_f], vec![]);
+        backward(&mut b, g, &logits, dz, &params, &param_set, &shapes)?;
+        for p in &params {
+            b.output_any(&grad_name(p));
+        }
+    }
+    let mut model = onnx::model(b.finish(), "tlearn-train");
+    model.opset_import = vec![OperatorSetIdProto {
+        domain: String::new(),
+        version: opset_of(m).max(13),
+    }];
+    Ok(TrainGraph {
+        model,
+        input,
+        output,
+        loss,
+        params,
+        masks,
+    })
+}
+
+fn opset_of(m: &ModelProto) -> i64 {
+    m.opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
+        .unwrap_or(onnx::OPSET)
+}
+
+fn dropout_ratio(n: &NodeProto, g: &GraphProto) -> Result<f32> {
+    if let Some(r) = n.input.get(1).filter(|s| !s.is_empty()) {
+        let t =
+            g.initializer
+                .iter()
+                .find(|t| &t.name == r)
+                .ok_or_else(|| Error::UnsupportedOp {
+                    node: n.name.clone(),
+                    op: "Dropout".into(),
+                    why: "ratio must be a constant initializer".into(),
+                })?;
+        return Ok(*onnx::tensor_to_f32(t)?.iter().next().unwrap_or(&0.5));
+    }
+    Ok(attr_f(n, "ratio", 0.5))
+}
+
+/// Reverse-mode pass from `d_logits` (the gradient of the loss w.r.t. the final activation's
+/// input) back to every parameter.
+fn backward(
+    b: &mut GraphBuilder,
+    g: &GraphProto,
+    logits: &str,
+    d_logits: String,
+    params: &[String],
+    param_set: &HashSet<&str>,
+    shapes: &HashMap<String, Vec<usize>>,
+) -> Result<()> {
+    // Which tensors lead to a parameter (only those need gradients).
+    let mut needs: HashSet<String> = param_set.iter().map(|s| s.to_string()).collect();
+    for n in &g.node {
+        if n.input.iter().any(|i| needs.contains(i)) {
+            needs.extend(n.output.iter().cloned());
+        }
+    }
+    let mut grads: HashMap<String, Vec<String>> = HashMap::new();
+    grads.entry(logits.to_string()).or_default().push(d_logits);
+    let producer_of_logits = g
+        .node
+        .iter()
+        .position(|n| n.output.iter().any(|o| o == logits))
+        .unwrap_or(0);
+    for n in g.node[..=producer_of_logits].iter().rev() {
+        let Some(gs) = n.output.first().and_then(|o| grads.remove(o)) else {
+            continue;
+        };
+        if !n.input.iter().any(|i| needs.contains(i)) {
+            continue;
+        }
+        let dy = sum(b, gs);
+        let y = &n.output[0];
+        let x0 = &n.input[0];
+        let wants = |i: usize| n.input.get(i).is_some_and(|t| needs.contains(t));
+        let push = |grads: &mut HashMap<String, Vec<String>>, t: &str, d: String| {
+            grads.entry(t.to_string()).or_default().push(d)
+        };
+        let unsupported = |why: &str| Error::UnsupportedOp {
+            node: n.name.clone(),
+            op: n.op_type.clone(),
+            why: why.into(),
+        };
+        match n.op_type.as_str() {
+            "Identity" => push(&mut grads, x0, dy),
+            "Relu" => {
+                let s = b.op("Sign", &[y], vec![]);
+                let d = b.op("Mul", &[&dy, &s], vec![]);
+                push(&mut grads, x0, d);
+            }
+            "Sigmoid" => {
+                let one = b.const_f32("one", 1.0);
+                let om = b.op("Sub", &[&one, y], vec![]);
+                let t = b.op("Mul", &[y, &om], vec![]);
+                let d = b.op("Mul", &[&dy, &t], vec![]);
+                push(&mut grads, x0, d);
+            }
+            "Softmax" => {
+                let axis = attr_i(n, "axis", -1);
+                let dyy = b.op("Mul", &[&dy, y], vec![]);
+                let ax = b.const_i64("axes", &[axis]);
+                let s = b.op("ReduceSum", &[&dyy, &ax], vec![("keepdims", A::I(1))]);
+                let t = b.op("Sub", &[&dy, &s], vec![]);
+                let d = b.op("Mul", &[y, &t], vec![]);
+                push(&mut grads, x0, d);
+            }
+            "Dropout" => {
+                // Forward became Mul(x, mask) (train) or Identity (eval).
+                let mask = format!("mask/{y}");
+                let d = if b.graph.input.iter().any(|i| i.name == mask) {
+                    b.op("Mul", &[&dy, &mask], vec![])
+                } else {
+                    dy
+                };
+                push(&mut grads, x0, d);
+            }
+            "Flatten" | "Reshape" | "Squeeze" | "Unsqueeze" => {
+                let shp = b.op("Shape", &[x0], vec![]);
+                let d = b.op("Reshape", &[&dy, &shp], vec![]);
+                push(&mut grads, x0, d);
+            }
+            "Transpose" => {
+                let perm =
+                    attr_ints(n, "perm").ok_or_else(|| unsupported("Transpose without perm"))?;
+                let mut inv = vec![0i64; perm.len()];
+                for (i, &p) in perm.iter().enumerate() {
+                    inv[p as usize] = i as i64;
+                }
+                let d = b.op("Transpose", &[&dy], vec![("perm", A::Ints(inv))]);
+                push(&mut grads, x0, d);
+            }
+            "ReduceMean" => {
+                let axes = reduce_axes(n, g)
+                    .ok_or_else(|| unsupported("ReduceMean needs constant axes"))?;
+                let xs = &shapes[x0];
+                let rank = xs.len() as i64;
+                let axes: Vec<i64> = axes
+                    .iter()
+                    .map(|&a| if a < 0 { a + rank } else { a })
+                    .collect();
+                let count: usize = axes.iter().map(|&a| xs[a as usize]).product();
+                let d = if attr_i(n, "keepdims", 1) == 0 {
+                    let ax = b.const_i64("axes", &axes);
+                    b.op("Unsqueeze", &[&dy, &ax], vec![])
+                } else {
+                    dy
+                };
+                let shp = b.op("Shape", &[x0], vec![]);
+                let e = b.op("Expand", &[&d, &shp], vec![]);
+                let c = b.const_f32("count", 1.0 / count as f32);
+                let d = b.op("Mul", &[&e, &c], vec![]);
+                push(&mut grads, x0, d);
+            }
+            "Add" | "Sub" => {
+                for i in 0..2 {
+                    if wants(i) {
+                        let mut d = reduce_to(b, &dy, &shapes[y], &shapes[&n.input[i]]);
+                        if i == 1 && n.op_type == "Sub" {
+                            d = b.op("Neg", &[&d], vec![]);
+                        }
+                        push(&mut grads, &n.input[i], d);
+                    }
+                }
+            }
+            "Mul" => {
+                for i in 0..2 {
+                    if wants(i) {
+                        let p = b.op("Mul", &[&dy, &n.input[1 - i]], vec![]);
+                        let d = reduce_to(b, &p, &shapes[y], &shapes[&n.input[i]]);
+                        push(&mut grads, &n.input[i], d);
+                    }
+                }
+            }
+            "MatMul" | "Gemm" => {
+                let (ta, tb) = if n.op_type == "Gemm" {
+                    (attr_i(n, "transA", 0), attr_i(n, "transB", 0))
+                } else {
+                    (0, 0)
+                };
+                if n.op_type == "Gemm"
+                    && (attr_f(n, "alpha", 1.0) != 1.0 || attr_f(n, "beta", 1.0) != 1.0 || ta != 0)
+                {
+                    return Err(unsupported("Gemm with alpha/beta ≠ 1 or transA"));
+                }
+                if shapes[x0].len() != 2 || shapes[&n.input[1]].len() != 2 {
+                    return Err(unsupported("only 2-D MatMul/Gemm operands are supported"));
+                }
+                let (a, w) = (&n.input[0], &n.input[1]);
+                if wants(0) {
+                    let d = if tb == 0 {
+                        let wt = b.op("Transpose", &[w], vec![("perm", A::Ints(vec![1, 0]))]);
+                        b.op("MatMul", &[&dy, &wt], vec![])
+                    } else {
+                        b.op("MatMul", &[&dy, w], vec![])
+                    };
+                    push(&mut grads, a, d);
+                }
+                if wants(1) {
+                    let d = if tb == 0 {
+                        let at = b.op("Transpose", &[a], vec![("perm", A::Ints(vec![1, 0]))]);
+                        b.op("MatMul", &[&at, &dy], vec![])
+                    } else {
+                        let dyt = b.op("Transpose", &[&dy], vec![("perm", A::Ints(vec![1, 0]))]);
+                        b.op("MatMul", &[&dyt, a], vec![])
+                    };
+                    push(&mut grads, w, d);
+                }
+                if n.op_type == "Gemm" && wants(2) {
+                    let d = reduce_to(b, &dy, &shapes[y], &shapes[&n.input[2]]);
+                    push(&mut grads, &n.input[2], d);
+                }
+            }
+            other => return Err(unsupported(&format!("no backward rule for {other}"))),
+        }
+    }
+    for p in params {
+        let gs = grads
+            .remove(p.as_str())
+            .ok_or_else(|| Error::Other(format!("parameter `{p}` does not influence the loss")))?;
+        let d = sum(b, gs);
+        b.node("Identity", &[&d], &[&grad_name(p)], vec![]);
+    }
+    Ok(())
+}
+
+fn reduce_axes(n: &NodeProto, g: &GraphProto) -> Option<Vec<i64>> {
+    if let Some(a) = attr(n, "axes") {
+        return Some(a.ints.clone());
+    }
+    let name = n.input.get(1)?;
+    g.initializer
+        .iter()
+        .find(|t| &t.name == name)
+        .map(onnx::tensor_to_i64)
+}
+
+fn sum(b: &mut GraphBuilder, mut gs: Vec<String>) -> String {
+    if gs.len() == 1 {
+        return gs.remove(0);
+    }
+    let refs: Vec<&str> = gs.iter().map(|s| s.as_str()).collect();
+    b.op("Sum", &refs, vec![])
+}
+
+/// Sum a broadcast gradient of shape `out` back to an operand of shape `target`.
+fn reduce_to(b: &mut GraphBuilder, d: &str, out: &[usize], target: &[usize]) -> String {
+    if out == target {
+        return d.to_string();
+    }
+    let lead = out.len() - target.len();
+    let mut d = d.to_string();
+    if lead > 0 {
+        let axes: Vec<i64> = (0..lead as i64).collect();
+        let ax = b.const_i64("axes", &axes);
+        d = b.op("ReduceSum", &[&d, &ax], vec![("keepdims", A::I(0))]);
+    }
+    let axes: Vec<i64> = target
+        .iter()
+        .enumerate()
+        .filter(|(i, &t)| t == 1 && out[lead + i] != 1)
+        .map(|(i, _)| i as i64)
+        .collect();
+    if !axes.is_empty() {
+        let ax = b.const_i64("axes", &axes);
+        d = b.op("ReduceSum", &[&d, &ax], vec![("keepdims", A::I(1))]);
+    }
+    d
+}

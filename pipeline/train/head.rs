@@ -1,0 +1,146 @@
+//! The dense classifier head (the classic: Flatten → Dense(256, relu) → Dropout(0.5) →
+//! Dense(1, sigmoid)), defined as an ONNX graph with Keras' default initialisers.
+
+use crate::error::{Error, Result};
+use crate::onnx::builder::A;
+use crate::onnx::proto::ModelProto;
+use crate::onnx::{self, Dim, GraphBuilder};
+use ndarray::ArrayD;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+pub const INPUT: &str = "features";
+pub const OUTPUT: &str = "probs";
+
+/// How the (h, w, c) feature map is reduced before the dense layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Pool {
+    /// Flatten h·w·c (the classic head).
+    #[default]
+    Flatten,
+    /// Global average pooling over h and w.
+    Avg,
+}
+
+/// Head hyper-parameters; defaults are the classic head.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HeadSpec {
+    pub units: usize,
+    pub layers: usize,
+    pub dropout: f32,
+    pub pool: Pool,
+}
+
+impl Default for HeadSpec {
+    fn default() -> Self {
+        HeadSpec {
+            units: 256,
+            layers: 1,
+            dropout: 0.5,
+            pool: Pool::Flatten,
+        }
+    }
+}
+
+impl HeadSpec {
+    pub fn validate(&self) -> Result<()> {
+        if self.layers > 0 && self.units == 0 {
+            return Err(Error::Param {
+                name: "units",
+                value: "0".into(),
+                reason: "must be ≥ 1".into(),
+            });
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::Param {
+                name: "dropout",
+                value: self.dropout.to_string(),
+                reason: "must be in [0, 1)".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Keras' `glorot_uniform`: U(−l, l), l = √(6 / (fan_in + fan_out)).
+pub fn glorot_uniform(rng: &mut impl Rng, fan_in: usize, fan_out: usize) -> ArrayD<f32> {
+    let l = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
+    ArrayD::from_shape_simple_fn(ndarray::IxDyn(&[fan_in, fan_out]), || rng.gen_range(-l..l))
+}
+
+/// Build the head for features of shape (h, w, c) and `classes` classes (1 sigmoid output when 2).
+pub fn build(
+    feature_shape: &[usize],
+    classes: usize,
+    spec: &HeadSpec,
+    seed: u64,
+) -> Result<ModelProto> {
+    spec.validate()?;
+    if classes < 2 {
+        return Err(Error::Param {
+            name: "classes",
+            value: classes.to_string(),
+            reason: "need at least 2 classes".into(),
+        });
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut b = GraphBuilder::new("tlearn_head").with_prefix("head/");
+    let mut dims = vec![Dim::named("N")];
+    dims.extend(feature_shape.iter().map(|&d| Dim::Fixed(d as i64)));
+    b.input(INPUT, &dims);
+    let (mut x, mut width) = match spec.pool {
+        Pool::Flatten => (
+            b.op("Flatten", &[INPUT], vec![("axis", A::I(1))]),
+            feature_shape.iter().product::<usize>(),
+        ),
+        Pool::Avg => {
+            if feature_shape.len() != 3 {
+                return Err(Error::Shape {
+                    what: "features for average pooling (h, w, c)".into(),
+                    expected: vec![3],
+                    got: vec![feature_shape.len()],
+                });
+            }
+            let axes = b.const_i64("axes", &[1, 2]);
+            (
+                b.op("ReduceMean", &[INPUT, &axes], vec![("keepdims", A::I(0))]),
+                feature_shape[2],
+            )
+        }
+    };
+    let out_units = if classes == 2 { 1 } else { classes };
+    for layer in 0..=spec.layers {
+        let last = layer == spec.layers;
+        let units = if last { out_units } else { spec.units };
+        let w = b.init_f32(
+            &format!("dense_{layer}/kernel"),
+            &glorot_uniform(&mut rng, width, units),
+        );
+        let bias = b.init_f32(
+            &format!("dense_{layer}/bias"),
+            &ArrayD::zeros(ndarray::IxDyn(&[units])),
+        );
+        x = b.op("Gemm", &[&x, &w, &bias], vec![]);
+        if last {
+            let act = if classes == 2 { "Sigmoid" } else { "Softmax" };
+            let attrs = if classes == 2 {
+                vec![]
+            } else {
+                vec![("axis", A::I(-1))]
+            };
+            b.node(act, &[&x], &[OUTPUT], attrs);
+        } else {
+            x = b.op("Relu", &[&x], vec![]);
+            if spec.dropout > 0.0 {
+                x = b.op("Dropout", &[&x], vec![("seed", A::I(seed as i64))]);
+                let ratio = b.const_f32("ratio", spec.dropout);
+                let node = b.graph.node.last_mut().expect("dropout");
+                node.input.push(ratio);
+            }
+        }
+        width = units;
+    }
+    b.output(OUTPUT, &[Dim::named("N"), Dim::Fixed(out_units as i64)]);
+    Ok(onnx::model(b.finish(), "tlearn-head"))
+}

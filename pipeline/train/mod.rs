@@ -1,0 +1,333 @@
+//! Training on stock onnxruntime: the training-graph compiler ([`graph`]), optimizers
+//! ([`optim`]), and the loop that fits any compiled classifier on in-memory tensors.
+
+pub mod graph;
+pub mod head;
+pub mod optim;
+
+use crate::error::{Error, Result};
+use crate::onnx::{self, proto::ModelProto};
+use crate::runtime::{self, SessionOptions};
+use graph::{Loss, Mode, TrainGraph};
+use ndarray::{ArrayD, Axis};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Loop settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FitConfig {
+    pub epochs: usize,
+    pub batch: usize,
+    pub seed: u64,
+    pub optimizer: optim::Optimizer,
+}
+
+impl FitConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            return Err(Error::Param {
+                name: "epochs",
+                value: "0".into(),
+                reason: "must be ≥ 1".into(),
+            });
+        }
+        if self.batch == 0 {
+            return Err(Error::Param {
+                name: "batch",
+                value: "0".into(),
+                reason: "must be ≥ 1".into(),
+            });
+        }
+        self.optimizer.validate()
+    }
+}
+
+/// One line of `history.csv`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Epoch {
+    pub epoch: usize,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    pub seconds: f64,
+}
+
+/// Labels as the loss expects them: (N,1) 0/1 for BCE, one-hot (N,K) for CE.
+pub fn label_tensor(labels: &[usize], loss: Loss, k: usize) -> ArrayD<f32> {
+    match loss {
+        Loss::BinaryCrossEntropy => {
+            ArrayD::from_shape_fn(ndarray::IxDyn(&[labels.len(), 1]), |i| labels[i[0]] as f32)
+        }
+        Loss::CategoricalCrossEntropy => {
+            ArrayD::from_shape_fn(ndarray::IxDyn(&[labels.len(), k]), |i| {
+                (labels[i[0]] == i[1]) as u8 as f32
+            })
+        }
+    }
+}
+
+/// Predicted class of each row of model outputs.
+pub fn predicted(probs: &ArrayD<f32>) -> Vec<usize> {
+    let k = probs.shape()[1];
+    probs
+        .axis_iter(Axis(0))
+        .map(|r| {
+            if k == 1 {
+                (r[[0]] >= 0.5) as usize
+            } else {
+                r.iter()
+                    .enumerate()
+                    .fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a })
+                    .0
+            }
+        })
+        .collect()
+}
+
+pub fn accuracy(pred: &[usize], labels: &[usize]) -> f64 {
+    pred.iter().zip(labels).filter(|(a, b)| a == b).count() as f64 / labels.len().max(1) as f64
+}
+
+/// A model in training: compiled graphs, open sessions, current parameters.
+pub struct Trainer {
+    pub model: ModelProto,
+    pub train: TrainGraph,
+    eval: TrainGraph,
+    train_s: ort::session::Session,
+    eval_s: ort::session::Session,
+    pub params: Vec<ArrayD<f32>>,
+    n_classes: usize,
+}
+
+impl Trainer {
+    pub fn new(
+        model: &ModelProto,
+        what: &Path,
+        feature_shape: &[usize],
+        n_classes: usize,
+        opts: &SessionOptions,
+    ) -> Result<Trainer> {
+        let all = |_: &str| true;
+        let train = graph::compile(model, what, &all, feature_shape, Mode::Train)?;
+        let eval = graph::compile(model, what, &all, feature_shape, Mode::Eval)?;
+        let train_s = runtime::open(&onnx::encode_model(&train.model), what, opts)?.session;
+        let eval_s = runtime::open(&onnx::encode_model(&eval.model), what, opts)?.session;
+        let g = onnx::graph(model);
+        let params = train
+            .params
+            .iter()
+            .map(|p| {
+                onnx::tensor_to_f32(
+                    g.initializer
+                        .iter()
+                        .find(|t| &t.name == p)
+                        .expect("param is an initializer"),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Trainer {
+            model: model.clone(),
+            train,
+            eval,
+            train_s,
+            eval_s,
+            params,
+            n_classes,
+        })
+    }
+
+    /// One optimisation step on a batch; returns (loss, outputs).
+    pub fn step(
+        &mut self,
+        x: ndarray::ArrayViewD<'_, f32>,
+        y: &ArrayD<f32>,
+        masks: &[ArrayD<f32>],
+    ) -> Result<(f32, ArrayD<f32>, Vec<ArrayD<f32>>)> {
+        let mut feed: Vec<(&str, ndarray::ArrayViewD<'_, f32>)> =
+            vec![(self.train.input.as_str(), x), (graph::LABELS, y.view())];
+        for (p, a) in self.train.params.iter().zip(&self.params) {
+            feed.push((p.as_str(), a.view()));
+        }
+        for (m, a) in self.train.masks.iter().zip(masks) {
+            feed.push((m.name.as_str(), a.view()));
+        }
+        let grad_names: Vec<String> = self
+            .train
+            .params
+            .iter()
+            .map(|p| graph::grad_name(p))
+            .collect();
+        let mut names: Vec<&str> = vec![graph::LOSS, self.train.output.as_str()];
+        names.extend(grad_names.iter().map(|s| s.as_str()));
+        let mut out = runtime::run_f32(&mut self.train_s, feed, &names)?;
+        let grads = out.split_off(2);
+        let probs = out.pop().expect("outputs");
+        let loss = out
+            .pop()
+            .expect("loss")
+            .iter()
+            .next()
+            .copied()
+            .unwrap_or(f32::NAN);
+        Ok((loss, probs, grads))
+    }
+
+    /// Loss and outputs on `x` (no dropout), in batches.
+    pub fn evaluate(
+        &mut self,
+        x: &ArrayD<f32>,
+        labels: &[usize],
+        batch: usize,
+    ) -> Result<(f64, ArrayD<f32>)> {
+        let n = x.shape()[0];
+        let mut loss = 0.0;
+        let mut outs = vec![];
+        for s in (0..n).step_by(batch.max(1)) {
+            let e = (s + batch).min(n);
+            let xb = x.slice_axis(Axis(0), (s..e).into());
+            let yb = label_tensor(&labels[s..e], self.eval.loss, self.n_classes);
+            let mut feed: Vec<(&str, ndarray::ArrayViewD<'_, f32>)> =
+                vec![(self.eval.input.as_str(), xb), (graph::LABELS, yb.view())];
+            for (p, a) in self.eval.params.iter().zip(&self.params) {
+                feed.push((p.as_str(), a.view()));
+            }
+            let mut o = runtime::run_f32(
+                &mut self.eval_s,
+                feed,
+                &[graph::LOSS, self.eval.output.as_str()],
+            )?;
+            outs.push(o.pop().expect("probs"));
+            loss += o[0].iter().next().copied().unwrap_or(f32::NAN) as f64 * (e - s) as f64;
+        }
+        let views: Vec<_> = outs.iter().map(|a| a.view()).collect();
+        let probs =
+            ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Other(e.to_string()))?;
+        Ok((loss / n.max(1) as f64, probs))
+    }
+
+    /// Fit on (x, labels), validating on (vx, vlabels) every epoch; `on_epoch` sees each record.
+    pub fn fit(
+        &mut self,
+        x: &ArrayD<f32>,
+        labels: &[usize],
+        vx: &ArrayD<f32>,
+        vlabels: &[usize],
+        cfg: &FitConfig,
+        mut on_epoch: impl FnMut(&Epoch),
+    ) -> Result<Vec<Epoch>> {
+        cfg.validate()?;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
+        let mut state = optim::State::new(cfg.optimizer.clone(), &self.params);
+        let lr = match cfg.optimizer {
+            optim::Optimizer::Rmsprop { lr, .. }
+            | optim::Optimizer::Sgd { lr, .. }
+            | optim::Optimizer::Adam { lr, .. } => lr,
+        };
+        let n = x.shape()[0];
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut history = vec![];
+        for epoch in 1..=cfg.epochs {
+            let t = std::time::Instant::now();
+            order.shuffle(&mut rng);
+            let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+            for chunk in order.chunks(cfg.batch) {
+                let xb = x.select(Axis(0), chunk);
+                let lb: Vec<usize> = chunk.iter().map(|&i| labels[i]).collect();
+                let yb = label_tensor(&lb, self.train.loss, self.n_classes);
+                let masks: Vec<ArrayD<f32>> = self
+                    .train
+                    .masks
+                    .iter()
+                    .map(|m| {
+                        let keep = 1.0 - m.ratio;
+                        let shape: Vec<usize> = [&[chunk.len()][..], &m.shape].concat();
+                        ArrayD::from_shape_simple_fn(ndarray::IxDyn(&shape), || {
+                            if rng.gen::<f32>() < keep {
+                                1.0 / keep
+                            } else {
+                                0.0
+                            }
+                        })
+                    })
+                    .collect();
+                let (loss, probs, grads) = self.step(xb.view(), &yb, &masks)?;
+                if !loss.is_finite() {
+                    return Err(Error::Other(format!(
+                        "epoch {epoch}: loss is {loss}; lower the learning rate"
+                    )));
+                }
+                state.update(&mut self.params, &grads, lr);
+                loss_sum += loss as f64 * chunk.len() as f64;
+                correct += predicted(&probs)
+                    .iter()
+                    .zip(&lb)
+                    .filter(|(a, b)| a == b)
+                    .count();
+            }
+            let (val_loss, vp) = if vlabels.is_empty() {
+                (f64::NAN, ArrayD::zeros(ndarray::IxDyn(&[0, 1])))
+            } else {
+                self.evaluate(vx, vlabels, 256)?
+            };
+            let rec = Epoch {
+                epoch,
+                loss: loss_sum / n as f64,
+                accuracy: correct as f64 / n as f64,
+                val_loss,
+                val_accuracy: if vlabels.is_empty() {
+                    f64::NAN
+                } else {
+                    accuracy(&predicted(&vp), vlabels)
+                },
+                seconds: t.elapsed().as_secs_f64(),
+            };
+            on_epoch(&rec);
+            history.push(rec);
+        }
+        Ok(history)
+    }
+
+    /// The inference model with the current parameters as initializers (Dropout kept; it is the
+    /// identity at inference).
+    pub fn export(&self) -> ModelProto {
+        let mut m = self.model.clone();
+        let g = m.graph.as_mut().expect("graph");
+        for t in g.initializer.iter_mut() {
+            if let Some(i) = self.train.params.iter().position(|p| p == &t.name) {
+                *t = onnx::tensor_f32(&t.name, &self.params[i]);
+            }
+        }
+        m
+    }
+}
+
+/// Run an inference model (one input, one output) over `x` in batches.
+pub fn predict(
+    model: &[u8],
+    what: &Path,
+    x: &ArrayD<f32>,
+    batch: usize,
+    opts: &SessionOptions,
+) -> Result<ArrayD<f32>> {
+    let mut s = runtime::open(model, what, opts)?.session;
+    let input = s.inputs()[0].name().to_string();
+    let output = s.outputs()[0].name().to_string();
+    let n = x.shape()[0];
+    let mut outs = vec![];
+    for st in (0..n).step_by(batch.max(1)) {
+        let e = (st + batch).min(n);
+        outs.push(
+            runtime::run_f32(
+                &mut s,
+                vec![(input.as_str(), x.slice_axis(Axis(0), (st..e).into()))],
+                &[output.as_str()],
+            )?
+            .remove(0),
+        );
+    }
+    let views: Vec<_> = outs.iter().map(|a| a.view()).collect();
+    ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Other(e.to_string()))
+}

@@ -1,0 +1,119 @@
+//! Optimizers with Keras 3 semantics, applied in Rust to the parameters between graph runs.
+
+use crate::error::{Error, Result};
+use ndarray::{ArrayD, Zip};
+use serde::{Deserialize, Serialize};
+
+/// Optimizer and its hyper-parameters (Keras defaults unless set).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "lowercase")]
+pub enum Optimizer {
+    /// `v = ρv + (1−ρ)g²; w −= lr·g / (√v + ε)` (Keras: ρ = 0.9, ε = 1e-7).
+    Rmsprop { lr: f32, rho: f32, epsilon: f32 },
+    /// `m = μm − lr·g; w += m` (plain SGD when μ = 0).
+    Sgd { lr: f32, momentum: f32 },
+    /// Adam with bias correction (Keras: β1 0.9, β2 0.999, ε 1e-7).
+    Adam {
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        epsilon: f32,
+    },
+}
+
+impl Optimizer {
+    pub fn rmsprop(lr: f32) -> Self {
+        Optimizer::Rmsprop {
+            lr,
+            rho: 0.9,
+            epsilon: 1e-7,
+        }
+    }
+    pub fn adam(lr: f32) -> Self {
+        Optimizer::Adam {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-7,
+        }
+    }
+    pub fn sgd(lr: f32, momentum: f32) -> Self {
+        Optimizer::Sgd { lr, momentum }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let lr = match *self {
+            Optimizer::Rmsprop { lr, .. }
+            | Optimizer::Sgd { lr, .. }
+            | Optimizer::Adam { lr, .. } => lr,
+        };
+        if !(lr > 0.0 && lr.is_finite()) {
+            return Err(Error::Param {
+                name: "lr",
+                value: lr.to_string(),
+                reason: "must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Per-parameter optimizer state.
+pub struct State {
+    pub opt: Optimizer,
+    slots: Vec<(ArrayD<f32>, ArrayD<f32>)>,
+    step: i32,
+}
+
+impl State {
+    pub fn new(opt: Optimizer, params: &[ArrayD<f32>]) -> Self {
+        let slots = params
+            .iter()
+            .map(|p| (ArrayD::zeros(p.raw_dim()), ArrayD::zeros(p.raw_dim())))
+            .collect();
+        State {
+            opt,
+            slots,
+            step: 0,
+        }
+    }
+
+    /// Apply one update with learning rate `lr` (the schedule's value for this step).
+    pub fn update(&mut self, params: &mut [ArrayD<f32>], grads: &[ArrayD<f32>], lr: f32) {
+        self.step += 1;
+        let t = self.step;
+        for ((p, g), (s1, s2)) in params.iter_mut().zip(grads).zip(self.slots.iter_mut()) {
+            match self.opt {
+                Optimizer::Rmsprop { rho, epsilon, .. } => {
+                    Zip::from(p).and(g).and(s1).for_each(|w, &g, v| {
+                        *v = rho * *v + (1.0 - rho) * g * g;
+                        *w -= lr * g / (v.sqrt() + epsilon);
+                    });
+                }
+                Optimizer::Sgd { momentum, .. } => {
+                    if momentum == 0.0 {
+                        Zip::from(p).and(g).for_each(|w, &g| *w -= lr * g);
+                    } else {
+                        Zip::from(p).and(g).and(s1).for_each(|w, &g, m| {
+                            *m = momentum * *m - lr * g;
+                            *w += *m;
+                        });
+                    }
+                }
+                Optimizer::Adam {
+                    beta1,
+                    beta2,
+                    epsilon,
+                    ..
+                } => {
+                    let a = lr * (1.0 - beta2.powi(t)).sqrt() / (1.0 - beta1.powi(t));
+                    Zip::from(p).and(g).and(s1).and(s2).for_each(|w, &g, m, v| {
+                        *m += (g - *m) * (1.0 - beta1);
+                        *v += (g * g - *v) * (1.0 - beta2);
+                        *w -= a * *m / (v.sqrt() + epsilon);
+                    });
+                }
+            }
+        }
+    }
+}
