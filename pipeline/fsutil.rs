@@ -30,11 +30,14 @@ pub fn write_atomic(
         write(&mut w).at(path)?;
         w.flush().at(path)?;
     }
+    persist(tmp, path)
+}
+
+/// Move a finished temporary file into place (synced, mode 0644).
+pub fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     tmp.as_file().sync_all().at(path)?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).at(path)?;
-    }
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).at(path)?;
     tmp.persist(path).map_err(|e| Error::Io {
         path: path.to_path_buf(),
         source: e.error,

@@ -18,6 +18,7 @@ pub mod onnx;
 pub mod plot;
 pub mod run;
 pub mod runtime;
+pub mod score;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -28,7 +28,7 @@ enum Cmd {
         #[arg(long, default_value_t = 0.2, conflicts_with = "counts")]
         validation: f64,
         /// Fixed counts per class instead of fractions: TRAIN,VALIDATION,TEST (e.g. 1000,500,500).
-        #[arg(long, value_delimiter = ',', num_args = 3)]
+        #[arg(long, value_delimiter = ',')]
         counts: Option<Vec<usize>>,
         #[arg(long, default_value_t = 42)]
         seed: u64,

@@ -1,1 +1,155 @@
-fn main() {}
+//! tlearn-score: export one deployable ONNX (preprocessing + backbone + head) and score folders.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use std::path::{Path, PathBuf};
+use tlearn::runtime::{Device, SessionOptions};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Score every image under DIR → CSV path,class,probability (sorted by path)"
+)]
+struct Args {
+    /// Folder tree (or single image) to score; omit with --export-only.
+    dir: Option<PathBuf>,
+    /// Run whose head to use (folder under --runs).
+    #[arg(long, default_value = "demo")]
+    run: String,
+    #[arg(long, default_value = "runs")]
+    runs: PathBuf,
+    /// A deployable model instead of the run's (runs/<run>/model.onnx, built when missing or stale).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Output CSV (default: reports/<run>/scores.csv).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, default_value = "onnx")]
+    onnx_dir: PathBuf,
+    /// Only write runs/<run>/model.onnx.
+    #[arg(long)]
+    export_only: bool,
+    #[arg(long, default_value_t = 20)]
+    batch: usize,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Device,
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    #[arg(long, default_value_t = tlearn::imageio::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    tlearn::cli::init_logging();
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize, PartialEq)]
+struct ModelInfo {
+    head_sha256: String,
+    backbone_sha256: String,
+    model_sha256: String,
+}
+
+/// Build runs/<run>/model.onnx unless an up-to-date one exists.
+fn export(run_dir: &Path, onnx_dir: &Path) -> Result<PathBuf> {
+    let info = tlearn::run::RunInfo::load(run_dir)
+        .with_context(|| format!("reading run {}", run_dir.display()))?;
+    let out = run_dir.join("model.onnx");
+    let side = tlearn::fsutil::sidecar_path(&out);
+    if let (true, Ok(mi)) = (out.exists(), tlearn::fsutil::read_json::<ModelInfo>(&side)) {
+        if mi.head_sha256 == info.head_sha256
+            && mi.backbone_sha256 == info.features.backbone_sha256
+            && tlearn::fsutil::sha256_file(&out)? == mi.model_sha256
+        {
+            return Ok(out);
+        }
+    }
+    let bb = tlearn::backbone::Backbone::open(onnx_dir, &info.features.backbone)?;
+    if bb.info.onnx_sha256 != info.features.backbone_sha256 {
+        anyhow::bail!(
+            "{}: backbone changed since the run was trained (sha256 {} vs {})",
+            bb.path.display(),
+            bb.info.onnx_sha256,
+            info.features.backbone_sha256
+        );
+    }
+    let backbone = tlearn::onnx::decode_model(&bb.bytes, &bb.path)?;
+    let head = tlearn::onnx::load_model(&run_dir.join(tlearn::run::HEAD))?;
+    let fused = tlearn::score::fuse(
+        &backbone,
+        &head,
+        &info.features.preprocess,
+        info.features.size,
+        info.features.interpolation,
+        &info.classes,
+    )?;
+    let bytes = tlearn::onnx::encode_model(&fused);
+    tlearn::fsutil::write_bytes_atomic(&out, &bytes)?;
+    tlearn::fsutil::write_json(
+        &side,
+        &ModelInfo {
+            head_sha256: info.head_sha256,
+            backbone_sha256: info.features.backbone_sha256,
+            model_sha256: tlearn::fsutil::sha256_bytes(&bytes),
+        },
+    )?;
+    eprintln!(
+        "deployable model → {} ({:.1} MB)",
+        out.display(),
+        bytes.len() as f64 / 1e6
+    );
+    Ok(out)
+}
+
+fn run(a: Args) -> Result<()> {
+    let run_dir = a.runs.join(&a.run);
+    let model = match &a.model {
+        Some(m) => m.clone(),
+        None => export(&run_dir, &a.onnx_dir)?,
+    };
+    if a.export_only {
+        println!("{}", model.display());
+        return Ok(());
+    }
+    let dir = a.dir.context("give a folder to score (or --export-only)")?;
+    let out = a
+        .out
+        .unwrap_or_else(|| PathBuf::from("reports").join(&a.run).join("scores.csv"));
+    let t = std::time::Instant::now();
+    let s = tlearn::score::score(
+        &model,
+        &dir,
+        &out,
+        a.batch,
+        &SessionOptions {
+            device: a.device,
+            threads: a.threads,
+        },
+        a.max_pixels,
+    )
+    .with_context(|| format!("scoring {}", dir.display()))?;
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "scored {} images in {secs:.1} s ({:.1} img/s) → {}",
+        s.scored,
+        s.scored as f64 / secs.max(1e-9),
+        out.display()
+    );
+    for (c, n) in &s.per_class {
+        println!("  {c:<14} {n}");
+    }
+    if !s.unreadable.is_empty() {
+        println!("unreadable: {}", s.unreadable.len());
+        for (_, why) in &s.unreadable {
+            println!("  {why}");
+        }
+    }
+    Ok(())
+}

@@ -108,6 +108,12 @@ impl GraphBuilder {
         self.init_f32(&name, &ndarray::arr0(v).into_dyn())
     }
 
+    /// A fresh float vector constant initializer.
+    pub fn const_vec_f32(&mut self, hint: &str, v: &[f32]) -> String {
+        let name = self.fresh(hint);
+        self.init_f32(&name, &ndarray::Array1::from(v.to_vec()).into_dyn())
+    }
+
     pub fn input(&mut self, name: &str, dims: &[Dim]) {
         self.graph.input.push(value_info(name, dtype::FLOAT, dims));
     }

@@ -102,9 +102,12 @@ pub fn build(
                     got: vec![feature_shape.len()],
                 });
             }
-            let axes = b.const_i64("axes", &[1, 2]);
             (
-                b.op("ReduceMean", &[INPUT, &axes], vec![("keepdims", A::I(0))]),
+                b.op(
+                    "ReduceMean",
+                    &[INPUT],
+                    vec![("axes", A::Ints(vec![1, 2])), ("keepdims", A::I(0))],
+                ),
                 feature_shape[2],
             )
         }

@@ -1,0 +1,296 @@
+//! Deployable models and batch scoring: fuse preprocessing + backbone + head into ONE ONNX graph
+//! (input: RGB 0..255 images (N,H,W,3); output: class probabilities), then score folder trees.
+
+use crate::batch::{run_images, LoadSpec};
+use crate::error::{Error, IoContext, Result};
+use crate::imageio::{Interpolation, Preprocess, PreprocessKind};
+use crate::onnx::builder::A;
+use crate::onnx::proto::*;
+use crate::onnx::{self, cut, Dim, GraphBuilder};
+use crate::runtime::{self, SessionOptions};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub const INPUT: &str = "image";
+pub const OUTPUT: &str = "probs";
+
+/// Rename every tensor of `g` with `prefix`, except those in `keep` (mapped as given).
+fn rename(g: &GraphProto, prefix: &str, keep: &HashMap<String, String>) -> GraphProto {
+    let map = |s: &String| -> String {
+        if s.is_empty() {
+            return s.clone();
+        }
+        keep.get(s)
+            .cloned()
+            .unwrap_or_else(|| format!("{prefix}{s}"))
+    };
+    let mut out = g.clone();
+    for n in out.node.iter_mut() {
+        n.input = n.input.iter().map(map).collect();
+        n.output = n.output.iter().map(map).collect();
+        n.name = format!("{prefix}{}", n.name);
+    }
+    for t in out.initializer.iter_mut() {
+        t.name = map(&t.name);
+    }
+    out
+}
+
+/// One graph: raw RGB → preprocessing → backbone → head. `classes` and the input settings are
+/// recorded in the model's metadata.
+pub fn fuse(
+    backbone: &ModelProto,
+    head: &ModelProto,
+    pre: &Preprocess,
+    size: u32,
+    interpolation: Interpolation,
+    classes: &[String],
+) -> Result<ModelProto> {
+    let mut b = GraphBuilder::new("tlearn_classifier").with_prefix("pre/");
+    b.input(
+        INPUT,
+        &[
+            Dim::named("N"),
+            Dim::Fixed(size as i64),
+            Dim::Fixed(size as i64),
+            Dim::Fixed(3),
+        ],
+    );
+    let mut x = INPUT.to_string();
+    if pre.bgr {
+        let idx = b.const_i64("bgr", &[2, 1, 0]);
+        x = b.op("Gather", &[&x, &idx], vec![("axis", A::I(3))]);
+    }
+    if pre.scale != 1.0 {
+        let s = b.const_f32("scale", pre.scale);
+        x = b.op("Mul", &[&x, &s], vec![]);
+    }
+    if pre.mean != [0.0; 3] {
+        let m = b.const_vec_f32("mean", &pre.mean);
+        x = b.op("Sub", &[&x, &m], vec![]);
+    }
+    if pre.std != [1.0; 3] {
+        let s = b.const_vec_f32("std", &pre.std);
+        x = b.op("Div", &[&x, &s], vec![]);
+    }
+    let bg = onnx::graph(backbone);
+    let hg = onnx::graph(head);
+    let head_in = onnx::real_inputs(hg)
+        .first()
+        .map(|i| i.name.clone())
+        .ok_or_else(|| Error::Other("head has no input".into()))?;
+    let head_out = hg
+        .output
+        .first()
+        .map(|o| o.name.clone())
+        .ok_or_else(|| Error::Other("head has no output".into()))?;
+    let bb = rename(
+        bg,
+        "backbone/",
+        &HashMap::from([(cut::IMAGE.to_string(), x.clone())]),
+    );
+    let hh = rename(
+        hg,
+        "head/",
+        &HashMap::from([
+            (head_in, format!("backbone/{}", cut::FEATURES)),
+            (head_out, OUTPUT.to_string()),
+        ]),
+    );
+    for g in [bb, hh] {
+        b.graph.node.extend(g.node);
+        b.graph.initializer.extend(g.initializer);
+    }
+    let k = if classes.len() == 2 { 1 } else { classes.len() };
+    b.output(OUTPUT, &[Dim::named("N"), Dim::Fixed(k as i64)]);
+    let mut m = onnx::model(b.finish(), "tlearn");
+    let opset = [backbone, head]
+        .iter()
+        .flat_map(|m| m.opset_import.iter())
+        .filter(|o| o.domain.is_empty())
+        .map(|o| o.version)
+        .max()
+        .unwrap_or(onnx::OPSET);
+    m.opset_import = vec![OperatorSetIdProto {
+        domain: String::new(),
+        version: opset,
+    }];
+    m.metadata_props = vec![
+        StringStringEntryProto {
+            key: "tlearn.classes".into(),
+            value: serde_json::to_string(classes).expect("json"),
+        },
+        StringStringEntryProto {
+            key: "tlearn.size".into(),
+            value: size.to_string(),
+        },
+        StringStringEntryProto {
+            key: "tlearn.interpolation".into(),
+            value: serde_json::to_string(&interpolation).expect("json"),
+        },
+        StringStringEntryProto {
+            key: "tlearn.input".into(),
+            value: "RGB 0..255 float32 (N,H,W,3); preprocessing is in the graph".into(),
+        },
+    ];
+    Ok(m)
+}
+
+/// What a deployable model needs to be fed.
+#[derive(Clone, Debug)]
+pub struct ModelMeta {
+    pub classes: Vec<String>,
+    pub size: u32,
+    pub interpolation: Interpolation,
+}
+
+pub fn meta(m: &ModelProto, path: &Path) -> Result<ModelMeta> {
+    let get = |k: &str| {
+        m.metadata_props
+            .iter()
+            .find(|p| p.key == k)
+            .map(|p| p.value.clone())
+    };
+    let bad = |what: &str| Error::BadModel {
+        path: path.into(),
+        reason: format!("not a tlearn classifier: metadata {what} missing or invalid"),
+    };
+    let classes: Vec<String> = get("tlearn.classes")
+        .and_then(|v| serde_json::from_str(&v).ok())
+        .ok_or_else(|| bad("tlearn.classes"))?;
+    let size: u32 = get("tlearn.size")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| bad("tlearn.size"))?;
+    let interpolation = get("tlearn.interpolation")
+        .and_then(|v| serde_json::from_str(&v).ok())
+        .unwrap_or_default();
+    Ok(ModelMeta {
+        classes,
+        size,
+        interpolation,
+    })
+}
+
+/// Result of a scoring run.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ScoreSummary {
+    pub scored: usize,
+    pub unreadable: Vec<(String, String)>,
+    pub per_class: std::collections::BTreeMap<String, usize>,
+}
+
+/// All image files under `root` (recursively, symlinks not followed), sorted by path.
+pub fn list_images(root: &Path) -> Result<(Vec<PathBuf>, Vec<(String, String)>)> {
+    if !root.exists() {
+        return Err(Error::BadData {
+            path: root.into(),
+            reason: "no such file or folder".into(),
+        });
+    }
+    let mut files = vec![];
+    let mut errors = vec![];
+    for e in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
+        match e {
+            Ok(e) if e.file_type().is_file() && crate::imageio::is_image_path(e.path()) => {
+                files.push(e.into_path())
+            }
+            Ok(_) => {}
+            Err(e) => errors.push((
+                e.path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                e.to_string(),
+            )),
+        }
+    }
+    Ok((files, errors))
+}
+
+/// Score every image under `root` with the deployable `model`, streaming rows to `out` (CSV:
+/// path, class, probability, then one probability column per class when > 2 classes).
+pub fn score(
+    model_path: &Path,
+    root: &Path,
+    out: &Path,
+    batch: usize,
+    opts: &SessionOptions,
+    max_pixels: u64,
+) -> Result<ScoreSummary> {
+    let m = onnx::load_model(model_path)?;
+    let meta = meta(&m, model_path)?;
+    let (files, mut unreadable) = list_images(root)?;
+    let mut s = runtime::open(&onnx::encode_model(&m), model_path, opts)?.session;
+    let spec = LoadSpec {
+        size: (meta.size, meta.size),
+        interpolation: meta.interpolation,
+        preprocess: Preprocess::of(PreprocessKind::Raw),
+        max_pixels,
+    };
+    let mut summary = ScoreSummary::default();
+    let multi = meta.classes.len() > 2;
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).at(dir)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".scores-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .at(dir)?;
+    let mut w =
+        csv::Writer::from_writer(std::io::BufWriter::new(tmp.as_file().try_clone().at(dir)?));
+    let mut header = vec!["path".to_string(), "class".into(), "probability".into()];
+    if multi {
+        header.extend(meta.classes.iter().map(|c| format!("p_{c}")));
+    }
+    let csv_err = |e: csv::Error| Error::Other(format!("{}: {e}", out.display()));
+    w.write_record(&header).map_err(csv_err)?;
+    let pb = crate::cli::progress(files.len() as u64, "img");
+    pb.set_message("scoring");
+    run_images(&mut s, INPUT, OUTPUT, &files, &spec, batch, |i, r| {
+        pb.inc(1);
+        match r {
+            Ok(y) => {
+                let p: Vec<f64> = if y.len() == 1 {
+                    vec![1.0 - y[[0]] as f64, y[[0]] as f64]
+                } else {
+                    y.iter().map(|&v| v as f64).collect()
+                };
+                let c = p
+                    .iter()
+                    .enumerate()
+                    .fold((0, f64::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a })
+                    .0;
+                let mut row = vec![
+                    files[i].display().to_string(),
+                    meta.classes[c].clone(),
+                    format!("{:.6}", p[c]),
+                ];
+                if multi {
+                    row.extend(p.iter().map(|v| format!("{v:.6}")));
+                }
+                w.write_record(&row).map_err(csv_err)?;
+                *summary
+                    .per_class
+                    .entry(meta.classes[c].clone())
+                    .or_default() += 1;
+                summary.scored += 1;
+            }
+            Err(e) => {
+                tracing::warn!("{e} (skipped)");
+                unreadable.push((files[i].display().to_string(), e.to_string()));
+            }
+        }
+        Ok(())
+    })?;
+    pb.finish_and_clear();
+    w.flush().at(out)?;
+    drop(w);
+    crate::fsutil::persist(tmp, out)?;
+    summary.unreadable = unreadable;
+    Ok(summary)
+}

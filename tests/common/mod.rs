@@ -1,0 +1,170 @@
+//! Fixtures for the integration tests: generated images, tiny ONNX classifiers, and helpers
+//! that run the real binaries and print everything when they fail.
+#![allow(dead_code)]
+
+use image::{Rgb, RgbImage};
+use ndarray::ArrayD;
+use rand::{Rng, SeedableRng};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use tlearn::onnx::builder::A;
+use tlearn::onnx::{self, Dim, GraphBuilder};
+
+pub fn bin(name: &str) -> PathBuf {
+    let var = format!("CARGO_BIN_EXE_{name}");
+    PathBuf::from(std::env::var(&var).unwrap_or_else(|_| panic!("{var} not set")))
+}
+
+/// Run a binary in `cwd`; returns the output, printing it all.
+pub fn run(name: &str, args: &[&str], cwd: &Path) -> Output {
+    let out = Command::new(bin(name))
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "info,ort=error")
+        .output()
+        .expect("spawn");
+    eprintln!(
+        "$ {name} {}\n--- status: {}\n--- stdout:\n{}\n--- stderr:\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Run and require success; returns stdout.
+pub fn ok(name: &str, args: &[&str], cwd: &Path) -> String {
+    let out = run(name, args, cwd);
+    assert!(out.status.success(), "{name} {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run and require failure; returns stderr.
+pub fn fails(name: &str, args: &[&str], cwd: &Path) -> String {
+    let out = run(name, args, cwd);
+    assert!(!out.status.success(), "{name} {args:?} should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A small image whose colour depends on the class (so tiny backbones separate them), with noise.
+pub fn make_image(class_idx: usize, seed: u64, w: u32, h: u32) -> RgbImage {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let base: [f32; 3] = match class_idx % 3 {
+        0 => [200.0, 60.0, 50.0],
+        1 => [50.0, 80.0, 210.0],
+        _ => [60.0, 200.0, 70.0],
+    };
+    RgbImage::from_fn(w, h, |x, y| {
+        let g = ((x + y) % 16) as f32 * 2.0;
+        Rgb(std::array::from_fn(|c| {
+            (base[c] + g + rng.gen_range(-40.0..40.0)).clamp(0.0, 255.0) as u8
+        }))
+    })
+}
+
+/// `root/<class>/<class>_<i>.png` (or Kaggle flat `root/<class>.<i>.jpg` when `kaggle`).
+pub fn make_dataset(root: &Path, classes: &[&str], per_class: usize, kaggle: bool) {
+    std::fs::create_dir_all(root).unwrap();
+    for (ci, c) in classes.iter().enumerate() {
+        for i in 0..per_class {
+            let img = make_image(
+                ci,
+                (ci * 1000 + i) as u64,
+                24 + (i as u32 % 3) * 8,
+                20 + (i as u32 % 4) * 6,
+            );
+            if kaggle {
+                img.save(root.join(format!("{c}.{i}.jpg"))).unwrap();
+            } else {
+                let d = root.join(c);
+                std::fs::create_dir_all(&d).unwrap();
+                img.save(d.join(format!("{c}_{i}.png"))).unwrap();
+            }
+        }
+    }
+}
+
+/// A tiny tf2onnx-like classifier: NHWC input (N,32,32,3) → Transpose → Conv 3→8 3×3 → Relu →
+/// MaxPool 2×2 (tensor `pool_out`, NCHW) → Flatten → Gemm → Softmax. Cut it at `pool_out`.
+pub fn tiny_classifier(path: &Path, seed: u64) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut b = GraphBuilder::new("tiny").with_prefix("t/");
+    b.input(
+        "input_1",
+        &[
+            Dim::named("unk"),
+            Dim::Fixed(32),
+            Dim::Fixed(32),
+            Dim::Fixed(3),
+        ],
+    );
+    let x = b.op(
+        "Transpose",
+        &["input_1"],
+        vec![("perm", A::Ints(vec![0, 3, 1, 2]))],
+    );
+    let w = b.init_f32(
+        "conv/kernel",
+        &ArrayD::from_shape_simple_fn(ndarray::IxDyn(&[8, 3, 3, 3]), || {
+            rng.gen_range(-0.02f32..0.02)
+        }),
+    );
+    let bias = b.init_f32(
+        "conv/bias",
+        &ArrayD::from_shape_simple_fn(ndarray::IxDyn(&[8]), || rng.gen_range(-0.1f32..0.1)),
+    );
+    let c = b.op(
+        "Conv",
+        &[&x, &w, &bias],
+        vec![
+            ("kernel_shape", A::Ints(vec![3, 3])),
+            ("pads", A::Ints(vec![1, 1, 1, 1])),
+        ],
+    );
+    let r = b.op("Relu", &[&c], vec![]);
+    b.node(
+        "MaxPool",
+        &[&r],
+        &["pool_out"],
+        vec![
+            ("kernel_shape", A::Ints(vec![2, 2])),
+            ("strides", A::Ints(vec![2, 2])),
+        ],
+    );
+    let f = b.op("Flatten", &["pool_out"], vec![]);
+    let w2 = b.init_f32(
+        "fc/kernel",
+        &ArrayD::from_shape_simple_fn(ndarray::IxDyn(&[8 * 16 * 16, 4]), || {
+            rng.gen_range(-0.01f32..0.01)
+        }),
+    );
+    let b2 = b.init_f32("fc/bias", &ArrayD::zeros(ndarray::IxDyn(&[4])));
+    let g = b.op("Gemm", &[&f, &w2, &b2], vec![]);
+    b.node("Softmax", &[&g], &["output"], vec![]);
+    b.output("output", &[Dim::named("unk"), Dim::Fixed(4)]);
+    let mut m = onnx::model(b.finish(), "tf2onnx-like test fixture");
+    m.opset_import[0].version = 13;
+    onnx::save_model(&m, path).unwrap();
+}
+
+/// A model whose input is not an image (rank 2).
+pub fn not_image_model(path: &Path) {
+    let mut b = GraphBuilder::new("vec");
+    b.input("x", &[Dim::named("N"), Dim::Fixed(10)]);
+    b.node("Relu", &["x"], &["y"], vec![]);
+    b.output("y", &[Dim::named("N"), Dim::Fixed(10)]);
+    onnx::save_model(&onnx::model(b.finish(), "test"), path).unwrap();
+}
+
+/// A fresh temp dir with an `onnx/` catalog folder holding the shipped catalog.
+pub fn workdir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("onnx")).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("onnx/backbones.toml"),
+        d.path().join("onnx/backbones.toml"),
+    )
+    .unwrap();
+    d
+}

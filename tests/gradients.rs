@@ -1,0 +1,198 @@
+//! The training-graph compiler checked against central finite differences, op by op.
+
+mod common;
+use ndarray::{ArrayD, IxDyn};
+use rand::{Rng, SeedableRng};
+use std::path::Path;
+use tlearn::onnx::builder::A;
+use tlearn::onnx::{self, proto::ModelProto, Dim, GraphBuilder};
+use tlearn::runtime::{Device, SessionOptions};
+use tlearn::train::head::{self, HeadSpec, Pool};
+use tlearn::train::{label_tensor, Trainer};
+
+fn opts() -> SessionOptions {
+    SessionOptions {
+        device: Device::Cpu,
+        threads: 1,
+    }
+}
+
+fn rand_array(rng: &mut impl Rng, shape: &[usize], scale: f32) -> ArrayD<f32> {
+    ArrayD::from_shape_simple_fn(IxDyn(shape), || rng.gen_range(-scale..scale))
+}
+
+/// Compare analytic gradients with central differences on every parameter (sampled entries).
+fn check(model: &ModelProto, feature_shape: &[usize], classes: usize, n: usize) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let mut t = Trainer::new(
+        model,
+        Path::new("test.onnx"),
+        feature_shape,
+        classes,
+        &opts(),
+    )
+    .unwrap();
+    let x = rand_array(&mut rng, &[&[n][..], feature_shape].concat(), 1.0);
+    let labels: Vec<usize> = (0..n).map(|i| i % classes).collect();
+    let y = label_tensor(&labels, t.train.loss, classes);
+    let masks: Vec<ArrayD<f32>> = t
+        .train
+        .masks
+        .iter()
+        .map(|m| {
+            let keep = 1.0 - m.ratio;
+            ArrayD::from_shape_simple_fn(IxDyn(&[&[n][..], &m.shape].concat()), || {
+                if rng.gen::<f32>() < keep {
+                    1.0 / keep
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    let (_, _, grads) = t.step(x.view(), &y, &masks).unwrap();
+    let eps = 1e-2f32;
+    let mut checked = 0;
+    for p in 0..t.params.len() {
+        let len = t.params[p].len();
+        for _ in 0..len.min(12) {
+            let j = rng.gen_range(0..len);
+            let orig = t.params[p].as_slice().unwrap()[j];
+            t.params[p].as_slice_mut().unwrap()[j] = orig + eps;
+            let lp = t.step(x.view(), &y, &masks).unwrap().0 as f64;
+            t.params[p].as_slice_mut().unwrap()[j] = orig - eps;
+            let lm = t.step(x.view(), &y, &masks).unwrap().0 as f64;
+            t.params[p].as_slice_mut().unwrap()[j] = orig;
+            let fd = (lp - lm) / (2.0 * eps as f64);
+            let an = grads[p].as_slice().unwrap()[j] as f64;
+            assert!(
+                (fd - an).abs() <= 2e-3 + 2e-2 * fd.abs().max(an.abs()),
+                "param {} [{j}]: analytic {an} vs finite difference {fd}",
+                t.train.params[p]
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 2 * t.params.len().min(1),
+        "checked {checked} entries"
+    );
+}
+
+#[test]
+fn dense_head_sigmoid_bce_with_dropout() {
+    let spec = HeadSpec {
+        units: 6,
+        layers: 1,
+        dropout: 0.5,
+        pool: Pool::Flatten,
+    };
+    let m = head::build(&[2, 2, 3], 2, &spec, 1).unwrap();
+    check(&m, &[2, 2, 3], 2, 5);
+}
+
+#[test]
+fn two_hidden_layers_softmax_ce() {
+    let spec = HeadSpec {
+        units: 5,
+        layers: 2,
+        dropout: 0.3,
+        pool: Pool::Flatten,
+    };
+    let m = head::build(&[3, 1, 2], 3, &spec, 2).unwrap();
+    check(&m, &[3, 1, 2], 3, 6);
+}
+
+#[test]
+fn average_pooled_head() {
+    let spec = HeadSpec {
+        units: 4,
+        layers: 1,
+        dropout: 0.0,
+        pool: Pool::Avg,
+    };
+    let m = head::build(&[3, 3, 4], 2, &spec, 3).unwrap();
+    check(&m, &[3, 3, 4], 2, 4);
+}
+
+/// A tf2onnx-style dense stack: MatMul + broadcast Add + Relu + Softmax.
+fn matmul_add_model() -> ModelProto {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let mut b = GraphBuilder::new("mm").with_prefix("m/");
+    b.input("x", &[Dim::named("N"), Dim::Fixed(6)]);
+    let w1 = b.init_f32("w1", &rand_array(&mut rng, &[6, 5], 0.5));
+    let b1 = b.init_f32("b1", &rand_array(&mut rng, &[5], 0.1));
+    let w2 = b.init_f32("w2", &rand_array(&mut rng, &[5, 3], 0.5));
+    let b2 = b.init_f32("b2", &rand_array(&mut rng, &[1, 3], 0.1));
+    let h = b.op("MatMul", &["x", &w1], vec![]);
+    let h = b.op("Add", &[&h, &b1], vec![]);
+    let h = b.op("Relu", &[&h], vec![]);
+    let h = b.op("MatMul", &[&h, &w2], vec![]);
+    let h = b.op("Add", &[&b2, &h], vec![]);
+    b.node("Softmax", &[&h], &["y"], vec![("axis", A::I(-1))]);
+    b.output("y", &[Dim::named("N"), Dim::Fixed(3)]);
+    onnx::model(b.finish(), "test")
+}
+
+#[test]
+fn matmul_and_broadcast_add() {
+    check(&matmul_add_model(), &[6], 3, 7);
+}
+
+#[test]
+fn unsupported_op_names_node_and_op() {
+    let mut m = matmul_add_model();
+    let g = m.graph.as_mut().unwrap();
+    let relu = g.node.iter_mut().find(|n| n.op_type == "Relu").unwrap();
+    relu.op_type = "Tanh".into();
+    let name = relu.name.clone();
+    let err = match Trainer::new(&m, Path::new("t.onnx"), &[6], 3, &opts()) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("Tanh has no backward rule yet"),
+    };
+    assert!(err.contains(&name) && err.contains("Tanh"), "{err}");
+}
+
+#[test]
+fn training_reduces_the_loss_and_is_reproducible() {
+    let spec = HeadSpec {
+        units: 8,
+        layers: 1,
+        dropout: 0.5,
+        pool: Pool::Flatten,
+    };
+    let m = head::build(&[4], 2, &spec, 9).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let x = rand_array(&mut rng, &[64, 4], 1.0);
+    let labels: Vec<usize> = x
+        .outer_iter()
+        .map(|r| (r[0] + r[1] > 0.0) as usize)
+        .collect();
+    let cfg = tlearn::train::FitConfig {
+        epochs: 15,
+        batch: 8,
+        seed: 4,
+        optimizer: tlearn::train::optim::Optimizer::rmsprop(1e-2),
+    };
+    let fit = || {
+        let mut t = Trainer::new(&m, Path::new("t.onnx"), &[4], 2, &opts()).unwrap();
+        t.fit(&x, &labels, &x, &labels, &cfg, |_| {}).unwrap()
+    };
+    let h1 = fit();
+    let h2 = fit();
+    assert_eq!(
+        h1,
+        h2.iter()
+            .map(|e| tlearn::train::Epoch {
+                seconds: h1[e.epoch - 1].seconds,
+                ..e.clone()
+            })
+            .collect::<Vec<_>>(),
+        "same seed, same history"
+    );
+    assert!(
+        h1.last().unwrap().val_loss < h1[0].val_loss * 0.7,
+        "loss fell: {h1:?}"
+    );
+    assert!(h1.last().unwrap().val_accuracy > 0.85, "{h1:?}");
+}
