@@ -19,7 +19,15 @@ ELPV_WHEEL  := elpv_dataset-1.0.0.post1-py3-none-any.whl
 ELPV_SHA256 := 85e31c1126ee9b48e62d3a0232c58f58b2d189b0814a45c13642fa0415af4a4c
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
-.PHONY: help setup setup-cuda build test demo demo-best data backbone extract head evaluate score bench clean fmt lint
+.PHONY: help setup setup-cuda build test demo demo-best data data4 backbone extract head evaluate score bench clean fmt lint
+
+DATA_DIR  := data/$(DATASET)
+FEAT_DIR  := features/$(DATASET)/$(BACKBONE)-$(SIZE)
+RUN_DIR   := runs/$(RUN)
+REPORT    := reports/$(RUN)
+HEAD_ARGS ?=
+BINS      := $(BIN)/tlearn-data $(BIN)/tlearn-backbone $(BIN)/tlearn-extract $(BIN)/tlearn-head $(BIN)/tlearn-evaluate $(BIN)/tlearn-score
+SOURCES   := $(shell find pipeline -name '*.rs') Cargo.toml
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
@@ -49,3 +57,68 @@ fmt: ## format the code
 lint: ## rustfmt + clippy, warnings are errors
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
+
+setup-cuda: ## put onnxruntime-gpu $(ORT_VERSION) + CUDA 13/cuDNN 9 libraries into .ort/ (large download)
+	@mkdir -p .cache/gpu .ort/cuda
+	$(PYTHON) -m pip install --disable-pip-version-check -q --target .cache/gpu "onnxruntime-gpu[cuda,cudnn]==$(ORT_VERSION)"
+	cp .cache/gpu/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) .cache/gpu/onnxruntime/capi/libonnxruntime_providers_*.so .ort/
+	find .cache/gpu/nvidia -name 'lib*.so*' -exec cp -L {} .ort/cuda/ \;
+	@echo "onnxruntime-gpu $(ORT_VERSION) → .ort/ (CUDA libraries in .ort/cuda/)"
+
+$(BINS) &: $(SOURCES)
+	$(CARGO) build --release --bins
+
+data: $(DATA_DIR)/manifest.csv ## fetch ELPV (pinned wheel, sha256 checked) and split it into data/elpv/
+
+data/elpv/manifest.csv: | $(BIN)/tlearn-data
+	$(BIN)/tlearn-data elpv --output data/elpv --classes 2
+
+data4: data/elpv4/manifest.csv ## ELPV with its four defect-probability classes → data/elpv4/
+
+data/elpv4/manifest.csv: | $(BIN)/tlearn-data
+	$(BIN)/tlearn-data elpv --output data/elpv4 --classes 4
+
+backbone: onnx/$(BACKBONE).onnx ## fetch and cut BACKBONE (vgg16, resnet50-thin) into onnx/
+
+onnx/%.onnx: onnx/backbones.toml | $(BIN)/tlearn-backbone
+	$(BIN)/tlearn-backbone fetch $*
+
+extract: $(FEAT_DIR)/test.npy.json ## cache BACKBONE features of DATASET at SIZE×SIZE
+
+$(FEAT_DIR)/test.npy.json: $(DATA_DIR)/manifest.csv onnx/$(BACKBONE).onnx | $(BINS)
+	$(BIN)/tlearn-extract --data $(DATA_DIR) --backbone $(BACKBONE) --size $(SIZE) --device $(DEVICE)
+
+head: $(RUN_DIR)/head.onnx ## train the dense head on the cached features (HEAD_ARGS adds options)
+
+$(RUN_DIR)/head.onnx: $(FEAT_DIR)/test.npy.json | $(BINS)
+	$(BIN)/tlearn-head --features $(FEAT_DIR) --run $(RUN) $(HEAD_ARGS)
+
+evaluate: $(REPORT)/metrics.json ## metrics of the run on the test split → reports/RUN/metrics.json
+
+$(REPORT)/metrics.json: $(RUN_DIR)/head.onnx | $(BINS)
+	$(BIN)/tlearn-evaluate --run $(RUN)
+
+score: $(REPORT)/scores.csv ## score the test folder with the fused deployable model → reports/RUN/scores.csv
+
+$(REPORT)/scores.csv: $(RUN_DIR)/head.onnx | $(BINS)
+	$(BIN)/tlearn-score $(DATA_DIR)/test --run $(RUN) --device $(DEVICE) --out $@
+
+demo: setup ## the whole pipeline on ELPV with VGG16 at 150×150 (fetches ~150 MB once)
+	$(MAKE) --no-print-directory evaluate score RUN=demo BACKBONE=vgg16 SIZE=150
+	@$(PYTHON) -c "import json; m=json.load(open('reports/demo/metrics.json')); print(f\"demo: ELPV test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, ROC-AUC {m['roc_auc']:.4f}, n_test {m['n_test']}\")"
+
+demo-best: setup ## the best frozen-feature configuration found (VGG16 at 300×300, see README)
+	$(MAKE) --no-print-directory evaluate RUN=best BACKBONE=vgg16 SIZE=300 HEAD_ARGS="$(BEST_HEAD_ARGS)"
+	@$(PYTHON) -c "import json; m=json.load(open('reports/best/metrics.json')); print(f\"demo-best: ELPV test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, ROC-AUC {m['roc_auc']:.4f}\")"
+
+bench: setup data backbone bench-env ## extraction throughput: tlearn vs raw ORT session vs a Python onnxruntime+Pillow loop
+	$(CARGO) bench --bench extract
+
+clean: ## remove build outputs, features, runs and reports (keeps data/ and onnx/)
+	rm -rf target features runs reports
+
+bench-env: .cache/benchenv/bin/python ## a Python venv with onnxruntime $(ORT_VERSION), numpy and Pillow for `make bench`
+
+.cache/benchenv/bin/python: $(ORT_LIB)
+	$(PYTHON) -m venv .cache/benchenv
+	.cache/benchenv/bin/pip install --disable-pip-version-check -q .cache/wheels/$(ORT_WHEEL) numpy pillow

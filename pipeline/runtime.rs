@@ -79,7 +79,7 @@ pub fn init() -> Result<&'static Path> {
         .map_err(|e| Error::Ort(e.clone()))
 }
 
-fn environment() -> Result<&'static ort::environment::Environment> {
+pub fn environment() -> Result<&'static ort::environment::Environment> {
     init()?;
     Ok(&INIT
         .get()

@@ -1,0 +1,221 @@
+//! Library-level checks: preprocessing, resizing, metrics, file safety, cutting.
+
+mod common;
+use ndarray::{ArrayD, Axis};
+use std::path::Path;
+use tlearn::imageio::{self, Interpolation, Preprocess, PreprocessKind};
+
+#[test]
+fn nearest_resize_matches_pil_sampling() {
+    // 4×1 → 2×1: PIL NEAREST samples source x = floor((x + 0.5) · 2) = 1, 3.
+    let img = image::RgbImage::from_fn(4, 1, |x, _| image::Rgb([x as u8 * 10, 0, 0]));
+    let a = imageio::to_rgb_array(
+        &image::DynamicImage::ImageRgb8(img),
+        (1, 2),
+        Interpolation::Nearest,
+    );
+    assert_eq!(
+        a.index_axis(Axis(2), 0).iter().copied().collect::<Vec<_>>(),
+        vec![10.0, 30.0]
+    );
+}
+
+#[test]
+fn gray_and_sixteen_bit_become_rgb() {
+    let g = image::GrayImage::from_pixel(3, 3, image::Luma([100]));
+    let a = imageio::to_rgb_array(
+        &image::DynamicImage::ImageLuma8(g),
+        (3, 3),
+        Interpolation::Bilinear,
+    );
+    assert!(a.iter().all(|&v| v == 100.0));
+    let g16 =
+        image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_pixel(2, 2, image::Luma([65535]));
+    let a = imageio::to_rgb_array(
+        &image::DynamicImage::ImageLuma16(g16),
+        (2, 2),
+        Interpolation::Nearest,
+    );
+    assert!(a.iter().all(|&v| v == 255.0));
+}
+
+#[test]
+fn caffe_preprocessing_flips_to_bgr_and_subtracts_means() {
+    let mut a = ndarray::Array3::<f32>::zeros((1, 1, 3));
+    a[[0, 0, 0]] = 10.0; // R
+    a[[0, 0, 2]] = 30.0; // B
+    Preprocess::of(PreprocessKind::Caffe).apply(a.view_mut());
+    let v: Vec<f32> = a.iter().copied().collect();
+    assert!(
+        (v[0] - (30.0 - 103.939)).abs() < 1e-4
+            && (v[1] + 116.779).abs() < 1e-4
+            && (v[2] - (10.0 - 123.68)).abs() < 1e-4,
+        "{v:?}"
+    );
+    let mut b = ndarray::Array3::<f32>::from_elem((1, 1, 3), 255.0);
+    Preprocess::of(PreprocessKind::Tf).apply(b.view_mut());
+    assert!(b.iter().all(|&v| (v - 1.0).abs() < 1e-6));
+}
+
+#[test]
+fn decompression_bombs_and_garbage_are_refused_with_the_path() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("big.png");
+    image::RgbImage::new(200, 200).save(&p).unwrap();
+    let e = imageio::decode(&p, 1000).unwrap_err().to_string();
+    assert!(
+        e.contains("big.png") && e.contains("exceeds the limit"),
+        "{e}"
+    );
+    let q = d.path().join("zero.jpg");
+    std::fs::write(&q, b"").unwrap();
+    let e = imageio::decode(&q, u64::MAX).unwrap_err().to_string();
+    assert!(e.contains("zero.jpg"), "{e}");
+}
+
+#[test]
+fn roc_auc_by_ranks() {
+    let auc =
+        tlearn::metrics::roc_auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]).unwrap();
+    assert!((auc - 0.75).abs() < 1e-12);
+    assert_eq!(
+        tlearn::metrics::roc_auc(&[0.5, 0.5], &[false, true]),
+        Some(0.5)
+    );
+    assert_eq!(tlearn::metrics::roc_auc(&[0.5], &[true]), None);
+}
+
+#[test]
+fn metrics_confusion_and_f1() {
+    let probs = ArrayD::from_shape_vec(ndarray::IxDyn(&[4, 1]), vec![0.9, 0.2, 0.7, 0.4]).unwrap();
+    let m = tlearn::metrics::compute(&probs, &[1, 0, 0, 1], &["a".into(), "b".into()]);
+    assert_eq!(m.confusion, vec![vec![1, 1], vec![1, 1]]);
+    assert_eq!(m.accuracy, 0.5);
+    assert!((m.per_class[1].f1 - 0.5).abs() < 1e-12);
+}
+
+#[test]
+fn atomic_write_keeps_the_old_file_when_interrupted() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("x.npy");
+    tlearn::fsutil::write_bytes_atomic(&p, b"old").unwrap();
+    let r = tlearn::fsutil::write_atomic(&p, |w| {
+        w.write_all(b"half")?;
+        Err(std::io::Error::other("killed"))
+    });
+    assert!(r.is_err());
+    assert_eq!(std::fs::read(&p).unwrap(), b"old");
+    assert_eq!(
+        std::fs::read_dir(d.path()).unwrap().count(),
+        1,
+        "no temp file left behind"
+    );
+}
+
+#[test]
+fn names_cannot_escape_the_output_folder() {
+    let root = Path::new("/tmp/out");
+    assert!(tlearn::fsutil::safe_join(root, "../x").is_err());
+    assert!(tlearn::fsutil::safe_join(root, "/etc").is_err());
+    assert_eq!(
+        tlearn::fsutil::safe_join(root, "cat/a.jpg").unwrap(),
+        root.join("cat/a.jpg")
+    );
+}
+
+#[test]
+fn elpv_labels_and_classes() {
+    let cells = tlearn::elpv::parse_labels(
+        "images/cell0001.png  1.0  mono\nimages/cell0002.png 0.3333333333333333 poly\n",
+        Path::new("labels.csv"),
+    )
+    .unwrap();
+    assert_eq!(tlearn::elpv::class_of(&cells[0], 2), "defective");
+    assert_eq!(tlearn::elpv::class_of(&cells[1], 2), "functional");
+    assert_eq!(tlearn::elpv::class_of(&cells[1], 4), "p033");
+    let e = tlearn::elpv::parse_labels("images/x.png oops mono", Path::new("labels.csv"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("labels.csv") && e.contains("line 1"), "{e}");
+}
+
+#[test]
+fn cut_backbone_equals_the_original_graph_and_a_plain_session() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("tiny.onnx");
+    common::tiny_classifier(&src, 8);
+    let m = tlearn::onnx::load_model(&src).unwrap();
+    let cut = tlearn::onnx::cut::cut_model(&m, &src, "pool_out", tlearn::onnx::cut::Layout::Nchw)
+        .unwrap();
+    assert_eq!(tlearn::onnx::cut::param_count(&cut), 224);
+    // The same preprocessed tensor through the cut graph (tlearn's runtime) and through the
+    // original graph with `pool_out` exposed (a plain ort session).
+    let img = common::make_image(1, 3, 40, 30);
+    let p = d.path().join("i.png");
+    img.save(&p).unwrap();
+    let x = imageio::load(
+        &p,
+        (32, 32),
+        Interpolation::Nearest,
+        &Preprocess::of(PreprocessKind::Caffe),
+        u64::MAX,
+    )
+    .unwrap()
+    .insert_axis(Axis(0))
+    .into_dyn();
+    let bytes = tlearn::onnx::encode_model(&cut);
+    let mut s = tlearn::runtime::open(&bytes, &src, &Default::default())
+        .unwrap()
+        .session;
+    let y = tlearn::runtime::run_f32(&mut s, vec![("image", x.view())], &["features"])
+        .unwrap()
+        .remove(0);
+    let shapes = tlearn::onnx::probe::shapes(
+        &m,
+        &src,
+        vec![("input_1", x.view())],
+        &["pool_out".to_string()],
+    )
+    .unwrap();
+    assert_eq!(shapes["pool_out"], vec![1, 8, 16, 16]);
+    let mut full = m.clone();
+    let g = full.graph.as_mut().unwrap();
+    g.output = vec![tlearn::onnx::value_info(
+        "pool_out",
+        tlearn::onnx::proto::dtype::FLOAT,
+        &[],
+    )];
+    let mut plain = ort::session::Session::builder(ort_env())
+        .unwrap()
+        .commit_from_memory(&tlearn::onnx::encode_model(&full))
+        .unwrap();
+    let out = plain
+        .run(ort::inputs!["input_1" => ort::value::TensorRef::from_array_view(x.view()).unwrap()])
+        .unwrap();
+    let reference = out["pool_out"]
+        .try_extract_array::<f32>()
+        .unwrap()
+        .permuted_axes(vec![0, 2, 3, 1])
+        .to_owned();
+    let scale = reference.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let diff = y
+        .iter()
+        .zip(reference.iter())
+        .fold(0f32, |a, (p, q)| a.max((p - q).abs()));
+    assert!(
+        scale > 0.0 && diff <= 1e-4 * scale,
+        "max diff {diff} vs scale {scale}"
+    );
+    // Bit-for-bit stable across runs.
+    let y2 = tlearn::runtime::run_f32(&mut s, vec![("image", x.view())], &["features"])
+        .unwrap()
+        .remove(0);
+    assert_eq!(y, y2);
+}
+
+fn ort_env() -> &'static ort::environment::Environment {
+    tlearn::runtime::init().unwrap();
+    tlearn::runtime::environment().unwrap()
+}
+
+use std::io::Write;
