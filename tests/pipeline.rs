@@ -497,3 +497,66 @@ fn multiclass_head_uses_softmax() {
         "path,class,probability,p_a,p_b,p_c"
     );
 }
+
+#[test]
+fn device_cuda_is_explicit_about_a_cpu_only_runtime() {
+    let w = workdir();
+    let w = w.path();
+    prepared(w, &["cat", "dog"], 6);
+    let cuda_lib = std::env::var("ORT_DYLIB_PATH")
+        .ok()
+        .map(|p| Path::new(&p).with_file_name("libonnxruntime_providers_cuda.so"))
+        .filter(|p| p.exists());
+    if let Some(lib) = cuda_lib {
+        // A CUDA build of onnxruntime is installed (`make setup-cuda`): the GPU path must work.
+        ok(
+            "tlearn-extract",
+            &[
+                "--data",
+                "data/toy",
+                "--backbone",
+                "tiny",
+                "--device",
+                "cuda",
+            ],
+            w,
+        );
+        eprintln!("CUDA test ran with {}", lib.display());
+        return;
+    }
+    eprintln!("GPU test skipped: no CUDA onnxruntime here (run `make setup-cuda` on a GPU machine); checking the CPU-only error instead");
+    let err = fails(
+        "tlearn-extract",
+        &[
+            "--data",
+            "data/toy",
+            "--backbone",
+            "tiny",
+            "--device",
+            "cuda",
+        ],
+        w,
+    );
+    assert!(
+        err.contains("no CUDA execution provider") && err.contains("make setup-cuda"),
+        "{err}"
+    );
+    // auto falls back to CPU and says why.
+    let out = run(
+        "tlearn-extract",
+        &[
+            "--data",
+            "data/toy",
+            "--backbone",
+            "tiny",
+            "--device",
+            "auto",
+        ],
+        w,
+    );
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("using CPU because"),
+        "one log line saying why"
+    );
+}

@@ -42,10 +42,10 @@ struct Args {
     #[arg(long, value_enum, default_value = "rmsprop")]
     optimizer: Opt,
     #[arg(long, default_value_t = 2e-5)]
-    lr: f32,
+    lr: f64,
     /// SGD momentum.
     #[arg(long, default_value_t = 0.0)]
-    momentum: f32,
+    momentum: f64,
     #[arg(long, default_value_t = 30)]
     epochs: usize,
     #[arg(long, default_value_t = 20)]

@@ -21,6 +21,8 @@ pub enum Pool {
     Flatten,
     /// Global average pooling over h and w.
     Avg,
+    /// Global max pooling over h and w.
+    Max,
 }
 
 /// Head hyper-parameters; defaults are the classic head.
@@ -94,17 +96,22 @@ pub fn build(
             b.op("Flatten", &[INPUT], vec![("axis", A::I(1))]),
             feature_shape.iter().product::<usize>(),
         ),
-        Pool::Avg => {
+        Pool::Avg | Pool::Max => {
             if feature_shape.len() != 3 {
                 return Err(Error::Shape {
-                    what: "features for average pooling (h, w, c)".into(),
+                    what: "features for global pooling (h, w, c)".into(),
                     expected: vec![3],
                     got: vec![feature_shape.len()],
                 });
             }
+            let op = if spec.pool == Pool::Avg {
+                "ReduceMean"
+            } else {
+                "ReduceMax"
+            };
             (
                 b.op(
-                    "ReduceMean",
+                    op,
                     &[INPUT],
                     vec![("axes", A::Ints(vec![1, 2])), ("keepdims", A::I(0))],
                 ),

@@ -221,11 +221,7 @@ impl Trainer {
         cfg.validate()?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
         let mut state = optim::State::new(cfg.optimizer.clone(), &self.params);
-        let lr = match cfg.optimizer {
-            optim::Optimizer::Rmsprop { lr, .. }
-            | optim::Optimizer::Sgd { lr, .. }
-            | optim::Optimizer::Adam { lr, .. } => lr,
-        };
+        let lr = cfg.optimizer.lr();
         let n = x.shape()[0];
         let mut order: Vec<usize> = (0..n).collect();
         let mut history = vec![];

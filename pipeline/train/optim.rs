@@ -9,27 +9,27 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "name", rename_all = "lowercase")]
 pub enum Optimizer {
     /// `v = ρv + (1−ρ)g²; w −= lr·g / (√v + ε)` (Keras: ρ = 0.9, ε = 1e-7).
-    Rmsprop { lr: f32, rho: f32, epsilon: f32 },
+    Rmsprop { lr: f64, rho: f64, epsilon: f64 },
     /// `m = μm − lr·g; w += m` (plain SGD when μ = 0).
-    Sgd { lr: f32, momentum: f32 },
+    Sgd { lr: f64, momentum: f64 },
     /// Adam with bias correction (Keras: β1 0.9, β2 0.999, ε 1e-7).
     Adam {
-        lr: f32,
-        beta1: f32,
-        beta2: f32,
-        epsilon: f32,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        epsilon: f64,
     },
 }
 
 impl Optimizer {
-    pub fn rmsprop(lr: f32) -> Self {
+    pub fn rmsprop(lr: f64) -> Self {
         Optimizer::Rmsprop {
             lr,
             rho: 0.9,
             epsilon: 1e-7,
         }
     }
-    pub fn adam(lr: f32) -> Self {
+    pub fn adam(lr: f64) -> Self {
         Optimizer::Adam {
             lr,
             beta1: 0.9,
@@ -37,8 +37,17 @@ impl Optimizer {
             epsilon: 1e-7,
         }
     }
-    pub fn sgd(lr: f32, momentum: f32) -> Self {
+    pub fn sgd(lr: f64, momentum: f64) -> Self {
         Optimizer::Sgd { lr, momentum }
+    }
+
+    /// The base learning rate.
+    pub fn lr(&self) -> f64 {
+        match *self {
+            Optimizer::Rmsprop { lr, .. }
+            | Optimizer::Sgd { lr, .. }
+            | Optimizer::Adam { lr, .. } => lr,
+        }
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -79,18 +88,21 @@ impl State {
     }
 
     /// Apply one update with learning rate `lr` (the schedule's value for this step).
-    pub fn update(&mut self, params: &mut [ArrayD<f32>], grads: &[ArrayD<f32>], lr: f32) {
+    pub fn update(&mut self, params: &mut [ArrayD<f32>], grads: &[ArrayD<f32>], lr: f64) {
+        let lr = lr as f32;
         self.step += 1;
         let t = self.step;
         for ((p, g), (s1, s2)) in params.iter_mut().zip(grads).zip(self.slots.iter_mut()) {
             match self.opt {
                 Optimizer::Rmsprop { rho, epsilon, .. } => {
+                    let (rho, epsilon) = (rho as f32, epsilon as f32);
                     Zip::from(p).and(g).and(s1).for_each(|w, &g, v| {
                         *v = rho * *v + (1.0 - rho) * g * g;
                         *w -= lr * g / (v.sqrt() + epsilon);
                     });
                 }
                 Optimizer::Sgd { momentum, .. } => {
+                    let momentum = momentum as f32;
                     if momentum == 0.0 {
                         Zip::from(p).and(g).for_each(|w, &g| *w -= lr * g);
                     } else {
@@ -106,7 +118,9 @@ impl State {
                     epsilon,
                     ..
                 } => {
-                    let a = lr * (1.0 - beta2.powi(t)).sqrt() / (1.0 - beta1.powi(t));
+                    let a =
+                        (lr as f64 * (1.0 - beta2.powi(t)).sqrt() / (1.0 - beta1.powi(t))) as f32;
+                    let (beta1, beta2, epsilon) = (beta1 as f32, beta2 as f32, epsilon as f32);
                     Zip::from(p).and(g).and(s1).and(s2).for_each(|w, &g, m, v| {
                         *m += (g - *m) * (1.0 - beta1);
                         *v += (g * g - *v) * (1.0 - beta2);
