@@ -14,15 +14,11 @@ use tlearn::batch::{run_images, LoadSpec};
 use tlearn::runtime::{self, Device, SessionOptions};
 
 fn main() {
-    let n: usize = std::env::var("BENCH_IMAGES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(120);
+    let n: usize = std::env::var("BENCH_IMAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(120);
     let name = std::env::var("BENCH_BACKBONE").unwrap_or_else(|_| "vgg16".into());
-    let bb = tlearn::backbone::Backbone::open(std::path::Path::new("onnx"), &name)
-        .expect("run `make backbone` first");
-    let (_, items, _) = tlearn::dataset::list_split(std::path::Path::new("data/elpv"), "test")
-        .expect("run `make data` first");
+    let bb = tlearn::backbone::Backbone::open(std::path::Path::new("onnx"), &name).expect("run `make backbone` first");
+    let (_, items, _) =
+        tlearn::dataset::list_split(std::path::Path::new("data/elpv"), "test").expect("run `make data` first");
     let paths: Vec<PathBuf> = items.iter().take(n).map(|i| i.path.clone()).collect();
     let size = bb.info.size;
     let batch = 20;
@@ -32,10 +28,7 @@ fn main() {
         preprocess: bb.info.preprocess.clone(),
         max_pixels: u64::MAX,
     };
-    let opts = SessionOptions {
-        device: Device::Cpu,
-        threads: 0,
-    };
+    let opts = SessionOptions { device: Device::Cpu, threads: 0 };
     let mut s = runtime::open(&bb.bytes, &bb.path, &opts).unwrap().session;
     // Warm up.
     let warm = Array4::<f32>::zeros((batch, size as usize, size as usize, 3)).into_dyn();
@@ -44,10 +37,7 @@ fn main() {
     // (1) raw session throughput on preprocessed tensors.
     let tensors: Vec<_> = paths
         .iter()
-        .map(|p| {
-            tlearn::imageio::load(p, spec.size, spec.interpolation, &spec.preprocess, u64::MAX)
-                .unwrap()
-        })
+        .map(|p| tlearn::imageio::load(p, spec.size, spec.interpolation, &spec.preprocess, u64::MAX).unwrap())
         .collect();
     let t = Instant::now();
     for chunk in tensors.chunks(batch) {
@@ -72,28 +62,14 @@ fn main() {
     // (3) the Python loop.
     let py = std::env::var("BENCH_PYTHON").unwrap_or_else(|_| ".cache/benchenv/bin/python".into());
     let list = std::env::temp_dir().join("tlearn-bench-list.txt");
-    std::fs::write(
-        &list,
-        paths
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join("\n"),
-    )
-    .unwrap();
+    std::fs::write(&list, paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join("\n")).unwrap();
     let dump = std::env::temp_dir().join("tlearn-bench-first.npy");
     let out = std::process::Command::new(&py)
         .args(["bench/python_extract.py", "--model"])
         .arg(&bb.path)
         .arg("--list")
         .arg(&list)
-        .args([
-            "--size",
-            &size.to_string(),
-            "--batch",
-            &batch.to_string(),
-            "--dump",
-        ])
+        .args(["--size", &size.to_string(), "--batch", &batch.to_string(), "--dump"])
         .arg(&dump)
         .output();
     let python = match out {
@@ -105,10 +81,7 @@ fn main() {
             println!(
                 "Python loop skipped: {} failed: {}",
                 py,
-                String::from_utf8_lossy(&o.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("")
+                String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
             );
             None
         }
@@ -119,39 +92,18 @@ fn main() {
     };
     println!(
         "feature extraction, {name} at {size}×{size}, {n} ELPV images, batch {batch}, {} threads",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
     println!("{:<44} {:>8}", "", "img/s");
-    println!(
-        "{:<44} {:>8.2}",
-        "raw ORT session (preprocessed tensors)", raw
-    );
-    println!(
-        "{:<44} {:>8.2}  ({:.1} % of raw ORT)",
-        "tlearn pipeline (files → features)",
-        tl,
-        100.0 * tl / raw
-    );
+    println!("{:<44} {:>8.2}", "raw ORT session (preprocessed tensors)", raw);
+    println!("{:<44} {:>8.2}  ({:.1} % of raw ORT)", "tlearn pipeline (files → features)", tl, 100.0 * tl / raw);
     if let Some(p) = python {
-        println!(
-            "{:<44} {:>8.2}  (tlearn = {:.2}× Python)",
-            "Python onnxruntime + Pillow loop",
-            p,
-            tl / p
-        );
+        println!("{:<44} {:>8.2}  (tlearn = {:.2}× Python)", "Python onnxruntime + Pillow loop", p, tl / p);
         let yp: ndarray::ArrayD<f32> = ndarray_npy::read_npy(&dump).unwrap();
         let views: Vec<_> = first.iter().map(|a| a.view()).collect();
         let yt = ndarray::stack(Axis(0), &views).unwrap();
         let scale = yp.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-        let diff = yt
-            .iter()
-            .zip(yp.iter())
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        println!(
-            "features vs the Python loop: max |Δ| = {diff:.3e} ({:.2e} relative to max |y|)",
-            diff / scale
-        );
+        let diff = yt.iter().zip(yp.iter()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        println!("features vs the Python loop: max |Δ| = {diff:.3e} ({:.2e} relative to max |y|)", diff / scale);
     }
 }

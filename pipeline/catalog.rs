@@ -33,6 +33,12 @@ pub struct Entry {
     /// The tensor the conv base ends at.
     pub cut: String,
     pub cut_layout: Layout,
+    /// More tensors to take features from (multi-scale); needs `pool`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_cuts: Vec<String>,
+    /// Global pooling of every cut tensor, concatenated: features become (1, 1, Σc).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<crate::onnx::cut::GlobalPool>,
     pub preprocess: PreprocessKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mean: Option<[f32; 3]>,
@@ -44,6 +50,11 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// All cut tensors: `cut` then `extra_cuts`.
+    pub fn cuts(&self) -> Vec<String> {
+        std::iter::once(self.cut.clone()).chain(self.extra_cuts.iter().cloned()).collect()
+    }
+
     pub fn preprocessing(&self) -> Preprocess {
         let p = Preprocess::of(self.preprocess);
         match self.mean {
@@ -69,10 +80,7 @@ impl Catalog {
                 entries.insert(k, v);
             }
         }
-        Ok(Catalog {
-            dir: dir.into(),
-            entries,
-        })
+        Ok(Catalog { dir: dir.into(), entries })
     }
 
     pub fn get(&self, name: &str) -> Result<&Entry> {
@@ -93,11 +101,7 @@ impl Catalog {
     /// Add or replace a user entry.
     pub fn add_user(&mut self, name: &str, e: Entry) -> Result<()> {
         let path = self.dir.join(USER_CATALOG);
-        let mut user = if path.exists() {
-            read_file(&path)?
-        } else {
-            BTreeMap::new()
-        };
+        let mut user = if path.exists() { read_file(&path)? } else { BTreeMap::new() };
         user.insert(name.into(), e.clone());
         let text = toml::to_string(&user).map_err(|e| Error::Other(e.to_string()))?;
         crate::fsutil::write_bytes_atomic(
@@ -111,8 +115,5 @@ impl Catalog {
 
 fn read_file(path: &Path) -> Result<BTreeMap<String, Entry>> {
     let text = std::fs::read_to_string(path).at(path)?;
-    toml::from_str(&text).map_err(|e| Error::BadData {
-        path: path.into(),
-        reason: e.to_string(),
-    })
+    toml::from_str(&text).map_err(|e| Error::BadData { path: path.into(), reason: e.to_string() })
 }

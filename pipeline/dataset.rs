@@ -35,10 +35,8 @@ pub fn scan(root: &Path) -> Result<(Vec<Item>, ScanReport)> {
         });
     }
     let mut report = ScanReport::default();
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(root)
-        .at(root)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
+    let mut entries: Vec<PathBuf> =
+        std::fs::read_dir(root).at(root)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     entries.sort();
     let dirs: Vec<&PathBuf> = entries.iter().filter(|p| p.is_dir()).collect();
     let mut items = vec![];
@@ -46,22 +44,13 @@ pub fn scan(root: &Path) -> Result<(Vec<Item>, ScanReport)> {
         for d in dirs {
             let class = d.file_name().unwrap().to_string_lossy().into_owned();
             let before = items.len();
-            for e in walkdir::WalkDir::new(d)
-                .follow_links(false)
-                .sort_by_file_name()
-            {
-                let e = e.map_err(|e| Error::BadData {
-                    path: d.clone(),
-                    reason: e.to_string(),
-                })?;
+            for e in walkdir::WalkDir::new(d).follow_links(false).sort_by_file_name() {
+                let e = e.map_err(|e| Error::BadData { path: d.clone(), reason: e.to_string() })?;
                 if !e.file_type().is_file() && !e.file_type().is_symlink() {
                     continue;
                 }
                 if is_image_path(e.path()) {
-                    items.push(Item {
-                        class: class.clone(),
-                        path: e.path().to_path_buf(),
-                    });
+                    items.push(Item { class: class.clone(), path: e.path().to_path_buf() });
                 } else {
                     report.skipped_non_images.push(e.path().to_path_buf());
                 }
@@ -74,11 +63,9 @@ pub fn scan(root: &Path) -> Result<(Vec<Item>, ScanReport)> {
         for p in entries {
             let name = p.file_name().unwrap().to_string_lossy().into_owned();
             match (is_image_path(&p), name.split_once('.')) {
-                (true, Some((class, rest))) if !class.is_empty() && rest.contains('.') => items
-                    .push(Item {
-                        class: class.to_string(),
-                        path: p,
-                    }),
+                (true, Some((class, rest))) if !class.is_empty() && rest.contains('.') => {
+                    items.push(Item { class: class.to_string(), path: p })
+                }
                 _ => report.skipped_non_images.push(p),
             }
         }
@@ -99,11 +86,7 @@ pub enum SplitSpec {
     /// `validation_split` semantics), the remainder to train.
     Fractions { test: f64, validation: f64 },
     /// Fixed counts per class: train, validation, test (the rest is unused).
-    Counts {
-        train: usize,
-        validation: usize,
-        test: usize,
-    },
+    Counts { train: usize, validation: usize, test: usize },
 }
 
 impl SplitSpec {
@@ -130,11 +113,7 @@ impl SplitSpec {
                 let v = ((n - t) as f64 * validation).round() as usize;
                 Ok([n - t - v, v, t])
             }
-            SplitSpec::Counts {
-                train,
-                validation,
-                test,
-            } => {
+            SplitSpec::Counts { train, validation, test } => {
                 if train + validation + test > n {
                     return Err(Error::Other(format!(
                         "class `{class}` has {n} images, fewer than the {} requested ({train}+{validation}+{test})",
@@ -175,9 +154,7 @@ pub fn assign(items: &[Item], spec: &SplitSpec, seed: u64) -> Result<Vec<(usize,
     let mut out = vec![];
     for (ci, (class, mut v)) in by_class.into_iter().enumerate() {
         v.sort();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(
-            seed ^ (ci as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        );
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (ci as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         v.shuffle(&mut rng);
         let [tr, va, te] = spec.counts(v.len(), class)?;
         for (i, it) in v.into_iter().enumerate() {
@@ -201,12 +178,7 @@ pub fn assign(items: &[Item], spec: &SplitSpec, seed: u64) -> Result<Vec<(usize,
 pub type Counts = BTreeMap<String, [usize; 3]>;
 
 /// Materialise a split into `out` (created atomically: built in a temp sibling, then renamed).
-pub fn write_split(
-    assigned: &[(usize, Item)],
-    out: &Path,
-    mode: LinkMode,
-    force: bool,
-) -> Result<Counts> {
+pub fn write_split(assigned: &[(usize, Item)], out: &Path, mode: LinkMode, force: bool) -> Result<Counts> {
     if out.exists() {
         if !force {
             return Err(Error::BadData {
@@ -215,15 +187,9 @@ pub fn write_split(
             });
         }
     }
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).at(parent)?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".split-")
-        .tempdir_in(parent)
-        .at(parent)?;
+    let tmp = tempfile::Builder::new().prefix(".split-").tempdir_in(parent).at(parent)?;
     let mut rows = vec![];
     let mut counts: Counts = BTreeMap::new();
     for (split, it) in assigned {
@@ -235,18 +201,13 @@ pub fn write_split(
         if dest.exists() {
             return Err(Error::BadData {
                 path: it.path.clone(),
-                reason: format!(
-                    "two images of class `{}` share the file name {name}",
-                    it.class
-                ),
+                reason: format!("two images of class `{}` share the file name {name}", it.class),
             });
         }
         let src = std::fs::canonicalize(&it.path).at(&it.path)?;
         match mode {
             LinkMode::Copy => std::fs::copy(&src, &dest).map(|_| ()),
-            LinkMode::Hardlink => {
-                std::fs::hard_link(&src, &dest).or_else(|_| std::fs::copy(&src, &dest).map(|_| ()))
-            }
+            LinkMode::Hardlink => std::fs::hard_link(&src, &dest).or_else(|_| std::fs::copy(&src, &dest).map(|_| ())),
             LinkMode::Symlink => std::os::unix::fs::symlink(&src, &dest),
         }
         .at(&dest)?;
@@ -258,8 +219,7 @@ pub fn write_split(
             source: src.display().to_string(),
         });
     }
-    let mut w = csv::Writer::from_path(tmp.path().join("manifest.csv"))
-        .map_err(|e| Error::Other(e.to_string()))?;
+    let mut w = csv::Writer::from_path(tmp.path().join("manifest.csv")).map_err(|e| Error::Other(e.to_string()))?;
     for r in &rows {
         w.serialize(r).map_err(|e| Error::Other(e.to_string()))?;
     }
@@ -275,32 +235,15 @@ pub fn write_split(
 /// The counts as a table: one row per class, columns train/validation/test/total.
 pub fn counts_table(c: &Counts) -> String {
     let w = c.keys().map(|k| k.len()).max().unwrap_or(5).max(5);
-    let mut s = format!(
-        "{:<w$} {:>7} {:>10} {:>6} {:>7}\n",
-        "class", "train", "validation", "test", "total"
-    );
+    let mut s = format!("{:<w$} {:>7} {:>10} {:>6} {:>7}\n", "class", "train", "validation", "test", "total");
     let mut tot = [0usize; 3];
     for (k, v) in c {
-        s += &format!(
-            "{:<w$} {:>7} {:>10} {:>6} {:>7}\n",
-            k,
-            v[0],
-            v[1],
-            v[2],
-            v.iter().sum::<usize>()
-        );
+        s += &format!("{:<w$} {:>7} {:>10} {:>6} {:>7}\n", k, v[0], v[1], v[2], v.iter().sum::<usize>());
         for i in 0..3 {
             tot[i] += v[i];
         }
     }
-    s += &format!(
-        "{:<w$} {:>7} {:>10} {:>6} {:>7}\n",
-        "total",
-        tot[0],
-        tot[1],
-        tot[2],
-        tot.iter().sum::<usize>()
-    );
+    s += &format!("{:<w$} {:>7} {:>10} {:>6} {:>7}\n", "total", tot[0], tot[1], tot[2], tot.iter().sum::<usize>());
     s
 }
 

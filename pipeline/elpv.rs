@@ -13,10 +13,7 @@ pub const WHEEL: &str = "elpv_dataset-1.0.0.post1-py3-none-any.whl";
 pub const SHA256: &str = "85e31c1126ee9b48e62d3a0232c58f58b2d189b0814a45c13642fa0415af4a4c";
 const PREFIX: &str = "elpv_dataset/data/";
 /// The published protocol (Deitsch et al. 2019): 75/25 stratified; we hold out 20 % of train.
-pub const SPEC: SplitSpec = SplitSpec::Fractions {
-    test: 0.25,
-    validation: 0.2,
-};
+pub const SPEC: SplitSpec = SplitSpec::Fractions { test: 0.25, validation: 0.2 };
 pub const SEED: u64 = 42;
 
 /// One labelled cell.
@@ -34,19 +31,12 @@ pub fn parse_labels(text: &str, path: &Path) -> Result<Vec<Cell>> {
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            let bad = |r: &str| Error::BadData {
-                path: path.into(),
-                reason: format!("line {}: {r}: {l:?}", i + 1),
-            };
+            let bad = |r: &str| Error::BadData { path: path.into(), reason: format!("line {}: {r}: {l:?}", i + 1) };
             let [file, p, kind] = f.as_slice() else {
                 return Err(bad("expected 3 fields"));
             };
             let probability: f32 = p.parse().map_err(|_| bad("bad probability"))?;
-            Ok(Cell {
-                file: file.to_string(),
-                probability,
-                kind: kind.to_string(),
-            })
+            Ok(Cell { file: file.to_string(), probability, kind: kind.to_string() })
         })
         .collect()
 }
@@ -54,12 +44,7 @@ pub fn parse_labels(text: &str, path: &Path) -> Result<Vec<Cell>> {
 /// Class name of a cell: binary `functional` (p < 0.5) / `defective`, or the 4 probability levels.
 pub fn class_of(c: &Cell, classes: usize) -> String {
     if classes == 2 {
-        if c.probability < 0.5 {
-            "functional"
-        } else {
-            "defective"
-        }
-        .into()
+        if c.probability < 0.5 { "functional" } else { "defective" }.into()
     } else {
         format!("p{:03}", (c.probability * 100.0).round() as u32)
     }
@@ -89,16 +74,10 @@ pub fn extract_raw(wheel: &Path, raw: &Path) -> Result<Vec<Cell>> {
         return parse_labels(&text, &labels_path);
     }
     let f = std::fs::File::open(wheel).at(wheel)?;
-    let mut z = zip::ZipArchive::new(f).map_err(|e| Error::BadData {
-        path: wheel.into(),
-        reason: e.to_string(),
-    })?;
+    let mut z = zip::ZipArchive::new(f).map_err(|e| Error::BadData { path: wheel.into(), reason: e.to_string() })?;
     let mut text = String::new();
     z.by_name(&format!("{PREFIX}labels.csv"))
-        .map_err(|e| Error::BadData {
-            path: wheel.into(),
-            reason: format!("labels.csv: {e}"),
-        })?
+        .map_err(|e| Error::BadData { path: wheel.into(), reason: format!("labels.csv: {e}") })?
         .read_to_string(&mut text)
         .at(wheel)?;
     let cells = parse_labels(&text, wheel)?;
@@ -108,10 +87,7 @@ pub fn extract_raw(wheel: &Path, raw: &Path) -> Result<Vec<Cell>> {
         let dest = fsutil::safe_join(raw, &c.file)?;
         let mut bytes = vec![];
         z.by_name(&format!("{PREFIX}{}", c.file))
-            .map_err(|e| Error::BadData {
-                path: wheel.into(),
-                reason: format!("{}: {e}", c.file),
-            })?
+            .map_err(|e| Error::BadData { path: wheel.into(), reason: format!("{}: {e}", c.file) })?
             .read_to_end(&mut bytes)
             .at(wheel)?;
         fsutil::write_bytes_atomic(&dest, &bytes)?;
@@ -124,13 +100,7 @@ pub fn extract_raw(wheel: &Path, raw: &Path) -> Result<Vec<Cell>> {
 
 /// Items of the raw extraction labelled for `classes` (2 or 4).
 pub fn items(raw: &Path, cells: &[Cell], classes: usize) -> Vec<Item> {
-    cells
-        .iter()
-        .map(|c| Item {
-            class: class_of(c, classes),
-            path: raw.join(&c.file),
-        })
-        .collect()
+    cells.iter().map(|c| Item { class: class_of(c, classes), path: raw.join(&c.file) }).collect()
 }
 
 /// Fetch, extract and split ELPV into `out` with the fixed protocol.

@@ -12,42 +12,24 @@ pub enum Error {
     },
     #[error("{path}: not a valid ONNX model: {reason}")]
     BadModel { path: PathBuf, reason: String },
-    #[error("{path}: input `{input}` is not an image tensor: expected rank 4 float32 (N,H,W,C) or (N,C,H,W), got {got}")]
-    NotImageInput {
-        path: PathBuf,
-        input: String,
-        got: String,
-    },
+    #[error(
+        "{path}: input `{input}` is not an image tensor: expected rank 4 float32 (N,H,W,C) or (N,C,H,W), got {got}"
+    )]
+    NotImageInput { path: PathBuf, input: String, got: String },
     #[error("tensor `{name}` not found in the graph{hint}")]
     NoSuchTensor { name: String, hint: String },
     #[error("{what}: shape mismatch: expected {expected:?}, got {got:?}")]
-    Shape {
-        what: String,
-        expected: Vec<usize>,
-        got: Vec<usize>,
-    },
+    Shape { what: String, expected: Vec<usize>, got: Vec<usize> },
     #[error("node `{node}`: op `{op}` is not supported by the training-graph compiler ({why})")]
-    UnsupportedOp {
-        node: String,
-        op: String,
-        why: String,
-    },
+    UnsupportedOp { node: String, op: String, why: String },
     #[error("{path}: cannot read image: {reason}")]
     BadImage { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
     BadData { path: PathBuf, reason: String },
     #[error("invalid parameter {name} = {value}: {reason}")]
-    Param {
-        name: &'static str,
-        value: String,
-        reason: String,
-    },
+    Param { name: &'static str, value: String, reason: String },
     #[error("{path}: sha256 mismatch: expected {expected}, got {got}")]
-    Checksum {
-        path: PathBuf,
-        expected: String,
-        got: String,
-    },
+    Checksum { path: PathBuf, expected: String, got: String },
     #[error("onnxruntime: {0}")]
     Ort(String),
     #[error("{0}")]
@@ -69,9 +51,6 @@ pub trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T> {
-        self.map_err(|source| Error::Io {
-            path: path.into(),
-            source,
-        })
+        self.map_err(|source| Error::Io { path: path.into(), source })
     }
 }

@@ -98,27 +98,19 @@ pub struct Features {
 /// Read one split's cache, checking it against its sidecar.
 pub fn load(dir: &Path, split: &str) -> Result<Features> {
     let npy = npy_path(dir, split);
-    let info: FeatureInfo =
-        fsutil::read_json(&fsutil::sidecar_path(&npy)).map_err(|e| match e {
-            Error::Io { path, .. } => Error::BadData {
-                path,
-                reason: format!("no feature sidecar; run tlearn-extract for split `{split}`"),
-            },
-            e => e,
-        })?;
+    let info: FeatureInfo = fsutil::read_json(&fsutil::sidecar_path(&npy)).map_err(|e| match e {
+        Error::Io { path, .. } => {
+            Error::BadData { path, reason: format!("no feature sidecar; run tlearn-extract for split `{split}`") }
+        }
+        e => e,
+    })?;
     let bytes = std::fs::read(&npy).at(&npy)?;
     let sha = fsutil::sha256_bytes(&bytes);
     if sha != info.npy_sha256 {
-        return Err(Error::Checksum {
-            path: npy,
-            expected: info.npy_sha256,
-            got: sha,
-        });
+        return Err(Error::Checksum { path: npy, expected: info.npy_sha256, got: sha });
     }
-    let x = ArrayD::<f32>::read_npy(&bytes[..]).map_err(|e| Error::BadData {
-        path: npy.clone(),
-        reason: e.to_string(),
-    })?;
+    let x =
+        ArrayD::<f32>::read_npy(&bytes[..]).map_err(|e| Error::BadData { path: npy.clone(), reason: e.to_string() })?;
     let fp = files_path(dir, split);
     let files = read_files(&fp)?;
     if files.len() != x.shape()[0] {
@@ -129,27 +121,12 @@ pub fn load(dir: &Path, split: &str) -> Result<Features> {
         });
     }
     let labels = files.iter().map(|f| f.label).collect();
-    Ok(Features {
-        x,
-        labels,
-        files,
-        info,
-    })
+    Ok(Features { x, labels, files, info })
 }
 
 fn read_files(p: &Path) -> Result<Vec<FileRow>> {
-    let mut r = csv::Reader::from_path(p).map_err(|e| Error::BadData {
-        path: p.into(),
-        reason: e.to_string(),
-    })?;
-    r.deserialize()
-        .map(|row| {
-            row.map_err(|e| Error::BadData {
-                path: p.into(),
-                reason: e.to_string(),
-            })
-        })
-        .collect()
+    let mut r = csv::Reader::from_path(p).map_err(|e| Error::BadData { path: p.into(), reason: e.to_string() })?;
+    r.deserialize().map(|row| row.map_err(|e| Error::BadData { path: p.into(), reason: e.to_string() })).collect()
 }
 
 /// Extract every configured split; returns one report per split.
@@ -158,20 +135,14 @@ pub fn extract(cfg: &ExtractConfig, bb: &Backbone) -> Result<Vec<SplitReport>> {
     if !train_report.empty_classes.is_empty() {
         return Err(Error::BadData {
             path: cfg.dataset.join("train"),
-            reason: format!(
-                "empty class folder(s): {}",
-                train_report.empty_classes.join(", ")
-            ),
+            reason: format!("empty class folder(s): {}", train_report.empty_classes.join(", ")),
         });
     }
     let mut session = None;
     let mut reports = vec![];
     for split in &cfg.splits {
         if !cfg.dataset.join(split).is_dir() {
-            tracing::warn!(
-                "{}: no such split folder, skipped",
-                cfg.dataset.join(split).display()
-            );
+            tracing::warn!("{}: no such split folder, skipped", cfg.dataset.join(split).display());
             continue;
         }
         reports.push(extract_split(cfg, bb, split, &classes, &mut session)?);
@@ -190,11 +161,7 @@ fn extract_split(
     for p in &report.skipped_non_images {
         tracing::warn!("{}: skipped (not an image file name)", p.display());
     }
-    let index: HashMap<&str, usize> = classes
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.as_str(), i))
-        .collect();
+    let index: HashMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
     let mut rows = Vec::with_capacity(items.len());
     for it in &items {
         let label = *index.get(it.class.as_str()).ok_or_else(|| Error::BadData {
@@ -234,22 +201,12 @@ fn extract_split(
             prev_skipped.insert(s.path.clone(), s.reason.clone());
         }
         // Unchanged: the same files with the same contents, bad files still the same bad files.
-        let live: Vec<&FileRow> = rows
-            .iter()
-            .filter(|r| !prev_skipped.contains_key(&r.path))
-            .collect();
+        let live: Vec<&FileRow> = rows.iter().filter(|r| !prev_skipped.contains_key(&r.path)).collect();
         let same_rows = p.files.len() == live.len()
-            && p.files
-                .iter()
-                .zip(&live)
-                .all(|(a, b)| a.path == b.path && a.sha256 == b.sha256 && a.label == b.label);
+            && p.files.iter().zip(&live).all(|(a, b)| a.path == b.path && a.sha256 == b.sha256 && a.label == b.label);
         let same_skips = prev_skipped.len() + live.len() == rows.len() && items.len() == rows.len();
         if same_rows && same_skips {
-            tracing::info!(
-                "{split}: {} up to date ({} images)",
-                npy.display(),
-                live.len()
-            );
+            tracing::info!("{split}: {} up to date ({} images)", npy.display(), live.len());
             return Ok(SplitReport {
                 split: split.into(),
                 n: live.len(),
@@ -260,16 +217,11 @@ fn extract_split(
             });
         }
     }
-    let todo: Vec<usize> = (0..rows.len())
-        .filter(|&i| !cached.contains_key(&rows[i].sha256))
-        .collect();
+    let todo: Vec<usize> = (0..rows.len()).filter(|&i| !cached.contains_key(&rows[i].sha256)).collect();
     let todo_paths: Vec<PathBuf> = todo.iter().map(|&i| PathBuf::from(&rows[i].path)).collect();
     let mut computed: HashMap<usize, ArrayD<f32>> = HashMap::new();
     let mut skipped = vec![];
-    let mut device = previous
-        .as_ref()
-        .map(|p| p.info.device)
-        .unwrap_or(runtime::Device::Cpu);
+    let mut device = previous.as_ref().map(|p| p.info.device).unwrap_or(runtime::Device::Cpu);
     if !todo.is_empty() {
         if session.is_none() {
             *session = Some(runtime::open(&bb.bytes, &bb.path, &cfg.session)?);
@@ -298,10 +250,7 @@ fn extract_split(
                     }
                     Err(e) => {
                         tracing::warn!("{e} (skipped)");
-                        skipped.push(Skipped {
-                            path: rows[todo[i]].path.clone(),
-                            reason: e.to_string(),
-                        });
+                        skipped.push(Skipped { path: rows[todo[i]].path.clone(), reason: e.to_string() });
                     }
                 }
                 pb.inc(1);
@@ -310,8 +259,7 @@ fn extract_split(
         )?;
         pb.finish_and_clear();
     }
-    let skipped_paths: std::collections::HashSet<&str> =
-        skipped.iter().map(|s| s.path.as_str()).collect();
+    let skipped_paths: std::collections::HashSet<&str> = skipped.iter().map(|s| s.path.as_str()).collect();
     let mut keep = vec![];
     let mut views = vec![];
     for (i, r) in rows.iter().enumerate() {
@@ -326,10 +274,7 @@ fn extract_split(
         keep.push(r.clone());
     }
     if keep.is_empty() {
-        return Err(Error::BadData {
-            path: cfg.dataset.join(split),
-            reason: "no readable images".into(),
-        });
+        return Err(Error::BadData { path: cfg.dataset.join(split), reason: "no readable images".into() });
     }
     let x = ndarray::stack(Axis(0), &views).map_err(|e| Error::Other(e.to_string()))?;
     for (i, r) in keep.iter_mut().enumerate() {
@@ -338,13 +283,10 @@ fn extract_split(
     let labels = Array1::from_iter(keep.iter().map(|r| r.label as i64));
     // Write data files first, the sidecar (which validates them) last.
     let mut npy_bytes = vec![];
-    x.write_npy(&mut npy_bytes)
-        .map_err(|e| Error::Other(e.to_string()))?;
+    x.write_npy(&mut npy_bytes).map_err(|e| Error::Other(e.to_string()))?;
     fsutil::write_bytes_atomic(&npy, &npy_bytes)?;
     let mut lb = vec![];
-    labels
-        .write_npy(&mut lb)
-        .map_err(|e| Error::Other(e.to_string()))?;
+    labels.write_npy(&mut lb).map_err(|e| Error::Other(e.to_string()))?;
     fsutil::write_bytes_atomic(&labels_path(&cfg.out, split), &lb)?;
     let mut w = csv::Writer::from_writer(vec![]);
     for r in &keep {

@@ -8,20 +8,11 @@ use std::path::{Path, PathBuf};
 
 /// Write a file through a temporary sibling and rename it into place, so a reader never sees a
 /// half-written result and an interrupted run leaves the previous file intact.
-pub fn write_atomic(
-    path: &Path,
-    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
-) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).at(dir)?;
     let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(
-            ".{}.",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("out")
-        ))
+        .prefix(&format!(".{}.", path.file_name().and_then(|n| n.to_str()).unwrap_or("out")))
         .suffix(".tmp")
         .tempfile_in(dir)
         .at(dir)?;
@@ -38,10 +29,7 @@ pub fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     tmp.as_file().sync_all().at(path)?;
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).at(path)?;
-    tmp.persist(path).map_err(|e| Error::Io {
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
+    tmp.persist(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e.error })?;
     Ok(())
 }
 
@@ -60,10 +48,7 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).at(path)?;
-    serde_json::from_str(&text).map_err(|e| Error::BadData {
-        path: path.into(),
-        reason: format!("bad JSON: {e}"),
-    })
+    serde_json::from_str(&text).map_err(|e| Error::BadData { path: path.into(), reason: format!("bad JSON: {e}") })
 }
 
 pub fn sha256_bytes(bytes: &[u8]) -> String {
@@ -88,11 +73,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
     let got = sha256_file(path)?;
     if got != expected.to_ascii_lowercase() {
-        return Err(Error::Checksum {
-            path: path.into(),
-            expected: expected.into(),
-            got,
-        });
+        return Err(Error::Checksum { path: path.into(), expected: expected.into(), got });
     }
     Ok(())
 }
@@ -107,14 +88,8 @@ pub fn sidecar_path(artifact: &Path) -> PathBuf {
 /// Join a user-controlled relative name under `root`, refusing anything that would escape it.
 pub fn safe_join(root: &Path, rel: &str) -> Result<PathBuf> {
     let p = Path::new(rel);
-    if p.is_absolute()
-        || p.components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)))
-    {
-        return Err(Error::BadData {
-            path: root.join(rel),
-            reason: "name escapes the output folder".into(),
-        });
+    if p.is_absolute() || p.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+        return Err(Error::BadData { path: root.join(rel), reason: "name escapes the output folder".into() });
     }
     Ok(root.join(p))
 }

@@ -32,15 +32,9 @@ pub fn is_image_path(p: &Path) -> bool {
 
 /// Decode an image file (format sniffed from the content, EXIF orientation applied).
 pub fn decode(path: &Path, max_pixels: u64) -> Result<DynamicImage> {
-    let bad = |reason: String| Error::BadImage {
-        path: path.into(),
-        reason,
-    };
+    let bad = |reason: String| Error::BadImage { path: path.into(), reason };
     let reader = ImageReader::open(path)
-        .map_err(|e| Error::Io {
-            path: path.into(),
-            source: e,
-        })?
+        .map_err(|e| Error::Io { path: path.into(), source: e })?
         .with_guessed_format()
         .map_err(|e| bad(e.to_string()))?;
     if reader.format().is_none() {
@@ -52,13 +46,9 @@ pub fn decode(path: &Path, max_pixels: u64) -> Result<DynamicImage> {
         return Err(bad(format!("empty image ({w}×{h})")));
     }
     if (w as u64) * (h as u64) > max_pixels {
-        return Err(bad(format!(
-            "{w}×{h} pixels exceeds the limit of {max_pixels}"
-        )));
+        return Err(bad(format!("{w}×{h} pixels exceeds the limit of {max_pixels}")));
     }
-    let orientation = dec
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = dec.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(dec).map_err(|e| bad(e.to_string()))?;
     img.apply_orientation(orientation);
     Ok(img)
@@ -74,9 +64,7 @@ pub fn to_rgb_array(img: &DynamicImage, size: (u32, u32), interp: Interpolation)
     match interp {
         Interpolation::Nearest => {
             // PIL's NEAREST: source = floor((dst + 0.5) * in / out).
-            let xs: Vec<u32> = (0..w)
-                .map(|x| (((x as f64 + 0.5) * iw as f64 / w as f64) as u32).min(iw - 1))
-                .collect();
+            let xs: Vec<u32> = (0..w).map(|x| (((x as f64 + 0.5) * iw as f64 / w as f64) as u32).min(iw - 1)).collect();
             for y in 0..h {
                 let sy = (((y as f64 + 0.5) * ih as f64 / h as f64) as u32).min(ih - 1);
                 for (x, &sx) in xs.iter().enumerate() {
@@ -149,22 +137,11 @@ impl Preprocess {
         let (bgr, scale, mean, std) = match kind {
             PreprocessKind::Caffe => (true, 1.0, [103.939, 116.779, 123.68], [1.0; 3]),
             PreprocessKind::Tf => (false, 1.0 / 127.5, [1.0; 3], [1.0; 3]),
-            PreprocessKind::Torch => (
-                false,
-                1.0 / 255.0,
-                [0.485, 0.456, 0.406],
-                [0.229, 0.224, 0.225],
-            ),
+            PreprocessKind::Torch => (false, 1.0 / 255.0, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
             PreprocessKind::Unit => (false, 1.0 / 255.0, [0.0; 3], [1.0; 3]),
             PreprocessKind::Raw => (false, 1.0, [0.0; 3], [1.0; 3]),
         };
-        Preprocess {
-            kind,
-            bgr,
-            scale,
-            mean,
-            std,
-        }
+        Preprocess { kind, bgr, scale, mean, std }
     }
 
     /// Override the means (in the model's channel order), e.g. Caffe's integer means.

@@ -51,44 +51,22 @@ pub fn compute(probs: &ArrayD<f32>, labels: &[usize], classes: &[String]) -> Met
         confusion[t][q] += 1;
     }
     let n = labels.len();
-    let loss = labels
-        .iter()
-        .zip(&p)
-        .map(|(&t, r)| -(r[t].clamp(EPS, 1.0 - EPS)).ln())
-        .sum::<f64>()
-        / n.max(1) as f64;
+    let loss = labels.iter().zip(&p).map(|(&t, r)| -(r[t].clamp(EPS, 1.0 - EPS)).ln()).sum::<f64>() / n.max(1) as f64;
     let per_class: Vec<ClassMetrics> = (0..k)
         .map(|c| {
             let tp = confusion[c][c] as f64;
             let predicted: f64 = (0..k).map(|r| confusion[r][c]).sum::<usize>() as f64;
             let support: usize = confusion[c].iter().sum();
             let precision = if predicted > 0.0 { tp / predicted } else { 0.0 };
-            let recall = if support > 0 {
-                tp / support as f64
-            } else {
-                0.0
-            };
-            let f1 = if precision + recall > 0.0 {
-                2.0 * precision * recall / (precision + recall)
-            } else {
-                0.0
-            };
-            ClassMetrics {
-                class: classes[c].clone(),
-                precision,
-                recall,
-                f1,
-                support,
-            }
+            let recall = if support > 0 { tp / support as f64 } else { 0.0 };
+            let f1 = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
+            ClassMetrics { class: classes[c].clone(), precision, recall, f1, support }
         })
         .collect();
     let macro_f1 = per_class.iter().map(|c| c.f1).sum::<f64>() / k.max(1) as f64;
     let roc_auc = (k == 2)
         .then(|| {
-            roc_auc(
-                &p.iter().map(|r| r[1]).collect::<Vec<_>>(),
-                &labels.iter().map(|&l| l == 1).collect::<Vec<_>>(),
-            )
+            roc_auc(&p.iter().map(|r| r[1]).collect::<Vec<_>>(), &labels.iter().map(|&l| l == 1).collect::<Vec<_>>())
         })
         .flatten();
     Metrics {
@@ -124,34 +102,20 @@ pub fn roc_auc(scores: &[f64], positive: &[bool]) -> Option<f64> {
         }
         i = j + 1;
     }
-    let sum_pos: f64 = ranks
-        .iter()
-        .zip(positive)
-        .filter(|(_, &p)| p)
-        .map(|(r, _)| r)
-        .sum();
+    let sum_pos: f64 = ranks.iter().zip(positive).filter(|(_, &p)| p).map(|(r, _)| r).sum();
     Some((sum_pos - (n_pos * (n_pos + 1)) as f64 / 2.0) / (n_pos * n_neg) as f64)
 }
 
 /// A human summary of the metrics.
 pub fn render(m: &Metrics) -> String {
-    let mut s = format!(
-        "accuracy {:.4}  loss {:.4}  macro-F1 {:.4}",
-        m.accuracy, m.loss, m.macro_f1
-    );
+    let mut s = format!("accuracy {:.4}  loss {:.4}  macro-F1 {:.4}", m.accuracy, m.loss, m.macro_f1);
     if let Some(a) = m.roc_auc {
         s += &format!("  ROC-AUC {a:.4}");
     }
     s += &format!("  (n = {})\n", m.n_test);
-    s += &format!(
-        "{:<14} {:>9} {:>9} {:>9} {:>8}\n",
-        "class", "precision", "recall", "f1", "support"
-    );
+    s += &format!("{:<14} {:>9} {:>9} {:>9} {:>8}\n", "class", "precision", "recall", "f1", "support");
     for c in &m.per_class {
-        s += &format!(
-            "{:<14} {:>9.4} {:>9.4} {:>9.4} {:>8}\n",
-            c.class, c.precision, c.recall, c.f1, c.support
-        );
+        s += &format!("{:<14} {:>9.4} {:>9.4} {:>9.4} {:>8}\n", c.class, c.precision, c.recall, c.f1, c.support);
     }
     s
 }

@@ -23,16 +23,10 @@ fn font() -> Result<()> {
             .chain(FONT_PATHS.iter().map(|s| s.to_string()))
             .find(|p| Path::new(p).is_file());
         let path = path.ok_or_else(|| {
-            format!(
-                "no TrueType font found for plots (tried {}); set TLEARN_FONT",
-                FONT_PATHS.join(", ")
-            )
+            format!("no TrueType font found for plots (tried {}); set TLEARN_FONT", FONT_PATHS.join(", "))
         })?;
-        let bytes: &'static [u8] = Box::leak(
-            std::fs::read(&path)
-                .map_err(|e| format!("{path}: {e}"))?
-                .into_boxed_slice(),
-        );
+        let bytes: &'static [u8] =
+            Box::leak(std::fs::read(&path).map_err(|e| format!("{path}: {e}"))?.into_boxed_slice());
         plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
             .map_err(|_| format!("{path}: not a usable font"))
     })
@@ -54,19 +48,11 @@ pub fn history(path: &Path, title: &str, h: &[Epoch]) -> Result<()> {
         let root = root.titled(title, ("sans-serif", 22)).map_err(err)?;
         let panels = root.split_evenly((1, 2));
         let n = h.len().max(2) as f64;
-        let series: [(&str, fn(&Epoch) -> f64, fn(&Epoch) -> f64); 2] = [
-            ("loss", |e| e.loss, |e| e.val_loss),
-            ("accuracy", |e| e.accuracy, |e| e.val_accuracy),
-        ];
+        let series: [(&str, fn(&Epoch) -> f64, fn(&Epoch) -> f64); 2] =
+            [("loss", |e| e.loss, |e| e.val_loss), ("accuracy", |e| e.accuracy, |e| e.val_accuracy)];
         for (panel, (name, tr, va)) in panels.iter().zip(series) {
-            let vals: Vec<f64> = h
-                .iter()
-                .flat_map(|e| [tr(e), va(e)])
-                .filter(|v| v.is_finite())
-                .collect();
-            let (lo, hi) = vals
-                .iter()
-                .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+            let vals: Vec<f64> = h.iter().flat_map(|e| [tr(e), va(e)]).filter(|v| v.is_finite()).collect();
+            let (lo, hi) = vals.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
             let pad = ((hi - lo) * 0.08).max(1e-3);
             let mut chart = ChartBuilder::on(panel)
                 .caption(format!("{name}"), ("sans-serif", 18))
@@ -75,32 +61,16 @@ pub fn history(path: &Path, title: &str, h: &[Epoch]) -> Result<()> {
                 .y_label_area_size(56)
                 .build_cartesian_2d(1f64..n, (lo - pad)..(hi + pad))
                 .map_err(err)?;
+            chart.configure_mesh().x_desc("epoch").y_desc(name).label_style(("sans-serif", 13)).draw().map_err(err)?;
             chart
-                .configure_mesh()
-                .x_desc("epoch")
-                .y_desc(name)
-                .label_style(("sans-serif", 13))
-                .draw()
-                .map_err(err)?;
-            chart
-                .draw_series(LineSeries::new(
-                    h.iter().map(|e| (e.epoch as f64, tr(e))),
-                    BLUE.stroke_width(2),
-                ))
+                .draw_series(LineSeries::new(h.iter().map(|e| (e.epoch as f64, tr(e))), BLUE.stroke_width(2)))
                 .map_err(err)?
                 .label(format!("training {name}"))
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE.stroke_width(2)));
-            chart
-                .draw_series(
-                    h.iter()
-                        .map(|e| Circle::new((e.epoch as f64, tr(e)), 3, BLUE.filled())),
-                )
-                .map_err(err)?;
+            chart.draw_series(h.iter().map(|e| Circle::new((e.epoch as f64, tr(e)), 3, BLUE.filled()))).map_err(err)?;
             chart
                 .draw_series(LineSeries::new(
-                    h.iter()
-                        .filter(|e| va(e).is_finite())
-                        .map(|e| (e.epoch as f64, va(e))),
+                    h.iter().filter(|e| va(e).is_finite()).map(|e| (e.epoch as f64, va(e))),
                     RED.stroke_width(2),
                 ))
                 .map_err(err)?
@@ -116,10 +86,7 @@ pub fn history(path: &Path, title: &str, h: &[Epoch]) -> Result<()> {
         }
         root.present().map_err(err)?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| Error::Io {
-        path: path.into(),
-        source: e,
-    })
+    std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.into(), source: e })
 }
 
 /// A confusion matrix as a heat map with counts (rows: true class, columns: predicted).
@@ -133,10 +100,7 @@ pub fn confusion(path: &Path, classes: &[String], m: &[Vec<usize>]) -> Result<()
         root.fill(&WHITE).map_err(err)?;
         let max = m.iter().flatten().copied().max().unwrap_or(1).max(1) as f64;
         let mut chart = ChartBuilder::on(&root)
-            .caption(
-                "confusion matrix (rows: true, columns: predicted)",
-                ("sans-serif", 16),
-            )
+            .caption("confusion matrix (rows: true, columns: predicted)", ("sans-serif", 16))
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(110)
@@ -150,11 +114,7 @@ pub fn confusion(path: &Path, classes: &[String], m: &[Vec<usize>]) -> Result<()
             .x_labels(k + 1)
             .y_labels(k + 1)
             .x_label_formatter(&move |v| {
-                names
-                    .get(v.floor() as usize)
-                    .filter(|_| v.fract() > 0.3)
-                    .cloned()
-                    .unwrap_or_default()
+                names.get(v.floor() as usize).filter(|_| v.fract() > 0.3).cloned().unwrap_or_default()
             })
             .y_label_formatter(&move |v| {
                 names2
@@ -189,8 +149,5 @@ pub fn confusion(path: &Path, classes: &[String], m: &[Vec<usize>]) -> Result<()
         }
         root.present().map_err(err)?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| Error::Io {
-        path: path.into(),
-        source: e,
-    })
+    std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.into(), source: e })
 }

@@ -10,9 +10,7 @@ use std::sync::OnceLock;
 pub const ORT_LIB: &str = "libonnxruntime.so.1.31.1";
 
 /// Where a stage runs its ONNX graphs.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
     /// CUDA when the CUDA execution provider loads, else CPU (logged once).
@@ -22,8 +20,7 @@ pub enum Device {
     Cuda,
 }
 
-static INIT: OnceLock<std::result::Result<(PathBuf, ort::environment::Environment), String>> =
-    OnceLock::new();
+static INIT: OnceLock<std::result::Result<(PathBuf, ort::environment::Environment), String>> = OnceLock::new();
 
 /// The library path: `$ORT_DYLIB_PATH`, else `.ort/` next to the executable's ancestors or the
 /// current directory's.
@@ -38,18 +35,14 @@ pub fn find_library() -> Option<PathBuf> {
     if let Ok(exe) = std::env::current_exe() {
         roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
     }
-    roots
-        .into_iter()
-        .map(|r| r.join(".ort").join(ORT_LIB))
-        .find(|p| p.is_file())
+    roots.into_iter().map(|r| r.join(".ort").join(ORT_LIB)).find(|p| p.is_file())
 }
 
 /// Load onnxruntime once per process.
 pub fn init() -> Result<&'static Path> {
     let r = INIT.get_or_init(|| {
-        let path = find_library().ok_or_else(|| {
-            format!("{ORT_LIB} not found: run `make setup` (or set ORT_DYLIB_PATH to the library)")
-        })?;
+        let path = find_library()
+            .ok_or_else(|| format!("{ORT_LIB} not found: run `make setup` (or set ORT_DYLIB_PATH to the library)"))?;
         if !path.is_file() {
             return Err(format!(
                 "{}: onnxruntime library not found (ORT_DYLIB_PATH); run `make setup`",
@@ -60,33 +53,22 @@ pub fn init() -> Result<&'static Path> {
         let cuda_dir = path.parent().map(|p| p.join("cuda")).filter(|p| p.is_dir());
         if let Some(dir) = &cuda_dir {
             if let Err(e) = ort::ep::cuda::preload_dylibs(Some(dir), Some(dir)) {
-                tracing::debug!(
-                    "could not preload CUDA libraries from {}: {e}",
-                    dir.display()
-                );
+                tracing::debug!("could not preload CUDA libraries from {}: {e}", dir.display());
             }
         }
-        let builder = ort::init_from(&path)
-            .map_err(|e| format!("{}: cannot load onnxruntime: {e}", path.display()))?;
+        let builder = ort::init_from(&path).map_err(|e| format!("{}: cannot load onnxruntime: {e}", path.display()))?;
         let env = builder
             .with_name("tlearn")
             .build()
             .map_err(|e| format!("cannot create the onnxruntime environment: {e}"))?;
         Ok((path, env))
     });
-    r.as_ref()
-        .map(|(p, _)| p.as_path())
-        .map_err(|e| Error::Ort(e.clone()))
+    r.as_ref().map(|(p, _)| p.as_path()).map_err(|e| Error::Ort(e.clone()))
 }
 
 pub fn environment() -> Result<&'static ort::environment::Environment> {
     init()?;
-    Ok(&INIT
-        .get()
-        .expect("initialised")
-        .as_ref()
-        .expect("checked by init")
-        .1)
+    Ok(&INIT.get().expect("initialised").as_ref().expect("checked by init").1)
 }
 
 /// Options for opening a session.
@@ -99,10 +81,7 @@ pub struct SessionOptions {
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions {
-            device: Device::Auto,
-            threads: 0,
-        }
+        SessionOptions { device: Device::Auto, threads: 0 }
     }
 }
 
@@ -120,22 +99,15 @@ fn cuda_compiled_in() -> bool {
 pub fn open(model: &[u8], what: &Path, opts: &SessionOptions) -> Result<OpenSession> {
     init()?;
     let threads = if opts.threads == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     } else {
         opts.threads
     };
     let base = || -> Result<ort::session::builder::SessionBuilder> {
-        Ok(Session::builder(environment()?)?
-            .with_intra_threads(threads)?
-            .with_intra_op_spinning(false)?)
+        Ok(Session::builder(environment()?)?.with_intra_threads(threads)?.with_intra_op_spinning(false)?)
     };
     let ctx = |e: Error| match e {
-        Error::Ort(m) => Error::BadModel {
-            path: what.into(),
-            reason: m,
-        },
+        Error::Ort(m) => Error::BadModel { path: what.into(), reason: m },
         e => e,
     };
     let want_cuda = match opts.device {
@@ -159,36 +131,22 @@ pub fn open(model: &[u8], what: &Path, opts: &SessionOptions) -> Result<OpenSess
         }
     };
     if want_cuda {
-        let attempt = base().and_then(|b| {
-            Ok(b.with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])?)
-        });
+        let attempt =
+            base().and_then(|b| Ok(b.with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])?));
         match attempt.and_then(|mut b| Ok(b.commit_from_memory(model)?)) {
-            Ok(session) => {
-                return Ok(OpenSession {
-                    session,
-                    device: Device::Cuda,
-                })
-            }
+            Ok(session) => return Ok(OpenSession { session, device: Device::Cuda }),
             Err(e) if opts.device == Device::Cuda => {
                 return Err(Error::Ort(format!("CUDA execution provider failed: {e}")))
             }
             Err(e) => log_once(&format!("CUDA execution provider did not load ({e})")),
         }
     }
-    let session = base()
-        .and_then(|mut b| Ok(b.commit_from_memory(model)?))
-        .map_err(ctx)?;
-    Ok(OpenSession {
-        session,
-        device: Device::Cpu,
-    })
+    let session = base().and_then(|mut b| Ok(b.commit_from_memory(model)?)).map_err(ctx)?;
+    Ok(OpenSession { session, device: Device::Cpu })
 }
 
 pub fn open_file(path: &Path, opts: &SessionOptions) -> Result<OpenSession> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.into(),
-        source,
-    })?;
+    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
     open(&bytes, path, opts)
 }
 
@@ -203,10 +161,8 @@ pub fn run_f32(
     inputs: Vec<(&str, ndarray::ArrayViewD<'_, f32>)>,
     outputs: &[&str],
 ) -> Result<Vec<ndarray::ArrayD<f32>>> {
-    let mut feed: Vec<(
-        std::borrow::Cow<'_, str>,
-        ort::session::SessionInputValue<'_>,
-    )> = Vec::with_capacity(inputs.len());
+    let mut feed: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> =
+        Vec::with_capacity(inputs.len());
     for (name, a) in inputs {
         let t = ort::value::TensorRef::from_array_view(a)?;
         feed.push((name.into(), t.into()));

@@ -20,9 +20,7 @@ fn rename(g: &GraphProto, prefix: &str, keep: &HashMap<String, String>) -> Graph
         if s.is_empty() {
             return s.clone();
         }
-        keep.get(s)
-            .cloned()
-            .unwrap_or_else(|| format!("{prefix}{s}"))
+        keep.get(s).cloned().unwrap_or_else(|| format!("{prefix}{s}"))
     };
     let mut out = g.clone();
     for n in out.node.iter_mut() {
@@ -47,15 +45,7 @@ pub fn fuse(
     classes: &[String],
 ) -> Result<ModelProto> {
     let mut b = GraphBuilder::new("tlearn_classifier").with_prefix("pre/");
-    b.input(
-        INPUT,
-        &[
-            Dim::named("N"),
-            Dim::Fixed(size as i64),
-            Dim::Fixed(size as i64),
-            Dim::Fixed(3),
-        ],
-    );
+    b.input(INPUT, &[Dim::named("N"), Dim::Fixed(size as i64), Dim::Fixed(size as i64), Dim::Fixed(3)]);
     let mut x = INPUT.to_string();
     if pre.bgr {
         let idx = b.const_i64("bgr", &[2, 1, 0]);
@@ -79,23 +69,13 @@ pub fn fuse(
         .first()
         .map(|i| i.name.clone())
         .ok_or_else(|| Error::Other("head has no input".into()))?;
-    let head_out = hg
-        .output
-        .first()
-        .map(|o| o.name.clone())
-        .ok_or_else(|| Error::Other("head has no output".into()))?;
-    let bb = rename(
-        bg,
-        "backbone/",
-        &HashMap::from([(cut::IMAGE.to_string(), x.clone())]),
-    );
+    let head_out =
+        hg.output.first().map(|o| o.name.clone()).ok_or_else(|| Error::Other("head has no output".into()))?;
+    let bb = rename(bg, "backbone/", &HashMap::from([(cut::IMAGE.to_string(), x.clone())]));
     let hh = rename(
         hg,
         "head/",
-        &HashMap::from([
-            (head_in, format!("backbone/{}", cut::FEATURES)),
-            (head_out, OUTPUT.to_string()),
-        ]),
+        &HashMap::from([(head_in, format!("backbone/{}", cut::FEATURES)), (head_out, OUTPUT.to_string())]),
     );
     for g in [bb, hh] {
         b.graph.node.extend(g.node);
@@ -111,19 +91,10 @@ pub fn fuse(
         .map(|o| o.version)
         .max()
         .unwrap_or(onnx::OPSET);
-    m.opset_import = vec![OperatorSetIdProto {
-        domain: String::new(),
-        version: opset,
-    }];
+    m.opset_import = vec![OperatorSetIdProto { domain: String::new(), version: opset }];
     m.metadata_props = vec![
-        StringStringEntryProto {
-            key: "tlearn.classes".into(),
-            value: serde_json::to_string(classes).expect("json"),
-        },
-        StringStringEntryProto {
-            key: "tlearn.size".into(),
-            value: size.to_string(),
-        },
+        StringStringEntryProto { key: "tlearn.classes".into(), value: serde_json::to_string(classes).expect("json") },
+        StringStringEntryProto { key: "tlearn.size".into(), value: size.to_string() },
         StringStringEntryProto {
             key: "tlearn.interpolation".into(),
             value: serde_json::to_string(&interpolation).expect("json"),
@@ -145,30 +116,16 @@ pub struct ModelMeta {
 }
 
 pub fn meta(m: &ModelProto, path: &Path) -> Result<ModelMeta> {
-    let get = |k: &str| {
-        m.metadata_props
-            .iter()
-            .find(|p| p.key == k)
-            .map(|p| p.value.clone())
-    };
+    let get = |k: &str| m.metadata_props.iter().find(|p| p.key == k).map(|p| p.value.clone());
     let bad = |what: &str| Error::BadModel {
         path: path.into(),
         reason: format!("not a tlearn classifier: metadata {what} missing or invalid"),
     };
-    let classes: Vec<String> = get("tlearn.classes")
-        .and_then(|v| serde_json::from_str(&v).ok())
-        .ok_or_else(|| bad("tlearn.classes"))?;
-    let size: u32 = get("tlearn.size")
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| bad("tlearn.size"))?;
-    let interpolation = get("tlearn.interpolation")
-        .and_then(|v| serde_json::from_str(&v).ok())
-        .unwrap_or_default();
-    Ok(ModelMeta {
-        classes,
-        size,
-        interpolation,
-    })
+    let classes: Vec<String> =
+        get("tlearn.classes").and_then(|v| serde_json::from_str(&v).ok()).ok_or_else(|| bad("tlearn.classes"))?;
+    let size: u32 = get("tlearn.size").and_then(|v| v.parse().ok()).ok_or_else(|| bad("tlearn.size"))?;
+    let interpolation = get("tlearn.interpolation").and_then(|v| serde_json::from_str(&v).ok()).unwrap_or_default();
+    Ok(ModelMeta { classes, size, interpolation })
 }
 
 /// Result of a scoring run.
@@ -182,28 +139,15 @@ pub struct ScoreSummary {
 /// All image files under `root` (recursively, symlinks not followed), sorted by path.
 pub fn list_images(root: &Path) -> Result<(Vec<PathBuf>, Vec<(String, String)>)> {
     if !root.exists() {
-        return Err(Error::BadData {
-            path: root.into(),
-            reason: "no such file or folder".into(),
-        });
+        return Err(Error::BadData { path: root.into(), reason: "no such file or folder".into() });
     }
     let mut files = vec![];
     let mut errors = vec![];
-    for e in walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .sort_by_file_name()
-    {
+    for e in walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name() {
         match e {
-            Ok(e) if e.file_type().is_file() && crate::imageio::is_image_path(e.path()) => {
-                files.push(e.into_path())
-            }
+            Ok(e) if e.file_type().is_file() && crate::imageio::is_image_path(e.path()) => files.push(e.into_path()),
             Ok(_) => {}
-            Err(e) => errors.push((
-                e.path()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                e.to_string(),
-            )),
+            Err(e) => errors.push((e.path().map(|p| p.display().to_string()).unwrap_or_default(), e.to_string())),
         }
     }
     Ok((files, errors))
@@ -231,18 +175,10 @@ pub fn score(
     };
     let mut summary = ScoreSummary::default();
     let multi = meta.classes.len() > 2;
-    let dir = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).at(dir)?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".scores-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .at(dir)?;
-    let mut w =
-        csv::Writer::from_writer(std::io::BufWriter::new(tmp.as_file().try_clone().at(dir)?));
+    let tmp = tempfile::Builder::new().prefix(".scores-").suffix(".tmp").tempfile_in(dir).at(dir)?;
+    let mut w = csv::Writer::from_writer(std::io::BufWriter::new(tmp.as_file().try_clone().at(dir)?));
     let mut header = vec!["path".to_string(), "class".into(), "probability".into()];
     if multi {
         header.extend(meta.classes.iter().map(|c| format!("p_{c}")));
@@ -260,24 +196,13 @@ pub fn score(
                 } else {
                     y.iter().map(|&v| v as f64).collect()
                 };
-                let c = p
-                    .iter()
-                    .enumerate()
-                    .fold((0, f64::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a })
-                    .0;
-                let mut row = vec![
-                    files[i].display().to_string(),
-                    meta.classes[c].clone(),
-                    format!("{:.6}", p[c]),
-                ];
+                let c = p.iter().enumerate().fold((0, f64::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a }).0;
+                let mut row = vec![files[i].display().to_string(), meta.classes[c].clone(), format!("{:.6}", p[c])];
                 if multi {
                     row.extend(p.iter().map(|v| format!("{v:.6}")));
                 }
                 w.write_record(&row).map_err(csv_err)?;
-                *summary
-                    .per_class
-                    .entry(meta.classes[c].clone())
-                    .or_default() += 1;
+                *summary.per_class.entry(meta.classes[c].clone()).or_default() += 1;
                 summary.scored += 1;
             }
             Err(e) => {

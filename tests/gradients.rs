@@ -11,10 +11,7 @@ use tlearn::train::head::{self, HeadSpec, Pool};
 use tlearn::train::{label_tensor, Trainer};
 
 fn opts() -> SessionOptions {
-    SessionOptions {
-        device: Device::Cpu,
-        threads: 1,
-    }
+    SessionOptions { device: Device::Cpu, threads: 1 }
 }
 
 fn rand_array(rng: &mut impl Rng, shape: &[usize], scale: f32) -> ArrayD<f32> {
@@ -24,14 +21,7 @@ fn rand_array(rng: &mut impl Rng, shape: &[usize], scale: f32) -> ArrayD<f32> {
 /// Compare analytic gradients with central differences on every parameter (sampled entries).
 fn check(model: &ModelProto, feature_shape: &[usize], classes: usize, n: usize) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-    let mut t = Trainer::new(
-        model,
-        Path::new("test.onnx"),
-        feature_shape,
-        classes,
-        &opts(),
-    )
-    .unwrap();
+    let mut t = Trainer::new(model, Path::new("test.onnx"), feature_shape, classes, &opts()).unwrap();
     let x = rand_array(&mut rng, &[&[n][..], feature_shape].concat(), 1.0);
     let labels: Vec<usize> = (0..n).map(|i| i % classes).collect();
     let y = label_tensor(&labels, t.train.loss, classes);
@@ -73,45 +63,27 @@ fn check(model: &ModelProto, feature_shape: &[usize], classes: usize, n: usize) 
             checked += 1;
         }
     }
-    assert!(
-        checked >= 2 * t.params.len().min(1),
-        "checked {checked} entries"
-    );
+    assert!(checked >= 2 * t.params.len().min(1), "checked {checked} entries");
 }
 
 #[test]
 fn dense_head_sigmoid_bce_with_dropout() {
-    let spec = HeadSpec {
-        units: 6,
-        layers: 1,
-        dropout: 0.5,
-        pool: Pool::Flatten,
-    };
-    let m = head::build(&[2, 2, 3], 2, &spec, 1).unwrap();
+    let spec = HeadSpec { units: 6, layers: 1, dropout: 0.5, pool: Pool::Flatten, standardize: false };
+    let m = head::build(&[2, 2, 3], 2, &spec, 1, None).unwrap();
     check(&m, &[2, 2, 3], 2, 5);
 }
 
 #[test]
 fn two_hidden_layers_softmax_ce() {
-    let spec = HeadSpec {
-        units: 5,
-        layers: 2,
-        dropout: 0.3,
-        pool: Pool::Flatten,
-    };
-    let m = head::build(&[3, 1, 2], 3, &spec, 2).unwrap();
+    let spec = HeadSpec { units: 5, layers: 2, dropout: 0.3, pool: Pool::Flatten, standardize: false };
+    let m = head::build(&[3, 1, 2], 3, &spec, 2, None).unwrap();
     check(&m, &[3, 1, 2], 3, 6);
 }
 
 #[test]
 fn average_pooled_head() {
-    let spec = HeadSpec {
-        units: 4,
-        layers: 1,
-        dropout: 0.0,
-        pool: Pool::Avg,
-    };
-    let m = head::build(&[3, 3, 4], 2, &spec, 3).unwrap();
+    let spec = HeadSpec { units: 4, layers: 1, dropout: 0.0, pool: Pool::Avg, standardize: true };
+    let m = head::build(&[3, 3, 4], 2, &spec, 3, Some(&ArrayD::from_shape_fn(IxDyn(&[5, 3, 3, 4]), |i| (i[0] * 7 + i[3]) as f32))).unwrap();
     check(&m, &[3, 3, 4], 2, 4);
 }
 
@@ -155,19 +127,11 @@ fn unsupported_op_names_node_and_op() {
 
 #[test]
 fn training_reduces_the_loss_and_is_reproducible() {
-    let spec = HeadSpec {
-        units: 8,
-        layers: 1,
-        dropout: 0.5,
-        pool: Pool::Flatten,
-    };
-    let m = head::build(&[4], 2, &spec, 9).unwrap();
+    let spec = HeadSpec { units: 8, layers: 1, dropout: 0.5, pool: Pool::Flatten, standardize: false };
+    let m = head::build(&[4], 2, &spec, 9, None).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let x = rand_array(&mut rng, &[64, 4], 1.0);
-    let labels: Vec<usize> = x
-        .outer_iter()
-        .map(|r| (r[0] + r[1] > 0.0) as usize)
-        .collect();
+    let labels: Vec<usize> = x.outer_iter().map(|r| (r[0] + r[1] > 0.0) as usize).collect();
     let cfg = tlearn::train::FitConfig {
         epochs: 15,
         batch: 8,
@@ -182,17 +146,9 @@ fn training_reduces_the_loss_and_is_reproducible() {
     let h2 = fit();
     assert_eq!(
         h1,
-        h2.iter()
-            .map(|e| tlearn::train::Epoch {
-                seconds: h1[e.epoch - 1].seconds,
-                ..e.clone()
-            })
-            .collect::<Vec<_>>(),
+        h2.iter().map(|e| tlearn::train::Epoch { seconds: h1[e.epoch - 1].seconds, ..e.clone() }).collect::<Vec<_>>(),
         "same seed, same history"
     );
-    assert!(
-        h1.last().unwrap().val_loss < h1[0].val_loss * 0.7,
-        "loss fell: {h1:?}"
-    );
+    assert!(h1.last().unwrap().val_loss < h1[0].val_loss * 0.7, "loss fell: {h1:?}");
     assert!(h1.last().unwrap().val_accuracy > 0.85, "{h1:?}");
 }

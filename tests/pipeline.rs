@@ -17,41 +17,19 @@ fn split_class_folders_is_stratified_seeded_and_printed() {
     std::fs::write(raw.join("cat/notes.txt"), "not an image").unwrap();
     let out = ok(
         "tlearn-data",
-        &[
-            "split",
-            "raw",
-            "data/a",
-            "--test",
-            "0.25",
-            "--validation",
-            "0.2",
-            "--seed",
-            "7",
-        ],
+        &["split", "raw", "data/a", "--test", "0.25", "--validation", "0.2", "--seed", "7"],
         w.path(),
     );
     // 20 per class: 5 test, round(15·0.2)=3 validation, 12 train.
-    assert!(
-        out.lines()
-            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["cat", "12", "3", "5", "20"]),
-        "{out}"
-    );
+    assert!(out.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["cat", "12", "3", "5", "20"]), "{out}");
     assert!(out.contains("skipped 1 non-image"), "{out}");
     for split in ["train", "validation", "test"] {
         for c in ["cat", "dog"] {
             assert!(w.path().join("data/a").join(split).join(c).is_dir());
         }
     }
-    ok(
-        "tlearn-data",
-        &["split", "raw", "data/b", "--seed", "7"],
-        w.path(),
-    );
-    ok(
-        "tlearn-data",
-        &["split", "raw", "data/c", "--seed", "8"],
-        w.path(),
-    );
+    ok("tlearn-data", &["split", "raw", "data/b", "--seed", "7"], w.path());
+    ok("tlearn-data", &["split", "raw", "data/c", "--seed", "8"], w.path());
     let m = |d: &str| {
         read(&w.path().join(d).join("manifest.csv"))
             .lines()
@@ -69,37 +47,12 @@ fn split_class_folders_is_stratified_seeded_and_printed() {
 fn split_kaggle_flat_layout_with_counts() {
     let w = workdir();
     make_dataset(&w.path().join("train"), &["cat", "dog"], 10, true);
-    let out = ok(
-        "tlearn-data",
-        &[
-            "split", "train", "small", "--counts", "4,2,3", "--mode", "copy",
-        ],
-        w.path(),
-    );
-    assert!(
-        out.lines()
-            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["dog", "4", "2", "3", "9"]),
-        "{out}"
-    );
+    let out = ok("tlearn-data", &["split", "train", "small", "--counts", "4,2,3", "--mode", "copy"], w.path());
+    assert!(out.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["dog", "4", "2", "3", "9"]), "{out}");
     assert!(w.path().join("small/train/cat").read_dir().unwrap().count() == 4);
-    let name = w
-        .path()
-        .join("small/test/dog")
-        .read_dir()
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .file_name();
-    assert!(
-        name.to_string_lossy().starts_with("dog."),
-        "Kaggle names kept: {name:?}"
-    );
-    let err = fails(
-        "tlearn-data",
-        &["split", "train", "big", "--counts", "8,2,3"],
-        w.path(),
-    );
+    let name = w.path().join("small/test/dog").read_dir().unwrap().next().unwrap().unwrap().file_name();
+    assert!(name.to_string_lossy().starts_with("dog."), "Kaggle names kept: {name:?}");
+    let err = fails("tlearn-data", &["split", "train", "big", "--counts", "8,2,3"], w.path());
     assert!(err.contains("class `cat` has 10 images"), "{err}");
 }
 
@@ -107,40 +60,21 @@ fn split_kaggle_flat_layout_with_counts() {
 fn split_bad_inputs_name_the_path() {
     let w = workdir();
     let err = fails("tlearn-data", &["split", "nowhere", "out"], w.path());
-    assert!(
-        err.contains("nowhere") && err.contains("does not exist"),
-        "{err}"
-    );
+    assert!(err.contains("nowhere") && err.contains("does not exist"), "{err}");
     make_dataset(&w.path().join("raw"), &["a"], 3, false);
     std::fs::create_dir_all(w.path().join("raw/empty")).unwrap();
     let err = fails("tlearn-data", &["split", "raw", "out"], w.path());
-    assert!(
-        err.contains("empty class") && err.contains("empty"),
-        "{err}"
-    );
+    assert!(err.contains("empty class") && err.contains("empty"), "{err}");
 }
 
 /// Lay out a split dataset with a tiny registered backbone; returns the feature folder.
 fn prepared(w: &Path, classes: &[&str], per_class: usize) -> String {
     make_dataset(&w.join("raw"), classes, per_class, false);
-    ok(
-        "tlearn-data",
-        &["split", "raw", "data/toy", "--seed", "1"],
-        w,
-    );
+    ok("tlearn-data", &["split", "raw", "data/toy", "--seed", "1"], w);
     tiny_classifier(&w.join("tiny.onnx"), 3);
     let out = ok(
         "tlearn-backbone",
-        &[
-            "add",
-            "tiny.onnx",
-            "--output",
-            "pool_out",
-            "--preprocess",
-            "caffe",
-            "--size",
-            "32",
-        ],
+        &["add", "tiny.onnx", "--output", "pool_out", "--preprocess", "caffe", "--size", "32"],
         w,
     );
     assert!(out.contains("[16, 16, 8]"), "{out}");
@@ -153,74 +87,24 @@ fn backbone_summary_and_bad_models() {
     tiny_classifier(&w.path().join("tiny.onnx"), 3);
     ok(
         "tlearn-backbone",
-        &[
-            "add",
-            "tiny.onnx",
-            "--output",
-            "pool_out",
-            "--preprocess",
-            "tf",
-            "--size",
-            "32",
-        ],
+        &["add", "tiny.onnx", "--output", "pool_out", "--preprocess", "tf", "--size", "32"],
         w.path(),
     );
-    let s = ok(
-        "tlearn-backbone",
-        &["summary", "tiny", "--size", "32"],
-        w.path(),
-    );
-    assert!(
-        s.contains("(None, 32, 32, 8)") && s.contains("(None, 16, 16, 8)"),
-        "{s}"
-    );
+    let s = ok("tlearn-backbone", &["summary", "tiny", "--size", "32"], w.path());
+    assert!(s.contains("(None, 32, 32, 8)") && s.contains("(None, 16, 16, 8)"), "{s}");
     assert!(s.contains("Total params: 224"), "3·3·3·8 + 8 = 224: {s}");
     let list = ok("tlearn-backbone", &["list"], w.path());
     assert!(list.contains("tiny") && list.contains("vgg16"), "{list}");
     not_image_model(&w.path().join("vec.onnx"));
-    let err = fails(
-        "tlearn-backbone",
-        &["add", "vec.onnx", "--output", "y", "--preprocess", "unit"],
-        w.path(),
-    );
-    assert!(
-        err.contains("vec.onnx") && err.contains("not an image tensor"),
-        "{err}"
-    );
-    let err = fails(
-        "tlearn-backbone",
-        &[
-            "add",
-            "tiny.onnx",
-            "--output",
-            "no_such_tensor",
-            "--preprocess",
-            "unit",
-        ],
-        w.path(),
-    );
+    let err = fails("tlearn-backbone", &["add", "vec.onnx", "--output", "y", "--preprocess", "unit"], w.path());
+    assert!(err.contains("vec.onnx") && err.contains("not an image tensor"), "{err}");
+    let err =
+        fails("tlearn-backbone", &["add", "tiny.onnx", "--output", "no_such_tensor", "--preprocess", "unit"], w.path());
     assert!(err.contains("no_such_tensor"), "{err}");
-    std::fs::write(
-        w.path().join("trunc.onnx"),
-        &std::fs::read(w.path().join("tiny.onnx")).unwrap()[..100],
-    )
-    .unwrap();
-    let err = fails(
-        "tlearn-backbone",
-        &[
-            "add",
-            "trunc.onnx",
-            "--output",
-            "pool_out",
-            "--preprocess",
-            "unit",
-        ],
-        w.path(),
-    );
-    assert!(
-        err.contains("trunc.onnx") && err.contains("not a valid ONNX model"),
-        "{err}"
-    );
+    std::fs::write(w.path().join("trunc.onnx"), &std::fs::read(w.path().join("tiny.onnx")).unwrap()[..100]).unwrap();
+    let err =
+        fails("tlearn-backbone", &["add", "trunc.onnx", "--output", "pool_out", "--preprocess", "unit"], w.path());
+    assert!(err.contains("trunc.onnx") && err.contains("not a valid ONNX model"), "{err}");
 }
 
 #[test]
@@ -228,83 +112,29 @@ fn extract_head_evaluate_score_end_to_end() {
     let w = workdir();
     let w = w.path();
     let feats = prepared(w, &["cat", "dog"], 24);
-    let out = ok(
-        "tlearn-extract",
-        &[
-            "--data",
-            "data/toy",
-            "--backbone",
-            "tiny",
-            "--batch",
-            "7",
-            "--device",
-            "cpu",
-        ],
-        w,
-    );
+    let out = ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--batch", "7", "--device", "cpu"], w);
     assert!(out.contains("train"), "{out}");
     let npy = w.join(&feats).join("train.npy");
     let x = ndarray_npy::read_npy::<_, ndarray::ArrayD<f32>>(&npy).unwrap();
     assert_eq!(&x.shape()[1..], &[16, 16, 8]);
-    let info: serde_json::Value =
-        serde_json::from_str(&read(&w.join(&feats).join("train.npy.json"))).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&read(&w.join(&feats).join("train.npy.json"))).unwrap();
     assert_eq!(info["n"], x.shape()[0]);
     let first = std::fs::read(&npy).unwrap();
 
     // A rerun with nothing changed does no work and leaves the bytes alone.
-    let out = ok(
-        "tlearn-extract",
-        &[
-            "--data",
-            "data/toy",
-            "--backbone",
-            "tiny",
-            "--device",
-            "cpu",
-        ],
-        w,
-    );
+    let out = ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu"], w);
     assert_eq!(out.matches("(up to date)").count(), 3, "{out}");
     assert_eq!(std::fs::read(&npy).unwrap(), first);
 
     // Added files are extracted incrementally; a bad file is skipped and counted.
-    common::make_image(0, 999, 30, 30)
-        .save(w.join("data/toy/train/cat/new.png"))
-        .unwrap();
-    std::fs::write(
-        w.join("data/toy/train/cat/broken.jpg"),
-        b"\xFF\xD8\xFF\xE0 truncated",
-    )
-    .unwrap();
-    let out = ok(
-        "tlearn-extract",
-        &[
-            "--data",
-            "data/toy",
-            "--backbone",
-            "tiny",
-            "--device",
-            "cpu",
-        ],
-        w,
-    );
-    let train_line = out
-        .lines()
-        .find(|l| l.starts_with("train"))
-        .unwrap()
-        .to_string();
+    common::make_image(0, 999, 30, 30).save(w.join("data/toy/train/cat/new.png")).unwrap();
+    std::fs::write(w.join("data/toy/train/cat/broken.jpg"), b"\xFF\xD8\xFF\xE0 truncated").unwrap();
+    let out = ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu"], w);
+    let train_line = out.lines().find(|l| l.starts_with("train")).unwrap().to_string();
     let nums: Vec<&str> = train_line.split_whitespace().collect();
-    assert_eq!(
-        (nums[3], nums[7]),
-        ("1", "1"),
-        "1 computed, 1 skipped: {train_line}"
-    );
-    let info: serde_json::Value =
-        serde_json::from_str(&read(&w.join(&feats).join("train.npy.json"))).unwrap();
-    assert!(info["skipped"][0]["path"]
-        .as_str()
-        .unwrap()
-        .ends_with("broken.jpg"));
+    assert_eq!((nums[3], nums[7]), ("1", "1"), "1 computed, 1 skipped: {train_line}");
+    let info: serde_json::Value = serde_json::from_str(&read(&w.join(&feats).join("train.npy.json"))).unwrap();
+    assert!(info["skipped"][0]["path"].as_str().unwrap().ends_with("broken.jpg"));
     // Features are bit-for-bit stable: the old rows are unchanged.
     let x2 = ndarray_npy::read_npy::<_, ndarray::ArrayD<f32>>(&npy).unwrap();
     assert_eq!(x2.shape()[0], x.shape()[0] + 1);
@@ -312,68 +142,25 @@ fn extract_head_evaluate_score_end_to_end() {
     // Head, evaluate, score.
     let out = ok(
         "tlearn-head",
-        &[
-            "--features",
-            &feats,
-            "--run",
-            "toy",
-            "--epochs",
-            "8",
-            "--lr",
-            "1e-3",
-            "--units",
-            "16",
-            "--batch",
-            "8",
-        ],
+        &["--features", &feats, "--run", "toy", "--epochs", "8", "--lr", "1e-3", "--units", "16", "--batch", "8"],
         w,
     );
-    assert_eq!(
-        out.lines().filter(|l| l.starts_with("epoch")).count(),
-        8,
-        "{out}"
-    );
+    assert_eq!(out.lines().filter(|l| l.starts_with("epoch")).count(), 8, "{out}");
     let hist = read(&w.join("runs/toy/history.csv"));
     assert_eq!(hist.lines().count(), 9, "{hist}");
     assert!(w.join("runs/toy/history.png").metadata().unwrap().len() > 1000);
     let out = ok("tlearn-evaluate", &["--run", "toy"], w);
     assert!(out.contains("accuracy"), "{out}");
-    let m: serde_json::Value =
-        serde_json::from_str(&read(&w.join("reports/toy/metrics.json"))).unwrap();
-    for k in [
-        "accuracy",
-        "loss",
-        "n_test",
-        "roc_auc",
-        "confusion",
-        "per_class",
-    ] {
+    let m: serde_json::Value = serde_json::from_str(&read(&w.join("reports/toy/metrics.json"))).unwrap();
+    for k in ["accuracy", "loss", "n_test", "roc_auc", "confusion", "per_class"] {
         assert!(!m[k].is_null(), "metrics.json lacks {k}: {m}");
     }
-    assert!(
-        m["accuracy"].as_f64().unwrap() >= 0.9,
-        "separable colours: {m}"
-    );
+    assert!(m["accuracy"].as_f64().unwrap() >= 0.9, "separable colours: {m}");
     assert!(w.join("reports/toy/confusion.png").exists());
 
     std::fs::write(w.join("data/toy/test/zz-not-an-image.png"), b"hello").unwrap();
-    let out = ok(
-        "tlearn-score",
-        &[
-            "data/toy/test",
-            "--run",
-            "toy",
-            "--out",
-            "scores.csv",
-            "--device",
-            "cpu",
-        ],
-        w,
-    );
-    assert!(
-        out.contains("unreadable: 1") && out.contains("zz-not-an-image.png"),
-        "{out}"
-    );
+    let out = ok("tlearn-score", &["data/toy/test", "--run", "toy", "--out", "scores.csv", "--device", "cpu"], w);
+    assert!(out.contains("unreadable: 1") && out.contains("zz-not-an-image.png"), "{out}");
     let csv = read(&w.join("scores.csv"));
     let rows: Vec<&str> = csv.lines().skip(1).collect();
     let mut sorted = rows.clone();
@@ -384,11 +171,7 @@ fn extract_head_evaluate_score_end_to_end() {
     let preds = read(&w.join("reports/toy/predictions.csv"));
     for line in preds.lines().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
-        let name = Path::new(f[0])
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
+        let name = Path::new(f[0]).file_name().unwrap().to_string_lossy().into_owned();
         let row = rows
             .iter()
             .find(|r| r.split(',').next().unwrap().ends_with(&format!("/{name}")))
@@ -407,30 +190,10 @@ fn extract_refuses_a_class_missing_from_train() {
     prepared(w, &["cat", "dog"], 8);
     let d = w.join("data/toy/test/bird");
     std::fs::create_dir_all(&d).unwrap();
-    common::make_image(2, 5, 32, 32)
-        .save(d.join("b.png"))
-        .unwrap();
-    let err = fails(
-        "tlearn-extract",
-        &[
-            "--data",
-            "data/toy",
-            "--backbone",
-            "tiny",
-            "--device",
-            "cpu",
-        ],
-        w,
-    );
-    assert!(
-        err.contains("bird") && err.contains("no training images") && err.contains("b.png"),
-        "{err}"
-    );
-    let err = fails(
-        "tlearn-extract",
-        &["--data", "data/none", "--backbone", "tiny"],
-        w,
-    );
+    common::make_image(2, 5, 32, 32).save(d.join("b.png")).unwrap();
+    let err = fails("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu"], w);
+    assert!(err.contains("bird") && err.contains("no training images") && err.contains("b.png"), "{err}");
+    let err = fails("tlearn-extract", &["--data", "data/none", "--backbone", "tiny"], w);
     assert!(err.contains("data/none"), "{err}");
 }
 
@@ -439,18 +202,7 @@ fn multiclass_head_uses_softmax() {
     let w = workdir();
     let w = w.path();
     let feats = prepared(w, &["a", "b", "c"], 12);
-    ok(
-        "tlearn-extract",
-        &[
-            "--data",
-            "data/toy",
-            "--backbone",
-            "tiny",
-            "--device",
-            "cpu",
-        ],
-        w,
-    );
+    ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu"], w);
     ok(
         "tlearn-head",
         &[
@@ -471,31 +223,14 @@ fn multiclass_head_uses_softmax() {
         ],
         w,
     );
-    let m: serde_json::Value =
-        serde_json::from_str(&read(&w.join("runs/m/head.onnx.json"))).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&read(&w.join("runs/m/head.onnx.json"))).unwrap();
     assert_eq!(m["loss"], "categorical_cross_entropy");
     ok("tlearn-evaluate", &["--run", "m"], w);
-    let r: serde_json::Value =
-        serde_json::from_str(&read(&w.join("reports/m/metrics.json"))).unwrap();
+    let r: serde_json::Value = serde_json::from_str(&read(&w.join("reports/m/metrics.json"))).unwrap();
     assert_eq!(r["confusion"].as_array().unwrap().len(), 3);
     assert!(r["roc_auc"].is_null());
-    ok(
-        "tlearn-score",
-        &[
-            "data/toy/test",
-            "--run",
-            "m",
-            "--out",
-            "s.csv",
-            "--device",
-            "cpu",
-        ],
-        w,
-    );
-    assert_eq!(
-        read(&w.join("s.csv")).lines().next().unwrap(),
-        "path,class,probability,p_a,p_b,p_c"
-    );
+    ok("tlearn-score", &["data/toy/test", "--run", "m", "--out", "s.csv", "--device", "cpu"], w);
+    assert_eq!(read(&w.join("s.csv")).lines().next().unwrap(), "path,class,probability,p_a,p_b,p_c");
 }
 
 #[test]
@@ -509,54 +244,15 @@ fn device_cuda_is_explicit_about_a_cpu_only_runtime() {
         .filter(|p| p.exists());
     if let Some(lib) = cuda_lib {
         // A CUDA build of onnxruntime is installed (`make setup-cuda`): the GPU path must work.
-        ok(
-            "tlearn-extract",
-            &[
-                "--data",
-                "data/toy",
-                "--backbone",
-                "tiny",
-                "--device",
-                "cuda",
-            ],
-            w,
-        );
+        ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cuda"], w);
         eprintln!("CUDA test ran with {}", lib.display());
         return;
     }
     eprintln!("GPU test skipped: no CUDA onnxruntime here (run `make setup-cuda` on a GPU machine); checking the CPU-only error instead");
-    let err = fails(
-        "tlearn-extract",
-        &[
-            "--data",
-            "data/toy",
-            "--backbone",
-            "tiny",
-            "--device",
-            "cuda",
-        ],
-        w,
-    );
-    assert!(
-        err.contains("no CUDA execution provider") && err.contains("make setup-cuda"),
-        "{err}"
-    );
+    let err = fails("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cuda"], w);
+    assert!(err.contains("no CUDA execution provider") && err.contains("make setup-cuda"), "{err}");
     // auto falls back to CPU and says why.
-    let out = run(
-        "tlearn-extract",
-        &[
-            "--data",
-            "data/toy",
-            "--backbone",
-            "tiny",
-            "--device",
-            "auto",
-        ],
-        w,
-    );
+    let out = run("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "auto"], w);
     assert!(out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("using CPU because"),
-        "one log line saying why"
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("using CPU because"), "one log line saying why");
 }

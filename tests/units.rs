@@ -9,33 +9,17 @@ use tlearn::imageio::{self, Interpolation, Preprocess, PreprocessKind};
 fn nearest_resize_matches_pil_sampling() {
     // 4×1 → 2×1: PIL NEAREST samples source x = floor((x + 0.5) · 2) = 1, 3.
     let img = image::RgbImage::from_fn(4, 1, |x, _| image::Rgb([x as u8 * 10, 0, 0]));
-    let a = imageio::to_rgb_array(
-        &image::DynamicImage::ImageRgb8(img),
-        (1, 2),
-        Interpolation::Nearest,
-    );
-    assert_eq!(
-        a.index_axis(Axis(2), 0).iter().copied().collect::<Vec<_>>(),
-        vec![10.0, 30.0]
-    );
+    let a = imageio::to_rgb_array(&image::DynamicImage::ImageRgb8(img), (1, 2), Interpolation::Nearest);
+    assert_eq!(a.index_axis(Axis(2), 0).iter().copied().collect::<Vec<_>>(), vec![10.0, 30.0]);
 }
 
 #[test]
 fn gray_and_sixteen_bit_become_rgb() {
     let g = image::GrayImage::from_pixel(3, 3, image::Luma([100]));
-    let a = imageio::to_rgb_array(
-        &image::DynamicImage::ImageLuma8(g),
-        (3, 3),
-        Interpolation::Bilinear,
-    );
+    let a = imageio::to_rgb_array(&image::DynamicImage::ImageLuma8(g), (3, 3), Interpolation::Bilinear);
     assert!(a.iter().all(|&v| v == 100.0));
-    let g16 =
-        image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_pixel(2, 2, image::Luma([65535]));
-    let a = imageio::to_rgb_array(
-        &image::DynamicImage::ImageLuma16(g16),
-        (2, 2),
-        Interpolation::Nearest,
-    );
+    let g16 = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_pixel(2, 2, image::Luma([65535]));
+    let a = imageio::to_rgb_array(&image::DynamicImage::ImageLuma16(g16), (2, 2), Interpolation::Nearest);
     assert!(a.iter().all(|&v| v == 255.0));
 }
 
@@ -63,10 +47,7 @@ fn decompression_bombs_and_garbage_are_refused_with_the_path() {
     let p = d.path().join("big.png");
     image::RgbImage::new(200, 200).save(&p).unwrap();
     let e = imageio::decode(&p, 1000).unwrap_err().to_string();
-    assert!(
-        e.contains("big.png") && e.contains("exceeds the limit"),
-        "{e}"
-    );
+    assert!(e.contains("big.png") && e.contains("exceeds the limit"), "{e}");
     let q = d.path().join("zero.jpg");
     std::fs::write(&q, b"").unwrap();
     let e = imageio::decode(&q, u64::MAX).unwrap_err().to_string();
@@ -75,13 +56,9 @@ fn decompression_bombs_and_garbage_are_refused_with_the_path() {
 
 #[test]
 fn roc_auc_by_ranks() {
-    let auc =
-        tlearn::metrics::roc_auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]).unwrap();
+    let auc = tlearn::metrics::roc_auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]).unwrap();
     assert!((auc - 0.75).abs() < 1e-12);
-    assert_eq!(
-        tlearn::metrics::roc_auc(&[0.5, 0.5], &[false, true]),
-        Some(0.5)
-    );
+    assert_eq!(tlearn::metrics::roc_auc(&[0.5, 0.5], &[false, true]), Some(0.5));
     assert_eq!(tlearn::metrics::roc_auc(&[0.5], &[true]), None);
 }
 
@@ -105,11 +82,7 @@ fn atomic_write_keeps_the_old_file_when_interrupted() {
     });
     assert!(r.is_err());
     assert_eq!(std::fs::read(&p).unwrap(), b"old");
-    assert_eq!(
-        std::fs::read_dir(d.path()).unwrap().count(),
-        1,
-        "no temp file left behind"
-    );
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1, "no temp file left behind");
 }
 
 #[test]
@@ -117,10 +90,7 @@ fn names_cannot_escape_the_output_folder() {
     let root = Path::new("/tmp/out");
     assert!(tlearn::fsutil::safe_join(root, "../x").is_err());
     assert!(tlearn::fsutil::safe_join(root, "/etc").is_err());
-    assert_eq!(
-        tlearn::fsutil::safe_join(root, "cat/a.jpg").unwrap(),
-        root.join("cat/a.jpg")
-    );
+    assert_eq!(tlearn::fsutil::safe_join(root, "cat/a.jpg").unwrap(), root.join("cat/a.jpg"));
 }
 
 #[test]
@@ -133,9 +103,7 @@ fn elpv_labels_and_classes() {
     assert_eq!(tlearn::elpv::class_of(&cells[0], 2), "defective");
     assert_eq!(tlearn::elpv::class_of(&cells[1], 2), "functional");
     assert_eq!(tlearn::elpv::class_of(&cells[1], 4), "p033");
-    let e = tlearn::elpv::parse_labels("images/x.png oops mono", Path::new("labels.csv"))
-        .unwrap_err()
-        .to_string();
+    let e = tlearn::elpv::parse_labels("images/x.png oops mono", Path::new("labels.csv")).unwrap_err().to_string();
     assert!(e.contains("labels.csv") && e.contains("line 1"), "{e}");
 }
 
@@ -145,71 +113,36 @@ fn cut_backbone_equals_the_original_graph_and_a_plain_session() {
     let src = d.path().join("tiny.onnx");
     common::tiny_classifier(&src, 8);
     let m = tlearn::onnx::load_model(&src).unwrap();
-    let cut = tlearn::onnx::cut::cut_model(&m, &src, "pool_out", tlearn::onnx::cut::Layout::Nchw)
-        .unwrap();
+    let cut = tlearn::onnx::cut::cut_model(&m, &src, "pool_out", tlearn::onnx::cut::Layout::Nchw).unwrap();
     assert_eq!(tlearn::onnx::cut::param_count(&cut), 224);
     // The same preprocessed tensor through the cut graph (tlearn's runtime) and through the
     // original graph with `pool_out` exposed (a plain ort session).
     let img = common::make_image(1, 3, 40, 30);
     let p = d.path().join("i.png");
     img.save(&p).unwrap();
-    let x = imageio::load(
-        &p,
-        (32, 32),
-        Interpolation::Nearest,
-        &Preprocess::of(PreprocessKind::Caffe),
-        u64::MAX,
-    )
-    .unwrap()
-    .insert_axis(Axis(0))
-    .into_dyn();
+    let x = imageio::load(&p, (32, 32), Interpolation::Nearest, &Preprocess::of(PreprocessKind::Caffe), u64::MAX)
+        .unwrap()
+        .insert_axis(Axis(0))
+        .into_dyn();
     let bytes = tlearn::onnx::encode_model(&cut);
-    let mut s = tlearn::runtime::open(&bytes, &src, &Default::default())
-        .unwrap()
-        .session;
-    let y = tlearn::runtime::run_f32(&mut s, vec![("image", x.view())], &["features"])
-        .unwrap()
-        .remove(0);
-    let shapes = tlearn::onnx::probe::shapes(
-        &m,
-        &src,
-        vec![("input_1", x.view())],
-        &["pool_out".to_string()],
-    )
-    .unwrap();
+    let mut s = tlearn::runtime::open(&bytes, &src, &Default::default()).unwrap().session;
+    let y = tlearn::runtime::run_f32(&mut s, vec![("image", x.view())], &["features"]).unwrap().remove(0);
+    let shapes = tlearn::onnx::probe::shapes(&m, &src, vec![("input_1", x.view())], &["pool_out".to_string()]).unwrap();
     assert_eq!(shapes["pool_out"], vec![1, 8, 16, 16]);
     let mut full = m.clone();
     let g = full.graph.as_mut().unwrap();
-    g.output = vec![tlearn::onnx::value_info(
-        "pool_out",
-        tlearn::onnx::proto::dtype::FLOAT,
-        &[],
-    )];
+    g.output = vec![tlearn::onnx::value_info("pool_out", tlearn::onnx::proto::dtype::FLOAT, &[])];
     let mut plain = ort::session::Session::builder(ort_env())
         .unwrap()
         .commit_from_memory(&tlearn::onnx::encode_model(&full))
         .unwrap();
-    let out = plain
-        .run(ort::inputs!["input_1" => ort::value::TensorRef::from_array_view(x.view()).unwrap()])
-        .unwrap();
-    let reference = out["pool_out"]
-        .try_extract_array::<f32>()
-        .unwrap()
-        .permuted_axes(vec![0, 2, 3, 1])
-        .to_owned();
+    let out = plain.run(ort::inputs!["input_1" => ort::value::TensorRef::from_array_view(x.view()).unwrap()]).unwrap();
+    let reference = out["pool_out"].try_extract_array::<f32>().unwrap().permuted_axes(vec![0, 2, 3, 1]).to_owned();
     let scale = reference.iter().fold(0f32, |a, v| a.max(v.abs()));
-    let diff = y
-        .iter()
-        .zip(reference.iter())
-        .fold(0f32, |a, (p, q)| a.max((p - q).abs()));
-    assert!(
-        scale > 0.0 && diff <= 1e-4 * scale,
-        "max diff {diff} vs scale {scale}"
-    );
+    let diff = y.iter().zip(reference.iter()).fold(0f32, |a, (p, q)| a.max((p - q).abs()));
+    assert!(scale > 0.0 && diff <= 1e-4 * scale, "max diff {diff} vs scale {scale}");
     // Bit-for-bit stable across runs.
-    let y2 = tlearn::runtime::run_f32(&mut s, vec![("image", x.view())], &["features"])
-        .unwrap()
-        .remove(0);
+    let y2 = tlearn::runtime::run_f32(&mut s, vec![("image", x.view())], &["features"]).unwrap().remove(0);
     assert_eq!(y, y2);
 }
 
@@ -218,4 +151,33 @@ fn ort_env() -> &'static ort::environment::Environment {
     tlearn::runtime::environment().unwrap()
 }
 
-use std::io::Write;
+
+#[test]
+fn multiscale_cut_pools_and_concatenates() {
+    use tlearn::onnx::cut::{cut_model, cut_model_pooled, GlobalPool, Layout};
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("tiny.onnx");
+    common::tiny_classifier(&src, 4);
+    let m = tlearn::onnx::load_model(&src).unwrap();
+    let relu = m.graph.as_ref().unwrap().node.iter().find(|n| n.op_type == "Relu").unwrap().output[0].clone();
+    let pooled = cut_model_pooled(&m, &src, &["pool_out".into(), relu], Layout::Nchw, Some(GlobalPool::AvgMax)).unwrap();
+    let plain = cut_model(&m, &src, "pool_out", Layout::Nchw).unwrap();
+    let x = ArrayD::from_shape_fn(ndarray::IxDyn(&[2, 32, 32, 3]), |i| ((i[1] * 3 + i[2] * 5 + i[3] * 7 + i[0]) % 11) as f32 * 10.0);
+    let run = |m: &tlearn::onnx::proto::ModelProto| {
+        let mut s = tlearn::runtime::open(&tlearn::onnx::encode_model(m), &src, &Default::default()).unwrap().session;
+        tlearn::runtime::run_f32(&mut s, vec![("image", x.view())], &["features"]).unwrap().remove(0)
+    };
+    let (yp, y) = (run(&pooled), run(&plain));
+    assert_eq!(yp.shape(), &[2, 1, 1, 32], "avg+max of two 8-channel tensors");
+    for n in 0..2 {
+        for c in 0..8 {
+            let v: Vec<f32> = (0..16).flat_map(|h| (0..16).map(move |w| (h, w))).map(|(h, w)| y[[n, h, w, c]]).collect();
+            let mean = v.iter().sum::<f32>() / v.len() as f32;
+            let max = v.iter().fold(f32::MIN, |a, &b| a.max(b));
+            assert!((yp[[n, 0, 0, c]] - mean).abs() < 1e-4 * mean.abs().max(1.0), "avg of pool_out channel {c}");
+            assert_eq!(yp[[n, 0, 0, 8 + c]], max, "max of pool_out channel {c}");
+        }
+    }
+    let err = cut_model_pooled(&m, &src, &["pool_out".into(), "nope".into()], Layout::Nchw, Some(GlobalPool::Avg)).unwrap_err().to_string();
+    assert!(err.contains("nope"), "{err}");
+}

@@ -8,10 +8,7 @@ use tlearn::imageio::PreprocessKind;
 use tlearn::onnx::cut::Layout;
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "ImageNet conv bases as ONNX: fetch, add, summary, list"
-)]
+#[command(version, about = "ImageNet conv bases as ONNX: fetch, add, summary, list")]
 struct Args {
     /// Folder of the catalog and fetched models.
     #[arg(long, default_value = "onnx", global = true)]
@@ -87,22 +84,12 @@ fn run(a: Args) -> Result<()> {
                 cat.model_path(&name).display()
             );
         }
-        Cmd::Add {
-            path,
-            output,
-            preprocess,
-            name,
-            layout,
-            size,
-        } => {
+        Cmd::Add { path, output, preprocess, name, layout, size } => {
             let name = name.unwrap_or_else(|| {
-                path.file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "user".into())
+                path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "user".into())
             });
-            let info =
-                tlearn::backbone::add(&mut cat, &path, &name, &output, layout, preprocess, size)
-                    .with_context(|| format!("adding {}", path.display()))?;
+            let info = tlearn::backbone::add(&mut cat, &path, &name, &output, layout, preprocess, size)
+                .with_context(|| format!("adding {}", path.display()))?;
             println!(
                 "{name}: {} parameters, features {:?} at {size}; registered in {}",
                 info.params,
@@ -122,15 +109,8 @@ fn run(a: Args) -> Result<()> {
         }
         Cmd::List => {
             for (k, e) in &cat.entries {
-                let state = if cat.model_path(k).exists() {
-                    "fetched"
-                } else {
-                    "-"
-                };
-                println!(
-                    "{k:<16} {state:<8} {:?} {}px  {}",
-                    e.preprocess, e.size, e.description
-                );
+                let state = if cat.model_path(k).exists() { "fetched" } else { "-" };
+                println!("{k:<16} {state:<8} {:?} {}px  {}", e.preprocess, e.size, e.description);
             }
         }
     }

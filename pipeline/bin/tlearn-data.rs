@@ -6,10 +6,7 @@ use std::path::PathBuf;
 use tlearn::dataset::{self, LinkMode, SplitSpec};
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "Split image dumps into train/validation/test class folders"
-)]
+#[command(version, about = "Split image dumps into train/validation/test class folders")]
 struct Args {
     #[command(subcommand)]
     cmd: Cmd,
@@ -71,35 +68,17 @@ fn main() -> std::process::ExitCode {
 
 fn run(a: Args) -> Result<()> {
     match a.cmd {
-        Cmd::Split {
-            input,
-            output,
-            test,
-            validation,
-            counts,
-            seed,
-            mode,
-            force,
-        } => {
+        Cmd::Split { input, output, test, validation, counts, seed, mode, force } => {
             let spec = match counts {
-                Some(c) => SplitSpec::Counts {
-                    train: c[0],
-                    validation: c[1],
-                    test: c[2],
-                },
+                Some(c) => SplitSpec::Counts { train: c[0], validation: c[1], test: c[2] },
                 None => SplitSpec::Fractions { test, validation },
             };
-            let (items, report) =
-                dataset::scan(&input).with_context(|| format!("scanning {}", input.display()))?;
+            let (items, report) = dataset::scan(&input).with_context(|| format!("scanning {}", input.display()))?;
             for p in &report.skipped_non_images {
                 tracing::warn!("{}: skipped (not an image)", p.display());
             }
             if !report.empty_classes.is_empty() {
-                bail!(
-                    "{}: empty class folder(s): {}",
-                    input.display(),
-                    report.empty_classes.join(", ")
-                );
+                bail!("{}: empty class folder(s): {}", input.display(), report.empty_classes.join(", "));
             }
             let assigned = dataset::assign(&items, &spec, seed)?;
             let counts = dataset::write_split(&assigned, &output, mode, force)?;
@@ -111,33 +90,18 @@ fn run(a: Args) -> Result<()> {
             );
             print!("{}", dataset::counts_table(&counts));
             if !report.skipped_non_images.is_empty() {
-                println!(
-                    "skipped {} non-image file(s)",
-                    report.skipped_non_images.len()
-                );
+                println!("skipped {} non-image file(s)", report.skipped_non_images.len());
             }
         }
-        Cmd::Elpv {
-            output,
-            classes,
-            raw,
-            cache,
-            wheel,
-            force,
-        } => {
+        Cmd::Elpv { output, classes, raw, cache, wheel, force } => {
             if output.join("manifest.csv").exists() && !force {
                 println!("{} is ready (use --force to rebuild)", output.display());
                 let (_, items, _) = dataset::list_split(&output, "train")?;
                 println!("train images: {}", items.len());
                 return Ok(());
             }
-            let counts =
-                tlearn::elpv::prepare(&cache, wheel.as_deref(), &raw, &output, classes, true)?;
-            println!(
-                "ELPV ({classes} classes) → {} (seed {}):",
-                output.display(),
-                tlearn::elpv::SEED
-            );
+            let counts = tlearn::elpv::prepare(&cache, wheel.as_deref(), &raw, &output, classes, true)?;
+            println!("ELPV ({classes} classes) → {} (seed {}):", output.display(), tlearn::elpv::SEED);
             print!("{}", dataset::counts_table(&counts));
         }
     }

@@ -6,10 +6,7 @@ use std::path::PathBuf;
 use tlearn::runtime::{Device, SessionOptions};
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "Loss, accuracy, per-class P/R/F1, confusion matrix, ROC-AUC → reports/<run>/metrics.json"
-)]
+#[command(version, about = "Loss, accuracy, per-class P/R/F1, confusion matrix, ROC-AUC → reports/<run>/metrics.json")]
 struct Args {
     /// Run name (folder under --runs).
     #[arg(long, default_value = "demo")]
@@ -40,38 +37,18 @@ fn main() -> std::process::ExitCode {
 
 fn run(a: Args) -> Result<()> {
     let run_dir = a.runs.join(&a.run);
-    let info = tlearn::run::RunInfo::load(&run_dir)
-        .with_context(|| format!("reading run {}", run_dir.display()))?;
+    let info = tlearn::run::RunInfo::load(&run_dir).with_context(|| format!("reading run {}", run_dir.display()))?;
     let fdir = a.features.unwrap_or_else(|| info.features_dir.clone());
-    let f = tlearn::features::load(&fdir, &a.split)
-        .with_context(|| format!("loading {} features", a.split))?;
+    let f = tlearn::features::load(&fdir, &a.split).with_context(|| format!("loading {} features", a.split))?;
     if f.info.classes != info.classes {
-        anyhow::bail!(
-            "{}: classes {:?} differ from the run's {:?}",
-            fdir.display(),
-            f.info.classes,
-            info.classes
-        );
+        anyhow::bail!("{}: classes {:?} differ from the run's {:?}", fdir.display(), f.info.classes, info.classes);
     }
-    if f.info.backbone_sha256 != info.features.backbone_sha256 || f.info.size != info.features.size
-    {
-        anyhow::bail!(
-            "{}: features come from another backbone or size than the run was trained on",
-            fdir.display()
-        );
+    if f.info.backbone_sha256 != info.features.backbone_sha256 || f.info.size != info.features.size {
+        anyhow::bail!("{}: features come from another backbone or size than the run was trained on", fdir.display());
     }
     let head = run_dir.join(tlearn::run::HEAD);
     let bytes = std::fs::read(&head).with_context(|| head.display().to_string())?;
-    let probs = tlearn::train::predict(
-        &bytes,
-        &head,
-        &f.x,
-        256,
-        &SessionOptions {
-            device: a.device,
-            threads: 0,
-        },
-    )?;
+    let probs = tlearn::train::predict(&bytes, &head, &f.x, 256, &SessionOptions { device: a.device, threads: 0 })?;
     let m = tlearn::metrics::compute(&probs, &f.labels, &info.classes);
     let out = a.reports.join(&a.run);
     let report = serde_json::json!({
@@ -98,22 +75,13 @@ fn run(a: Args) -> Result<()> {
     let cp = tlearn::metrics::class_probs(&probs);
     let pred = tlearn::train::predicted(&probs);
     for ((row, p), q) in f.files.iter().zip(&cp).zip(&pred) {
-        w.write_record([
-            row.path.clone(),
-            row.class.clone(),
-            info.classes[*q].clone(),
-            format!("{:.6}", p[*q]),
-        ])?;
+        w.write_record([row.path.clone(), row.class.clone(), info.classes[*q].clone(), format!("{:.6}", p[*q])])?;
     }
     tlearn::fsutil::write_bytes_atomic(&out.join("predictions.csv"), &w.into_inner()?)?;
-    if let Err(e) = tlearn::plot::confusion(&out.join("confusion.png"), &info.classes, &m.confusion)
-    {
+    if let Err(e) = tlearn::plot::confusion(&out.join("confusion.png"), &info.classes, &m.confusion) {
         tracing::warn!("confusion plot not written: {e}");
     }
-    println!(
-        "{} on {} ({} {}×{}):",
-        a.run, a.split, info.features.backbone, info.features.size, info.features.size
-    );
+    println!("{} on {} ({} {}×{}):", a.run, a.split, info.features.backbone, info.features.size, info.features.size);
     print!("{}", tlearn::metrics::render(&m));
     println!("→ {}", out.join("metrics.json").display());
     Ok(())

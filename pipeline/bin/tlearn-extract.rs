@@ -7,10 +7,7 @@ use tlearn::imageio::Interpolation;
 use tlearn::runtime::{Device, SessionOptions};
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "Cache backbone features of every split (numpy-readable .npy)"
-)]
+#[command(version, about = "Cache backbone features of every split (numpy-readable .npy)")]
 struct Args {
     /// Split dataset folder (train/validation/test/<class>/).
     #[arg(long)]
@@ -56,26 +53,16 @@ fn main() -> std::process::ExitCode {
 fn run(a: Args) -> Result<()> {
     let bb = tlearn::backbone::Backbone::open(&a.onnx_dir, &a.backbone)?;
     let size = a.size.unwrap_or(bb.info.size);
-    let dataset_name = a
-        .data
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "data".into());
-    let out = a.out.unwrap_or_else(|| {
-        PathBuf::from("features")
-            .join(&dataset_name)
-            .join(format!("{}-{size}", bb.name))
-    });
+    let dataset_name = a.data.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
+    let out =
+        a.out.unwrap_or_else(|| PathBuf::from("features").join(&dataset_name).join(format!("{}-{size}", bb.name)));
     let cfg = tlearn::features::ExtractConfig {
         dataset: a.data.clone(),
         out: out.clone(),
         size,
         interpolation: a.interpolation,
         batch: a.batch,
-        session: SessionOptions {
-            device: a.device,
-            threads: a.threads,
-        },
+        session: SessionOptions { device: a.device, threads: a.threads },
         max_pixels: a.max_pixels,
         splits: a.splits,
     };
@@ -95,11 +82,6 @@ fn run(a: Args) -> Result<()> {
             if r.up_to_date { "  (up to date)" } else { "" }
         );
     }
-    println!(
-        "{} → {} in {secs:.1} s ({:.1} img/s computed)",
-        bb.name,
-        out.display(),
-        computed as f64 / secs.max(1e-9)
-    );
+    println!("{} → {} in {secs:.1} s ({:.1} img/s computed)", bb.name, out.display(), computed as f64 / secs.max(1e-9));
     Ok(())
 }

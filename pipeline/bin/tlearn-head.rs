@@ -17,10 +17,7 @@ enum Opt {
 }
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "Train Dense(units, relu) → Dropout → Dense(sigmoid|softmax) on cached features"
-)]
+#[command(version, about = "Train Dense(units, relu) → Dropout → Dense(sigmoid|softmax) on cached features")]
 struct Args {
     /// Feature folder written by tlearn-extract (features/<dataset>/<backbone>-<size>).
     #[arg(long)]
@@ -39,6 +36,9 @@ struct Args {
     dropout: f32,
     #[arg(long, value_enum, default_value = "flatten")]
     pool: Pool,
+    /// Standardise features with the training set's mean and std (frozen, inside the head).
+    #[arg(long)]
+    standardize: bool,
     #[arg(long, value_enum, default_value = "rmsprop")]
     optimizer: Opt,
     #[arg(long, default_value_t = 2e-5)]
@@ -71,76 +71,41 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(a: Args) -> Result<()> {
-    let spec = HeadSpec {
-        units: a.units,
-        layers: a.layers,
-        dropout: a.dropout,
-        pool: a.pool,
-    };
+    let spec =
+        HeadSpec { units: a.units, layers: a.layers, dropout: a.dropout, pool: a.pool, standardize: a.standardize };
     let optimizer = match a.optimizer {
         Opt::Rmsprop => Optimizer::rmsprop(a.lr),
         Opt::Adam => Optimizer::adam(a.lr),
         Opt::Sgd => Optimizer::sgd(a.lr, a.momentum),
     };
-    let fit = FitConfig {
-        epochs: a.epochs,
-        batch: a.batch,
-        seed: a.seed,
-        optimizer,
-    };
+    let fit = FitConfig { epochs: a.epochs, batch: a.batch, seed: a.seed, optimizer };
     spec.validate()?;
     fit.validate()?;
-    let train =
-        tlearn::features::load(&a.features, "train").context("loading training features")?;
+    let train = tlearn::features::load(&a.features, "train").context("loading training features")?;
     let val = tlearn::features::load(&a.features, "validation").ok();
     if val.is_none() {
-        tracing::warn!(
-            "{}: no validation features; validation columns will be empty",
-            a.features.display()
-        );
+        tracing::warn!("{}: no validation features; validation columns will be empty", a.features.display());
     }
     let classes = train.info.classes.clone();
     let shape = &train.x.shape()[1..];
-    let model = tlearn::train::head::build(shape, classes.len(), &spec, a.seed)?;
+    let model = tlearn::train::head::build(shape, classes.len(), &spec, a.seed, Some(&train.x))?;
     let dir = a.runs.join(&a.run);
-    let opts = SessionOptions {
-        device: a.device,
-        threads: a.threads,
-    };
+    let opts = SessionOptions { device: a.device, threads: a.threads };
     let mut trainer = Trainer::new(&model, &dir.join(run::HEAD), shape, classes.len(), &opts)?;
     let n_params: usize = trainer.params.iter().map(|p| p.len()).sum();
     eprintln!(
         "head: {} → {}{} → {} ({} parameters); {} train / {} validation samples; {:?}",
-        shape
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join("×"),
-        if spec.layers > 0 {
-            format!("{}×Dense({}, relu) ", spec.layers, spec.units)
-        } else {
-            String::new()
-        },
-        if spec.dropout > 0.0 && spec.layers > 0 {
-            format!("Dropout({}) ", spec.dropout)
-        } else {
-            String::new()
-        },
-        if classes.len() == 2 {
-            "Dense(1, sigmoid)".to_string()
-        } else {
-            format!("Dense({}, softmax)", classes.len())
-        },
+        shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×"),
+        if spec.layers > 0 { format!("{}×Dense({}, relu) ", spec.layers, spec.units) } else { String::new() },
+        if spec.dropout > 0.0 && spec.layers > 0 { format!("Dropout({}) ", spec.dropout) } else { String::new() },
+        if classes.len() == 2 { "Dense(1, sigmoid)".to_string() } else { format!("Dense({}, softmax)", classes.len()) },
         tlearn::onnx::summary::thousands(n_params),
         train.labels.len(),
         val.as_ref().map(|v| v.labels.len()).unwrap_or(0),
         fit.optimizer,
     );
     let empty = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[0]));
-    let (vx, vl) = val
-        .as_ref()
-        .map(|v| (&v.x, v.labels.as_slice()))
-        .unwrap_or((&empty, &[]));
+    let (vx, vl) = val.as_ref().map(|v| (&v.x, v.labels.as_slice())).unwrap_or((&empty, &[]));
     let t = std::time::Instant::now();
     let pb = tlearn::cli::progress(fit.epochs as u64, "epochs");
     let history = trainer.fit(&train.x, &train.labels, vx, vl, &fit, |e| {
@@ -158,12 +123,7 @@ fn run(a: Args) -> Result<()> {
     let bytes = tlearn::onnx::encode_model(&trained);
     tlearn::fsutil::write_bytes_atomic(&dir.join(run::HEAD), &bytes)?;
     run::write_history_csv(&dir.join(run::HISTORY_CSV), &history)?;
-    let title = format!(
-        "{} on {} — {}",
-        a.run,
-        train.info.backbone,
-        a.features.display()
-    );
+    let title = format!("{} on {} — {}", a.run, train.info.backbone, a.features.display());
     if let Err(e) = tlearn::plot::history(&dir.join(run::HISTORY_PNG), &title, &history) {
         tracing::warn!("history plot not written: {e}");
     }

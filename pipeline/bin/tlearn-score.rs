@@ -6,10 +6,7 @@ use std::path::{Path, PathBuf};
 use tlearn::runtime::{Device, SessionOptions};
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "Score every image under DIR → CSV path,class,probability (sorted by path)"
-)]
+#[command(version, about = "Score every image under DIR → CSV path,class,probability (sorted by path)")]
 struct Args {
     /// Folder tree (or single image) to score; omit with --export-only.
     dir: Option<PathBuf>,
@@ -59,8 +56,7 @@ struct ModelInfo {
 
 /// Build runs/<run>/model.onnx unless an up-to-date one exists.
 fn export(run_dir: &Path, onnx_dir: &Path) -> Result<PathBuf> {
-    let info = tlearn::run::RunInfo::load(run_dir)
-        .with_context(|| format!("reading run {}", run_dir.display()))?;
+    let info = tlearn::run::RunInfo::load(run_dir).with_context(|| format!("reading run {}", run_dir.display()))?;
     let out = run_dir.join("model.onnx");
     let side = tlearn::fsutil::sidecar_path(&out);
     if let (true, Ok(mi)) = (out.exists(), tlearn::fsutil::read_json::<ModelInfo>(&side)) {
@@ -100,11 +96,7 @@ fn export(run_dir: &Path, onnx_dir: &Path) -> Result<PathBuf> {
             model_sha256: tlearn::fsutil::sha256_bytes(&bytes),
         },
     )?;
-    eprintln!(
-        "deployable model → {} ({:.1} MB)",
-        out.display(),
-        bytes.len() as f64 / 1e6
-    );
+    eprintln!("deployable model → {} ({:.1} MB)", out.display(), bytes.len() as f64 / 1e6);
     Ok(out)
 }
 
@@ -119,19 +111,14 @@ fn run(a: Args) -> Result<()> {
         return Ok(());
     }
     let dir = a.dir.context("give a folder to score (or --export-only)")?;
-    let out = a
-        .out
-        .unwrap_or_else(|| PathBuf::from("reports").join(&a.run).join("scores.csv"));
+    let out = a.out.unwrap_or_else(|| PathBuf::from("reports").join(&a.run).join("scores.csv"));
     let t = std::time::Instant::now();
     let s = tlearn::score::score(
         &model,
         &dir,
         &out,
         a.batch,
-        &SessionOptions {
-            device: a.device,
-            threads: a.threads,
-        },
+        &SessionOptions { device: a.device, threads: a.threads },
         a.max_pixels,
     )
     .with_context(|| format!("scoring {}", dir.display()))?;

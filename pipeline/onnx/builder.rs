@@ -13,10 +13,7 @@ pub enum A {
 }
 
 pub fn attribute(name: &str, v: A) -> AttributeProto {
-    let mut a = AttributeProto {
-        name: name.into(),
-        ..Default::default()
-    };
+    let mut a = AttributeProto { name: name.into(), ..Default::default() };
     match v {
         A::I(i) => {
             a.r#type = attr_type::INT;
@@ -49,10 +46,7 @@ pub struct GraphBuilder {
 impl GraphBuilder {
     pub fn new(name: &str) -> Self {
         GraphBuilder {
-            graph: GraphProto {
-                name: name.into(),
-                ..Default::default()
-            },
+            graph: GraphProto { name: name.into(), ..Default::default() },
             prefix: String::new(),
             counter: 0,
         }
@@ -96,9 +90,7 @@ impl GraphBuilder {
     /// A fresh int64 constant initializer.
     pub fn const_i64(&mut self, hint: &str, v: &[i64]) -> String {
         let name = self.fresh(hint);
-        self.graph
-            .initializer
-            .push(tensor_i64(&name, &[v.len() as i64], v));
+        self.graph.initializer.push(tensor_i64(&name, &[v.len() as i64], v));
         name
     }
 
@@ -127,10 +119,7 @@ impl GraphBuilder {
         self.graph.output.push(ValueInfoProto {
             name: name.into(),
             r#type: Some(TypeProto {
-                tensor_type: Some(TypeTensor {
-                    elem_type: dtype::FLOAT,
-                    shape: None,
-                }),
+                tensor_type: Some(TypeTensor { elem_type: dtype::FLOAT, shape: None }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -139,19 +128,10 @@ impl GraphBuilder {
 
     /// The graph, without initializers that no node uses.
     pub fn finish(mut self) -> GraphProto {
-        let used: std::collections::HashSet<&str> = self
-            .graph
-            .node
-            .iter()
-            .flat_map(|n| n.input.iter().map(|s| s.as_str()))
-            .collect();
-        let keep: Vec<TensorProto> = self
-            .graph
-            .initializer
-            .iter()
-            .filter(|t| used.contains(t.name.as_str()))
-            .cloned()
-            .collect();
+        let used: std::collections::HashSet<&str> =
+            self.graph.node.iter().flat_map(|n| n.input.iter().map(|s| s.as_str())).collect();
+        let keep: Vec<TensorProto> =
+            self.graph.initializer.iter().filter(|t| used.contains(t.name.as_str())).cloned().collect();
         self.graph.initializer = keep;
         self.graph
     }

@@ -14,9 +14,7 @@ pub const FEATURES: &str = "features";
 pub const IMAGE: &str = "image";
 
 /// Memory layout of a 4-D image tensor.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Layout {
     Nhwc,
@@ -30,20 +28,12 @@ pub fn image_input(m: &ModelProto, path: &Path) -> Result<(String, Layout)> {
     let [inp] = inputs.as_slice() else {
         return Err(Error::NotImageInput {
             path: path.into(),
-            input: inputs
-                .iter()
-                .map(|i| i.name.clone())
-                .collect::<Vec<_>>()
-                .join(","),
+            input: inputs.iter().map(|i| i.name.clone()).collect::<Vec<_>>().join(","),
             got: format!("{} inputs, expected exactly one", inputs.len()),
         });
     };
     let (et, dims) = vi_shape(inp);
-    let bad = |got: String| Error::NotImageInput {
-        path: path.into(),
-        input: inp.name.clone(),
-        got,
-    };
+    let bad = |got: String| Error::NotImageInput { path: path.into(), input: inp.name.clone(), got };
     if et != dtype::FLOAT {
         return Err(bad(format!("element type {et}")));
     }
@@ -66,35 +56,55 @@ pub fn image_input(m: &ModelProto, path: &Path) -> Result<(String, Layout)> {
 /// The result has one input [`IMAGE`] `(N,H,W,C)` and one output [`FEATURES`] `(N,h,w,c)`;
 /// `cut_layout` says whether `cut` itself is NCHW (a Transpose is appended) or NHWC.
 pub fn cut_model(m: &ModelProto, path: &Path, cut: &str, cut_layout: Layout) -> Result<ModelProto> {
+    cut_model_pooled(m, path, &[cut.to_string()], cut_layout, None)
+}
+
+/// Global pooling applied to each cut tensor before concatenation (multi-scale features).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GlobalPool {
+    Avg,
+    Max,
+    /// Average and max side by side (2× the channels).
+    AvgMax,
+}
+
+/// Like [`cut_model`], but with several cut tensors (all in `cut_layout`): with `pool`, each is
+/// globally pooled and the results are concatenated into features (N, 1, 1, Σc).
+pub fn cut_model_pooled(
+    m: &ModelProto,
+    path: &Path,
+    cuts: &[String],
+    cut_layout: Layout,
+    pool: Option<GlobalPool>,
+) -> Result<ModelProto> {
+    if cuts.is_empty() || (pool.is_none() && cuts.len() != 1) {
+        return Err(Error::Other(format!("{}: give one cut tensor, or several with a global pooling", path.display())));
+    }
     let (input, in_layout) = image_input(m, path)?;
     let g = graph(m);
-    let producer: HashMap<&str, usize> = g
-        .node
-        .iter()
-        .enumerate()
-        .flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i)))
-        .collect();
-    let inits: HashMap<&str, &TensorProto> =
-        g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
-    if !producer.contains_key(cut) && cut != input {
-        let mut near: Vec<&str> = producer
-            .keys()
-            .copied()
-            .filter(|k| k.contains("pool") || k.contains("Relu"))
-            .collect();
-        near.sort();
-        near.truncate(8);
-        return Err(Error::NoSuchTensor {
-            name: cut.into(),
-            hint: format!(" of {} (candidates: {})", path.display(), near.join(", ")),
-        });
+    let producer: HashMap<&str, usize> =
+        g.node.iter().enumerate().flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i))).collect();
+    let inits: HashMap<&str, &TensorProto> = g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    for cut in cuts {
+        let cut = cut.as_str();
+        if !producer.contains_key(cut) && cut != input {
+            let mut near: Vec<&str> =
+                producer.keys().copied().filter(|k| k.contains("pool") || k.contains("Relu")).collect();
+            near.sort();
+            near.truncate(8);
+            return Err(Error::NoSuchTensor {
+                name: cut.into(),
+                hint: format!(" of {} (candidates: {})", path.display(), near.join(", ")),
+            });
+        }
     }
     // Walk back from the cut tensor.
     let mut keep = HashSet::new();
     let mut used_inits = HashSet::new();
-    let mut stack = vec![cut.to_string()];
+    let mut stack = cuts.to_vec();
     let mut seen = HashSet::new();
-    let mut reaches_input = cut == input;
+    let mut reaches_input = cuts.contains(&input);
     while let Some(t) = stack.pop() {
         if !seen.insert(t.clone()) {
             continue;
@@ -107,29 +117,18 @@ pub fn cut_model(m: &ModelProto, path: &Path, cut: &str, cut_layout: Layout) -> 
         } else if inits.contains_key(t.as_str()) {
             used_inits.insert(t);
         } else {
-            return Err(Error::BadModel {
-                path: path.into(),
-                reason: format!("tensor `{t}` has no producer"),
-            });
+            return Err(Error::BadModel { path: path.into(), reason: format!("tensor `{t}` has no producer") });
         }
     }
     if !reaches_input {
         return Err(Error::BadModel {
             path: path.into(),
-            reason: format!("tensor `{cut}` does not depend on the input `{input}`"),
+            reason: format!("tensor(s) `{}` do not depend on the input `{input}`", cuts.join("`, `")),
         });
     }
     let mut b = super::GraphBuilder::new("tlearn_backbone").with_prefix("tl_cut_");
     // The new input is always NHWC; transpose to what the original graph expects.
-    b.input(
-        IMAGE,
-        &[
-            Dim::named("N"),
-            Dim::named("H"),
-            Dim::named("W"),
-            channel_dim(g, &input, in_layout),
-        ],
-    );
+    b.input(IMAGE, &[Dim::named("N"), Dim::named("H"), Dim::named("W"), channel_dim(g, &input, in_layout)]);
     b.node("Identity", &[IMAGE], &[&input], vec![]);
     if in_layout == Layout::Nchw {
         b.graph.node.pop();
@@ -152,24 +151,31 @@ pub fn cut_model(m: &ModelProto, path: &Path, cut: &str, cut_layout: Layout) -> 
             b.graph.initializer.push(t.clone());
         }
     }
+    let last = match pool {
+        None => cuts[0].clone(),
+        Some(p) => {
+            let (axes, ch) = match cut_layout {
+                Layout::Nchw => (vec![2, 3], 1),
+                Layout::Nhwc => (vec![1, 2], 3),
+            };
+            let mut parts = vec![];
+            for c in cuts {
+                if matches!(p, GlobalPool::Avg | GlobalPool::AvgMax) {
+                    parts.push(b.op("ReduceMean", &[c], vec![("axes", A::Ints(axes.clone())), ("keepdims", A::I(1))]));
+                }
+                if matches!(p, GlobalPool::Max | GlobalPool::AvgMax) {
+                    parts.push(b.op("ReduceMax", &[c], vec![("axes", A::Ints(axes.clone())), ("keepdims", A::I(1))]));
+                }
+            }
+            let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
+            b.op("Concat", &refs, vec![("axis", A::I(ch))])
+        }
+    };
     match cut_layout {
-        Layout::Nchw => b.node(
-            "Transpose",
-            &[cut],
-            &[FEATURES],
-            vec![("perm", A::Ints(vec![0, 2, 3, 1]))],
-        ),
-        Layout::Nhwc => b.node("Identity", &[cut], &[FEATURES], vec![]),
+        Layout::Nchw => b.node("Transpose", &[&last], &[FEATURES], vec![("perm", A::Ints(vec![0, 2, 3, 1]))]),
+        Layout::Nhwc => b.node("Identity", &[&last], &[FEATURES], vec![]),
     }
-    b.output(
-        FEATURES,
-        &[
-            Dim::named("N"),
-            Dim::named("h"),
-            Dim::named("w"),
-            Dim::named("c"),
-        ],
-    );
+    b.output(FEATURES, &[Dim::named("N"), Dim::named("h"), Dim::named("w"), Dim::named("c")]);
     let mut out = m.clone();
     out.graph = Some(b.finish());
     out.producer_name = format!("tlearn (cut of {})", m.producer_name);
@@ -179,11 +185,7 @@ pub fn cut_model(m: &ModelProto, path: &Path, cut: &str, cut_layout: Layout) -> 
 }
 
 fn channel_dim(g: &GraphProto, input: &str, layout: Layout) -> Dim {
-    let vi = g
-        .input
-        .iter()
-        .find(|i| i.name == input)
-        .expect("input exists");
+    let vi = g.input.iter().find(|i| i.name == input).expect("input exists");
     let (_, dims) = vi_shape(vi);
     let c = match layout {
         Layout::Nhwc => dims[3],
@@ -194,24 +196,10 @@ fn channel_dim(g: &GraphProto, input: &str, layout: Layout) -> Dim {
 
 /// Sum of the element counts of all initializers (parameters).
 pub fn param_count(m: &ModelProto) -> usize {
-    graph(m)
-        .initializer
-        .iter()
-        .filter(|t| t.data_type == dtype::FLOAT)
-        .map(super::numel)
-        .sum()
+    graph(m).initializer.iter().filter(|t| t.data_type == dtype::FLOAT).map(super::numel).sum()
 }
 
 /// A single-input NHWC value info, used when checking models we wrote.
 pub fn nhwc_input(name: &str, c: i64) -> ValueInfoProto {
-    value_info(
-        name,
-        dtype::FLOAT,
-        &[
-            Dim::named("N"),
-            Dim::named("H"),
-            Dim::named("W"),
-            Dim::Fixed(c),
-        ],
-    )
+    value_info(name, dtype::FLOAT, &[Dim::named("N"), Dim::named("H"), Dim::named("W"), Dim::Fixed(c)])
 }

@@ -19,21 +19,12 @@ pub use builder::GraphBuilder;
 pub const OPSET: i64 = 17;
 
 pub fn decode_model(bytes: &[u8], path: &Path) -> Result<ModelProto> {
-    let m = ModelProto::decode(bytes).map_err(|e| Error::BadModel {
-        path: path.into(),
-        reason: e.to_string(),
-    })?;
+    let m = ModelProto::decode(bytes).map_err(|e| Error::BadModel { path: path.into(), reason: e.to_string() })?;
     if m.graph.is_none() {
-        return Err(Error::BadModel {
-            path: path.into(),
-            reason: "the model has no graph".into(),
-        });
+        return Err(Error::BadModel { path: path.into(), reason: "the model has no graph".into() });
     }
     if !m.functions.is_empty() {
-        return Err(Error::BadModel {
-            path: path.into(),
-            reason: "model-local functions are not supported".into(),
-        });
+        return Err(Error::BadModel { path: path.into(), reason: "model-local functions are not supported".into() });
     }
     Ok(m)
 }
@@ -59,10 +50,7 @@ pub fn graph(m: &ModelProto) -> &GraphProto {
 pub fn model(graph: GraphProto, producer: &str) -> ModelProto {
     ModelProto {
         ir_version: 8,
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: OPSET,
-        }],
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
         producer_name: producer.into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         graph: Some(graph),
@@ -97,31 +85,18 @@ pub fn tensor_to_f32(t: &TensorProto) -> Result<ArrayD<f32>> {
     let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
     let n: usize = shape.iter().product();
     if t.data_type != dtype::FLOAT {
-        return Err(Error::Other(format!(
-            "initializer `{}` has data type {}, expected float32",
-            t.name, t.data_type
-        )));
+        return Err(Error::Other(format!("initializer `{}` has data type {}, expected float32", t.name, t.data_type)));
     }
     if !t.external_data.is_empty() {
-        return Err(Error::Other(format!(
-            "initializer `{}` uses external data, which tlearn does not read",
-            t.name
-        )));
+        return Err(Error::Other(format!("initializer `{}` uses external data, which tlearn does not read", t.name)));
     }
     let v: Vec<f32> = if !t.raw_data.is_empty() {
-        t.raw_data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
+        t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
     } else {
         t.float_data.clone()
     };
     if v.len() != n {
-        return Err(Error::Shape {
-            what: format!("initializer `{}`", t.name),
-            expected: shape,
-            got: vec![v.len()],
-        });
+        return Err(Error::Shape { what: format!("initializer `{}`", t.name), expected: shape, got: vec![v.len()] });
     }
     Ok(ArrayD::from_shape_vec(IxDyn(&shape), v).expect("length checked"))
 }
@@ -129,16 +104,10 @@ pub fn tensor_to_f32(t: &TensorProto) -> Result<ArrayD<f32>> {
 pub fn tensor_to_i64(t: &TensorProto) -> Vec<i64> {
     if !t.raw_data.is_empty() {
         match t.data_type {
-            dtype::INT32 => t
-                .raw_data
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
-                .collect(),
-            _ => t
-                .raw_data
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
+            dtype::INT32 => {
+                t.raw_data.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect()
+            }
+            _ => t.raw_data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
         }
     } else if !t.int64_data.is_empty() {
         t.int64_data.clone()
@@ -229,10 +198,6 @@ pub fn attr_ints(n: &NodeProto, name: &str) -> Option<Vec<i64>> {
 
 /// The graph inputs that are not initializers (the real inputs of the model).
 pub fn real_inputs(g: &GraphProto) -> Vec<&ValueInfoProto> {
-    let inits: std::collections::HashSet<&str> =
-        g.initializer.iter().map(|t| t.name.as_str()).collect();
-    g.input
-        .iter()
-        .filter(|i| !inits.contains(i.name.as_str()))
-        .collect()
+    let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    g.input.iter().filter(|i| !inits.contains(i.name.as_str())).collect()
 }

@@ -22,10 +22,7 @@ pub fn shapes(
             g.output.push(ValueInfoProto {
                 name: n.clone(),
                 r#type: Some(TypeProto {
-                    tensor_type: Some(TypeTensor {
-                        elem_type: dtype::FLOAT,
-                        shape: None,
-                    }),
+                    tensor_type: Some(TypeTensor { elem_type: dtype::FLOAT, shape: None }),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -35,17 +32,10 @@ pub fn shapes(
     let mut s = runtime::open(
         &super::encode_model(&probe),
         what,
-        &SessionOptions {
-            device: runtime::Device::Cpu,
-            threads: 1,
-        },
+        &SessionOptions { device: runtime::Device::Cpu, threads: 1 },
     )?
     .session;
     let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
     let outs = runtime::run_f32(&mut s, inputs, &refs)?;
-    Ok(names
-        .iter()
-        .cloned()
-        .zip(outs.into_iter().map(|a| a.shape().to_vec()))
-        .collect())
+    Ok(names.iter().cloned().zip(outs.into_iter().map(|a| a.shape().to_vec())).collect())
 }

@@ -51,21 +51,12 @@ fn layer_name(n: &NodeProto) -> String {
 pub fn rows(m: &ModelProto, path: &Path, size: u32) -> Result<Vec<Row>> {
     let (input, layout) = cut::image_input(m, path)?;
     let g = graph(m);
-    let inits: HashMap<&str, &TensorProto> =
-        g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    let inits: HashMap<&str, &TensorProto> = g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
     let vi = g.input.iter().find(|i| i.name == input).expect("input");
     let (_, dims) = vi_shape(vi);
     let (h, w, c) = match layout {
-        cut::Layout::Nhwc => (
-            dims[1].unwrap_or(size as i64),
-            dims[2].unwrap_or(size as i64),
-            dims[3].unwrap_or(3),
-        ),
-        cut::Layout::Nchw => (
-            dims[2].unwrap_or(size as i64),
-            dims[3].unwrap_or(size as i64),
-            dims[1].unwrap_or(3),
-        ),
+        cut::Layout::Nhwc => (dims[1].unwrap_or(size as i64), dims[2].unwrap_or(size as i64), dims[3].unwrap_or(3)),
+        cut::Layout::Nchw => (dims[2].unwrap_or(size as i64), dims[3].unwrap_or(size as i64), dims[1].unwrap_or(3)),
     };
     // Layers: nodes Keras would show; residual Adds too. Bias Adds and activations fold into
     // the layer before them.
@@ -84,15 +75,7 @@ pub fn rows(m: &ModelProto, path: &Path, size: u32) -> Result<Vec<Row>> {
             _ => None,
         };
         match kind {
-            Some(k) => layers.push((
-                i,
-                Row {
-                    name: layer_name(n),
-                    kind: k.into(),
-                    shape: vec![],
-                    params,
-                },
-            )),
+            Some(k) => layers.push((i, Row { name: layer_name(n), kind: k.into(), shape: vec![], params })),
             None => {
                 if let Some(last) = layers.last_mut() {
                     last.1.params += params;
@@ -105,10 +88,7 @@ pub fn rows(m: &ModelProto, path: &Path, size: u32) -> Result<Vec<Row>> {
         cut::Layout::Nchw => ndarray::Array4::<f32>::zeros((1, c as usize, h as usize, w as usize)),
     }
     .into_dyn();
-    let names: Vec<String> = layers
-        .iter()
-        .map(|(i, _)| g.node[*i].output[0].clone())
-        .collect();
+    let names: Vec<String> = layers.iter().map(|(i, _)| g.node[*i].output[0].clone()).collect();
     let shapes = super::probe::shapes(m, path, vec![(input.as_str(), x.view())], &names)?;
     let mut rows = vec![Row {
         name: input.clone(),
@@ -131,10 +111,7 @@ pub fn rows(m: &ModelProto, path: &Path, size: u32) -> Result<Vec<Row>> {
 }
 
 fn fmt_shape(s: &[Option<usize>]) -> String {
-    let parts: Vec<String> = s
-        .iter()
-        .map(|d| d.map(|v| v.to_string()).unwrap_or_else(|| "None".into()))
-        .collect();
+    let parts: Vec<String> = s.iter().map(|d| d.map(|v| v.to_string()).unwrap_or_else(|| "None".into())).collect();
     if parts.len() == 1 {
         format!("({},)", parts[0])
     } else {
@@ -157,21 +134,12 @@ pub fn thousands(n: usize) -> String {
 /// Render rows like Keras' `model.summary()`; `trainable` is the count of trainable parameters.
 pub fn render(title: &str, rows: &[Row], trainable: Option<usize>) -> String {
     let total: usize = rows.iter().map(|r| r.params).sum();
-    let w0 = rows
-        .iter()
-        .map(|r| r.name.len() + r.kind.len() + 3)
-        .max()
-        .unwrap_or(10)
-        .max(28);
+    let w0 = rows.iter().map(|r| r.name.len() + r.kind.len() + 3).max().unwrap_or(10).max(28);
     let mut s = String::new();
     let _ = writeln!(s, "Model: \"{title}\"");
     let line = "─".repeat(w0 + 32);
     let _ = writeln!(s, "{line}");
-    let _ = writeln!(
-        s,
-        "{:<w0$} {:<22} {:>8}",
-        "Layer (type)", "Output Shape", "Param #"
-    );
+    let _ = writeln!(s, "{:<w0$} {:<22} {:>8}", "Layer (type)", "Output Shape", "Param #");
     let _ = writeln!(s, "{}", "═".repeat(w0 + 32));
     for r in rows {
         let _ = writeln!(

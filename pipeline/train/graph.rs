@@ -17,6 +17,8 @@ use std::path::Path;
 
 pub const LABELS: &str = "labels";
 pub const LOSS: &str = "loss";
+/// Initializers whose names start with this are never trained.
+pub const FROZEN: &str = "frozen/";
 
 /// The loss, chosen from the model's final activation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -81,20 +83,14 @@ pub fn compile(
     };
     let input = input.name.clone();
     let [output] = g.output.as_slice() else {
-        return Err(Error::BadModel {
-            path: what.into(),
-            reason: "expected exactly one output".into(),
-        });
+        return Err(Error::BadModel { path: what.into(), reason: "expected exactly one output".into() });
     };
     let output = output.name.clone();
     let last = g
         .node
         .iter()
         .find(|n| n.output.first() == Some(&output))
-        .ok_or_else(|| Error::BadModel {
-            path: what.into(),
-            reason: format!("no node produces `{output}`"),
-        })?;
+        .ok_or_else(|| Error::BadModel { path: what.into(), reason: format!("no node produces `{output}`") })?;
     let loss = match last.op_type.as_str() {
         "Sigmoid" => Loss::BinaryCrossEntropy,
         "Softmax" => Loss::CategoricalCrossEntropy,
@@ -107,12 +103,8 @@ pub fn compile(
         }
     };
     let logits = last.input[0].clone();
-    let float_inits: HashMap<&str, &TensorProto> = g
-        .initializer
-        .iter()
-        .filter(|t| t.data_type == dtype::FLOAT)
-        .map(|t| (t.name.as_str(), t))
-        .collect();
+    let float_inits: HashMap<&str, &TensorProto> =
+        g.initializer.iter().filter(|t| t.data_type == dtype::FLOAT).map(|t| (t.name.as_str(), t)).collect();
     let params: Vec<String> = g
         .initializer
         .iter()
@@ -122,12 +114,8 @@ pub fn compile(
     let param_set: HashSet<&str> = params.iter().map(|s| s.as_str()).collect();
 
     // Shapes of every float tensor for a batch of 2 (2, not 1, so broadcasting is visible).
-    let mut names: Vec<String> = g
-        .node
-        .iter()
-        .flat_map(|n| n.output.iter().cloned())
-        .filter(|o| !o.is_empty())
-        .collect();
+    let mut names: Vec<String> =
+        g.node.iter().flat_map(|n| n.output.iter().cloned()).filter(|o| !o.is_empty()).collect();
     names.retain(|n| n != &output);
     let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[&[2usize][..], feature_shape].concat()));
     let mut shapes = onnx::probe::shapes(m, what, vec![(input.as_str(), x.view())], &names)?;
@@ -137,21 +125,13 @@ pub fn compile(
     }
 
     let mut b = GraphBuilder::new("tlearn_train").with_prefix("tl/");
-    b.graph.initializer = g
-        .initializer
-        .iter()
-        .filter(|t| !param_set.contains(t.name.as_str()))
-        .cloned()
-        .collect();
+    b.graph.initializer = g.initializer.iter().filter(|t| !param_set.contains(t.name.as_str())).cloned().collect();
     let mut feature_dims = vec![Dim::named("N")];
     feature_dims.extend(feature_shape.iter().map(|&d| Dim::Fixed(d as i64)));
     b.input(&input, &feature_dims);
     for p in &params {
         let t = float_inits[p.as_str()];
-        b.input(
-            p,
-            &t.dims.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>(),
-        );
+        b.input(p, &t.dims.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>());
     }
     // Forward: copy nodes, replacing Dropout.
     let mut masks = vec![];
@@ -164,20 +144,10 @@ pub fn compile(
                     let s = &shapes[&n.input[0]];
                     b.input(
                         &mask,
-                        &[
-                            &[Dim::named("N")][..],
-                            &s[1..]
-                                .iter()
-                                .map(|&d| Dim::Fixed(d as i64))
-                                .collect::<Vec<_>>(),
-                        ]
-                        .concat(),
+                        &[&[Dim::named("N")][..], &s[1..].iter().map(|&d| Dim::Fixed(d as i64)).collect::<Vec<_>>()]
+                            .concat(),
                     );
-                    masks.push(MaskInput {
-                        name: mask.clone(),
-                        ratio,
-                        shape: s[1..].to_vec(),
-                    });
+                    masks.push(MaskInput { name: mask.clone(), ratio, shape: s[1..].to_vec() });
                     b.node("Mul", &[&n.input[0], &mask], &[&n.output[0]], vec![]);
                 } else {
                     b.node("Identity", &[&n.input[0]], &[&n.output[0]], vec![]);
@@ -188,13 +158,7 @@ pub fn compile(
     }
     b.output_any(&output);
     // Loss from the logits: stable forms of BCE / CE.
-    b.input(
-        LABELS,
-        &[
-            Dim::named("N"),
-            Dim::Fixed(*shapes[&logits].last().unwrap_or(&1) as i64),
-        ],
-    );
+    b.input(LABELS, &[Dim::named("N"), Dim::Fixed(*shapes[&logits].last().unwrap_or(&1) as i64)]);
     let n_f = {
         let shp = b.op("Shape", &[&logits], vec![]);
         let zero = b.const_i64("zero", &[0]);
@@ -232,18 +196,8 @@ pub fn compile(
         }
     }
     let mut model = onnx::model(b.finish(), "tlearn-train");
-    model.opset_import = vec![OperatorSetIdProto {
-        domain: String::new(),
-        version: opset_of(m).max(13),
-    }];
-    Ok(TrainGraph {
-        model,
-        input,
-        output,
-        loss,
-        params,
-        masks,
-    })
+    model.opset_import = vec![OperatorSetIdProto { domain: String::new(), version: opset_of(m).max(13) }];
+    Ok(TrainGraph { model, input, output, loss, params, masks })
 }
 
 fn opset_of(m: &ModelProto) -> i64 {
@@ -256,15 +210,11 @@ fn opset_of(m: &ModelProto) -> i64 {
 
 fn dropout_ratio(n: &NodeProto, g: &GraphProto) -> Result<f32> {
     if let Some(r) = n.input.get(1).filter(|s| !s.is_empty()) {
-        let t =
-            g.initializer
-                .iter()
-                .find(|t| &t.name == r)
-                .ok_or_else(|| Error::UnsupportedOp {
-                    node: n.name.clone(),
-                    op: "Dropout".into(),
-                    why: "ratio must be a constant initializer".into(),
-                })?;
+        let t = g.initializer.iter().find(|t| &t.name == r).ok_or_else(|| Error::UnsupportedOp {
+            node: n.name.clone(),
+            op: "Dropout".into(),
+            why: "ratio must be a constant initializer".into(),
+        })?;
         return Ok(*onnx::tensor_to_f32(t)?.iter().next().unwrap_or(&0.5));
     }
     Ok(attr_f(n, "ratio", 0.5))
@@ -290,11 +240,7 @@ fn backward(
     }
     let mut grads: HashMap<String, Vec<String>> = HashMap::new();
     grads.entry(logits.to_string()).or_default().push(d_logits);
-    let producer_of_logits = g
-        .node
-        .iter()
-        .position(|n| n.output.iter().any(|o| o == logits))
-        .unwrap_or(0);
+    let producer_of_logits = g.node.iter().position(|n| n.output.iter().any(|o| o == logits)).unwrap_or(0);
     for n in g.node[..=producer_of_logits].iter().rev() {
         let Some(gs) = n.output.first().and_then(|o| grads.remove(o)) else {
             continue;
@@ -309,11 +255,8 @@ fn backward(
         let push = |grads: &mut HashMap<String, Vec<String>>, t: &str, d: String| {
             grads.entry(t.to_string()).or_default().push(d)
         };
-        let unsupported = |why: &str| Error::UnsupportedOp {
-            node: n.name.clone(),
-            op: n.op_type.clone(),
-            why: why.into(),
-        };
+        let unsupported =
+            |why: &str| Error::UnsupportedOp { node: n.name.clone(), op: n.op_type.clone(), why: why.into() };
         match n.op_type.as_str() {
             "Identity" => push(&mut grads, x0, dy),
             "Relu" => {
@@ -340,11 +283,8 @@ fn backward(
             "Dropout" => {
                 // Forward became Mul(x, mask) (train) or Identity (eval).
                 let mask = format!("mask/{y}");
-                let d = if b.graph.input.iter().any(|i| i.name == mask) {
-                    b.op("Mul", &[&dy, &mask], vec![])
-                } else {
-                    dy
-                };
+                let d =
+                    if b.graph.input.iter().any(|i| i.name == mask) { b.op("Mul", &[&dy, &mask], vec![]) } else { dy };
                 push(&mut grads, x0, d);
             }
             "Flatten" | "Reshape" | "Squeeze" | "Unsqueeze" => {
@@ -353,8 +293,7 @@ fn backward(
                 push(&mut grads, x0, d);
             }
             "Transpose" => {
-                let perm =
-                    attr_ints(n, "perm").ok_or_else(|| unsupported("Transpose without perm"))?;
+                let perm = attr_ints(n, "perm").ok_or_else(|| unsupported("Transpose without perm"))?;
                 let mut inv = vec![0i64; perm.len()];
                 for (i, &p) in perm.iter().enumerate() {
                     inv[p as usize] = i as i64;
@@ -363,14 +302,10 @@ fn backward(
                 push(&mut grads, x0, d);
             }
             "ReduceMean" => {
-                let axes = reduce_axes(n, g)
-                    .ok_or_else(|| unsupported("ReduceMean needs constant axes"))?;
+                let axes = reduce_axes(n, g).ok_or_else(|| unsupported("ReduceMean needs constant axes"))?;
                 let xs = &shapes[x0];
                 let rank = xs.len() as i64;
-                let axes: Vec<i64> = axes
-                    .iter()
-                    .map(|&a| if a < 0 { a + rank } else { a })
-                    .collect();
+                let axes: Vec<i64> = axes.iter().map(|&a| if a < 0 { a + rank } else { a }).collect();
                 let count: usize = axes.iter().map(|&a| xs[a as usize]).product();
                 let d = if attr_i(n, "keepdims", 1) == 0 {
                     let ax = b.const_i64("axes", &axes);
@@ -405,14 +340,9 @@ fn backward(
                 }
             }
             "MatMul" | "Gemm" => {
-                let (ta, tb) = if n.op_type == "Gemm" {
-                    (attr_i(n, "transA", 0), attr_i(n, "transB", 0))
-                } else {
-                    (0, 0)
-                };
-                if n.op_type == "Gemm"
-                    && (attr_f(n, "alpha", 1.0) != 1.0 || attr_f(n, "beta", 1.0) != 1.0 || ta != 0)
-                {
+                let (ta, tb) =
+                    if n.op_type == "Gemm" { (attr_i(n, "transA", 0), attr_i(n, "transB", 0)) } else { (0, 0) };
+                if n.op_type == "Gemm" && (attr_f(n, "alpha", 1.0) != 1.0 || attr_f(n, "beta", 1.0) != 1.0 || ta != 0) {
                     return Err(unsupported("Gemm with alpha/beta ≠ 1 or transA"));
                 }
                 if shapes[x0].len() != 2 || shapes[&n.input[1]].len() != 2 {
@@ -461,10 +391,7 @@ fn reduce_axes(n: &NodeProto, g: &GraphProto) -> Option<Vec<i64>> {
         return Some(a.ints.clone());
     }
     let name = n.input.get(1)?;
-    g.initializer
-        .iter()
-        .find(|t| &t.name == name)
-        .map(onnx::tensor_to_i64)
+    g.initializer.iter().find(|t| &t.name == name).map(onnx::tensor_to_i64)
 }
 
 fn sum(b: &mut GraphBuilder, mut gs: Vec<String>) -> String {
@@ -487,12 +414,8 @@ fn reduce_to(b: &mut GraphBuilder, d: &str, out: &[usize], target: &[usize]) -> 
         let ax = b.const_i64("axes", &axes);
         d = b.op("ReduceSum", &[&d, &ax], vec![("keepdims", A::I(0))]);
     }
-    let axes: Vec<i64> = target
-        .iter()
-        .enumerate()
-        .filter(|(i, &t)| t == 1 && out[lead + i] != 1)
-        .map(|(i, _)| i as i64)
-        .collect();
+    let axes: Vec<i64> =
+        target.iter().enumerate().filter(|(i, &t)| t == 1 && out[lead + i] != 1).map(|(i, _)| i as i64).collect();
     if !axes.is_empty() {
         let ax = b.const_i64("axes", &axes);
         d = b.op("ReduceSum", &[&d, &ax], vec![("keepdims", A::I(1))]);

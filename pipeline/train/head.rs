@@ -32,27 +32,22 @@ pub struct HeadSpec {
     pub layers: usize,
     pub dropout: f32,
     pub pool: Pool,
+    /// Standardise the (pooled) features with the training set's mean and std, baked into the
+    /// graph as frozen constants.
+    #[serde(default)]
+    pub standardize: bool,
 }
 
 impl Default for HeadSpec {
     fn default() -> Self {
-        HeadSpec {
-            units: 256,
-            layers: 1,
-            dropout: 0.5,
-            pool: Pool::Flatten,
-        }
+        HeadSpec { units: 256, layers: 1, dropout: 0.5, pool: Pool::Flatten, standardize: false }
     }
 }
 
 impl HeadSpec {
     pub fn validate(&self) -> Result<()> {
         if self.layers > 0 && self.units == 0 {
-            return Err(Error::Param {
-                name: "units",
-                value: "0".into(),
-                reason: "must be ≥ 1".into(),
-            });
+            return Err(Error::Param { name: "units", value: "0".into(), reason: "must be ≥ 1".into() });
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(Error::Param {
@@ -71,12 +66,30 @@ pub fn glorot_uniform(rng: &mut impl Rng, fan_in: usize, fan_out: usize) -> Arra
     ArrayD::from_shape_simple_fn(ndarray::IxDyn(&[fan_in, fan_out]), || rng.gen_range(-l..l))
 }
 
+/// The (N, width) matrix the dense layers see: features flattened or globally pooled.
+pub fn pooled(x: &ArrayD<f32>, pool: Pool) -> ndarray::Array2<f32> {
+    let n = x.shape()[0];
+    match pool {
+        Pool::Flatten => crate::features::flatten(x),
+        Pool::Avg | Pool::Max => {
+            let c = *x.shape().last().expect("rank ≥ 2");
+            let r = x.to_shape((n, x.len() / n / c, c)).expect("contiguous");
+            match pool {
+                Pool::Avg => r.mean_axis(ndarray::Axis(1)).expect("non-empty"),
+                _ => r.fold_axis(ndarray::Axis(1), f32::MIN, |a, &b| a.max(b)),
+            }
+        }
+    }
+}
+
 /// Build the head for features of shape (h, w, c) and `classes` classes (1 sigmoid output when 2).
+/// `train_x` supplies the statistics when `spec.standardize`.
 pub fn build(
     feature_shape: &[usize],
     classes: usize,
     spec: &HeadSpec,
     seed: u64,
+    train_x: Option<&ArrayD<f32>>,
 ) -> Result<ModelProto> {
     spec.validate()?;
     if classes < 2 {
@@ -92,10 +105,7 @@ pub fn build(
     dims.extend(feature_shape.iter().map(|&d| Dim::Fixed(d as i64)));
     b.input(INPUT, &dims);
     let (mut x, mut width) = match spec.pool {
-        Pool::Flatten => (
-            b.op("Flatten", &[INPUT], vec![("axis", A::I(1))]),
-            feature_shape.iter().product::<usize>(),
-        ),
+        Pool::Flatten => (b.op("Flatten", &[INPUT], vec![("axis", A::I(1))]), feature_shape.iter().product::<usize>()),
         Pool::Avg | Pool::Max => {
             if feature_shape.len() != 3 {
                 return Err(Error::Shape {
@@ -104,41 +114,30 @@ pub fn build(
                     got: vec![feature_shape.len()],
                 });
             }
-            let op = if spec.pool == Pool::Avg {
-                "ReduceMean"
-            } else {
-                "ReduceMax"
-            };
-            (
-                b.op(
-                    op,
-                    &[INPUT],
-                    vec![("axes", A::Ints(vec![1, 2])), ("keepdims", A::I(0))],
-                ),
-                feature_shape[2],
-            )
+            let op = if spec.pool == Pool::Avg { "ReduceMean" } else { "ReduceMax" };
+            (b.op(op, &[INPUT], vec![("axes", A::Ints(vec![1, 2])), ("keepdims", A::I(0))]), feature_shape[2])
         }
     };
+    if spec.standardize {
+        let tx = train_x.ok_or_else(|| Error::Other("standardize needs the training features".into()))?;
+        let p = pooled(tx, spec.pool);
+        let mean = p.mean_axis(ndarray::Axis(0)).expect("non-empty");
+        let std = p.var_axis(ndarray::Axis(0), 0.0).mapv(|v| (v + 1e-6).sqrt());
+        let m = b.init_f32(&format!("{}mean", crate::train::graph::FROZEN), &mean.into_dyn());
+        let s = b.init_f32(&format!("{}std", crate::train::graph::FROZEN), &std.into_dyn());
+        x = b.op("Sub", &[&x, &m], vec![]);
+        x = b.op("Div", &[&x, &s], vec![]);
+    }
     let out_units = if classes == 2 { 1 } else { classes };
     for layer in 0..=spec.layers {
         let last = layer == spec.layers;
         let units = if last { out_units } else { spec.units };
-        let w = b.init_f32(
-            &format!("dense_{layer}/kernel"),
-            &glorot_uniform(&mut rng, width, units),
-        );
-        let bias = b.init_f32(
-            &format!("dense_{layer}/bias"),
-            &ArrayD::zeros(ndarray::IxDyn(&[units])),
-        );
+        let w = b.init_f32(&format!("dense_{layer}/kernel"), &glorot_uniform(&mut rng, width, units));
+        let bias = b.init_f32(&format!("dense_{layer}/bias"), &ArrayD::zeros(ndarray::IxDyn(&[units])));
         x = b.op("Gemm", &[&x, &w, &bias], vec![]);
         if last {
             let act = if classes == 2 { "Sigmoid" } else { "Softmax" };
-            let attrs = if classes == 2 {
-                vec![]
-            } else {
-                vec![("axis", A::I(-1))]
-            };
+            let attrs = if classes == 2 { vec![] } else { vec![("axis", A::I(-1))] };
             b.node(act, &[&x], &[OUTPUT], attrs);
         } else {
             x = b.op("Relu", &[&x], vec![]);

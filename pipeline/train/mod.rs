@@ -27,18 +27,10 @@ pub struct FitConfig {
 impl FitConfig {
     pub fn validate(&self) -> Result<()> {
         if self.epochs == 0 {
-            return Err(Error::Param {
-                name: "epochs",
-                value: "0".into(),
-                reason: "must be ≥ 1".into(),
-            });
+            return Err(Error::Param { name: "epochs", value: "0".into(), reason: "must be ≥ 1".into() });
         }
         if self.batch == 0 {
-            return Err(Error::Param {
-                name: "batch",
-                value: "0".into(),
-                reason: "must be ≥ 1".into(),
-            });
+            return Err(Error::Param { name: "batch", value: "0".into(), reason: "must be ≥ 1".into() });
         }
         self.optimizer.validate()
     }
@@ -58,13 +50,9 @@ pub struct Epoch {
 /// Labels as the loss expects them: (N,1) 0/1 for BCE, one-hot (N,K) for CE.
 pub fn label_tensor(labels: &[usize], loss: Loss, k: usize) -> ArrayD<f32> {
     match loss {
-        Loss::BinaryCrossEntropy => {
-            ArrayD::from_shape_fn(ndarray::IxDyn(&[labels.len(), 1]), |i| labels[i[0]] as f32)
-        }
+        Loss::BinaryCrossEntropy => ArrayD::from_shape_fn(ndarray::IxDyn(&[labels.len(), 1]), |i| labels[i[0]] as f32),
         Loss::CategoricalCrossEntropy => {
-            ArrayD::from_shape_fn(ndarray::IxDyn(&[labels.len(), k]), |i| {
-                (labels[i[0]] == i[1]) as u8 as f32
-            })
+            ArrayD::from_shape_fn(ndarray::IxDyn(&[labels.len(), k]), |i| (labels[i[0]] == i[1]) as u8 as f32)
         }
     }
 }
@@ -78,10 +66,7 @@ pub fn predicted(probs: &ArrayD<f32>) -> Vec<usize> {
             if k == 1 {
                 (r[[0]] >= 0.5) as usize
             } else {
-                r.iter()
-                    .enumerate()
-                    .fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a })
-                    .0
+                r.iter().enumerate().fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a }).0
             }
         })
         .collect()
@@ -110,7 +95,7 @@ impl Trainer {
         n_classes: usize,
         opts: &SessionOptions,
     ) -> Result<Trainer> {
-        let all = |_: &str| true;
+        let all = |n: &str| !n.starts_with(graph::FROZEN);
         let train = graph::compile(model, what, &all, feature_shape, Mode::Train)?;
         let eval = graph::compile(model, what, &all, feature_shape, Mode::Eval)?;
         let train_s = runtime::open(&onnx::encode_model(&train.model), what, opts)?.session;
@@ -119,24 +104,9 @@ impl Trainer {
         let params = train
             .params
             .iter()
-            .map(|p| {
-                onnx::tensor_to_f32(
-                    g.initializer
-                        .iter()
-                        .find(|t| &t.name == p)
-                        .expect("param is an initializer"),
-                )
-            })
+            .map(|p| onnx::tensor_to_f32(g.initializer.iter().find(|t| &t.name == p).expect("param is an initializer")))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Trainer {
-            model: model.clone(),
-            train,
-            eval,
-            train_s,
-            eval_s,
-            params,
-            n_classes,
-        })
+        Ok(Trainer { model: model.clone(), train, eval, train_s, eval_s, params, n_classes })
     }
 
     /// One optimisation step on a batch; returns (loss, outputs).
@@ -154,34 +124,18 @@ impl Trainer {
         for (m, a) in self.train.masks.iter().zip(masks) {
             feed.push((m.name.as_str(), a.view()));
         }
-        let grad_names: Vec<String> = self
-            .train
-            .params
-            .iter()
-            .map(|p| graph::grad_name(p))
-            .collect();
+        let grad_names: Vec<String> = self.train.params.iter().map(|p| graph::grad_name(p)).collect();
         let mut names: Vec<&str> = vec![graph::LOSS, self.train.output.as_str()];
         names.extend(grad_names.iter().map(|s| s.as_str()));
         let mut out = runtime::run_f32(&mut self.train_s, feed, &names)?;
         let grads = out.split_off(2);
         let probs = out.pop().expect("outputs");
-        let loss = out
-            .pop()
-            .expect("loss")
-            .iter()
-            .next()
-            .copied()
-            .unwrap_or(f32::NAN);
+        let loss = out.pop().expect("loss").iter().next().copied().unwrap_or(f32::NAN);
         Ok((loss, probs, grads))
     }
 
     /// Loss and outputs on `x` (no dropout), in batches.
-    pub fn evaluate(
-        &mut self,
-        x: &ArrayD<f32>,
-        labels: &[usize],
-        batch: usize,
-    ) -> Result<(f64, ArrayD<f32>)> {
+    pub fn evaluate(&mut self, x: &ArrayD<f32>, labels: &[usize], batch: usize) -> Result<(f64, ArrayD<f32>)> {
         let n = x.shape()[0];
         let mut loss = 0.0;
         let mut outs = vec![];
@@ -194,17 +148,12 @@ impl Trainer {
             for (p, a) in self.eval.params.iter().zip(&self.params) {
                 feed.push((p.as_str(), a.view()));
             }
-            let mut o = runtime::run_f32(
-                &mut self.eval_s,
-                feed,
-                &[graph::LOSS, self.eval.output.as_str()],
-            )?;
+            let mut o = runtime::run_f32(&mut self.eval_s, feed, &[graph::LOSS, self.eval.output.as_str()])?;
             outs.push(o.pop().expect("probs"));
             loss += o[0].iter().next().copied().unwrap_or(f32::NAN) as f64 * (e - s) as f64;
         }
         let views: Vec<_> = outs.iter().map(|a| a.view()).collect();
-        let probs =
-            ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Other(e.to_string()))?;
+        let probs = ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Other(e.to_string()))?;
         Ok((loss / n.max(1) as f64, probs))
     }
 
@@ -251,17 +200,11 @@ impl Trainer {
                     .collect();
                 let (loss, probs, grads) = self.step(xb.view(), &yb, &masks)?;
                 if !loss.is_finite() {
-                    return Err(Error::Other(format!(
-                        "epoch {epoch}: loss is {loss}; lower the learning rate"
-                    )));
+                    return Err(Error::Other(format!("epoch {epoch}: loss is {loss}; lower the learning rate")));
                 }
                 state.update(&mut self.params, &grads, lr);
                 loss_sum += loss as f64 * chunk.len() as f64;
-                correct += predicted(&probs)
-                    .iter()
-                    .zip(&lb)
-                    .filter(|(a, b)| a == b)
-                    .count();
+                correct += predicted(&probs).iter().zip(&lb).filter(|(a, b)| a == b).count();
             }
             let (val_loss, vp) = if vlabels.is_empty() {
                 (f64::NAN, ArrayD::zeros(ndarray::IxDyn(&[0, 1])))
@@ -273,11 +216,7 @@ impl Trainer {
                 loss: loss_sum / n as f64,
                 accuracy: correct as f64 / n as f64,
                 val_loss,
-                val_accuracy: if vlabels.is_empty() {
-                    f64::NAN
-                } else {
-                    accuracy(&predicted(&vp), vlabels)
-                },
+                val_accuracy: if vlabels.is_empty() { f64::NAN } else { accuracy(&predicted(&vp), vlabels) },
                 seconds: t.elapsed().as_secs_f64(),
             };
             on_epoch(&rec);
@@ -301,13 +240,7 @@ impl Trainer {
 }
 
 /// Run an inference model (one input, one output) over `x` in batches.
-pub fn predict(
-    model: &[u8],
-    what: &Path,
-    x: &ArrayD<f32>,
-    batch: usize,
-    opts: &SessionOptions,
-) -> Result<ArrayD<f32>> {
+pub fn predict(model: &[u8], what: &Path, x: &ArrayD<f32>, batch: usize, opts: &SessionOptions) -> Result<ArrayD<f32>> {
     let mut s = runtime::open(model, what, opts)?.session;
     let input = s.inputs()[0].name().to_string();
     let output = s.outputs()[0].name().to_string();

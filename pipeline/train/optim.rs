@@ -13,29 +13,15 @@ pub enum Optimizer {
     /// `m = μm − lr·g; w += m` (plain SGD when μ = 0).
     Sgd { lr: f64, momentum: f64 },
     /// Adam with bias correction (Keras: β1 0.9, β2 0.999, ε 1e-7).
-    Adam {
-        lr: f64,
-        beta1: f64,
-        beta2: f64,
-        epsilon: f64,
-    },
+    Adam { lr: f64, beta1: f64, beta2: f64, epsilon: f64 },
 }
 
 impl Optimizer {
     pub fn rmsprop(lr: f64) -> Self {
-        Optimizer::Rmsprop {
-            lr,
-            rho: 0.9,
-            epsilon: 1e-7,
-        }
+        Optimizer::Rmsprop { lr, rho: 0.9, epsilon: 1e-7 }
     }
     pub fn adam(lr: f64) -> Self {
-        Optimizer::Adam {
-            lr,
-            beta1: 0.9,
-            beta2: 0.999,
-            epsilon: 1e-7,
-        }
+        Optimizer::Adam { lr, beta1: 0.9, beta2: 0.999, epsilon: 1e-7 }
     }
     pub fn sgd(lr: f64, momentum: f64) -> Self {
         Optimizer::Sgd { lr, momentum }
@@ -44,24 +30,16 @@ impl Optimizer {
     /// The base learning rate.
     pub fn lr(&self) -> f64 {
         match *self {
-            Optimizer::Rmsprop { lr, .. }
-            | Optimizer::Sgd { lr, .. }
-            | Optimizer::Adam { lr, .. } => lr,
+            Optimizer::Rmsprop { lr, .. } | Optimizer::Sgd { lr, .. } | Optimizer::Adam { lr, .. } => lr,
         }
     }
 
     pub fn validate(&self) -> Result<()> {
         let lr = match *self {
-            Optimizer::Rmsprop { lr, .. }
-            | Optimizer::Sgd { lr, .. }
-            | Optimizer::Adam { lr, .. } => lr,
+            Optimizer::Rmsprop { lr, .. } | Optimizer::Sgd { lr, .. } | Optimizer::Adam { lr, .. } => lr,
         };
         if !(lr > 0.0 && lr.is_finite()) {
-            return Err(Error::Param {
-                name: "lr",
-                value: lr.to_string(),
-                reason: "must be positive".into(),
-            });
+            return Err(Error::Param { name: "lr", value: lr.to_string(), reason: "must be positive".into() });
         }
         Ok(())
     }
@@ -76,15 +54,8 @@ pub struct State {
 
 impl State {
     pub fn new(opt: Optimizer, params: &[ArrayD<f32>]) -> Self {
-        let slots = params
-            .iter()
-            .map(|p| (ArrayD::zeros(p.raw_dim()), ArrayD::zeros(p.raw_dim())))
-            .collect();
-        State {
-            opt,
-            slots,
-            step: 0,
-        }
+        let slots = params.iter().map(|p| (ArrayD::zeros(p.raw_dim()), ArrayD::zeros(p.raw_dim()))).collect();
+        State { opt, slots, step: 0 }
     }
 
     /// Apply one update with learning rate `lr` (the schedule's value for this step).
@@ -112,14 +83,8 @@ impl State {
                         });
                     }
                 }
-                Optimizer::Adam {
-                    beta1,
-                    beta2,
-                    epsilon,
-                    ..
-                } => {
-                    let a =
-                        (lr as f64 * (1.0 - beta2.powi(t)).sqrt() / (1.0 - beta1.powi(t))) as f32;
+                Optimizer::Adam { beta1, beta2, epsilon, .. } => {
+                    let a = (lr as f64 * (1.0 - beta2.powi(t)).sqrt() / (1.0 - beta1.powi(t))) as f32;
                     let (beta1, beta2, epsilon) = (beta1 as f32, beta2 as f32, epsilon as f32);
                     Zip::from(p).and(g).and(s1).and(s2).for_each(|w, &g, m, v| {
                         *m += (g - *m) * (1.0 - beta1);

@@ -17,12 +17,8 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// Run a binary in `cwd`; returns the output, printing it all.
 pub fn run(name: &str, args: &[&str], cwd: &Path) -> Output {
-    let out = Command::new(bin(name))
-        .args(args)
-        .current_dir(cwd)
-        .env("RUST_LOG", "info,ort=error")
-        .output()
-        .expect("spawn");
+    let out =
+        Command::new(bin(name)).args(args).current_dir(cwd).env("RUST_LOG", "info,ort=error").output().expect("spawn");
     eprintln!(
         "$ {name} {}\n--- status: {}\n--- stdout:\n{}\n--- stderr:\n{}",
         args.join(" "),
@@ -57,9 +53,7 @@ pub fn make_image(class_idx: usize, seed: u64, w: u32, h: u32) -> RgbImage {
     };
     RgbImage::from_fn(w, h, |x, y| {
         let g = ((x + y) % 16) as f32 * 2.0;
-        Rgb(std::array::from_fn(|c| {
-            (base[c] + g + rng.gen_range(-40.0..40.0)).clamp(0.0, 255.0) as u8
-        }))
+        Rgb(std::array::from_fn(|c| (base[c] + g + rng.gen_range(-40.0..40.0)).clamp(0.0, 255.0) as u8))
     })
 }
 
@@ -68,12 +62,7 @@ pub fn make_dataset(root: &Path, classes: &[&str], per_class: usize, kaggle: boo
     std::fs::create_dir_all(root).unwrap();
     for (ci, c) in classes.iter().enumerate() {
         for i in 0..per_class {
-            let img = make_image(
-                ci,
-                (ci * 1000 + i) as u64,
-                24 + (i as u32 % 3) * 8,
-                20 + (i as u32 % 4) * 6,
-            );
+            let img = make_image(ci, (ci * 1000 + i) as u64, 24 + (i as u32 % 3) * 8, 20 + (i as u32 % 4) * 6);
             if kaggle {
                 img.save(root.join(format!("{c}.{i}.jpg"))).unwrap();
             } else {
@@ -90,54 +79,30 @@ pub fn make_dataset(root: &Path, classes: &[&str], per_class: usize, kaggle: boo
 pub fn tiny_classifier(path: &Path, seed: u64) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut b = GraphBuilder::new("tiny").with_prefix("t/");
-    b.input(
-        "input_1",
-        &[
-            Dim::named("unk"),
-            Dim::Fixed(32),
-            Dim::Fixed(32),
-            Dim::Fixed(3),
-        ],
-    );
-    let x = b.op(
-        "Transpose",
-        &["input_1"],
-        vec![("perm", A::Ints(vec![0, 3, 1, 2]))],
-    );
+    b.input("input_1", &[Dim::named("unk"), Dim::Fixed(32), Dim::Fixed(32), Dim::Fixed(3)]);
+    let x = b.op("Transpose", &["input_1"], vec![("perm", A::Ints(vec![0, 3, 1, 2]))]);
     let w = b.init_f32(
         "conv/kernel",
-        &ArrayD::from_shape_simple_fn(ndarray::IxDyn(&[8, 3, 3, 3]), || {
-            rng.gen_range(-0.02f32..0.02)
-        }),
+        &ArrayD::from_shape_simple_fn(ndarray::IxDyn(&[8, 3, 3, 3]), || rng.gen_range(-0.02f32..0.02)),
     );
-    let bias = b.init_f32(
-        "conv/bias",
-        &ArrayD::from_shape_simple_fn(ndarray::IxDyn(&[8]), || rng.gen_range(-0.1f32..0.1)),
-    );
+    let bias =
+        b.init_f32("conv/bias", &ArrayD::from_shape_simple_fn(ndarray::IxDyn(&[8]), || rng.gen_range(-0.1f32..0.1)));
     let c = b.op(
         "Conv",
         &[&x, &w, &bias],
-        vec![
-            ("kernel_shape", A::Ints(vec![3, 3])),
-            ("pads", A::Ints(vec![1, 1, 1, 1])),
-        ],
+        vec![("kernel_shape", A::Ints(vec![3, 3])), ("pads", A::Ints(vec![1, 1, 1, 1]))],
     );
     let r = b.op("Relu", &[&c], vec![]);
     b.node(
         "MaxPool",
         &[&r],
         &["pool_out"],
-        vec![
-            ("kernel_shape", A::Ints(vec![2, 2])),
-            ("strides", A::Ints(vec![2, 2])),
-        ],
+        vec![("kernel_shape", A::Ints(vec![2, 2])), ("strides", A::Ints(vec![2, 2]))],
     );
     let f = b.op("Flatten", &["pool_out"], vec![]);
     let w2 = b.init_f32(
         "fc/kernel",
-        &ArrayD::from_shape_simple_fn(ndarray::IxDyn(&[8 * 16 * 16, 4]), || {
-            rng.gen_range(-0.01f32..0.01)
-        }),
+        &ArrayD::from_shape_simple_fn(ndarray::IxDyn(&[8 * 16 * 16, 4]), || rng.gen_range(-0.01f32..0.01)),
     );
     let b2 = b.init_f32("fc/bias", &ArrayD::zeros(ndarray::IxDyn(&[4])));
     let g = b.op("Gemm", &[&f, &w2, &b2], vec![]);
