@@ -16,6 +16,7 @@ p.add_argument("--size", type=int, default=150)
 p.add_argument("--batch", type=int, default=20)
 p.add_argument("--threads", type=int, default=0)
 p.add_argument("--dump", help="write the features of the first batch to this .npy")
+p.add_argument("--rounds", type=int, default=1, help="best of this many passes")
 a = p.parse_args()
 
 paths = [l.strip() for l in open(a.list) if l.strip()]
@@ -31,14 +32,17 @@ def load(path):
     return x - mean
 
 
-t = time.perf_counter()
-first = None
-for i in range(0, len(paths), a.batch):
-    x = np.stack([load(q) for q in paths[i : i + a.batch]])
-    y = sess.run(["features"], {"image": x})[0]
-    if first is None:
-        first = y
-elapsed = time.perf_counter() - t
+best = None
+for _ in range(a.rounds):
+    t = time.perf_counter()
+    first = None
+    for i in range(0, len(paths), a.batch):
+        x = np.stack([load(q) for q in paths[i : i + a.batch]])
+        y = sess.run(["features"], {"image": x})[0]
+        if first is None:
+            first = y
+    elapsed = time.perf_counter() - t
+    best = elapsed if best is None else min(best, elapsed)
 if a.dump:
     np.save(a.dump, first)
-print(json.dumps({"images": len(paths), "seconds": elapsed, "img_per_s": len(paths) / elapsed}))
+print(json.dumps({"images": len(paths), "seconds": best, "img_per_s": len(paths) / best}))

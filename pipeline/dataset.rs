@@ -179,13 +179,11 @@ pub type Counts = BTreeMap<String, [usize; 3]>;
 
 /// Materialise a split into `out` (created atomically: built in a temp sibling, then renamed).
 pub fn write_split(assigned: &[(usize, Item)], out: &Path, mode: LinkMode, force: bool) -> Result<Counts> {
-    if out.exists() {
-        if !force {
-            return Err(Error::BadData {
-                path: out.into(),
-                reason: "output folder exists (use --force to replace it)".into(),
-            });
-        }
+    if out.exists() && !force {
+        return Err(Error::BadData {
+            path: out.into(),
+            reason: "output folder exists (use --force to replace it)".into(),
+        });
     }
     let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).at(parent)?;

@@ -6,6 +6,9 @@ use plotters::prelude::*;
 use std::path::Path;
 use std::sync::OnceLock;
 
+/// Reads one value of an epoch record.
+type Getter = fn(&Epoch) -> f64;
+
 const FONT_PATHS: &[&str] = &[
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
     "/usr/share/fonts/dejavu/DejaVuSans.ttf",
@@ -48,14 +51,14 @@ pub fn history(path: &Path, title: &str, h: &[Epoch]) -> Result<()> {
         let root = root.titled(title, ("sans-serif", 22)).map_err(err)?;
         let panels = root.split_evenly((1, 2));
         let n = h.len().max(2) as f64;
-        let series: [(&str, fn(&Epoch) -> f64, fn(&Epoch) -> f64); 2] =
+        let series: [(&str, Getter, Getter); 2] =
             [("loss", |e| e.loss, |e| e.val_loss), ("accuracy", |e| e.accuracy, |e| e.val_accuracy)];
         for (panel, (name, tr, va)) in panels.iter().zip(series) {
             let vals: Vec<f64> = h.iter().flat_map(|e| [tr(e), va(e)]).filter(|v| v.is_finite()).collect();
             let (lo, hi) = vals.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
             let pad = ((hi - lo) * 0.08).max(1e-3);
             let mut chart = ChartBuilder::on(panel)
-                .caption(format!("{name}"), ("sans-serif", 18))
+                .caption(name, ("sans-serif", 18))
                 .margin(12)
                 .x_label_area_size(36)
                 .y_label_area_size(56)

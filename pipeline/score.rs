@@ -128,16 +128,19 @@ pub fn meta(m: &ModelProto, path: &Path) -> Result<ModelMeta> {
     Ok(ModelMeta { classes, size, interpolation })
 }
 
+/// A file that could not be scored: (path, reason).
+pub type Unreadable = (String, String);
+
 /// Result of a scoring run.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct ScoreSummary {
     pub scored: usize,
-    pub unreadable: Vec<(String, String)>,
+    pub unreadable: Vec<Unreadable>,
     pub per_class: std::collections::BTreeMap<String, usize>,
 }
 
 /// All image files under `root` (recursively, symlinks not followed), sorted by path.
-pub fn list_images(root: &Path) -> Result<(Vec<PathBuf>, Vec<(String, String)>)> {
+pub fn list_images(root: &Path) -> Result<(Vec<PathBuf>, Vec<Unreadable>)> {
     if !root.exists() {
         return Err(Error::BadData { path: root.into(), reason: "no such file or folder".into() });
     }

@@ -43,7 +43,7 @@ fn check(model: &ModelProto, feature_shape: &[usize], classes: usize, n: usize) 
     let (_, _, grads) = t.step(x.view(), &y, &masks).unwrap();
     let eps = 1e-2f32;
     let mut checked = 0;
-    for p in 0..t.params.len() {
+    for (p, grad) in grads.iter().enumerate() {
         let len = t.params[p].len();
         for _ in 0..len.min(12) {
             let j = rng.gen_range(0..len);
@@ -54,7 +54,7 @@ fn check(model: &ModelProto, feature_shape: &[usize], classes: usize, n: usize) 
             let lm = t.step(x.view(), &y, &masks).unwrap().0 as f64;
             t.params[p].as_slice_mut().unwrap()[j] = orig;
             let fd = (lp - lm) / (2.0 * eps as f64);
-            let an = grads[p].as_slice().unwrap()[j] as f64;
+            let an = grad.as_slice().unwrap()[j] as f64;
             assert!(
                 (fd - an).abs() <= 2e-3 + 2e-2 * fd.abs().max(an.abs()),
                 "param {} [{j}]: analytic {an} vs finite difference {fd}",
@@ -83,7 +83,14 @@ fn two_hidden_layers_softmax_ce() {
 #[test]
 fn average_pooled_head() {
     let spec = HeadSpec { units: 4, layers: 1, dropout: 0.0, pool: Pool::Avg, standardize: true };
-    let m = head::build(&[3, 3, 4], 2, &spec, 3, Some(&ArrayD::from_shape_fn(IxDyn(&[5, 3, 3, 4]), |i| (i[0] * 7 + i[3]) as f32))).unwrap();
+    let m = head::build(
+        &[3, 3, 4],
+        2,
+        &spec,
+        3,
+        Some(&ArrayD::from_shape_fn(IxDyn(&[5, 3, 3, 4]), |i| (i[0] * 7 + i[3]) as f32)),
+    )
+    .unwrap();
     check(&m, &[3, 3, 4], 2, 4);
 }
 

@@ -151,7 +151,6 @@ fn ort_env() -> &'static ort::environment::Environment {
     tlearn::runtime::environment().unwrap()
 }
 
-
 #[test]
 fn multiscale_cut_pools_and_concatenates() {
     use tlearn::onnx::cut::{cut_model, cut_model_pooled, GlobalPool, Layout};
@@ -160,9 +159,12 @@ fn multiscale_cut_pools_and_concatenates() {
     common::tiny_classifier(&src, 4);
     let m = tlearn::onnx::load_model(&src).unwrap();
     let relu = m.graph.as_ref().unwrap().node.iter().find(|n| n.op_type == "Relu").unwrap().output[0].clone();
-    let pooled = cut_model_pooled(&m, &src, &["pool_out".into(), relu], Layout::Nchw, Some(GlobalPool::AvgMax)).unwrap();
+    let pooled =
+        cut_model_pooled(&m, &src, &["pool_out".into(), relu], Layout::Nchw, Some(GlobalPool::AvgMax)).unwrap();
     let plain = cut_model(&m, &src, "pool_out", Layout::Nchw).unwrap();
-    let x = ArrayD::from_shape_fn(ndarray::IxDyn(&[2, 32, 32, 3]), |i| ((i[1] * 3 + i[2] * 5 + i[3] * 7 + i[0]) % 11) as f32 * 10.0);
+    let x = ArrayD::from_shape_fn(ndarray::IxDyn(&[2, 32, 32, 3]), |i| {
+        ((i[1] * 3 + i[2] * 5 + i[3] * 7 + i[0]) % 11) as f32 * 10.0
+    });
     let run = |m: &tlearn::onnx::proto::ModelProto| {
         let mut s = tlearn::runtime::open(&tlearn::onnx::encode_model(m), &src, &Default::default()).unwrap().session;
         tlearn::runtime::run_f32(&mut s, vec![("image", x.view())], &["features"]).unwrap().remove(0)
@@ -171,13 +173,16 @@ fn multiscale_cut_pools_and_concatenates() {
     assert_eq!(yp.shape(), &[2, 1, 1, 32], "avg+max of two 8-channel tensors");
     for n in 0..2 {
         for c in 0..8 {
-            let v: Vec<f32> = (0..16).flat_map(|h| (0..16).map(move |w| (h, w))).map(|(h, w)| y[[n, h, w, c]]).collect();
+            let v: Vec<f32> =
+                (0..16).flat_map(|h| (0..16).map(move |w| (h, w))).map(|(h, w)| y[[n, h, w, c]]).collect();
             let mean = v.iter().sum::<f32>() / v.len() as f32;
             let max = v.iter().fold(f32::MIN, |a, &b| a.max(b));
             assert!((yp[[n, 0, 0, c]] - mean).abs() < 1e-4 * mean.abs().max(1.0), "avg of pool_out channel {c}");
             assert_eq!(yp[[n, 0, 0, 8 + c]], max, "max of pool_out channel {c}");
         }
     }
-    let err = cut_model_pooled(&m, &src, &["pool_out".into(), "nope".into()], Layout::Nchw, Some(GlobalPool::Avg)).unwrap_err().to_string();
+    let err = cut_model_pooled(&m, &src, &["pool_out".into(), "nope".into()], Layout::Nchw, Some(GlobalPool::Avg))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("nope"), "{err}");
 }
