@@ -26,6 +26,7 @@ FEAT_DIR  := features/$(DATASET)/$(BACKBONE)-$(SIZE)
 RUN_DIR   := runs/$(RUN)
 REPORT    := reports/$(RUN)
 HEAD_ARGS ?=
+BEST_HEAD_ARGS ?= --pool avg --lr 1e-4 --epochs 60
 BINS      := $(BIN)/tlearn-data $(BIN)/tlearn-backbone $(BIN)/tlearn-extract $(BIN)/tlearn-head $(BIN)/tlearn-evaluate $(BIN)/tlearn-score
 SOURCES   := $(shell find pipeline -name '*.rs') Cargo.toml
 
@@ -107,7 +108,7 @@ demo: setup ## the whole pipeline on ELPV with VGG16 at 150×150 (fetches ~150 M
 	$(MAKE) --no-print-directory evaluate score RUN=demo BACKBONE=vgg16 SIZE=150
 	@$(PYTHON) -c "import json; m=json.load(open('reports/demo/metrics.json')); print(f\"demo: ELPV test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, ROC-AUC {m['roc_auc']:.4f}, n_test {m['n_test']}\")"
 
-demo-best: setup ## the best frozen-feature configuration found (VGG16 at 300×300, see README)
+demo-best: setup ## the best frozen-feature configuration found so far (VGG16 at 300×300, global average pooling; see README)
 	$(MAKE) --no-print-directory evaluate RUN=best BACKBONE=vgg16 SIZE=300 HEAD_ARGS="$(BEST_HEAD_ARGS)"
 	@$(PYTHON) -c "import json; m=json.load(open('reports/best/metrics.json')); print(f\"demo-best: ELPV test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, ROC-AUC {m['roc_auc']:.4f}\")"
 
