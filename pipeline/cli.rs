@@ -19,3 +19,32 @@ pub fn progress(len: u64, unit: &str) -> ProgressBar {
     );
     pb
 }
+
+/// The whole of every binary's `main`: logging, run, `error: …` with its causes and exit 1.
+pub fn main(run: impl FnOnce() -> anyhow::Result<()>) -> std::process::ExitCode {
+    init_logging();
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The onnxruntime options every ORT stage takes.
+#[derive(clap::Args, Clone, Debug)]
+pub struct OrtArgs {
+    /// auto: CUDA when the CUDA execution provider loads, else CPU.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: crate::runtime::Device,
+    /// Intra-op threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+impl OrtArgs {
+    pub fn session(&self) -> crate::runtime::SessionOptions {
+        crate::runtime::SessionOptions { device: self.device, threads: self.threads }
+    }
+}

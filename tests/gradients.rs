@@ -25,21 +25,7 @@ fn check(model: &ModelProto, feature_shape: &[usize], classes: usize, n: usize) 
     let x = rand_array(&mut rng, &[&[n][..], feature_shape].concat(), 1.0);
     let labels: Vec<usize> = (0..n).map(|i| i % classes).collect();
     let y = label_tensor(&labels, t.train.loss, classes);
-    let masks: Vec<ArrayD<f32>> = t
-        .train
-        .masks
-        .iter()
-        .map(|m| {
-            let keep = 1.0 - m.ratio;
-            ArrayD::from_shape_simple_fn(IxDyn(&[&[n][..], &m.shape].concat()), || {
-                if rng.gen::<f32>() < keep {
-                    1.0 / keep
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
+    let masks = t.draw_masks(n, &mut rng);
     let (_, _, grads) = t.step(x.view(), &y, &masks).unwrap();
     let eps = 1e-2f32;
     let mut checked = 0;

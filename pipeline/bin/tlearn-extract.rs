@@ -4,7 +4,6 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use std::path::PathBuf;
 use tlearn::imageio::Interpolation;
-use tlearn::runtime::{Device, SessionOptions};
 
 #[derive(Parser)]
 #[command(version, about = "Cache backbone features of every split (numpy-readable .npy)")]
@@ -22,11 +21,8 @@ struct Args {
     interpolation: Interpolation,
     #[arg(long, default_value_t = 20)]
     batch: usize,
-    #[arg(long, value_enum, default_value = "auto")]
-    device: Device,
-    /// Intra-op threads (0 = all cores).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
+    #[command(flatten)]
+    ort: tlearn::cli::OrtArgs,
     /// Output folder (default: features/<dataset>/<backbone>-<size>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -40,14 +36,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    tlearn::cli::init_logging();
-    match run(Args::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    tlearn::cli::main(|| run(Args::parse()))
 }
 
 fn run(a: Args) -> Result<()> {
@@ -62,7 +51,7 @@ fn run(a: Args) -> Result<()> {
         size,
         interpolation: a.interpolation,
         batch: a.batch,
-        session: SessionOptions { device: a.device, threads: a.threads },
+        session: a.ort.session(),
         max_pixels: a.max_pixels,
         splits: a.splits,
     };

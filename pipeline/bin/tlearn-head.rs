@@ -60,14 +60,7 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    tlearn::cli::init_logging();
-    match run(Args::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    tlearn::cli::main(|| run(Args::parse()))
 }
 
 fn run(a: Args) -> Result<()> {

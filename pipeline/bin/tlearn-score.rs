@@ -3,7 +3,6 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use std::path::{Path, PathBuf};
-use tlearn::runtime::{Device, SessionOptions};
 
 #[derive(Parser)]
 #[command(version, about = "Score every image under DIR → CSV path,class,probability (sorted by path)")]
@@ -28,23 +27,14 @@ struct Args {
     export_only: bool,
     #[arg(long, default_value_t = 20)]
     batch: usize,
-    #[arg(long, value_enum, default_value = "auto")]
-    device: Device,
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
+    #[command(flatten)]
+    ort: tlearn::cli::OrtArgs,
     #[arg(long, default_value_t = tlearn::imageio::DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
 }
 
 fn main() -> std::process::ExitCode {
-    tlearn::cli::init_logging();
-    match run(Args::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    tlearn::cli::main(|| run(Args::parse()))
 }
 
 #[derive(serde::Serialize, serde::Deserialize, PartialEq)]
@@ -113,15 +103,8 @@ fn run(a: Args) -> Result<()> {
     let dir = a.dir.context("give a folder to score (or --export-only)")?;
     let out = a.out.unwrap_or_else(|| PathBuf::from("reports").join(&a.run).join("scores.csv"));
     let t = std::time::Instant::now();
-    let s = tlearn::score::score(
-        &model,
-        &dir,
-        &out,
-        a.batch,
-        &SessionOptions { device: a.device, threads: a.threads },
-        a.max_pixels,
-    )
-    .with_context(|| format!("scoring {}", dir.display()))?;
+    let s = tlearn::score::score(&model, &dir, &out, a.batch, &a.ort.session(), a.max_pixels)
+        .with_context(|| format!("scoring {}", dir.display()))?;
     let secs = t.elapsed().as_secs_f64();
     println!(
         "scored {} images in {secs:.1} s ({:.1} img/s) → {}",

@@ -109,6 +109,25 @@ impl Trainer {
         Ok(Trainer { model: model.clone(), train, eval, train_s, eval_s, params, n_classes })
     }
 
+    /// Dropout masks for a batch of `n`: 0 with probability p, else 1/(1−p).
+    pub fn draw_masks(&self, n: usize, rng: &mut impl Rng) -> Vec<ArrayD<f32>> {
+        self.train
+            .masks
+            .iter()
+            .map(|m| {
+                let keep = 1.0 - m.ratio;
+                let shape: Vec<usize> = [&[n][..], &m.shape].concat();
+                ArrayD::from_shape_simple_fn(ndarray::IxDyn(&shape), || {
+                    if rng.gen::<f32>() < keep {
+                        1.0 / keep
+                    } else {
+                        0.0
+                    }
+                })
+            })
+            .collect()
+    }
+
     /// One optimisation step on a batch; returns (loss, outputs).
     pub fn step(
         &mut self,
@@ -182,22 +201,7 @@ impl Trainer {
                 let xb = x.select(Axis(0), chunk);
                 let lb: Vec<usize> = chunk.iter().map(|&i| labels[i]).collect();
                 let yb = label_tensor(&lb, self.train.loss, self.n_classes);
-                let masks: Vec<ArrayD<f32>> = self
-                    .train
-                    .masks
-                    .iter()
-                    .map(|m| {
-                        let keep = 1.0 - m.ratio;
-                        let shape: Vec<usize> = [&[chunk.len()][..], &m.shape].concat();
-                        ArrayD::from_shape_simple_fn(ndarray::IxDyn(&shape), || {
-                            if rng.gen::<f32>() < keep {
-                                1.0 / keep
-                            } else {
-                                0.0
-                            }
-                        })
-                    })
-                    .collect();
+                let masks = self.draw_masks(chunk.len(), &mut rng);
                 let (loss, probs, grads) = self.step(xb.view(), &yb, &masks)?;
                 if !loss.is_finite() {
                     return Err(Error::Other(format!("epoch {epoch}: loss is {loss}; lower the learning rate")));
