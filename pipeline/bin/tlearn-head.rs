@@ -86,12 +86,25 @@ fn run(a: Args) -> Result<()> {
     let opts = SessionOptions { device: a.device, threads: a.threads };
     let mut trainer = Trainer::new(&model, &dir.join(run::HEAD), shape, classes.len(), &opts)?;
     let n_params: usize = trainer.params.iter().map(|p| p.len()).sum();
+    let mut layers = vec![shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×")];
+    layers.push(format!("{:?}", spec.pool));
+    if spec.standardize {
+        layers.push("Standardize".into());
+    }
+    for _ in 0..spec.layers {
+        layers.push(format!("Dense({}, relu)", spec.units));
+        if spec.dropout > 0.0 {
+            layers.push(format!("Dropout({})", spec.dropout));
+        }
+    }
+    layers.push(if classes.len() == 2 {
+        "Dense(1, sigmoid)".into()
+    } else {
+        format!("Dense({}, softmax)", classes.len())
+    });
     eprintln!(
-        "head: {} → {}{} → {} ({} parameters); {} train / {} validation samples; {:?}",
-        shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("×"),
-        if spec.layers > 0 { format!("{}×Dense({}, relu) ", spec.layers, spec.units) } else { String::new() },
-        if spec.dropout > 0.0 && spec.layers > 0 { format!("Dropout({}) ", spec.dropout) } else { String::new() },
-        if classes.len() == 2 { "Dense(1, sigmoid)".to_string() } else { format!("Dense({}, softmax)", classes.len()) },
+        "head: {} ({} parameters); {} train / {} validation samples; {:?}",
+        layers.join(" → "),
         tlearn::onnx::summary::thousands(n_params),
         train.labels.len(),
         val.as_ref().map(|v| v.labels.len()).unwrap_or(0),
