@@ -102,33 +102,18 @@ pub fn confusion(path: &Path, classes: &[String], m: &[Vec<usize>]) -> Result<()
         let root = BitMapBackend::new(&tmp, (side + 60, side)).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
         let max = m.iter().flatten().copied().max().unwrap_or(1).max(1) as f64;
+        // Cells occupy [0, k)²; the margins left of and below them hold the class names.
         let mut chart = ChartBuilder::on(&root)
             .caption("confusion matrix (rows: true, columns: predicted)", ("sans-serif", 16))
             .margin(10)
-            .x_label_area_size(40)
-            .y_label_area_size(110)
-            .build_cartesian_2d(0f64..k as f64, 0f64..k as f64)
+            .build_cartesian_2d(-1.4f64..k as f64, -0.6f64..k as f64)
             .map_err(err)?;
-        let names = classes.to_vec();
-        let names2 = classes.to_vec();
-        chart
-            .configure_mesh()
-            .disable_mesh()
-            .x_labels(k + 1)
-            .y_labels(k + 1)
-            .x_label_formatter(&move |v| {
-                names.get(v.floor() as usize).filter(|_| v.fract() > 0.3).cloned().unwrap_or_default()
-            })
-            .y_label_formatter(&move |v| {
-                names2
-                    .get(k.saturating_sub(1 + v.floor() as usize))
-                    .filter(|_| v.fract() > 0.3)
-                    .cloned()
-                    .unwrap_or_default()
-            })
-            .label_style(("sans-serif", 14))
-            .draw()
-            .map_err(err)?;
+        let label =
+            |t: &str, x: f64, y: f64| Text::new(t.to_string(), (x, y), ("sans-serif", 15).into_font().color(&BLACK));
+        for (i, c) in classes.iter().enumerate() {
+            chart.draw_series(std::iter::once(label(c, -1.35, (k - 1 - i) as f64 + 0.6))).map_err(err)?;
+            chart.draw_series(std::iter::once(label(c, i as f64 + 0.2, -0.2))).map_err(err)?;
+        }
         for (i, row) in m.iter().enumerate() {
             for (j, &c) in row.iter().enumerate() {
                 let y = (k - 1 - i) as f64;
