@@ -31,9 +31,9 @@ BINS      := $(BIN)/tlearn-data $(BIN)/tlearn-backbone $(BIN)/tlearn-extract $(B
 SOURCES   := $(shell find pipeline -name '*.rs') Cargo.toml
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-12s\033[0m %s\n", $$1, $$2}'
 
-setup: $(ORT_LIB) ## put libonnxruntime $(ORT_VERSION) (pinned PyPI wheel, sha256 checked) into .ort/
+setup: $(ORT_LIB) ## put libonnxruntime 1.31.1 (pinned PyPI wheel, sha256 checked) into .ort/
 
 $(ORT_LIB):
 	@mkdir -p .cache/wheels .ort
@@ -59,7 +59,7 @@ lint: ## rustfmt + clippy, warnings are errors
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
-setup-cuda: ## put onnxruntime-gpu $(ORT_VERSION) + CUDA 13/cuDNN 9 libraries into .ort/ (large download)
+setup-cuda: ## put onnxruntime-gpu 1.31.1 + CUDA 13/cuDNN 9 libraries into .ort/ (large download)
 	@mkdir -p .cache/gpu .ort/cuda
 	$(PYTHON) -m pip install --disable-pip-version-check -q --target .cache/gpu "onnxruntime-gpu[cuda,cudnn]==$(ORT_VERSION)"
 	cp .cache/gpu/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) .cache/gpu/onnxruntime/capi/libonnxruntime_providers_*.so .ort/
@@ -118,7 +118,7 @@ bench: setup data backbone bench-env ## extraction throughput: tlearn vs raw ORT
 clean: ## remove build outputs, features, runs and reports (keeps data/ and onnx/)
 	rm -rf target features runs reports
 
-bench-env: .cache/benchenv/bin/python ## a Python venv with onnxruntime $(ORT_VERSION), numpy and Pillow for `make bench`
+bench-env: .cache/benchenv/bin/python ## a Python venv with onnxruntime 1.31.1, numpy and Pillow for `make bench`
 
 .cache/benchenv/bin/python: $(ORT_LIB)
 	$(PYTHON) -m venv .cache/benchenv
