@@ -204,7 +204,7 @@ fn extract_split(
         let live: Vec<&FileRow> = rows.iter().filter(|r| !prev_skipped.contains_key(&r.path)).collect();
         let same_rows = p.files.len() == live.len()
             && p.files.iter().zip(&live).all(|(a, b)| a.path == b.path && a.sha256 == b.sha256 && a.label == b.label);
-        let same_skips = prev_skipped.len() + live.len() == rows.len() && items.len() == rows.len();
+        let same_skips = prev_skipped.len() + live.len() == rows.len();
         if same_rows && same_skips {
             tracing::info!("{split}: {} up to date ({} images)", npy.display(), live.len());
             return Ok(SplitReport {

@@ -145,11 +145,6 @@ pub fn open(model: &[u8], what: &Path, opts: &SessionOptions) -> Result<OpenSess
     Ok(OpenSession { session, device: Device::Cpu })
 }
 
-pub fn open_file(path: &Path, opts: &SessionOptions) -> Result<OpenSession> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
-    open(&bytes, path, opts)
-}
-
 fn log_once(why: &str) {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| tracing::info!("device auto: using CPU because the {why}"));

@@ -3,7 +3,7 @@
 //! and emit channels-last features under the output name [`FEATURES`].
 
 use super::proto::*;
-use super::{builder::attribute, builder::A, graph, value_info, vi_shape, Dim};
+use super::{builder::attribute, builder::A, graph, vi_shape, Dim};
 use crate::error::{Error, Result};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -197,9 +197,4 @@ fn channel_dim(g: &GraphProto, input: &str, layout: Layout) -> Dim {
 /// Sum of the element counts of all initializers (parameters).
 pub fn param_count(m: &ModelProto) -> usize {
     graph(m).initializer.iter().filter(|t| t.data_type == dtype::FLOAT).map(super::numel).sum()
-}
-
-/// A single-input NHWC value info, used when checking models we wrote.
-pub fn nhwc_input(name: &str, c: i64) -> ValueInfoProto {
-    value_info(name, dtype::FLOAT, &[Dim::named("N"), Dim::named("H"), Dim::named("W"), Dim::Fixed(c)])
 }
