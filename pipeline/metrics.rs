@@ -1,6 +1,6 @@
 //! Classification metrics: loss, accuracy, per-class precision/recall/F1, confusion matrix, ROC-AUC.
 
-use ndarray::{ArrayD, Axis};
+use ndarray::{ArrayD, ArrayView1, Axis};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -28,24 +28,45 @@ pub struct Metrics {
 
 const EPS: f64 = 1e-7;
 
-/// Probability of each class for each row: (N,1) sigmoid outputs become (1−p, p).
+/// Probability of each class from one row of model outputs: a sigmoid output p becomes (1−p, p).
+pub fn row_probs(r: ArrayView1<'_, f32>) -> Vec<f64> {
+    if r.len() == 1 {
+        vec![1.0 - r[0] as f64, r[0] as f64]
+    } else {
+        r.iter().map(|&v| v as f64).collect()
+    }
+}
+
+/// The predicted class of one row: sigmoid p ≥ 0.5 → 1, else the first most probable class.
+pub fn predicted_class(r: ArrayView1<'_, f32>) -> usize {
+    if r.len() == 1 {
+        (r[0] >= 0.5) as usize
+    } else {
+        r.iter().enumerate().fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a }).0
+    }
+}
+
+/// Probability of each class for each row.
 pub fn class_probs(probs: &ArrayD<f32>) -> Vec<Vec<f64>> {
+    probs.axis_iter(Axis(0)).map(|r| row_probs(r.into_dimensionality().expect("rows of (N, k) outputs"))).collect()
+}
+
+/// Predicted class of each row of model outputs.
+pub fn predicted(probs: &ArrayD<f32>) -> Vec<usize> {
     probs
         .axis_iter(Axis(0))
-        .map(|r| {
-            if r.len() == 1 {
-                vec![1.0 - r[[0]] as f64, r[[0]] as f64]
-            } else {
-                r.iter().map(|&v| v as f64).collect()
-            }
-        })
+        .map(|r| predicted_class(r.into_dimensionality().expect("rows of (N, k) outputs")))
         .collect()
+}
+
+pub fn accuracy(pred: &[usize], labels: &[usize]) -> f64 {
+    pred.iter().zip(labels).filter(|(a, b)| a == b).count() as f64 / labels.len().max(1) as f64
 }
 
 pub fn compute(probs: &ArrayD<f32>, labels: &[usize], classes: &[String]) -> Metrics {
     let p = class_probs(probs);
     let k = classes.len();
-    let pred: Vec<usize> = crate::train::predicted(probs);
+    let pred: Vec<usize> = predicted(probs);
     let mut confusion = vec![vec![0usize; k]; k];
     for (&t, &q) in labels.iter().zip(&pred) {
         confusion[t][q] += 1;
@@ -69,15 +90,7 @@ pub fn compute(probs: &ArrayD<f32>, labels: &[usize], classes: &[String]) -> Met
             roc_auc(&p.iter().map(|r| r[1]).collect::<Vec<_>>(), &labels.iter().map(|&l| l == 1).collect::<Vec<_>>())
         })
         .flatten();
-    Metrics {
-        n_test: n,
-        accuracy: crate::train::accuracy(&pred, labels),
-        loss,
-        per_class,
-        macro_f1,
-        confusion,
-        roc_auc,
-    }
+    Metrics { n_test: n, accuracy: accuracy(&pred, labels), loss, per_class, macro_f1, confusion, roc_auc }
 }
 
 /// ROC-AUC by the rank statistic (ties get average ranks); None without both classes.

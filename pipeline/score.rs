@@ -194,12 +194,9 @@ pub fn score(
         pb.inc(1);
         match r {
             Ok(y) => {
-                let p: Vec<f64> = if y.len() == 1 {
-                    vec![1.0 - y[[0]] as f64, y[[0]] as f64]
-                } else {
-                    y.iter().map(|&v| v as f64).collect()
-                };
-                let c = p.iter().enumerate().fold((0, f64::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a }).0;
+                let y = y.into_dimensionality().map_err(|e| Error::Other(format!("model output: {e}")))?;
+                let p = crate::metrics::row_probs(y);
+                let c = crate::metrics::predicted_class(y);
                 let mut row = vec![files[i].display().to_string(), meta.classes[c].clone(), format!("{:.6}", p[c])];
                 if multi {
                     row.extend(p.iter().map(|v| format!("{v:.6}")));

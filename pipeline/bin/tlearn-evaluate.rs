@@ -66,7 +66,7 @@ fn run(a: Args) -> Result<()> {
     let mut w = csv::Writer::from_writer(vec![]);
     w.write_record(["path", "true", "predicted", "probability"])?;
     let cp = tlearn::metrics::class_probs(&probs);
-    let pred = tlearn::train::predicted(&probs);
+    let pred = tlearn::metrics::predicted(&probs);
     for ((row, p), q) in f.files.iter().zip(&cp).zip(&pred) {
         w.write_record([row.path.clone(), row.class.clone(), info.classes[*q].clone(), format!("{:.6}", p[*q])])?;
     }

@@ -6,6 +6,7 @@ pub mod head;
 pub mod optim;
 
 use crate::error::{Error, Result};
+use crate::metrics;
 use crate::onnx::{self, proto::ModelProto};
 use crate::runtime::{self, SessionOptions};
 use graph::{Loss, Mode, TrainGraph};
@@ -55,25 +56,6 @@ pub fn label_tensor(labels: &[usize], loss: Loss, k: usize) -> ArrayD<f32> {
             ArrayD::from_shape_fn(ndarray::IxDyn(&[labels.len(), k]), |i| (labels[i[0]] == i[1]) as u8 as f32)
         }
     }
-}
-
-/// Predicted class of each row of model outputs.
-pub fn predicted(probs: &ArrayD<f32>) -> Vec<usize> {
-    let k = probs.shape()[1];
-    probs
-        .axis_iter(Axis(0))
-        .map(|r| {
-            if k == 1 {
-                (r[[0]] >= 0.5) as usize
-            } else {
-                r.iter().enumerate().fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a }).0
-            }
-        })
-        .collect()
-}
-
-pub fn accuracy(pred: &[usize], labels: &[usize]) -> f64 {
-    pred.iter().zip(labels).filter(|(a, b)| a == b).count() as f64 / labels.len().max(1) as f64
 }
 
 /// A model in training: compiled graphs, open sessions, current parameters.
@@ -208,7 +190,7 @@ impl Trainer {
                 }
                 state.update(&mut self.params, &grads, lr);
                 loss_sum += loss as f64 * chunk.len() as f64;
-                correct += predicted(&probs).iter().zip(&lb).filter(|(a, b)| a == b).count();
+                correct += metrics::predicted(&probs).iter().zip(&lb).filter(|(a, b)| a == b).count();
             }
             let (val_loss, vp) = if vlabels.is_empty() {
                 (f64::NAN, ArrayD::zeros(ndarray::IxDyn(&[0, 1])))
@@ -220,7 +202,11 @@ impl Trainer {
                 loss: loss_sum / n as f64,
                 accuracy: correct as f64 / n as f64,
                 val_loss,
-                val_accuracy: if vlabels.is_empty() { f64::NAN } else { accuracy(&predicted(&vp), vlabels) },
+                val_accuracy: if vlabels.is_empty() {
+                    f64::NAN
+                } else {
+                    metrics::accuracy(&metrics::predicted(&vp), vlabels)
+                },
                 seconds: t.elapsed().as_secs_f64(),
             };
             on_epoch(&rec);
