@@ -109,10 +109,7 @@ fn elpv_labels_and_classes() {
 
 #[test]
 fn cut_backbone_equals_the_original_graph_and_a_plain_session() {
-    let d = tempfile::tempdir().unwrap();
-    let src = d.path().join("tiny.onnx");
-    common::tiny_classifier(&src, 8);
-    let m = tlearn::onnx::load_model(&src).unwrap();
+    let (d, src, m) = common::tiny_loaded(8);
     let cut = tlearn::onnx::cut::cut_model(&m, &src, "pool_out", tlearn::onnx::cut::Layout::Nchw).unwrap();
     assert_eq!(tlearn::onnx::cut::param_count(&cut), 224);
     // The same preprocessed tensor through the cut graph (tlearn's runtime) and through the
@@ -154,10 +151,7 @@ fn ort_env() -> &'static ort::environment::Environment {
 #[test]
 fn multiscale_cut_pools_and_concatenates() {
     use tlearn::onnx::cut::{cut_model, cut_model_pooled, GlobalPool, Layout};
-    let d = tempfile::tempdir().unwrap();
-    let src = d.path().join("tiny.onnx");
-    common::tiny_classifier(&src, 4);
-    let m = tlearn::onnx::load_model(&src).unwrap();
+    let (_dir, src, m) = common::tiny_loaded(4);
     let relu = m.graph.as_ref().unwrap().node.iter().find(|n| n.op_type == "Relu").unwrap().output[0].clone();
     let pooled =
         cut_model_pooled(&m, &src, &["pool_out".into(), relu], Layout::Nchw, Some(GlobalPool::AvgMax)).unwrap();

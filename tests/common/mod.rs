@@ -113,6 +113,15 @@ pub fn tiny_classifier(path: &Path, seed: u64) {
     onnx::save_model(&m, path).unwrap();
 }
 
+/// [`tiny_classifier`] written into a fresh temp dir and loaded: (dir, path, model).
+pub fn tiny_loaded(seed: u64) -> (tempfile::TempDir, PathBuf, tlearn::onnx::proto::ModelProto) {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("tiny.onnx");
+    tiny_classifier(&src, seed);
+    let m = onnx::load_model(&src).unwrap();
+    (d, src, m)
+}
+
 /// A model whose input is not an image (rank 2).
 pub fn not_image_model(path: &Path) {
     let mut b = GraphBuilder::new("vec");
