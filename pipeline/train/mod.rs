@@ -139,22 +139,17 @@ impl Trainer {
     pub fn evaluate(&mut self, x: &ArrayD<f32>, labels: &[usize], batch: usize) -> Result<(f64, ArrayD<f32>)> {
         let n = x.shape()[0];
         let mut loss = 0.0;
-        let mut outs = vec![];
-        for s in (0..n).step_by(batch.max(1)) {
-            let e = (s + batch).min(n);
-            let xb = x.slice_axis(Axis(0), (s..e).into());
-            let yb = label_tensor(&labels[s..e], self.eval.loss, self.n_classes);
+        let probs = in_batches(n, batch, |r| {
+            let yb = label_tensor(&labels[r.clone()], self.eval.loss, self.n_classes);
             let mut feed: Vec<(&str, ndarray::ArrayViewD<'_, f32>)> =
-                vec![(self.eval.input.as_str(), xb), (graph::LABELS, yb.view())];
+                vec![(self.eval.input.as_str(), x.slice_axis(Axis(0), r.clone().into())), (graph::LABELS, yb.view())];
             for (p, a) in self.eval.params.iter().zip(&self.params) {
                 feed.push((p.as_str(), a.view()));
             }
             let mut o = runtime::run_f32(&mut self.eval_s, feed, &[graph::LOSS, self.eval.output.as_str()])?;
-            outs.push(o.pop().expect("probs"));
-            loss += o[0].iter().next().copied().unwrap_or(f32::NAN) as f64 * (e - s) as f64;
-        }
-        let views: Vec<_> = outs.iter().map(|a| a.view()).collect();
-        let probs = ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Other(e.to_string()))?;
+            loss += o[0].iter().next().copied().unwrap_or(f32::NAN) as f64 * r.len() as f64;
+            Ok(o.pop().expect("probs"))
+        })?;
         Ok((loss / n.max(1) as f64, probs))
     }
 
@@ -234,19 +229,20 @@ pub fn predict(model: &[u8], what: &Path, x: &ArrayD<f32>, batch: usize, opts: &
     let mut s = runtime::open(model, what, opts)?.session;
     let input = s.inputs()[0].name().to_string();
     let output = s.outputs()[0].name().to_string();
-    let n = x.shape()[0];
-    let mut outs = vec![];
-    for st in (0..n).step_by(batch.max(1)) {
-        let e = (st + batch).min(n);
-        outs.push(
-            runtime::run_f32(
-                &mut s,
-                vec![(input.as_str(), x.slice_axis(Axis(0), (st..e).into()))],
-                &[output.as_str()],
-            )?
-            .remove(0),
-        );
-    }
+    in_batches(x.shape()[0], batch, |r| {
+        Ok(runtime::run_f32(&mut s, vec![(input.as_str(), x.slice_axis(Axis(0), r.into()))], &[output.as_str()])?
+            .remove(0))
+    })
+}
+
+/// Call `f` on consecutive row ranges of at most `batch` rows and stack its outputs.
+fn in_batches(
+    n: usize,
+    batch: usize,
+    mut f: impl FnMut(std::ops::Range<usize>) -> Result<ArrayD<f32>>,
+) -> Result<ArrayD<f32>> {
+    let batch = batch.max(1);
+    let outs = (0..n).step_by(batch).map(|s| f(s..(s + batch).min(n))).collect::<Result<Vec<_>>>()?;
     let views: Vec<_> = outs.iter().map(|a| a.view()).collect();
     ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Other(e.to_string()))
 }
