@@ -66,6 +66,7 @@ pub struct Trainer {
     train_s: ort::session::Session,
     eval_s: ort::session::Session,
     pub params: Vec<ArrayD<f32>>,
+    grad_names: Vec<String>,
     n_classes: usize,
 }
 
@@ -88,7 +89,8 @@ impl Trainer {
             .iter()
             .map(|p| onnx::tensor_to_f32(g.initializer.iter().find(|t| &t.name == p).expect("param is an initializer")))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Trainer { model: model.clone(), train, eval, train_s, eval_s, params, n_classes })
+        let grad_names = train.params.iter().map(|p| graph::grad_name(p)).collect();
+        Ok(Trainer { model: model.clone(), train, eval, train_s, eval_s, params, grad_names, n_classes })
     }
 
     /// Dropout masks for a batch of `n`: 0 with probability p, else 1/(1−p).
@@ -125,9 +127,8 @@ impl Trainer {
         for (m, a) in self.train.masks.iter().zip(masks) {
             feed.push((m.name.as_str(), a.view()));
         }
-        let grad_names: Vec<String> = self.train.params.iter().map(|p| graph::grad_name(p)).collect();
         let mut names: Vec<&str> = vec![graph::LOSS, self.train.output.as_str()];
-        names.extend(grad_names.iter().map(|s| s.as_str()));
+        names.extend(self.grad_names.iter().map(|s| s.as_str()));
         let mut out = runtime::run_f32(&mut self.train_s, feed, &names)?;
         let grads = out.split_off(2);
         let probs = out.pop().expect("outputs");
