@@ -26,7 +26,12 @@ FEAT_DIR  := features/$(DATASET)/$(BACKBONE)-$(SIZE)
 RUN_DIR   := runs/$(RUN)
 REPORT    := reports/$(RUN)
 HEAD_ARGS ?=
-BEST_HEAD_ARGS ?= --pool avg --lr 1e-4 --epochs 60
+# Flipped views cached besides the plain images (comma-separated: hflip,vflip,rot180).
+VIEWS     ?=
+comma     := ,
+FEAT_STAMP := $(FEAT_DIR)/test$(if $(VIEWS),.$(lastword $(subst $(comma), ,$(VIEWS)))).npy.json
+BEST_VIEWS ?= hflip,vflip,rot180
+BEST_HEAD_ARGS ?= --pool avg --lr 1e-4 --epochs 40 --train-views $(BEST_VIEWS) --tta $(BEST_VIEWS)
 BINS      := $(BIN)/tlearn-data $(BIN)/tlearn-backbone $(BIN)/tlearn-extract $(BIN)/tlearn-head $(BIN)/tlearn-evaluate $(BIN)/tlearn-score
 SOURCES   := $(shell find pipeline -name '*.rs') Cargo.toml
 
@@ -84,14 +89,15 @@ backbone: onnx/$(BACKBONE).onnx ## fetch and cut BACKBONE (vgg16, resnet50-thin)
 onnx/%.onnx: onnx/backbones.toml | $(BIN)/tlearn-backbone
 	$(BIN)/tlearn-backbone fetch $*
 
-extract: $(FEAT_DIR)/test.npy.json ## cache BACKBONE features of DATASET at SIZE×SIZE
+extract: $(FEAT_STAMP) ## cache BACKBONE features of DATASET at SIZE×SIZE (and VIEWS, if given)
 
-$(FEAT_DIR)/test.npy.json: $(DATA_DIR)/manifest.csv onnx/$(BACKBONE).onnx | $(BINS)
-	$(BIN)/tlearn-extract --data $(DATA_DIR) --backbone $(BACKBONE) --size $(SIZE) --device $(DEVICE)
+$(FEAT_STAMP): $(DATA_DIR)/manifest.csv onnx/$(BACKBONE).onnx | $(BINS)
+	$(BIN)/tlearn-extract --data $(DATA_DIR) --backbone $(BACKBONE) --size $(SIZE) --device $(DEVICE) \
+	  $(if $(VIEWS),--views $(VIEWS))
 
 head: $(RUN_DIR)/head.onnx ## train the dense head on the cached features (HEAD_ARGS adds options)
 
-$(RUN_DIR)/head.onnx: $(FEAT_DIR)/test.npy.json | $(BINS)
+$(RUN_DIR)/head.onnx: $(FEAT_STAMP) | $(BINS)
 	$(BIN)/tlearn-head --features $(FEAT_DIR) --run $(RUN) $(HEAD_ARGS)
 
 evaluate: $(REPORT)/metrics.json ## metrics of the run on the test split → reports/RUN/metrics.json
@@ -108,8 +114,9 @@ demo: setup ## the whole pipeline on ELPV with VGG16 at 150×150 (fetches ~150 M
 	$(MAKE) --no-print-directory evaluate score RUN=demo BACKBONE=vgg16 SIZE=150
 	@$(PYTHON) -c "import json; m=json.load(open('reports/demo/metrics.json')); print(f\"demo: ELPV test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, ROC-AUC {m['roc_auc']:.4f}, n_test {m['n_test']}\")"
 
-demo-best: setup ## the best frozen-feature configuration found so far (VGG16 at 300×300, global average pooling; see README)
-	$(MAKE) --no-print-directory evaluate RUN=best BACKBONE=vgg16 SIZE=300 HEAD_ARGS="$(BEST_HEAD_ARGS)"
+demo-best: setup ## the best frozen-feature configuration found (VGG16 150×150, flipped views + TTA, avg pooling; see README)
+	$(MAKE) --no-print-directory evaluate score RUN=best BACKBONE=vgg16 SIZE=150 VIEWS=$(BEST_VIEWS) \
+	  HEAD_ARGS="$(BEST_HEAD_ARGS)"
 	@$(PYTHON) -c "import json; m=json.load(open('reports/best/metrics.json')); print(f\"demo-best: ELPV test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, ROC-AUC {m['roc_auc']:.4f}\")"
 
 bench: setup data backbone bench-env ## extraction throughput: tlearn vs raw ORT session vs a Python onnxruntime+Pillow loop

@@ -27,6 +27,7 @@ fn main() {
         interpolation: Default::default(),
         preprocess: bb.info.preprocess.clone(),
         max_pixels: u64::MAX,
+        view: Default::default(),
     };
     let opts = SessionOptions { device: Device::Cpu, threads: 0 };
     let mut s = runtime::open(&bb.bytes, &bb.path, &opts).unwrap().session;

@@ -2,7 +2,7 @@
 //! onnxruntime runs the current one. Shared by `extract` and `score`.
 
 use crate::error::{Error, Result};
-use crate::imageio::{self, Interpolation, Preprocess};
+use crate::imageio::{self, Interpolation, Preprocess, View};
 use crate::runtime;
 use ndarray::{Array4, ArrayD, Axis};
 use ort::session::Session;
@@ -16,6 +16,8 @@ pub struct LoadSpec {
     pub interpolation: Interpolation,
     pub preprocess: Preprocess,
     pub max_pixels: u64,
+    /// Flip applied after resizing and preprocessing.
+    pub view: View,
 }
 
 /// Run `input` → `output` over `paths`; `sink(i, result)` is called once per path, in order.
@@ -38,7 +40,10 @@ pub fn run_images(
             for (start, chunk) in chunks {
                 let decoded: Vec<Result<ndarray::Array3<f32>>> = chunk
                     .par_iter()
-                    .map(|p| imageio::load(p, spec.size, spec.interpolation, &spec.preprocess, spec.max_pixels))
+                    .map(|p| {
+                        imageio::load(p, spec.size, spec.interpolation, &spec.preprocess, spec.max_pixels)
+                            .map(|a| spec.view.apply(a))
+                    })
                     .collect();
                 if tx.send((start, decoded)).is_err() {
                     return;

@@ -1,13 +1,16 @@
 //! The feature cache: run a backbone over every split and keep `<split>.npy` (N,h,w,c float32),
 //! `<split>.labels.npy` (int64), `<split>.files.csv` and a JSON sidecar. Reruns reuse every row
 //! whose image content, backbone and preprocessing are unchanged.
+//!
+//! Extra *views* (flips, for feature augmentation and test-time augmentation) are caches of their
+//! own next to the plain one: `<split>.<view>.npy` with the same rows in the same order.
 
 use crate::backbone::Backbone;
 use crate::batch::{run_images, LoadSpec};
 use crate::dataset;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
-use crate::imageio::Interpolation;
+use crate::imageio::{Interpolation, View};
 use crate::runtime::{self, SessionOptions};
 use ndarray::{Array1, ArrayD, Axis};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
@@ -26,6 +29,8 @@ pub struct ExtractConfig {
     pub session: SessionOptions,
     pub max_pixels: u64,
     pub splits: Vec<String>,
+    /// Extra views cached besides the plain images (`<split>.<view>.npy`).
+    pub views: Vec<View>,
 }
 
 /// The sidecar of one split's features.
@@ -36,6 +41,9 @@ pub struct FeatureInfo {
     pub backbone_sha256: String,
     pub size: u32,
     pub interpolation: Interpolation,
+    /// Which view of the images these features are (absent in older sidecars: the plain images).
+    #[serde(default)]
+    pub view: View,
     pub preprocess: crate::imageio::Preprocess,
     pub classes: Vec<String>,
     pub shape: Vec<usize>,
@@ -68,6 +76,7 @@ pub struct FileRow {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SplitReport {
     pub split: String,
+    pub view: View,
     pub n: usize,
     pub reused: usize,
     pub computed: usize,
@@ -75,16 +84,28 @@ pub struct SplitReport {
     pub up_to_date: bool,
 }
 
+/// File-name stem of one split's cache in one view: `train`, `train.hflip`, ….
+fn stem(split: &str, view: View) -> String {
+    match view {
+        View::Identity => split.to_string(),
+        v => format!("{split}.{}", v.name()),
+    }
+}
+
 pub fn npy_path(dir: &Path, split: &str) -> PathBuf {
-    dir.join(format!("{split}.npy"))
+    view_npy_path(dir, split, View::Identity)
 }
 
-fn files_path(dir: &Path, split: &str) -> PathBuf {
-    dir.join(format!("{split}.files.csv"))
+pub fn view_npy_path(dir: &Path, split: &str, view: View) -> PathBuf {
+    dir.join(format!("{}.npy", stem(split, view)))
 }
 
-fn labels_path(dir: &Path, split: &str) -> PathBuf {
-    dir.join(format!("{split}.labels.npy"))
+fn files_path(dir: &Path, split: &str, view: View) -> PathBuf {
+    dir.join(format!("{}.files.csv", stem(split, view)))
+}
+
+fn labels_path(dir: &Path, split: &str, view: View) -> PathBuf {
+    dir.join(format!("{}.labels.npy", stem(split, view)))
 }
 
 /// Loaded features of one split.
@@ -97,10 +118,19 @@ pub struct Features {
 
 /// Read one split's cache, checking it against its sidecar.
 pub fn load(dir: &Path, split: &str) -> Result<Features> {
-    let npy = npy_path(dir, split);
+    load_view(dir, split, View::Identity)
+}
+
+/// Read one view of one split's cache.
+pub fn load_view(dir: &Path, split: &str, view: View) -> Result<Features> {
+    let npy = view_npy_path(dir, split, view);
     let info: FeatureInfo = fsutil::read_json(&fsutil::sidecar_path(&npy)).map_err(|e| match e {
         Error::Io { path, .. } => {
-            Error::BadData { path, reason: format!("no feature sidecar; run tlearn-extract for split `{split}`") }
+            let how = match view {
+                View::Identity => String::new(),
+                v => format!(" --views {}", v.name()),
+            };
+            Error::BadData { path, reason: format!("no feature sidecar; run tlearn-extract{how} for split `{split}`") }
         }
         e => e,
     })?;
@@ -111,7 +141,7 @@ pub fn load(dir: &Path, split: &str) -> Result<Features> {
     }
     let x =
         ArrayD::<f32>::read_npy(&bytes[..]).map_err(|e| Error::BadData { path: npy.clone(), reason: e.to_string() })?;
-    let fp = files_path(dir, split);
+    let fp = files_path(dir, split, view);
     let files = read_files(&fp)?;
     if files.len() != x.shape()[0] {
         return Err(Error::Shape {
@@ -122,6 +152,32 @@ pub fn load(dir: &Path, split: &str) -> Result<Features> {
     }
     let labels = files.iter().map(|f| f.label).collect();
     Ok(Features { x, labels, files, info })
+}
+
+/// The plain cache of a split followed by the given views of it, checked to hold the same
+/// images in the same order (the views of one image share a row index).
+pub fn load_views(dir: &Path, split: &str, views: &[View]) -> Result<Vec<Features>> {
+    let mut out = vec![load(dir, split)?];
+    for &v in views.iter().filter(|v| **v != View::Identity) {
+        let f = load_view(dir, split, v)?;
+        let same = f.files.len() == out[0].files.len()
+            && f.files.iter().zip(&out[0].files).all(|(a, b)| a.path == b.path && a.sha256 == b.sha256);
+        if !same || f.info.backbone_sha256 != out[0].info.backbone_sha256 || f.info.size != out[0].info.size {
+            return Err(Error::BadData {
+                path: view_npy_path(dir, split, v),
+                reason: format!("{} view is stale: rerun tlearn-extract --views {}", v.name(), v.name()),
+            });
+        }
+        out.push(f);
+    }
+    Ok(out)
+}
+
+/// Stack several views' features (and labels) into one training set, view-major.
+pub fn concat_views(views: &[Features]) -> Result<(ArrayD<f32>, Vec<usize>)> {
+    let xs: Vec<_> = views.iter().map(|f| f.x.view()).collect();
+    let x = ndarray::concatenate(Axis(0), &xs).map_err(|e| Error::Other(e.to_string()))?;
+    Ok((x, views.iter().flat_map(|f| f.labels.iter().copied()).collect()))
 }
 
 fn read_files(p: &Path) -> Result<Vec<FileRow>> {
@@ -145,7 +201,15 @@ pub fn extract(cfg: &ExtractConfig, bb: &Backbone) -> Result<Vec<SplitReport>> {
             tracing::warn!("{}: no such split folder, skipped", cfg.dataset.join(split).display());
             continue;
         }
-        reports.push(extract_split(cfg, bb, split, &classes, &mut session)?);
+        let mut views = vec![View::Identity];
+        for v in &cfg.views {
+            if !views.contains(v) {
+                views.push(*v);
+            }
+        }
+        for view in views {
+            reports.push(extract_split(cfg, bb, split, view, &classes, &mut session)?);
+        }
     }
     Ok(reports)
 }
@@ -154,6 +218,7 @@ fn extract_split(
     cfg: &ExtractConfig,
     bb: &Backbone,
     split: &str,
+    view: View,
     classes: &[String],
     session: &mut Option<runtime::OpenSession>,
 ) -> Result<SplitReport> {
@@ -181,13 +246,14 @@ fn extract_split(
             sha256: fsutil::sha256_bytes(&bytes),
         });
     }
-    let npy = npy_path(&cfg.out, split);
+    let npy = view_npy_path(&cfg.out, split, view);
     let pre = bb.info.preprocess.clone();
     // What an earlier run left that is still valid: rows keyed by content hash.
-    let previous = load(&cfg.out, split).ok().filter(|f| {
+    let previous = load_view(&cfg.out, split, view).ok().filter(|f| {
         f.info.backbone_sha256 == bb.info.onnx_sha256
             && f.info.size == cfg.size
             && f.info.interpolation == cfg.interpolation
+            && f.info.view == view
             && f.info.preprocess == pre
             && f.info.classes == classes
     });
@@ -209,6 +275,7 @@ fn extract_split(
             tracing::info!("{split}: {} up to date ({} images)", npy.display(), live.len());
             return Ok(SplitReport {
                 split: split.into(),
+                view,
                 n: live.len(),
                 reused: live.len(),
                 skipped: prev_skipped.len(),
@@ -233,9 +300,13 @@ fn extract_split(
             interpolation: cfg.interpolation,
             preprocess: pre.clone(),
             max_pixels: cfg.max_pixels,
+            view,
         };
         let pb = crate::cli::progress(todo.len() as u64, "img");
-        pb.set_message(format!("{split} ({})", bb.name));
+        pb.set_message(match view {
+            View::Identity => format!("{split} ({})", bb.name),
+            v => format!("{split} {} ({})", v.name(), bb.name),
+        });
         run_images(
             &mut s.session,
             crate::onnx::cut::IMAGE,
@@ -287,19 +358,20 @@ fn extract_split(
     fsutil::write_bytes_atomic(&npy, &npy_bytes)?;
     let mut lb = vec![];
     labels.write_npy(&mut lb).map_err(|e| Error::Other(e.to_string()))?;
-    fsutil::write_bytes_atomic(&labels_path(&cfg.out, split), &lb)?;
+    fsutil::write_bytes_atomic(&labels_path(&cfg.out, split, view), &lb)?;
     let mut w = csv::Writer::from_writer(vec![]);
     for r in &keep {
         w.serialize(r).map_err(|e| Error::Other(e.to_string()))?;
     }
     let files_csv = w.into_inner().map_err(|e| Error::Other(e.to_string()))?;
-    fsutil::write_bytes_atomic(&files_path(&cfg.out, split), &files_csv)?;
+    fsutil::write_bytes_atomic(&files_path(&cfg.out, split, view), &files_csv)?;
     let info = FeatureInfo {
         split: split.into(),
         backbone: bb.name.clone(),
         backbone_sha256: bb.info.onnx_sha256.clone(),
         size: cfg.size,
         interpolation: cfg.interpolation,
+        view,
         preprocess: pre,
         classes: classes.to_vec(),
         shape: x.shape().to_vec(),
@@ -313,6 +385,7 @@ fn extract_split(
     fsutil::write_json(&fsutil::sidecar_path(&npy), &info)?;
     Ok(SplitReport {
         split: split.into(),
+        view,
         n: keep.len(),
         reused: keep.len() - computed.len(),
         computed: computed.len(),

@@ -20,6 +20,61 @@ pub enum Interpolation {
     Bilinear,
 }
 
+/// A deterministic view of an image, applied after resizing: the flips test-time augmentation and
+/// feature augmentation use (they keep the image's size, so they work for any aspect ratio).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum View {
+    /// The image as it is.
+    #[default]
+    Identity,
+    /// Mirrored left ↔ right.
+    Hflip,
+    /// Mirrored top ↔ bottom.
+    Vflip,
+    /// Both mirrors: a 180° rotation.
+    Rot180,
+}
+
+impl View {
+    /// The (rows, columns) reversals of this view.
+    pub fn flips(self) -> (bool, bool) {
+        match self {
+            View::Identity => (false, false),
+            View::Hflip => (false, true),
+            View::Vflip => (true, false),
+            View::Rot180 => (true, true),
+        }
+    }
+
+    /// Name used in file names and logs (`hflip`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            View::Identity => "identity",
+            View::Hflip => "hflip",
+            View::Vflip => "vflip",
+            View::Rot180 => "rot180",
+        }
+    }
+
+    /// This view of an HWC image.
+    pub fn apply(self, a: Array3<f32>) -> Array3<f32> {
+        let (rows, cols) = self.flips();
+        let mut v = a.view();
+        if rows {
+            v.invert_axis(Axis(0));
+        }
+        if cols {
+            v.invert_axis(Axis(1));
+        }
+        if rows || cols {
+            v.as_standard_layout().into_owned()
+        } else {
+            a
+        }
+    }
+}
+
 /// File extensions the stages treat as images.
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp"];
 

@@ -3,7 +3,7 @@
 
 use crate::batch::{run_images, LoadSpec};
 use crate::error::{Error, IoContext, Result};
-use crate::imageio::{Interpolation, Preprocess, PreprocessKind};
+use crate::imageio::{Interpolation, Preprocess, PreprocessKind, View};
 use crate::onnx::builder::A;
 use crate::onnx::proto::*;
 use crate::onnx::{self, cut, Dim, GraphBuilder};
@@ -35,7 +35,9 @@ fn rename(g: &GraphProto, prefix: &str, keep: &HashMap<String, String>) -> Graph
 }
 
 /// One graph: raw RGB → preprocessing → backbone → head. `classes` and the input settings are
-/// recorded in the model's metadata.
+/// recorded in the model's metadata. With `tta` views the graph also runs those flips of every
+/// image and returns the mean probability over the plain image and its views (as `tlearn-evaluate`
+/// does with the cached views).
 pub fn fuse(
     backbone: &ModelProto,
     head: &ModelProto,
@@ -43,6 +45,7 @@ pub fn fuse(
     size: u32,
     interpolation: Interpolation,
     classes: &[String],
+    tta: &[View],
 ) -> Result<ModelProto> {
     let mut b = GraphBuilder::new("tlearn_classifier").with_prefix("pre/");
     b.input(INPUT, &[Dim::named("N"), Dim::Fixed(size as i64), Dim::Fixed(size as i64), Dim::Fixed(3)]);
@@ -63,6 +66,23 @@ pub fn fuse(
         let s = b.const_vec_f32("std", &pre.std);
         x = b.op("Div", &[&x, &s], vec![]);
     }
+    let views: Vec<View> = tta.iter().copied().filter(|v| *v != View::Identity).collect();
+    if !views.is_empty() {
+        // Stack the views along the batch axis: (V·N, H, W, 3), view-major.
+        let mut parts = vec![x.clone()];
+        for v in &views {
+            let (rows, cols) = v.flips();
+            let axes: Vec<i64> = [(rows, 1), (cols, 2)].iter().filter(|f| f.0).map(|f| f.1).collect();
+            let k = axes.len();
+            let st = b.const_i64("flip_starts", &vec![-1; k]);
+            let en = b.const_i64("flip_ends", &vec![i64::MIN; k]);
+            let ax = b.const_i64("flip_axes", &axes);
+            let sp = b.const_i64("flip_steps", &vec![-1; k]);
+            parts.push(b.op("Slice", &[&x, &st, &en, &ax, &sp], vec![]));
+        }
+        let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
+        x = b.op("Concat", &refs, vec![("axis", A::I(0))]);
+    }
     let bg = onnx::graph(backbone);
     let hg = onnx::graph(head);
     let head_in = onnx::real_inputs(hg)
@@ -71,17 +91,28 @@ pub fn fuse(
         .ok_or_else(|| Error::Other("head has no input".into()))?;
     let head_out =
         hg.output.first().map(|o| o.name.clone()).ok_or_else(|| Error::Other("head has no output".into()))?;
+    let k = if classes.len() == 2 { 1 } else { classes.len() };
+    let head_probs = if views.is_empty() { OUTPUT.to_string() } else { "tta/probs_all".to_string() };
     let bb = rename(bg, "backbone/", &HashMap::from([(cut::IMAGE.to_string(), x.clone())]));
     let hh = rename(
         hg,
         "head/",
-        &HashMap::from([(head_in, format!("backbone/{}", cut::FEATURES)), (head_out, OUTPUT.to_string())]),
+        &HashMap::from([(head_in, format!("backbone/{}", cut::FEATURES)), (head_out, head_probs.clone())]),
     );
     for g in [bb, hh] {
         b.graph.node.extend(g.node);
         b.graph.initializer.extend(g.initializer);
     }
-    let k = if classes.len() == 2 { 1 } else { classes.len() };
+    if !views.is_empty() {
+        // (V·N, k) → (V, N·k) → mean over V as a (1, V) MatMul → (N, k).
+        let nv = views.len() + 1;
+        let s1 = b.const_i64("tta_shape", &[nv as i64, -1]);
+        let r = b.op("Reshape", &[&head_probs, &s1], vec![]);
+        let w = b.init_f32("tta/mean", &ndarray::Array2::from_elem((1, nv), 1.0 / nv as f32).into_dyn());
+        let m = b.op("MatMul", &[&w, &r], vec![]);
+        let s2 = b.const_i64("tta_rows", &[-1, k as i64]);
+        b.node("Reshape", &[&m, &s2], &[OUTPUT], vec![]);
+    }
     b.output(OUTPUT, &[Dim::named("N"), Dim::Fixed(k as i64)]);
     let mut m = onnx::model(b.finish(), "tlearn");
     let opset = [backbone, head]
@@ -99,6 +130,7 @@ pub fn fuse(
             key: "tlearn.interpolation".into(),
             value: serde_json::to_string(&interpolation).expect("json"),
         },
+        StringStringEntryProto { key: "tlearn.tta".into(), value: serde_json::to_string(&views).expect("json") },
         StringStringEntryProto {
             key: "tlearn.input".into(),
             value: "RGB 0..255 float32 (N,H,W,3); preprocessing is in the graph".into(),
@@ -175,6 +207,7 @@ pub fn score(
         interpolation: meta.interpolation,
         preprocess: Preprocess::of(PreprocessKind::Raw),
         max_pixels,
+        view: View::Identity,
     };
     let mut summary = ScoreSummary::default();
     let multi = meta.classes.len() > 2;

@@ -168,8 +168,13 @@ fn extract_head_evaluate_score_end_to_end() {
     assert_eq!(rows, sorted, "sorted by path");
     assert_eq!(csv.lines().next().unwrap(), "path,class,probability");
     // The deployable model agrees with evaluation's predictions.
-    let preds = read(&w.join("reports/toy/predictions.csv"));
-    for line in preds.lines().skip(1) {
+    assert_scores_match_predictions(&csv, &read(&w.join("reports/toy/predictions.csv")));
+}
+
+/// Every evaluated test image has a score row with the same class and probability (within 1e-4).
+fn assert_scores_match_predictions(scores_csv: &str, predictions_csv: &str) {
+    let rows: Vec<&str> = scores_csv.lines().skip(1).collect();
+    for line in predictions_csv.lines().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
         let name = Path::new(f[0]).file_name().unwrap().to_string_lossy().into_owned();
         let row = rows
@@ -181,6 +186,45 @@ fn extract_head_evaluate_score_end_to_end() {
         let (a, b): (f64, f64) = (r[2].parse().unwrap(), f[3].parse().unwrap());
         assert!((a - b).abs() < 1e-4, "{name}: score {a} vs evaluate {b}");
     }
+}
+
+#[test]
+fn flipped_views_train_the_head_and_tta_matches_the_fused_model() {
+    let w = workdir();
+    let w = w.path();
+    let feats = prepared(w, &["a", "b", "c"], 10);
+    let out = ok(
+        "tlearn-extract",
+        &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu", "--views", "hflip,rot180"],
+        w,
+    );
+    assert!(out.contains("train.hflip") && out.contains("test.rot180"), "{out}");
+    let load = |name: &str| ndarray_npy::read_npy::<_, ndarray::ArrayD<f32>>(w.join(&feats).join(name)).unwrap();
+    let (plain, hflip, rot) = (load("train.npy"), load("train.hflip.npy"), load("train.rot180.npy"));
+    assert_eq!(plain.shape(), hflip.shape());
+    assert_ne!(plain, hflip, "the generated images are not mirror-symmetric");
+    assert_ne!(hflip, rot);
+    let side: serde_json::Value = serde_json::from_str(&read(&w.join(&feats).join("train.hflip.npy.json"))).unwrap();
+    assert_eq!(side["view"], "hflip");
+    // A rerun does no work for any view.
+    let out = ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--views", "hflip,rot180"], w);
+    assert_eq!(out.matches("(up to date)").count(), 9, "{out}");
+
+    // Few epochs: unsaturated probabilities, so a wrongly flipped view would show.
+    let args = ["--features", &feats, "--run", "v", "--epochs", "2", "--lr", "1e-4", "--units", "16", "--batch", "8"];
+    // Views not extracted are a clear error.
+    let err = fails("tlearn-head", &[&args[..], &["--train-views", "vflip"]].concat(), w);
+    assert!(err.contains("train.vflip.npy") && err.contains("--views vflip"), "{err}");
+    let o = run("tlearn-head", &[&args[..], &["--train-views", "hflip,rot180", "--tta", "hflip"]].concat(), w);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains(&format!("{} train", 3 * plain.shape()[0])), "three views of each image: {err}");
+    ok("tlearn-evaluate", &["--run", "v"], w);
+    let m: serde_json::Value = serde_json::from_str(&read(&w.join("reports/v/metrics.json"))).unwrap();
+    assert_eq!(m["tta"], serde_json::json!(["hflip"]));
+    // The fused model flips in-graph; its mean over views equals evaluate's over the cached views.
+    ok("tlearn-score", &["data/toy/test", "--run", "v", "--out", "s.csv", "--device", "cpu"], w);
+    assert_scores_match_predictions(&read(&w.join("s.csv")), &read(&w.join("reports/v/predictions.csv")));
 }
 
 #[test]

@@ -32,16 +32,9 @@ fn run(a: Args) -> Result<()> {
     let run_dir = a.runs.join(&a.run);
     let info = tlearn::run::RunInfo::load(&run_dir).with_context(|| format!("reading run {}", run_dir.display()))?;
     let fdir = a.features.unwrap_or_else(|| info.features_dir.clone());
-    let f = tlearn::features::load(&fdir, &a.split).with_context(|| format!("loading {} features", a.split))?;
-    if f.info.classes != info.classes {
-        anyhow::bail!("{}: classes {:?} differ from the run's {:?}", fdir.display(), f.info.classes, info.classes);
-    }
-    if f.info.backbone_sha256 != info.features.backbone_sha256 || f.info.size != info.features.size {
-        anyhow::bail!("{}: features come from another backbone or size than the run was trained on", fdir.display());
-    }
-    let head = run_dir.join(tlearn::run::HEAD);
-    let bytes = std::fs::read(&head).with_context(|| head.display().to_string())?;
-    let probs = tlearn::train::predict(&bytes, &head, &f.x, 256, &SessionOptions { device: a.device, threads: 0 })?;
+    let opts = SessionOptions { device: a.device, threads: 0 };
+    let (probs, f) = tlearn::run::predict_split(&run_dir, &info, &fdir, &a.split, &opts)
+        .with_context(|| format!("predicting the {} split", a.split))?;
     let m = tlearn::metrics::compute(&probs, &f.labels, &info.classes);
     let out = a.reports.join(&a.run);
     let report = serde_json::json!({
@@ -51,6 +44,8 @@ fn run(a: Args) -> Result<()> {
         "size": info.features.size,
         "head": info.head,
         "fit": info.fit,
+        "train_views": info.train_views,
+        "tta": info.tta,
         "classes": info.classes,
         "features_npy_sha256": f.info.npy_sha256,
         "head_sha256": info.head_sha256,

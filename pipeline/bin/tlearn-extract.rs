@@ -30,6 +30,10 @@ struct Args {
     splits: Vec<String>,
     #[arg(long, default_value = "onnx")]
     onnx_dir: PathBuf,
+    /// Also cache these flipped views of every image (`<split>.<view>.npy`), for feature
+    /// augmentation (`tlearn-head --train-views`) and test-time augmentation (`--tta`).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    views: Vec<tlearn::imageio::View>,
     /// Refuse images with more pixels than this (decompression bombs).
     #[arg(long, default_value_t = tlearn::imageio::DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
@@ -54,6 +58,7 @@ fn run(a: Args) -> Result<()> {
         session: a.ort.session(),
         max_pixels: a.max_pixels,
         splits: a.splits,
+        views: a.views,
     };
     let t = std::time::Instant::now();
     let reports = tlearn::features::extract(&cfg, &bb)
@@ -61,9 +66,13 @@ fn run(a: Args) -> Result<()> {
     let secs = t.elapsed().as_secs_f64();
     let computed: usize = reports.iter().map(|r| r.computed).sum();
     for r in &reports {
+        let name = match r.view {
+            tlearn::imageio::View::Identity => r.split.clone(),
+            v => format!("{}.{}", r.split, v.name()),
+        };
         println!(
-            "{:<11} {:>6} images  {:>6} computed  {:>6} reused  {:>4} skipped{}",
-            r.split,
+            "{:<17} {:>6} images  {:>6} computed  {:>6} reused  {:>4} skipped{}",
+            name,
             r.n,
             r.computed,
             r.reused,

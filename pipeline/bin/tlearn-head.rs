@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use std::path::PathBuf;
+use tlearn::imageio::View;
 use tlearn::run::{self, RunInfo};
 use tlearn::runtime::{Device, SessionOptions};
 use tlearn::train::head::{HeadSpec, Pool};
@@ -57,6 +58,14 @@ struct Args {
     /// Intra-op threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Add these cached flipped views of the training images to the training set
+    /// (`tlearn-extract --views`); validation uses the plain images.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    train_views: Vec<View>,
+    /// Test-time augmentation: evaluate and score average the probabilities of the plain image and
+    /// these views (also built into the deployable model).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    tta: Vec<View>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -74,14 +83,17 @@ fn run(a: Args) -> Result<()> {
     let fit = FitConfig { epochs: a.epochs, batch: a.batch, seed: a.seed, optimizer };
     spec.validate()?;
     fit.validate()?;
-    let train = tlearn::features::load(&a.features, "train").context("loading training features")?;
+    let train_sets =
+        tlearn::features::load_views(&a.features, "train", &a.train_views).context("loading training features")?;
+    let (train_x, train_labels) = tlearn::features::concat_views(&train_sets)?;
+    let train = &train_sets[0];
     let val = tlearn::features::load(&a.features, "validation").ok();
     if val.is_none() {
         tracing::warn!("{}: no validation features; validation columns will be empty", a.features.display());
     }
     let classes = train.info.classes.clone();
     let shape = &train.x.shape()[1..];
-    let model = tlearn::train::head::build(shape, classes.len(), &spec, a.seed, Some(&train.x))?;
+    let model = tlearn::train::head::build(shape, classes.len(), &spec, a.seed, Some(&train_x))?;
     let dir = a.runs.join(&a.run);
     let opts = SessionOptions { device: a.device, threads: a.threads };
     let mut trainer = Trainer::new(&model, &dir.join(run::HEAD), shape, classes.len(), &opts)?;
@@ -106,7 +118,7 @@ fn run(a: Args) -> Result<()> {
         "head: {} ({} parameters); {} train / {} validation samples; {:?}",
         layers.join(" → "),
         tlearn::onnx::summary::thousands(n_params),
-        train.labels.len(),
+        train_labels.len(),
         val.as_ref().map(|v| v.labels.len()).unwrap_or(0),
         fit.optimizer,
     );
@@ -114,7 +126,7 @@ fn run(a: Args) -> Result<()> {
     let (vx, vl) = val.as_ref().map(|v| (&v.x, v.labels.as_slice())).unwrap_or((&empty, &[]));
     let t = std::time::Instant::now();
     let pb = tlearn::cli::progress(fit.epochs as u64, "epochs");
-    let history = trainer.fit(&train.x, &train.labels, vx, vl, &fit, |e| {
+    let history = trainer.fit(&train_x, &train_labels, vx, vl, &fit, |e| {
         pb.suspend(|| {
             println!(
                 "epoch {:>3}/{}  loss {:.4}  acc {:.4}  val_loss {:.4}  val_acc {:.4}  ({:.2} s)",
@@ -145,6 +157,8 @@ fn run(a: Args) -> Result<()> {
         head_sha256: tlearn::fsutil::sha256_bytes(&bytes),
         final_epoch: history.last().cloned(),
         train_seconds: secs,
+        train_views: train_sets.iter().skip(1).map(|f| f.info.view).collect(),
+        tta: a.tta.iter().copied().filter(|v| *v != View::Identity).collect(),
         tlearn_version: env!("CARGO_PKG_VERSION").into(),
     };
     tlearn::fsutil::write_json(&tlearn::fsutil::sidecar_path(&dir.join(run::HEAD)), &info)?;

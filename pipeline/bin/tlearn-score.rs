@@ -41,6 +41,8 @@ fn main() -> std::process::ExitCode {
 struct ModelInfo {
     head_sha256: String,
     backbone_sha256: String,
+    #[serde(default)]
+    tta: Vec<tlearn::imageio::View>,
     model_sha256: String,
 }
 
@@ -52,6 +54,7 @@ fn export(run_dir: &Path, onnx_dir: &Path) -> Result<PathBuf> {
     if let (true, Ok(mi)) = (out.exists(), tlearn::fsutil::read_json::<ModelInfo>(&side)) {
         if mi.head_sha256 == info.head_sha256
             && mi.backbone_sha256 == info.features.backbone_sha256
+            && mi.tta == info.tta
             && tlearn::fsutil::sha256_file(&out)? == mi.model_sha256
         {
             return Ok(out);
@@ -75,6 +78,7 @@ fn export(run_dir: &Path, onnx_dir: &Path) -> Result<PathBuf> {
         info.features.size,
         info.features.interpolation,
         &info.classes,
+        &info.tta,
     )?;
     let bytes = tlearn::onnx::encode_model(&fused);
     tlearn::fsutil::write_bytes_atomic(&out, &bytes)?;
@@ -83,6 +87,7 @@ fn export(run_dir: &Path, onnx_dir: &Path) -> Result<PathBuf> {
         &ModelInfo {
             head_sha256: info.head_sha256,
             backbone_sha256: info.features.backbone_sha256,
+            tta: info.tta.clone(),
             model_sha256: tlearn::fsutil::sha256_bytes(&bytes),
         },
     )?;
