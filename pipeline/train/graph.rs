@@ -8,6 +8,7 @@
 //! 1/(1−p)), so a step is a pure function of its inputs. The loss is fused with the final
 //! Sigmoid (binary cross-entropy) or Softmax (categorical cross-entropy): dz = (p − y) / N.
 
+use super::conv;
 use crate::error::{Error, Result};
 use crate::onnx::builder::A;
 use crate::onnx::proto::*;
@@ -105,17 +106,35 @@ pub fn compile(
     let logits = last.input[0].clone();
     let float_inits: HashMap<&str, &TensorProto> =
         g.initializer.iter().filter(|t| t.data_type == dtype::FLOAT).map(|t| (t.name.as_str(), t)).collect();
+    // BatchNormalization running statistics are never trained (Keras' frozen-BN fine-tuning).
+    let bn_stats: HashSet<&str> = g
+        .node
+        .iter()
+        .filter(|n| n.op_type == "BatchNormalization")
+        .flat_map(|n| n.input.iter().skip(3).map(|s| s.as_str()))
+        .collect();
     let params: Vec<String> = g
         .initializer
         .iter()
-        .filter(|t| t.data_type == dtype::FLOAT && !t.dims.is_empty() && trainable(&t.name))
+        .filter(|t| {
+            t.data_type == dtype::FLOAT
+                && !t.dims.is_empty()
+                && !bn_stats.contains(t.name.as_str())
+                && trainable(&t.name)
+        })
         .map(|t| t.name.clone())
         .collect();
     let param_set: HashSet<&str> = params.iter().map(|s| s.as_str()).collect();
+    let needs = needs_grad(g, &param_set);
 
     // Shapes of every float tensor for a batch of 2 (2, not 1, so broadcasting is visible).
-    let mut names: Vec<String> =
-        g.node.iter().flat_map(|n| n.output.iter().cloned()).filter(|o| !o.is_empty()).collect();
+    let ints = integer_tensors(g);
+    let mut names: Vec<String> = g
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().take(1).cloned())
+        .filter(|o| !o.is_empty() && !ints.contains(o))
+        .collect();
     names.retain(|n| n != &output);
     let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[&[2usize][..], feature_shape].concat()));
     let mut shapes = onnx::probe::shapes(m, what, vec![(input.as_str(), x.view())], &names)?;
@@ -133,8 +152,9 @@ pub fn compile(
         let t = float_inits[p.as_str()];
         b.input(p, &t.dims.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>());
     }
-    // Forward: copy nodes, replacing Dropout.
+    // Forward: copy nodes, replacing Dropout; MaxPool also returns its argmax indices.
     let mut masks = vec![];
+    let mut scatter = false;
     for n in &g.node {
         match n.op_type.as_str() {
             "Dropout" => {
@@ -152,6 +172,13 @@ pub fn compile(
                 } else {
                     b.node("Identity", &[&n.input[0]], &[&n.output[0]], vec![]);
                 }
+            }
+            "MaxPool" if mode == Mode::Train && needs.contains(&n.input[0]) => {
+                let mut n = n.clone();
+                n.output.truncate(1);
+                n.output.push(conv::pool_indices(&n.output[0]));
+                scatter |= conv::pool_needs_scatter(&n);
+                b.graph.node.push(n);
             }
             _ => b.graph.node.push(n.clone()),
         }
@@ -190,13 +217,15 @@ pub fn compile(
     if mode == Mode::Train {
         let diff = b.op("Sub", &[&output, LABELS], vec![]);
         let dz = b.op("Div", &[&diff, &n_f], vec![]);
-        backward(&mut b, g, &logits, dz, &params, &param_set, &shapes)?;
+        backward(&mut b, g, &logits, dz, &params, &needs, &shapes)?;
         for p in &params {
             b.output_any(&grad_name(p));
         }
     }
     let mut model = onnx::model(b.finish(), "tlearn-train");
-    model.opset_import = vec![OperatorSetIdProto { domain: String::new(), version: opset_of(m).max(13) }];
+    // ScatterElements with reduction needs opset 16.
+    let opset = opset_of(m).max(if scatter { 16 } else { 13 });
+    model.opset_import = vec![OperatorSetIdProto { domain: String::new(), version: opset }];
     Ok(TrainGraph { model, input, output, loss, params, masks })
 }
 
@@ -228,16 +257,9 @@ fn backward(
     logits: &str,
     d_logits: String,
     params: &[String],
-    param_set: &HashSet<&str>,
+    needs: &HashSet<String>,
     shapes: &HashMap<String, Vec<usize>>,
 ) -> Result<()> {
-    // Which tensors lead to a parameter (only those need gradients).
-    let mut needs: HashSet<String> = param_set.iter().map(|s| s.to_string()).collect();
-    for n in &g.node {
-        if n.input.iter().any(|i| needs.contains(i)) {
-            needs.extend(n.output.iter().cloned());
-        }
-    }
     let mut grads: HashMap<String, Vec<String>> = HashMap::new();
     grads.entry(logits.to_string()).or_default().push(d_logits);
     let producer_of_logits = g.node.iter().position(|n| n.output.iter().any(|o| o == logits)).unwrap_or(0);
@@ -258,6 +280,11 @@ fn backward(
         let unsupported =
             |why: &str| Error::UnsupportedOp { node: n.name.clone(), op: n.op_type.clone(), why: why.into() };
         match n.op_type.as_str() {
+            op if conv::handles(op) => {
+                for (t, d) in conv::backward(b, n, &dy, shapes, &wants)? {
+                    push(&mut grads, &t, d);
+                }
+            }
             "Identity" => push(&mut grads, x0, dy),
             "Relu" => {
                 let s = b.op("Sign", &[y], vec![]);
@@ -384,6 +411,36 @@ fn backward(
         b.node("Identity", &[&d], &[&grad_name(p)], vec![]);
     }
     Ok(())
+}
+
+/// Tensors that lead from a parameter to the loss (only those need gradients).
+fn needs_grad(g: &GraphProto, params: &HashSet<&str>) -> HashSet<String> {
+    let mut needs: HashSet<String> = params.iter().map(|s| s.to_string()).collect();
+    for n in &g.node {
+        if n.input.iter().any(|i| needs.contains(i)) {
+            needs.extend(n.output.iter().cloned());
+        }
+    }
+    needs
+}
+
+/// Tensors that hold integers (shape arithmetic of exported graphs): outputs of Shape/Size/ArgMax…,
+/// integer Casts and Constants, and of any other op whose first input is an integer tensor.
+fn integer_tensors(g: &GraphProto) -> HashSet<String> {
+    let mut ints: HashSet<String> =
+        g.initializer.iter().filter(|t| t.data_type != dtype::FLOAT).map(|t| t.name.clone()).collect();
+    for n in &g.node {
+        let int_out = match n.op_type.as_str() {
+            "Shape" | "Size" | "ArgMax" | "ArgMin" | "NonZero" => true,
+            "Cast" => attr_i(n, "to", dtype::FLOAT as i64) != dtype::FLOAT as i64,
+            "Constant" => attr(n, "value").and_then(|a| a.t.as_ref()).is_some_and(|t| t.data_type != dtype::FLOAT),
+            _ => n.input.first().is_some_and(|i| ints.contains(i)),
+        };
+        if int_out {
+            ints.extend(n.output.iter().cloned());
+        }
+    }
+    ints
 }
 
 fn reduce_axes(n: &NodeProto, g: &GraphProto) -> Option<Vec<i64>> {
