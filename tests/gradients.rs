@@ -173,7 +173,9 @@ fn conv_model(
         "probe",
     );
     let x = ArrayD::<f32>::zeros(IxDyn(&[1, input[0], input[1], input[2]]));
-    let shapes = tlearn::onnx::probe::shapes(&probe, Path::new("probe"), vec![("x", x.view())], &[f.clone()]).unwrap();
+    let shapes =
+        tlearn::onnx::probe::shapes(&probe, Path::new("probe"), vec![("x", x.view())], std::slice::from_ref(&f))
+            .unwrap();
     let d = shapes[&f][1];
     let k = if classes == 2 { 1 } else { classes };
     let w = b.init_f32("dense_w", &rand_array(&mut rng, &[d, k], 0.3));
