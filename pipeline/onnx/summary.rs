@@ -66,7 +66,8 @@ pub fn rows(m: &ModelProto, path: &Path, size: u32) -> Result<Vec<Row>> {
             .input
             .iter()
             .filter_map(|x| inits.get(x.as_str()))
-            .filter(|t| t.data_type == dtype::FLOAT)
+            // Scalars (dropout ratios, epsilons) are hyper-parameters, not weights.
+            .filter(|t| t.data_type == dtype::FLOAT && !t.dims.is_empty())
             .map(|t| numel(t))
             .sum();
         let kind = match keras_kind(&n.op_type) {

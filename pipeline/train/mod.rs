@@ -79,9 +79,22 @@ impl Trainer {
         n_classes: usize,
         opts: &SessionOptions,
     ) -> Result<Trainer> {
-        let all = |n: &str| !n.starts_with(graph::FROZEN);
-        let train = graph::compile(model, what, &all, feature_shape, Mode::Train)?;
-        let eval = graph::compile(model, what, &all, feature_shape, Mode::Eval)?;
+        Self::with_trainable(model, what, feature_shape, n_classes, opts, &|_| true)
+    }
+
+    /// Like [`Trainer::new`], training only the float initializers `trainable` accepts (and never
+    /// those named `frozen/…`).
+    pub fn with_trainable(
+        model: &ModelProto,
+        what: &Path,
+        feature_shape: &[usize],
+        n_classes: usize,
+        opts: &SessionOptions,
+        trainable: &dyn Fn(&str) -> bool,
+    ) -> Result<Trainer> {
+        let sel = |n: &str| !n.starts_with(graph::FROZEN) && trainable(n);
+        let train = graph::compile(model, what, &sel, feature_shape, Mode::Train)?;
+        let eval = graph::compile(model, what, &sel, feature_shape, Mode::Eval)?;
         let train_s = runtime::open(&onnx::encode_model(&train.model), what, opts)?.session;
         let eval_s = runtime::open(&onnx::encode_model(&eval.model), what, opts)?.session;
         let g = onnx::graph(model);
@@ -165,11 +178,37 @@ impl Trainer {
         cfg: &FitConfig,
         mut on_epoch: impl FnMut(&Epoch),
     ) -> Result<Vec<Epoch>> {
+        self.fit_with(
+            labels,
+            |idx, _| Ok(x.select(Axis(0), idx)),
+            vx,
+            vlabels,
+            cfg,
+            |e, _| {
+                on_epoch(e);
+                Ok(true)
+            },
+        )
+    }
+
+    /// Fit on samples whose batches `batch_x(indices, rng)` produces (e.g. decoded and augmented
+    /// on the fly), validating on (vx, vlabels) every epoch. `on_epoch(record, trainer)` may save
+    /// checkpoints; it returns false to stop early. Shuffling, dropout masks and whatever
+    /// `batch_x` draws come from one ChaCha8 stream seeded with `cfg.seed`.
+    pub fn fit_with(
+        &mut self,
+        labels: &[usize],
+        mut batch_x: impl FnMut(&[usize], &mut rand_chacha::ChaCha8Rng) -> Result<ArrayD<f32>>,
+        vx: &ArrayD<f32>,
+        vlabels: &[usize],
+        cfg: &FitConfig,
+        mut on_epoch: impl FnMut(&Epoch, &Trainer) -> Result<bool>,
+    ) -> Result<Vec<Epoch>> {
         cfg.validate()?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
         let mut state = optim::State::new(cfg.optimizer.clone(), &self.params);
         let lr = cfg.optimizer.lr();
-        let n = x.shape()[0];
+        let n = labels.len();
         let mut order: Vec<usize> = (0..n).collect();
         let mut history = vec![];
         for epoch in 1..=cfg.epochs {
@@ -177,7 +216,7 @@ impl Trainer {
             order.shuffle(&mut rng);
             let (mut loss_sum, mut correct) = (0.0f64, 0usize);
             for chunk in order.chunks(cfg.batch) {
-                let xb = x.select(Axis(0), chunk);
+                let xb = batch_x(chunk, &mut rng)?;
                 let lb: Vec<usize> = chunk.iter().map(|&i| labels[i]).collect();
                 let yb = label_tensor(&lb, self.train.loss, self.n_classes);
                 let masks = self.draw_masks(chunk.len(), &mut rng);
@@ -206,8 +245,11 @@ impl Trainer {
                 },
                 seconds: t.elapsed().as_secs_f64(),
             };
-            on_epoch(&rec);
+            let go_on = on_epoch(&rec, self)?;
             history.push(rec);
+            if !go_on {
+                break;
+            }
         }
         Ok(history)
     }

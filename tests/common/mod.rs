@@ -48,7 +48,7 @@ pub fn make_image(class_idx: usize, seed: u64, w: u32, h: u32) -> RgbImage {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let base: [f32; 3] = match class_idx % 3 {
         0 => [200.0, 60.0, 50.0],
-        1 => [50.0, 80.0, 210.0],
+        1 => [40.0, 40.0, 230.0],
         _ => [60.0, 200.0, 70.0],
     };
     RgbImage::from_fn(w, h, |x, y| {

@@ -1,0 +1,226 @@
+//! On-the-fly augmentation with Keras `ImageDataGenerator` semantics: one affine transform per
+//! image (rotation, shifts, shear, zoom) about the image centre, sampled bilinearly (Keras'
+//! `interpolation_order=1`) with a fill mode for the outside, then the flips, then `rescale`.
+//! Each image gets its own ChaCha8 stream seeded from the batch stream, so a batch is the same
+//! whatever the number of threads.
+
+use ndarray::{Array4, ArrayD, ArrayView3, ArrayViewMut3, Axis};
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// What lies outside the input after a transform (scipy's `mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FillMode {
+    /// The nearest edge pixel (Keras' default).
+    #[default]
+    Nearest,
+    /// `cval`.
+    Constant,
+    /// Mirror about the edge (d c b a | a b c d | d c b a).
+    Reflect,
+    /// Periodic.
+    Wrap,
+}
+
+/// Random transform ranges, as in `ImageDataGenerator(...)`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct Augment {
+    /// Degrees: θ ~ U(−r, r).
+    pub rotation_range: f32,
+    /// Fraction of the width (< 1) or pixels (≥ 1).
+    pub width_shift_range: f32,
+    /// Fraction of the height (< 1) or pixels (≥ 1).
+    pub height_shift_range: f32,
+    /// Shear angle in degrees: U(−s, s).
+    pub shear_range: f32,
+    /// Zoom factors U(1 − z, 1 + z), drawn for rows and columns independently.
+    pub zoom_range: f32,
+    pub horizontal_flip: bool,
+    pub vertical_flip: bool,
+    pub fill_mode: FillMode,
+    /// The value outside the input with `FillMode::Constant` (0..255 scale).
+    pub cval: f32,
+}
+
+/// One drawn transform.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transform {
+    pub theta: f32,
+    pub tx: f32,
+    pub ty: f32,
+    pub shear: f32,
+    pub zx: f32,
+    pub zy: f32,
+    pub flip_h: bool,
+    pub flip_v: bool,
+}
+
+fn uniform(rng: &mut impl Rng, r: f32) -> f32 {
+    if r > 0.0 {
+        rng.gen_range(-r..r)
+    } else {
+        0.0
+    }
+}
+
+impl Augment {
+    /// The classic cats-vs-dogs setting of "Deep Learning with Python" (5.2.5).
+    pub fn classic() -> Self {
+        Augment {
+            rotation_range: 40.0,
+            width_shift_range: 0.2,
+            height_shift_range: 0.2,
+            shear_range: 0.2,
+            zoom_range: 0.2,
+            horizontal_flip: true,
+            ..Default::default()
+        }
+    }
+
+    pub fn is_identity(&self) -> bool {
+        self.rotation_range == 0.0
+            && self.width_shift_range == 0.0
+            && self.height_shift_range == 0.0
+            && self.shear_range == 0.0
+            && self.zoom_range == 0.0
+            && !self.horizontal_flip
+            && !self.vertical_flip
+    }
+
+    /// Draw a transform for an image of `h`×`w` (Keras' `get_random_transform` order).
+    pub fn draw(&self, rng: &mut impl Rng, h: usize, w: usize) -> Transform {
+        let theta = uniform(rng, self.rotation_range);
+        let shift = |rng: &mut dyn rand::RngCore, r: f32, n: usize| {
+            let v = if r > 0.0 { rng.gen_range(-r..r) } else { 0.0 };
+            if r < 1.0 {
+                v * n as f32
+            } else {
+                v.round()
+            }
+        };
+        let tx = shift(rng, self.height_shift_range, h);
+        let ty = shift(rng, self.width_shift_range, w);
+        let shear = uniform(rng, self.shear_range);
+        let (zx, zy) = if self.zoom_range > 0.0 {
+            (
+                rng.gen_range(1.0 - self.zoom_range..1.0 + self.zoom_range),
+                rng.gen_range(1.0 - self.zoom_range..1.0 + self.zoom_range),
+            )
+        } else {
+            (1.0, 1.0)
+        };
+        let flip_h = self.horizontal_flip && rng.gen::<f32>() < 0.5;
+        let flip_v = self.vertical_flip && rng.gen::<f32>() < 0.5;
+        Transform { theta, tx, ty, shear, zx, zy, flip_h, flip_v }
+    }
+
+    /// Augmented float batch of rows `idx` of `x` (N,H,W,C), multiplied by `rescale`.
+    pub fn batch(&self, x: &Array4<u8>, idx: &[usize], rescale: f32, rng: &mut impl Rng) -> ArrayD<f32> {
+        let (_, h, w, c) = x.dim();
+        let seeds: Vec<u64> = idx.iter().map(|_| rng.gen()).collect();
+        let mut out = Array4::<f32>::zeros((idx.len(), h, w, c));
+        out.axis_iter_mut(Axis(0)).into_par_iter().zip(idx.par_iter().zip(seeds.par_iter())).for_each(
+            |(mut o, (&i, &seed))| {
+                let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                let t = self.draw(&mut r, h, w);
+                apply(&t, x.index_axis(Axis(0), i), o.view_mut(), self.fill_mode, self.cval);
+                o.mapv_inplace(|v| v * rescale);
+            },
+        );
+        out.into_dyn()
+    }
+}
+
+/// Map a coordinate outside [0, n) into it per the fill mode; None = constant.
+fn fold(i: i64, n: i64, mode: FillMode) -> Option<usize> {
+    if (0..n).contains(&i) {
+        return Some(i as usize);
+    }
+    Some(match mode {
+        FillMode::Constant => return None,
+        FillMode::Nearest => i.clamp(0, n - 1) as usize,
+        FillMode::Wrap => i.rem_euclid(n) as usize,
+        FillMode::Reflect => {
+            let p = i.rem_euclid(2 * n);
+            (if p < n { p } else { 2 * n - 1 - p }) as usize
+        }
+    })
+}
+
+/// Apply `t` to one HWC image (Keras' `apply_affine_transform`, then flips) into `out`.
+pub fn apply(t: &Transform, src: ArrayView3<'_, u8>, mut out: ArrayViewMut3<'_, f32>, mode: FillMode, cval: f32) {
+    let (h, w, c) = src.dim();
+    // Output (row, col) → input (row, col): M = R(θ)·T(tx,ty)·Shear·Zoom about the centre.
+    let (th, sh) = (t.theta.to_radians() as f64, t.shear.to_radians() as f64);
+    let mul = |a: [[f64; 3]; 3], b: [[f64; 3]; 3]| {
+        let mut m = [[0.0; 3]; 3];
+        for i in 0..3 {
+            for j in 0..3 {
+                m[i][j] = (0..3).map(|k| a[i][k] * b[k][j]).sum();
+            }
+        }
+        m
+    };
+    let mut m = [[th.cos(), -th.sin(), 0.0], [th.sin(), th.cos(), 0.0], [0.0, 0.0, 1.0]];
+    m = mul(m, [[1.0, 0.0, t.tx as f64], [0.0, 1.0, t.ty as f64], [0.0, 0.0, 1.0]]);
+    m = mul(m, [[1.0, -sh.sin(), 0.0], [0.0, sh.cos(), 0.0], [0.0, 0.0, 1.0]]);
+    m = mul(m, [[t.zx as f64, 0.0, 0.0], [0.0, t.zy as f64, 0.0], [0.0, 0.0, 1.0]]);
+    let (oy, ox) = (h as f64 / 2.0 - 0.5, w as f64 / 2.0 - 0.5);
+    m = mul([[1.0, 0.0, oy], [0.0, 1.0, ox], [0.0, 0.0, 1.0]], m);
+    m = mul(m, [[1.0, 0.0, -oy], [0.0, 1.0, -ox], [0.0, 0.0, 1.0]]);
+    let (hi, wi) = (h as i64, w as i64);
+    for r in 0..h {
+        for col in 0..w {
+            let (rf, cf) = (r as f64, col as f64);
+            let y = m[0][0] * rf + m[0][1] * cf + m[0][2];
+            let x = m[1][0] * rf + m[1][1] * cf + m[1][2];
+            let (y0, x0) = (y.floor() as i64, x.floor() as i64);
+            let (fy, fx) = ((y - y0 as f64) as f32, (x - x0 as f64) as f32);
+            let orow = if t.flip_v { h - 1 - r } else { r };
+            let ocol = if t.flip_h { w - 1 - col } else { col };
+            for ch in 0..c {
+                let px = |yy: i64, xx: i64| match (fold(yy, hi, mode), fold(xx, wi, mode)) {
+                    (Some(a), Some(b)) => src[[a, b, ch]] as f32,
+                    _ => cval,
+                };
+                let v = (1.0 - fy) * ((1.0 - fx) * px(y0, x0) + fx * px(y0, x0 + 1))
+                    + fy * ((1.0 - fx) * px(y0 + 1, x0) + fx * px(y0 + 1, x0 + 1));
+                out[[orow, ocol, ch]] = v;
+            }
+        }
+    }
+}
+
+/// Write a grid (4×4) of augmented versions of `img` at the model's input (H, W, C) to `out` (PNG).
+pub fn preview(
+    img: &std::path::Path,
+    aug: &Augment,
+    input: [usize; 3],
+    interp: crate::imageio::Interpolation,
+    seed: u64,
+    out: &std::path::Path,
+) -> crate::Result<()> {
+    let [h, w, _] = input;
+    let decoded = crate::imageio::decode(img, crate::imageio::DEFAULT_MAX_PIXELS)?;
+    let a = crate::imageio::to_rgb_array(&decoded, (h as u32, w as u32), interp).mapv(|v| v.round() as u8);
+    let x = a.insert_axis(Axis(0)).to_owned();
+    let (cols, rows, pad) = (4usize, 4usize, 4usize);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let batch = aug.batch(&x, &vec![0; cols * rows], 1.0, &mut rng);
+    let (gw, gh) = (cols * (w + pad) + pad, rows * (h + pad) + pad);
+    let mut grid = image::RgbImage::from_pixel(gw as u32, gh as u32, image::Rgb([255, 255, 255]));
+    for (k, v) in batch.axis_iter(Axis(0)).enumerate() {
+        let (ox, oy) = (pad + (k % cols) * (w + pad), pad + (k / cols) * (h + pad));
+        for y in 0..h {
+            for xx in 0..w {
+                let p = |c: usize| v[[y, xx, c]].round().clamp(0.0, 255.0) as u8;
+                grid.put_pixel((ox + xx) as u32, (oy + y) as u32, image::Rgb([p(0), p(1), p(2)]));
+            }
+        }
+    }
+    let mut bytes = std::io::Cursor::new(vec![]);
+    grid.write_to(&mut bytes, image::ImageFormat::Png).map_err(|e| crate::Error::Other(e.to_string()))?;
+    crate::fsutil::write_bytes_atomic(out, bytes.get_ref())
+}

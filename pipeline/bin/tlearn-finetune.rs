@@ -1,0 +1,190 @@
+//! tlearn-finetune: train or fine-tune a whole ONNX classifier on class folders, with
+//! Keras-style augmentation, checkpoints of the best epoch and early stopping.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use std::path::PathBuf;
+use tlearn::augment::{Augment, FillMode};
+use tlearn::finetune::{self, FinetuneConfig};
+use tlearn::imageio::Interpolation;
+use tlearn::train::optim::Optimizer;
+use tlearn::train::FitConfig;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Opt {
+    Rmsprop,
+    Adam,
+    Sgd,
+}
+
+#[derive(Parser)]
+#[command(version, about = "Train / fine-tune an ONNX classifier on train/validation/test class folders")]
+struct Args {
+    /// The classifier (.onnx): a net from tlearn-convnet, a Keras tf2onnx export, a fused model's net.
+    model: PathBuf,
+    /// Split dataset folder (train/[validation/][test/]<class>/).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Run name: outputs go to <runs>/<run>/ (default: the model's file stem).
+    #[arg(long)]
+    run: Option<String>,
+    #[arg(long, default_value = "runs")]
+    runs: PathBuf,
+    #[arg(long, default_value = "reports")]
+    reports: PathBuf,
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    #[arg(long, value_enum, default_value = "rmsprop")]
+    optimizer: Opt,
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.0)]
+    momentum: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Train only parameters matching these name patterns (`*` wildcards; else substring), e.g.
+    /// `--trainable 'block5_*' --trainable dense`. Default: all.
+    #[arg(long)]
+    trainable: Vec<String>,
+    /// Stop after this many epochs without a better validation loss.
+    #[arg(long)]
+    patience: Option<usize>,
+    /// Pixel scale (Keras' rescale).
+    #[arg(long, default_value_t = 1.0 / 255.0)]
+    rescale: f32,
+    #[arg(long, value_enum, default_value = "nearest")]
+    interpolation: Interpolation,
+    /// The classic augmentation preset: rotation 40, shifts 0.2, shear 0.2, zoom 0.2, horizontal flip.
+    #[arg(long)]
+    augment: bool,
+    #[arg(long)]
+    rotation_range: Option<f32>,
+    #[arg(long)]
+    width_shift_range: Option<f32>,
+    #[arg(long)]
+    height_shift_range: Option<f32>,
+    #[arg(long)]
+    shear_range: Option<f32>,
+    #[arg(long)]
+    zoom_range: Option<f32>,
+    #[arg(long)]
+    horizontal_flip: bool,
+    #[arg(long)]
+    vertical_flip: bool,
+    #[arg(long, value_enum, default_value = "nearest")]
+    fill_mode: FillMode,
+    #[arg(long, default_value_t = 0.0)]
+    cval: f32,
+    /// Write a grid of augmented versions of this image (to --preview-out) and exit.
+    #[arg(long)]
+    preview: Option<PathBuf>,
+    #[arg(long, default_value = "augmented.png")]
+    preview_out: PathBuf,
+    #[command(flatten)]
+    ort: tlearn::cli::OrtArgs,
+}
+
+fn augmentation(a: &Args) -> Option<Augment> {
+    let mut g = if a.augment { Augment::classic() } else { Augment::default() };
+    let set = |v: Option<f32>, f: &mut f32| {
+        if let Some(v) = v {
+            *f = v;
+        }
+    };
+    set(a.rotation_range, &mut g.rotation_range);
+    set(a.width_shift_range, &mut g.width_shift_range);
+    set(a.height_shift_range, &mut g.height_shift_range);
+    set(a.shear_range, &mut g.shear_range);
+    set(a.zoom_range, &mut g.zoom_range);
+    g.horizontal_flip |= a.horizontal_flip;
+    g.vertical_flip |= a.vertical_flip;
+    g.fill_mode = a.fill_mode;
+    g.cval = a.cval;
+    (!g.is_identity()).then_some(g)
+}
+
+fn main() -> std::process::ExitCode {
+    tlearn::cli::main(|| run(Args::parse()))
+}
+
+fn run(a: Args) -> Result<()> {
+    let augment = augmentation(&a);
+    if let Some(img) = &a.preview {
+        let m = tlearn::onnx::load_model(&a.model)?;
+        let input = finetune::input_shape(&m, &a.model)?;
+        let aug = augment.clone().context("--preview needs augmentation options (e.g. --augment)")?;
+        tlearn::augment::preview(img, &aug, input, a.interpolation, a.seed, &a.preview_out)?;
+        println!("→ {}", a.preview_out.display());
+        return Ok(());
+    }
+    let data = a.data.clone().context("give the dataset with --data")?;
+    let optimizer = match a.optimizer {
+        Opt::Rmsprop => Optimizer::rmsprop(a.lr),
+        Opt::Adam => Optimizer::adam(a.lr),
+        Opt::Sgd => Optimizer::sgd(a.lr, a.momentum),
+    };
+    let run = a.run.clone().unwrap_or_else(|| a.model.file_stem().unwrap_or_default().to_string_lossy().into_owned());
+    let cfg = FinetuneConfig {
+        model: a.model.clone(),
+        data: data.clone(),
+        run_dir: a.runs.join(&run),
+        fit: FitConfig { epochs: a.epochs, batch: a.batch, seed: a.seed, optimizer },
+        trainable: a.trainable.clone(),
+        patience: a.patience,
+        rescale: a.rescale,
+        interpolation: a.interpolation,
+        augment,
+        max_pixels: tlearn::imageio::DEFAULT_MAX_PIXELS,
+        session: a.ort.session(),
+    };
+    let pb = tlearn::cli::progress(cfg.fit.epochs as u64, "epochs");
+    let done = finetune::run(&cfg, |e| {
+        pb.suspend(|| {
+            println!(
+                "epoch {:>3}/{}  loss {:.4}  acc {:.4}  val_loss {:.4}  val_acc {:.4}  ({:.1} s)",
+                e.epoch, cfg.fit.epochs, e.loss, e.accuracy, e.val_loss, e.val_accuracy, e.seconds
+            )
+        });
+        pb.inc(1);
+    })
+    .with_context(|| format!("training {} on {}", a.model.display(), data.display()))?;
+    pb.finish_and_clear();
+    let info = &done.info;
+    let title = format!("{run}: {} on {}", a.model.display(), data.display());
+    if let Err(e) = tlearn::plot::history(&cfg.run_dir.join(tlearn::run::HISTORY_PNG), &title, &done.history) {
+        tracing::warn!("history plot not written: {e}");
+    }
+    let best = info.best_epoch.as_ref().map(|e| e.epoch).unwrap_or(0);
+    println!(
+        "trained {} of {} parameters, {} epochs in {:.1} s; best epoch {best} → {}",
+        info.trainable_params,
+        info.total_params,
+        info.epochs_run,
+        info.train_seconds,
+        cfg.run_dir.join(finetune::MODEL).display()
+    );
+    if data.join("test").is_dir() {
+        let (probs, set) = finetune::predict_split(&done.best, &cfg, "test", &info.classes)?;
+        let files: Vec<(String, usize)> =
+            set.files.iter().zip(&set.labels).map(|(p, &l)| (p.display().to_string(), l)).collect();
+        let context = serde_json::json!({
+            "run": run,
+            "split": "test",
+            "model": a.model,
+            "best_epoch": best,
+            "epochs_run": info.epochs_run,
+            "train_seconds": info.train_seconds,
+            "fit": cfg.fit,
+            "augment": cfg.augment,
+            "model_sha256": info.model_sha256,
+        });
+        let out = a.reports.join(&run);
+        let m = tlearn::metrics::write_report(&out, context, &probs, &files, &info.classes)?;
+        println!("{run} on test (best epoch {best}):");
+        print!("{}", tlearn::metrics::render(&m));
+        println!("→ {}", out.join("metrics.json").display());
+    }
+    Ok(())
+}

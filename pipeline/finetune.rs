@@ -1,0 +1,236 @@
+//! Train or fine-tune a whole ONNX classifier on a class-folder dataset: images decoded once,
+//! augmented on the fly, validation every epoch, the best epoch checkpointed (ONNX), early
+//! stopping, and a deployable model (preprocessing in-graph) that `tlearn-score` runs.
+
+use crate::augment::Augment;
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::imageio::Interpolation;
+use crate::imageset::{self, ImageSet, LoadSpec};
+use crate::onnx::{self, cut, proto::ModelProto};
+use crate::runtime::SessionOptions;
+use crate::train::{Epoch, FitConfig, Trainer};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const BEST: &str = "best.onnx";
+pub const LAST: &str = "last.onnx";
+pub const MODEL: &str = "model.onnx";
+
+/// Settings of one fine-tuning run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FinetuneConfig {
+    pub model: PathBuf,
+    pub data: PathBuf,
+    pub run_dir: PathBuf,
+    pub fit: FitConfig,
+    /// Train only parameters whose names match one of these patterns (`*` = any run of
+    /// characters; a pattern without `*` matches as a substring). Empty: all.
+    pub trainable: Vec<String>,
+    /// Stop after this many epochs without a better validation loss.
+    pub patience: Option<usize>,
+    /// Multiply 0..255 pixels by this (Keras' `rescale`, 1/255 for the built-in nets).
+    pub rescale: f32,
+    pub interpolation: Interpolation,
+    pub augment: Option<Augment>,
+    pub max_pixels: u64,
+    #[serde(skip)]
+    pub session: SessionOptions,
+}
+
+/// `name` matches `pattern` (`*` wildcards; no `*`: substring).
+pub fn matches(pattern: &str, name: &str) -> bool {
+    if !pattern.contains('*') {
+        return name.contains(pattern);
+    }
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let mut rest = name;
+    for (i, p) in parts.iter().enumerate() {
+        if i == 0 {
+            match rest.strip_prefix(p) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(p);
+        } else {
+            match rest.find(p) {
+                Some(at) => rest = &rest[at + p.len()..],
+                None => return false,
+            }
+        }
+    }
+    rest.is_empty()
+}
+
+/// The model's image input: (H, W, C), channels-last, fixed sizes.
+pub fn input_shape(m: &ModelProto, what: &Path) -> Result<[usize; 3]> {
+    let (name, layout) = cut::image_input(m, what)?;
+    if layout != cut::Layout::Nhwc {
+        return Err(Error::NotImageInput {
+            path: what.into(),
+            input: name,
+            got: "channels-first input; tlearn-finetune feeds (N,H,W,C)".into(),
+        });
+    }
+    let vi = onnx::graph(m).input.iter().find(|i| i.name == name).expect("input");
+    let (_, d) = onnx::vi_shape(vi);
+    match (d[1], d[2], d[3]) {
+        (Some(h), Some(w), Some(c)) if h > 0 && w > 0 => Ok([h as usize, w as usize, c as usize]),
+        _ => Err(Error::NotImageInput { path: what.into(), input: name, got: format!("dynamic size {d:?}") }),
+    }
+}
+
+/// The run record `runs/<run>/model.onnx.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FinetuneInfo {
+    pub config: FinetuneConfig,
+    pub classes: Vec<String>,
+    pub input: [usize; 3],
+    pub trainable_params: usize,
+    pub total_params: usize,
+    pub best_epoch: Option<Epoch>,
+    pub epochs_run: usize,
+    pub train_seconds: f64,
+    pub train_images: usize,
+    pub skipped: Vec<(PathBuf, String)>,
+    pub model_sha256: String,
+    pub tlearn_version: String,
+}
+
+/// What a run produced.
+pub struct Finetuned {
+    pub info: FinetuneInfo,
+    pub history: Vec<Epoch>,
+    /// The best epoch's classifier (the net itself, not the deployable wrapper).
+    pub best: ModelProto,
+}
+
+fn load_set(cfg: &FinetuneConfig, split: &str, classes: &[String], input: [usize; 3]) -> Result<Option<ImageSet>> {
+    if !cfg.data.join(split).is_dir() {
+        return Ok(None);
+    }
+    let spec = LoadSpec {
+        size: (input[0] as u32, input[1] as u32),
+        channels: input[2],
+        interpolation: cfg.interpolation,
+        max_pixels: cfg.max_pixels,
+    };
+    imageset::load_split(&cfg.data, split, classes, &spec).map(Some)
+}
+
+/// Train `cfg.model` on `cfg.data`; `on_epoch` sees each record as it is made.
+pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Finetuned> {
+    cfg.fit.validate()?;
+    let model = onnx::load_model(&cfg.model)?;
+    let input = input_shape(&model, &cfg.model)?;
+    let (classes, _, report) = crate::dataset::list_split(&cfg.data, "train")?;
+    if !report.empty_classes.is_empty() {
+        return Err(Error::BadData {
+            path: cfg.data.join("train"),
+            reason: format!("empty class folder(s): {}", report.empty_classes.join(", ")),
+        });
+    }
+    let k_model =
+        onnx::graph(&model).output.first().and_then(|o| onnx::vi_shape(o).1.last().copied().flatten()).unwrap_or(0)
+            as usize;
+    let k_data = if classes.len() == 2 { 1 } else { classes.len() };
+    if k_model != k_data {
+        return Err(Error::Shape {
+            what: format!("{} outputs vs classes of {}", cfg.model.display(), cfg.data.join("train").display()),
+            expected: vec![k_data],
+            got: vec![k_model],
+        });
+    }
+    let train = load_set(cfg, "train", &classes, input)?.expect("train exists");
+    let val = load_set(cfg, "validation", &classes, input)?;
+    let patterns = cfg.trainable.clone();
+    let trainable = move |n: &str| patterns.is_empty() || patterns.iter().any(|p| matches(p, n));
+    let mut trainer = Trainer::with_trainable(&model, &cfg.model, &input, classes.len(), &cfg.session, &trainable)?;
+    let trainable_params: usize = trainer.params.iter().map(|p| p.len()).sum();
+    let total_params = onnx::cut::param_count(&model);
+    tracing::info!(
+        "{}: {} of {} parameters trainable; {} train / {} validation images",
+        cfg.model.display(),
+        trainable_params,
+        total_params,
+        train.labels.len(),
+        val.as_ref().map(|v| v.labels.len()).unwrap_or(0)
+    );
+    let (vx, vl) = match &val {
+        Some(v) => (imageset::batch_f32(&v.x, &(0..v.labels.len()).collect::<Vec<_>>(), cfg.rescale), v.labels.clone()),
+        None => (ndarray::ArrayD::zeros(ndarray::IxDyn(&[0])), vec![]),
+    };
+    std::fs::create_dir_all(&cfg.run_dir).map_err(|e| Error::Io { path: cfg.run_dir.clone(), source: e })?;
+    let t = std::time::Instant::now();
+    let mut best: Option<(Epoch, ModelProto)> = None;
+    let mut since_best = 0usize;
+    let history = trainer.fit_with(
+        &train.labels,
+        |idx, rng| match &cfg.augment {
+            Some(a) => Ok(a.batch(&train.x, idx, cfg.rescale, rng)),
+            None => Ok(imageset::batch_f32(&train.x, idx, cfg.rescale)),
+        },
+        &vx,
+        &vl,
+        &cfg.fit,
+        |e, tr| {
+            on_epoch(e);
+            // Without validation, the latest epoch is the best one.
+            let score = if vl.is_empty() { -(e.epoch as f64) } else { e.val_loss };
+            let improved = best.as_ref().is_none_or(|(b, _)| {
+                let bs = if vl.is_empty() { -(b.epoch as f64) } else { b.val_loss };
+                score < bs
+            });
+            let m = tr.export();
+            fsutil::write_bytes_atomic(&cfg.run_dir.join(LAST), &onnx::encode_model(&m))?;
+            if improved {
+                fsutil::write_bytes_atomic(&cfg.run_dir.join(BEST), &onnx::encode_model(&m))?;
+                best = Some((e.clone(), m));
+                since_best = 0;
+            } else {
+                since_best += 1;
+            }
+            Ok(cfg.patience.is_none_or(|p| since_best < p))
+        },
+    )?;
+    let secs = t.elapsed().as_secs_f64();
+    let (best_epoch, best_model) = best.ok_or_else(|| Error::Other("no epoch finished".into()))?;
+    let dep =
+        crate::score::deployable(&best_model, input[0] as u32, input[2], cfg.rescale, cfg.interpolation, &classes)?;
+    let bytes = onnx::encode_model(&dep);
+    fsutil::write_bytes_atomic(&cfg.run_dir.join(MODEL), &bytes)?;
+    let info = FinetuneInfo {
+        config: cfg.clone(),
+        classes,
+        input,
+        trainable_params,
+        total_params,
+        best_epoch: Some(best_epoch),
+        epochs_run: history.len(),
+        train_seconds: secs,
+        train_images: train.labels.len(),
+        skipped: train.skipped.iter().chain(val.iter().flat_map(|v| v.skipped.iter())).cloned().collect(),
+        model_sha256: fsutil::sha256_bytes(&bytes),
+        tlearn_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    fsutil::write_json(&fsutil::sidecar_path(&cfg.run_dir.join(MODEL)), &info)?;
+    crate::run::write_history_csv(&cfg.run_dir.join(crate::run::HISTORY_CSV), &history)?;
+    Ok(Finetuned { info, history, best: best_model })
+}
+
+/// Probabilities of `model` (a net, not the deployable wrapper) on a split of `cfg.data`, loaded
+/// as for training (size, channels, interpolation, rescale).
+pub fn predict_split(
+    model: &ModelProto,
+    cfg: &FinetuneConfig,
+    split: &str,
+    classes: &[String],
+) -> Result<(ndarray::ArrayD<f32>, ImageSet)> {
+    let input = input_shape(model, &cfg.model)?;
+    let set = load_set(cfg, split, classes, input)?
+        .ok_or_else(|| Error::BadData { path: cfg.data.join(split), reason: "no such split folder".into() })?;
+    let x = imageset::batch_f32(&set.x, &(0..set.labels.len()).collect::<Vec<_>>(), cfg.rescale);
+    let probs = crate::train::predict(&onnx::encode_model(model), &cfg.model, &x, 256, &cfg.session)?;
+    Ok((probs, set))
+}

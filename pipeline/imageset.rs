@@ -1,0 +1,97 @@
+//! A split of a class-folder dataset decoded once into memory as 8-bit (N,H,W,C) at the model's
+//! input size — what from-scratch training and fine-tuning iterate over for many epochs
+//! (augmentation then works on these pixels, on the fly).
+
+use crate::dataset;
+use crate::error::{Error, Result};
+use crate::imageio::{self, Interpolation};
+use ndarray::{Array4, ArrayD, Axis};
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// Decoded images of one split.
+pub struct ImageSet {
+    /// (N, H, W, C) 0..255.
+    pub x: Array4<u8>,
+    pub labels: Vec<usize>,
+    pub files: Vec<PathBuf>,
+    /// Unreadable images: (path, reason).
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// How images become model inputs.
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    pub size: (u32, u32),
+    /// 1 (gray, ITU-R 601 luma like PIL's "L") or 3 (RGB).
+    pub channels: usize,
+    pub interpolation: Interpolation,
+    pub max_pixels: u64,
+}
+
+/// Load `root/split/<class>/*` for the given classes (a class not in `classes` is an error).
+pub fn load_split(root: &Path, split: &str, classes: &[String], spec: &LoadSpec) -> Result<ImageSet> {
+    let (_, items, report) = dataset::list_split(root, split)?;
+    for p in &report.skipped_non_images {
+        tracing::warn!("{}: skipped (not an image file name)", p.display());
+    }
+    if spec.channels != 1 && spec.channels != 3 {
+        return Err(Error::Param {
+            name: "channels",
+            value: spec.channels.to_string(),
+            reason: "images have 1 or 3 channels".into(),
+        });
+    }
+    let mut labels = Vec::with_capacity(items.len());
+    for it in &items {
+        labels.push(classes.iter().position(|c| c == &it.class).ok_or_else(|| Error::BadData {
+            path: it.path.clone(),
+            reason: format!("class `{}` of split `{split}` is not a training class ({})", it.class, classes.join(", ")),
+        })?);
+    }
+    let (h, w) = (spec.size.0 as usize, spec.size.1 as usize);
+    let pb = crate::cli::progress(items.len() as u64, "img");
+    pb.set_message(format!("decoding {split}"));
+    let decoded: Vec<Result<Vec<u8>>> = items
+        .par_iter()
+        .map(|it| {
+            let img = imageio::decode(&it.path, spec.max_pixels)?;
+            let a = imageio::to_rgb_array(&img, spec.size, spec.interpolation);
+            pb.inc(1);
+            Ok(if spec.channels == 3 {
+                a.iter().map(|&v| v.round() as u8).collect()
+            } else {
+                a.lanes(Axis(2))
+                    .into_iter()
+                    .map(|p| (p[0] * 0.299 + p[1] * 0.587 + p[2] * 0.114).round().clamp(0.0, 255.0) as u8)
+                    .collect()
+            })
+        })
+        .collect();
+    pb.finish_and_clear();
+    let mut x = Vec::with_capacity(items.len() * h * w * spec.channels);
+    let (mut keep_labels, mut files, mut skipped) = (vec![], vec![], vec![]);
+    for ((it, r), l) in items.iter().zip(decoded).zip(labels) {
+        match r {
+            Ok(px) => {
+                x.extend_from_slice(&px);
+                keep_labels.push(l);
+                files.push(it.path.clone());
+            }
+            Err(e) => {
+                tracing::warn!("{e} (skipped)");
+                skipped.push((it.path.clone(), e.to_string()));
+            }
+        }
+    }
+    if files.is_empty() {
+        return Err(Error::BadData { path: root.join(split), reason: "no readable images".into() });
+    }
+    let x = Array4::from_shape_vec((files.len(), h, w, spec.channels), x).expect("sizes match");
+    Ok(ImageSet { x, labels: keep_labels, files, skipped })
+}
+
+/// Rows `idx` of `x` as float32 scaled by `scale` (Keras' `rescale`).
+pub fn batch_f32(x: &Array4<u8>, idx: &[usize], scale: f32) -> ArrayD<f32> {
+    x.select(Axis(0), idx).mapv(|v| v as f32 * scale).into_dyn()
+}
