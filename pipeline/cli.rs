@@ -48,3 +48,36 @@ impl OrtArgs {
         crate::runtime::SessionOptions { device: self.device, threads: self.threads }
     }
 }
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ScheduleKind {
+    Constant,
+    Step,
+    Cosine,
+}
+
+/// Learning-rate schedule options shared by the training stages.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ScheduleArgs {
+    /// constant; step (× --step-factor every --step-every epochs); cosine (per step down to
+    /// --cosine-alpha × lr, Keras CosineDecay).
+    #[arg(long, value_enum, default_value = "constant")]
+    pub schedule: ScheduleKind,
+    #[arg(long, default_value_t = 10)]
+    pub step_every: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub step_factor: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub cosine_alpha: f64,
+}
+
+impl ScheduleArgs {
+    pub fn schedule(&self) -> crate::train::optim::Schedule {
+        use crate::train::optim::Schedule;
+        match self.schedule {
+            ScheduleKind::Constant => Schedule::Constant,
+            ScheduleKind::Step => Schedule::Step { every: self.step_every, factor: self.step_factor },
+            ScheduleKind::Cosine => Schedule::Cosine { alpha: self.cosine_alpha },
+        }
+    }
+}

@@ -9,13 +9,16 @@ use crate::imageio::Interpolation;
 use crate::imageset::{self, ImageSet, LoadSpec};
 use crate::onnx::{self, cut, proto::ModelProto};
 use crate::runtime::SessionOptions;
-use crate::train::{Epoch, FitConfig, Trainer};
+use crate::train::{Epoch, FitConfig, FitState, Trainer};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub const BEST: &str = "best.onnx";
 pub const LAST: &str = "last.onnx";
 pub const MODEL: &str = "model.onnx";
+/// Parameters, optimizer slots and loop state after the last finished epoch (for `--resume`).
+pub const CHECKPOINT: &str = "checkpoint.onnx";
+const STATE_KEY: &str = "tlearn.fit_state";
 
 /// Settings of one fine-tuning run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -36,6 +39,85 @@ pub struct FinetuneConfig {
     pub max_pixels: u64,
     #[serde(skip)]
     pub session: SessionOptions,
+    /// Continue from `run_dir/checkpoint.onnx` when it exists.
+    #[serde(skip)]
+    pub resume: bool,
+}
+
+/// The loop state stored in a checkpoint's metadata.
+#[derive(Serialize, Deserialize)]
+struct SavedState {
+    /// The run's settings, minus `epochs` (a resumed run may extend them).
+    config: serde_json::Value,
+    epoch: usize,
+    rng_word_pos: String,
+    optim_step: i32,
+    order: Vec<usize>,
+    history: Vec<Epoch>,
+    best_epoch: Option<Epoch>,
+    since_best: usize,
+}
+
+fn comparable(cfg: &FinetuneConfig) -> serde_json::Value {
+    let mut v = serde_json::to_value(cfg).expect("config serialises");
+    if let Some(fit) = v.get_mut("fit").and_then(|f| f.as_object_mut()) {
+        fit.remove("epochs");
+    }
+    v
+}
+
+/// The exported model plus optimizer slots (`optimizer/{m,v}/<param>`) and the loop state.
+fn checkpoint(tr: &Trainer, fs: &FitState, saved: SavedState) -> ModelProto {
+    let mut m = tr.export();
+    let g = m.graph.as_mut().expect("graph");
+    for (p, (a, b)) in tr.train.params.iter().zip(&fs.optim.slots) {
+        g.initializer.push(onnx::tensor_f32(&format!("optimizer/m/{p}"), a));
+        g.initializer.push(onnx::tensor_f32(&format!("optimizer/v/{p}"), b));
+    }
+    m.metadata_props.push(onnx::proto::StringStringEntryProto {
+        key: STATE_KEY.into(),
+        value: serde_json::to_string(&saved).expect("state serialises"),
+    });
+    m
+}
+
+/// Restore parameters into `tr` and return the loop state of `run_dir/checkpoint.onnx`.
+fn restore(cfg: &FinetuneConfig, tr: &mut Trainer) -> Result<Option<(FitState, Option<Epoch>, usize)>> {
+    let path = cfg.run_dir.join(CHECKPOINT);
+    if !cfg.resume || !path.exists() {
+        return Ok(None);
+    }
+    let m = onnx::load_model(&path)?;
+    let bad = |reason: String| Error::BadModel { path: path.clone(), reason };
+    let saved: SavedState = m
+        .metadata_props
+        .iter()
+        .find(|p| p.key == STATE_KEY)
+        .and_then(|p| serde_json::from_str(&p.value).ok())
+        .ok_or_else(|| bad("no tlearn fit state in its metadata".into()))?;
+    if saved.config != comparable(cfg) {
+        return Err(bad("the checkpoint was made with other settings (only --epochs may change on resume)".into()));
+    }
+    let inits: std::collections::HashMap<&str, &onnx::proto::TensorProto> =
+        onnx::graph(&m).initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    let get = |name: &str| -> Result<ndarray::ArrayD<f32>> {
+        onnx::tensor_to_f32(inits.get(name).ok_or_else(|| bad(format!("no tensor `{name}`")))?)
+    };
+    let mut slots = vec![];
+    for (i, p) in tr.train.params.clone().iter().enumerate() {
+        tr.params[i] = get(p)?;
+        slots.push((get(&format!("optimizer/m/{p}"))?, get(&format!("optimizer/v/{p}"))?));
+    }
+    let optim = crate::train::optim::State { opt: cfg.fit.optimizer.clone(), slots, step: saved.optim_step };
+    let fs = FitState {
+        epoch: saved.epoch,
+        optim,
+        rng_word_pos: saved.rng_word_pos.parse().map_err(|_| bad("bad rng position".into()))?,
+        order: saved.order,
+        history: saved.history,
+    };
+    tracing::info!("{}: resuming after epoch {}", path.display(), fs.epoch);
+    Ok(Some((fs, saved.best_epoch, saved.since_best)))
 }
 
 /// `name` matches `pattern` (`*` wildcards; no `*`: substring).
@@ -165,6 +247,16 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
     let t = std::time::Instant::now();
     let mut best: Option<(Epoch, ModelProto)> = None;
     let mut since_best = 0usize;
+    let resumed = restore(cfg, &mut trainer)?;
+    if let Some((fs, Some(b), since)) = &resumed {
+        let bm = onnx::load_model(&cfg.run_dir.join(BEST))?;
+        best = Some((b.clone(), bm));
+        since_best = *since;
+        for e in &fs.history {
+            on_epoch(e);
+        }
+    }
+    let config_json = comparable(cfg);
     let history = trainer.fit_with(
         &train.labels,
         |idx, rng| match &cfg.augment {
@@ -174,7 +266,8 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
         &vx,
         &vl,
         &cfg.fit,
-        |e, tr| {
+        resumed.map(|r| r.0),
+        |e, tr, fs| {
             on_epoch(e);
             // Without validation, the latest epoch is the best one.
             let score = if vl.is_empty() { -(e.epoch as f64) } else { e.val_loss };
@@ -191,6 +284,19 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
             } else {
                 since_best += 1;
             }
+            // The checkpoint goes last: a run killed before it resumes from the previous epoch,
+            // whose best.onnx is still valid (an epoch is only "best" once its checkpoint exists).
+            let saved = SavedState {
+                config: config_json.clone(),
+                epoch: fs.epoch,
+                rng_word_pos: fs.rng_word_pos.to_string(),
+                optim_step: fs.optim.step,
+                order: fs.order.clone(),
+                history: fs.history.clone(),
+                best_epoch: best.as_ref().map(|b| b.0.clone()),
+                since_best,
+            };
+            fsutil::write_bytes_atomic(&cfg.run_dir.join(CHECKPOINT), &onnx::encode_model(&checkpoint(tr, fs, saved)))?;
             Ok(cfg.patience.is_none_or(|p| since_best < p))
         },
     )?;

@@ -344,7 +344,47 @@ fn convnet_from_scratch_finetune_score_and_preview() {
     // Same seed, same training: the best checkpoint is byte-identical.
     let first = std::fs::read(w.join("runs/t/best.onnx")).unwrap();
     ok("tlearn-finetune", &args, w);
-    assert_eq!(std::fs::read(w.join("runs/t/best.onnx")).unwrap(), first, "seeded augmentation and training");
+    assert!(std::fs::read(w.join("runs/t/best.onnx")).unwrap() == first, "seeded augmentation and training");
+
+    // Interrupted after 5 epochs, resumed to 12: the same weights as the uninterrupted run.
+    let short: Vec<&str> = args
+        .iter()
+        .map(|a| {
+            if *a == "12" {
+                "5"
+            } else if *a == "t" {
+                "r"
+            } else {
+                a
+            }
+        })
+        .collect();
+    ok("tlearn-finetune", &short, w);
+    let resumed: Vec<&str> = args.iter().map(|a| if *a == "t" { "r" } else { a }).chain(["--resume"]).collect();
+    let out = ok("tlearn-finetune", &resumed, w);
+    assert_eq!(out.lines().filter(|l| l.starts_with("epoch")).count(), 12, "history replayed + continued: {out}");
+    let same = std::fs::read(w.join("runs/r/last.onnx")).unwrap() == std::fs::read(w.join("runs/t/last.onnx")).unwrap();
+    assert!(same, "resumed weights differ from the uninterrupted run's");
+    assert_eq!(read(&w.join("runs/r/history.csv")).lines().count(), 13);
+    let other_lr: Vec<&str> = resumed.iter().map(|a| if *a == "2e-3" { "5e-3" } else { a }).collect();
+    let err = fails("tlearn-finetune", &other_lr, w);
+    assert!(err.contains("checkpoint.onnx") && err.contains("other settings"), "{err}");
+
+    // Fine-tuning only the dense layers leaves the conv kernels untouched.
+    ok(
+        "tlearn-finetune",
+        &["net.onnx", "--data", "data/toy", "--run", "f", "--epochs", "1", "--trainable", "dense*", "--device", "cpu"],
+        w,
+    );
+    let info: serde_json::Value = serde_json::from_str(&read(&w.join("runs/f/model.onnx.json"))).unwrap();
+    assert_eq!(info["trainable_params"], 576 * 64 + 64 + 64 * 3 + 3, "{info}");
+    let tensor = |file: &str, name: &str| {
+        let m = tlearn::onnx::load_model(&w.join(file)).unwrap();
+        let t = m.graph.unwrap().initializer.into_iter().find(|t| t.name == name).unwrap();
+        tlearn::onnx::tensor_to_f32(&t).unwrap()
+    };
+    assert_eq!(tensor("net.onnx", "conv2d/kernel"), tensor("runs/f/last.onnx", "conv2d/kernel"));
+    assert_ne!(tensor("net.onnx", "dense/kernel"), tensor("runs/f/last.onnx", "dense/kernel"));
 
     // The deployable model (gray conversion and rescale in-graph) scores raw images like evaluation.
     ok("tlearn-score", &["data/toy/test", "--model", "runs/t/model.onnx", "--out", "s.csv", "--device", "cpu"], w);

@@ -180,3 +180,18 @@ fn multiscale_cut_pools_and_concatenates() {
         .to_string();
     assert!(err.contains("nope"), "{err}");
 }
+
+#[test]
+fn learning_rate_schedules() {
+    use tlearn::train::optim::Schedule;
+    assert_eq!(Schedule::Constant.lr(0.1, 7, 70, 100), 0.1);
+    let step = Schedule::Step { every: 3, factor: 0.5 };
+    let by_epoch: Vec<f64> = (0..7).map(|e| step.lr(1.0, e, 0, 100)).collect();
+    assert_eq!(by_epoch, vec![1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]);
+    let cos = Schedule::Cosine { alpha: 0.1 };
+    assert!((cos.lr(2.0, 0, 0, 100) - 2.0).abs() < 1e-12);
+    assert!((cos.lr(2.0, 0, 50, 100) - 2.0 * (0.9 * 0.5 + 0.1)).abs() < 1e-12);
+    assert!((cos.lr(2.0, 0, 100, 100) - 0.2).abs() < 1e-12);
+    assert!(Schedule::Step { every: 0, factor: 0.5 }.validate().is_err());
+    assert!(Schedule::Cosine { alpha: 1.5 }.validate().is_err());
+}

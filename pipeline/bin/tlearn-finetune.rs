@@ -44,6 +44,8 @@ struct Args {
     momentum: f64,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    #[command(flatten)]
+    lr_schedule: tlearn::cli::ScheduleArgs,
     /// Train only parameters matching these name patterns (`*` wildcards; else substring), e.g.
     /// `--trainable 'block5_*' --trainable dense`. Default: all.
     #[arg(long)]
@@ -82,6 +84,10 @@ struct Args {
     preview: Option<PathBuf>,
     #[arg(long, default_value = "augmented.png")]
     preview_out: PathBuf,
+    /// Continue the run from its last checkpoint (runs/<run>/checkpoint.onnx) if there is one;
+    /// the result equals an uninterrupted run. Only --epochs may differ.
+    #[arg(long)]
+    resume: bool,
     #[command(flatten)]
     ort: tlearn::cli::OrtArgs,
 }
@@ -130,7 +136,13 @@ fn run(a: Args) -> Result<()> {
         model: a.model.clone(),
         data: data.clone(),
         run_dir: a.runs.join(&run),
-        fit: FitConfig { epochs: a.epochs, batch: a.batch, seed: a.seed, optimizer },
+        fit: FitConfig {
+            epochs: a.epochs,
+            batch: a.batch,
+            seed: a.seed,
+            optimizer,
+            schedule: a.lr_schedule.schedule(),
+        },
         trainable: a.trainable.clone(),
         patience: a.patience,
         rescale: a.rescale,
@@ -138,6 +150,7 @@ fn run(a: Args) -> Result<()> {
         augment,
         max_pixels: tlearn::imageio::DEFAULT_MAX_PIXELS,
         session: a.ort.session(),
+        resume: a.resume,
     };
     let pb = tlearn::cli::progress(cfg.fit.epochs as u64, "epochs");
     let done = finetune::run(&cfg, |e| {

@@ -53,6 +53,8 @@ struct Args {
     batch: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    #[command(flatten)]
+    lr_schedule: tlearn::cli::ScheduleArgs,
     #[arg(long, value_enum, default_value = "cpu")]
     device: Device,
     /// Intra-op threads (0 = all cores).
@@ -80,7 +82,8 @@ fn run(a: Args) -> Result<()> {
         Opt::Adam => Optimizer::adam(a.lr),
         Opt::Sgd => Optimizer::sgd(a.lr, a.momentum),
     };
-    let fit = FitConfig { epochs: a.epochs, batch: a.batch, seed: a.seed, optimizer };
+    let fit =
+        FitConfig { epochs: a.epochs, batch: a.batch, seed: a.seed, optimizer, schedule: a.lr_schedule.schedule() };
     spec.validate()?;
     fit.validate()?;
     let train_sets =

@@ -24,6 +24,8 @@ pub struct FitConfig {
     pub batch: usize,
     pub seed: u64,
     pub optimizer: optim::Optimizer,
+    #[serde(default)]
+    pub schedule: optim::Schedule,
 }
 
 impl FitConfig {
@@ -34,8 +36,22 @@ impl FitConfig {
         if self.batch == 0 {
             return Err(Error::Param { name: "batch", value: "0".into(), reason: "must be ≥ 1".into() });
         }
-        self.optimizer.validate()
+        self.optimizer.validate()?;
+        self.schedule.validate()
     }
+}
+
+/// Everything a fit needs to continue exactly where it stopped: the epochs done, the optimizer
+/// state and the position of the seeded random stream (parameters live in the [`Trainer`]).
+#[derive(Clone, Debug)]
+pub struct FitState {
+    pub epoch: usize,
+    pub optim: optim::State,
+    /// ChaCha8 word position after the last finished epoch.
+    pub rng_word_pos: u128,
+    /// The sample order of the last finished epoch (the next shuffle permutes it).
+    pub order: Vec<usize>,
+    pub history: Vec<Epoch>,
 }
 
 /// One line of `history.csv`.
@@ -184,7 +200,8 @@ impl Trainer {
             vx,
             vlabels,
             cfg,
-            |e, _| {
+            None,
+            |e, _, _| {
                 on_epoch(e);
                 Ok(true)
             },
@@ -192,9 +209,11 @@ impl Trainer {
     }
 
     /// Fit on samples whose batches `batch_x(indices, rng)` produces (e.g. decoded and augmented
-    /// on the fly), validating on (vx, vlabels) every epoch. `on_epoch(record, trainer)` may save
-    /// checkpoints; it returns false to stop early. Shuffling, dropout masks and whatever
-    /// `batch_x` draws come from one ChaCha8 stream seeded with `cfg.seed`.
+    /// on the fly), validating on (vx, vlabels) every epoch. `on_epoch(record, trainer, state)`
+    /// may save checkpoints; it returns false to stop early. Shuffling, dropout masks and whatever
+    /// `batch_x` draws come from one ChaCha8 stream seeded with `cfg.seed`; `resume` (with the
+    /// trainer's parameters restored) continues a fit so that it ends exactly as an uninterrupted one.
+    #[allow(clippy::too_many_arguments)]
     pub fn fit_with(
         &mut self,
         labels: &[usize],
@@ -202,20 +221,40 @@ impl Trainer {
         vx: &ArrayD<f32>,
         vlabels: &[usize],
         cfg: &FitConfig,
-        mut on_epoch: impl FnMut(&Epoch, &Trainer) -> Result<bool>,
+        resume: Option<FitState>,
+        mut on_epoch: impl FnMut(&Epoch, &Trainer, &FitState) -> Result<bool>,
     ) -> Result<Vec<Epoch>> {
         cfg.validate()?;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
-        let mut state = optim::State::new(cfg.optimizer.clone(), &self.params);
-        let lr = cfg.optimizer.lr();
         let n = labels.len();
-        let mut order: Vec<usize> = (0..n).collect();
-        let mut history = vec![];
-        for epoch in 1..=cfg.epochs {
+        let steps_per_epoch = n.div_ceil(cfg.batch);
+        let total_steps = steps_per_epoch * cfg.epochs;
+        let base_lr = cfg.optimizer.lr();
+        let mut fs = match resume {
+            Some(r) => {
+                rng.set_word_pos(r.rng_word_pos);
+                r
+            }
+            None => FitState {
+                epoch: 0,
+                optim: optim::State::new(cfg.optimizer.clone(), &self.params),
+                rng_word_pos: rng.get_word_pos(),
+                order: vec![],
+                history: vec![],
+            },
+        };
+        // Each epoch shuffles the previous epoch's order.
+        let mut order = std::mem::take(&mut fs.order);
+        if order.len() != n {
+            order = (0..n).collect();
+        }
+        let start = fs.epoch + 1;
+        for epoch in start..=cfg.epochs {
             let t = std::time::Instant::now();
             order.shuffle(&mut rng);
             let (mut loss_sum, mut correct) = (0.0f64, 0usize);
-            for chunk in order.chunks(cfg.batch) {
+            for (k, chunk) in order.chunks(cfg.batch).enumerate() {
+                let lr = cfg.schedule.lr(base_lr, epoch - 1, (epoch - 1) * steps_per_epoch + k, total_steps);
                 let xb = batch_x(chunk, &mut rng)?;
                 let lb: Vec<usize> = chunk.iter().map(|&i| labels[i]).collect();
                 let yb = label_tensor(&lb, self.train.loss, self.n_classes);
@@ -224,7 +263,7 @@ impl Trainer {
                 if !loss.is_finite() {
                     return Err(Error::Other(format!("epoch {epoch}: loss is {loss}; lower the learning rate")));
                 }
-                state.update(&mut self.params, &grads, lr);
+                fs.optim.update(&mut self.params, &grads, lr);
                 loss_sum += loss as f64 * chunk.len() as f64;
                 correct += metrics::predicted(&probs).iter().zip(&lb).filter(|(a, b)| a == b).count();
             }
@@ -245,13 +284,15 @@ impl Trainer {
                 },
                 seconds: t.elapsed().as_secs_f64(),
             };
-            let go_on = on_epoch(&rec, self)?;
-            history.push(rec);
-            if !go_on {
+            fs.epoch = epoch;
+            fs.rng_word_pos = rng.get_word_pos();
+            fs.order.clone_from(&order);
+            fs.history.push(rec.clone());
+            if !on_epoch(&rec, self, &fs)? {
                 break;
             }
         }
-        Ok(history)
+        Ok(fs.history)
     }
 
     /// The inference model with the current parameters as initializers (Dropout kept; it is the
