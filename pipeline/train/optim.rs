@@ -75,7 +75,7 @@ impl Schedule {
 
     pub fn validate(&self) -> Result<()> {
         match *self {
-            Schedule::Step { every, factor } if every == 0 || !(factor > 0.0) => Err(Error::Param {
+            Schedule::Step { every, factor } if every == 0 || factor.is_nan() || factor <= 0.0 => Err(Error::Param {
                 name: "schedule",
                 value: format!("step every {every} factor {factor}"),
                 reason: "needs every ≥ 1 and factor > 0".into(),
