@@ -132,6 +132,7 @@ fn training_reduces_the_loss_and_is_reproducible() {
         batch: 8,
         seed: 4,
         optimizer: tlearn::train::optim::Optimizer::rmsprop(1e-2),
+        schedule: Default::default(),
     };
     let fit = || {
         let mut t = Trainer::new(&m, Path::new("t.onnx"), &[4], 2, &opts()).unwrap();
