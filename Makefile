@@ -20,7 +20,7 @@ ELPV_SHA256 := 85e31c1126ee9b48e62d3a0232c58f58b2d189b0814a45c13642fa0415af4a4c
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
 .PHONY: help setup setup-cuda build test demo demo-best data data4 backbone extract head evaluate score bench clean fmt lint \
-        mnist finetune finetune-v1
+        mnist finetune finetune-v1 bench-train bench-tf-env
 
 DATA_DIR  := data/$(DATASET)
 FEAT_DIR  := features/$(DATASET)/$(BACKBONE)-$(SIZE)
@@ -148,8 +148,18 @@ demo-best: setup ## the best frozen-feature configuration found (VGG16 150×150,
 	  HEAD_ARGS="$(BEST_HEAD_ARGS)"
 	@$(PYTHON) -c "import json; m=json.load(open('reports/best/metrics.json')); print(f\"demo-best: ELPV test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, ROC-AUC {m['roc_auc']:.4f}\")"
 
-bench: setup data backbone bench-env ## extraction throughput: tlearn vs raw ORT session vs a Python onnxruntime+Pillow loop
+bench: setup data backbone bench-env ## extraction throughput (tlearn vs raw ORT vs Python) and training-step time (tlearn vs Keras)
 	$(CARGO) bench --bench extract
+	$(CARGO) bench --bench train_step
+
+bench-train: setup ## training-step time of the mnist and v1 nets: tlearn vs Keras (TF default and oneDNN) when bench-tf-env exists
+	$(CARGO) bench --bench train_step
+
+bench-tf-env: .cache/tfenv/bin/python ## a Python venv with tensorflow-cpu 2.21 for bench-train (large download)
+
+.cache/tfenv/bin/python:
+	$(PYTHON) -m venv .cache/tfenv
+	.cache/tfenv/bin/pip install --disable-pip-version-check -q tensorflow-cpu==2.21.0
 
 clean: ## remove build outputs, features, runs and reports (keeps data/ and onnx/)
 	rm -rf target features runs reports

@@ -1,0 +1,111 @@
+//! `make bench-train`: training-step time of the built-in convnets (mnist at batch 64, v1 at
+//! batch 32), tlearn's compiled training graph + RMSprop vs Keras/TensorFlow CPU on the same net,
+//! batch and threads — TF's default build and with `TF_ENABLE_ONEDNN_OPTS=1` — measured side by
+//! side in one run. Keras is optional: BENCH_TF_PYTHON (default `.cache/tfenv/bin/python`, made by
+//! `make bench-tf-env`) must import tensorflow, else its columns are skipped with a message.
+//! GFLOP/s count forward FLOPs × 3 (forward + two backward GEMM-like passes).
+//! Env: BENCH_STEPS (timed steps, default 20), BENCH_THREADS (default: all cores).
+
+use ndarray::{ArrayD, IxDyn};
+use rand::{Rng, SeedableRng};
+use std::path::Path;
+use std::time::Instant;
+use tlearn::runtime::{Device, SessionOptions};
+use tlearn::train::{label_tensor, optim, Trainer};
+
+/// Forward FLOPs per image (multiply-adds × 2) of the convs and dense layers.
+fn forward_flops(net: &str) -> f64 {
+    match net {
+        "mnist" => 5.59e6,
+        _ => 0.472e9,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Median seconds per training step (forward + backward + RMSprop update) of `net`.
+fn tlearn_step(net: &str, batch: usize, steps: usize, threads: usize) -> f64 {
+    let spec = tlearn::convnet::spec(net).unwrap();
+    let k = if net == "mnist" { 10 } else { 2 };
+    let m = tlearn::convnet::build(&spec, 1).unwrap();
+    let opts = SessionOptions { device: Device::Cpu, threads };
+    let mut t = Trainer::new(&m, Path::new(net), &spec.input, k, &opts).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let shape: Vec<usize> = [&[batch][..], &spec.input].concat();
+    let x = ArrayD::from_shape_simple_fn(IxDyn(&shape), || rng.gen::<f32>());
+    let labels: Vec<usize> = (0..batch).map(|i| i % k).collect();
+    let y = label_tensor(&labels, t.train.loss, k);
+    let mut state = optim::State::new(optim::Optimizer::rmsprop(1e-4), &t.params);
+    let mut times = vec![];
+    for i in 0..steps + 3 {
+        let masks = t.draw_masks(batch, &mut rng);
+        let s = Instant::now();
+        let (_, _, grads) = t.step(x.view(), &y, &masks).unwrap();
+        state.update(&mut t.params, &grads, 1e-4);
+        if i >= 3 {
+            times.push(s.elapsed().as_secs_f64());
+        }
+    }
+    median(times)
+}
+
+/// Keras median step seconds for (net, batch), or None when TensorFlow is not available.
+fn keras_step(python: &str, net: &str, batch: usize, steps: usize, threads: usize, onednn: bool) -> Option<f64> {
+    let out = std::process::Command::new(python)
+        .arg("bench/keras_step.py")
+        .args([net, &batch.to_string(), &steps.to_string(), &threads.to_string()])
+        .env("TF_ENABLE_ONEDNN_OPTS", if onednn { "1" } else { "0" })
+        .env("TF_CPP_MIN_LOG_LEVEL", "2")
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!("keras ({net}) failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout).trim().lines().last()?.parse().ok()
+}
+
+fn main() {
+    let steps: usize = std::env::var("BENCH_STEPS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let threads: usize = std::env::var("BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let py = std::env::var("BENCH_TF_PYTHON").unwrap_or_else(|_| ".cache/tfenv/bin/python".into());
+    let have_tf = std::process::Command::new(&py)
+        .args(["-c", "import tensorflow"])
+        .env("TF_CPP_MIN_LOG_LEVEL", "3")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !have_tf {
+        println!("Keras/TensorFlow not available at {py} (make bench-tf-env): Keras columns skipped");
+    }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let th = if threads == 0 { cores } else { threads };
+    println!("training step, median of {steps} steps, {th} threads, RMSprop, random inputs");
+    println!(
+        "{:<6} {:>5} {:>12} {:>10} {:>14} {:>14} {:>10} {:>10}",
+        "net", "batch", "tlearn ms", "GFLOP/s", "Keras ms", "Keras+oneDNN", "vs Keras", "vs oneDNN"
+    );
+    for (net, batch) in [("mnist", 64usize), ("v1", 32)] {
+        let t = tlearn_step(net, batch, steps, threads);
+        let gflops = forward_flops(net) * 3.0 * batch as f64 / t / 1e9;
+        let (k0, k1) = if have_tf {
+            (keras_step(&py, net, batch, steps, th, false), keras_step(&py, net, batch, steps, th, true))
+        } else {
+            (None, None)
+        };
+        let ms = |v: Option<f64>| v.map(|s| format!("{:.1}", s * 1e3)).unwrap_or_else(|| "-".into());
+        let ratio = |v: Option<f64>| v.map(|s| format!("{:.2}×", s / t)).unwrap_or_else(|| "-".into());
+        println!(
+            "{net:<6} {batch:>5} {:>12.1} {gflops:>10.1} {:>14} {:>14} {:>10} {:>10}",
+            t * 1e3,
+            ms(k0),
+            ms(k1),
+            ratio(k0),
+            ratio(k1)
+        );
+    }
+    println!("ratios: Keras step time / tlearn step time (> 1: tlearn faster)");
+}
