@@ -20,7 +20,7 @@ ELPV_SHA256 := 85e31c1126ee9b48e62d3a0232c58f58b2d189b0814a45c13642fa0415af4a4c
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
 .PHONY: help setup setup-cuda build test demo demo-best data data4 backbone extract head evaluate score bench clean fmt lint \
-        mnist finetune finetune-v1 bench-train bench-tf-env
+        mnist finetune finetune-v1 finetune-vgg bench-train bench-tf-env
 
 DATA_DIR  := data/$(DATASET)
 FEAT_DIR  := features/$(DATASET)/$(BACKBONE)-$(SIZE)
@@ -112,6 +112,15 @@ runs/v2-elpv/model.onnx: data/elpv/manifest.csv onnx/v2.onnx | $(BINS)
 
 runs/v1-elpv/model.onnx: data/elpv/manifest.csv onnx/v1.onnx | $(BINS)
 	$(BIN)/tlearn-finetune onnx/v1.onnx --data data/elpv --run v1-elpv --epochs $(FT_EPOCHS) --batch 32 --lr 1e-4 --device $(DEVICE) $(FT_ARGS)
+
+VGG_FT_EPOCHS ?= 10
+finetune-vgg: setup runs/vgg-ft/model.onnx ## fine-tune VGG16's block 5 + the demo head on ELPV (flips), from the demo's fused model
+	@$(PYTHON) -c "import json; m=json.load(open('reports/vgg-ft/metrics.json')); print(f\"VGG16 block5 + head fine-tuned on ELPV: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, ROC-AUC {m['roc_auc']:.4f}\")"
+
+runs/vgg-ft/model.onnx: reports/demo/scores.csv | $(BINS)
+	$(BIN)/tlearn-finetune runs/demo/model.onnx --data data/elpv --run vgg-ft --rescale 1 --trainable block5_conv \
+	  --trainable 'head/*' --epochs $(VGG_FT_EPOCHS) --batch 20 --lr 1e-5 --horizontal-flip --vertical-flip \
+	  --device $(DEVICE) $(FT_ARGS)
 
 backbone: onnx/$(BACKBONE).onnx ## fetch and cut BACKBONE (vgg16, resnet50-thin) into onnx/
 

@@ -257,18 +257,26 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
         }
     }
     let config_json = comparable(cfg);
+    let steps = train.labels.len().div_ceil(cfg.fit.batch) as u64;
+    let done = resumed.as_ref().map(|r| r.0.epoch as u64).unwrap_or(0);
+    let pb = crate::cli::progress(steps * (cfg.fit.epochs as u64).saturating_sub(done), "steps");
+    pb.set_message(format!("epoch {}/{}", done + 1, cfg.fit.epochs));
     let history = trainer.fit_with(
         &train.labels,
-        |idx, rng| match &cfg.augment {
-            Some(a) => Ok(a.batch(&train.x, idx, cfg.rescale, rng)),
-            None => Ok(imageset::batch_f32(&train.x, idx, cfg.rescale)),
+        |idx, rng| {
+            pb.inc(1);
+            match &cfg.augment {
+                Some(a) => Ok(a.batch(&train.x, idx, cfg.rescale, rng)),
+                None => Ok(imageset::batch_f32(&train.x, idx, cfg.rescale)),
+            }
         },
         &vx,
         &vl,
         &cfg.fit,
         resumed.map(|r| r.0),
         |e, tr, fs| {
-            on_epoch(e);
+            pb.suspend(|| on_epoch(e));
+            pb.set_message(format!("epoch {}/{}", e.epoch + 1, cfg.fit.epochs));
             // Without validation, the latest epoch is the best one.
             let score = if vl.is_empty() { -(e.epoch as f64) } else { e.val_loss };
             let improved = best.as_ref().is_none_or(|(b, _)| {
@@ -300,6 +308,7 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
             Ok(cfg.patience.is_none_or(|p| since_best < p))
         },
     )?;
+    pb.finish_and_clear();
     let secs = t.elapsed().as_secs_f64();
     let (best_epoch, best_model) = best.ok_or_else(|| Error::Other("no epoch finished".into()))?;
     let dep =

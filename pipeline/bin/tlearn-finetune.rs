@@ -152,18 +152,13 @@ fn run(a: Args) -> Result<()> {
         session: a.ort.session(),
         resume: a.resume,
     };
-    let pb = tlearn::cli::progress(cfg.fit.epochs as u64, "epochs");
     let done = finetune::run(&cfg, |e| {
-        pb.suspend(|| {
-            println!(
-                "epoch {:>3}/{}  loss {:.4}  acc {:.4}  val_loss {:.4}  val_acc {:.4}  ({:.1} s)",
-                e.epoch, cfg.fit.epochs, e.loss, e.accuracy, e.val_loss, e.val_accuracy, e.seconds
-            )
-        });
-        pb.inc(1);
+        println!(
+            "epoch {:>3}/{}  loss {:.4}  acc {:.4}  val_loss {:.4}  val_acc {:.4}  ({:.1} s)",
+            e.epoch, cfg.fit.epochs, e.loss, e.accuracy, e.val_loss, e.val_accuracy, e.seconds
+        )
     })
     .with_context(|| format!("training {} on {}", a.model.display(), data.display()))?;
-    pb.finish_and_clear();
     let info = &done.info;
     let title = format!("{run}: {} on {}", a.model.display(), data.display());
     if let Err(e) = tlearn::plot::history(&cfg.run_dir.join(tlearn::run::HISTORY_PNG), &title, &done.history) {
