@@ -132,6 +132,7 @@ extract: $(FEAT_STAMP) ## cache BACKBONE features of DATASET at SIZE×SIZE (and 
 $(FEAT_STAMP): $(DATA_DIR)/manifest.csv onnx/$(BACKBONE).onnx | $(BINS)
 	$(BIN)/tlearn-extract --data $(DATA_DIR) --backbone $(BACKBONE) --size $(SIZE) --device $(DEVICE) \
 	  $(if $(VIEWS),--views $(VIEWS))
+	@touch $@  # an up-to-date cache is not rewritten; mark it checked for make
 
 head: $(RUN_DIR)/head.onnx ## train the dense head on the cached features (HEAD_ARGS adds options)
 

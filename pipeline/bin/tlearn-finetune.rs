@@ -173,6 +173,9 @@ fn run(a: Args) -> Result<()> {
         info.train_seconds,
         cfg.run_dir.join(finetune::MODEL).display()
     );
+    if !info.skipped.is_empty() {
+        println!("skipped {} unreadable image(s) (listed in {}.json)", info.skipped.len(), finetune::MODEL);
+    }
     if data.join("test").is_dir() {
         let (probs, set) = finetune::predict_split(&done.best, &cfg, "test", &info.classes)?;
         let files: Vec<(String, usize)> =
