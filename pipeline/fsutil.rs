@@ -78,6 +78,27 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
     Ok(())
 }
 
+/// A pinned download: `local` when given, else `cached`, fetched by `download` when missing;
+/// either way checked against `sha256` before use.
+pub fn pinned_file(
+    local: Option<&Path>,
+    cached: PathBuf,
+    sha256: &str,
+    download: impl FnOnce() -> Result<()>,
+) -> Result<PathBuf> {
+    let p = match local {
+        Some(p) => p.to_path_buf(),
+        None => {
+            if !cached.exists() {
+                download()?;
+            }
+            cached
+        }
+    };
+    verify_sha256(&p, sha256)?;
+    Ok(p)
+}
+
 /// The sidecar of an artifact: `<file>.json` next to it.
 pub fn sidecar_path(artifact: &Path) -> PathBuf {
     let mut s = artifact.as_os_str().to_owned();

