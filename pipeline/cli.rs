@@ -49,6 +49,26 @@ impl OrtArgs {
     }
 }
 
+/// `--optimizer` of the training stages (each stage keeps its own `--lr` default).
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum OptimizerKind {
+    Rmsprop,
+    Adam,
+    Sgd,
+}
+
+impl OptimizerKind {
+    /// The optimizer with Keras defaults for everything but `lr` (and SGD's `momentum`).
+    pub fn build(self, lr: f64, momentum: f64) -> crate::train::optim::Optimizer {
+        use crate::train::optim::Optimizer;
+        match self {
+            OptimizerKind::Rmsprop => Optimizer::rmsprop(lr),
+            OptimizerKind::Adam => Optimizer::adam(lr),
+            OptimizerKind::Sgd => Optimizer::sgd(lr, momentum),
+        }
+    }
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum ScheduleKind {
     Constant,

@@ -7,15 +7,7 @@ use std::path::PathBuf;
 use tlearn::augment::{Augment, FillMode};
 use tlearn::finetune::{self, FinetuneConfig};
 use tlearn::imageio::Interpolation;
-use tlearn::train::optim::Optimizer;
 use tlearn::train::FitConfig;
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Opt {
-    Rmsprop,
-    Adam,
-    Sgd,
-}
 
 #[derive(Parser)]
 #[command(version, about = "Train / fine-tune an ONNX classifier on train/validation/test class folders")]
@@ -37,7 +29,7 @@ struct Args {
     #[arg(long, default_value_t = 32)]
     batch: usize,
     #[arg(long, value_enum, default_value = "rmsprop")]
-    optimizer: Opt,
+    optimizer: tlearn::cli::OptimizerKind,
     #[arg(long, default_value_t = 1e-4)]
     lr: f64,
     #[arg(long, default_value_t = 0.0)]
@@ -126,11 +118,7 @@ fn run(a: Args) -> Result<()> {
         return Ok(());
     }
     let data = a.data.clone().context("give the dataset with --data")?;
-    let optimizer = match a.optimizer {
-        Opt::Rmsprop => Optimizer::rmsprop(a.lr),
-        Opt::Adam => Optimizer::adam(a.lr),
-        Opt::Sgd => Optimizer::sgd(a.lr, a.momentum),
-    };
+    let optimizer = a.optimizer.build(a.lr, a.momentum);
     let run = a.run.clone().unwrap_or_else(|| a.model.file_stem().unwrap_or_default().to_string_lossy().into_owned());
     let cfg = FinetuneConfig {
         model: a.model.clone(),

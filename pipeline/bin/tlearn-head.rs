@@ -7,15 +7,7 @@ use tlearn::imageio::View;
 use tlearn::run::{self, RunInfo};
 use tlearn::runtime::{Device, SessionOptions};
 use tlearn::train::head::{HeadSpec, Pool};
-use tlearn::train::optim::Optimizer;
 use tlearn::train::{FitConfig, Trainer};
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Opt {
-    Rmsprop,
-    Adam,
-    Sgd,
-}
 
 #[derive(Parser)]
 #[command(version, about = "Train Dense(units, relu) → Dropout → Dense(sigmoid|softmax) on cached features")]
@@ -41,7 +33,7 @@ struct Args {
     #[arg(long)]
     standardize: bool,
     #[arg(long, value_enum, default_value = "rmsprop")]
-    optimizer: Opt,
+    optimizer: tlearn::cli::OptimizerKind,
     #[arg(long, default_value_t = 2e-5)]
     lr: f64,
     /// SGD momentum.
@@ -77,11 +69,7 @@ fn main() -> std::process::ExitCode {
 fn run(a: Args) -> Result<()> {
     let spec =
         HeadSpec { units: a.units, layers: a.layers, dropout: a.dropout, pool: a.pool, standardize: a.standardize };
-    let optimizer = match a.optimizer {
-        Opt::Rmsprop => Optimizer::rmsprop(a.lr),
-        Opt::Adam => Optimizer::adam(a.lr),
-        Opt::Sgd => Optimizer::sgd(a.lr, a.momentum),
-    };
+    let optimizer = a.optimizer.build(a.lr, a.momentum);
     let fit =
         FitConfig { epochs: a.epochs, batch: a.batch, seed: a.seed, optimizer, schedule: a.lr_schedule.schedule() };
     spec.validate()?;
