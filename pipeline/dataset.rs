@@ -246,6 +246,36 @@ pub fn counts_table(c: &Counts) -> String {
 }
 
 /// The images of one split folder (`root/<split>/<class>/...`), classes sorted by name.
+/// The classes of `root/train` (sorted folder names); an empty class folder is an error.
+pub fn training_classes(root: &Path) -> Result<Vec<String>> {
+    let (classes, _, report) = list_split(root, "train")?;
+    if !report.empty_classes.is_empty() {
+        return Err(Error::BadData {
+            path: root.join("train"),
+            reason: format!("empty class folder(s): {}", report.empty_classes.join(", ")),
+        });
+    }
+    Ok(classes)
+}
+
+/// The training-class index of each item of `split`; a class without training images is an
+/// error naming the file.
+pub fn labels(items: &[Item], classes: &[String], split: &str) -> Result<Vec<usize>> {
+    items
+        .iter()
+        .map(|it| {
+            classes.iter().position(|c| c == &it.class).ok_or_else(|| Error::BadData {
+                path: it.path.clone(),
+                reason: format!(
+                    "class `{}` of split `{split}` has no training images (training classes: {})",
+                    it.class,
+                    classes.join(", ")
+                ),
+            })
+        })
+        .collect()
+}
+
 pub fn list_split(root: &Path, split: &str) -> Result<(Vec<String>, Vec<Item>, ScanReport)> {
     let dir = root.join(split);
     let (items, report) = scan(&dir)?;

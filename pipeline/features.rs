@@ -187,13 +187,7 @@ fn read_files(p: &Path) -> Result<Vec<FileRow>> {
 
 /// Extract every configured split; returns one report per split.
 pub fn extract(cfg: &ExtractConfig, bb: &Backbone) -> Result<Vec<SplitReport>> {
-    let (classes, _, train_report) = dataset::list_split(&cfg.dataset, "train")?;
-    if !train_report.empty_classes.is_empty() {
-        return Err(Error::BadData {
-            path: cfg.dataset.join("train"),
-            reason: format!("empty class folder(s): {}", train_report.empty_classes.join(", ")),
-        });
-    }
+    let classes = dataset::training_classes(&cfg.dataset)?;
     let mut session = None;
     let mut reports = vec![];
     for split in &cfg.splits {
@@ -201,6 +195,7 @@ pub fn extract(cfg: &ExtractConfig, bb: &Backbone) -> Result<Vec<SplitReport>> {
             tracing::warn!("{}: no such split folder, skipped", cfg.dataset.join(split).display());
             continue;
         }
+        let rows = split_rows(cfg, split, &classes)?;
         let mut views = vec![View::Identity];
         for v in &cfg.views {
             if !views.contains(v) {
@@ -208,44 +203,45 @@ pub fn extract(cfg: &ExtractConfig, bb: &Backbone) -> Result<Vec<SplitReport>> {
             }
         }
         for view in views {
-            reports.push(extract_split(cfg, bb, split, view, &classes, &mut session)?);
+            reports.push(extract_split(cfg, bb, split, view, &rows, &classes, &mut session)?);
         }
     }
     Ok(reports)
 }
 
+/// The files of one split with their labels and content hashes (read once for all its views).
+fn split_rows(cfg: &ExtractConfig, split: &str, classes: &[String]) -> Result<Vec<FileRow>> {
+    let (_, items, report) = dataset::list_split(&cfg.dataset, split)?;
+    for p in &report.skipped_non_images {
+        tracing::warn!("{}: skipped (not an image file name)", p.display());
+    }
+    let labels = dataset::labels(&items, classes, split)?;
+    items
+        .iter()
+        .zip(labels)
+        .map(|(it, label)| {
+            let bytes = std::fs::read(&it.path).at(&it.path)?;
+            Ok(FileRow {
+                index: 0,
+                path: it.path.display().to_string(),
+                class: it.class.clone(),
+                label,
+                sha256: fsutil::sha256_bytes(&bytes),
+            })
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
 fn extract_split(
     cfg: &ExtractConfig,
     bb: &Backbone,
     split: &str,
     view: View,
+    rows: &[FileRow],
     classes: &[String],
     session: &mut Option<runtime::OpenSession>,
 ) -> Result<SplitReport> {
-    let (_, items, report) = dataset::list_split(&cfg.dataset, split)?;
-    for p in &report.skipped_non_images {
-        tracing::warn!("{}: skipped (not an image file name)", p.display());
-    }
-    let index: HashMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
-    let mut rows = Vec::with_capacity(items.len());
-    for it in &items {
-        let label = *index.get(it.class.as_str()).ok_or_else(|| Error::BadData {
-            path: it.path.clone(),
-            reason: format!(
-                "class `{}` of split `{split}` has no training images (training classes: {})",
-                it.class,
-                classes.join(", ")
-            ),
-        })?;
-        let bytes = std::fs::read(&it.path).at(&it.path)?;
-        rows.push(FileRow {
-            index: 0,
-            path: it.path.display().to_string(),
-            class: it.class.clone(),
-            label,
-            sha256: fsutil::sha256_bytes(&bytes),
-        });
-    }
     let npy = view_npy_path(&cfg.out, split, view);
     let pre = bb.info.preprocess.clone();
     // What an earlier run left that is still valid: rows keyed by content hash.

@@ -206,13 +206,7 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
     cfg.fit.validate()?;
     let model = onnx::load_model(&cfg.model)?;
     let input = input_shape(&model, &cfg.model)?;
-    let (classes, _, report) = crate::dataset::list_split(&cfg.data, "train")?;
-    if !report.empty_classes.is_empty() {
-        return Err(Error::BadData {
-            path: cfg.data.join("train"),
-            reason: format!("empty class folder(s): {}", report.empty_classes.join(", ")),
-        });
-    }
+    let classes = crate::dataset::training_classes(&cfg.data)?;
     let k_model =
         onnx::graph(&model).output.first().and_then(|o| onnx::vi_shape(o).1.last().copied().flatten()).unwrap_or(0)
             as usize;
@@ -240,7 +234,7 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
         val.as_ref().map(|v| v.labels.len()).unwrap_or(0)
     );
     let (vx, vl) = match &val {
-        Some(v) => (imageset::batch_f32(&v.x, &(0..v.labels.len()).collect::<Vec<_>>(), cfg.rescale), v.labels.clone()),
+        Some(v) => (v.to_f32(cfg.rescale), v.labels.clone()),
         None => (ndarray::ArrayD::zeros(ndarray::IxDyn(&[0])), vec![]),
     };
     std::fs::create_dir_all(&cfg.run_dir).map_err(|e| Error::Io { path: cfg.run_dir.clone(), source: e })?;
@@ -345,7 +339,7 @@ pub fn predict_split(
     let input = input_shape(model, &cfg.model)?;
     let set = load_set(cfg, split, classes, input)?
         .ok_or_else(|| Error::BadData { path: cfg.data.join(split), reason: "no such split folder".into() })?;
-    let x = imageset::batch_f32(&set.x, &(0..set.labels.len()).collect::<Vec<_>>(), cfg.rescale);
-    let probs = crate::train::predict(&onnx::encode_model(model), &cfg.model, &x, 256, &cfg.session)?;
+    let probs =
+        crate::train::predict(&onnx::encode_model(model), &cfg.model, &set.to_f32(cfg.rescale), 256, &cfg.session)?;
     Ok((probs, set))
 }

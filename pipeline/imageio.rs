@@ -75,6 +75,9 @@ impl View {
     }
 }
 
+/// ITU-R 601 luma weights (R, G, B): PIL's "L" conversion, used for 1-channel models.
+pub const LUMA: [f32; 3] = [0.299, 0.587, 0.114];
+
 /// File extensions the stages treat as images.
 pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp"];
 

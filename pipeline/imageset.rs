@@ -42,13 +42,7 @@ pub fn load_split(root: &Path, split: &str, classes: &[String], spec: &LoadSpec)
             reason: "images have 1 or 3 channels".into(),
         });
     }
-    let mut labels = Vec::with_capacity(items.len());
-    for it in &items {
-        labels.push(classes.iter().position(|c| c == &it.class).ok_or_else(|| Error::BadData {
-            path: it.path.clone(),
-            reason: format!("class `{}` of split `{split}` is not a training class ({})", it.class, classes.join(", ")),
-        })?);
-    }
+    let labels = dataset::labels(&items, classes, split)?;
     let (h, w) = (spec.size.0 as usize, spec.size.1 as usize);
     let pb = crate::cli::progress(items.len() as u64, "img");
     pb.set_message(format!("decoding {split}"));
@@ -63,7 +57,10 @@ pub fn load_split(root: &Path, split: &str, classes: &[String], spec: &LoadSpec)
             } else {
                 a.lanes(Axis(2))
                     .into_iter()
-                    .map(|p| (p[0] * 0.299 + p[1] * 0.587 + p[2] * 0.114).round().clamp(0.0, 255.0) as u8)
+                    .map(|p| {
+                        let [r, g, b] = imageio::LUMA;
+                        (p[0] * r + p[1] * g + p[2] * b).round().clamp(0.0, 255.0) as u8
+                    })
                     .collect()
             })
         })
@@ -89,6 +86,13 @@ pub fn load_split(root: &Path, split: &str, classes: &[String], spec: &LoadSpec)
     }
     let x = Array4::from_shape_vec((files.len(), h, w, spec.channels), x).expect("sizes match");
     Ok(ImageSet { x, labels: keep_labels, files, skipped })
+}
+
+impl ImageSet {
+    /// All images as float32 scaled by `scale`.
+    pub fn to_f32(&self, scale: f32) -> ArrayD<f32> {
+        self.x.mapv(|v| v as f32 * scale).into_dyn()
+    }
 }
 
 /// Rows `idx` of `x` as float32 scaled by `scale` (Keras' `rescale`).

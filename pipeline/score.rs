@@ -165,7 +165,10 @@ pub fn deployable(
     b.input(INPUT, &[Dim::named("N"), Dim::Fixed(size as i64), Dim::Fixed(size as i64), Dim::Fixed(3)]);
     let mut x = INPUT.to_string();
     if channels == 1 {
-        let w = b.init_f32("pre/luma", &ndarray::arr2(&[[0.299f32], [0.587], [0.114]]).into_dyn());
+        let w = b.init_f32(
+            "pre/luma",
+            &ndarray::Array2::from_shape_vec((3, 1), crate::imageio::LUMA.to_vec()).expect("3×1").into_dyn(),
+        );
         let l = b.op("MatMul", &[&x, &w], vec![]);
         // Rounded like the 8-bit gray images training saw (PIL "L").
         x = b.op("Round", &[&l], vec![]);
