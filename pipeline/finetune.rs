@@ -67,10 +67,10 @@ fn comparable(cfg: &FinetuneConfig) -> serde_json::Value {
 }
 
 /// The exported model plus optimizer slots (`optimizer/{m,v}/<param>`) and the loop state.
-fn checkpoint(tr: &Trainer, fs: &FitState, saved: SavedState) -> ModelProto {
-    let mut m = tr.export();
+fn checkpoint(exported: &ModelProto, params: &[String], fs: &FitState, saved: SavedState) -> ModelProto {
+    let mut m = exported.clone();
     let g = m.graph.as_mut().expect("graph");
-    for (p, (a, b)) in tr.train.params.iter().zip(&fs.optim.slots) {
+    for (p, (a, b)) in params.iter().zip(&fs.optim.slots) {
         g.initializer.push(onnx::tensor_f32(&format!("optimizer/m/{p}"), a));
         g.initializer.push(onnx::tensor_f32(&format!("optimizer/v/{p}"), b));
     }
@@ -278,16 +278,17 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
                 score < bs
             });
             let m = tr.export();
-            fsutil::write_bytes_atomic(&cfg.run_dir.join(LAST), &onnx::encode_model(&m))?;
+            let bytes = onnx::encode_model(&m);
+            fsutil::write_bytes_atomic(&cfg.run_dir.join(LAST), &bytes)?;
             if improved {
-                fsutil::write_bytes_atomic(&cfg.run_dir.join(BEST), &onnx::encode_model(&m))?;
-                best = Some((e.clone(), m));
+                fsutil::write_bytes_atomic(&cfg.run_dir.join(BEST), &bytes)?;
                 since_best = 0;
             } else {
                 since_best += 1;
             }
-            // The checkpoint goes last: a run killed before it resumes from the previous epoch,
-            // whose best.onnx is still valid (an epoch is only "best" once its checkpoint exists).
+            // The checkpoint goes last: a run killed before it resumes from the previous epoch
+            // and recomputes this one identically (rewriting last/best the same way).
+            let best_epoch = if improved { Some(e.clone()) } else { best.as_ref().map(|b| b.0.clone()) };
             let saved = SavedState {
                 config: config_json.clone(),
                 epoch: fs.epoch,
@@ -295,10 +296,14 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
                 optim_step: fs.optim.step,
                 order: fs.order.clone(),
                 history: fs.history.clone(),
-                best_epoch: best.as_ref().map(|b| b.0.clone()),
+                best_epoch,
                 since_best,
             };
-            fsutil::write_bytes_atomic(&cfg.run_dir.join(CHECKPOINT), &onnx::encode_model(&checkpoint(tr, fs, saved)))?;
+            let ckpt = checkpoint(&m, &tr.train.params, fs, saved);
+            fsutil::write_bytes_atomic(&cfg.run_dir.join(CHECKPOINT), &onnx::encode_model(&ckpt))?;
+            if improved {
+                best = Some((e.clone(), m));
+            }
             Ok(cfg.patience.is_none_or(|p| since_best < p))
         },
     )?;
