@@ -92,16 +92,10 @@ impl Augment {
     /// Draw a transform for an image of `h`×`w` (Keras' `get_random_transform` order).
     pub fn draw(&self, rng: &mut impl Rng, h: usize, w: usize) -> Transform {
         let theta = uniform(rng, self.rotation_range);
-        let shift = |rng: &mut dyn rand::RngCore, r: f32, n: usize| {
-            let v = if r > 0.0 { rng.gen_range(-r..r) } else { 0.0 };
-            if r < 1.0 {
-                v * n as f32
-            } else {
-                v.round()
-            }
-        };
-        let tx = shift(rng, self.height_shift_range, h);
-        let ty = shift(rng, self.width_shift_range, w);
+        // A range < 1 is a fraction of the size, else pixels.
+        let pixels = |v: f32, r: f32, n: usize| if r < 1.0 { v * n as f32 } else { v.round() };
+        let tx = pixels(uniform(rng, self.height_shift_range), self.height_shift_range, h);
+        let ty = pixels(uniform(rng, self.width_shift_range), self.width_shift_range, w);
         let shear = uniform(rng, self.shear_range);
         let (zx, zy) = if self.zoom_range > 0.0 {
             (
