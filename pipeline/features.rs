@@ -85,7 +85,7 @@ pub struct SplitReport {
 }
 
 /// File-name stem of one split's cache in one view: `train`, `train.hflip`, ….
-fn stem(split: &str, view: View) -> String {
+pub fn stem(split: &str, view: View) -> String {
     match view {
         View::Identity => split.to_string(),
         v => format!("{split}.{}", v.name()),

@@ -66,10 +66,7 @@ fn run(a: Args) -> Result<()> {
     let secs = t.elapsed().as_secs_f64();
     let computed: usize = reports.iter().map(|r| r.computed).sum();
     for r in &reports {
-        let name = match r.view {
-            tlearn::imageio::View::Identity => r.split.clone(),
-            v => format!("{}.{}", r.split, v.name()),
-        };
+        let name = tlearn::features::stem(&r.split, r.view);
         println!(
             "{:<17} {:>6} images  {:>6} computed  {:>6} reused  {:>4} skipped{}",
             name,
