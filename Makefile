@@ -20,7 +20,7 @@ ELPV_SHA256 := 85e31c1126ee9b48e62d3a0232c58f58b2d189b0814a45c13642fa0415af4a4c
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
 .PHONY: help setup setup-cuda build test demo demo-best data data4 backbone extract head evaluate score bench clean fmt lint \
-        mnist finetune finetune-v1 finetune-vgg bench-train bench-tf-env
+        mnist finetune finetune-v1 finetune-vgg bench-train bench-tf-env agree
 
 DATA_DIR  := data/$(DATASET)
 FEAT_DIR  := features/$(DATASET)/$(BACKBONE)-$(SIZE)
@@ -165,7 +165,10 @@ bench: setup data backbone bench-env ## extraction throughput (tlearn vs raw ORT
 bench-train: setup ## training-step time of the mnist and v1 nets: tlearn vs Keras (TF default and oneDNN) when bench-tf-env exists
 	$(CARGO) bench --bench train_step
 
-bench-tf-env: .cache/tfenv/bin/python ## a Python venv with tensorflow-cpu 2.21 for bench-train (large download)
+bench-tf-env: .cache/tfenv/bin/python ## a Python venv with tensorflow-cpu 2.21 for bench-train and agree (large download)
+
+agree: setup bench-tf-env ## 20 RMSprop steps of the mnist net, tlearn vs live Keras (re-records tests/fixtures/keras_mnist_rmsprop.json)
+	TLEARN_RECORD=1 $(CARGO) test --release --test keras_agreement -- --nocapture
 
 .cache/tfenv/bin/python:
 	$(PYTHON) -m venv .cache/tfenv

@@ -1,7 +1,7 @@
 """Keras training-step time of tlearn's built-in nets, for `make bench-train`.
 
 usage: keras_step.py NET BATCH STEPS THREADS   → prints the median seconds per step.
-The nets equal `tlearn-convnet mnist|v1` (same layers, Keras default initialisers); RMSprop 1e-4,
+The nets are keras_nets.py's twins of `tlearn-convnet mnist|v1`; RMSprop 1e-4,
 random inputs, train_on_batch (forward + backward + update), as tlearn's step does.
 """
 import sys
@@ -10,30 +10,13 @@ import time
 import numpy as np
 import tensorflow as tf
 from tensorflow import keras
-from tensorflow.keras import layers
+
+import keras_nets
 
 net, batch, steps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 tf.config.threading.set_intra_op_parallelism_threads(threads)
 tf.config.threading.set_inter_op_parallelism_threads(1)
-if net == "mnist":
-    model = keras.Sequential([
-        keras.Input((28, 28, 1)),
-        layers.Conv2D(32, 3, activation="relu"), layers.MaxPooling2D(2),
-        layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(2),
-        layers.Conv2D(64, 3, activation="relu"), layers.Flatten(),
-        layers.Dense(64, activation="relu"), layers.Dense(10, activation="softmax"),
-    ])
-    loss, k, shape = "categorical_crossentropy", 10, (28, 28, 1)
-else:
-    model = keras.Sequential([
-        keras.Input((150, 150, 3)),
-        layers.Conv2D(32, 3, activation="relu"), layers.MaxPooling2D(2),
-        layers.Conv2D(64, 3, activation="relu"), layers.MaxPooling2D(2),
-        layers.Conv2D(128, 3, activation="relu"), layers.MaxPooling2D(2),
-        layers.Conv2D(128, 3, activation="relu"), layers.MaxPooling2D(2),
-        layers.Flatten(), layers.Dense(512, activation="relu"), layers.Dense(1, activation="sigmoid"),
-    ])
-    loss, k, shape = "binary_crossentropy", 1, (150, 150, 3)
+model, loss, k, shape = keras_nets.build(net)
 model.compile(optimizer=keras.optimizers.RMSprop(1e-4), loss=loss)
 rng = np.random.default_rng(0)
 x = rng.random((batch,) + shape, dtype=np.float32)

@@ -38,13 +38,13 @@ fn tlearn_step(net: &str, batch: usize, steps: usize, threads: usize) -> f64 {
     let x = ArrayD::from_shape_simple_fn(IxDyn(&shape), || rng.gen::<f32>());
     let labels: Vec<usize> = (0..batch).map(|i| i % k).collect();
     let y = label_tensor(&labels, t.train.loss, k);
-    let mut state = optim::State::new(optim::Optimizer::rmsprop(1e-4), &t.params);
+    t.start(&optim::State::new(optim::Optimizer::rmsprop(1e-4), &t.params)).unwrap();
     let mut times = vec![];
     for i in 0..steps + 3 {
         let masks = t.draw_masks(batch, &mut rng);
+        let (xb, yb) = (x.clone(), y.clone());
         let s = Instant::now();
-        let (_, _, grads) = t.step(x.view(), &y, &masks).unwrap();
-        state.update(&mut t.params, &grads, 1e-4);
+        t.train_step(xb, yb, masks, 1e-4).unwrap();
         if i >= 3 {
             times.push(s.elapsed().as_secs_f64());
         }

@@ -9,7 +9,7 @@ use crate::imageio::Interpolation;
 use crate::imageset::{self, ImageSet, LoadSpec};
 use crate::onnx::{self, cut, proto::ModelProto};
 use crate::runtime::SessionOptions;
-use crate::train::{Epoch, FitConfig, FitState, Trainer};
+use crate::train::{optim, Epoch, FitConfig, FitState, Trainer};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -71,8 +71,8 @@ fn checkpoint(exported: &ModelProto, params: &[String], fs: &FitState, saved: Sa
     let mut m = exported.clone();
     let g = m.graph.as_mut().expect("graph");
     for (p, (a, b)) in params.iter().zip(&fs.optim.slots) {
-        g.initializer.push(onnx::tensor_f32(&format!("optimizer/m/{p}"), a));
-        g.initializer.push(onnx::tensor_f32(&format!("optimizer/v/{p}"), b));
+        g.initializer.push(onnx::tensor_f32(&optim::slot_name(0, p), a));
+        g.initializer.push(onnx::tensor_f32(&optim::slot_name(1, p), b));
     }
     m.metadata_props.push(onnx::proto::StringStringEntryProto {
         key: STATE_KEY.into(),
@@ -106,9 +106,9 @@ fn restore(cfg: &FinetuneConfig, tr: &mut Trainer) -> Result<Option<(FitState, O
     let mut slots = vec![];
     for (i, p) in tr.train.params.clone().iter().enumerate() {
         tr.params[i] = get(p)?;
-        slots.push((get(&format!("optimizer/m/{p}"))?, get(&format!("optimizer/v/{p}"))?));
+        slots.push((get(&optim::slot_name(0, p))?, get(&optim::slot_name(1, p))?));
     }
-    let optim = crate::train::optim::State { opt: cfg.fit.optimizer.clone(), slots, step: saved.optim_step };
+    let optim = optim::State { opt: cfg.fit.optimizer.clone(), slots, step: saved.optim_step };
     let fs = FitState {
         epoch: saved.epoch,
         optim,

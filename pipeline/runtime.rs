@@ -9,6 +9,10 @@ use std::sync::OnceLock;
 /// File name of the pinned library (`make setup` puts it into `.ort/`).
 pub const ORT_LIB: &str = "libonnxruntime.so.1.31.1";
 
+/// Environment variable: when set, every session is profiled by onnxruntime into
+/// `<value>_<timestamp>.json` (Chrome trace format; `bench/ort_profile.py` sums it per op).
+pub const PROFILE_ENV: &str = "TLEARN_ORT_PROFILE";
+
 /// Where a stage runs its ONNX graphs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -103,8 +107,14 @@ pub fn open(model: &[u8], what: &Path, opts: &SessionOptions) -> Result<OpenSess
     } else {
         opts.threads
     };
+    // TLEARN_ORT_PROFILE=PREFIX: onnxruntime's profiler writes PREFIX_<time>.json per session.
+    let profile = std::env::var_os(PROFILE_ENV);
     let base = || -> Result<ort::session::builder::SessionBuilder> {
-        Ok(Session::builder(environment()?)?.with_intra_threads(threads)?.with_intra_op_spinning(false)?)
+        let b = Session::builder(environment()?)?.with_intra_threads(threads)?.with_intra_op_spinning(false)?;
+        Ok(match &profile {
+            Some(prefix) => b.with_profiling(prefix)?,
+            None => b,
+        })
     };
     let ctx = |e: Error| match e {
         Error::Ort(m) => Error::BadModel { path: what.into(), reason: m },
@@ -150,18 +160,30 @@ fn log_once(why: &str) {
     ONCE.get_or_init(|| tracing::info!("device auto: using CPU because the {why}"));
 }
 
+/// An f32 view as a session input (no copy on CPU).
+pub fn view<'v>(a: ndarray::ArrayViewD<'v, f32>) -> Result<ort::session::SessionInputValue<'v>> {
+    Ok(ort::value::TensorRef::from_array_view(a)?.into())
+}
+
 /// Run a session on named f32 inputs and return the named f32 outputs as owned arrays.
 pub fn run_f32(
     s: &mut Session,
     inputs: Vec<(&str, ndarray::ArrayViewD<'_, f32>)>,
     outputs: &[&str],
 ) -> Result<Vec<ndarray::ArrayD<f32>>> {
-    let mut feed: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> =
-        Vec::with_capacity(inputs.len());
-    for (name, a) in inputs {
-        let t = ort::value::TensorRef::from_array_view(a)?;
-        feed.push((name.into(), t.into()));
-    }
+    let feed = inputs.into_iter().map(|(n, a)| Ok((n, view(a)?))).collect::<Result<Vec<_>>>()?;
+    run_values(s, feed, outputs)
+}
+
+/// Run a session on named inputs (host views or device tensors) and return the named f32
+/// outputs as owned host arrays.
+pub fn run_values(
+    s: &mut Session,
+    inputs: Vec<(&str, ort::session::SessionInputValue<'_>)>,
+    outputs: &[&str],
+) -> Result<Vec<ndarray::ArrayD<f32>>> {
+    let feed: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> =
+        inputs.into_iter().map(|(n, v)| (n.into(), v)).collect();
     let out = s.run(feed)?;
     outputs
         .iter()

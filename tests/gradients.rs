@@ -8,7 +8,7 @@ use tlearn::onnx::builder::A;
 use tlearn::onnx::{self, proto::ModelProto, Dim, GraphBuilder};
 use tlearn::runtime::{Device, SessionOptions};
 use tlearn::train::head::{self, HeadSpec, Pool};
-use tlearn::train::{label_tensor, Trainer};
+use tlearn::train::{label_tensor, optim, Trainer};
 
 type Rg = rand_chacha::ChaCha8Rng;
 
@@ -28,7 +28,7 @@ fn check(model: &ModelProto, feature_shape: &[usize], classes: usize, n: usize) 
     let labels: Vec<usize> = (0..n).map(|i| i % classes).collect();
     let y = label_tensor(&labels, t.train.loss, classes);
     let masks = t.draw_masks(n, &mut rng);
-    let (_, _, grads) = t.step(x.view(), &y, &masks).unwrap();
+    let (_, _, grads) = t.gradients(x.view(), &y, &masks).unwrap();
     let eps = 1e-3f32;
     let mut checked = 0;
     for (p, grad) in grads.iter().enumerate() {
@@ -37,9 +37,9 @@ fn check(model: &ModelProto, feature_shape: &[usize], classes: usize, n: usize) 
             let j = rng.gen_range(0..len);
             let orig = t.params[p].as_slice().unwrap()[j];
             t.params[p].as_slice_mut().unwrap()[j] = orig + eps;
-            let lp = t.step(x.view(), &y, &masks).unwrap().0 as f64;
+            let lp = t.gradients(x.view(), &y, &masks).unwrap().0 as f64;
             t.params[p].as_slice_mut().unwrap()[j] = orig - eps;
-            let lm = t.step(x.view(), &y, &masks).unwrap().0 as f64;
+            let lm = t.gradients(x.view(), &y, &masks).unwrap().0 as f64;
             t.params[p].as_slice_mut().unwrap()[j] = orig;
             let fd = (lp - lm) / (2.0 * eps as f64);
             let an = grad.as_slice().unwrap()[j] as f64;
@@ -263,4 +263,81 @@ fn overlapping_maxpool_batchnorm_concat_and_residual_add() {
     assert!(t.train.params.iter().all(|p| !p.contains("bn_mean") && !p.contains("bn_var")), "{:?}", t.train.params);
     assert!(t.train.params.iter().any(|p| p.contains("bn_scale")));
     check(&m, &[9, 9, 2], 2, 3);
+}
+
+/// Keras 3's update rules, written out independently of the library (f32, Keras' order).
+fn keras_update(opt: &optim::Optimizer, t: i32, w: &mut [f32], g: &[f32], s0: &mut [f32], s1: &mut [f32]) {
+    for j in 0..w.len() {
+        match *opt {
+            optim::Optimizer::Rmsprop { lr, rho, epsilon } => {
+                let (lr, rho, eps) = (lr as f32, rho as f32, epsilon as f32);
+                s0[j] = rho * s0[j] + (1.0 - rho) * (g[j] * g[j]);
+                w[j] -= lr * g[j] / (s0[j] + eps).sqrt();
+            }
+            optim::Optimizer::Sgd { lr, momentum: 0.0 } => w[j] -= g[j] * lr as f32,
+            optim::Optimizer::Sgd { lr, momentum } => {
+                s0[j] = s0[j] * momentum as f32 - g[j] * lr as f32;
+                w[j] += s0[j];
+            }
+            optim::Optimizer::Adam { lr, beta1, beta2, epsilon } => {
+                let alpha = (lr * (1.0 - beta2.powi(t)).sqrt() / (1.0 - beta1.powi(t))) as f32;
+                s0[j] += (g[j] - s0[j]) * (1.0 - beta1 as f32);
+                s1[j] += (g[j] * g[j] - s1[j]) * (1.0 - beta2 as f32);
+                w[j] -= s0[j] * alpha / (s1[j].sqrt() + epsilon as f32);
+            }
+        }
+    }
+}
+
+/// The in-graph optimizer step (weights kept on the device between steps) equals Keras' update
+/// rules applied to the compiler's gradients, over several steps (slots and Adam's bias
+/// correction carried), and `sync` brings back exactly the device's parameters and slots.
+#[test]
+fn in_graph_optimizers_follow_keras_update_rules() {
+    let spec = HeadSpec { units: 5, layers: 1, dropout: 0.0, pool: Pool::Flatten, standardize: false };
+    let m = head::build(&[2, 2, 3], 3, &spec, 4, None).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let x = rand_array(&mut rng, &[6, 2, 2, 3], 1.0);
+    let labels: Vec<usize> = (0..6).map(|i| i % 3).collect();
+    for opt in [
+        optim::Optimizer::rmsprop(1e-2),
+        optim::Optimizer::sgd(0.1, 0.0),
+        optim::Optimizer::sgd(0.1, 0.9),
+        optim::Optimizer::adam(1e-2),
+    ] {
+        let mut reference = Trainer::new(&m, Path::new("t.onnx"), &[2, 2, 3], 3, &opts()).unwrap();
+        let mut device = Trainer::new(&m, Path::new("t.onnx"), &[2, 2, 3], 3, &opts()).unwrap();
+        let y = label_tensor(&labels, reference.train.loss, 3);
+        let mut slots: Vec<(ArrayD<f32>, ArrayD<f32>)> =
+            reference.params.iter().map(|p| (ArrayD::zeros(p.raw_dim()), ArrayD::zeros(p.raw_dim()))).collect();
+        let mut state = optim::State::new(opt.clone(), &device.params);
+        device.start(&state).unwrap();
+        for t in 1..=4 {
+            let (loss_ref, _, grads) = reference.gradients(x.view(), &y, &[]).unwrap();
+            for (p, (g, (s0, s1))) in reference.params.iter_mut().zip(grads.iter().zip(slots.iter_mut())) {
+                let (s0, s1) = (s0.as_slice_mut().unwrap(), s1.as_slice_mut().unwrap());
+                keras_update(&opt, t, p.as_slice_mut().unwrap(), g.as_slice().unwrap(), s0, s1);
+            }
+            let (loss, _) = device.train_step(x.clone(), y.clone(), vec![], opt.step_lr(opt.lr(), t)).unwrap();
+            assert!(
+                (loss - loss_ref).abs() <= 1e-6 * loss_ref.abs().max(1.0),
+                "{opt:?} step {t}: {loss} vs {loss_ref}"
+            );
+        }
+        device.sync(&mut state).unwrap();
+        let close = |a: &ArrayD<f32>, b: &ArrayD<f32>, what: &str| {
+            let d = (a - b).mapv(f32::abs).fold(0f32, |m, &v| m.max(v));
+            assert!(d <= 1e-6, "{opt:?} {what}: max |device − Keras rule| = {d}");
+        };
+        for (i, p) in device.params.iter().enumerate() {
+            close(p, &reference.params[i], &device.train.params[i]);
+            close(&state.slots[i].0, &slots[i].0, "slot 0");
+            close(&state.slots[i].1, &slots[i].1, "slot 1");
+        }
+        assert!(device
+            .params
+            .iter()
+            .zip(&Trainer::new(&m, Path::new("t.onnx"), &[2, 2, 3], 3, &opts()).unwrap().params)
+            .any(|(a, b)| a != b));
+    }
 }

@@ -5,6 +5,7 @@ pub mod conv;
 pub mod graph;
 pub mod head;
 pub mod optim;
+pub mod resident;
 
 use crate::error::{Error, Result};
 use crate::metrics;
@@ -15,7 +16,7 @@ use ndarray::{ArrayD, Axis};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Loop settings.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -76,15 +77,22 @@ pub fn label_tensor(labels: &[usize], loss: Loss, k: usize) -> ArrayD<f32> {
 }
 
 /// A model in training: compiled graphs, open sessions, current parameters.
+///
+/// While a fit runs, parameters and optimizer slots live in a [`resident::Resident`] on the
+/// session's device; `params` (the host copy) is refreshed by [`Trainer::sync`] at every epoch end.
 pub struct Trainer {
     pub model: ModelProto,
     pub train: TrainGraph,
     eval: TrainGraph,
-    train_s: ort::session::Session,
+    /// Gradients-only session of `train`, opened on first use ([`Trainer::gradients`]).
+    grad_s: Option<ort::session::Session>,
     eval_s: ort::session::Session,
     pub params: Vec<ArrayD<f32>>,
+    resident: Option<resident::Resident>,
     grad_names: Vec<String>,
     n_classes: usize,
+    what: PathBuf,
+    opts: SessionOptions,
 }
 
 impl Trainer {
@@ -111,7 +119,6 @@ impl Trainer {
         let sel = |n: &str| !n.starts_with(graph::FROZEN) && trainable(n);
         let train = graph::compile(model, what, &sel, feature_shape, Mode::Train)?;
         let eval = graph::compile(model, what, &sel, feature_shape, Mode::Eval)?;
-        let train_s = runtime::open(&onnx::encode_model(&train.model), what, opts)?.session;
         let eval_s = runtime::open(&onnx::encode_model(&eval.model), what, opts)?.session;
         let g = onnx::graph(model);
         let params = train
@@ -120,7 +127,19 @@ impl Trainer {
             .map(|p| onnx::tensor_to_f32(g.initializer.iter().find(|t| &t.name == p).expect("param is an initializer")))
             .collect::<Result<Vec<_>>>()?;
         let grad_names = train.params.iter().map(|p| graph::grad_name(p)).collect();
-        Ok(Trainer { model: model.clone(), train, eval, train_s, eval_s, params, grad_names, n_classes })
+        Ok(Trainer {
+            model: model.clone(),
+            train,
+            eval,
+            grad_s: None,
+            eval_s,
+            params,
+            resident: None,
+            grad_names,
+            n_classes,
+            what: what.into(),
+            opts: opts.clone(),
+        })
     }
 
     /// Dropout masks for a batch of `n`: 0 with probability p, else 1/(1−p).
@@ -142,13 +161,18 @@ impl Trainer {
             .collect()
     }
 
-    /// One optimisation step on a batch; returns (loss, outputs).
-    pub fn step(
+    /// Loss, outputs and the gradient of every parameter on a batch, at the host parameters
+    /// `self.params` (no update; gradient checks).
+    pub fn gradients(
         &mut self,
         x: ndarray::ArrayViewD<'_, f32>,
         y: &ArrayD<f32>,
         masks: &[ArrayD<f32>],
     ) -> Result<(f32, ArrayD<f32>, Vec<ArrayD<f32>>)> {
+        if self.grad_s.is_none() {
+            let bytes = onnx::encode_model(&self.train.model);
+            self.grad_s = Some(runtime::open(&bytes, &self.what, &self.opts)?.session);
+        }
         let mut feed: Vec<(&str, ndarray::ArrayViewD<'_, f32>)> =
             vec![(self.train.input.as_str(), x), (graph::LABELS, y.view())];
         for (p, a) in self.train.params.iter().zip(&self.params) {
@@ -159,25 +183,60 @@ impl Trainer {
         }
         let mut names: Vec<&str> = vec![graph::LOSS, self.train.output.as_str()];
         names.extend(self.grad_names.iter().map(|s| s.as_str()));
-        let mut out = runtime::run_f32(&mut self.train_s, feed, &names)?;
+        let mut out = runtime::run_f32(self.grad_s.as_mut().expect("opened"), feed, &names)?;
         let grads = out.split_off(2);
         let probs = out.pop().expect("outputs");
         let loss = out.pop().expect("loss").iter().next().copied().unwrap_or(f32::NAN);
         Ok((loss, probs, grads))
     }
 
-    /// Loss and outputs on `x` (no dropout), in batches.
+    /// Move the host parameters and `state`'s slots to the device for [`Trainer::train_step`].
+    pub fn start(&mut self, state: &optim::State) -> Result<()> {
+        self.resident = None;
+        self.resident = Some(resident::Resident::new(&self.train, &self.params, state, &self.what, &self.opts)?);
+        Ok(())
+    }
+
+    /// One optimisation step on a batch (after [`Trainer::start`]): forward, backward and the
+    /// optimizer's update in one graph run, with `lr` as given by [`optim::Optimizer::step_lr`];
+    /// returns the loss and the outputs.
+    pub fn train_step(
+        &mut self,
+        x: ArrayD<f32>,
+        y: ArrayD<f32>,
+        masks: Vec<ArrayD<f32>>,
+        lr: f32,
+    ) -> Result<(f32, ArrayD<f32>)> {
+        self.resident.as_mut().ok_or_else(|| Error::Other("train_step before start".into()))?.step(x, y, masks, lr)
+    }
+
+    /// Copy the device parameters into `self.params` and the slots into `state`.
+    pub fn sync(&mut self, state: &mut optim::State) -> Result<()> {
+        match &self.resident {
+            Some(r) => r.download(&mut self.params, state),
+            None => Ok(()),
+        }
+    }
+
+    /// Loss and outputs on `x` (no dropout), in batches, at the current parameters (on the
+    /// device during a fit).
     pub fn evaluate(&mut self, x: &ArrayD<f32>, labels: &[usize], batch: usize) -> Result<(f64, ArrayD<f32>)> {
         let n = x.shape()[0];
         let mut loss = 0.0;
         let probs = in_batches(n, batch, |r| {
             let yb = label_tensor(&labels[r.clone()], self.eval.loss, self.n_classes);
-            let mut feed: Vec<(&str, ndarray::ArrayViewD<'_, f32>)> =
-                vec![(self.eval.input.as_str(), x.slice_axis(Axis(0), r.clone().into())), (graph::LABELS, yb.view())];
-            for (p, a) in self.eval.params.iter().zip(&self.params) {
-                feed.push((p.as_str(), a.view()));
+            let mut feed: Vec<(&str, ort::session::SessionInputValue<'_>)> = vec![
+                (self.eval.input.as_str(), runtime::view(x.slice_axis(Axis(0), r.clone().into()))?),
+                (graph::LABELS, runtime::view(yb.view())?),
+            ];
+            for (i, p) in self.eval.params.iter().enumerate() {
+                let v = match &self.resident {
+                    Some(res) => (&res.params()[i]).into(),
+                    None => runtime::view(self.params[i].view())?,
+                };
+                feed.push((p.as_str(), v));
             }
-            let mut o = runtime::run_f32(&mut self.eval_s, feed, &[graph::LOSS, self.eval.output.as_str()])?;
+            let mut o = runtime::run_values(&mut self.eval_s, feed, &[graph::LOSS, self.eval.output.as_str()])?;
             loss += o[0].iter().next().copied().unwrap_or(f32::NAN) as f64 * r.len() as f64;
             Ok(o.pop().expect("probs"))
         })?;
@@ -230,6 +289,7 @@ impl Trainer {
         let steps_per_epoch = n.div_ceil(cfg.batch);
         let total_steps = steps_per_epoch * cfg.epochs;
         let base_lr = cfg.optimizer.lr();
+        let opt = &cfg.optimizer;
         let mut fs = match resume {
             Some(r) => {
                 rng.set_word_pos(r.rng_word_pos);
@@ -249,6 +309,7 @@ impl Trainer {
             order = (0..n).collect();
         }
         let start = fs.epoch + 1;
+        self.start(&fs.optim)?;
         for epoch in start..=cfg.epochs {
             let t = std::time::Instant::now();
             order.shuffle(&mut rng);
@@ -259,11 +320,11 @@ impl Trainer {
                 let lb: Vec<usize> = chunk.iter().map(|&i| labels[i]).collect();
                 let yb = label_tensor(&lb, self.train.loss, self.n_classes);
                 let masks = self.draw_masks(chunk.len(), &mut rng);
-                let (loss, probs, grads) = self.step(xb.view(), &yb, &masks)?;
+                let (loss, probs) = self.train_step(xb, yb, masks, opt.step_lr(lr, fs.optim.step + 1))?;
+                fs.optim.step += 1;
                 if !loss.is_finite() {
                     return Err(Error::Other(format!("epoch {epoch}: loss is {loss}; lower the learning rate")));
                 }
-                fs.optim.update(&mut self.params, &grads, lr);
                 loss_sum += loss as f64 * chunk.len() as f64;
                 correct += metrics::predicted(&probs).iter().zip(&lb).filter(|(a, b)| a == b).count();
             }
@@ -284,6 +345,7 @@ impl Trainer {
                 },
                 seconds: t.elapsed().as_secs_f64(),
             };
+            self.sync(&mut fs.optim)?;
             fs.epoch = epoch;
             fs.rng_word_pos = rng.get_word_pos();
             fs.order.clone_from(&order);
@@ -292,6 +354,8 @@ impl Trainer {
                 break;
             }
         }
+        // `params` holds the last epoch's values; the host copy is authoritative again.
+        self.resident = None;
         Ok(fs.history)
     }
 

@@ -1,14 +1,23 @@
-//! Optimizers with Keras 3 semantics, applied in Rust to the parameters between graph runs.
+//! Optimizers with Keras 3 semantics. The update runs inside the training graph
+//! ([`append_update`]): parameters and slots go in, their next values come out, so they can stay
+//! on the execution provider's device between steps (see `Trainer::train_step`).
 
+use super::graph::{grad_name, TrainGraph};
 use crate::error::{Error, Result};
-use ndarray::{ArrayD, Zip};
+use crate::onnx::proto::{ModelProto, ValueInfoProto};
+use crate::onnx::GraphBuilder;
+use ndarray::ArrayD;
 use serde::{Deserialize, Serialize};
+
+/// Scalar input of the update graph: this step's learning rate (Adam: bias correction folded in,
+/// see [`Optimizer::step_lr`]).
+pub const LR: &str = "optimizer/lr";
 
 /// Optimizer and its hyper-parameters (Keras defaults unless set).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "lowercase")]
 pub enum Optimizer {
-    /// `v = ρv + (1−ρ)g²; w −= lr·g / (√v + ε)` (Keras: ρ = 0.9, ε = 1e-7).
+    /// `v = ρv + (1−ρ)g²; w −= lr·g / √(v + ε)` (Keras: ρ = 0.9, ε = 1e-7).
     Rmsprop { lr: f64, rho: f64, epsilon: f64 },
     /// `m = μm − lr·g; w += m` (plain SGD when μ = 0).
     Sgd { lr: f64, momentum: f64 },
@@ -34,10 +43,26 @@ impl Optimizer {
         }
     }
 
+    /// How many per-parameter slots the update uses (slot 0, then slot 1 of [`State::slots`]).
+    pub fn n_slots(&self) -> usize {
+        match *self {
+            Optimizer::Sgd { momentum: 0.0, .. } => 0,
+            Optimizer::Sgd { .. } | Optimizer::Rmsprop { .. } => 1,
+            Optimizer::Adam { .. } => 2,
+        }
+    }
+
+    /// The value fed to [`LR`] for update number `t` (1-based) at learning rate `lr`: `lr`, or
+    /// for Adam Keras' `lr·√(1−β2ᵗ)/(1−β1ᵗ)`.
+    pub fn step_lr(&self, lr: f64, t: i32) -> f32 {
+        match *self {
+            Optimizer::Adam { beta1, beta2, .. } => (lr * (1.0 - beta2.powi(t)).sqrt() / (1.0 - beta1.powi(t))) as f32,
+            _ => lr as f32,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
-        let lr = match *self {
-            Optimizer::Rmsprop { lr, .. } | Optimizer::Sgd { lr, .. } | Optimizer::Adam { lr, .. } => lr,
-        };
+        let lr = self.lr();
         if !(lr > 0.0 && lr.is_finite()) {
             return Err(Error::Param { name: "lr", value: lr.to_string(), reason: "must be positive".into() });
         }
@@ -90,11 +115,12 @@ impl Schedule {
     }
 }
 
-/// Per-parameter optimizer state.
+/// Per-parameter optimizer state, on the host (checkpoints, resume).
 #[derive(Clone, Debug, PartialEq)]
 pub struct State {
     pub opt: Optimizer,
-    /// First and second moment (or momentum) slots per parameter.
+    /// Slot 0 and slot 1 per parameter (RMSprop: v, —; SGD: momentum, —; Adam: m, v); unused
+    /// slots stay zero.
     pub slots: Vec<(ArrayD<f32>, ArrayD<f32>)>,
     /// Updates applied so far (Adam's bias correction).
     pub step: i32,
@@ -105,42 +131,98 @@ impl State {
         let slots = params.iter().map(|p| (ArrayD::zeros(p.raw_dim()), ArrayD::zeros(p.raw_dim()))).collect();
         State { opt, slots, step: 0 }
     }
+}
 
-    /// Apply one update with learning rate `lr` (the schedule's value for this step).
-    pub fn update(&mut self, params: &mut [ArrayD<f32>], grads: &[ArrayD<f32>], lr: f64) {
-        let lr = lr as f32;
-        self.step += 1;
-        let t = self.step;
-        for ((p, g), (s1, s2)) in params.iter_mut().zip(grads).zip(self.slots.iter_mut()) {
-            match self.opt {
-                Optimizer::Rmsprop { rho, epsilon, .. } => {
-                    let (rho, epsilon) = (rho as f32, epsilon as f32);
-                    Zip::from(p).and(g).and(s1).for_each(|w, &g, v| {
-                        *v = rho * *v + (1.0 - rho) * g * g;
-                        *w -= lr * g / (v.sqrt() + epsilon);
-                    });
-                }
-                Optimizer::Sgd { momentum, .. } => {
-                    let momentum = momentum as f32;
-                    if momentum == 0.0 {
-                        Zip::from(p).and(g).for_each(|w, &g| *w -= lr * g);
-                    } else {
-                        Zip::from(p).and(g).and(s1).for_each(|w, &g, m| {
-                            *m = momentum * *m - lr * g;
-                            *w += *m;
-                        });
-                    }
-                }
-                Optimizer::Adam { beta1, beta2, epsilon, .. } => {
-                    let a = (lr as f64 * (1.0 - beta2.powi(t)).sqrt() / (1.0 - beta1.powi(t))) as f32;
-                    let (beta1, beta2, epsilon) = (beta1 as f32, beta2 as f32, epsilon as f32);
-                    Zip::from(p).and(g).and(s1).and(s2).for_each(|w, &g, m, v| {
-                        *m += (g - *m) * (1.0 - beta1);
-                        *v += (g * g - *v) * (1.0 - beta2);
-                        *w -= a * *m / (v.sqrt() + epsilon);
-                    });
-                }
-            }
+/// Name of slot `i` (0 or 1) of parameter `p`, as a graph input and in checkpoints.
+pub fn slot_name(i: usize, p: &str) -> String {
+    format!("optimizer/{}/{p}", ["m", "v"][i])
+}
+
+/// Name of the output carrying the value of `t` after the update.
+pub fn next_name(t: &str) -> String {
+    format!("{t}/next")
+}
+
+/// The training graph plus `opt`'s update: new inputs [`LR`] and the used slots
+/// ([`slot_name`]); outputs the loss, the model output, and [`next_name`] of every parameter and
+/// used slot (the gradients are no longer outputs). Float32 throughout, Keras' order of operations.
+pub fn append_update(train: &TrainGraph, opt: &Optimizer) -> ModelProto {
+    let mut m = train.model.clone();
+    let g = m.graph.take().expect("graph");
+    let mut b = GraphBuilder::new(&g.name).with_prefix("opt/");
+    b.graph = g;
+    b.graph.output.retain(|o| !o.name.starts_with("grad/"));
+    b.graph.input.push(scalar_input(LR));
+    let param_info: Vec<ValueInfoProto> = train
+        .params
+        .iter()
+        .map(|p| b.graph.input.iter().find(|i| &i.name == p).expect("param input").clone())
+        .collect();
+    for (p, info) in train.params.iter().zip(&param_info) {
+        for i in 0..opt.n_slots() {
+            b.graph.input.push(ValueInfoProto { name: slot_name(i, p), ..info.clone() });
         }
     }
+    let mut consts = std::collections::HashMap::<u64, String>::new();
+    let mut c =
+        |b: &mut GraphBuilder, v: f64| consts.entry(v.to_bits()).or_insert_with(|| b.const_f32("c", v as f32)).clone();
+    for p in &train.params {
+        let grad = grad_name(p);
+        let (w, gr) = (p.as_str(), grad.as_str());
+        let w_next = next_name(p);
+        match *opt {
+            Optimizer::Rmsprop { rho, epsilon, .. } => {
+                let (v, v_next) = (slot_name(0, p), next_name(&slot_name(0, p)));
+                let (cr, c1r, ce) = (c(&mut b, rho), c(&mut b, 1.0 - rho), c(&mut b, epsilon));
+                let g2 = b.op("Mul", &[gr, gr], vec![]);
+                let a = b.op("Mul", &[&cr, &v], vec![]);
+                let d = b.op("Mul", &[&c1r, &g2], vec![]);
+                b.node("Add", &[&a, &d], &[&v_next], vec![]);
+                let den = b.op("Add", &[&v_next, &ce], vec![]);
+                let den = b.op("Sqrt", &[&den], vec![]);
+                let num = b.op("Mul", &[LR, gr], vec![]);
+                let inc = b.op("Div", &[&num, &den], vec![]);
+                b.node("Sub", &[w, &inc], &[&w_next], vec![]);
+            }
+            Optimizer::Sgd { momentum: 0.0, .. } => {
+                let inc = b.op("Mul", &[gr, LR], vec![]);
+                b.node("Sub", &[w, &inc], &[&w_next], vec![]);
+            }
+            Optimizer::Sgd { momentum, .. } => {
+                let (mo, m_next) = (slot_name(0, p), next_name(&slot_name(0, p)));
+                let cm = c(&mut b, momentum);
+                let a = b.op("Mul", &[&mo, &cm], vec![]);
+                let d = b.op("Mul", &[gr, LR], vec![]);
+                b.node("Sub", &[&a, &d], &[&m_next], vec![]);
+                b.node("Add", &[w, &m_next], &[&w_next], vec![]);
+            }
+            Optimizer::Adam { beta1, beta2, epsilon, .. } => {
+                let (mo, m_next) = (slot_name(0, p), next_name(&slot_name(0, p)));
+                let (v, v_next) = (slot_name(1, p), next_name(&slot_name(1, p)));
+                let (c1, c2, ce) = (c(&mut b, 1.0 - beta1), c(&mut b, 1.0 - beta2), c(&mut b, epsilon));
+                let dm = b.op("Sub", &[gr, &mo], vec![]);
+                let dm = b.op("Mul", &[&dm, &c1], vec![]);
+                b.node("Add", &[&mo, &dm], &[&m_next], vec![]);
+                let g2 = b.op("Mul", &[gr, gr], vec![]);
+                let dv = b.op("Sub", &[&g2, &v], vec![]);
+                let dv = b.op("Mul", &[&dv, &c2], vec![]);
+                b.node("Add", &[&v, &dv], &[&v_next], vec![]);
+                let num = b.op("Mul", &[&m_next, LR], vec![]);
+                let den = b.op("Sqrt", &[&v_next], vec![]);
+                let den = b.op("Add", &[&den, &ce], vec![]);
+                let inc = b.op("Div", &[&num, &den], vec![]);
+                b.node("Sub", &[w, &inc], &[&w_next], vec![]);
+            }
+        }
+        b.output_any(&w_next);
+        for i in 0..opt.n_slots() {
+            b.output_any(&next_name(&slot_name(i, p)));
+        }
+    }
+    m.graph = Some(b.finish());
+    m
+}
+
+fn scalar_input(name: &str) -> ValueInfoProto {
+    crate::onnx::value_info(name, crate::onnx::proto::dtype::FLOAT, &[])
 }

@@ -1,0 +1,157 @@
+//! Parameters and optimizer slots kept on the execution provider's device between training steps.
+//!
+//! The update graph ([`optim::append_update`]) maps (parameters, slots, batch) to (loss, output,
+//! next parameters, next slots). Two sets of device tensors alternate: each step binds the current
+//! set as inputs and the other as outputs (ORT I/O binding), then swaps them, so weights never
+//! travel to the host between steps — only the batch goes in and the loss and outputs come back.
+//! They are copied to the host on request ([`Resident::download`]: checkpoints, export).
+
+use super::graph::{self, TrainGraph};
+use super::optim::{self, Optimizer, State};
+use crate::error::{Error, Result};
+use crate::runtime::{self, Device, SessionOptions};
+use ndarray::ArrayD;
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::{IoBinding, Session};
+use ort::value::Tensor;
+use std::path::Path;
+
+pub struct Resident {
+    session: Session,
+    binding: IoBinding,
+    device: Device,
+    input: String,
+    output: String,
+    masks: Vec<String>,
+    /// Graph input names of `cur`/`next`: parameters, then slot 0 of each, then slot 1 of each.
+    names: Vec<String>,
+    n_params: usize,
+    n_slots: usize,
+    cur: Vec<Tensor<f32>>,
+    next: Vec<Tensor<f32>>,
+}
+
+impl Resident {
+    /// Compile `train` with `state`'s optimizer, open it on `opts.device` and upload `params`
+    /// and the used slots of `state`.
+    pub fn new(
+        train: &TrainGraph,
+        params: &[ArrayD<f32>],
+        state: &State,
+        what: &Path,
+        opts: &SessionOptions,
+    ) -> Result<Resident> {
+        let opt: &Optimizer = &state.opt;
+        let model = optim::append_update(train, opt);
+        let open = runtime::open(&crate::onnx::encode_model(&model), what, opts)?;
+        let (session, device) = (open.session, open.device);
+        let alloc = match device {
+            Device::Cuda => Allocator::new(
+                &session,
+                MemoryInfo::new(AllocationDevice::CUDA, 0, AllocatorType::Device, MemoryType::Default)?,
+            )?,
+            _ => Allocator::default(),
+        };
+        let n_slots = opt.n_slots();
+        let mut names = train.params.clone();
+        let mut host: Vec<&ArrayD<f32>> = params.iter().collect();
+        for i in 0..n_slots {
+            names.extend(train.params.iter().map(|p| optim::slot_name(i, p)));
+            host.extend(state.slots.iter().map(|s| if i == 0 { &s.0 } else { &s.1 }));
+        }
+        let new = |a: &ArrayD<f32>| -> Result<Tensor<f32>> { Ok(Tensor::<f32>::new(&alloc, a.shape().to_vec())?) };
+        let mut cur = vec![];
+        for a in &host {
+            let mut t = new(a)?;
+            Tensor::from_array(a.as_standard_layout().into_owned())?.copy_into(&mut t)?;
+            cur.push(t);
+        }
+        let next = host.iter().map(|a| new(a)).collect::<Result<Vec<_>>>()?;
+        let binding = session.create_binding()?;
+        Ok(Resident {
+            session,
+            binding,
+            device,
+            input: train.input.clone(),
+            output: train.output.clone(),
+            masks: train.masks.iter().map(|m| m.name.clone()).collect(),
+            names,
+            n_params: params.len(),
+            n_slots,
+            cur,
+            next,
+        })
+    }
+
+    /// Where the tensors live.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// One update on a batch with learning rate `lr` (already [`Optimizer::step_lr`]); returns the
+    /// batch loss and the model's outputs.
+    pub fn step(
+        &mut self,
+        x: ArrayD<f32>,
+        y: ArrayD<f32>,
+        masks: Vec<ArrayD<f32>>,
+        lr: f32,
+    ) -> Result<(f32, ArrayD<f32>)> {
+        // Owned host tensors are bound without a copy (ORT moves them to the device if needed).
+        let b = &mut self.binding;
+        b.bind_input(&self.input, &Tensor::from_array(x)?)?;
+        b.bind_input(graph::LABELS, &Tensor::from_array(y)?)?;
+        for (name, m) in self.masks.iter().zip(masks) {
+            b.bind_input(name, &Tensor::from_array(m)?)?;
+        }
+        b.bind_input(optim::LR, &Tensor::from_array(ndarray::arr0(lr).into_dyn())?)?;
+        // Rebound every step: ORT keeps what it allocated for a device-bound output, and the
+        // last batch of an epoch is smaller.
+        let host = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::CPUOutput)?;
+        b.bind_output_to_device(graph::LOSS, &host)?;
+        b.bind_output_to_device(&self.output, &host)?;
+        for ((name, cur), next) in self.names.iter().zip(&self.cur).zip(self.next.iter_mut()) {
+            b.bind_input(name, cur)?;
+            b.bind_output(optim::next_name(name), next)?;
+        }
+        let (loss, probs) = {
+            let out = self.session.run_binding(&self.binding)?;
+            let get = |n: &str| -> Result<ArrayD<f32>> {
+                let v =
+                    out.get(n).ok_or_else(|| Error::NoSuchTensor { name: n.into(), hint: " in the outputs".into() })?;
+                Ok(v.try_extract_array::<f32>()?.to_owned())
+            };
+            (get(graph::LOSS)?, get(&self.output)?)
+        };
+        std::mem::swap(&mut self.cur, &mut self.next);
+        Ok((loss.iter().next().copied().unwrap_or(f32::NAN), probs))
+    }
+
+    /// The current parameters (device tensors), in the training graph's order.
+    pub fn params(&self) -> &[Tensor<f32>] {
+        &self.cur[..self.n_params]
+    }
+
+    /// Copy the current parameters and slots to the host.
+    pub fn download(&self, params: &mut [ArrayD<f32>], state: &mut State) -> Result<()> {
+        for (i, t) in self.cur.iter().enumerate() {
+            let a = to_host(t)?;
+            let (k, p) = (i / self.n_params, i % self.n_params);
+            match k {
+                0 => params[p] = a,
+                1 => state.slots[p].0 = a,
+                _ => state.slots[p].1 = a,
+            }
+        }
+        debug_assert!(self.cur.len() == self.n_params * (1 + self.n_slots));
+        Ok(())
+    }
+}
+
+fn to_host(t: &Tensor<f32>) -> Result<ArrayD<f32>> {
+    if t.memory_info().is_cpu_accessible() {
+        Ok(t.extract_array().to_owned())
+    } else {
+        Ok(t.to(AllocationDevice::CPU, 0)?.extract_array().to_owned())
+    }
+}
