@@ -20,7 +20,7 @@ ELPV_SHA256 := 85e31c1126ee9b48e62d3a0232c58f58b2d189b0814a45c13642fa0415af4a4c
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
 .PHONY: help setup setup-cuda build test demo demo-best data data4 backbone extract head evaluate score bench clean fmt lint \
-        mnist finetune finetune-v1 finetune-vgg bench-train bench-tf-env agree
+        mnist finetune finetune-v1 finetune-flips finetune-vgg bench-train bench-tf-env agree
 
 DATA_DIR  := data/$(DATASET)
 FEAT_DIR  := features/$(DATASET)/$(BACKBONE)-$(SIZE)
@@ -107,6 +107,14 @@ finetune: setup runs/v2-elpv/model.onnx ## v2 (dropout) from scratch on ELPV wit
 finetune-v1: setup runs/v1-elpv/model.onnx ## v1 from scratch on ELPV without augmentation (the over-fitting baseline)
 	@$(PYTHON) -c "import json; m=json.load(open('reports/v1-elpv/metrics.json')); print(f\"v1 on ELPV: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, {m['train_seconds']:.0f} s training\")"
 
+finetune-flips: setup runs/v2-flips/model.onnx ## v2 from scratch on ELPV with ELPV-suited augmentation (flips, 5 % shifts, reflect)
+	@$(PYTHON) -c "import json; m=json.load(open('reports/v2-flips/metrics.json')); print(f\"v2 + flips/shifts on ELPV: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, {m['train_seconds']:.0f} s training\")"
+
+runs/v2-flips/model.onnx: data/elpv/manifest.csv onnx/v2.onnx | $(BINS)
+	$(BIN)/tlearn-finetune onnx/v2.onnx --data data/elpv --run v2-flips --horizontal-flip --vertical-flip \
+	  --width-shift-range 0.05 --height-shift-range 0.05 --fill-mode reflect --epochs $(FT_EPOCHS) --batch 32 \
+	  --lr 1e-4 --device $(DEVICE) $(FT_ARGS)
+
 runs/v2-elpv/model.onnx: data/elpv/manifest.csv onnx/v2.onnx | $(BINS)
 	$(BIN)/tlearn-finetune onnx/v2.onnx --data data/elpv --run v2-elpv --augment --epochs $(FT_EPOCHS) --batch 32 --lr 1e-4 --device $(DEVICE) $(FT_ARGS)
 
@@ -167,12 +175,13 @@ bench-train: setup ## training-step time of the mnist and v1 nets: tlearn vs Ker
 
 bench-tf-env: .cache/tfenv/bin/python ## a Python venv with tensorflow-cpu 2.21 for bench-train and agree (large download)
 
-agree: setup bench-tf-env ## 20 RMSprop steps of the mnist net, tlearn vs live Keras (re-records tests/fixtures/keras_mnist_rmsprop.json)
+agree: setup bench-tf-env ## 20 RMSprop steps of the mnist net and of its tf2onnx export, tlearn vs live Keras (re-records tests/fixtures/)
+	@.cache/tfenv/bin/python -c "import tf2onnx" 2>/dev/null || .cache/tfenv/bin/pip install --disable-pip-version-check -q tf2onnx==1.17.0
 	TLEARN_RECORD=1 $(CARGO) test --release --test keras_agreement -- --nocapture
 
 .cache/tfenv/bin/python:
 	$(PYTHON) -m venv .cache/tfenv
-	.cache/tfenv/bin/pip install --disable-pip-version-check -q tensorflow-cpu==2.21.0
+	.cache/tfenv/bin/pip install --disable-pip-version-check -q tensorflow-cpu==2.21.0 tf2onnx==1.17.0
 
 clean: ## remove build outputs, features, runs and reports (keeps data/ and onnx/)
 	rm -rf target features runs reports

@@ -95,7 +95,8 @@ pub struct OpenSession {
     pub device: Device,
 }
 
-fn cuda_compiled_in() -> bool {
+/// True when the loaded onnxruntime has the CUDA execution provider.
+pub fn cuda_compiled_in() -> bool {
     matches!(ort::ep::CUDA::is_available(), Ok(true))
 }
 

@@ -341,3 +341,41 @@ fn in_graph_optimizers_follow_keras_update_rules() {
             .any(|(a, b)| a != b));
     }
 }
+
+/// `--device cuda` training: parameters and slots resident on the GPU give the CPU's losses and
+/// parameters. Skipped with a message where the loaded onnxruntime has no CUDA provider.
+#[test]
+fn cuda_training_matches_cpu() {
+    tlearn::runtime::init().unwrap();
+    if !tlearn::runtime::cuda_compiled_in() {
+        eprintln!("GPU test skipped: the loaded onnxruntime has no CUDA execution provider (`make setup-cuda` on a GPU machine)");
+        return;
+    }
+    let spec = tlearn::convnet::spec("mnist").unwrap();
+    let m = tlearn::convnet::build(&spec, 3).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+    let x = rand_array(&mut rng, &[16, 28, 28, 1], 1.0);
+    let labels: Vec<usize> = (0..16).map(|i| i % 10).collect();
+    let run = |device: Device| {
+        let o = SessionOptions { device, threads: 1 };
+        let mut t = Trainer::new(&m, Path::new("mnist.onnx"), &spec.input, 10, &o).unwrap();
+        let y = label_tensor(&labels, t.train.loss, 10);
+        let mut state = optim::State::new(optim::Optimizer::rmsprop(1e-3), &t.params);
+        t.start(&state).unwrap();
+        let losses: Vec<f32> = (1..=3)
+            .map(|s| t.train_step(x.clone(), y.clone(), vec![], state.opt.step_lr(1e-3, s)).unwrap().0)
+            .collect();
+        t.sync(&mut state).unwrap();
+        (losses, t.params)
+    };
+    let (cpu_l, cpu_p) = run(Device::Cpu);
+    let (gpu_l, gpu_p) = run(Device::Cuda);
+    eprintln!("losses cpu {cpu_l:?} cuda {gpu_l:?}");
+    for (a, b) in cpu_l.iter().zip(&gpu_l) {
+        assert!((a - b).abs() < 1e-3, "loss cpu {a} vs cuda {b}");
+    }
+    for (a, b) in cpu_p.iter().zip(&gpu_p) {
+        let d = (a - b).mapv(f32::abs).fold(0f32, |m, &v| m.max(v));
+        assert!(d < 1e-3, "parameters differ by {d}");
+    }
+}
