@@ -379,3 +379,42 @@ fn cuda_training_matches_cpu() {
         assert!(d < 1e-3, "parameters differ by {d}");
     }
 }
+
+/// The CUDA form of the MaxPool gradient (ScatterElements only: ORT's CUDA provider has no
+/// MaxUnpool kernel) gives the same gradients as the CPU form, and contains no MaxUnpool.
+#[test]
+fn scatter_pool_gradients_equal_unpool_gradients() {
+    use tlearn::train::graph::{self, Mode, PoolGrad};
+    let spec = tlearn::convnet::spec("mnist").unwrap();
+    let m = tlearn::convnet::build(&spec, 2).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
+    let x = rand_array(&mut rng, &[4, 28, 28, 1], 1.0);
+    let y = label_tensor(&[1, 3, 5, 7], tlearn::train::graph::Loss::CategoricalCrossEntropy, 10);
+    let grads = |pools: PoolGrad| {
+        let what = Path::new("mnist.onnx");
+        let tg = graph::compile_with(&m, what, &|_| true, &spec.input, Mode::Train, pools).unwrap();
+        let ops: Vec<&str> = onnx::graph(&tg.model).node.iter().map(|n| n.op_type.as_str()).collect();
+        let mut s = tlearn::runtime::open(&onnx::encode_model(&tg.model), what, &opts()).unwrap().session;
+        let params: Vec<ArrayD<f32>> = tg
+            .params
+            .iter()
+            .map(|p| onnx::tensor_to_f32(onnx::graph(&m).initializer.iter().find(|t| &t.name == p).unwrap()).unwrap())
+            .collect();
+        let mut feed = vec![(tg.input.as_str(), x.view()), (graph::LABELS, y.view())];
+        feed.extend(tg.params.iter().map(|p| p.as_str()).zip(params.iter().map(|a| a.view())));
+        let names: Vec<String> = tg.params.iter().map(|p| graph::grad_name(p)).collect();
+        let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        (
+            tlearn::runtime::run_f32(&mut s, feed, &names).unwrap(),
+            ops.contains(&"MaxUnpool"),
+            ops.contains(&"ScatterElements"),
+        )
+    };
+    let (unpool, has_unpool, _) = grads(PoolGrad::Unpool);
+    let (scatter, still_unpool, has_scatter) = grads(PoolGrad::Scatter);
+    assert!(has_unpool && !still_unpool && has_scatter);
+    for (a, b) in unpool.iter().zip(&scatter) {
+        let d = (a - b).mapv(f32::abs).fold(0f32, |m, &v| m.max(v));
+        assert!(d <= 1e-6, "scatter vs unpool gradients differ by {d}");
+    }
+}

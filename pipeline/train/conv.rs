@@ -5,7 +5,8 @@
 //!   with a constant one-hot kernel gives the im2col columns (N, C·kh·kw, h, w), then a batched MatMul
 //!   with dY and a ReduceSum over N (the fastest formulation measured, see DESIGN-NOTES).
 //! - MaxPool: the forward also returns `Indices`; dX = MaxUnpool(dY, Indices) when windows do not
-//!   overlap, else ScatterElements(add) over the flattened input (also the CUDA-safe fallback).
+//!   overlap, else ScatterElements(add) over the flattened input — always for CUDA sessions, whose
+//!   provider has no MaxUnpool kernel.
 //! - GlobalAveragePool, BatchNormalization (inference form: running mean/var stay constants),
 //!   Concat.
 
@@ -75,6 +76,7 @@ pub fn backward(
     dy: &str,
     shapes: &HashMap<String, Vec<usize>>,
     wants: &dyn Fn(usize) -> bool,
+    always_scatter: bool,
 ) -> Result<Grads> {
     let unsupported = |why: String| Error::UnsupportedOp { node: n.name.clone(), op: n.op_type.clone(), why };
     let x0 = &n.input[0];
@@ -172,7 +174,7 @@ pub fn backward(
             }
             let idx = pool_indices(&n.output[0]);
             let shp = b.op("Shape", &[x0], vec![]);
-            let dx = if pool_needs_scatter(n) {
+            let dx = if always_scatter || pool_needs_scatter(n) {
                 let zero = b.const_f32("zero", 0.0);
                 let z = b.op("Mul", &[x0, &zero], vec![]);
                 let flat = b.const_i64("flat", &[-1]);

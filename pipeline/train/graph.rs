@@ -38,6 +38,28 @@ pub enum Mode {
     Eval,
 }
 
+/// How MaxPool's gradient is routed back to the argmax positions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolGrad {
+    /// MaxUnpool where windows neither overlap nor pad (fastest on CPU), else ScatterElements.
+    Unpool,
+    /// Always ScatterElements(add): ORT's CUDA provider has a kernel for it but none for
+    /// MaxUnpool (its OperatorKernels list), which would fall back to the CPU every step.
+    Scatter,
+}
+
+impl PoolGrad {
+    /// The form for a session on `device`.
+    pub fn for_device(device: crate::runtime::Device) -> PoolGrad {
+        match device {
+            crate::runtime::Device::Cpu => PoolGrad::Unpool,
+            crate::runtime::Device::Cuda => PoolGrad::Scatter,
+            crate::runtime::Device::Auto if crate::runtime::cuda_compiled_in() => PoolGrad::Scatter,
+            crate::runtime::Device::Auto => PoolGrad::Unpool,
+        }
+    }
+}
+
 /// A dropout mask input of the training graph.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MaskInput {
@@ -73,6 +95,18 @@ pub fn compile(
     trainable: &dyn Fn(&str) -> bool,
     feature_shape: &[usize],
     mode: Mode,
+) -> Result<TrainGraph> {
+    compile_with(m, what, trainable, feature_shape, mode, PoolGrad::Unpool)
+}
+
+/// [`compile`] with the MaxPool gradient form chosen (see [`PoolGrad::for_device`]).
+pub fn compile_with(
+    m: &ModelProto,
+    what: &Path,
+    trainable: &dyn Fn(&str) -> bool,
+    feature_shape: &[usize],
+    mode: Mode,
+    pools: PoolGrad,
 ) -> Result<TrainGraph> {
     let g = onnx::graph(m);
     let inputs = onnx::real_inputs(g);
@@ -177,7 +211,7 @@ pub fn compile(
                 let mut n = n.clone();
                 n.output.truncate(1);
                 n.output.push(conv::pool_indices(&n.output[0]));
-                scatter |= conv::pool_needs_scatter(&n);
+                scatter |= pools == PoolGrad::Scatter || conv::pool_needs_scatter(&n);
                 b.graph.node.push(n);
             }
             _ => b.graph.node.push(n.clone()),
@@ -217,7 +251,7 @@ pub fn compile(
     if mode == Mode::Train {
         let diff = b.op("Sub", &[&output, LABELS], vec![]);
         let dz = b.op("Div", &[&diff, &n_f], vec![]);
-        backward(&mut b, g, &logits, dz, &params, &needs, &shapes)?;
+        backward(&mut b, g, &logits, dz, &params, &needs, &shapes, pools)?;
         for p in &params {
             b.output_any(&grad_name(p));
         }
@@ -251,6 +285,7 @@ fn dropout_ratio(n: &NodeProto, g: &GraphProto) -> Result<f32> {
 
 /// Reverse-mode pass from `d_logits` (the gradient of the loss w.r.t. the final activation's
 /// input) back to every parameter.
+#[allow(clippy::too_many_arguments)]
 fn backward(
     b: &mut GraphBuilder,
     g: &GraphProto,
@@ -259,6 +294,7 @@ fn backward(
     params: &[String],
     needs: &HashSet<String>,
     shapes: &HashMap<String, Vec<usize>>,
+    pools: PoolGrad,
 ) -> Result<()> {
     let mut grads: HashMap<String, Vec<String>> = HashMap::new();
     grads.entry(logits.to_string()).or_default().push(d_logits);
@@ -287,13 +323,13 @@ fn backward(
                 // exact, and 4× fewer elements than Sign on the ReLU output (2×2 pools).
                 let s = b.op("Sign", &[y], vec![]);
                 let masked = b.op("Mul", &[&dy, &s], vec![]);
-                for (t, d) in conv::backward(b, n, &masked, shapes, &wants)? {
+                for (t, d) in conv::backward(b, n, &masked, shapes, &wants, pools == PoolGrad::Scatter)? {
                     push(&mut grads, &t, d);
                 }
             }
             "Relu" if pooled_relus.contains(y.as_str()) => push(&mut grads, x0, dy),
             op if conv::handles(op) => {
-                for (t, d) in conv::backward(b, n, &dy, shapes, &wants)? {
+                for (t, d) in conv::backward(b, n, &dy, shapes, &wants, pools == PoolGrad::Scatter)? {
                     push(&mut grads, &t, d);
                 }
             }

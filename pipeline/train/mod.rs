@@ -117,7 +117,8 @@ impl Trainer {
         trainable: &dyn Fn(&str) -> bool,
     ) -> Result<Trainer> {
         let sel = |n: &str| !n.starts_with(graph::FROZEN) && trainable(n);
-        let train = graph::compile(model, what, &sel, feature_shape, Mode::Train)?;
+        let pools = graph::PoolGrad::for_device(opts.device);
+        let train = graph::compile_with(model, what, &sel, feature_shape, Mode::Train, pools)?;
         let eval = graph::compile(model, what, &sel, feature_shape, Mode::Eval)?;
         let eval_s = runtime::open(&onnx::encode_model(&eval.model), what, opts)?.session;
         let g = onnx::graph(model);
