@@ -43,7 +43,7 @@ impl Resident {
     ) -> Result<Resident> {
         let opt: &Optimizer = &state.opt;
         let model = optim::append_update(train, opt);
-        let open = runtime::open(&crate::onnx::encode_model(&model), what, opts)?;
+        let open = runtime::open_with(&crate::onnx::encode_model(&model), what, opts, true)?;
         let (session, device) = (open.session, open.device);
         let alloc = match device {
             Device::Cuda => Allocator::new(
