@@ -134,6 +134,7 @@ impl Resident {
 
     /// Copy the current parameters and slots to the host.
     pub fn download(&self, params: &mut [ArrayD<f32>], state: &mut State) -> Result<()> {
+        debug_assert_eq!(self.cur.len(), self.n_params * (1 + self.n_slots));
         for (i, t) in self.cur.iter().enumerate() {
             let a = to_host(t)?;
             let (k, p) = (i / self.n_params, i % self.n_params);
@@ -143,7 +144,6 @@ impl Resident {
                 _ => state.slots[p].1 = a,
             }
         }
-        debug_assert!(self.cur.len() == self.n_params * (1 + self.n_slots));
         Ok(())
     }
 }
