@@ -151,7 +151,8 @@ pub fn append_update(train: &TrainGraph, opt: &Optimizer) -> ModelProto {
     let g = m.graph.take().expect("graph");
     let mut b = GraphBuilder::new(&g.name).with_prefix("opt/");
     b.graph = g;
-    b.graph.output.retain(|o| !o.name.starts_with("grad/"));
+    let grads: std::collections::HashSet<String> = train.params.iter().map(|p| grad_name(p)).collect();
+    b.graph.output.retain(|o| !grads.contains(&o.name));
     b.graph.input.push(scalar_input(LR));
     let param_info: Vec<ValueInfoProto> = train
         .params

@@ -19,7 +19,8 @@ use std::path::Path;
 pub struct Resident {
     session: Session,
     binding: IoBinding,
-    device: Device,
+    /// Host memory for the loss and outputs (bound anew every step).
+    host_out: MemoryInfo<'static>,
     input: String,
     output: String,
     masks: Vec<String>,
@@ -68,10 +69,11 @@ impl Resident {
         }
         let next = host.iter().map(|a| new(a)).collect::<Result<Vec<_>>>()?;
         let binding = session.create_binding()?;
+        let host_out = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::CPUOutput)?;
         Ok(Resident {
             session,
             binding,
-            device,
+            host_out,
             input: train.input.clone(),
             output: train.output.clone(),
             masks: train.masks.iter().map(|m| m.name.clone()).collect(),
@@ -81,11 +83,6 @@ impl Resident {
             cur,
             next,
         })
-    }
-
-    /// Where the tensors live.
-    pub fn device(&self) -> Device {
-        self.device
     }
 
     /// One update on a batch with learning rate `lr` (already [`Optimizer::step_lr`]); returns the
@@ -107,9 +104,8 @@ impl Resident {
         b.bind_input(optim::LR, &Tensor::from_array(ndarray::arr0(lr).into_dyn())?)?;
         // Rebound every step: ORT keeps what it allocated for a device-bound output, and the
         // last batch of an epoch is smaller.
-        let host = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::CPUOutput)?;
-        b.bind_output_to_device(graph::LOSS, &host)?;
-        b.bind_output_to_device(&self.output, &host)?;
+        b.bind_output_to_device(graph::LOSS, &self.host_out)?;
+        b.bind_output_to_device(&self.output, &self.host_out)?;
         for ((name, cur), next) in self.names.iter().zip(&self.cur).zip(self.next.iter_mut()) {
             b.bind_input(name, cur)?;
             b.bind_output(optim::next_name(name), next)?;
