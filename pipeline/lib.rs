@@ -16,6 +16,7 @@ pub mod error;
 pub mod features;
 pub mod finetune;
 pub mod fsutil;
+pub mod heads;
 pub mod imageio;
 pub mod imageset;
 pub mod metrics;

@@ -63,6 +63,16 @@ pub fn accuracy(pred: &[usize], labels: &[usize]) -> f64 {
     pred.iter().zip(labels).filter(|(a, b)| a == b).count() as f64 / labels.len().max(1) as f64
 }
 
+/// Mean cross-entropy of per-class probabilities, clipped to [1e-7, 1 − 1e-7] (Keras).
+fn cross_entropy(p: &[Vec<f64>], labels: &[usize]) -> f64 {
+    labels.iter().zip(p).map(|(&t, r)| -(r[t].clamp(EPS, 1.0 - EPS)).ln()).sum::<f64>() / labels.len().max(1) as f64
+}
+
+/// (loss, accuracy) of model outputs, as [`compute`] reports them.
+pub fn loss_accuracy(probs: &ArrayD<f32>, labels: &[usize]) -> (f64, f64) {
+    (cross_entropy(&class_probs(probs), labels), accuracy(&predicted(probs), labels))
+}
+
 pub fn compute(probs: &ArrayD<f32>, labels: &[usize], classes: &[String]) -> Metrics {
     let p = class_probs(probs);
     let k = classes.len();
@@ -72,7 +82,7 @@ pub fn compute(probs: &ArrayD<f32>, labels: &[usize], classes: &[String]) -> Met
         confusion[t][q] += 1;
     }
     let n = labels.len();
-    let loss = labels.iter().zip(&p).map(|(&t, r)| -(r[t].clamp(EPS, 1.0 - EPS)).ln()).sum::<f64>() / n.max(1) as f64;
+    let loss = cross_entropy(&p, labels);
     let per_class: Vec<ClassMetrics> = (0..k)
         .map(|c| {
             let tp = confusion[c][c] as f64;

@@ -4,6 +4,7 @@
 use crate::error::{Error, IoContext, Result};
 use crate::features::{self, FeatureInfo, Features};
 use crate::fsutil;
+use crate::heads::{ClassicalSpec, HeadKind};
 use crate::imageio::View;
 use crate::runtime::SessionOptions;
 use crate::train::{head::HeadSpec, Epoch, FitConfig};
@@ -23,7 +24,15 @@ pub struct RunInfo {
     /// The training features' sidecar (backbone, size, preprocessing, classes).
     pub features: FeatureInfo,
     pub validation_npy_sha256: Option<String>,
+    /// Which classifier the head is (runs written before the zoo are dense).
+    #[serde(default)]
+    pub kind: HeadKind,
+    /// Pooling and standardisation (all kinds); units, layers and dropout (dense).
     pub head: HeadSpec,
+    /// Hyper-parameters of a classical head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classical: Option<ClassicalSpec>,
+    /// The dense head's training loop (recorded, unused by classical heads but for the seed).
     pub fit: FitConfig,
     pub loss: crate::train::graph::Loss,
     pub classes: Vec<String>,

@@ -134,7 +134,9 @@ fn finish(
         .map(|o| o.version)
         .max()
         .unwrap_or(onnx::OPSET);
-    m.opset_import = vec![OperatorSetIdProto { domain: String::new(), version: opset }];
+    for o in m.opset_import.iter_mut().filter(|o| o.domain.is_empty()) {
+        o.version = opset;
+    }
     m.metadata_props = vec![
         StringStringEntryProto { key: "tlearn.classes".into(), value: serde_json::to_string(classes).expect("json") },
         StringStringEntryProto { key: "tlearn.size".into(), value: size.to_string() },

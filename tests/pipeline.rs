@@ -395,3 +395,39 @@ fn convnet_from_scratch_finetune_score_and_preview() {
     let p = image::open(w.join("p.png")).unwrap();
     assert_eq!((p.width(), p.height()), (4 * 32 + 4, 4 * 32 + 4), "4×4 grid of 28×28 with 4 px gaps");
 }
+
+#[test]
+fn classical_heads_train_evaluate_and_score_like_the_dense_one() {
+    let w = workdir();
+    let w = w.path();
+    let feats = prepared(w, &["cat", "dog", "fox"], 10);
+    ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu"], w);
+    for (kind, extra) in [
+        ("logistic", &[][..]),
+        ("svm", &[][..]),
+        ("rbf", &["--pca", "8"][..]),
+        ("forest", &["--trees", "20"][..]),
+        ("knn", &["--k", "3", "--pool", "avg"][..]),
+    ] {
+        let args = [&["--features", &feats, "--run", kind, "--head", kind][..], extra].concat();
+        let out = ok("tlearn-head", &args, w);
+        assert!(out.starts_with(&format!("{kind}: ")) && out.contains("val_acc"), "{out}");
+        let info: serde_json::Value =
+            serde_json::from_str(&read(&w.join("runs").join(kind).join("head.onnx.json"))).unwrap();
+        assert_eq!(info["kind"], kind);
+        assert_eq!(info["head"]["standardize"], kind != "forest", "{info}");
+        assert_eq!(read(&w.join("runs").join(kind).join("history.csv")).lines().count(), 2);
+        ok("tlearn-evaluate", &["--run", kind], w);
+        let m: serde_json::Value =
+            serde_json::from_str(&read(&w.join("reports").join(kind).join("metrics.json"))).unwrap();
+        assert!(m["accuracy"].as_f64().unwrap() >= 0.6, "{kind}: separable colours: {m}");
+        // The fused deployable model (backbone + this head) scores as evaluate predicted.
+        ok("tlearn-score", &["data/toy/test", "--run", kind, "--out", "s.csv", "--device", "cpu"], w);
+        assert_scores_match_predictions(
+            &read(&w.join("s.csv")),
+            &read(&w.join("reports").join(kind).join("predictions.csv")),
+        );
+    }
+    let err = fails("tlearn-head", &["--features", &feats, "--run", "bad", "--head", "knn", "--k", "0"], w);
+    assert!(err.contains("k") && err.contains("≥ 1"), "{err}");
+}

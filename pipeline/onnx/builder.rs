@@ -9,7 +9,9 @@ pub enum A {
     I(i64),
     F(f32),
     Ints(Vec<i64>),
+    Floats(Vec<f32>),
     S(&'static str),
+    Strs(Vec<String>),
 }
 
 pub fn attribute(name: &str, v: A) -> AttributeProto {
@@ -27,9 +29,17 @@ pub fn attribute(name: &str, v: A) -> AttributeProto {
             a.r#type = attr_type::INTS;
             a.ints = v;
         }
+        A::Floats(v) => {
+            a.r#type = attr_type::FLOATS;
+            a.floats = v;
+        }
         A::S(s) => {
             a.r#type = attr_type::STRING;
             a.s = s.as_bytes().to_vec();
+        }
+        A::Strs(v) => {
+            a.r#type = attr_type::STRINGS;
+            a.strings = v.into_iter().map(String::into_bytes).collect();
         }
     }
     a
@@ -80,6 +90,18 @@ impl GraphBuilder {
             attribute: attrs.into_iter().map(|(n, v)| attribute(n, v)).collect(),
             ..Default::default()
         });
+    }
+
+    /// Like [`Self::node`], for an operator of the `ai.onnx.ml` domain.
+    pub fn ml_node(&mut self, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<(&str, A)>) {
+        self.node(op, inputs, outputs, attrs);
+        self.graph.node.last_mut().expect("just pushed").domain = super::ML_DOMAIN.into();
+    }
+
+    /// A fresh float32 constant initializer of any shape.
+    pub fn const_arr_f32(&mut self, hint: &str, a: &ArrayD<f32>) -> String {
+        let name = self.fresh(hint);
+        self.init_f32(&name, a)
     }
 
     pub fn init_f32(&mut self, name: &str, a: &ArrayD<f32>) -> String {

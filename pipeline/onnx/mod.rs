@@ -46,11 +46,20 @@ pub fn graph(m: &ModelProto) -> &GraphProto {
     m.graph.as_ref().expect("decode_model checks the graph")
 }
 
-/// A model around `graph` with the default opset.
+/// The domain of ONNX's classical-ML operators (TreeEnsembleClassifier).
+pub const ML_DOMAIN: &str = "ai.onnx.ml";
+/// The `ai.onnx.ml` opset tlearn emits (TreeEnsembleClassifier-3).
+pub const ML_OPSET: i64 = 3;
+
+/// A model around `graph` with the default opset (and `ai.onnx.ml` when a node uses it).
 pub fn model(graph: GraphProto, producer: &str) -> ModelProto {
+    let mut opset_import = vec![OperatorSetIdProto { domain: String::new(), version: OPSET }];
+    if graph.node.iter().any(|n| n.domain == ML_DOMAIN) {
+        opset_import.push(OperatorSetIdProto { domain: ML_DOMAIN.into(), version: ML_OPSET });
+    }
     ModelProto {
         ir_version: 8,
-        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
+        opset_import,
         producer_name: producer.into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         graph: Some(graph),

@@ -31,6 +31,17 @@ pub enum Loss {
     CategoricalCrossEntropy,
 }
 
+impl Loss {
+    /// The loss of a classifier of `classes` classes: one sigmoid output for two, softmax else.
+    pub fn for_classes(classes: usize) -> Loss {
+        if classes == 2 {
+            Loss::BinaryCrossEntropy
+        } else {
+            Loss::CategoricalCrossEntropy
+        }
+    }
+}
+
 /// Train (forward + loss + gradients, dropout active) or evaluate (forward + loss).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {

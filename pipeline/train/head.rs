@@ -82,6 +82,44 @@ pub fn pooled(x: &ArrayD<f32>, pool: Pool) -> ndarray::Array2<f32> {
     }
 }
 
+/// Nodes reducing `input` (N, h, w, c) to the (N, width) matrix of [`pooled`]; returns (name, width).
+pub fn emit_pool(b: &mut GraphBuilder, input: &str, pool: Pool, feature_shape: &[usize]) -> Result<(String, usize)> {
+    Ok(match pool {
+        Pool::Flatten => (b.op("Flatten", &[input], vec![("axis", A::I(1))]), feature_shape.iter().product::<usize>()),
+        Pool::Avg | Pool::Max => {
+            if feature_shape.len() != 3 {
+                return Err(Error::Shape {
+                    what: "features for global pooling (h, w, c)".into(),
+                    expected: vec![3],
+                    got: vec![feature_shape.len()],
+                });
+            }
+            let op = if pool == Pool::Avg { "ReduceMean" } else { "ReduceMax" };
+            (b.op(op, &[input], vec![("axes", A::Ints(vec![1, 2])), ("keepdims", A::I(0))]), feature_shape[2])
+        }
+    })
+}
+
+/// Column means and standard deviations (population, +1e-6 inside the root) of an (N, width) matrix.
+pub fn standardizer(x: &ndarray::Array2<f32>) -> (ndarray::Array1<f32>, ndarray::Array1<f32>) {
+    let mean = x.mean_axis(ndarray::Axis(0)).expect("non-empty");
+    let std = x.var_axis(ndarray::Axis(0), 0.0).mapv(|v| (v + 1e-6).sqrt());
+    (mean, std)
+}
+
+/// `(x − mean) / std` with the statistics as frozen constants (never trained).
+pub fn emit_standardize(
+    b: &mut GraphBuilder,
+    x: &str,
+    mean: &ndarray::Array1<f32>,
+    std: &ndarray::Array1<f32>,
+) -> String {
+    let m = b.init_f32(&format!("{}mean", crate::train::graph::FROZEN), &mean.clone().into_dyn());
+    let s = b.init_f32(&format!("{}std", crate::train::graph::FROZEN), &std.clone().into_dyn());
+    let x = b.op("Sub", &[x, &m], vec![]);
+    b.op("Div", &[&x, &s], vec![])
+}
+
 /// Build the head for features of shape (h, w, c) and `classes` classes (1 sigmoid output when 2).
 /// `train_x` supplies the statistics when `spec.standardize`.
 pub fn build(
@@ -104,29 +142,11 @@ pub fn build(
     let mut dims = vec![Dim::named("N")];
     dims.extend(feature_shape.iter().map(|&d| Dim::Fixed(d as i64)));
     b.input(INPUT, &dims);
-    let (mut x, mut width) = match spec.pool {
-        Pool::Flatten => (b.op("Flatten", &[INPUT], vec![("axis", A::I(1))]), feature_shape.iter().product::<usize>()),
-        Pool::Avg | Pool::Max => {
-            if feature_shape.len() != 3 {
-                return Err(Error::Shape {
-                    what: "features for global pooling (h, w, c)".into(),
-                    expected: vec![3],
-                    got: vec![feature_shape.len()],
-                });
-            }
-            let op = if spec.pool == Pool::Avg { "ReduceMean" } else { "ReduceMax" };
-            (b.op(op, &[INPUT], vec![("axes", A::Ints(vec![1, 2])), ("keepdims", A::I(0))]), feature_shape[2])
-        }
-    };
+    let (mut x, mut width) = emit_pool(&mut b, INPUT, spec.pool, feature_shape)?;
     if spec.standardize {
         let tx = train_x.ok_or_else(|| Error::Other("standardize needs the training features".into()))?;
-        let p = pooled(tx, spec.pool);
-        let mean = p.mean_axis(ndarray::Axis(0)).expect("non-empty");
-        let std = p.var_axis(ndarray::Axis(0), 0.0).mapv(|v| (v + 1e-6).sqrt());
-        let m = b.init_f32(&format!("{}mean", crate::train::graph::FROZEN), &mean.into_dyn());
-        let s = b.init_f32(&format!("{}std", crate::train::graph::FROZEN), &std.into_dyn());
-        x = b.op("Sub", &[&x, &m], vec![]);
-        x = b.op("Div", &[&x, &s], vec![]);
+        let (mean, std) = standardizer(&pooled(tx, spec.pool));
+        x = emit_standardize(&mut b, &x, &mean, &std);
     }
     let out_units = if classes == 2 { 1 } else { classes };
     for layer in 0..=spec.layers {
