@@ -20,7 +20,7 @@ ELPV_SHA256 := 85e31c1126ee9b48e62d3a0232c58f58b2d189b0814a45c13642fa0415af4a4c
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
 .PHONY: help setup setup-cuda build test demo demo-best data data4 backbone extract head evaluate score bench clean fmt lint \
-        mnist finetune finetune-v1 finetune-flips finetune-vgg bench-train bench-tf-env agree
+        mnist finetune finetune-v1 finetune-flips finetune-vgg bench-train bench-tf-env agree compare
 
 DATA_DIR  := data/$(DATASET)
 FEAT_DIR  := features/$(DATASET)/$(BACKBONE)-$(SIZE)
@@ -33,7 +33,7 @@ comma     := ,
 FEAT_STAMP := $(FEAT_DIR)/test$(if $(VIEWS),.$(lastword $(subst $(comma), ,$(VIEWS)))).npy.json
 BEST_VIEWS ?= hflip,vflip,rot180
 BEST_HEAD_ARGS ?= --pool avg --lr 1e-4 --epochs 40 --train-views $(BEST_VIEWS) --tta $(BEST_VIEWS)
-BINS      := $(BIN)/tlearn-data $(BIN)/tlearn-backbone $(BIN)/tlearn-extract $(BIN)/tlearn-head $(BIN)/tlearn-evaluate $(BIN)/tlearn-score \
+BINS      := $(BIN)/tlearn-data $(BIN)/tlearn-backbone $(BIN)/tlearn-extract $(BIN)/tlearn-head $(BIN)/tlearn-evaluate $(BIN)/tlearn-score $(BIN)/tlearn-compare \
              $(BIN)/tlearn-convnet $(BIN)/tlearn-finetune
 NETS      := mnist v1 v2
 FT_EPOCHS ?= 30
@@ -156,6 +156,18 @@ score: $(REPORT)/scores.csv ## score the test folder with the fused deployable m
 
 $(REPORT)/scores.csv: $(RUN_DIR)/head.onnx | $(BINS)
 	$(BIN)/tlearn-score $(DATA_DIR)/test --run $(RUN) --device $(DEVICE) --out $@
+
+BACKBONES ?= vgg16 resnet50-thin
+HEADS     ?= dense logistic svm rbf forest knn
+COMPARE   ?= compare-$(DATASET)-$(SIZE)
+COMPARE_ARGS ?=
+empty     :=
+space     := $(empty) $(empty)
+compare: setup ## every HEADS on every BACKBONES' DATASET features at SIZE → reports/COMPARE/table.md, .csv, accuracy.png
+	@for b in $(BACKBONES); do $(MAKE) --no-print-directory extract BACKBONE=$$b || exit 1; done
+	$(BIN)/tlearn-compare $(foreach b,$(BACKBONES),features/$(DATASET)/$(b)-$(SIZE)) \
+	  --heads $(subst $(space),$(comma),$(strip $(HEADS))) --out reports/$(COMPARE) --runs runs/$(COMPARE) \
+	  --device $(DEVICE) $(COMPARE_ARGS)
 
 demo: setup ## the whole pipeline on ELPV with VGG16 at 150×150 (fetches ~150 MB once)
 	$(MAKE) --no-print-directory evaluate score RUN=demo BACKBONE=vgg16 SIZE=150

@@ -101,3 +101,94 @@ impl ScheduleArgs {
         }
     }
 }
+
+/// Head hyper-parameters and the dense head's training loop, shared by `tlearn-head` and
+/// `tlearn-compare` (defaults: the classic head; scikit-learn's for the classical ones).
+#[derive(clap::Args, Clone, Debug)]
+pub struct HeadArgs {
+    #[arg(long, default_value_t = 256)]
+    pub units: usize,
+    /// Hidden dense layers.
+    #[arg(long, default_value_t = 1)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 0.5)]
+    pub dropout: f32,
+    #[arg(long, value_enum, default_value = "flatten")]
+    pub pool: crate::train::head::Pool,
+    /// Standardise features with the training set's mean and std (frozen, inside the head).
+    /// Default: on for logistic, svm, rbf and knn; off for dense and forest.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub standardize: Option<bool>,
+    /// Classical heads: keep this many principal components (after standardisation).
+    #[arg(long)]
+    pub pca: Option<usize>,
+    /// svm/rbf: C; logistic: L2 penalty 1/C.
+    #[arg(long, default_value_t = 1.0)]
+    pub c: f64,
+    /// rbf: γ (default 1 / (features · variance), scikit-learn's "scale").
+    #[arg(long)]
+    pub gamma: Option<f64>,
+    /// forest: number of trees.
+    #[arg(long, default_value_t = 100)]
+    pub trees: usize,
+    /// forest: maximum tree depth (default: unlimited).
+    #[arg(long)]
+    pub max_depth: Option<u16>,
+    /// knn: neighbours.
+    #[arg(long, default_value_t = 5)]
+    pub k: usize,
+    /// logistic: L-BFGS iterations.
+    #[arg(long, default_value_t = 100)]
+    pub max_iterations: u64,
+    #[arg(long, value_enum, default_value = "rmsprop")]
+    pub optimizer: OptimizerKind,
+    #[arg(long, default_value_t = 2e-5)]
+    pub lr: f64,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.0)]
+    pub momentum: f64,
+    #[arg(long, default_value_t = 30)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 20)]
+    pub batch: usize,
+    /// Seeds the dense head's initialisation, shuffles and dropout, and the forest's bootstraps.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub lr_schedule: ScheduleArgs,
+}
+
+impl HeadArgs {
+    /// The head spec for `kind` (standardisation: as asked, else the kind's default).
+    pub fn spec(&self, kind: crate::heads::HeadKind) -> crate::train::head::HeadSpec {
+        crate::train::head::HeadSpec {
+            units: self.units,
+            layers: self.layers,
+            dropout: self.dropout,
+            pool: self.pool,
+            standardize: self.standardize.unwrap_or(kind.standardizes_by_default()),
+        }
+    }
+
+    pub fn classical(&self) -> crate::heads::ClassicalSpec {
+        crate::heads::ClassicalSpec {
+            pca: self.pca,
+            c: self.c,
+            gamma: self.gamma,
+            trees: self.trees,
+            max_depth: self.max_depth,
+            k: self.k,
+            max_iterations: self.max_iterations,
+        }
+    }
+
+    pub fn fit(&self) -> crate::train::FitConfig {
+        crate::train::FitConfig {
+            epochs: self.epochs,
+            batch: self.batch,
+            seed: self.seed,
+            optimizer: self.optimizer.build(self.lr, self.momentum),
+            schedule: self.lr_schedule.schedule(),
+        }
+    }
+}

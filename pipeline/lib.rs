@@ -9,6 +9,7 @@ pub mod backbone;
 pub mod batch;
 pub mod catalog;
 pub mod cli;
+pub mod compare;
 pub mod convnet;
 pub mod dataset;
 pub mod elpv;

@@ -139,3 +139,50 @@ pub fn confusion(path: &Path, classes: &[String], m: &[Vec<usize>]) -> Result<()
     }
     std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.into(), source: e })
 }
+
+/// Horizontal bars, one per (label, value in [0, 1]), the value written at the bar's end.
+pub fn bars(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<()> {
+    font()?;
+    let tmp = path.with_extension("tmp.png");
+    let n = bars.len().max(1);
+    {
+        let root = BitMapBackend::new(&tmp, (900, 90 + 34 * n as u32)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let lo = bars.iter().map(|b| b.1).fold(1.0f64, f64::min);
+        let lo = ((lo - 0.05).max(0.0) * 20.0).floor() / 20.0;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(230)
+            .build_cartesian_2d(lo..1.0f64, 0f64..n as f64)
+            .map_err(err)?;
+        let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .y_labels(n)
+            .y_label_formatter(&|y| {
+                let i = (n as f64 - y - 0.5).round();
+                if (y.fract() - 0.5).abs() < 1e-6 && i >= 0.0 && (i as usize) < labels.len() {
+                    labels[i as usize].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .y_label_style(("sans-serif", 14))
+            .draw()
+            .map_err(err)?;
+        for (i, (_, v)) in bars.iter().enumerate() {
+            let y = (n - 1 - i) as f64;
+            chart
+                .draw_series(std::iter::once(Rectangle::new([(lo, y + 0.15), (*v, y + 0.85)], BLUE.mix(0.6).filled())))
+                .map_err(err)?;
+            chart
+                .draw_series(std::iter::once(Text::new(format!("{v:.4}"), (*v, y + 0.3), ("sans-serif", 14))))
+                .map_err(err)?;
+        }
+        root.present().map_err(err)?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.into(), source: e })
+}

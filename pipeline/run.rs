@@ -4,7 +4,7 @@
 use crate::error::{Error, IoContext, Result};
 use crate::features::{self, FeatureInfo, Features};
 use crate::fsutil;
-use crate::heads::{ClassicalSpec, HeadKind};
+use crate::heads::{self, ClassicalSpec, HeadKind, Trained};
 use crate::imageio::View;
 use crate::runtime::SessionOptions;
 use crate::train::{head::HeadSpec, Epoch, FitConfig};
@@ -90,6 +90,77 @@ pub fn predict_split(
     }
     let probs = sum.expect("at least the plain view") / views.len() as f32;
     Ok((probs, views.swap_remove(0)))
+}
+
+/// A head to train on a feature folder into `run_dir` (what `tlearn-head` and `tlearn-compare` do).
+pub struct HeadJob {
+    pub features: PathBuf,
+    pub run_dir: PathBuf,
+    pub kind: HeadKind,
+    pub spec: HeadSpec,
+    pub classical: ClassicalSpec,
+    pub fit: FitConfig,
+    pub opts: SessionOptions,
+    /// Cached flipped views added to the training set.
+    pub train_views: Vec<View>,
+    /// Views averaged with the plain image at evaluation and scoring.
+    pub tta: Vec<View>,
+}
+
+/// Train the job's head and write the run: `head.onnx`, `history.csv` (+ `history.png` for the
+/// dense head), and the `head.onnx.json` record, each atomically, the record last.
+pub fn train_head(job: &HeadJob) -> Result<(RunInfo, Trained)> {
+    job.spec.validate()?;
+    job.fit.validate()?;
+    job.classical.validate()?;
+    let train_sets = features::load_views(&job.features, "train", &job.train_views)?;
+    let (train_x, train_labels) = features::concat_views(&train_sets)?;
+    let train = &train_sets[0];
+    let val = features::load(&job.features, "validation").ok();
+    if val.is_none() {
+        tracing::warn!("{}: no validation features; validation columns will be empty", job.features.display());
+    }
+    let classes = train.info.classes.clone();
+    let data = heads::Data {
+        x: &train_x,
+        y: &train_labels,
+        val: val.as_ref().map(|v| (&v.x, v.labels.as_slice())),
+        classes: classes.len(),
+    };
+    let t = std::time::Instant::now();
+    let trained = heads::head(job.kind, &job.spec, &job.classical, &job.fit, &job.opts).fit(&data, job.fit.seed)?;
+    let secs = t.elapsed().as_secs_f64();
+    let bytes = crate::onnx::encode_model(&trained.model);
+    fsutil::write_bytes_atomic(&job.run_dir.join(HEAD), &bytes)?;
+    let history = &trained.history;
+    write_history_csv(&job.run_dir.join(HISTORY_CSV), history)?;
+    let name = job.run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if history.len() > 1 {
+        let title = format!("{name} on {} — {}", train.info.backbone, job.features.display());
+        if let Err(e) = crate::plot::history(&job.run_dir.join(HISTORY_PNG), &title, history) {
+            tracing::warn!("history plot not written: {e}");
+        }
+    }
+    let info = RunInfo {
+        name,
+        features_dir: job.features.clone(),
+        features: train.info.clone(),
+        validation_npy_sha256: val.as_ref().map(|v| v.info.npy_sha256.clone()),
+        kind: job.kind,
+        head: job.spec.clone(),
+        classical: (job.kind != HeadKind::Dense).then(|| job.classical.clone()),
+        fit: job.fit.clone(),
+        loss: crate::train::graph::Loss::for_classes(classes.len()),
+        classes,
+        head_sha256: fsutil::sha256_bytes(&bytes),
+        final_epoch: history.last().cloned(),
+        train_seconds: secs,
+        train_views: train_sets.iter().skip(1).map(|f| f.info.view).collect(),
+        tta: job.tta.iter().copied().filter(|v| *v != View::Identity).collect(),
+        tlearn_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    fsutil::write_json(&fsutil::sidecar_path(&job.run_dir.join(HEAD)), &info)?;
+    Ok((info, trained))
 }
 
 pub fn write_history_csv(path: &Path, h: &[Epoch]) -> Result<()> {

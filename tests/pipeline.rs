@@ -431,3 +431,54 @@ fn classical_heads_train_evaluate_and_score_like_the_dense_one() {
     let err = fails("tlearn-head", &["--features", &feats, "--run", "bad", "--head", "knn", "--k", "0"], w);
     assert!(err.contains("k") && err.contains("≥ 1"), "{err}");
 }
+
+#[test]
+fn compare_trains_every_pair_into_one_table_and_a_seed_fixes_it() {
+    let w = workdir();
+    let w = w.path();
+    prepared(w, &["cat", "dog"], 10);
+    for size in ["32", "48"] {
+        ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--size", size, "--device", "cpu"], w);
+    }
+    let args = |out: &str| {
+        [
+            "features/toy/tiny-32",
+            "features/toy/tiny-48",
+            "--heads",
+            "dense,logistic,forest",
+            "--epochs",
+            "2",
+            "--units",
+            "8",
+            "--trees",
+            "10",
+            "--out",
+            out,
+            "--runs",
+            &format!("runs/{out}"),
+            "--device",
+            "cpu",
+        ]
+        .map(String::from)
+    };
+    let a = args("cmp-a");
+    let out = ok("tlearn-compare", &a.iter().map(|s| s.as_str()).collect::<Vec<_>>(), w);
+    assert!(out.contains("| backbone | size | head | test accuracy"), "{out}");
+    let csv = read(&w.join("cmp-a/table.csv"));
+    assert_eq!(csv.lines().count(), 1 + 2 * 3, "{csv}");
+    assert!(csv.lines().next().unwrap().starts_with("backbone,size,head,accuracy,roc_auc,macro_f1"), "{csv}");
+    assert!(w.join("cmp-a/table.md").exists());
+    assert!(w.join("cmp-a/accuracy.png").metadata().unwrap().len() > 1000);
+    for run in ["tiny-32-dense", "tiny-48-forest", "tiny-32-logistic"] {
+        assert!(w.join("runs/cmp-a").join(run).join("head.onnx.json").exists(), "{run}");
+    }
+    // The same seed gives the same metrics (timings aside).
+    let b = args("cmp-b");
+    ok("tlearn-compare", &b.iter().map(|s| s.as_str()).collect::<Vec<_>>(), w);
+    let metrics = |p: &str| -> Vec<String> {
+        read(&w.join(p)).lines().map(|l| l.split(',').take(7).collect::<Vec<_>>().join(",")).collect()
+    };
+    assert_eq!(metrics("cmp-a/table.csv"), metrics("cmp-b/table.csv"));
+    let err = fails("tlearn-compare", &["features/toy/none", "--heads", "logistic"], w);
+    assert!(err.contains("features/toy/none"), "{err}");
+}

@@ -42,6 +42,13 @@ pub enum HeadKind {
 }
 
 impl HeadKind {
+    /// Whether the head standardises its features unless told otherwise: yes for the distance- and
+    /// margin-based ones (logistic, SVMs, k-NN), no for the dense head (as the classic) and the
+    /// forest (splits do not care about scale).
+    pub fn standardizes_by_default(self) -> bool {
+        !matches!(self, HeadKind::Dense | HeadKind::Forest)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             HeadKind::Dense => "dense",
