@@ -20,6 +20,7 @@ pub mod fsutil;
 pub mod heads;
 pub mod imageio;
 pub mod imageset;
+pub mod inputs;
 pub mod metrics;
 pub mod mnist;
 pub mod onnx;

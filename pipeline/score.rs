@@ -214,10 +214,9 @@ pub fn meta(m: &ModelProto, path: &Path) -> Result<ModelMeta> {
     Ok(ModelMeta { classes, size, interpolation })
 }
 
-/// A file that could not be scored: (path, reason).
-pub type Unreadable = (String, String);
+pub use crate::inputs::Unreadable;
 
-/// Result of a scoring run.
+/// Result of a scoring run (also written next to the output as `<out>.summary.json`).
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct ScoreSummary {
     pub scored: usize,
@@ -225,71 +224,171 @@ pub struct ScoreSummary {
     pub per_class: std::collections::BTreeMap<String, usize>,
 }
 
-/// All image files under `root` (recursively, symlinks not followed), sorted by path.
-pub fn list_images(root: &Path) -> Result<(Vec<PathBuf>, Vec<Unreadable>)> {
-    if !root.exists() {
-        return Err(Error::BadData { path: root.into(), reason: "no such file or folder".into() });
-    }
-    let mut files = vec![];
-    let mut errors = vec![];
-    for e in walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name() {
-        match e {
-            Ok(e) if e.file_type().is_file() && crate::imageio::is_image_path(e.path()) => files.push(e.into_path()),
-            Ok(_) => {}
-            Err(e) => errors.push((e.path().map(|p| p.display().to_string()).unwrap_or_default(), e.to_string())),
-        }
-    }
-    Ok((files, errors))
+/// How rows are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// path, class, probability [, class_2, probability_2, …] [, p_<class> …]
+    Csv,
+    /// One JSON object per line: path, class, probability, top (k × {class, probability}), probs.
+    Jsonl,
 }
 
-/// Score every image under `root` with the deployable `model`, streaming rows to `out` (CSV:
-/// path, class, probability, then one probability column per class when > 2 classes).
+impl Format {
+    /// JSON lines for `.jsonl`/`.ndjson` outputs, else CSV.
+    pub fn of(out: &Path) -> Format {
+        match out.extension().and_then(|e| e.to_str()) {
+            Some("jsonl" | "ndjson") => Format::Jsonl,
+            _ => Format::Csv,
+        }
+    }
+}
+
+/// Scoring settings, validated by [`ScoreOptions::validate`] against the model's classes.
+#[derive(Clone, Debug)]
+pub struct ScoreOptions {
+    pub batch: usize,
+    pub max_pixels: u64,
+    /// Binary models: the positive class (index 1) when its probability ≥ threshold (default 0.5).
+    pub threshold: Option<f64>,
+    /// Multi-class models: also report the k most probable classes (default 1).
+    pub top_k: usize,
+    pub format: Format,
+}
+
+impl ScoreOptions {
+    fn validate(&self, classes: usize) -> Result<()> {
+        let bad = |name, value: String, reason: String| Err(Error::Param { name, value, reason });
+        if let Some(t) = self.threshold {
+            if classes != 2 {
+                return bad(
+                    "threshold",
+                    t.to_string(),
+                    format!("only for binary models; this one has {classes} classes"),
+                );
+            }
+            if !(0.0..=1.0).contains(&t) {
+                return bad("threshold", t.to_string(), "must be in [0, 1]".into());
+            }
+        }
+        if self.top_k == 0 || self.top_k > classes {
+            return bad("top-k", self.top_k.to_string(), format!("must be in 1..={classes} (the model's classes)"));
+        }
+        Ok(())
+    }
+}
+
+/// Streams score rows as CSV or JSON lines.
+enum RowWriter<W: std::io::Write> {
+    Csv(Box<csv::Writer<W>>),
+    Jsonl(W),
+}
+
+impl<W: std::io::Write> RowWriter<W> {
+    fn new(w: W, format: Format, classes: &[String], top_k: usize) -> std::io::Result<Self> {
+        Ok(match format {
+            Format::Jsonl => RowWriter::Jsonl(w),
+            Format::Csv => {
+                let mut w = csv::Writer::from_writer(w);
+                let mut header = vec!["path".to_string(), "class".into(), "probability".into()];
+                for k in 2..=top_k {
+                    header.extend([format!("class_{k}"), format!("probability_{k}")]);
+                }
+                if classes.len() > 2 {
+                    header.extend(classes.iter().map(|c| format!("p_{c}")));
+                }
+                w.write_record(&header)?;
+                RowWriter::Csv(Box::new(w))
+            }
+        })
+    }
+
+    /// One image: `ranked` = (class index, probability), predicted class first.
+    fn row(&mut self, path: &str, classes: &[String], ranked: &[(usize, f64)], probs: &[f64]) -> std::io::Result<()> {
+        match self {
+            RowWriter::Csv(w) => {
+                let mut row = vec![path.to_string()];
+                for &(c, p) in ranked {
+                    row.extend([classes[c].clone(), format!("{p:.6}")]);
+                }
+                if classes.len() > 2 {
+                    row.extend(probs.iter().map(|v| format!("{v:.6}")));
+                }
+                w.write_record(&row)?;
+            }
+            RowWriter::Jsonl(w) => {
+                let top: Vec<_> =
+                    ranked.iter().map(|&(c, p)| serde_json::json!({"class": classes[c], "probability": p})).collect();
+                let all: serde_json::Map<String, serde_json::Value> =
+                    classes.iter().zip(probs).map(|(c, p)| (c.clone(), serde_json::json!(p))).collect();
+                let v = serde_json::json!({
+                    "path": path, "class": classes[ranked[0].0], "probability": ranked[0].1, "top": top, "probs": all,
+                });
+                writeln!(w, "{v}")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            RowWriter::Csv(w) => w.flush(),
+            RowWriter::Jsonl(w) => w.flush(),
+        }
+    }
+}
+
+/// The predicted class first, then the next most probable ones: `k` (class, probability) pairs.
+/// Binary: the positive class (1) when p₁ ≥ `threshold`, else class 0.
+pub fn rank(probs: &[f64], k: usize, threshold: f64) -> Vec<(usize, f64)> {
+    if probs.len() == 2 {
+        let c = (probs[1] >= threshold) as usize;
+        return [(c, probs[c]), (1 - c, probs[1 - c])][..k.min(2)].to_vec();
+    }
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    // Stable: ties keep the lower class index first (as `metrics::predicted_class`).
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    order.into_iter().take(k).map(|c| (c, probs[c])).collect()
+}
+
+/// Score `files` with the deployable `model`, streaming rows to `out` (atomically) and the summary
+/// to `<out>.summary.json`. `unreadable` are files the listing already failed on (reported too).
 pub fn score(
     model_path: &Path,
-    root: &Path,
+    files: &[PathBuf],
+    mut unreadable: Vec<Unreadable>,
     out: &Path,
-    batch: usize,
+    o: &ScoreOptions,
     opts: &SessionOptions,
-    max_pixels: u64,
 ) -> Result<ScoreSummary> {
     let m = onnx::load_model(model_path)?;
     let meta = meta(&m, model_path)?;
-    let (files, mut unreadable) = list_images(root)?;
+    o.validate(meta.classes.len())?;
     let mut s = runtime::open(&onnx::encode_model(&m), model_path, opts)?.session;
     let spec = LoadSpec {
         size: (meta.size, meta.size),
         interpolation: meta.interpolation,
         preprocess: Preprocess::of(PreprocessKind::Raw),
-        max_pixels,
+        max_pixels: o.max_pixels,
         view: View::Identity,
     };
     let mut summary = ScoreSummary::default();
-    let multi = meta.classes.len() > 2;
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).at(dir)?;
     let tmp = tempfile::Builder::new().prefix(".scores-").suffix(".tmp").tempfile_in(dir).at(dir)?;
-    let mut w = csv::Writer::from_writer(std::io::BufWriter::new(tmp.as_file().try_clone().at(dir)?));
-    let mut header = vec!["path".to_string(), "class".into(), "probability".into()];
-    if multi {
-        header.extend(meta.classes.iter().map(|c| format!("p_{c}")));
-    }
-    let csv_err = |e: csv::Error| Error::Other(format!("{}: {e}", out.display()));
-    w.write_record(&header).map_err(csv_err)?;
+    let file = std::io::BufWriter::new(tmp.as_file().try_clone().at(dir)?);
+    let mut w = RowWriter::new(file, o.format, &meta.classes, o.top_k).at(out)?;
+    let threshold = o.threshold.unwrap_or(0.5);
     let pb = crate::cli::progress(files.len() as u64, "img");
     pb.set_message("scoring");
-    run_images(&mut s, INPUT, OUTPUT, &files, &spec, batch, |i, r| {
+    run_images(&mut s, INPUT, OUTPUT, files, &spec, o.batch, |i, r| {
         pb.inc(1);
         match r {
             Ok(y) => {
                 let y = y.into_dimensionality().map_err(|e| Error::Other(format!("model output: {e}")))?;
                 let p = crate::metrics::row_probs(y);
-                let c = crate::metrics::predicted_class(y);
-                let mut row = vec![files[i].display().to_string(), meta.classes[c].clone(), format!("{:.6}", p[c])];
-                if multi {
-                    row.extend(p.iter().map(|v| format!("{v:.6}")));
-                }
-                w.write_record(&row).map_err(csv_err)?;
-                *summary.per_class.entry(meta.classes[c].clone()).or_default() += 1;
+                let ranked = rank(&p, o.top_k, threshold);
+                w.row(&files[i].display().to_string(), &meta.classes, &ranked, &p).at(out)?;
+                *summary.per_class.entry(meta.classes[ranked[0].0].clone()).or_default() += 1;
                 summary.scored += 1;
             }
             Err(e) => {
@@ -304,5 +403,8 @@ pub fn score(
     drop(w);
     crate::fsutil::persist(tmp, out)?;
     summary.unreadable = unreadable;
+    let mut side = out.as_os_str().to_owned();
+    side.push(".summary.json");
+    crate::fsutil::write_json(Path::new(&side), &summary)?;
     Ok(summary)
 }

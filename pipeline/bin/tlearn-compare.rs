@@ -61,7 +61,8 @@ fn run(a: Args) -> Result<()> {
         )
     })
     .context("comparing heads")?;
-    let title = a.title.unwrap_or_else(|| a.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    let title =
+        a.title.unwrap_or_else(|| a.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
     compare::write(&a.out, &rows, &title)?;
     print!("{}", compare::markdown(&rows));
     println!("→ {}", a.out.join("table.md").display());

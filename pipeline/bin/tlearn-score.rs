@@ -5,10 +5,26 @@ use clap::Parser;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
-#[command(version, about = "Score every image under DIR → CSV path,class,probability (sorted by path)")]
+#[command(
+    version,
+    about = "Score images (folders, files, glob patterns, --list files) → CSV or JSON lines, sorted by path"
+)]
 struct Args {
-    /// Folder tree (or single image) to score; omit with --export-only.
-    dir: Option<PathBuf>,
+    /// Folder trees, images, or quoted glob patterns (`'shots/**/*.jpg'`) to score; omit with
+    /// --export-only.
+    inputs: Vec<PathBuf>,
+    /// Files listing images to score, one path per line (`#` comments and empty lines skipped).
+    #[arg(long)]
+    list: Vec<PathBuf>,
+    /// Binary models: predict the positive class (the second) when its probability ≥ this.
+    #[arg(long)]
+    threshold: Option<f64>,
+    /// Multi-class models: also write the k most probable classes.
+    #[arg(long, default_value_t = 1)]
+    top_k: usize,
+    /// Output format (default: jsonl for a .jsonl/.ndjson --out, else csv).
+    #[arg(long, value_enum)]
+    format: Option<tlearn::score::Format>,
     /// Run whose head to use (folder under --runs).
     #[arg(long, default_value = "demo")]
     run: String,
@@ -17,7 +33,7 @@ struct Args {
     /// A deployable model instead of the run's (runs/<run>/model.onnx, built when missing or stale).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Output CSV (default: reports/<run>/scores.csv).
+    /// Output file (default: reports/<run>/scores.csv); a summary goes to <out>.summary.json.
     #[arg(long)]
     out: Option<PathBuf>,
     #[arg(long, default_value = "onnx")]
@@ -105,11 +121,21 @@ fn run(a: Args) -> Result<()> {
         println!("{}", model.display());
         return Ok(());
     }
-    let dir = a.dir.context("give a folder to score (or --export-only)")?;
+    if a.inputs.is_empty() && a.list.is_empty() {
+        anyhow::bail!("give folders, images, glob patterns or --list files to score (or --export-only)");
+    }
     let out = a.out.unwrap_or_else(|| PathBuf::from("reports").join(&a.run).join("scores.csv"));
+    let (files, unreadable) = tlearn::inputs::collect(&a.inputs, &a.list)?;
+    let o = tlearn::score::ScoreOptions {
+        batch: a.batch,
+        max_pixels: a.max_pixels,
+        threshold: a.threshold,
+        top_k: a.top_k,
+        format: a.format.unwrap_or_else(|| tlearn::score::Format::of(&out)),
+    };
     let t = std::time::Instant::now();
-    let s = tlearn::score::score(&model, &dir, &out, a.batch, &a.ort.session(), a.max_pixels)
-        .with_context(|| format!("scoring {}", dir.display()))?;
+    let s = tlearn::score::score(&model, &files, unreadable, &out, &o, &a.ort.session())
+        .with_context(|| format!("scoring into {}", out.display()))?;
     let secs = t.elapsed().as_secs_f64();
     println!(
         "scored {} images in {secs:.1} s ({:.1} img/s) → {}",
