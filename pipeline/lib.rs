@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod mnist;
 pub mod onnx;
 pub mod plot;
+pub mod report;
 pub mod run;
 pub mod runtime;
 pub mod score;

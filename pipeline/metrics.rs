@@ -103,6 +103,31 @@ pub fn compute(probs: &ArrayD<f32>, labels: &[usize], classes: &[String]) -> Met
     Metrics { n_test: n, accuracy: accuracy(&pred, labels), loss, per_class, macro_f1, confusion, roc_auc }
 }
 
+/// The ROC curve as (false-positive rate, true-positive rate) points from (0, 0) to (1, 1), one per
+/// distinct score (ties move diagonally); empty without both classes.
+pub fn roc_points(scores: &[f64], positive: &[bool]) -> Vec<(f64, f64)> {
+    let n_pos = positive.iter().filter(|&&p| p).count() as f64;
+    let n_neg = positive.len() as f64 - n_pos;
+    if n_pos == 0.0 || n_neg == 0.0 {
+        return vec![];
+    }
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let (mut tp, mut fp) = (0.0, 0.0);
+    let mut pts = vec![(0.0, 0.0)];
+    for (k, &i) in idx.iter().enumerate() {
+        if positive[i] {
+            tp += 1.0;
+        } else {
+            fp += 1.0;
+        }
+        if idx.get(k + 1).is_none_or(|&j| scores[j] != scores[i]) {
+            pts.push((fp / n_neg, tp / n_pos));
+        }
+    }
+    pts
+}
+
 /// ROC-AUC by the rank statistic (ties get average ranks); None without both classes.
 pub fn roc_auc(scores: &[f64], positive: &[bool]) -> Option<f64> {
     let n_pos = positive.iter().filter(|&&p| p).count();
@@ -144,19 +169,21 @@ pub fn render(m: &Metrics) -> String {
 }
 
 /// Write an evaluation into `out/`: `metrics.json` (the `context` fields plus the metrics),
-/// `predictions.csv` (path, true, predicted, probability) and `confusion.png`. `files` holds each
-/// row's (path, true label index).
+/// `predictions.csv` (path, true, predicted, probability), `confusion.png`, `roc.png` and the
+/// self-contained `index.html` ([`crate::report`]). `files` holds each row's (path, true label
+/// index); `history_png` is the run's training curves, if any.
 pub fn write_report(
     out: &std::path::Path,
     context: serde_json::Value,
     probs: &ArrayD<f32>,
     files: &[(String, usize)],
     classes: &[String],
+    history_png: Option<&std::path::Path>,
 ) -> crate::Result<Metrics> {
     let labels: Vec<usize> = files.iter().map(|f| f.1).collect();
     let m = compute(probs, &labels, classes);
-    let mut report = match context {
-        serde_json::Value::Object(o) => o,
+    let mut report = match &context {
+        serde_json::Value::Object(o) => o.clone(),
         _ => serde_json::Map::new(),
     };
     let mv = serde_json::to_value(&m).expect("metrics serialise");
@@ -177,5 +204,19 @@ pub fn write_report(
     if let Err(e) = crate::plot::confusion(&out.join("confusion.png"), classes, &m.confusion) {
         tracing::warn!("confusion plot not written: {e}");
     }
+    let field = |k: &str| context.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();
+    let title = format!("{} — {} split", field("run"), field("split"));
+    let page = crate::report::Page {
+        title: &title,
+        context: &context,
+        metrics: &m,
+        classes,
+        probs,
+        files,
+        history_png,
+        confusion_png: &out.join("confusion.png"),
+        max_pixels: crate::imageio::DEFAULT_MAX_PIXELS,
+    };
+    crate::report::write(out, &page)?;
     Ok(m)
 }

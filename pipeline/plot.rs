@@ -186,3 +186,41 @@ pub fn bars(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<()> {
     }
     std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.into(), source: e })
 }
+
+/// ROC curves (false-positive rate → true-positive rate), one per (label, points), with the chance
+/// diagonal.
+pub fn roc(path: &Path, curves: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
+    font()?;
+    let tmp = path.with_extension("tmp.png");
+    {
+        let root = BitMapBackend::new(&tmp, (560, 520)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption("ROC curve", ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..1f64, 0f64..1.0001f64)
+            .map_err(err)?;
+        chart.configure_mesh().x_desc("false-positive rate").y_desc("true-positive rate").draw().map_err(err)?;
+        chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3))).map_err(err)?;
+        for (i, (label, pts)) in curves.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+                .map_err(err)?
+                .label(label.clone())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK.mix(0.3))
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(err)?;
+        root.present().map_err(err)?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.into(), source: e })
+}

@@ -157,6 +157,11 @@ fn extract_head_evaluate_score_end_to_end() {
     }
     assert!(m["accuracy"].as_f64().unwrap() >= 0.9, "separable colours: {m}");
     assert!(w.join("reports/toy/confusion.png").exists());
+    let html = read(&w.join("reports/toy/index.html"));
+    for id in ["metrics", "confusion", "roc", "curves", "misclassified"] {
+        assert!(html.contains(&format!("<section id=\"{id}\">")), "report section {id}");
+    }
+    assert!(!html.contains("(this run has no per-epoch history)"), "the dense head's curves are embedded");
 
     std::fs::write(w.join("data/toy/test/zz-not-an-image.png"), b"hello").unwrap();
     let out = ok("tlearn-score", &["data/toy/test", "--run", "toy", "--out", "scores.csv", "--device", "cpu"], w);

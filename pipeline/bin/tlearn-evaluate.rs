@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use tlearn::runtime::{Device, SessionOptions};
 
 #[derive(Parser)]
-#[command(version, about = "Loss, accuracy, per-class P/R/F1, confusion matrix, ROC-AUC → reports/<run>/metrics.json")]
+#[command(
+    version,
+    about = "Loss, accuracy, per-class P/R/F1, confusion matrix, ROC-AUC → reports/<run>/metrics.json + index.html"
+)]
 struct Args {
     /// Run name (folder under --runs).
     #[arg(long, default_value = "demo")]
@@ -41,7 +44,9 @@ fn run(a: Args) -> Result<()> {
         "split": a.split,
         "backbone": info.features.backbone,
         "size": info.features.size,
+        "kind": info.kind,
         "head": info.head,
+        "classical": info.classical,
         "fit": info.fit,
         "train_views": info.train_views,
         "tta": info.tta,
@@ -49,9 +54,10 @@ fn run(a: Args) -> Result<()> {
         "head_sha256": info.head_sha256,
     });
     let files: Vec<(String, usize)> = f.files.iter().map(|r| (r.path.clone(), r.label)).collect();
-    let m = tlearn::metrics::write_report(&out, context, &probs, &files, &info.classes)?;
+    let history = run_dir.join(tlearn::run::HISTORY_PNG);
+    let m = tlearn::metrics::write_report(&out, context, &probs, &files, &info.classes, Some(&history))?;
     println!("{} on {} ({} {}×{}):", a.run, a.split, info.features.backbone, info.features.size, info.features.size);
     print!("{}", tlearn::metrics::render(&m));
-    println!("→ {}", out.join("metrics.json").display());
+    println!("→ {} and {}", out.join("metrics.json").display(), out.join("index.html").display());
     Ok(())
 }

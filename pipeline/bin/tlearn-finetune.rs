@@ -180,7 +180,8 @@ fn run(a: Args) -> Result<()> {
             "model_sha256": info.model_sha256,
         });
         let out = a.reports.join(&run);
-        let m = tlearn::metrics::write_report(&out, context, &probs, &files, &info.classes)?;
+        let history = cfg.run_dir.join(tlearn::run::HISTORY_PNG);
+        let m = tlearn::metrics::write_report(&out, context, &probs, &files, &info.classes, Some(&history))?;
         println!("{run} on test (best epoch {best}):");
         print!("{}", tlearn::metrics::render(&m));
         println!("→ {}", out.join("metrics.json").display());

@@ -1,0 +1,171 @@
+//! The evaluation report a person reads: `reports/<run>/index.html`, one self-contained file
+//! (every picture a `data:` URI, no script, no external resource) with the metrics, the confusion
+//! matrix, ROC curves, the training curves and the most confidently misclassified test images.
+
+use crate::error::{Error, Result};
+use crate::metrics::{class_probs, predicted, Metrics};
+use base64::Engine as _;
+use ndarray::ArrayD;
+use std::path::Path;
+
+/// Misclassified images shown, most confident first.
+pub const MISCLASSIFIED: usize = 16;
+/// Thumbnails fit in this many pixels per side.
+const THUMB: u32 = 160;
+
+/// Everything the page shows.
+pub struct Page<'a> {
+    pub title: &'a str,
+    pub context: &'a serde_json::Value,
+    pub metrics: &'a Metrics,
+    pub classes: &'a [String],
+    pub probs: &'a ArrayD<f32>,
+    /// Each test row's (image path, true class index).
+    pub files: &'a [(String, usize)],
+    /// The run's training curves, when it has them.
+    pub history_png: Option<&'a Path>,
+    pub confusion_png: &'a Path,
+    /// Images larger than this are not decoded for thumbnails.
+    pub max_pixels: u64,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn data_uri(png: &[u8]) -> String {
+    format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(png))
+}
+
+fn img(png: &[u8], alt: &str) -> String {
+    format!("<img src=\"{}\" alt=\"{}\">", data_uri(png), esc(alt))
+}
+
+/// A PNG thumbnail of the image at `path`, or why there is none.
+fn thumbnail(path: &Path, max_pixels: u64) -> std::result::Result<Vec<u8>, String> {
+    let im = crate::imageio::decode(path, max_pixels).map_err(|e| e.to_string())?;
+    let t = im.thumbnail(THUMB, THUMB).to_rgb8();
+    let mut out = std::io::Cursor::new(vec![]);
+    t.write_to(&mut out, image::ImageFormat::Png).map_err(|e| e.to_string())?;
+    Ok(out.into_inner())
+}
+
+/// Indices of misclassified rows, most confident (probability of the wrong class) first.
+pub fn most_confident_mistakes(probs: &ArrayD<f32>, labels: &[usize], n: usize) -> Vec<usize> {
+    let p = class_probs(probs);
+    let pred = predicted(probs);
+    let mut wrong: Vec<usize> = (0..labels.len()).filter(|&i| pred[i] != labels[i]).collect();
+    wrong.sort_by(|&a, &b| p[b][pred[b]].total_cmp(&p[a][pred[a]]).then(a.cmp(&b)));
+    wrong.truncate(n);
+    wrong
+}
+
+fn png_file(path: &Path) -> Option<Vec<u8>> {
+    std::fs::read(path).ok().filter(|b| b.starts_with(b"\x89PNG"))
+}
+
+/// Write `out/index.html` (atomically); the ROC chart is drawn into `out/roc.png` on the way.
+pub fn write(out: &Path, page: &Page) -> Result<()> {
+    let m = page.metrics;
+    let mut h = String::new();
+    h += &format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\n<style>\
+         body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}\
+         td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}th{{background:#eee}}\
+         td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}\
+         .grid{{display:flex;flex-wrap:wrap;gap:12px}}.tile{{width:{w}px;font-size:13px}}\
+         .tile img{{display:block;margin-bottom:4px}}.path{{word-break:break-all;color:#555}}.missing{{width:{w}px;height:{w}px;background:#eee}}\
+         </style></head><body>\n<h1>{t}</h1>\n",
+        t = esc(page.title),
+        w = THUMB
+    );
+    // Metrics.
+    h += "<section id=\"metrics\"><h2>Metrics</h2>\n<table>\n";
+    let auc = m.roc_auc.map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into());
+    for (k, v) in [
+        ("test images", m.n_test.to_string()),
+        ("accuracy", format!("{:.4}", m.accuracy)),
+        ("loss (cross-entropy)", format!("{:.4}", m.loss)),
+        ("macro-F1", format!("{:.4}", m.macro_f1)),
+        ("ROC-AUC", auc),
+    ] {
+        h += &format!("<tr><th>{k}</th><td>{}</td></tr>\n", esc(&v));
+    }
+    h += "</table>\n<h3>Per class</h3>\n<table class=\"per-class\"><tr><th>class</th><th>precision</th>\
+          <th>recall</th><th>F1</th><th>support</th></tr>\n";
+    for c in &m.per_class {
+        h += &format!(
+            "<tr><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{}</td></tr>\n",
+            esc(&c.class),
+            c.precision,
+            c.recall,
+            c.f1,
+            c.support
+        );
+    }
+    h += "</table>\n<details><summary>Run settings</summary><pre>";
+    h += &esc(&serde_json::to_string_pretty(page.context).unwrap_or_default());
+    h += "</pre></details></section>\n";
+    // Confusion matrix.
+    h += "<section id=\"confusion\"><h2>Confusion matrix</h2>\n";
+    match png_file(page.confusion_png) {
+        Some(b) => h += &img(&b, "confusion matrix"),
+        None => h += "<p>(not drawn)</p>",
+    }
+    h += "</section>\n";
+    // ROC curves (one-vs-rest per class when more than two).
+    let labels: Vec<usize> = page.files.iter().map(|f| f.1).collect();
+    let p = class_probs(page.probs);
+    let positives: Vec<usize> = if page.classes.len() == 2 { vec![1] } else { (0..page.classes.len()).collect() };
+    let curves: Vec<(String, Vec<(f64, f64)>)> = positives
+        .iter()
+        .filter_map(|&c| {
+            let scores: Vec<f64> = p.iter().map(|r| r[c]).collect();
+            let pos: Vec<bool> = labels.iter().map(|&l| l == c).collect();
+            let auc = crate::metrics::roc_auc(&scores, &pos)?;
+            Some((format!("{} (AUC {auc:.4})", page.classes[c]), crate::metrics::roc_points(&scores, &pos)))
+        })
+        .collect();
+    h += "<section id=\"roc\"><h2>ROC curve</h2>\n";
+    let roc = out.join("roc.png");
+    match crate::plot::roc(&roc, &curves).ok().and_then(|_| png_file(&roc)) {
+        Some(b) if !curves.is_empty() => h += &img(&b, "ROC curve"),
+        _ => h += "<p>(needs both classes in the test split)</p>",
+    }
+    h += "</section>\n";
+    // Training curves.
+    h += "<section id=\"curves\"><h2>Training curves</h2>\n";
+    match page.history_png.and_then(png_file) {
+        Some(b) => h += &img(&b, "training curves"),
+        None => h += "<p>(this run has no per-epoch history)</p>",
+    }
+    h += "</section>\n";
+    // The most confident mistakes.
+    let wrong = most_confident_mistakes(page.probs, &labels, MISCLASSIFIED);
+    let pred = predicted(page.probs);
+    h += &format!(
+        "<section id=\"misclassified\"><h2>Most confidently misclassified ({} of {} errors)</h2>\n<div class=\"grid\">\n",
+        wrong.len(),
+        labels.iter().zip(&pred).filter(|(a, b)| a != b).count()
+    );
+    for &i in &wrong {
+        let (path, t) = &page.files[i];
+        let q = pred[i];
+        let pic = match thumbnail(Path::new(path), page.max_pixels) {
+            Ok(b) => img(&b, path),
+            Err(e) => format!("<div class=\"missing\" title=\"{}\"></div>", esc(&e)),
+        };
+        h += &format!(
+            "<div class=\"tile\">{pic}<div class=\"path\" title=\"{}\">{}</div><div>true: <b>{}</b></div>\
+             <div>predicted: <b>{}</b> ({:.4})</div></div>\n",
+            esc(path),
+            esc(&Path::new(path).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()),
+            esc(&page.classes[*t]),
+            esc(&page.classes[q]),
+            p[i][q]
+        );
+    }
+    h += "</div></section>\n</body></html>\n";
+    crate::fsutil::write_bytes_atomic(&out.join("index.html"), h.as_bytes())
+        .map_err(|e| Error::Other(format!("report: {e}")))
+}
