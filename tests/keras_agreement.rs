@@ -21,19 +21,6 @@ const BATCH: usize = 64;
 const LR: f64 = 1e-3;
 const TOLERANCE: f64 = 1e-3;
 
-fn tf_python() -> Option<String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let py = std::env::var("BENCH_TF_PYTHON")
-        .unwrap_or_else(|_| root.join(".cache/tfenv/bin/python").to_string_lossy().into_owned());
-    let ok = std::process::Command::new(&py)
-        .args(["-c", "import tensorflow"])
-        .env("TF_CPP_MIN_LOG_LEVEL", "3")
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    ok.then_some(py)
-}
-
 /// Class-structured 28×28 images: class k lights rows 2k..2k+4, plus continuous noise (so the
 /// loss moves and max-pool windows have no ties).
 fn batches(k: usize) -> (ArrayD<f32>, Vec<usize>) {
@@ -62,7 +49,7 @@ fn fixture() -> PathBuf {
 /// Keras' loss curve: live when TensorFlow is here (recorded when TLEARN_RECORD=1), else the
 /// recording.
 fn keras_losses(dir: &Path, inputs_sha256: &str) -> Vec<f64> {
-    let Some(py) = tf_python() else {
+    let Some(py) = common::tf_python() else {
         let text = std::fs::read_to_string(fixture()).expect("recorded Keras curve (run `make agree`)");
         let rec: Recording = serde_json::from_str(&text).unwrap();
         assert_eq!(
@@ -181,7 +168,7 @@ fn mnist_net_loss_curve_matches_keras_within_1e3() {
 /// TensorFlow and tf2onnx (`make agree` installs both); skipped with a message otherwise.
 #[test]
 fn keras_tf2onnx_export_trains_like_keras() {
-    let Some(py) = tf_python().filter(|py| {
+    let Some(py) = common::tf_python().filter(|py| {
         std::process::Command::new(py).args(["-c", "import tf2onnx"]).output().is_ok_and(|o| o.status.success())
     }) else {
         eprintln!("SKIPPED: needs a Python with TensorFlow and tf2onnx (`make agree`)");

@@ -142,3 +142,18 @@ pub fn workdir() -> tempfile::TempDir {
     .unwrap();
     d
 }
+
+/// A Python that imports TensorFlow: `BENCH_TF_PYTHON`, else `.cache/tfenv/bin/python`
+/// (`make bench-tf-env`); None where there is none (the tests that need it skip).
+pub fn tf_python() -> Option<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let py = std::env::var("BENCH_TF_PYTHON")
+        .unwrap_or_else(|_| root.join(".cache/tfenv/bin/python").to_string_lossy().into_owned());
+    let ok = Command::new(&py)
+        .args(["-c", "import tensorflow"])
+        .env("TF_CPP_MIN_LOG_LEVEL", "3")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    ok.then_some(py)
+}
