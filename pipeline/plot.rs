@@ -140,7 +140,7 @@ pub fn confusion(path: &Path, classes: &[String], m: &[Vec<usize>]) -> Result<()
     std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.into(), source: e })
 }
 
-/// Horizontal bars, one per (label, value in [0, 1]), the value written at the bar's end.
+/// Horizontal bars, one per (label, value in [0, 1]), top to bottom, the value written at the bar's end.
 pub fn bars(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<()> {
     font()?;
     let tmp = path.with_extension("tmp.png");
@@ -154,32 +154,42 @@ pub fn bars(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<()> {
             .caption(title, ("sans-serif", 20))
             .margin(12)
             .x_label_area_size(30)
-            .y_label_area_size(230)
-            .build_cartesian_2d(lo..1.0f64, 0f64..n as f64)
+            .y_label_area_size(250)
+            .build_cartesian_2d(lo..1.0f64, (0..n).into_segmented())
             .map_err(err)?;
-        let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
+        // Row i (from the top) sits in segment n−1−i.
+        let label = |v: &SegmentValue<usize>| match v {
+            SegmentValue::CenterOf(k) if *k < n => bars.get(n - 1 - k).map(|b| b.0.clone()).unwrap_or_default(),
+            _ => String::new(),
+        };
         chart
             .configure_mesh()
             .disable_y_mesh()
             .y_labels(n)
-            .y_label_formatter(&|y| {
-                let i = (n as f64 - y - 0.5).round();
-                if (y.fract() - 0.5).abs() < 1e-6 && i >= 0.0 && (i as usize) < labels.len() {
-                    labels[i as usize].clone()
-                } else {
-                    String::new()
-                }
-            })
+            .y_label_formatter(&label)
             .y_label_style(("sans-serif", 14))
             .draw()
             .map_err(err)?;
         for (i, (_, v)) in bars.iter().enumerate() {
-            let y = (n - 1 - i) as f64;
+            let k = n - 1 - i;
             chart
-                .draw_series(std::iter::once(Rectangle::new([(lo, y + 0.15), (*v, y + 0.85)], BLUE.mix(0.6).filled())))
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(lo, SegmentValue::Exact(k)), (*v, SegmentValue::Exact(k + 1))],
+                    BLUE.mix(0.6).filled(),
+                )))
                 .map_err(err)?;
             chart
-                .draw_series(std::iter::once(Text::new(format!("{v:.4}"), (*v, y + 0.3), ("sans-serif", 14))))
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(lo, SegmentValue::Exact(k)), (*v, SegmentValue::Exact(k + 1))],
+                    WHITE.stroke_width(3),
+                )))
+                .map_err(err)?;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    format!(" {v:.4}"),
+                    (*v, SegmentValue::CenterOf(k)),
+                    ("sans-serif", 14),
+                )))
                 .map_err(err)?;
         }
         root.present().map_err(err)?;
