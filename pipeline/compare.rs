@@ -33,12 +33,14 @@ pub struct Row {
     pub run: String,
 }
 
-/// What to compare; the dense head trains with `fit`, every head uses its kind's defaults for
-/// standardisation (see [`HeadKind::standardizes_by_default`]) and `classical`.
+/// What to compare; the dense head trains with `fit`, the classical ones with `classical`.
 pub struct Plan {
     pub features: Vec<PathBuf>,
     pub heads: Vec<HeadKind>,
+    /// Pooling and the dense head's layers (its `standardize` is replaced per kind, below).
     pub spec: HeadSpec,
+    /// Standardise for every head; None = each kind's default ([`HeadKind::standardizes_by_default`]).
+    pub standardize: Option<bool>,
     pub classical: ClassicalSpec,
     pub fit: FitConfig,
     pub opts: SessionOptions,
@@ -83,7 +85,8 @@ pub fn run(plan: &Plan, mut on_row: impl FnMut(&Row)) -> Result<Vec<Row>> {
         for &kind in &plan.heads {
             let name = format!("{}-{}-{}", info.backbone, info.size, kind.name());
             let run_dir = plan.runs.join(&name);
-            let spec = HeadSpec { standardize: kind.standardizes_by_default(), ..plan.spec.clone() };
+            let standardize = plan.standardize.unwrap_or(kind.standardizes_by_default());
+            let spec = HeadSpec { standardize, ..plan.spec.clone() };
             let job = HeadJob {
                 features: fdir.clone(),
                 run_dir: run_dir.clone(),
