@@ -50,10 +50,9 @@ fn thumbnail(path: &Path, max_pixels: u64) -> std::result::Result<Vec<u8>, Strin
     Ok(out.into_inner())
 }
 
-/// Indices of misclassified rows, most confident (probability of the wrong class) first.
-pub fn most_confident_mistakes(probs: &ArrayD<f32>, labels: &[usize], n: usize) -> Vec<usize> {
-    let p = class_probs(probs);
-    let pred = predicted(probs);
+/// Indices of misclassified rows, most confident (probability of the wrong class) first; `p` and
+/// `pred` are [`class_probs`] and [`predicted`] of the model outputs.
+pub fn most_confident_mistakes(p: &[Vec<f64>], pred: &[usize], labels: &[usize], n: usize) -> Vec<usize> {
     let mut wrong: Vec<usize> = (0..labels.len()).filter(|&i| pred[i] != labels[i]).collect();
     wrong.sort_by(|&a, &b| p[b][pred[b]].total_cmp(&p[a][pred[a]]).then(a.cmp(&b)));
     wrong.truncate(n);
@@ -141,8 +140,8 @@ pub fn write(out: &Path, page: &Page) -> Result<()> {
     }
     h += "</section>\n";
     // The most confident mistakes.
-    let wrong = most_confident_mistakes(page.probs, &labels, MISCLASSIFIED);
     let pred = predicted(page.probs);
+    let wrong = most_confident_mistakes(&p, &pred, &labels, MISCLASSIFIED);
     h += &format!(
         "<section id=\"misclassified\"><h2>Most confidently misclassified ({} of {} errors)</h2>\n<div class=\"grid\">\n",
         wrong.len(),

@@ -44,8 +44,9 @@ fn report_is_self_contained_with_every_section_and_mistakes_by_confidence() {
     let w = common::workdir();
     let (probs, files, classes) = page_inputs(w.path());
     let labels: Vec<usize> = files.iter().map(|f| f.1).collect();
-    assert_eq!(tlearn::report::most_confident_mistakes(&probs, &labels, 16), vec![3, 1, 5, 7]);
-    assert_eq!(tlearn::report::most_confident_mistakes(&probs, &labels, 2), vec![3, 1]);
+    let (p, pred) = (metrics::class_probs(&probs), metrics::predicted(&probs));
+    assert_eq!(tlearn::report::most_confident_mistakes(&p, &pred, &labels, 16), vec![3, 1, 5, 7]);
+    assert_eq!(tlearn::report::most_confident_mistakes(&p, &pred, &labels, 2), vec![3, 1]);
     let out = w.path().join("rep");
     let ctx = serde_json::json!({"run": "r1", "split": "test"});
     let history = w.path().join("no-history.png");
