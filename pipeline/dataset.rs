@@ -24,6 +24,8 @@ pub struct Item {
 pub struct ScanReport {
     pub skipped_non_images: Vec<PathBuf>,
     pub empty_classes: Vec<String>,
+    /// Entries the walk could not read (unreadable folders, symlink loops): (path, reason).
+    pub unreadable: Vec<(String, String)>,
 }
 
 /// Scan `root`: sub-folders are classes if any exist, else file names `class.N.ext` give the class.
@@ -45,7 +47,15 @@ pub fn scan(root: &Path) -> Result<(Vec<Item>, ScanReport)> {
             let class = d.file_name().unwrap().to_string_lossy().into_owned();
             let before = items.len();
             for e in walkdir::WalkDir::new(d).follow_links(false).sort_by_file_name() {
-                let e = e.map_err(|e| Error::BadData { path: d.clone(), reason: e.to_string() })?;
+                let e = match e {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let p = e.path().unwrap_or(d).display().to_string();
+                        tracing::warn!("{p}: {e} (skipped)");
+                        report.unreadable.push((p, e.to_string()));
+                        continue;
+                    }
+                };
                 if !e.file_type().is_file() && !e.file_type().is_symlink() {
                     continue;
                 }

@@ -30,6 +30,8 @@ pub enum Error {
     Param { name: &'static str, value: String, reason: String },
     #[error("{path}: sha256 mismatch: expected {expected}, got {got}")]
     Checksum { path: PathBuf, expected: String, got: String },
+    #[error("{path}: held by {holder} (gave up waiting after TLEARN_LOCK_TIMEOUT seconds)")]
+    Locked { path: PathBuf, holder: String },
     #[error("onnxruntime: {0}")]
     Ort(String),
     #[error("{0}")]

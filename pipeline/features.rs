@@ -12,6 +12,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::imageio::{Interpolation, View};
 use crate::runtime::{self, SessionOptions};
+use crate::shard::Shard;
 use ndarray::{Array1, ArrayD, Axis};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,10 @@ pub struct ExtractConfig {
     pub splits: Vec<String>,
     /// Extra views cached besides the plain images (`<split>.<view>.npy`).
     pub views: Vec<View>,
+    /// Extract only this part of every split (by path hash); [`merge`] combines the parts.
+    pub shard: Option<Shard>,
+    /// Journal computed features every this many images (a killed run resumes from there).
+    pub checkpoint_every: usize,
 }
 
 /// The sidecar of one split's features.
@@ -54,6 +59,9 @@ pub struct FeatureInfo {
     pub skipped: Vec<Skipped>,
     pub device: runtime::Device,
     pub tlearn_version: String,
+    /// The part of the split these features cover (absent: all of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -185,9 +193,14 @@ fn read_files(p: &Path) -> Result<Vec<FileRow>> {
     r.deserialize().map(|row| row.map_err(|e| Error::BadData { path: p.into(), reason: e.to_string() })).collect()
 }
 
-/// Extract every configured split; returns one report per split.
+/// Extract every configured split; returns one report per split. The output folder is locked
+/// meanwhile; computed features are journalled so a killed run resumes with what is missing.
 pub fn extract(cfg: &ExtractConfig, bb: &Backbone) -> Result<Vec<SplitReport>> {
+    if cfg.checkpoint_every == 0 {
+        return Err(Error::Param { name: "checkpoint-every", value: "0".into(), reason: "must be ≥ 1".into() });
+    }
     let classes = dataset::training_classes(&cfg.dataset)?;
+    let _lock = crate::lock::dir(&cfg.out)?;
     let mut session = None;
     let mut reports = vec![];
     for split in &cfg.splits {
@@ -195,7 +208,7 @@ pub fn extract(cfg: &ExtractConfig, bb: &Backbone) -> Result<Vec<SplitReport>> {
             tracing::warn!("{}: no such split folder, skipped", cfg.dataset.join(split).display());
             continue;
         }
-        let rows = split_rows(cfg, split, &classes)?;
+        let (rows, unread) = split_rows(cfg, split, &classes)?;
         let mut views = vec![View::Identity];
         for v in &cfg.views {
             if !views.contains(v) {
@@ -203,33 +216,60 @@ pub fn extract(cfg: &ExtractConfig, bb: &Backbone) -> Result<Vec<SplitReport>> {
             }
         }
         for view in views {
-            reports.push(extract_split(cfg, bb, split, view, &rows, &classes, &mut session)?);
+            reports.push(extract_split(cfg, bb, split, view, &rows, &unread, &classes, &mut session)?);
         }
     }
     Ok(reports)
 }
 
-/// The files of one split with their labels and content hashes (read once for all its views).
-fn split_rows(cfg: &ExtractConfig, split: &str, classes: &[String]) -> Result<Vec<FileRow>> {
+/// The files of one split with their labels and content hashes (read once for all its views),
+/// and the files that could not be read at all.
+fn split_rows(cfg: &ExtractConfig, split: &str, classes: &[String]) -> Result<(Vec<FileRow>, Vec<Skipped>)> {
     let (_, items, report) = dataset::list_split(&cfg.dataset, split)?;
     for p in &report.skipped_non_images {
         tracing::warn!("{}: skipped (not an image file name)", p.display());
     }
-    let labels = dataset::labels(&items, classes, split)?;
-    items
+    let mut unread: Vec<Skipped> = report
+        .unreadable
         .iter()
-        .zip(labels)
-        .map(|(it, label)| {
-            let bytes = std::fs::read(&it.path).at(&it.path)?;
-            Ok(FileRow {
+        .filter(|(p, _)| cfg.shard.is_none_or(|s| s.owns(Path::new(p))))
+        .map(|(p, r)| Skipped { path: p.clone(), reason: r.clone() })
+        .collect();
+    let labels = dataset::labels(&items, classes, split)?;
+    let mut rows = vec![];
+    for (it, label) in items.iter().zip(labels).filter(|(it, _)| cfg.shard.is_none_or(|s| s.owns(&it.path))) {
+        match std::fs::read(&it.path) {
+            Ok(bytes) => rows.push(FileRow {
                 index: 0,
                 path: it.path.display().to_string(),
                 class: it.class.clone(),
                 label,
                 sha256: fsutil::sha256_bytes(&bytes),
-            })
-        })
-        .collect()
+            }),
+            Err(e) => {
+                let e = Error::Io { path: it.path.clone(), source: e };
+                tracing::warn!("{e} (skipped)");
+                unread.push(Skipped { path: it.path.display().to_string(), reason: e.to_string() });
+            }
+        }
+    }
+    Ok((rows, unread))
+}
+
+/// What a split's extraction journal depends on.
+#[derive(Serialize)]
+struct JournalManifest<'a> {
+    backbone_sha256: &'a str,
+    size: u32,
+    interpolation: Interpolation,
+    view: View,
+    preprocess: &'a crate::imageio::Preprocess,
+}
+
+fn npy_bytes<A: WriteNpyExt>(a: &A) -> Result<Vec<u8>> {
+    let mut v = vec![];
+    a.write_npy(&mut v).map_err(|e| Error::Other(e.to_string()))?;
+    Ok(v)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -239,6 +279,7 @@ fn extract_split(
     split: &str,
     view: View,
     rows: &[FileRow],
+    unread: &[Skipped],
     classes: &[String],
     session: &mut Option<runtime::OpenSession>,
 ) -> Result<SplitReport> {
@@ -252,21 +293,20 @@ fn extract_split(
             && f.info.view == view
             && f.info.preprocess == pre
             && f.info.classes == classes
+            && f.info.shard == cfg.shard
     });
     let mut cached: HashMap<String, ndarray::ArrayViewD<'_, f32>> = HashMap::new();
-    let mut prev_skipped: HashMap<String, String> = HashMap::new();
     if let Some(p) = &previous {
         for (i, f) in p.files.iter().enumerate() {
             cached.insert(f.sha256.clone(), p.x.index_axis(Axis(0), i));
         }
-        for s in &p.info.skipped {
-            prev_skipped.insert(s.path.clone(), s.reason.clone());
-        }
         // Unchanged: the same files with the same contents, bad files still the same bad files.
-        let live: Vec<&FileRow> = rows.iter().filter(|r| !prev_skipped.contains_key(&r.path)).collect();
+        let prev_skipped: std::collections::HashSet<&str> = p.info.skipped.iter().map(|s| s.path.as_str()).collect();
+        let live: Vec<&FileRow> = rows.iter().filter(|r| !prev_skipped.contains(r.path.as_str())).collect();
         let same_rows = p.files.len() == live.len()
             && p.files.iter().zip(&live).all(|(a, b)| a.path == b.path && a.sha256 == b.sha256 && a.label == b.label);
-        let same_skips = prev_skipped.len() + live.len() == rows.len();
+        let same_skips = prev_skipped.len() == rows.len() - live.len() + unread.len()
+            && unread.iter().all(|u| prev_skipped.contains(u.path.as_str()));
         if same_rows && same_skips {
             tracing::info!("{split}: {} up to date ({} images)", npy.display(), live.len());
             return Ok(SplitReport {
@@ -280,15 +320,45 @@ fn extract_split(
             });
         }
     }
+    // Chunks a killed run journalled.
+    let journal = crate::journal::Journal::open(
+        &crate::journal::dir_of(&npy),
+        &JournalManifest {
+            backbone_sha256: &bb.info.onnx_sha256,
+            size: cfg.size,
+            interpolation: cfg.interpolation,
+            view,
+            preprocess: &pre,
+        },
+    )?;
+    let mut journalled: Vec<(Vec<String>, ArrayD<f32>)> = vec![];
+    let names = journal.names()?;
+    for name in &names {
+        if let Some((bytes, shas)) = journal.get::<Vec<String>>(name) {
+            match ArrayD::<f32>::read_npy(&bytes[..]) {
+                Ok(a) if a.shape().first() == Some(&shas.len()) => journalled.push((shas, a)),
+                _ => tracing::warn!("{}: journal chunk {name} does not parse; recomputing it", journal.dir.display()),
+            }
+        }
+    }
+    for (shas, a) in &journalled {
+        for (i, sha) in shas.iter().enumerate() {
+            cached.insert(sha.clone(), a.index_axis(Axis(0), i));
+        }
+    }
     let todo: Vec<usize> = (0..rows.len()).filter(|&i| !cached.contains_key(&rows[i].sha256)).collect();
+    if !journalled.is_empty() {
+        tracing::info!("{split}: resuming, {} of {} images already journalled", rows.len() - todo.len(), rows.len());
+    }
     let todo_paths: Vec<PathBuf> = todo.iter().map(|&i| PathBuf::from(&rows[i].path)).collect();
     let mut computed: HashMap<usize, ArrayD<f32>> = HashMap::new();
-    let mut skipped = vec![];
+    let mut skipped: Vec<Skipped> = unread.to_vec();
     let mut device = previous.as_ref().map(|p| p.info.device).unwrap_or(runtime::Device::Cpu);
+    let needs_session = !todo.is_empty() || rows.len() == unread.len();
+    if needs_session && session.is_none() {
+        *session = Some(runtime::open(&bb.bytes, &bb.path, &cfg.session)?);
+    }
     if !todo.is_empty() {
-        if session.is_none() {
-            *session = Some(runtime::open(&bb.bytes, &bb.path, &cfg.session)?);
-        }
         let s = session.as_mut().expect("opened");
         device = s.device;
         let spec = LoadSpec {
@@ -303,6 +373,8 @@ fn extract_split(
             View::Identity => format!("{split} ({})", bb.name),
             v => format!("{split} {} ({})", v.name(), bb.name),
         });
+        let mut pending: Vec<usize> = vec![];
+        let mut next_chunk = names.len();
         run_images(
             &mut s.session,
             crate::onnx::cut::IMAGE,
@@ -314,6 +386,7 @@ fn extract_split(
                 match r {
                     Ok(y) => {
                         computed.insert(todo[i], y.to_owned());
+                        pending.push(todo[i]);
                     }
                     Err(e) => {
                         tracing::warn!("{e} (skipped)");
@@ -321,6 +394,14 @@ fn extract_split(
                     }
                 }
                 pb.inc(1);
+                if pending.len() >= cfg.checkpoint_every || (i + 1 == todo.len() && !pending.is_empty()) {
+                    let views: Vec<_> = pending.iter().map(|k| computed[k].view()).collect();
+                    let a = ndarray::stack(Axis(0), &views).map_err(|e| Error::Other(e.to_string()))?;
+                    let shas: Vec<String> = pending.iter().map(|&k| rows[k].sha256.clone()).collect();
+                    journal.put(&format!("{next_chunk:08}"), &npy_bytes(&a)?, shas)?;
+                    next_chunk += 1;
+                    pending.clear();
+                }
                 Ok(())
             },
         )?;
@@ -340,54 +421,194 @@ fn extract_split(
         views.push(v);
         keep.push(r.clone());
     }
-    if keep.is_empty() {
-        return Err(Error::BadData { path: cfg.dataset.join(split), reason: "no readable images".into() });
-    }
-    let x = ndarray::stack(Axis(0), &views).map_err(|e| Error::Other(e.to_string()))?;
+    let x = if views.is_empty() {
+        if cfg.shard.is_none() {
+            return Err(Error::BadData { path: cfg.dataset.join(split), reason: "no readable images".into() });
+        }
+        // A shard may own no readable image of a split: an empty part, shaped as the others.
+        let s = session.as_mut().expect("opened");
+        let probe = ndarray::Array4::<f32>::zeros((1, cfg.size as usize, cfg.size as usize, 3));
+        let y = runtime::run_f32(
+            &mut s.session,
+            vec![(crate::onnx::cut::IMAGE, probe.view().into_dyn())],
+            &[crate::onnx::cut::FEATURES],
+        )?
+        .remove(0);
+        let mut shape = y.shape().to_vec();
+        shape[0] = 0;
+        ArrayD::zeros(ndarray::IxDyn(&shape))
+    } else {
+        ndarray::stack(Axis(0), &views).map_err(|e| Error::Other(e.to_string()))?
+    };
+    let n_computed = computed.len();
+    let meta = CacheMeta {
+        split,
+        view,
+        backbone: &bb.name,
+        backbone_sha256: &bb.info.onnx_sha256,
+        size: cfg.size,
+        interpolation: cfg.interpolation,
+        preprocess: &pre,
+        classes,
+        device,
+        shard: cfg.shard,
+    };
+    let n = write_cache(&cfg.out, &meta, x.view(), keep, skipped)?;
+    journal.finish()?;
+    Ok(SplitReport {
+        split: split.into(),
+        view,
+        n,
+        reused: n - n_computed.min(n),
+        computed: n_computed,
+        skipped: rows.len() + unread.len() - n,
+        up_to_date: false,
+    })
+}
+
+/// What a cache's sidecar records besides its rows.
+struct CacheMeta<'a> {
+    split: &'a str,
+    view: View,
+    backbone: &'a str,
+    backbone_sha256: &'a str,
+    size: u32,
+    interpolation: Interpolation,
+    preprocess: &'a crate::imageio::Preprocess,
+    classes: &'a [String],
+    device: runtime::Device,
+    shard: Option<Shard>,
+}
+
+/// Write one split's cache: the data files first, the sidecar (which validates them) last.
+/// Rows are numbered in order; skipped files are listed sorted by path. Returns the row count.
+fn write_cache(
+    out: &Path,
+    m: &CacheMeta<'_>,
+    x: ndarray::ArrayViewD<'_, f32>,
+    mut keep: Vec<FileRow>,
+    mut skipped: Vec<Skipped>,
+) -> Result<usize> {
     for (i, r) in keep.iter_mut().enumerate() {
         r.index = i;
     }
+    skipped.sort_by(|a, b| Path::new(&a.path).cmp(Path::new(&b.path)));
+    let npy = view_npy_path(out, m.split, m.view);
     let labels = Array1::from_iter(keep.iter().map(|r| r.label as i64));
-    // Write data files first, the sidecar (which validates them) last.
-    let mut npy_bytes = vec![];
-    x.write_npy(&mut npy_bytes).map_err(|e| Error::Other(e.to_string()))?;
-    fsutil::write_bytes_atomic(&npy, &npy_bytes)?;
-    let mut lb = vec![];
-    labels.write_npy(&mut lb).map_err(|e| Error::Other(e.to_string()))?;
-    fsutil::write_bytes_atomic(&labels_path(&cfg.out, split, view), &lb)?;
+    let npy_b = npy_bytes(&x)?;
+    fsutil::write_bytes_atomic(&npy, &npy_b)?;
+    fsutil::write_bytes_atomic(&labels_path(out, m.split, m.view), &npy_bytes(&labels)?)?;
     let mut w = csv::Writer::from_writer(vec![]);
     for r in &keep {
         w.serialize(r).map_err(|e| Error::Other(e.to_string()))?;
     }
     let files_csv = w.into_inner().map_err(|e| Error::Other(e.to_string()))?;
-    fsutil::write_bytes_atomic(&files_path(&cfg.out, split, view), &files_csv)?;
+    fsutil::write_bytes_atomic(&files_path(out, m.split, m.view), &files_csv)?;
     let info = FeatureInfo {
-        split: split.into(),
-        backbone: bb.name.clone(),
-        backbone_sha256: bb.info.onnx_sha256.clone(),
-        size: cfg.size,
-        interpolation: cfg.interpolation,
-        view,
-        preprocess: pre,
-        classes: classes.to_vec(),
+        split: m.split.into(),
+        backbone: m.backbone.into(),
+        backbone_sha256: m.backbone_sha256.into(),
+        size: m.size,
+        interpolation: m.interpolation,
+        view: m.view,
+        preprocess: m.preprocess.clone(),
+        classes: m.classes.to_vec(),
         shape: x.shape().to_vec(),
         n: keep.len(),
         files_sha256: fsutil::sha256_bytes(&files_csv),
-        npy_sha256: fsutil::sha256_bytes(&npy_bytes),
-        skipped: skipped.clone(),
-        device,
+        npy_sha256: fsutil::sha256_bytes(&npy_b),
+        skipped,
+        device: m.device,
         tlearn_version: env!("CARGO_PKG_VERSION").into(),
+        shard: m.shard,
     };
     fsutil::write_json(&fsutil::sidecar_path(&npy), &info)?;
-    Ok(SplitReport {
-        split: split.into(),
-        view,
-        n: keep.len(),
-        reused: keep.len() - computed.len(),
-        computed: computed.len(),
-        skipped: skipped.len(),
-        up_to_date: false,
-    })
+    Ok(keep.len())
+}
+
+/// Combine the caches of `tlearn-extract --shard I/N` runs (folders `parts`, all N of them) into
+/// `out`: byte for byte the cache one unsharded run writes. Returns (stem, rows) per cache.
+pub fn merge(parts: &[PathBuf], out: &Path) -> Result<Vec<(String, usize)>> {
+    let first = parts.first().ok_or_else(|| Error::BadData { path: out.into(), reason: "no parts to merge".into() })?;
+    let mut stems: Vec<(String, View)> = vec![];
+    for e in std::fs::read_dir(first).at(first)?.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".npy.json").filter(|s| !s.ends_with(".labels")) {
+            let info: FeatureInfo = fsutil::read_json(&e.path())?;
+            stems.push((info.split.clone(), info.view));
+            debug_assert_eq!(stem, self::stem(&info.split, info.view));
+        }
+    }
+    stems.sort_by_key(|(s, v)| stem(s, *v));
+    if stems.is_empty() {
+        return Err(Error::BadData { path: first.clone(), reason: "no feature caches in this part".into() });
+    }
+    let _lock = crate::lock::dir(out)?;
+    let mut done = vec![];
+    for (split, view) in stems {
+        let loaded: Vec<Features> = parts.iter().map(|p| load_view(p, &split, view)).collect::<Result<_>>()?;
+        let shards: Vec<Shard> = loaded
+            .iter()
+            .zip(parts)
+            .map(|(f, p)| {
+                f.info.shard.ok_or_else(|| Error::BadData {
+                    path: p.clone(),
+                    reason: "not a shard (no shard in its sidecar)".into(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        crate::shard::check_complete(&shards, out)?;
+        let i0 = &loaded[0].info;
+        for (f, p) in loaded.iter().zip(parts) {
+            let i = &f.info;
+            if (&i.backbone_sha256, i.size, i.interpolation, &i.preprocess, &i.classes, i.device, &i.shape[1..])
+                != (
+                    &i0.backbone_sha256,
+                    i0.size,
+                    i0.interpolation,
+                    &i0.preprocess,
+                    &i0.classes,
+                    i0.device,
+                    &i0.shape[1..],
+                )
+            {
+                return Err(Error::BadData {
+                    path: p.clone(),
+                    reason: format!("extracted with other settings than {}", parts[0].display()),
+                });
+            }
+        }
+        // Rows in path order: the order one run lists a split in.
+        let mut order: Vec<(PathBuf, usize, usize)> = loaded
+            .iter()
+            .enumerate()
+            .flat_map(|(k, f)| f.files.iter().enumerate().map(move |(i, r)| (PathBuf::from(&r.path), k, i)))
+            .collect();
+        order.sort();
+        let views: Vec<_> = order.iter().map(|&(_, k, i)| loaded[k].x.index_axis(Axis(0), i)).collect();
+        let x = if views.is_empty() {
+            loaded[0].x.clone()
+        } else {
+            ndarray::stack(Axis(0), &views).map_err(|e| Error::Other(e.to_string()))?
+        };
+        let keep: Vec<FileRow> = order.iter().map(|&(_, k, i)| loaded[k].files[i].clone()).collect();
+        let skipped: Vec<Skipped> = loaded.iter().flat_map(|f| f.info.skipped.iter().cloned()).collect();
+        let meta = CacheMeta {
+            split: &split,
+            view,
+            backbone: &i0.backbone,
+            backbone_sha256: &i0.backbone_sha256,
+            size: i0.size,
+            interpolation: i0.interpolation,
+            preprocess: &i0.preprocess,
+            classes: &i0.classes,
+            device: i0.device,
+            shard: None,
+        };
+        let n = write_cache(out, &meta, x.view(), keep, skipped)?;
+        done.push((stem(&split, view), n));
+    }
+    Ok(done)
 }
 
 /// Flattened view helper: (N, rest).

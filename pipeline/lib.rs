@@ -21,6 +21,8 @@ pub mod heads;
 pub mod imageio;
 pub mod imageset;
 pub mod inputs;
+pub mod journal;
+pub mod lock;
 pub mod metrics;
 pub mod mnist;
 pub mod onnx;
@@ -29,6 +31,7 @@ pub mod report;
 pub mod run;
 pub mod runtime;
 pub mod score;
+pub mod shard;
 pub mod train;
 
 pub use error::{Error, Result};

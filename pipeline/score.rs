@@ -8,6 +8,8 @@ use crate::onnx::builder::A;
 use crate::onnx::proto::*;
 use crate::onnx::{self, cut, Dim, GraphBuilder};
 use crate::runtime::{self, SessionOptions};
+use crate::shard::Shard;
+use sha2::Digest;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -216,18 +218,28 @@ pub fn meta(m: &ModelProto, path: &Path) -> Result<ModelMeta> {
 
 pub use crate::inputs::Unreadable;
 
-/// Result of a scoring run (also written next to the output as `<out>.summary.json`).
-#[derive(Debug, Default, Clone, serde::Serialize)]
+/// Result of a scoring run (also written next to the output as `<out>.summary.json`). Unreadable
+/// files are sorted by path, so a merge of shard outputs writes exactly what one run writes.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct ScoreSummary {
     pub scored: usize,
     pub unreadable: Vec<Unreadable>,
     pub per_class: std::collections::BTreeMap<String, usize>,
+    pub model_sha256: String,
+    pub format: Format,
+    pub threshold: Option<f64>,
+    pub top_k: usize,
+    /// The part of the inputs this output covers (`tlearn-score merge` combines all parts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
 }
 
 /// How rows are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     /// path, class, probability [, class_2, probability_2, …] [, p_<class> …]
+    #[default]
     Csv,
     /// One JSON object per line: path, class, probability, top (k × {class, probability}), probs.
     Jsonl,
@@ -253,6 +265,10 @@ pub struct ScoreOptions {
     /// Multi-class models: also report the k most probable classes (default 1).
     pub top_k: usize,
     pub format: Format,
+    /// Score only this part of the inputs (by path hash); merge the parts with [`merge`].
+    pub shard: Option<Shard>,
+    /// Journal progress every this many images, so a killed run resumes where it stopped.
+    pub checkpoint_every: usize,
 }
 
 impl ScoreOptions {
@@ -270,6 +286,9 @@ impl ScoreOptions {
                 return bad("threshold", t.to_string(), "must be in [0, 1]".into());
             }
         }
+        if self.checkpoint_every == 0 {
+            return bad("checkpoint-every", "0".into(), "must be ≥ 1".into());
+        }
         if self.top_k == 0 || self.top_k > classes {
             return bad("top-k", self.top_k.to_string(), format!("must be in 1..={classes} (the model's classes)"));
         }
@@ -277,62 +296,50 @@ impl ScoreOptions {
     }
 }
 
-/// Streams score rows as CSV or JSON lines.
-enum RowWriter<W: std::io::Write> {
-    Csv(Box<csv::Writer<W>>),
-    Jsonl(W),
+/// The CSV header line (JSON lines have none).
+fn header(format: Format, classes: &[String], top_k: usize) -> Vec<u8> {
+    if format == Format::Jsonl {
+        return vec![];
+    }
+    let mut h = vec!["path".to_string(), "class".into(), "probability".into()];
+    for k in 2..=top_k {
+        h.extend([format!("class_{k}"), format!("probability_{k}")]);
+    }
+    if classes.len() > 2 {
+        h.extend(classes.iter().map(|c| format!("p_{c}")));
+    }
+    csv_line(&h)
 }
 
-impl<W: std::io::Write> RowWriter<W> {
-    fn new(w: W, format: Format, classes: &[String], top_k: usize) -> std::io::Result<Self> {
-        Ok(match format {
-            Format::Jsonl => RowWriter::Jsonl(w),
-            Format::Csv => {
-                let mut w = csv::Writer::from_writer(w);
-                let mut header = vec!["path".to_string(), "class".into(), "probability".into()];
-                for k in 2..=top_k {
-                    header.extend([format!("class_{k}"), format!("probability_{k}")]);
-                }
-                if classes.len() > 2 {
-                    header.extend(classes.iter().map(|c| format!("p_{c}")));
-                }
-                w.write_record(&header)?;
-                RowWriter::Csv(Box::new(w))
-            }
-        })
-    }
+/// One CSV record as bytes (the csv crate's quoting).
+fn csv_line<I: AsRef<[u8]>>(fields: impl IntoIterator<Item = I>) -> Vec<u8> {
+    let mut w = csv::Writer::from_writer(vec![]);
+    w.write_record(fields).expect("in-memory write");
+    w.into_inner().expect("in-memory write")
+}
 
-    /// One image: `ranked` = (class index, probability), predicted class first.
-    fn row(&mut self, path: &str, classes: &[String], ranked: &[(usize, f64)], probs: &[f64]) -> std::io::Result<()> {
-        match self {
-            RowWriter::Csv(w) => {
-                let mut row = vec![path.to_string()];
-                for &(c, p) in ranked {
-                    row.extend([classes[c].clone(), format!("{p:.6}")]);
-                }
-                if classes.len() > 2 {
-                    row.extend(probs.iter().map(|v| format!("{v:.6}")));
-                }
-                w.write_record(&row)?;
+/// One image's row: `ranked` = (class index, probability), predicted class first.
+fn row(format: Format, path: &str, classes: &[String], ranked: &[(usize, f64)], probs: &[f64]) -> Vec<u8> {
+    match format {
+        Format::Csv => {
+            let mut row = vec![path.to_string()];
+            for &(c, p) in ranked {
+                row.extend([classes[c].clone(), format!("{p:.6}")]);
             }
-            RowWriter::Jsonl(w) => {
-                let top: Vec<_> =
-                    ranked.iter().map(|&(c, p)| serde_json::json!({"class": classes[c], "probability": p})).collect();
-                let all: serde_json::Map<String, serde_json::Value> =
-                    classes.iter().zip(probs).map(|(c, p)| (c.clone(), serde_json::json!(p))).collect();
-                let v = serde_json::json!({
-                    "path": path, "class": classes[ranked[0].0], "probability": ranked[0].1, "top": top, "probs": all,
-                });
-                writeln!(w, "{v}")?;
+            if classes.len() > 2 {
+                row.extend(probs.iter().map(|v| format!("{v:.6}")));
             }
+            csv_line(&row)
         }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            RowWriter::Csv(w) => w.flush(),
-            RowWriter::Jsonl(w) => w.flush(),
+        Format::Jsonl => {
+            let top: Vec<_> =
+                ranked.iter().map(|&(c, p)| serde_json::json!({"class": classes[c], "probability": p})).collect();
+            let all: serde_json::Map<String, serde_json::Value> =
+                classes.iter().zip(probs).map(|(c, p)| (c.clone(), serde_json::json!(p))).collect();
+            let v = serde_json::json!({
+                "path": path, "class": classes[ranked[0].0], "probability": ranked[0].1, "top": top, "probs": all,
+            });
+            format!("{v}\n").into_bytes()
         }
     }
 }
@@ -350,8 +357,38 @@ pub fn rank(probs: &[f64], k: usize, threshold: f64) -> Vec<(usize, f64)> {
     order.into_iter().take(k).map(|c| (c, probs[c])).collect()
 }
 
-/// Score `files` with the deployable `model`, streaming rows to `out` (atomically) and the summary
-/// to `<out>.summary.json`. `unreadable` are files the listing already failed on (reported too).
+/// What a scoring journal depends on: a journal made for other inputs or settings is discarded.
+#[derive(serde::Serialize)]
+struct ScoreManifest<'a> {
+    model_sha256: &'a str,
+    format: Format,
+    threshold: Option<f64>,
+    top_k: usize,
+    shard: Option<Shard>,
+    checkpoint_every: usize,
+    /// sha256 over the file list (paths, in order).
+    files_sha256: String,
+}
+
+/// What one journal chunk of scores holds besides its rows.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct ChunkInfo {
+    scored: usize,
+    per_class: std::collections::BTreeMap<String, usize>,
+    unreadable: Vec<Unreadable>,
+}
+
+fn summary_path(out: &Path) -> PathBuf {
+    let mut side = out.as_os_str().to_owned();
+    side.push(".summary.json");
+    PathBuf::from(side)
+}
+
+/// Score `files` with the deployable `model` into `out` (atomically) and the summary into
+/// `<out>.summary.json`. `unreadable` are files the listing already failed on (reported too).
+/// With `o.shard`, only that part of the files is scored. Progress is journalled in
+/// `<out>.partial/` every `o.checkpoint_every` images: a rerun after a kill scores only the
+/// missing images and writes the same bytes as an uninterrupted run. `out` is locked meanwhile.
 pub fn score(
     model_path: &Path,
     files: &[PathBuf],
@@ -360,51 +397,234 @@ pub fn score(
     o: &ScoreOptions,
     opts: &SessionOptions,
 ) -> Result<ScoreSummary> {
-    let m = onnx::load_model(model_path)?;
+    let model_bytes = std::fs::read(model_path).at(model_path)?;
+    let m = onnx::decode_model(&model_bytes, model_path)?;
     let meta = meta(&m, model_path)?;
     o.validate(meta.classes.len())?;
-    let mut s = runtime::open(&onnx::encode_model(&m), model_path, opts)?.session;
-    let spec = LoadSpec {
-        size: (meta.size, meta.size),
-        interpolation: meta.interpolation,
-        preprocess: Preprocess::of(PreprocessKind::Raw),
-        max_pixels: o.max_pixels,
-        view: View::Identity,
+    let _lock = crate::lock::file(out)?;
+    let owned: Vec<&PathBuf> = files.iter().filter(|p| o.shard.is_none_or(|s| s.owns(p))).collect();
+    unreadable.retain(|(p, _)| o.shard.is_none_or(|s| s.owns(Path::new(p))));
+    let mut list_hash = sha2::Sha256::new();
+    for p in &owned {
+        list_hash.update(p.as_os_str().as_encoded_bytes());
+        list_hash.update([0u8]);
+    }
+    let model_sha256 = crate::fsutil::sha256_bytes(&model_bytes);
+    let journal = crate::journal::Journal::open(
+        &crate::journal::dir_of(out),
+        &ScoreManifest {
+            model_sha256: &model_sha256,
+            format: o.format,
+            threshold: o.threshold,
+            top_k: o.top_k,
+            shard: o.shard,
+            checkpoint_every: o.checkpoint_every,
+            files_sha256: hex::encode(list_hash.finalize()),
+        },
+    )?;
+    let every = o.checkpoint_every;
+    let chunk_name = |k: usize| format!("{k:08}");
+    let n_chunks = owned.len().div_ceil(every);
+    let done: std::collections::HashSet<usize> =
+        (0..n_chunks).filter(|&k| journal.get::<ChunkInfo>(&chunk_name(k)).is_some()).collect();
+    let todo: Vec<PathBuf> =
+        (0..owned.len()).filter(|i| !done.contains(&(i / every))).map(|i| owned[i].clone()).collect();
+    let todo_idx: Vec<usize> = (0..owned.len()).filter(|i| !done.contains(&(i / every))).collect();
+    if !done.is_empty() {
+        tracing::info!(
+            "{}: resuming, {} of {} images already scored",
+            out.display(),
+            owned.len() - todo.len(),
+            owned.len()
+        );
+    }
+    if !todo.is_empty() {
+        let mut s = runtime::open(&model_bytes, model_path, opts)?.session;
+        let spec = LoadSpec {
+            size: (meta.size, meta.size),
+            interpolation: meta.interpolation,
+            preprocess: Preprocess::of(PreprocessKind::Raw),
+            max_pixels: o.max_pixels,
+            view: View::Identity,
+        };
+        let threshold = o.threshold.unwrap_or(0.5);
+        let pb = crate::cli::progress(todo.len() as u64, "img");
+        pb.set_message("scoring");
+        let mut rows: Vec<u8> = vec![];
+        let mut info = ChunkInfo::default();
+        run_images(&mut s, INPUT, OUTPUT, &todo, &spec, o.batch, |j, r| {
+            pb.inc(1);
+            let i = todo_idx[j];
+            let path = owned[i].display().to_string();
+            match r {
+                Ok(y) => {
+                    let y = y.into_dimensionality().map_err(|e| Error::Other(format!("model output: {e}")))?;
+                    let p = crate::metrics::row_probs(y);
+                    let ranked = rank(&p, o.top_k, threshold);
+                    rows.extend(row(o.format, &path, &meta.classes, &ranked, &p));
+                    *info.per_class.entry(meta.classes[ranked[0].0].clone()).or_default() += 1;
+                    info.scored += 1;
+                }
+                Err(e) => {
+                    tracing::warn!("{e} (skipped)");
+                    info.unreadable.push((path, e.to_string()));
+                }
+            }
+            if (i + 1) % every == 0 || i + 1 == owned.len() {
+                journal.put(&chunk_name(i / every), &std::mem::take(&mut rows), std::mem::take(&mut info))?;
+            }
+            Ok(())
+        })?;
+        pb.finish_and_clear();
+    }
+    // Assemble: header + every chunk's rows, in order.
+    let mut summary = ScoreSummary {
+        model_sha256,
+        format: o.format,
+        threshold: o.threshold,
+        top_k: o.top_k,
+        shard: o.shard,
+        ..Default::default()
     };
-    let mut summary = ScoreSummary::default();
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).at(dir)?;
-    let tmp = tempfile::Builder::new().prefix(".scores-").suffix(".tmp").tempfile_in(dir).at(dir)?;
-    let file = std::io::BufWriter::new(tmp.as_file().try_clone().at(dir)?);
-    let mut w = RowWriter::new(file, o.format, &meta.classes, o.top_k).at(out)?;
-    let threshold = o.threshold.unwrap_or(0.5);
-    let pb = crate::cli::progress(files.len() as u64, "img");
-    pb.set_message("scoring");
-    run_images(&mut s, INPUT, OUTPUT, files, &spec, o.batch, |i, r| {
-        pb.inc(1);
-        match r {
-            Ok(y) => {
-                let y = y.into_dimensionality().map_err(|e| Error::Other(format!("model output: {e}")))?;
-                let p = crate::metrics::row_probs(y);
-                let ranked = rank(&p, o.top_k, threshold);
-                w.row(&files[i].display().to_string(), &meta.classes, &ranked, &p).at(out)?;
-                *summary.per_class.entry(meta.classes[ranked[0].0].clone()).or_default() += 1;
-                summary.scored += 1;
+    crate::fsutil::write_atomic(out, |w| {
+        w.write_all(&header(o.format, &meta.classes, o.top_k))?;
+        for k in 0..n_chunks {
+            let (rows, info) = journal.get::<ChunkInfo>(&chunk_name(k)).ok_or_else(|| {
+                std::io::Error::other(format!("journal chunk {k} vanished from {}", journal.dir.display()))
+            })?;
+            w.write_all(&rows)?;
+            summary.scored += info.scored;
+            for (c, n) in info.per_class {
+                *summary.per_class.entry(c).or_default() += n;
             }
-            Err(e) => {
-                tracing::warn!("{e} (skipped)");
-                unreadable.push((files[i].display().to_string(), e.to_string()));
-            }
+            unreadable.extend(info.unreadable);
         }
         Ok(())
     })?;
-    pb.finish_and_clear();
-    w.flush().at(out)?;
-    drop(w);
-    crate::fsutil::persist(tmp, out)?;
+    unreadable.sort_by(|a, b| Path::new(&a.0).cmp(Path::new(&b.0)).then_with(|| a.1.cmp(&b.1)));
     summary.unreadable = unreadable;
-    let mut side = out.as_os_str().to_owned();
-    side.push(".summary.json");
-    crate::fsutil::write_json(Path::new(&side), &summary)?;
+    crate::fsutil::write_json(&summary_path(out), &summary)?;
+    journal.finish()?;
+    Ok(summary)
+}
+
+/// One output's rows as (path, row bytes), in file order.
+fn rows_of(path: &Path, format: Format) -> Result<Box<dyn Iterator<Item = Result<(PathBuf, Vec<u8>)>>>> {
+    let f = std::fs::File::open(path).at(path)?;
+    let p = path.to_path_buf();
+    Ok(match format {
+        Format::Csv => {
+            let r = csv::ReaderBuilder::new().has_headers(true).from_reader(std::io::BufReader::new(f));
+            Box::new(r.into_byte_records().map(move |rec| {
+                let rec = rec.map_err(|e| Error::BadData { path: p.clone(), reason: e.to_string() })?;
+                let first = rec.get(0).unwrap_or_default();
+                let key = PathBuf::from(std::ffi::OsStr::from_bytes(first));
+                Ok((key, csv_line(rec.iter())))
+            }))
+        }
+        Format::Jsonl => {
+            use std::io::BufRead;
+            Box::new(std::io::BufReader::new(f).lines().map(move |line| {
+                let line = line.at(&p)?;
+                let v: serde_json::Value = serde_json::from_str(&line)
+                    .map_err(|e| Error::BadData { path: p.clone(), reason: format!("bad JSON line: {e}") })?;
+                let key = v
+                    .get("path")
+                    .and_then(|x| x.as_str())
+                    .ok_or_else(|| Error::BadData { path: p.clone(), reason: "a JSON line without \"path\"".into() })?;
+                Ok((PathBuf::from(key), format!("{line}\n").into_bytes()))
+            }))
+        }
+    })
+}
+
+use std::os::unix::ffi::OsStrExt;
+
+/// Combine the outputs of `tlearn-score --shard I/N` runs (all N of them, each with its
+/// `.summary.json`) into `out`: byte for byte what one unsharded run writes.
+pub fn merge(parts: &[PathBuf], out: &Path) -> Result<ScoreSummary> {
+    let sums: Vec<ScoreSummary> =
+        parts.iter().map(|p| crate::fsutil::read_json(&summary_path(p))).collect::<Result<_>>()?;
+    let shards: Vec<Shard> = sums
+        .iter()
+        .zip(parts)
+        .map(|(s, p)| {
+            s.shard.ok_or_else(|| Error::BadData {
+                path: p.clone(),
+                reason: "not a shard output (no shard in its summary)".into(),
+            })
+        })
+        .collect::<Result<_>>()?;
+    crate::shard::check_complete(&shards, out)?;
+    let first = &sums[0];
+    for (s, p) in sums.iter().zip(parts) {
+        if (s.model_sha256.as_str(), s.format, s.threshold, s.top_k)
+            != (first.model_sha256.as_str(), first.format, first.threshold, first.top_k)
+        {
+            return Err(Error::BadData {
+                path: p.clone(),
+                reason: format!("scored with another model or other options than {}", parts[0].display()),
+            });
+        }
+    }
+    let _lock = crate::lock::file(out)?;
+    let mut header_bytes: Option<Vec<u8>> = None;
+    let mut iters = vec![];
+    for p in parts {
+        if first.format == Format::Csv {
+            let mut r =
+                csv::Reader::from_path(p).map_err(|e| Error::BadData { path: p.clone(), reason: e.to_string() })?;
+            let h = csv_line(
+                r.byte_headers().map_err(|e| Error::BadData { path: p.clone(), reason: e.to_string() })?.iter(),
+            );
+            match &header_bytes {
+                Some(x) if *x != h => {
+                    return Err(Error::BadData {
+                        path: p.clone(),
+                        reason: "other CSV columns than the first part".into(),
+                    })
+                }
+                _ => header_bytes = Some(h),
+            }
+        }
+        iters.push(rows_of(p, first.format)?);
+    }
+    let mut summary = ScoreSummary { shard: None, ..first.clone() };
+    summary.scored = sums.iter().map(|s| s.scored).sum();
+    summary.per_class.clear();
+    summary.unreadable.clear();
+    for s in &sums {
+        for (c, n) in &s.per_class {
+            *summary.per_class.entry(c.clone()).or_default() += n;
+        }
+        summary.unreadable.extend(s.unreadable.iter().cloned());
+    }
+    summary.unreadable.sort_by(|a, b| Path::new(&a.0).cmp(Path::new(&b.0)).then_with(|| a.1.cmp(&b.1)));
+    let mut rows = 0usize;
+    crate::fsutil::write_atomic(out, |w| {
+        let next = |it: &mut Box<dyn Iterator<Item = Result<(PathBuf, Vec<u8>)>>>| -> std::io::Result<_> {
+            it.next().transpose().map_err(|e| std::io::Error::other(e.to_string()))
+        };
+        let mut heads = iters.iter_mut().map(next).collect::<std::io::Result<Vec<_>>>()?;
+        w.write_all(header_bytes.as_deref().unwrap_or_default())?;
+        // k-way merge in path order (the order one run sorts its files in).
+        while let Some(k) = (0..heads.len())
+            .filter(|&k| heads[k].is_some())
+            .min_by(|&a, &b| heads[a].as_ref().map(|h| &h.0).cmp(&heads[b].as_ref().map(|h| &h.0)))
+        {
+            let (_, bytes) = heads[k].take().expect("some");
+            w.write_all(&bytes)?;
+            rows += 1;
+            heads[k] = next(&mut iters[k])?;
+        }
+        Ok(())
+    })?;
+    if rows != summary.scored {
+        return Err(Error::BadData {
+            path: out.into(),
+            reason: format!("the parts hold {rows} rows but their summaries count {} scored", summary.scored),
+        });
+    }
+    crate::fsutil::write_json(&summary_path(out), &summary)?;
     Ok(summary)
 }

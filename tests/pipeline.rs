@@ -68,19 +68,6 @@ fn split_bad_inputs_name_the_path() {
 }
 
 /// Lay out a split dataset with a tiny registered backbone; returns the feature folder.
-fn prepared(w: &Path, classes: &[&str], per_class: usize) -> String {
-    make_dataset(&w.join("raw"), classes, per_class, false);
-    ok("tlearn-data", &["split", "raw", "data/toy", "--seed", "1"], w);
-    tiny_classifier(&w.join("tiny.onnx"), 3);
-    let out = ok(
-        "tlearn-backbone",
-        &["add", "tiny.onnx", "--output", "pool_out", "--preprocess", "caffe", "--size", "32"],
-        w,
-    );
-    assert!(out.contains("[16, 16, 8]"), "{out}");
-    "features/toy/tiny-32".into()
-}
-
 #[test]
 fn backbone_summary_and_bad_models() {
     let w = workdir();
@@ -111,7 +98,7 @@ fn backbone_summary_and_bad_models() {
 fn extract_head_evaluate_score_end_to_end() {
     let w = workdir();
     let w = w.path();
-    let feats = prepared(w, &["cat", "dog"], 24);
+    let feats = common::prepared(w, &["cat", "dog"], 24);
     let out = ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--batch", "7", "--device", "cpu"], w);
     assert!(out.contains("train"), "{out}");
     let npy = w.join(&feats).join("train.npy");
@@ -197,7 +184,7 @@ fn assert_scores_match_predictions(scores_csv: &str, predictions_csv: &str) {
 fn flipped_views_train_the_head_and_tta_matches_the_fused_model() {
     let w = workdir();
     let w = w.path();
-    let feats = prepared(w, &["a", "b", "c"], 10);
+    let feats = common::prepared(w, &["a", "b", "c"], 10);
     let out = ok(
         "tlearn-extract",
         &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu", "--views", "hflip,rot180"],
@@ -236,7 +223,7 @@ fn flipped_views_train_the_head_and_tta_matches_the_fused_model() {
 fn extract_refuses_a_class_missing_from_train() {
     let w = workdir();
     let w = w.path();
-    prepared(w, &["cat", "dog"], 8);
+    common::prepared(w, &["cat", "dog"], 8);
     let d = w.join("data/toy/test/bird");
     std::fs::create_dir_all(&d).unwrap();
     common::make_image(2, 5, 32, 32).save(d.join("b.png")).unwrap();
@@ -250,7 +237,7 @@ fn extract_refuses_a_class_missing_from_train() {
 fn multiclass_head_uses_softmax() {
     let w = workdir();
     let w = w.path();
-    let feats = prepared(w, &["a", "b", "c"], 12);
+    let feats = common::prepared(w, &["a", "b", "c"], 12);
     ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu"], w);
     ok(
         "tlearn-head",
@@ -286,7 +273,7 @@ fn multiclass_head_uses_softmax() {
 fn device_cuda_is_explicit_about_a_cpu_only_runtime() {
     let w = workdir();
     let w = w.path();
-    prepared(w, &["cat", "dog"], 6);
+    common::prepared(w, &["cat", "dog"], 6);
     let cuda_lib = std::env::var("ORT_DYLIB_PATH")
         .ok()
         .map(|p| Path::new(&p).with_file_name("libonnxruntime_providers_cuda.so"))
@@ -405,7 +392,7 @@ fn convnet_from_scratch_finetune_score_and_preview() {
 fn classical_heads_train_evaluate_and_score_like_the_dense_one() {
     let w = workdir();
     let w = w.path();
-    let feats = prepared(w, &["cat", "dog", "fox"], 10);
+    let feats = common::prepared(w, &["cat", "dog", "fox"], 10);
     ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu"], w);
     for (kind, extra) in [
         ("logistic", &[][..]),
@@ -441,7 +428,7 @@ fn classical_heads_train_evaluate_and_score_like_the_dense_one() {
 fn compare_trains_every_pair_into_one_table_and_a_seed_fixes_it() {
     let w = workdir();
     let w = w.path();
-    prepared(w, &["cat", "dog"], 10);
+    common::prepared(w, &["cat", "dog"], 10);
     for size in ["32", "48"] {
         ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--size", size, "--device", "cpu"], w);
     }
@@ -492,7 +479,7 @@ fn compare_trains_every_pair_into_one_table_and_a_seed_fixes_it() {
 fn score_takes_globs_and_lists_writes_top_k_jsonl_and_a_summary() {
     let w = workdir();
     let w = w.path();
-    let feats = prepared(w, &["a", "b", "c"], 8);
+    let feats = common::prepared(w, &["a", "b", "c"], 8);
     ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu"], w);
     ok("tlearn-head", &["--features", &feats, "--run", "m", "--head", "logistic"], w);
     let score = |extra: &[&str]| run("tlearn-score", &[&["--run", "m", "--device", "cpu"][..], extra].concat(), w);
@@ -539,7 +526,7 @@ fn score_takes_globs_and_lists_writes_top_k_jsonl_and_a_summary() {
 fn score_threshold_moves_the_binary_decision() {
     let w = workdir();
     let w = w.path();
-    let feats = prepared(w, &["cat", "dog"], 8);
+    let feats = common::prepared(w, &["cat", "dog"], 8);
     ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu"], w);
     ok("tlearn-head", &["--features", &feats, "--run", "b", "--head", "logistic"], w);
     let classes = |t: &str| -> Vec<String> {

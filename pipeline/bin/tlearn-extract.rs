@@ -6,11 +6,18 @@ use std::path::PathBuf;
 use tlearn::imageio::Interpolation;
 
 #[derive(Parser)]
-#[command(version, about = "Cache backbone features of every split (numpy-readable .npy)")]
+#[command(
+    version,
+    about = "Cache backbone features of every split (numpy-readable .npy)",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Args {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
     /// Split dataset folder (train/validation/test/<class>/).
-    #[arg(long)]
-    data: PathBuf,
+    #[arg(long, required = true)]
+    data: Option<PathBuf>,
     /// Backbone name (fetched into --onnx-dir) or path of a cut backbone .onnx.
     #[arg(long, default_value = "vgg16")]
     backbone: String,
@@ -37,6 +44,38 @@ struct Args {
     /// Refuse images with more pixels than this (decompression bombs).
     #[arg(long, default_value_t = tlearn::imageio::DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
+    /// Extract only part I of N of every split (0-based, by path hash) into
+    /// <out>/shard-I-of-N/, e.g. as a Slurm array task or a Kubernetes Indexed Job pod; combine
+    /// the parts with `tlearn-extract merge`.
+    #[arg(long)]
+    shard: Option<tlearn::shard::Shard>,
+    /// Journal computed features every this many images (a killed run resumes from there).
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: usize,
+}
+
+#[derive(clap::Subcommand)]
+enum Cmd {
+    /// Combine the caches of all `--shard I/N` runs into what one run writes.
+    Merge {
+        /// The feature folder to write (the parts default to its shard-*-of-*/ subfolders).
+        #[arg(long)]
+        out: PathBuf,
+        /// Part folders (default: <out>/shard-*-of-*).
+        parts: Vec<PathBuf>,
+    },
+}
+
+/// `out`'s shard-I-of-N/ subfolders, sorted.
+fn shard_dirs(out: &std::path::Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(out)
+        .with_context(|| format!("reading {}", out.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("shard-") && e.path().is_dir())
+        .map(|e| e.path())
+        .collect();
+    v.sort();
+    Ok(v)
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,13 +83,26 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(a: Args) -> Result<()> {
+    if let Some(Cmd::Merge { out, parts }) = &a.cmd {
+        let parts = if parts.is_empty() { shard_dirs(out)? } else { parts.clone() };
+        let done = tlearn::features::merge(&parts, out).with_context(|| format!("merging into {}", out.display()))?;
+        for (stem, n) in &done {
+            println!("{stem:<17} {n:>6} images");
+        }
+        println!("merged {} parts → {}", parts.len(), out.display());
+        return Ok(());
+    }
+    let data = a.data.clone().expect("required by clap");
     let bb = tlearn::backbone::Backbone::open(&a.onnx_dir, &a.backbone)?;
     let size = a.size.unwrap_or(bb.info.size);
-    let dataset_name = a.data.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
-    let out =
+    let dataset_name = data.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
+    let mut out =
         a.out.unwrap_or_else(|| PathBuf::from("features").join(&dataset_name).join(format!("{}-{size}", bb.name)));
+    if let Some(s) = &a.shard {
+        out = out.join(s.dir_name());
+    }
     let cfg = tlearn::features::ExtractConfig {
-        dataset: a.data.clone(),
+        dataset: data.clone(),
         out: out.clone(),
         size,
         interpolation: a.interpolation,
@@ -59,10 +111,12 @@ fn run(a: Args) -> Result<()> {
         max_pixels: a.max_pixels,
         splits: a.splits,
         views: a.views,
+        shard: a.shard,
+        checkpoint_every: a.checkpoint_every,
     };
     let t = std::time::Instant::now();
     let reports = tlearn::features::extract(&cfg, &bb)
-        .with_context(|| format!("extracting {} features of {}", bb.name, a.data.display()))?;
+        .with_context(|| format!("extracting {} features of {}", bb.name, data.display()))?;
     let secs = t.elapsed().as_secs_f64();
     let computed: usize = reports.iter().map(|r| r.computed).sum();
     for r in &reports {

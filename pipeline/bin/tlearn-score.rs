@@ -7,9 +7,12 @@ use std::path::{Path, PathBuf};
 #[derive(Parser)]
 #[command(
     version,
-    about = "Score images (folders, files, glob patterns, --list files) → CSV or JSON lines, sorted by path"
+    about = "Score images (folders, files, glob patterns, --list files) → CSV or JSON lines, sorted by path",
+    args_conflicts_with_subcommands = true
 )]
 struct Args {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
     /// Folder trees, images, or quoted glob patterns (`'shots/**/*.jpg'`) to score; omit with
     /// --export-only.
     inputs: Vec<PathBuf>,
@@ -47,6 +50,26 @@ struct Args {
     ort: tlearn::cli::OrtArgs,
     #[arg(long, default_value_t = tlearn::imageio::DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
+    /// Score only part I of N of the inputs (0-based, by path hash), e.g. a Slurm array task or
+    /// a Kubernetes Indexed Job pod; combine the parts with `tlearn-score merge`.
+    #[arg(long)]
+    shard: Option<tlearn::shard::Shard>,
+    /// Journal progress every this many images (a killed run resumes from there).
+    #[arg(long, default_value_t = 1000)]
+    checkpoint_every: usize,
+}
+
+#[derive(clap::Subcommand)]
+enum Cmd {
+    /// Combine the outputs of all `--shard I/N` runs into what one run writes.
+    Merge {
+        /// Output file of the merged scores (its summary goes to <out>.summary.json).
+        #[arg(long)]
+        out: PathBuf,
+        /// The N shard outputs (each with its .summary.json next to it).
+        #[arg(required = true)]
+        parts: Vec<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -112,6 +135,11 @@ fn export(run_dir: &Path, onnx_dir: &Path) -> Result<PathBuf> {
 }
 
 fn run(a: Args) -> Result<()> {
+    if let Some(Cmd::Merge { out, parts }) = &a.cmd {
+        let s = tlearn::score::merge(parts, out).with_context(|| format!("merging into {}", out.display()))?;
+        println!("merged {} parts: {} images scored → {}", parts.len(), s.scored, out.display());
+        return Ok(());
+    }
     let run_dir = a.runs.join(&a.run);
     let model = match &a.model {
         Some(m) => m.clone(),
@@ -132,6 +160,8 @@ fn run(a: Args) -> Result<()> {
         threshold: a.threshold,
         top_k: a.top_k,
         format: a.format.unwrap_or_else(|| tlearn::score::Format::of(&out)),
+        shard: a.shard,
+        checkpoint_every: a.checkpoint_every,
     };
     let t = std::time::Instant::now();
     let s = tlearn::score::score(&model, &files, unreadable, &out, &o, &a.ort.session())

@@ -157,3 +157,18 @@ pub fn tf_python() -> Option<String> {
         .unwrap_or(false);
     ok.then_some(py)
 }
+
+/// A split toy dataset in `w/data/toy` and the tiny classifier registered as backbone `tiny`
+/// (cut at `pool_out`, 32×32); returns its feature folder.
+pub fn prepared(w: &Path, classes: &[&str], per_class: usize) -> String {
+    make_dataset(&w.join("raw"), classes, per_class, false);
+    ok("tlearn-data", &["split", "raw", "data/toy", "--seed", "1"], w);
+    tiny_classifier(&w.join("tiny.onnx"), 3);
+    let out = ok(
+        "tlearn-backbone",
+        &["add", "tiny.onnx", "--output", "pool_out", "--preprocess", "caffe", "--size", "32"],
+        w,
+    );
+    assert!(out.contains("[16, 16, 8]"), "{out}");
+    "features/toy/tiny-32".into()
+}

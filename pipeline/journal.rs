@@ -1,0 +1,108 @@
+//! Work journals: what a long batch stage (extract, score) has finished so far, kept in
+//! `<output>.partial/` so a run killed at any point resumes with only the missing work.
+//!
+//! A journal holds a manifest (the settings the work depends on; a journal made with other
+//! settings is discarded) and chunks: `<name>.bin` (the chunk's data) written before
+//! `<name>.json` (its metadata and the sha256 of the data), both atomically. A chunk counts only
+//! when its metadata exists and the data's checksum matches, so a torn or corrupt chunk is
+//! recomputed, never used.
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+const MANIFEST: &str = "manifest.json";
+
+#[derive(Serialize, Deserialize)]
+struct ChunkMeta<T> {
+    data_sha256: String,
+    meta: T,
+}
+
+/// An open journal folder.
+#[derive(Debug)]
+pub struct Journal {
+    pub dir: PathBuf,
+}
+
+/// The journal folder of an output: `<out>.partial`.
+pub fn dir_of(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".partial");
+    PathBuf::from(s)
+}
+
+impl Journal {
+    /// Open (or start) the journal in `dir` for work described by `manifest`; an existing
+    /// journal with another manifest is discarded.
+    pub fn open<M: Serialize>(dir: &Path, manifest: &M) -> Result<Journal> {
+        let want = serde_json::to_value(manifest).map_err(|e| Error::Other(e.to_string()))?;
+        let mp = dir.join(MANIFEST);
+        if dir.exists() {
+            let same = fsutil::read_json::<serde_json::Value>(&mp).map(|v| v == want).unwrap_or(false);
+            if !same {
+                tracing::warn!("{}: left by a run with other settings; starting over", dir.display());
+                std::fs::remove_dir_all(dir).at(dir)?;
+            }
+        }
+        if !mp.exists() {
+            std::fs::create_dir_all(dir).at(dir)?;
+            fsutil::write_json(&mp, &want)?;
+        }
+        Ok(Journal { dir: dir.into() })
+    }
+
+    fn paths(&self, name: &str) -> (PathBuf, PathBuf) {
+        (self.dir.join(format!("{name}.bin")), self.dir.join(format!("{name}.json")))
+    }
+
+    /// Record a finished chunk.
+    pub fn put<T: Serialize>(&self, name: &str, data: &[u8], meta: T) -> Result<()> {
+        let (bin, json) = self.paths(name);
+        fsutil::write_bytes_atomic(&bin, data)?;
+        fsutil::write_json(&json, &ChunkMeta { data_sha256: fsutil::sha256_bytes(data), meta })
+    }
+
+    /// A finished chunk's data and metadata; None when absent, torn or corrupt (logged).
+    pub fn get<T: DeserializeOwned>(&self, name: &str) -> Option<(Vec<u8>, T)> {
+        let (bin, json) = self.paths(name);
+        if !json.exists() {
+            return None;
+        }
+        let checked = (|| -> Result<(Vec<u8>, T)> {
+            let m: ChunkMeta<T> = fsutil::read_json(&json)?;
+            let data = std::fs::read(&bin).at(&bin)?;
+            let got = fsutil::sha256_bytes(&data);
+            if got != m.data_sha256 {
+                return Err(Error::Checksum { path: bin.clone(), expected: m.data_sha256, got });
+            }
+            Ok((data, m.meta))
+        })();
+        match checked {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!("{e}: journal chunk ignored, recomputing it");
+                None
+            }
+        }
+    }
+
+    /// Names of the chunks whose metadata exists, sorted.
+    pub fn names(&self) -> Result<Vec<String>> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.dir)
+            .at(&self.dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).map(String::from))
+            .filter(|n| n != "manifest")
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// The work is done and its output written: drop the journal.
+    pub fn finish(self) -> Result<()> {
+        std::fs::remove_dir_all(&self.dir).at(&self.dir)
+    }
+}

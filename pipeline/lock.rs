@@ -1,0 +1,91 @@
+//! Advisory locks that keep two processes from writing the same feature cache, run or report
+//! folder at once. The second process waits (logging who holds the lock) or, when
+//! `TLEARN_LOCK_TIMEOUT` seconds pass, fails with an error naming the lock and its holder.
+//!
+//! The lock is an OS file lock (`flock`) on a small file that records the holder's pid and
+//! command line; the kernel releases it when the holder exits, even on `kill -9`, so a stale lock
+//! file never blocks anybody.
+
+use crate::error::{Error, IoContext, Result};
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Name of the lock file inside a locked folder.
+pub const LOCK_FILE: &str = ".tlearn.lock";
+
+/// Seconds to wait for a busy lock before failing (unset: wait as long as it takes).
+pub const TIMEOUT_ENV: &str = "TLEARN_LOCK_TIMEOUT";
+
+/// A held lock; released when dropped (or when the process ends, however it ends).
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+    pub path: PathBuf,
+}
+
+/// Lock the folder `dir` (created if missing) for writing.
+pub fn dir(dir: &Path) -> Result<Lock> {
+    std::fs::create_dir_all(dir).at(dir)?;
+    acquire(&dir.join(LOCK_FILE))
+}
+
+/// Lock the output file `out` (through `<out>.lock` next to it).
+pub fn file(out: &Path) -> Result<Lock> {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".lock");
+    let p = PathBuf::from(s);
+    if let Some(d) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).at(d)?;
+    }
+    acquire(&p)
+}
+
+fn timeout() -> Option<Duration> {
+    std::env::var(TIMEOUT_ENV).ok().and_then(|v| v.trim().parse::<f64>().ok()).map(Duration::from_secs_f64)
+}
+
+fn holder(f: &mut File) -> String {
+    let mut s = String::new();
+    let _ = f.rewind().and_then(|_| f.read_to_string(&mut s));
+    let s = s.trim();
+    if s.is_empty() {
+        "an unknown process".into()
+    } else {
+        s.to_string()
+    }
+}
+
+fn acquire(path: &Path) -> Result<Lock> {
+    let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).at(path)?;
+    let start = Instant::now();
+    let limit = timeout();
+    let mut told = false;
+    loop {
+        match f.try_lock() {
+            Ok(()) => break,
+            Err(TryLockError::WouldBlock) => {
+                let who = holder(&mut f);
+                if limit.is_some_and(|l| start.elapsed() >= l) {
+                    return Err(Error::Locked { path: path.into(), holder: who });
+                }
+                if !told {
+                    tracing::warn!("{}: locked by {who}; waiting for it to finish", path.display());
+                    told = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(TryLockError::Error(e)) => return Err(Error::Io { path: path.into(), source: e }),
+        }
+    }
+    let me = format!("pid {} ({})", std::process::id(), std::env::args().collect::<Vec<_>>().join(" "));
+    f.set_len(0).at(path)?;
+    f.rewind().at(path)?;
+    f.write_all(me.as_bytes()).at(path)?;
+    f.flush().at(path)?;
+    if told {
+        tracing::info!("{}: lock acquired after {:.1} s", path.display(), start.elapsed().as_secs_f64());
+    }
+    Ok(Lock { _file: f, path: path.into() })
+}

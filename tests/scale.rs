@@ -1,0 +1,146 @@
+//! Scale-out and concurrency: `--shard I/N` runs as N concurrent processes, merged, equal one run
+//! byte for byte; locks make a second writer wait or fail clearly.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+fn spawn(name: &str, args: &[&str], cwd: &Path) -> Child {
+    Command::new(bin(name))
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "info,ort=error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn")
+}
+
+fn finish(c: Child, what: &str) -> String {
+    let out = c.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("--- {what}: {}\n{}{err}", out.status, String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "{what} failed");
+    err
+}
+
+/// Every file under `a` (but lock files) has the same bytes under `b`.
+fn same_tree(a: &Path, b: &Path) -> usize {
+    let mut n = 0;
+    for e in walkdir::WalkDir::new(a).max_depth(1) {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !e.file_type().is_file() || name.ends_with(".lock") {
+            continue;
+        }
+        let other = b.join(&name);
+        assert!(other.exists(), "{} missing from the merged output", other.display());
+        assert!(std::fs::read(e.path()).unwrap() == std::fs::read(&other).unwrap(), "{name} differs");
+        n += 1;
+    }
+    n
+}
+
+fn hostile_extras(w: &Path) {
+    std::fs::write(w.join("data/toy/train/cat/broken.jpg"), b"\xFF\xD8\xFF\xE0 truncated").unwrap();
+    std::fs::write(w.join("data/toy/test/dog/empty.png"), b"").unwrap();
+    std::fs::write(w.join("data/toy/test/zz-note.png"), b"not a png").unwrap();
+}
+
+#[test]
+fn four_shards_merged_equal_one_run_byte_for_byte() {
+    let w = workdir();
+    let w = w.path();
+    prepared(w, &["cat", "dog", "fox"], 16);
+    hostile_extras(w);
+    let base = ["--data", "data/toy", "--backbone", "tiny", "--device", "cpu", "--batch", "5"];
+    let single: Vec<&str> = base.iter().copied().chain(["--out", "single", "--views", "hflip"]).collect();
+    ok("tlearn-extract", &single, w);
+    let kids: Vec<Child> = (0..4)
+        .map(|i| {
+            let s = format!("{i}/4");
+            let args: Vec<&str> =
+                base.iter().copied().chain(["--out", "sharded", "--views", "hflip", "--shard", &s]).collect();
+            spawn("tlearn-extract", &args, w)
+        })
+        .collect();
+    for (i, c) in kids.into_iter().enumerate() {
+        finish(c, &format!("extract shard {i}/4"));
+    }
+    let parts: Vec<PathBuf> = (0..4).map(|i| w.join(format!("sharded/shard-{i}-of-4"))).collect();
+    // Each part holds only its own files, and together they hold all of them once.
+    let rows = |d: &Path| std::fs::read_to_string(d.join("train.files.csv")).unwrap().lines().count() - 1;
+    let per_part: Vec<usize> = parts.iter().map(|p| rows(p)).collect();
+    assert_eq!(per_part.iter().sum::<usize>(), rows(&w.join("single")), "{per_part:?}");
+    assert!(per_part.iter().all(|&n| n > 0 && n < rows(&w.join("single"))), "{per_part:?}");
+    // A missing part is refused.
+    let err = fails("tlearn-extract", &["merge", "--out", "bad", "sharded/shard-0-of-4", "sharded/shard-2-of-4"], w);
+    assert!(err.contains("missing [1/4, 3/4]"), "{err}");
+    let out = ok("tlearn-extract", &["merge", "--out", "sharded"], w);
+    assert!(out.contains("merged 4 parts"), "{out}");
+    let n = same_tree(&w.join("single"), &w.join("sharded"));
+    assert_eq!(n, 3 * 2 * 4, "3 splits × 2 views × (npy, labels, files, sidecar)");
+
+    // Scoring: four shard processes, merged, equal one run (CSV and JSON lines).
+    ok("tlearn-head", &["--features", "single", "--run", "toy", "--epochs", "2", "--units", "8"], w);
+    ok("tlearn-score", &["--run", "toy", "--export-only"], w);
+    for ext in ["csv", "jsonl"] {
+        let one = format!("one.{ext}");
+        ok("tlearn-score", &["data/toy", "--run", "toy", "--out", &one, "--top-k", "2"], w);
+        let kids: Vec<Child> = (0..4)
+            .map(|i| {
+                let (s, o) = (format!("{i}/4"), format!("part{i}.{ext}"));
+                spawn("tlearn-score", &["data/toy", "--run", "toy", "--out", &o, "--top-k", "2", "--shard", &s], w)
+            })
+            .collect();
+        for (i, c) in kids.into_iter().enumerate() {
+            finish(c, &format!("score shard {i}/4"));
+        }
+        let merged = format!("merged.{ext}");
+        let parts: Vec<String> = (0..4).map(|i| format!("part{i}.{ext}")).collect();
+        let mut args = vec!["merge", "--out", &merged];
+        args.extend(parts.iter().map(|s| s.as_str()));
+        ok("tlearn-score", &args, w);
+        for suffix in ["", ".summary.json"] {
+            let (a, b) = (w.join(format!("{one}{suffix}")), w.join(format!("{merged}{suffix}")));
+            let (a, b) = (std::fs::read_to_string(a).unwrap(), std::fs::read_to_string(b).unwrap());
+            assert_eq!(a, b, "{one}{suffix} vs {merged}{suffix}");
+        }
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(w.join(format!("{one}.summary.json"))).unwrap()).unwrap();
+        assert_eq!(summary["unreadable"].as_array().unwrap().len(), 3, "{summary}");
+    }
+}
+
+#[test]
+fn a_second_writer_waits_for_the_lock_or_fails_clearly() {
+    let w = workdir();
+    let w = w.path();
+    prepared(w, &["cat", "dog"], 6);
+    let dir = w.join("feats");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(".tlearn.lock")).unwrap();
+    lock.lock().unwrap();
+    std::fs::write(dir.join(".tlearn.lock"), "pid 12345 (the test)").unwrap();
+    let args = ["--data", "data/toy", "--backbone", "tiny", "--device", "cpu", "--out", "feats"];
+    let out = Command::new(bin("tlearn-extract"))
+        .args(args)
+        .current_dir(w)
+        .env("TLEARN_LOCK_TIMEOUT", "0.5")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("feats/.tlearn.lock") && err.contains("held by pid 12345 (the test)"), "{err}");
+    assert!(!dir.join("train.npy").exists(), "nothing written while locked");
+    // Without a timeout the second process waits, then does its work once the lock is free.
+    let child = spawn("tlearn-extract", &args, w);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(!dir.join("train.npy").exists(), "the waiting process wrote under the lock");
+    drop(lock);
+    let err = finish(child, "extract after the lock was released");
+    assert!(err.contains("waiting for it to finish"), "{err}");
+    assert!(dir.join("train.npy.json").exists());
+}
