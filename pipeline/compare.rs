@@ -88,6 +88,7 @@ pub fn run(plan: &Plan, mut on_row: impl FnMut(&Row)) -> Result<Vec<Row>> {
             let standardize = plan.standardize.unwrap_or(kind.standardizes_by_default());
             let spec = HeadSpec { standardize, ..plan.spec.clone() };
             let job = HeadJob {
+                resume: Default::default(),
                 features: fdir.clone(),
                 run_dir: run_dir.clone(),
                 kind,

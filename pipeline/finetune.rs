@@ -9,16 +9,16 @@ use crate::imageio::Interpolation;
 use crate::imageset::{self, ImageSet, LoadSpec};
 use crate::onnx::{self, cut, proto::ModelProto};
 use crate::runtime::SessionOptions;
-use crate::train::{optim, Epoch, FitConfig, FitState, Trainer};
+use crate::train::checkpoint::{self, Resume};
+use crate::train::{Epoch, FitConfig, Trainer};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub const BEST: &str = "best.onnx";
 pub const LAST: &str = "last.onnx";
 pub const MODEL: &str = "model.onnx";
-/// Parameters, optimizer slots and loop state after the last finished epoch (for `--resume`).
-pub const CHECKPOINT: &str = "checkpoint.onnx";
-const STATE_KEY: &str = "tlearn.fit_state";
+/// Parameters, optimizer slots and loop state after the last finished epoch.
+pub use crate::train::checkpoint::CHECKPOINT;
 
 /// Settings of one fine-tuning run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -39,85 +39,25 @@ pub struct FinetuneConfig {
     pub max_pixels: u64,
     #[serde(skip)]
     pub session: SessionOptions,
-    /// Continue from `run_dir/checkpoint.onnx` when it exists.
+    /// What to do with an existing `run_dir/checkpoint.onnx`.
     #[serde(skip)]
-    pub resume: bool,
+    pub resume: Resume,
 }
 
-/// The loop state stored in a checkpoint's metadata.
-#[derive(Serialize, Deserialize)]
-struct SavedState {
-    /// The run's settings, minus `epochs` (a resumed run may extend them).
-    config: serde_json::Value,
-    epoch: usize,
-    rng_word_pos: String,
-    optim_step: i32,
-    order: Vec<usize>,
-    history: Vec<Epoch>,
-    best_epoch: Option<Epoch>,
-    since_best: usize,
-}
-
-fn comparable(cfg: &FinetuneConfig) -> serde_json::Value {
-    let mut v = serde_json::to_value(cfg).expect("config serialises");
-    if let Some(fit) = v.get_mut("fit").and_then(|f| f.as_object_mut()) {
-        fit.remove("epochs");
+/// The settings a checkpoint must share to be continued: the config minus `epochs`, plus a
+/// fingerprint of the training and validation images (paths and labels).
+fn comparable(cfg: &FinetuneConfig, train: &ImageSet, val: Option<&ImageSet>) -> serde_json::Value {
+    let mut v = checkpoint::comparable(serde_json::to_value(cfg).expect("config serialises"));
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for set in std::iter::once(train).chain(val) {
+        for (f, l) in set.files.iter().zip(&set.labels) {
+            h.update(format!("{}\t{l}\n", f.display()).as_bytes());
+        }
+        h.update(b"--\n");
     }
+    v["data_sha256"] = serde_json::Value::String(hex::encode(h.finalize()));
     v
-}
-
-/// The exported model plus optimizer slots (`optimizer/{m,v}/<param>`) and the loop state.
-fn checkpoint(exported: &ModelProto, params: &[String], fs: &FitState, saved: SavedState) -> ModelProto {
-    let mut m = exported.clone();
-    let g = m.graph.as_mut().expect("graph");
-    for (p, (a, b)) in params.iter().zip(&fs.optim.slots) {
-        g.initializer.push(onnx::tensor_f32(&optim::slot_name(0, p), a));
-        g.initializer.push(onnx::tensor_f32(&optim::slot_name(1, p), b));
-    }
-    m.metadata_props.push(onnx::proto::StringStringEntryProto {
-        key: STATE_KEY.into(),
-        value: serde_json::to_string(&saved).expect("state serialises"),
-    });
-    m
-}
-
-/// Restore parameters into `tr` and return the loop state of `run_dir/checkpoint.onnx`.
-fn restore(cfg: &FinetuneConfig, tr: &mut Trainer) -> Result<Option<(FitState, Option<Epoch>, usize)>> {
-    let path = cfg.run_dir.join(CHECKPOINT);
-    if !cfg.resume || !path.exists() {
-        return Ok(None);
-    }
-    let m = onnx::load_model(&path)?;
-    let bad = |reason: String| Error::BadModel { path: path.clone(), reason };
-    let saved: SavedState = m
-        .metadata_props
-        .iter()
-        .find(|p| p.key == STATE_KEY)
-        .and_then(|p| serde_json::from_str(&p.value).ok())
-        .ok_or_else(|| bad("no tlearn fit state in its metadata".into()))?;
-    if saved.config != comparable(cfg) {
-        return Err(bad("the checkpoint was made with other settings (only --epochs may change on resume)".into()));
-    }
-    let inits: std::collections::HashMap<&str, &onnx::proto::TensorProto> =
-        onnx::graph(&m).initializer.iter().map(|t| (t.name.as_str(), t)).collect();
-    let get = |name: &str| -> Result<ndarray::ArrayD<f32>> {
-        onnx::tensor_to_f32(inits.get(name).ok_or_else(|| bad(format!("no tensor `{name}`")))?)
-    };
-    let mut slots = vec![];
-    for (i, p) in tr.train.params.clone().iter().enumerate() {
-        tr.params[i] = get(p)?;
-        slots.push((get(&optim::slot_name(0, p))?, get(&optim::slot_name(1, p))?));
-    }
-    let optim = optim::State { opt: cfg.fit.optimizer.clone(), slots, step: saved.optim_step };
-    let fs = FitState {
-        epoch: saved.epoch,
-        optim,
-        rng_word_pos: saved.rng_word_pos.parse().map_err(|_| bad("bad rng position".into()))?,
-        order: saved.order,
-        history: saved.history,
-    };
-    tracing::info!("{}: resuming after epoch {}", path.display(), fs.epoch);
-    Ok(Some((fs, saved.best_epoch, saved.since_best)))
 }
 
 /// `name` matches `pattern` (`*` wildcards; no `*`: substring).
@@ -241,18 +181,22 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
     let t = std::time::Instant::now();
     let mut best: Option<(Epoch, ModelProto)> = None;
     let mut since_best = 0usize;
-    let resumed = restore(cfg, &mut trainer)?;
-    if let Some((fs, Some(b), since)) = &resumed {
-        let bm = onnx::load_model(&cfg.run_dir.join(BEST))?;
-        best = Some((b.clone(), bm));
-        since_best = *since;
-        for e in &fs.history {
+    let _lock = crate::lock::dir(&cfg.run_dir)?;
+    let config_json = comparable(cfg, &train, val.as_ref());
+    let resumed =
+        checkpoint::restore(&cfg.run_dir.join(CHECKPOINT), &config_json, &cfg.fit.optimizer, &mut trainer, cfg.resume)?;
+    if let Some(r) = &resumed {
+        if let Some(b) = &r.best_epoch {
+            let bm = onnx::load_model(&cfg.run_dir.join(BEST))?;
+            best = Some((b.clone(), bm));
+        }
+        since_best = r.since_best;
+        for e in &r.state.history {
             on_epoch(e);
         }
     }
-    let config_json = comparable(cfg);
     let steps = train.labels.len().div_ceil(cfg.fit.batch) as u64;
-    let done = resumed.as_ref().map(|r| r.0.epoch as u64).unwrap_or(0);
+    let done = resumed.as_ref().map(|r| r.state.epoch as u64).unwrap_or(0);
     let pb = crate::cli::progress(steps * (cfg.fit.epochs as u64).saturating_sub(done), "steps");
     pb.set_message(format!("epoch {}/{}", done + 1, cfg.fit.epochs));
     let history = trainer.fit_with(
@@ -267,7 +211,7 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
         &vx,
         &vl,
         &cfg.fit,
-        resumed.map(|r| r.0),
+        resumed.map(|r| r.state),
         |e, tr, fs| {
             pb.suspend(|| on_epoch(e));
             pb.set_message(format!("epoch {}/{}", e.epoch + 1, cfg.fit.epochs));
@@ -289,18 +233,7 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
             // The checkpoint goes last: a run killed before it resumes from the previous epoch
             // and recomputes this one identically (rewriting last/best the same way).
             let best_epoch = if improved { Some(e.clone()) } else { best.as_ref().map(|b| b.0.clone()) };
-            let saved = SavedState {
-                config: config_json.clone(),
-                epoch: fs.epoch,
-                rng_word_pos: fs.rng_word_pos.to_string(),
-                optim_step: fs.optim.step,
-                order: fs.order.clone(),
-                history: fs.history.clone(),
-                best_epoch,
-                since_best,
-            };
-            let ckpt = checkpoint(&m, &tr.train.params, fs, saved);
-            fsutil::write_bytes_atomic(&cfg.run_dir.join(CHECKPOINT), &onnx::encode_model(&ckpt))?;
+            checkpoint::save(&cfg.run_dir.join(CHECKPOINT), &m, tr, fs, &config_json, best_epoch, since_best)?;
             if improved {
                 best = Some((e.clone(), m));
             }

@@ -25,21 +25,42 @@ pub struct Lock {
     pub path: PathBuf,
 }
 
-/// Lock the folder `dir` (created if missing) for writing.
+/// Lock the folder `dir` (created if missing) for writing. Temporary files that a killed
+/// writer left in it (`.<name>.<random>.tmp`, see [`crate::fsutil::write_atomic`]) are removed.
 pub fn dir(dir: &Path) -> Result<Lock> {
     std::fs::create_dir_all(dir).at(dir)?;
-    acquire(&dir.join(LOCK_FILE))
+    let lock = acquire(&dir.join(LOCK_FILE))?;
+    remove_stale_temps(dir, "")?;
+    Ok(lock)
 }
 
-/// Lock the output file `out` (through `<out>.lock` next to it).
+/// Remove `.<prefix>….tmp` files in `dir`: only called with the lock that covers them held.
+fn remove_stale_temps(dir: &Path, prefix: &str) -> Result<()> {
+    let start = format!(".{prefix}");
+    for e in std::fs::read_dir(dir).at(dir)?.filter_map(|e| e.ok()) {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with(&start) && name.ends_with(".tmp") && e.file_type().is_ok_and(|t| t.is_file()) {
+            tracing::debug!("{}: removing a killed writer's temporary file", e.path().display());
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    Ok(())
+}
+
+/// Lock the output file `out` (through `<out>.lock` next to it); temporary files a killed
+/// writer of `out` left next to it are removed.
 pub fn file(out: &Path) -> Result<Lock> {
     let mut s = out.as_os_str().to_owned();
     s.push(".lock");
     let p = PathBuf::from(s);
-    if let Some(d) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d).at(d)?;
+    let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).at(dir)?;
+    let lock = acquire(&p)?;
+    if let Some(name) = out.file_name().and_then(|n| n.to_str()) {
+        remove_stale_temps(dir, &format!("{name}."))?;
     }
-    acquire(&p)
+    Ok(lock)
 }
 
 fn timeout() -> Option<Duration> {

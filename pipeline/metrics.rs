@@ -171,7 +171,7 @@ pub fn render(m: &Metrics) -> String {
 /// Write an evaluation into `out/`: `metrics.json` (the `context` fields plus the metrics),
 /// `predictions.csv` (path, true, predicted, probability), `confusion.png`, `roc.png` and the
 /// self-contained `index.html` ([`crate::report`]). `files` holds each row's (path, true label
-/// index); `history_png` is the run's training curves, if any.
+/// index); `history_png` is the run's training curves, if any. The folder is locked meanwhile.
 pub fn write_report(
     out: &std::path::Path,
     context: serde_json::Value,
@@ -180,6 +180,7 @@ pub fn write_report(
     classes: &[String],
     history_png: Option<&std::path::Path>,
 ) -> crate::Result<Metrics> {
+    let _lock = crate::lock::dir(out)?;
     let labels: Vec<usize> = files.iter().map(|f| f.1).collect();
     let m = compute(probs, &labels, classes);
     let mut report = match &context {

@@ -105,6 +105,8 @@ pub struct HeadJob {
     pub train_views: Vec<View>,
     /// Views averaged with the plain image at evaluation and scoring.
     pub tta: Vec<View>,
+    /// What to do with a dense head's checkpoint in the run folder.
+    pub resume: crate::train::checkpoint::Resume,
 }
 
 /// Train the job's head and write the run: `head.onnx`, `history.csv` (+ `history.png` for the
@@ -127,8 +129,21 @@ pub fn train_head(job: &HeadJob) -> Result<(RunInfo, Trained)> {
         val: val.as_ref().map(|v| (&v.x, v.labels.as_slice())),
         classes: classes.len(),
     };
+    let _lock = crate::lock::dir(&job.run_dir)?;
+    // A dense head checkpoints every epoch; a rerun with the same settings and features continues.
+    let config = serde_json::json!({
+        "kind": job.kind, "head": job.spec, "fit": job.fit, "train_views": job.train_views,
+        "train": train_sets.iter().map(|f| f.info.npy_sha256.clone()).collect::<Vec<_>>(),
+        "validation": val.as_ref().map(|v| v.info.npy_sha256.clone()),
+    });
+    let ckpt = heads::dense::Checkpointing {
+        path: job.run_dir.join(crate::train::checkpoint::CHECKPOINT),
+        config: crate::train::checkpoint::comparable(config),
+        resume: job.resume,
+    };
     let t = std::time::Instant::now();
-    let trained = heads::head(job.kind, &job.spec, &job.classical, &job.fit, &job.opts).fit(&data, job.fit.seed)?;
+    let trained =
+        heads::head(job.kind, &job.spec, &job.classical, &job.fit, &job.opts, Some(ckpt)).fit(&data, job.fit.seed)?;
     let secs = t.elapsed().as_secs_f64();
     let bytes = crate::onnx::encode_model(&trained.model);
     fsutil::write_bytes_atomic(&job.run_dir.join(HEAD), &bytes)?;

@@ -335,7 +335,8 @@ fn convnet_from_scratch_finetune_score_and_preview() {
     assert_eq!(m["augment"]["rotation_range"], 10.0);
     // Same seed, same training: the best checkpoint is byte-identical.
     let first = std::fs::read(w.join("runs/t/best.onnx")).unwrap();
-    ok("tlearn-finetune", &args, w);
+    let again: Vec<&str> = args.iter().copied().chain(["--restart"]).collect();
+    ok("tlearn-finetune", &again, w);
     assert!(std::fs::read(w.join("runs/t/best.onnx")).unwrap() == first, "seeded augmentation and training");
 
     // Interrupted after 5 epochs, resumed to 12: the same weights as the uninterrupted run.

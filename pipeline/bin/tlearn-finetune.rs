@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use tlearn::augment::{Augment, FillMode};
 use tlearn::finetune::{self, FinetuneConfig};
 use tlearn::imageio::Interpolation;
+use tlearn::train::checkpoint::Resume;
 use tlearn::train::FitConfig;
 
 #[derive(Parser)]
@@ -76,10 +77,15 @@ struct Args {
     preview: Option<PathBuf>,
     #[arg(long, default_value = "augmented.png")]
     preview_out: PathBuf,
-    /// Continue the run from its last checkpoint (runs/<run>/checkpoint.onnx) if there is one;
-    /// the result equals an uninterrupted run. Only --epochs may differ.
-    #[arg(long)]
+    /// Require continuing from the run's checkpoint (runs/<run>/checkpoint.onnx): fail when it
+    /// was made with other settings. Without it a rerun continues from a checkpoint made with the
+    /// same settings and data (only --epochs may differ) and starts over otherwise; either way the
+    /// result equals an uninterrupted run.
+    #[arg(long, conflicts_with = "restart")]
     resume: bool,
+    /// Ignore the run's checkpoint and start over.
+    #[arg(long)]
+    restart: bool,
     #[command(flatten)]
     ort: tlearn::cli::OrtArgs,
 }
@@ -138,7 +144,13 @@ fn run(a: Args) -> Result<()> {
         augment,
         max_pixels: tlearn::imageio::DEFAULT_MAX_PIXELS,
         session: a.ort.session(),
-        resume: a.resume,
+        resume: if a.restart {
+            Resume::Restart
+        } else if a.resume {
+            Resume::Require
+        } else {
+            Resume::Auto
+        },
     };
     let done = finetune::run(&cfg, |e| {
         println!(

@@ -7,6 +7,7 @@ use tlearn::heads::HeadKind;
 use tlearn::imageio::View;
 use tlearn::run::{self, HeadJob};
 use tlearn::runtime::{Device, SessionOptions};
+use tlearn::train::checkpoint::Resume;
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +41,11 @@ struct Args {
     /// these views (also built into the deployable model).
     #[arg(long, value_enum, value_delimiter = ',')]
     tta: Vec<View>,
+    /// Dense head: ignore the run's checkpoint and start over. (By default a rerun with the same
+    /// settings and features continues from the last finished epoch and ends as an uninterrupted
+    /// run would; only --epochs may differ.)
+    #[arg(long)]
+    restart: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,6 +63,7 @@ fn run(a: Args) -> Result<()> {
         opts: SessionOptions { device: a.device, threads: a.threads },
         train_views: a.train_views,
         tta: a.tta,
+        resume: if a.restart { Resume::Restart } else { Resume::Auto },
     };
     let (info, trained) = run::train_head(&job).with_context(|| format!("training on {}", a.features.display()))?;
     if a.head != HeadKind::Dense {

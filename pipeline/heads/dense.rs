@@ -4,14 +4,27 @@
 use super::{Data, Head, Trained};
 use crate::error::Result;
 use crate::runtime::SessionOptions;
+use crate::train::checkpoint::{self, Resume};
 use crate::train::head::HeadSpec;
 use crate::train::{FitConfig, Trainer};
-use std::path::Path;
+use ndarray::Axis;
+use std::path::{Path, PathBuf};
 
 pub struct Dense {
     pub spec: HeadSpec,
     pub fit: FitConfig,
     pub opts: SessionOptions,
+    /// Checkpoint every epoch (and continue from an earlier one) when set.
+    pub checkpoint: Option<Checkpointing>,
+}
+
+/// Where a head's checkpoint lives and what it must match to be continued.
+#[derive(Clone, Debug)]
+pub struct Checkpointing {
+    pub path: PathBuf,
+    /// The run's settings and data fingerprint (see [`checkpoint::comparable`]).
+    pub config: serde_json::Value,
+    pub resume: Resume,
 }
 
 impl Dense {
@@ -53,16 +66,38 @@ impl Head for Dense {
         let empty = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[0]));
         let (vx, vl) = data.val.unwrap_or((&empty, &[]));
         let epochs = self.fit.epochs;
-        let pb = crate::cli::progress(epochs as u64, "epochs");
-        let history = trainer.fit(data.x, data.y, vx, vl, &self.fit, |e| {
-            pb.suspend(|| {
-                println!(
-                    "epoch {:>3}/{}  loss {:.4}  acc {:.4}  val_loss {:.4}  val_acc {:.4}  ({:.2} s)",
-                    e.epoch, epochs, e.loss, e.accuracy, e.val_loss, e.val_accuracy, e.seconds
-                )
-            });
-            pb.inc(1);
-        })?;
+        let line = |e: &crate::train::Epoch| {
+            println!(
+                "epoch {:>3}/{}  loss {:.4}  acc {:.4}  val_loss {:.4}  val_acc {:.4}  ({:.2} s)",
+                e.epoch, epochs, e.loss, e.accuracy, e.val_loss, e.val_accuracy, e.seconds
+            )
+        };
+        let resumed = match &self.checkpoint {
+            Some(c) => checkpoint::restore(&c.path, &c.config, &self.fit.optimizer, &mut trainer, c.resume)?,
+            None => None,
+        };
+        let done = resumed.as_ref().map(|r| r.state.epoch).unwrap_or(0);
+        for e in resumed.iter().flat_map(|r| &r.state.history) {
+            line(e);
+        }
+        let pb = crate::cli::progress(epochs.saturating_sub(done) as u64, "epochs");
+        let x = data.x;
+        let history = trainer.fit_with(
+            data.y,
+            |idx, _| Ok(x.select(Axis(0), idx)),
+            vx,
+            vl,
+            &self.fit,
+            resumed.map(|r| r.state),
+            |e, tr, fs| {
+                pb.suspend(|| line(e));
+                pb.inc(1);
+                if let Some(c) = &self.checkpoint {
+                    checkpoint::save(&c.path, &tr.export(), tr, fs, &c.config, None, 0)?;
+                }
+                Ok(true)
+            },
+        )?;
         pb.finish_and_clear();
         Ok(Trained { model: trainer.export(), history, describe, params })
     }

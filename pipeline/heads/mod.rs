@@ -318,9 +318,12 @@ pub fn head(
     classical: &ClassicalSpec,
     fit: &crate::train::FitConfig,
     opts: &crate::runtime::SessionOptions,
+    checkpoint: Option<dense::Checkpointing>,
 ) -> Box<dyn Head> {
     match kind {
-        HeadKind::Dense => Box::new(dense::Dense { spec: spec.clone(), fit: fit.clone(), opts: opts.clone() }),
+        HeadKind::Dense => {
+            Box::new(dense::Dense { spec: spec.clone(), fit: fit.clone(), opts: opts.clone(), checkpoint })
+        }
         _ => Box::new(Classical { kind, spec: spec.clone(), classical: classical.clone() }),
     }
 }

@@ -1,6 +1,7 @@
 //! Training on stock onnxruntime: the training-graph compiler ([`graph`]), optimizers
 //! ([`optim`]), and the loop that fits any compiled classifier on in-memory tensors.
 
+pub mod checkpoint;
 pub mod conv;
 pub mod graph;
 pub mod head;

@@ -1,0 +1,150 @@
+//! Training checkpoints shared by the head and fine-tune stages: after every epoch, the exported
+//! model plus the optimizer slots (`optimizer/{m,v}/<param>`) and the loop state (epoch, RNG
+//! position, sample order, history, best epoch) go into one ONNX file, written atomically. A run
+//! restored from it ends exactly as an uninterrupted one (same weights, same history).
+
+use super::{optim, Epoch, FitState, Trainer};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::onnx::{self, proto::ModelProto};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// File name of a run's checkpoint.
+pub const CHECKPOINT: &str = "checkpoint.onnx";
+const STATE_KEY: &str = "tlearn.fit_state";
+
+/// What to do with an existing checkpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Resume {
+    /// Continue from it when it was made with the same settings and data (else start over).
+    #[default]
+    Auto,
+    /// Continue from it; a checkpoint made with other settings is an error.
+    Require,
+    /// Ignore it and start over.
+    Restart,
+}
+
+/// The loop state stored in a checkpoint's metadata.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    /// The run's settings and data fingerprint, minus `epochs` (a resumed run may extend them).
+    config: serde_json::Value,
+    epoch: usize,
+    rng_word_pos: String,
+    optim_step: i32,
+    order: Vec<usize>,
+    history: Vec<Epoch>,
+    best_epoch: Option<Epoch>,
+    since_best: usize,
+}
+
+/// A restored fit: its state, best epoch so far, and epochs since that best one.
+pub struct Restored {
+    pub state: FitState,
+    pub best_epoch: Option<Epoch>,
+    pub since_best: usize,
+}
+
+/// `config` (any serialisable settings) as checkpoints compare it: `epochs` removed wherever it
+/// appears at the top level or under `fit`.
+pub fn comparable(config: serde_json::Value) -> serde_json::Value {
+    let mut v = config;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("epochs");
+        if let Some(fit) = o.get_mut("fit").and_then(|f| f.as_object_mut()) {
+            fit.remove("epochs");
+        }
+    }
+    v
+}
+
+/// Write the checkpoint of `tr` (exported as `exported`) after the epoch `fs` ends.
+pub fn save(
+    path: &Path,
+    exported: &ModelProto,
+    tr: &Trainer,
+    fs: &FitState,
+    config: &serde_json::Value,
+    best_epoch: Option<Epoch>,
+    since_best: usize,
+) -> Result<()> {
+    let saved = Saved {
+        config: config.clone(),
+        epoch: fs.epoch,
+        rng_word_pos: fs.rng_word_pos.to_string(),
+        optim_step: fs.optim.step,
+        order: fs.order.clone(),
+        history: fs.history.clone(),
+        best_epoch,
+        since_best,
+    };
+    let mut m = exported.clone();
+    let g = m.graph.as_mut().expect("graph");
+    for (p, (a, b)) in tr.train.params.iter().zip(&fs.optim.slots) {
+        g.initializer.push(onnx::tensor_f32(&optim::slot_name(0, p), a));
+        g.initializer.push(onnx::tensor_f32(&optim::slot_name(1, p), b));
+    }
+    m.metadata_props.push(onnx::proto::StringStringEntryProto {
+        key: STATE_KEY.into(),
+        value: serde_json::to_string(&saved).expect("state serialises"),
+    });
+    fsutil::write_bytes_atomic(path, &onnx::encode_model(&m))
+}
+
+/// Restore parameters into `tr` from the checkpoint at `path` and return its loop state; None
+/// when there is none to continue from (absent, `Restart`, or other settings under `Auto`).
+pub fn restore(
+    path: &Path,
+    config: &serde_json::Value,
+    optimizer: &optim::Optimizer,
+    tr: &mut Trainer,
+    mode: Resume,
+) -> Result<Option<Restored>> {
+    if mode == Resume::Restart || !path.exists() {
+        return Ok(None);
+    }
+    let bad = |reason: String| Error::BadModel { path: path.into(), reason };
+    let m = onnx::load_model(path)?;
+    let saved: Saved = m
+        .metadata_props
+        .iter()
+        .find(|p| p.key == STATE_KEY)
+        .and_then(|p| serde_json::from_str(&p.value).ok())
+        .ok_or_else(|| bad("no tlearn fit state in its metadata".into()))?;
+    if saved.config != *config {
+        if mode == Resume::Require {
+            return Err(bad("the checkpoint was made with other settings or data (only --epochs may change)".into()));
+        }
+        tracing::info!("{}: made with other settings or data; starting over", path.display());
+        return Ok(None);
+    }
+    let inits: std::collections::HashMap<&str, &onnx::proto::TensorProto> =
+        onnx::graph(&m).initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    let get = |name: &str| -> Result<ndarray::ArrayD<f32>> {
+        onnx::tensor_to_f32(inits.get(name).ok_or_else(|| bad(format!("no tensor `{name}`")))?)
+    };
+    let mut slots = vec![];
+    for (i, p) in tr.train.params.clone().iter().enumerate() {
+        let v = get(p)?;
+        if v.shape() != tr.params[i].shape() {
+            return Err(Error::Shape {
+                what: format!("{}: parameter {p}", path.display()),
+                expected: tr.params[i].shape().to_vec(),
+                got: v.shape().to_vec(),
+            });
+        }
+        tr.params[i] = v;
+        slots.push((get(&optim::slot_name(0, p))?, get(&optim::slot_name(1, p))?));
+    }
+    let state = FitState {
+        epoch: saved.epoch,
+        optim: optim::State { opt: optimizer.clone(), slots, step: saved.optim_step },
+        rng_word_pos: saved.rng_word_pos.parse().map_err(|_| bad("bad rng position".into()))?,
+        order: saved.order,
+        history: saved.history,
+    };
+    tracing::info!("{}: resuming after epoch {}", path.display(), state.epoch);
+    Ok(Some(Restored { state, best_epoch: saved.best_epoch, since_best: saved.since_best }))
+}

@@ -1,0 +1,182 @@
+//! kill -9 at random points of extract, score, head and finetune, several rounds each; the rerun
+//! resumes (journals, checkpoints) and its outputs equal an uninterrupted run's, byte for byte.
+
+mod common;
+use common::*;
+use rand::{Rng, SeedableRng};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Start `name args` and SIGKILL it: after `delay`, or once `progress()` says it has done part of
+/// its work (whichever the round asks for). Returns whether it was still running when killed.
+fn kill_at(name: &str, args: &[&str], cwd: &Path, delay: Option<Duration>, progress: &dyn Fn() -> bool) -> bool {
+    let mut c = Command::new(bin(name))
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn,ort=error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        if c.try_wait().unwrap().is_some() {
+            return false;
+        }
+        let due = match delay {
+            Some(d) => t.elapsed() >= d,
+            None => progress(),
+        };
+        if due || t.elapsed() > Duration::from_secs(120) {
+            c.kill().unwrap();
+            c.wait().unwrap();
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Several rounds of kills (random delays within the uninterrupted time `full`, and kills right
+/// after the first durable progress), then a run to the end; returns how many kills landed.
+fn rounds(name: &str, args: &[&str], cwd: &Path, full: Duration, progress: &dyn Fn() -> bool, seed: u64) -> usize {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut landed = 0;
+    for round in 0..6 {
+        let delay = (round % 2 == 0).then(|| full.mul_f64(rng.gen_range(0.05..1.0)));
+        let killed = kill_at(name, args, cwd, delay, progress);
+        eprintln!("{name} round {round}: delay {delay:?}, killed while running: {killed}");
+        landed += killed as usize;
+    }
+    ok(name, args, cwd);
+    landed
+}
+
+fn timed(name: &str, args: &[&str], cwd: &Path) -> Duration {
+    let t = Instant::now();
+    ok(name, args, cwd);
+    t.elapsed()
+}
+
+fn bytes(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn any_chunk(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .any(|e| e.file_name() != "manifest.json" && e.file_name().to_string_lossy().ends_with(".json"))
+        })
+        .unwrap_or(false)
+}
+
+/// history.csv without its `seconds` column (timings differ between any two runs).
+fn history_sans_time(p: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(p).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let t = header.iter().position(|h| *h == "seconds").unwrap();
+    lines
+        .map(|l| l.split(',').enumerate().filter(|(i, _)| *i != t).map(|(_, v)| v).collect::<Vec<_>>().join(","))
+        .collect()
+}
+
+#[test]
+fn killed_extract_and_score_resume_to_the_uninterrupted_bytes() {
+    let w = workdir();
+    let w = w.path();
+    prepared(w, &["cat", "dog", "fox"], 40);
+    std::fs::write(w.join("data/toy/train/cat/broken.jpg"), b"\xFF\xD8\xFF\xE0 truncated").unwrap();
+    let base =
+        ["--data", "data/toy", "--backbone", "tiny", "--device", "cpu", "--batch", "4", "--checkpoint-every", "4"];
+    let with_out = |o: &'static str| -> Vec<&str> { base.iter().copied().chain(["--out", o]).collect() };
+    let full = timed("tlearn-extract", &with_out("ref"), w);
+    let jdir = w.join("feats/train.npy.partial");
+    let landed = rounds("tlearn-extract", &with_out("feats"), w, full, &|| any_chunk(&jdir), 1);
+    assert!(landed >= 3, "at least the progress-triggered kills land mid-run: {landed}");
+    let mut n = 0;
+    for e in std::fs::read_dir(w.join("ref")).unwrap().filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".lock") {
+            continue;
+        }
+        assert!(bytes(&e.path()) == bytes(&w.join("feats").join(&name)), "{name} differs after kills");
+        n += 1;
+    }
+    assert_eq!(n, 12);
+    let left: Vec<String> = std::fs::read_dir(w.join("feats"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp") || n.ends_with(".partial"))
+        .collect();
+    assert!(left.is_empty(), "temporary files or journals left: {left:?}");
+
+    ok("tlearn-head", &["--features", "ref", "--run", "toy", "--epochs", "2", "--units", "8"], w);
+    ok("tlearn-score", &["--run", "toy", "--export-only"], w);
+    let args = |o: &'static str| -> Vec<&'static str> {
+        vec!["data/toy", "--run", "toy", "--out", o, "--batch", "4", "--checkpoint-every", "4", "--device", "cpu"]
+    };
+    let full = timed("tlearn-score", &args("ref.csv"), w);
+    let jdir = w.join("s.csv.partial");
+    let landed = rounds("tlearn-score", &args("s.csv"), w, full, &|| any_chunk(&jdir), 2);
+    assert!(landed >= 3, "{landed}");
+    for f in ["", ".summary.json"] {
+        assert_eq!(
+            String::from_utf8(bytes(&w.join(format!("s.csv{f}")))).unwrap(),
+            String::from_utf8(bytes(&w.join(format!("ref.csv{f}")))).unwrap()
+        );
+    }
+    assert!(!w.join("s.csv.partial").exists());
+}
+
+#[test]
+fn killed_head_and_finetune_resume_from_their_checkpoints() {
+    let w = workdir();
+    let w = w.path();
+    let feats = prepared(w, &["cat", "dog", "fox"], 12);
+    ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu"], w);
+    let head = |run: &'static str| -> Vec<String> {
+        ["--features", &feats, "--run", run, "--epochs", "40", "--units", "32", "--batch", "4"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let refs = head("href");
+    let refs: Vec<&str> = refs.iter().map(|s| s.as_str()).collect();
+    let full = timed("tlearn-head", &refs, w);
+    let h = head("h");
+    let h: Vec<&str> = h.iter().map(|s| s.as_str()).collect();
+    let ckpt = w.join("runs/h/checkpoint.onnx");
+    let landed = rounds("tlearn-head", &h, w, full, &|| ckpt.exists(), 3);
+    assert!(landed >= 3, "{landed}");
+    assert!(bytes(&w.join("runs/h/head.onnx")) == bytes(&w.join("runs/href/head.onnx")), "head weights differ");
+    assert_eq!(history_sans_time(&w.join("runs/h/history.csv")), history_sans_time(&w.join("runs/href/history.csv")));
+
+    ok("tlearn-convnet", &["mnist", "--out", "net.onnx", "--classes", "3"], w);
+    let ft = |run: &'static str| -> Vec<&'static str> {
+        vec![
+            "net.onnx",
+            "--data",
+            "data/toy",
+            "--run",
+            run,
+            "--epochs",
+            "6",
+            "--batch",
+            "8",
+            "--horizontal-flip",
+            "--device",
+            "cpu",
+        ]
+    };
+    let full = timed("tlearn-finetune", &ft("fref"), w);
+    let ckpt = w.join("runs/f/checkpoint.onnx");
+    let landed = rounds("tlearn-finetune", &ft("f"), w, full, &|| ckpt.exists(), 4);
+    assert!(landed >= 3, "{landed}");
+    for f in ["best.onnx", "last.onnx", "model.onnx"] {
+        assert!(bytes(&w.join("runs/f").join(f)) == bytes(&w.join("runs/fref").join(f)), "{f} differs after kills");
+    }
+    assert_eq!(history_sans_time(&w.join("runs/f/history.csv")), history_sans_time(&w.join("runs/fref/history.csv")));
+}
