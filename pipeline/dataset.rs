@@ -60,6 +60,19 @@ pub fn scan(root: &Path) -> Result<(Vec<Item>, ScanReport)> {
                     continue;
                 }
                 if is_image_path(e.path()) {
+                    if e.file_type().is_symlink() {
+                        // Resolve links now, so dangling ones and loops are counted, not split.
+                        match std::fs::metadata(e.path()) {
+                            Ok(m) if m.is_file() => {}
+                            r => {
+                                let why = r.err().map(|x| x.to_string()).unwrap_or_else(|| "not a file".into());
+                                let p = e.path().display().to_string();
+                                tracing::warn!("{p}: {why} (skipped)");
+                                report.unreadable.push((p.clone(), format!("{p}: {why}")));
+                                continue;
+                            }
+                        }
+                    }
                     items.push(Item { class: class.clone(), path: e.path().to_path_buf() });
                 } else {
                     report.skipped_non_images.push(e.path().to_path_buf());
@@ -188,7 +201,14 @@ pub fn assign(items: &[Item], spec: &SplitSpec, seed: u64) -> Result<Vec<(usize,
 pub type Counts = BTreeMap<String, [usize; 3]>;
 
 /// Materialise a split into `out` (created atomically: built in a temp sibling, then renamed).
-pub fn write_split(assigned: &[(usize, Item)], out: &Path, mode: LinkMode, force: bool) -> Result<Counts> {
+/// Files that cannot be resolved or copied (dangling links, link loops, unreadable files) are
+/// skipped and returned as (path, reason); the split goes on without them.
+pub fn write_split(
+    assigned: &[(usize, Item)],
+    out: &Path,
+    mode: LinkMode,
+    force: bool,
+) -> Result<(Counts, Vec<(String, String)>)> {
     if out.exists() && !force {
         return Err(Error::BadData {
             path: out.into(),
@@ -200,6 +220,7 @@ pub fn write_split(assigned: &[(usize, Item)], out: &Path, mode: LinkMode, force
     let tmp = tempfile::Builder::new().prefix(".split-").tempdir_in(parent).at(parent)?;
     let mut rows = vec![];
     let mut counts: Counts = BTreeMap::new();
+    let mut skipped = vec![];
     for (split, it) in assigned {
         let split_name = SPLITS[*split];
         let name = it.path.file_name().unwrap().to_string_lossy().into_owned();
@@ -212,13 +233,29 @@ pub fn write_split(assigned: &[(usize, Item)], out: &Path, mode: LinkMode, force
                 reason: format!("two images of class `{}` share the file name {name}", it.class),
             });
         }
-        let src = std::fs::canonicalize(&it.path).at(&it.path)?;
-        match mode {
-            LinkMode::Copy => std::fs::copy(&src, &dest).map(|_| ()),
-            LinkMode::Hardlink => std::fs::hard_link(&src, &dest).or_else(|_| std::fs::copy(&src, &dest).map(|_| ())),
-            LinkMode::Symlink => std::os::unix::fs::symlink(&src, &dest),
-        }
-        .at(&dest)?;
+        let placed = std::fs::canonicalize(&it.path).and_then(|src| {
+            if !src.is_file() {
+                return Err(std::io::Error::other("not a regular file"));
+            }
+            match mode {
+                LinkMode::Copy => std::fs::copy(&src, &dest).map(|_| ()),
+                LinkMode::Hardlink => {
+                    std::fs::hard_link(&src, &dest).or_else(|_| std::fs::copy(&src, &dest).map(|_| ()))
+                }
+                LinkMode::Symlink => std::fs::File::open(&src).and_then(|_| std::os::unix::fs::symlink(&src, &dest)),
+            }
+            .map(|_| src)
+        });
+        let src = match placed {
+            Ok(src) => src,
+            Err(e) => {
+                let _ = std::fs::remove_file(&dest);
+                let e = Error::Io { path: it.path.clone(), err: e };
+                tracing::warn!("{e} (skipped)");
+                skipped.push((it.path.display().to_string(), e.to_string()));
+                continue;
+            }
+        };
         counts.entry(it.class.clone()).or_default()[*split] += 1;
         rows.push(ManifestRow {
             split: split_name.into(),
@@ -237,7 +274,7 @@ pub fn write_split(assigned: &[(usize, Item)], out: &Path, mode: LinkMode, force
         std::fs::remove_dir_all(out).at(out)?;
     }
     std::fs::rename(&tmp, out).at(out)?;
-    Ok(counts)
+    Ok((counts, skipped))
 }
 
 /// The counts as a table: one row per class, columns train/validation/test/total.

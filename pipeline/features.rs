@@ -247,7 +247,7 @@ fn split_rows(cfg: &ExtractConfig, split: &str, classes: &[String]) -> Result<(V
                 sha256: fsutil::sha256_bytes(&bytes),
             }),
             Err(e) => {
-                let e = Error::Io { path: it.path.clone(), source: e };
+                let e = Error::Io { path: it.path.clone(), err: e };
                 tracing::warn!("{e} (skipped)");
                 unread.push(Skipped { path: it.path.display().to_string(), reason: e.to_string() });
             }
@@ -309,6 +309,11 @@ fn extract_split(
             && unread.iter().all(|u| prev_skipped.contains(u.path.as_str()));
         if same_rows && same_skips {
             tracing::info!("{split}: {} up to date ({} images)", npy.display(), live.len());
+            // A run killed after writing the cache but before dropping its journal left one.
+            let stale = crate::journal::dir_of(&npy);
+            if stale.exists() {
+                std::fs::remove_dir_all(&stale).at(&stale)?;
+            }
             return Ok(SplitReport {
                 split: split.into(),
                 view,

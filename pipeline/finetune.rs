@@ -177,7 +177,7 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
         Some(v) => (v.to_f32(cfg.rescale), v.labels.clone()),
         None => (ndarray::ArrayD::zeros(ndarray::IxDyn(&[0])), vec![]),
     };
-    std::fs::create_dir_all(&cfg.run_dir).map_err(|e| Error::Io { path: cfg.run_dir.clone(), source: e })?;
+    std::fs::create_dir_all(&cfg.run_dir).map_err(|e| Error::Io { path: cfg.run_dir.clone(), err: e })?;
     let t = std::time::Instant::now();
     let mut best: Option<(Epoch, ModelProto)> = None;
     let mut since_best = 0usize;

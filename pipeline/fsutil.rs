@@ -29,7 +29,7 @@ pub fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     tmp.as_file().sync_all().at(path)?;
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).at(path)?;
-    tmp.persist(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e.error })?;
+    tmp.persist(path).map_err(|e| Error::Io { path: path.to_path_buf(), err: e.error })?;
     Ok(())
 }
 

@@ -90,14 +90,26 @@ pub fn is_image_path(p: &Path) -> bool {
 
 /// Decode an image file (format sniffed from the content, EXIF orientation applied).
 pub fn decode(path: &Path, max_pixels: u64) -> Result<DynamicImage> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.into(), err: e })?;
+    decode_bytes(&bytes, path, max_pixels)
+}
+
+/// Decode an image held in memory; `path` names it in errors. Refused before any pixel is
+/// allocated: unknown formats, empty or over-`max_pixels` images, and JPEG streams that end before
+/// their end-of-image marker (the decoder would pad a truncated file with grey silently).
+/// Animated GIF/WebP/PNG give their first frame; CMYK and 16-bit images are converted later.
+pub fn decode_bytes(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<DynamicImage> {
     let bad = |reason: String| Error::BadImage { path: path.into(), reason };
-    let reader = ImageReader::open(path)
-        .map_err(|e| Error::Io { path: path.into(), source: e })?
-        .with_guessed_format()
-        .map_err(|e| bad(e.to_string()))?;
-    if reader.format().is_none() {
-        return Err(bad("unknown image format".into()));
+    if bytes.is_empty() {
+        return Err(bad("empty file (0 bytes)".into()));
     }
+    let reader = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
+    let format = reader.format().ok_or_else(|| bad("unknown image format".into()))?;
+    if format == image::ImageFormat::Jpeg {
+        jpeg_complete(bytes).map_err(|e| bad(e.into()))?;
+    }
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).max(1 << 20));
     let mut dec = reader.into_decoder().map_err(|e| bad(e.to_string()))?;
     let (w, h) = dec.dimensions();
     if w == 0 || h == 0 {
@@ -106,10 +118,43 @@ pub fn decode(path: &Path, max_pixels: u64) -> Result<DynamicImage> {
     if (w as u64) * (h as u64) > max_pixels {
         return Err(bad(format!("{w}×{h} pixels exceeds the limit of {max_pixels}")));
     }
+    dec.set_limits(limits).map_err(|e| bad(e.to_string()))?;
     let orientation = dec.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(dec).map_err(|e| bad(e.to_string()))?;
     img.apply_orientation(orientation);
     Ok(img)
+}
+
+/// Walk a JPEG's marker segments (skipping APPn payloads, so embedded thumbnails don't count)
+/// and require the end-of-image marker after the entropy-coded data.
+fn jpeg_complete(b: &[u8]) -> std::result::Result<(), &'static str> {
+    const TRUNCATED: &str = "truncated JPEG (the data ends before the end-of-image marker)";
+    let mut i = 2; // after SOI
+    while i + 1 < b.len() {
+        if b[i] != 0xFF {
+            return Err("corrupt JPEG (marker expected)");
+        }
+        let m = b[i + 1];
+        match m {
+            0xFF => i += 1, // fill byte
+            0xD9 => return Ok(()),
+            0x01 | 0xD0..=0xD7 => i += 2,
+            _ => {
+                if i + 3 >= b.len() {
+                    return Err(TRUNCATED);
+                }
+                let len = u16::from_be_bytes([b[i + 2], b[i + 3]]) as usize;
+                i += 2 + len;
+                if m == 0xDA {
+                    // Entropy-coded data: runs until a marker other than a stuffed 0xFF00 or RSTn.
+                    while i + 1 < b.len() && !(b[i] == 0xFF && b[i + 1] != 0x00 && !(0xD0..=0xD7).contains(&b[i + 1])) {
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
+    Err(TRUNCATED)
 }
 
 /// Convert to 8-bit RGB (gray replicated, alpha dropped, 16-bit scaled) and resize to

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 /// A file that could not be listed or scored: (path, reason).
 pub type Unreadable = (String, String);
 
-/// All image files under `root` (recursively, symlinks not followed), sorted by path.
+/// All image files under `root` (recursively, sorted by path). Symbolic links with image names
+/// are listed (decoding follows them and reports dangling links and loops); links to folders are
+/// not descended into, so a link loop cannot trap the walk.
 pub fn list_images(root: &Path) -> Result<(Vec<PathBuf>, Vec<Unreadable>)> {
     if !root.exists() {
         return Err(Error::BadData { path: root.into(), reason: "no such file or folder".into() });
@@ -16,7 +18,12 @@ pub fn list_images(root: &Path) -> Result<(Vec<PathBuf>, Vec<Unreadable>)> {
     let mut errors = vec![];
     for e in walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name() {
         match e {
-            Ok(e) if e.file_type().is_file() && crate::imageio::is_image_path(e.path()) => files.push(e.into_path()),
+            Ok(e)
+                if (e.file_type().is_file() || e.file_type().is_symlink())
+                    && crate::imageio::is_image_path(e.path()) =>
+            {
+                files.push(e.into_path())
+            }
             Ok(_) => {}
             Err(e) => errors.push((e.path().map(|p| p.display().to_string()).unwrap_or_default(), e.to_string())),
         }

@@ -97,7 +97,7 @@ fn acquire(path: &Path) -> Result<Lock> {
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            Err(TryLockError::Error(e)) => return Err(Error::Io { path: path.into(), source: e }),
+            Err(TryLockError::Error(e)) => return Err(Error::Io { path: path.into(), err: e }),
         }
     }
     let me = format!("pid {} ({})", std::process::id(), std::env::args().collect::<Vec<_>>().join(" "));

@@ -89,7 +89,7 @@ pub fn history(path: &Path, title: &str, h: &[Epoch]) -> Result<()> {
         }
         root.present().map_err(err)?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.into(), source: e })
+    std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.into(), err: e })
 }
 
 /// A confusion matrix as a heat map with counts (rows: true class, columns: predicted).
@@ -137,7 +137,7 @@ pub fn confusion(path: &Path, classes: &[String], m: &[Vec<usize>]) -> Result<()
         }
         root.present().map_err(err)?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.into(), source: e })
+    std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.into(), err: e })
 }
 
 /// Horizontal bars, one per (label, value in [0, 1]), top to bottom, the value written at the bar's end.
@@ -194,7 +194,7 @@ pub fn bars(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<()> {
         }
         root.present().map_err(err)?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.into(), source: e })
+    std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.into(), err: e })
 }
 
 /// ROC curves (false-positive rate → true-positive rate), one per (label, points), with the chance
@@ -232,5 +232,5 @@ pub fn roc(path: &Path, curves: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
             .map_err(err)?;
         root.present().map_err(err)?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.into(), source: e })
+    std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.into(), err: e })
 }

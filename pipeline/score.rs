@@ -211,7 +211,13 @@ pub fn meta(m: &ModelProto, path: &Path) -> Result<ModelMeta> {
     };
     let classes: Vec<String> =
         get("tlearn.classes").and_then(|v| serde_json::from_str(&v).ok()).ok_or_else(|| bad("tlearn.classes"))?;
-    let size: u32 = get("tlearn.size").and_then(|v| v.parse().ok()).ok_or_else(|| bad("tlearn.size"))?;
+    let size: u32 = get("tlearn.size")
+        .and_then(|v| v.parse().ok())
+        .filter(|s| (1..=cut::MAX_SIDE as u32).contains(s))
+        .ok_or_else(|| bad("tlearn.size"))?;
+    if classes.is_empty() {
+        return Err(bad("tlearn.classes"));
+    }
     let interpolation = get("tlearn.interpolation").and_then(|v| serde_json::from_str(&v).ok()).unwrap_or_default();
     Ok(ModelMeta { classes, size, interpolation })
 }

@@ -61,10 +61,21 @@ fn split_bad_inputs_name_the_path() {
     let w = workdir();
     let err = fails("tlearn-data", &["split", "nowhere", "out"], w.path());
     assert!(err.contains("nowhere") && err.contains("does not exist"), "{err}");
-    make_dataset(&w.path().join("raw"), &["a"], 3, false);
+    // An empty class folder is left out (and said so); dangling links and link loops are skipped
+    // and counted; the split goes on.
+    make_dataset(&w.path().join("raw"), &["a", "b"], 5, false);
     std::fs::create_dir_all(w.path().join("raw/empty")).unwrap();
-    let err = fails("tlearn-data", &["split", "raw", "out"], w.path());
-    assert!(err.contains("empty class") && err.contains("empty"), "{err}");
+    std::os::unix::fs::symlink("nowhere.png", w.path().join("raw/a/dangling.png")).unwrap();
+    std::os::unix::fs::symlink("loop2.png", w.path().join("raw/b/loop1.png")).unwrap();
+    std::os::unix::fs::symlink("loop1.png", w.path().join("raw/b/loop2.png")).unwrap();
+    let out = ok("tlearn-data", &["split", "raw", "out", "--counts", "2,1,1", "--mode", "copy"], w.path());
+    assert!(out.contains("empty class folder(s) left out: empty") && out.contains("unreadable: 3"), "{out}");
+    assert!(out.contains("raw/a/dangling.png") && out.contains("raw/b/loop1.png"), "{out}");
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(w.path().join("out/split.json")).unwrap()).unwrap();
+    assert_eq!(info["skipped"].as_array().unwrap().len(), 3, "{info}");
+    assert_eq!(info["empty_classes"][0], "empty");
+    assert!(!w.path().join("out/train/empty").exists());
 }
 
 /// Lay out a split dataset with a tiny registered backbone; returns the feature folder.

@@ -1,6 +1,6 @@
 //! tlearn-data: split a raw image dump into train/validation/test class folders, or prepare ELPV.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use tlearn::dataset::{self, LinkMode, SplitSpec};
@@ -84,11 +84,21 @@ fn run(a: Args) -> Result<()> {
             for p in &report.skipped_non_images {
                 tracing::warn!("{}: skipped (not an image)", p.display());
             }
-            if !report.empty_classes.is_empty() {
-                bail!("{}: empty class folder(s): {}", input.display(), report.empty_classes.join(", "));
+            for c in &report.empty_classes {
+                tracing::warn!("{}: empty class folder, left out of the split", input.join(c).display());
             }
             let assigned = dataset::assign(&items, &spec, seed)?;
-            let counts = dataset::write_split(&assigned, &output, mode, force)?;
+            let (counts, mut skipped) = dataset::write_split(&assigned, &output, mode, force)?;
+            skipped.extend(report.unreadable.iter().cloned());
+            skipped.sort();
+            tlearn::fsutil::write_json(
+                &output.join("split.json"),
+                &serde_json::json!({
+                    "input": input, "seed": seed, "spec": format!("{spec:?}"), "counts": counts,
+                    "skipped": skipped, "empty_classes": report.empty_classes,
+                    "non_images": report.skipped_non_images,
+                }),
+            )?;
             println!(
                 "{} → {} (seed {seed}; manifest {}):",
                 input.display(),
@@ -98,6 +108,15 @@ fn run(a: Args) -> Result<()> {
             print!("{}", dataset::counts_table(&counts));
             if !report.skipped_non_images.is_empty() {
                 println!("skipped {} non-image file(s)", report.skipped_non_images.len());
+            }
+            if !report.empty_classes.is_empty() {
+                println!("empty class folder(s) left out: {}", report.empty_classes.join(", "));
+            }
+            if !skipped.is_empty() {
+                println!("unreadable: {}", skipped.len());
+                for (_, why) in &skipped {
+                    println!("  {why}");
+                }
             }
         }
         Cmd::Elpv { output, classes, raw, cache, wheel, force } => {

@@ -21,6 +21,10 @@ pub enum Layout {
     Nchw,
 }
 
+/// The largest image side (and batch) a model's declared input may have; larger declarations are
+/// refused before anything is allocated from them.
+pub const MAX_SIDE: i64 = 16_384;
+
 /// The image input of a model: its name and layout. Errors name the model file.
 pub fn image_input(m: &ModelProto, path: &Path) -> Result<(String, Layout)> {
     let g = graph(m);
@@ -39,6 +43,9 @@ pub fn image_input(m: &ModelProto, path: &Path) -> Result<(String, Layout)> {
     }
     if dims.len() != 4 {
         return Err(bad(format!("rank {} {:?}", dims.len(), dims)));
+    }
+    if dims.iter().flatten().any(|&d| !(1..=MAX_SIDE).contains(&d)) {
+        return Err(bad(format!("absurd shape {dims:?} (sizes must be 1..={MAX_SIDE} or dynamic)")));
     }
     let is_ch = |d: Option<i64>| matches!(d, Some(1) | Some(3));
     let layout = if is_ch(dims[3]) {

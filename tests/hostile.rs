@@ -1,0 +1,246 @@
+//! A generated corpus of hostile inputs (broken, odd and malicious files and names) through every
+//! stage that reads images or ONNX: no crash, every bad file reported with its path and counted,
+//! every good file scored exactly as in a clean run.
+
+mod common;
+use common::*;
+use image::{ImageBuffer, Rgb, RgbImage};
+use std::collections::BTreeMap;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+fn png_bytes(img: &RgbImage) -> Vec<u8> {
+    let mut v = std::io::Cursor::new(vec![]);
+    img.write_to(&mut v, image::ImageFormat::Png).unwrap();
+    v.into_inner()
+}
+
+fn jpeg_bytes(img: &RgbImage) -> Vec<u8> {
+    let mut v = std::io::Cursor::new(vec![]);
+    img.write_to(&mut v, image::ImageFormat::Jpeg).unwrap();
+    v.into_inner()
+}
+
+/// A PNG whose header declares `w`×`h` pixels (with a tiny, wrong IDAT): a decompression bomb.
+fn bomb_png(w: u32, h: u32) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut c = kind.to_vec();
+        c.extend(data);
+        out.extend(&c);
+        out.extend(crc32(&c).to_be_bytes());
+    }
+    fn crc32(b: &[u8]) -> u32 {
+        let mut c = 0xFFFF_FFFFu32;
+        for &x in b {
+            c ^= x as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = vec![];
+    ihdr.extend(w.to_be_bytes());
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+}
+
+/// Writes the corpus into `dir`; returns (good relative paths, bad relative paths).
+fn corpus(dir: &Path) -> (Vec<String>, Vec<String>) {
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile");
+    std::fs::create_dir_all(dir.join("sub dir")).unwrap();
+    let img = |k: u64| make_image(k as usize, k, 40, 30);
+    let mut good = vec![];
+    let mut put = |name: &str, bytes: &[u8]| {
+        std::fs::write(dir.join(name), bytes).unwrap();
+        good.push(name.to_string());
+    };
+    put("plain.png", &png_bytes(&img(1)));
+    put("photo.jpg", &jpeg_bytes(&img(2)));
+    put("png-named.jpg", &png_bytes(&img(3)));
+    put("with space.png", &png_bytes(&img(4)));
+    put("ünïcødé 画像.png", &png_bytes(&img(5)));
+    put("new\nline.png", &png_bytes(&img(6)));
+    put("sub dir/nested.png", &png_bytes(&img(7)));
+    for f in ["cmyk.jpg", "animated.gif", "animated.webp"] {
+        put(f, &std::fs::read(fx.join(f)).unwrap());
+    }
+    let gray = image::DynamicImage::ImageRgb8(img(8)).to_luma8();
+    let mut v = std::io::Cursor::new(vec![]);
+    gray.write_to(&mut v, image::ImageFormat::Png).unwrap();
+    put("gray.png", &v.into_inner());
+    let rgba = image::DynamicImage::ImageRgb8(img(9)).to_rgba8();
+    let mut v = std::io::Cursor::new(vec![]);
+    rgba.write_to(&mut v, image::ImageFormat::Png).unwrap();
+    put("alpha.png", &v.into_inner());
+    let deep: ImageBuffer<Rgb<u16>, Vec<u16>> =
+        ImageBuffer::from_fn(32, 24, |x, y| Rgb([(x * 2000) as u16, (y * 2500) as u16, 40000]));
+    let mut v = std::io::Cursor::new(vec![]);
+    deep.write_to(&mut v, image::ImageFormat::Png).unwrap();
+    put("deep16.png", &v.into_inner());
+    let locked_ok = is_root();
+    put("locked.png", &png_bytes(&img(10)));
+    std::fs::create_dir_all(dir.join("locked dir")).unwrap();
+    put("locked dir/inside.png", &png_bytes(&img(11)));
+    symlink("plain.png", dir.join("link-to-plain.png")).unwrap();
+    good.push("link-to-plain.png".into());
+
+    let mut bad = vec![];
+    let mut put_bad = |name: &str, bytes: &[u8]| {
+        std::fs::write(dir.join(name), bytes).unwrap();
+        bad.push(name.to_string());
+    };
+    put_bad("zero.png", b"");
+    let j = jpeg_bytes(&img(12));
+    put_bad("truncated.jpg", &j[..j.len() / 2]);
+    let p = png_bytes(&img(13));
+    put_bad("truncated.png", &p[..p.len() / 2]);
+    put_bad("text.png", b"hello, not an image");
+    put_bad("bomb.png", &bomb_png(200_000, 200_000));
+    symlink("loop-b.jpg", dir.join("loop-a.jpg")).unwrap();
+    symlink("loop-a.jpg", dir.join("loop-b.jpg")).unwrap();
+    symlink("nowhere.png", dir.join("dangling.png")).unwrap();
+    symlink(".", dir.join("dirlink.jpg")).unwrap();
+    bad.extend(["loop-a.jpg", "loop-b.jpg", "dangling.png", "dirlink.jpg"].map(String::from));
+    std::fs::write(dir.join("notes.txt"), b"not an image name: ignored").unwrap();
+    std::fs::set_permissions(dir.join("locked.png"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    std::fs::set_permissions(dir.join("locked dir"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    if !locked_ok {
+        good.retain(|g| !g.starts_with("locked"));
+        bad.extend(["locked.png".to_string(), "locked dir".to_string()]);
+    }
+    (good, bad)
+}
+
+/// The rows of a scores CSV keyed by path relative to `root`.
+fn rows_by_name(csv_path: &Path, root: &str) -> BTreeMap<String, Vec<String>> {
+    let mut r = csv::Reader::from_path(csv_path).unwrap();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            let p = rec[0].strip_prefix(root).unwrap().trim_start_matches('/').to_string();
+            (p, rec.iter().skip(1).map(String::from).collect())
+        })
+        .collect()
+}
+
+#[test]
+fn hostile_images_are_reported_and_good_ones_scored_as_in_a_clean_run() {
+    let w = workdir();
+    let w = w.path();
+    let feats = prepared(w, &["cat", "dog"], 8);
+    let (good, bad) = corpus(&w.join("inbox"));
+    // The clean run: only the good files, same names.
+    std::fs::create_dir_all(w.join("clean/sub dir")).unwrap();
+    std::fs::create_dir_all(w.join("clean/locked dir")).unwrap();
+    for g in &good {
+        let data = std::fs::read(w.join("inbox").join(g)).unwrap();
+        std::fs::write(w.join("clean").join(g), data).unwrap();
+    }
+    ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu"], w);
+    ok("tlearn-head", &["--features", &feats, "--run", "toy", "--epochs", "2", "--units", "8"], w);
+    ok("tlearn-score", &["clean", "--run", "toy", "--out", "clean.csv"], w);
+    let out = ok("tlearn-score", &["inbox", "--run", "toy", "--out", "inbox.csv", "--max-pixels", "50000000"], w);
+    let clean = rows_by_name(&w.join("clean.csv"), "clean");
+    let inbox = rows_by_name(&w.join("inbox.csv"), "inbox");
+    assert_eq!(clean.len(), good.len(), "every good file scored in the clean run");
+    assert_eq!(inbox, clean, "good files score the same amid hostile ones");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(w.join("inbox.csv.summary.json")).unwrap()).unwrap();
+    let unreadable: Vec<(String, String)> = summary["unreadable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u[0].as_str().unwrap().to_string(), u[1].as_str().unwrap().to_string()))
+        .collect();
+    for b in &bad {
+        let hit = unreadable.iter().find(|(p, _)| p.ends_with(b.as_str()));
+        assert!(hit.is_some(), "{b} not reported: {unreadable:?}");
+        let (p, why) = hit.unwrap();
+        assert!(why.contains(p.as_str()), "the reason names the file: {why}");
+        assert!(out.contains(why.as_str()), "printed: {why}");
+    }
+    assert_eq!(unreadable.len(), bad.len(), "{unreadable:?}");
+    let bomb = &unreadable.iter().find(|(p, _)| p.ends_with("bomb.png")).unwrap().1;
+    assert!(bomb.contains("exceeds the limit of 50000000"), "{bomb}");
+
+    // extract on a split holding the corpus: bad files skipped and listed in the sidecar.
+    let test_cat = w.join("data/toy/test/cat");
+    for g in &good {
+        let name = g.replace(['/', '\n'], "_");
+        std::fs::write(test_cat.join(format!("g-{name}")), std::fs::read(w.join("clean").join(g)).unwrap()).unwrap();
+    }
+    for b in ["zero.png", "truncated.jpg", "truncated.png", "text.png", "bomb.png"] {
+        std::fs::copy(w.join("inbox").join(b), test_cat.join(format!("b-{b}"))).unwrap();
+    }
+    symlink("b-loop2.jpg", test_cat.join("b-loop1.jpg")).unwrap();
+    symlink("b-loop1.jpg", test_cat.join("b-loop2.jpg")).unwrap();
+    std::fs::create_dir_all(w.join("data/toy/test/empty-class")).unwrap();
+    let out = ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu"], w);
+    let test_line = out.lines().find(|l| l.starts_with("test")).unwrap();
+    assert!(test_line.contains(" 7 skipped"), "{out}");
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(w.join(&feats).join("test.npy.json")).unwrap()).unwrap();
+    let skipped: Vec<&str> = info["skipped"].as_array().unwrap().iter().map(|s| s["path"].as_str().unwrap()).collect();
+    assert_eq!(skipped.len(), 7, "{skipped:?}");
+    assert!(skipped.iter().all(|p| p.contains("/b-")), "{skipped:?}");
+    let rows = std::fs::read_to_string(w.join(&feats).join("test.files.csv")).unwrap();
+    assert_eq!(rows.matches("/g-").count(), good.len(), "{rows}");
+}
+
+#[test]
+fn hostile_onnx_files_are_refused_with_the_path_and_the_problem() {
+    let w = workdir();
+    let w = w.path();
+    tiny_classifier(&w.join("tiny.onnx"), 3);
+    let bytes = std::fs::read(w.join("tiny.onnx")).unwrap();
+    std::fs::write(w.join("truncated.onnx"), &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::write(w.join("empty.onnx"), b"").unwrap();
+    std::fs::write(w.join("garbage.onnx"), b"\xff\xff\xff\xff garbage").unwrap();
+    not_image_model(&w.join("rank2.onnx"));
+    let m = tlearn::onnx::load_model(&w.join("tiny.onnx")).unwrap();
+    let mut int_input = m.clone();
+    let tt = |m: &mut tlearn::onnx::proto::ModelProto| -> *mut tlearn::onnx::proto::TypeTensor {
+        m.graph.as_mut().unwrap().input[0].r#type.as_mut().unwrap().tensor_type.as_mut().unwrap()
+    };
+    unsafe { (*tt(&mut int_input)).elem_type = 7 };
+    tlearn::onnx::save_model(&int_input, &w.join("int64.onnx")).unwrap();
+    let mut absurd = m.clone();
+    for d in unsafe { (*tt(&mut absurd)).shape.as_mut().unwrap().dim.iter_mut().skip(1).take(2) } {
+        d.value = Some(tlearn::onnx::proto::DimValue::DimValue(1 << 40));
+    }
+    tlearn::onnx::save_model(&absurd, &w.join("absurd.onnx")).unwrap();
+    let add = |f: &str| {
+        fails("tlearn-backbone", &["add", f, "--output", "pool_out", "--preprocess", "caffe", "--name", "x"], w)
+    };
+    for (f, what) in [
+        ("truncated.onnx", "not a valid ONNX model"),
+        ("empty.onnx", "not a valid ONNX model"),
+        ("garbage.onnx", "not a valid ONNX model"),
+        ("missing.onnx", "No such file"),
+        ("rank2.onnx", "not an image tensor"),
+        ("int64.onnx", "not an image tensor"),
+        ("absurd.onnx", "absurd"),
+    ] {
+        let err = add(f);
+        assert!(err.contains(f) && err.contains(what), "{f}: {err}");
+    }
+    for f in ["truncated.onnx", "rank2.onnx", "absurd.onnx"] {
+        std::fs::create_dir_all(w.join("imgs")).unwrap();
+        make_image(0, 1, 20, 20).save(w.join("imgs/a.png")).unwrap();
+        let err = fails("tlearn-score", &["imgs", "--model", f, "--out", "s.csv"], w);
+        assert!(err.contains(f), "{f}: {err}");
+        let err = fails("tlearn-finetune", &[f, "--data", "imgs", "--epochs", "1"], w);
+        assert!(err.contains(f), "{f}: {err}");
+    }
+}
