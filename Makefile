@@ -19,7 +19,7 @@ ELPV_WHEEL  := elpv_dataset-1.0.0.post1-py3-none-any.whl
 ELPV_SHA256 := 85e31c1126ee9b48e62d3a0232c58f58b2d189b0814a45c13642fa0415af4a4c
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
-.PHONY: help setup setup-cuda build test demo demo-best data data4 backbone extract head evaluate score bench clean fmt lint \
+.PHONY: help setup setup-cuda build test demo demo-best data data4 backbone extract head evaluate score bench bench-memory fuzz clean fmt lint \
         mnist finetune finetune-v1 finetune-flips finetune-vgg bench-train bench-tf-env agree compare
 
 DATA_DIR  := data/$(DATASET)
@@ -64,6 +64,19 @@ test: setup ## run the test suite (generated fixtures; no dataset or model downl
 
 fmt: ## format the code
 	$(CARGO) fmt
+
+FUZZ_SECONDS ?= 60
+# cargo-fuzz needs nightly flags: the nightly toolchain when installed, else stable with RUSTC_BOOTSTRAP.
+FUZZ_CARGO := $(shell cargo +nightly --version >/dev/null 2>&1 && echo "cargo +nightly" || echo "RUSTC_BOOTSTRAP=1 cargo")
+
+fuzz: ## fuzz the image decode+preprocess path and the ONNX reader/cutter, FUZZ_SECONDS each (cargo-fuzz)
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked --version 0.13.2
+	@for t in decode_image onnx_model; do \
+	  mkdir -p fuzz/corpus/$$t && \
+	  echo "fuzz $$t for $(FUZZ_SECONDS) s" && \
+	  (cd fuzz && $(FUZZ_CARGO) fuzz run --fuzz-dir . $$t corpus/$$t seeds/$$t -- \
+	     -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=65536 -timeout=10 -print_final_stats=1) || exit 1; \
+	done
 
 lint: ## rustfmt + clippy, warnings are errors
 	$(CARGO) fmt --check
@@ -178,9 +191,13 @@ demo-best: setup ## the best frozen-feature configuration found (VGG16 150×150,
 	  HEAD_ARGS="$(BEST_HEAD_ARGS)"
 	@$(PYTHON) -c "import json; m=json.load(open('reports/best/metrics.json')); print(f\"demo-best: ELPV test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, ROC-AUC {m['roc_auc']:.4f}\")"
 
-bench: setup data backbone bench-env ## extraction throughput (tlearn vs raw ORT vs Python) and training-step time (tlearn vs Keras)
+bench: setup data backbone bench-env ## extraction throughput (tlearn vs raw ORT vs Python), training-step time (tlearn vs Keras), scoring memory (1k vs 100k images)
 	$(CARGO) bench --bench extract
 	$(CARGO) bench --bench train_step
+	$(CARGO) bench --bench score_memory
+
+bench-memory: setup ## peak memory of tlearn-score on 1,000 vs 100,000 generated images (goal ≤ 1.5×)
+	$(CARGO) bench --bench score_memory
 
 bench-train: setup ## training-step time of the mnist and v1 nets: tlearn vs Keras (TF default and oneDNN) when bench-tf-env exists
 	$(CARGO) bench --bench train_step

@@ -397,7 +397,7 @@ fn summary_path(out: &Path) -> PathBuf {
 /// missing images and writes the same bytes as an uninterrupted run. `out` is locked meanwhile.
 pub fn score(
     model_path: &Path,
-    files: &[PathBuf],
+    mut files: Vec<PathBuf>,
     mut unreadable: Vec<Unreadable>,
     out: &Path,
     o: &ScoreOptions,
@@ -408,7 +408,8 @@ pub fn score(
     let meta = meta(&m, model_path)?;
     o.validate(meta.classes.len())?;
     let _lock = crate::lock::file(out)?;
-    let owned: Vec<&PathBuf> = files.iter().filter(|p| o.shard.is_none_or(|s| s.owns(p))).collect();
+    files.retain(|p| o.shard.is_none_or(|s| s.owns(p)));
+    let owned = files;
     unreadable.retain(|(p, _)| o.shard.is_none_or(|s| s.owns(Path::new(p))));
     let mut list_hash = sha2::Sha256::new();
     for p in &owned {
@@ -433,9 +434,13 @@ pub fn score(
     let n_chunks = owned.len().div_ceil(every);
     let done: std::collections::HashSet<usize> =
         (0..n_chunks).filter(|&k| journal.get::<ChunkInfo>(&chunk_name(k)).is_some()).collect();
-    let todo: Vec<PathBuf> =
-        (0..owned.len()).filter(|i| !done.contains(&(i / every))).map(|i| owned[i].clone()).collect();
+    // What is left to score (all of it, without a copy, on a fresh run).
     let todo_idx: Vec<usize> = (0..owned.len()).filter(|i| !done.contains(&(i / every))).collect();
+    let todo: std::borrow::Cow<[PathBuf]> = if done.is_empty() {
+        std::borrow::Cow::Borrowed(&owned)
+    } else {
+        std::borrow::Cow::Owned(todo_idx.iter().map(|&i| owned[i].clone()).collect())
+    };
     if !done.is_empty() {
         tracing::info!(
             "{}: resuming, {} of {} images already scored",

@@ -111,6 +111,79 @@ fn four_shards_merged_equal_one_run_byte_for_byte() {
             serde_json::from_str(&std::fs::read_to_string(w.join(format!("{one}.summary.json"))).unwrap()).unwrap();
         assert_eq!(summary["unreadable"].as_array().unwrap().len(), 3, "{summary}");
     }
+    deploy_specs_as_local_processes(w);
+}
+
+fn read_bytes(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The repo's Slurm array scripts and Kubernetes Indexed Job spec, run as local processes with the
+/// environment their schedulers set; merged outputs equal one run's.
+fn deploy_specs_as_local_processes(w: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bins = bin("tlearn-score").parent().unwrap().to_path_buf();
+    let slurm = |script: &str, i: usize, env: &[(&str, &str)]| {
+        let mut c = Command::new("bash");
+        c.arg(root.join("deploy/slurm").join(script))
+            .current_dir(w)
+            .env("SLURM_ARRAY_TASK_ID", i.to_string())
+            .env("SLURM_ARRAY_TASK_COUNT", "4")
+            .env("SLURM_CPUS_PER_TASK", "1")
+            .env("TLEARN_BIN", &bins)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.spawn().unwrap()
+    };
+    let env = [("DATA", "data/toy"), ("BACKBONE", "tiny"), ("SIZE", "32"), ("OUT", "slurm-feats"), ("EXTRACT_ARGS", "--views hflip --batch 5")];
+    let kids: Vec<Child> = (0..4).map(|i| slurm("extract-array.sh", i, &env)).collect();
+    for (i, c) in kids.into_iter().enumerate() {
+        finish(c, &format!("slurm extract task {i}"));
+    }
+    ok("tlearn-extract", &["merge", "--out", "slurm-feats"], w);
+    assert_eq!(same_tree(&w.join("single"), &w.join("slurm-feats")), 24);
+
+    let env = [("INPUT", "data/toy"), ("MODEL", "runs/toy/model.onnx"), ("OUT", "slurm.csv"), ("SCORE_ARGS", "--top-k 2")];
+    let kids: Vec<Child> = (0..4).map(|i| slurm("score-array.sh", i, &env)).collect();
+    for (i, c) in kids.into_iter().enumerate() {
+        finish(c, &format!("slurm score task {i}"));
+    }
+    let parts: Vec<String> = (0..4).map(|i| format!("slurm.csv.part-{i}-of-4.csv")).collect();
+    let mut args = vec!["merge", "--out", "slurm.csv"];
+    args.extend(parts.iter().map(|s| s.as_str()));
+    ok("tlearn-score", &args, w);
+    assert!(read_bytes(&w.join("slurm.csv")) == read_bytes(&w.join("one.csv")), "slurm-merged scores differ");
+
+    // Kubernetes: the Indexed Job's container args with the completion index substituted (as the
+    // downward API does), the volumes mapped to local folders; then the merge Job's args.
+    let spec_args = |file: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(root.join("deploy/k8s").join(file)).unwrap();
+        let line = text.lines().map(str::trim).find_map(|l| l.strip_prefix("args: ")).expect("an args: [...] line");
+        let v: Vec<String> = serde_json::from_str(line).expect("args as a JSON-compatible flow list");
+        v.into_iter()
+            .map(|a| a.replace("/data/inbox", "data/toy").replace("/models/", "runs/toy/").replace("/results/", "k8s/"))
+            .collect()
+    };
+    std::fs::create_dir_all(w.join("k8s")).unwrap();
+    let job = spec_args("score-indexed-job.yaml");
+    let n: usize = job.iter().find_map(|a| a.strip_prefix("$(SHARD)/")).unwrap().parse().unwrap();
+    let kids: Vec<Child> = (0..n)
+        .map(|i| {
+            let a: Vec<String> = job.iter().map(|a| a.replace("$(SHARD)", &i.to_string())).collect();
+            let a: Vec<&str> = a.iter().map(|s| s.as_str()).chain(["--top-k", "2", "--threads", "1"]).collect();
+            spawn("tlearn-score", &a, w)
+        })
+        .collect();
+    for (i, c) in kids.into_iter().enumerate() {
+        finish(c, &format!("k8s pod {i}"));
+    }
+    let merge = spec_args("score-merge-job.yaml");
+    let a: Vec<&str> = merge.iter().map(|s| s.as_str()).collect();
+    ok("tlearn-score", &a, w);
+    assert!(read_bytes(&w.join("k8s/scores.csv")) == read_bytes(&w.join("one.csv")), "k8s-merged scores differ");
 }
 
 #[test]

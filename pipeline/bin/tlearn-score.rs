@@ -164,7 +164,7 @@ fn run(a: Args) -> Result<()> {
         checkpoint_every: a.checkpoint_every,
     };
     let t = std::time::Instant::now();
-    let s = tlearn::score::score(&model, &files, unreadable, &out, &o, &a.ort.session())
+    let s = tlearn::score::score(&model, files, unreadable, &out, &o, &a.ort.session())
         .with_context(|| format!("scoring into {}", out.display()))?;
     let secs = t.elapsed().as_secs_f64();
     println!(
