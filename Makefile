@@ -82,9 +82,10 @@ lint: ## rustfmt + clippy, warnings are errors
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
-setup-cuda: ## put onnxruntime-gpu 1.31.1 + CUDA 13/cuDNN 9 libraries into .ort/ (large download)
+setup-cuda: ## put onnxruntime-gpu 1.31.1 + CUDA 13/cuDNN 9 libraries (sha256-pinned: onnx/requirements-gpu.txt) into .ort/ (large download)
 	@mkdir -p .cache/gpu .ort/cuda
-	$(PYTHON) -m pip install --disable-pip-version-check -q --target .cache/gpu "onnxruntime-gpu[cuda,cudnn]==$(ORT_VERSION)"
+	$(PYTHON) -m pip install --disable-pip-version-check -q --no-deps --only-binary=:all: --require-hashes \
+	    -r onnx/requirements-gpu.txt --target .cache/gpu
 	cp .cache/gpu/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) .cache/gpu/onnxruntime/capi/libonnxruntime_providers_*.so .ort/
 	find .cache/gpu/nvidia -name 'lib*.so*' -exec cp -L {} .ort/cuda/ \;
 	@echo "onnxruntime-gpu $(ORT_VERSION) → .ort/ (CUDA libraries in .ort/cuda/)"

@@ -47,7 +47,8 @@ fn main() {
     std::fs::create_dir_all(&base).unwrap();
     let originals: Vec<PathBuf> = (0..1000u32)
         .map(|i| {
-            let img = image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([(x * 8) as u8, (y * 8) as u8, (i % 251) as u8]));
+            let img =
+                image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([(x * 8) as u8, (y * 8) as u8, (i % 251) as u8]));
             let p = base.join(format!("img_{i:04}.png"));
             img.save(&p).unwrap();
             p

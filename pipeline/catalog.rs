@@ -100,6 +100,7 @@ impl Catalog {
 
     /// Add or replace a user entry.
     pub fn add_user(&mut self, name: &str, e: Entry) -> Result<()> {
+        crate::fsutil::check_name("name", name)?;
         let path = self.dir.join(USER_CATALOG);
         let mut user = if path.exists() { read_file(&path)? } else { BTreeMap::new() };
         user.insert(name.into(), e.clone());

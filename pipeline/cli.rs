@@ -192,3 +192,8 @@ impl HeadArgs {
         }
     }
 }
+
+/// clap value parser for run names (see [`crate::fsutil::check_name`]).
+pub fn run_name(s: &str) -> Result<String, String> {
+    crate::fsutil::check_name("run", s).map(|_| s.to_string()).map_err(|e| e.to_string())
+}

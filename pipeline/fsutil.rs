@@ -114,3 +114,18 @@ pub fn safe_join(root: &Path, rel: &str) -> Result<PathBuf> {
     }
     Ok(root.join(p))
 }
+
+/// Check a user-chosen name that becomes one path component (a run, a backbone): one plain file
+/// name, not hidden, without control characters, so `runs/<name>` stays inside `runs/`.
+pub fn check_name(what: &'static str, name: &str) -> Result<()> {
+    let p = Path::new(name);
+    let one = p.components().count() == 1 && matches!(p.components().next(), Some(std::path::Component::Normal(_)));
+    if !one || name.starts_with('.') || name.contains('/') || name.chars().any(char::is_control) {
+        return Err(Error::Param {
+            name: what,
+            value: name.escape_debug().to_string(),
+            reason: "must be a plain name (one path component, no leading dot or control characters)".into(),
+        });
+    }
+    Ok(())
+}

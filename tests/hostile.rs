@@ -243,4 +243,21 @@ fn hostile_onnx_files_are_refused_with_the_path_and_the_problem() {
         let err = fails("tlearn-finetune", &[f, "--data", "imgs", "--epochs", "1"], w);
         assert!(err.contains(f), "{f}: {err}");
     }
+
+    // Names that would escape their output folder are refused before anything is written.
+    for name in ["../x", "a/b", ".hidden", "/abs"] {
+        let err = fails(
+            "tlearn-backbone",
+            &["add", "tiny.onnx", "--output", "pool_out", "--preprocess", "caffe", "--name", name],
+            w,
+        );
+        assert!(err.contains("plain name"), "{name}: {err}");
+        for (bin, other) in
+            [("tlearn-head", "--features"), ("tlearn-evaluate", "--features"), ("tlearn-score", "--out")]
+        {
+            let err = fails(bin, &[other, "f", "--run", name], w);
+            assert!(err.contains("plain name"), "{bin} {name}: {err}");
+        }
+    }
+    assert!(!w.join("x.onnx").exists() && !w.parent().unwrap().join("x").exists());
 }

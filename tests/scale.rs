@@ -138,7 +138,13 @@ fn deploy_specs_as_local_processes(w: &Path) {
         }
         c.spawn().unwrap()
     };
-    let env = [("DATA", "data/toy"), ("BACKBONE", "tiny"), ("SIZE", "32"), ("OUT", "slurm-feats"), ("EXTRACT_ARGS", "--views hflip --batch 5")];
+    let env = [
+        ("DATA", "data/toy"),
+        ("BACKBONE", "tiny"),
+        ("SIZE", "32"),
+        ("OUT", "slurm-feats"),
+        ("EXTRACT_ARGS", "--views hflip --batch 5"),
+    ];
     let kids: Vec<Child> = (0..4).map(|i| slurm("extract-array.sh", i, &env)).collect();
     for (i, c) in kids.into_iter().enumerate() {
         finish(c, &format!("slurm extract task {i}"));
@@ -146,7 +152,8 @@ fn deploy_specs_as_local_processes(w: &Path) {
     ok("tlearn-extract", &["merge", "--out", "slurm-feats"], w);
     assert_eq!(same_tree(&w.join("single"), &w.join("slurm-feats")), 24);
 
-    let env = [("INPUT", "data/toy"), ("MODEL", "runs/toy/model.onnx"), ("OUT", "slurm.csv"), ("SCORE_ARGS", "--top-k 2")];
+    let env =
+        [("INPUT", "data/toy"), ("MODEL", "runs/toy/model.onnx"), ("OUT", "slurm.csv"), ("SCORE_ARGS", "--top-k 2")];
     let kids: Vec<Child> = (0..4).map(|i| slurm("score-array.sh", i, &env)).collect();
     for (i, c) in kids.into_iter().enumerate() {
         finish(c, &format!("slurm score task {i}"));

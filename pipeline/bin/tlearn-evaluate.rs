@@ -12,7 +12,7 @@ use tlearn::runtime::{Device, SessionOptions};
 )]
 struct Args {
     /// Run name (folder under --runs).
-    #[arg(long, default_value = "demo")]
+    #[arg(long, default_value = "demo", value_parser = tlearn::cli::run_name)]
     run: String,
     #[arg(long, default_value = "runs")]
     runs: PathBuf,

@@ -19,7 +19,7 @@ struct Args {
     #[arg(long)]
     data: Option<PathBuf>,
     /// Run name: outputs go to <runs>/<run>/ (default: the model's file stem).
-    #[arg(long)]
+    #[arg(long, value_parser = tlearn::cli::run_name)]
     run: Option<String>,
     #[arg(long, default_value = "runs")]
     runs: PathBuf,

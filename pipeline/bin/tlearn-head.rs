@@ -19,7 +19,7 @@ struct Args {
     #[arg(long)]
     features: PathBuf,
     /// Run name: outputs go to <runs>/<run>/.
-    #[arg(long, default_value = "demo")]
+    #[arg(long, default_value = "demo", value_parser = tlearn::cli::run_name)]
     run: String,
     #[arg(long, default_value = "runs")]
     runs: PathBuf,

@@ -29,7 +29,7 @@ struct Args {
     #[arg(long, value_enum)]
     format: Option<tlearn::score::Format>,
     /// Run whose head to use (folder under --runs).
-    #[arg(long, default_value = "demo")]
+    #[arg(long, default_value = "demo", value_parser = tlearn::cli::run_name)]
     run: String,
     #[arg(long, default_value = "runs")]
     runs: PathBuf,
