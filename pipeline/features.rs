@@ -150,7 +150,12 @@ pub fn load_view(dir: &Path, split: &str, view: View) -> Result<Features> {
     let x =
         ArrayD::<f32>::read_npy(&bytes[..]).map_err(|e| Error::BadData { path: npy.clone(), reason: e.to_string() })?;
     let fp = files_path(dir, split, view);
-    let files = read_files(&fp)?;
+    let files_bytes = std::fs::read(&fp).at(&fp)?;
+    let sha = fsutil::sha256_bytes(&files_bytes);
+    if sha != info.files_sha256 {
+        return Err(Error::Checksum { path: fp, expected: info.files_sha256, got: sha });
+    }
+    let files = read_files(&fp, &files_bytes)?;
     if files.len() != x.shape()[0] {
         return Err(Error::Shape {
             what: format!("{} rows vs {}", fp.display(), npy.display()),
@@ -188,8 +193,8 @@ pub fn concat_views(views: &[Features]) -> Result<(ArrayD<f32>, Vec<usize>)> {
     Ok((x, views.iter().flat_map(|f| f.labels.iter().copied()).collect()))
 }
 
-fn read_files(p: &Path) -> Result<Vec<FileRow>> {
-    let mut r = csv::Reader::from_path(p).map_err(|e| Error::BadData { path: p.into(), reason: e.to_string() })?;
+fn read_files(p: &Path, bytes: &[u8]) -> Result<Vec<FileRow>> {
+    let mut r = csv::Reader::from_reader(bytes);
     r.deserialize().map(|row| row.map_err(|e| Error::BadData { path: p.into(), reason: e.to_string() })).collect()
 }
 

@@ -113,6 +113,21 @@ fn killed_extract_and_score_resume_to_the_uninterrupted_bytes() {
         .collect();
     assert!(left.is_empty(), "temporary files or journals left: {left:?}");
 
+    // A corrupt cache is detected (checksums), refused by the head, and rebuilt by extract.
+    for f in ["train.npy", "train.files.csv"] {
+        let p = w.join("feats").join(f);
+        let mut b = bytes(&p);
+        let at = b.len() - 3;
+        b[at] ^= 0x5a;
+        std::fs::write(&p, b).unwrap();
+        let err = fails("tlearn-head", &["--features", "feats", "--run", "corrupt", "--epochs", "1"], w);
+        assert!(err.contains(f) && err.contains("sha256 mismatch"), "{err}");
+        let out = ok("tlearn-extract", &with_out("feats"), w);
+        let line = out.lines().find(|l| l.starts_with("train ")).unwrap();
+        assert!(!line.contains("up to date") && line.contains(" 0 reused"), "rebuilt, not reused: {line}");
+        assert!(bytes(&p) == bytes(&w.join("ref").join(f)), "{f} rebuilt to the same bytes");
+    }
+
     ok("tlearn-head", &["--features", "ref", "--run", "toy", "--epochs", "2", "--units", "8"], w);
     ok("tlearn-score", &["--run", "toy", "--export-only"], w);
     let args = |o: &'static str| -> Vec<&'static str> {
