@@ -481,7 +481,7 @@ pub fn score(
                     info.unreadable.push((path, e.to_string()));
                 }
             }
-            if (i + 1) % every == 0 || i + 1 == owned.len() {
+            if (i + 1).is_multiple_of(every) || i + 1 == owned.len() {
                 journal.put(&chunk_name(i / every), &std::mem::take(&mut rows), std::mem::take(&mut info))?;
             }
             Ok(())
@@ -519,8 +519,11 @@ pub fn score(
     Ok(summary)
 }
 
-/// One output's rows as (path, row bytes), in file order.
-fn rows_of(path: &Path, format: Format) -> Result<Box<dyn Iterator<Item = Result<(PathBuf, Vec<u8>)>>>> {
+/// Rows of a score output as (path, row bytes), in file order.
+type Rows = Box<dyn Iterator<Item = Result<(PathBuf, Vec<u8>)>>>;
+
+/// One output's rows.
+fn rows_of(path: &Path, format: Format) -> Result<Rows> {
     let f = std::fs::File::open(path).at(path)?;
     let p = path.to_path_buf();
     Ok(match format {
@@ -613,7 +616,7 @@ pub fn merge(parts: &[PathBuf], out: &Path) -> Result<ScoreSummary> {
     summary.unreadable.sort_by(|a, b| Path::new(&a.0).cmp(Path::new(&b.0)).then_with(|| a.1.cmp(&b.1)));
     let mut rows = 0usize;
     crate::fsutil::write_atomic(out, |w| {
-        let next = |it: &mut Box<dyn Iterator<Item = Result<(PathBuf, Vec<u8>)>>>| -> std::io::Result<_> {
+        let next = |it: &mut Rows| -> std::io::Result<_> {
             it.next().transpose().map_err(|e| std::io::Error::other(e.to_string()))
         };
         let mut heads = iters.iter_mut().map(next).collect::<std::io::Result<Vec<_>>>()?;

@@ -7,7 +7,7 @@ use common::*;
 use image::{ImageBuffer, Rgb, RgbImage};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{symlink, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn png_bytes(img: &RgbImage) -> Vec<u8> {
     let mut v = std::io::Cursor::new(vec![]);
@@ -198,6 +198,11 @@ fn hostile_images_are_reported_and_good_ones_scored_as_in_a_clean_run() {
     assert_eq!(rows.matches("/g-").count(), good.len(), "{rows}");
 }
 
+/// The first input's tensor type of a model.
+fn input_type(m: &mut tlearn::onnx::proto::ModelProto) -> &mut tlearn::onnx::proto::TypeTensor {
+    m.graph.as_mut().unwrap().input[0].r#type.as_mut().unwrap().tensor_type.as_mut().unwrap()
+}
+
 #[test]
 fn hostile_onnx_files_are_refused_with_the_path_and_the_problem() {
     let w = workdir();
@@ -210,13 +215,10 @@ fn hostile_onnx_files_are_refused_with_the_path_and_the_problem() {
     not_image_model(&w.join("rank2.onnx"));
     let m = tlearn::onnx::load_model(&w.join("tiny.onnx")).unwrap();
     let mut int_input = m.clone();
-    let tt = |m: &mut tlearn::onnx::proto::ModelProto| -> *mut tlearn::onnx::proto::TypeTensor {
-        m.graph.as_mut().unwrap().input[0].r#type.as_mut().unwrap().tensor_type.as_mut().unwrap()
-    };
-    unsafe { (*tt(&mut int_input)).elem_type = 7 };
+    input_type(&mut int_input).elem_type = 7;
     tlearn::onnx::save_model(&int_input, &w.join("int64.onnx")).unwrap();
     let mut absurd = m.clone();
-    for d in unsafe { (*tt(&mut absurd)).shape.as_mut().unwrap().dim.iter_mut().skip(1).take(2) } {
+    for d in input_type(&mut absurd).shape.as_mut().unwrap().dim.iter_mut().skip(1).take(2) {
         d.value = Some(tlearn::onnx::proto::DimValue::DimValue(1 << 40));
     }
     tlearn::onnx::save_model(&absurd, &w.join("absurd.onnx")).unwrap();
