@@ -1,0 +1,94 @@
+//! `tlearn-extract merge`: combine the caches of `--shard I/N` runs into what one run writes.
+
+use super::{load_view, stem, write_cache, CacheMeta, FeatureInfo, Features, FileRow, Skipped};
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use crate::imageio::View;
+use crate::shard::Shard;
+use ndarray::Axis;
+use std::path::{Path, PathBuf};
+
+/// Combine the caches of `tlearn-extract --shard I/N` runs (folders `parts`, all N of them) into
+/// `out`: byte for byte the cache one unsharded run writes. Returns (stem, rows) per cache.
+pub fn merge(parts: &[PathBuf], out: &Path) -> Result<Vec<(String, usize)>> {
+    let first = parts.first().ok_or_else(|| Error::BadData { path: out.into(), reason: "no parts to merge".into() })?;
+    let mut stems: Vec<(String, View)> = vec![];
+    for e in std::fs::read_dir(first).at(first)?.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".npy.json").filter(|s| !s.ends_with(".labels")) {
+            let info: FeatureInfo = fsutil::read_json(&e.path())?;
+            stems.push((info.split.clone(), info.view));
+            debug_assert_eq!(stem, self::stem(&info.split, info.view));
+        }
+    }
+    stems.sort_by_key(|(s, v)| stem(s, *v));
+    if stems.is_empty() {
+        return Err(Error::BadData { path: first.clone(), reason: "no feature caches in this part".into() });
+    }
+    let _lock = crate::lock::dir(out)?;
+    let mut done = vec![];
+    for (split, view) in stems {
+        let loaded: Vec<Features> = parts.iter().map(|p| load_view(p, &split, view)).collect::<Result<_>>()?;
+        let shards: Vec<Shard> = loaded
+            .iter()
+            .zip(parts)
+            .map(|(f, p)| {
+                f.info.shard.ok_or_else(|| Error::BadData {
+                    path: p.clone(),
+                    reason: "not a shard (no shard in its sidecar)".into(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        crate::shard::check_complete(&shards, out)?;
+        let i0 = &loaded[0].info;
+        for (f, p) in loaded.iter().zip(parts) {
+            let i = &f.info;
+            if (&i.backbone_sha256, i.size, i.interpolation, &i.preprocess, &i.classes, i.device, &i.shape[1..])
+                != (
+                    &i0.backbone_sha256,
+                    i0.size,
+                    i0.interpolation,
+                    &i0.preprocess,
+                    &i0.classes,
+                    i0.device,
+                    &i0.shape[1..],
+                )
+            {
+                return Err(Error::BadData {
+                    path: p.clone(),
+                    reason: format!("extracted with other settings than {}", parts[0].display()),
+                });
+            }
+        }
+        // Rows in path order: the order one run lists a split in.
+        let mut order: Vec<(PathBuf, usize, usize)> = loaded
+            .iter()
+            .enumerate()
+            .flat_map(|(k, f)| f.files.iter().enumerate().map(move |(i, r)| (PathBuf::from(&r.path), k, i)))
+            .collect();
+        order.sort();
+        let views: Vec<_> = order.iter().map(|&(_, k, i)| loaded[k].x.index_axis(Axis(0), i)).collect();
+        let x = if views.is_empty() {
+            loaded[0].x.clone()
+        } else {
+            ndarray::stack(Axis(0), &views).map_err(|e| Error::Other(e.to_string()))?
+        };
+        let keep: Vec<FileRow> = order.iter().map(|&(_, k, i)| loaded[k].files[i].clone()).collect();
+        let skipped: Vec<Skipped> = loaded.iter().flat_map(|f| f.info.skipped.iter().cloned()).collect();
+        let meta = CacheMeta {
+            split: &split,
+            view,
+            backbone: &i0.backbone,
+            backbone_sha256: &i0.backbone_sha256,
+            size: i0.size,
+            interpolation: i0.interpolation,
+            preprocess: &i0.preprocess,
+            classes: &i0.classes,
+            device: i0.device,
+            shard: None,
+        };
+        let n = write_cache(out, &meta, x.view(), keep, skipped)?;
+        done.push((stem(&split, view), n));
+    }
+    Ok(done)
+}

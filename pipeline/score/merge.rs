@@ -1,0 +1,129 @@
+//! `tlearn-score merge`: combine the outputs of `--shard I/N` runs into what one run writes.
+
+use super::{csv_line, summary_path, Format, ScoreSummary};
+use crate::error::{Error, IoContext, Result};
+use crate::shard::Shard;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// Rows of a score output as (path, row bytes), in file order.
+type Rows = Box<dyn Iterator<Item = Result<(PathBuf, Vec<u8>)>>>;
+
+/// One output's rows.
+fn rows_of(path: &Path, format: Format) -> Result<Rows> {
+    let f = std::fs::File::open(path).at(path)?;
+    let p = path.to_path_buf();
+    Ok(match format {
+        Format::Csv => {
+            let r = csv::ReaderBuilder::new().has_headers(true).from_reader(std::io::BufReader::new(f));
+            Box::new(r.into_byte_records().map(move |rec| {
+                let rec = rec.map_err(|e| Error::BadData { path: p.clone(), reason: e.to_string() })?;
+                let first = rec.get(0).unwrap_or_default();
+                let key = PathBuf::from(std::ffi::OsStr::from_bytes(first));
+                Ok((key, csv_line(rec.iter())))
+            }))
+        }
+        Format::Jsonl => {
+            use std::io::BufRead;
+            Box::new(std::io::BufReader::new(f).lines().map(move |line| {
+                let line = line.at(&p)?;
+                let v: serde_json::Value = serde_json::from_str(&line)
+                    .map_err(|e| Error::BadData { path: p.clone(), reason: format!("bad JSON line: {e}") })?;
+                let key = v
+                    .get("path")
+                    .and_then(|x| x.as_str())
+                    .ok_or_else(|| Error::BadData { path: p.clone(), reason: "a JSON line without \"path\"".into() })?;
+                Ok((PathBuf::from(key), format!("{line}\n").into_bytes()))
+            }))
+        }
+    })
+}
+
+/// Combine the outputs of `tlearn-score --shard I/N` runs (all N of them, each with its
+/// `.summary.json`) into `out`: byte for byte what one unsharded run writes.
+pub fn merge(parts: &[PathBuf], out: &Path) -> Result<ScoreSummary> {
+    let sums: Vec<ScoreSummary> =
+        parts.iter().map(|p| crate::fsutil::read_json(&summary_path(p))).collect::<Result<_>>()?;
+    let shards: Vec<Shard> = sums
+        .iter()
+        .zip(parts)
+        .map(|(s, p)| {
+            s.shard.ok_or_else(|| Error::BadData {
+                path: p.clone(),
+                reason: "not a shard output (no shard in its summary)".into(),
+            })
+        })
+        .collect::<Result<_>>()?;
+    crate::shard::check_complete(&shards, out)?;
+    let first = &sums[0];
+    for (s, p) in sums.iter().zip(parts) {
+        if (s.model_sha256.as_str(), s.format, s.threshold, s.top_k)
+            != (first.model_sha256.as_str(), first.format, first.threshold, first.top_k)
+        {
+            return Err(Error::BadData {
+                path: p.clone(),
+                reason: format!("scored with another model or other options than {}", parts[0].display()),
+            });
+        }
+    }
+    let _lock = crate::lock::file(out)?;
+    let mut header_bytes: Option<Vec<u8>> = None;
+    let mut iters = vec![];
+    for p in parts {
+        if first.format == Format::Csv {
+            let mut r =
+                csv::Reader::from_path(p).map_err(|e| Error::BadData { path: p.clone(), reason: e.to_string() })?;
+            let h = csv_line(
+                r.byte_headers().map_err(|e| Error::BadData { path: p.clone(), reason: e.to_string() })?.iter(),
+            );
+            match &header_bytes {
+                Some(x) if *x != h => {
+                    return Err(Error::BadData {
+                        path: p.clone(),
+                        reason: "other CSV columns than the first part".into(),
+                    })
+                }
+                _ => header_bytes = Some(h),
+            }
+        }
+        iters.push(rows_of(p, first.format)?);
+    }
+    let mut summary = ScoreSummary { shard: None, ..first.clone() };
+    summary.scored = sums.iter().map(|s| s.scored).sum();
+    summary.per_class.clear();
+    summary.unreadable.clear();
+    for s in &sums {
+        for (c, n) in &s.per_class {
+            *summary.per_class.entry(c.clone()).or_default() += n;
+        }
+        summary.unreadable.extend(s.unreadable.iter().cloned());
+    }
+    summary.unreadable.sort_by(|a, b| Path::new(&a.0).cmp(Path::new(&b.0)).then_with(|| a.1.cmp(&b.1)));
+    let mut rows = 0usize;
+    crate::fsutil::write_atomic(out, |w| {
+        let next = |it: &mut Rows| -> std::io::Result<_> {
+            it.next().transpose().map_err(|e| std::io::Error::other(e.to_string()))
+        };
+        let mut heads = iters.iter_mut().map(next).collect::<std::io::Result<Vec<_>>>()?;
+        w.write_all(header_bytes.as_deref().unwrap_or_default())?;
+        // k-way merge in path order (the order one run sorts its files in).
+        while let Some(k) = (0..heads.len())
+            .filter(|&k| heads[k].is_some())
+            .min_by(|&a, &b| heads[a].as_ref().map(|h| &h.0).cmp(&heads[b].as_ref().map(|h| &h.0)))
+        {
+            let (_, bytes) = heads[k].take().expect("some");
+            w.write_all(&bytes)?;
+            rows += 1;
+            heads[k] = next(&mut iters[k])?;
+        }
+        Ok(())
+    })?;
+    if rows != summary.scored {
+        return Err(Error::BadData {
+            path: out.into(),
+            reason: format!("the parts hold {rows} rows but their summaries count {} scored", summary.scored),
+        });
+    }
+    crate::fsutil::write_json(&summary_path(out), &summary)?;
+    Ok(summary)
+}
