@@ -1,5 +1,5 @@
 //! The ONNX reader and cutter on arbitrary bytes: decode, find the image input, summarise, cut at
-//! every node output, read tlearn metadata. Errors are fine; panics are bugs.
+//! every node output, read tlearn metadata and initializers. Errors are fine; panics are bugs.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -11,6 +11,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok(m) = onnx::decode_model(data, path) else { return };
     let _ = tlearn::score::meta(&m, path);
     let _ = cut::param_count(&m);
+    for t in onnx::graph(&m).initializer.iter().take(16) {
+        let _ = onnx::tensor_to_f32(t);
+    }
     let Ok((_, layout)) = cut::image_input(&m, path) else { return };
     let _ = onnx::summary::rows(&m, path, 32);
     let outs: Vec<String> = onnx::graph(&m).node.iter().flat_map(|n| n.output.clone()).take(8).collect();

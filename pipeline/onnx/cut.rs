@@ -203,5 +203,10 @@ fn channel_dim(g: &GraphProto, input: &str, layout: Layout) -> Dim {
 
 /// Sum of the element counts of all float initializers of rank ≥ 1 (scalars are hyper-parameters).
 pub fn param_count(m: &ModelProto) -> usize {
-    graph(m).initializer.iter().filter(|t| t.data_type == dtype::FLOAT && !t.dims.is_empty()).map(super::numel).sum()
+    graph(m)
+        .initializer
+        .iter()
+        .filter(|t| t.data_type == dtype::FLOAT && !t.dims.is_empty())
+        .map(super::numel)
+        .fold(0usize, usize::saturating_add)
 }

@@ -91,8 +91,10 @@ pub fn tensor_i64(name: &str, dims: &[i64], v: &[i64]) -> TensorProto {
 
 /// The values of a float32 initializer.
 pub fn tensor_to_f32(t: &TensorProto) -> Result<ArrayD<f32>> {
-    let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
-    let n: usize = shape.iter().product();
+    let bad_dims = || Error::Other(format!("initializer `{}` declares impossible dimensions {:?}", t.name, t.dims));
+    let shape: Vec<usize> =
+        t.dims.iter().map(|&d| usize::try_from(d).map_err(|_| bad_dims())).collect::<Result<_>>()?;
+    let n = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(bad_dims)?;
     if t.data_type != dtype::FLOAT {
         return Err(Error::Other(format!("initializer `{}` has data type {}, expected float32", t.name, t.data_type)));
     }
@@ -107,7 +109,7 @@ pub fn tensor_to_f32(t: &TensorProto) -> Result<ArrayD<f32>> {
     if v.len() != n {
         return Err(Error::Shape { what: format!("initializer `{}`", t.name), expected: shape, got: vec![v.len()] });
     }
-    Ok(ArrayD::from_shape_vec(IxDyn(&shape), v).expect("length checked"))
+    ArrayD::from_shape_vec(IxDyn(&shape), v).map_err(|e| Error::Other(format!("initializer `{}`: {e}", t.name)))
 }
 
 pub fn tensor_to_i64(t: &TensorProto) -> Vec<i64> {
@@ -126,8 +128,9 @@ pub fn tensor_to_i64(t: &TensorProto) -> Vec<i64> {
 }
 
 /// Number of elements of an initializer.
+/// Elements of a tensor as its dims declare (saturating: declared dims are untrusted input).
 pub fn numel(t: &TensorProto) -> usize {
-    t.dims.iter().map(|&d| d.max(0) as usize).product()
+    t.dims.iter().fold(1usize, |n, &d| n.saturating_mul(d.max(0) as usize))
 }
 
 pub fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> ValueInfoProto {
