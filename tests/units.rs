@@ -226,3 +226,14 @@ fn no_shell_is_ever_invoked() {
         "new subprocesses need a review (no shell, pinned inputs)"
     );
 }
+
+/// A model the fuzzer found (a layer node without outputs) once panicked the Keras-style summary;
+/// now it is summarised or refused with an error.
+#[test]
+fn summary_of_a_malformed_model_does_not_panic() {
+    let p =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/onnx_model/regression-node-without-outputs");
+    let m = tlearn::onnx::decode_model(&std::fs::read(&p).unwrap(), &p).expect("it decodes");
+    let r = std::panic::catch_unwind(|| tlearn::onnx::summary::rows(&m, &p, 32).map(|rows| rows.len()));
+    assert!(r.is_ok(), "summary::rows panicked");
+}

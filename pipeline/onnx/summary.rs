@@ -69,17 +69,19 @@ pub fn rows(m: &ModelProto, path: &Path, size: u32) -> Result<Vec<Row>> {
             // Scalars (dropout ratios, epsilons) are hyper-parameters, not weights.
             .filter(|t| t.data_type == dtype::FLOAT && !t.dims.is_empty())
             .map(|t| numel(t))
-            .sum();
+            .fold(0usize, usize::saturating_add);
         let kind = match keras_kind(&n.op_type) {
             Some(k) => Some(k),
             None if n.op_type == "Add" && params == 0 => Some("Add"),
             _ => None,
         };
         match kind {
+            // A node without outputs (malformed) has nothing to show.
+            Some(_) if n.output.first().is_none_or(|o| o.is_empty()) => {}
             Some(k) => layers.push((i, Row { name: layer_name(n), kind: k.into(), shape: vec![], params })),
             None => {
                 if let Some(last) = layers.last_mut() {
-                    last.1.params += params;
+                    last.1.params = last.1.params.saturating_add(params);
                 }
             }
         }
@@ -99,8 +101,11 @@ pub fn rows(m: &ModelProto, path: &Path, size: u32) -> Result<Vec<Row>> {
     }];
     let nchw_inside = g.node.iter().any(|n| n.op_type == "Conv");
     for ((_, mut r), name) in layers.into_iter().zip(&names) {
-        let mut shape: Vec<Option<usize>> = shapes[name].iter().map(|&d| Some(d)).collect();
-        shape[0] = None;
+        let mut shape: Vec<Option<usize>> =
+            shapes.get(name).map(|s| s.iter().map(|&d| Some(d)).collect()).unwrap_or_default();
+        if let Some(batch) = shape.first_mut() {
+            *batch = None;
+        }
         // ONNX image ops compute NCHW; show channels-last like Keras.
         if shape.len() == 4 && nchw_inside {
             shape = vec![None, shape[2], shape[3], shape[1]];
