@@ -224,3 +224,36 @@ fn a_second_writer_waits_for_the_lock_or_fails_clearly() {
     assert!(err.contains("waiting for it to finish"), "{err}");
     assert!(dir.join("train.npy.json").exists());
 }
+
+/// A shard that owns only an unreadable file of a split (a dangling link) writes an empty part
+/// listing it.
+#[test]
+fn a_shard_owning_only_bad_files_writes_an_empty_part() {
+    let w = workdir();
+    let w = w.path();
+    prepared(w, &["cat", "dog"], 6);
+    let bad = "data/toy/test/cat/zz-bad.png";
+    std::os::unix::fs::symlink("nowhere.png", w.join(bad)).unwrap();
+    let tests: Vec<String> = walkdir::WalkDir::new(w.join("data/toy/test"))
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| !e.file_type().is_dir())
+        .map(|e| e.path().strip_prefix(w).unwrap().display().to_string())
+        .collect();
+    let (n, i) = (8..500)
+        .find_map(|n| {
+            let i = tlearn::shard::of(bad.as_bytes(), n);
+            tests.iter().all(|t| t == bad || tlearn::shard::of(t.as_bytes(), n) != i).then_some((n, i))
+        })
+        .unwrap();
+    let s = format!("{i}/{n}");
+    ok(
+        "tlearn-extract",
+        &["--data", "data/toy", "--backbone", "tiny", "--splits", "test", "--out", "f", "--shard", &s],
+        w,
+    );
+    let part = w.join(format!("f/shard-{i}-of-{n}/test.npy.json"));
+    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(part).unwrap()).unwrap();
+    assert_eq!((info["n"].as_u64(), info["shape"][0].as_u64()), (Some(0), Some(0)), "{info}");
+    assert_eq!(info["skipped"][0]["path"], bad, "{info}");
+}

@@ -367,8 +367,7 @@ fn extract_split(
     let mut computed: HashMap<usize, ArrayD<f32>> = HashMap::new();
     let mut skipped: Vec<Skipped> = unread.to_vec();
     let mut device = previous.as_ref().map(|p| p.info.device).unwrap_or(runtime::Device::Cpu);
-    let needs_session = !todo.is_empty() || rows.len() == unread.len();
-    if needs_session && session.is_none() {
+    if !todo.is_empty() && session.is_none() {
         *session = Some(runtime::open(&bb.bytes, &bb.path, &cfg.session)?);
     }
     if !todo.is_empty() {
@@ -439,6 +438,9 @@ fn extract_split(
             return Err(Error::BadData { path: cfg.dataset.join(split), reason: "no readable images".into() });
         }
         // A shard may own no readable image of a split: an empty part, shaped as the others.
+        if session.is_none() {
+            *session = Some(runtime::open(&bb.bytes, &bb.path, &cfg.session)?);
+        }
         let s = session.as_mut().expect("opened");
         let probe = ndarray::Array4::<f32>::zeros((1, cfg.size as usize, cfg.size as usize, 3));
         let y = runtime::run_f32(
