@@ -144,6 +144,17 @@ fn killed_extract_and_score_resume_to_the_uninterrupted_bytes() {
         );
     }
     assert!(!w.join("s.csv.partial").exists());
+
+    // An image changed while a run was down voids the journal: no stale score survives.
+    let jdir = w.join("t.csv.partial");
+    assert!(kill_at("tlearn-score", &args("t.csv"), w, None, &|| any_chunk(&jdir)), "killed mid-run");
+    let first = csv::Reader::from_path(w.join("ref.csv")).unwrap().records().next().unwrap().unwrap()[0].to_string();
+    make_image(1, 4242, 50, 50).save(w.join(&first)).unwrap();
+    let out = run("tlearn-score", &args("t.csv"), w);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("starting over"), "journal discarded");
+    ok("tlearn-score", &args("fresh.csv"), w);
+    assert!(bytes(&w.join("t.csv")) == bytes(&w.join("fresh.csv")), "scores of the changed image are fresh");
 }
 
 #[test]

@@ -375,7 +375,7 @@ struct ScoreManifest<'a> {
     top_k: usize,
     shard: Option<Shard>,
     checkpoint_every: usize,
-    /// sha256 over the file list (paths, in order).
+    /// sha256 over the file list (paths, sizes and modification times, in order).
     files_sha256: String,
 }
 
@@ -416,7 +416,13 @@ pub fn score(
     unreadable.retain(|(p, _)| o.shard.is_none_or(|s| s.owns(Path::new(p))));
     let mut list_hash = sha2::Sha256::new();
     for p in &owned {
+        // Path, size and modification time: a file changed while the run was down voids the journal.
+        let stamp = std::fs::metadata(p)
+            .map(|m| format!("{}:{:?}", m.len(), m.modified().ok()))
+            .unwrap_or_else(|e| e.to_string());
         list_hash.update(p.as_os_str().as_encoded_bytes());
+        list_hash.update([0u8]);
+        list_hash.update(stamp.as_bytes());
         list_hash.update([0u8]);
     }
     let model_sha256 = crate::fsutil::sha256_bytes(&model_bytes);
