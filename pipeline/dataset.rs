@@ -215,7 +215,7 @@ pub fn write_split(
             reason: "output folder exists (use --force to replace it)".into(),
         });
     }
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = fsutil::parent_dir(out);
     std::fs::create_dir_all(parent).at(parent)?;
     let tmp = tempfile::Builder::new().prefix(".split-").tempdir_in(parent).at(parent)?;
     let mut rows = vec![];

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// Write a file through a temporary sibling and rename it into place, so a reader never sees a
 /// half-written result and an interrupted run leaves the previous file intact.
 pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = parent_dir(path);
     std::fs::create_dir_all(dir).at(dir)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(&format!(".{}.", path.file_name().and_then(|n| n.to_str()).unwrap_or("out")))
@@ -99,11 +99,21 @@ pub fn pinned_file(
     Ok(p)
 }
 
+/// `path` with `suffix` appended to its file name: `scores.csv` + `.lock` → `scores.csv.lock`.
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// The folder a file is in (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
 /// The sidecar of an artifact: `<file>.json` next to it.
 pub fn sidecar_path(artifact: &Path) -> PathBuf {
-    let mut s = artifact.as_os_str().to_owned();
-    s.push(".json");
-    PathBuf::from(s)
+    with_suffix(artifact, ".json")
 }
 
 /// Join a user-controlled relative name under `root`, refusing anything that would escape it.

@@ -1,6 +1,6 @@
 //! Image decoding, resizing and the backbones' input preprocessing.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use image::{DynamicImage, ImageDecoder, ImageReader};
 use ndarray::{Array3, ArrayViewMut3, Axis};
 use serde::{Deserialize, Serialize};
@@ -90,7 +90,7 @@ pub fn is_image_path(p: &Path) -> bool {
 
 /// Decode an image file (format sniffed from the content, EXIF orientation applied).
 pub fn decode(path: &Path, max_pixels: u64) -> Result<DynamicImage> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Io { path: path.into(), err: e })?;
+    let bytes = std::fs::read(path).at(path)?;
     decode_bytes(&bytes, path, max_pixels)
 }
 

@@ -29,9 +29,7 @@ pub struct Journal {
 
 /// The journal folder of an output: `<out>.partial`.
 pub fn dir_of(out: &Path) -> PathBuf {
-    let mut s = out.as_os_str().to_owned();
-    s.push(".partial");
-    PathBuf::from(s)
+    fsutil::with_suffix(out, ".partial")
 }
 
 impl Journal {

@@ -51,10 +51,8 @@ fn remove_stale_temps(dir: &Path, prefix: &str) -> Result<()> {
 /// Lock the output file `out` (through `<out>.lock` next to it); temporary files a killed
 /// writer of `out` left next to it are removed.
 pub fn file(out: &Path) -> Result<Lock> {
-    let mut s = out.as_os_str().to_owned();
-    s.push(".lock");
-    let p = PathBuf::from(s);
-    let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let p = crate::fsutil::with_suffix(out, ".lock");
+    let dir = crate::fsutil::parent_dir(&p);
     std::fs::create_dir_all(dir).at(dir)?;
     let lock = acquire(&p)?;
     if let Some(name) = out.file_name().and_then(|n| n.to_str()) {

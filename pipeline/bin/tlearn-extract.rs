@@ -66,25 +66,13 @@ enum Cmd {
     },
 }
 
-/// `out`'s shard-I-of-N/ subfolders, sorted.
-fn shard_dirs(out: &std::path::Path) -> Result<Vec<PathBuf>> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(out)
-        .with_context(|| format!("reading {}", out.display()))?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("shard-") && e.path().is_dir())
-        .map(|e| e.path())
-        .collect();
-    v.sort();
-    Ok(v)
-}
-
 fn main() -> std::process::ExitCode {
     tlearn::cli::main(|| run(Args::parse()))
 }
 
 fn run(a: Args) -> Result<()> {
     if let Some(Cmd::Merge { out, parts }) = &a.cmd {
-        let parts = if parts.is_empty() { shard_dirs(out)? } else { parts.clone() };
+        let parts = if parts.is_empty() { tlearn::features::shard_parts(out)? } else { parts.clone() };
         let done = tlearn::features::merge(&parts, out).with_context(|| format!("merging into {}", out.display()))?;
         for (stem, n) in &done {
             println!("{stem:<17} {n:>6} images");

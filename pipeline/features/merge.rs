@@ -8,6 +8,18 @@ use crate::shard::Shard;
 use ndarray::Axis;
 use std::path::{Path, PathBuf};
 
+/// The part folders `tlearn-extract --shard I/N` wrote under `out` (`shard-I-of-N/`), sorted.
+pub fn shard_parts(out: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(out)
+        .at(out)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("shard-") && e.path().is_dir())
+        .map(|e| e.path())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
 /// Combine the caches of `tlearn-extract --shard I/N` runs (folders `parts`, all N of them) into
 /// `out`: byte for byte the cache one unsharded run writes. Returns (stem, rows) per cache.
 pub fn merge(parts: &[PathBuf], out: &Path) -> Result<Vec<(String, usize)>> {

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 mod merge;
-pub use merge::merge;
+pub use merge::{merge, shard_parts};
 
 /// Extraction settings.
 #[derive(Clone, Debug)]

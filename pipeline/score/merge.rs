@@ -88,17 +88,17 @@ pub fn merge(parts: &[PathBuf], out: &Path) -> Result<ScoreSummary> {
         }
         iters.push(rows_of(p, first.format)?);
     }
-    let mut summary = ScoreSummary { shard: None, ..first.clone() };
-    summary.scored = sums.iter().map(|s| s.scored).sum();
-    summary.per_class.clear();
-    summary.unreadable.clear();
+    let mut summary = ScoreSummary {
+        model_sha256: first.model_sha256.clone(),
+        format: first.format,
+        threshold: first.threshold,
+        top_k: first.top_k,
+        ..Default::default()
+    };
     for s in &sums {
-        for (c, n) in &s.per_class {
-            *summary.per_class.entry(c.clone()).or_default() += n;
-        }
-        summary.unreadable.extend(s.unreadable.iter().cloned());
+        summary.add(s.scored, s.per_class.clone(), s.unreadable.clone());
     }
-    summary.unreadable.sort_by(|a, b| Path::new(&a.0).cmp(Path::new(&b.0)).then_with(|| a.1.cmp(&b.1)));
+    summary.sort_unreadable();
     let mut rows = 0usize;
     crate::fsutil::write_atomic(out, |w| {
         let next = |it: &mut Rows| -> std::io::Result<_> {
@@ -116,14 +116,15 @@ pub fn merge(parts: &[PathBuf], out: &Path) -> Result<ScoreSummary> {
             rows += 1;
             heads[k] = next(&mut iters[k])?;
         }
+        // Checked before the merged file replaces anything.
+        if rows != summary.scored {
+            return Err(std::io::Error::other(format!(
+                "the parts hold {rows} rows but their summaries count {} scored",
+                summary.scored
+            )));
+        }
         Ok(())
     })?;
-    if rows != summary.scored {
-        return Err(Error::BadData {
-            path: out.into(),
-            reason: format!("the parts hold {rows} rows but their summaries count {} scored", summary.scored),
-        });
-    }
     crate::fsutil::write_json(&summary_path(out), &summary)?;
     Ok(summary)
 }

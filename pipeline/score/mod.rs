@@ -243,6 +243,28 @@ pub struct ScoreSummary {
     pub shard: Option<Shard>,
 }
 
+impl ScoreSummary {
+    /// Count in a part of the images (a journal chunk, a shard's summary).
+    fn add(
+        &mut self,
+        scored: usize,
+        per_class: std::collections::BTreeMap<String, usize>,
+        unreadable: Vec<Unreadable>,
+    ) {
+        self.scored += scored;
+        for (c, n) in per_class {
+            *self.per_class.entry(c).or_default() += n;
+        }
+        self.unreadable.extend(unreadable);
+    }
+
+    /// Unreadable files in path order (the order one run lists files in), so a merge of shard
+    /// summaries equals one run's.
+    fn sort_unreadable(&mut self) {
+        self.unreadable.sort_by(|a, b| Path::new(&a.0).cmp(Path::new(&b.0)).then_with(|| a.1.cmp(&b.1)));
+    }
+}
+
 /// How rows are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -388,9 +410,7 @@ struct ChunkInfo {
 }
 
 fn summary_path(out: &Path) -> PathBuf {
-    let mut side = out.as_os_str().to_owned();
-    side.push(".summary.json");
-    PathBuf::from(side)
+    crate::fsutil::with_suffix(out, ".summary.json")
 }
 
 /// Score `files` with the deployable `model` into `out` (atomically) and the summary into
@@ -499,6 +519,7 @@ pub fn score(
     }
     // Assemble: header + every chunk's rows, in order.
     let mut summary = ScoreSummary {
+        unreadable,
         model_sha256,
         format: o.format,
         threshold: o.threshold,
@@ -513,16 +534,11 @@ pub fn score(
                 std::io::Error::other(format!("journal chunk {k} vanished from {}", journal.dir.display()))
             })?;
             w.write_all(&rows)?;
-            summary.scored += info.scored;
-            for (c, n) in info.per_class {
-                *summary.per_class.entry(c).or_default() += n;
-            }
-            unreadable.extend(info.unreadable);
+            summary.add(info.scored, info.per_class, info.unreadable);
         }
         Ok(())
     })?;
-    unreadable.sort_by(|a, b| Path::new(&a.0).cmp(Path::new(&b.0)).then_with(|| a.1.cmp(&b.1)));
-    summary.unreadable = unreadable;
+    summary.sort_unreadable();
     crate::fsutil::write_json(&summary_path(out), &summary)?;
     journal.finish()?;
     Ok(summary)
