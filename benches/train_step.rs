@@ -4,7 +4,8 @@
 //! side in one run. Keras is optional: BENCH_TF_PYTHON (default `.cache/tfenv/bin/python`, made by
 //! `make bench-tf-env`) must import tensorflow, else its columns are skipped with a message.
 //! GFLOP/s count forward FLOPs × 3 (forward + two backward GEMM-like passes).
-//! Env: BENCH_STEPS (timed steps, default 20), BENCH_THREADS (default: all cores).
+//! Env: BENCH_STEPS (timed steps, default 20), BENCH_THREADS (default: all cores), BENCH_NETS
+//! (comma-separated subset of `mnist,v1`).
 
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
@@ -88,7 +89,11 @@ fn main() {
         "{:<6} {:>5} {:>12} {:>10} {:>14} {:>14} {:>10} {:>10}",
         "net", "batch", "tlearn ms", "GFLOP/s", "Keras ms", "Keras+oneDNN", "vs Keras", "vs oneDNN"
     );
+    let only = std::env::var("BENCH_NETS").unwrap_or_default();
     for (net, batch) in [("mnist", 64usize), ("v1", 32)] {
+        if !only.is_empty() && !only.split(',').any(|n| n == net) {
+            continue;
+        }
         let t = tlearn_step(net, batch, steps, threads);
         let gflops = forward_flops(net) * 3.0 * batch as f64 / t / 1e9;
         let (k0, k1) = if have_tf {

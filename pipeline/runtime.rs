@@ -12,6 +12,9 @@ pub const ORT_LIB: &str = "libonnxruntime.so.1.31.1";
 /// Environment variable: when set, every session is profiled by onnxruntime into
 /// `<value>_<timestamp>.json` (Chrome trace format; `bench/ort_profile.py` sums it per op).
 pub const PROFILE_ENV: &str = "TLEARN_ORT_PROFILE";
+/// TLEARN_SAVE_TRAIN_GRAPH=FILE: the training (update) graph a training session runs is also
+/// written to FILE, for profiling or inspection outside tlearn.
+pub const SAVE_GRAPH_ENV: &str = "TLEARN_SAVE_TRAIN_GRAPH";
 
 /// Where a stage runs its ONNX graphs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]

@@ -418,3 +418,58 @@ fn scatter_pool_gradients_equal_unpool_gradients() {
         assert!(d <= 1e-6, "scatter vs unpool gradients differ by {d}");
     }
 }
+
+/// The CPU fast path (`train::nchwc`: convolutions and their input gradients on onnxruntime's
+/// NCHWc kernels) computes what the standard-op graph computes — loss, outputs and every
+/// gradient — on the nodes it rewrites: symmetric, asymmetric and 5×5 pads, fused and unfused
+/// ReLU, 16/32 channels (a multiple of every block size).
+#[test]
+fn nchwc_rewrite_matches_standard_ops() {
+    use tlearn::train::graph::{self, Mode};
+    use tlearn::train::nchwc;
+    let Some(block) = nchwc::block() else {
+        // MLAS has NCHWc kernels on every x86-64 CPU with AVX2: there the probe must find them.
+        #[cfg(target_arch = "x86_64")]
+        assert!(!is_x86_feature_detected!("avx2"), "AVX2 CPU, but the NCHWc probe found no kernels");
+        eprintln!("skipped: onnxruntime has no NCHWc kernels on this CPU");
+        return;
+    };
+    let m = conv_model([9, 9, 16], 3, |b, rng, x| {
+        let h = conv(b, rng, &x, 16, 32, 3, vec![("pads", A::Ints(vec![1, 1, 1, 1]))]);
+        let h = b.op("Relu", &[&h], vec![]);
+        let h = b.op("MaxPool", &[&h], vec![("kernel_shape", A::Ints(vec![2, 2])), ("strides", A::Ints(vec![2, 2]))]);
+        let h = conv(b, rng, &h, 32, 16, 3, vec![("pads", A::Ints(vec![0, 1, 1, 0]))]);
+        let h = b.op("Relu", &[&h], vec![]);
+        conv(b, rng, &h, 16, 16, 5, vec![("pads", A::Ints(vec![2, 2, 2, 2]))])
+    });
+    let what = Path::new("nchwc.onnx");
+    let tg = graph::compile(&m, what, &|_| true, &[9, 9, 16], Mode::Train).unwrap();
+    let mut fast = tg.model.clone();
+    // Forward: 3 convolutions; input gradients: the 2nd and 3rd (the 1st's input is the data).
+    assert_eq!(nchwc::rewrite(&mut fast, block), 5);
+    let ops: Vec<&str> = onnx::graph(&fast).node.iter().map(|n| n.op_type.as_str()).collect();
+    assert!(!ops.contains(&"ConvTranspose"), "{ops:?}");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+    let x = rand_array(&mut rng, &[5, 9, 9, 16], 1.0);
+    let y = label_tensor(&[0, 1, 2, 0, 1], graph::Loss::CategoricalCrossEntropy, 3);
+    let params: Vec<ArrayD<f32>> = tg
+        .params
+        .iter()
+        .map(|p| onnx::tensor_to_f32(onnx::graph(&m).initializer.iter().find(|t| &t.name == p).unwrap()).unwrap())
+        .collect();
+    let mut names = vec![graph::LOSS.to_string(), tg.output.clone()];
+    names.extend(tg.params.iter().map(|p| graph::grad_name(p)));
+    let run = |model: &ModelProto| {
+        let mut s = tlearn::runtime::open(&onnx::encode_model(model), what, &opts()).unwrap().session;
+        let mut feed = vec![(tg.input.as_str(), x.view()), (graph::LABELS, y.view())];
+        feed.extend(tg.params.iter().map(|p| p.as_str()).zip(params.iter().map(|a| a.view())));
+        let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        tlearn::runtime::run_f32(&mut s, feed, &names).unwrap()
+    };
+    let (standard, rewritten) = (run(&tg.model), run(&fast));
+    for ((a, b), name) in standard.iter().zip(&rewritten).zip(&names) {
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = (a - b).iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0 && d <= 1e-4 * scale + 1e-6, "{name}: NCHWc differs by {d} (scale {scale})");
+    }
+}

@@ -94,8 +94,20 @@ impl GraphBuilder {
 
     /// Like [`Self::node`], for an operator of the `ai.onnx.ml` domain.
     pub fn ml_node(&mut self, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<(&str, A)>) {
+        self.domain_node(super::ML_DOMAIN, op, inputs, outputs, attrs);
+    }
+
+    /// Like [`Self::op`], for an operator of `domain`.
+    pub fn op_in(&mut self, domain: &str, op: &str, inputs: &[&str], attrs: Vec<(&str, A)>) -> String {
+        let out = self.fresh(&op.to_ascii_lowercase());
+        self.domain_node(domain, op, inputs, &[&out], attrs);
+        out
+    }
+
+    /// Like [`Self::node`], for an operator of `domain`.
+    pub fn domain_node(&mut self, domain: &str, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<(&str, A)>) {
         self.node(op, inputs, outputs, attrs);
-        self.graph.node.last_mut().expect("just pushed").domain = super::ML_DOMAIN.into();
+        self.graph.node.last_mut().expect("just pushed").domain = domain.into();
     }
 
     /// A fresh float32 constant initializer of any shape.

@@ -69,6 +69,24 @@ fn ints(n: &NodeProto, name: &str, len: usize, default: i64) -> Vec<usize> {
     attr_ints(n, name).unwrap_or_else(|| vec![default; len]).iter().map(|&v| v as usize).collect()
 }
 
+/// Sum of `p` (N, …) over its first axis, reshaped to `shape`: a MatMul of a row of N ones with
+/// `p` as (N, rest). onnxruntime's ReduceSum over the leading axis runs on one thread; the MatMul
+/// is ~25× faster on v1's weight gradients (6.2 → 0.2 ms for (32, 1152, 128), `make bench-train`).
+fn batch_sum(b: &mut GraphBuilder, p: &str, shape: &[i64]) -> String {
+    let flat = b.const_i64("rows", &[0, -1]);
+    let p2 = b.op("Reshape", &[p, &flat], vec![]);
+    let shp = b.op("Shape", &[p], vec![]);
+    let first = b.const_i64("first", &[0]);
+    let dims = b.op("Gather", &[&shp, &first], vec![]);
+    let one = b.const_i64("one", &[1]);
+    let row_shape = b.op("Concat", &[&one, &dims], vec![("axis", A::I(0))]);
+    let one_f = b.const_f32("one", 1.0);
+    let ones = b.op("Expand", &[&one_f, &row_shape], vec![]);
+    let s = b.op("MatMul", &[&ones, &p2], vec![]);
+    let to = b.const_i64("shape", shape);
+    b.op("Reshape", &[&s, &to], vec![])
+}
+
 /// Backward of `n` given the summed output gradient `dy`. `wants(i)`: input i needs a gradient.
 pub fn backward(
     b: &mut GraphBuilder,
@@ -150,18 +168,17 @@ pub fn backward(
                 let cols = b.op("Reshape", &[&cols, &cshape], vec![]);
                 let yshape = b.const_i64("dy_shape", &[0, m as i64, -1]);
                 let dyr = b.op("Reshape", &[dy, &yshape], vec![]);
-                // (N, M, hw) × (N, hw, CK) — transpose whichever operand is smaller.
+                // (N, M, hw) × (N, hw, CK) — transpose whichever operand is smaller — then the sum
+                // over N.
                 let per_sample = if m <= c * kk {
                     let dyt = b.op("Transpose", &[&dyr], vec![("perm", A::Ints(vec![0, 2, 1]))]);
                     let p = b.op("MatMul", &[&cols, &dyt], vec![]); // (N, CK, M)
-                    let ax = b.const_i64("axes", &[0]);
-                    let s = b.op("ReduceSum", &[&p, &ax], vec![("keepdims", A::I(0))]);
+                    let s = batch_sum(b, &p, &[(c * kk) as i64, m as i64]);
                     b.op("Transpose", &[&s], vec![("perm", A::Ints(vec![1, 0]))])
                 } else {
                     let ct = b.op("Transpose", &[&cols], vec![("perm", A::Ints(vec![0, 2, 1]))]);
                     let p = b.op("MatMul", &[&dyr, &ct], vec![]); // (N, M, CK)
-                    let ax = b.const_i64("axes", &[0]);
-                    b.op("ReduceSum", &[&p, &ax], vec![("keepdims", A::I(0))])
+                    batch_sum(b, &p, &[m as i64, (c * kk) as i64])
                 };
                 let wshape = b.const_i64("w_shape", &[m as i64, c as i64, kh as i64, kw as i64]);
                 let dw = b.op("Reshape", &[&per_sample, &wshape], vec![]);

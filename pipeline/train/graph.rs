@@ -274,6 +274,15 @@ pub fn compile_with(
     Ok(TrainGraph { model, input, output, loss, params, masks })
 }
 
+/// dy · relu'(x) from the ReLU's output y: dy · [y > 0] as Greater + Cast + Mul (≈ 2× faster
+/// than Sign + Mul on onnxruntime's CPU provider, whose Sign is not vectorised).
+fn relu_backward(b: &mut GraphBuilder, dy: &str, y: &str) -> String {
+    let zero = b.const_f32("zero", 0.0);
+    let pos = b.op("Greater", &[y, &zero], vec![]);
+    let mask = b.op("Cast", &[&pos], vec![("to", A::I(dtype::FLOAT as i64))]);
+    b.op("Mul", &[dy, &mask], vec![])
+}
+
 fn opset_of(m: &ModelProto) -> i64 {
     m.opset_import
         .iter()
@@ -330,10 +339,9 @@ fn backward(
         match n.op_type.as_str() {
             "MaxPool" if pooled_relus.contains(x0.as_str()) => {
                 // ReLU' taken on the pooled tensor: the gradient reaches only argmax positions,
-                // where the ReLU output equals the pooled value P, so relu' = Sign(P) there —
+                // where the ReLU output equals the pooled value P, so relu' = [P > 0] there —
                 // exact, and 4× fewer elements than Sign on the ReLU output (2×2 pools).
-                let s = b.op("Sign", &[y], vec![]);
-                let masked = b.op("Mul", &[&dy, &s], vec![]);
+                let masked = relu_backward(b, &dy, y);
                 for (t, d) in conv::backward(b, n, &masked, shapes, &wants, pools == PoolGrad::Scatter)? {
                     push(&mut grads, &t, d);
                 }
@@ -346,8 +354,7 @@ fn backward(
             }
             "Identity" => push(&mut grads, x0, dy),
             "Relu" => {
-                let s = b.op("Sign", &[y], vec![]);
-                let d = b.op("Mul", &[&dy, &s], vec![]);
+                let d = relu_backward(b, &dy, y);
                 push(&mut grads, x0, d);
             }
             "Sigmoid" => {

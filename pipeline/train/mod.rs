@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod conv;
 pub mod graph;
 pub mod head;
+pub mod nchwc;
 pub mod optim;
 pub mod resident;
 
@@ -121,7 +122,8 @@ impl Trainer {
         let pools = graph::PoolGrad::for_device(opts.device);
         let train = graph::compile_with(model, what, &sel, feature_shape, Mode::Train, pools)?;
         let eval = graph::compile(model, what, &sel, feature_shape, Mode::Eval)?;
-        let eval_s = runtime::open(&onnx::encode_model(&eval.model), what, opts)?.session;
+        let eval_s =
+            runtime::open(&onnx::encode_model(&nchwc::for_device(&eval.model, opts.device)), what, opts)?.session;
         let g = onnx::graph(model);
         let params = train
             .params
@@ -172,7 +174,7 @@ impl Trainer {
         masks: &[ArrayD<f32>],
     ) -> Result<(f32, ArrayD<f32>, Vec<ArrayD<f32>>)> {
         if self.grad_s.is_none() {
-            let bytes = onnx::encode_model(&self.train.model);
+            let bytes = onnx::encode_model(&nchwc::for_device(&self.train.model, self.opts.device));
             self.grad_s = Some(runtime::open(&bytes, &self.what, &self.opts)?.session);
         }
         let mut feed: Vec<(&str, ndarray::ArrayViewD<'_, f32>)> =

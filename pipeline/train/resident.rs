@@ -8,7 +8,7 @@
 
 use super::graph::{self, TrainGraph};
 use super::optim::{self, Optimizer, State};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::runtime::{self, Device, SessionOptions};
 use ndarray::ArrayD;
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
@@ -43,7 +43,10 @@ impl Resident {
         opts: &SessionOptions,
     ) -> Result<Resident> {
         let opt: &Optimizer = &state.opt;
-        let model = optim::append_update(train, opt);
+        let model = super::nchwc::for_device(&optim::append_update(train, opt), opts.device);
+        if let Some(path) = std::env::var_os(runtime::SAVE_GRAPH_ENV) {
+            std::fs::write(&path, crate::onnx::encode_model(&model)).at(&path)?;
+        }
         let open = runtime::open_with(&crate::onnx::encode_model(&model), what, opts, true)?;
         let (session, device) = (open.session, open.device);
         let alloc = match device {
