@@ -445,8 +445,9 @@ fn nchwc_rewrite_matches_standard_ops() {
     let what = Path::new("nchwc.onnx");
     let tg = graph::compile(&m, what, &|_| true, &[9, 9, 16], Mode::Train).unwrap();
     let mut fast = tg.model.clone();
-    // Forward: 3 convolutions; input gradients: the 2nd and 3rd (the 1st's input is the data).
-    assert_eq!(nchwc::rewrite(&mut fast, block), 5);
+    // Forward: the 2nd and 3rd convolutions (the 1st block becomes four strided convolutions,
+    // poolconv.rs), and their input gradients (the 1st's input is the data).
+    assert_eq!(nchwc::rewrite(&mut fast, block), 4);
     let ops: Vec<&str> = onnx::graph(&fast).node.iter().map(|n| n.op_type.as_str()).collect();
     assert!(!ops.contains(&"ConvTranspose"), "{ops:?}");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
@@ -471,5 +472,72 @@ fn nchwc_rewrite_matches_standard_ops() {
         let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = (a - b).iter().fold(0f32, |m, v| m.max(v.abs()));
         assert!(scale > 0.0 && d <= 1e-4 * scale + 1e-6, "{name}: NCHWc differs by {d} (scale {scale})");
+    }
+}
+
+/// The first Conv→Relu→MaxPool block, trained as four strided convolutions and a Max
+/// (`train::poolconv`), gives the gradients of the MaxPool form — also where window values tie
+/// (blank regions of quantised images, as in MNIST): the Max rule routes to the first maximum, as
+/// MaxPool's Indices do. The MaxPool form is what the compiler emits when the block's input needs
+/// a gradient, here through a trainable input scale.
+#[test]
+fn first_block_without_pool_indices_equals_maxpool_gradients() {
+    use tlearn::train::graph::{self, Mode};
+    let mut b = GraphBuilder::new("m").with_prefix("m/");
+    b.input("x", &[Dim::named("N"), Dim::Fixed(13), Dim::Fixed(12), Dim::Fixed(1)]);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(31);
+    let t = b.op("Transpose", &["x"], vec![("perm", A::Ints(vec![0, 3, 1, 2]))]);
+    let s = b.init_f32("scale", &ndarray::arr1(&[1.0f32]).into_dyn());
+    let t = b.op("Mul", &[&t, &s], vec![]);
+    // Filters 0–3 are uniform: different patches with equal sums tie in a window, and which of
+    // them gets the gradient changes the weight gradient.
+    let mut wv = rand_array(&mut rng, &[8, 1, 3, 3], 0.5);
+    wv.slice_mut(ndarray::s![0..4, .., .., ..]).fill(0.25);
+    let w = b.init_f32("w", &wv);
+    let bias = b.init_f32("b", &ndarray::Array1::from_vec((0..8).map(|i| 0.05 * i as f32 - 0.1).collect()).into_dyn());
+    let z = b.op("Conv", &[&t, &w, &bias], vec![("pads", A::Ints(vec![1, 0, 0, 1]))]);
+    let a = b.op("Relu", &[&z], vec![]);
+    let p = b.op("MaxPool", &[&a], vec![("kernel_shape", A::Ints(vec![2, 2])), ("strides", A::Ints(vec![2, 2]))]);
+    let f = b.op("Flatten", &[&p], vec![("axis", A::I(1))]);
+    let dw = b.init_f32("dw", &rand_array(&mut rng, &[8 * 6 * 5, 3], 0.3));
+    let db = b.init_f32("db", &rand_array(&mut rng, &[3], 0.1));
+    let l = b.op("Gemm", &[&f, &dw, &db], vec![]);
+    b.node("Softmax", &[&l], &["y"], vec![("axis", A::I(-1))]);
+    b.output("y", &[Dim::named("N"), Dim::Fixed(3)]);
+    let m = onnx::model(b.finish(), "test");
+    // Quantised images with blank (all-zero) regions: windows whose four values tie.
+    let x = ArrayD::from_shape_fn(IxDyn(&[4, 13, 12, 1]), |ix| {
+        if ix[1] < 5 || ix[2] > 8 {
+            0.0
+        } else {
+            ((ix[0] * 7 + ix[1] * 3 + ix[2] * 5) % 3) as f32 * 0.5
+        }
+    });
+    let y = label_tensor(&[0, 1, 2, 1], graph::Loss::CategoricalCrossEntropy, 3);
+    let what = Path::new("first-block.onnx");
+    let grads = |train_scale: bool| {
+        let sel = |n: &str| train_scale || n != "scale";
+        let tg = graph::compile(&m, what, &sel, &[13, 12, 1], Mode::Train).unwrap();
+        let ops: Vec<String> = onnx::graph(&tg.model).node.iter().map(|n| n.op_type.clone()).collect();
+        let mut s = tlearn::runtime::open(&onnx::encode_model(&tg.model), what, &opts()).unwrap().session;
+        let params: Vec<ArrayD<f32>> = tg
+            .params
+            .iter()
+            .map(|p| onnx::tensor_to_f32(onnx::graph(&m).initializer.iter().find(|t| &t.name == p).unwrap()).unwrap())
+            .collect();
+        let mut feed = vec![(tg.input.as_str(), x.view()), (graph::LABELS, y.view())];
+        feed.extend(tg.params.iter().map(|p| p.as_str()).zip(params.iter().map(|a| a.view())));
+        let names: Vec<String> = ["w", "b", "dw", "db"].iter().map(|p| graph::grad_name(p)).collect();
+        let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+        (tlearn::runtime::run_f32(&mut s, feed, &names).unwrap(), ops)
+    };
+    let (split, split_ops) = grads(false);
+    let (pooled, pooled_ops) = grads(true);
+    assert!(!split_ops.iter().any(|o| o == "MaxPool") && split_ops.iter().any(|o| o == "Max"), "{split_ops:?}");
+    assert!(pooled_ops.iter().any(|o| o == "MaxUnpool" || o == "ScatterElements"), "{pooled_ops:?}");
+    for ((a, c), name) in split.iter().zip(&pooled).zip(["w", "b", "dw", "db"]) {
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = (a - c).iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0 && d <= 1e-5 * scale + 1e-7, "grad of {name}: split vs MaxPool form differ by {d}");
     }
 }

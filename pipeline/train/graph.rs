@@ -188,6 +188,13 @@ pub fn compile_with(
         shapes.insert(k.to_string(), t.dims.iter().map(|&d| d as usize).collect());
     }
 
+    // The first Conv→Relu→MaxPool block as four strided convolutions and a Max (poolconv.rs).
+    let split = if mode == Mode::Train { super::poolconv::rewrite(g, &param_set, &needs, &mut shapes) } else { None };
+    let (g, needs) = match &split {
+        Some(g2) => (g2, needs_grad(g2, &param_set)),
+        None => (g, needs),
+    };
+
     let mut b = GraphBuilder::new("tlearn_train").with_prefix("tl/");
     b.graph.initializer = g.initializer.iter().filter(|t| !param_set.contains(t.name.as_str())).cloned().collect();
     let mut feature_dims = vec![Dim::named("N")];
@@ -420,6 +427,34 @@ fn backward(
                             d = b.op("Neg", &[&d], vec![]);
                         }
                         push(&mut grads, &n.input[i], d);
+                    }
+                }
+            }
+            "Max" => {
+                // The gradient goes to the first input equal to the max (MaxPool's tie rule when
+                // the inputs are a window's offsets, see poolconv.rs); same-shape inputs only.
+                if n.input.iter().any(|t| shapes[t] != shapes[y]) {
+                    return Err(unsupported("Max with broadcasting inputs"));
+                }
+                let mut taken: Option<String> = None;
+                for (i, t) in n.input.iter().enumerate() {
+                    let eq = b.op("Equal", &[t, y], vec![]);
+                    let first = match &taken {
+                        None => eq.clone(),
+                        Some(tk) => {
+                            let free = b.op("Not", &[tk], vec![]);
+                            b.op("And", &[&eq, &free], vec![])
+                        }
+                    };
+                    if wants(i) {
+                        let f = b.op("Cast", &[&first], vec![("to", A::I(dtype::FLOAT as i64))]);
+                        push(&mut grads, t, b.op("Mul", &[&dy, &f], vec![]));
+                    }
+                    if i + 1 < n.input.len() {
+                        taken = Some(match &taken {
+                            None => eq,
+                            Some(tk) => b.op("Or", &[tk, &eq], vec![]),
+                        });
                     }
                 }
             }

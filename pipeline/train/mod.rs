@@ -7,6 +7,7 @@ pub mod graph;
 pub mod head;
 pub mod nchwc;
 pub mod optim;
+pub mod poolconv;
 pub mod resident;
 
 use crate::error::{Error, Result};
