@@ -4,8 +4,9 @@
 //! side in one run. Keras is optional: BENCH_TF_PYTHON (default `.cache/tfenv/bin/python`, made by
 //! `make bench-tf-env`) must import tensorflow, else its columns are skipped with a message.
 //! GFLOP/s count forward FLOPs × 3 (forward + two backward GEMM-like passes).
-//! Env: BENCH_STEPS (timed steps, default 20), BENCH_THREADS (default: all cores), BENCH_NETS
-//! (comma-separated subset of `mnist,v1`).
+//! Env: BENCH_STEPS (timed steps, default 20), BENCH_ROUNDS (alternated rounds of tlearn, Keras
+//! and Keras + oneDNN, default 3; the median round counts), BENCH_THREADS (default: all cores),
+//! BENCH_NETS (comma-separated subset of `mnist,v1`).
 
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
@@ -72,6 +73,7 @@ fn keras_step(python: &str, net: &str, batch: usize, steps: usize, threads: usiz
 fn main() {
     let steps: usize = std::env::var("BENCH_STEPS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let threads: usize = std::env::var("BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
     let py = std::env::var("BENCH_TF_PYTHON").unwrap_or_else(|_| ".cache/tfenv/bin/python".into());
     let have_tf = std::process::Command::new(&py)
         .args(["-c", "import tensorflow"])
@@ -84,7 +86,7 @@ fn main() {
     }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let th = if threads == 0 { cores } else { threads };
-    println!("training step, median of {steps} steps, {th} threads, RMSprop, random inputs");
+    println!("training step, median over {rounds} alternated rounds of the median of {steps} steps, {th} threads, RMSprop, random inputs");
     println!(
         "{:<6} {:>5} {:>12} {:>10} {:>14} {:>14} {:>10} {:>10}",
         "net", "batch", "tlearn ms", "GFLOP/s", "Keras ms", "Keras+oneDNN", "vs Keras", "vs oneDNN"
@@ -94,13 +96,20 @@ fn main() {
         if !only.is_empty() && !only.split(',').any(|n| n == net) {
             continue;
         }
-        let t = tlearn_step(net, batch, steps, threads);
+        // Rounds alternate tlearn, Keras and Keras + oneDNN, so a noisy spell hits all three.
+        let (mut ts, mut k0s, mut k1s) = (vec![], vec![], vec![]);
+        for _ in 0..rounds {
+            ts.push(tlearn_step(net, batch, steps, threads));
+            if have_tf {
+                k0s.extend(keras_step(&py, net, batch, steps, th, false));
+                k1s.extend(keras_step(&py, net, batch, steps, th, true));
+            }
+        }
+        let show = |v: &[f64]| v.iter().map(|s| format!("{:.1}", s * 1e3)).collect::<Vec<_>>().join(" / ");
+        eprintln!("{net}: rounds (ms) tlearn {}; Keras {}; Keras+oneDNN {}", show(&ts), show(&k0s), show(&k1s));
+        let t = median(ts);
         let gflops = forward_flops(net) * 3.0 * batch as f64 / t / 1e9;
-        let (k0, k1) = if have_tf {
-            (keras_step(&py, net, batch, steps, th, false), keras_step(&py, net, batch, steps, th, true))
-        } else {
-            (None, None)
-        };
+        let (k0, k1) = ((!k0s.is_empty()).then(|| median(k0s)), (!k1s.is_empty()).then(|| median(k1s)));
         let ms = |v: Option<f64>| v.map(|s| format!("{:.1}", s * 1e3)).unwrap_or_else(|| "-".into());
         let ratio = |v: Option<f64>| v.map(|s| format!("{:.2}×", s / t)).unwrap_or_else(|| "-".into());
         println!(

@@ -380,6 +380,35 @@ fn cuda_training_matches_cpu() {
     }
 }
 
+/// Run the training graph `model` (compiled from `m` as `tg`, or a rewrite of it) on one batch at
+/// `m`'s initial weights; returns the tensors `names`.
+fn run_train_graph(
+    model: &ModelProto,
+    m: &ModelProto,
+    tg: &tlearn::train::graph::TrainGraph,
+    x: &ArrayD<f32>,
+    y: &ArrayD<f32>,
+    names: &[String],
+) -> Vec<ArrayD<f32>> {
+    let what = Path::new("test.onnx");
+    let mut s = tlearn::runtime::open(&onnx::encode_model(model), what, &opts()).unwrap().session;
+    let params: Vec<ArrayD<f32>> = tg
+        .params
+        .iter()
+        .map(|p| onnx::tensor_to_f32(onnx::graph(m).initializer.iter().find(|t| &t.name == p).unwrap()).unwrap())
+        .collect();
+    let mut feed = vec![(tg.input.as_str(), x.view()), (tlearn::train::graph::LABELS, y.view())];
+    feed.extend(tg.params.iter().map(|p| p.as_str()).zip(params.iter().map(|a| a.view())));
+    let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    tlearn::runtime::run_f32(&mut s, feed, &names).unwrap()
+}
+
+/// Largest absolute difference and largest magnitude of `a`.
+fn max_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> (f32, f32) {
+    let d = (a - b).iter().fold(0f32, |m, v| m.max(v.abs()));
+    (d, a.iter().fold(0f32, |m, v| m.max(v.abs())))
+}
+
 /// The CUDA form of the MaxPool gradient (ScatterElements only: ORT's CUDA provider has no
 /// MaxUnpool kernel) gives the same gradients as the CPU form, and contains no MaxUnpool.
 #[test]
@@ -391,21 +420,11 @@ fn scatter_pool_gradients_equal_unpool_gradients() {
     let x = rand_array(&mut rng, &[4, 28, 28, 1], 1.0);
     let y = label_tensor(&[1, 3, 5, 7], tlearn::train::graph::Loss::CategoricalCrossEntropy, 10);
     let grads = |pools: PoolGrad| {
-        let what = Path::new("mnist.onnx");
-        let tg = graph::compile_with(&m, what, &|_| true, &spec.input, Mode::Train, pools).unwrap();
+        let tg = graph::compile_with(&m, Path::new("mnist.onnx"), &|_| true, &spec.input, Mode::Train, pools).unwrap();
         let ops: Vec<&str> = onnx::graph(&tg.model).node.iter().map(|n| n.op_type.as_str()).collect();
-        let mut s = tlearn::runtime::open(&onnx::encode_model(&tg.model), what, &opts()).unwrap().session;
-        let params: Vec<ArrayD<f32>> = tg
-            .params
-            .iter()
-            .map(|p| onnx::tensor_to_f32(onnx::graph(&m).initializer.iter().find(|t| &t.name == p).unwrap()).unwrap())
-            .collect();
-        let mut feed = vec![(tg.input.as_str(), x.view()), (graph::LABELS, y.view())];
-        feed.extend(tg.params.iter().map(|p| p.as_str()).zip(params.iter().map(|a| a.view())));
         let names: Vec<String> = tg.params.iter().map(|p| graph::grad_name(p)).collect();
-        let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
         (
-            tlearn::runtime::run_f32(&mut s, feed, &names).unwrap(),
+            run_train_graph(&tg.model, &m, &tg, &x, &y, &names),
             ops.contains(&"MaxUnpool"),
             ops.contains(&"ScatterElements"),
         )
@@ -414,7 +433,7 @@ fn scatter_pool_gradients_equal_unpool_gradients() {
     let (scatter, still_unpool, has_scatter) = grads(PoolGrad::Scatter);
     assert!(has_unpool && !still_unpool && has_scatter);
     for (a, b) in unpool.iter().zip(&scatter) {
-        let d = (a - b).mapv(f32::abs).fold(0f32, |m, &v| m.max(v));
+        let (d, _) = max_diff(a, b);
         assert!(d <= 1e-6, "scatter vs unpool gradients differ by {d}");
     }
 }
@@ -453,24 +472,12 @@ fn nchwc_rewrite_matches_standard_ops() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
     let x = rand_array(&mut rng, &[5, 9, 9, 16], 1.0);
     let y = label_tensor(&[0, 1, 2, 0, 1], graph::Loss::CategoricalCrossEntropy, 3);
-    let params: Vec<ArrayD<f32>> = tg
-        .params
-        .iter()
-        .map(|p| onnx::tensor_to_f32(onnx::graph(&m).initializer.iter().find(|t| &t.name == p).unwrap()).unwrap())
-        .collect();
     let mut names = vec![graph::LOSS.to_string(), tg.output.clone()];
     names.extend(tg.params.iter().map(|p| graph::grad_name(p)));
-    let run = |model: &ModelProto| {
-        let mut s = tlearn::runtime::open(&onnx::encode_model(model), what, &opts()).unwrap().session;
-        let mut feed = vec![(tg.input.as_str(), x.view()), (graph::LABELS, y.view())];
-        feed.extend(tg.params.iter().map(|p| p.as_str()).zip(params.iter().map(|a| a.view())));
-        let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-        tlearn::runtime::run_f32(&mut s, feed, &names).unwrap()
-    };
-    let (standard, rewritten) = (run(&tg.model), run(&fast));
+    let standard = run_train_graph(&tg.model, &m, &tg, &x, &y, &names);
+    let rewritten = run_train_graph(&fast, &m, &tg, &x, &y, &names);
     for ((a, b), name) in standard.iter().zip(&rewritten).zip(&names) {
-        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = (a - b).iter().fold(0f32, |m, v| m.max(v.abs()));
+        let (d, scale) = max_diff(a, b);
         assert!(scale > 0.0 && d <= 1e-4 * scale + 1e-6, "{name}: NCHWc differs by {d} (scale {scale})");
     }
 }
@@ -514,30 +521,19 @@ fn first_block_without_pool_indices_equals_maxpool_gradients() {
         }
     });
     let y = label_tensor(&[0, 1, 2, 1], graph::Loss::CategoricalCrossEntropy, 3);
-    let what = Path::new("first-block.onnx");
+    let names: Vec<String> = ["w", "b", "dw", "db"].iter().map(|p| graph::grad_name(p)).collect();
     let grads = |train_scale: bool| {
         let sel = |n: &str| train_scale || n != "scale";
-        let tg = graph::compile(&m, what, &sel, &[13, 12, 1], Mode::Train).unwrap();
+        let tg = graph::compile(&m, Path::new("first-block.onnx"), &sel, &[13, 12, 1], Mode::Train).unwrap();
         let ops: Vec<String> = onnx::graph(&tg.model).node.iter().map(|n| n.op_type.clone()).collect();
-        let mut s = tlearn::runtime::open(&onnx::encode_model(&tg.model), what, &opts()).unwrap().session;
-        let params: Vec<ArrayD<f32>> = tg
-            .params
-            .iter()
-            .map(|p| onnx::tensor_to_f32(onnx::graph(&m).initializer.iter().find(|t| &t.name == p).unwrap()).unwrap())
-            .collect();
-        let mut feed = vec![(tg.input.as_str(), x.view()), (graph::LABELS, y.view())];
-        feed.extend(tg.params.iter().map(|p| p.as_str()).zip(params.iter().map(|a| a.view())));
-        let names: Vec<String> = ["w", "b", "dw", "db"].iter().map(|p| graph::grad_name(p)).collect();
-        let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
-        (tlearn::runtime::run_f32(&mut s, feed, &names).unwrap(), ops)
+        (run_train_graph(&tg.model, &m, &tg, &x, &y, &names), ops)
     };
     let (split, split_ops) = grads(false);
     let (pooled, pooled_ops) = grads(true);
     assert!(!split_ops.iter().any(|o| o == "MaxPool") && split_ops.iter().any(|o| o == "Max"), "{split_ops:?}");
     assert!(pooled_ops.iter().any(|o| o == "MaxUnpool" || o == "ScatterElements"), "{pooled_ops:?}");
     for ((a, c), name) in split.iter().zip(&pooled).zip(["w", "b", "dw", "db"]) {
-        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = (a - c).iter().fold(0f32, |m, v| m.max(v.abs()));
+        let (d, scale) = max_diff(a, c);
         assert!(scale > 0.0 && d <= 1e-5 * scale + 1e-7, "grad of {name}: split vs MaxPool form differ by {d}");
     }
 }
