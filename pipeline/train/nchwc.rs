@@ -70,7 +70,7 @@ fn probe() -> Result<usize> {
 pub fn for_device(m: &ModelProto, device: Device) -> ModelProto {
     let mut m = m.clone();
     let on_cpu = super::graph::PoolGrad::for_device(device) == super::graph::PoolGrad::Unpool;
-    if let (true, Some(block)) = (on_cpu, block()) {
+    if let Some(block) = on_cpu.then(block).flatten() {
         let n = rewrite(&mut m, block);
         tracing::debug!("{n} convolutions on NCHWc kernels (block {block})");
     }
