@@ -92,6 +92,18 @@ impl Default for SessionOptions {
     }
 }
 
+impl Device {
+    /// Where a session asked for on `self` is expected to run: Auto is CUDA when the loaded
+    /// onnxruntime has the CUDA provider, else the CPU. (Opening can still fall back to the CPU.)
+    pub fn expected(self) -> Device {
+        match self {
+            Device::Auto if cuda_compiled_in() => Device::Cuda,
+            Device::Auto => Device::Cpu,
+            d => d,
+        }
+    }
+}
+
 /// An open session and the device it actually runs on.
 pub struct OpenSession {
     pub session: Session,

@@ -280,6 +280,18 @@ fn npy_bytes<A: WriteNpyExt>(a: &A) -> Result<Vec<u8>> {
     Ok(v)
 }
 
+/// The backbone's session, opened on first use (a split with nothing to compute needs none).
+fn opened<'s>(
+    session: &'s mut Option<runtime::OpenSession>,
+    bb: &Backbone,
+    cfg: &ExtractConfig,
+) -> Result<&'s mut runtime::OpenSession> {
+    if session.is_none() {
+        *session = Some(runtime::open(&bb.bytes, &bb.path, &cfg.session)?);
+    }
+    Ok(session.as_mut().expect("opened above"))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn extract_split(
     cfg: &ExtractConfig,
@@ -367,11 +379,8 @@ fn extract_split(
     let mut computed: HashMap<usize, ArrayD<f32>> = HashMap::new();
     let mut skipped: Vec<Skipped> = unread.to_vec();
     let mut device = previous.as_ref().map(|p| p.info.device).unwrap_or(runtime::Device::Cpu);
-    if !todo.is_empty() && session.is_none() {
-        *session = Some(runtime::open(&bb.bytes, &bb.path, &cfg.session)?);
-    }
     if !todo.is_empty() {
-        let s = session.as_mut().expect("opened");
+        let s = opened(session, bb, cfg)?;
         device = s.device;
         let spec = LoadSpec {
             size: (cfg.size, cfg.size),
@@ -438,10 +447,7 @@ fn extract_split(
             return Err(Error::BadData { path: cfg.dataset.join(split), reason: "no readable images".into() });
         }
         // A shard may own no readable image of a split: an empty part, shaped as the others.
-        if session.is_none() {
-            *session = Some(runtime::open(&bb.bytes, &bb.path, &cfg.session)?);
-        }
-        let s = session.as_mut().expect("opened");
+        let s = opened(session, bb, cfg)?;
         let probe = ndarray::Array4::<f32>::zeros((1, cfg.size as usize, cfg.size as usize, 3));
         let y = runtime::run_f32(
             &mut s.session,

@@ -75,9 +75,7 @@ impl GraphBuilder {
 
     /// Add a node with one output; returns the output name.
     pub fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, A)>) -> String {
-        let out = self.fresh(&op.to_ascii_lowercase());
-        self.node(op, inputs, &[&out], attrs);
-        out
+        self.op_in("", op, inputs, attrs)
     }
 
     pub fn node(&mut self, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<(&str, A)>) {

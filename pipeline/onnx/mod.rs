@@ -208,6 +208,35 @@ pub fn attr_ints(n: &NodeProto, name: &str) -> Option<Vec<i64>> {
     attr(n, name).map(|a| a.ints.clone())
 }
 
+/// Which nodes read each tensor of a graph.
+pub struct Consumers<'g> {
+    g: &'g GraphProto,
+    readers: std::collections::HashMap<&'g str, Vec<usize>>,
+    outputs: std::collections::HashSet<&'g str>,
+}
+
+impl<'g> Consumers<'g> {
+    pub fn of(g: &'g GraphProto) -> Self {
+        let mut readers: std::collections::HashMap<&str, Vec<usize>> = std::collections::HashMap::new();
+        for (i, n) in g.node.iter().enumerate() {
+            for t in &n.input {
+                readers.entry(t.as_str()).or_default().push(i);
+            }
+        }
+        let outputs = g.output.iter().map(|o| o.name.as_str()).collect();
+        Consumers { g, readers, outputs }
+    }
+
+    /// The index of the node that reads `t` when it is `t`'s only reader and an `op` node, and `t`
+    /// is not a graph output (so a rewrite may drop `t`).
+    pub fn only(&self, t: &str, op: &str) -> Option<usize> {
+        match self.readers.get(t).map(Vec::as_slice) {
+            Some(&[j]) if self.g.node[j].op_type == op && !self.outputs.contains(t) => Some(j),
+            _ => None,
+        }
+    }
+}
+
 /// The graph inputs that are not initializers (the real inputs of the model).
 pub fn real_inputs(g: &GraphProto) -> Vec<&ValueInfoProto> {
     let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();

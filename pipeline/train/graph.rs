@@ -62,11 +62,9 @@ pub enum PoolGrad {
 impl PoolGrad {
     /// The form for a session on `device`.
     pub fn for_device(device: crate::runtime::Device) -> PoolGrad {
-        match device {
-            crate::runtime::Device::Cpu => PoolGrad::Unpool,
+        match device.expected() {
             crate::runtime::Device::Cuda => PoolGrad::Scatter,
-            crate::runtime::Device::Auto if crate::runtime::cuda_compiled_in() => PoolGrad::Scatter,
-            crate::runtime::Device::Auto => PoolGrad::Unpool,
+            _ => PoolGrad::Unpool,
         }
     }
 }
@@ -514,24 +512,19 @@ fn backward(
     Ok(())
 }
 
-/// Tensors that lead from a parameter to the loss (only those need gradients).
 /// Outputs of Relu nodes whose only consumer is a MaxPool (and that are not graph outputs):
 /// their ReLU' is applied after the pool's backward instead of at full resolution.
 fn relus_feeding_only_a_maxpool(g: &GraphProto) -> HashSet<&str> {
-    let mut consumers: HashMap<&str, Vec<&str>> = HashMap::new();
-    for n in &g.node {
-        for i in &n.input {
-            consumers.entry(i.as_str()).or_default().push(n.op_type.as_str());
-        }
-    }
+    let consumers = onnx::Consumers::of(g);
     g.node
         .iter()
         .filter(|n| n.op_type == "Relu")
         .map(|n| n.output[0].as_str())
-        .filter(|y| consumers.get(y).is_some_and(|c| c == &["MaxPool"]) && !g.output.iter().any(|o| o.name == *y))
+        .filter(|y| consumers.only(y, "MaxPool").is_some())
         .collect()
 }
 
+/// Tensors that lead from a parameter to the loss (only those need gradients).
 fn needs_grad(g: &GraphProto, params: &HashSet<&str>) -> HashSet<String> {
     let mut needs: HashSet<String> = params.iter().map(|s| s.to_string()).collect();
     for n in &g.node {

@@ -69,8 +69,7 @@ fn probe() -> Result<usize> {
 /// CPU and the kernels are available, else unchanged.
 pub fn for_device(m: &ModelProto, device: Device) -> ModelProto {
     let mut m = m.clone();
-    let on_cpu = super::graph::PoolGrad::for_device(device) == super::graph::PoolGrad::Unpool;
-    if let Some(block) = on_cpu.then(block).flatten() {
+    if let Some(block) = (device.expected() == Device::Cpu).then(block).flatten() {
         let n = rewrite(&mut m, block);
         tracing::debug!("{n} convolutions on NCHWc kernels (block {block})");
     }
@@ -105,13 +104,7 @@ pub fn rewrite(m: &mut ModelProto, block: usize) -> usize {
             dims.insert(vi.name.clone(), d.into_iter().flatten().collect());
         }
     }
-    let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, n) in g.node.iter().enumerate() {
-        for t in &n.input {
-            consumers.entry(t.as_str()).or_default().push(i);
-        }
-    }
-    let outputs: HashSet<&str> = g.output.iter().map(|o| o.name.as_str()).collect();
+    let consumers = onnx::Consumers::of(g);
     let b_ = block as i64;
     let mut b = GraphBuilder::new("").with_prefix("nchwc/");
     let mut nodes = Vec::with_capacity(g.node.len());
@@ -136,10 +129,7 @@ pub fn rewrite(m: &mut ModelProto, block: usize) -> usize {
         match n.op_type.as_str() {
             "Conv" => {
                 // A Relu that is the output's only consumer becomes the kernel's activation.
-                let relu = match consumers.get(n.output[0].as_str()).map(Vec::as_slice) {
-                    Some(&[j]) if g.node[j].op_type == "Relu" && !outputs.contains(n.output[0].as_str()) => Some(j),
-                    _ => None,
-                };
+                let relu = consumers.only(&n.output[0], "Relu");
                 let out = relu.map_or(&n.output[0], |j| &g.node[j].output[0]);
                 let wr = reorder_filter(&mut b, &n.input[1], k0, k1, kh, kw, block);
                 let xb = b.op_in(DOMAIN, "ReorderInput", &[&n.input[0]], vec![]);

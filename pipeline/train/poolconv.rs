@@ -29,19 +29,7 @@ pub fn rewrite(
     needs: &HashSet<String>,
     shapes: &mut HashMap<String, Vec<usize>>,
 ) -> Option<GraphProto> {
-    let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, n) in g.node.iter().enumerate() {
-        for t in &n.input {
-            consumers.entry(t.as_str()).or_default().push(i);
-        }
-    }
-    let outputs: HashSet<&str> = g.output.iter().map(|o| o.name.as_str()).collect();
-    let only = |t: &str, op: &str| -> Option<usize> {
-        match consumers.get(t).map(Vec::as_slice) {
-            Some(&[j]) if g.node[j].op_type == op && !outputs.contains(t) => Some(j),
-            _ => None,
-        }
-    };
+    let consumers = crate::onnx::Consumers::of(g);
     let mut b = GraphBuilder::new("").with_prefix("pool4/");
     let mut nodes = Vec::with_capacity(g.node.len());
     let mut gone: HashSet<usize> = HashSet::new();
@@ -50,9 +38,9 @@ pub fn rewrite(
             continue;
         }
         let chain = (n.op_type == "Conv")
-            .then(|| only(&n.output[0], "Relu"))
+            .then(|| consumers.only(&n.output[0], "Relu"))
             .flatten()
-            .and_then(|r| only(&g.node[r].output[0], "MaxPool").map(|p| (r, p)))
+            .and_then(|r| consumers.only(&g.node[r].output[0], "MaxPool").map(|p| (r, p)))
             .filter(|&(_, p)| matches(n, &g.node[p], params, needs, shapes));
         let Some((r, p)) = chain else {
             nodes.push(n.clone());
