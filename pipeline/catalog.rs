@@ -98,9 +98,10 @@ impl Catalog {
         self.dir.join(format!("{name}.onnx"))
     }
 
-    /// Add or replace a user entry.
-    pub fn add_user(&mut self, name: &str, e: Entry) -> Result<()> {
-        crate::fsutil::check_name("name", name)?;
+    /// Register a user entry in `user-backbones.toml`. A built-in name is never taken over; an
+    /// existing user entry is replaced only with `replace`.
+    pub fn add_user(&mut self, name: &str, e: Entry, replace: bool) -> Result<()> {
+        self.check_new_name(name, replace)?;
         let path = self.dir.join(USER_CATALOG);
         let mut user = if path.exists() { read_file(&path)? } else { BTreeMap::new() };
         user.insert(name.into(), e.clone());
@@ -110,6 +111,19 @@ impl Catalog {
             format!("# backbones registered with `tlearn-backbone add`\n{text}").as_bytes(),
         )?;
         self.entries.insert(name.into(), e);
+        Ok(())
+    }
+
+    /// May `name` be registered? Plain name; not a built-in; not a user entry unless `replace`.
+    pub fn check_new_name(&self, name: &str, replace: bool) -> Result<()> {
+        crate::fsutil::check_name("name", name)?;
+        let bad = |reason: String| Err(Error::Param { name: "name", value: name.into(), reason });
+        if read_file(&self.dir.join(CATALOG))?.contains_key(name) {
+            return bad(format!("`{name}` is a built-in backbone of {}; choose another --name", CATALOG));
+        }
+        if self.entries.contains_key(name) && !replace {
+            return bad(format!("`{name}` is already registered in {USER_CATALOG}; give --replace to replace it"));
+        }
         Ok(())
     }
 }

@@ -2,6 +2,34 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// `println!` that ends quietly when stdout is closed (`tlearn-head … | head -2`): a broken pipe
+/// ends the output, never the work (Rust's `println!` panics on it).
+#[macro_export]
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `print!` that ends quietly when stdout is closed (see [`outln!`]).
+#[macro_export]
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `eprintln!` that ends quietly when stderr is closed (see [`outln!`]).
+#[macro_export]
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 /// Logs go to stderr (`RUST_LOG` overrides the default `info`); results go to files/stdout.
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -26,7 +54,7 @@ pub fn main(run: impl FnOnce() -> anyhow::Result<()>) -> std::process::ExitCode 
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            crate::errln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -106,6 +106,7 @@ pub fn run(plan: &Plan, mut on_row: impl FnMut(&Row)) -> Result<Vec<Row>> {
             let t = Instant::now();
             let probs = crate::train::predict(&bytes, &run_dir.join(run::HEAD), &test.x, 256, &plan.opts)?;
             let head_ms = t.elapsed().as_secs_f64() * 1e3 / test.labels.len().max(1) as f64;
+            metrics::check_width(&probs, ri.classes.len(), &run_dir.join(run::HEAD))?;
             let m = metrics::compute(&probs, &test.labels, &ri.classes);
             let row = Row {
                 backbone: info.backbone.clone(),

@@ -44,19 +44,25 @@ pub fn scan(root: &Path) -> Result<(Vec<Item>, ScanReport)> {
     let mut items = vec![];
     if !dirs.is_empty() {
         for d in dirs {
-            let class = d.file_name().unwrap().to_string_lossy().into_owned();
+            let class = crate::fsutil::path_text(Path::new(d.file_name().unwrap_or_default()));
             let before = items.len();
             for e in walkdir::WalkDir::new(d).follow_links(false).sort_by_file_name() {
                 let e = match e {
                     Ok(e) => e,
                     Err(e) => {
-                        let p = e.path().unwrap_or(d).display().to_string();
+                        let p = crate::fsutil::path_text(e.path().unwrap_or(d));
                         tracing::warn!("{p}: {e} (skipped)");
                         report.unreadable.push((p, e.to_string()));
                         continue;
                     }
                 };
                 if !e.file_type().is_file() && !e.file_type().is_symlink() {
+                    if e.depth() > 0 && is_image_path(e.path()) {
+                        let what = if e.file_type().is_dir() { "a folder" } else { "not a regular file" };
+                        let p = crate::fsutil::path_text(e.path());
+                        tracing::warn!("{p}: {what} named like an image (skipped)");
+                        report.unreadable.push((p.clone(), format!("{p}: {what} named like an image")));
+                    }
                     continue;
                 }
                 if is_image_path(e.path()) {
@@ -66,7 +72,7 @@ pub fn scan(root: &Path) -> Result<(Vec<Item>, ScanReport)> {
                             Ok(m) if m.is_file() => {}
                             r => {
                                 let why = r.err().map(|x| x.to_string()).unwrap_or_else(|| "not a file".into());
-                                let p = e.path().display().to_string();
+                                let p = crate::fsutil::path_text(e.path());
                                 tracing::warn!("{p}: {why} (skipped)");
                                 report.unreadable.push((p.clone(), format!("{p}: {why}")));
                                 continue;
@@ -102,6 +108,36 @@ pub fn scan(root: &Path) -> Result<(Vec<Item>, ScanReport)> {
     Ok((items, report))
 }
 
+/// [`scan`] of a raw dump that is about to be split: images whose real path lies outside `root`
+/// (a class folder or file linked to `/etc`, say) are skipped and reported unless
+/// `follow_outside`, so a split never pulls in files from elsewhere by accident.
+pub fn scan_source(root: &Path, follow_outside: bool) -> Result<(Vec<Item>, ScanReport)> {
+    let (items, mut report) = scan(root)?;
+    if follow_outside {
+        return Ok((items, report));
+    }
+    let real_root = std::fs::canonicalize(root).at(root)?;
+    let mut kept = vec![];
+    for it in items {
+        match std::fs::canonicalize(&it.path) {
+            Ok(real) if !real.starts_with(&real_root) => {
+                let p = crate::fsutil::path_text(&it.path);
+                let why = format!(
+                    "{p}: links outside the input folder (to {}); skipped (--follow-outside includes it)",
+                    crate::fsutil::path_text(&real)
+                );
+                tracing::warn!("{why}");
+                report.unreadable.push((p, why));
+            }
+            _ => kept.push(it),
+        }
+    }
+    if kept.is_empty() {
+        return Err(Error::BadData { path: root.into(), reason: "no images inside the input folder".into() });
+    }
+    Ok((kept, report))
+}
+
 /// How many images of each class go to each split.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum SplitSpec {
@@ -113,6 +149,20 @@ pub enum SplitSpec {
 }
 
 impl SplitSpec {
+    /// `--counts TRAIN,VALIDATION,TEST`: exactly three numbers, some images for training.
+    pub fn from_counts(c: &[usize]) -> Result<SplitSpec> {
+        let bad = |reason: &str| Error::Param {
+            name: "counts",
+            value: c.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(","),
+            reason: reason.into(),
+        };
+        match *c {
+            [0, ..] => Err(bad("the training count must be ≥ 1")),
+            [train, validation, test] => Ok(SplitSpec::Counts { train, validation, test }),
+            _ => Err(bad("expected three numbers TRAIN,VALIDATION,TEST")),
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         if let SplitSpec::Fractions { test, validation } = self {
             for (name, v) in [("test", *test), ("validation", *validation)] {
@@ -137,11 +187,13 @@ impl SplitSpec {
                 Ok([n - t - v, v, t])
             }
             SplitSpec::Counts { train, validation, test } => {
-                if train + validation + test > n {
-                    return Err(Error::Other(format!(
-                        "class `{class}` has {n} images, fewer than the {} requested ({train}+{validation}+{test})",
-                        train + validation + test
-                    )));
+                let total = train.checked_add(validation).and_then(|s| s.checked_add(test));
+                if total.is_none_or(|t| t > n) {
+                    return Err(Error::Param {
+                        name: "counts",
+                        value: format!("{train},{validation},{test}"),
+                        reason: format!("class `{class}` has {n} images, fewer than requested"),
+                    });
                 }
                 Ok([train, validation, test])
             }
@@ -205,10 +257,16 @@ pub type Counts = BTreeMap<String, [usize; 3]>;
 /// skipped and returned as (path, reason); the split goes on without them.
 pub fn write_split(
     assigned: &[(usize, Item)],
+    input: &Path,
     out: &Path,
     mode: LinkMode,
     force: bool,
 ) -> Result<(Counts, Vec<(String, String)>)> {
+    // The input and every folder an image comes from (a linked class folder is input too).
+    let folders: std::collections::BTreeSet<&Path> =
+        assigned.iter().map(|(_, it)| fsutil::parent_dir(&it.path)).collect();
+    let sources: Vec<&Path> = std::iter::once(input).chain(folders).collect();
+    fsutil::check_output_apart(out, &sources)?;
     if out.exists() && !force {
         return Err(Error::BadData {
             path: out.into(),
@@ -223,10 +281,11 @@ pub fn write_split(
     let mut skipped = vec![];
     for (split, it) in assigned {
         let split_name = SPLITS[*split];
-        let name = it.path.file_name().unwrap().to_string_lossy().into_owned();
+        let name = fsutil::path_text(Path::new(it.path.file_name().unwrap_or_default()));
         let dir = fsutil::safe_join(&tmp.path().join(split_name), &it.class)?;
         std::fs::create_dir_all(&dir).at(&dir)?;
-        let dest = fsutil::safe_join(&dir, &name)?;
+        // The file's own name, bytes and all (the manifest holds its escaped text).
+        let dest = dir.join(it.path.file_name().unwrap_or_default());
         if dest.exists() {
             return Err(Error::BadData {
                 path: it.path.clone(),
@@ -252,7 +311,7 @@ pub fn write_split(
                 let _ = std::fs::remove_file(&dest);
                 let e = Error::Io { path: it.path.clone(), err: e };
                 tracing::warn!("{e} (skipped)");
-                skipped.push((it.path.display().to_string(), e.to_string()));
+                skipped.push((fsutil::path_text(&it.path), e.to_string()));
                 continue;
             }
         };
@@ -261,12 +320,16 @@ pub fn write_split(
             split: split_name.into(),
             class: it.class.clone(),
             file: format!("{split_name}/{}/{name}", it.class),
-            source: src.display().to_string(),
+            source: fsutil::path_text(&src),
         });
     }
     let mut w = csv::Writer::from_path(tmp.path().join("manifest.csv")).map_err(|e| Error::Other(e.to_string()))?;
     for r in &rows {
-        w.serialize(r).map_err(|e| Error::Other(e.to_string()))?;
+        // A spreadsheet opens this file too: text cells neutralised (fsutil::csv_cell).
+        let cell = |s: &str| fsutil::csv_cell(s).into_owned();
+        let r =
+            ManifestRow { split: r.split.clone(), class: cell(&r.class), file: cell(&r.file), source: cell(&r.source) };
+        w.serialize(&r).map_err(|e| Error::Other(e.to_string()))?;
     }
     w.flush().at(tmp.path())?;
     let tmp = tmp.keep();

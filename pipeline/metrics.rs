@@ -46,6 +46,32 @@ pub fn predicted_class(r: ArrayView1<'_, f32>) -> usize {
     }
 }
 
+/// Outputs per image a classifier of `classes` classes gives: one sigmoid for two, else one
+/// probability per class.
+pub fn output_width(classes: usize) -> usize {
+    if classes == 2 {
+        1
+    } else {
+        classes
+    }
+}
+
+/// Refuse outputs of `model` that are not (N, [`output_width`]) for `classes` classes (a head
+/// trained on other classes, a swapped file) before any row is read by class index.
+pub fn check_width(probs: &ArrayD<f32>, classes: usize, model: &std::path::Path) -> crate::Result<()> {
+    let k = output_width(classes);
+    if probs.ndim() != 2 || probs.shape()[1] != k {
+        return Err(crate::Error::BadModel {
+            path: model.into(),
+            reason: format!(
+                "outputs of shape {:?}, but its {classes} classes need (N, {k}); the model does not match its class list",
+                probs.shape()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Probability of each class for each row.
 pub fn class_probs(probs: &ArrayD<f32>) -> Vec<Vec<f64>> {
     probs.axis_iter(Axis(0)).map(|r| row_probs(r.into_dimensionality().expect("rows of (N, k) outputs"))).collect()
@@ -197,7 +223,8 @@ pub fn write_report(
     let mut w = csv::Writer::from_writer(vec![]);
     w.write_record(["path", "true", "predicted", "probability"]).map_err(csv_err)?;
     for ((f, p), q) in files.iter().zip(class_probs(probs)).zip(predicted(probs)) {
-        w.write_record([f.0.clone(), classes[f.1].clone(), classes[q].clone(), format!("{:.6}", p[q])])
+        let cell = |s: &str| crate::fsutil::csv_cell(s).into_owned();
+        w.write_record([cell(&f.0), cell(&classes[f.1]), cell(&classes[q]), format!("{:.6}", p[q])])
             .map_err(csv_err)?;
     }
     let bytes = w.into_inner().map_err(|e| crate::Error::Other(e.to_string()))?;

@@ -113,7 +113,7 @@ pub fn prepare(cache: &Path, local: Option<&Path>, raw: &Path, out: &Path) -> Re
         let items = write_pngs(idx, &dir)?;
         assigned.extend(items.into_iter().map(|it| (split, it)));
     }
-    let (counts, skipped) = crate::dataset::write_split(&assigned, out, LinkMode::Hardlink, true)?;
+    let (counts, skipped) = crate::dataset::write_split(&assigned, raw, out, LinkMode::Hardlink, true)?;
     match skipped.first() {
         None => Ok(counts),
         Some((_, why)) => Err(crate::Error::Other(format!("{why} (a file tlearn itself wrote)"))),

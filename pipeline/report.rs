@@ -150,7 +150,7 @@ pub fn write(out: &Path, page: &Page) -> Result<()> {
     for &i in &wrong {
         let (path, t) = &page.files[i];
         let q = pred[i];
-        let pic = match thumbnail(Path::new(path), page.max_pixels) {
+        let pic = match thumbnail(&crate::fsutil::text_path(path), page.max_pixels) {
             Ok(b) => img(&b, path),
             Err(e) => format!("<div class=\"missing\" title=\"{}\"></div>", esc(&e)),
         };

@@ -1,7 +1,7 @@
 //! A training run's folder (`runs/<name>/`): the head, its history and the record that later
 //! stages (evaluate, score) read to know the classes, backbone and input size.
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::features::{self, FeatureInfo, Features};
 use crate::fsutil;
 use crate::heads::{self, ClassicalSpec, HeadKind, Trained};
@@ -51,7 +51,28 @@ pub struct RunInfo {
 
 impl RunInfo {
     pub fn load(run_dir: &Path) -> Result<RunInfo> {
-        fsutil::read_json(&fsutil::sidecar_path(&run_dir.join(HEAD)))
+        let side = fsutil::sidecar_path(&run_dir.join(HEAD));
+        let info: RunInfo = fsutil::read_json(&side)?;
+        // Names read from files are checked like names given on the command line.
+        fsutil::check_name("backbone", &info.features.backbone)
+            .map_err(|e| Error::BadData { path: side.clone(), reason: e.to_string() })?;
+        Ok(info)
+    }
+
+    /// The run's `head.onnx`, checked against the sha256 this record holds (a head replaced by
+    /// another run's is refused, not used).
+    pub fn read_head(&self, run_dir: &Path) -> Result<Vec<u8>> {
+        let head = run_dir.join(HEAD);
+        fsutil::read_verified(&head, &self.head_sha256).map_err(|e| match e {
+            Error::Checksum { path, expected, got } => Error::BadData {
+                path,
+                reason: format!(
+                    "changed since the run was recorded in {HEAD}.json (sha256 {got}, recorded {expected}); \
+                     retrain the run or restore its head"
+                ),
+            },
+            e => e,
+        })
     }
 }
 
@@ -79,10 +100,11 @@ pub fn predict_split(
         });
     }
     let head = run_dir.join(HEAD);
-    let bytes = std::fs::read(&head).at(&head)?;
+    let bytes = info.read_head(run_dir)?;
     let mut sum: Option<ArrayD<f32>> = None;
     for v in &views {
         let p = crate::train::predict(&bytes, &head, &v.x, 256, opts)?;
+        crate::metrics::check_width(&p, info.classes.len(), &head)?;
         sum = Some(match sum {
             Some(s) => s + p,
             None => p,

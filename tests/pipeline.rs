@@ -96,8 +96,11 @@ fn backbone_summary_and_bad_models() {
     not_image_model(&w.path().join("vec.onnx"));
     let err = fails("tlearn-backbone", &["add", "vec.onnx", "--output", "y", "--preprocess", "unit"], w.path());
     assert!(err.contains("vec.onnx") && err.contains("not an image tensor"), "{err}");
-    let err =
-        fails("tlearn-backbone", &["add", "tiny.onnx", "--output", "no_such_tensor", "--preprocess", "unit"], w.path());
+    let err = fails(
+        "tlearn-backbone",
+        &["add", "tiny.onnx", "--output", "no_such_tensor", "--preprocess", "unit", "--name", "t2"],
+        w.path(),
+    );
     assert!(err.contains("no_such_tensor"), "{err}");
     std::fs::write(w.path().join("trunc.onnx"), &std::fs::read(w.path().join("tiny.onnx")).unwrap()[..100]).unwrap();
     let err =

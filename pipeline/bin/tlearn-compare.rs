@@ -52,7 +52,7 @@ fn run(a: Args) -> Result<()> {
         onnx_dir: a.onnx_dir.clone(),
     };
     let rows = compare::run(&plan, |r| {
-        eprintln!(
+        tlearn::errln!(
             "{}: accuracy {:.4}  ROC-AUC {}  macro-F1 {:.4}  ({:.1} s training)",
             r.run,
             r.accuracy,
@@ -65,7 +65,7 @@ fn run(a: Args) -> Result<()> {
     let title =
         a.title.unwrap_or_else(|| a.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
     compare::write(&a.out, &rows, &title)?;
-    print!("{}", compare::markdown(&rows));
-    println!("→ {}", a.out.join("table.md").display());
+    tlearn::out!("{}", compare::markdown(&rows));
+    tlearn::outln!("→ {}", a.out.join("table.md").display());
     Ok(())
 }

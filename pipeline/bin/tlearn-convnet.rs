@@ -45,7 +45,7 @@ fn run(a: Args) -> Result<()> {
             "tlearn_version": env!("CARGO_PKG_VERSION"),
         }),
     )?;
-    print!("{}", tlearn::onnx::summary::render(&a.name, &rows, None));
-    println!("→ {}", out.display());
+    tlearn::out!("{}", tlearn::onnx::summary::render(&a.name, &rows, None));
+    tlearn::outln!("→ {}", out.display());
     Ok(())
 }

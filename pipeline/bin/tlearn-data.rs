@@ -31,9 +31,13 @@ enum Cmd {
         seed: u64,
         #[arg(long, value_enum, default_value = "hardlink")]
         mode: LinkMode,
-        /// Replace OUTPUT if it exists.
+        /// Replace OUTPUT if it exists (never when it is, holds or lies inside the input).
         #[arg(long)]
         force: bool,
+        /// Also split images whose real path lies outside INPUT (links to other folders);
+        /// by default they are skipped and reported.
+        #[arg(long)]
+        follow_outside: bool,
     },
     /// Fetch ELPV (pinned wheel, sha256 checked) and split it 75/25 stratified, 20 % of train as validation.
     Elpv {
@@ -75,12 +79,14 @@ fn main() -> std::process::ExitCode {
 
 fn run(a: Args) -> Result<()> {
     match a.cmd {
-        Cmd::Split { input, output, test, validation, counts, seed, mode, force } => {
+        Cmd::Split { input, output, test, validation, counts, seed, mode, force, follow_outside } => {
             let spec = match counts {
-                Some(c) => SplitSpec::Counts { train: c[0], validation: c[1], test: c[2] },
+                Some(c) => SplitSpec::from_counts(&c)?,
                 None => SplitSpec::Fractions { test, validation },
             };
-            let (items, report) = dataset::scan(&input).with_context(|| format!("scanning {}", input.display()))?;
+            tlearn::fsutil::check_output_apart(&output, &[&input])?;
+            let (items, report) = dataset::scan_source(&input, follow_outside)
+                .with_context(|| format!("scanning {}", input.display()))?;
             for p in &report.skipped_non_images {
                 tracing::warn!("{}: skipped (not an image)", p.display());
             }
@@ -88,7 +94,7 @@ fn run(a: Args) -> Result<()> {
                 tracing::warn!("{}: empty class folder, left out of the split", input.join(c).display());
             }
             let assigned = dataset::assign(&items, &spec, seed)?;
-            let (counts, mut skipped) = dataset::write_split(&assigned, &output, mode, force)?;
+            let (counts, mut skipped) = dataset::write_split(&assigned, &input, &output, mode, force)?;
             skipped.extend(report.unreadable.iter().cloned());
             skipped.sort();
             tlearn::fsutil::write_json(
@@ -99,45 +105,45 @@ fn run(a: Args) -> Result<()> {
                     "non_images": report.skipped_non_images,
                 }),
             )?;
-            println!(
+            tlearn::outln!(
                 "{} → {} (seed {seed}; manifest {}):",
                 input.display(),
                 output.display(),
                 output.join("manifest.csv").display()
             );
-            print!("{}", dataset::counts_table(&counts));
+            tlearn::out!("{}", dataset::counts_table(&counts));
             if !report.skipped_non_images.is_empty() {
-                println!("skipped {} non-image file(s)", report.skipped_non_images.len());
+                tlearn::outln!("skipped {} non-image file(s)", report.skipped_non_images.len());
             }
             if !report.empty_classes.is_empty() {
-                println!("empty class folder(s) left out: {}", report.empty_classes.join(", "));
+                tlearn::outln!("empty class folder(s) left out: {}", report.empty_classes.join(", "));
             }
             if !skipped.is_empty() {
-                println!("unreadable: {}", skipped.len());
+                tlearn::outln!("unreadable: {}", skipped.len());
                 for (_, why) in &skipped {
-                    println!("  {why}");
+                    tlearn::outln!("  {why}");
                 }
             }
         }
         Cmd::Elpv { output, classes, raw, cache, wheel, force } => {
             if output.join("manifest.csv").exists() && !force {
-                println!("{} is ready (use --force to rebuild)", output.display());
+                tlearn::outln!("{} is ready (use --force to rebuild)", output.display());
                 let (_, items, _) = dataset::list_split(&output, "train")?;
-                println!("train images: {}", items.len());
+                tlearn::outln!("train images: {}", items.len());
                 return Ok(());
             }
             let counts = tlearn::elpv::prepare(&cache, wheel.as_deref(), &raw, &output, classes, true)?;
-            println!("ELPV ({classes} classes) → {} (seed {}):", output.display(), tlearn::elpv::SEED);
-            print!("{}", dataset::counts_table(&counts));
+            tlearn::outln!("ELPV ({classes} classes) → {} (seed {}):", output.display(), tlearn::elpv::SEED);
+            tlearn::out!("{}", dataset::counts_table(&counts));
         }
         Cmd::Mnist { output, raw, cache, tarball, force } => {
             if output.join("manifest.csv").exists() && !force {
-                println!("{} is ready (use --force to rebuild)", output.display());
+                tlearn::outln!("{} is ready (use --force to rebuild)", output.display());
                 return Ok(());
             }
             let counts = tlearn::mnist::prepare(&cache, tarball.as_deref(), &raw, &output)?;
-            println!("MNIST → {}:", output.display());
-            print!("{}", dataset::counts_table(&counts));
+            tlearn::outln!("MNIST → {}:", output.display());
+            tlearn::out!("{}", dataset::counts_table(&counts));
         }
     }
     Ok(())

@@ -56,8 +56,15 @@ fn run(a: Args) -> Result<()> {
     let files: Vec<(String, usize)> = f.files.iter().map(|r| (r.path.clone(), r.label)).collect();
     let history = run_dir.join(tlearn::run::HISTORY_PNG);
     let m = tlearn::metrics::write_report(&out, context, &probs, &files, &info.classes, Some(&history))?;
-    println!("{} on {} ({} {}×{}):", a.run, a.split, info.features.backbone, info.features.size, info.features.size);
-    print!("{}", tlearn::metrics::render(&m));
-    println!("→ {} and {}", out.join("metrics.json").display(), out.join("index.html").display());
+    tlearn::outln!(
+        "{} on {} ({} {}×{}):",
+        a.run,
+        a.split,
+        info.features.backbone,
+        info.features.size,
+        info.features.size
+    );
+    tlearn::out!("{}", tlearn::metrics::render(&m));
+    tlearn::outln!("→ {} and {}", out.join("metrics.json").display(), out.join("index.html").display());
     Ok(())
 }

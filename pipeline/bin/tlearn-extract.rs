@@ -75,9 +75,9 @@ fn run(a: Args) -> Result<()> {
         let parts = if parts.is_empty() { tlearn::features::shard_parts(out)? } else { parts.clone() };
         let done = tlearn::features::merge(&parts, out).with_context(|| format!("merging into {}", out.display()))?;
         for (stem, n) in &done {
-            println!("{stem:<17} {n:>6} images");
+            tlearn::outln!("{stem:<17} {n:>6} images");
         }
-        println!("merged {} parts → {}", parts.len(), out.display());
+        tlearn::outln!("merged {} parts → {}", parts.len(), out.display());
         return Ok(());
     }
     let data = a.data.clone().expect("required by clap");
@@ -109,7 +109,7 @@ fn run(a: Args) -> Result<()> {
     let computed: usize = reports.iter().map(|r| r.computed).sum();
     for r in &reports {
         let name = tlearn::features::stem(&r.split, r.view);
-        println!(
+        tlearn::outln!(
             "{:<17} {:>6} images  {:>6} computed  {:>6} reused  {:>4} skipped{}",
             name,
             r.n,
@@ -119,6 +119,11 @@ fn run(a: Args) -> Result<()> {
             if r.up_to_date { "  (up to date)" } else { "" }
         );
     }
-    println!("{} → {} in {secs:.1} s ({:.1} img/s computed)", bb.name, out.display(), computed as f64 / secs.max(1e-9));
+    tlearn::outln!(
+        "{} → {} in {secs:.1} s ({:.1} img/s computed)",
+        bb.name,
+        out.display(),
+        computed as f64 / secs.max(1e-9)
+    );
     Ok(())
 }

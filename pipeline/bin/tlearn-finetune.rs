@@ -120,7 +120,7 @@ fn run(a: Args) -> Result<()> {
         let input = finetune::input_shape(&m, &a.model)?;
         let aug = augment.clone().context("--preview needs augmentation options (e.g. --augment)")?;
         tlearn::augment::preview(img, &aug, input, a.interpolation, a.seed, &a.preview_out)?;
-        println!("→ {}", a.preview_out.display());
+        tlearn::outln!("→ {}", a.preview_out.display());
         return Ok(());
     }
     let data = a.data.clone().context("give the dataset with --data")?;
@@ -153,9 +153,15 @@ fn run(a: Args) -> Result<()> {
         },
     };
     let done = finetune::run(&cfg, |e| {
-        println!(
+        tlearn::outln!(
             "epoch {:>3}/{}  loss {:.4}  acc {:.4}  val_loss {:.4}  val_acc {:.4}  ({:.1} s)",
-            e.epoch, cfg.fit.epochs, e.loss, e.accuracy, e.val_loss, e.val_accuracy, e.seconds
+            e.epoch,
+            cfg.fit.epochs,
+            e.loss,
+            e.accuracy,
+            e.val_loss,
+            e.val_accuracy,
+            e.seconds
         )
     })
     .with_context(|| format!("training {} on {}", a.model.display(), data.display()))?;
@@ -165,7 +171,7 @@ fn run(a: Args) -> Result<()> {
         tracing::warn!("history plot not written: {e}");
     }
     let best = info.best_epoch.as_ref().map(|e| e.epoch).unwrap_or(0);
-    println!(
+    tlearn::outln!(
         "trained {} of {} parameters, {} epochs in {:.1} s; best epoch {best} → {}",
         info.trainable_params,
         info.total_params,
@@ -174,12 +180,17 @@ fn run(a: Args) -> Result<()> {
         cfg.run_dir.join(finetune::MODEL).display()
     );
     if !info.skipped.is_empty() {
-        println!("skipped {} unreadable image(s) (listed in {}.json)", info.skipped.len(), finetune::MODEL);
+        tlearn::outln!("skipped {} unreadable image(s) (listed in {}.json)", info.skipped.len(), finetune::MODEL);
     }
     if data.join("test").is_dir() {
         let (probs, set) = finetune::predict_split(&done.best, &cfg, "test", &info.classes)?;
         let files: Vec<(String, usize)> =
-            set.files.iter().zip(&set.labels).map(|(p, &l)| (p.display().to_string(), l)).collect();
+            set.files.iter().zip(&set.labels).map(|(p, &l)| (tlearn::fsutil::path_text(p), l)).collect();
+        let skipped: Vec<(String, &str)> =
+            set.skipped.iter().map(|(p, why)| (tlearn::fsutil::path_text(p), why.as_str())).collect();
+        if !skipped.is_empty() {
+            tlearn::outln!("test: skipped {} unreadable image(s) (listed in the report's metrics.json)", skipped.len());
+        }
         let context = serde_json::json!({
             "run": run,
             "split": "test",
@@ -190,13 +201,14 @@ fn run(a: Args) -> Result<()> {
             "fit": cfg.fit,
             "augment": cfg.augment,
             "model_sha256": info.model_sha256,
+            "skipped": skipped,
         });
         let out = a.reports.join(&run);
         let history = cfg.run_dir.join(tlearn::run::HISTORY_PNG);
         let m = tlearn::metrics::write_report(&out, context, &probs, &files, &info.classes, Some(&history))?;
-        println!("{run} on test (best epoch {best}):");
-        print!("{}", tlearn::metrics::render(&m));
-        println!("→ {}", out.join("metrics.json").display());
+        tlearn::outln!("{run} on test (best epoch {best}):");
+        tlearn::out!("{}", tlearn::metrics::render(&m));
+        tlearn::outln!("→ {}", out.join("metrics.json").display());
     }
     Ok(())
 }

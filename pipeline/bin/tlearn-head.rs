@@ -68,7 +68,7 @@ fn run(a: Args) -> Result<()> {
     let (info, trained) = run::train_head(&job).with_context(|| format!("training on {}", a.features.display()))?;
     if a.head != HeadKind::Dense {
         let e = &trained.history[0];
-        println!(
+        tlearn::outln!(
             "{}: {} ({} stored numbers)  loss {:.4}  acc {:.4}  val_loss {:.4}  val_acc {:.4}  ({:.2} s)",
             a.head.name(),
             trained.describe,
@@ -80,6 +80,6 @@ fn run(a: Args) -> Result<()> {
             info.train_seconds
         );
     }
-    println!("trained in {:.1} s → {}", info.train_seconds, job.run_dir.join(run::HEAD).display());
+    tlearn::outln!("trained in {:.1} s → {}", info.train_seconds, job.run_dir.join(run::HEAD).display());
     Ok(())
 }

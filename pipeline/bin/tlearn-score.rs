@@ -88,6 +88,8 @@ struct ModelInfo {
 /// Build runs/<run>/model.onnx unless an up-to-date one exists.
 fn export(run_dir: &Path, onnx_dir: &Path) -> Result<PathBuf> {
     let info = tlearn::run::RunInfo::load(run_dir).with_context(|| format!("reading run {}", run_dir.display()))?;
+    // The head file itself must be the one the run recorded; model.onnx is rebuilt when it is stale.
+    let head_bytes = info.read_head(run_dir)?;
     let out = run_dir.join("model.onnx");
     let side = tlearn::fsutil::sidecar_path(&out);
     if let (true, Ok(mi)) = (out.exists(), tlearn::fsutil::read_json::<ModelInfo>(&side)) {
@@ -109,7 +111,7 @@ fn export(run_dir: &Path, onnx_dir: &Path) -> Result<PathBuf> {
         );
     }
     let backbone = tlearn::onnx::decode_model(&bb.bytes, &bb.path)?;
-    let head = tlearn::onnx::load_model(&run_dir.join(tlearn::run::HEAD))?;
+    let head = tlearn::onnx::decode_model(&head_bytes, &run_dir.join(tlearn::run::HEAD))?;
     let fused = tlearn::score::fuse(
         &backbone,
         &head,
@@ -118,7 +120,8 @@ fn export(run_dir: &Path, onnx_dir: &Path) -> Result<PathBuf> {
         info.features.interpolation,
         &info.classes,
         &info.tta,
-    )?;
+    )
+    .with_context(|| format!("fusing {} with its backbone", run_dir.join(tlearn::run::HEAD).display()))?;
     let bytes = tlearn::onnx::encode_model(&fused);
     tlearn::fsutil::write_bytes_atomic(&out, &bytes)?;
     tlearn::fsutil::write_json(
@@ -130,14 +133,14 @@ fn export(run_dir: &Path, onnx_dir: &Path) -> Result<PathBuf> {
             model_sha256: tlearn::fsutil::sha256_bytes(&bytes),
         },
     )?;
-    eprintln!("deployable model → {} ({:.1} MB)", out.display(), bytes.len() as f64 / 1e6);
+    tlearn::errln!("deployable model → {} ({:.1} MB)", out.display(), bytes.len() as f64 / 1e6);
     Ok(out)
 }
 
 fn run(a: Args) -> Result<()> {
     if let Some(Cmd::Merge { out, parts }) = &a.cmd {
         let s = tlearn::score::merge(parts, out).with_context(|| format!("merging into {}", out.display()))?;
-        println!("merged {} parts: {} images scored → {}", parts.len(), s.scored, out.display());
+        tlearn::outln!("merged {} parts: {} images scored → {}", parts.len(), s.scored, out.display());
         return Ok(());
     }
     let run_dir = a.runs.join(&a.run);
@@ -146,13 +149,15 @@ fn run(a: Args) -> Result<()> {
         None => export(&run_dir, &a.onnx_dir)?,
     };
     if a.export_only {
-        println!("{}", model.display());
+        tlearn::outln!("{}", model.display());
         return Ok(());
     }
     if a.inputs.is_empty() && a.list.is_empty() {
         anyhow::bail!("give folders, images, glob patterns or --list files to score (or --export-only)");
     }
     let out = a.out.unwrap_or_else(|| PathBuf::from("reports").join(&a.run).join("scores.csv"));
+    let lists: Vec<&Path> = a.list.iter().map(|p| p.as_path()).collect();
+    tlearn::fsutil::check_output_apart(&out, &lists)?;
     let (files, unreadable) = tlearn::inputs::collect(&a.inputs, &a.list)?;
     let o = tlearn::score::ScoreOptions {
         batch: a.batch,
@@ -167,19 +172,19 @@ fn run(a: Args) -> Result<()> {
     let s = tlearn::score::score(&model, files, unreadable, &out, &o, &a.ort.session())
         .with_context(|| format!("scoring into {}", out.display()))?;
     let secs = t.elapsed().as_secs_f64();
-    println!(
+    tlearn::outln!(
         "scored {} images in {secs:.1} s ({:.1} img/s) → {}",
         s.scored,
         s.scored as f64 / secs.max(1e-9),
         out.display()
     );
     for (c, n) in &s.per_class {
-        println!("  {c:<14} {n}");
+        tlearn::outln!("  {c:<14} {n}");
     }
     if !s.unreadable.is_empty() {
-        println!("unreadable: {}", s.unreadable.len());
+        tlearn::outln!("unreadable: {}", s.unreadable.len());
         for (_, why) in &s.unreadable {
-            println!("  {why}");
+            tlearn::outln!("  {why}");
         }
     }
     Ok(())

@@ -24,11 +24,22 @@ pub fn shard_parts(out: &Path) -> Result<Vec<PathBuf>> {
 /// `out`: byte for byte the cache one unsharded run writes. Returns (stem, rows) per cache.
 pub fn merge(parts: &[PathBuf], out: &Path) -> Result<Vec<(String, usize)>> {
     let first = parts.first().ok_or_else(|| Error::BadData { path: out.into(), reason: "no parts to merge".into() })?;
+    // The merged cache may hold its parts (the default layout), never be one or lie inside one.
+    let real_out = fsutil::real_path(out);
+    if let Some(p) = parts.iter().find(|p| real_out.starts_with(fsutil::real_path(p))) {
+        return Err(Error::BadData {
+            path: out.into(),
+            reason: format!("the output is or lies inside the part {} (outputs never overwrite inputs)", p.display()),
+        });
+    }
     let mut stems: Vec<(String, View)> = vec![];
     for e in std::fs::read_dir(first).at(first)?.filter_map(|e| e.ok()) {
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some(stem) = name.strip_suffix(".npy.json").filter(|s| !s.ends_with(".labels")) {
             let info: FeatureInfo = fsutil::read_json(&e.path())?;
+            // The split name becomes a file name in `out`: checked as on the command line.
+            fsutil::check_name("split", &info.split)
+                .map_err(|err| Error::BadData { path: e.path(), reason: err.to_string() })?;
             stems.push((info.split.clone(), info.view));
             debug_assert_eq!(stem, self::stem(&info.split, info.view));
         }
@@ -71,12 +82,42 @@ pub fn merge(parts: &[PathBuf], out: &Path) -> Result<Vec<(String, usize)>> {
                     reason: format!("extracted with other settings than {}", parts[0].display()),
                 });
             }
+            if i.dataset_real.is_none() || i.dataset_real != i0.dataset_real {
+                return Err(Error::BadData {
+                    path: p.clone(),
+                    reason: format!(
+                        "extracted from another dataset ({}) than {} ({})",
+                        i.dataset_real.as_deref().unwrap_or("not recorded"),
+                        parts[0].display(),
+                        i0.dataset_real.as_deref().unwrap_or("not recorded")
+                    ),
+                });
+            }
         }
+        // Every row's path spelled as the first part spells the dataset folder.
+        let d0 = i0.dataset.clone();
+        let respell = |f: &Features, path: &str| -> String {
+            match (&f.info.dataset, &d0) {
+                (Some(d), Some(d0)) if d != d0 => match fsutil::text_path(path).strip_prefix(fsutil::text_path(d)) {
+                    Ok(rest) => fsutil::path_text(&fsutil::text_path(d0).join(rest)),
+                    Err(_) => path.into(),
+                },
+                _ => path.into(),
+            }
+        };
+        let mut loaded = loaded;
+        for f in loaded.iter_mut() {
+            let fixed: Vec<String> = f.files.iter().map(|r| respell(f, &r.path)).collect();
+            let skipped: Vec<String> = f.info.skipped.iter().map(|s| respell(f, &s.path)).collect();
+            f.files.iter_mut().zip(fixed).for_each(|(r, p)| r.path = p);
+            f.info.skipped.iter_mut().zip(skipped).for_each(|(s, p)| s.path = p);
+        }
+        let i0 = &loaded[0].info;
         // Rows in path order: the order one run lists a split in.
         let mut order: Vec<(PathBuf, usize, usize)> = loaded
             .iter()
             .enumerate()
-            .flat_map(|(k, f)| f.files.iter().enumerate().map(move |(i, r)| (PathBuf::from(&r.path), k, i)))
+            .flat_map(|(k, f)| f.files.iter().enumerate().map(move |(i, r)| (fsutil::text_path(&r.path), k, i)))
             .collect();
         order.sort();
         let views: Vec<_> = order.iter().map(|&(_, k, i)| loaded[k].x.index_axis(Axis(0), i)).collect();
@@ -98,6 +139,8 @@ pub fn merge(parts: &[PathBuf], out: &Path) -> Result<Vec<(String, usize)>> {
             classes: &i0.classes,
             device: i0.device,
             shard: None,
+            dataset: i0.dataset.clone(),
+            dataset_real: i0.dataset_real.clone(),
         };
         let n = write_cache(out, &meta, x.view(), keep, skipped)?;
         done.push((stem(&split, view), n));

@@ -41,6 +41,34 @@ pub struct ExtractConfig {
     pub checkpoint_every: usize,
 }
 
+impl ExtractConfig {
+    /// Does this run's shard own `path` (a file of the dataset)? Decided by the path relative to
+    /// the dataset folder, so shards given the folder spelled differently still split it exactly.
+    fn owns(&self, path: &Path) -> bool {
+        self.shard.is_none_or(|s| s.owns(path.strip_prefix(&self.dataset).unwrap_or(path)))
+    }
+
+    /// Numbers in range, split names plain (they become file names in `out`).
+    pub fn validate(&self) -> Result<()> {
+        let bad =
+            |name, value: usize| Err(Error::Param { name, value: value.to_string(), reason: "must be ≥ 1".into() });
+        if self.checkpoint_every == 0 {
+            return bad("checkpoint-every", 0);
+        }
+        if self.batch == 0 {
+            return bad("batch", 0);
+        }
+        if self.max_pixels == 0 {
+            return bad("max-pixels", 0);
+        }
+        crate::backbone::check_size(self.size)?;
+        for s in &self.splits {
+            fsutil::check_name("split", s)?;
+        }
+        Ok(())
+    }
+}
+
 /// The sidecar of one split's features.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct FeatureInfo {
@@ -65,6 +93,12 @@ pub struct FeatureInfo {
     /// The part of the split these features cover (absent: all of it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<Shard>,
+    /// The dataset folder as given (the prefix of every row's path) and its real path (what
+    /// shard merges compare: parts of one dataset, however its path was spelled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_real: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -204,10 +238,13 @@ fn read_files(p: &Path, bytes: &[u8]) -> Result<Vec<FileRow>> {
 /// Extract every configured split; returns one report per split. The output folder is locked
 /// meanwhile; computed features are journalled so a killed run resumes with what is missing.
 pub fn extract(cfg: &ExtractConfig, bb: &Backbone) -> Result<Vec<SplitReport>> {
-    if cfg.checkpoint_every == 0 {
-        return Err(Error::Param { name: "checkpoint-every", value: "0".into(), reason: "must be ≥ 1".into() });
-    }
+    cfg.validate()?;
+    fsutil::check_output_apart(&cfg.out, &[&cfg.dataset])?;
     let classes = dataset::training_classes(&cfg.dataset)?;
+    let model = crate::onnx::decode_model(&bb.bytes, &bb.path)?;
+    let per_image = crate::memory::per_image_bytes(&model, &bb.path, cfg.size);
+    let cfg =
+        &ExtractConfig { batch: crate::memory::fit_batch(cfg.batch, per_image, cfg.size, &bb.path)?, ..cfg.clone() };
     let _lock = crate::lock::dir(&cfg.out)?;
     let mut session = None;
     let mut reports = vec![];
@@ -240,16 +277,21 @@ fn split_rows(cfg: &ExtractConfig, split: &str, classes: &[String]) -> Result<(V
     let mut unread: Vec<Skipped> = report
         .unreadable
         .iter()
-        .filter(|(p, _)| cfg.shard.is_none_or(|s| s.owns(Path::new(p))))
-        .map(|(p, r)| Skipped { path: p.clone(), reason: r.clone() })
+        .cloned()
+        .chain(report.skipped_non_images.iter().map(|p| {
+            let t = fsutil::path_text(p);
+            (t.clone(), format!("{t}: not an image file name"))
+        }))
+        .filter(|(p, _)| cfg.owns(&fsutil::text_path(p)))
+        .map(|(path, reason)| Skipped { path, reason })
         .collect();
     let labels = dataset::labels(&items, classes, split)?;
     let mut rows = vec![];
-    for (it, label) in items.iter().zip(labels).filter(|(it, _)| cfg.shard.is_none_or(|s| s.owns(&it.path))) {
+    for (it, label) in items.iter().zip(labels).filter(|(it, _)| cfg.owns(&it.path)) {
         match std::fs::read(&it.path) {
             Ok(bytes) => rows.push(FileRow {
                 index: 0,
-                path: it.path.display().to_string(),
+                path: fsutil::path_text(&it.path),
                 class: it.class.clone(),
                 label,
                 sha256: fsutil::sha256_bytes(&bytes),
@@ -257,7 +299,7 @@ fn split_rows(cfg: &ExtractConfig, split: &str, classes: &[String]) -> Result<(V
             Err(e) => {
                 let e = Error::Io { path: it.path.clone(), err: e };
                 tracing::warn!("{e} (skipped)");
-                unread.push(Skipped { path: it.path.display().to_string(), reason: e.to_string() });
+                unread.push(Skipped { path: fsutil::path_text(&it.path), reason: e.to_string() });
             }
         }
     }
@@ -375,7 +417,7 @@ fn extract_split(
     if !journalled.is_empty() {
         tracing::info!("{split}: resuming, {} of {} images already journalled", rows.len() - todo.len(), rows.len());
     }
-    let todo_paths: Vec<PathBuf> = todo.iter().map(|&i| PathBuf::from(&rows[i].path)).collect();
+    let todo_paths: Vec<PathBuf> = todo.iter().map(|&i| fsutil::text_path(&rows[i].path)).collect();
     let mut computed: HashMap<usize, ArrayD<f32>> = HashMap::new();
     let mut skipped: Vec<Skipped> = unread.to_vec();
     let mut device = previous.as_ref().map(|p| p.info.device).unwrap_or(runtime::Device::Cpu);
@@ -473,6 +515,8 @@ fn extract_split(
         classes,
         device,
         shard: cfg.shard,
+        dataset: Some(fsutil::path_text(&cfg.dataset)),
+        dataset_real: dataset_real(&cfg.dataset),
     };
     let n = write_cache(&cfg.out, &meta, x.view(), keep, skipped)?;
     journal.finish()?;
@@ -499,6 +543,13 @@ struct CacheMeta<'a> {
     classes: &'a [String],
     device: runtime::Device,
     shard: Option<Shard>,
+    dataset: Option<String>,
+    dataset_real: Option<String>,
+}
+
+/// The real path of a dataset folder, as sidecars record it.
+fn dataset_real(dataset: &Path) -> Option<String> {
+    std::fs::canonicalize(dataset).ok().map(|p| fsutil::path_text(&p))
 }
 
 /// Write one split's cache: the data files first, the sidecar (which validates them) last.
@@ -542,6 +593,8 @@ fn write_cache(
         device: m.device,
         tlearn_version: env!("CARGO_PKG_VERSION").into(),
         shard: m.shard,
+        dataset: m.dataset.clone(),
+        dataset_real: m.dataset_real.clone(),
     };
     fsutil::write_json(&fsutil::sidecar_path(&npy), &info)?;
     Ok(keep.len())

@@ -56,7 +56,7 @@ impl Head for Dense {
         let mut trainer = Trainer::new(&model, Path::new("head.onnx"), shape, data.classes, &self.opts)?;
         let params: usize = trainer.params.iter().map(|p| p.len()).sum();
         let describe = self.layers(shape, data.classes);
-        eprintln!(
+        crate::errln!(
             "head: {describe} ({} parameters); {} train / {} validation samples; {:?}",
             crate::onnx::summary::thousands(params),
             data.y.len(),
@@ -67,9 +67,15 @@ impl Head for Dense {
         let (vx, vl) = data.val.unwrap_or((&empty, &[]));
         let epochs = self.fit.epochs;
         let line = |e: &crate::train::Epoch| {
-            println!(
+            crate::outln!(
                 "epoch {:>3}/{}  loss {:.4}  acc {:.4}  val_loss {:.4}  val_acc {:.4}  ({:.2} s)",
-                e.epoch, epochs, e.loss, e.accuracy, e.val_loss, e.val_accuracy, e.seconds
+                e.epoch,
+                epochs,
+                e.loss,
+                e.accuracy,
+                e.val_loss,
+                e.val_accuracy,
+                e.seconds
             )
         };
         let resumed = match &self.checkpoint {

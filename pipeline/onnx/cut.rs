@@ -89,6 +89,20 @@ pub fn cut_model_pooled(
         return Err(Error::Other(format!("{}: give one cut tensor, or several with a global pooling", path.display())));
     }
     let (input, in_layout) = image_input(m, path)?;
+    // The cut graph's own input and output are named `image` and `features`: a source tensor
+    // that already bears one of those names is renamed first.
+    let renamed;
+    let (m, input, cuts) =
+        if graph(m).node.iter().flat_map(|n| n.input.iter().chain(&n.output)).any(|t| t == IMAGE || t == FEATURES)
+            || input == FEATURES
+        {
+            renamed = rename_reserved(m);
+            let r = |t: &str| reserved_name(t).unwrap_or_else(|| t.to_string());
+            (&renamed, r(&input), cuts.iter().map(|c| r(c)).collect::<Vec<_>>())
+        } else {
+            (m, input, cuts.to_vec())
+        };
+    let cuts = cuts.as_slice();
     let g = graph(m);
     let producer: HashMap<&str, usize> =
         g.node.iter().enumerate().flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i))).collect();
@@ -189,6 +203,30 @@ pub fn cut_model_pooled(
     // Legacy ONNX (IR < 4) required initializers to be listed as inputs; ours are not.
     out.ir_version = out.ir_version.max(4);
     Ok(out)
+}
+
+/// The name a source tensor called `image` or `features` gets inside a cut graph.
+fn reserved_name(t: &str) -> Option<String> {
+    (t == IMAGE || t == FEATURES).then(|| format!("tl_src_{t}"))
+}
+
+/// `m` with its tensors named [`IMAGE`] or [`FEATURES`] renamed (nodes, initializers, graph
+/// inputs and outputs).
+fn rename_reserved(m: &ModelProto) -> ModelProto {
+    let mut out = m.clone();
+    let g = out.graph.as_mut().expect("graph");
+    let fix = |t: &mut String| {
+        if let Some(n) = reserved_name(t) {
+            *t = n;
+        }
+    };
+    for n in g.node.iter_mut() {
+        n.input.iter_mut().for_each(fix);
+        n.output.iter_mut().for_each(fix);
+    }
+    g.initializer.iter_mut().for_each(|t| fix(&mut t.name));
+    g.input.iter_mut().chain(g.output.iter_mut()).for_each(|v| fix(&mut v.name));
+    out
 }
 
 fn channel_dim(g: &GraphProto, input: &str, layout: Layout) -> Dim {

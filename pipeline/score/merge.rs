@@ -3,7 +3,6 @@
 use super::{csv_line, summary_path, Format, ScoreSummary};
 use crate::error::{Error, IoContext, Result};
 use crate::shard::Shard;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// Rows of a score output as (path, row bytes), in file order.
@@ -18,8 +17,8 @@ fn rows_of(path: &Path, format: Format) -> Result<Rows> {
             let r = csv::ReaderBuilder::new().has_headers(true).from_reader(std::io::BufReader::new(f));
             Box::new(r.into_byte_records().map(move |rec| {
                 let rec = rec.map_err(|e| Error::BadData { path: p.clone(), reason: e.to_string() })?;
-                let first = rec.get(0).unwrap_or_default();
-                let key = PathBuf::from(std::ffi::OsStr::from_bytes(first));
+                let first = String::from_utf8_lossy(rec.get(0).unwrap_or_default()).into_owned();
+                let key = crate::fsutil::text_path(crate::fsutil::csv_uncell(&first));
                 Ok((key, csv_line(rec.iter())))
             }))
         }
@@ -33,7 +32,7 @@ fn rows_of(path: &Path, format: Format) -> Result<Rows> {
                     .get("path")
                     .and_then(|x| x.as_str())
                     .ok_or_else(|| Error::BadData { path: p.clone(), reason: "a JSON line without \"path\"".into() })?;
-                Ok((PathBuf::from(key), format!("{line}\n").into_bytes()))
+                Ok((crate::fsutil::text_path(key), format!("{line}\n").into_bytes()))
             }))
         }
     })
@@ -55,8 +54,18 @@ pub fn merge(parts: &[PathBuf], out: &Path) -> Result<ScoreSummary> {
         })
         .collect::<Result<_>>()?;
     crate::shard::check_complete(&shards, out)?;
+    let summaries: Vec<PathBuf> = parts.iter().map(|p| summary_path(p)).collect();
+    let inputs: Vec<&Path> = parts.iter().chain(&summaries).map(|p| p.as_path()).collect();
+    crate::fsutil::check_output_apart(out, &inputs)?;
+    crate::fsutil::check_output_apart(&summary_path(out), &inputs)?;
     let first = &sums[0];
     for (s, p) in sums.iter().zip(parts) {
+        if s.inputs_sha256.is_none() || s.inputs_sha256 != first.inputs_sha256 {
+            return Err(Error::BadData {
+                path: p.clone(),
+                reason: format!("scored other inputs than {} (or recorded none)", parts[0].display()),
+            });
+        }
         if (s.model_sha256.as_str(), s.format, s.threshold, s.top_k)
             != (first.model_sha256.as_str(), first.format, first.threshold, first.top_k)
         {
@@ -93,6 +102,7 @@ pub fn merge(parts: &[PathBuf], out: &Path) -> Result<ScoreSummary> {
         format: first.format,
         threshold: first.threshold,
         top_k: first.top_k,
+        inputs_sha256: first.inputs_sha256.clone(),
         ..Default::default()
     };
     for s in &sums {

@@ -96,7 +96,19 @@ pub fn fuse(
         .ok_or_else(|| Error::Other("head has no input".into()))?;
     let head_out =
         hg.output.first().map(|o| o.name.clone()).ok_or_else(|| Error::Other("head has no output".into()))?;
-    let k = if classes.len() == 2 { 1 } else { classes.len() };
+    let k = crate::metrics::output_width(classes.len());
+    if let Some(Some(got)) = hg.output.first().and_then(|o| onnx::vi_shape(o).1.last().copied()) {
+        if got != k as i64 {
+            return Err(Error::Shape {
+                what: format!(
+                    "head outputs per image for {} classes (the head does not match its class list)",
+                    classes.len()
+                ),
+                expected: vec![k],
+                got: vec![got.max(0) as usize],
+            });
+        }
+    }
     let head_probs = if views.is_empty() { OUTPUT.to_string() } else { "tta/probs_all".to_string() };
     let bb = rename(bg, "backbone/", &HashMap::from([(cut::IMAGE.to_string(), x.clone())]));
     let hh = rename(
@@ -241,6 +253,10 @@ pub struct ScoreSummary {
     /// The part of the inputs this output covers (`tlearn-score merge` combines all parts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<Shard>,
+    /// sha256 over the real paths of all the inputs (before sharding): parts of one scoring job
+    /// share it however their inputs were spelled; a merge of parts of other inputs is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs_sha256: Option<String>,
 }
 
 impl ScoreSummary {
@@ -320,6 +336,12 @@ impl ScoreOptions {
         if self.checkpoint_every == 0 {
             return bad("checkpoint-every", "0".into(), "must be ≥ 1".into());
         }
+        if self.batch == 0 {
+            return bad("batch", "0".into(), "must be ≥ 1".into());
+        }
+        if self.max_pixels == 0 {
+            return bad("max-pixels", "0".into(), "must be ≥ 1".into());
+        }
         if self.top_k == 0 || self.top_k > classes {
             return bad("top-k", self.top_k.to_string(), format!("must be in 1..={classes} (the model's classes)"));
         }
@@ -353,9 +375,9 @@ fn csv_line<I: AsRef<[u8]>>(fields: impl IntoIterator<Item = I>) -> Vec<u8> {
 fn row(format: Format, path: &str, classes: &[String], ranked: &[(usize, f64)], probs: &[f64]) -> Vec<u8> {
     match format {
         Format::Csv => {
-            let mut row = vec![path.to_string()];
+            let mut row = vec![crate::fsutil::csv_cell(path).into_owned()];
             for &(c, p) in ranked {
-                row.extend([classes[c].clone(), format!("{p:.6}")]);
+                row.extend([crate::fsutil::csv_cell(&classes[c]).into_owned(), format!("{p:.6}")]);
             }
             if classes.len() > 2 {
                 row.extend(probs.iter().map(|v| format!("{v:.6}")));
@@ -427,13 +449,46 @@ pub fn score(
     opts: &SessionOptions,
 ) -> Result<ScoreSummary> {
     let model_bytes = std::fs::read(model_path).at(model_path)?;
+    let model_sha256 = crate::fsutil::sha256_bytes(&model_bytes);
+    // A model with a sidecar (runs/<run>/model.onnx.json, a fine-tune's model.onnx.json) must be
+    // the model its sidecar describes.
+    let side = crate::fsutil::sidecar_path(model_path);
+    if let Ok(v) = crate::fsutil::read_json::<serde_json::Value>(&side) {
+        if let Some(recorded) = v.get("model_sha256").and_then(|s| s.as_str()) {
+            if recorded != model_sha256 {
+                return Err(Error::Checksum { path: model_path.into(), expected: recorded.into(), got: model_sha256 });
+            }
+        }
+    }
     let m = onnx::decode_model(&model_bytes, model_path)?;
     let meta = meta(&m, model_path)?;
     o.validate(meta.classes.len())?;
+    // Shards own files by real path, so shards given differently spelled inputs agree.
+    let reals: Vec<PathBuf> = files.iter().map(|p| crate::fsutil::real_path(p)).collect();
+    let out_real = crate::fsutil::real_path(out);
+    if let Some(i) = reals.iter().position(|r| *r == out_real) {
+        return Err(Error::BadData {
+            path: out.into(),
+            reason: format!("the output is an input image ({}); outputs never overwrite inputs", files[i].display()),
+        });
+    }
+    crate::fsutil::check_output_apart(out, &[model_path])?;
+    let mut inputs_hash = sha2::Sha256::new();
+    let mut all: Vec<PathBuf> = reals
+        .iter()
+        .cloned()
+        .chain(unreadable.iter().map(|(p, _)| crate::fsutil::real_path(&crate::fsutil::text_path(p))))
+        .collect();
+    all.sort();
+    for r in &all {
+        inputs_hash.update(r.as_os_str().as_encoded_bytes());
+        inputs_hash.update([0u8]);
+    }
     let _lock = crate::lock::file(out)?;
-    files.retain(|p| o.shard.is_none_or(|s| s.owns(p)));
+    let mut keep = reals.iter().map(|r| o.shard.is_none_or(|s| s.owns(r)));
+    files.retain(|_| keep.next().expect("one per file"));
     let owned = files;
-    unreadable.retain(|(p, _)| o.shard.is_none_or(|s| s.owns(Path::new(p))));
+    unreadable.retain(|(p, _)| o.shard.is_none_or(|s| s.owns(&crate::fsutil::real_path(&crate::fsutil::text_path(p)))));
     let mut list_hash = sha2::Sha256::new();
     for p in &owned {
         // Path, size and modification time: a file changed while the run was down voids the journal.
@@ -445,7 +500,7 @@ pub fn score(
         list_hash.update(stamp.as_bytes());
         list_hash.update([0u8]);
     }
-    let model_sha256 = crate::fsutil::sha256_bytes(&model_bytes);
+
     let journal = crate::journal::Journal::open(
         &crate::journal::dir_of(out),
         &ScoreManifest {
@@ -495,9 +550,13 @@ pub fn score(
         run_images(&mut s, INPUT, OUTPUT, &todo, &spec, o.batch, |j, r| {
             pb.inc(1);
             let i = todo_idx[j];
-            let path = owned[i].display().to_string();
+            let path = crate::fsutil::path_text(&owned[i]);
             match r {
                 Ok(y) => {
+                    if y.len() != crate::metrics::output_width(meta.classes.len()) {
+                        let y = y.to_owned().insert_axis(ndarray::Axis(0));
+                        crate::metrics::check_width(&y, meta.classes.len(), model_path)?;
+                    }
                     let y = y.into_dimensionality().map_err(|e| Error::Other(format!("model output: {e}")))?;
                     let p = crate::metrics::row_probs(y);
                     let ranked = rank(&p, o.top_k, threshold);
@@ -525,6 +584,7 @@ pub fn score(
         threshold: o.threshold,
         top_k: o.top_k,
         shard: o.shard,
+        inputs_sha256: Some(hex::encode(inputs_hash.finalize())),
         ..Default::default()
     };
     crate::fsutil::write_atomic(out, |w| {

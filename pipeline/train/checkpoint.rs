@@ -107,12 +107,13 @@ pub fn restore(
     }
     let bad = |reason: String| Error::BadModel { path: path.into(), reason };
     let m = onnx::load_model(path)?;
-    let saved: Saved = m
+    let text = m
         .metadata_props
         .iter()
         .find(|p| p.key == STATE_KEY)
-        .and_then(|p| serde_json::from_str(&p.value).ok())
         .ok_or_else(|| bad("no tlearn fit state in its metadata".into()))?;
+    let saved: Saved = serde_json::from_str(&text.value)
+        .map_err(|e| bad(format!("its fit state ({STATE_KEY}) does not parse: {e}")))?;
     if saved.config != *config {
         if mode == Resume::Require {
             return Err(bad("the checkpoint was made with other settings or data (only --epochs may change)".into()));

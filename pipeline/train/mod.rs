@@ -58,15 +58,25 @@ pub struct FitState {
     pub history: Vec<Epoch>,
 }
 
-/// One line of `history.csv`.
+/// One line of `history.csv`. A metric that was not measured (no validation split) is NaN, which
+/// JSON writes as `null`; `null` reads back as NaN, so such histories round-trip.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Epoch {
     pub epoch: usize,
+    #[serde(deserialize_with = "nan_if_missing")]
     pub loss: f64,
+    #[serde(deserialize_with = "nan_if_missing")]
     pub accuracy: f64,
+    #[serde(deserialize_with = "nan_if_missing")]
     pub val_loss: f64,
+    #[serde(deserialize_with = "nan_if_missing")]
     pub val_accuracy: f64,
+    #[serde(deserialize_with = "nan_if_missing")]
     pub seconds: f64,
+}
+
+fn nan_if_missing<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Labels as the loss expects them: (N,1) 0/1 for BCE, one-hot (N,K) for CE.

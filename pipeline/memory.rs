@@ -1,0 +1,83 @@
+//! Memory budgets: how much a batch of a backbone at a given input size needs, measured before
+//! the batch is allocated, so an absurd `--size` or `--batch` ends in a clear error (or a
+//! smaller batch) instead of the kernel's OOM killer.
+
+use crate::error::{Error, Result};
+use crate::onnx::{self, cut, proto::ModelProto};
+use std::path::Path;
+
+/// Bytes the system can still hand out (`MemAvailable`), if the platform says.
+pub fn available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The side a backbone is probed at: its default, or less when the target is smaller.
+const PROBE_SIDE: u32 = 224;
+
+/// Bytes one image of `size`×`size` needs in a run of the cut backbone `model`: its decoded and
+/// preprocessed input, plus three times the largest float tensor of the graph (an op's input, its
+/// output and the runtime's arena slack). The largest tensor is measured on a probe image no
+/// larger than [`PROBE_SIDE`] and scaled with the pixel count. None when the probe cannot run
+/// (fixed-size graphs are measured when they run at their one size).
+pub fn per_image_bytes(model: &ModelProto, what: &Path, size: u32) -> Option<u64> {
+    per_image_bytes_at(model, what, cut::IMAGE, cut::Layout::Nhwc, 3, size)
+}
+
+/// [`per_image_bytes`] of any graph whose image input `input` (`channels`, in `layout`) takes a
+/// free height and width.
+pub fn per_image_bytes_at(
+    model: &ModelProto,
+    what: &Path,
+    input: &str,
+    layout: cut::Layout,
+    channels: usize,
+    size: u32,
+) -> Option<u64> {
+    let probe = size.min(PROBE_SIDE) as usize;
+    let names: Vec<String> =
+        onnx::graph(model).node.iter().flat_map(|n| n.output.iter()).filter(|o| !o.is_empty()).cloned().collect();
+    let x = match layout {
+        cut::Layout::Nhwc => ndarray::Array4::<f32>::zeros((1, probe, probe, channels)),
+        cut::Layout::Nchw => ndarray::Array4::<f32>::zeros((1, channels, probe, probe)),
+    }
+    .into_dyn();
+    let shapes = onnx::probe::shapes(model, what, vec![(input, x.view())], &names).ok()?;
+    let largest = shapes.values().map(|s| s.iter().product::<usize>() as u64).max().unwrap_or(0);
+    let scale = (size as f64 / probe as f64).powi(2);
+    let pixels = size as u64 * size as u64;
+    Some((largest as f64 * scale * 4.0 * 3.0) as u64 + pixels * channels as u64 * 4 * 2)
+}
+
+/// The batch to run: `batch`, or fewer images when `batch` of `per_image` bytes would take more
+/// than half the available memory (logged); an error when not even one image fits.
+pub fn fit_batch(batch: usize, per_image: Option<u64>, size: u32, what: &Path) -> Result<usize> {
+    let (Some(need), Some(avail)) = (per_image, available_bytes()) else { return Ok(batch) };
+    let budget = avail / 2;
+    let fits = (budget / need.max(1)) as usize;
+    let gb = |b: u64| b as f64 / 1e9;
+    if fits == 0 {
+        return Err(Error::BadData {
+            path: what.into(),
+            reason: format!(
+                "one {size}×{size} image needs about {:.1} GB in this network; {:.1} GB are available \
+                 (use a smaller --size)",
+                gb(need),
+                gb(avail)
+            ),
+        });
+    }
+    if fits < batch {
+        tracing::warn!(
+            "{}: a batch of {batch} at {size}×{size} would need about {:.1} GB ({:.1} GB available); \
+             running batches of {fits}",
+            what.display(),
+            gb(need * batch as u64),
+            gb(avail)
+        );
+        return Ok(fits);
+    }
+    Ok(batch)
+}
