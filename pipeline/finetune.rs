@@ -146,6 +146,7 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
     cfg.fit.validate()?;
     let model = onnx::load_model(&cfg.model)?;
     let input = input_shape(&model, &cfg.model)?;
+    fsutil::check_output_apart(&cfg.run_dir, &[&cfg.data, &cfg.model])?;
     let classes = crate::dataset::training_classes(&cfg.data)?;
     let k_model =
         onnx::graph(&model).output.first().and_then(|o| onnx::vi_shape(o).1.last().copied().flatten()).unwrap_or(0)
@@ -181,14 +182,21 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
     let t = std::time::Instant::now();
     let mut best: Option<(Epoch, ModelProto)> = None;
     let mut since_best = 0usize;
+    let mut best_sha: Option<String> = None;
     let _lock = crate::lock::dir(&cfg.run_dir)?;
     let config_json = comparable(cfg, &train, val.as_ref());
     let resumed =
         checkpoint::restore(&cfg.run_dir.join(CHECKPOINT), &config_json, &cfg.fit.optimizer, &mut trainer, cfg.resume)?;
     if let Some(r) = &resumed {
         if let Some(b) = &r.best_epoch {
-            let bm = onnx::load_model(&cfg.run_dir.join(BEST))?;
-            best = Some((b.clone(), bm));
+            let path = cfg.run_dir.join(BEST);
+            // The best model must be the file the checkpoint recorded, not one put there since.
+            let bytes = match &r.best_sha256 {
+                Some(sha) => fsutil::read_verified(&path, sha)?,
+                None => std::fs::read(&path).map_err(|e| Error::Io { path: path.clone(), err: e })?,
+            };
+            best = Some((b.clone(), onnx::decode_model(&bytes, &path)?));
+            best_sha = Some(fsutil::sha256_bytes(&bytes));
         }
         since_best = r.since_best;
         for e in &r.state.history {
@@ -226,6 +234,7 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
             fsutil::write_bytes_atomic(&cfg.run_dir.join(LAST), &bytes)?;
             if improved {
                 fsutil::write_bytes_atomic(&cfg.run_dir.join(BEST), &bytes)?;
+                best_sha = Some(fsutil::sha256_bytes(&bytes));
                 since_best = 0;
             } else {
                 since_best += 1;
@@ -233,7 +242,8 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
             // The checkpoint goes last: a run killed before it resumes from the previous epoch
             // and recomputes this one identically (rewriting last/best the same way).
             let best_epoch = if improved { Some(e.clone()) } else { best.as_ref().map(|b| b.0.clone()) };
-            checkpoint::save(&cfg.run_dir.join(CHECKPOINT), &m, tr, fs, &config_json, best_epoch, since_best)?;
+            let kept = checkpoint::BestSoFar { epoch: best_epoch, since: since_best, sha256: best_sha.clone() };
+            checkpoint::save(&cfg.run_dir.join(CHECKPOINT), &m, tr, fs, &config_json, kept)?;
             if improved {
                 best = Some((e.clone(), m));
             }

@@ -20,8 +20,8 @@ const PROBE_SIDE: u32 = 224;
 /// Bytes one image of `size`×`size` needs in a run of the cut backbone `model`: its decoded and
 /// preprocessed input, plus three times the largest float tensor of the graph (an op's input, its
 /// output and the runtime's arena slack). The largest tensor is measured on a probe image no
-/// larger than [`PROBE_SIDE`] and scaled with the pixel count. None when the probe cannot run
-/// (fixed-size graphs are measured when they run at their one size).
+/// larger than [`PROBE_SIDE`] and scaled with the pixel count (a graph that only takes its own
+/// size is measured at it). None when the probe cannot run.
 pub fn per_image_bytes(model: &ModelProto, what: &Path, size: u32) -> Option<u64> {
     per_image_bytes_at(model, what, cut::IMAGE, cut::Layout::Nhwc, 3, size)
 }
@@ -36,16 +36,31 @@ pub fn per_image_bytes_at(
     channels: usize,
     size: u32,
 ) -> Option<u64> {
-    let probe = size.min(PROBE_SIDE) as usize;
-    let names: Vec<String> =
-        onnx::graph(model).node.iter().flat_map(|n| n.output.iter()).filter(|o| !o.is_empty()).cloned().collect();
-    let x = match layout {
-        cut::Layout::Nhwc => ndarray::Array4::<f32>::zeros((1, probe, probe, channels)),
-        cut::Layout::Nchw => ndarray::Array4::<f32>::zeros((1, channels, probe, probe)),
-    }
-    .into_dyn();
-    let shapes = onnx::probe::shapes(model, what, vec![(input, x.view())], &names).ok()?;
-    let largest = shapes.values().map(|s| s.iter().product::<usize>() as u64).max().unwrap_or(0);
+    // The float tensors: every node's first output that is not shape arithmetic.
+    let g = onnx::graph(model);
+    let ints = onnx::integer_tensors(g);
+    let names: Vec<String> = g
+        .node
+        .iter()
+        .filter_map(|n| n.output.first())
+        .filter(|o| !o.is_empty() && !ints.contains(*o))
+        .cloned()
+        .collect();
+    let largest_at = |side: usize| -> Option<u64> {
+        let x = match layout {
+            cut::Layout::Nhwc => ndarray::Array4::<f32>::zeros((1, side, side, channels)),
+            cut::Layout::Nchw => ndarray::Array4::<f32>::zeros((1, channels, side, side)),
+        }
+        .into_dyn();
+        let shapes = onnx::probe::shapes(model, what, vec![(input, x.view())], &names).ok()?;
+        shapes.values().map(|s| s.iter().product::<usize>() as u64).max()
+    };
+    // A graph of one fixed input size is measured at that size (one image).
+    let (probe, largest) = match largest_at(size.min(PROBE_SIDE) as usize) {
+        Some(l) => (size.min(PROBE_SIDE), l),
+        None if size > PROBE_SIDE => (size, largest_at(size as usize)?),
+        None => return None,
+    };
     let scale = (size as f64 / probe as f64).powi(2);
     let pixels = size as u64 * size as u64;
     Some((largest as f64 * scale * 4.0 * 3.0) as u64 + pixels * channels as u64 * 4 * 2)

@@ -305,6 +305,17 @@ fn a_finetune_without_validation_resumes_and_reports_every_skipped_file() {
     assert!(out.contains("epoch   2/2"), "{out}");
     let hist = std::fs::read_to_string(w.join("runs/nv/history.csv")).unwrap();
     assert_eq!(hist.lines().count(), 3, "{hist}");
+    // A best model replaced since the checkpoint is refused on resume, not taken as the best.
+    std::fs::copy(w.join("net.onnx"), w.join("runs/nv/best.onnx")).unwrap();
+    let err = fails("tlearn-finetune", &args("3"), w);
+    assert!(err.contains("best.onnx") && err.contains("sha256"), "{err}");
+    // The run folder may not overlap the data it trains on.
+    let err = fails(
+        "tlearn-finetune",
+        &["net.onnx", "--data", "data/nv", "--runs", "data", "--run", "nv", "--epochs", "1"],
+        w,
+    );
+    assert!(err.contains("input"), "{err}");
 }
 
 #[test]

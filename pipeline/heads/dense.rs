@@ -99,7 +99,7 @@ impl Head for Dense {
                 pb.suspend(|| line(e));
                 pb.inc(1);
                 if let Some(c) = &self.checkpoint {
-                    checkpoint::save(&c.path, &tr.export(), tr, fs, &c.config, None, 0)?;
+                    checkpoint::save(&c.path, &tr.export(), tr, fs, &c.config, Default::default())?;
                 }
                 Ok(true)
             },

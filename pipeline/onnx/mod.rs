@@ -242,3 +242,22 @@ pub fn real_inputs(g: &GraphProto) -> Vec<&ValueInfoProto> {
     let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
     g.input.iter().filter(|i| !inits.contains(i.name.as_str())).collect()
 }
+
+/// Tensors that hold integers (shape arithmetic of exported graphs): outputs of Shape/Size/ArgMax…,
+/// integer Casts and Constants, and of any other op whose first input is an integer tensor.
+pub fn integer_tensors(g: &GraphProto) -> std::collections::HashSet<String> {
+    let mut ints: std::collections::HashSet<String> =
+        g.initializer.iter().filter(|t| t.data_type != dtype::FLOAT).map(|t| t.name.clone()).collect();
+    for n in &g.node {
+        let int_out = match n.op_type.as_str() {
+            "Shape" | "Size" | "ArgMax" | "ArgMin" | "NonZero" => true,
+            "Cast" => attr_i(n, "to", dtype::FLOAT as i64) != dtype::FLOAT as i64,
+            "Constant" => attr(n, "value").and_then(|a| a.t.as_ref()).is_some_and(|t| t.data_type != dtype::FLOAT),
+            _ => n.input.first().is_some_and(|i| ints.contains(i)),
+        };
+        if int_out {
+            ints.extend(n.output.iter().cloned());
+        }
+    }
+    ints
+}

@@ -534,6 +534,8 @@ pub fn score(
         );
     }
     if !todo.is_empty() {
+        let need = crate::memory::per_image_bytes_at(&m, model_path, INPUT, cut::Layout::Nhwc, 3, meta.size);
+        let batch = crate::memory::fit_batch(o.batch, need, meta.size, model_path)?;
         let mut s = runtime::open(&model_bytes, model_path, opts)?.session;
         let spec = LoadSpec {
             size: (meta.size, meta.size),
@@ -547,7 +549,7 @@ pub fn score(
         pb.set_message("scoring");
         let mut rows: Vec<u8> = vec![];
         let mut info = ChunkInfo::default();
-        run_images(&mut s, INPUT, OUTPUT, &todo, &spec, o.batch, |j, r| {
+        run_images(&mut s, INPUT, OUTPUT, &todo, &spec, batch, |j, r| {
             pb.inc(1);
             let i = todo_idx[j];
             let path = crate::fsutil::path_text(&owned[i]);

@@ -38,6 +38,9 @@ struct Saved {
     history: Vec<Epoch>,
     best_epoch: Option<Epoch>,
     since_best: usize,
+    /// sha256 of the best epoch's model file (fine-tune's `best.onnx`), checked on resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    best_sha256: Option<String>,
 }
 
 /// A restored fit: its state, best epoch so far, and epochs since that best one.
@@ -45,6 +48,8 @@ pub struct Restored {
     pub state: FitState,
     pub best_epoch: Option<Epoch>,
     pub since_best: usize,
+    /// sha256 of the best epoch's model file, when the fit keeps one.
+    pub best_sha256: Option<String>,
 }
 
 /// `config` (any serialisable settings) as checkpoints compare it: `epochs` removed wherever it
@@ -60,6 +65,15 @@ pub fn comparable(config: serde_json::Value) -> serde_json::Value {
     v
 }
 
+/// The best epoch so far as a checkpoint records it: its record, the epochs since, and the
+/// sha256 of the file its model was written to (if any).
+#[derive(Default)]
+pub struct BestSoFar {
+    pub epoch: Option<Epoch>,
+    pub since: usize,
+    pub sha256: Option<String>,
+}
+
 /// Write the checkpoint of `tr` (exported as `exported`) after the epoch `fs` ends.
 pub fn save(
     path: &Path,
@@ -67,9 +81,9 @@ pub fn save(
     tr: &Trainer,
     fs: &FitState,
     config: &serde_json::Value,
-    best_epoch: Option<Epoch>,
-    since_best: usize,
+    best: BestSoFar,
 ) -> Result<()> {
+    let BestSoFar { epoch: best_epoch, since: since_best, sha256: best_sha256 } = best;
     let saved = Saved {
         config: config.clone(),
         epoch: fs.epoch,
@@ -79,6 +93,7 @@ pub fn save(
         history: fs.history.clone(),
         best_epoch,
         since_best,
+        best_sha256,
     };
     let mut m = exported.clone();
     let g = m.graph.as_mut().expect("graph");
@@ -147,5 +162,10 @@ pub fn restore(
         history: saved.history,
     };
     tracing::info!("{}: resuming after epoch {}", path.display(), state.epoch);
-    Ok(Some(Restored { state, best_epoch: saved.best_epoch, since_best: saved.since_best }))
+    Ok(Some(Restored {
+        state,
+        best_epoch: saved.best_epoch,
+        since_best: saved.since_best,
+        best_sha256: saved.best_sha256,
+    }))
 }

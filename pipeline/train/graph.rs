@@ -171,7 +171,7 @@ pub fn compile_with(
     let needs = needs_grad(g, &param_set);
 
     // Shapes of every float tensor for a batch of 2 (2, not 1, so broadcasting is visible).
-    let ints = integer_tensors(g);
+    let ints = onnx::integer_tensors(g);
     let mut names: Vec<String> = g
         .node
         .iter()
@@ -533,25 +533,6 @@ fn needs_grad(g: &GraphProto, params: &HashSet<&str>) -> HashSet<String> {
         }
     }
     needs
-}
-
-/// Tensors that hold integers (shape arithmetic of exported graphs): outputs of Shape/Size/ArgMax…,
-/// integer Casts and Constants, and of any other op whose first input is an integer tensor.
-fn integer_tensors(g: &GraphProto) -> HashSet<String> {
-    let mut ints: HashSet<String> =
-        g.initializer.iter().filter(|t| t.data_type != dtype::FLOAT).map(|t| t.name.clone()).collect();
-    for n in &g.node {
-        let int_out = match n.op_type.as_str() {
-            "Shape" | "Size" | "ArgMax" | "ArgMin" | "NonZero" => true,
-            "Cast" => attr_i(n, "to", dtype::FLOAT as i64) != dtype::FLOAT as i64,
-            "Constant" => attr(n, "value").and_then(|a| a.t.as_ref()).is_some_and(|t| t.data_type != dtype::FLOAT),
-            _ => n.input.first().is_some_and(|i| ints.contains(i)),
-        };
-        if int_out {
-            ints.extend(n.output.iter().cloned());
-        }
-    }
-    ints
 }
 
 fn reduce_axes(n: &NodeProto, g: &GraphProto) -> Option<Vec<i64>> {
