@@ -44,7 +44,13 @@ pub fn scan(root: &Path) -> Result<(Vec<Item>, ScanReport)> {
     let mut items = vec![];
     if !dirs.is_empty() {
         for d in dirs {
-            let class = crate::fsutil::path_text(Path::new(d.file_name().unwrap_or_default()));
+            // Class names go into models' metadata (JSON) and reports: they must be text.
+            let Some(class) = d.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+                let p = crate::fsutil::path_text(d);
+                tracing::warn!("{p}: class folder name is not UTF-8 (skipped; rename it)");
+                report.unreadable.push((p.clone(), format!("{p}: class folder name is not UTF-8; rename it")));
+                continue;
+            };
             let before = items.len();
             for e in walkdir::WalkDir::new(d).follow_links(false).sort_by_file_name() {
                 let e = match e {
@@ -90,7 +96,11 @@ pub fn scan(root: &Path) -> Result<(Vec<Item>, ScanReport)> {
         }
     } else {
         for p in entries {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+                let t = crate::fsutil::path_text(&p);
+                report.unreadable.push((t.clone(), format!("{t}: the name (its class) is not UTF-8; rename it")));
+                continue;
+            };
             match (is_image_path(&p), name.split_once('.')) {
                 (true, Some((class, rest))) if !class.is_empty() && rest.contains('.') => {
                     items.push(Item { class: class.to_string(), path: p })
@@ -133,7 +143,12 @@ pub fn scan_source(root: &Path, follow_outside: bool) -> Result<(Vec<Item>, Scan
         }
     }
     if kept.is_empty() {
-        return Err(Error::BadData { path: root.into(), reason: "no images inside the input folder".into() });
+        return Err(Error::BadData {
+            path: root.into(),
+            reason: "no images inside the input folder (those reached through links to elsewhere were skipped; \
+                     --follow-outside includes them)"
+                .into(),
+        });
     }
     Ok((kept, report))
 }
@@ -319,7 +334,9 @@ pub fn write_split(
         rows.push(ManifestRow {
             split: split_name.into(),
             class: it.class.clone(),
-            file: format!("{split_name}/{}/{name}", it.class),
+            file: fsutil::path_text(
+                &Path::new(split_name).join(&it.class).join(it.path.file_name().unwrap_or_default()),
+            ),
             source: fsutil::path_text(&src),
         });
     }

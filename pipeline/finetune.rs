@@ -190,11 +190,8 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
     if let Some(r) = &resumed {
         if let Some(b) = &r.best_epoch {
             let path = cfg.run_dir.join(BEST);
-            // The best model must be the file the checkpoint recorded, not one put there since.
-            let bytes = match &r.best_sha256 {
-                Some(sha) => fsutil::read_verified(&path, sha)?,
-                None => std::fs::read(&path).map_err(|e| Error::Io { path: path.clone(), err: e })?,
-            };
+            let bytes = std::fs::read(&path).map_err(|e| Error::Io { path: path.clone(), err: e })?;
+            check_best(&cfg.run_dir, &bytes, r.best_sha256.as_deref())?;
             best = Some((b.clone(), onnx::decode_model(&bytes, &path)?));
             best_sha = Some(fsutil::sha256_bytes(&bytes));
         }
@@ -274,6 +271,19 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
     fsutil::write_json(&fsutil::sidecar_path(&cfg.run_dir.join(MODEL)), &info)?;
     crate::run::write_history_csv(&cfg.run_dir.join(crate::run::HISTORY_CSV), &history)?;
     Ok(Finetuned { info, history, best: best_model })
+}
+
+/// A resumed run's `best.onnx` must be the model its checkpoint recorded — or, when the run was
+/// killed after an improving epoch wrote `last.onnx` and `best.onnx` (the same bytes) but before
+/// its checkpoint, that epoch's model, which the resumed run recomputes and rewrites identically.
+/// Anything else was put there since and is refused, not taken as the best epoch.
+fn check_best(run_dir: &Path, best: &[u8], recorded: Option<&str>) -> Result<()> {
+    let Some(expected) = recorded else { return Ok(()) };
+    let got = fsutil::sha256_bytes(best);
+    if got == expected || std::fs::read(run_dir.join(LAST)).is_ok_and(|last| last == best) {
+        return Ok(());
+    }
+    Err(Error::Checksum { path: run_dir.join(BEST), expected: expected.into(), got })
 }
 
 /// Probabilities of `model` (a net, not the deployable wrapper) on a split of `cfg.data`, loaded

@@ -141,27 +141,40 @@ pub fn check_name(what: &'static str, name: &str) -> Result<()> {
 }
 
 /// `path` made absolute and with every link resolved that exists so far: the real path of an
-/// existing file, or the real folder of a path to be created followed by its remaining components.
+/// existing file, or the real folder of a path to be created followed by its remaining components
+/// (a `..` among those steps back, as it will once the folders before it are created).
 pub fn real_path(path: &Path) -> PathBuf {
+    use std::path::Component;
     let abs = if path.is_absolute() {
         path.to_path_buf()
     } else {
         std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")).join(path)
     };
-    let mut rest = vec![];
-    let mut cur = abs.as_path();
-    loop {
-        if let Ok(real) = std::fs::canonicalize(cur) {
-            return rest.iter().rev().fold(real, |p: PathBuf, c| p.join(c));
-        }
-        match (cur.parent(), cur.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_owned());
-                cur = parent;
+    let mut cur = PathBuf::from("/");
+    let mut exists = true;
+    for c in abs.components() {
+        match c {
+            Component::RootDir | Component::Prefix(_) | Component::CurDir => {}
+            Component::ParentDir if !exists => {
+                cur.pop();
+                exists = cur.exists();
+                if exists {
+                    cur = std::fs::canonicalize(&cur).unwrap_or(cur);
+                }
             }
-            _ => return abs,
+            c => {
+                let next = cur.join(c);
+                match exists.then(|| std::fs::canonicalize(&next)) {
+                    Some(Ok(real)) => cur = real,
+                    _ => {
+                        exists = false;
+                        cur = next;
+                    }
+                }
+            }
         }
     }
+    cur
 }
 
 /// Refuse an output that is, contains, or lies inside one of the `inputs` (compared by real

@@ -105,9 +105,10 @@ pub fn decode_bytes(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<Dynami
     }
     let reader = ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
     let format = reader.format().ok_or_else(|| bad("unknown image format".into()))?;
-    let mut eoi = bytes.len();
+    let mut sequential = None;
     if format == image::ImageFormat::Jpeg {
-        eoi = jpeg_complete(bytes).map_err(|e| bad(e.into()))?;
+        let (eoi, seq) = jpeg_complete(bytes).map_err(|e| bad(e.into()))?;
+        sequential = seq.then_some(eoi);
     }
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(max_pixels.saturating_mul(8).max(1 << 20));
@@ -121,7 +122,10 @@ pub fn decode_bytes(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<Dynami
     }
     dec.set_limits(limits).map_err(|e| bad(e.to_string()))?;
     let orientation = dec.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let strict = if format == image::ImageFormat::Jpeg { jpeg_strict(&bytes[..eoi], w, h).map_err(bad)? } else { None };
+    let strict = match sequential {
+        Some(eoi) => jpeg_strict(&bytes[..eoi], w, h).map_err(bad)?,
+        None => None,
+    };
     let mut img = match strict {
         Some(img) => img,
         None => DynamicImage::from_decoder(dec).map_err(|e| bad(e.to_string()))?,
@@ -130,14 +134,16 @@ pub fn decode_bytes(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<Dynami
     Ok(img)
 }
 
-/// Decode a JPEG (`bytes` up to, not including, its end-of-image marker) as the image crate does
-/// (same decoder, same colour handling) but strictly: `Err` when the entropy-coded data runs out
-/// before the last row (a header that declares more image than the file holds: the lenient
-/// decoder, which stops reading at the marker, decodes the missing rows from zero bits and
-/// reports nothing; without the marker the data ends where the file does, which the strict
-/// decoder notices), `Ok(None)` when the strict decoder objects to something else (the lenient
-/// path decodes it).
-fn jpeg_strict(bytes: &[u8], w: u32, h: u32) -> std::result::Result<Option<DynamicImage>, String> {
+/// Decode a sequential (baseline or extended Huffman) JPEG — `data` is the file up to, not
+/// including, its end-of-image marker — as the image crate does (same decoder, same colour
+/// handling) but strictly: `Err` when the entropy-coded data runs out before the last row of
+/// blocks starts (a header that declares more image than the file holds: the lenient decoder
+/// stops at the marker and decodes the missing rows from zero bits without a word). Without the
+/// marker the data ends where the file does, which the strict decoder notices; 8 zero bytes
+/// stand in for the marker so its read-ahead (up to 8 bytes) never reaches that end on a
+/// complete file. `Ok(None)` when the strict decoder objects to anything else (the lenient path
+/// decodes it).
+fn jpeg_strict(data: &[u8], w: u32, h: u32) -> std::result::Result<Option<DynamicImage>, String> {
     use zune_core::colorspace::ColorSpace as C;
     use zune_jpeg::errors::DecodeErrors as E;
     let headers = |strict: bool| {
@@ -146,22 +152,24 @@ fn jpeg_strict(bytes: &[u8], w: u32, h: u32) -> std::result::Result<Option<Dynam
             .set_max_width(usize::MAX)
             .set_max_height(usize::MAX)
     };
-    let mut probe =
-        zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(bytes), headers(false));
+    let mut probe = zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(data), headers(false));
     if probe.decode_headers().is_err() {
         return Ok(None);
     }
     let Some(orig) = probe.input_colorspace() else { return Ok(None) };
     let out = if matches!(orig, C::RGB | C::RGBA | C::Luma | C::LumaA) { orig } else { C::RGB };
+    let mut padded = Vec::with_capacity(data.len() + 8);
+    padded.extend_from_slice(data);
+    padded.extend_from_slice(&[0; 8]);
     let mut d = zune_jpeg::JpegDecoder::new_with_options(
-        zune_core::bytestream::ZCursor::new(bytes),
+        zune_core::bytestream::ZCursor::new(&padded[..]),
         headers(true).jpeg_set_out_colorspace(out),
     );
     let px = match d.decode() {
         Ok(px) => px,
         Err(E::ExhaustedData) => return Err(format!("the JPEG data ends before its {w}×{h} pixels are decoded")),
         Err(e @ (E::FormatStatic(_) | E::Format(_)))
-            if ["premature", "no more bytes", "exhausted"].iter().any(|k| e.to_string().to_lowercase().contains(k)) =>
+            if ["premature end", "no more bytes"].iter().any(|k| e.to_string().to_lowercase().contains(k)) =>
         {
             return Err(format!("the JPEG data ends before its {w}×{h} pixels are decoded ({e})"))
         }
@@ -179,8 +187,12 @@ fn jpeg_strict(bytes: &[u8], w: u32, h: u32) -> std::result::Result<Option<Dynam
 
 /// Decoded pixels in flight across all decoding threads: a decode waits until its image fits
 /// (an image larger than the whole budget runs alone), so peak memory is bounded by pixels, not
-/// by how many threads happen to decode large images at once.
-pub const DECODE_BUDGET_PIXELS: u64 = DEFAULT_MAX_PIXELS;
+/// by how many threads happen to decode large images at once. The budget is an eighth of the
+/// available memory at ~6 bytes per decoded pixel (decode, RGB copy, resize), and never less
+/// than one largest allowed image ([`DEFAULT_MAX_PIXELS`]).
+pub fn decode_budget_pixels() -> u64 {
+    crate::memory::available_bytes().map(|b| b / 48).unwrap_or(0).max(DEFAULT_MAX_PIXELS)
+}
 
 /// A shared budget of pixels.
 pub struct PixelBudget {
@@ -225,7 +237,7 @@ impl Drop for PixelGuard<'_> {
     }
 }
 
-static DECODE_BUDGET: PixelBudget = PixelBudget::new(DECODE_BUDGET_PIXELS);
+static DECODE_BUDGET: std::sync::OnceLock<PixelBudget> = std::sync::OnceLock::new();
 
 /// Decode the image at `path` and hand it to `use_image` (which typically resizes it) while its
 /// pixels are counted against the process-wide decode budget.
@@ -237,15 +249,18 @@ pub fn with_decoded<T>(path: &Path, max_pixels: u64, use_image: impl FnOnce(&Dyn
         .and_then(|r| r.into_dimensions().ok())
         .map(|(w, h)| w as u64 * h as u64)
         .unwrap_or(0);
-    let _held = DECODE_BUDGET.acquire(pixels.min(max_pixels));
+    let budget = DECODE_BUDGET.get_or_init(|| PixelBudget::new(decode_budget_pixels()));
+    let _held = budget.acquire(pixels.min(max_pixels));
     let img = decode_bytes(&bytes, path, max_pixels)?;
     Ok(use_image(&img))
 }
 
 /// Walk a JPEG's marker segments (skipping APPn payloads, so embedded thumbnails don't count)
 /// and require the end-of-image marker after the entropy-coded data.
-/// Returns where the end-of-image marker starts.
-fn jpeg_complete(b: &[u8]) -> std::result::Result<usize, &'static str> {
+/// Returns where the end-of-image marker starts, and whether the frame is sequential Huffman
+/// (SOF0/SOF1: the frames whose data length [`jpeg_strict`] checks).
+fn jpeg_complete(b: &[u8]) -> std::result::Result<(usize, bool), &'static str> {
+    let mut sequential = false;
     const TRUNCATED: &str = "truncated JPEG (the data ends before the end-of-image marker)";
     let mut i = 2; // after SOI
     while i + 1 < b.len() {
@@ -255,7 +270,7 @@ fn jpeg_complete(b: &[u8]) -> std::result::Result<usize, &'static str> {
         let m = b[i + 1];
         match m {
             0xFF => i += 1, // fill byte
-            0xD9 => return Ok(i),
+            0xD9 => return Ok((i, sequential)),
             0x01 | 0xD0..=0xD7 => i += 2,
             _ => {
                 if i + 3 >= b.len() {
@@ -263,6 +278,11 @@ fn jpeg_complete(b: &[u8]) -> std::result::Result<usize, &'static str> {
                 }
                 let len = u16::from_be_bytes([b[i + 2], b[i + 3]]) as usize;
                 i += 2 + len;
+                if matches!(m, 0xC0 | 0xC1) {
+                    sequential = true;
+                } else if matches!(m, 0xC2 | 0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF) {
+                    sequential = false;
+                }
                 if m == 0xDA {
                     // Entropy-coded data: runs until a marker other than a stuffed 0xFF00 or RSTn.
                     while i + 1 < b.len() && !(b[i] == 0xFF && b[i + 1] != 0x00 && !(0xD0..=0xD7).contains(&b[i + 1])) {

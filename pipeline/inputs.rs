@@ -45,8 +45,8 @@ fn not_a_file(p: &Path) -> Unreadable {
 }
 
 /// The paths matching a glob pattern, sorted. Walked here rather than by the glob crate, whose
-/// walk drops every name that is not UTF-8: such names are matched by their lossy text (an
-/// invalid byte is one character, as `?` and `*` expect) and kept with their real bytes.
+/// walk drops every name that is not UTF-8: such names are matched by their lossy text (invalid
+/// bytes become U+FFFD, which `*` matches) and kept with their real bytes.
 fn glob_paths(pattern: &str) -> Result<Vec<std::result::Result<PathBuf, walkdir::Error>>> {
     let opts = glob::MatchOptions {
         case_sensitive: true,
@@ -72,16 +72,25 @@ fn glob_paths(pattern: &str) -> Result<Vec<std::result::Result<PathBuf, walkdir:
     }
     let depth = if pattern.contains("**") { usize::MAX } else { comps.len() - literal };
     let mut out = vec![];
-    for e in walkdir::WalkDir::new(&base).min_depth(1).max_depth(depth).follow_links(false).sort_by_file_name() {
+    let spell = |p: &Path| -> PathBuf {
+        let rel = p.strip_prefix(&base).unwrap_or(p);
+        if literal == 0 {
+            rel.to_path_buf()
+        } else {
+            base.join(rel)
+        }
+    };
+    // Links to folders are followed, as the glob crate does (walkdir reports loops).
+    for e in walkdir::WalkDir::new(&base).min_depth(1).max_depth(depth).follow_links(true).sort_by_file_name() {
         match e {
             Ok(e) => {
-                let rel = e.path().strip_prefix(&base).unwrap_or(e.path());
-                let spelled = if literal == 0 { rel.to_path_buf() } else { base.join(rel) };
+                let spelled = spell(e.path());
                 if pat.matches_with(&spelled.to_string_lossy(), opts) {
                     out.push(Ok(spelled));
                 }
             }
-            Err(e) => out.push(Err(e)),
+            Err(e) if e.path().is_none_or(|p| pat.matches_with(&spell(p).to_string_lossy(), opts)) => out.push(Err(e)),
+            Err(_) => {}
         }
     }
     Ok(out)

@@ -89,7 +89,7 @@ pub fn fit_batch(batch: usize, per_image: Option<u64>, size: u32, what: &Path) -
             "{}: a batch of {batch} at {size}×{size} would need about {:.1} GB ({:.1} GB available); \
              running batches of {fits}",
             what.display(),
-            gb(need * batch as u64),
+            gb(need.saturating_mul(batch as u64)),
             gb(avail)
         );
         return Ok(fits);

@@ -159,6 +159,10 @@ fn shards_and_merges_do_not_depend_on_path_spelling() {
     let before = std::fs::read(&img).unwrap();
     let err = fails("tlearn-score", &["data/toy", "--run", "toy", "--out", img.to_str().unwrap()], w);
     assert!(err.contains("input"), "{err}");
+    // Also spelled through a folder that does not exist yet (created before the write).
+    let sneaky = format!("newdir/../{}", img.strip_prefix(w).unwrap().display());
+    let err = fails("tlearn-score", &["data/toy", "--run", "toy", "--out", &sneaky], w);
+    assert!(err.contains("input"), "{err}");
     assert!(std::fs::read(&img).unwrap() == before, "input image overwritten");
     let before = std::fs::read(w.join("part0.csv")).unwrap();
     let err = fails("tlearn-score", &["merge", "--out", "part0.csv", "part0.csv", "part1.csv", "part2.csv"], w);
@@ -257,10 +261,28 @@ fn a_jpeg_whose_data_ends_before_its_rows_is_a_bad_file() {
         let r = tlearn::imageio::decode_bytes(&cut, p, 1 << 30);
         assert!(r.is_err(), "{frac} of the data decoded as a whole image");
     }
-    // Complete files decode exactly as the image crate decodes them.
-    let ours = tlearn::imageio::decode_bytes(&full, p, 1 << 30).unwrap();
-    let theirs = image::load_from_memory(&full).unwrap();
-    assert_eq!(ours.to_rgb8().into_raw(), theirs.to_rgb8().into_raw());
+    // Complete files decode exactly as the image crate decodes them: noise, flat images whose last
+    // rows of blocks take a few bytes, small gray digits with a black bottom edge, progressive.
+    let flat = image::RgbImage::from_pixel(16, 24, image::Rgb([128, 128, 128]));
+    let digit =
+        image::GrayImage::from_fn(28, 28, |x, y| image::Luma([if y < 20 && (8..20).contains(&x) { 255 } else { 0 }]));
+    let encode = |img: image::DynamicImage| {
+        let mut b = vec![];
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut b, 90).encode_image(&img).unwrap();
+        b
+    };
+    let progressive =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile/progressive.jpg")).unwrap();
+    for (what, bytes) in [
+        ("noise", full.clone()),
+        ("flat", encode(flat.into())),
+        ("digit", encode(digit.into())),
+        ("progressive", progressive),
+    ] {
+        let ours = tlearn::imageio::decode_bytes(&bytes, p, 1 << 30).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let theirs = image::load_from_memory(&bytes).unwrap();
+        assert_eq!(ours.to_rgb8().into_raw(), theirs.to_rgb8().into_raw(), "{what}");
+    }
 
     // Through a stage: scored files exclude it and the summary names it.
     let d = tempfile::tempdir().unwrap();
@@ -498,6 +520,12 @@ fn every_unused_input_is_reported_and_odd_names_keep_their_bytes() {
         want.sort();
         assert_eq!(paths, want, "rows must name the real files");
     }
+    // Glob patterns follow links to folders, as the glob crate does.
+    std::fs::create_dir(w.join("lk")).unwrap();
+    std::os::unix::fs::symlink(w.join("data/toy/test/cat"), w.join("lk/cat")).unwrap();
+    let n = count_files(&w.join("data/toy/test/cat"));
+    ok("tlearn-score", &["lk/*/*.png", "--run", "toy", "--out", "linked.csv"], w);
+    assert_eq!(json(&w.join("linked.csv.summary.json"))["scored"], n, "images behind a linked folder");
     // Folder trees given to tlearn-data: folders and FIFOs named like images are reported.
     make_dataset(&w.join("raw5"), &["cat", "dog"], 4, false);
     std::fs::create_dir_all(w.join("raw5/cat/dir.png")).unwrap();

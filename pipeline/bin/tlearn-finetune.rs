@@ -119,6 +119,7 @@ fn run(a: Args) -> Result<()> {
         let m = tlearn::onnx::load_model(&a.model)?;
         let input = finetune::input_shape(&m, &a.model)?;
         let aug = augment.clone().context("--preview needs augmentation options (e.g. --augment)")?;
+        tlearn::fsutil::check_output_apart(&a.preview_out, &[img])?;
         tlearn::augment::preview(img, &aug, input, a.interpolation, a.seed, &a.preview_out)?;
         tlearn::outln!("→ {}", a.preview_out.display());
         return Ok(());
@@ -126,6 +127,8 @@ fn run(a: Args) -> Result<()> {
     let data = a.data.clone().context("give the dataset with --data")?;
     let optimizer = a.optimizer.build(a.lr, a.momentum);
     let run = a.run.clone().unwrap_or_else(|| a.model.file_stem().unwrap_or_default().to_string_lossy().into_owned());
+    // The default (the model's file stem) is checked like a --run given by hand.
+    tlearn::fsutil::check_name("run", &run).context("choose a run name with --run")?;
     let cfg = FinetuneConfig {
         model: a.model.clone(),
         data: data.clone(),

@@ -37,9 +37,6 @@ pub fn merge(parts: &[PathBuf], out: &Path) -> Result<Vec<(String, usize)>> {
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some(stem) = name.strip_suffix(".npy.json").filter(|s| !s.ends_with(".labels")) {
             let info: FeatureInfo = fsutil::read_json(&e.path())?;
-            // The split name becomes a file name in `out`: checked as on the command line.
-            fsutil::check_name("split", &info.split)
-                .map_err(|err| Error::BadData { path: e.path(), reason: err.to_string() })?;
             stems.push((info.split.clone(), info.view));
             debug_assert_eq!(stem, self::stem(&info.split, info.view));
         }
@@ -64,6 +61,9 @@ pub fn merge(parts: &[PathBuf], out: &Path) -> Result<Vec<(String, usize)>> {
             .collect::<Result<_>>()?;
         crate::shard::check_complete(&shards, out)?;
         let i0 = &loaded[0].info;
+        if let Some(d) = &i0.dataset_real {
+            fsutil::check_output_apart(out, &[&fsutil::text_path(d)])?;
+        }
         for (f, p) in loaded.iter().zip(parts) {
             let i = &f.info;
             if (&i.backbone_sha256, i.size, i.interpolation, &i.preprocess, &i.classes, i.device, &i.shape[1..])

@@ -179,6 +179,12 @@ pub fn load_view(dir: &Path, split: &str, view: View) -> Result<Features> {
         }
         e => e,
     })?;
+    // Names read from a sidecar become folder and file names downstream (runs of tlearn-compare,
+    // merged caches): checked as on the command line.
+    for (what, name) in [("backbone", &info.backbone), ("split", &info.split)] {
+        fsutil::check_name(what, name)
+            .map_err(|e| Error::BadData { path: fsutil::sidecar_path(&npy), reason: e.to_string() })?;
+    }
     let bytes = std::fs::read(&npy).at(&npy)?;
     let sha = fsutil::sha256_bytes(&bytes);
     if sha != info.npy_sha256 {
@@ -241,10 +247,6 @@ pub fn extract(cfg: &ExtractConfig, bb: &Backbone) -> Result<Vec<SplitReport>> {
     cfg.validate()?;
     fsutil::check_output_apart(&cfg.out, &[&cfg.dataset])?;
     let classes = dataset::training_classes(&cfg.dataset)?;
-    let model = crate::onnx::decode_model(&bb.bytes, &bb.path)?;
-    let per_image = crate::memory::per_image_bytes(&model, &bb.path, cfg.size);
-    let cfg =
-        &ExtractConfig { batch: crate::memory::fit_batch(cfg.batch, per_image, cfg.size, &bb.path)?, ..cfg.clone() };
     let _lock = crate::lock::dir(&cfg.out)?;
     let mut session = None;
     let mut reports = vec![];
@@ -322,14 +324,20 @@ fn npy_bytes<A: WriteNpyExt>(a: &A) -> Result<Vec<u8>> {
     Ok(v)
 }
 
-/// The backbone's session, opened on first use (a split with nothing to compute needs none).
-fn opened<'s>(
-    session: &'s mut Option<runtime::OpenSession>,
-    bb: &Backbone,
-    cfg: &ExtractConfig,
-) -> Result<&'s mut runtime::OpenSession> {
+/// The backbone's session and the batch it runs, made on first use (a split with nothing to
+/// compute needs neither): the batch is `--batch`, or fewer images when their estimated memory
+/// would not fit ([`crate::memory`]).
+struct Runner {
+    open: runtime::OpenSession,
+    batch: usize,
+}
+
+fn opened<'s>(session: &'s mut Option<Runner>, bb: &Backbone, cfg: &ExtractConfig) -> Result<&'s mut Runner> {
     if session.is_none() {
-        *session = Some(runtime::open(&bb.bytes, &bb.path, &cfg.session)?);
+        let model = crate::onnx::decode_model(&bb.bytes, &bb.path)?;
+        let need = crate::memory::per_image_bytes(&model, &bb.path, cfg.size);
+        let batch = crate::memory::fit_batch(cfg.batch, need, cfg.size, &bb.path)?;
+        *session = Some(Runner { open: runtime::open(&bb.bytes, &bb.path, &cfg.session)?, batch });
     }
     Ok(session.as_mut().expect("opened above"))
 }
@@ -343,7 +351,7 @@ fn extract_split(
     rows: &[FileRow],
     unread: &[Skipped],
     classes: &[String],
-    session: &mut Option<runtime::OpenSession>,
+    session: &mut Option<Runner>,
 ) -> Result<SplitReport> {
     let npy = view_npy_path(&cfg.out, split, view);
     let pre = bb.info.preprocess.clone();
@@ -422,7 +430,8 @@ fn extract_split(
     let mut skipped: Vec<Skipped> = unread.to_vec();
     let mut device = previous.as_ref().map(|p| p.info.device).unwrap_or(runtime::Device::Cpu);
     if !todo.is_empty() {
-        let s = opened(session, bb, cfg)?;
+        let runner = opened(session, bb, cfg)?;
+        let (s, batch) = (&mut runner.open, runner.batch);
         device = s.device;
         let spec = LoadSpec {
             size: (cfg.size, cfg.size),
@@ -444,7 +453,7 @@ fn extract_split(
             crate::onnx::cut::FEATURES,
             &todo_paths,
             &spec,
-            cfg.batch,
+            batch,
             |i, r| {
                 match r {
                     Ok(y) => {
@@ -489,7 +498,7 @@ fn extract_split(
             return Err(Error::BadData { path: cfg.dataset.join(split), reason: "no readable images".into() });
         }
         // A shard may own no readable image of a split: an empty part, shaped as the others.
-        let s = opened(session, bb, cfg)?;
+        let s = &mut opened(session, bb, cfg)?.open;
         let probe = ndarray::Array4::<f32>::zeros((1, cfg.size as usize, cfg.size as usize, 3));
         let y = runtime::run_f32(
             &mut s.session,

@@ -473,22 +473,25 @@ pub fn score(
         });
     }
     crate::fsutil::check_output_apart(out, &[model_path])?;
-    let mut inputs_hash = sha2::Sha256::new();
-    let mut all: Vec<PathBuf> = reals
-        .iter()
-        .cloned()
-        .chain(unreadable.iter().map(|(p, _)| crate::fsutil::real_path(&crate::fsutil::text_path(p))))
-        .collect();
-    all.sort();
-    for r in &all {
-        inputs_hash.update(r.as_os_str().as_encoded_bytes());
-        inputs_hash.update([0u8]);
+    // The inputs' fingerprint: the real paths of all of them (scored or not), in any order — a
+    // lane-wise sum of their sha256s, so it needs no sorted copy of a long file list.
+    let mut lanes = [0u64; 4];
+    let unread_reals: Vec<PathBuf> =
+        unreadable.iter().map(|(p, _)| crate::fsutil::real_path(&crate::fsutil::text_path(p))).collect();
+    for r in reals.iter().chain(&unread_reals) {
+        let h = sha2::Sha256::digest(r.as_os_str().as_encoded_bytes());
+        for (k, lane) in lanes.iter_mut().enumerate() {
+            *lane = lane.wrapping_add(u64::from_be_bytes(h[k * 8..k * 8 + 8].try_into().expect("8 bytes")));
+        }
     }
+    let inputs_sha256 = crate::fsutil::sha256_bytes(&lanes.iter().flat_map(|l| l.to_be_bytes()).collect::<Vec<u8>>());
     let _lock = crate::lock::file(out)?;
     let mut keep = reals.iter().map(|r| o.shard.is_none_or(|s| s.owns(r)));
     files.retain(|_| keep.next().expect("one per file"));
+    drop(reals);
     let owned = files;
-    unreadable.retain(|(p, _)| o.shard.is_none_or(|s| s.owns(&crate::fsutil::real_path(&crate::fsutil::text_path(p)))));
+    let mut keep = unread_reals.iter().map(|r| o.shard.is_none_or(|s| s.owns(r)));
+    unreadable.retain(|_| keep.next().expect("one per unreadable file"));
     let mut list_hash = sha2::Sha256::new();
     for p in &owned {
         // Path, size and modification time: a file changed while the run was down voids the journal.
@@ -586,7 +589,7 @@ pub fn score(
         threshold: o.threshold,
         top_k: o.top_k,
         shard: o.shard,
-        inputs_sha256: Some(hex::encode(inputs_hash.finalize())),
+        inputs_sha256: Some(inputs_sha256),
         ..Default::default()
     };
     crate::fsutil::write_atomic(out, |w| {
