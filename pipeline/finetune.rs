@@ -115,7 +115,8 @@ pub struct FinetuneInfo {
     pub epochs_run: usize,
     pub train_seconds: f64,
     pub train_images: usize,
-    pub skipped: Vec<(PathBuf, String)>,
+    /// Files left out of training (path as `fsutil::path_text`, reason).
+    pub skipped: Vec<(String, String)>,
     pub model_sha256: String,
     pub tlearn_version: String,
 }
@@ -264,7 +265,12 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
         epochs_run: history.len(),
         train_seconds: secs,
         train_images: train.labels.len(),
-        skipped: train.skipped.iter().chain(val.iter().flat_map(|v| v.skipped.iter())).cloned().collect(),
+        skipped: train
+            .skipped
+            .iter()
+            .chain(val.iter().flat_map(|v| v.skipped.iter()))
+            .map(|(p, why)| (fsutil::path_text(p), why.clone()))
+            .collect(),
         model_sha256: fsutil::sha256_bytes(&bytes),
         tlearn_version: env!("CARGO_PKG_VERSION").into(),
     };

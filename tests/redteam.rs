@@ -530,9 +530,12 @@ fn every_unused_input_is_reported_and_odd_names_keep_their_bytes() {
     make_dataset(&w.join("raw5"), &["cat", "dog"], 4, false);
     std::fs::create_dir_all(w.join("raw5/cat/dir.png")).unwrap();
     assert!(Command::new("mkfifo").arg(w.join("raw5/dog/pipe.jpg")).status().unwrap().success());
+    std::fs::write(w.join("raw5/dog").join(std::ffi::OsStr::from_bytes(b"notes\xff.txt")), b"x").unwrap();
     ok("tlearn-data", &["split", "raw5", "data/five"], w);
     let skipped = json(&w.join("data/five/split.json"))["skipped"].to_string();
     assert!(skipped.contains("dir.png") && skipped.contains("pipe.jpg"), "{skipped}");
+    let non_images = json(&w.join("data/five/split.json"))["non_images"].to_string();
+    assert!(non_images.contains("notes\\\\xff.txt"), "{non_images}");
     // Escaped text and paths round-trip.
     for p in [&names[0], Path::new("a\\b\\\\x41.png")] {
         assert_eq!(&tlearn::fsutil::text_path(&tlearn::fsutil::path_text(p)), p);

@@ -100,9 +100,9 @@ fn run(a: Args) -> Result<()> {
             tlearn::fsutil::write_json(
                 &output.join("split.json"),
                 &serde_json::json!({
-                    "input": input, "seed": seed, "spec": format!("{spec:?}"), "counts": counts,
+                    "input": tlearn::fsutil::path_text(&input), "seed": seed, "spec": format!("{spec:?}"), "counts": counts,
                     "skipped": skipped, "empty_classes": report.empty_classes,
-                    "non_images": report.skipped_non_images,
+                    "non_images": report.skipped_non_images.iter().map(|p| tlearn::fsutil::path_text(p)).collect::<Vec<_>>(),
                 }),
             )?;
             tlearn::outln!(

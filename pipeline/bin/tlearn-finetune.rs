@@ -183,7 +183,7 @@ fn run(a: Args) -> Result<()> {
         cfg.run_dir.join(finetune::MODEL).display()
     );
     if !info.skipped.is_empty() {
-        tlearn::outln!("skipped {} unreadable image(s) (listed in {}.json)", info.skipped.len(), finetune::MODEL);
+        tlearn::outln!("left out {} file(s) (listed with the reason in {}.json)", info.skipped.len(), finetune::MODEL);
     }
     if data.join("test").is_dir() {
         let (probs, set) = finetune::predict_split(&done.best, &cfg, "test", &info.classes)?;
