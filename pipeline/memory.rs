@@ -96,3 +96,21 @@ pub fn fit_batch(batch: usize, per_image: Option<u64>, size: u32, what: &Path) -
     }
     Ok(batch)
 }
+
+/// Refuse to run `m` (any image model) on one `size`×`size` image when its free height and width
+/// would take `size` and that image cannot fit in memory (as a Keras-style summary does).
+pub fn check_one_image(m: &ModelProto, what: &Path, size: u32) -> Result<()> {
+    let (input, layout) = cut::image_input(m, what)?;
+    let vi = onnx::graph(m).input.iter().find(|i| i.name == input).expect("image_input found it");
+    let dims = onnx::vi_shape(vi).1;
+    let (h, w, c) = match layout {
+        cut::Layout::Nhwc => (dims[1], dims[2], dims[3]),
+        cut::Layout::Nchw => (dims[2], dims[3], dims[1]),
+    };
+    if h.is_some() && w.is_some() {
+        return Ok(());
+    }
+    cut::check_size(size)?;
+    let need = per_image_bytes_at(m, what, &input, layout, c.unwrap_or(3) as usize, size);
+    fit_batch(1, need, size, what).map(|_| ())
+}

@@ -420,6 +420,11 @@ fn absurd_numbers_and_closed_pipes_end_in_clear_errors_not_crashes() {
         w,
     );
     assert!(err.contains("size"), "{err}");
+    for (size, says) in [("100000", "size"), ("16384", "GB")] {
+        let err = fails("tlearn-backbone", &["summary", "tiny", "--size", size], w);
+        no_panic(&err);
+        assert!(err.contains(says), "summary --size {size}: {err}");
+    }
     for counts in ["1,2", "1,1,1,1", "1,1,18446744073709551615", "0,1,1"] {
         let err = fails("tlearn-data", &["split", "raw", "data/c", "--counts", counts], w);
         no_panic(&err);

@@ -100,8 +100,8 @@ fn run(a: Args) -> Result<()> {
                 (cat.model_path(&model), cat.get(&model)?.size)
             };
             let size = size.unwrap_or(default);
-            tlearn::backbone::check_size(size)?;
             let m = tlearn::onnx::load_model(&path)?;
+            tlearn::memory::check_one_image(&m, &path, size)?;
             let rows = tlearn::onnx::summary::rows(&m, &path, size)?;
             tlearn::out!("{}", tlearn::onnx::summary::render(&model, &rows, None));
         }

@@ -61,7 +61,7 @@ impl ExtractConfig {
         if self.max_pixels == 0 {
             return bad("max-pixels", 0);
         }
-        crate::backbone::check_size(self.size)?;
+        crate::onnx::cut::check_size(self.size)?;
         for s in &self.splits {
             fsutil::check_name("split", s)?;
         }

@@ -25,6 +25,18 @@ pub enum Layout {
 /// refused before anything is allocated from them.
 pub const MAX_SIDE: i64 = 16_384;
 
+/// A square input side (`--size`) within 1..=[`MAX_SIDE`].
+pub fn check_size(size: u32) -> Result<()> {
+    if !(1..=MAX_SIDE as u32).contains(&size) {
+        return Err(Error::Param {
+            name: "size",
+            value: size.to_string(),
+            reason: format!("must be in 1..={MAX_SIDE}"),
+        });
+    }
+    Ok(())
+}
+
 /// The image input of a model: its name and layout. Errors name the model file.
 pub fn image_input(m: &ModelProto, path: &Path) -> Result<(String, Layout)> {
     let g = graph(m);
