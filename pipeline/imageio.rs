@@ -99,6 +99,17 @@ pub fn decode(path: &Path, max_pixels: u64) -> Result<DynamicImage> {
 /// their end-of-image marker (the decoder would pad a truncated file with grey silently).
 /// Animated GIF/WebP/PNG give their first frame; CMYK and 16-bit images are converted later.
 pub fn decode_bytes(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<DynamicImage> {
+    decode_in(bytes, path, max_pixels, None).map(|(img, _)| img)
+}
+
+/// [`decode_bytes`], holding the image's pixels in `budget` (once its header passed the checks)
+/// for as long as the caller keeps the guard.
+fn decode_in<'b>(
+    bytes: &[u8],
+    path: &Path,
+    max_pixels: u64,
+    budget: Option<&'b PixelBudget>,
+) -> Result<(DynamicImage, Option<PixelGuard<'b>>)> {
     let bad = |reason: String| Error::BadImage { path: path.into(), reason };
     if bytes.is_empty() {
         return Err(bad("empty file (0 bytes)".into()));
@@ -121,9 +132,10 @@ pub fn decode_bytes(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<Dynami
         return Err(bad(format!("{w}×{h} pixels exceeds the limit of {max_pixels}")));
     }
     dec.set_limits(limits).map_err(|e| bad(e.to_string()))?;
+    let held = budget.map(|b| b.acquire(w as u64 * h as u64));
     let orientation = dec.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let strict = match sequential {
-        Some(eoi) => jpeg_strict(&bytes[..eoi], w, h).map_err(bad)?,
+        Some(eoi) => jpeg_strict(&bytes[..eoi], w, h, dec.color_type()).map_err(bad)?,
         None => None,
     };
     let mut img = match strict {
@@ -131,7 +143,7 @@ pub fn decode_bytes(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<Dynami
         None => DynamicImage::from_decoder(dec).map_err(|e| bad(e.to_string()))?,
     };
     img.apply_orientation(orientation);
-    Ok(img)
+    Ok((img, held))
 }
 
 /// Decode a sequential (baseline or extended Huffman) JPEG — `data` is the file up to, not
@@ -143,28 +155,32 @@ pub fn decode_bytes(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<Dynami
 /// stand in for the marker so its read-ahead (up to 8 bytes) never reaches that end on a
 /// complete file. `Ok(None)` when the strict decoder objects to anything else (the lenient path
 /// decodes it).
-fn jpeg_strict(data: &[u8], w: u32, h: u32) -> std::result::Result<Option<DynamicImage>, String> {
+fn jpeg_strict(
+    data: &[u8],
+    w: u32,
+    h: u32,
+    color: image::ColorType,
+) -> std::result::Result<Option<DynamicImage>, String> {
+    use image::ColorType as T;
     use zune_core::colorspace::ColorSpace as C;
     use zune_jpeg::errors::DecodeErrors as E;
-    let headers = |strict: bool| {
-        zune_core::options::DecoderOptions::default()
-            .set_strict_mode(strict)
-            .set_max_width(usize::MAX)
-            .set_max_height(usize::MAX)
+    // The colour space the image crate decodes to (its decoder reports it as `color`).
+    let out = match color {
+        T::Rgb8 => C::RGB,
+        T::Rgba8 => C::RGBA,
+        T::L8 => C::Luma,
+        T::La8 => C::LumaA,
+        _ => return Ok(None),
     };
-    let mut probe = zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(data), headers(false));
-    if probe.decode_headers().is_err() {
-        return Ok(None);
-    }
-    let Some(orig) = probe.input_colorspace() else { return Ok(None) };
-    let out = if matches!(orig, C::RGB | C::RGBA | C::Luma | C::LumaA) { orig } else { C::RGB };
+    let options = zune_core::options::DecoderOptions::default()
+        .set_strict_mode(true)
+        .set_max_width(usize::MAX)
+        .set_max_height(usize::MAX)
+        .jpeg_set_out_colorspace(out);
     let mut padded = Vec::with_capacity(data.len() + 8);
     padded.extend_from_slice(data);
     padded.extend_from_slice(&[0; 8]);
-    let mut d = zune_jpeg::JpegDecoder::new_with_options(
-        zune_core::bytestream::ZCursor::new(&padded[..]),
-        headers(true).jpeg_set_out_colorspace(out),
-    );
+    let mut d = zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(&padded[..]), options);
     let px = match d.decode() {
         Ok(px) => px,
         Err(E::ExhaustedData) => return Err(format!("the JPEG data ends before its {w}×{h} pixels are decoded")),
@@ -243,15 +259,8 @@ static DECODE_BUDGET: std::sync::OnceLock<PixelBudget> = std::sync::OnceLock::ne
 /// pixels are counted against the process-wide decode budget.
 pub fn with_decoded<T>(path: &Path, max_pixels: u64, use_image: impl FnOnce(&DynamicImage) -> T) -> Result<T> {
     let bytes = std::fs::read(path).at(path)?;
-    let pixels = ImageReader::new(std::io::Cursor::new(&bytes))
-        .with_guessed_format()
-        .ok()
-        .and_then(|r| r.into_dimensions().ok())
-        .map(|(w, h)| w as u64 * h as u64)
-        .unwrap_or(0);
     let budget = DECODE_BUDGET.get_or_init(|| PixelBudget::new(decode_budget_pixels()));
-    let _held = budget.acquire(pixels.min(max_pixels));
-    let img = decode_bytes(&bytes, path, max_pixels)?;
+    let (img, _held) = decode_in(&bytes, path, max_pixels, Some(budget))?;
     Ok(use_image(&img))
 }
 
