@@ -195,16 +195,12 @@ impl Backbone {
                 path.display()
             )));
         }
-        let bytes = std::fs::read(&path).at(&path)?;
         let side = fsutil::sidecar_path(&path);
         let info: BackboneInfo = fsutil::read_json(&side)?;
         // The name becomes a folder of features/: checked like one given on the command line.
         fsutil::check_name("name", &info.name)
             .map_err(|e| Error::BadData { path: side.clone(), reason: format!("backbone {e}") })?;
-        let sha = fsutil::sha256_bytes(&bytes);
-        if sha != info.onnx_sha256 {
-            return Err(Error::Checksum { path, expected: info.onnx_sha256, got: sha });
-        }
+        let bytes = fsutil::read_verified(&path, &info.onnx_sha256)?;
         Ok(Backbone { name: info.name.clone(), path, bytes, info })
     }
 }

@@ -152,7 +152,7 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
     let k_model =
         onnx::graph(&model).output.first().and_then(|o| onnx::vi_shape(o).1.last().copied().flatten()).unwrap_or(0)
             as usize;
-    let k_data = if classes.len() == 2 { 1 } else { classes.len() };
+    let k_data = crate::metrics::output_width(classes.len());
     if k_model != k_data {
         return Err(Error::Shape {
             what: format!("{} outputs vs classes of {}", cfg.model.display(), cfg.data.join("train").display()),

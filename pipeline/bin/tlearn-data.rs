@@ -84,7 +84,6 @@ fn run(a: Args) -> Result<()> {
                 Some(c) => SplitSpec::from_counts(&c)?,
                 None => SplitSpec::Fractions { test, validation },
             };
-            tlearn::fsutil::check_output_apart(&output, &[&input])?;
             let (items, report) = dataset::scan_source(&input, follow_outside)
                 .with_context(|| format!("scanning {}", input.display()))?;
             for p in &report.skipped_non_images {

@@ -156,11 +156,11 @@ fn run(a: Args) -> Result<()> {
         anyhow::bail!("give folders, images, glob patterns or --list files to score (or --export-only)");
     }
     let out = a.out.unwrap_or_else(|| PathBuf::from("reports").join(&a.run).join("scores.csv"));
-    // Neither the scores nor their summary may land on a list file, the model or the run's record.
+    // Neither the scores nor their summary may land on a list file or the run's record (the
+    // library checks the model itself).
     let head = run_dir.join(tlearn::run::HEAD);
     let sidecar = tlearn::fsutil::sidecar_path;
-    let inputs: Vec<PathBuf> =
-        a.list.iter().cloned().chain([sidecar(&model), model.clone(), sidecar(&head), head.clone()]).collect();
+    let inputs: Vec<PathBuf> = a.list.iter().cloned().chain([sidecar(&model), sidecar(&head), head.clone()]).collect();
     let inputs: Vec<&Path> = inputs.iter().map(|p| p.as_path()).collect();
     tlearn::fsutil::check_output_apart(&out, &inputs)?;
     tlearn::fsutil::check_output_apart(&tlearn::fsutil::with_suffix(&out, ".summary.json"), &inputs)?;

@@ -185,19 +185,11 @@ pub fn load_view(dir: &Path, split: &str, view: View) -> Result<Features> {
         fsutil::check_name(what, name)
             .map_err(|e| Error::BadData { path: fsutil::sidecar_path(&npy), reason: e.to_string() })?;
     }
-    let bytes = std::fs::read(&npy).at(&npy)?;
-    let sha = fsutil::sha256_bytes(&bytes);
-    if sha != info.npy_sha256 {
-        return Err(Error::Checksum { path: npy, expected: info.npy_sha256, got: sha });
-    }
+    let bytes = fsutil::read_verified(&npy, &info.npy_sha256)?;
     let x =
         ArrayD::<f32>::read_npy(&bytes[..]).map_err(|e| Error::BadData { path: npy.clone(), reason: e.to_string() })?;
     let fp = files_path(dir, split, view);
-    let files_bytes = std::fs::read(&fp).at(&fp)?;
-    let sha = fsutil::sha256_bytes(&files_bytes);
-    if sha != info.files_sha256 {
-        return Err(Error::Checksum { path: fp, expected: info.files_sha256, got: sha });
-    }
+    let files_bytes = fsutil::read_verified(&fp, &info.files_sha256)?;
     let files = read_files(&fp, &files_bytes)?;
     if files.len() != x.shape()[0] {
         return Err(Error::Shape {

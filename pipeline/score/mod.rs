@@ -202,7 +202,7 @@ pub fn deployable(
         .map(|i| i.name.clone())
         .ok_or_else(|| Error::Other("model has no input".into()))?;
     let net_out = g.output.first().map(|o| o.name.clone()).ok_or_else(|| Error::Other("model has no output".into()))?;
-    let k = if classes.len() == 2 { 1 } else { classes.len() };
+    let k = crate::metrics::output_width(classes.len());
     let r = rename(g, "net/", &HashMap::from([(net_in, x), (net_out, OUTPUT.to_string())]));
     b.graph.node.extend(r.node);
     b.graph.initializer.extend(r.initializer);
@@ -472,7 +472,9 @@ pub fn score(
             reason: format!("the output is an input image ({}); outputs never overwrite inputs", files[i].display()),
         });
     }
-    crate::fsutil::check_output_apart(out, &[model_path])?;
+    for written in [out, &summary_path(out)] {
+        crate::fsutil::check_output_apart(written, &[model_path])?;
+    }
     // The inputs' fingerprint: the real paths of all of them (scored or not), in any order — a
     // lane-wise sum of their sha256s, so it needs no sorted copy of a long file list.
     let mut lanes = [0u64; 4];
