@@ -13,13 +13,18 @@ use crate::fsutil;
 use crate::imageio::{Interpolation, View};
 use crate::runtime::{self, SessionOptions};
 use crate::shard::Shard;
-use ndarray::{Array1, ArrayD, Axis};
-use ndarray_npy::{ReadNpyExt, WriteNpyExt};
-use serde::{Deserialize, Serialize};
+use ndarray::{ArrayD, Axis};
+use ndarray_npy::ReadNpyExt;
+use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+mod cache;
 mod merge;
+pub use cache::{
+    concat_views, load, load_view, load_views, npy_path, stem, view_npy_path, FeatureInfo, Features, FileRow, Skipped,
+};
+use cache::{dataset_real, npy_bytes, write_cache, CacheMeta};
 pub use merge::{merge, shard_parts};
 
 /// Extraction settings.
@@ -69,54 +74,6 @@ impl ExtractConfig {
     }
 }
 
-/// The sidecar of one split's features.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct FeatureInfo {
-    pub split: String,
-    pub backbone: String,
-    pub backbone_sha256: String,
-    pub size: u32,
-    pub interpolation: Interpolation,
-    /// Which view of the images these features are (absent in older sidecars: the plain images).
-    #[serde(default)]
-    pub view: View,
-    pub preprocess: crate::imageio::Preprocess,
-    pub classes: Vec<String>,
-    pub shape: Vec<usize>,
-    pub n: usize,
-    /// sha256 of `<split>.files.csv` (which holds the per-file content hashes).
-    pub files_sha256: String,
-    pub npy_sha256: String,
-    pub skipped: Vec<Skipped>,
-    pub device: runtime::Device,
-    pub tlearn_version: String,
-    /// The part of the split these features cover (absent: all of it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shard: Option<Shard>,
-    /// The dataset folder as given (the prefix of every row's path) and its real path (what
-    /// shard merges compare: parts of one dataset, however its path was spelled).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dataset: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dataset_real: Option<String>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Skipped {
-    pub path: String,
-    pub reason: String,
-}
-
-/// One row of `<split>.files.csv`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct FileRow {
-    pub index: usize,
-    pub path: String,
-    pub class: String,
-    pub label: usize,
-    pub sha256: String,
-}
-
 /// What one split's extraction did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SplitReport {
@@ -127,110 +84,6 @@ pub struct SplitReport {
     pub computed: usize,
     pub skipped: usize,
     pub up_to_date: bool,
-}
-
-/// File-name stem of one split's cache in one view: `train`, `train.hflip`, ….
-pub fn stem(split: &str, view: View) -> String {
-    match view {
-        View::Identity => split.to_string(),
-        v => format!("{split}.{}", v.name()),
-    }
-}
-
-pub fn npy_path(dir: &Path, split: &str) -> PathBuf {
-    view_npy_path(dir, split, View::Identity)
-}
-
-pub fn view_npy_path(dir: &Path, split: &str, view: View) -> PathBuf {
-    dir.join(format!("{}.npy", stem(split, view)))
-}
-
-fn files_path(dir: &Path, split: &str, view: View) -> PathBuf {
-    dir.join(format!("{}.files.csv", stem(split, view)))
-}
-
-fn labels_path(dir: &Path, split: &str, view: View) -> PathBuf {
-    dir.join(format!("{}.labels.npy", stem(split, view)))
-}
-
-/// Loaded features of one split.
-pub struct Features {
-    pub x: ArrayD<f32>,
-    pub labels: Vec<usize>,
-    pub files: Vec<FileRow>,
-    pub info: FeatureInfo,
-}
-
-/// Read one split's cache, checking it against its sidecar.
-pub fn load(dir: &Path, split: &str) -> Result<Features> {
-    load_view(dir, split, View::Identity)
-}
-
-/// Read one view of one split's cache.
-pub fn load_view(dir: &Path, split: &str, view: View) -> Result<Features> {
-    let npy = view_npy_path(dir, split, view);
-    let info: FeatureInfo = fsutil::read_json(&fsutil::sidecar_path(&npy)).map_err(|e| match e {
-        Error::Io { path, .. } => {
-            let how = match view {
-                View::Identity => String::new(),
-                v => format!(" --views {}", v.name()),
-            };
-            Error::BadData { path, reason: format!("no feature sidecar; run tlearn-extract{how} for split `{split}`") }
-        }
-        e => e,
-    })?;
-    // Names read from a sidecar become folder and file names downstream (runs of tlearn-compare,
-    // merged caches): checked as on the command line.
-    for (what, name) in [("backbone", &info.backbone), ("split", &info.split)] {
-        fsutil::check_name(what, name)
-            .map_err(|e| Error::BadData { path: fsutil::sidecar_path(&npy), reason: e.to_string() })?;
-    }
-    let bytes = fsutil::read_verified(&npy, &info.npy_sha256)?;
-    let x =
-        ArrayD::<f32>::read_npy(&bytes[..]).map_err(|e| Error::BadData { path: npy.clone(), reason: e.to_string() })?;
-    let fp = files_path(dir, split, view);
-    let files_bytes = fsutil::read_verified(&fp, &info.files_sha256)?;
-    let files = read_files(&fp, &files_bytes)?;
-    if files.len() != x.shape()[0] {
-        return Err(Error::Shape {
-            what: format!("{} rows vs {}", fp.display(), npy.display()),
-            expected: vec![x.shape()[0]],
-            got: vec![files.len()],
-        });
-    }
-    let labels = files.iter().map(|f| f.label).collect();
-    Ok(Features { x, labels, files, info })
-}
-
-/// The plain cache of a split followed by the given views of it, checked to hold the same
-/// images in the same order (the views of one image share a row index).
-pub fn load_views(dir: &Path, split: &str, views: &[View]) -> Result<Vec<Features>> {
-    let mut out = vec![load(dir, split)?];
-    for &v in views.iter().filter(|v| **v != View::Identity) {
-        let f = load_view(dir, split, v)?;
-        let same = f.files.len() == out[0].files.len()
-            && f.files.iter().zip(&out[0].files).all(|(a, b)| a.path == b.path && a.sha256 == b.sha256);
-        if !same || f.info.backbone_sha256 != out[0].info.backbone_sha256 || f.info.size != out[0].info.size {
-            return Err(Error::BadData {
-                path: view_npy_path(dir, split, v),
-                reason: format!("{} view is stale: rerun tlearn-extract --views {}", v.name(), v.name()),
-            });
-        }
-        out.push(f);
-    }
-    Ok(out)
-}
-
-/// Stack several views' features (and labels) into one training set, view-major.
-pub fn concat_views(views: &[Features]) -> Result<(ArrayD<f32>, Vec<usize>)> {
-    let xs: Vec<_> = views.iter().map(|f| f.x.view()).collect();
-    let x = ndarray::concatenate(Axis(0), &xs).map_err(|e| Error::Other(e.to_string()))?;
-    Ok((x, views.iter().flat_map(|f| f.labels.iter().copied()).collect()))
-}
-
-fn read_files(p: &Path, bytes: &[u8]) -> Result<Vec<FileRow>> {
-    let mut r = csv::Reader::from_reader(bytes);
-    r.deserialize().map(|row| row.map_err(|e| Error::BadData { path: p.into(), reason: e.to_string() })).collect()
 }
 
 /// Extract every configured split; returns one report per split. The output folder is locked
@@ -308,12 +161,6 @@ struct JournalManifest<'a> {
     interpolation: Interpolation,
     view: View,
     preprocess: &'a crate::imageio::Preprocess,
-}
-
-fn npy_bytes<A: WriteNpyExt>(a: &A) -> Result<Vec<u8>> {
-    let mut v = vec![];
-    a.write_npy(&mut v).map_err(|e| Error::Other(e.to_string()))?;
-    Ok(v)
 }
 
 /// The backbone's session and the batch it runs, made on first use (a split with nothing to
@@ -530,75 +377,6 @@ fn extract_split(
         skipped: rows.len() + unread.len() - n,
         up_to_date: false,
     })
-}
-
-/// What a cache's sidecar records besides its rows.
-struct CacheMeta<'a> {
-    split: &'a str,
-    view: View,
-    backbone: &'a str,
-    backbone_sha256: &'a str,
-    size: u32,
-    interpolation: Interpolation,
-    preprocess: &'a crate::imageio::Preprocess,
-    classes: &'a [String],
-    device: runtime::Device,
-    shard: Option<Shard>,
-    dataset: Option<String>,
-    dataset_real: Option<String>,
-}
-
-/// The real path of a dataset folder, as sidecars record it.
-fn dataset_real(dataset: &Path) -> Option<String> {
-    std::fs::canonicalize(dataset).ok().map(|p| fsutil::path_text(&p))
-}
-
-/// Write one split's cache: the data files first, the sidecar (which validates them) last.
-/// Rows are numbered in order; skipped files are listed sorted by path. Returns the row count.
-fn write_cache(
-    out: &Path,
-    m: &CacheMeta<'_>,
-    x: ndarray::ArrayViewD<'_, f32>,
-    mut keep: Vec<FileRow>,
-    mut skipped: Vec<Skipped>,
-) -> Result<usize> {
-    for (i, r) in keep.iter_mut().enumerate() {
-        r.index = i;
-    }
-    skipped.sort_by(|a, b| Path::new(&a.path).cmp(Path::new(&b.path)));
-    let npy = view_npy_path(out, m.split, m.view);
-    let labels = Array1::from_iter(keep.iter().map(|r| r.label as i64));
-    let npy_b = npy_bytes(&x)?;
-    fsutil::write_bytes_atomic(&npy, &npy_b)?;
-    fsutil::write_bytes_atomic(&labels_path(out, m.split, m.view), &npy_bytes(&labels)?)?;
-    let mut w = csv::Writer::from_writer(vec![]);
-    for r in &keep {
-        w.serialize(r).map_err(|e| Error::Other(e.to_string()))?;
-    }
-    let files_csv = w.into_inner().map_err(|e| Error::Other(e.to_string()))?;
-    fsutil::write_bytes_atomic(&files_path(out, m.split, m.view), &files_csv)?;
-    let info = FeatureInfo {
-        split: m.split.into(),
-        backbone: m.backbone.into(),
-        backbone_sha256: m.backbone_sha256.into(),
-        size: m.size,
-        interpolation: m.interpolation,
-        view: m.view,
-        preprocess: m.preprocess.clone(),
-        classes: m.classes.to_vec(),
-        shape: x.shape().to_vec(),
-        n: keep.len(),
-        files_sha256: fsutil::sha256_bytes(&files_csv),
-        npy_sha256: fsutil::sha256_bytes(&npy_b),
-        skipped,
-        device: m.device,
-        tlearn_version: env!("CARGO_PKG_VERSION").into(),
-        shard: m.shard,
-        dataset: m.dataset.clone(),
-        dataset_real: m.dataset_real.clone(),
-    };
-    fsutil::write_json(&fsutil::sidecar_path(&npy), &info)?;
-    Ok(keep.len())
 }
 
 /// Flattened view helper: (N, rest).
