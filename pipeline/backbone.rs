@@ -198,8 +198,7 @@ impl Backbone {
         let side = fsutil::sidecar_path(&path);
         let info: BackboneInfo = fsutil::read_json(&side)?;
         // The name becomes a folder of features/: checked like one given on the command line.
-        fsutil::check_name("name", &info.name)
-            .map_err(|e| Error::BadData { path: side.clone(), reason: format!("backbone {e}") })?;
+        fsutil::check_name_in(&side, "backbone name", &info.name)?;
         let bytes = fsutil::read_verified(&path, &info.onnx_sha256)?;
         Ok(Backbone { name: info.name.clone(), path, bytes, info })
     }

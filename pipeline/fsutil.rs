@@ -140,6 +140,12 @@ pub fn check_name(what: &'static str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// [`check_name`] for a name read from `file` (a sidecar, a run record): names from files are
+/// checked like names given on the command line, and the error names the file.
+pub fn check_name_in(file: &Path, what: &'static str, name: &str) -> Result<()> {
+    check_name(what, name).map_err(|e| Error::BadData { path: file.into(), reason: e.to_string() })
+}
+
 /// `path` made absolute and with every link resolved that exists so far: the real path of an
 /// existing file, or the real folder of a path to be created followed by its remaining components
 /// (a `..` among those steps back, as it will once the folders before it are created).

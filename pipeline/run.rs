@@ -54,8 +54,7 @@ impl RunInfo {
         let side = fsutil::sidecar_path(&run_dir.join(HEAD));
         let info: RunInfo = fsutil::read_json(&side)?;
         // Names read from files are checked like names given on the command line.
-        fsutil::check_name("backbone", &info.features.backbone)
-            .map_err(|e| Error::BadData { path: side.clone(), reason: e.to_string() })?;
+        fsutil::check_name_in(&side, "backbone", &info.features.backbone)?;
         Ok(info)
     }
 

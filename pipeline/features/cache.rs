@@ -113,8 +113,7 @@ pub fn load_view(dir: &Path, split: &str, view: View) -> Result<Features> {
     // Names read from a sidecar become folder and file names downstream (runs of tlearn-compare,
     // merged caches): checked as on the command line.
     for (what, name) in [("backbone", &info.backbone), ("split", &info.split)] {
-        fsutil::check_name(what, name)
-            .map_err(|e| Error::BadData { path: fsutil::sidecar_path(&npy), reason: e.to_string() })?;
+        fsutil::check_name_in(&fsutil::sidecar_path(&npy), what, name)?;
     }
     let bytes = fsutil::read_verified(&npy, &info.npy_sha256)?;
     let x =
