@@ -104,7 +104,26 @@ pub fn decode_bytes(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<Dynami
 
 /// [`decode_bytes`], holding the image's pixels in `budget` (once its header passed the checks)
 /// for as long as the caller keeps the guard.
+/// A decoder that panics on a hostile file (a bug in a third-party crate) makes that file a bad
+/// file, not a crash of the batch it is in.
 fn decode_in<'b>(
+    bytes: &[u8],
+    path: &Path,
+    max_pixels: u64,
+    budget: Option<&'b PixelBudget>,
+) -> Result<(DynamicImage, Option<PixelGuard<'b>>)> {
+    let decode = std::panic::AssertUnwindSafe(|| decode_checked(bytes, path, max_pixels, budget));
+    std::panic::catch_unwind(decode).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(Error::BadImage { path: path.into(), reason: format!("the image decoder failed on this file: {what}") })
+    })
+}
+
+fn decode_checked<'b>(
     bytes: &[u8],
     path: &Path,
     max_pixels: u64,
@@ -120,6 +139,9 @@ fn decode_in<'b>(
     if format == image::ImageFormat::Jpeg {
         let (eoi, seq) = jpeg_complete(bytes).map_err(|e| bad(e.into()))?;
         sequential = seq.then_some(eoi);
+    }
+    if format == image::ImageFormat::Png {
+        png_palette_whole(bytes).map_err(bad)?;
     }
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(max_pixels.saturating_mul(8).max(1 << 20));
@@ -302,6 +324,26 @@ fn jpeg_complete(b: &[u8]) -> std::result::Result<(usize, bool), &'static str> {
         }
     }
     Err(TRUNCATED)
+}
+
+/// Walk a PNG's chunks up to its image data and require a palette (PLTE) that holds whole RGB
+/// entries: the png crate (0.18.1) indexes past the end of one that does not and panics.
+/// Anything else malformed is left to the decoder, which reports it.
+fn png_palette_whole(b: &[u8]) -> std::result::Result<(), String> {
+    let mut i = 8; // after the signature
+    while i + 8 <= b.len() {
+        let len = u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as usize;
+        match &b[i + 4..i + 8] {
+            b"IDAT" | b"IEND" => break,
+            b"PLTE" if len % 3 != 0 => {
+                return Err(format!(
+                    "corrupt PNG: its palette (PLTE) has {len} bytes, not a whole number of RGB entries"
+                ))
+            }
+            _ => i = i.saturating_add(12).saturating_add(len),
+        }
+    }
+    Ok(())
 }
 
 /// Convert to 8-bit RGB (gray replicated, alpha dropped, 16-bit scaled) and resize to

@@ -21,15 +21,8 @@ fn jpeg_bytes(img: &RgbImage) -> Vec<u8> {
     v.into_inner()
 }
 
-/// A PNG whose header declares `w`×`h` pixels (with a tiny, wrong IDAT): a decompression bomb.
-fn bomb_png(w: u32, h: u32) -> Vec<u8> {
-    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
-        out.extend((data.len() as u32).to_be_bytes());
-        let mut c = kind.to_vec();
-        c.extend(data);
-        out.extend(&c);
-        out.extend(crc32(&c).to_be_bytes());
-    }
+/// A PNG from raw chunks (the CRCs computed): hostile headers and chunks the encoders refuse.
+fn png_from_chunks(chunks: &[(&[u8], &[u8])]) -> Vec<u8> {
     fn crc32(b: &[u8]) -> u32 {
         let mut c = 0xFFFF_FFFFu32;
         for &x in b {
@@ -41,14 +34,42 @@ fn bomb_png(w: u32, h: u32) -> Vec<u8> {
         !c
     }
     let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = vec![];
-    ihdr.extend(w.to_be_bytes());
-    ihdr.extend(h.to_be_bytes());
-    ihdr.extend([8, 2, 0, 0, 0]);
-    chunk(&mut out, b"IHDR", &ihdr);
-    chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
-    chunk(&mut out, b"IEND", &[]);
+    for (kind, data) in chunks {
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut c = kind.to_vec();
+        c.extend(*data);
+        out.extend(&c);
+        out.extend(crc32(&c).to_be_bytes());
+    }
     out
+}
+
+fn ihdr(w: u32, h: u32, depth: u8, colour: u8) -> Vec<u8> {
+    let mut v = vec![];
+    v.extend(w.to_be_bytes());
+    v.extend(h.to_be_bytes());
+    v.extend([depth, colour, 0, 0, 0]);
+    v
+}
+
+/// A PNG whose header declares `w`×`h` pixels (with a tiny, wrong IDAT): a decompression bomb.
+fn bomb_png(w: u32, h: u32) -> Vec<u8> {
+    let idat = [0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01];
+    png_from_chunks(&[(b"IHDR", &ihdr(w, h, 8, 2)), (b"IDAT", &idat), (b"IEND", &[])])
+}
+
+/// A 4×2 paletted PNG, complete and valid except that its palette is `palette_len` bytes long
+/// (a whole palette is a multiple of 3: one RGB triple per entry).
+fn palette_png(palette_len: usize) -> Vec<u8> {
+    let rows: Vec<u8> = [0u8, 0, 1, 0, 1, 0, 1, 0, 1, 0].to_vec(); // filter byte + 4 indices, twice
+    let mut idat = vec![0x78, 0x01, 0x01]; // zlib header, one final stored deflate block
+    idat.extend((rows.len() as u16).to_le_bytes());
+    idat.extend((!(rows.len() as u16)).to_le_bytes());
+    idat.extend(&rows);
+    let (a, b) = rows.iter().fold((1u32, 0u32), |(a, b), &x| ((a + x as u32) % 65521, (b + a + x as u32) % 65521));
+    idat.extend(((b << 16) | a).to_be_bytes());
+    let palette: Vec<u8> = (0..palette_len).map(|i| (i * 40) as u8).collect();
+    png_from_chunks(&[(b"IHDR", &ihdr(4, 2, 8, 3)), (b"PLTE", &palette), (b"IDAT", &idat), (b"IEND", &[])])
 }
 
 fn is_root() -> bool {
@@ -72,6 +93,7 @@ fn corpus(dir: &Path) -> (Vec<String>, Vec<String>) {
     put("ünïcødé 画像.png", &png_bytes(&img(5)));
     put("new\nline.png", &png_bytes(&img(6)));
     put("sub dir/nested.png", &png_bytes(&img(7)));
+    put("palette.png", &palette_png(6));
     for f in ["cmyk.jpg", "animated.gif", "animated.webp"] {
         put(f, &std::fs::read(fx.join(f)).unwrap());
     }
@@ -107,6 +129,7 @@ fn corpus(dir: &Path) -> (Vec<String>, Vec<String>) {
     put_bad("truncated.png", &p[..p.len() / 2]);
     put_bad("text.png", b"hello, not an image");
     put_bad("bomb.png", &bomb_png(200_000, 200_000));
+    put_bad("palette-4-bytes.png", &palette_png(4));
     symlink("loop-b.jpg", dir.join("loop-a.jpg")).unwrap();
     symlink("loop-a.jpg", dir.join("loop-b.jpg")).unwrap();
     symlink("nowhere.png", dir.join("dangling.png")).unwrap();
