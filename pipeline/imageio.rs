@@ -335,7 +335,7 @@ fn png_palette_whole(b: &[u8]) -> std::result::Result<(), String> {
         let len = u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as usize;
         match &b[i + 4..i + 8] {
             b"IDAT" | b"IEND" => break,
-            b"PLTE" if len % 3 != 0 => {
+            b"PLTE" if !len.is_multiple_of(3) => {
                 return Err(format!(
                     "corrupt PNG: its palette (PLTE) has {len} bytes, not a whole number of RGB entries"
                 ))

@@ -5,6 +5,7 @@
 use crate::dataset;
 use crate::error::{Error, Result};
 use crate::imageio::{self, Interpolation};
+use crate::progress::Sink;
 use ndarray::{Array4, ArrayD, Axis};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -30,7 +31,7 @@ pub struct LoadSpec {
 }
 
 /// Load `root/split/<class>/*` for the given classes (a class not in `classes` is an error).
-pub fn load_split(root: &Path, split: &str, classes: &[String], spec: &LoadSpec) -> Result<ImageSet> {
+pub fn load_split(root: &Path, split: &str, classes: &[String], spec: &LoadSpec, sink: &dyn Sink) -> Result<ImageSet> {
     let (_, items, report) = dataset::list_split(root, split)?;
     for p in &report.skipped_non_images {
         tracing::warn!("{}: skipped (not an image file name)", p.display());
@@ -44,8 +45,7 @@ pub fn load_split(root: &Path, split: &str, classes: &[String], spec: &LoadSpec)
     }
     let labels = dataset::labels(&items, classes, split)?;
     let (h, w) = (spec.size.0 as usize, spec.size.1 as usize);
-    let pb = crate::cli::progress(items.len() as u64, "img");
-    pb.set_message(format!("decoding {split}"));
+    let pb = sink.meter(items.len() as u64, "img", &format!("decoding {split}"));
     let decoded: Vec<Result<Vec<u8>>> = items
         .par_iter()
         .map(|it| {
@@ -66,7 +66,7 @@ pub fn load_split(root: &Path, split: &str, classes: &[String], spec: &LoadSpec)
             })
         })
         .collect();
-    pb.finish_and_clear();
+    drop(pb);
     let mut x = Vec::with_capacity(items.len() * h * w * spec.channels);
     let (mut keep_labels, mut files) = (vec![], vec![]);
     // Every file of the split that is not used is listed with the reason.

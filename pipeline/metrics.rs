@@ -180,71 +180,18 @@ pub fn roc_auc(scores: &[f64], positive: &[bool]) -> Option<f64> {
     Some((sum_pos - (n_pos * (n_pos + 1)) as f64 / 2.0) / (n_pos * n_neg) as f64)
 }
 
-/// A human summary of the metrics.
-pub fn render(m: &Metrics) -> String {
-    let mut s = format!("accuracy {:.4}  loss {:.4}  macro-F1 {:.4}", m.accuracy, m.loss, m.macro_f1);
-    if let Some(a) = m.roc_auc {
-        s += &format!("  ROC-AUC {a:.4}");
-    }
-    s += &format!("  (n = {})\n", m.n_test);
-    s += &format!("{:<14} {:>9} {:>9} {:>9} {:>8}\n", "class", "precision", "recall", "f1", "support");
-    for c in &m.per_class {
-        s += &format!("{:<14} {:>9.4} {:>9.4} {:>9.4} {:>8}\n", c.class, c.precision, c.recall, c.f1, c.support);
-    }
-    s
-}
-
-/// Write an evaluation into `out/`: `metrics.json` (the `context` fields plus the metrics),
-/// `predictions.csv` (path, true, predicted, probability), `confusion.png`, `roc.png` and the
-/// self-contained `index.html` ([`crate::report`]). `files` holds each row's (path, true label
-/// index); `history_png` is the run's training curves, if any. The folder is locked meanwhile.
-pub fn write_report(
-    out: &std::path::Path,
-    context: serde_json::Value,
-    probs: &ArrayD<f32>,
-    files: &[(String, usize)],
-    classes: &[String],
-    history_png: Option<&std::path::Path>,
-) -> crate::Result<Metrics> {
-    let _lock = crate::lock::dir(out)?;
-    let labels: Vec<usize> = files.iter().map(|f| f.1).collect();
-    let m = compute(probs, &labels, classes);
-    let mut report = match &context {
-        serde_json::Value::Object(o) => o.clone(),
-        _ => serde_json::Map::new(),
-    };
-    let mv = serde_json::to_value(&m).expect("metrics serialise");
-    report.insert("classes".into(), serde_json::json!(classes));
-    if let serde_json::Value::Object(o) = mv {
-        report.extend(o);
-    }
-    crate::fsutil::write_json(&out.join("metrics.json"), &report)?;
-    let csv_err = |e: csv::Error| crate::Error::Other(format!("{}: {e}", out.join("predictions.csv").display()));
-    let mut w = csv::Writer::from_writer(vec![]);
-    w.write_record(["path", "true", "predicted", "probability"]).map_err(csv_err)?;
-    for ((f, p), q) in files.iter().zip(class_probs(probs)).zip(predicted(probs)) {
-        let cell = |s: &str| crate::fsutil::csv_cell(s).into_owned();
-        w.write_record([cell(&f.0), cell(&classes[f.1]), cell(&classes[q]), format!("{:.6}", p[q])])
-            .map_err(csv_err)?;
-    }
-    let bytes = w.into_inner().map_err(|e| crate::Error::Other(e.to_string()))?;
-    crate::fsutil::write_bytes_atomic(&out.join("predictions.csv"), &bytes)?;
-    if let Err(e) = crate::plot::confusion(&out.join("confusion.png"), classes, &m.confusion) {
-        tracing::warn!("confusion plot not written: {e}");
-    }
-    let field = |k: &str| context.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();
-    let title = format!("{} — {} split", field("run"), field("split"));
-    let page = crate::report::Page {
-        title: &title,
-        context: &context,
-        metrics: &m,
-        classes,
-        probs,
-        files,
-        history_png,
-        confusion_png: &out.join("confusion.png"),
-        max_pixels: crate::imageio::DEFAULT_MAX_PIXELS,
-    };
-    crate::report::write(out, &page)?;
-    Ok(m)
+/// ROC curves to draw: for two classes, class 1's; for more, one-vs-rest per class. A class whose
+/// curve is undefined (no positive or no negative row) has none.
+pub fn roc_curves(probs: &ArrayD<f32>, labels: &[usize], classes: &[String]) -> Vec<(String, Vec<(f64, f64)>)> {
+    let p = class_probs(probs);
+    let positives: Vec<usize> = if classes.len() == 2 { vec![1] } else { (0..classes.len()).collect() };
+    positives
+        .iter()
+        .filter_map(|&c| {
+            let scores: Vec<f64> = p.iter().map(|r| r[c]).collect();
+            let pos: Vec<bool> = labels.iter().map(|&l| l == c).collect();
+            let auc = roc_auc(&scores, &pos)?;
+            Some((format!("{} (AUC {auc:.4})", classes[c]), roc_points(&scores, &pos)))
+        })
+        .collect()
 }

@@ -1,7 +1,7 @@
 //! PNG charts with plotters: training curves and confusion matrices.
 
 use crate::error::{Error, Result};
-use crate::train::Epoch;
+use crate::history::Epoch;
 use plotters::prelude::*;
 use std::path::Path;
 use std::sync::OnceLock;

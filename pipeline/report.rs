@@ -1,8 +1,9 @@
 //! The evaluation report a person reads: `reports/<run>/index.html`, one self-contained file
 //! (every picture a `data:` URI, no script, no external resource) with the metrics, the confusion
 //! matrix, ROC curves, the training curves and the most confidently misclassified test images.
+//! This module renders the page; the evaluate stage ([`crate::evaluate`]) draws the charts and
+//! writes the files.
 
-use crate::error::{Error, Result};
 use crate::metrics::{class_probs, predicted, Metrics};
 use base64::Engine as _;
 use ndarray::ArrayD;
@@ -22,9 +23,11 @@ pub struct Page<'a> {
     pub probs: &'a ArrayD<f32>,
     /// Each test row's (image path, true class index).
     pub files: &'a [(String, usize)],
+    /// The charts as PNG bytes, each when it could be drawn.
+    pub confusion_png: Option<Vec<u8>>,
+    pub roc_png: Option<Vec<u8>>,
     /// The run's training curves, when it has them.
-    pub history_png: Option<&'a Path>,
-    pub confusion_png: &'a Path,
+    pub history_png: Option<Vec<u8>>,
     /// Images larger than this are not decoded for thumbnails.
     pub max_pixels: u64,
 }
@@ -59,15 +62,33 @@ pub fn most_confident_mistakes(p: &[Vec<f64>], pred: &[usize], labels: &[usize],
     wrong
 }
 
-fn png_file(path: &Path) -> Option<Vec<u8>> {
+/// The bytes of the PNG file at `path`, if it is one.
+pub fn png_file(path: &Path) -> Option<Vec<u8>> {
     std::fs::read(path).ok().filter(|b| b.starts_with(b"\x89PNG"))
 }
 
-/// Write `out/index.html` (atomically); the ROC chart is drawn into `out/roc.png` on the way.
-pub fn write(out: &Path, page: &Page) -> Result<()> {
-    let m = page.metrics;
-    let mut h = String::new();
-    h += &format!(
+/// The page's HTML.
+pub fn render(page: &Page) -> String {
+    let mut h = head(page.title);
+    h += &metrics_section(page);
+    let sections = [
+        ("confusion", "Confusion matrix", "confusion matrix", &page.confusion_png, "(not drawn)"),
+        ("roc", "ROC curve", "ROC curve", &page.roc_png, "(needs both classes in the test split)"),
+        ("curves", "Training curves", "training curves", &page.history_png, "(this run has no per-epoch history)"),
+    ];
+    for (id, title, alt, png, missing) in sections {
+        let body = match png {
+            Some(b) => img(b, alt),
+            None => format!("<p>{missing}</p>"),
+        };
+        h += &format!("<section id=\"{id}\"><h2>{title}</h2>\n{body}</section>\n");
+    }
+    h += &mistakes_section(page);
+    h + "</body></html>\n"
+}
+
+fn head(title: &str) -> String {
+    format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\n<style>\
          body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}\
          td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}th{{background:#eee}}\
@@ -75,10 +96,14 @@ pub fn write(out: &Path, page: &Page) -> Result<()> {
          .grid{{display:flex;flex-wrap:wrap;gap:12px}}.tile{{width:{w}px;font-size:13px}}\
          .tile img{{display:block;margin-bottom:4px}}.path{{word-break:break-all;color:#555}}.missing{{width:{w}px;height:{w}px;background:#eee}}\
          </style></head><body>\n<h1>{t}</h1>\n",
-        t = esc(page.title),
+        t = esc(title),
         w = THUMB
-    );
-    // Metrics.
+    )
+}
+
+fn metrics_section(page: &Page) -> String {
+    let m = page.metrics;
+    let mut h = String::new();
     h += "<section id=\"metrics\"><h2>Metrics</h2>\n<table>\n";
     let auc = m.roc_auc.map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into());
     for (k, v) in [
@@ -105,40 +130,13 @@ pub fn write(out: &Path, page: &Page) -> Result<()> {
     h += "</table>\n<details><summary>Run settings</summary><pre>";
     h += &esc(&serde_json::to_string_pretty(page.context).unwrap_or_default());
     h += "</pre></details></section>\n";
-    // Confusion matrix.
-    h += "<section id=\"confusion\"><h2>Confusion matrix</h2>\n";
-    match png_file(page.confusion_png) {
-        Some(b) => h += &img(&b, "confusion matrix"),
-        None => h += "<p>(not drawn)</p>",
-    }
-    h += "</section>\n";
-    // ROC curves (one-vs-rest per class when more than two).
+    h
+}
+
+fn mistakes_section(page: &Page) -> String {
     let labels: Vec<usize> = page.files.iter().map(|f| f.1).collect();
     let p = class_probs(page.probs);
-    let positives: Vec<usize> = if page.classes.len() == 2 { vec![1] } else { (0..page.classes.len()).collect() };
-    let curves: Vec<(String, Vec<(f64, f64)>)> = positives
-        .iter()
-        .filter_map(|&c| {
-            let scores: Vec<f64> = p.iter().map(|r| r[c]).collect();
-            let pos: Vec<bool> = labels.iter().map(|&l| l == c).collect();
-            let auc = crate::metrics::roc_auc(&scores, &pos)?;
-            Some((format!("{} (AUC {auc:.4})", page.classes[c]), crate::metrics::roc_points(&scores, &pos)))
-        })
-        .collect();
-    h += "<section id=\"roc\"><h2>ROC curve</h2>\n";
-    let roc = out.join("roc.png");
-    match crate::plot::roc(&roc, &curves).ok().and_then(|_| png_file(&roc)) {
-        Some(b) if !curves.is_empty() => h += &img(&b, "ROC curve"),
-        _ => h += "<p>(needs both classes in the test split)</p>",
-    }
-    h += "</section>\n";
-    // Training curves.
-    h += "<section id=\"curves\"><h2>Training curves</h2>\n";
-    match page.history_png.and_then(png_file) {
-        Some(b) => h += &img(&b, "training curves"),
-        None => h += "<p>(this run has no per-epoch history)</p>",
-    }
-    h += "</section>\n";
+    let mut h = String::new();
     // The most confident mistakes.
     let pred = predicted(page.probs);
     let wrong = most_confident_mistakes(&p, &pred, &labels, MISCLASSIFIED);
@@ -164,7 +162,5 @@ pub fn write(out: &Path, page: &Page) -> Result<()> {
             p[i][q]
         );
     }
-    h += "</div></section>\n</body></html>\n";
-    crate::fsutil::write_bytes_atomic(&out.join("index.html"), h.as_bytes())
-        .map_err(|e| Error::Other(format!("report: {e}")))
+    h + "</div></section>\n"
 }

@@ -2,19 +2,19 @@
 //! stages (evaluate, score) read to know the classes, backbone and input size.
 
 use crate::error::{Error, Result};
-use crate::features::{self, FeatureInfo, Features};
+use crate::features::{self, FeatureInfo};
 use crate::fsutil;
-use crate::heads::{self, ClassicalSpec, HeadKind, Trained};
+use crate::heads::{self, ClassicalSpec, HeadKind, HeadSpec, Trained};
+use crate::history::{self, Epoch, HISTORY_CSV, HISTORY_PNG};
 use crate::imageio::View;
+use crate::params::Checked;
+use crate::progress::Sink;
 use crate::runtime::SessionOptions;
-use crate::train::{head::HeadSpec, Epoch, FitConfig};
-use ndarray::ArrayD;
+use crate::train::FitConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub const HEAD: &str = "head.onnx";
-pub const HISTORY_CSV: &str = "history.csv";
-pub const HISTORY_PNG: &str = "history.png";
 
 /// `runs/<name>/head.onnx.json`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -75,52 +75,14 @@ impl RunInfo {
     }
 }
 
-/// The run's head on one split of cached features in `fdir`: class probabilities averaged over the
-/// plain images and the run's TTA views, with the plain split's features (files, labels).
-pub fn predict_split(
-    run_dir: &Path,
-    info: &RunInfo,
-    fdir: &Path,
-    split: &str,
-    opts: &SessionOptions,
-) -> Result<(ArrayD<f32>, Features)> {
-    let mut views = features::load_views(fdir, split, &info.tta)?;
-    let f = &views[0];
-    if f.info.classes != info.classes {
-        return Err(Error::BadData {
-            path: fdir.into(),
-            reason: format!("classes {:?} differ from the run's {:?}", f.info.classes, info.classes),
-        });
-    }
-    if f.info.backbone_sha256 != info.features.backbone_sha256 || f.info.size != info.features.size {
-        return Err(Error::BadData {
-            path: fdir.into(),
-            reason: "features come from another backbone or size than the run was trained on".into(),
-        });
-    }
-    let head = run_dir.join(HEAD);
-    let bytes = info.read_head(run_dir)?;
-    let mut sum: Option<ArrayD<f32>> = None;
-    for v in &views {
-        let p = crate::train::predict(&bytes, &head, &v.x, 256, opts)?;
-        crate::metrics::check_width(&p, info.classes.len(), &head)?;
-        sum = Some(match sum {
-            Some(s) => s + p,
-            None => p,
-        });
-    }
-    let probs = sum.expect("at least the plain view") / views.len() as f32;
-    Ok((probs, views.swap_remove(0)))
-}
-
 /// A head to train on a feature folder into `run_dir` (what `tlearn-head` and `tlearn-compare` do).
 pub struct HeadJob {
     pub features: PathBuf,
     pub run_dir: PathBuf,
     pub kind: HeadKind,
-    pub spec: HeadSpec,
-    pub classical: ClassicalSpec,
-    pub fit: FitConfig,
+    pub spec: Checked<HeadSpec>,
+    pub classical: Checked<ClassicalSpec>,
+    pub fit: Checked<FitConfig>,
     pub opts: SessionOptions,
     /// Cached flipped views added to the training set.
     pub train_views: Vec<View>,
@@ -132,10 +94,7 @@ pub struct HeadJob {
 
 /// Train the job's head and write the run: `head.onnx`, `history.csv` (+ `history.png` for the
 /// dense head), and the `head.onnx.json` record, each atomically, the record last.
-pub fn train_head(job: &HeadJob) -> Result<(RunInfo, Trained)> {
-    job.spec.validate()?;
-    job.fit.validate()?;
-    job.classical.validate()?;
+pub fn train_head(job: &HeadJob, sink: &dyn Sink) -> Result<(RunInfo, Trained)> {
     let train_sets = features::load_views(&job.features, "train", &job.train_views)?;
     let (train_x, train_labels) = features::concat_views(&train_sets)?;
     let train = &train_sets[0];
@@ -157,19 +116,19 @@ pub fn train_head(job: &HeadJob) -> Result<(RunInfo, Trained)> {
         "train": train_sets.iter().map(|f| f.info.npy_sha256.clone()).collect::<Vec<_>>(),
         "validation": val.as_ref().map(|v| v.info.npy_sha256.clone()),
     });
-    let ckpt = heads::dense::Checkpointing {
+    let ckpt = crate::train::learner::Checkpointing {
         path: job.run_dir.join(crate::train::checkpoint::CHECKPOINT),
         config: crate::train::checkpoint::comparable(config),
         resume: job.resume,
     };
     let t = std::time::Instant::now();
-    let trained =
-        heads::head(job.kind, &job.spec, &job.classical, &job.fit, &job.opts, Some(ckpt)).fit(&data, job.fit.seed)?;
+    let head = heads::head(job.kind, &job.spec, &job.classical, &job.fit, &job.opts, Some(ckpt));
+    let trained = head.fit(&data, job.fit.seed, sink)?;
     let secs = t.elapsed().as_secs_f64();
     let bytes = crate::onnx::encode_model(&trained.model);
     fsutil::write_bytes_atomic(&job.run_dir.join(HEAD), &bytes)?;
     let history = &trained.history;
-    write_history_csv(&job.run_dir.join(HISTORY_CSV), history)?;
+    history::write_csv(&job.run_dir.join(HISTORY_CSV), history)?;
     let name = job.run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if history.len() > 1 {
         let title = format!("{name} on {} — {}", train.info.backbone, job.features.display());
@@ -183,9 +142,9 @@ pub fn train_head(job: &HeadJob) -> Result<(RunInfo, Trained)> {
         features: train.info.clone(),
         validation_npy_sha256: val.as_ref().map(|v| v.info.npy_sha256.clone()),
         kind: job.kind,
-        head: job.spec.clone(),
-        classical: (job.kind != HeadKind::Dense).then(|| job.classical.clone()),
-        fit: job.fit.clone(),
+        head: (*job.spec).clone(),
+        classical: (job.kind != HeadKind::Dense).then(|| (*job.classical).clone()),
+        fit: (*job.fit).clone(),
         loss: crate::train::graph::Loss::for_classes(classes.len()),
         classes,
         head_sha256: fsutil::sha256_bytes(&bytes),
@@ -197,12 +156,4 @@ pub fn train_head(job: &HeadJob) -> Result<(RunInfo, Trained)> {
     };
     fsutil::write_json(&fsutil::sidecar_path(&job.run_dir.join(HEAD)), &info)?;
     Ok((info, trained))
-}
-
-pub fn write_history_csv(path: &Path, h: &[Epoch]) -> Result<()> {
-    let mut w = csv::Writer::from_writer(vec![]);
-    for e in h {
-        w.serialize(e).map_err(|e| crate::Error::Other(e.to_string()))?;
-    }
-    fsutil::write_bytes_atomic(path, &w.into_inner().map_err(|e| crate::Error::Other(e.to_string()))?)
 }

@@ -4,10 +4,12 @@ mod common;
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
 use std::path::Path;
+use tlearn::heads::dense as head;
+use tlearn::heads::{HeadSpec, Pool};
 use tlearn::onnx::builder::A;
 use tlearn::onnx::{self, proto::ModelProto, Dim, GraphBuilder};
+use tlearn::params::ParamGuard;
 use tlearn::runtime::{Device, SessionOptions};
-use tlearn::train::head::{self, HeadSpec, Pool};
 use tlearn::train::{label_tensor, optim, Trainer};
 
 type Rg = rand_chacha::ChaCha8Rng;
@@ -57,14 +59,14 @@ fn check(model: &ModelProto, feature_shape: &[usize], classes: usize, n: usize) 
 #[test]
 fn dense_head_sigmoid_bce_with_dropout() {
     let spec = HeadSpec { units: 6, layers: 1, dropout: 0.5, pool: Pool::Flatten, standardize: false };
-    let m = head::build(&[2, 2, 3], 2, &spec, 1, None).unwrap();
+    let m = head::build(&[2, 2, 3], 2, &spec.clone().check().unwrap(), 1, None).unwrap();
     check(&m, &[2, 2, 3], 2, 5);
 }
 
 #[test]
 fn two_hidden_layers_softmax_ce() {
     let spec = HeadSpec { units: 5, layers: 2, dropout: 0.3, pool: Pool::Flatten, standardize: false };
-    let m = head::build(&[3, 1, 2], 3, &spec, 2, None).unwrap();
+    let m = head::build(&[3, 1, 2], 3, &spec.clone().check().unwrap(), 2, None).unwrap();
     check(&m, &[3, 1, 2], 3, 6);
 }
 
@@ -74,7 +76,7 @@ fn average_pooled_head() {
     let m = head::build(
         &[3, 3, 4],
         2,
-        &spec,
+        &spec.clone().check().unwrap(),
         3,
         Some(&ArrayD::from_shape_fn(IxDyn(&[5, 3, 3, 4]), |i| (i[0] * 7 + i[3]) as f32)),
     )
@@ -123,7 +125,7 @@ fn unsupported_op_names_node_and_op() {
 #[test]
 fn training_reduces_the_loss_and_is_reproducible() {
     let spec = HeadSpec { units: 8, layers: 1, dropout: 0.5, pool: Pool::Flatten, standardize: false };
-    let m = head::build(&[4], 2, &spec, 9, None).unwrap();
+    let m = head::build(&[4], 2, &spec.clone().check().unwrap(), 9, None).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let x = rand_array(&mut rng, &[64, 4], 1.0);
     let labels: Vec<usize> = x.outer_iter().map(|r| (r[0] + r[1] > 0.0) as usize).collect();
@@ -133,16 +135,19 @@ fn training_reduces_the_loss_and_is_reproducible() {
         seed: 4,
         optimizer: tlearn::train::optim::Optimizer::rmsprop(1e-2),
         schedule: Default::default(),
-    };
+    }
+    .check()
+    .unwrap();
     let fit = || {
         let mut t = Trainer::new(&m, Path::new("t.onnx"), &[4], 2, &opts()).unwrap();
-        t.fit(&x, &labels, &x, &labels, &cfg, |_| {}).unwrap()
+        let val = tlearn::train::InMemory { x: &x, labels: &labels };
+        t.fit(&x, &labels, Some(val), &cfg, |_| {}).unwrap()
     };
     let h1 = fit();
     let h2 = fit();
     assert_eq!(
         h1,
-        h2.iter().map(|e| tlearn::train::Epoch { seconds: h1[e.epoch - 1].seconds, ..e.clone() }).collect::<Vec<_>>(),
+        h2.iter().map(|e| tlearn::history::Epoch { seconds: h1[e.epoch - 1].seconds, ..e.clone() }).collect::<Vec<_>>(),
         "same seed, same history"
     );
     assert!(h1.last().unwrap().val_loss < h1[0].val_loss * 0.7, "loss fell: {h1:?}");
@@ -295,7 +300,7 @@ fn keras_update(opt: &optim::Optimizer, t: i32, w: &mut [f32], g: &[f32], s0: &m
 #[test]
 fn in_graph_optimizers_follow_keras_update_rules() {
     let spec = HeadSpec { units: 5, layers: 1, dropout: 0.0, pool: Pool::Flatten, standardize: false };
-    let m = head::build(&[2, 2, 3], 3, &spec, 4, None).unwrap();
+    let m = head::build(&[2, 2, 3], 3, &spec.clone().check().unwrap(), 4, None).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
     let x = rand_array(&mut rng, &[6, 2, 2, 3], 1.0);
     let labels: Vec<usize> = (0..6).map(|i| i % 3).collect();

@@ -5,8 +5,10 @@ use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
 use std::path::Path;
 use tlearn::heads::{Classical, ClassicalSpec, Data, HeadKind};
+use tlearn::heads::{HeadSpec, Pool};
+use tlearn::params::ParamGuard;
 use tlearn::runtime::{Device, SessionOptions};
-use tlearn::train::head::{HeadSpec, Pool};
+use tlearn::Error;
 
 const KINDS: [HeadKind; 5] = [HeadKind::Logistic, HeadKind::Svm, HeadKind::Rbf, HeadKind::Forest, HeadKind::Knn];
 
@@ -25,7 +27,8 @@ fn blobs(classes: usize, n: usize, seed: u64) -> (ArrayD<f32>, Vec<usize>) {
 
 fn head(kind: HeadKind, pool: Pool, pca: Option<usize>) -> Classical {
     let spec = HeadSpec { pool, standardize: kind != HeadKind::Forest, ..Default::default() };
-    Classical { kind, spec, classical: ClassicalSpec { pca, trees: 25, ..Default::default() } }
+    let classical = ClassicalSpec { pca, trees: 25, ..Default::default() };
+    Classical { kind, spec: spec.check().unwrap(), classical: classical.check().unwrap() }
 }
 
 fn onnx_predict(m: &tlearn::onnx::proto::ModelProto, x: &ArrayD<f32>) -> ArrayD<f32> {
@@ -94,27 +97,33 @@ fn forest_votes_agree_with_smartcore_and_follow_the_seed() {
 fn classical_hyper_parameters_and_data_are_checked() {
     let (x, y) = blobs(2, 5, 5);
     let data = Data { x: &x, y: &y, val: None, classes: 2 };
-    let fit = |kind, cs: ClassicalSpec| {
-        let c = Classical { kind, spec: HeadSpec::default(), classical: cs };
-        c.fit_model(&data, 1).err().map(|e| e.to_string()).unwrap_or_default()
+    // The name of the parameter refused: by the check of the settings, or by the fit (limits
+    // that depend on the data).
+    let refused = |kind, cs: ClassicalSpec| -> &'static str {
+        let e = cs.check().and_then(|cs| {
+            let c = Classical { kind, spec: HeadSpec::default().check().unwrap(), classical: cs };
+            c.fit_model(&data, 1).map(|_| ())
+        });
+        match e {
+            Err(Error::Param { name, .. }) => name,
+            other => panic!("expected a parameter error, got {:?}", other.err()),
+        }
     };
     let d = ClassicalSpec::default;
-    let e = fit(HeadKind::Svm, ClassicalSpec { c: 0.0, ..d() });
-    assert!(e.contains("c") && e.contains("> 0"), "{e}");
-    let e = fit(HeadKind::Knn, ClassicalSpec { k: 11, ..d() });
-    assert!(e.contains("k") && e.contains("10 training samples"), "{e}");
-    let e = fit(HeadKind::Logistic, ClassicalSpec { pca: Some(11), ..d() });
-    assert!(e.contains("pca") && e.contains("10"), "{e}");
-    let e = fit(HeadKind::Rbf, ClassicalSpec { gamma: Some(-1.0), ..d() });
-    assert!(e.contains("gamma"), "{e}");
-    let e = fit(HeadKind::Forest, ClassicalSpec { trees: 0, ..d() });
-    assert!(e.contains("trees"), "{e}");
+    assert_eq!(refused(HeadKind::Svm, ClassicalSpec { c: 0.0, ..d() }), "c");
+    assert_eq!(refused(HeadKind::Knn, ClassicalSpec { k: 11, ..d() }), "k");
+    assert_eq!(refused(HeadKind::Logistic, ClassicalSpec { pca: Some(11), ..d() }), "pca");
+    assert_eq!(refused(HeadKind::Rbf, ClassicalSpec { gamma: Some(-1.0), ..d() }), "gamma");
+    assert_eq!(refused(HeadKind::Forest, ClassicalSpec { trees: 0, ..d() }), "trees");
     // A class without a training sample cannot be learned.
     let data3 = Data { x: &x, y: &y, val: None, classes: 3 };
-    let e = Classical { kind: HeadKind::Logistic, spec: HeadSpec::default(), classical: d() }
-        .fit_model(&data3, 1)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(e.contains("no training sample"), "{e}");
+    let c = Classical {
+        kind: HeadKind::Logistic,
+        spec: HeadSpec::default().check().unwrap(),
+        classical: d().check().unwrap(),
+    };
+    match c.fit_model(&data3, 1).err() {
+        Some(Error::Param { name: "labels", reason, .. }) => assert!(reason.contains("no training sample"), "{reason}"),
+        other => panic!("expected the labels refused, got {other:?}"),
+    }
 }

@@ -294,7 +294,7 @@ fn a_jpeg_whose_data_ends_before_its_rows_is_a_bad_file() {
 
 #[test]
 fn a_finetune_without_validation_resumes_and_reports_every_skipped_file() {
-    let e = tlearn::train::Epoch {
+    let e = tlearn::history::Epoch {
         epoch: 1,
         loss: 0.5,
         accuracy: 0.75,
@@ -302,7 +302,7 @@ fn a_finetune_without_validation_resumes_and_reports_every_skipped_file() {
         val_accuracy: f64::NAN,
         seconds: 1.0,
     };
-    let back: tlearn::train::Epoch = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+    let back: tlearn::history::Epoch = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
     assert!(back.val_loss.is_nan() && back.loss == 0.5);
 
     let w = workdir();

@@ -50,7 +50,7 @@ fn report_is_self_contained_with_every_section_and_mistakes_by_confidence() {
     let out = w.path().join("rep");
     let ctx = serde_json::json!({"run": "r1", "split": "test"});
     let history = w.path().join("no-history.png");
-    metrics::write_report(&out, ctx, &probs, &files, &classes, Some(&history)).unwrap();
+    tlearn::evaluate::write_report(&out, ctx, &probs, &files, &classes, Some(&history)).unwrap();
     let html = std::fs::read_to_string(out.join("index.html")).unwrap();
     assert_eq!(sections(&html), ["metrics", "confusion", "roc", "curves", "misclassified"]);
     assert!(html.contains("<title>r1 — test split</title>"), "title");
@@ -92,8 +92,15 @@ fn report_opens_in_headless_chromium_without_errors() {
     let w = common::workdir();
     let (probs, files, classes) = page_inputs(w.path());
     let out = w.path().join("rep");
-    metrics::write_report(&out, serde_json::json!({"run": "r", "split": "test"}), &probs, &files, &classes, None)
-        .unwrap();
+    tlearn::evaluate::write_report(
+        &out,
+        serde_json::json!({"run": "r", "split": "test"}),
+        &probs,
+        &files,
+        &classes,
+        None,
+    )
+    .unwrap();
     let page = format!("file://{}", out.join("index.html").display());
     let profile = w.path().join("profile");
     let o = std::process::Command::new(chromium)

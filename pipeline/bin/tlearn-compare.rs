@@ -45,20 +45,24 @@ fn run(a: Args) -> Result<()> {
         heads: a.heads.clone(),
         spec: a.params.spec(HeadKind::Dense),
         standardize: a.params.standardize,
-        classical: a.params.classical(),
-        fit: a.params.fit(),
+        classical: a.params.classical()?,
+        fit: a.params.fit()?,
         opts: a.ort.session(),
         runs: a.runs.clone(),
         onnx_dir: a.onnx_dir.clone(),
     };
-    let rows = compare::run(&plan, |r| {
-        tlearn::errln!(
-            "{}: accuracy {:.4}  ROC-AUC {}  macro-F1 {:.4}  ({:.1} s training)",
-            r.run,
-            r.accuracy,
-            r.roc_auc.map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into()),
-            r.macro_f1,
-            r.train_seconds
+    let term = tlearn::cli::Terminal::default();
+    let rows = compare::run(&plan, &term, |r| {
+        tlearn::progress::Sink::note(
+            &term,
+            &format!(
+                "{}: accuracy {:.4}  ROC-AUC {}  macro-F1 {:.4}  ({:.1} s training)",
+                r.run,
+                r.accuracy,
+                r.roc_auc.map(|v| format!("{v:.4}")).unwrap_or_else(|| "–".into()),
+                r.macro_f1,
+                r.train_seconds
+            ),
         )
     })
     .context("comparing heads")?;

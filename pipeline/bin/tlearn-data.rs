@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use tlearn::cli::Terminal;
 use tlearn::dataset::{self, LinkMode, SplitSpec};
 
 #[derive(Parser)]
@@ -131,7 +132,8 @@ fn run(a: Args) -> Result<()> {
                 tlearn::outln!("train images: {}", items.len());
                 return Ok(());
             }
-            let counts = tlearn::elpv::prepare(&cache, wheel.as_deref(), &raw, &output, classes, true)?;
+            let counts =
+                tlearn::elpv::prepare(&cache, wheel.as_deref(), &raw, &output, classes, true, &Terminal::default())?;
             tlearn::outln!("ELPV ({classes} classes) → {} (seed {}):", output.display(), tlearn::elpv::SEED);
             tlearn::out!("{}", dataset::counts_table(&counts));
         }

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use std::path::PathBuf;
-use tlearn::runtime::{Device, SessionOptions};
+use tlearn::evaluate;
 
 #[derive(Parser)]
 #[command(
@@ -23,8 +23,8 @@ struct Args {
     /// Feature folder (default: the one the run was trained on).
     #[arg(long)]
     features: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "cpu")]
-    device: Device,
+    #[command(flatten)]
+    ort: tlearn::cli::OrtArgs,
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,36 +35,12 @@ fn run(a: Args) -> Result<()> {
     let run_dir = a.runs.join(&a.run);
     let info = tlearn::run::RunInfo::load(&run_dir).with_context(|| format!("reading run {}", run_dir.display()))?;
     let fdir = a.features.unwrap_or_else(|| info.features_dir.clone());
-    let opts = SessionOptions { device: a.device, threads: 0 };
-    let (probs, f) = tlearn::run::predict_split(&run_dir, &info, &fdir, &a.split, &opts)
-        .with_context(|| format!("predicting the {} split", a.split))?;
     let out = a.reports.join(&a.run);
-    let context = serde_json::json!({
-        "run": a.run,
-        "split": a.split,
-        "backbone": info.features.backbone,
-        "size": info.features.size,
-        "kind": info.kind,
-        "head": info.head,
-        "classical": info.classical,
-        "fit": info.fit,
-        "train_views": info.train_views,
-        "tta": info.tta,
-        "features_npy_sha256": f.info.npy_sha256,
-        "head_sha256": info.head_sha256,
-    });
-    let files: Vec<(String, usize)> = f.files.iter().map(|r| (r.path.clone(), r.label)).collect();
-    let history = run_dir.join(tlearn::run::HISTORY_PNG);
-    let m = tlearn::metrics::write_report(&out, context, &probs, &files, &info.classes, Some(&history))?;
-    tlearn::outln!(
-        "{} on {} ({} {}×{}):",
-        a.run,
-        a.split,
-        info.features.backbone,
-        info.features.size,
-        info.features.size
-    );
-    tlearn::out!("{}", tlearn::metrics::render(&m));
+    let m = evaluate::head_run(&run_dir, &fdir, &a.split, &out, &a.ort.session())
+        .with_context(|| format!("evaluating run {} on the {} split", a.run, a.split))?;
+    let (backbone, size) = (&info.features.backbone, info.features.size);
+    tlearn::outln!("{} on {} ({backbone} {size}×{size}):", a.run, a.split);
+    tlearn::out!("{}", evaluate::render(&m));
     tlearn::outln!("→ {} and {}", out.join("metrics.json").display(), out.join("index.html").display());
     Ok(())
 }

@@ -89,7 +89,7 @@ fn run(a: Args) -> Result<()> {
     if let Some(s) = &a.shard {
         out = out.join(s.dir_name());
     }
-    let cfg = tlearn::features::ExtractConfig {
+    let cfg = tlearn::extract::ExtractConfig {
         dataset: data.clone(),
         out: out.clone(),
         size,
@@ -103,7 +103,7 @@ fn run(a: Args) -> Result<()> {
         checkpoint_every: a.checkpoint_every,
     };
     let t = std::time::Instant::now();
-    let reports = tlearn::features::extract(&cfg, &bb)
+    let reports = tlearn::extract::extract(&cfg, &bb, &tlearn::cli::Terminal::default())
         .with_context(|| format!("extracting {} features of {}", bb.name, data.display()))?;
     let secs = t.elapsed().as_secs_f64();
     let computed: usize = reports.iter().map(|r| r.computed).sum();

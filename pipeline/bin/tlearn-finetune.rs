@@ -5,8 +5,11 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use std::path::PathBuf;
 use tlearn::augment::{Augment, FillMode};
+use tlearn::cli::Terminal;
+use tlearn::evaluate;
 use tlearn::finetune::{self, FinetuneConfig};
 use tlearn::imageio::Interpolation;
+use tlearn::params::ParamGuard;
 use tlearn::train::checkpoint::Resume;
 use tlearn::train::FitConfig;
 
@@ -139,7 +142,8 @@ fn run(a: Args) -> Result<()> {
             seed: a.seed,
             optimizer,
             schedule: a.lr_schedule.schedule(),
-        },
+        }
+        .check()?,
         trainable: a.trainable.clone(),
         patience: a.patience,
         rescale: a.rescale,
@@ -155,22 +159,12 @@ fn run(a: Args) -> Result<()> {
             Resume::Auto
         },
     };
-    let done = finetune::run(&cfg, |e| {
-        tlearn::outln!(
-            "epoch {:>3}/{}  loss {:.4}  acc {:.4}  val_loss {:.4}  val_acc {:.4}  ({:.1} s)",
-            e.epoch,
-            cfg.fit.epochs,
-            e.loss,
-            e.accuracy,
-            e.val_loss,
-            e.val_accuracy,
-            e.seconds
-        )
-    })
-    .with_context(|| format!("training {} on {}", a.model.display(), data.display()))?;
+    let term = Terminal::default();
+    let done =
+        finetune::run(&cfg, &term).with_context(|| format!("training {} on {}", a.model.display(), data.display()))?;
     let info = &done.info;
     let title = format!("{run}: {} on {}", a.model.display(), data.display());
-    if let Err(e) = tlearn::plot::history(&cfg.run_dir.join(tlearn::run::HISTORY_PNG), &title, &done.history) {
+    if let Err(e) = tlearn::plot::history(&cfg.run_dir.join(tlearn::history::HISTORY_PNG), &title, &done.history) {
         tracing::warn!("history plot not written: {e}");
     }
     let best = info.best_epoch.as_ref().map(|e| e.epoch).unwrap_or(0);
@@ -186,31 +180,13 @@ fn run(a: Args) -> Result<()> {
         tlearn::outln!("left out {} file(s) (listed with the reason in {}.json)", info.skipped.len(), finetune::MODEL);
     }
     if data.join("test").is_dir() {
-        let (probs, set) = finetune::predict_split(&done.best, &cfg, "test", &info.classes)?;
-        let files: Vec<(String, usize)> =
-            set.files.iter().zip(&set.labels).map(|(p, &l)| (tlearn::fsutil::path_text(p), l)).collect();
-        let skipped: Vec<(String, &str)> =
-            set.skipped.iter().map(|(p, why)| (tlearn::fsutil::path_text(p), why.as_str())).collect();
-        if !skipped.is_empty() {
-            tlearn::outln!("test: skipped {} unreadable image(s) (listed in the report's metrics.json)", skipped.len());
-        }
-        let context = serde_json::json!({
-            "run": run,
-            "split": "test",
-            "model": a.model,
-            "best_epoch": best,
-            "epochs_run": info.epochs_run,
-            "train_seconds": info.train_seconds,
-            "fit": cfg.fit,
-            "augment": cfg.augment,
-            "model_sha256": info.model_sha256,
-            "skipped": skipped,
-        });
         let out = a.reports.join(&run);
-        let history = cfg.run_dir.join(tlearn::run::HISTORY_PNG);
-        let m = tlearn::metrics::write_report(&out, context, &probs, &files, &info.classes, Some(&history))?;
+        let (m, skipped) = evaluate::finetuned(&done, &cfg, "test", &out, &term)?;
+        if skipped > 0 {
+            tlearn::outln!("test: skipped {skipped} unreadable image(s) (listed in the report's metrics.json)");
+        }
         tlearn::outln!("{run} on test (best epoch {best}):");
-        tlearn::out!("{}", tlearn::metrics::render(&m));
+        tlearn::out!("{}", evaluate::render(&m));
         tlearn::outln!("→ {}", out.join("metrics.json").display());
     }
     Ok(())

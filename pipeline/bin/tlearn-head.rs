@@ -3,10 +3,11 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use std::path::PathBuf;
+use tlearn::cli::Terminal;
 use tlearn::heads::HeadKind;
 use tlearn::imageio::View;
+use tlearn::params::ParamGuard;
 use tlearn::run::{self, HeadJob};
-use tlearn::runtime::{Device, SessionOptions};
 use tlearn::train::checkpoint::Resume;
 
 #[derive(Parser)]
@@ -28,11 +29,8 @@ struct Args {
     head: HeadKind,
     #[command(flatten)]
     params: tlearn::cli::HeadArgs,
-    #[arg(long, value_enum, default_value = "cpu")]
-    device: Device,
-    /// Intra-op threads (0 = all cores).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
+    #[command(flatten)]
+    ort: tlearn::cli::OrtArgs,
     /// Add these cached flipped views of the training images to the training set
     /// (`tlearn-extract --views`); validation uses the plain images.
     #[arg(long, value_enum, value_delimiter = ',')]
@@ -57,26 +55,24 @@ fn run(a: Args) -> Result<()> {
         features: a.features.clone(),
         run_dir: a.runs.join(&a.run),
         kind: a.head,
-        spec: a.params.spec(a.head),
-        classical: a.params.classical(),
-        fit: a.params.fit(),
-        opts: SessionOptions { device: a.device, threads: a.threads },
+        spec: a.params.spec(a.head).check()?,
+        classical: a.params.classical()?,
+        fit: a.params.fit()?,
+        opts: a.ort.session(),
         train_views: a.train_views,
         tta: a.tta,
         resume: if a.restart { Resume::Restart } else { Resume::Auto },
     };
-    let (info, trained) = run::train_head(&job).with_context(|| format!("training on {}", a.features.display()))?;
+    let (info, trained) =
+        run::train_head(&job, &Terminal::default()).with_context(|| format!("training on {}", a.features.display()))?;
     if a.head != HeadKind::Dense {
         let e = &trained.history[0];
         tlearn::outln!(
-            "{}: {} ({} stored numbers)  loss {:.4}  acc {:.4}  val_loss {:.4}  val_acc {:.4}  ({:.2} s)",
+            "{}: {} ({} stored numbers)  {}  ({:.2} s)",
             a.head.name(),
             trained.describe,
             tlearn::onnx::summary::thousands(trained.params),
-            e.loss,
-            e.accuracy,
-            e.val_loss,
-            e.val_accuracy,
+            e.scores(),
             info.train_seconds
         );
     }

@@ -175,8 +175,9 @@ fn run(a: Args) -> Result<()> {
         checkpoint_every: a.checkpoint_every,
     };
     let t = std::time::Instant::now();
-    let s = tlearn::score::score(&model, files, unreadable, &out, &o, &a.ort.session())
-        .with_context(|| format!("scoring into {}", out.display()))?;
+    let s =
+        tlearn::score::score(&model, files, unreadable, &out, &o, &a.ort.session(), &tlearn::cli::Terminal::default())
+            .with_context(|| format!("scoring into {}", out.display()))?;
     let secs = t.elapsed().as_secs_f64();
     tlearn::outln!(
         "scored {} images in {secs:.1} s ({:.1} img/s) → {}",

@@ -68,10 +68,6 @@ pub fn stem(split: &str, view: View) -> String {
     }
 }
 
-pub fn npy_path(dir: &Path, split: &str) -> PathBuf {
-    view_npy_path(dir, split, View::Identity)
-}
-
 pub fn view_npy_path(dir: &Path, split: &str, view: View) -> PathBuf {
     dir.join(format!("{}.npy", stem(split, view)))
 }
@@ -163,36 +159,36 @@ fn read_files(p: &Path, bytes: &[u8]) -> Result<Vec<FileRow>> {
     r.deserialize().map(|row| row.map_err(|e| Error::BadData { path: p.into(), reason: e.to_string() })).collect()
 }
 
-pub(super) fn npy_bytes<A: WriteNpyExt>(a: &A) -> Result<Vec<u8>> {
+pub fn npy_bytes<A: WriteNpyExt>(a: &A) -> Result<Vec<u8>> {
     let mut v = vec![];
     a.write_npy(&mut v).map_err(|e| Error::Other(e.to_string()))?;
     Ok(v)
 }
 
 /// What a cache's sidecar records besides its rows.
-pub(super) struct CacheMeta<'a> {
-    pub(super) split: &'a str,
-    pub(super) view: View,
-    pub(super) backbone: &'a str,
-    pub(super) backbone_sha256: &'a str,
-    pub(super) size: u32,
-    pub(super) interpolation: Interpolation,
-    pub(super) preprocess: &'a crate::imageio::Preprocess,
-    pub(super) classes: &'a [String],
-    pub(super) device: runtime::Device,
-    pub(super) shard: Option<Shard>,
-    pub(super) dataset: Option<String>,
-    pub(super) dataset_real: Option<String>,
+pub struct CacheMeta<'a> {
+    pub split: &'a str,
+    pub view: View,
+    pub backbone: &'a str,
+    pub backbone_sha256: &'a str,
+    pub size: u32,
+    pub interpolation: Interpolation,
+    pub preprocess: &'a crate::imageio::Preprocess,
+    pub classes: &'a [String],
+    pub device: runtime::Device,
+    pub shard: Option<Shard>,
+    pub dataset: Option<String>,
+    pub dataset_real: Option<String>,
 }
 
 /// The real path of a dataset folder, as sidecars record it.
-pub(super) fn dataset_real(dataset: &Path) -> Option<String> {
+pub fn dataset_real(dataset: &Path) -> Option<String> {
     std::fs::canonicalize(dataset).ok().map(|p| fsutil::path_text(&p))
 }
 
 /// Write one split's cache: the data files first, the sidecar (which validates them) last.
 /// Rows are numbered in order; skipped files are listed sorted by path. Returns the row count.
-pub(super) fn write_cache(
+pub fn write_cache(
     out: &Path,
     m: &CacheMeta<'_>,
     x: ndarray::ArrayViewD<'_, f32>,

@@ -1,30 +1,29 @@
-//! The dense head behind [`Head`]: built by [`crate::train::head::build`], trained by the
-//! training-graph compiler, one line per epoch on stdout and a progress bar on stderr.
+//! The dense head (the classic: Flatten → Dense(256, relu) → Dropout(0.5) → Dense(1, sigmoid)),
+//! defined as an ONNX graph with Keras' default initialisers and trained by the training-graph
+//! compiler.
 
-use super::{Data, Head, Trained};
-use crate::error::Result;
+use super::prep::{emit_pool, emit_standardize, pooled, standardizer};
+use super::{Data, Head, HeadSpec, Trained, INPUT, OUTPUT};
+use crate::error::{Error, Result};
+use crate::init::glorot_uniform;
+use crate::onnx::builder::A;
+use crate::onnx::proto::ModelProto;
+use crate::onnx::{self, Dim, GraphBuilder};
+use crate::params::Checked;
+use crate::progress::Sink;
 use crate::runtime::SessionOptions;
-use crate::train::checkpoint::{self, Resume};
-use crate::train::head::HeadSpec;
-use crate::train::{FitConfig, Trainer};
-use ndarray::Axis;
-use std::path::{Path, PathBuf};
+use crate::train::learner::{self, Checkpointing, FitOptions};
+use crate::train::{FitConfig, InMemory, Trainer};
+use ndarray::ArrayD;
+use rand::SeedableRng;
+use std::path::Path;
 
 pub struct Dense {
-    pub spec: HeadSpec,
-    pub fit: FitConfig,
+    pub spec: Checked<HeadSpec>,
+    pub fit: Checked<FitConfig>,
     pub opts: SessionOptions,
     /// Checkpoint every epoch (and continue from an earlier one) when set.
     pub checkpoint: Option<Checkpointing>,
-}
-
-/// Where a head's checkpoint lives and what it must match to be continued.
-#[derive(Clone, Debug)]
-pub struct Checkpointing {
-    pub path: PathBuf,
-    /// The run's settings and data fingerprint (see [`checkpoint::comparable`]).
-    pub config: serde_json::Value,
-    pub resume: Resume,
 }
 
 impl Dense {
@@ -47,64 +46,76 @@ impl Dense {
 }
 
 impl Head for Dense {
-    fn fit(&self, data: &Data, seed: u64) -> Result<Trained> {
+    fn fit(&self, data: &Data, seed: u64, sink: &dyn Sink) -> Result<Trained> {
         data.validate()?;
-        self.spec.validate()?;
-        self.fit.validate()?;
         let shape = &data.x.shape()[1..];
-        let model = crate::train::head::build(shape, data.classes, &self.spec, seed, Some(data.x))?;
+        let model = build(shape, data.classes, &self.spec, seed, Some(data.x))?;
         let mut trainer = Trainer::new(&model, Path::new("head.onnx"), shape, data.classes, &self.opts)?;
         let params: usize = trainer.params.iter().map(|p| p.len()).sum();
         let describe = self.layers(shape, data.classes);
-        crate::errln!(
+        sink.note(&format!(
             "head: {describe} ({} parameters); {} train / {} validation samples; {:?}",
             crate::onnx::summary::thousands(params),
             data.y.len(),
             data.val.map(|v| v.1.len()).unwrap_or(0),
             self.fit.optimizer,
-        );
-        let empty = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[0]));
-        let (vx, vl) = data.val.unwrap_or((&empty, &[]));
-        let epochs = self.fit.epochs;
-        let line = |e: &crate::train::Epoch| {
-            crate::outln!(
-                "epoch {:>3}/{}  loss {:.4}  acc {:.4}  val_loss {:.4}  val_acc {:.4}  ({:.2} s)",
-                e.epoch,
-                epochs,
-                e.loss,
-                e.accuracy,
-                e.val_loss,
-                e.val_accuracy,
-                e.seconds
-            )
-        };
-        let resumed = match &self.checkpoint {
-            Some(c) => checkpoint::restore(&c.path, &c.config, &self.fit.optimizer, &mut trainer, c.resume)?,
-            None => None,
-        };
-        let done = resumed.as_ref().map(|r| r.state.epoch).unwrap_or(0);
-        for e in resumed.iter().flat_map(|r| &r.state.history) {
-            line(e);
-        }
-        let pb = crate::cli::progress(epochs.saturating_sub(done) as u64, "epochs");
-        let x = data.x;
-        let history = trainer.fit_with(
-            data.y,
-            |idx, _| Ok(x.select(Axis(0), idx)),
-            vx,
-            vl,
-            &self.fit,
-            resumed.map(|r| r.state),
-            |e, tr, fs| {
-                pb.suspend(|| line(e));
-                pb.inc(1);
-                if let Some(c) = &self.checkpoint {
-                    checkpoint::save(&c.path, &tr.export(), tr, fs, &c.config, Default::default())?;
-                }
-                Ok(true)
-            },
-        )?;
-        pb.finish_and_clear();
-        Ok(Trained { model: trainer.export(), history, describe, params })
+        ));
+        let o = FitOptions { fit: self.fit.clone(), checkpoint: self.checkpoint.clone(), models: None, patience: None };
+        let val = data.val.map(|(x, labels)| InMemory { x, labels });
+        let fitted = learner::fit(&mut trainer, &InMemory { x: data.x, labels: data.y }, val, &o, sink)?;
+        Ok(Trained { model: trainer.export(), history: fitted.history, describe, params })
     }
+}
+
+/// Build the head for features of shape (h, w, c) and `classes` classes (1 sigmoid output when 2).
+/// `train_x` supplies the statistics when `spec.standardize`.
+pub fn build(
+    feature_shape: &[usize],
+    classes: usize,
+    spec: &Checked<HeadSpec>,
+    seed: u64,
+    train_x: Option<&ArrayD<f32>>,
+) -> Result<ModelProto> {
+    if classes < 2 {
+        return Err(Error::Param {
+            name: "classes",
+            value: classes.to_string(),
+            reason: "need at least 2 classes".into(),
+        });
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut b = GraphBuilder::new("tlearn_head").with_prefix("head/");
+    let mut dims = vec![Dim::named("N")];
+    dims.extend(feature_shape.iter().map(|&d| Dim::Fixed(d as i64)));
+    b.input(INPUT, &dims);
+    let (mut x, mut width) = emit_pool(&mut b, INPUT, spec.pool, feature_shape)?;
+    if spec.standardize {
+        let tx = train_x.ok_or_else(|| Error::Other("standardize needs the training features".into()))?;
+        let (mean, std) = standardizer(&pooled(tx, spec.pool));
+        x = emit_standardize(&mut b, &x, &mean, &std);
+    }
+    let out_units = if classes == 2 { 1 } else { classes };
+    for layer in 0..=spec.layers {
+        let last = layer == spec.layers;
+        let units = if last { out_units } else { spec.units };
+        let w = b.init_f32(&format!("dense_{layer}/kernel"), &glorot_uniform(&mut rng, &[width, units], width, units));
+        let bias = b.init_f32(&format!("dense_{layer}/bias"), &ArrayD::zeros(ndarray::IxDyn(&[units])));
+        x = b.op("Gemm", &[&x, &w, &bias], vec![]);
+        if last {
+            let act = if classes == 2 { "Sigmoid" } else { "Softmax" };
+            let attrs = if classes == 2 { vec![] } else { vec![("axis", A::I(-1))] };
+            b.node(act, &[&x], &[OUTPUT], attrs);
+        } else {
+            x = b.op("Relu", &[&x], vec![]);
+            if spec.dropout > 0.0 {
+                x = b.op("Dropout", &[&x], vec![("seed", A::I(seed as i64))]);
+                let ratio = b.const_f32("ratio", spec.dropout);
+                let node = b.graph.node.last_mut().expect("dropout");
+                node.input.push(ratio);
+            }
+        }
+        width = units;
+    }
+    b.output(OUTPUT, &[Dim::named("N"), Dim::Fixed(out_units as i64)]);
+    Ok(onnx::model(b.finish(), "tlearn-head"))
 }

@@ -56,7 +56,7 @@ impl Fitted for FittedKnn {
         for (j, &l) in self.labels.iter().enumerate() {
             onehot[[j, l]] = 1.0;
         }
-        let onehot = b.const_arr_f32("frozen/onehot", &onehot.into_dyn());
+        let onehot = b.const_arr_f32(&format!("{}onehot", super::prep::FROZEN), &onehot.into_dyn());
         let votes = b.op("Gather", &[&onehot, &idx], vec![("axis", A::I(0))]);
         let p = b.op("ReduceMean", &[&votes], vec![("axes", A::Ints(vec![1])), ("keepdims", A::I(0))]);
         Ok(emit_binary_column(b, &p, self.classes))

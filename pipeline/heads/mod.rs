@@ -12,15 +12,58 @@ pub mod dense;
 pub mod forest;
 pub mod knn;
 pub mod linear;
+pub mod prep;
+
+pub use prep::{Pool, Prep};
 
 use crate::error::{Error, Result};
+use crate::history::Epoch;
 use crate::onnx::builder::A;
 use crate::onnx::proto::ModelProto;
 use crate::onnx::{self, Dim, GraphBuilder};
-use crate::train::head::{self, HeadSpec, Pool};
-use crate::train::Epoch;
-use ndarray::{Array1, Array2, ArrayD, ArrayView2, Axis};
+use crate::params::{Checked, ParamGuard};
+use crate::progress::Sink;
+use ndarray::{Array2, ArrayD, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
+
+/// A head's graph: `features` (N, h, w, c) → `probs`.
+pub const INPUT: &str = "features";
+pub const OUTPUT: &str = "probs";
+
+/// Head hyper-parameters; defaults are the classic head.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HeadSpec {
+    pub units: usize,
+    pub layers: usize,
+    pub dropout: f32,
+    pub pool: Pool,
+    /// Standardise the (pooled) features with the training set's mean and std, baked into the
+    /// graph as frozen constants.
+    #[serde(default)]
+    pub standardize: bool,
+}
+
+impl Default for HeadSpec {
+    fn default() -> Self {
+        HeadSpec { units: 256, layers: 1, dropout: 0.5, pool: Pool::Flatten, standardize: false }
+    }
+}
+
+impl ParamGuard for HeadSpec {
+    fn check_ref(&self) -> Result<()> {
+        if self.layers > 0 && self.units == 0 {
+            return Err(Error::Param { name: "units", value: "0".into(), reason: "must be ≥ 1".into() });
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::Param {
+                name: "dropout",
+                value: self.dropout.to_string(),
+                reason: "must be in [0, 1)".into(),
+            });
+        }
+        Ok(())
+    }
+}
 
 /// Which classifier a head is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum, Default)]
@@ -91,8 +134,8 @@ fn bad(name: &'static str, value: impl ToString, reason: &str) -> Error {
     Error::Param { name, value: value.to_string(), reason: reason.into() }
 }
 
-impl ClassicalSpec {
-    pub fn validate(&self) -> Result<()> {
+impl ParamGuard for ClassicalSpec {
+    fn check_ref(&self) -> Result<()> {
         if self.pca == Some(0) {
             return Err(bad("pca", 0, "must be ≥ 1 component"));
         }
@@ -157,7 +200,8 @@ pub struct Trained {
 
 /// A head that can be fitted on cached features (the shared `Fit` of the zoo).
 pub trait Head {
-    fn fit(&self, data: &Data, seed: u64) -> Result<Trained>;
+    /// Fit on `data`; epochs and notes go to `sink`.
+    fn fit(&self, data: &Data, seed: u64, sink: &dyn Sink) -> Result<Trained>;
 }
 
 /// A fitted classical model on prepared rows (pooled, standardised, projected).
@@ -183,71 +227,11 @@ pub trait Fit {
     fn fit(&self, x: ArrayView2<f64>, y: &[usize], classes: usize, seed: u64) -> Result<Box<dyn Fitted>>;
 }
 
-/// Feature preparation shared by the classical heads: pool, standardise, project (PCA).
-pub struct Prep {
-    pub pool: Pool,
-    pub scale: Option<(Array1<f32>, Array1<f32>)>,
-    /// (mean (d), components (k × d)).
-    pub pca: Option<(Array1<f32>, Array2<f32>)>,
-}
-
-impl Prep {
-    pub fn fit(x: &ArrayD<f32>, spec: &HeadSpec, pca: Option<usize>) -> Result<Prep> {
-        let mut prep = Prep { pool: spec.pool, scale: None, pca: None };
-        let mut m = head::pooled(x, spec.pool);
-        if spec.standardize {
-            let (mean, std) = head::standardizer(&m);
-            m = (m - &mean) / &std;
-            prep.scale = Some((mean, std));
-        }
-        if let Some(k) = pca {
-            let (n, d) = m.dim();
-            if k > n.min(d) {
-                return Err(bad("pca", k, &format!("at most min(samples, features) = {}", n.min(d))));
-            }
-            use linfa::traits::Fit as _;
-            let ds = linfa::DatasetBase::from(to16(m.mapv(f64::from).view()));
-            let p = linfa_reduction::Pca::params(k).fit(&ds).map_err(|e| Error::Other(format!("PCA: {e}")))?;
-            let mean = Array1::from_iter(p.mean().iter().map(|&v| v as f32));
-            let comps = p.components();
-            let comps = Array2::from_shape_fn((comps.nrows(), comps.ncols()), |(i, j)| comps[[i, j]] as f32);
-            prep.pca = Some((mean, comps));
-        }
-        Ok(prep)
-    }
-
-    /// The prepared (N, d) rows, as the emitted graph computes them (float32).
-    pub fn apply(&self, x: &ArrayD<f32>) -> Array2<f32> {
-        let mut m = head::pooled(x, self.pool);
-        if let Some((mean, std)) = &self.scale {
-            m = (m - mean) / std;
-        }
-        if let Some((mean, comps)) = &self.pca {
-            m = (m - mean).dot(&comps.t());
-        }
-        m
-    }
-
-    fn emit(&self, b: &mut GraphBuilder, input: &str, feature_shape: &[usize]) -> Result<String> {
-        let (mut x, _) = head::emit_pool(b, input, self.pool, feature_shape)?;
-        if let Some((mean, std)) = &self.scale {
-            x = head::emit_standardize(b, &x, mean, std);
-        }
-        if let Some((mean, comps)) = &self.pca {
-            let m = b.const_arr_f32("frozen/pca_mean", &mean.clone().into_dyn());
-            let w = b.const_arr_f32("frozen/pca_components", &comps.t().to_owned().into_dyn());
-            x = b.op("Sub", &[&x, &m], vec![]);
-            x = b.op("MatMul", &[&x, &w], vec![]);
-        }
-        Ok(x)
-    }
-}
-
 /// A classical head: [`Prep`] then one [`Fit`] model, saved as one ONNX graph.
 pub struct Classical {
     pub kind: HeadKind,
-    pub spec: HeadSpec,
-    pub classical: ClassicalSpec,
+    pub spec: Checked<HeadSpec>,
+    pub classical: Checked<ClassicalSpec>,
 }
 
 impl Classical {
@@ -266,8 +250,6 @@ impl Classical {
     /// Fit and return the prepared-rows model too (tests compare it with the graph).
     pub fn fit_model(&self, data: &Data, seed: u64) -> Result<(Prep, Box<dyn Fitted>, ModelProto)> {
         data.validate()?;
-        self.classical.validate()?;
-        self.spec.validate()?;
         let prep = Prep::fit(data.x, &self.spec, self.classical.pca)?;
         let rows = prep.apply(data.x).mapv(f64::from);
         let fitted = self.fitter()?.fit(rows.view(), data.y, data.classes, seed)?;
@@ -275,19 +257,19 @@ impl Classical {
         let mut b = GraphBuilder::new("tlearn_head").with_prefix("head/");
         let mut dims = vec![Dim::named("N")];
         dims.extend(shape.iter().map(|&d| Dim::Fixed(d as i64)));
-        b.input(head::INPUT, &dims);
-        let x = prep.emit(&mut b, head::INPUT, shape)?;
+        b.input(INPUT, &dims);
+        let x = prep.emit(&mut b, INPUT, shape)?;
         let p = fitted.emit(&mut b, &x)?;
-        b.node("Identity", &[&p], &[head::OUTPUT], vec![]);
+        b.node("Identity", &[&p], &[OUTPUT], vec![]);
         let width = if data.classes == 2 { 1 } else { data.classes };
-        b.output(head::OUTPUT, &[Dim::named("N"), Dim::Fixed(width as i64)]);
+        b.output(OUTPUT, &[Dim::named("N"), Dim::Fixed(width as i64)]);
         let model = onnx::model(b.finish(), "tlearn-head");
         Ok((prep, fitted, model))
     }
 }
 
 impl Head for Classical {
-    fn fit(&self, data: &Data, seed: u64) -> Result<Trained> {
+    fn fit(&self, data: &Data, seed: u64, _: &dyn Sink) -> Result<Trained> {
         let t = std::time::Instant::now();
         let (prep, fitted, model) = self.fit_model(data, seed)?;
         let seconds = t.elapsed().as_secs_f64();
@@ -314,11 +296,11 @@ impl Head for Classical {
 /// The head of `kind` (the dense one trains with `fit` and `opts`).
 pub fn head(
     kind: HeadKind,
-    spec: &HeadSpec,
-    classical: &ClassicalSpec,
-    fit: &crate::train::FitConfig,
+    spec: &Checked<HeadSpec>,
+    classical: &Checked<ClassicalSpec>,
+    fit: &Checked<crate::train::FitConfig>,
     opts: &crate::runtime::SessionOptions,
-    checkpoint: Option<dense::Checkpointing>,
+    checkpoint: Option<crate::train::learner::Checkpointing>,
 ) -> Box<dyn Head> {
     match kind {
         HeadKind::Dense => {
@@ -357,8 +339,8 @@ pub(crate) fn emit_binary_column(b: &mut GraphBuilder, p: &str, classes: usize) 
 /// ‖x‖² + ‖t‖² − 2·x·tᵀ, clamped at 0.
 pub(crate) fn emit_sq_distances(b: &mut GraphBuilder, x: &str, t: &Array2<f32>) -> String {
     let tt = t.map_axis(Axis(1), |r| r.dot(&r)).insert_axis(Axis(0));
-    let tt = b.const_arr_f32("frozen/sq_norms", &tt.into_dyn());
-    let tm = b.const_arr_f32("frozen/rows_t", &(t.t().mapv(|v| -2.0 * v)).into_dyn());
+    let tt = b.const_arr_f32(&format!("{}sq_norms", prep::FROZEN), &tt.into_dyn());
+    let tm = b.const_arr_f32(&format!("{}rows_t", prep::FROZEN), &(t.t().mapv(|v| -2.0 * v)).into_dyn());
     let xx = b.op("ReduceSumSquare", &[x], vec![("axes", A::Ints(vec![1])), ("keepdims", A::I(1))]);
     let xt = b.op("MatMul", &[x, &tm], vec![]);
     let d = b.op("Add", &[&xt, &xx], vec![]);

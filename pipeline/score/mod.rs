@@ -228,6 +228,7 @@ pub fn score(
     out: &Path,
     o: &ScoreOptions,
     opts: &SessionOptions,
+    sink: &dyn crate::progress::Sink,
 ) -> Result<ScoreSummary> {
     let model_bytes = std::fs::read(model_path).at(model_path)?;
     let model_sha256 = crate::fsutil::sha256_bytes(&model_bytes);
@@ -331,8 +332,7 @@ pub fn score(
             view: View::Identity,
         };
         let threshold = o.threshold.unwrap_or(0.5);
-        let pb = crate::cli::progress(todo.len() as u64, "img");
-        pb.set_message("scoring");
+        let pb = sink.meter(todo.len() as u64, "img", "scoring");
         let mut rows: Vec<u8> = vec![];
         let mut info = ChunkInfo::default();
         run_images(&mut s, INPUT, OUTPUT, &todo, &spec, batch, |j, r| {
@@ -362,7 +362,6 @@ pub fn score(
             }
             Ok(())
         })?;
-        pb.finish_and_clear();
     }
     // Assemble: header + every chunk's rows, in order.
     let mut summary = ScoreSummary {

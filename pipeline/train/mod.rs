@@ -4,15 +4,17 @@
 pub mod checkpoint;
 pub mod conv;
 pub mod graph;
-pub mod head;
+pub mod learner;
 pub mod nchwc;
 pub mod optim;
 pub mod poolconv;
 pub mod resident;
 
 use crate::error::{Error, Result};
+use crate::history::Epoch;
 use crate::metrics;
 use crate::onnx::{self, proto::ModelProto};
+use crate::params::{Checked, ParamGuard};
 use crate::runtime::{self, SessionOptions};
 use graph::{Loss, Mode, TrainGraph};
 use ndarray::{ArrayD, Axis};
@@ -32,8 +34,8 @@ pub struct FitConfig {
     pub schedule: optim::Schedule,
 }
 
-impl FitConfig {
-    pub fn validate(&self) -> Result<()> {
+impl ParamGuard for FitConfig {
+    fn check_ref(&self) -> Result<()> {
         if self.epochs == 0 {
             return Err(Error::Param { name: "epochs", value: "0".into(), reason: "must be ≥ 1".into() });
         }
@@ -58,25 +60,37 @@ pub struct FitState {
     pub history: Vec<Epoch>,
 }
 
-/// One line of `history.csv`. A metric that was not measured (no validation split) is NaN, which
-/// JSON writes as `null`; `null` reads back as NaN, so such histories round-trip.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Epoch {
-    pub epoch: usize,
-    #[serde(deserialize_with = "nan_if_missing")]
-    pub loss: f64,
-    #[serde(deserialize_with = "nan_if_missing")]
-    pub accuracy: f64,
-    #[serde(deserialize_with = "nan_if_missing")]
-    pub val_loss: f64,
-    #[serde(deserialize_with = "nan_if_missing")]
-    pub val_accuracy: f64,
-    #[serde(deserialize_with = "nan_if_missing")]
-    pub seconds: f64,
+/// Initializers under this name are constants to the compiler (a head's statistics and
+/// projections); fusing a head into a deployable model prefixes its names (`head/frozen/…`), so a
+/// `frozen/` segment anywhere in the name counts.
+pub use graph::FROZEN;
+
+/// Is the initializer `name` a constant that training never changes?
+pub fn is_frozen(name: &str) -> bool {
+    name.starts_with(FROZEN) || name.contains(&format!("/{FROZEN}"))
 }
 
-fn nan_if_missing<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+/// The samples a fit draws its batches from.
+pub trait BatchSource {
+    /// The label of every sample, in sample order.
+    fn labels(&self) -> &[usize];
+    /// The inputs of the samples `idx` (decoded, augmented…), drawing any randomness from `rng`.
+    fn batch(&self, idx: &[usize], rng: &mut rand_chacha::ChaCha8Rng) -> Result<ArrayD<f32>>;
+}
+
+/// Samples held in memory: rows of `x`.
+pub struct InMemory<'a> {
+    pub x: &'a ArrayD<f32>,
+    pub labels: &'a [usize],
+}
+
+impl BatchSource for InMemory<'_> {
+    fn labels(&self) -> &[usize] {
+        self.labels
+    }
+    fn batch(&self, idx: &[usize], _: &mut rand_chacha::ChaCha8Rng) -> Result<ArrayD<f32>> {
+        Ok(self.x.select(Axis(0), idx))
+    }
 }
 
 /// Labels as the loss expects them: (N,1) 0/1 for BCE, one-hot (N,K) for CE.
@@ -120,7 +134,7 @@ impl Trainer {
     }
 
     /// Like [`Trainer::new`], training only the float initializers `trainable` accepts (and never
-    /// those named `frozen/…`).
+    /// [`is_frozen`] ones).
     pub fn with_trainable(
         model: &ModelProto,
         what: &Path,
@@ -129,7 +143,7 @@ impl Trainer {
         opts: &SessionOptions,
         trainable: &dyn Fn(&str) -> bool,
     ) -> Result<Trainer> {
-        let sel = |n: &str| !n.starts_with(graph::FROZEN) && trainable(n);
+        let sel = |n: &str| !is_frozen(n) && trainable(n);
         let pools = graph::PoolGrad::for_device(opts.device);
         let train = graph::compile_with(model, what, &sel, feature_shape, Mode::Train, pools)?;
         let eval = graph::compile(model, what, &sel, feature_shape, Mode::Eval)?;
@@ -263,42 +277,30 @@ impl Trainer {
         &mut self,
         x: &ArrayD<f32>,
         labels: &[usize],
-        vx: &ArrayD<f32>,
-        vlabels: &[usize],
-        cfg: &FitConfig,
+        val: Option<InMemory>,
+        cfg: &Checked<FitConfig>,
         mut on_epoch: impl FnMut(&Epoch),
     ) -> Result<Vec<Epoch>> {
-        self.fit_with(
-            labels,
-            |idx, _| Ok(x.select(Axis(0), idx)),
-            vx,
-            vlabels,
-            cfg,
-            None,
-            |e, _, _| {
-                on_epoch(e);
-                Ok(true)
-            },
-        )
+        self.fit_with(&InMemory { x, labels }, val, cfg, None, |e, _, _| {
+            on_epoch(e);
+            Ok(true)
+        })
     }
 
-    /// Fit on samples whose batches `batch_x(indices, rng)` produces (e.g. decoded and augmented
-    /// on the fly), validating on (vx, vlabels) every epoch. `on_epoch(record, trainer, state)`
-    /// may save checkpoints; it returns false to stop early. Shuffling, dropout masks and whatever
-    /// `batch_x` draws come from one ChaCha8 stream seeded with `cfg.seed`; `resume` (with the
-    /// trainer's parameters restored) continues a fit so that it ends exactly as an uninterrupted one.
-    #[allow(clippy::too_many_arguments)]
+    /// Fit on `data`, validating on `val` every epoch. `on_epoch(record, trainer, state)` may
+    /// save checkpoints; it returns false to stop early. Shuffling, dropout masks and whatever
+    /// `data` draws come from one ChaCha8 stream seeded with `cfg.seed`; `resume` (with the
+    /// trainer's parameters restored) continues a fit so that it ends exactly as an uninterrupted
+    /// one. [`learner::fit`] drives this with checkpoints, best-model files and early stopping.
     pub fn fit_with(
         &mut self,
-        labels: &[usize],
-        mut batch_x: impl FnMut(&[usize], &mut rand_chacha::ChaCha8Rng) -> Result<ArrayD<f32>>,
-        vx: &ArrayD<f32>,
-        vlabels: &[usize],
-        cfg: &FitConfig,
+        data: &dyn BatchSource,
+        val: Option<InMemory>,
+        cfg: &Checked<FitConfig>,
         resume: Option<FitState>,
         mut on_epoch: impl FnMut(&Epoch, &Trainer, &FitState) -> Result<bool>,
     ) -> Result<Vec<Epoch>> {
-        cfg.validate()?;
+        let labels = data.labels();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
         let n = labels.len();
         let steps_per_epoch = n.div_ceil(cfg.batch);
@@ -331,7 +333,7 @@ impl Trainer {
             let (mut loss_sum, mut correct) = (0.0f64, 0usize);
             for (k, chunk) in order.chunks(cfg.batch).enumerate() {
                 let lr = cfg.schedule.lr(base_lr, epoch - 1, (epoch - 1) * steps_per_epoch + k, total_steps);
-                let xb = batch_x(chunk, &mut rng)?;
+                let xb = data.batch(chunk, &mut rng)?;
                 let lb: Vec<usize> = chunk.iter().map(|&i| labels[i]).collect();
                 let yb = label_tensor(&lb, self.train.loss, self.n_classes);
                 let masks = self.draw_masks(chunk.len(), &mut rng);
@@ -343,21 +345,19 @@ impl Trainer {
                 loss_sum += loss as f64 * chunk.len() as f64;
                 correct += metrics::predicted(&probs).iter().zip(&lb).filter(|(a, b)| a == b).count();
             }
-            let (val_loss, vp) = if vlabels.is_empty() {
-                (f64::NAN, ArrayD::zeros(ndarray::IxDyn(&[0, 1])))
-            } else {
-                self.evaluate(vx, vlabels, 256)?
+            let (val_loss, val_accuracy) = match &val {
+                Some(v) if !v.labels.is_empty() => {
+                    let (loss, vp) = self.evaluate(v.x, v.labels, 256)?;
+                    (loss, metrics::accuracy(&metrics::predicted(&vp), v.labels))
+                }
+                _ => (f64::NAN, f64::NAN),
             };
             let rec = Epoch {
                 epoch,
                 loss: loss_sum / n as f64,
                 accuracy: correct as f64 / n as f64,
                 val_loss,
-                val_accuracy: if vlabels.is_empty() {
-                    f64::NAN
-                } else {
-                    metrics::accuracy(&metrics::predicted(&vp), vlabels)
-                },
+                val_accuracy,
                 seconds: t.elapsed().as_secs_f64(),
             };
             self.sync(&mut fs.optim)?;

@@ -1,0 +1,187 @@
+//! The evaluate stage: a trained model's predictions on a split, its metrics, and the report a
+//! person reads — `metrics.json` (the run's settings plus the metrics), `predictions.csv`,
+//! `confusion.png`, `roc.png` and `index.html` in `reports/<run>/`.
+
+use crate::error::{Error, Result};
+use crate::features::{self, Features};
+use crate::finetune::{FinetuneConfig, Finetuned};
+use crate::fsutil;
+use crate::metrics::{self, Metrics};
+use crate::progress::Sink;
+use crate::run::{RunInfo, HEAD};
+use crate::runtime::SessionOptions;
+use ndarray::ArrayD;
+use std::path::Path;
+
+/// The run's head on one split of cached features in `fdir`: class probabilities averaged over the
+/// plain images and the run's TTA views, with the plain split's features (files, labels).
+pub fn predict_split(
+    run_dir: &Path,
+    info: &RunInfo,
+    fdir: &Path,
+    split: &str,
+    opts: &SessionOptions,
+) -> Result<(ArrayD<f32>, Features)> {
+    let mut views = features::load_views(fdir, split, &info.tta)?;
+    let f = &views[0];
+    if f.info.classes != info.classes {
+        return Err(Error::BadData {
+            path: fdir.into(),
+            reason: format!("classes {:?} differ from the run's {:?}", f.info.classes, info.classes),
+        });
+    }
+    if f.info.backbone_sha256 != info.features.backbone_sha256 || f.info.size != info.features.size {
+        return Err(Error::BadData {
+            path: fdir.into(),
+            reason: "features come from another backbone or size than the run was trained on".into(),
+        });
+    }
+    let head = run_dir.join(HEAD);
+    let bytes = info.read_head(run_dir)?;
+    let mut sum: Option<ArrayD<f32>> = None;
+    for v in &views {
+        let p = crate::train::predict(&bytes, &head, &v.x, 256, opts)?;
+        metrics::check_width(&p, info.classes.len(), &head)?;
+        sum = Some(match sum {
+            Some(s) => s + p,
+            None => p,
+        });
+    }
+    let probs = sum.expect("at least the plain view") / views.len() as f32;
+    Ok((probs, views.swap_remove(0)))
+}
+
+/// Evaluate a head run (`runs/<run>`) on `split` of the features in `fdir` into `out`.
+pub fn head_run(run_dir: &Path, fdir: &Path, split: &str, out: &Path, opts: &SessionOptions) -> Result<Metrics> {
+    let info = RunInfo::load(run_dir)?;
+    let (probs, f) = predict_split(run_dir, &info, fdir, split, opts)?;
+    let context = serde_json::json!({
+        "run": info.name,
+        "split": split,
+        "backbone": info.features.backbone,
+        "size": info.features.size,
+        "kind": info.kind,
+        "head": info.head,
+        "classical": info.classical,
+        "fit": info.fit,
+        "train_views": info.train_views,
+        "tta": info.tta,
+        "features_npy_sha256": f.info.npy_sha256,
+        "head_sha256": info.head_sha256,
+    });
+    let files: Vec<(String, usize)> = f.files.iter().map(|r| (r.path.clone(), r.label)).collect();
+    let history = run_dir.join(crate::history::HISTORY_PNG);
+    write_report(out, context, &probs, &files, &info.classes, Some(&history))
+}
+
+/// Evaluate a fine-tuned model (its best epoch) on `split` of its dataset into `out`; also
+/// returns how many images of the split could not be read (listed in `metrics.json`).
+pub fn finetuned(
+    done: &Finetuned,
+    cfg: &FinetuneConfig,
+    split: &str,
+    out: &Path,
+    sink: &dyn Sink,
+) -> Result<(Metrics, usize)> {
+    let info = &done.info;
+    let (probs, set) = crate::finetune::predict_split(&done.best, cfg, split, &info.classes, sink)?;
+    let files: Vec<(String, usize)> =
+        set.files.iter().zip(&set.labels).map(|(p, &l)| (fsutil::path_text(p), l)).collect();
+    let skipped: Vec<(String, &str)> =
+        set.skipped.iter().map(|(p, why)| (fsutil::path_text(p), why.as_str())).collect();
+    let run = cfg.run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let context = serde_json::json!({
+        "run": run,
+        "split": split,
+        "model": cfg.model,
+        "best_epoch": info.best_epoch.as_ref().map(|e| e.epoch).unwrap_or(0),
+        "epochs_run": info.epochs_run,
+        "train_seconds": info.train_seconds,
+        "fit": cfg.fit,
+        "augment": cfg.augment,
+        "model_sha256": info.model_sha256,
+        "skipped": skipped,
+    });
+    let history = cfg.run_dir.join(crate::history::HISTORY_PNG);
+    let m = write_report(out, context, &probs, &files, &info.classes, Some(&history))?;
+    Ok((m, set.skipped.len()))
+}
+
+/// A human summary of the metrics.
+pub fn render(m: &Metrics) -> String {
+    let mut s = format!("accuracy {:.4}  loss {:.4}  macro-F1 {:.4}", m.accuracy, m.loss, m.macro_f1);
+    if let Some(a) = m.roc_auc {
+        s += &format!("  ROC-AUC {a:.4}");
+    }
+    s += &format!("  (n = {})\n", m.n_test);
+    s += &format!("{:<14} {:>9} {:>9} {:>9} {:>8}\n", "class", "precision", "recall", "f1", "support");
+    for c in &m.per_class {
+        s += &format!("{:<14} {:>9.4} {:>9.4} {:>9.4} {:>8}\n", c.class, c.precision, c.recall, c.f1, c.support);
+    }
+    s
+}
+
+/// Write an evaluation into `out/`: `metrics.json` (the `context` fields plus the metrics),
+/// `predictions.csv` (path, true, predicted, probability), `confusion.png`, `roc.png` and the
+/// self-contained `index.html` ([`crate::report`]). `files` holds each row's (path, true label
+/// index); `history_png` is the run's training curves, if any. The folder is locked meanwhile.
+pub fn write_report(
+    out: &Path,
+    context: serde_json::Value,
+    probs: &ArrayD<f32>,
+    files: &[(String, usize)],
+    classes: &[String],
+    history_png: Option<&Path>,
+) -> Result<Metrics> {
+    let _lock = crate::lock::dir(out)?;
+    let labels: Vec<usize> = files.iter().map(|f| f.1).collect();
+    let m = metrics::compute(probs, &labels, classes);
+    let mut report = match &context {
+        serde_json::Value::Object(o) => o.clone(),
+        _ => serde_json::Map::new(),
+    };
+    report.insert("classes".into(), serde_json::json!(classes));
+    if let serde_json::Value::Object(o) = serde_json::to_value(&m).expect("metrics serialise") {
+        report.extend(o);
+    }
+    fsutil::write_json(&out.join("metrics.json"), &report)?;
+    write_predictions(&out.join("predictions.csv"), probs, files, classes)?;
+    let confusion = out.join("confusion.png");
+    if let Err(e) = crate::plot::confusion(&confusion, classes, &m.confusion) {
+        tracing::warn!("confusion plot not written: {e}");
+    }
+    let curves = metrics::roc_curves(probs, &labels, classes);
+    let roc = out.join("roc.png");
+    let roc_png = if curves.is_empty() { None } else { crate::plot::roc(&roc, &curves).ok().and(Some(())) };
+    let field = |k: &str| context.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();
+    let title = format!("{} — {} split", field("run"), field("split"));
+    let page = crate::report::Page {
+        title: &title,
+        context: &context,
+        metrics: &m,
+        classes,
+        probs,
+        files,
+        confusion_png: crate::report::png_file(&confusion),
+        roc_png: roc_png.and_then(|_| crate::report::png_file(&roc)),
+        history_png: history_png.and_then(crate::report::png_file),
+        max_pixels: crate::imageio::DEFAULT_MAX_PIXELS,
+    };
+    let html = crate::report::render(&page);
+    fsutil::write_bytes_atomic(&out.join("index.html"), html.as_bytes())?;
+    Ok(m)
+}
+
+/// `predictions.csv`: path, true class, predicted class, its probability (cells CSV-safe).
+fn write_predictions(path: &Path, probs: &ArrayD<f32>, files: &[(String, usize)], classes: &[String]) -> Result<()> {
+    let csv_err = |e: csv::Error| Error::Other(format!("{}: {e}", path.display()));
+    let mut w = csv::Writer::from_writer(vec![]);
+    w.write_record(["path", "true", "predicted", "probability"]).map_err(csv_err)?;
+    for ((f, p), q) in files.iter().zip(metrics::class_probs(probs)).zip(metrics::predicted(probs)) {
+        let cell = |s: &str| fsutil::csv_cell(s).into_owned();
+        w.write_record([cell(&f.0), cell(&classes[f.1]), cell(&classes[q]), format!("{:.6}", p[q])])
+            .map_err(csv_err)?;
+    }
+    let bytes = w.into_inner().map_err(|e| Error::Other(e.to_string()))?;
+    fsutil::write_bytes_atomic(path, &bytes)
+}
