@@ -52,62 +52,13 @@ pub fn scan(root: &Path) -> Result<(Vec<Item>, ScanReport)> {
                 continue;
             };
             let before = items.len();
-            for e in walkdir::WalkDir::new(d).follow_links(false).sort_by_file_name() {
-                let e = match e {
-                    Ok(e) => e,
-                    Err(e) => {
-                        let p = crate::fsutil::path_text(e.path().unwrap_or(d));
-                        tracing::warn!("{p}: {e} (skipped)");
-                        report.unreadable.push((p, e.to_string()));
-                        continue;
-                    }
-                };
-                if !e.file_type().is_file() && !e.file_type().is_symlink() {
-                    if e.depth() > 0 && is_image_path(e.path()) {
-                        let what = if e.file_type().is_dir() { "a folder" } else { "not a regular file" };
-                        let p = crate::fsutil::path_text(e.path());
-                        tracing::warn!("{p}: {what} named like an image (skipped)");
-                        report.unreadable.push((p.clone(), format!("{p}: {what} named like an image")));
-                    }
-                    continue;
-                }
-                if is_image_path(e.path()) {
-                    if e.file_type().is_symlink() {
-                        // Resolve links now, so dangling ones and loops are counted, not split.
-                        match std::fs::metadata(e.path()) {
-                            Ok(m) if m.is_file() => {}
-                            r => {
-                                let why = r.err().map(|x| x.to_string()).unwrap_or_else(|| "not a file".into());
-                                let p = crate::fsutil::path_text(e.path());
-                                tracing::warn!("{p}: {why} (skipped)");
-                                report.unreadable.push((p.clone(), format!("{p}: {why}")));
-                                continue;
-                            }
-                        }
-                    }
-                    items.push(Item { class: class.clone(), path: e.path().to_path_buf() });
-                } else {
-                    report.skipped_non_images.push(e.path().to_path_buf());
-                }
-            }
+            scan_class(d, &class, &mut items, &mut report);
             if items.len() == before {
                 report.empty_classes.push(class);
             }
         }
     } else {
-        for p in entries {
-            let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
-                let t = crate::fsutil::path_text(&p);
-                report.unreadable.push((t.clone(), format!("{t}: the name (its class) is not UTF-8; rename it")));
-                continue;
-            };
-            match (is_image_path(&p), name.split_once('.')) {
-                (true, Some((class, rest))) if !class.is_empty() && rest.contains('.') => {
-                    items.push(Item { class: class.to_string(), path: p })
-                }
-                _ => report.skipped_non_images.push(p),
-            }
-        }
+        scan_named(entries, &mut items, &mut report);
     }
     if items.is_empty() {
         return Err(Error::BadData {
@@ -116,6 +67,59 @@ pub fn scan(root: &Path) -> Result<(Vec<Item>, ScanReport)> {
         });
     }
     Ok((items, report))
+}
+
+/// The images under the class folder `d` (walked, links not followed: a link to an image is an
+/// image, resolved now so dangling ones and loops are reported, not split).
+fn scan_class(d: &Path, class: &str, items: &mut Vec<Item>, report: &mut ScanReport) {
+    fn unreadable(report: &mut ScanReport, p: String, why: String) {
+        tracing::warn!("{p}: {why} (skipped)");
+        report.unreadable.push((p.clone(), format!("{p}: {why}")));
+    }
+    let mut non_images = vec![];
+    for e in walkdir::WalkDir::new(d).follow_links(false).sort_by_file_name() {
+        let e = match e {
+            Ok(e) => e,
+            Err(e) => {
+                let p = crate::fsutil::path_text(e.path().unwrap_or(d));
+                tracing::warn!("{p}: {e} (skipped)");
+                report.unreadable.push((p, e.to_string()));
+                continue;
+            }
+        };
+        let (kind, path) = (e.file_type(), e.path());
+        if !kind.is_file() && !kind.is_symlink() {
+            if e.depth() > 0 && is_image_path(path) {
+                let what = if kind.is_dir() { "a folder" } else { "not a regular file" };
+                unreadable(report, crate::fsutil::path_text(path), format!("{what} named like an image"));
+            }
+        } else if !is_image_path(path) {
+            non_images.push(path.to_path_buf());
+        } else if kind.is_symlink() && !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+            let why = std::fs::metadata(path).err().map(|x| x.to_string()).unwrap_or_else(|| "not a file".into());
+            unreadable(report, crate::fsutil::path_text(path), why);
+        } else {
+            items.push(Item { class: class.to_string(), path: path.to_path_buf() });
+        }
+    }
+    report.skipped_non_images.extend(non_images);
+}
+
+/// Kaggle's layout: the images of `root` itself, named `class.N.ext`.
+fn scan_named(entries: Vec<PathBuf>, items: &mut Vec<Item>, report: &mut ScanReport) {
+    for p in entries {
+        let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+            let t = crate::fsutil::path_text(&p);
+            report.unreadable.push((t.clone(), format!("{t}: the name (its class) is not UTF-8; rename it")));
+            continue;
+        };
+        match (is_image_path(&p), name.split_once('.')) {
+            (true, Some((class, rest))) if !class.is_empty() && rest.contains('.') => {
+                items.push(Item { class: class.to_string(), path: p })
+            }
+            _ => report.skipped_non_images.push(p),
+        }
+    }
 }
 
 /// [`scan`] of a raw dump that is about to be split: images whose real path lies outside `root`
@@ -307,20 +311,7 @@ pub fn write_split(
                 reason: format!("two images of class `{}` share the file name {name}", it.class),
             });
         }
-        let placed = std::fs::canonicalize(&it.path).and_then(|src| {
-            if !src.is_file() {
-                return Err(std::io::Error::other("not a regular file"));
-            }
-            match mode {
-                LinkMode::Copy => std::fs::copy(&src, &dest).map(|_| ()),
-                LinkMode::Hardlink => {
-                    std::fs::hard_link(&src, &dest).or_else(|_| std::fs::copy(&src, &dest).map(|_| ()))
-                }
-                LinkMode::Symlink => std::fs::File::open(&src).and_then(|_| std::os::unix::fs::symlink(&src, &dest)),
-            }
-            .map(|_| src)
-        });
-        let src = match placed {
+        let src = match place(&it.path, &dest, mode) {
             Ok(src) => src,
             Err(e) => {
                 let _ = std::fs::remove_file(&dest);
@@ -340,21 +331,40 @@ pub fn write_split(
             source: fsutil::path_text(&src),
         });
     }
-    let mut w = csv::Writer::from_path(tmp.path().join("manifest.csv")).map_err(|e| Error::Other(e.to_string()))?;
-    for r in &rows {
-        // A spreadsheet opens this file too: text cells neutralised (fsutil::csv_cell).
-        let cell = |s: &str| fsutil::csv_cell(s).into_owned();
-        let r =
-            ManifestRow { split: r.split.clone(), class: cell(&r.class), file: cell(&r.file), source: cell(&r.source) };
-        w.serialize(&r).map_err(|e| Error::Other(e.to_string()))?;
-    }
-    w.flush().at(tmp.path())?;
+    write_manifest(&tmp.path().join("manifest.csv"), &rows)?;
     let tmp = tmp.keep();
     if out.exists() {
         std::fs::remove_dir_all(out).at(out)?;
     }
     std::fs::rename(&tmp, out).at(out)?;
     Ok((counts, skipped))
+}
+
+/// Put the image at `path` at `dest` as `mode` says; returns its resolved source path.
+fn place(path: &Path, dest: &Path, mode: LinkMode) -> std::io::Result<PathBuf> {
+    let src = std::fs::canonicalize(path)?;
+    if !src.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    match mode {
+        LinkMode::Copy => std::fs::copy(&src, dest).map(|_| ()),
+        LinkMode::Hardlink => std::fs::hard_link(&src, dest).or_else(|_| std::fs::copy(&src, dest).map(|_| ())),
+        LinkMode::Symlink => std::fs::File::open(&src).and_then(|_| std::os::unix::fs::symlink(&src, dest)),
+    }?;
+    Ok(src)
+}
+
+/// `manifest.csv`; a spreadsheet opens this file too, so text cells are neutralised
+/// ([`fsutil::csv_cell`]).
+fn write_manifest(path: &Path, rows: &[ManifestRow]) -> Result<()> {
+    let mut w = csv::Writer::from_path(path).map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+    for r in rows {
+        let cell = |s: &str| fsutil::csv_cell(s).into_owned();
+        let r =
+            ManifestRow { split: r.split.clone(), class: cell(&r.class), file: cell(&r.file), source: cell(&r.source) };
+        w.serialize(&r).map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
+    }
+    w.flush().at(path)
 }
 
 /// The counts as a table: one row per class, columns train/validation/test/total.

@@ -53,6 +53,22 @@ pub fn of(path: &[u8], count: usize) -> usize {
     (u64::from_be_bytes(h[..8].try_into().expect("8 bytes")) % count as u64) as usize
 }
 
+/// The shards of the parts of a merge into `out` (what each part's `record` — sidecar, summary —
+/// says), which must be a complete set ([`check_complete`]); returns N.
+pub fn check_parts(shards: &[Option<Shard>], parts: &[std::path::PathBuf], record: &str, out: &Path) -> Result<usize> {
+    let shards: Vec<Shard> = shards
+        .iter()
+        .zip(parts)
+        .map(|(s, p)| {
+            s.ok_or_else(|| Error::BadData {
+                path: p.clone(),
+                reason: format!("not a shard (no shard in its {record})"),
+            })
+        })
+        .collect::<Result<_>>()?;
+    check_complete(&shards, out)
+}
+
 /// Check that `shards` are exactly 0..N of one N (each once); returns N.
 pub fn check_complete(shards: &[Shard], what: &Path) -> Result<usize> {
     let n = shards

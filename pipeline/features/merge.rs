@@ -4,7 +4,6 @@ use super::{load_view, stem, write_cache, CacheMeta, FeatureInfo, Features, File
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::imageio::View;
-use crate::shard::Shard;
 use ndarray::Axis;
 use std::path::{Path, PathBuf};
 
@@ -32,8 +31,23 @@ pub fn merge(parts: &[PathBuf], out: &Path) -> Result<Vec<(String, usize)>> {
             reason: format!("the output is or lies inside the part {} (outputs never overwrite inputs)", p.display()),
         });
     }
+    let stems = caches_in(first)?;
+    let _lock = crate::lock::dir(out)?;
+    let mut done = vec![];
+    for (split, view) in stems {
+        let mut loaded: Vec<Features> = parts.iter().map(|p| load_view(p, &split, view)).collect::<Result<_>>()?;
+        check_parts(&loaded, parts, out)?;
+        respell(&mut loaded);
+        let n = write_merged(&loaded, &split, view, out)?;
+        done.push((stem(&split, view), n));
+    }
+    Ok(done)
+}
+
+/// The (split, view) of every cache in a part folder, in file-name order.
+fn caches_in(part: &Path) -> Result<Vec<(String, View)>> {
     let mut stems: Vec<(String, View)> = vec![];
-    for e in std::fs::read_dir(first).at(first)?.filter_map(|e| e.ok()) {
+    for e in std::fs::read_dir(part).at(part)?.filter_map(|e| e.ok()) {
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some(stem) = name.strip_suffix(".npy.json").filter(|s| !s.ends_with(".labels")) {
             let info: FeatureInfo = fsutil::read_json(&e.path())?;
@@ -43,107 +57,96 @@ pub fn merge(parts: &[PathBuf], out: &Path) -> Result<Vec<(String, usize)>> {
     }
     stems.sort_by_key(|(s, v)| stem(s, *v));
     if stems.is_empty() {
-        return Err(Error::BadData { path: first.clone(), reason: "no feature caches in this part".into() });
+        return Err(Error::BadData { path: part.into(), reason: "no feature caches in this part".into() });
     }
-    let _lock = crate::lock::dir(out)?;
-    let mut done = vec![];
-    for (split, view) in stems {
-        let loaded: Vec<Features> = parts.iter().map(|p| load_view(p, &split, view)).collect::<Result<_>>()?;
-        let shards: Vec<Shard> = loaded
-            .iter()
-            .zip(parts)
-            .map(|(f, p)| {
-                f.info.shard.ok_or_else(|| Error::BadData {
-                    path: p.clone(),
-                    reason: "not a shard (no shard in its sidecar)".into(),
-                })
-            })
-            .collect::<Result<_>>()?;
-        crate::shard::check_complete(&shards, out)?;
-        let i0 = &loaded[0].info;
-        if let Some(d) = &i0.dataset_real {
-            fsutil::check_output_apart(out, &[&fsutil::text_path(d)])?;
-        }
-        for (f, p) in loaded.iter().zip(parts) {
-            let i = &f.info;
-            if (&i.backbone_sha256, i.size, i.interpolation, &i.preprocess, &i.classes, i.device, &i.shape[1..])
-                != (
-                    &i0.backbone_sha256,
-                    i0.size,
-                    i0.interpolation,
-                    &i0.preprocess,
-                    &i0.classes,
-                    i0.device,
-                    &i0.shape[1..],
-                )
-            {
-                return Err(Error::BadData {
-                    path: p.clone(),
-                    reason: format!("extracted with other settings than {}", parts[0].display()),
-                });
-            }
-            if i.dataset_real.is_none() || i.dataset_real != i0.dataset_real {
-                return Err(Error::BadData {
-                    path: p.clone(),
-                    reason: format!(
-                        "extracted from another dataset ({}) than {} ({})",
-                        i.dataset_real.as_deref().unwrap_or("not recorded"),
-                        parts[0].display(),
-                        i0.dataset_real.as_deref().unwrap_or("not recorded")
-                    ),
-                });
-            }
-        }
-        // Every row's path spelled as the first part spells the dataset folder.
-        let d0 = i0.dataset.clone();
-        let respell = |f: &Features, path: &str| -> String {
-            match (&f.info.dataset, &d0) {
-                (Some(d), Some(d0)) if d != d0 => match fsutil::text_path(path).strip_prefix(fsutil::text_path(d)) {
-                    Ok(rest) => fsutil::path_text(&fsutil::text_path(d0).join(rest)),
-                    Err(_) => path.into(),
-                },
-                _ => path.into(),
-            }
-        };
-        let mut loaded = loaded;
-        for f in loaded.iter_mut() {
-            let fixed: Vec<String> = f.files.iter().map(|r| respell(f, &r.path)).collect();
-            let skipped: Vec<String> = f.info.skipped.iter().map(|s| respell(f, &s.path)).collect();
-            f.files.iter_mut().zip(fixed).for_each(|(r, p)| r.path = p);
-            f.info.skipped.iter_mut().zip(skipped).for_each(|(s, p)| s.path = p);
-        }
-        let i0 = &loaded[0].info;
-        // Rows in path order: the order one run lists a split in.
-        let mut order: Vec<(PathBuf, usize, usize)> = loaded
-            .iter()
-            .enumerate()
-            .flat_map(|(k, f)| f.files.iter().enumerate().map(move |(i, r)| (fsutil::text_path(&r.path), k, i)))
-            .collect();
-        order.sort();
-        let views: Vec<_> = order.iter().map(|&(_, k, i)| loaded[k].x.index_axis(Axis(0), i)).collect();
-        let x = if views.is_empty() {
-            loaded[0].x.clone()
-        } else {
-            ndarray::stack(Axis(0), &views).map_err(|e| Error::Other(e.to_string()))?
-        };
-        let keep: Vec<FileRow> = order.iter().map(|&(_, k, i)| loaded[k].files[i].clone()).collect();
-        let skipped: Vec<Skipped> = loaded.iter().flat_map(|f| f.info.skipped.iter().cloned()).collect();
-        let meta = CacheMeta {
-            split: &split,
-            view,
-            backbone: &i0.backbone,
-            backbone_sha256: &i0.backbone_sha256,
-            size: i0.size,
-            interpolation: i0.interpolation,
-            preprocess: &i0.preprocess,
-            classes: &i0.classes,
-            device: i0.device,
-            shard: None,
-            dataset: i0.dataset.clone(),
-            dataset_real: i0.dataset_real.clone(),
-        };
-        let n = write_cache(out, &meta, x.view(), keep, skipped)?;
-        done.push((stem(&split, view), n));
+    Ok(stems)
+}
+
+/// The parts of one cache: every shard of one set, extracted with the same settings from the same
+/// dataset, which is not where the merge writes.
+fn check_parts(loaded: &[Features], parts: &[PathBuf], out: &Path) -> Result<()> {
+    let shards: Vec<_> = loaded.iter().map(|f| f.info.shard).collect();
+    crate::shard::check_parts(&shards, parts, "sidecar", out)?;
+    let i0 = &loaded[0].info;
+    if let Some(d) = &i0.dataset_real {
+        fsutil::check_output_apart(out, &[&fsutil::text_path(d)])?;
     }
-    Ok(done)
+    let settings = |i: &FeatureInfo| {
+        (i.backbone_sha256.clone(), i.size, i.interpolation, i.preprocess.clone(), i.classes.clone(), i.device)
+    };
+    for (f, p) in loaded.iter().zip(parts) {
+        let i = &f.info;
+        if settings(i) != settings(i0) || i.shape[1..] != i0.shape[1..] {
+            return Err(Error::BadData {
+                path: p.clone(),
+                reason: format!("extracted with other settings than {}", parts[0].display()),
+            });
+        }
+        if i.dataset_real.is_none() || i.dataset_real != i0.dataset_real {
+            return Err(Error::BadData {
+                path: p.clone(),
+                reason: format!(
+                    "extracted from another dataset ({}) than {} ({})",
+                    i.dataset_real.as_deref().unwrap_or("not recorded"),
+                    parts[0].display(),
+                    i0.dataset_real.as_deref().unwrap_or("not recorded")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Every row's path spelled as the first part spells the dataset folder.
+fn respell(loaded: &mut [Features]) {
+    let d0 = loaded[0].info.dataset.clone();
+    let respelled = |f: &Features, path: &str| -> String {
+        match (&f.info.dataset, &d0) {
+            (Some(d), Some(d0)) if d != d0 => match fsutil::text_path(path).strip_prefix(fsutil::text_path(d)) {
+                Ok(rest) => fsutil::path_text(&fsutil::text_path(d0).join(rest)),
+                Err(_) => path.into(),
+            },
+            _ => path.into(),
+        }
+    };
+    for f in loaded.iter_mut() {
+        let fixed: Vec<String> = f.files.iter().map(|r| respelled(f, &r.path)).collect();
+        let skipped: Vec<String> = f.info.skipped.iter().map(|s| respelled(f, &s.path)).collect();
+        f.files.iter_mut().zip(fixed).for_each(|(r, p)| r.path = p);
+        f.info.skipped.iter_mut().zip(skipped).for_each(|(s, p)| s.path = p);
+    }
+}
+
+/// The parts' rows in path order (the order one run lists a split in), written as one cache.
+fn write_merged(loaded: &[Features], split: &str, view: View, out: &Path) -> Result<usize> {
+    let i0 = &loaded[0].info;
+    let mut order: Vec<(PathBuf, usize, usize)> = loaded
+        .iter()
+        .enumerate()
+        .flat_map(|(k, f)| f.files.iter().enumerate().map(move |(i, r)| (fsutil::text_path(&r.path), k, i)))
+        .collect();
+    order.sort();
+    let views: Vec<_> = order.iter().map(|&(_, k, i)| loaded[k].x.index_axis(Axis(0), i)).collect();
+    let x = if views.is_empty() {
+        loaded[0].x.clone()
+    } else {
+        ndarray::stack(Axis(0), &views).map_err(|e| Error::Other(e.to_string()))?
+    };
+    let keep: Vec<FileRow> = order.iter().map(|&(_, k, i)| loaded[k].files[i].clone()).collect();
+    let skipped: Vec<Skipped> = loaded.iter().flat_map(|f| f.info.skipped.iter().cloned()).collect();
+    let meta = CacheMeta {
+        split,
+        view,
+        backbone: &i0.backbone,
+        backbone_sha256: &i0.backbone_sha256,
+        size: i0.size,
+        interpolation: i0.interpolation,
+        preprocess: &i0.preprocess,
+        classes: &i0.classes,
+        device: i0.device,
+        shard: None,
+        dataset: i0.dataset.clone(),
+        dataset_real: i0.dataset_real.clone(),
+    };
+    write_cache(out, &meta, x.view(), keep, skipped)
 }

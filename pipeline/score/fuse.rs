@@ -46,40 +46,9 @@ pub fn fuse(
 ) -> Result<ModelProto> {
     let mut b = GraphBuilder::new("tlearn_classifier").with_prefix("pre/");
     b.input(INPUT, &[Dim::named("N"), Dim::Fixed(size as i64), Dim::Fixed(size as i64), Dim::Fixed(3)]);
-    let mut x = INPUT.to_string();
-    if pre.bgr {
-        let idx = b.const_i64("bgr", &[2, 1, 0]);
-        x = b.op("Gather", &[&x, &idx], vec![("axis", A::I(3))]);
-    }
-    if pre.scale != 1.0 {
-        let s = b.const_f32("scale", pre.scale);
-        x = b.op("Mul", &[&x, &s], vec![]);
-    }
-    if pre.mean != [0.0; 3] {
-        let m = b.const_vec_f32("mean", &pre.mean);
-        x = b.op("Sub", &[&x, &m], vec![]);
-    }
-    if pre.std != [1.0; 3] {
-        let s = b.const_vec_f32("std", &pre.std);
-        x = b.op("Div", &[&x, &s], vec![]);
-    }
+    let x = emit_preprocess(&mut b, INPUT, pre);
     let views: Vec<View> = tta.iter().copied().filter(|v| *v != View::Identity).collect();
-    if !views.is_empty() {
-        // Stack the views along the batch axis: (V·N, H, W, 3), view-major.
-        let mut parts = vec![x.clone()];
-        for v in &views {
-            let (rows, cols) = v.flips();
-            let axes: Vec<i64> = [(rows, 1), (cols, 2)].iter().filter(|f| f.0).map(|f| f.1).collect();
-            let k = axes.len();
-            let st = b.const_i64("flip_starts", &vec![-1; k]);
-            let en = b.const_i64("flip_ends", &vec![i64::MIN; k]);
-            let ax = b.const_i64("flip_axes", &axes);
-            let sp = b.const_i64("flip_steps", &vec![-1; k]);
-            parts.push(b.op("Slice", &[&x, &st, &en, &ax, &sp], vec![]));
-        }
-        let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
-        x = b.op("Concat", &refs, vec![("axis", A::I(0))]);
-    }
+    let x = if views.is_empty() { x } else { emit_views(&mut b, &x, &views) };
     let bg = onnx::graph(backbone);
     let hg = onnx::graph(head);
     let head_in = onnx::real_inputs(hg)
@@ -124,6 +93,46 @@ pub fn fuse(
     }
     b.output(OUTPUT, &[Dim::named("N"), Dim::Fixed(k as i64)]);
     finish(b, &[backbone, head], size, interpolation, classes, &views)
+}
+
+/// The backbone's preprocessing on raw RGB 0..255 (N, H, W, 3): channel order, scale, mean, std.
+fn emit_preprocess(b: &mut GraphBuilder, input: &str, pre: &Preprocess) -> String {
+    let mut x = input.to_string();
+    if pre.bgr {
+        let idx = b.const_i64("bgr", &[2, 1, 0]);
+        x = b.op("Gather", &[&x, &idx], vec![("axis", A::I(3))]);
+    }
+    if pre.scale != 1.0 {
+        let s = b.const_f32("scale", pre.scale);
+        x = b.op("Mul", &[&x, &s], vec![]);
+    }
+    if pre.mean != [0.0; 3] {
+        let m = b.const_vec_f32("mean", &pre.mean);
+        x = b.op("Sub", &[&x, &m], vec![]);
+    }
+    if pre.std != [1.0; 3] {
+        let s = b.const_vec_f32("std", &pre.std);
+        x = b.op("Div", &[&x, &s], vec![]);
+    }
+    x
+}
+
+/// The plain images and their flipped `views` stacked along the batch axis: (V·N, H, W, 3),
+/// view-major.
+fn emit_views(b: &mut GraphBuilder, x: &str, views: &[View]) -> String {
+    let mut parts = vec![x.to_string()];
+    for v in views {
+        let (rows, cols) = v.flips();
+        let axes: Vec<i64> = [(rows, 1), (cols, 2)].iter().filter(|f| f.0).map(|f| f.1).collect();
+        let k = axes.len();
+        let st = b.const_i64("flip_starts", &vec![-1; k]);
+        let en = b.const_i64("flip_ends", &vec![i64::MIN; k]);
+        let ax = b.const_i64("flip_axes", &axes);
+        let sp = b.const_i64("flip_steps", &vec![-1; k]);
+        parts.push(b.op("Slice", &[x, &st, &en, &ax, &sp], vec![]));
+    }
+    let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
+    b.op("Concat", &refs, vec![("axis", A::I(0))])
 }
 
 /// The graph `b` as a deployable model: opset of the parts, metadata that `score` reads.

@@ -2,7 +2,6 @@
 
 use super::{csv_line, summary_path, Format, ScoreSummary};
 use crate::error::{Error, IoContext, Result};
-use crate::shard::Shard;
 use std::path::{Path, PathBuf};
 
 /// Rows of a score output as (path, row bytes), in file order.
@@ -43,17 +42,43 @@ fn rows_of(path: &Path, format: Format) -> Result<Rows> {
 pub fn merge(parts: &[PathBuf], out: &Path) -> Result<ScoreSummary> {
     let sums: Vec<ScoreSummary> =
         parts.iter().map(|p| crate::fsutil::read_json(&summary_path(p))).collect::<Result<_>>()?;
-    let shards: Vec<Shard> = sums
-        .iter()
-        .zip(parts)
-        .map(|(s, p)| {
-            s.shard.ok_or_else(|| Error::BadData {
-                path: p.clone(),
-                reason: "not a shard output (no shard in its summary)".into(),
-            })
-        })
-        .collect::<Result<_>>()?;
-    crate::shard::check_complete(&shards, out)?;
+    check_parts(&sums, parts, out)?;
+    let first = &sums[0];
+    let _lock = crate::lock::file(out)?;
+    let (header_bytes, mut iters) = open_parts(parts, first.format)?;
+    let mut summary = ScoreSummary {
+        model_sha256: first.model_sha256.clone(),
+        format: first.format,
+        threshold: first.threshold,
+        top_k: first.top_k,
+        inputs_sha256: first.inputs_sha256.clone(),
+        ..Default::default()
+    };
+    for s in &sums {
+        summary.add(s.scored, s.per_class.clone(), s.unreadable.clone());
+    }
+    summary.sort_unreadable();
+    crate::fsutil::write_atomic(out, |w| {
+        w.write_all(header_bytes.as_deref().unwrap_or_default())?;
+        let rows = k_way(&mut iters, w)?;
+        // Checked before the merged file replaces anything.
+        if rows != summary.scored {
+            return Err(std::io::Error::other(format!(
+                "the parts hold {rows} rows but their summaries count {} scored",
+                summary.scored
+            )));
+        }
+        Ok(())
+    })?;
+    crate::fsutil::write_json(&summary_path(out), &summary)?;
+    Ok(summary)
+}
+
+/// The parts: a complete shard set, none of them (or their summaries) the output, all scored from
+/// the same inputs with the same model and options.
+fn check_parts(sums: &[ScoreSummary], parts: &[PathBuf], out: &Path) -> Result<()> {
+    let shards: Vec<_> = sums.iter().map(|s| s.shard).collect();
+    crate::shard::check_parts(&shards, parts, "summary", out)?;
     let summaries: Vec<PathBuf> = parts.iter().map(|p| summary_path(p)).collect();
     let inputs: Vec<&Path> = parts.iter().chain(&summaries).map(|p| p.as_path()).collect();
     crate::fsutil::check_output_apart(out, &inputs)?;
@@ -75,66 +100,44 @@ pub fn merge(parts: &[PathBuf], out: &Path) -> Result<ScoreSummary> {
             });
         }
     }
-    let _lock = crate::lock::file(out)?;
+    Ok(())
+}
+
+/// Each part's rows, and the CSV header they share (JSON lines have none).
+fn open_parts(parts: &[PathBuf], format: Format) -> Result<(Option<Vec<u8>>, Vec<Rows>)> {
     let mut header_bytes: Option<Vec<u8>> = None;
     let mut iters = vec![];
     for p in parts {
-        if first.format == Format::Csv {
-            let mut r =
-                csv::Reader::from_path(p).map_err(|e| Error::BadData { path: p.clone(), reason: e.to_string() })?;
-            let h = csv_line(
-                r.byte_headers().map_err(|e| Error::BadData { path: p.clone(), reason: e.to_string() })?.iter(),
-            );
+        if format == Format::Csv {
+            let bad = |reason: String| Error::BadData { path: p.clone(), reason };
+            let mut r = csv::Reader::from_path(p).map_err(|e| bad(e.to_string()))?;
+            let h = csv_line(r.byte_headers().map_err(|e| bad(e.to_string()))?.iter());
             match &header_bytes {
-                Some(x) if *x != h => {
-                    return Err(Error::BadData {
-                        path: p.clone(),
-                        reason: "other CSV columns than the first part".into(),
-                    })
-                }
+                Some(x) if *x != h => return Err(bad("other CSV columns than the first part".into())),
                 _ => header_bytes = Some(h),
             }
         }
-        iters.push(rows_of(p, first.format)?);
+        iters.push(rows_of(p, format)?);
     }
-    let mut summary = ScoreSummary {
-        model_sha256: first.model_sha256.clone(),
-        format: first.format,
-        threshold: first.threshold,
-        top_k: first.top_k,
-        inputs_sha256: first.inputs_sha256.clone(),
-        ..Default::default()
+    Ok((header_bytes, iters))
+}
+
+/// k-way merge of the parts' rows in path order (the order one run sorts its files in) into `w`;
+/// returns the rows written.
+fn k_way(iters: &mut [Rows], w: &mut dyn std::io::Write) -> std::io::Result<usize> {
+    let next = |it: &mut Rows| -> std::io::Result<_> {
+        it.next().transpose().map_err(|e| std::io::Error::other(e.to_string()))
     };
-    for s in &sums {
-        summary.add(s.scored, s.per_class.clone(), s.unreadable.clone());
-    }
-    summary.sort_unreadable();
+    let mut heads = iters.iter_mut().map(next).collect::<std::io::Result<Vec<_>>>()?;
     let mut rows = 0usize;
-    crate::fsutil::write_atomic(out, |w| {
-        let next = |it: &mut Rows| -> std::io::Result<_> {
-            it.next().transpose().map_err(|e| std::io::Error::other(e.to_string()))
-        };
-        let mut heads = iters.iter_mut().map(next).collect::<std::io::Result<Vec<_>>>()?;
-        w.write_all(header_bytes.as_deref().unwrap_or_default())?;
-        // k-way merge in path order (the order one run sorts its files in).
-        while let Some(k) = (0..heads.len())
-            .filter(|&k| heads[k].is_some())
-            .min_by(|&a, &b| heads[a].as_ref().map(|h| &h.0).cmp(&heads[b].as_ref().map(|h| &h.0)))
-        {
-            let (_, bytes) = heads[k].take().expect("some");
-            w.write_all(&bytes)?;
-            rows += 1;
-            heads[k] = next(&mut iters[k])?;
-        }
-        // Checked before the merged file replaces anything.
-        if rows != summary.scored {
-            return Err(std::io::Error::other(format!(
-                "the parts hold {rows} rows but their summaries count {} scored",
-                summary.scored
-            )));
-        }
-        Ok(())
-    })?;
-    crate::fsutil::write_json(&summary_path(out), &summary)?;
-    Ok(summary)
+    while let Some(k) = (0..heads.len())
+        .filter(|&k| heads[k].is_some())
+        .min_by(|&a, &b| heads[a].as_ref().map(|h| &h.0).cmp(&heads[b].as_ref().map(|h| &h.0)))
+    {
+        let (_, bytes) = heads[k].take().expect("some");
+        w.write_all(&bytes)?;
+        rows += 1;
+        heads[k] = next(&mut iters[k])?;
+    }
+    Ok(rows)
 }

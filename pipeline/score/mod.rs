@@ -230,23 +230,82 @@ pub fn score(
     opts: &SessionOptions,
     sink: &dyn crate::progress::Sink,
 ) -> Result<ScoreSummary> {
-    let model_bytes = std::fs::read(model_path).at(model_path)?;
-    let model_sha256 = crate::fsutil::sha256_bytes(&model_bytes);
-    // A model with a sidecar (runs/<run>/model.onnx.json, a fine-tune's model.onnx.json) must be
-    // the model its sidecar describes.
-    let side = crate::fsutil::sidecar_path(model_path);
-    if let Ok(v) = crate::fsutil::read_json::<serde_json::Value>(&side) {
-        if let Some(recorded) = v.get("model_sha256").and_then(|s| s.as_str()) {
-            if recorded != model_sha256 {
-                return Err(Error::Checksum { path: model_path.into(), expected: recorded.into(), got: model_sha256 });
-            }
-        }
-    }
-    let m = onnx::decode_model(&model_bytes, model_path)?;
-    let meta = meta(&m, model_path)?;
-    o.validate(meta.classes.len())?;
+    let model = ScoredModel::open(model_path)?;
+    o.validate(model.meta.classes.len())?;
     // Shards own files by real path, so shards given differently spelled inputs agree.
     let reals: Vec<PathBuf> = files.iter().map(|p| crate::fsutil::real_path(p)).collect();
+    check_output(out, &files, &reals, model_path)?;
+    let unread_reals: Vec<PathBuf> =
+        unreadable.iter().map(|(p, _)| crate::fsutil::real_path(&crate::fsutil::text_path(p))).collect();
+    let inputs_sha256 = inputs_fingerprint(reals.iter().chain(&unread_reals));
+    let _lock = crate::lock::file(out)?;
+    let mut keep = reals.iter().map(|r| o.shard.is_none_or(|s| s.owns(r)));
+    files.retain(|_| keep.next().expect("one per file"));
+    drop(reals);
+    let mut keep = unread_reals.iter().map(|r| o.shard.is_none_or(|s| s.owns(r)));
+    unreadable.retain(|_| keep.next().expect("one per unreadable file"));
+    let journal = crate::journal::Journal::open(
+        &crate::journal::dir_of(out),
+        &ScoreManifest {
+            model_sha256: &model.sha256,
+            format: o.format,
+            threshold: o.threshold,
+            top_k: o.top_k,
+            shard: o.shard,
+            checkpoint_every: o.checkpoint_every,
+            files_sha256: files_stamp(&files),
+        },
+    )?;
+    let run = Scoring { model: &model, o, owned: &files, journal: &journal };
+    run.score_missing(out, opts, sink)?;
+    let mut summary = ScoreSummary {
+        unreadable,
+        model_sha256: model.sha256.clone(),
+        format: o.format,
+        threshold: o.threshold,
+        top_k: o.top_k,
+        shard: o.shard,
+        inputs_sha256: Some(inputs_sha256),
+        ..Default::default()
+    };
+    run.assemble(out, &mut summary)?;
+    summary.sort_unreadable();
+    crate::fsutil::write_json(&summary_path(out), &summary)?;
+    journal.finish()?;
+    Ok(summary)
+}
+
+/// The deployable model scored, checked against its sidecar when it has one.
+struct ScoredModel<'p> {
+    path: &'p Path,
+    bytes: Vec<u8>,
+    sha256: String,
+    proto: onnx::proto::ModelProto,
+    meta: ModelMeta,
+}
+
+impl<'p> ScoredModel<'p> {
+    /// A model with a sidecar (runs/<run>/model.onnx.json, a fine-tune's model.onnx.json) must be
+    /// the model its sidecar describes.
+    fn open(path: &'p Path) -> Result<ScoredModel<'p>> {
+        let bytes = std::fs::read(path).at(path)?;
+        let sha256 = crate::fsutil::sha256_bytes(&bytes);
+        let side = crate::fsutil::sidecar_path(path);
+        if let Ok(v) = crate::fsutil::read_json::<serde_json::Value>(&side) {
+            if let Some(recorded) = v.get("model_sha256").and_then(|s| s.as_str()) {
+                if recorded != sha256 {
+                    return Err(Error::Checksum { path: path.into(), expected: recorded.into(), got: sha256 });
+                }
+            }
+        }
+        let proto = onnx::decode_model(&bytes, path)?;
+        let meta = meta(&proto, path)?;
+        Ok(ScoredModel { path, bytes, sha256, proto, meta })
+    }
+}
+
+/// Outputs never overwrite inputs: neither an image scored nor the model.
+fn check_output(out: &Path, files: &[PathBuf], reals: &[PathBuf], model_path: &Path) -> Result<()> {
     let out_real = crate::fsutil::real_path(out);
     if let Some(i) = reals.iter().position(|r| *r == out_real) {
         return Err(Error::BadData {
@@ -257,81 +316,85 @@ pub fn score(
     for written in [out, &summary_path(out)] {
         crate::fsutil::check_output_apart(written, &[model_path])?;
     }
-    // The inputs' fingerprint: the real paths of all of them (scored or not), in any order — a
-    // lane-wise sum of their sha256s, so it needs no sorted copy of a long file list.
+    Ok(())
+}
+
+/// The inputs' fingerprint: the real paths of all of them (scored or not), in any order — a
+/// lane-wise sum of their sha256s, so it needs no sorted copy of a long file list.
+fn inputs_fingerprint<'a>(reals: impl Iterator<Item = &'a PathBuf>) -> String {
     let mut lanes = [0u64; 4];
-    let unread_reals: Vec<PathBuf> =
-        unreadable.iter().map(|(p, _)| crate::fsutil::real_path(&crate::fsutil::text_path(p))).collect();
-    for r in reals.iter().chain(&unread_reals) {
+    for r in reals {
         let h = sha2::Sha256::digest(r.as_os_str().as_encoded_bytes());
         for (k, lane) in lanes.iter_mut().enumerate() {
             *lane = lane.wrapping_add(u64::from_be_bytes(h[k * 8..k * 8 + 8].try_into().expect("8 bytes")));
         }
     }
-    let inputs_sha256 = crate::fsutil::sha256_bytes(&lanes.iter().flat_map(|l| l.to_be_bytes()).collect::<Vec<u8>>());
-    let _lock = crate::lock::file(out)?;
-    let mut keep = reals.iter().map(|r| o.shard.is_none_or(|s| s.owns(r)));
-    files.retain(|_| keep.next().expect("one per file"));
-    drop(reals);
-    let owned = files;
-    let mut keep = unread_reals.iter().map(|r| o.shard.is_none_or(|s| s.owns(r)));
-    unreadable.retain(|_| keep.next().expect("one per unreadable file"));
-    let mut list_hash = sha2::Sha256::new();
-    for p in &owned {
-        // Path, size and modification time: a file changed while the run was down voids the journal.
+    crate::fsutil::sha256_bytes(&lanes.iter().flat_map(|l| l.to_be_bytes()).collect::<Vec<u8>>())
+}
+
+/// Path, size and modification time of every file scored: a file changed while the run was down
+/// voids the journal.
+fn files_stamp(files: &[PathBuf]) -> String {
+    let mut h = sha2::Sha256::new();
+    for p in files {
         let stamp = std::fs::metadata(p)
             .map(|m| format!("{}:{:?}", m.len(), m.modified().ok()))
             .unwrap_or_else(|e| e.to_string());
-        list_hash.update(p.as_os_str().as_encoded_bytes());
-        list_hash.update([0u8]);
-        list_hash.update(stamp.as_bytes());
-        list_hash.update([0u8]);
+        h.update(p.as_os_str().as_encoded_bytes());
+        h.update([0u8]);
+        h.update(stamp.as_bytes());
+        h.update([0u8]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// One scoring run over the files it owns, journalled in chunks of `checkpoint_every` files.
+struct Scoring<'a> {
+    model: &'a ScoredModel<'a>,
+    o: &'a ScoreOptions,
+    owned: &'a [PathBuf],
+    journal: &'a crate::journal::Journal,
+}
+
+fn chunk_name(k: usize) -> String {
+    format!("{k:08}")
+}
+
+impl Scoring<'_> {
+    fn n_chunks(&self) -> usize {
+        self.owned.len().div_ceil(self.o.checkpoint_every)
     }
 
-    let journal = crate::journal::Journal::open(
-        &crate::journal::dir_of(out),
-        &ScoreManifest {
-            model_sha256: &model_sha256,
-            format: o.format,
-            threshold: o.threshold,
-            top_k: o.top_k,
-            shard: o.shard,
-            checkpoint_every: o.checkpoint_every,
-            files_sha256: hex::encode(list_hash.finalize()),
-        },
-    )?;
-    let every = o.checkpoint_every;
-    let chunk_name = |k: usize| format!("{k:08}");
-    let n_chunks = owned.len().div_ceil(every);
-    let done: std::collections::HashSet<usize> =
-        (0..n_chunks).filter(|&k| journal.get::<ChunkInfo>(&chunk_name(k)).is_some()).collect();
-    // What is left to score (all of it, without a copy, on a fresh run).
-    let todo_idx: Vec<usize> = (0..owned.len()).filter(|i| !done.contains(&(i / every))).collect();
-    let todo: std::borrow::Cow<[PathBuf]> = if done.is_empty() {
-        std::borrow::Cow::Borrowed(&owned)
-    } else {
-        std::borrow::Cow::Owned(todo_idx.iter().map(|&i| owned[i].clone()).collect())
-    };
-    if !done.is_empty() {
-        tracing::info!(
-            "{}: resuming, {} of {} images already scored",
-            out.display(),
-            owned.len() - todo.len(),
-            owned.len()
-        );
-    }
-    if !todo.is_empty() {
-        let need = crate::memory::per_image_bytes_at(&m, model_path, INPUT, cut::Layout::Nhwc, 3, meta.size);
-        let batch = crate::memory::fit_batch(o.batch, need, meta.size, model_path)?;
-        let mut s = runtime::open(&model_bytes, model_path, opts)?.session;
+    /// Score the files of every chunk the journal does not hold yet.
+    fn score_missing(&self, out: &Path, opts: &SessionOptions, sink: &dyn crate::progress::Sink) -> Result<()> {
+        let (every, owned) = (self.o.checkpoint_every, self.owned);
+        let done: std::collections::HashSet<usize> =
+            (0..self.n_chunks()).filter(|&k| self.journal.get::<ChunkInfo>(&chunk_name(k)).is_some()).collect();
+        // What is left to score (all of it, without a copy, on a fresh run).
+        let todo_idx: Vec<usize> = (0..owned.len()).filter(|i| !done.contains(&(i / every))).collect();
+        let todo: std::borrow::Cow<[PathBuf]> = if done.is_empty() {
+            std::borrow::Cow::Borrowed(owned)
+        } else {
+            std::borrow::Cow::Owned(todo_idx.iter().map(|&i| owned[i].clone()).collect())
+        };
+        if !done.is_empty() {
+            let (n, left) = (owned.len(), todo.len());
+            tracing::info!("{}: resuming, {} of {n} images already scored", out.display(), n - left);
+        }
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let (m, meta) = (self.model, &self.model.meta);
+        let need = crate::memory::per_image_bytes_at(&m.proto, m.path, INPUT, cut::Layout::Nhwc, 3, meta.size);
+        let batch = crate::memory::fit_batch(self.o.batch, need, meta.size, m.path)?;
+        let mut s = runtime::open(&m.bytes, m.path, opts)?.session;
         let spec = LoadSpec {
             size: (meta.size, meta.size),
             interpolation: meta.interpolation,
             preprocess: Preprocess::of(PreprocessKind::Raw),
-            max_pixels: o.max_pixels,
+            max_pixels: self.o.max_pixels,
             view: View::Identity,
         };
-        let threshold = o.threshold.unwrap_or(0.5);
         let pb = sink.meter(todo.len() as u64, "img", "scoring");
         let mut rows: Vec<u8> = vec![];
         let mut info = ChunkInfo::default();
@@ -340,53 +403,53 @@ pub fn score(
             let i = todo_idx[j];
             let path = crate::fsutil::path_text(&owned[i]);
             match r {
-                Ok(y) => {
-                    if y.len() != crate::metrics::output_width(meta.classes.len()) {
-                        let y = y.to_owned().insert_axis(ndarray::Axis(0));
-                        crate::metrics::check_width(&y, meta.classes.len(), model_path)?;
-                    }
-                    let y = y.into_dimensionality().map_err(|e| Error::Other(format!("model output: {e}")))?;
-                    let p = crate::metrics::row_probs(y);
-                    let ranked = rank(&p, o.top_k, threshold);
-                    rows.extend(row(o.format, &path, &meta.classes, &ranked, &p));
-                    *info.per_class.entry(meta.classes[ranked[0].0].clone()).or_default() += 1;
-                    info.scored += 1;
-                }
+                Ok(y) => self.add_row(y, &path, &mut rows, &mut info)?,
                 Err(e) => {
                     tracing::warn!("{e} (skipped)");
                     info.unreadable.push((path, e.to_string()));
                 }
             }
             if (i + 1).is_multiple_of(every) || i + 1 == owned.len() {
-                journal.put(&chunk_name(i / every), &std::mem::take(&mut rows), std::mem::take(&mut info))?;
+                self.journal.put(&chunk_name(i / every), &std::mem::take(&mut rows), std::mem::take(&mut info))?;
             }
             Ok(())
-        })?;
+        })
     }
-    // Assemble: header + every chunk's rows, in order.
-    let mut summary = ScoreSummary {
-        unreadable,
-        model_sha256,
-        format: o.format,
-        threshold: o.threshold,
-        top_k: o.top_k,
-        shard: o.shard,
-        inputs_sha256: Some(inputs_sha256),
-        ..Default::default()
-    };
-    crate::fsutil::write_atomic(out, |w| {
-        w.write_all(&header(o.format, &meta.classes, o.top_k))?;
-        for k in 0..n_chunks {
-            let (rows, info) = journal.get::<ChunkInfo>(&chunk_name(k)).ok_or_else(|| {
-                std::io::Error::other(format!("journal chunk {k} vanished from {}", journal.dir.display()))
-            })?;
-            w.write_all(&rows)?;
-            summary.add(info.scored, info.per_class, info.unreadable);
+
+    /// One scored image: its output checked, ranked, written as a row and counted.
+    fn add_row(
+        &self,
+        y: ndarray::ArrayViewD<'_, f32>,
+        path: &str,
+        rows: &mut Vec<u8>,
+        info: &mut ChunkInfo,
+    ) -> Result<()> {
+        let (classes, o) = (&self.model.meta.classes, self.o);
+        if y.len() != crate::metrics::output_width(classes.len()) {
+            let y = y.to_owned().insert_axis(ndarray::Axis(0));
+            crate::metrics::check_width(&y, classes.len(), self.model.path)?;
         }
+        let y = y.into_dimensionality().map_err(|e| Error::Other(format!("model output: {e}")))?;
+        let p = crate::metrics::row_probs(y);
+        let ranked = rank(&p, o.top_k, o.threshold.unwrap_or(0.5));
+        rows.extend(row(o.format, path, classes, &ranked, &p));
+        *info.per_class.entry(classes[ranked[0].0].clone()).or_default() += 1;
+        info.scored += 1;
         Ok(())
-    })?;
-    summary.sort_unreadable();
-    crate::fsutil::write_json(&summary_path(out), &summary)?;
-    journal.finish()?;
-    Ok(summary)
+    }
+
+    /// The output: header + every chunk's rows, in order; the chunks' counts into `summary`.
+    fn assemble(&self, out: &Path, summary: &mut ScoreSummary) -> Result<()> {
+        crate::fsutil::write_atomic(out, |w| {
+            w.write_all(&header(self.o.format, &self.model.meta.classes, self.o.top_k))?;
+            for k in 0..self.n_chunks() {
+                let (rows, info) = self.journal.get::<ChunkInfo>(&chunk_name(k)).ok_or_else(|| {
+                    std::io::Error::other(format!("journal chunk {k} vanished from {}", self.journal.dir.display()))
+                })?;
+                w.write_all(&rows)?;
+                summary.add(info.scored, info.per_class, info.unreadable);
+            }
+            Ok(())
+        })
+    }
 }

@@ -345,13 +345,7 @@ impl Trainer {
                 loss_sum += loss as f64 * chunk.len() as f64;
                 correct += metrics::predicted(&probs).iter().zip(&lb).filter(|(a, b)| a == b).count();
             }
-            let (val_loss, val_accuracy) = match &val {
-                Some(v) if !v.labels.is_empty() => {
-                    let (loss, vp) = self.evaluate(v.x, v.labels, 256)?;
-                    (loss, metrics::accuracy(&metrics::predicted(&vp), v.labels))
-                }
-                _ => (f64::NAN, f64::NAN),
-            };
+            let (val_loss, val_accuracy) = self.validate(val.as_ref())?;
             let rec = Epoch {
                 epoch,
                 loss: loss_sum / n as f64,
@@ -372,6 +366,17 @@ impl Trainer {
         // `params` holds the last epoch's values; the host copy is authoritative again.
         self.resident = None;
         Ok(fs.history)
+    }
+
+    /// Loss and accuracy on the validation samples; NaN (not measured) without any.
+    fn validate(&mut self, val: Option<&InMemory>) -> Result<(f64, f64)> {
+        match val {
+            Some(v) if !v.labels.is_empty() => {
+                let (loss, vp) = self.evaluate(v.x, v.labels, 256)?;
+                Ok((loss, metrics::accuracy(&metrics::predicted(&vp), v.labels)))
+            }
+            _ => Ok((f64::NAN, f64::NAN)),
+        }
     }
 
     /// The inference model with the current parameters as initializers (Dropout kept; it is the
