@@ -2,17 +2,18 @@
 //! computes the forward pass, the loss and the gradient of every trainable parameter, so that a
 //! stock onnxruntime `InferenceSession` trains it.
 //!
-//! Reverse-mode differentiation over the node list, one rule per op (see [`backward`]).
+//! Reverse-mode differentiation over the node list, one rule per op (see [`backward`]; the rules
+//! are in `rules.rs` and `conv.rs`).
 //! Trainable initializers become graph inputs `<name>`, gradients come out as `grad/<name>`.
 //! Dropout becomes `Mul(x, mask)` with the mask fed per step (seeded in Rust, already scaled by
 //! 1/(1−p)), so a step is a pure function of its inputs. The loss is fused with the final
 //! Sigmoid (binary cross-entropy) or Softmax (categorical cross-entropy): dz = (p − y) / N.
 
-use super::conv;
+use super::{conv, rules};
 use crate::error::{Error, Result};
 use crate::onnx::builder::A;
 use crate::onnx::proto::*;
-use crate::onnx::{self, attr, attr_f, attr_i, attr_ints, Dim, GraphBuilder};
+use crate::onnx::{self, attr_f, Dim, GraphBuilder};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
@@ -279,15 +280,6 @@ pub fn compile_with(
     Ok(TrainGraph { model, input, output, loss, params, masks })
 }
 
-/// dy · relu'(x) from the ReLU's output y: dy · [y > 0] as Greater + Cast + Mul (≈ 2× faster
-/// than Sign + Mul on onnxruntime's CPU provider, whose Sign is not vectorised).
-fn relu_backward(b: &mut GraphBuilder, dy: &str, y: &str) -> String {
-    let zero = b.const_f32("zero", 0.0);
-    let pos = b.op("Greater", &[y, &zero], vec![]);
-    let mask = b.op("Cast", &[&pos], vec![("to", A::I(dtype::FLOAT as i64))]);
-    b.op("Mul", &[dy, &mask], vec![])
-}
-
 fn opset_of(m: &ModelProto) -> i64 {
     m.opset_import
         .iter()
@@ -321,195 +313,56 @@ fn backward(
     shapes: &HashMap<String, Vec<usize>>,
     pools: PoolGrad,
 ) -> Result<()> {
-    let mut grads: HashMap<String, Vec<String>> = HashMap::new();
-    grads.entry(logits.to_string()).or_default().push(d_logits);
+    let mut cx = rules::Ctx { b, g, shapes, needs, grads: HashMap::new() };
+    cx.push(logits, d_logits);
     let producer_of_logits = g.node.iter().position(|n| n.output.iter().any(|o| o == logits)).unwrap_or(0);
     let pooled_relus = relus_feeding_only_a_maxpool(g);
     for n in g.node[..=producer_of_logits].iter().rev() {
-        let Some(gs) = n.output.first().and_then(|o| grads.remove(o)) else {
+        let Some(gs) = n.output.first().and_then(|o| cx.grads.remove(o)) else {
             continue;
         };
         if !n.input.iter().any(|i| needs.contains(i)) {
             continue;
         }
-        let dy = sum(b, gs);
-        let y = &n.output[0];
-        let x0 = &n.input[0];
-        let wants = |i: usize| n.input.get(i).is_some_and(|t| needs.contains(t));
-        let push = |grads: &mut HashMap<String, Vec<String>>, t: &str, d: String| {
-            grads.entry(t.to_string()).or_default().push(d)
-        };
-        let unsupported =
-            |why: &str| Error::UnsupportedOp { node: n.name.clone(), op: n.op_type.clone(), why: why.into() };
-        match n.op_type.as_str() {
-            "MaxPool" if pooled_relus.contains(x0.as_str()) => {
-                // ReLU' taken on the pooled tensor: the gradient reaches only argmax positions,
-                // where the ReLU output equals the pooled value P, so relu' = [P > 0] there —
-                // exact, and 4× fewer elements than Sign on the ReLU output (2×2 pools).
-                let masked = relu_backward(b, &dy, y);
-                for (t, d) in conv::backward(b, n, &masked, shapes, &wants, pools == PoolGrad::Scatter)? {
-                    push(&mut grads, &t, d);
-                }
-            }
-            "Relu" if pooled_relus.contains(y.as_str()) => push(&mut grads, x0, dy),
-            op if conv::handles(op) => {
-                for (t, d) in conv::backward(b, n, &dy, shapes, &wants, pools == PoolGrad::Scatter)? {
-                    push(&mut grads, &t, d);
-                }
-            }
-            "Identity" => push(&mut grads, x0, dy),
-            "Relu" => {
-                let d = relu_backward(b, &dy, y);
-                push(&mut grads, x0, d);
-            }
-            "Sigmoid" => {
-                let one = b.const_f32("one", 1.0);
-                let om = b.op("Sub", &[&one, y], vec![]);
-                let t = b.op("Mul", &[y, &om], vec![]);
-                let d = b.op("Mul", &[&dy, &t], vec![]);
-                push(&mut grads, x0, d);
-            }
-            "Softmax" => {
-                let axis = attr_i(n, "axis", -1);
-                let dyy = b.op("Mul", &[&dy, y], vec![]);
-                let ax = b.const_i64("axes", &[axis]);
-                let s = b.op("ReduceSum", &[&dyy, &ax], vec![("keepdims", A::I(1))]);
-                let t = b.op("Sub", &[&dy, &s], vec![]);
-                let d = b.op("Mul", &[y, &t], vec![]);
-                push(&mut grads, x0, d);
-            }
-            "Dropout" => {
-                // Forward became Mul(x, mask) (train) or Identity (eval).
-                let mask = format!("mask/{y}");
-                let d =
-                    if b.graph.input.iter().any(|i| i.name == mask) { b.op("Mul", &[&dy, &mask], vec![]) } else { dy };
-                push(&mut grads, x0, d);
-            }
-            "Flatten" | "Reshape" | "Squeeze" | "Unsqueeze" => {
-                let shp = b.op("Shape", &[x0], vec![]);
-                let d = b.op("Reshape", &[&dy, &shp], vec![]);
-                push(&mut grads, x0, d);
-            }
-            "Transpose" => {
-                let perm = attr_ints(n, "perm").ok_or_else(|| unsupported("Transpose without perm"))?;
-                let mut inv = vec![0i64; perm.len()];
-                for (i, &p) in perm.iter().enumerate() {
-                    inv[p as usize] = i as i64;
-                }
-                let d = b.op("Transpose", &[&dy], vec![("perm", A::Ints(inv))]);
-                push(&mut grads, x0, d);
-            }
-            "ReduceMean" => {
-                let axes = reduce_axes(n, g).ok_or_else(|| unsupported("ReduceMean needs constant axes"))?;
-                let xs = &shapes[x0];
-                let rank = xs.len() as i64;
-                let axes: Vec<i64> = axes.iter().map(|&a| if a < 0 { a + rank } else { a }).collect();
-                let count: usize = axes.iter().map(|&a| xs[a as usize]).product();
-                let d = if attr_i(n, "keepdims", 1) == 0 {
-                    let ax = b.const_i64("axes", &axes);
-                    b.op("Unsqueeze", &[&dy, &ax], vec![])
-                } else {
-                    dy
-                };
-                let shp = b.op("Shape", &[x0], vec![]);
-                let e = b.op("Expand", &[&d, &shp], vec![]);
-                let c = b.const_f32("count", 1.0 / count as f32);
-                let d = b.op("Mul", &[&e, &c], vec![]);
-                push(&mut grads, x0, d);
-            }
-            "Add" | "Sub" => {
-                for i in 0..2 {
-                    if wants(i) {
-                        let mut d = reduce_to(b, &dy, &shapes[y], &shapes[&n.input[i]]);
-                        if i == 1 && n.op_type == "Sub" {
-                            d = b.op("Neg", &[&d], vec![]);
-                        }
-                        push(&mut grads, &n.input[i], d);
-                    }
-                }
-            }
-            "Max" => {
-                // The gradient goes to the first input equal to the max (MaxPool's tie rule when
-                // the inputs are a window's offsets, see poolconv.rs); same-shape inputs only.
-                if n.input.iter().any(|t| shapes[t] != shapes[y]) {
-                    return Err(unsupported("Max with broadcasting inputs"));
-                }
-                let mut taken: Option<String> = None;
-                for (i, t) in n.input.iter().enumerate() {
-                    let eq = b.op("Equal", &[t, y], vec![]);
-                    let first = match &taken {
-                        None => eq.clone(),
-                        Some(tk) => {
-                            let free = b.op("Not", &[tk], vec![]);
-                            b.op("And", &[&eq, &free], vec![])
-                        }
-                    };
-                    if wants(i) {
-                        let f = b.op("Cast", &[&first], vec![("to", A::I(dtype::FLOAT as i64))]);
-                        push(&mut grads, t, b.op("Mul", &[&dy, &f], vec![]));
-                    }
-                    if i + 1 < n.input.len() {
-                        taken = Some(match &taken {
-                            None => eq,
-                            Some(tk) => b.op("Or", &[tk, &eq], vec![]),
-                        });
-                    }
-                }
-            }
-            "Mul" => {
-                for i in 0..2 {
-                    if wants(i) {
-                        let p = b.op("Mul", &[&dy, &n.input[1 - i]], vec![]);
-                        let d = reduce_to(b, &p, &shapes[y], &shapes[&n.input[i]]);
-                        push(&mut grads, &n.input[i], d);
-                    }
-                }
-            }
-            "MatMul" | "Gemm" => {
-                let (ta, tb) =
-                    if n.op_type == "Gemm" { (attr_i(n, "transA", 0), attr_i(n, "transB", 0)) } else { (0, 0) };
-                if n.op_type == "Gemm" && (attr_f(n, "alpha", 1.0) != 1.0 || attr_f(n, "beta", 1.0) != 1.0 || ta != 0) {
-                    return Err(unsupported("Gemm with alpha/beta ≠ 1 or transA"));
-                }
-                if shapes[x0].len() != 2 || shapes[&n.input[1]].len() != 2 {
-                    return Err(unsupported("only 2-D MatMul/Gemm operands are supported"));
-                }
-                let (a, w) = (&n.input[0], &n.input[1]);
-                if wants(0) {
-                    let d = if tb == 0 {
-                        let wt = b.op("Transpose", &[w], vec![("perm", A::Ints(vec![1, 0]))]);
-                        b.op("MatMul", &[&dy, &wt], vec![])
-                    } else {
-                        b.op("MatMul", &[&dy, w], vec![])
-                    };
-                    push(&mut grads, a, d);
-                }
-                if wants(1) {
-                    let d = if tb == 0 {
-                        let at = b.op("Transpose", &[a], vec![("perm", A::Ints(vec![1, 0]))]);
-                        b.op("MatMul", &[&at, &dy], vec![])
-                    } else {
-                        let dyt = b.op("Transpose", &[&dy], vec![("perm", A::Ints(vec![1, 0]))]);
-                        b.op("MatMul", &[&dyt, a], vec![])
-                    };
-                    push(&mut grads, w, d);
-                }
-                if n.op_type == "Gemm" && wants(2) {
-                    let d = reduce_to(b, &dy, &shapes[y], &shapes[&n.input[2]]);
-                    push(&mut grads, &n.input[2], d);
-                }
-            }
-            other => return Err(unsupported(&format!("no backward rule for {other}"))),
-        }
+        let dy = sum(cx.b, gs);
+        node_backward(&mut cx, n, dy, &pooled_relus, pools == PoolGrad::Scatter)?;
     }
     for p in params {
-        let gs = grads
+        let gs = cx
+            .grads
             .remove(p.as_str())
             .ok_or_else(|| Error::Other(format!("parameter `{p}` does not influence the loss")))?;
-        let d = sum(b, gs);
-        b.node("Identity", &[&d], &[&grad_name(p)], vec![]);
+        let d = sum(cx.b, gs);
+        cx.b.node("Identity", &[&d], &[&grad_name(p)], vec![]);
     }
     Ok(())
+}
+
+/// The backward of one node: the convolutional rules (conv.rs) or the dense and elementwise ones
+/// (rules.rs), with a Relu that only feeds a MaxPool differentiated after the pool.
+fn node_backward(
+    cx: &mut rules::Ctx,
+    n: &NodeProto,
+    dy: String,
+    pooled_relus: &HashSet<&str>,
+    always_scatter: bool,
+) -> Result<()> {
+    let (x0, y) = (&n.input[0], &n.output[0]);
+    match n.op_type.as_str() {
+        "MaxPool" if pooled_relus.contains(x0.as_str()) => {
+            // ReLU' taken on the pooled tensor: the gradient reaches only argmax positions,
+            // where the ReLU output equals the pooled value P, so relu' = [P > 0] there —
+            // exact, and 4× fewer elements than Sign on the ReLU output (2×2 pools).
+            let masked = rules::relu_backward(cx.b, &dy, y);
+            cx.conv(n, &masked, always_scatter)
+        }
+        "Relu" if pooled_relus.contains(y.as_str()) => {
+            cx.push(x0, dy);
+            Ok(())
+        }
+        op if conv::handles(op) => cx.conv(n, &dy, always_scatter),
+        _ => rules::backward(cx, n, dy),
+    }
 }
 
 /// Outputs of Relu nodes whose only consumer is a MaxPool (and that are not graph outputs):
@@ -535,39 +388,10 @@ fn needs_grad(g: &GraphProto, params: &HashSet<&str>) -> HashSet<String> {
     needs
 }
 
-fn reduce_axes(n: &NodeProto, g: &GraphProto) -> Option<Vec<i64>> {
-    if let Some(a) = attr(n, "axes") {
-        return Some(a.ints.clone());
-    }
-    let name = n.input.get(1)?;
-    g.initializer.iter().find(|t| &t.name == name).map(onnx::tensor_to_i64)
-}
-
 fn sum(b: &mut GraphBuilder, mut gs: Vec<String>) -> String {
     if gs.len() == 1 {
         return gs.remove(0);
     }
     let refs: Vec<&str> = gs.iter().map(|s| s.as_str()).collect();
     b.op("Sum", &refs, vec![])
-}
-
-/// Sum a broadcast gradient of shape `out` back to an operand of shape `target`.
-fn reduce_to(b: &mut GraphBuilder, d: &str, out: &[usize], target: &[usize]) -> String {
-    if out == target {
-        return d.to_string();
-    }
-    let lead = out.len() - target.len();
-    let mut d = d.to_string();
-    if lead > 0 {
-        let axes: Vec<i64> = (0..lead as i64).collect();
-        let ax = b.const_i64("axes", &axes);
-        d = b.op("ReduceSum", &[&d, &ax], vec![("keepdims", A::I(0))]);
-    }
-    let axes: Vec<i64> =
-        target.iter().enumerate().filter(|(i, &t)| t == 1 && out[lead + i] != 1).map(|(i, _)| i as i64).collect();
-    if !axes.is_empty() {
-        let ax = b.const_i64("axes", &axes);
-        d = b.op("ReduceSum", &[&d, &ax], vec![("keepdims", A::I(1))]);
-    }
-    d
 }

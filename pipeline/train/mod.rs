@@ -9,6 +9,7 @@ pub mod nchwc;
 pub mod optim;
 pub mod poolconv;
 pub mod resident;
+mod rules;
 
 use crate::error::{Error, Result};
 use crate::history::Epoch;
