@@ -119,6 +119,52 @@ pub fn compile_with(
     pools: PoolGrad,
 ) -> Result<TrainGraph> {
     let g = onnx::graph(m);
+    let Ends { input, output, logits, loss } = ends(g, what)?;
+    let float_inits: HashMap<&str, &TensorProto> =
+        g.initializer.iter().filter(|t| t.data_type == dtype::FLOAT).map(|t| (t.name.as_str(), t)).collect();
+    let params = select_params(g, trainable);
+    let param_set: HashSet<&str> = params.iter().map(|s| s.as_str()).collect();
+    let needs = needs_grad(g, &param_set);
+    let mut shapes = probe_shapes(m, what, (&input, &output), feature_shape, &float_inits)?;
+
+    // The first Conv→Relu→MaxPool block as four strided convolutions and a Max (poolconv.rs).
+    let split = if mode == Mode::Train { super::poolconv::rewrite(g, &param_set, &needs, &mut shapes) } else { None };
+    let (g, needs) = match &split {
+        Some(g2) => (g2, needs_grad(g2, &param_set)),
+        None => (g, needs),
+    };
+
+    let mut b = GraphBuilder::new("tlearn_train").with_prefix("tl/");
+    b.graph.initializer = g.initializer.iter().filter(|t| !param_set.contains(t.name.as_str())).cloned().collect();
+    declare_inputs(&mut b, &input, feature_shape, &params, &float_inits);
+    let (masks, scatter) = forward(&mut b, g, mode, pools, &needs, &shapes)?;
+    b.output_any(&output);
+    let n_f = loss_nodes(&mut b, loss, &logits, &shapes);
+    if mode == Mode::Train {
+        let diff = b.op("Sub", &[&output, LABELS], vec![]);
+        let dz = b.op("Div", &[&diff, &n_f], vec![]);
+        backward(&mut b, g, &logits, dz, &params, &needs, &shapes, pools)?;
+        for p in &params {
+            b.output_any(&grad_name(p));
+        }
+    }
+    let mut model = onnx::model(b.finish(), "tlearn-train");
+    // ScatterElements with reduction needs opset 16.
+    let opset = opset_of(m).max(if scatter { 16 } else { 13 });
+    model.opset_import = vec![OperatorSetIdProto { domain: String::new(), version: opset }];
+    Ok(TrainGraph { model, input, output, loss, params, masks })
+}
+
+/// The tensors a training graph is built around, and the loss the final activation implies.
+struct Ends {
+    input: String,
+    output: String,
+    /// The final activation's input.
+    logits: String,
+    loss: Loss,
+}
+
+fn ends(g: &GraphProto, what: &Path) -> Result<Ends> {
     let inputs = onnx::real_inputs(g);
     let [input] = inputs.as_slice() else {
         return Err(Error::BadModel {
@@ -148,8 +194,11 @@ pub fn compile_with(
         }
     };
     let logits = last.input[0].clone();
-    let float_inits: HashMap<&str, &TensorProto> =
-        g.initializer.iter().filter(|t| t.data_type == dtype::FLOAT).map(|t| (t.name.as_str(), t)).collect();
+    Ok(Ends { input, output, logits, loss })
+}
+
+/// The float initializers of rank ≥ 1 that `trainable` selects, in the model's order.
+fn select_params(g: &GraphProto, trainable: &dyn Fn(&str) -> bool) -> Vec<String> {
     // BatchNormalization running statistics are never trained (Keras' frozen-BN fine-tuning).
     let bn_stats: HashSet<&str> = g
         .node
@@ -157,8 +206,7 @@ pub fn compile_with(
         .filter(|n| n.op_type == "BatchNormalization")
         .flat_map(|n| n.input.iter().skip(3).map(|s| s.as_str()))
         .collect();
-    let params: Vec<String> = g
-        .initializer
+    g.initializer
         .iter()
         .filter(|t| {
             t.data_type == dtype::FLOAT
@@ -167,11 +215,18 @@ pub fn compile_with(
                 && trainable(&t.name)
         })
         .map(|t| t.name.clone())
-        .collect();
-    let param_set: HashSet<&str> = params.iter().map(|s| s.as_str()).collect();
-    let needs = needs_grad(g, &param_set);
+        .collect()
+}
 
-    // Shapes of every float tensor for a batch of 2 (2, not 1, so broadcasting is visible).
+/// Shapes of every float tensor for a batch of 2 (2, not 1, so broadcasting is visible).
+fn probe_shapes(
+    m: &ModelProto,
+    what: &Path,
+    (input, output): (&str, &str),
+    feature_shape: &[usize],
+    float_inits: &HashMap<&str, &TensorProto>,
+) -> Result<HashMap<String, Vec<usize>>> {
+    let g = onnx::graph(m);
     let ints = onnx::integer_tensors(g);
     let mut names: Vec<String> = g
         .node
@@ -179,31 +234,43 @@ pub fn compile_with(
         .flat_map(|n| n.output.iter().take(1).cloned())
         .filter(|o| !o.is_empty() && !ints.contains(o))
         .collect();
-    names.retain(|n| n != &output);
+    names.retain(|n| n != output);
     let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[&[2usize][..], feature_shape].concat()));
-    let mut shapes = onnx::probe::shapes(m, what, vec![(input.as_str(), x.view())], &names)?;
-    shapes.insert(input.clone(), x.shape().to_vec());
-    for (k, t) in &float_inits {
+    let mut shapes = onnx::probe::shapes(m, what, vec![(input, x.view())], &names)?;
+    shapes.insert(input.to_string(), x.shape().to_vec());
+    for (k, t) in float_inits {
         shapes.insert(k.to_string(), t.dims.iter().map(|&d| d as usize).collect());
     }
+    Ok(shapes)
+}
 
-    // The first Conv→Relu→MaxPool block as four strided convolutions and a Max (poolconv.rs).
-    let split = if mode == Mode::Train { super::poolconv::rewrite(g, &param_set, &needs, &mut shapes) } else { None };
-    let (g, needs) = match &split {
-        Some(g2) => (g2, needs_grad(g2, &param_set)),
-        None => (g, needs),
-    };
-
-    let mut b = GraphBuilder::new("tlearn_train").with_prefix("tl/");
-    b.graph.initializer = g.initializer.iter().filter(|t| !param_set.contains(t.name.as_str())).cloned().collect();
+/// The data input (batch dimension `N`), then each trainable parameter.
+fn declare_inputs(
+    b: &mut GraphBuilder,
+    input: &str,
+    feature_shape: &[usize],
+    params: &[String],
+    float_inits: &HashMap<&str, &TensorProto>,
+) {
     let mut feature_dims = vec![Dim::named("N")];
     feature_dims.extend(feature_shape.iter().map(|&d| Dim::Fixed(d as i64)));
-    b.input(&input, &feature_dims);
-    for p in &params {
+    b.input(input, &feature_dims);
+    for p in params {
         let t = float_inits[p.as_str()];
         b.input(p, &t.dims.iter().map(|&d| Dim::Fixed(d)).collect::<Vec<_>>());
     }
-    // Forward: copy nodes, replacing Dropout; MaxPool also returns its argmax indices.
+}
+
+/// Forward: copy nodes, replacing Dropout; MaxPool also returns its argmax indices. Returns the
+/// dropout masks to feed and whether a MaxPool gradient needs ScatterElements.
+fn forward(
+    b: &mut GraphBuilder,
+    g: &GraphProto,
+    mode: Mode,
+    pools: PoolGrad,
+    needs: &HashSet<String>,
+    shapes: &HashMap<String, Vec<usize>>,
+) -> Result<(Vec<MaskInput>, bool)> {
     let mut masks = vec![];
     let mut scatter = false;
     for n in &g.node {
@@ -211,15 +278,7 @@ pub fn compile_with(
             "Dropout" => {
                 let ratio = dropout_ratio(n, g)?;
                 if mode == Mode::Train && ratio > 0.0 {
-                    let mask = format!("mask/{}", n.output[0]);
-                    let s = &shapes[&n.input[0]];
-                    b.input(
-                        &mask,
-                        &[&[Dim::named("N")][..], &s[1..].iter().map(|&d| Dim::Fixed(d as i64)).collect::<Vec<_>>()]
-                            .concat(),
-                    );
-                    masks.push(MaskInput { name: mask.clone(), ratio, shape: s[1..].to_vec() });
-                    b.node("Mul", &[&n.input[0], &mask], &[&n.output[0]], vec![]);
+                    masks.push(dropout_mask(b, n, ratio, &shapes[&n.input[0]]));
                 } else {
                     b.node("Identity", &[&n.input[0]], &[&n.output[0]], vec![]);
                 }
@@ -234,11 +293,26 @@ pub fn compile_with(
             _ => b.graph.node.push(n.clone()),
         }
     }
-    b.output_any(&output);
-    // Loss from the logits: stable forms of BCE / CE.
-    b.input(LABELS, &[Dim::named("N"), Dim::Fixed(*shapes[&logits].last().unwrap_or(&1) as i64)]);
+    Ok((masks, scatter))
+}
+
+/// A training Dropout as `Mul(x, mask)`, the mask a graph input of `x`'s shape `s`.
+fn dropout_mask(b: &mut GraphBuilder, n: &NodeProto, ratio: f32, s: &[usize]) -> MaskInput {
+    let mask = format!("mask/{}", n.output[0]);
+    b.input(
+        &mask,
+        &[&[Dim::named("N")][..], &s[1..].iter().map(|&d| Dim::Fixed(d as i64)).collect::<Vec<_>>()].concat(),
+    );
+    b.node("Mul", &[&n.input[0], &mask], &[&n.output[0]], vec![]);
+    MaskInput { name: mask, ratio, shape: s[1..].to_vec() }
+}
+
+/// Loss from the logits: stable forms of BCE / CE, averaged over the batch. Returns the batch
+/// size as a float tensor (dz is divided by it too).
+fn loss_nodes(b: &mut GraphBuilder, loss: Loss, logits: &str, shapes: &HashMap<String, Vec<usize>>) -> String {
+    b.input(LABELS, &[Dim::named("N"), Dim::Fixed(*shapes[logits].last().unwrap_or(&1) as i64)]);
     let n_f = {
-        let shp = b.op("Shape", &[&logits], vec![]);
+        let shp = b.op("Shape", &[logits], vec![]);
         let zero = b.const_i64("zero", &[0]);
         let n = b.op("Gather", &[&shp, &zero], vec![("axis", A::I(0))]);
         b.op("Cast", &[&n], vec![("to", A::I(dtype::FLOAT as i64))])
@@ -246,16 +320,16 @@ pub fn compile_with(
     let per_sample = match loss {
         Loss::BinaryCrossEntropy => {
             // max(z,0) − z·y + log(1 + exp(−|z|))
-            let r = b.op("Relu", &[&logits], vec![]);
-            let zy = b.op("Mul", &[&logits, LABELS], vec![]);
-            let a = b.op("Abs", &[&logits], vec![]);
+            let r = b.op("Relu", &[logits], vec![]);
+            let zy = b.op("Mul", &[logits, LABELS], vec![]);
+            let a = b.op("Abs", &[logits], vec![]);
             let na = b.op("Neg", &[&a], vec![]);
             let sp = b.op("Softplus", &[&na], vec![]);
             let t = b.op("Sub", &[&r, &zy], vec![]);
             b.op("Add", &[&t, &sp], vec![])
         }
         Loss::CategoricalCrossEntropy => {
-            let ls = b.op("LogSoftmax", &[&logits], vec![("axis", A::I(-1))]);
+            let ls = b.op("LogSoftmax", &[logits], vec![("axis", A::I(-1))]);
             let m = b.op("Mul", &[&ls, LABELS], vec![]);
             let axes = b.const_i64("axes", &[-1]);
             let s = b.op("ReduceSum", &[&m, &axes], vec![("keepdims", A::I(0))]);
@@ -265,19 +339,7 @@ pub fn compile_with(
     let total = b.op("ReduceSum", &[&per_sample], vec![("keepdims", A::I(0))]);
     b.node("Div", &[&total, &n_f], &[LOSS], vec![]);
     b.output_any(LOSS);
-    if mode == Mode::Train {
-        let diff = b.op("Sub", &[&output, LABELS], vec![]);
-        let dz = b.op("Div", &[&diff, &n_f], vec![]);
-        backward(&mut b, g, &logits, dz, &params, &needs, &shapes, pools)?;
-        for p in &params {
-            b.output_any(&grad_name(p));
-        }
-    }
-    let mut model = onnx::model(b.finish(), "tlearn-train");
-    // ScatterElements with reduction needs opset 16.
-    let opset = opset_of(m).max(if scatter { 16 } else { 13 });
-    model.opset_import = vec![OperatorSetIdProto { domain: String::new(), version: opset }];
-    Ok(TrainGraph { model, input, output, loss, params, masks })
+    n_f
 }
 
 fn opset_of(m: &ModelProto) -> i64 {
