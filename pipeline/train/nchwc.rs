@@ -97,15 +97,8 @@ fn plain_pads(n: &NodeProto) -> Option<[(i64, i64); 2]> {
 /// Rewrite `m` for NCHWc kernels with channel block `block`; returns how many nodes moved.
 pub fn rewrite(m: &mut ModelProto, block: usize) -> usize {
     let Some(g) = m.graph.as_mut() else { return 0 };
-    let mut dims: HashMap<String, Vec<i64>> = g.initializer.iter().map(|t| (t.name.clone(), t.dims.clone())).collect();
-    for vi in &g.input {
-        let (_, d) = onnx::vi_shape(vi);
-        if d.iter().all(Option::is_some) {
-            dims.insert(vi.name.clone(), d.into_iter().flatten().collect());
-        }
-    }
+    let dims = known_dims(g);
     let consumers = onnx::Consumers::of(g);
-    let b_ = block as i64;
     let mut b = GraphBuilder::new("").with_prefix("nchwc/");
     let mut nodes = Vec::with_capacity(g.node.len());
     let mut fused: HashSet<usize> = HashSet::new();
@@ -114,62 +107,24 @@ pub fn rewrite(m: &mut ModelProto, block: usize) -> usize {
         if fused.contains(&i) {
             continue;
         }
-        let standard = n.domain.is_empty() || n.domain == "ai.onnx";
-        let w = n.input.get(1).and_then(|w| dims.get(w)).filter(|d| d.len() == 4);
-        let (Some(w), Some(pads), true) = (w, plain_pads(n), standard) else {
-            nodes.push(n.clone());
-            continue;
-        };
-        let (k0, k1) = (w[0], w[1]); // Conv: (M, C, kh, kw); ConvTranspose: (C_in, C_out, kh, kw)
-        let (kh, kw) = (w[2], w[3]);
-        if k0 % b_ != 0 || k1 % b_ != 0 {
-            nodes.push(n.clone());
-            continue;
-        }
-        match n.op_type.as_str() {
-            "Conv" => {
+        let done = match blockable(n, &dims, block) {
+            Some(c) if n.op_type == "Conv" => {
                 // A Relu that is the output's only consumer becomes the kernel's activation.
                 let relu = consumers.only(&n.output[0], "Relu");
                 let out = relu.map_or(&n.output[0], |j| &g.node[j].output[0]);
-                let wr = reorder_filter(&mut b, &n.input[1], k0, k1, kh, kw, block);
-                let xb = b.op_in(DOMAIN, "ReorderInput", &[&n.input[0]], vec![]);
-                let mut inputs = vec![xb.as_str(), wr.as_str()];
-                if let Some(bias) = n.input.get(2).filter(|s| !s.is_empty()) {
-                    inputs.push(bias);
-                }
-                let mut attrs = conv_attrs(pads, kh, kw);
-                if relu.is_some() {
-                    attrs.push(("activation", A::S("Relu")));
-                }
-                let yb = b.op_in(DOMAIN, "Conv", &inputs, attrs);
-                b.domain_node(DOMAIN, "ReorderOutput", &[&yb], &[out], vec![("channels", A::I(k0))]);
+                conv(&mut b, n, &c, out, relu.is_some());
                 fused.extend(relu);
+                true
             }
-            "ConvTranspose" if n.input.len() == 2 => {
-                let flip_pads = [(kh - 1 - pads[0].0, kh - 1 - pads[0].1), (kw - 1 - pads[1].0, kw - 1 - pads[1].1)];
-                if flip_pads.iter().any(|&(a, c)| a < 0 || c < 0) {
-                    nodes.push(n.clone());
-                    continue;
-                }
-                // dX = Conv(dY, W') with W'[c, m, i, j] = W[m, c, kh−1−i, kw−1−j].
-                let wt = b.op("Transpose", &[&n.input[1]], vec![("perm", A::Ints(vec![1, 0, 2, 3]))]);
-                let st = b.const_i64("starts", &[-1, -1]);
-                let en = b.const_i64("ends", &[i64::MIN, i64::MIN]);
-                let ax = b.const_i64("axes", &[2, 3]);
-                let sp = b.const_i64("steps", &[-1, -1]);
-                let wf = b.op("Slice", &[&wt, &st, &en, &ax, &sp], vec![]);
-                let wr = reorder_filter(&mut b, &wf, k1, k0, kh, kw, block);
-                let xb = b.op_in(DOMAIN, "ReorderInput", &[&n.input[0]], vec![]);
-                let yb = b.op_in(DOMAIN, "Conv", &[&xb, &wr], conv_attrs(flip_pads, kh, kw));
-                b.domain_node(DOMAIN, "ReorderOutput", &[&yb], &[&n.output[0]], vec![("channels", A::I(k1))]);
-            }
-            _ => {
-                nodes.push(n.clone());
-                continue;
-            }
+            Some(c) if n.op_type == "ConvTranspose" && n.input.len() == 2 => conv_transpose(&mut b, n, &c),
+            _ => false,
+        };
+        if done {
+            nodes.append(&mut b.graph.node);
+            moved += 1;
+        } else {
+            nodes.push(n.clone());
         }
-        nodes.append(&mut b.graph.node);
-        moved += 1;
     }
     g.node = nodes;
     g.initializer.append(&mut b.graph.initializer);
@@ -177,6 +132,80 @@ pub fn rewrite(m: &mut ModelProto, block: usize) -> usize {
         m.opset_import.push(OperatorSetIdProto { domain: DOMAIN.into(), version: 1 });
     }
     moved
+}
+
+/// Dims of the initializers and of the graph inputs whose dims are all known (a training graph's
+/// weights are inputs).
+fn known_dims(g: &GraphProto) -> HashMap<String, Vec<i64>> {
+    let mut dims: HashMap<String, Vec<i64>> = g.initializer.iter().map(|t| (t.name.clone(), t.dims.clone())).collect();
+    for vi in &g.input {
+        let (_, d) = onnx::vi_shape(vi);
+        if d.iter().all(Option::is_some) {
+            dims.insert(vi.name.clone(), d.into_iter().flatten().collect());
+        }
+    }
+    dims
+}
+
+/// A node the kernels can run: its weight dims and explicit pads, and the channel block.
+struct Blocked {
+    /// Conv: (M, C, kh, kw); ConvTranspose: (C_in, C_out, kh, kw).
+    k0: i64,
+    k1: i64,
+    kh: i64,
+    kw: i64,
+    pads: [(i64, i64); 2],
+    block: usize,
+}
+
+/// `n` as [`Blocked`] when it is a standard-domain node with a known rank-4 weight, plain pads
+/// (see [`plain_pads`]) and both weight channel counts multiples of the block.
+fn blockable(n: &NodeProto, dims: &HashMap<String, Vec<i64>>, block: usize) -> Option<Blocked> {
+    let standard = n.domain.is_empty() || n.domain == "ai.onnx";
+    let w = n.input.get(1).and_then(|w| dims.get(w)).filter(|d| d.len() == 4)?;
+    let pads = plain_pads(n).filter(|_| standard)?;
+    let b_ = block as i64;
+    let (k0, k1, kh, kw) = (w[0], w[1], w[2], w[3]);
+    (k0 % b_ == 0 && k1 % b_ == 0).then_some(Blocked { k0, k1, kh, kw, pads, block })
+}
+
+/// `ReorderInput → nchwc.Conv → ReorderOutput` into `out`: the Conv's own output, or with
+/// `relu` the output of the Relu fused as the kernel's activation.
+fn conv(b: &mut GraphBuilder, n: &NodeProto, c: &Blocked, out: &str, relu: bool) {
+    let wr = reorder_filter(b, &n.input[1], c.k0, c.k1, c.kh, c.kw, c.block);
+    let xb = b.op_in(DOMAIN, "ReorderInput", &[&n.input[0]], vec![]);
+    let mut inputs = vec![xb.as_str(), wr.as_str()];
+    if let Some(bias) = n.input.get(2).filter(|s| !s.is_empty()) {
+        inputs.push(bias);
+    }
+    let mut attrs = conv_attrs(c.pads, c.kh, c.kw);
+    if relu {
+        attrs.push(("activation", A::S("Relu")));
+    }
+    let yb = b.op_in(DOMAIN, "Conv", &inputs, attrs);
+    b.domain_node(DOMAIN, "ReorderOutput", &[&yb], &[out], vec![("channels", A::I(c.k0))]);
+}
+
+/// A ConvTranspose as an `nchwc.Conv` of the flipped weights; false (nothing emitted) when its
+/// pads exceed `k − 1`.
+fn conv_transpose(b: &mut GraphBuilder, n: &NodeProto, c: &Blocked) -> bool {
+    let (kh, kw, pads) = (c.kh, c.kw, c.pads);
+    let flip_pads = [(kh - 1 - pads[0].0, kh - 1 - pads[0].1), (kw - 1 - pads[1].0, kw - 1 - pads[1].1)];
+    if flip_pads.iter().any(|&(a, c)| a < 0 || c < 0) {
+        return false;
+    }
+    // dX = Conv(dY, W') with W'[c, m, i, j] = W[m, c, kh−1−i, kw−1−j].
+    let wt = b.op("Transpose", &[&n.input[1]], vec![("perm", A::Ints(vec![1, 0, 2, 3]))]);
+    let st = b.const_i64("starts", &[-1, -1]);
+    let en = b.const_i64("ends", &[i64::MIN, i64::MIN]);
+    let ax = b.const_i64("axes", &[2, 3]);
+    let sp = b.const_i64("steps", &[-1, -1]);
+    let wf = b.op("Slice", &[&wt, &st, &en, &ax, &sp], vec![]);
+    let wr = reorder_filter(b, &wf, c.k1, c.k0, kh, kw, c.block);
+    let xb = b.op_in(DOMAIN, "ReorderInput", &[&n.input[0]], vec![]);
+    let yb = b.op_in(DOMAIN, "Conv", &[&xb, &wr], conv_attrs(flip_pads, kh, kw));
+    b.domain_node(DOMAIN, "ReorderOutput", &[&yb], &[&n.output[0]], vec![("channels", A::I(c.k1))]);
+    true
 }
 
 fn conv_attrs(pads: [(i64, i64); 2], kh: i64, kw: i64) -> Vec<(&'static str, A)> {
