@@ -104,40 +104,63 @@ pub fn cut_model_pooled(
     // The cut graph's own input and output are named `image` and `features`: a source tensor
     // that already bears one of those names is renamed first.
     let renamed;
-    let (m, input, cuts) =
-        if graph(m).node.iter().flat_map(|n| n.input.iter().chain(&n.output)).any(|t| t == IMAGE || t == FEATURES)
-            || input == FEATURES
-        {
-            renamed = rename_reserved(m);
-            let r = |t: &str| reserved_name(t).unwrap_or_else(|| t.to_string());
-            (&renamed, r(&input), cuts.iter().map(|c| r(c)).collect::<Vec<_>>())
-        } else {
-            (m, input, cuts.to_vec())
-        };
+    let (m, input, cuts) = if uses_reserved_names(m, &input) {
+        renamed = rename_reserved(m);
+        let r = |t: &str| reserved_name(t).unwrap_or_else(|| t.to_string());
+        (&renamed, r(&input), cuts.iter().map(|c| r(c)).collect::<Vec<_>>())
+    } else {
+        (m, input, cuts.to_vec())
+    };
     let cuts = cuts.as_slice();
     let g = graph(m);
+    let (keep, used_inits) = needed(g, path, cuts, &input)?;
+    let mut b = super::GraphBuilder::new("tlearn_backbone").with_prefix("tl_cut_");
+    image_adapter(&mut b, g, &input, in_layout);
+    for (i, n) in g.node.iter().enumerate() {
+        if keep.contains(&i) {
+            b.graph.node.push(n.clone());
+        }
+    }
+    for t in &g.initializer {
+        if used_inits.contains(&t.name) {
+            b.graph.initializer.push(t.clone());
+        }
+    }
+    let last = match pool {
+        None => cuts[0].clone(),
+        Some(p) => pool_cuts(&mut b, cuts, cut_layout, p),
+    };
+    match cut_layout {
+        Layout::Nchw => b.node("Transpose", &[&last], &[FEATURES], vec![("perm", A::Ints(vec![0, 2, 3, 1]))]),
+        Layout::Nhwc => b.node("Identity", &[&last], &[FEATURES], vec![]),
+    }
+    b.output(FEATURES, &[Dim::named("N"), Dim::named("h"), Dim::named("w"), Dim::named("c")]);
+    let mut out = m.clone();
+    out.graph = Some(b.finish());
+    out.producer_name = format!("tlearn (cut of {})", m.producer_name);
+    // Legacy ONNX (IR < 4) required initializers to be listed as inputs; ours are not.
+    out.ir_version = out.ir_version.max(4);
+    Ok(out)
+}
+
+/// Whether a tensor of `m` (or its input) is named like the cut graph's own input or output.
+fn uses_reserved_names(m: &ModelProto, input: &str) -> bool {
+    graph(m).node.iter().flat_map(|n| n.input.iter().chain(&n.output)).any(|t| t == IMAGE || t == FEATURES)
+        || input == FEATURES
+}
+
+/// The nodes (by index) and initializers that compute `cuts` from `input`.
+fn needed(g: &GraphProto, path: &Path, cuts: &[String], input: &str) -> Result<(HashSet<usize>, HashSet<String>)> {
     let producer: HashMap<&str, usize> =
         g.node.iter().enumerate().flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i))).collect();
     let inits: HashMap<&str, &TensorProto> = g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
-    for cut in cuts {
-        let cut = cut.as_str();
-        if !producer.contains_key(cut) && cut != input {
-            let mut near: Vec<&str> =
-                producer.keys().copied().filter(|k| k.contains("pool") || k.contains("Relu")).collect();
-            near.sort();
-            near.truncate(8);
-            return Err(Error::NoSuchTensor {
-                name: cut.into(),
-                hint: format!(" of {} (candidates: {})", path.display(), near.join(", ")),
-            });
-        }
-    }
+    check_cuts(&producer, path, cuts, input)?;
     // Walk back from the cut tensor.
     let mut keep = HashSet::new();
     let mut used_inits = HashSet::new();
     let mut stack = cuts.to_vec();
     let mut seen = HashSet::new();
-    let mut reaches_input = cuts.contains(&input);
+    let mut reaches_input = cuts.iter().any(|c| c == input);
     while let Some(t) = stack.pop() {
         if !seen.insert(t.clone()) {
             continue;
@@ -159,62 +182,62 @@ pub fn cut_model_pooled(
             reason: format!("tensor(s) `{}` do not depend on the input `{input}`", cuts.join("`, `")),
         });
     }
-    let mut b = super::GraphBuilder::new("tlearn_backbone").with_prefix("tl_cut_");
-    // The new input is always NHWC; transpose to what the original graph expects.
-    b.input(IMAGE, &[Dim::named("N"), Dim::named("H"), Dim::named("W"), channel_dim(g, &input, in_layout)]);
-    b.node("Identity", &[IMAGE], &[&input], vec![]);
+    Ok((keep, used_inits))
+}
+
+/// Every cut tensor is the input or some node's output; the error lists a few candidates.
+fn check_cuts(producer: &HashMap<&str, usize>, path: &Path, cuts: &[String], input: &str) -> Result<()> {
+    for cut in cuts {
+        let cut = cut.as_str();
+        if !producer.contains_key(cut) && cut != input {
+            let mut near: Vec<&str> =
+                producer.keys().copied().filter(|k| k.contains("pool") || k.contains("Relu")).collect();
+            near.sort();
+            near.truncate(8);
+            return Err(Error::NoSuchTensor {
+                name: cut.into(),
+                hint: format!(" of {} (candidates: {})", path.display(), near.join(", ")),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The new input [`IMAGE`], always NHWC, fed to the source graph's input `input` (transposed
+/// when that is NCHW).
+fn image_adapter(b: &mut super::GraphBuilder, g: &GraphProto, input: &str, in_layout: Layout) {
+    b.input(IMAGE, &[Dim::named("N"), Dim::named("H"), Dim::named("W"), channel_dim(g, input, in_layout)]);
+    b.node("Identity", &[IMAGE], &[input], vec![]);
     if in_layout == Layout::Nchw {
         b.graph.node.pop();
         b.graph.node.push(NodeProto {
             name: "tl_cut_to_nchw".into(),
             op_type: "Transpose".into(),
             input: vec![IMAGE.into()],
-            output: vec![input.clone()],
+            output: vec![input.into()],
             attribute: vec![attribute("perm", A::Ints(vec![0, 3, 1, 2]))],
             ..Default::default()
         });
     }
-    for (i, n) in g.node.iter().enumerate() {
-        if keep.contains(&i) {
-            b.graph.node.push(n.clone());
-        }
-    }
-    for t in &g.initializer {
-        if used_inits.contains(&t.name) {
-            b.graph.initializer.push(t.clone());
-        }
-    }
-    let last = match pool {
-        None => cuts[0].clone(),
-        Some(p) => {
-            let (axes, ch) = match cut_layout {
-                Layout::Nchw => (vec![2, 3], 1),
-                Layout::Nhwc => (vec![1, 2], 3),
-            };
-            let mut parts = vec![];
-            for c in cuts {
-                if matches!(p, GlobalPool::Avg | GlobalPool::AvgMax) {
-                    parts.push(b.op("ReduceMean", &[c], vec![("axes", A::Ints(axes.clone())), ("keepdims", A::I(1))]));
-                }
-                if matches!(p, GlobalPool::Max | GlobalPool::AvgMax) {
-                    parts.push(b.op("ReduceMax", &[c], vec![("axes", A::Ints(axes.clone())), ("keepdims", A::I(1))]));
-                }
-            }
-            let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
-            b.op("Concat", &refs, vec![("axis", A::I(ch))])
-        }
+}
+
+/// Each cut tensor globally pooled, concatenated along the channels.
+fn pool_cuts(b: &mut super::GraphBuilder, cuts: &[String], cut_layout: Layout, p: GlobalPool) -> String {
+    let (axes, ch) = match cut_layout {
+        Layout::Nchw => (vec![2, 3], 1),
+        Layout::Nhwc => (vec![1, 2], 3),
     };
-    match cut_layout {
-        Layout::Nchw => b.node("Transpose", &[&last], &[FEATURES], vec![("perm", A::Ints(vec![0, 2, 3, 1]))]),
-        Layout::Nhwc => b.node("Identity", &[&last], &[FEATURES], vec![]),
+    let mut parts = vec![];
+    for c in cuts {
+        if matches!(p, GlobalPool::Avg | GlobalPool::AvgMax) {
+            parts.push(b.op("ReduceMean", &[c], vec![("axes", A::Ints(axes.clone())), ("keepdims", A::I(1))]));
+        }
+        if matches!(p, GlobalPool::Max | GlobalPool::AvgMax) {
+            parts.push(b.op("ReduceMax", &[c], vec![("axes", A::Ints(axes.clone())), ("keepdims", A::I(1))]));
+        }
     }
-    b.output(FEATURES, &[Dim::named("N"), Dim::named("h"), Dim::named("w"), Dim::named("c")]);
-    let mut out = m.clone();
-    out.graph = Some(b.finish());
-    out.producer_name = format!("tlearn (cut of {})", m.producer_name);
-    // Legacy ONNX (IR < 4) required initializers to be listed as inputs; ours are not.
-    out.ir_version = out.ir_version.max(4);
-    Ok(out)
+    let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
+    b.op("Concat", &refs, vec![("axis", A::I(ch))])
 }
 
 /// The name a source tensor called `image` or `features` gets inside a cut graph.
