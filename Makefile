@@ -78,9 +78,10 @@ fuzz: ## fuzz the image decode+preprocess path and the ONNX reader/cutter, FUZZ_
 	     -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=65536 -timeout=10 -print_final_stats=1) || exit 1; \
 	done
 
-lint: ## rustfmt + clippy, warnings are errors
+lint: ## rustfmt + clippy (warnings are errors) + the house rules (layering, file and function sizes: tests/house.rs)
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
+	$(CARGO) test --release --test house
 
 setup-cuda: ## put onnxruntime-gpu 1.31.1 + CUDA 13/cuDNN 9 libraries (sha256-pinned: onnx/requirements-gpu.txt) into .ort/ (large download)
 	@mkdir -p .cache/gpu .ort/cuda

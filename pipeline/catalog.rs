@@ -1,4 +1,6 @@
-//! The backbone catalog (`onnx/backbones.toml` + the user's `onnx/user-backbones.toml`).
+//! The backbone catalog: the built-in entries (`onnx/backbones.toml`, compiled into the binaries,
+//! so an installed tlearn works from any folder) plus the user's `user-backbones.toml` in the
+//! `--onnx-dir`, where fetched models are written too.
 
 use crate::error::{Error, IoContext, Result};
 use crate::imageio::{Preprocess, PreprocessKind};
@@ -8,6 +10,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub const CATALOG: &str = "backbones.toml";
+/// The built-in catalog, as shipped.
+const BUILTIN: &str = include_str!("../onnx/backbones.toml");
 pub const USER_CATALOG: &str = "user-backbones.toml";
 
 /// One backbone: where its ONNX comes from, where to cut it, how to feed it.
@@ -73,7 +77,7 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn load(dir: &Path) -> Result<Catalog> {
-        let mut entries = read_file(&dir.join(CATALOG))?;
+        let mut entries = builtin()?;
         let user = dir.join(USER_CATALOG);
         if user.exists() {
             for (k, v) in read_file(&user)? {
@@ -84,12 +88,14 @@ impl Catalog {
     }
 
     pub fn get(&self, name: &str) -> Result<&Entry> {
-        self.entries.get(name).ok_or_else(|| {
-            Error::Other(format!(
-                "backbone `{name}` is not in {} (known: {})",
-                self.dir.join(CATALOG).display(),
+        self.entries.get(name).ok_or_else(|| Error::Param {
+            name: "backbone",
+            value: name.into(),
+            reason: format!(
+                "not a built-in backbone nor one registered in {} (known: {})",
+                self.dir.join(USER_CATALOG).display(),
                 self.entries.keys().cloned().collect::<Vec<_>>().join(", ")
-            ))
+            ),
         })
     }
 
@@ -118,7 +124,7 @@ impl Catalog {
     pub fn check_new_name(&self, name: &str, replace: bool) -> Result<()> {
         crate::fsutil::check_name("name", name)?;
         let bad = |reason: String| Err(Error::Param { name: "name", value: name.into(), reason });
-        if read_file(&self.dir.join(CATALOG))?.contains_key(name) {
+        if builtin()?.contains_key(name) {
             return bad(format!("`{name}` is a built-in backbone of {}; choose another --name", CATALOG));
         }
         if self.entries.contains_key(name) && !replace {
@@ -126,6 +132,11 @@ impl Catalog {
         }
         Ok(())
     }
+}
+
+/// The built-in entries.
+pub fn builtin() -> Result<BTreeMap<String, Entry>> {
+    toml::from_str(BUILTIN).map_err(|e| Error::BadData { path: CATALOG.into(), reason: e.to_string() })
 }
 
 fn read_file(path: &Path) -> Result<BTreeMap<String, Entry>> {

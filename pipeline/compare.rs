@@ -162,11 +162,8 @@ pub fn markdown(rows: &[Row]) -> String {
 pub fn write(out: &Path, rows: &[Row], title: &str) -> Result<()> {
     let md = format!("# {title}\n\n{}", markdown(rows));
     fsutil::write_bytes_atomic(&out.join("table.md"), md.as_bytes())?;
-    let mut w = csv::Writer::from_writer(vec![]);
-    for r in rows {
-        w.serialize(r).map_err(|e| Error::Other(e.to_string()))?;
-    }
-    fsutil::write_bytes_atomic(&out.join("table.csv"), &w.into_inner().map_err(|e| Error::Other(e.to_string()))?)?;
+    let table = out.join("table.csv");
+    fsutil::write_bytes_atomic(&table, &fsutil::csv_bytes(&table, rows)?)?;
     let bars: Vec<(String, f64)> =
         rows.iter().map(|r| (format!("{}-{} {}", r.backbone, r.size, r.head), r.accuracy)).collect();
     crate::plot::bars(&out.join("accuracy.png"), &format!("{title}: test accuracy"), &bars)

@@ -142,7 +142,7 @@ pub fn build(spec: &NetSpec, seed: u64) -> Result<ModelProto> {
                     return Err(Error::Other(format!("{net}: Dense before Flatten")));
                 }
                 let classifier = matches!(layer, Layer::Classifier(_));
-                let out = if classifier && units == 2 { 1 } else { units };
+                let out = if classifier { crate::metrics::output_width(units) } else { units };
                 let name = keras_name(&mut counts, "dense");
                 let k = b.init_f32(&format!("{name}/kernel"), &glorot_uniform(&mut rng, &[flat, out], flat, out));
                 let bias = b.init_f32(&format!("{name}/bias"), &ArrayD::zeros(IxDyn(&[out])));

@@ -357,14 +357,14 @@ fn place(path: &Path, dest: &Path, mode: LinkMode) -> std::io::Result<PathBuf> {
 /// `manifest.csv`; a spreadsheet opens this file too, so text cells are neutralised
 /// ([`fsutil::csv_cell`]).
 fn write_manifest(path: &Path, rows: &[ManifestRow]) -> Result<()> {
-    let mut w = csv::Writer::from_path(path).map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
-    for r in rows {
-        let cell = |s: &str| fsutil::csv_cell(s).into_owned();
-        let r =
-            ManifestRow { split: r.split.clone(), class: cell(&r.class), file: cell(&r.file), source: cell(&r.source) };
-        w.serialize(&r).map_err(|e| Error::Other(format!("{}: {e}", path.display())))?;
-    }
-    w.flush().at(path)
+    let cell = |s: &str| fsutil::csv_cell(s).into_owned();
+    let rows = rows.iter().map(|r| ManifestRow {
+        split: r.split.clone(),
+        class: cell(&r.class),
+        file: cell(&r.file),
+        source: cell(&r.source),
+    });
+    std::fs::write(path, fsutil::csv_bytes(path, rows)?).at(path)
 }
 
 /// The counts as a table: one row per class, columns train/validation/test/total.
@@ -411,6 +411,15 @@ pub fn labels(items: &[Item], classes: &[String], split: &str) -> Result<Vec<usi
             })
         })
         .collect()
+}
+
+/// Does the folder hold no file named like an image, at any depth (links followed)?
+pub fn holds_no_image(dir: &Path) -> bool {
+    !walkdir::WalkDir::new(dir)
+        .follow_links(true)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_type().is_file() && is_image_path(e.path()))
 }
 
 pub fn list_split(root: &Path, split: &str) -> Result<(Vec<String>, Vec<Item>, ScanReport)> {

@@ -29,8 +29,9 @@ pub enum Error {
     Checksum { path: PathBuf, expected: String, got: String },
     #[error("{path}: held by {holder} (gave up waiting after TLEARN_LOCK_TIMEOUT seconds)")]
     Locked { path: PathBuf, holder: String },
-    #[error("onnxruntime: {0}")]
-    Ort(String),
+    /// onnxruntime refused or failed; `code` is the runtime's own error code when it raised one.
+    #[error("onnxruntime{}: {message}", code.map(|c| format!(" ({c:?})")).unwrap_or_default())]
+    Ort { message: String, code: Option<ort::error::ErrorCode> },
     #[error("{0}")]
     Other(String),
 }
@@ -39,7 +40,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl<T> From<ort::Error<T>> for Error {
     fn from(e: ort::Error<T>) -> Self {
-        Error::Ort(e.to_string())
+        Error::Ort { message: e.message().to_string(), code: Some(e.code()) }
     }
 }
 

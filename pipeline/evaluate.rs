@@ -174,14 +174,12 @@ pub fn write_report(
 
 /// `predictions.csv`: path, true class, predicted class, its probability (cells CSV-safe).
 fn write_predictions(path: &Path, probs: &ArrayD<f32>, files: &[(String, usize)], classes: &[String]) -> Result<()> {
-    let csv_err = |e: csv::Error| Error::Other(format!("{}: {e}", path.display()));
-    let mut w = csv::Writer::from_writer(vec![]);
-    w.write_record(["path", "true", "predicted", "probability"]).map_err(csv_err)?;
-    for ((f, p), q) in files.iter().zip(metrics::class_probs(probs)).zip(metrics::predicted(probs)) {
-        let cell = |s: &str| fsutil::csv_cell(s).into_owned();
-        w.write_record([cell(&f.0), cell(&classes[f.1]), cell(&classes[q]), format!("{:.6}", p[q])])
-            .map_err(csv_err)?;
-    }
-    let bytes = w.into_inner().map_err(|e| Error::Other(e.to_string()))?;
-    fsutil::write_bytes_atomic(path, &bytes)
+    let cell = |s: &str| fsutil::csv_cell(s).into_owned();
+    let header = ["path", "true", "predicted", "probability"].map(String::from);
+    let rows = files
+        .iter()
+        .zip(metrics::class_probs(probs))
+        .zip(metrics::predicted(probs))
+        .map(|((f, p), q)| [cell(&f.0), cell(&classes[f.1]), cell(&classes[q]), format!("{:.6}", p[q])]);
+    fsutil::write_bytes_atomic(path, &fsutil::csv_bytes(path, std::iter::once(header).chain(rows))?)
 }

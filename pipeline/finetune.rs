@@ -106,6 +106,65 @@ pub fn input_shape(m: &ModelProto, what: &Path) -> Result<[usize; 3]> {
     }
 }
 
+/// The factor a model applies to its image input itself, when it does: a leading Mul or Div by
+/// one constant (how tf2onnx exports a Keras `Rescaling` layer), reached through layout-only
+/// nodes (Transpose, Identity, Cast). Such a model wants raw 0..255 pixels: fed pixels already
+/// scaled by 1/255, its inputs end up ≤ 1/65025 and it does not learn.
+pub fn own_rescale(m: &ModelProto) -> Option<f32> {
+    let g = onnx::graph(m);
+    let mut x = onnx::real_inputs(g).first()?.name.clone();
+    loop {
+        let readers: Vec<_> = g.node.iter().filter(|n| n.input.contains(&x)).collect();
+        let [n] = readers.as_slice() else { return None };
+        match n.op_type.as_str() {
+            "Transpose" | "Identity" | "Cast" => x = n.output.first()?.clone(),
+            op @ ("Mul" | "Div") => {
+                let [a, b] = n.input.as_slice() else { return None };
+                let other = if *a == x { b } else { a };
+                let c = constant_scalar(g, other)?;
+                return match op {
+                    "Mul" => Some(c),
+                    _ if *b == *other && c != 0.0 => Some(1.0 / c),
+                    _ => None,
+                };
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// The pixel scale to train `m` with when none is given: 1 (raw 0..255 pixels) for a model that
+/// scales its input itself ([`own_rescale`]) or is a deployable tlearn model (preprocessing
+/// inside), else Keras' 1/255 (the built-in nets).
+pub fn default_rescale(m: &ModelProto, what: &Path) -> f32 {
+    if let Some(c) = own_rescale(m) {
+        tracing::info!(
+            "{}: the model scales its input itself (×{c}); feeding raw 0..255 pixels (--rescale 1)",
+            what.display()
+        );
+        1.0
+    } else if crate::score::meta(m, what).is_ok() {
+        tracing::info!(
+            "{}: a deployable model (preprocessing inside); feeding raw 0..255 pixels (--rescale 1)",
+            what.display()
+        );
+        1.0
+    } else {
+        1.0 / 255.0
+    }
+}
+
+/// The value of `name` when it is a one-number constant (an initializer or a Constant node).
+fn constant_scalar(g: &onnx::proto::GraphProto, name: &str) -> Option<f32> {
+    let tensor = g.initializer.iter().find(|t| t.name == name).or_else(|| {
+        let n = g.node.iter().find(|n| n.op_type == "Constant" && n.output.first().is_some_and(|o| o == name))?;
+        n.attribute.iter().find(|a| a.name == "value")?.t.as_ref()
+    })?;
+    let a = onnx::tensor_to_f32(tensor).ok()?;
+    let first = *a.iter().next()?;
+    a.iter().all(|&v| v == first).then_some(first)
+}
+
 /// The run record `runs/<run>/model.onnx.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FinetuneInfo {
@@ -140,6 +199,10 @@ fn load_set(
     sink: &dyn Sink,
 ) -> Result<Option<ImageSet>> {
     if !cfg.data.join(split).is_dir() {
+        return Ok(None);
+    }
+    if split != "train" && crate::dataset::holds_no_image(&cfg.data.join(split)) {
+        tracing::warn!("{}: no images; training without it", cfg.data.join(split).display());
         return Ok(None);
     }
     let spec = LoadSpec {

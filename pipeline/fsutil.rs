@@ -38,6 +38,18 @@ pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Pretty JSON, written atomically.
+/// Rows (any serialisable records; a struct's fields give the header) as CSV bytes; `path` is
+/// where they are going, named in errors.
+pub fn csv_bytes<R: serde::Serialize>(path: &Path, rows: impl IntoIterator<Item = R>) -> Result<Vec<u8>> {
+    let bad =
+        |e: &dyn std::fmt::Display| Error::BadData { path: path.into(), reason: format!("cannot write CSV: {e}") };
+    let mut w = csv::Writer::from_writer(vec![]);
+    for r in rows {
+        w.serialize(r).map_err(|e| bad(&e))?;
+    }
+    w.into_inner().map_err(|e| bad(&e))
+}
+
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| Error::Other(e.to_string()))?;
     write_atomic(path, |w| {

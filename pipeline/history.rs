@@ -51,9 +51,5 @@ impl Epoch {
 }
 
 pub fn write_csv(path: &Path, h: &[Epoch]) -> Result<()> {
-    let mut w = csv::Writer::from_writer(vec![]);
-    for e in h {
-        w.serialize(e).map_err(|e| crate::Error::Other(e.to_string()))?;
-    }
-    fsutil::write_bytes_atomic(path, &w.into_inner().map_err(|e| crate::Error::Other(e.to_string()))?)
+    fsutil::write_bytes_atomic(path, &fsutil::csv_bytes(path, h)?)
 }

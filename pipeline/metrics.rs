@@ -30,7 +30,9 @@ const EPS: f64 = 1e-7;
 
 /// Probability of each class from one row of model outputs: a sigmoid output p becomes (1−p, p).
 pub fn row_probs(r: ArrayView1<'_, f32>) -> Vec<f64> {
-    if r.len() == 1 {
+    if r.is_empty() {
+        vec![]
+    } else if r.len() == 1 {
         vec![1.0 - r[0] as f64, r[0] as f64]
     } else {
         r.iter().map(|&v| v as f64).collect()
@@ -72,17 +74,21 @@ pub fn check_width(probs: &ArrayD<f32>, classes: usize, model: &std::path::Path)
     Ok(())
 }
 
+/// The outputs of each row (sample) as one vector, whatever the rank of the outputs (a model's
+/// (N, k), or an unusual (N) or (N, 1, k) that [`check_width`] refuses where it matters).
+fn rows(probs: &ArrayD<f32>) -> impl Iterator<Item = ndarray::Array1<f32>> + '_ {
+    let rows = if probs.ndim() == 0 { 0 } else { probs.shape()[0] };
+    (0..rows).map(|i| probs.index_axis(Axis(0), i).iter().copied().collect())
+}
+
 /// Probability of each class for each row.
 pub fn class_probs(probs: &ArrayD<f32>) -> Vec<Vec<f64>> {
-    probs.axis_iter(Axis(0)).map(|r| row_probs(r.into_dimensionality().expect("rows of (N, k) outputs"))).collect()
+    rows(probs).map(|r| row_probs(r.view())).collect()
 }
 
 /// Predicted class of each row of model outputs.
 pub fn predicted(probs: &ArrayD<f32>) -> Vec<usize> {
-    probs
-        .axis_iter(Axis(0))
-        .map(|r| predicted_class(r.into_dimensionality().expect("rows of (N, k) outputs")))
-        .collect()
+    rows(probs).map(|r| predicted_class(r.view())).collect()
 }
 
 pub fn accuracy(pred: &[usize], labels: &[usize]) -> f64 {
@@ -91,7 +97,9 @@ pub fn accuracy(pred: &[usize], labels: &[usize]) -> f64 {
 
 /// Mean cross-entropy of per-class probabilities, clipped to [1e-7, 1 − 1e-7] (Keras).
 fn cross_entropy(p: &[Vec<f64>], labels: &[usize]) -> f64 {
-    labels.iter().zip(p).map(|(&t, r)| -(r[t].clamp(EPS, 1.0 - EPS)).ln()).sum::<f64>() / labels.len().max(1) as f64
+    let prob = |r: &Vec<f64>, t: usize| r.get(t).copied().unwrap_or(0.0);
+    labels.iter().zip(p).map(|(&t, r)| -(prob(r, t).clamp(EPS, 1.0 - EPS)).ln()).sum::<f64>()
+        / labels.len().max(1) as f64
 }
 
 /// (loss, accuracy) of model outputs, as [`compute`] reports them.

@@ -70,7 +70,7 @@ pub fn init() -> Result<&'static Path> {
             .map_err(|e| format!("cannot create the onnxruntime environment: {e}"))?;
         Ok((path, env))
     });
-    r.as_ref().map(|(p, _)| p.as_path()).map_err(|e| Error::Ort(e.clone()))
+    r.as_ref().map(|(p, _)| p.as_path()).map_err(|e| Error::Ort { message: e.clone(), code: None })
 }
 
 pub fn environment() -> Result<&'static ort::environment::Environment> {
@@ -141,17 +141,23 @@ pub fn open_with(model: &[u8], what: &Path, opts: &SessionOptions, spin: bool) -
         })
     };
     let ctx = |e: Error| match e {
-        Error::Ort(m) => Error::BadModel { path: what.into(), reason: m },
+        Error::Ort { message, code } => Error::BadModel {
+            path: what.into(),
+            reason: code.map(|c| format!("{message} (onnxruntime {c:?})")).unwrap_or(message),
+        },
         e => e,
     };
     let want_cuda = match opts.device {
         Device::Cpu => false,
         Device::Cuda => {
             if !cuda_compiled_in() {
-                return Err(Error::Ort(format!(
-                    "--device cuda: the loaded onnxruntime ({}) has no CUDA execution provider; run `make setup-cuda`",
-                    init()?.display()
-                )));
+                return Err(Error::Ort {
+                    message: format!(
+                        "--device cuda: the loaded onnxruntime ({}) has no CUDA execution provider; run `make setup-cuda`",
+                        init()?.display()
+                    ),
+                    code: None,
+                });
             }
             true
         }
@@ -169,9 +175,10 @@ pub fn open_with(model: &[u8], what: &Path, opts: &SessionOptions, spin: bool) -
             base().and_then(|b| Ok(b.with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])?));
         match attempt.and_then(|mut b| Ok(b.commit_from_memory(model)?)) {
             Ok(session) => return Ok(OpenSession { session, device: Device::Cuda }),
-            Err(e) if opts.device == Device::Cuda => {
-                return Err(Error::Ort(format!("CUDA execution provider failed: {e}")))
+            Err(Error::Ort { message, code }) if opts.device == Device::Cuda => {
+                return Err(Error::Ort { message: format!("CUDA execution provider failed: {message}"), code })
             }
+            Err(e) if opts.device == Device::Cuda => return Err(e),
             Err(e) => log_once(&format!("CUDA execution provider did not load ({e})")),
         }
     }

@@ -173,7 +173,7 @@ fn modules_import_each_other_without_cycles() {
             match state.get(d.as_str()) {
                 Some(1) => {
                     let at = stack.iter().position(|s| s == d).unwrap();
-                    return Some([&stack[at..], &[d.clone()]].concat());
+                    return Some([&stack[at..], std::slice::from_ref(d)].concat());
                 }
                 None => {
                     if let Some(c) = visit(d, graph, state, stack) {

@@ -108,6 +108,16 @@ fn backbone_summary_and_bad_models() {
     assert!(err.contains("trunc.onnx") && err.contains("not a valid ONNX model"), "{err}");
 }
 
+/// Each row of the feature cache `x` (in `files.csv` order) by its image's path.
+fn rows_by_path(files_csv: &Path, x: &ndarray::ArrayD<f32>) -> std::collections::HashMap<String, Vec<f32>> {
+    let mut r = csv::Reader::from_path(files_csv).unwrap();
+    let col = r.headers().unwrap().iter().position(|h| h == "path").expect("a path column");
+    r.records()
+        .enumerate()
+        .map(|(i, rec)| (rec.unwrap()[col].to_string(), x.index_axis(ndarray::Axis(0), i).iter().copied().collect()))
+        .collect()
+}
+
 #[test]
 fn extract_head_evaluate_score_end_to_end() {
     let w = workdir();
@@ -121,6 +131,8 @@ fn extract_head_evaluate_score_end_to_end() {
     let info: serde_json::Value = serde_json::from_str(&read(&w.join(&feats).join("train.npy.json"))).unwrap();
     assert_eq!(info["n"], x.shape()[0]);
     let first = std::fs::read(&npy).unwrap();
+    let files_csv = w.join(&feats).join("train.files.csv");
+    let rows_before = rows_by_path(&files_csv, &x);
 
     // A rerun with nothing changed does no work and leaves the bytes alone.
     let out = ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu"], w);
@@ -136,9 +148,14 @@ fn extract_head_evaluate_score_end_to_end() {
     assert_eq!((nums[3], nums[7]), ("1", "1"), "1 computed, 1 skipped: {train_line}");
     let info: serde_json::Value = serde_json::from_str(&read(&w.join(&feats).join("train.npy.json"))).unwrap();
     assert!(info["skipped"][0]["path"].as_str().unwrap().ends_with("broken.jpg"));
-    // Features are bit-for-bit stable: the old rows are unchanged.
+    // Features are bit-for-bit stable: every old row is unchanged, wherever it sits now.
     let x2 = ndarray_npy::read_npy::<_, ndarray::ArrayD<f32>>(&npy).unwrap();
     assert_eq!(x2.shape()[0], x.shape()[0] + 1);
+    let rows_after = rows_by_path(&files_csv, &x2);
+    for (path, row) in &rows_before {
+        let now = rows_after.get(path).unwrap_or_else(|| panic!("{path} lost its row"));
+        assert!(row.iter().zip(now).all(|(a, b)| a.to_bits() == b.to_bits()), "{path}: its features changed");
+    }
 
     // Head, evaluate, score.
     let out = ok(
@@ -436,7 +453,7 @@ fn classical_heads_train_evaluate_and_score_like_the_dense_one() {
         );
     }
     let err = fails("tlearn-head", &["--features", &feats, "--run", "bad", "--head", "knn", "--k", "0"], w);
-    assert!(err.contains("k") && err.contains("≥ 1"), "{err}");
+    assert!(err.contains("invalid parameter k = 0: must be ≥ 1"), "{err}");
 }
 
 #[test]

@@ -49,9 +49,11 @@ struct Args {
     /// Stop after this many epochs without a better validation loss.
     #[arg(long)]
     patience: Option<usize>,
-    /// Pixel scale (Keras' rescale).
-    #[arg(long, default_value_t = 1.0 / 255.0)]
-    rescale: f32,
+    /// Pixel scale (Keras' rescale). Default: 1/255, or 1 for a model that scales its input
+    /// itself (a leading Mul/Div by a constant, e.g. a Keras Rescaling layer) or is a deployable
+    /// tlearn model.
+    #[arg(long)]
+    rescale: Option<f32>,
     #[arg(long, value_enum, default_value = "nearest")]
     interpolation: Interpolation,
     /// The classic augmentation preset: rotation 40, shifts 0.2, shear 0.2, zoom 0.2, horizontal flip.
@@ -132,6 +134,10 @@ fn run(a: Args) -> Result<()> {
     let run = a.run.clone().unwrap_or_else(|| a.model.file_stem().unwrap_or_default().to_string_lossy().into_owned());
     // The default (the model's file stem) is checked like a --run given by hand.
     tlearn::fsutil::check_name("run", &run).context("choose a run name with --run")?;
+    let rescale = match a.rescale {
+        Some(r) => r,
+        None => finetune::default_rescale(&tlearn::onnx::load_model(&a.model)?, &a.model),
+    };
     let cfg = FinetuneConfig {
         model: a.model.clone(),
         data: data.clone(),
@@ -146,7 +152,7 @@ fn run(a: Args) -> Result<()> {
         .check()?,
         trainable: a.trainable.clone(),
         patience: a.patience,
-        rescale: a.rescale,
+        rescale,
         interpolation: a.interpolation,
         augment,
         max_pixels: tlearn::imageio::DEFAULT_MAX_PIXELS,

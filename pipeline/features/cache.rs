@@ -204,12 +204,9 @@ pub fn write_cache(
     let npy_b = npy_bytes(&x)?;
     fsutil::write_bytes_atomic(&npy, &npy_b)?;
     fsutil::write_bytes_atomic(&labels_path(out, m.split, m.view), &npy_bytes(&labels)?)?;
-    let mut w = csv::Writer::from_writer(vec![]);
-    for r in &keep {
-        w.serialize(r).map_err(|e| Error::Other(e.to_string()))?;
-    }
-    let files_csv = w.into_inner().map_err(|e| Error::Other(e.to_string()))?;
-    fsutil::write_bytes_atomic(&files_path(out, m.split, m.view), &files_csv)?;
+    let files = files_path(out, m.split, m.view);
+    let files_csv = fsutil::csv_bytes(&files, &keep)?;
+    fsutil::write_bytes_atomic(&files, &files_csv)?;
     let info = FeatureInfo {
         split: m.split.into(),
         backbone: m.backbone.into(),

@@ -90,11 +90,15 @@ pub fn build(
     b.input(INPUT, &dims);
     let (mut x, mut width) = emit_pool(&mut b, INPUT, spec.pool, feature_shape)?;
     if spec.standardize {
-        let tx = train_x.ok_or_else(|| Error::Other("standardize needs the training features".into()))?;
-        let (mean, std) = standardizer(&pooled(tx, spec.pool));
+        let tx = train_x.ok_or_else(|| Error::Param {
+            name: "standardize",
+            value: "true".into(),
+            reason: "needs the training features".into(),
+        })?;
+        let (mean, std) = standardizer(&pooled(tx, spec.pool))?;
         x = emit_standardize(&mut b, &x, &mean, &std);
     }
-    let out_units = if classes == 2 { 1 } else { classes };
+    let out_units = crate::metrics::output_width(classes);
     for layer in 0..=spec.layers {
         let last = layer == spec.layers;
         let units = if last { out_units } else { spec.units };

@@ -261,7 +261,7 @@ impl Classical {
         let x = prep.emit(&mut b, INPUT, shape)?;
         let p = fitted.emit(&mut b, &x)?;
         b.node("Identity", &[&p], &[OUTPUT], vec![]);
-        let width = if data.classes == 2 { 1 } else { data.classes };
+        let width = crate::metrics::output_width(data.classes);
         b.output(OUTPUT, &[Dim::named("N"), Dim::Fixed(width as i64)]);
         let model = onnx::model(b.finish(), "tlearn-head");
         Ok((prep, fitted, model))

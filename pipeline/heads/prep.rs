@@ -42,7 +42,8 @@ pub fn pooled(x: &ArrayD<f32>, pool: Pool) -> ndarray::Array2<f32> {
         Pool::Flatten => flatten(x),
         Pool::Avg | Pool::Max => {
             let c = *x.shape().last().expect("rank ≥ 2");
-            let r = x.to_shape((n, x.len() / n / c, c)).expect("contiguous");
+            let hw: usize = x.shape()[1..x.ndim() - 1].iter().product();
+            let r = x.to_shape((n, hw, c)).expect("contiguous");
             match pool {
                 Pool::Avg => r.mean_axis(ndarray::Axis(1)).expect("non-empty"),
                 _ => r.fold_axis(ndarray::Axis(1), f32::MIN, |a, &b| a.max(b)),
@@ -70,10 +71,13 @@ pub fn emit_pool(b: &mut GraphBuilder, input: &str, pool: Pool, feature_shape: &
 }
 
 /// Column means and standard deviations (population, +1e-6 inside the root) of an (N, width) matrix.
-pub fn standardizer(x: &ndarray::Array2<f32>) -> (ndarray::Array1<f32>, ndarray::Array1<f32>) {
-    let mean = x.mean_axis(ndarray::Axis(0)).expect("non-empty");
+/// `Err` without rows: there are no statistics to take.
+pub fn standardizer(x: &ndarray::Array2<f32>) -> Result<(ndarray::Array1<f32>, ndarray::Array1<f32>)> {
+    let mean = x
+        .mean_axis(ndarray::Axis(0))
+        .ok_or_else(|| bad("standardize", "0 rows", "needs at least one training sample"))?;
     let std = x.var_axis(ndarray::Axis(0), 0.0).mapv(|v| (v + 1e-6).sqrt());
-    (mean, std)
+    Ok((mean, std))
 }
 
 /// `(x − mean) / std` with the statistics as frozen constants (never trained).
@@ -102,7 +106,7 @@ impl Prep {
         let mut prep = Prep { pool: spec.pool, scale: None, pca: None };
         let mut m = pooled(x, spec.pool);
         if spec.standardize {
-            let (mean, std) = standardizer(&m);
+            let (mean, std) = standardizer(&m)?;
             m = (m - &mean) / &std;
             prep.scale = Some((mean, std));
         }

@@ -193,7 +193,10 @@ fn ends(g: &GraphProto, what: &Path) -> Result<Ends> {
             })
         }
     };
-    let logits = last.input[0].clone();
+    let logits = last.input.first().cloned().ok_or_else(|| Error::BadModel {
+        path: what.into(),
+        reason: format!("its last node `{}` ({}) has no input", last.name, last.op_type),
+    })?;
     Ok(Ends { input, output, logits, loss })
 }
 

@@ -163,7 +163,7 @@ fn end_epoch(e: &Epoch, tr: &Trainer, fs: &FitState, o: &FitOptions, validated: 
 /// far too small or large: say so, since the fit itself cannot tell.
 fn warn_if_stuck(history: &[Epoch]) {
     if let [a, b] = history {
-        if (a.loss - b.loss).abs() <= 1e-4 * a.loss.abs().max(1e-3) {
+        if (a.loss - b.loss).abs() <= 1e-3 * a.loss.abs().max(1e-3) {
             tracing::warn!(
                 "the training loss has not moved ({:.4} → {:.4}): check the input scaling (--rescale) and the learning rate",
                 a.loss,

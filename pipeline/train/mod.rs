@@ -397,8 +397,9 @@ impl Trainer {
 /// Run an inference model (one input, one output) over `x` in batches.
 pub fn predict(model: &[u8], what: &Path, x: &ArrayD<f32>, batch: usize, opts: &SessionOptions) -> Result<ArrayD<f32>> {
     let mut s = runtime::open(model, what, opts)?.session;
-    let input = s.inputs()[0].name().to_string();
-    let output = s.outputs()[0].name().to_string();
+    let bad = |reason: &str| Error::BadModel { path: what.into(), reason: reason.into() };
+    let input = s.inputs().first().ok_or_else(|| bad("the model has no input"))?.name().to_string();
+    let output = s.outputs().first().ok_or_else(|| bad("the model has no output"))?.name().to_string();
     in_batches(x.shape()[0], batch, |r| {
         Ok(runtime::run_f32(&mut s, vec![(input.as_str(), x.slice_axis(Axis(0), r.into()))], &[output.as_str()])?
             .remove(0))

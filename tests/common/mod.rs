@@ -131,15 +131,10 @@ pub fn not_image_model(path: &Path) {
     onnx::save_model(&onnx::model(b.finish(), "test"), path).unwrap();
 }
 
-/// A fresh temp dir with an `onnx/` catalog folder holding the shipped catalog.
+/// A fresh temp dir with an empty `onnx/` folder (the built-in catalog is part of the binaries).
 pub fn workdir() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(d.path().join("onnx")).unwrap();
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("onnx/backbones.toml"),
-        d.path().join("onnx/backbones.toml"),
-    )
-    .unwrap();
     d
 }
 

@@ -1,0 +1,196 @@
+//! One test per correctness hole a read-through of the code found: constants that training must
+//! not change, panics reachable from unusual models, a fine-tune that could not learn because its
+//! input was scaled twice, an empty validation folder, and a catalog that only worked in the
+//! project folder.
+
+mod common;
+use common::*;
+use ndarray::{ArrayD, IxDyn};
+use std::collections::HashMap;
+use std::path::Path;
+use tlearn::onnx::{self, Dim, GraphBuilder};
+use tlearn::runtime::{Device, SessionOptions};
+
+fn initializers(path: &Path) -> HashMap<String, ArrayD<f32>> {
+    let m = onnx::load_model(path).unwrap();
+    onnx::graph(&m)
+        .initializer
+        .iter()
+        .filter_map(|t| onnx::tensor_to_f32(t).ok().map(|a| (t.name.clone(), a)))
+        .collect()
+}
+
+fn opts() -> SessionOptions {
+    SessionOptions { device: Device::Cpu, threads: 1 }
+}
+
+/// A standardising head fused into a deployable model has its statistics renamed
+/// `head/frozen/…`; fine-tuning the head (`--trainable 'head/*'`) trains its weights and leaves
+/// those constants as they were.
+#[test]
+fn frozen_constants_stay_frozen_after_fusion() {
+    let w = workdir();
+    let w = w.path();
+    let feats = prepared(w, &["cat", "dog"], 10);
+    ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu"], w);
+    let head = ["--features", &feats, "--run", "std", "--epochs", "1", "--units", "4", "--standardize"];
+    ok("tlearn-head", &head, w);
+    ok("tlearn-score", &["data/toy/test", "--run", "std", "--out", "s.csv", "--device", "cpu"], w);
+    let fused = initializers(&w.join("runs/std/model.onnx"));
+    let frozen: Vec<&String> = fused.keys().filter(|k| k.contains("frozen/")).collect();
+    assert!(frozen.len() >= 2, "the fused head keeps its statistics as head/frozen/…: {:?}", fused.keys());
+    let args = [
+        "runs/std/model.onnx",
+        "--data",
+        "data/toy",
+        "--run",
+        "ft",
+        "--trainable",
+        "head/*",
+        "--epochs",
+        "2",
+        "--batch",
+        "4",
+        "--lr",
+        "0.01",
+        "--device",
+        "cpu",
+    ];
+    ok("tlearn-finetune", &args, w);
+    let tuned = initializers(&w.join("runs/ft/last.onnx"));
+    for k in &frozen {
+        assert_eq!(tuned[*k], fused[*k], "{k} is a constant and was trained");
+    }
+    let moved = fused.keys().filter(|k| k.starts_with("head/") && !k.contains("frozen/") && tuned[*k] != fused[*k]);
+    assert!(moved.count() > 0, "the head's weights were trained");
+}
+
+/// A model that scales its own input (a Keras `Rescaling(1/255)` exported as a leading Mul) is
+/// fed raw pixels by default; given pre-scaled pixels anyway, its loss does not move, and the
+/// fit says so.
+#[test]
+fn a_model_that_rescales_its_input_is_fed_raw_pixels_and_a_stuck_loss_is_reported() {
+    let w = workdir();
+    let w = w.path();
+    make_dataset(&w.join("raw"), &["cat", "dog"], 12, false);
+    ok("tlearn-data", &["split", "raw", "data/r", "--seed", "1"], w);
+    ok("tlearn-convnet", &["mnist", "--out", "net.onnx", "--classes", "2"], w);
+    // net.onnx with its input multiplied by 1/255 first, as tf2onnx exports a Rescaling layer.
+    let mut m = onnx::load_model(&w.join("net.onnx")).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    let input = g.input[0].name.clone();
+    for n in g.node.iter_mut() {
+        for i in n.input.iter_mut().filter(|i| **i == input) {
+            *i = "rescaled".into();
+        }
+    }
+    g.initializer.push(onnx::tensor_f32("rescaling/scale", &ndarray::arr0(1.0f32 / 255.0).into_dyn()));
+    let mul = tlearn::onnx::proto::NodeProto {
+        name: "rescaling".into(),
+        op_type: "Mul".into(),
+        input: vec![input, "rescaling/scale".into()],
+        output: vec!["rescaled".into()],
+        ..Default::default()
+    };
+    g.node.insert(0, mul);
+    assert_eq!(tlearn::finetune::own_rescale(&m), Some(1.0 / 255.0));
+    onnx::save_model(&m, &w.join("rescaling.onnx")).unwrap();
+    let args =
+        |run: &'static str| ["rescaling.onnx", "--data", "data/r", "--run", run, "--epochs", "3", "--batch", "8"];
+    let o = run("tlearn-finetune", &args("raw"), w);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("--rescale 1"), "{err}");
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.join("runs/raw/model.onnx.json")).unwrap()).unwrap();
+    assert_eq!(info["config"]["rescale"], 1.0);
+    let o = run("tlearn-finetune", &[&args("scaled")[..], &["--rescale", "0.00392156862745098"]].concat(), w);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.contains("has not moved"), "{err}");
+    // The built-in nets do not scale their input: Keras' 1/255.
+    let plain = onnx::load_model(&w.join("net.onnx")).unwrap();
+    assert_eq!(tlearn::finetune::own_rescale(&plain), None);
+    assert_eq!(tlearn::finetune::default_rescale(&plain, Path::new("net.onnx")), 1.0 / 255.0);
+}
+
+/// An existing but empty `validation/` is "no validation" (with a warning), as a missing one is;
+/// the epoch lines then leave the validation columns out instead of printing NaN.
+#[test]
+fn an_empty_validation_folder_means_no_validation_and_no_nan_is_printed() {
+    let w = workdir();
+    let w = w.path();
+    make_dataset(&w.join("raw"), &["cat", "dog"], 10, false);
+    ok("tlearn-data", &["split", "raw", "data/e", "--validation", "0", "--seed", "1"], w);
+    std::fs::create_dir_all(w.join("data/e/validation/cat")).unwrap();
+    ok("tlearn-convnet", &["mnist", "--out", "net.onnx", "--classes", "2"], w);
+    let o = run("tlearn-finetune", &["net.onnx", "--data", "data/e", "--run", "e", "--epochs", "2", "--batch", "8"], w);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("validation") && err.contains("no images"), "{err}");
+    assert!(out.contains("epoch   2/2") && !out.contains("NaN") && !out.contains("val_loss"), "{out}");
+}
+
+/// The built-in catalog is part of the binaries: `tlearn-backbone` lists and registers backbones
+/// in a folder that has no `onnx/backbones.toml` (as an installed tlearn runs anywhere).
+#[test]
+fn the_catalog_works_from_any_folder() {
+    let w = tempfile::tempdir().unwrap();
+    let w = w.path();
+    let out = ok("tlearn-backbone", &["list"], w);
+    assert!(out.contains("vgg16") && out.contains("resnet50-thin"), "{out}");
+    tiny_classifier(&w.join("tiny.onnx"), 3);
+    let args = ["add", "tiny.onnx", "--output", "pool_out", "--preprocess", "caffe", "--size", "32"];
+    ok("tlearn-backbone", &args, w);
+    assert!(w.join("onnx/tiny.onnx").is_file() && w.join("onnx/user-backbones.toml").is_file());
+    assert!(!w.join("onnx/backbones.toml").exists());
+    let out = ok("tlearn-backbone", &["list"], w);
+    assert!(out.contains("tiny") && out.contains("vgg16"), "{out}");
+    // Built-in names stay reserved without the file, too.
+    let err = fails("tlearn-backbone", &[&args[..], &["--name", "vgg16"]].concat(), w);
+    assert!(err.contains("built-in"), "{err}");
+}
+
+/// A graph with one input `x` (N, 4) ending in `last` (op, inputs).
+fn ending_in(op: &str, inputs: &[&str]) -> tlearn::onnx::proto::ModelProto {
+    let mut b = GraphBuilder::new("odd");
+    b.input("x", &[Dim::named("N"), Dim::Fixed(4)]);
+    let w = b.init_f32("w", &ArrayD::from_elem(IxDyn(&[4, 1]), 0.1));
+    let h = b.op("MatMul", &["x", &w], vec![]);
+    let ins: Vec<&str> = inputs.iter().map(|i| if *i == "h" { h.as_str() } else { i }).collect();
+    b.node(op, &ins, &["y"], vec![]);
+    b.output("y", &[Dim::named("N"), Dim::Fixed(1)]);
+    onnx::model(b.finish(), "test")
+}
+
+/// Unusual models and data end in errors naming the problem, never in a panic: a last node
+/// without inputs (compiler), a model without inputs (prediction), outputs of another rank
+/// (metrics), a head standardised on no rows (head builder).
+#[test]
+fn unusual_models_and_empty_data_are_errors_not_panics() {
+    let m = ending_in("Sigmoid", &[]);
+    let e = tlearn::train::Trainer::new(&m, Path::new("odd.onnx"), &[4], 2, &opts()).err().unwrap();
+    assert!(e.to_string().contains("has no input"), "{e}");
+
+    let mut b = GraphBuilder::new("no-input");
+    let c = b.const_vec_f32("c", &[0.5]);
+    b.node("Identity", &[&c], &["y"], vec![]);
+    b.output("y", &[Dim::Fixed(1)]);
+    let bytes = onnx::encode_model(&onnx::model(b.finish(), "test"));
+    let x = ArrayD::<f32>::zeros(IxDyn(&[2, 4]));
+    let e = tlearn::train::predict(&bytes, Path::new("c.onnx"), &x, 8, &opts()).err().unwrap();
+    assert!(e.to_string().contains("no input"), "{e}");
+
+    // Outputs of rank 1 and 3: per-row probabilities and predictions, no panic.
+    let r1 = ArrayD::from_shape_vec(IxDyn(&[2]), vec![0.2f32, 0.9]).unwrap();
+    assert_eq!(tlearn::metrics::predicted(&r1), [0, 1]);
+    let r3 = ArrayD::from_shape_vec(IxDyn(&[2, 1, 2]), vec![0.1f32, 0.9, 0.8, 0.2]).unwrap();
+    assert_eq!(tlearn::metrics::predicted(&r3), [1, 0]);
+    assert_eq!(tlearn::metrics::class_probs(&r3)[1], [0.800000011920929, 0.20000000298023224]);
+    let e = tlearn::metrics::check_width(&r3, 2, Path::new("m.onnx")).err().unwrap();
+    assert!(e.to_string().contains("[2, 1, 2]"), "{e}");
+
+    use tlearn::params::ParamGuard;
+    let spec = tlearn::heads::HeadSpec { pool: tlearn::heads::Pool::Avg, standardize: true, ..Default::default() };
+    let empty = ArrayD::<f32>::zeros(IxDyn(&[0, 2, 2, 3]));
+    let e = tlearn::heads::dense::build(&[2, 2, 3], 2, &spec.check().unwrap(), 1, Some(&empty)).err().unwrap();
+    assert!(matches!(e, tlearn::Error::Param { name: "standardize", .. }), "{e}");
+}
