@@ -76,67 +76,6 @@ fn main() -> std::process::ExitCode {
     tlearn::cli::main(|| run(Args::parse()))
 }
 
-#[derive(serde::Serialize, serde::Deserialize, PartialEq)]
-struct ModelInfo {
-    head_sha256: String,
-    backbone_sha256: String,
-    #[serde(default)]
-    tta: Vec<tlearn::imageio::View>,
-    model_sha256: String,
-}
-
-/// Build runs/<run>/model.onnx unless an up-to-date one exists.
-fn export(run_dir: &Path, onnx_dir: &Path) -> Result<PathBuf> {
-    let info = tlearn::run::RunInfo::load(run_dir).with_context(|| format!("reading run {}", run_dir.display()))?;
-    // The head file itself must be the one the run recorded; model.onnx is rebuilt when it is stale.
-    let head_bytes = info.read_head(run_dir)?;
-    let out = run_dir.join("model.onnx");
-    let side = tlearn::fsutil::sidecar_path(&out);
-    if let (true, Ok(mi)) = (out.exists(), tlearn::fsutil::read_json::<ModelInfo>(&side)) {
-        if mi.head_sha256 == info.head_sha256
-            && mi.backbone_sha256 == info.features.backbone_sha256
-            && mi.tta == info.tta
-            && tlearn::fsutil::sha256_file(&out)? == mi.model_sha256
-        {
-            return Ok(out);
-        }
-    }
-    let bb = tlearn::backbone::Backbone::open(onnx_dir, &info.features.backbone)?;
-    if bb.info.onnx_sha256 != info.features.backbone_sha256 {
-        anyhow::bail!(
-            "{}: backbone changed since the run was trained (sha256 {} vs {})",
-            bb.path.display(),
-            bb.info.onnx_sha256,
-            info.features.backbone_sha256
-        );
-    }
-    let backbone = tlearn::onnx::decode_model(&bb.bytes, &bb.path)?;
-    let head = tlearn::onnx::decode_model(&head_bytes, &run_dir.join(tlearn::run::HEAD))?;
-    let fused = tlearn::score::fuse(
-        &backbone,
-        &head,
-        &info.features.preprocess,
-        info.features.size,
-        info.features.interpolation,
-        &info.classes,
-        &info.tta,
-    )
-    .with_context(|| format!("fusing {} with its backbone", run_dir.join(tlearn::run::HEAD).display()))?;
-    let bytes = tlearn::onnx::encode_model(&fused);
-    tlearn::fsutil::write_bytes_atomic(&out, &bytes)?;
-    tlearn::fsutil::write_json(
-        &side,
-        &ModelInfo {
-            head_sha256: info.head_sha256,
-            backbone_sha256: info.features.backbone_sha256,
-            tta: info.tta.clone(),
-            model_sha256: tlearn::fsutil::sha256_bytes(&bytes),
-        },
-    )?;
-    tlearn::errln!("deployable model → {} ({:.1} MB)", out.display(), bytes.len() as f64 / 1e6);
-    Ok(out)
-}
-
 fn run(a: Args) -> Result<()> {
     if let Some(Cmd::Merge { out, parts }) = &a.cmd {
         let s = tlearn::score::merge(parts, out).with_context(|| format!("merging into {}", out.display()))?;
@@ -146,7 +85,8 @@ fn run(a: Args) -> Result<()> {
     let run_dir = a.runs.join(&a.run);
     let model = match &a.model {
         Some(m) => m.clone(),
-        None => export(&run_dir, &a.onnx_dir)?,
+        None => tlearn::score::export_run(&run_dir, &a.onnx_dir, &tlearn::cli::Terminal::default())
+            .with_context(|| format!("exporting run {}", run_dir.display()))?,
     };
     if a.export_only {
         tlearn::outln!("{}", model.display());

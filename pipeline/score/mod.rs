@@ -10,8 +10,10 @@ use crate::shard::Shard;
 use sha2::Digest;
 use std::path::{Path, PathBuf};
 
+mod export;
 mod fuse;
 mod merge;
+pub use export::{export_run, ModelInfo, MODEL};
 pub use fuse::{deployable, fuse, meta, ModelMeta};
 pub use merge::merge;
 

@@ -1,0 +1,63 @@
+//! The deployable model of a head run: `runs/<run>/model.onnx` (preprocessing + backbone + head,
+//! [`super::fuse`]) and its sidecar, rebuilt only when the head, the backbone or the TTA views
+//! changed.
+
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::progress::Sink;
+use crate::run::{RunInfo, HEAD};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const MODEL: &str = "model.onnx";
+
+/// `runs/<run>/model.onnx.json`: what the deployable model was built from.
+#[derive(Serialize, Deserialize, PartialEq)]
+pub struct ModelInfo {
+    pub head_sha256: String,
+    pub backbone_sha256: String,
+    #[serde(default)]
+    pub tta: Vec<crate::imageio::View>,
+    pub model_sha256: String,
+}
+
+/// Build `runs/<run>/model.onnx` unless an up-to-date one exists; returns its path. The head
+/// must be the one the run recorded, the backbone the one its features came from.
+pub fn export_run(run_dir: &Path, onnx_dir: &Path, sink: &dyn Sink) -> Result<PathBuf> {
+    let info = RunInfo::load(run_dir)?;
+    let head_bytes = info.read_head(run_dir)?;
+    let out = run_dir.join(MODEL);
+    let side = fsutil::sidecar_path(&out);
+    if let (true, Ok(mi)) = (out.exists(), fsutil::read_json::<ModelInfo>(&side)) {
+        if mi.head_sha256 == info.head_sha256
+            && mi.backbone_sha256 == info.features.backbone_sha256
+            && mi.tta == info.tta
+            && fsutil::sha256_file(&out)? == mi.model_sha256
+        {
+            return Ok(out);
+        }
+    }
+    let bb = crate::backbone::Backbone::open(onnx_dir, &info.features.backbone)?;
+    if bb.info.onnx_sha256 != info.features.backbone_sha256 {
+        return Err(Error::Checksum {
+            path: bb.path.clone(),
+            expected: info.features.backbone_sha256.clone(),
+            got: bb.info.onnx_sha256.clone(),
+        });
+    }
+    let backbone = crate::onnx::decode_model(&bb.bytes, &bb.path)?;
+    let head = crate::onnx::decode_model(&head_bytes, &run_dir.join(HEAD))?;
+    let f = &info.features;
+    let fused = super::fuse(&backbone, &head, &f.preprocess, f.size, f.interpolation, &info.classes, &info.tta)?;
+    let bytes = crate::onnx::encode_model(&fused);
+    fsutil::write_bytes_atomic(&out, &bytes)?;
+    let record = ModelInfo {
+        head_sha256: info.head_sha256,
+        backbone_sha256: info.features.backbone_sha256,
+        tta: info.tta.clone(),
+        model_sha256: fsutil::sha256_bytes(&bytes),
+    };
+    fsutil::write_json(&side, &record)?;
+    sink.note(&format!("deployable model → {} ({:.1} MB)", out.display(), bytes.len() as f64 / 1e6));
+    Ok(out)
+}
