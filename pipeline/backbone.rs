@@ -1,11 +1,11 @@
 //! Backbones: fetch a catalog entry, cut it to its conv base, register users' models,
 //! describe them, and open them for feature extraction.
 
-use crate::catalog::{Catalog, Entry};
+use crate::catalog::{Catalog, Entry, SourceFormat};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::imageio::Preprocess;
-use crate::onnx::{self, cut};
+use crate::onnx::{self, cut, proto::ModelProto};
 use crate::runtime::{self, SessionOptions};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
@@ -76,12 +76,25 @@ pub fn source_bytes(cat: &Catalog, e: &Entry, wheel: Option<&Path>) -> Result<(V
     Ok((read_zip_member(&path, member)?, format!("{pkg}=={ver}:{member}")))
 }
 
+/// The full source classifier of an entry as ONNX (decoded, or built from a `.pth` state dict),
+/// and a description of where it came from.
+pub fn source_model(cat: &Catalog, e: &Entry, wheel: Option<&Path>) -> Result<(ModelProto, String)> {
+    let (bytes, source) = source_bytes(cat, e, wheel)?;
+    let src_path = PathBuf::from(&source);
+    let m = match e.format {
+        SourceFormat::Onnx => onnx::decode_model(&bytes, &src_path)?,
+        SourceFormat::PthEfficientnetLite => {
+            crate::efficientnet::lite(&crate::pth::parse_state_dict(&bytes, &src_path)?, &src_path)?
+        }
+    };
+    Ok((m, source))
+}
+
 /// Fetch and cut a catalog backbone into `onnx/<name>.onnx` (+ sidecar); smoke-runs it.
 pub fn fetch(cat: &Catalog, name: &str, wheel: Option<&Path>) -> Result<BackboneInfo> {
     let e = cat.get(name)?;
-    let (bytes, source) = source_bytes(cat, e, wheel)?;
+    let (m, source) = source_model(cat, e, wheel)?;
     let src_path = PathBuf::from(&source);
-    let m = onnx::decode_model(&bytes, &src_path)?;
     let cutm = cut::cut_model_pooled(&m, &src_path, &e.cuts(), e.cut_layout, e.pool)?;
     let params = cut::param_count(&cutm);
     if let Some(p) = e.params {
@@ -154,6 +167,7 @@ pub fn add(
         wheel: None,
         sha256: sha,
         member: None,
+        format: SourceFormat::Onnx,
         path: Some(abs),
         cut: output.into(),
         cut_layout: layout,

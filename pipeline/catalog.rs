@@ -14,6 +14,17 @@ pub const CATALOG: &str = "backbones.toml";
 const BUILTIN: &str = include_str!("../onnx/backbones.toml");
 pub const USER_CATALOG: &str = "user-backbones.toml";
 
+/// What a catalog entry's source file is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceFormat {
+    /// An ONNX classifier.
+    #[default]
+    Onnx,
+    /// A PyTorch legacy `.pth` state dict of an EfficientNet-Lite, built into ONNX by tlearn.
+    PthEfficientnetLite,
+}
+
 /// One backbone: where its ONNX comes from, where to cut it, how to feed it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +42,9 @@ pub struct Entry {
     pub sha256: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
+    /// What the source file is (default: ONNX).
+    #[serde(default, skip_serializing_if = "is_onnx")]
+    pub format: SourceFormat,
     /// A local ONNX file (entries made by `tlearn-backbone add`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
@@ -132,6 +146,10 @@ impl Catalog {
         }
         Ok(())
     }
+}
+
+fn is_onnx(f: &SourceFormat) -> bool {
+    *f == SourceFormat::Onnx
 }
 
 /// The built-in entries.

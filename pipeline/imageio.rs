@@ -410,6 +410,8 @@ pub enum PreprocessKind {
     Unit,
     /// Unchanged 0..255 RGB.
     Raw,
+    /// (x − 127) / 128 (TF's EfficientNet-Lite).
+    Lite,
 }
 
 /// The exact per-pixel transform applied to RGB 0..255 input: `(x * scale − mean) / std`, in
@@ -431,6 +433,7 @@ impl Preprocess {
             PreprocessKind::Torch => (false, 1.0 / 255.0, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
             PreprocessKind::Unit => (false, 1.0 / 255.0, [0.0; 3], [1.0; 3]),
             PreprocessKind::Raw => (false, 1.0, [0.0; 3], [1.0; 3]),
+            PreprocessKind::Lite => (false, 1.0, [127.0; 3], [128.0; 3]),
         };
         Preprocess { kind, bgr, scale, mean, std }
     }
