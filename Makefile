@@ -20,7 +20,7 @@ ELPV_SHA256 := 85e31c1126ee9b48e62d3a0232c58f58b2d189b0814a45c13642fa0415af4a4c
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
 .PHONY: help setup setup-cuda build test check-backbones demo demo-best data data4 backbone extract head evaluate score bench bench-memory fuzz clean fmt lint \
-        mnist finetune finetune-v1 finetune-flips finetune-vgg bench-train bench-tf-env agree compare mnist-seeds
+        mnist finetune finetune-v1 finetune-flips finetune-vgg bench-train bench-tf-env agree compare compare-native mnist-seeds
 
 DATA_DIR  := data/$(DATASET)
 FEAT_DIR  := features/$(DATASET)/$(BACKBONE)-$(SIZE)
@@ -160,7 +160,7 @@ runs/vgg-ft/model.onnx: reports/demo/scores.csv | $(BINS)
 	  --trainable 'head/*' --epochs $(VGG_FT_EPOCHS) --batch 20 --lr 1e-5 --horizontal-flip --vertical-flip \
 	  --device $(DEVICE) $(FT_ARGS)
 
-backbone: onnx/$(BACKBONE).onnx ## fetch and cut BACKBONE (vgg16, resnet50-thin) into onnx/
+backbone: onnx/$(BACKBONE).onnx ## fetch and cut BACKBONE (vgg16, resnet50-thin, efficientnet-lite0|1|2) into onnx/
 
 onnx/%.onnx: onnx/backbones.toml | $(BIN)/tlearn-backbone
 	$(BIN)/tlearn-backbone fetch $*
@@ -198,6 +198,13 @@ compare: setup ## every HEADS on every BACKBONES' DATASET features at SIZE → r
 	$(BIN)/tlearn-compare $(foreach b,$(BACKBONES),features/$(DATASET)/$(b)-$(SIZE)) \
 	  --heads $(subst $(space),$(comma),$(strip $(HEADS))) --out reports/$(COMPARE) --runs runs/$(COMPARE) \
 	  --device $(DEVICE) $(COMPARE_ARGS)
+
+NATIVE ?= vgg16:150 resnet50-thin:224 efficientnet-lite0:224 efficientnet-lite1:240 efficientnet-lite2:260
+compare-native: setup ## every HEADS on each NATIVE backbone:size of DATASET, globally average-pooled → reports/compare-native-DATASET/
+	@for bs in $(NATIVE); do $(MAKE) --no-print-directory extract BACKBONE=$${bs%%:*} SIZE=$${bs##*:} || exit 1; done
+	$(BIN)/tlearn-compare $(foreach bs,$(NATIVE),features/$(DATASET)/$(subst :,-,$(bs))) \
+	  --heads $(subst $(space),$(comma),$(strip $(HEADS))) --pool avg --out reports/compare-native-$(DATASET) \
+	  --runs runs/compare-native-$(DATASET) --device $(DEVICE) --title "$(DATASET), backbones at their native sizes, average pooling"
 
 demo: setup ## the whole pipeline on ELPV with VGG16 at 150×150 (fetches ~150 MB once)
 	$(MAKE) --no-print-directory evaluate score RUN=demo BACKBONE=vgg16 SIZE=150
