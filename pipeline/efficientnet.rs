@@ -54,12 +54,13 @@ impl Weights<'_> {
             ["weight", "bias", "running_mean", "running_var"].map(|p| self.get(&format!("{bn}.{p}"), 1));
         let (gamma, beta, mean, var) = (gamma?, beta?, mean?, var?);
         let c = w.shape()[0];
-        if [gamma, beta, mean, var].iter().any(|a| a.len() != c) {
-            return Err(Error::Shape {
-                what: format!("{}: `{bn}` vs `{conv}`", self.path.display()),
-                expected: vec![c],
-                got: vec![gamma.len()],
-            });
+        if let Some(a) = [gamma, beta, mean, var].into_iter().find(|a| a.len() != c) {
+            let what = format!("{}: `{bn}` vs the {c} channels of `{conv}`", self.path.display());
+            return Err(Error::Shape { what, expected: vec![c], got: vec![a.len()] });
+        }
+        if var.iter().any(|&v| v + BN_EPS <= 0.0 || v.is_nan()) {
+            let reason = format!("`{bn}.running_var` holds a negative or NaN variance");
+            return Err(Error::BadModel { path: self.path.into(), reason });
         }
         let scale: Vec<f32> = gamma.iter().zip(var.iter()).map(|(g, v)| g / (v + BN_EPS).sqrt()).collect();
         let mut wf = w.clone();
@@ -129,11 +130,11 @@ struct Conv<'s> {
 fn conv(b: &mut GraphBuilder, w: &Weights, x: &str, c: Conv) -> Result<String> {
     let Conv { conv, bn, stride, group, relu6 } = c;
     let (wf, bias) = w.folded(conv, bn)?;
-    let k = wf.shape()[2] as i64;
+    let (kh, kw) = (wf.shape()[2] as i64, wf.shape()[3] as i64);
     let wn = b.init_f32(&format!("{conv}.weight"), &wf);
     let bn_ = b.init_f32(&format!("{conv}.bias"), &bias);
     let attrs = vec![
-        ("kernel_shape", A::Ints(vec![k, k])),
+        ("kernel_shape", A::Ints(vec![kh, kw])),
         ("strides", A::Ints(vec![stride, stride])),
         ("group", A::I(group)),
         ("auto_pad", A::S("SAME_UPPER")),

@@ -113,8 +113,12 @@ pub fn input_shape(m: &ModelProto, what: &Path) -> Result<[usize; 3]> {
 pub fn own_rescale(m: &ModelProto) -> Option<f32> {
     let g = onnx::graph(m);
     let mut x = onnx::real_inputs(g).first()?.name.clone();
-    loop {
-        let readers: Vec<_> = g.node.iter().filter(|n| n.input.contains(&x)).collect();
+    // At most one step per node: a graph with a cycle (invalid, not yet checked by onnxruntime)
+    // ends the walk instead of looping.
+    for _ in 0..g.node.len() {
+        // Shape and Size read only the input's dimensions.
+        let readers: Vec<_> =
+            g.node.iter().filter(|n| n.input.contains(&x) && !matches!(n.op_type.as_str(), "Shape" | "Size")).collect();
         let [n] = readers.as_slice() else { return None };
         match n.op_type.as_str() {
             "Transpose" | "Identity" | "Cast" => x = n.output.first()?.clone(),
@@ -131,13 +135,16 @@ pub fn own_rescale(m: &ModelProto) -> Option<f32> {
             _ => return None,
         }
     }
+    None
 }
 
 /// The pixel scale to train `m` with when none is given: 1 (raw 0..255 pixels) for a model that
 /// scales its input itself ([`own_rescale`]) or is a deployable tlearn model (preprocessing
 /// inside), else Keras' 1/255 (the built-in nets).
 pub fn default_rescale(m: &ModelProto, what: &Path) -> f32 {
-    if let Some(c) = own_rescale(m) {
+    // A factor that maps 0..255 to about 0..1 or 0..2 (1/255, 1/127.5, 1/128): the model wants raw
+    // pixels. Any other factor says nothing about what the model expects.
+    if let Some(c) = own_rescale(m).filter(|c| (0.9..=2.1).contains(&(c * 255.0))) {
         tracing::info!(
             "{}: the model scales its input itself (×{c}); feeding raw 0..255 pixels (--rescale 1)",
             what.display()

@@ -74,7 +74,7 @@ pub fn parse_state_dict(bytes: &[u8], path: &Path) -> Result<Vec<(String, ArrayD
     match next("magic number")? {
         V::Int(m) if m == MAGIC => {}
         V::Int(_) | V::Str(_) => return Err(bad("wrong magic number (a zip-format .pth needs another reader)".into())),
-        v => return Err(bad(format!("magic number expected, got {v:?}"))),
+        v => return Err(bad(format!("magic number expected, got a {}", kind(&v)))),
     }
     next("protocol version")?;
     next("sys info")?;
@@ -86,31 +86,63 @@ pub fn parse_state_dict(bytes: &[u8], path: &Path) -> Result<Vec<(String, ArrayD
         V::List(k) => k,
         v => return Err(bad(format!("the storage keys are a {}", kind(&v)))),
     };
+    let storages = read_storages(bytes, pos, keys, &dict).map_err(bad)?;
+    tensors(&dict, &storages).map_err(bad)
+}
+
+/// Each storage after the pickles, by key: an int64 element count, then the raw elements.
+fn read_storages<'b>(
+    bytes: &'b [u8],
+    mut pos: usize,
+    keys: Vec<V>,
+    dict: &[(V, V)],
+) -> std::result::Result<HashMap<String, &'b [u8]>, String> {
     let dtypes: HashMap<&str, &str> = dict
         .iter()
         .filter_map(|(_, v)| if let V::Tensor(t) = v { Some((t.storage.as_str(), t.dtype.as_str())) } else { None })
         .collect();
-    let mut storages: HashMap<String, &[u8]> = HashMap::new();
+    let mut storages = HashMap::new();
     for k in keys {
-        let V::Str(k) = k else { return Err(bad("a storage key that is not text".into())) };
-        let n = bytes.get(pos..pos + 8).ok_or_else(|| bad(format!("the file ends before storage {k}")))?;
+        let V::Str(k) = k else { return Err("a storage key that is not text".into()) };
+        let n = bytes.get(pos..).and_then(|r| r.get(..8)).ok_or_else(|| format!("the file ends before storage {k}"))?;
         let n = i64::from_le_bytes(n.try_into().expect("8 bytes"));
         let dtype = dtypes.get(k.as_str()).copied().unwrap_or("FloatStorage");
-        let len = usize::try_from(n).ok().and_then(|n| n.checked_mul(elem_size(dtype)));
+        let size =
+            elem_size(dtype).ok_or_else(|| format!("storage {k} holds {dtype}, a type this reader does not know"))?;
+        let len = usize::try_from(n).ok().and_then(|n| n.checked_mul(size));
         let data = len
-            .and_then(|len| bytes.get(pos + 8..pos + 8 + len))
-            .ok_or_else(|| bad(format!("the file ends inside storage {k} ({n} elements)")))?;
+            .and_then(|len| bytes.get(pos + 8..).and_then(|r| r.get(..len)))
+            .ok_or_else(|| format!("the file ends inside storage {k} ({n} elements)"))?;
         storages.insert(k, data);
         pos += 8 + data.len();
     }
-    let mut out = vec![];
-    for (name, v) in &dict {
+    Ok(storages)
+}
+
+/// The float32 tensors of the state dict (a later entry of the same name replaces an earlier one,
+/// as in Python); integer tensors are left out, other float types refused. All of them together
+/// may not hold more elements than twice the storages do (views of one storage repeated by a
+/// hostile file must not allocate unbounded memory).
+fn tensors(
+    dict: &[(V, V)],
+    storages: &HashMap<String, &[u8]>,
+) -> std::result::Result<Vec<(String, ArrayD<f32>)>, String> {
+    let mut budget = storages.values().map(|d| d.len() / 4).sum::<usize>().saturating_mul(2).saturating_add(1 << 20);
+    let mut out: Vec<(String, ArrayD<f32>)> = vec![];
+    for (name, v) in dict {
         let (V::Str(name), V::Tensor(t)) = (name, v) else { continue };
-        if t.dtype != "FloatStorage" {
-            continue;
+        match t.dtype.as_str() {
+            "FloatStorage" => {}
+            "LongStorage" | "IntStorage" | "ShortStorage" | "CharStorage" | "ByteStorage" | "BoolStorage" => continue,
+            other => return Err(format!("{name} is stored as {other}; only float32 state dicts are read")),
         }
-        let data = storages.get(&t.storage).ok_or_else(|| bad(format!("{name}: storage {} missing", t.storage)))?;
-        out.push((name.clone(), gather(data, t).ok_or_else(|| bad(format!("{name}: view outside its storage")))?));
+        let data = storages.get(&t.storage).ok_or_else(|| format!("{name}: storage {} missing", t.storage))?;
+        let a = gather(data, t).ok_or_else(|| format!("{name}: view outside its storage"))?;
+        budget = budget.checked_sub(a.len()).ok_or("the tensors hold far more elements than the storages")?;
+        match out.iter_mut().find(|(n, _)| n == name) {
+            Some(entry) => entry.1 = a,
+            None => out.push((name.clone(), a)),
+        }
     }
     Ok(out)
 }
@@ -130,13 +162,14 @@ fn kind(v: &V) -> &'static str {
     }
 }
 
-fn elem_size(dtype: &str) -> usize {
-    match dtype {
+fn elem_size(dtype: &str) -> Option<usize> {
+    Some(match dtype {
         "DoubleStorage" | "LongStorage" => 8,
+        "FloatStorage" | "IntStorage" => 4,
         "HalfStorage" | "ShortStorage" | "BFloat16Storage" => 2,
         "ByteStorage" | "CharStorage" | "BoolStorage" => 1,
-        _ => 4,
-    }
+        _ => return None,
+    })
 }
 
 /// The elements of the strided view `t` of the little-endian float32 `data`.
@@ -179,11 +212,46 @@ struct Machine<'a> {
     stack: Vec<V>,
     marks: Vec<usize>,
     memo: HashMap<u32, V>,
+    /// Values a GET may still copy: the memo shares objects in Python, here it copies them, so a
+    /// hostile file could double its values with every few bytes.
+    budget: usize,
+}
+
+/// Containers nest at most this deep (a state dict nests 4 deep).
+const MAX_DEPTH: usize = 32;
+
+/// How many values `v` holds (counting stops once past `limit`).
+fn weight(v: &V, limit: usize) -> usize {
+    let mut n = 1;
+    let mut add = |c: &V| {
+        if n <= limit {
+            n += weight(c, limit);
+        }
+    };
+    match v {
+        V::Tuple(t) | V::List(t) => t.iter().for_each(&mut add),
+        V::Dict(d) => d.iter().for_each(|(k, v)| {
+            add(k);
+            add(v)
+        }),
+        _ => {}
+    }
+    n
+}
+
+/// How deeply containers nest in `v` (stops counting past [`MAX_DEPTH`]).
+fn depth(v: &V) -> usize {
+    let d = match v {
+        V::Tuple(t) | V::List(t) => t.iter().map(depth).max().unwrap_or(0),
+        V::Dict(d) => d.iter().map(|(k, v)| depth(k).max(depth(v))).max().unwrap_or(0),
+        _ => return 0,
+    };
+    (d + 1).min(MAX_DEPTH + 1)
 }
 
 impl<'a> Machine<'a> {
     fn new(b: &'a [u8], pos: usize) -> Self {
-        Machine { b, pos, stack: vec![], marks: vec![], memo: HashMap::new() }
+        Machine { b, pos, stack: vec![], marks: vec![], memo: HashMap::new(), budget: 8 * b.len() + 4096 }
     }
 
     fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
@@ -260,7 +328,7 @@ impl<'a> Machine<'a> {
             b')' => self.stack.push(V::Tuple(vec![])),
             b't' => {
                 let items = self.pop_mark()?;
-                self.stack.push(V::Tuple(items));
+                self.push_nested(V::Tuple(items), at)?;
             }
             0x85..=0x87 => {
                 let n = (op - 0x84) as usize;
@@ -268,7 +336,7 @@ impl<'a> Machine<'a> {
                     return Err(format!("tuple of {n} on a shorter stack at byte {at}"));
                 }
                 let items = self.stack.split_off(self.stack.len() - n);
-                self.stack.push(V::Tuple(items));
+                self.push_nested(V::Tuple(items), at)?;
             }
             b'X' => {
                 let n = self.u32()? as usize;
@@ -355,12 +423,30 @@ impl<'a> Machine<'a> {
     }
 
     fn get(&mut self, k: u32) -> std::result::Result<(), String> {
-        let v = self.memo.get(&k).cloned().ok_or_else(|| format!("memo {k} unset at byte {}", self.pos))?;
+        let v = self.memo.get(&k).ok_or_else(|| format!("memo {k} unset at byte {}", self.pos))?;
+        let w = weight(v, self.budget);
+        self.budget = self
+            .budget
+            .checked_sub(w)
+            .ok_or_else(|| format!("values copied past any state dict's size at byte {}", self.pos))?;
+        let v = v.clone();
+        self.stack.push(v);
+        Ok(())
+    }
+
+    /// Push a container, refusing nesting deeper than [`MAX_DEPTH`].
+    fn push_nested(&mut self, v: V, at: usize) -> std::result::Result<(), String> {
+        if depth(&v) > MAX_DEPTH {
+            return Err(format!("containers nested deeper than {MAX_DEPTH} at byte {at}"));
+        }
         self.stack.push(v);
         Ok(())
     }
 
     fn dict_insert(&mut self, pairs: Vec<(V, V)>, at: usize) -> std::result::Result<(), String> {
+        if pairs.iter().any(|(k, v)| depth(k).max(depth(v)) >= MAX_DEPTH) {
+            return Err(format!("containers nested deeper than {MAX_DEPTH} at byte {at}"));
+        }
         match self.stack.last_mut() {
             Some(V::Dict(d)) => {
                 d.extend(pairs);
@@ -371,6 +457,9 @@ impl<'a> Machine<'a> {
     }
 
     fn list_extend(&mut self, items: Vec<V>, at: usize) -> std::result::Result<(), String> {
+        if items.iter().any(|v| depth(v) >= MAX_DEPTH) {
+            return Err(format!("containers nested deeper than {MAX_DEPTH} at byte {at}"));
+        }
         match self.stack.last_mut() {
             Some(V::List(l)) => {
                 l.extend(items);
@@ -404,6 +493,9 @@ fn reduce(f: V, args: V) -> std::result::Result<V, String> {
             let dims = |t: &[V]| -> Option<Vec<usize>> {
                 t.iter().map(|v| if let V::Int(i) = v { usize::try_from(*i).ok() } else { None }).collect()
             };
+            if size.len() > 16 {
+                return Err(format!("a tensor of rank {}", size.len()));
+            }
             Ok(V::Tensor(TensorRef {
                 storage: s.key.clone(),
                 dtype: s.dtype.clone(),

@@ -114,6 +114,30 @@ fn the_pth_reader_reads_strided_views_and_refuses_what_it_cannot_read() {
     assert!(e.contains("gen.pth") && e.contains("state dict"), "{e}");
     let e = err(b"PK\x03\x04 a zip-format file");
     assert!(e.contains("gen.pth") && e.contains("opcode"), "{e}");
+    // Hostile files: values copied through the memo until memory runs out, containers nested a
+    // million deep, storage types this reader does not know, half-precision tensors.
+    let mut bomb = Pickle::default();
+    bomb.proto().op(b"]q\x00");
+    for _ in 0..40 {
+        bomb.op(b"h\x00h\x00\x86q\x00");
+    }
+    let e = err(&bomb.op(b".").0);
+    assert!(e.contains("copied past"), "{e}");
+    let mut deep = Pickle::default();
+    deep.proto().op(b")").op(&vec![0x85u8; 100_000]).op(b".");
+    let e = err(&deep.0);
+    assert!(e.contains("nested deeper"), "{e}");
+    let odd = [("w", "ComplexFloatStorage", "0", vec![2], vec![1], 0)];
+    let e = err(&pth(&odd, &storages[..1]));
+    assert!(e.contains("ComplexFloatStorage"), "{e}");
+    let half = [("w", "HalfStorage", "0", vec![2], vec![1], 0)];
+    let e = err(&pth(&half, &storages[..1]));
+    assert!(e.contains("w is stored as HalfStorage"), "{e}");
+    // A name given twice keeps its last tensor, as a Python dict does.
+    let twice = [("w", "FloatStorage", "0", vec![2], vec![1], 0), ("w", "FloatStorage", "0", vec![2], vec![1], 4)];
+    let sd = tlearn::pth::parse_state_dict(&pth(&twice, &storages[..1]), Path::new("gen.pth")).unwrap();
+    assert_eq!(sd.len(), 1);
+    assert_eq!(sd[0].1.as_slice().unwrap(), &[4.0, 5.0]);
     for (size, stride) in [(vec![4, 4], vec![4, 1]), (vec![1 << 20, 1 << 20], vec![0, 0]), (vec![3], vec![])] {
         let bad_view = [("w", "FloatStorage", "0", size, stride, 0)];
         let e = err(&pth(&bad_view, &storages[..1]));

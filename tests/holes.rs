@@ -194,3 +194,76 @@ fn unusual_models_and_empty_data_are_errors_not_panics() {
     let e = tlearn::heads::dense::build(&[2, 2, 3], 2, &spec.check().unwrap(), 1, Some(&empty)).err().unwrap();
     assert!(matches!(e, tlearn::Error::Param { name: "standardize", .. }), "{e}");
 }
+
+/// The fit driver: a run that stopped early stays stopped when rerun (its checkpoint says so).
+#[test]
+fn an_early_stopped_fit_rerun_ends_where_it_stopped() {
+    use tlearn::params::ParamGuard;
+    use tlearn::train::learner::{self, Checkpointing, FitOptions};
+    use tlearn::train::{FitConfig, InMemory, Trainer};
+    let spec = tlearn::heads::HeadSpec { units: 8, dropout: 0.0, ..Default::default() }.check().unwrap();
+    let m = tlearn::heads::dense::build(&[4], 2, &spec, 3, None).unwrap();
+    let x = ArrayD::from_shape_fn(IxDyn(&[40, 4]), |i| (((i[0] * 7 + i[1] * 3) % 11) as f32 - 5.0) / 5.0);
+    let labels: Vec<usize> = (0..40).map(|i| (i * 7 % 11 > 5) as usize).collect();
+    // Validation labels that disagree with training: the validation loss rises, patience stops.
+    let flipped: Vec<usize> = labels.iter().map(|l| 1 - l).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let fit = FitConfig {
+        epochs: 30,
+        batch: 8,
+        seed: 1,
+        optimizer: tlearn::train::optim::Optimizer::rmsprop(1e-2),
+        schedule: Default::default(),
+    };
+    let o = FitOptions {
+        fit: fit.check().unwrap(),
+        checkpoint: Some(Checkpointing {
+            path: dir.path().join("checkpoint.onnx"),
+            config: serde_json::json!({"test": 1}),
+            resume: Default::default(),
+        }),
+        models: Some(dir.path().into()),
+        patience: Some(2),
+    };
+    let run = || {
+        let mut tr = Trainer::new(&m, Path::new("head.onnx"), &[4], 2, &opts()).unwrap();
+        let val = InMemory { x: &x, labels: &flipped };
+        learner::fit(&mut tr, &InMemory { x: &x, labels: &labels }, Some(val), &o, &tlearn::progress::Silent).unwrap()
+    };
+    let first = run();
+    assert!(first.history.len() < 30, "patience stopped the fit: {} epochs", first.history.len());
+    let last = std::fs::read(dir.path().join("last.onnx")).unwrap();
+    let again = run();
+    assert_eq!(again.history, first.history, "the rerun ends where the run stopped");
+    assert_eq!(std::fs::read(dir.path().join("last.onnx")).unwrap(), last, "and writes nothing new");
+    assert_eq!(again.best.map(|b| b.0.epoch), first.best.map(|b| b.0.epoch));
+}
+
+/// The input-scale detection: a cycle in an unchecked graph ends the walk; a leading factor that
+/// does not map 0..255 to about 0..1 or 0..2 does not switch to raw pixels.
+#[test]
+fn the_input_scale_detection_stops_on_cycles_and_odd_factors() {
+    let model = |op: &str, factor: f32, cycle: bool| {
+        let mut b = GraphBuilder::new("scaled");
+        b.input("x", &[Dim::named("N"), Dim::Fixed(4)]);
+        let c = b.init_f32("factor", &ndarray::arr0(factor).into_dyn());
+        if cycle {
+            b.node("Identity", &["x", "loop"], &["loop"], vec![]);
+        }
+        b.node(op, &["x", &c], &["y"], vec![]);
+        b.output("y", &[Dim::named("N"), Dim::Fixed(4)]);
+        onnx::model(b.finish(), "test")
+    };
+    let p = Path::new("m.onnx");
+    assert_eq!(tlearn::finetune::own_rescale(&model("Mul", 1.0 / 255.0, true)), None, "two readers of x");
+    assert_eq!(tlearn::finetune::own_rescale(&model("Div", 127.5, false)), Some(1.0 / 127.5));
+    assert_eq!(tlearn::finetune::default_rescale(&model("Div", 127.5, false), p), 1.0);
+    assert_eq!(tlearn::finetune::own_rescale(&model("Mul", 255.0, false)), Some(255.0));
+    assert_eq!(tlearn::finetune::default_rescale(&model("Mul", 255.0, false), p), 1.0 / 255.0);
+    let mut cyc = GraphBuilder::new("cycle");
+    cyc.input("x", &[Dim::named("N")]);
+    cyc.node("Identity", &["x"], &["a"], vec![]);
+    cyc.node("Identity", &["a"], &["x"], vec![]);
+    cyc.output("a", &[Dim::named("N")]);
+    assert_eq!(tlearn::finetune::own_rescale(&onnx::model(cyc.finish(), "test")), None);
+}

@@ -58,7 +58,8 @@ impl Best {
     /// Without validation the latest epoch is the best one.
     fn improved_by(&self, e: &Epoch, validated: bool) -> bool {
         let score = |e: &Epoch| if validated { e.val_loss } else { -(e.epoch as f64) };
-        self.epoch.as_ref().is_none_or(|b| score(e) < score(b))
+        // A best whose loss is not a number is beaten by any that is.
+        self.epoch.as_ref().is_none_or(|b| score(e) < score(b) || (score(b).is_nan() && !score(e).is_nan()))
     }
 }
 
@@ -94,6 +95,10 @@ pub fn fit(
         sink.epoch(e, epochs);
     }
     let done = resumed.as_ref().map(|r| r.epoch).unwrap_or(0);
+    // A run that stopped early stays stopped: its rerun ends where it did.
+    if let Some(state) = resumed.as_ref().filter(|_| o.patience.is_some_and(|p| best.since >= p)) {
+        return Ok(Fitted { history: state.history.clone(), best: best.epoch.map(|e| (e, best.model)) });
+    }
     let steps = data.labels().len().div_ceil(o.fit.batch) as u64;
     let meter =
         sink.meter(steps * epochs.saturating_sub(done) as u64, "steps", &format!("epoch {}/{epochs}", done + 1));
