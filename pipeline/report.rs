@@ -1,8 +1,7 @@
 //! The evaluation report a person reads: `reports/<run>/index.html`, one self-contained file
 //! (every picture a `data:` URI, no script, no external resource) with the metrics, the confusion
 //! matrix, ROC curves, the training curves and the most confidently misclassified test images.
-//! This module renders the page; the evaluate stage ([`crate::evaluate`]) draws the charts and
-//! writes the files.
+//! This module renders the page; the stage that evaluates draws the charts and writes the files.
 
 use crate::metrics::{class_probs, predicted, Metrics};
 use base64::Engine as _;

@@ -47,8 +47,8 @@ fn layer_name(n: &NodeProto) -> String {
     }
 }
 
-/// Compute the rows of `m` at input `size`×`size` (one run of the graph: check its memory first
-/// with [`crate::memory::check_one_image`]).
+/// Compute the rows of `m` at input `size`×`size` (one run of the graph: the caller checks that
+/// one image of that size fits in memory first).
 pub fn rows(m: &ModelProto, path: &Path, size: u32) -> Result<Vec<Row>> {
     let (input, layout) = cut::image_input(m, path)?;
     let g = graph(m);
