@@ -1,5 +1,6 @@
 //! The feature cache: `<split>.npy` (N,h,w,c float32), `<split>.labels.npy` (int64),
-//! `<split>.files.csv` and a JSON sidecar per split, as the extract stage writes them; loading with every checksum and name checked; merging shard parts.
+//! `<split>.files.csv` and a JSON sidecar per split, as the extract stage writes them; loading
+//! with every checksum and name checked; merging shard parts.
 //!
 //! Extra *views* (flips, for feature augmentation and test-time augmentation) are caches of their
 //! own next to the plain one: `<split>.<view>.npy` with the same rows in the same order.
