@@ -51,10 +51,17 @@ pub fn predict_split(
     Ok((probs, views.swap_remove(0)))
 }
 
-/// Evaluate a head run (`runs/<run>`) on `split` of the features in `fdir` into `out`.
-pub fn head_run(run_dir: &Path, fdir: &Path, split: &str, out: &Path, opts: &SessionOptions) -> Result<Metrics> {
-    let info = RunInfo::load(run_dir)?;
-    let (probs, f) = predict_split(run_dir, &info, fdir, split, opts)?;
+/// Evaluate the head run in `run_dir` (its record `info`) on `split` of the features in `fdir`
+/// into `out`.
+pub fn head_run(
+    run_dir: &Path,
+    info: &RunInfo,
+    fdir: &Path,
+    split: &str,
+    out: &Path,
+    opts: &SessionOptions,
+) -> Result<Metrics> {
+    let (probs, f) = predict_split(run_dir, info, fdir, split, opts)?;
     let context = serde_json::json!({
         "run": info.name,
         "split": split,

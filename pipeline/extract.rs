@@ -216,7 +216,7 @@ impl SplitJob<'_> {
                 preprocess: &self.bb.info.preprocess,
             },
         )?;
-        let journalled = read_journal(&journal)?;
+        let (journalled, next_chunk) = read_journal(&journal)?;
         for (shas, a) in &journalled {
             for (i, sha) in shas.iter().enumerate() {
                 cached.insert(sha.clone(), a.index_axis(Axis(0), i));
@@ -228,7 +228,7 @@ impl SplitJob<'_> {
             tracing::info!("{split}: resuming, {} of {n} images already journalled", n - todo.len());
         }
         let device = previous.as_ref().map(|p| p.info.device).unwrap_or(runtime::Device::Cpu);
-        let computed = self.compute(runner, &journal, &todo, device)?;
+        let computed = self.compute(runner, (&journal, next_chunk), &todo, device)?;
         let report = self.assemble(runner, &cached, computed)?;
         journal.finish()?;
         Ok(report)
@@ -277,11 +277,12 @@ impl SplitJob<'_> {
         }))
     }
 
-    /// Run the backbone over the rows in `todo`, journalling every `checkpoint_every` rows.
+    /// Run the backbone over the rows in `todo`, journalling every `checkpoint_every` rows as
+    /// chunks numbered from `next_chunk`.
     fn compute(
         &self,
         runner: &mut Option<Runner>,
-        journal: &Journal,
+        (journal, mut next_chunk): (&Journal, usize),
         todo: &[usize],
         device: runtime::Device,
     ) -> Result<Computed> {
@@ -307,7 +308,6 @@ impl SplitJob<'_> {
         let pb = self.sink.meter(todo.len() as u64, "img", &message);
         let todo_paths: Vec<PathBuf> = todo.iter().map(|&i| fsutil::text_path(&rows[i].path)).collect();
         let mut pending: Vec<usize> = vec![];
-        let mut next_chunk = journal.names()?.len();
         run_images(
             &mut s.session,
             crate::onnx::cut::IMAGE,
@@ -412,10 +412,15 @@ impl SplitJob<'_> {
     }
 }
 
-/// The chunks a killed run journalled (a chunk that does not parse is recomputed).
-fn read_journal(journal: &Journal) -> Result<Vec<(Vec<String>, ArrayD<f32>)>> {
+/// A journalled chunk: the content hashes of its rows and the rows' features.
+type Chunk = (Vec<String>, ArrayD<f32>);
+
+/// The chunks a killed run journalled (a chunk that does not parse is recomputed), and the number
+/// the next chunk written takes.
+fn read_journal(journal: &Journal) -> Result<(Vec<Chunk>, usize)> {
     let mut journalled = vec![];
-    for name in &journal.names()? {
+    let names = journal.names()?;
+    for name in &names {
         if let Some((bytes, shas)) = journal.get::<Vec<String>>(name) {
             match ArrayD::<f32>::read_npy(&bytes[..]) {
                 Ok(a) if a.shape().first() == Some(&shas.len()) => journalled.push((shas, a)),
@@ -423,5 +428,5 @@ fn read_journal(journal: &Journal) -> Result<Vec<(Vec<String>, ArrayD<f32>)>> {
             }
         }
     }
-    Ok(journalled)
+    Ok((journalled, names.len()))
 }

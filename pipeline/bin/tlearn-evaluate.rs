@@ -36,7 +36,7 @@ fn run(a: Args) -> Result<()> {
     let info = tlearn::run::RunInfo::load(&run_dir).with_context(|| format!("reading run {}", run_dir.display()))?;
     let fdir = a.features.unwrap_or_else(|| info.features_dir.clone());
     let out = a.reports.join(&a.run);
-    let m = evaluate::head_run(&run_dir, &fdir, &a.split, &out, &a.ort.session())
+    let m = evaluate::head_run(&run_dir, &info, &fdir, &a.split, &out, &a.ort.session())
         .with_context(|| format!("evaluating run {} on the {} split", a.run, a.split))?;
     let (backbone, size) = (&info.features.backbone, info.features.size);
     tlearn::outln!("{} on {} ({backbone} {size}×{size}):", a.run, a.split);
