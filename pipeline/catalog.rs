@@ -10,8 +10,23 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub const CATALOG: &str = "backbones.toml";
-/// The built-in catalog, as shipped.
-const BUILTIN: &str = include_str!("../onnx/backbones.toml");
+/// The built-in catalog, as shipped: backbones from registry wheels, and the ONNX Model Zoo's.
+const BUILTIN: &[(&str, &str)] =
+    &[(CATALOG, include_str!("../onnx/backbones.toml")), (ZOO_CATALOG, include_str!("../onnx/zoo.toml"))];
+pub const ZOO_CATALOG: &str = "zoo.toml";
+/// Where the zoo's files are served from (`<base><zoo_path>`).
+pub const ZOO_URL: &str = "https://github.com/onnx/models/raw/main/";
+/// Zoo models are named `zoo-NAME`; `zoo:NAME` (the zoo's own way of writing it) means the same.
+const ZOO_PREFIX: &str = "zoo-";
+
+/// The catalog name `name` stands for: `zoo:resnet50-v2` → `zoo-resnet50-v2` (a colon would be
+/// awkward in file names and make targets), anything else unchanged.
+pub fn canonical(name: &str) -> std::borrow::Cow<'_, str> {
+    match name.strip_prefix("zoo:") {
+        Some(rest) => format!("{ZOO_PREFIX}{rest}").into(),
+        None => name.into(),
+    }
+}
 pub const USER_CATALOG: &str = "user-backbones.toml";
 
 /// What a catalog entry's source file is.
@@ -42,13 +57,18 @@ pub struct Entry {
     pub sha256: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member: Option<String>,
+    /// A file of the ONNX Model Zoo repository (its manifest's `model_path`), with its size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zoo_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
     /// What the source file is (default: ONNX).
     #[serde(default, skip_serializing_if = "is_onnx")]
     pub format: SourceFormat,
     /// A local ONNX file (entries made by `tlearn-backbone add`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
-    /// The tensor the conv base ends at.
+    /// The tensor the conv base ends at ([`crate::onnx::cut::AUTO`]: found by the cut rule).
     pub cut: String,
     pub cut_layout: Layout,
     /// More tensors to take features from (multi-scale); needs `pool`.
@@ -60,6 +80,8 @@ pub struct Entry {
     pub preprocess: PreprocessKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mean: Option<[f32; 3]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub std: Option<[f32; 3]>,
     /// Default input size (square).
     pub size: u32,
     /// Expected parameter count of the cut graph, checked when fetching.
@@ -74,11 +96,14 @@ impl Entry {
     }
 
     pub fn preprocessing(&self) -> Preprocess {
-        let p = Preprocess::of(self.preprocess);
-        match self.mean {
-            Some(m) => p.with_mean(m),
-            None => p,
+        let mut p = Preprocess::of(self.preprocess);
+        if let Some(m) = self.mean {
+            p = p.with_mean(m);
         }
+        if let Some(s) = self.std {
+            p.std = s;
+        }
+        p
     }
 }
 
@@ -102,7 +127,7 @@ impl Catalog {
     }
 
     pub fn get(&self, name: &str) -> Result<&Entry> {
-        self.entries.get(name).ok_or_else(|| Error::Param {
+        self.entries.get(canonical(name).as_ref()).ok_or_else(|| Error::Param {
             name: "backbone",
             value: name.into(),
             reason: format!(
@@ -115,7 +140,7 @@ impl Catalog {
 
     /// Path of the fetched (cut) model.
     pub fn model_path(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.onnx"))
+        self.dir.join(format!("{}.onnx", canonical(name)))
     }
 
     /// Register a user entry in `user-backbones.toml`. A built-in name is never taken over; an
@@ -137,6 +162,13 @@ impl Catalog {
     /// May `name` be registered? Plain name; not a built-in; not a user entry unless `replace`.
     pub fn check_new_name(&self, name: &str, replace: bool) -> Result<()> {
         crate::fsutil::check_name("name", name)?;
+        if canonical(name) != name {
+            return Err(Error::Param {
+                name: "name",
+                value: name.into(),
+                reason: "`zoo:` names are the ONNX Model Zoo's; choose another --name".into(),
+            });
+        }
         let bad = |reason: String| Err(Error::Param { name: "name", value: name.into(), reason });
         if builtin()?.contains_key(name) {
             return bad(format!("`{name}` is a built-in backbone of {}; choose another --name", CATALOG));
@@ -154,7 +186,13 @@ fn is_onnx(f: &SourceFormat) -> bool {
 
 /// The built-in entries.
 pub fn builtin() -> Result<BTreeMap<String, Entry>> {
-    toml::from_str(BUILTIN).map_err(|e| Error::BadData { path: CATALOG.into(), reason: e.to_string() })
+    let mut all = BTreeMap::new();
+    for (file, text) in BUILTIN {
+        let part: BTreeMap<String, Entry> =
+            toml::from_str(text).map_err(|e| Error::BadData { path: file.into(), reason: e.to_string() })?;
+        all.extend(part);
+    }
+    Ok(all)
 }
 
 fn read_file(path: &Path) -> Result<BTreeMap<String, Entry>> {

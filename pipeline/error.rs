@@ -32,6 +32,8 @@ pub enum Error {
     /// onnxruntime refused or failed; `code` is the runtime's own error code when it raised one.
     #[error("onnxruntime{}: {message}", code.map(|c| format!(" ({c:?})")).unwrap_or_default())]
     Ort { message: String, code: Option<ort::error::ErrorCode> },
+    #[error("{url}: {reason}")]
+    Download { url: String, reason: String },
     #[error("{0}")]
     Other(String),
 }

