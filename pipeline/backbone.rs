@@ -139,8 +139,13 @@ pub fn fetch(cat: &Catalog, name: &str, src: &Sources) -> Result<BackboneInfo> {
     let e = cat.get(name)?;
     let (m, source) = source_model(cat, e, src)?;
     let src_path = PathBuf::from(&source);
-    let cuts = if e.cut == cut::AUTO { vec![cut::conv_base_end(&m, &src_path, e.size)?] } else { e.cuts() };
-    let cutm = cut::cut_model_pooled(&m, &src_path, &cuts, e.cut_layout, e.pool)?;
+    let (cuts, layout) = if e.cut == cut::AUTO {
+        let (t, layout) = cut::conv_base_end(&m, &src_path, e.size)?;
+        (vec![t], layout)
+    } else {
+        (e.cuts(), e.cut_layout)
+    };
+    let cutm = cut::cut_model_pooled(&m, &src_path, &cuts, layout, e.pool)?;
     let params = cut::param_count(&cutm);
     if let Some(p) = e.params {
         if p != params {

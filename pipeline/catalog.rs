@@ -120,6 +120,8 @@ impl Catalog {
         let user = dir.join(USER_CATALOG);
         if user.exists() {
             for (k, v) in read_file(&user)? {
+                // Names become file names in --onnx-dir and features/: checked like given ones.
+                crate::fsutil::check_name_in(&user, "backbone name", &k)?;
                 entries.insert(k, v);
             }
         }
@@ -162,11 +164,11 @@ impl Catalog {
     /// May `name` be registered? Plain name; not a built-in; not a user entry unless `replace`.
     pub fn check_new_name(&self, name: &str, replace: bool) -> Result<()> {
         crate::fsutil::check_name("name", name)?;
-        if canonical(name) != name {
+        if canonical(name) != name || name.starts_with(ZOO_PREFIX) {
             return Err(Error::Param {
                 name: "name",
                 value: name.into(),
-                reason: "`zoo:` names are the ONNX Model Zoo's; choose another --name".into(),
+                reason: "`zoo:` and `zoo-` names are the ONNX Model Zoo's; choose another --name".into(),
             });
         }
         let bad = |reason: String| Err(Error::Param { name: "name", value: name.into(), reason });

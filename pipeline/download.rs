@@ -47,6 +47,10 @@ pub fn fetch(p: &Pinned, dest: &Path, retry: Retry, sink: &dyn Sink) -> Result<(
         std::fs::create_dir_all(dir).at(dir)?;
     }
     let _lock = crate::lock::file(dest)?;
+    // Another process may have finished it while this one waited for the lock.
+    if dest.exists() {
+        return Ok(());
+    }
     let agent = agent();
     let mut last = String::new();
     let mut wait = retry.first_wait;
@@ -107,23 +111,24 @@ fn attempt_once(agent: &ureq::Agent, p: &Pinned, part: &Path, sink: &dyn Sink) -
     let status = resp.status().as_u16();
     let from = match status {
         200 => 0,
-        206 if content_range_start(&resp) == Some(have) => have,
-        206 => 0,
+        206 if content_range(&resp).is_some_and(|(start, _)| start == have) => have,
+        206 => return Err(restart(part, "the server resumed from another offset")),
         416 => return Err(restart(part, "the server refused the resume range")),
         s if (500..600).contains(&s) || s == 429 => return Err(Failure::Transient(format!("HTTP {s}"))),
-        s => {
-            let reason = format!("HTTP {s}; the file is not at this address");
-            return Err(Failure::Final(Error::Download { url: p.url.into(), reason }));
-        }
+        s => return Err(Failure::Final(not_served(p.url, s))),
     };
-    if status == 206 && from == 0 {
-        return Err(restart(part, "the server resumed from another offset"));
+    // The whole file's size as the server states it: a page, a Git LFS pointer or another file
+    // is refused before a byte of it is written.
+    let total = if status == 206 { content_range(&resp).and_then(|(_, t)| t) } else { content_length(&resp) };
+    if let Some(t) = total.filter(|&t| t != p.bytes) {
+        let reason = format!("the server has {t} bytes there, the catalog pins {}: not the pinned file", p.bytes);
+        return Err(Failure::Final(Error::Download { url: p.url.into(), reason }));
     }
     let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(part).at(part).map_err(io)?;
     f.set_len(from).at(part).map_err(io)?;
     f.seek(std::io::SeekFrom::Start(from)).at(part).map_err(io)?;
-    let meter = sink.meter(p.bytes, "B", &format!("downloading {}", p.url));
-    meter.inc(from);
+    let what = if from > 0 { format!("resuming {} at byte {from}", p.url) } else { format!("downloading {}", p.url) };
+    let meter = sink.meter(p.bytes - from, "B", &what);
     let got = copy_capped(resp.into_body().into_reader(), &mut f, p.bytes - from, &*meter).map_err(|e| match e {
         CopyError::Read(e) => Failure::Transient(format!("transfer broke: {e}")),
         CopyError::Write(e) => Failure::Final(Error::Io { path: part.into(), err: e }),
@@ -147,18 +152,42 @@ fn restart(part: &Path, why: &str) -> Failure {
     Failure::Transient(format!("{why}; starting over"))
 }
 
-/// `Content-Range: bytes START-END/TOTAL` → START.
-fn content_range_start(resp: &ureq::http::Response<ureq::Body>) -> Option<u64> {
+/// `Content-Range: bytes START-END/TOTAL` → (START, TOTAL unless `*`).
+fn content_range(resp: &ureq::http::Response<ureq::Body>) -> Option<(u64, Option<u64>)> {
     let v = resp.headers().get("content-range")?.to_str().ok()?;
-    v.strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
+    let (range, total) = v.strip_prefix("bytes ")?.split_once('/')?;
+    let start = range.split('-').next()?.trim().parse().ok()?;
+    Some((start, total.trim().parse().ok()))
+}
+
+fn content_length(resp: &ureq::http::Response<ureq::Body>) -> Option<u64> {
+    resp.headers().get("content-length")?.to_str().ok()?.trim().parse().ok()
+}
+
+/// An answer that says the file will not come from this address.
+fn not_served(url: &str, status: u16) -> Error {
+    let what = match status {
+        404 | 410 => "the file is not at this address",
+        401 | 403 => "the server refuses it (access, rate limit or quota)",
+        _ => "the server will not serve it",
+    };
+    Error::Download {
+        url: url.into(),
+        reason: format!(
+            "HTTP {status}: {what}; give another base with --zoo-url, or fetch the file elsewhere and give it \
+             with `tlearn-backbone fetch NAME --source FILE` (checked against the same sha256)"
+        ),
+    }
 }
 
 /// A request that got no response: unreachable hosts say how to get the file another way.
 fn classify(url: &str, e: ureq::Error) -> Failure {
     match e {
-        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed | ureq::Error::Tls(_) | ureq::Error::Rustls(_) => {
-            Failure::Final(unreachable(url, &e.to_string()))
-        }
+        ureq::Error::HostNotFound
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::Tls(_)
+        | ureq::Error::Rustls(_)
+        | ureq::Error::Timeout(ureq::Timeout::Connect) => Failure::Final(unreachable(url, &e.to_string())),
         ureq::Error::Io(ref io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
             Failure::Final(unreachable(url, &e.to_string()))
         }

@@ -161,6 +161,16 @@ pub fn default_rescale(m: &ModelProto, what: &Path) -> f32 {
     }
 }
 
+/// Whether `name` is a constant of a deployable model's in-graph preprocessing (`pre/…`, also
+/// inside the `net/` of a fine-tuned deployable model wrapped again): never trained.
+fn is_preprocessing(name: &str) -> bool {
+    let mut s = name;
+    while let Some(rest) = s.strip_prefix("net/") {
+        s = rest;
+    }
+    s.starts_with("pre/")
+}
+
 /// The value of `name` when it is a one-number constant (an initializer or a Constant node).
 fn constant_scalar(g: &onnx::proto::GraphProto, name: &str) -> Option<f32> {
     let tensor = g.initializer.iter().find(|t| t.name == name).or_else(|| {
@@ -266,7 +276,10 @@ pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
     let train = load_set(cfg, "train", &classes, input, sink)?.expect("train exists");
     let val = load_set(cfg, "validation", &classes, input, sink)?;
     let patterns = cfg.trainable.clone();
-    let trainable = move |n: &str| patterns.is_empty() || patterns.iter().any(|p| matches(p, n));
+    let deployable = crate::score::meta(&model, &cfg.model).is_ok();
+    let trainable = move |n: &str| {
+        !(deployable && is_preprocessing(n)) && (patterns.is_empty() || patterns.iter().any(|p| matches(p, n)))
+    };
     let mut trainer = Trainer::with_trainable(&model, &cfg.model, &input, classes.len(), &cfg.session, &trainable)?;
     let trainable_params: usize = trainer.params.iter().map(|p| p.len()).sum();
     let total_params = onnx::cut::param_count(&model);

@@ -270,6 +270,53 @@ fn overlapping_maxpool_batchnorm_concat_and_residual_add() {
     check(&m, &[9, 9, 2], 2, 3);
 }
 
+/// A convolution with `group` groups: weight (cout, cin / group, k, k); `dims` = [cin, cout, k, group].
+fn grouped(b: &mut GraphBuilder, rng: &mut Rg, x: &str, dims: [usize; 4], attrs: Vec<(&str, A)>) -> String {
+    let [cin, cout, k, group] = dims;
+    let w = b.fresh("gw");
+    let w =
+        b.init_f32(&w, &ArrayD::from_shape_simple_fn(IxDyn(&[cout, cin / group, k, k]), || rng.gen_range(-0.5..0.5)));
+    let mut attrs = attrs;
+    attrs.push(("group", A::I(group as i64)));
+    b.op("Conv", &[x, &w], attrs)
+}
+
+fn clip(b: &mut GraphBuilder, x: &str, lo: f32, hi: f32) -> String {
+    let (l, h) = (b.const_f32("lo", lo), b.const_f32("hi", hi));
+    b.op("Clip", &[x, &l, &h], vec![])
+}
+
+#[test]
+fn depthwise_and_grouped_convolutions_clip_pad_swish_squeeze_excite_and_div() {
+    // EfficientNet/MobileNet blocks: 1×1 expand → Clip (ReLU6-like, both bounds reached) →
+    // depthwise 3×3 stride 2 SAME_UPPER → 1×1 project; a grouped 3×3 conv; an asymmetric Pad; swish;
+    // squeeze-excite (ReduceMean → 1×1 → Relu → 1×1 → Sigmoid → Mul); a trained Div.
+    let m = conv_model([7, 8, 2], 3, |b, rng, x| {
+        let h = conv(b, rng, &x, 2, 6, 1, vec![]);
+        let h = clip(b, &h, -0.4, 0.4);
+        let h =
+            grouped(b, rng, &h, [6, 6, 3, 6], vec![("auto_pad", A::S("SAME_UPPER")), ("strides", A::Ints(vec![2, 2]))]);
+        let h = clip(b, &h, -0.5, 0.3);
+        let h = conv(b, rng, &h, 6, 4, 1, vec![]);
+        let h = grouped(b, rng, &h, [4, 4, 3, 2], vec![("pads", A::Ints(vec![1, 1, 1, 1]))]);
+        let pads = b.const_i64("pads", &[0, 0, 1, 0, 0, 0, 0, 1]);
+        let h = b.op("Pad", &[&h, &pads], vec![]);
+        let h = grouped(b, rng, &h, [4, 4, 2, 4], vec![]);
+        let sg = b.op("Sigmoid", &[&h], vec![]);
+        let h = b.op("Mul", &[&h, &sg], vec![]);
+        let s = b.op("ReduceMean", &[&h], vec![("axes", A::Ints(vec![2, 3])), ("keepdims", A::I(1))]);
+        let s = conv(b, rng, &s, 4, 2, 1, vec![]);
+        let s = b.op("Relu", &[&s], vec![]);
+        let s = conv(b, rng, &s, 2, 4, 1, vec![]);
+        let s = b.op("Sigmoid", &[&s], vec![]);
+        let h = b.op("Mul", &[&h, &s], vec![]);
+        // A per-channel divisor, trained too (Div's both operands, broadcast back).
+        let dv = b.init_f32("div_w", &rand_array(rng, &[4, 1, 1], 0.5).mapv(|v| v + 1.5));
+        b.op("Div", &[&h, &dv], vec![])
+    });
+    check(&m, &[7, 8, 2], 3, 3);
+}
+
 /// Keras 3's update rules, written out independently of the library (f32, Keras' order).
 fn keras_update(opt: &optim::Optimizer, t: i32, w: &mut [f32], g: &[f32], s0: &mut [f32], s1: &mut [f32]) {
     for j in 0..w.len() {

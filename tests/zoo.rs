@@ -50,6 +50,8 @@ enum Mode {
     Good,
     /// Other bytes of the same length.
     Wrong,
+    /// A Git LFS pointer instead of the file.
+    Pointer,
     /// Promise the whole file, send half, hang up; every time.
     Truncate,
     /// Like `Truncate` for the first request, then `Good`.
@@ -97,7 +99,12 @@ fn answer(mut s: TcpStream, body: &[u8], mode: Mode, seen: &Mutex<Vec<String>>) 
         return;
     }
     let wrong: Vec<u8> = body.iter().map(|b| b ^ 0x5a).collect();
-    let data = if mode == Mode::Wrong { &wrong[..] } else { body };
+    let pointer = b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n";
+    let data = match mode {
+        Mode::Wrong => &wrong[..],
+        Mode::Pointer => &pointer[..],
+        _ => body,
+    };
     let start: usize = range.strip_prefix("bytes=").and_then(|v| v.trim_end_matches('-').parse().ok()).unwrap_or(0);
     let n = data.len();
     let head = if start > 0 {
@@ -166,6 +173,26 @@ fn the_right_file_is_downloaded_checked_cut_by_the_rule_and_cached() {
     let scores = std::fs::read_to_string(w.join("s.csv")).unwrap();
     let predictions = std::fs::read_to_string(w.join("reports/z/predictions.csv")).unwrap();
     assert_eq!(scores.lines().count(), predictions.lines().count(), "{scores}");
+    // The deployable model fine-tuned whole (every parameter but its in-graph preprocessing).
+    let out = ok(
+        "tlearn-finetune",
+        &[
+            "runs/z/model.onnx",
+            "--data",
+            "data/toy",
+            "--run",
+            "zft",
+            "--epochs",
+            "1",
+            "--batch",
+            "4",
+            "--device",
+            "cpu",
+        ],
+        w,
+    );
+    assert!(out.contains("trained"), "{out}");
+    assert!(w.join("runs/zft/model.onnx").exists());
 }
 
 #[test]
@@ -180,6 +207,13 @@ fn a_file_that_is_not_the_pinned_one_is_refused_and_not_kept() {
     assert!(!w.path().join(".cache/zoo/tiny-7.onnx").exists());
     assert!(!w.path().join(".cache/zoo/tiny-7.onnx.part").exists(), "a wrong file is not resumed");
     assert!(!w.path().join("onnx/zoo-tiny.onnx").exists());
+    // A pointer (or a page) where the file should be: refused from its size, nothing written.
+    let srv = serve(zoo_like(), Mode::Pointer);
+    let o = fetch(w.path(), srv.port);
+    let err = stderr(&o);
+    assert!(!o.status.success() && err.contains("the server has 63 bytes"), "{err}");
+    assert_eq!(srv.ranges.lock().unwrap().len(), 1, "not retried");
+    assert!(!w.path().join(".cache/zoo/tiny-7.onnx.part").exists());
 }
 
 #[test]
@@ -216,6 +250,7 @@ fn a_missing_file_or_no_server_is_a_clear_error() {
     let o = fetch(w.path(), srv.port);
     let err = stderr(&o);
     assert!(!o.status.success() && err.contains("HTTP 404") && err.contains(ZOO_PATH), "{err}");
+    assert!(err.contains("--zoo-url") && err.contains("--source"), "{err}");
     assert_eq!(srv.ranges.lock().unwrap().len(), 1, "a missing file is not retried");
     // Nobody listens on a port just released.
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -245,6 +280,8 @@ fn the_built_in_zoo_entries_are_pinned_and_named() {
         assert!(e.sha256.len() == 64 && e.sha256.chars().all(|c| c.is_ascii_hexdigit()), "{name}");
         assert!(e.bytes.is_some_and(|b| b > 1_000_000), "{name}");
         assert_eq!(e.cut, tlearn::onnx::cut::AUTO, "{name}");
+        // Where the repository's main branch keeps the files now (the manifest's paths are older).
+        assert!(e.zoo_path.as_ref().unwrap().starts_with("validated/vision/classification/"), "{name}");
     }
     assert!(cat.get("zoo:resnet50-v2").is_ok());
     let listed = ok("tlearn-backbone", &["list"], workdir().path());
@@ -269,30 +306,50 @@ fn family(nhwc: bool, head: impl FnOnce(&mut GraphBuilder, &str) -> String) -> o
     onnx::model(b.finish(), "test")
 }
 
+/// The features (h, w, c) of `m` cut by the rule at 16×16 (a batch of two, as fetch smoke-runs).
+fn rule_features(m: &onnx::proto::ModelProto) -> tlearn::Result<[usize; 3]> {
+    let p = Path::new("family.onnx");
+    let (t, layout) = tlearn::onnx::cut::conv_base_end(m, p, 16)?;
+    let cut = tlearn::onnx::cut::cut_model(m, p, &t, layout)?;
+    tlearn::backbone::feature_shape(&onnx::encode_model(&cut), p, 16)
+}
+
 #[test]
 fn the_cut_rule_finds_the_conv_base_of_each_zoo_family() {
-    use tlearn::onnx::cut::conv_base_end;
-    let p = Path::new("family.onnx");
+    // Every family's trunk ends in 16×16×8; a wrong cut gives another shape (or an error).
     let fc = |b: &mut GraphBuilder, x: &str| {
         let w = b.init_f32("fc/w", &ArrayD::from_elem(ndarray::IxDyn(&[8, 4]), 0.1));
         let g = b.op("MatMul", &[x, &w], vec![]);
         b.op("Softmax", &[&g], vec![])
     };
-    // TF Lite exports (EfficientNet-Lite4): NHWC input, a Transpose back to NHWC, ReduceMean.
+    // TF Lite exports (EfficientNet-Lite4): NHWC input, a Transpose back to NHWC, then a
+    // layout-keeping op the exporter moved past it, ReduceMean.
     let lite = family(true, |b, x| {
         let t = b.op("Transpose", &[x], vec![("perm", A::Ints(vec![0, 2, 3, 1]))]);
-        let m = b.op("ReduceMean", &[&t], vec![("axes", A::Ints(vec![1, 2])), ("keepdims", A::I(0))]);
+        let r = b.op("Relu", &[&t], vec![]);
+        let m = b.op("ReduceMean", &[&r], vec![("axes", A::Ints(vec![1, 2])), ("keepdims", A::I(0))]);
         fc(b, &m)
     });
-    assert_eq!(conv_base_end(&lite, p, 16).unwrap(), "last");
-    // Gluon MobileNetV2 / SqueezeNet: a 1×1 classifier conv after the global pooling.
+    assert_eq!(rule_features(&lite).unwrap(), [16, 16, 8]);
+    // Gluon MobileNetV2: a 1×1 classifier conv after the global pooling.
     let gluon = family(false, |b, x| {
         let g = b.op("GlobalAveragePool", &[x], vec![]);
         let w = b.init_f32("cls/w", &ArrayD::from_elem(ndarray::IxDyn(&[4, 8, 1, 1]), 0.1));
         let c = b.op("Conv", &[&g, &w], vec![("kernel_shape", A::Ints(vec![1, 1]))]);
         b.op("Flatten", &[&c], vec![])
     });
-    assert_eq!(conv_base_end(&gluon, p, 16).unwrap(), "last");
+    assert_eq!(rule_features(&gluon).unwrap(), [16, 16, 8]);
+    // Gluon SqueezeNet: Dropout, a 1×1 class-score conv on the whole map, Relu, AveragePool:
+    // the class-score map is spatial too, and not the conv base.
+    let squeeze = family(false, |b, x| {
+        let d = b.op("Dropout", &[x], vec![]);
+        let w = b.init_f32("cls/w", &ArrayD::from_elem(ndarray::IxDyn(&[4, 8, 1, 1]), 0.1));
+        let c = b.op("Conv", &[&d, &w], vec![("kernel_shape", A::Ints(vec![1, 1]))]);
+        let r = b.op("Relu", &[&c], vec![]);
+        let a = b.op("AveragePool", &[&r], vec![("kernel_shape", A::Ints(vec![16, 16]))]);
+        b.op("Flatten", &[&a], vec![])
+    });
+    assert_eq!(rule_features(&squeeze).unwrap(), [16, 16, 8]);
     // Caffe2 GoogLeNet: a whole-map AveragePool, Dropout, Reshape.
     let caffe = family(false, |b, x| {
         let a = b.op("AveragePool", &[x], vec![("kernel_shape", A::Ints(vec![16, 16]))]);
@@ -301,12 +358,12 @@ fn the_cut_rule_finds_the_conv_base_of_each_zoo_family() {
         let r = b.op("Reshape", &[&d, &s], vec![]);
         fc(b, &r)
     });
-    assert_eq!(conv_base_end(&caffe, p, 16).unwrap(), "last");
-    // Nothing spatial on the way back: an error that says what to do.
+    assert_eq!(rule_features(&caffe).unwrap(), [16, 16, 8]);
+    // Nothing spatial before the classifier: an error that says what to do.
     let only_pool = family(false, |b, _| {
         let s = b.const_i64("shape", &[1, -1]);
         b.op("Reshape", &["x", &s], vec![])
     });
-    let err = conv_base_end(&only_pool, p, 16).unwrap_err().to_string();
+    let err = rule_features(&only_pool).unwrap_err().to_string();
     assert!(err.contains("no 4-D tensor") && err.contains("--output"), "{err}");
 }

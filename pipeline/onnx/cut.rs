@@ -82,36 +82,52 @@ pub fn cut_model(m: &ModelProto, path: &Path, cut: &str, cut_layout: Layout) -> 
 }
 
 /// The cut rule: the last 4-D tensor with a spatial extent (two axes after the batch longer than
-/// one) before the classifier's global pooling or flatten, found by walking back from the model's
-/// first output along each node's data input (its first input that no initializer or constant
-/// gives), with shapes from one run on a zero image of `size`. A tensor a Transpose made NHWC
-/// (TF exports) is replaced by the transpose's NCHW input, so the cut is always NCHW.
-pub fn conv_base_end(m: &ModelProto, path: &Path, size: u32) -> Result<String> {
+/// one) before the classifier. It walks back from the model's first output along each node's data
+/// input (its first input that no initializer or constant gives) past the classifier — the first
+/// Conv, Gemm or MatMul met, so a 1×1 class-score convolution (SqueezeNet) is not taken for
+/// features — to the first spatial tensor, with shapes from one run on a zero image of `size`. Its
+/// layout is NHWC when layout-keeping ops lead back to an NCHW→NHWC Transpose (TF exports), else
+/// NCHW.
+pub fn conv_base_end(m: &ModelProto, path: &Path, size: u32) -> Result<(String, Layout)> {
     check_size(size)?;
     let g = graph(m);
     let (input, layout) = image_input(m, path)?;
-    let chain = data_chain(g, &input);
+    let producer: HashMap<&str, &NodeProto> =
+        g.node.iter().flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n))).collect();
+    let op = |t: &str| producer.get(t).map(|n| n.op_type.as_str()).unwrap_or("");
+    let chain: Vec<String> = data_chain(g, &input).into_iter().filter(|t| *t != input).collect();
     let n = size as usize;
     let shape = match layout {
         Layout::Nchw => [1, 3, n, n],
         Layout::Nhwc => [1, n, n, 3],
     };
     let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&shape));
-    let probe: Vec<String> = chain.iter().filter(|t| **t != input).cloned().collect();
-    let shapes = super::probe::shapes(m, path, vec![(input.as_str(), x.view())], &probe)?;
+    let shapes = super::probe::shapes(m, path, vec![(input.as_str(), x.view())], &chain)?;
     let spatial =
         |t: &String| shapes.get(t).is_some_and(|s| s.len() == 4 && s[1..].iter().filter(|&&d| d > 1).count() >= 2);
-    let Some(found) = probe.iter().find(|t| spatial(t)) else {
+    let classifier = chain.iter().position(|t| matches!(op(t), "Conv" | "Gemm" | "MatMul")).map_or(0, |i| i + 1);
+    let Some(at) = (classifier..chain.len()).find(|&i| spatial(&chain[i])) else {
         return Err(Error::BadModel {
             path: path.into(),
             reason: format!(
-                "no 4-D tensor with a spatial extent on the way back from the output `{}` at {size}×{size}; \
-                 give the cut tensor by name (`tlearn-backbone add --output`)",
-                chain.first().map(String::as_str).unwrap_or("")
+                "no 4-D tensor with a spatial extent before the classifier, walking back from the output `{}` \
+                 at {size}×{size}; give the cut tensor by name (`tlearn-backbone add --output`)",
+                g.output.first().map(|o| o.name.as_str()).unwrap_or("")
             ),
         });
     };
-    Ok(undo_nhwc_transpose(g, found))
+    let keeps_layout = |o: &str| {
+        matches!(
+            o,
+            "Relu" | "Clip" | "Sigmoid" | "Tanh" | "LeakyRelu" | "HardSigmoid" | "Identity" | "Dropout" | "Mul" | "Add"
+        )
+    };
+    let nhwc = chain[at..]
+        .iter()
+        .find(|t| !keeps_layout(op(t)))
+        .and_then(|t| producer.get(t.as_str()))
+        .is_some_and(|n| n.op_type == "Transpose" && super::attr_ints(n, "perm").as_deref() == Some(&[0, 2, 3, 1]));
+    Ok((chain[at].clone(), if nhwc { Layout::Nhwc } else { Layout::Nchw }))
 }
 
 /// Tensors from the first graph output back to the input, one data input per node.
@@ -136,17 +152,6 @@ fn data_chain(g: &GraphProto, input: &str) -> Vec<String> {
         t = node.and_then(|n| n.input.iter().find(|i| !i.is_empty() && !constant.contains(i.as_str())).cloned());
     }
     chain
-}
-
-/// `t`, or the input of the NCHW→NHWC Transpose that produced it.
-fn undo_nhwc_transpose(g: &GraphProto, t: &str) -> String {
-    let made_by = g.node.iter().find(|n| n.output.iter().any(|o| o == t));
-    match made_by {
-        Some(n) if n.op_type == "Transpose" && super::attr_ints(n, "perm").as_deref() == Some(&[0, 2, 3, 1]) => {
-            n.input[0].clone()
-        }
-        _ => t.to_string(),
-    }
 }
 
 /// Global pooling applied to each cut tensor before concatenation (multi-scale features).

@@ -3,7 +3,8 @@
 //! - Conv: dB = ReduceSum(dY); dX = ConvTranspose(dY, W) with the forward's strides, pads and
 //!   dilations (output_padding restores the rows a stride dropped); dW by *unfold*: one grouped Conv
 //!   with a constant one-hot kernel gives the im2col columns (N, C·kh·kw, h, w), then a batched MatMul
-//!   with dY and a ReduceSum over N (the fastest formulation measured, see DESIGN-NOTES).
+//!   with dY and a sum over N (the fastest formulation measured, see DESIGN-NOTES); grouped and
+//!   depthwise convolutions do the same per group (a MatMul batched over N and the groups).
 //! - MaxPool: the forward also returns `Indices`; dX = MaxUnpool(dY, Indices) when windows do not
 //!   overlap, else ScatterElements(add) over the flattened input — always for CUDA sessions, whose
 //!   provider has no MaxUnpool kernel.
@@ -172,10 +173,8 @@ fn conv(b: &mut GraphBuilder, r: &Rule) -> Result<Grads> {
         out.push((n.input[0].clone(), conv_input_grad(b, r, &geom)));
     }
     if (r.wants)(1) {
-        if geom.group != 1 {
-            return Err(unsupported(n, format!("weight gradient of a grouped convolution (group {})", geom.group)));
-        }
-        out.push((n.input[1].clone(), conv_weight_grad(b, r, &geom)));
+        let dw = if geom.group == 1 { conv_weight_grad(b, r, &geom) } else { grouped_weight_grad(b, r, &geom) };
+        out.push((n.input[1].clone(), dw));
     }
     Ok(out)
 }
@@ -203,17 +202,17 @@ fn conv_input_grad(b: &mut GraphBuilder, r: &Rule, g: &ConvGeom) -> String {
     )
 }
 
-/// dW by unfold (group 1 only).
-fn conv_weight_grad(b: &mut GraphBuilder, r: &Rule, g: &ConvGeom) -> String {
-    let (m, c, kh, kw) = (g.m, g.cg, g.kh, g.kw);
+/// The im2col columns of the forward's input: one grouped Conv with a constant one-hot kernel,
+/// (N, C·kh·kw, h, w) where channel c·kh·kw + (i·kw + j) is input channel c at kernel offset (i, j).
+fn unfold(b: &mut GraphBuilder, r: &Rule, g: &ConvGeom, c: usize) -> String {
+    let (kh, kw) = (g.kh, g.kw);
     let kk = kh * kw;
-    // One-hot unfold kernel: output channel c·kk + (i·kw + j) picks input channel c at (i, j).
     let onehot = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[c * kk, 1, kh, kw]), |ix| {
         (ix[0] % kk == ix[2] * kw + ix[3]) as u8 as f32
     });
     let name = b.fresh("unfold_kernel");
     let kernel = b.init_f32(&name, &onehot);
-    let cols = b.op(
+    b.op(
         "Conv",
         &[&r.n.input[0], &kernel],
         vec![
@@ -223,7 +222,14 @@ fn conv_weight_grad(b: &mut GraphBuilder, r: &Rule, g: &ConvGeom) -> String {
             ("dilations", A::Ints(g.dil.clone())),
             ("pads", A::Ints(g.pads_attr.clone())),
         ],
-    );
+    )
+}
+
+/// dW by unfold (group 1).
+fn conv_weight_grad(b: &mut GraphBuilder, r: &Rule, g: &ConvGeom) -> String {
+    let (m, c, kh, kw) = (g.m, g.cg, g.kh, g.kw);
+    let kk = kh * kw;
+    let cols = unfold(b, r, g, c);
     let cshape = b.const_i64("cols_shape", &[0, (c * kk) as i64, -1]);
     let cols = b.op("Reshape", &[&cols, &cshape], vec![]);
     let yshape = b.const_i64("dy_shape", &[0, m as i64, -1]);
@@ -241,6 +247,30 @@ fn conv_weight_grad(b: &mut GraphBuilder, r: &Rule, g: &ConvGeom) -> String {
     };
     let wshape = b.const_i64("w_shape", &[m as i64, c as i64, kh as i64, kw as i64]);
     b.op("Reshape", &[&per_sample, &wshape], vec![])
+}
+
+/// dW of a grouped convolution (depthwise included): per group G, the columns of its cg input
+/// channels (N, G, cg·kk, hw) times its mg output gradients (N, G, hw, mg), summed over N.
+fn grouped_weight_grad(b: &mut GraphBuilder, r: &Rule, g: &ConvGeom) -> String {
+    let (gr, cg, kh, kw) = (g.group, g.cg, g.kh, g.kw);
+    let (ck, mg) = ((cg * kh * kw) as i64, (g.m / gr) as i64);
+    let cols = unfold(b, r, g, cg * gr);
+    let cshape = b.const_i64("cols_shape", &[0, gr as i64, ck, -1]);
+    let cols = b.op("Reshape", &[&cols, &cshape], vec![]);
+    // (N, G, mg, hw) → (N, G, hw, mg): a plain reshape for depthwise (mg = 1).
+    let dyt = if mg == 1 {
+        let shape = b.const_i64("dy_shape", &[0, gr as i64, -1, 1]);
+        b.op("Reshape", &[r.dy, &shape], vec![])
+    } else {
+        let shape = b.const_i64("dy_shape", &[0, gr as i64, mg, -1]);
+        let dyr = b.op("Reshape", &[r.dy, &shape], vec![]);
+        b.op("Transpose", &[&dyr], vec![("perm", A::Ints(vec![0, 1, 3, 2]))])
+    };
+    let p = b.op("MatMul", &[&cols, &dyt], vec![]); // (N, G, cg·kk, mg)
+    let s = batch_sum(b, &p, &[gr as i64, ck, mg]);
+    let t = b.op("Transpose", &[&s], vec![("perm", A::Ints(vec![0, 2, 1]))]); // (G, mg, cg·kk)
+    let wshape = b.const_i64("w_shape", &[g.m as i64, cg as i64, kh as i64, kw as i64]);
+    b.op("Reshape", &[&t, &wshape], vec![])
 }
 
 fn max_pool(b: &mut GraphBuilder, r: &Rule, always_scatter: bool) -> Result<Grads> {

@@ -177,11 +177,16 @@ fn ends(g: &GraphProto, what: &Path) -> Result<Ends> {
         return Err(Error::BadModel { path: what.into(), reason: "expected exactly one output".into() });
     };
     let output = output.name.clone();
-    let last = g
-        .node
-        .iter()
-        .find(|n| n.output.first() == Some(&output))
+    let producer = |t: &String| g.node.iter().find(|n| n.output.first() == Some(t));
+    let mut last = producer(&output)
         .ok_or_else(|| Error::BadModel { path: what.into(), reason: format!("no node produces `{output}`") })?;
+    // An Identity that only names the probabilities (classical heads' graphs end so).
+    for _ in 0..g.node.len() {
+        match last.input.first().filter(|_| last.op_type == "Identity").and_then(producer) {
+            Some(n) => last = n,
+            None => break,
+        }
+    }
     let loss = match last.op_type.as_str() {
         "Sigmoid" => Loss::BinaryCrossEntropy,
         "Softmax" => Loss::CategoricalCrossEntropy,

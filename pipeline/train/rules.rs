@@ -50,6 +50,8 @@ fn rule(op: &str) -> Option<Rule> {
     let r: Rule = match op {
         "Identity" => identity,
         "Relu" => relu,
+        "Clip" => clip,
+        "Pad" => pad,
         "Sigmoid" => sigmoid,
         "Softmax" => softmax,
         "Dropout" => dropout,
@@ -59,6 +61,7 @@ fn rule(op: &str) -> Option<Rule> {
         "Add" | "Sub" => add_sub,
         "Max" => max,
         "Mul" => mul,
+        "Div" => div,
         "MatMul" | "Gemm" => matmul,
         _ => return None,
     };
@@ -92,6 +95,87 @@ fn identity(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
 fn relu(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
     let d = relu_backward(cx.b, &dy, &n.output[0]);
     cx.push(&n.input[0], d);
+    Ok(())
+}
+
+/// Clip (ReLU6 and friends): the gradient passes where the input lies strictly inside the bounds
+/// (PyTorch's hardtanh rule), bounds as attributes (opset < 11) or constant inputs.
+fn clip(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
+    let x = &n.input[0];
+    let bound = |i: usize, attr_name: &str| -> Result<Option<f32>> {
+        match n.input.get(i).filter(|t| !t.is_empty()) {
+            Some(t) => constant_f32(cx.g, t)
+                .map(Some)
+                .ok_or_else(|| unsupported(n, &format!("Clip needs constant bounds (`{t}` is computed)"))),
+            None => Ok(attr(n, attr_name).map(|a| a.f)),
+        }
+    };
+    let (lo, hi) = (bound(1, "min")?, bound(2, "max")?);
+    let mut mask: Option<String> = None;
+    for (v, op) in [(lo, "Greater"), (hi, "Less")] {
+        let Some(v) = v else { continue };
+        let c = cx.b.const_f32("bound", v);
+        let inside = cx.b.op(op, &[x, &c], vec![]);
+        let m = cx.b.op("Cast", &[&inside], vec![("to", A::I(dtype::FLOAT as i64))]);
+        mask = Some(match mask {
+            Some(prev) => cx.b.op("Mul", &[&prev, &m], vec![]),
+            None => m,
+        });
+    }
+    let d = match mask {
+        Some(m) => cx.b.op("Mul", &[&dy, &m], vec![]),
+        None => dy,
+    };
+    cx.push(x, d);
+    Ok(())
+}
+
+/// A scalar float constant of the forward graph (an initializer or a Constant node's value).
+fn constant_f32(g: &GraphProto, name: &str) -> Option<f32> {
+    let t = g.initializer.iter().find(|t| t.name == name).cloned().or_else(|| {
+        g.node
+            .iter()
+            .find(|n| n.op_type == "Constant" && n.output.first().is_some_and(|o| o == name))
+            .and_then(|n| attr(n, "value"))
+            .and_then(|a| a.t.clone())
+    })?;
+    let a = onnx::tensor_to_f32(&t).ok()?;
+    (a.len() == 1).then(|| a.iter().copied().next()).flatten()
+}
+
+/// Pad (constant mode, pads ≥ 0): the gradient is the unpadded window of `dy`.
+fn pad(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
+    let x = &n.input[0];
+    let mode = attr(n, "mode").map(|a| String::from_utf8_lossy(&a.s).into_owned()).unwrap_or_else(|| "constant".into());
+    if mode != "constant" {
+        return Err(unsupported(n, &format!("Pad in {mode} mode")));
+    }
+    let pads = match n.input.get(1).filter(|t| !t.is_empty()) {
+        Some(t) => cx.g.initializer.iter().find(|i| &i.name == t).map(onnx::tensor_to_i64),
+        None => attr_ints(n, "pads"),
+    }
+    .ok_or_else(|| unsupported(n, "Pad needs constant pads"))?;
+    let rank = cx.shapes[x].len();
+    let batch_padded = pads.len() == 2 * rank && (pads[0] != 0 || pads[rank] != 0);
+    if n.input.get(3).is_some_and(|t| !t.is_empty())
+        || pads.len() != 2 * rank
+        || pads.iter().any(|&p| p < 0)
+        || batch_padded
+    {
+        return Err(unsupported(
+            n,
+            &format!("Pad with pads {pads:?} on rank {rank} (non-negative, all axes, not the batch)"),
+        ));
+    }
+    let ys = &cx.shapes[&n.output[0]];
+    let starts: Vec<i64> = pads[..rank].to_vec();
+    // The batch axis (never padded) may differ from the probe's: sliced to its end.
+    let ends: Vec<i64> = (0..rank).map(|a| if a == 0 { i64::MAX } else { ys[a] as i64 - pads[rank + a] }).collect();
+    let axes: Vec<i64> = (0..rank as i64).collect();
+    let (st, en, ax) =
+        (cx.b.const_i64("starts", &starts), cx.b.const_i64("ends", &ends), cx.b.const_i64("axes", &axes));
+    let d = cx.b.op("Slice", &[&dy, &st, &en, &ax], vec![]);
+    cx.push(x, d);
     Ok(())
 }
 
@@ -226,6 +310,25 @@ fn mul(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
             let d = reduce_to(cx.b, &p, &cx.shapes[&n.output[0]], &cx.shapes[&n.input[i]]);
             cx.push(&n.input[i], d);
         }
+    }
+    Ok(())
+}
+
+/// y = a / b: da = dy / b, db = −dy · y / b (each summed back to its operand's shape).
+fn div(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
+    let (a, b, y) = (&n.input[0], &n.input[1], &n.output[0]);
+    let out = &cx.shapes[y];
+    if cx.wants(n, 0) {
+        let p = cx.b.op("Div", &[&dy, b], vec![]);
+        let d = reduce_to(cx.b, &p, out, &cx.shapes[a]);
+        cx.push(a, d);
+    }
+    if cx.wants(n, 1) {
+        let p = cx.b.op("Mul", &[&dy, y], vec![]);
+        let q = cx.b.op("Div", &[&p, b], vec![]);
+        let q = cx.b.op("Neg", &[&q], vec![]);
+        let d = reduce_to(cx.b, &q, out, &cx.shapes[b]);
+        cx.push(b, d);
     }
     Ok(())
 }
