@@ -20,7 +20,7 @@ ELPV_SHA256 := 85e31c1126ee9b48e62d3a0232c58f58b2d189b0814a45c13642fa0415af4a4c
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
 .PHONY: help setup setup-cuda build test check-backbones demo demo-best data data4 backbone extract head evaluate score bench bench-memory fuzz clean fmt lint \
-        mnist finetune finetune-v1 finetune-flips finetune-vgg bench-train bench-tf-env agree compare compare-native mnist-seeds
+        mnist finetune finetune-v1 finetune-flips finetune-vgg finetune-best bench-train bench-tf-env agree compare compare-native mnist-seeds
 
 DATA_DIR  := data/$(DATASET)
 FEAT_DIR  := features/$(DATASET)/$(BACKBONE)-$(SIZE)
@@ -158,6 +158,20 @@ finetune-vgg: setup runs/vgg-ft/model.onnx ## fine-tune VGG16's block 5 + the de
 runs/vgg-ft/model.onnx: reports/demo/scores.csv | $(BINS)
 	$(BIN)/tlearn-finetune runs/demo/model.onnx --data data/elpv --run vgg-ft --rescale 1 --trainable block5_conv \
 	  --trainable 'head/*' --epochs $(VGG_FT_EPOCHS) --batch 20 --lr 1e-5 --horizontal-flip --vertical-flip \
+	  --device $(DEVICE) $(FT_ARGS)
+
+BEST_FT_EPOCHS ?= 15
+BEST_FT_ARGS ?= --epochs $(BEST_FT_EPOCHS) --batch 16 --optimizer adam --lr 1e-4 --schedule cosine \
+  --horizontal-flip --vertical-flip
+finetune-best: setup runs/lite0-ft/model.onnx ## EfficientNet-Lite0 + its dense head fine-tuned whole on ELPV (flips, Adam 1e-4 cosine, BEST_FT_EPOCHS)
+	@$(PYTHON) -c "import json; m=json.load(open('reports/lite0-ft/metrics.json')); print(f\"EfficientNet-Lite0 + head fine-tuned on ELPV: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, ROC-AUC {m['roc_auc']:.4f}, macro-F1 {m['macro_f1']:.4f}\")"
+
+# The starting point: the dense head on average-pooled Lite0 features, fused into a deployable model.
+reports/lite0-head/scores.csv: | $(BINS)
+	$(MAKE) --no-print-directory score RUN=lite0-head BACKBONE=efficientnet-lite0 SIZE=224 HEAD_ARGS="--pool avg"
+
+runs/lite0-ft/model.onnx: reports/lite0-head/scores.csv | $(BINS)
+	$(BIN)/tlearn-finetune runs/lite0-head/model.onnx --data data/elpv --run lite0-ft $(BEST_FT_ARGS) \
 	  --device $(DEVICE) $(FT_ARGS)
 
 backbone: onnx/$(BACKBONE).onnx ## fetch and cut BACKBONE (vgg16, resnet50-thin, efficientnet-lite0|1|2) into onnx/

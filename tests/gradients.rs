@@ -299,6 +299,10 @@ fn depthwise_and_grouped_convolutions_clip_pad_swish_squeeze_excite_and_div() {
         let h = clip(b, &h, -0.5, 0.3);
         let h = conv(b, rng, &h, 6, 4, 1, vec![]);
         let h = grouped(b, rng, &h, [4, 4, 3, 2], vec![("pads", A::Ints(vec![1, 1, 1, 1]))]);
+        // Groups with more outputs than inputs (cg 2, mg 3), and a depthwise multiplier (cg 1, mg 2).
+        let h = grouped(b, rng, &h, [4, 6, 3, 2], vec![("pads", A::Ints(vec![1, 1, 1, 1]))]);
+        let h = grouped(b, rng, &h, [6, 12, 3, 6], vec![("pads", A::Ints(vec![1, 1, 1, 1]))]);
+        let h = conv(b, rng, &h, 12, 4, 1, vec![]);
         let pads = b.const_i64("pads", &[0, 0, 1, 0, 0, 0, 0, 1]);
         let h = b.op("Pad", &[&h, &pads], vec![]);
         let h = grouped(b, rng, &h, [4, 4, 2, 4], vec![]);
@@ -315,6 +319,23 @@ fn depthwise_and_grouped_convolutions_clip_pad_swish_squeeze_excite_and_div() {
         b.op("Div", &[&h, &dv], vec![])
     });
     check(&m, &[7, 8, 2], 3, 3);
+}
+
+#[test]
+fn a_models_own_input_normalisation_stays_constant() {
+    // A Keras Normalization layer as tf2onnx writes it: Sub mean, Div std before the first conv.
+    let m = conv_model([5, 5, 2], 2, |b, rng, x| {
+        let mean = b.init_f32("norm_mean", &rand_array(rng, &[2, 1, 1], 0.5));
+        let std = b.init_f32("norm_std", &rand_array(rng, &[2, 1, 1], 0.2).mapv(|v| v + 1.0));
+        let h = b.op("Sub", &[&x, &mean], vec![]);
+        let h = b.op("Div", &[&h, &std], vec![]);
+        let h = conv(b, rng, &h, 2, 3, 3, vec![]);
+        b.op("Relu", &[&h], vec![])
+    });
+    let t = Trainer::new(&m, Path::new("t.onnx"), &[5, 5, 2], 2, &opts()).unwrap();
+    assert!(t.train.params.iter().all(|p| !p.contains("norm_")), "{:?}", t.train.params);
+    assert_eq!(t.train.params.len(), 4, "conv and dense weights and biases: {:?}", t.train.params);
+    check(&m, &[5, 5, 2], 2, 3);
 }
 
 /// Keras 3's update rules, written out independently of the library (f32, Keras' order).
@@ -538,7 +559,7 @@ fn nchwc_rewrite_matches_standard_ops() {
 /// (`train::poolconv`), gives the gradients of the MaxPool form — also where window values tie
 /// (blank regions of quantised images, as in MNIST): the Max rule routes to the first maximum, as
 /// MaxPool's Indices do. The MaxPool form is what the compiler emits when the block's input needs
-/// a gradient, here through a trainable input scale.
+/// a gradient, here through a trainable 1×1 input convolution.
 #[test]
 fn first_block_without_pool_indices_equals_maxpool_gradients() {
     use tlearn::train::graph::{self, Mode};
@@ -546,8 +567,9 @@ fn first_block_without_pool_indices_equals_maxpool_gradients() {
     b.input("x", &[Dim::named("N"), Dim::Fixed(13), Dim::Fixed(12), Dim::Fixed(1)]);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(31);
     let t = b.op("Transpose", &["x"], vec![("perm", A::Ints(vec![0, 3, 1, 2]))]);
-    let s = b.init_f32("scale", &ndarray::arr1(&[1.0f32]).into_dyn());
-    let t = b.op("Mul", &[&t, &s], vec![]);
+    // A 1×1 convolution of weight 1 (an input Mul would be input normalisation, never trained).
+    let s = b.init_f32("scale", &ndarray::Array4::from_elem((1, 1, 1, 1), 1.0f32).into_dyn());
+    let t = b.op("Conv", &[&t, &s], vec![]);
     // Filters 0–3 are uniform: different patches with equal sums tie in a window, and which of
     // them gets the gradient changes the weight gradient.
     let mut wv = rand_array(&mut rng, &[8, 1, 3, 3], 0.5);

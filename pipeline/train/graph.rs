@@ -205,8 +205,43 @@ fn ends(g: &GraphProto, what: &Path) -> Result<Ends> {
     Ok(Ends { input, output, logits, loss })
 }
 
+/// The constant operands of the elementwise and layout ops between the image input and the first
+/// other op (a Conv, a Gemm): a model's own input normalisation (a Keras `Rescaling` or
+/// `Normalization` layer, a deployable model's scale, mean and std), which training leaves alone.
+fn input_constants(g: &GraphProto) -> HashSet<String> {
+    let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let mut found = HashSet::new();
+    let mut frontier: Vec<String> = onnx::real_inputs(g).iter().map(|i| i.name.clone()).collect();
+    let mut seen: HashSet<String> = frontier.iter().cloned().collect();
+    while let Some(x) = frontier.pop() {
+        for n in g.node.iter().filter(|n| n.input.contains(&x)) {
+            let passes = matches!(
+                n.op_type.as_str(),
+                "Transpose"
+                    | "Identity"
+                    | "Cast"
+                    | "Mul"
+                    | "Div"
+                    | "Sub"
+                    | "Add"
+                    | "Round"
+                    | "Reshape"
+                    | "Squeeze"
+                    | "Unsqueeze"
+            );
+            if !passes {
+                continue;
+            }
+            found.extend(n.input.iter().filter(|t| inits.contains(t.as_str())).cloned());
+            frontier.extend(n.output.iter().filter(|o| seen.insert((*o).clone())).cloned());
+        }
+    }
+    found
+}
+
 /// The float initializers of rank ≥ 1 that `trainable` selects, in the model's order.
 fn select_params(g: &GraphProto, trainable: &dyn Fn(&str) -> bool) -> Vec<String> {
+    let leading = input_constants(g);
     // BatchNormalization running statistics are never trained (Keras' frozen-BN fine-tuning).
     let bn_stats: HashSet<&str> = g
         .node
@@ -220,6 +255,7 @@ fn select_params(g: &GraphProto, trainable: &dyn Fn(&str) -> bool) -> Vec<String
             t.data_type == dtype::FLOAT
                 && !t.dims.is_empty()
                 && !bn_stats.contains(t.name.as_str())
+                && !leading.contains(&t.name)
                 && trainable(&t.name)
         })
         .map(|t| t.name.clone())
