@@ -38,8 +38,18 @@ fn kill_at(name: &str, args: &[&str], cwd: &Path, delay: Option<Duration>, progr
 }
 
 /// Several rounds of kills (random delays within the uninterrupted time `full`, and kills right
-/// after the first durable progress), then a run to the end; returns how many kills landed.
-fn rounds(name: &str, args: &[&str], cwd: &Path, full: Duration, progress: &dyn Fn() -> bool, seed: u64) -> usize {
+/// after the first durable progress), then a run to the end; returns how many kills landed. After
+/// a round whose run got to the end (on a busy machine a delay can outlast the work, or a kill can
+/// land after the last write), `finished()` clears the output so the next round has work to cut.
+fn rounds(
+    name: &str,
+    args: &[&str],
+    cwd: &Path,
+    full: Duration,
+    progress: &dyn Fn() -> bool,
+    finished: &dyn Fn(),
+    seed: u64,
+) -> usize {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut landed = 0;
     for round in 0..6 {
@@ -47,6 +57,9 @@ fn rounds(name: &str, args: &[&str], cwd: &Path, full: Duration, progress: &dyn 
         let killed = kill_at(name, args, cwd, delay, progress);
         eprintln!("{name} round {round}: delay {delay:?}, killed while running: {killed}");
         landed += killed as usize;
+        if !killed {
+            finished();
+        }
     }
     ok(name, args, cwd);
     landed
@@ -93,7 +106,10 @@ fn killed_extract_and_score_resume_to_the_uninterrupted_bytes() {
     let with_out = |o: &'static str| -> Vec<&str> { base.iter().copied().chain(["--out", o]).collect() };
     let full = timed("tlearn-extract", &with_out("ref"), w);
     let jdir = w.join("feats/train.npy.partial");
-    let landed = rounds("tlearn-extract", &with_out("feats"), w, full, &|| any_chunk(&jdir), 1);
+    let clear = || {
+        let _ = std::fs::remove_dir_all(w.join("feats"));
+    };
+    let landed = rounds("tlearn-extract", &with_out("feats"), w, full, &|| any_chunk(&jdir), &clear, 1);
     assert!(landed >= 3, "at least the progress-triggered kills land mid-run: {landed}");
     let mut n = 0;
     for e in std::fs::read_dir(w.join("ref")).unwrap().filter_map(|e| e.ok()) {
@@ -135,7 +151,7 @@ fn killed_extract_and_score_resume_to_the_uninterrupted_bytes() {
     };
     let full = timed("tlearn-score", &args("ref.csv"), w);
     let jdir = w.join("s.csv.partial");
-    let landed = rounds("tlearn-score", &args("s.csv"), w, full, &|| any_chunk(&jdir), 2);
+    let landed = rounds("tlearn-score", &args("s.csv"), w, full, &|| any_chunk(&jdir), &|| {}, 2);
     assert!(landed >= 3, "{landed}");
     for f in ["", ".summary.json"] {
         assert_eq!(
@@ -175,7 +191,7 @@ fn killed_head_and_finetune_resume_from_their_checkpoints() {
     let h = head("h");
     let h: Vec<&str> = h.iter().map(|s| s.as_str()).collect();
     let ckpt = w.join("runs/h/checkpoint.onnx");
-    let landed = rounds("tlearn-head", &h, w, full, &|| ckpt.exists(), 3);
+    let landed = rounds("tlearn-head", &h, w, full, &|| ckpt.exists(), &|| {}, 3);
     assert!(landed >= 3, "{landed}");
     assert!(bytes(&w.join("runs/h/head.onnx")) == bytes(&w.join("runs/href/head.onnx")), "head weights differ");
     assert_eq!(history_sans_time(&w.join("runs/h/history.csv")), history_sans_time(&w.join("runs/href/history.csv")));
@@ -199,7 +215,7 @@ fn killed_head_and_finetune_resume_from_their_checkpoints() {
     };
     let full = timed("tlearn-finetune", &ft("fref"), w);
     let ckpt = w.join("runs/f/checkpoint.onnx");
-    let landed = rounds("tlearn-finetune", &ft("f"), w, full, &|| ckpt.exists(), 4);
+    let landed = rounds("tlearn-finetune", &ft("f"), w, full, &|| ckpt.exists(), &|| {}, 4);
     assert!(landed >= 3, "{landed}");
     for f in ["best.onnx", "last.onnx", "model.onnx"] {
         assert!(bytes(&w.join("runs/f").join(f)) == bytes(&w.join("runs/fref").join(f)), "{f} differs after kills");
