@@ -20,7 +20,7 @@ ELPV_SHA256 := 85e31c1126ee9b48e62d3a0232c58f58b2d189b0814a45c13642fa0415af4a4c
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
 .PHONY: help setup setup-cuda build test check-backbones demo demo-best data data4 backbone extract head evaluate score bench bench-memory fuzz clean fmt lint \
-        mnist finetune finetune-v1 finetune-flips finetune-vgg finetune-best bench-train bench-tf-env agree compare compare-native mnist-seeds
+        mnist finetune finetune-v1 finetune-flips finetune-vgg finetune-best finetune-best4 bench-train bench-tf-env agree compare compare-native mnist-seeds
 
 DATA_DIR  := data/$(DATASET)
 FEAT_DIR  := features/$(DATASET)/$(BACKBONE)-$(SIZE)
@@ -172,6 +172,16 @@ reports/lite0-head/scores.csv: | $(BINS)
 
 runs/lite0-ft/model.onnx: reports/lite0-head/scores.csv | $(BINS)
 	$(BIN)/tlearn-finetune runs/lite0-head/model.onnx --data data/elpv --run lite0-ft $(BEST_FT_ARGS) \
+	  --device $(DEVICE) $(FT_ARGS)
+
+finetune-best4: setup runs/lite0-ft4/model.onnx ## finetune-best's recipe on the four ELPV classes (data4)
+	@$(PYTHON) -c "import json; m=json.load(open('reports/lite0-ft4/metrics.json')); print(f\"EfficientNet-Lite0 + head fine-tuned on ELPV, four classes: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, macro-F1 {m['macro_f1']:.4f}\")"
+
+reports/lite0-head4/scores.csv: | $(BINS)
+	$(MAKE) --no-print-directory score RUN=lite0-head4 DATASET=elpv4 BACKBONE=efficientnet-lite0 SIZE=224 HEAD_ARGS="--pool avg"
+
+runs/lite0-ft4/model.onnx: reports/lite0-head4/scores.csv | $(BINS)
+	$(BIN)/tlearn-finetune runs/lite0-head4/model.onnx --data data/elpv4 --run lite0-ft4 $(BEST_FT_ARGS) \
 	  --device $(DEVICE) $(FT_ARGS)
 
 backbone: onnx/$(BACKBONE).onnx ## fetch and cut BACKBONE (vgg16, resnet50-thin, efficientnet-lite0|1|2) into onnx/
