@@ -27,14 +27,19 @@ pub struct BackboneInfo {
     pub tlearn_version: String,
 }
 
+/// The project's download cache, `.cache/` beside the `--onnx-dir`.
+fn cache_root(onnx_dir: &Path) -> PathBuf {
+    onnx_dir.parent().unwrap_or(Path::new(".")).join(".cache")
+}
+
 /// Where wheels are cached.
 pub fn cache_dir(onnx_dir: &Path) -> PathBuf {
-    onnx_dir.parent().unwrap_or(Path::new(".")).join(".cache").join("wheels")
+    cache_root(onnx_dir).join("wheels")
 }
 
 /// Where downloaded ONNX Model Zoo files are cached.
 pub fn zoo_cache_dir(onnx_dir: &Path) -> PathBuf {
-    onnx_dir.parent().unwrap_or(Path::new(".")).join(".cache").join("zoo")
+    cache_root(onnx_dir).join("zoo")
 }
 
 /// Where a fetch takes its source file from, and where it reports a download's progress.

@@ -164,14 +164,10 @@ impl Catalog {
     /// May `name` be registered? Plain name; not a built-in; not a user entry unless `replace`.
     pub fn check_new_name(&self, name: &str, replace: bool) -> Result<()> {
         crate::fsutil::check_name("name", name)?;
-        if canonical(name) != name || name.starts_with(ZOO_PREFIX) {
-            return Err(Error::Param {
-                name: "name",
-                value: name.into(),
-                reason: "`zoo:` and `zoo-` names are the ONNX Model Zoo's; choose another --name".into(),
-            });
-        }
         let bad = |reason: String| Err(Error::Param { name: "name", value: name.into(), reason });
+        if canonical(name) != name || name.starts_with(ZOO_PREFIX) {
+            return bad("`zoo:` and `zoo-` names are the ONNX Model Zoo's; choose another --name".into());
+        }
         if builtin()?.contains_key(name) {
             return bad(format!("`{name}` is a built-in backbone of {}; choose another --name", CATALOG));
         }

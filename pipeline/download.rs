@@ -109,9 +109,10 @@ fn attempt_once(agent: &ureq::Agent, p: &Pinned, part: &Path, sink: &dyn Sink) -
     }
     let resp = req.call().map_err(|e| classify(p.url, e))?;
     let status = resp.status().as_u16();
+    let range = content_range(&resp);
     let from = match status {
         200 => 0,
-        206 if content_range(&resp).is_some_and(|(start, _)| start == have) => have,
+        206 if range.is_some_and(|(start, _)| start == have) => have,
         206 => return Err(restart(part, "the server resumed from another offset")),
         416 => return Err(restart(part, "the server refused the resume range")),
         s if (500..600).contains(&s) || s == 429 => return Err(Failure::Transient(format!("HTTP {s}"))),
@@ -119,7 +120,7 @@ fn attempt_once(agent: &ureq::Agent, p: &Pinned, part: &Path, sink: &dyn Sink) -
     };
     // The whole file's size as the server states it: a page, a Git LFS pointer or another file
     // is refused before a byte of it is written.
-    let total = if status == 206 { content_range(&resp).and_then(|(_, t)| t) } else { content_length(&resp) };
+    let total = if status == 206 { range.and_then(|(_, t)| t) } else { content_length(&resp) };
     if let Some(t) = total.filter(|&t| t != p.bytes) {
         let reason = format!("the server has {t} bytes there, the catalog pins {}: not the pinned file", p.bytes);
         return Err(Failure::Final(Error::Download { url: p.url.into(), reason }));

@@ -173,11 +173,7 @@ fn is_preprocessing(name: &str) -> bool {
 
 /// The value of `name` when it is a one-number constant (an initializer or a Constant node).
 fn constant_scalar(g: &onnx::proto::GraphProto, name: &str) -> Option<f32> {
-    let tensor = g.initializer.iter().find(|t| t.name == name).or_else(|| {
-        let n = g.node.iter().find(|n| n.op_type == "Constant" && n.output.first().is_some_and(|o| o == name))?;
-        n.attribute.iter().find(|a| a.name == "value")?.t.as_ref()
-    })?;
-    let a = onnx::tensor_to_f32(tensor).ok()?;
+    let a = onnx::tensor_to_f32(onnx::constant(g, name)?).ok()?;
     let first = *a.iter().next()?;
     a.iter().all(|&v| v == first).then_some(first)
 }

@@ -437,7 +437,7 @@ impl<'a> Machine<'a> {
     /// Push a container, refusing nesting deeper than [`MAX_DEPTH`].
     fn push_nested(&mut self, v: V, at: usize) -> std::result::Result<(), String> {
         if depth(&v) > MAX_DEPTH {
-            return Err(format!("containers nested deeper than {MAX_DEPTH} at byte {at}"));
+            return Err(too_deep(at));
         }
         self.stack.push(v);
         Ok(())
@@ -445,7 +445,7 @@ impl<'a> Machine<'a> {
 
     fn dict_insert(&mut self, pairs: Vec<(V, V)>, at: usize) -> std::result::Result<(), String> {
         if pairs.iter().any(|(k, v)| depth(k).max(depth(v)) >= MAX_DEPTH) {
-            return Err(format!("containers nested deeper than {MAX_DEPTH} at byte {at}"));
+            return Err(too_deep(at));
         }
         match self.stack.last_mut() {
             Some(V::Dict(d)) => {
@@ -458,7 +458,7 @@ impl<'a> Machine<'a> {
 
     fn list_extend(&mut self, items: Vec<V>, at: usize) -> std::result::Result<(), String> {
         if items.iter().any(|v| depth(v) >= MAX_DEPTH) {
-            return Err(format!("containers nested deeper than {MAX_DEPTH} at byte {at}"));
+            return Err(too_deep(at));
         }
         match self.stack.last_mut() {
             Some(V::List(l)) => {
@@ -506,4 +506,8 @@ fn reduce(f: V, args: V) -> std::result::Result<V, String> {
         }
         (f, _) => Err(format!("call of `{f}`, which a state dict does not make")),
     }
+}
+
+fn too_deep(at: usize) -> String {
+    format!("containers nested deeper than {MAX_DEPTH} at byte {at}")
 }

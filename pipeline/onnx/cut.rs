@@ -95,7 +95,7 @@ pub fn conv_base_end(m: &ModelProto, path: &Path, size: u32) -> Result<(String, 
     let producer: HashMap<&str, &NodeProto> =
         g.node.iter().flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n))).collect();
     let op = |t: &str| producer.get(t).map(|n| n.op_type.as_str()).unwrap_or("");
-    let chain: Vec<String> = data_chain(g, &input).into_iter().filter(|t| *t != input).collect();
+    let chain: Vec<String> = data_chain(g, &producer, &input).into_iter().filter(|t| *t != input).collect();
     let n = size as usize;
     let shape = match layout {
         Layout::Nchw => [1, 3, n, n],
@@ -131,9 +131,7 @@ pub fn conv_base_end(m: &ModelProto, path: &Path, size: u32) -> Result<(String, 
 }
 
 /// Tensors from the first graph output back to the input, one data input per node.
-fn data_chain(g: &GraphProto, input: &str) -> Vec<String> {
-    let producer: HashMap<&str, &NodeProto> =
-        g.node.iter().flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n))).collect();
+fn data_chain(g: &GraphProto, producer: &HashMap<&str, &NodeProto>, input: &str) -> Vec<String> {
     let constant: HashSet<&str> = g
         .initializer
         .iter()

@@ -237,6 +237,14 @@ impl<'g> Consumers<'g> {
     }
 }
 
+/// The value of a constant tensor of `g`: an initializer, or the output of a Constant node.
+pub fn constant<'g>(g: &'g GraphProto, name: &str) -> Option<&'g TensorProto> {
+    g.initializer.iter().find(|t| t.name == name).or_else(|| {
+        let n = g.node.iter().find(|n| n.op_type == "Constant" && n.output.first().is_some_and(|o| o == name))?;
+        attr(n, "value")?.t.as_ref()
+    })
+}
+
 /// The graph inputs that are not initializers (the real inputs of the model).
 pub fn real_inputs(g: &GraphProto) -> Vec<&ValueInfoProto> {
     let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();

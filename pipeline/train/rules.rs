@@ -130,16 +130,9 @@ fn clip(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
     Ok(())
 }
 
-/// A scalar float constant of the forward graph (an initializer or a Constant node's value).
+/// A one-number float constant of the forward graph (an initializer or a Constant node's value).
 fn constant_f32(g: &GraphProto, name: &str) -> Option<f32> {
-    let t = g.initializer.iter().find(|t| t.name == name).cloned().or_else(|| {
-        g.node
-            .iter()
-            .find(|n| n.op_type == "Constant" && n.output.first().is_some_and(|o| o == name))
-            .and_then(|n| attr(n, "value"))
-            .and_then(|a| a.t.clone())
-    })?;
-    let a = onnx::tensor_to_f32(&t).ok()?;
+    let a = onnx::tensor_to_f32(onnx::constant(g, name)?).ok()?;
     (a.len() == 1).then(|| a.iter().copied().next()).flatten()
 }
 
