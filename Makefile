@@ -247,7 +247,7 @@ bench: setup data backbone bench-env ## extraction throughput (tlearn vs raw ORT
 bench-memory: setup ## peak memory of tlearn-score on 1,000 vs 100,000 generated images (goal ≤ 1.5×)
 	$(CARGO) bench --bench score_memory
 
-bench-train: setup ## training-step time of the mnist and v1 nets: tlearn vs Keras (TF default and oneDNN) when bench-tf-env exists
+bench-train: setup ## training-step time of the mnist and v1 nets and a ResNet-50 fine-tuning step (224, batch 16): tlearn vs Keras (TF default and oneDNN) when bench-tf-env exists
 	$(CARGO) bench --bench train_step
 
 bench-tf-env: .cache/tfenv/bin/python ## a Python venv with tensorflow-cpu 2.21 for bench-train and agree (large download)

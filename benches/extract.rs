@@ -7,6 +7,9 @@
 //! repeat a VGG16 pass dozens of times). Env: BENCH_IMAGES (default 120), BENCH_PYTHON
 //! (a Python with onnxruntime, numpy, Pillow; `make bench-env` makes one), BENCH_BACKBONE.
 
+#[path = "common/cpu.rs"]
+mod cpu;
+
 use ndarray::{Array4, Axis};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -14,6 +17,7 @@ use tlearn::batch::{run_images, LoadSpec};
 use tlearn::runtime::{self, Device, SessionOptions};
 
 fn main() {
+    println!("{}", cpu::describe());
     let n: usize = std::env::var("BENCH_IMAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(120);
     let name = std::env::var("BENCH_BACKBONE").unwrap_or_else(|_| "vgg16".into());
     let bb = tlearn::backbone::Backbone::open(std::path::Path::new("onnx"), &name).expect("run `make backbone` first");

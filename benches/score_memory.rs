@@ -6,6 +6,9 @@
 //! (distinct paths, the same decode work). Model: the mnist convnet (2 classes, untrained weights)
 //! as a deployable tlearn classifier. Peak RSS from GNU time (`/usr/bin/time -f %M`).
 
+#[path = "common/cpu.rs"]
+mod cpu;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -31,6 +34,7 @@ fn peak_rss_kb(model: &Path, input: &Path, out: &Path) -> (u64, f64) {
 }
 
 fn main() {
+    println!("{}", cpu::describe());
     if !Path::new("/usr/bin/time").exists() {
         println!("score_memory: skipped (needs GNU time at /usr/bin/time: apt install time)");
         return;
@@ -40,7 +44,7 @@ fn main() {
     let spec = tlearn::convnet::spec("mnist").unwrap().with_classes(2).unwrap();
     let net = tlearn::convnet::build(&spec, 0).unwrap();
     let classes = vec!["a".to_string(), "b".to_string()];
-    let dep = tlearn::score::deployable(&net, 28, 1, 1.0 / 255.0, Default::default(), &classes).unwrap();
+    let dep = tlearn::score::deployable(&net, 28, 1, 1.0 / 255.0, Default::default(), &classes, &[]).unwrap();
     let model = d.join("model.onnx");
     tlearn::onnx::save_model(&dep, &model).unwrap();
     let base = d.join("k1");

@@ -1,12 +1,19 @@
 //! `make bench-train`: training-step time of the built-in convnets (mnist at batch 64, v1 at
-//! batch 32), tlearn's compiled training graph + RMSprop vs Keras/TensorFlow CPU on the same net,
-//! batch and threads — TF's default build and with `TF_ENABLE_ONEDNN_OPTS=1` — measured side by
-//! side in one run. Keras is optional: BENCH_TF_PYTHON (default `.cache/tfenv/bin/python`, made by
-//! `make bench-tf-env`) must import tensorflow, else its columns are skipped with a message.
+//! batch 32) and of a ResNet-50 fine-tuning step (224×224, batch 16, BatchNorm frozen),
+//! tlearn's compiled training graph + RMSprop vs Keras/TensorFlow CPU on the same net, batch and
+//! threads — TF's default build and with `TF_ENABLE_ONEDNN_OPTS=1` — measured side by side in
+//! one run. Keras is optional: BENCH_TF_PYTHON (default `.cache/tfenv/bin/python`, made by `make
+//! bench-tf-env`) must import tensorflow, else its columns are skipped with a message. The
+//! ResNet-50 is `keras.applications.ResNet50(weights=None)` exported once with tf2onnx
+//! (`.cache/bench/resnet50.onnx`; its frozen BatchNorms folded into the convolutions), so that
+//! row needs the same Python. ResNet-50 times `max(BENCH_STEPS / 4, 3)` steps.
 //! GFLOP/s count forward FLOPs × 3 (forward + two backward GEMM-like passes).
 //! Env: BENCH_STEPS (timed steps, default 20), BENCH_ROUNDS (alternated rounds of tlearn, Keras
 //! and Keras + oneDNN, default 3; the median round counts), BENCH_THREADS (default: all cores),
 //! BENCH_NETS (comma-separated subset of `mnist,v1`).
+
+#[path = "common/cpu.rs"]
+mod cpu;
 
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
@@ -19,6 +26,8 @@ use tlearn::train::{label_tensor, optim, Trainer};
 fn forward_flops(net: &str) -> f64 {
     match net {
         "mnist" => 5.59e6,
+        // 4.09 G multiply-adds at 224×224 (torchvision's count).
+        "resnet50" => 8.18e9,
         _ => 0.472e9,
     }
 }
@@ -28,15 +37,43 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The net as ONNX, one sample's input shape and its classes; None when it cannot be made (the
+/// ResNet-50 export needs TensorFlow + tf2onnx).
+fn net_model(net: &str, python: Option<&str>) -> Option<(tlearn::onnx::proto::ModelProto, Vec<usize>, usize)> {
+    if net != "resnet50" {
+        let spec = tlearn::convnet::spec(net).unwrap();
+        let k = if net == "mnist" { 10 } else { 2 };
+        return Some((tlearn::convnet::build(&spec, 1).unwrap(), spec.input.to_vec(), k));
+    }
+    let path = Path::new(".cache/bench/resnet50.onnx");
+    if !path.exists() {
+        std::fs::create_dir_all(path.parent()?).ok()?;
+        let o = std::process::Command::new(python?)
+            .args(["keras_export_net.py", "resnet50", "../.cache/bench/resnet50.onnx"])
+            .current_dir("bench")
+            .env("TF_CPP_MIN_LOG_LEVEL", "3")
+            .output()
+            .ok()?;
+        if !o.status.success() {
+            eprintln!("resnet50 export failed: {}", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or(""));
+            return None;
+        }
+    }
+    Some((tlearn::onnx::load_model(path).ok()?, vec![224, 224, 3], 2))
+}
+
 /// Median seconds per training step (forward + backward + RMSprop update) of `net`.
-fn tlearn_step(net: &str, batch: usize, steps: usize, threads: usize) -> f64 {
-    let spec = tlearn::convnet::spec(net).unwrap();
-    let k = if net == "mnist" { 10 } else { 2 };
-    let m = tlearn::convnet::build(&spec, 1).unwrap();
+fn tlearn_step(
+    net: &(tlearn::onnx::proto::ModelProto, Vec<usize>, usize),
+    batch: usize,
+    steps: usize,
+    threads: usize,
+) -> f64 {
+    let (m, input, k) = (&net.0, &net.1, net.2);
     let opts = SessionOptions { device: Device::Cpu, threads };
-    let mut t = Trainer::new(&m, Path::new(net), &spec.input, k, &opts).unwrap();
+    let mut t = Trainer::new(m, Path::new("bench.onnx"), input, k, &opts).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let shape: Vec<usize> = [&[batch][..], &spec.input].concat();
+    let shape: Vec<usize> = [&[batch][..], input].concat();
     let x = ArrayD::from_shape_simple_fn(IxDyn(&shape), || rng.gen::<f32>());
     let labels: Vec<usize> = (0..batch).map(|i| i % k).collect();
     let y = label_tensor(&labels, t.train.loss, k);
@@ -71,6 +108,7 @@ fn keras_step(python: &str, net: &str, batch: usize, steps: usize, threads: usiz
 }
 
 fn main() {
+    println!("{}", cpu::describe());
     let steps: usize = std::env::var("BENCH_STEPS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let threads: usize = std::env::var("BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
@@ -88,18 +126,23 @@ fn main() {
     let th = if threads == 0 { cores } else { threads };
     println!("training step, median over {rounds} alternated rounds of the median of {steps} steps, {th} threads, RMSprop, random inputs");
     println!(
-        "{:<6} {:>5} {:>12} {:>10} {:>14} {:>14} {:>10} {:>10}",
+        "{:<8} {:>5} {:>12} {:>10} {:>14} {:>14} {:>10} {:>10}",
         "net", "batch", "tlearn ms", "GFLOP/s", "Keras ms", "Keras+oneDNN", "vs Keras", "vs oneDNN"
     );
     let only = std::env::var("BENCH_NETS").unwrap_or_default();
-    for (net, batch) in [("mnist", 64usize), ("v1", 32)] {
+    for (net, batch) in [("mnist", 64usize), ("v1", 32), ("resnet50", 16)] {
         if !only.is_empty() && !only.split(',').any(|n| n == net) {
             continue;
         }
+        let Some(model) = net_model(net, have_tf.then_some(py.as_str())) else {
+            println!("{net:<6} skipped: its ONNX is made by exporting the Keras net (make bench-tf-env)");
+            continue;
+        };
+        let steps = if net == "resnet50" { (steps / 4).max(3) } else { steps };
         // Rounds alternate tlearn, Keras and Keras + oneDNN, so a noisy spell hits all three.
         let (mut ts, mut k0s, mut k1s) = (vec![], vec![], vec![]);
         for _ in 0..rounds {
-            ts.push(tlearn_step(net, batch, steps, threads));
+            ts.push(tlearn_step(&model, batch, steps, threads));
             if have_tf {
                 k0s.extend(keras_step(&py, net, batch, steps, th, false));
                 k1s.extend(keras_step(&py, net, batch, steps, th, true));
@@ -113,7 +156,7 @@ fn main() {
         let ms = |v: Option<f64>| v.map(|s| format!("{:.1}", s * 1e3)).unwrap_or_else(|| "-".into());
         let ratio = |v: Option<f64>| v.map(|s| format!("{:.2}×", s / t)).unwrap_or_else(|| "-".into());
         println!(
-            "{net:<6} {batch:>5} {:>12.1} {gflops:>10.1} {:>14} {:>14} {:>10} {:>10}",
+            "{net:<8} {batch:>5} {:>12.1} {gflops:>10.1} {:>14} {:>14} {:>10} {:>10}",
             t * 1e3,
             ms(k0),
             ms(k1),

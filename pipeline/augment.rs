@@ -42,6 +42,21 @@ pub struct Augment {
     pub fill_mode: FillMode,
     /// The value outside the input with `FillMode::Constant` (0..255 scale).
     pub cval: f32,
+    /// A random multiple of 90° after the flips (square images; others get 0° or 180°): with
+    /// the flips, all eight symmetries of the square.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rot90: bool,
+    /// Keras' `brightness_range` (lo, hi): pixels times a factor U(lo, hi), clipped to 0..255.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brightness_range: Option<(f32, f32)>,
+    /// Contrast factor U(1 − c, 1 + c) about the image's mean (PIL's `ImageEnhance.Contrast`),
+    /// clipped to 0..255; applied before the brightness.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub contrast_range: f32,
+}
+
+fn is_zero(v: &f32) -> bool {
+    *v == 0.0
 }
 
 /// One drawn transform.
@@ -55,6 +70,29 @@ pub struct Transform {
     pub zy: f32,
     pub flip_h: bool,
     pub flip_v: bool,
+    /// Quarter turns (0..4) counter-clockwise after the flips.
+    pub rot90: u8,
+    pub brightness: f32,
+    pub contrast: f32,
+}
+
+impl Transform {
+    /// The transform that changes nothing.
+    pub fn identity() -> Self {
+        Transform {
+            theta: 0.0,
+            tx: 0.0,
+            ty: 0.0,
+            shear: 0.0,
+            zx: 1.0,
+            zy: 1.0,
+            flip_h: false,
+            flip_v: false,
+            rot90: 0,
+            brightness: 1.0,
+            contrast: 1.0,
+        }
+    }
 }
 
 fn uniform(rng: &mut impl Rng, r: f32) -> f32 {
@@ -87,6 +125,9 @@ impl Augment {
             && self.zoom_range == 0.0
             && !self.horizontal_flip
             && !self.vertical_flip
+            && !self.rot90
+            && self.brightness_range.is_none()
+            && self.contrast_range == 0.0
     }
 
     /// Draw a transform for an image of `h`×`w` (Keras' `get_random_transform` order).
@@ -107,7 +148,27 @@ impl Augment {
         };
         let flip_h = self.horizontal_flip && rng.gen::<f32>() < 0.5;
         let flip_v = self.vertical_flip && rng.gen::<f32>() < 0.5;
-        Transform { theta, tx, ty, shear, zx, zy, flip_h, flip_v }
+        // Drawn after Keras' own, so settings without them draw the same stream as before.
+        let rot90 = match self.rot90 {
+            true if h == w => rng.gen_range(0..4u8),
+            true => 2 * rng.gen_range(0..2u8),
+            false => 0,
+        };
+        let brightness = self.brightness_range.map(|(lo, hi)| if hi > lo { rng.gen_range(lo..hi) } else { lo });
+        let contrast = if self.contrast_range > 0.0 { 1.0 + uniform(rng, self.contrast_range) } else { 1.0 };
+        Transform {
+            theta,
+            tx,
+            ty,
+            shear,
+            zx,
+            zy,
+            flip_h,
+            flip_v,
+            rot90,
+            brightness: brightness.unwrap_or(1.0),
+            contrast,
+        }
     }
 
     /// Augmented float batch of rows `idx` of `x` (N,H,W,C), multiplied by `rescale`.
@@ -174,6 +235,13 @@ pub fn apply(t: &Transform, src: ArrayView3<'_, u8>, mut out: ArrayViewMut3<'_, 
             let (fy, fx) = ((y - y0 as f64) as f32, (x - x0 as f64) as f32);
             let orow = if t.flip_v { h - 1 - r } else { r };
             let ocol = if t.flip_h { w - 1 - col } else { col };
+            // Where (orow, ocol) lands after the quarter turns (np.rot90's direction).
+            let (orow, ocol) = match t.rot90 % 4 {
+                0 => (orow, ocol),
+                1 => (w - 1 - ocol, orow),
+                2 => (h - 1 - orow, w - 1 - ocol),
+                _ => (ocol, h - 1 - orow),
+            };
             for ch in 0..c {
                 let px = |yy: i64, xx: i64| match (fold(yy, hi, mode), fold(xx, wi, mode)) {
                     (Some(a), Some(b)) => src[[a, b, ch]] as f32,
@@ -184,6 +252,18 @@ pub fn apply(t: &Transform, src: ArrayView3<'_, u8>, mut out: ArrayViewMut3<'_, 
                 out[[orow, ocol, ch]] = v;
             }
         }
+    }
+    photometric(t, out);
+}
+
+/// Contrast about the mean, then brightness, each clipped to 0..255 (PIL's enhancers).
+fn photometric(t: &Transform, mut out: ArrayViewMut3<'_, f32>) {
+    if t.contrast != 1.0 {
+        let mean = out.mean().unwrap_or(0.0);
+        out.mapv_inplace(|v| (mean + t.contrast * (v - mean)).clamp(0.0, 255.0));
+    }
+    if t.brightness != 1.0 {
+        out.mapv_inplace(|v| (v * t.brightness).clamp(0.0, 255.0));
     }
 }
 

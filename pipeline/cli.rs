@@ -174,6 +174,56 @@ pub struct ScheduleArgs {
     pub step_factor: f64,
     #[arg(long, default_value_t = 0.0)]
     pub cosine_alpha: f64,
+    /// Raise the rate linearly from ~0 over this many epochs first (by step); the schedule then
+    /// runs over the remaining steps (Keras CosineDecay's warmup_steps).
+    #[arg(long, default_value_t = 0)]
+    pub warmup_epochs: usize,
+}
+
+/// Regularisation and class balance of a training loop (the dense head's and tlearn-finetune's).
+#[derive(clap::Args, Clone, Debug)]
+pub struct RegArgs {
+    /// Decoupled weight decay (Keras 3's `weight_decay`; with --optimizer adam this is AdamW),
+    /// on weights of rank ≥ 2 (not biases or BatchNorm's γ/β).
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Label smoothing ε (Keras): training targets y(1−ε) + ε/K.
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f64,
+    /// Weight each training sample's loss by its class (Keras' class_weight): `balanced`
+    /// (n / (K·n_c)) or one weight per class, comma-separated, in class order.
+    #[arg(long, value_parser = class_weight)]
+    pub class_weight: Option<crate::train::ClassWeight>,
+}
+
+fn class_weight(s: &str) -> Result<crate::train::ClassWeight, String> {
+    if s == "balanced" {
+        return Ok(crate::train::ClassWeight::Balanced);
+    }
+    let w: Result<Vec<f64>, _> = s.split(',').map(|v| v.trim().parse::<f64>()).collect();
+    w.map(crate::train::ClassWeight::Given)
+        .map_err(|_| format!("`{s}`: give `balanced` or comma-separated numbers, one per class"))
+}
+
+/// The checked loop settings from the shared options.
+pub fn fit_config(
+    (epochs, batch, seed): (usize, usize, u64),
+    optimizer: crate::train::optim::Optimizer,
+    schedule: &ScheduleArgs,
+    reg: &RegArgs,
+) -> crate::Result<Checked<crate::train::FitConfig>> {
+    crate::train::FitConfig {
+        epochs,
+        batch,
+        seed,
+        optimizer,
+        schedule: schedule.schedule(),
+        warmup_epochs: schedule.warmup_epochs,
+        weight_decay: reg.weight_decay,
+        label_smoothing: reg.label_smoothing,
+        class_weight: reg.class_weight.clone(),
+    }
+    .check()
 }
 
 impl ScheduleArgs {
@@ -241,6 +291,8 @@ pub struct HeadArgs {
     pub seed: u64,
     #[command(flatten)]
     pub lr_schedule: ScheduleArgs,
+    #[command(flatten)]
+    pub reg: RegArgs,
 }
 
 impl HeadArgs {
@@ -269,14 +321,8 @@ impl HeadArgs {
     }
 
     pub fn fit(&self) -> crate::Result<Checked<crate::train::FitConfig>> {
-        crate::train::FitConfig {
-            epochs: self.epochs,
-            batch: self.batch,
-            seed: self.seed,
-            optimizer: self.optimizer.build(self.lr, self.momentum),
-            schedule: self.lr_schedule.schedule(),
-        }
-        .check()
+        let optimizer = self.optimizer.build(self.lr, self.momentum);
+        fit_config((self.epochs, self.batch, self.seed), optimizer, &self.lr_schedule, &self.reg)
     }
 }
 

@@ -11,7 +11,16 @@ use crate::progress::Sink;
 use crate::run::{RunInfo, HEAD};
 use crate::runtime::SessionOptions;
 use ndarray::ArrayD;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Grad-CAM overlays in a report: made with the deployable `model` (a TTA model's plain view) for
+/// the `mistakes` most confident mistakes, then the `mistakes / 2` most confident right answers
+/// (at least one), written to `gradcam/` beside the report.
+pub struct Explain {
+    pub model: PathBuf,
+    pub mistakes: usize,
+    pub session: SessionOptions,
+}
 
 /// The run's head on one split of cached features in `fdir`: class probabilities averaged over the
 /// plain images and the run's TTA views, with the plain split's features (files, labels).
@@ -60,6 +69,7 @@ pub fn head_run(
     split: &str,
     out: &Path,
     opts: &SessionOptions,
+    explain: Option<&Explain>,
 ) -> Result<Metrics> {
     let (probs, f) = predict_split(run_dir, info, fdir, split, opts)?;
     let context = serde_json::json!({
@@ -78,7 +88,7 @@ pub fn head_run(
     });
     let files: Vec<(String, usize)> = f.files.iter().map(|r| (r.path.clone(), r.label)).collect();
     let history = run_dir.join(crate::history::HISTORY_PNG);
-    write_report(out, context, &probs, &files, &info.classes, Some(&history))
+    write_report(out, context, &probs, &files, &info.classes, Some(&history), explain)
 }
 
 /// Evaluate a fine-tuned model (its best epoch) on `split` of its dataset into `out`; also
@@ -89,6 +99,7 @@ pub fn finetuned(
     split: &str,
     out: &Path,
     sink: &dyn Sink,
+    explain: Option<&Explain>,
 ) -> Result<(Metrics, usize)> {
     let info = &done.info;
     let (probs, set) = crate::finetune::predict_split(&done.best, cfg, split, &info.classes, sink)?;
@@ -106,11 +117,12 @@ pub fn finetuned(
         "train_seconds": info.train_seconds,
         "fit": cfg.fit,
         "augment": cfg.augment,
+        "tta": cfg.tta,
         "model_sha256": info.model_sha256,
         "skipped": skipped,
     });
     let history = cfg.run_dir.join(crate::history::HISTORY_PNG);
-    let m = write_report(out, context, &probs, &files, &info.classes, Some(&history))?;
+    let m = write_report(out, context, &probs, &files, &info.classes, Some(&history), explain)?;
     Ok((m, set.skipped.len()))
 }
 
@@ -139,6 +151,7 @@ pub fn write_report(
     files: &[(String, usize)],
     classes: &[String],
     history_png: Option<&Path>,
+    explain: Option<&Explain>,
 ) -> Result<Metrics> {
     let _lock = crate::lock::dir(out)?;
     let labels: Vec<usize> = files.iter().map(|f| f.1).collect();
@@ -173,10 +186,58 @@ pub fn write_report(
         roc_png: roc_png.and_then(|_| crate::report::png_file(&roc)),
         history_png: history_png.and_then(crate::report::png_file),
         max_pixels: crate::imageio::DEFAULT_MAX_PIXELS,
+        heatmaps: match explain {
+            Some(ex) => heatmaps(out, ex, probs, files).map_err(|e| {
+                tracing::warn!("Grad-CAM overlays not drawn: {e}");
+                e.to_string()
+            }),
+            None => Err("not asked for".into()),
+        },
     };
     let html = crate::report::render(&page);
     fsutil::write_bytes_atomic(&out.join("index.html"), html.as_bytes())?;
     Ok(m)
+}
+
+/// Grad-CAM overlays of the rows `ex` asks for, as PNGs in `out/gradcam/` (an image that cannot be
+/// read is left out with a warning).
+fn heatmaps(
+    out: &Path,
+    ex: &Explain,
+    probs: &ArrayD<f32>,
+    files: &[(String, usize)],
+) -> Result<Vec<crate::report::Heatmap>> {
+    let labels: Vec<usize> = files.iter().map(|f| f.1).collect();
+    let (p, pred) = (metrics::class_probs(probs), metrics::predicted(probs));
+    let mut rows = crate::report::most_confident(&p, &pred, &labels, ex.mistakes, false);
+    rows.extend(crate::report::most_confident(&p, &pred, &labels, (ex.mistakes / 2).max(1), true));
+    let model = crate::onnx::load_model(&ex.model)?;
+    let meta = crate::score::meta(&model, &ex.model)?;
+    let plain = crate::score::plain(&model, &ex.model)?;
+    let mut cam = crate::explain::GradCam::new(&plain, &ex.model, meta.size, meta.interpolation, &ex.session)?;
+    let dir = out.join("gradcam");
+    // The overlays of an earlier evaluation go (a smaller --explain leaves none behind).
+    if dir.is_dir() {
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::Io { path: dir.clone(), err: e })?;
+    }
+    let mut maps = vec![];
+    for (n, &i) in rows.iter().enumerate() {
+        let (path, truth) = (&files[i].0, files[i].1);
+        let png = crate::explain::png_path(&dir, n, path);
+        // The class the report shows for the row (TTA-averaged for a head run).
+        let max = crate::imageio::DEFAULT_MAX_PIXELS;
+        match crate::explain::file(&mut cam, &fsutil::text_path(path), Some(pred[i]), max, &png) {
+            Ok((e, png)) => maps.push(crate::report::Heatmap {
+                path: path.clone(),
+                truth,
+                predicted: e.class,
+                probability: e.probs[e.class],
+                png,
+            }),
+            Err(e) => tracing::warn!("{path}: no Grad-CAM overlay: {e}"),
+        }
+    }
+    Ok(maps)
 }
 
 /// `predictions.csv`: path, true class, predicted class, its probability (cells CSV-safe).

@@ -6,7 +6,7 @@ use crate::augment::Augment;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::history::Epoch;
-use crate::imageio::Interpolation;
+use crate::imageio::{Interpolation, View};
 use crate::imageset::{self, ImageSet, LoadSpec};
 use crate::onnx::{self, cut, proto::ModelProto};
 use crate::params::Checked;
@@ -33,12 +33,25 @@ pub struct FinetuneConfig {
     /// Train only parameters whose names match one of these patterns (`*` = any run of
     /// characters; a pattern without `*` matches as a substring). Empty: all.
     pub trainable: Vec<String>,
+    /// The conv base's learning rate when lower than the head's (`fit`'s rate): the base is what
+    /// computes the last spatial features ([`cut::base_initializers`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_base: Option<f64>,
     /// Stop after this many epochs without a better validation loss.
     pub patience: Option<usize>,
+    /// Run the frozen layers before the first trained one once per image and view, and train the
+    /// rest on their cached output (`crate::trunk`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache_trunk: bool,
     /// Multiply 0..255 pixels by this (Keras' `rescale`, 1/255 for the built-in nets).
     pub rescale: f32,
     pub interpolation: Interpolation,
     pub augment: Option<Augment>,
+    /// Test-time augmentation: evaluation and the deployable model average the probabilities of
+    /// the plain image and these views. Not a training setting (a rerun with other views reuses
+    /// the checkpoint).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tta: Vec<View>,
     pub max_pixels: u64,
     #[serde(skip)]
     pub session: SessionOptions,
@@ -51,6 +64,9 @@ pub struct FinetuneConfig {
 /// fingerprint of the training and validation images (paths and labels).
 fn comparable(cfg: &FinetuneConfig, train: &ImageSet, val: Option<&ImageSet>) -> serde_json::Value {
     let mut v = checkpoint::comparable(serde_json::to_value(cfg).expect("config serialises"));
+    if let Some(o) = v.as_object_mut() {
+        o.remove("tta");
+    }
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
     for set in std::iter::once(train).chain(val) {
@@ -192,8 +208,19 @@ pub struct FinetuneInfo {
     pub train_images: usize,
     /// Files left out of training (path as `fsutil::path_text`, reason).
     pub skipped: Vec<(String, String)>,
+    /// The cached trunk, when the run used one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trunk: Option<TrunkInfo>,
     pub model_sha256: String,
     pub tlearn_version: String,
+}
+
+/// Where a cached trunk ended and what computing it took.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrunkInfo {
+    pub tensor: String,
+    pub views: Vec<View>,
+    pub seconds: f64,
 }
 
 /// What a run produced.
@@ -262,32 +289,60 @@ fn check_outputs(model: &ModelProto, cfg: &FinetuneConfig, classes: &[String]) -
     Ok(())
 }
 
+/// The parameters a run trains: its patterns', never a deployable model's preprocessing.
+fn trainable_fn(cfg: &FinetuneConfig, model: &ModelProto) -> impl Fn(&str) -> bool {
+    let patterns = cfg.trainable.clone();
+    let deployable = crate::score::meta(model, &cfg.model).is_ok();
+    move |n: &str| {
+        !(deployable && is_preprocessing(n)) && (patterns.is_empty() || patterns.iter().any(|p| matches(p, n)))
+    }
+}
+
+/// `--lr-base`: the conv base's parameters (found on the whole `model`) at that rate.
+fn scale_base(trainer: &mut Trainer, cfg: &FinetuneConfig, model: &ModelProto, input: [usize; 3]) -> Result<()> {
+    let Some(lr_base) = cfg.lr_base else { return Ok(()) };
+    if !(lr_base > 0.0 && lr_base.is_finite()) {
+        return Err(Error::Param { name: "lr_base", value: lr_base.to_string(), reason: "must be positive".into() });
+    }
+    let base = cut::base_initializers(model, &cfg.model, input[0] as u32)?;
+    let factor = (lr_base / cfg.fit.optimizer.lr()) as f32;
+    trainer.scale_lr(&|p| if base.contains(p) { factor } else { 1.0 });
+    let n = trainer.train.params.iter().filter(|p| base.contains(*p)).count();
+    tracing::info!("{n} of {} trainable tensors in the conv base, at learning rate {lr_base}", trainer.params.len());
+    Ok(())
+}
+
 /// Train `cfg.model` on `cfg.data`; every epoch (and any replayed from a checkpoint) goes to `sink`.
 pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
-    let model = onnx::load_model(&cfg.model)?;
+    // A deployable model with TTA views trains on its plain view.
+    let model = crate::score::plain(&onnx::load_model(&cfg.model)?, &cfg.model)?;
     let input = input_shape(&model, &cfg.model)?;
     fsutil::check_output_apart(&cfg.run_dir, &[&cfg.data, &cfg.model])?;
     let classes = crate::dataset::training_classes(&cfg.data)?;
     check_outputs(&model, cfg, &classes)?;
     let train = load_set(cfg, "train", &classes, input, sink)?.expect("train exists");
     let val = load_set(cfg, "validation", &classes, input, sink)?;
-    let patterns = cfg.trainable.clone();
-    let deployable = crate::score::meta(&model, &cfg.model).is_ok();
-    let trainable = move |n: &str| {
-        !(deployable && is_preprocessing(n)) && (patterns.is_empty() || patterns.iter().any(|p| matches(p, n)))
+    let trainable = trainable_fn(cfg, &model);
+    let mut trunk = cached_trunk(cfg, &model, input, &trainable, (&train, val.as_ref()), sink)?;
+    let (net, shape) = match &trunk {
+        Some(t) => (&t.rest, t.shape.clone()),
+        None => (&model, input.to_vec()),
     };
-    let mut trainer = Trainer::with_trainable(&model, &cfg.model, &input, classes.len(), &cfg.session, &trainable)?;
+    let mut trainer = Trainer::with_trainable(net, &cfg.model, &shape, classes.len(), &cfg.session, &trainable)?;
+    scale_base(&mut trainer, cfg, &model, input)?;
+    if let Some(t) = &trunk {
+        check_trunk(t, &trainer, cfg)?;
+    }
     let trainable_params: usize = trainer.params.iter().map(|p| p.len()).sum();
-    let total_params = onnx::cut::param_count(&model);
+    let (n_train, n_val) = (train.labels.len(), val.as_ref().map(|v| v.labels.len()).unwrap_or(0));
     tracing::info!(
-        "{}: {} of {} parameters trainable; {} train / {} validation images",
-        cfg.model.display(),
-        trainable_params,
-        total_params,
-        train.labels.len(),
-        val.as_ref().map(|v| v.labels.len()).unwrap_or(0)
+        "{}: {trainable_params} trainable parameters; {n_train} train / {n_val} validation images",
+        cfg.model.display()
     );
-    let vx = val.as_ref().map(|v| v.to_f32(cfg.rescale));
+    let vx = match trunk.as_mut() {
+        Some(t) => t.val.take(),
+        None => val.as_ref().map(|v| v.to_f32(cfg.rescale)),
+    };
     std::fs::create_dir_all(&cfg.run_dir).map_err(|e| Error::Io { path: cfg.run_dir.clone(), err: e })?;
     let t = std::time::Instant::now();
     let _lock = crate::lock::dir(&cfg.run_dir)?;
@@ -300,27 +355,103 @@ pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
         }),
         models: Some(cfg.run_dir.clone()),
         patience: cfg.patience,
+        // best.onnx and last.onnx are whole nets either way.
+        wrap: trunk.as_ref().map(|_| {
+            let full = model.clone();
+            Box::new(move |rest: &ModelProto| crate::trunk::merge(&full, rest))
+                as Box<dyn Fn(&ModelProto) -> ModelProto>
+        }),
     };
-    let data = ImageBatches { set: &train, augment: cfg.augment.as_ref(), rescale: cfg.rescale };
+    let images = ImageBatches { set: &train, augment: cfg.augment.as_ref(), rescale: cfg.rescale };
+    let cached = trunk.as_ref().map(|t| crate::trunk::CachedViews { trunk: t, labels: &train.labels });
+    let data: &dyn BatchSource = match &cached {
+        Some(c) => c,
+        None => &images,
+    };
     let validation = vx.as_ref().zip(val.as_ref()).map(|(x, v)| InMemory { x, labels: &v.labels });
-    let fitted = learner::fit(&mut trainer, &data, validation, &o, sink)?;
-    let secs = t.elapsed().as_secs_f64();
-    let Some((best_epoch, Some(best_model))) = fitted.best else {
+    let fitted = learner::fit(&mut trainer, data, validation, &o, sink)?;
+    let Some((best_epoch, Some(best))) = fitted.best else {
         return Err(Error::Other("no epoch finished".into()));
     };
-    let dep =
-        crate::score::deployable(&best_model, input[0] as u32, input[2], cfg.rescale, cfg.interpolation, &classes)?;
+    let done = Done { best_epoch, history: fitted.history, seconds: t.elapsed().as_secs_f64(), trainable_params };
+    let trunk_info =
+        trunk.as_ref().map(|t| TrunkInfo { tensor: t.tensor.clone(), views: t.views.clone(), seconds: t.seconds });
+    record(cfg, &model, best, done, trunk_info, classes, input, (&train, val.as_ref()))
+}
+
+/// `--cache-trunk`: the frozen trunk run over the images (None without the option).
+fn cached_trunk(
+    cfg: &FinetuneConfig,
+    model: &ModelProto,
+    input: [usize; 3],
+    trainable: &dyn Fn(&str) -> bool,
+    (train, val): (&ImageSet, Option<&ImageSet>),
+    sink: &dyn Sink,
+) -> Result<Option<crate::trunk::Trunk>> {
+    if !cfg.cache_trunk {
+        return Ok(None);
+    }
+    let spec = crate::trunk::TrunkSpec {
+        model,
+        path: &cfg.model,
+        input,
+        rescale: cfg.rescale,
+        augment: cfg.augment.as_ref(),
+        session: &cfg.session,
+    };
+    crate::trunk::build(&spec, trainable, train, val, sink).map(Some)
+}
+
+/// The rest after a trunk trains every parameter the run selected: the compiler never trains the
+/// constants right after its input (they look like input normalisation).
+fn check_trunk(t: &crate::trunk::Trunk, trainer: &Trainer, cfg: &FinetuneConfig) -> Result<()> {
+    if t.trained == trainer.params.len() {
+        return Ok(());
+    }
+    Err(Error::BadModel {
+        path: cfg.model.clone(),
+        reason: format!(
+            "--cache-trunk: only {} of the {} parameter tensors after `{}` would train; run without it",
+            trainer.params.len(),
+            t.trained,
+            t.tensor
+        ),
+    })
+}
+
+/// What the loop left for [`record`].
+struct Done {
+    best_epoch: Epoch,
+    history: Vec<Epoch>,
+    seconds: f64,
+    trainable_params: usize,
+}
+
+/// Write the deployable model of `best` and the run record; the run's result.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    cfg: &FinetuneConfig,
+    model: &ModelProto,
+    best: ModelProto,
+    done: Done,
+    trunk: Option<TrunkInfo>,
+    classes: Vec<String>,
+    input: [usize; 3],
+    (train, val): (&ImageSet, Option<&ImageSet>),
+) -> Result<Finetuned> {
+    let (size, channels) = (input[0] as u32, input[2]);
+    let dep = crate::score::deployable(&best, size, channels, cfg.rescale, cfg.interpolation, &classes, &cfg.tta)?;
     let bytes = onnx::encode_model(&dep);
     fsutil::write_bytes_atomic(&cfg.run_dir.join(MODEL), &bytes)?;
     let info = FinetuneInfo {
         config: cfg.clone(),
         classes,
         input,
-        trainable_params,
-        total_params,
-        best_epoch: Some(best_epoch),
-        epochs_run: fitted.history.len(),
-        train_seconds: secs,
+        trainable_params: done.trainable_params,
+        total_params: onnx::cut::param_count(model),
+        best_epoch: Some(done.best_epoch),
+        epochs_run: done.history.len(),
+        train_seconds: done.seconds,
         train_images: train.labels.len(),
         skipped: train
             .skipped
@@ -328,16 +459,18 @@ pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
             .chain(val.iter().flat_map(|v| v.skipped.iter()))
             .map(|(p, why)| (fsutil::path_text(p), why.clone()))
             .collect(),
+        trunk,
         model_sha256: fsutil::sha256_bytes(&bytes),
         tlearn_version: env!("CARGO_PKG_VERSION").into(),
     };
     fsutil::write_json(&fsutil::sidecar_path(&cfg.run_dir.join(MODEL)), &info)?;
-    crate::history::write_csv(&cfg.run_dir.join(crate::history::HISTORY_CSV), &fitted.history)?;
-    Ok(Finetuned { info, history: fitted.history, best: best_model })
+    crate::history::write_csv(&cfg.run_dir.join(crate::history::HISTORY_CSV), &done.history)?;
+    Ok(Finetuned { info, history: done.history, best })
 }
 
 /// Probabilities of `model` (a net, not the deployable wrapper) on a split of `cfg.data`, loaded
-/// as for training (size, channels, interpolation, rescale).
+/// as for training (size, channels, interpolation, rescale); with `cfg.tta`, the mean over the
+/// plain images and those views.
 pub fn predict_split(
     model: &ModelProto,
     cfg: &FinetuneConfig,
@@ -348,7 +481,13 @@ pub fn predict_split(
     let input = input_shape(model, &cfg.model)?;
     let set = load_set(cfg, split, classes, input, sink)?
         .ok_or_else(|| Error::BadData { path: cfg.data.join(split), reason: "no such split folder".into() })?;
-    let probs =
-        crate::train::predict(&onnx::encode_model(model), &cfg.model, &set.to_f32(cfg.rescale), 256, &cfg.session)?;
+    let bytes = onnx::encode_model(model);
+    let x = set.to_f32(cfg.rescale);
+    let mut probs = crate::train::predict(&bytes, &cfg.model, &x, 256, &cfg.session)?;
+    let views: Vec<View> = cfg.tta.iter().copied().filter(|v| *v != View::Identity).collect();
+    for v in &views {
+        probs += &crate::train::predict(&bytes, &cfg.model, &v.of_batch(x.view()), 256, &cfg.session)?;
+    }
+    probs /= (views.len() + 1) as f32;
     Ok((probs, set))
 }

@@ -57,6 +57,18 @@ impl View {
         }
     }
 
+    /// This view of every image of an NHWC batch.
+    pub fn of_batch(self, x: ndarray::ArrayViewD<'_, f32>) -> ndarray::ArrayD<f32> {
+        let (rows, cols) = self.flips();
+        let mut v = x;
+        for (flip, axis) in [(rows, 1), (cols, 2)] {
+            if flip {
+                v.invert_axis(Axis(axis));
+            }
+        }
+        v.as_standard_layout().into_owned()
+    }
+
     /// This view of an HWC image.
     pub fn apply(self, a: Array3<f32>) -> Array3<f32> {
         let (rows, cols) = self.flips();

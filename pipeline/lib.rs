@@ -17,6 +17,7 @@ pub mod efficientnet;
 pub mod elpv;
 pub mod error;
 pub mod evaluate;
+pub mod explain;
 pub mod extract;
 pub mod features;
 pub mod finetune;
@@ -43,5 +44,6 @@ pub mod runtime;
 pub mod score;
 pub mod shard;
 pub mod train;
+pub mod trunk;
 
 pub use error::{Error, Result};

@@ -29,6 +29,17 @@ pub struct Page<'a> {
     pub history_png: Option<Vec<u8>>,
     /// Images larger than this are not decoded for thumbnails.
     pub max_pixels: u64,
+    /// Grad-CAM overlays, when the evaluation made them (else the section says why not).
+    pub heatmaps: Result<Vec<Heatmap>, String>,
+}
+
+/// One image's Grad-CAM overlay (PNG) and what the model said of it.
+pub struct Heatmap {
+    pub path: String,
+    pub truth: usize,
+    pub predicted: usize,
+    pub probability: f32,
+    pub png: Vec<u8>,
 }
 
 fn esc(s: &str) -> String {
@@ -55,10 +66,15 @@ fn thumbnail(path: &Path, max_pixels: u64) -> std::result::Result<Vec<u8>, Strin
 /// Indices of misclassified rows, most confident (probability of the wrong class) first; `p` and
 /// `pred` are [`class_probs`] and [`predicted`] of the model outputs.
 pub fn most_confident_mistakes(p: &[Vec<f64>], pred: &[usize], labels: &[usize], n: usize) -> Vec<usize> {
-    let mut wrong: Vec<usize> = (0..labels.len()).filter(|&i| pred[i] != labels[i]).collect();
-    wrong.sort_by(|&a, &b| p[b][pred[b]].total_cmp(&p[a][pred[a]]).then(a.cmp(&b)));
-    wrong.truncate(n);
-    wrong
+    most_confident(p, pred, labels, n, false)
+}
+
+/// Like [`most_confident_mistakes`], for the rows classified `right` or wrong.
+pub fn most_confident(p: &[Vec<f64>], pred: &[usize], labels: &[usize], n: usize, right: bool) -> Vec<usize> {
+    let mut rows: Vec<usize> = (0..labels.len()).filter(|&i| (pred[i] == labels[i]) == right).collect();
+    rows.sort_by(|&a, &b| p[b][pred[b]].total_cmp(&p[a][pred[a]]).then(a.cmp(&b)));
+    rows.truncate(n);
+    rows
 }
 
 /// The bytes of the PNG file at `path`, if it is one.
@@ -83,6 +99,7 @@ pub fn render(page: &Page) -> String {
         h += &format!("<section id=\"{id}\"><h2>{title}</h2>\n{body}</section>\n");
     }
     h += &mistakes_section(page);
+    h += &heatmap_section(page);
     h + "</body></html>\n"
 }
 
@@ -132,6 +149,34 @@ fn metrics_section(page: &Page) -> String {
     h
 }
 
+fn tile(pic: &str, path: &str, truth: &str, predicted: &str, p: f64) -> String {
+    format!(
+        "<div class=\"tile\">{pic}<div class=\"path\" title=\"{}\">{}</div><div>true: <b>{}</b></div>\
+         <div>predicted: <b>{}</b> ({p:.4})</div></div>\n",
+        esc(path),
+        esc(&Path::new(path).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()),
+        esc(truth),
+        esc(predicted),
+    )
+}
+
+fn heatmap_section(page: &Page) -> String {
+    let mut h = "<section id=\"gradcam\"><h2>Where the model looks (Grad-CAM)</h2>\n".to_string();
+    match &page.heatmaps {
+        Err(why) => h += &format!("<p>(not drawn: {})</p>", esc(why)),
+        Ok(maps) => {
+            h += "<p>Red: the regions whose features raise the predicted class's score the most (the \
+                  most confident mistakes first, then the most confident right answers).</p>\n<div class=\"grid\">\n";
+            for m in maps {
+                let (t, q) = (&page.classes[m.truth], &page.classes[m.predicted]);
+                h += &tile(&img(&m.png, &m.path), &m.path, t, q, m.probability as f64);
+            }
+            h += "</div>";
+        }
+    }
+    h + "</section>\n"
+}
+
 fn mistakes_section(page: &Page) -> String {
     let labels: Vec<usize> = page.files.iter().map(|f| f.1).collect();
     let p = class_probs(page.probs);
@@ -151,15 +196,7 @@ fn mistakes_section(page: &Page) -> String {
             Ok(b) => img(&b, path),
             Err(e) => format!("<div class=\"missing\" title=\"{}\"></div>", esc(&e)),
         };
-        h += &format!(
-            "<div class=\"tile\">{pic}<div class=\"path\" title=\"{}\">{}</div><div>true: <b>{}</b></div>\
-             <div>predicted: <b>{}</b> ({:.4})</div></div>\n",
-            esc(path),
-            esc(&Path::new(path).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()),
-            esc(&page.classes[*t]),
-            esc(&page.classes[q]),
-            p[i][q]
-        );
+        h += &tile(&pic, path, &page.classes[*t], &page.classes[q], p[i][q]);
     }
     h + "</div></section>\n"
 }

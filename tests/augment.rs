@@ -2,11 +2,12 @@
 //! not depend on the number of threads.
 
 use ndarray::{Array3, Array4};
+use rand::Rng;
 use rand::SeedableRng;
 use tlearn::augment::{apply, Augment, FillMode, Transform};
 
 fn ident() -> Transform {
-    Transform { theta: 0.0, tx: 0.0, ty: 0.0, shear: 0.0, zx: 1.0, zy: 1.0, flip_h: false, flip_v: false }
+    Transform::identity()
 }
 
 /// A 5×5 one-channel image with distinct values r·10 + c.
@@ -40,6 +41,42 @@ fn identity_rotation_flip_and_zoom_geometry() {
         let (y, x2) = (2.0 + (r as f32 - 2.0) / 2.0, 2.0 + (c as f32 - 2.0) / 2.0);
         y * 10.0 + x2
     });
+}
+
+#[test]
+fn quarter_turns_and_photometric_changes() {
+    let x = img().mapv(|v| v as f32);
+    // np.rot90(x, k): k = 1 → out[i][j] = x[j][4 − i]; 2 → x[4 − i][4 − j]; 3 → x[4 − j][i].
+    close(&run(&Transform { rot90: 1, ..ident() }, FillMode::Nearest, 0.0), |r, c| x[[c, 4 - r, 0]]);
+    close(&run(&Transform { rot90: 2, ..ident() }, FillMode::Nearest, 0.0), |r, c| x[[4 - r, 4 - c, 0]]);
+    close(&run(&Transform { rot90: 3, ..ident() }, FillMode::Nearest, 0.0), |r, c| x[[4 - c, r, 0]]);
+    // After a horizontal flip: the flip first, then the turn.
+    close(&run(&Transform { rot90: 1, flip_h: true, ..ident() }, FillMode::Nearest, 0.0), |r, c| x[[c, r, 0]]);
+    let mean = x.mean().unwrap();
+    close(&run(&Transform { brightness: 2.0, ..ident() }, FillMode::Nearest, 0.0), |r, c| {
+        (x[[r, c, 0]] * 2.0).min(255.0)
+    });
+    close(&run(&Transform { contrast: 0.0, ..ident() }, FillMode::Nearest, 0.0), |_, _| mean);
+    close(&run(&Transform { contrast: 0.5, ..ident() }, FillMode::Nearest, 0.0), |r, c| {
+        mean + 0.5 * (x[[r, c, 0]] - mean)
+    });
+    // Draws: all four turns on a square image, only 0 and 2 on an oblong one.
+    let aug = Augment { rot90: true, brightness_range: Some((0.5, 1.5)), contrast_range: 0.2, ..Default::default() };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let turns = |h, w, rng: &mut rand_chacha::ChaCha8Rng| {
+        (0..200).map(|_| aug.draw(rng, h, w).rot90).collect::<std::collections::BTreeSet<u8>>()
+    };
+    assert_eq!(turns(8, 8, &mut rng).into_iter().collect::<Vec<_>>(), [0, 1, 2, 3]);
+    assert_eq!(turns(8, 6, &mut rng).into_iter().collect::<Vec<_>>(), [0, 2]);
+    let t = aug.draw(&mut rng, 8, 8);
+    assert!((0.5..1.5).contains(&t.brightness) && (0.8..1.2).contains(&t.contrast), "{t:?}");
+    // Settings without the new options draw the same stream as before they existed.
+    let old = Augment { horizontal_flip: true, ..Default::default() };
+    let mut a = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let mut b = a.clone();
+    old.draw(&mut a, 8, 8);
+    b.gen::<f32>();
+    assert_eq!(a.gen::<u64>(), b.gen::<u64>(), "one draw for the flip only");
 }
 
 #[test]

@@ -129,15 +129,7 @@ fn training_reduces_the_loss_and_is_reproducible() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let x = rand_array(&mut rng, &[64, 4], 1.0);
     let labels: Vec<usize> = x.outer_iter().map(|r| (r[0] + r[1] > 0.0) as usize).collect();
-    let cfg = tlearn::train::FitConfig {
-        epochs: 15,
-        batch: 8,
-        seed: 4,
-        optimizer: tlearn::train::optim::Optimizer::rmsprop(1e-2),
-        schedule: Default::default(),
-    }
-    .check()
-    .unwrap();
+    let cfg = tlearn::train::FitConfig::new(15, 8, 4, tlearn::train::optim::Optimizer::rmsprop(1e-2)).check().unwrap();
     let fit = || {
         let mut t = Trainer::new(&m, Path::new("t.onnx"), &[4], 2, &opts()).unwrap();
         let val = tlearn::train::InMemory { x: &x, labels: &labels };
@@ -470,7 +462,12 @@ fn run_train_graph(
         .iter()
         .map(|p| onnx::tensor_to_f32(onnx::graph(m).initializer.iter().find(|t| &t.name == p).unwrap()).unwrap())
         .collect();
-    let mut feed = vec![(tg.input.as_str(), x.view()), (tlearn::train::graph::LABELS, y.view())];
+    let ones = ArrayD::ones(IxDyn(&[y.shape()[0], 1]));
+    let mut feed = vec![
+        (tg.input.as_str(), x.view()),
+        (tlearn::train::graph::LABELS, y.view()),
+        (tlearn::train::graph::WEIGHTS, ones.view()),
+    ];
     feed.extend(tg.params.iter().map(|p| p.as_str()).zip(params.iter().map(|a| a.view())));
     let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
     tlearn::runtime::run_f32(&mut s, feed, &names).unwrap()
@@ -610,4 +607,48 @@ fn first_block_without_pool_indices_equals_maxpool_gradients() {
         let (d, scale) = max_diff(a, c);
         assert!(scale > 0.0 && d <= 1e-5 * scale + 1e-7, "grad of {name}: split vs MaxPool form differ by {d}");
     }
+}
+
+/// One SGD step with class weights, decoupled weight decay and a per-parameter learning-rate
+/// factor equals the rule computed from the per-sample gradients: P' = P − s·lr·wd·P·[rank ≥ 2]
+/// − s·lr·Σ wᵢgᵢ / N; and label smoothing gives Keras' targets.
+#[test]
+fn class_weights_weight_decay_and_lr_factors_follow_their_rules() {
+    let spec = HeadSpec { units: 5, layers: 1, dropout: 0.0, pool: Pool::Flatten, standardize: false };
+    let m = head::build(&[4], 3, &spec.check().unwrap(), 2, None).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let x = rand_array(&mut rng, &[2, 4], 1.0);
+    let labels = [0usize, 2];
+    let mut t = Trainer::new(&m, Path::new("t.onnx"), &[4], 3, &opts()).unwrap();
+    let p0 = t.params.clone();
+    let per_sample: Vec<Vec<ArrayD<f32>>> = (0..2)
+        .map(|i| {
+            let xi = x.slice(ndarray::s![i..i + 1, ..]).into_dyn();
+            t.gradients(xi, &label_tensor(&labels[i..i + 1], t.train.loss, 3), &[]).unwrap().2
+        })
+        .collect();
+    let (lr, wd, cw) = (0.1f64, 0.3f64, [2.0f64, 1.0, 0.5]);
+    let mut cfg = tlearn::train::FitConfig::new(1, 2, 1, optim::Optimizer::sgd(lr, 0.0));
+    cfg.weight_decay = wd;
+    cfg.class_weight = Some(tlearn::train::ClassWeight::Given(cw.to_vec()));
+    let first = t.train.params[0].clone();
+    t.scale_lr(&|p| if p == first { 0.5 } else { 1.0 });
+    let data = tlearn::train::InMemory { x: &x, labels: &labels };
+    t.fit_with(&data, None, &cfg.check().unwrap(), None, |_, _, _| Ok(true)).unwrap();
+    for (k, p) in t.params.iter().enumerate() {
+        let s = if k == 0 { 0.5 } else { 1.0 };
+        let decay = if p0[k].ndim() >= 2 { s * lr * wd } else { 0.0 };
+        let g = (&per_sample[0][k] * cw[labels[0]] as f32 + &per_sample[1][k] * cw[labels[1]] as f32) / 2.0;
+        let want = &p0[k] - &(&p0[k] * decay as f32) - &(g * (s * lr) as f32);
+        let d = (p - &want).mapv(f32::abs).fold(0f32, |m, &v| m.max(v));
+        assert!(d < 1e-5, "{}: off by {d}", t.train.params[k]);
+    }
+    assert!(t.params.iter().zip(&p0).all(|(a, b)| a != b), "every parameter moved");
+    let loss = tlearn::train::graph::Loss::BinaryCrossEntropy;
+    let y = tlearn::train::smoothed_labels(&[1, 0], loss, 1, 0.2);
+    assert_eq!(y.as_slice().unwrap(), &[0.9, 0.1]);
+    let y = tlearn::train::smoothed_labels(&[2], tlearn::train::graph::Loss::CategoricalCrossEntropy, 4, 0.2);
+    assert_eq!(y.as_slice().unwrap(), &[0.05, 0.05, 0.85, 0.05]);
+    let balanced = tlearn::train::ClassWeight::Balanced.weights(&[0, 0, 0, 1], 2).unwrap();
+    assert_eq!(balanced, [4.0 / 6.0, 2.0]);
 }

@@ -208,13 +208,7 @@ fn an_early_stopped_fit_rerun_ends_where_it_stopped() {
     // Validation labels that disagree with training: the validation loss rises, patience stops.
     let flipped: Vec<usize> = labels.iter().map(|l| 1 - l).collect();
     let dir = tempfile::tempdir().unwrap();
-    let fit = FitConfig {
-        epochs: 30,
-        batch: 8,
-        seed: 1,
-        optimizer: tlearn::train::optim::Optimizer::rmsprop(1e-2),
-        schedule: Default::default(),
-    };
+    let fit = FitConfig::new(30, 8, 1, tlearn::train::optim::Optimizer::rmsprop(1e-2));
     let o = FitOptions {
         fit: fit.check().unwrap(),
         checkpoint: Some(Checkpointing {
@@ -224,6 +218,7 @@ fn an_early_stopped_fit_rerun_ends_where_it_stopped() {
         }),
         models: Some(dir.path().into()),
         patience: Some(2),
+        wrap: None,
     };
     let run = || {
         let mut tr = Trainer::new(&m, Path::new("head.onnx"), &[4], 2, &opts()).unwrap();

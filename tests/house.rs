@@ -36,6 +36,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("metrics", 1),
     ("plot", 1),
     ("report", 1),
+    ("explain", 1),
     ("train", 1),
     ("heads", 1),
     ("elpv", 2),
@@ -45,6 +46,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("evaluate", 2),
     ("score", 2),
     ("finetune", 2),
+    ("trunk", 2),
     ("compare", 2),
     ("cli", 3),
 ];

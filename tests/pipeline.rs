@@ -570,3 +570,46 @@ fn score_threshold_moves_the_binary_decision() {
     let mid = classes("0.5");
     assert!(mid.contains(&"cat".to_string()) && mid.contains(&"dog".to_string()), "{mid:?}");
 }
+
+#[test]
+fn a_cached_trunk_trains_the_rest_as_the_whole_net_would() {
+    let w = workdir();
+    let w = w.path();
+    make_dataset(&w.join("raw"), &["a", "b", "c"], 20, false);
+    ok("tlearn-data", &["split", "raw", "data/toy", "--seed", "1"], w);
+    ok("tlearn-convnet", &["mnist", "--out", "net.onnx", "--classes", "3"], w);
+    let base = ["net.onnx", "--data", "data/toy", "--epochs", "3", "--batch", "8", "--lr", "1e-3"];
+    let base = [&base[..], &["--trainable", "dense*", "--explain", "0", "--device", "cpu"]].concat();
+    let losses = |out: &str| -> Vec<f64> {
+        out.lines()
+            .filter(|l| l.starts_with("epoch"))
+            .map(|l| l.split_whitespace().nth(3).unwrap().parse().unwrap())
+            .collect()
+    };
+    let whole = ok("tlearn-finetune", &[&base[..], &["--run", "whole"]].concat(), w);
+    let cached = ok("tlearn-finetune", &[&base[..], &["--run", "cached", "--cache-trunk"]].concat(), w);
+    let (lw, lc) = (losses(&whole), losses(&cached));
+    assert_eq!(lw.len(), 3);
+    for (a, b) in lw.iter().zip(&lc) {
+        assert!((a - b).abs() < 2e-3, "the same fit: {lw:?} vs {lc:?}");
+    }
+    let info: serde_json::Value = serde_json::from_str(&read(&w.join("runs/cached/model.onnx.json"))).unwrap();
+    assert_eq!(info["trunk"]["views"], serde_json::json!(["identity"]), "{info}");
+    let acc = |run: &str| -> f64 {
+        let m: serde_json::Value = serde_json::from_str(&read(&w.join(format!("reports/{run}/metrics.json")))).unwrap();
+        m["accuracy"].as_f64().unwrap()
+    };
+    assert!((acc("whole") - acc("cached")).abs() < 0.05, "{} vs {}", acc("whole"), acc("cached"));
+    // Flips: the trunk's output cached for each of the four views.
+    let flips = ["--run", "flips", "--cache-trunk", "--horizontal-flip", "--vertical-flip"];
+    ok("tlearn-finetune", &[&base[..], &flips].concat(), w);
+    let info: serde_json::Value = serde_json::from_str(&read(&w.join("runs/flips/model.onnx.json"))).unwrap();
+    assert_eq!(info["trunk"]["views"].as_array().unwrap().len(), 4, "{info}");
+    // A random transform would need the trunk every epoch.
+    let err = fails(
+        "tlearn-finetune",
+        &[&base[..], &["--run", "rot", "--cache-trunk", "--rotation-range", "10"]].concat(),
+        w,
+    );
+    assert!(err.contains("fixed views"), "{err}");
+}

@@ -50,7 +50,7 @@ fn report_is_self_contained_with_every_section_and_mistakes_by_confidence() {
     let out = w.path().join("rep");
     let ctx = serde_json::json!({"run": "r1", "split": "test"});
     let history = w.path().join("no-history.png");
-    tlearn::evaluate::write_report(&out, ctx, &probs, &files, &classes, Some(&history)).unwrap();
+    tlearn::evaluate::write_report(&out, ctx, &probs, &files, &classes, Some(&history), None).unwrap();
     let html = std::fs::read_to_string(out.join("index.html")).unwrap();
     assert_eq!(sections(&html), ["metrics", "confusion", "roc", "curves", "misclassified"]);
     assert!(html.contains("<title>r1 — test split</title>"), "title");
@@ -98,6 +98,7 @@ fn report_opens_in_headless_chromium_without_errors() {
         &probs,
         &files,
         &classes,
+        None,
         None,
     )
     .unwrap();

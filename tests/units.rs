@@ -244,3 +244,36 @@ fn summary_of_a_malformed_model_does_not_panic() {
     let r = std::panic::catch_unwind(|| tlearn::onnx::summary::rows(&m, &p, 32).map(|rows| rows.len()));
     assert!(r.is_ok(), "summary::rows panicked");
 }
+
+/// The conv base a lower learning rate applies to, and a split before the first trained layer
+/// whose two parts compute what the whole model does.
+#[test]
+fn conv_base_initializers_and_a_split_that_recomposes() {
+    let (_d, path, m) = common::tiny_loaded(4);
+    let base = tlearn::onnx::cut::base_initializers(&m, &path, 32).unwrap();
+    let mut base: Vec<&str> = base.iter().map(|s| s.as_str()).collect();
+    base.sort();
+    assert_eq!(base, ["conv/bias", "conv/kernel"]);
+    let g = tlearn::onnx::graph(&m);
+    let gemm = g.node.iter().position(|n| n.op_type == "Gemm").unwrap();
+    let cut = tlearn::onnx::split::single_cut(g, gemm).unwrap();
+    assert_eq!(g.node[cut.at - 1].op_type, "Flatten", "{cut:?}");
+    let (before, after) = tlearn::onnx::split::split_at(&m, &cut, &[1, 8 * 16 * 16]);
+    let names = |m: &tlearn::onnx::proto::ModelProto| -> Vec<String> {
+        tlearn::onnx::graph(m).initializer.iter().map(|t| t.name.clone()).collect()
+    };
+    assert!(names(&after).iter().all(|n| n.starts_with("fc/")), "{:?}", names(&after));
+    assert!(names(&before).iter().all(|n| n.starts_with("conv/")), "{:?}", names(&before));
+    let opts = tlearn::runtime::SessionOptions { device: tlearn::runtime::Device::Cpu, threads: 1 };
+    let x = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[3, 32, 32, 3]), |i| {
+        ((i[1] * 5 + i[2] + i[3] * 7 + i[0]) % 13) as f32
+    });
+    let run = |m: &tlearn::onnx::proto::ModelProto, x: &ndarray::ArrayD<f32>| {
+        tlearn::train::predict(&tlearn::onnx::encode_model(m), &path, x, 3, &opts).unwrap()
+    };
+    let whole = run(&m, &x);
+    let parts = run(&after, &run(&before, &x));
+    assert!((&whole - &parts).iter().all(|d| d.abs() < 1e-6), "{whole} vs {parts}");
+    // Nothing frozen before the first layer: no cut but the input itself.
+    assert!(tlearn::onnx::split::single_cut(g, 0).is_none());
+}

@@ -173,26 +173,80 @@ fn the_right_file_is_downloaded_checked_cut_by_the_rule_and_cached() {
     let scores = std::fs::read_to_string(w.join("s.csv")).unwrap();
     let predictions = std::fs::read_to_string(w.join("reports/z/predictions.csv")).unwrap();
     assert_eq!(scores.lines().count(), predictions.lines().count(), "{scores}");
-    // The deployable model fine-tuned whole (every parameter but its in-graph preprocessing).
-    let out = ok(
-        "tlearn-finetune",
-        &[
-            "runs/z/model.onnx",
-            "--data",
-            "data/toy",
-            "--run",
-            "zft",
-            "--epochs",
-            "1",
-            "--batch",
-            "4",
-            "--device",
-            "cpu",
-        ],
-        w,
-    );
-    assert!(out.contains("trained"), "{out}");
-    assert!(w.join("runs/zft/model.onnx").exists());
+    // The fine-tuning recipe in two commands: the head warmed up with the base frozen, then the
+    // deployable model that made fine-tuned whole (every parameter but its in-graph
+    // preprocessing) with a lower rate for the base, warm-up, AdamW, label smoothing, balanced
+    // class weights, quarter turns, and TTA in the result.
+    let warm = ["runs/z/model.onnx", "--data", "data/toy", "--run", "zwarm", "--trainable", "head/*"];
+    let out = ok("tlearn-finetune", &[&warm[..], &["--epochs", "1", "--batch", "4", "--device", "cpu"]].concat(), w);
+    let trained = |out: &str| -> (usize, usize) {
+        let words: Vec<&str> = out.lines().find(|l| l.starts_with("trained")).unwrap().split(' ').collect();
+        (words[1].parse().unwrap(), words[3].parse().unwrap())
+    };
+    let (head_only, total) = trained(&out);
+    assert!(head_only > 0 && head_only < total / 2, "{out}");
+    let recipe = [
+        "runs/zwarm/model.onnx",
+        "--data",
+        "data/toy",
+        "--run",
+        "zft",
+        "--epochs",
+        "2",
+        "--batch",
+        "4",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "1e-3",
+        "--lr-base",
+        "1e-4",
+        "--warmup-epochs",
+        "1",
+        "--weight-decay",
+        "0.01",
+        "--label-smoothing",
+        "0.1",
+        "--class-weight",
+        "balanced",
+        "--horizontal-flip",
+        "--rot90",
+        "--brightness-range",
+        "0.8,1.2",
+        "--tta",
+        "hflip",
+        "--device",
+        "cpu",
+    ];
+    let out = ok("tlearn-finetune", &recipe, w);
+    assert_eq!(trained(&out).0, total, "all but the preprocessing: {out}");
+    let model = tlearn::onnx::load_model(&w.join("runs/zft/model.onnx")).unwrap();
+    let tta = model.metadata_props.iter().find(|p| p.key == "tlearn.tta").unwrap();
+    assert_eq!(tta.value, "[\"hflip\"]");
+    let info = std::fs::read_to_string(w.join("runs/zft/model.onnx.json")).unwrap();
+    for key in [
+        "\"lr_base\": 0.0001",
+        "\"weight_decay\": 0.01",
+        "\"label_smoothing\": 0.1",
+        "\"class_weight\": \"balanced\"",
+        "\"rot90\": true",
+    ] {
+        assert!(info.contains(key), "{key} in {info}");
+    }
+    let bad: Vec<&str> = recipe
+        .iter()
+        .map(|a| {
+            if *a == "1e-4" {
+                "0"
+            } else if *a == "zft" {
+                "bad"
+            } else {
+                a
+            }
+        })
+        .collect();
+    let bad = fails("tlearn-finetune", &bad, w);
+    assert!(bad.contains("--lr-base") && bad.contains("positive"), "{bad}");
 }
 
 #[test]

@@ -9,9 +9,7 @@ use tlearn::cli::Terminal;
 use tlearn::evaluate;
 use tlearn::finetune::{self, FinetuneConfig};
 use tlearn::imageio::Interpolation;
-use tlearn::params::ParamGuard;
 use tlearn::train::checkpoint::Resume;
-use tlearn::train::FitConfig;
 
 #[derive(Parser)]
 #[command(version, about = "Train / fine-tune an ONNX classifier on train/validation/test class folders")]
@@ -36,12 +34,18 @@ struct Args {
     optimizer: tlearn::cli::OptimizerKind,
     #[arg(long, default_value_t = 1e-4)]
     lr: f64,
+    /// Learning rate of the pretrained conv base (everything up to the last spatial features),
+    /// when it should move slower than the head (--lr); e.g. --lr 1e-3 --lr-base 1e-4.
+    #[arg(long, value_parser = positive)]
+    lr_base: Option<f64>,
     #[arg(long, default_value_t = 0.0)]
     momentum: f64,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     #[command(flatten)]
     lr_schedule: tlearn::cli::ScheduleArgs,
+    #[command(flatten)]
+    reg: tlearn::cli::RegArgs,
     /// Train only parameters matching these name patterns (`*` wildcards; else substring), e.g.
     /// `--trainable 'block5_*' --trainable dense`. Default: all.
     #[arg(long)]
@@ -49,6 +53,10 @@ struct Args {
     /// Stop after this many epochs without a better validation loss.
     #[arg(long)]
     patience: Option<usize>,
+    /// Run the frozen layers before the first trained one once per image and flipped view, and
+    /// train the rest on their cached output (with --trainable; augmentation: flips only).
+    #[arg(long)]
+    cache_trunk: bool,
     /// Pixel scale (Keras' rescale). Default: 1/255, or 1 for a model that scales its input
     /// itself (a leading Mul/Div by a constant, e.g. a Keras Rescaling layer) or is a deployable
     /// tlearn model.
@@ -73,10 +81,25 @@ struct Args {
     horizontal_flip: bool,
     #[arg(long)]
     vertical_flip: bool,
+    /// A random quarter turn after the flips (square inputs): with both flips, all eight
+    /// symmetries of the square — for images whose label does not depend on orientation.
+    #[arg(long)]
+    rot90: bool,
+    /// Brightness factor range LO,HI (Keras' brightness_range), e.g. 0.8,1.2.
+    #[arg(long, value_parser = range_pair)]
+    brightness_range: Option<(f32, f32)>,
+    /// Contrast factor U(1 − C, 1 + C) about each image's mean (0 ≤ C < 1).
+    #[arg(long, value_parser = contrast)]
+    contrast_range: Option<f32>,
     #[arg(long, value_enum, default_value = "nearest")]
     fill_mode: FillMode,
     #[arg(long, default_value_t = 0.0)]
     cval: f32,
+    /// Test-time augmentation: the test evaluation and the deployable model average the
+    /// probabilities of the plain image and these views (e.g. `--tta hflip,vflip,rot180`). A rerun
+    /// with other views reuses the finished checkpoint.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    tta: Vec<tlearn::imageio::View>,
     /// Write a grid of augmented versions of this image (to --preview-out) and exit.
     #[arg(long)]
     preview: Option<PathBuf>,
@@ -91,6 +114,10 @@ struct Args {
     /// Ignore the run's checkpoint and start over.
     #[arg(long)]
     restart: bool,
+    /// Grad-CAM overlays in the test report for the N most confident mistakes and N/2 most
+    /// confident right answers (0: none).
+    #[arg(long, default_value_t = 8)]
+    explain: usize,
     #[command(flatten)]
     ort: tlearn::cli::OrtArgs,
 }
@@ -109,9 +136,38 @@ fn augmentation(a: &Args) -> Option<Augment> {
     set(a.zoom_range, &mut g.zoom_range);
     g.horizontal_flip |= a.horizontal_flip;
     g.vertical_flip |= a.vertical_flip;
+    g.rot90 |= a.rot90;
+    g.brightness_range = a.brightness_range.or(g.brightness_range);
+    set(a.contrast_range, &mut g.contrast_range);
     g.fill_mode = a.fill_mode;
     g.cval = a.cval;
     (!g.is_identity()).then_some(g)
+}
+
+fn range_pair(s: &str) -> std::result::Result<(f32, f32), String> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f32>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    match v[..] {
+        [lo, hi] if 0.0 < lo && lo <= hi && hi.is_finite() => Ok((lo, hi)),
+        _ => Err(format!("`{s}`: give LO,HI with 0 < LO ≤ HI")),
+    }
+}
+
+fn positive(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("`{s}`: give a positive number")),
+    }
+}
+
+fn contrast(s: &str) -> std::result::Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if (0.0..1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}`: give C with 0 ≤ C < 1 (factors 1 − C … 1 + C)")),
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -142,19 +198,15 @@ fn run(a: Args) -> Result<()> {
         model: a.model.clone(),
         data: data.clone(),
         run_dir: a.runs.join(&run),
-        fit: FitConfig {
-            epochs: a.epochs,
-            batch: a.batch,
-            seed: a.seed,
-            optimizer,
-            schedule: a.lr_schedule.schedule(),
-        }
-        .check()?,
+        fit: tlearn::cli::fit_config((a.epochs, a.batch, a.seed), optimizer, &a.lr_schedule, &a.reg)?,
         trainable: a.trainable.clone(),
+        lr_base: a.lr_base,
         patience: a.patience,
+        cache_trunk: a.cache_trunk,
         rescale,
         interpolation: a.interpolation,
         augment,
+        tta: a.tta.clone(),
         max_pixels: tlearn::imageio::DEFAULT_MAX_PIXELS,
         session: a.ort.session(),
         resume: if a.restart {
@@ -187,7 +239,12 @@ fn run(a: Args) -> Result<()> {
     }
     if data.join("test").is_dir() {
         let out = a.reports.join(&run);
-        let (m, skipped) = evaluate::finetuned(&done, &cfg, "test", &out, &term)?;
+        let explain = (a.explain > 0).then(|| evaluate::Explain {
+            model: cfg.run_dir.join(finetune::MODEL),
+            mistakes: a.explain,
+            session: a.ort.session(),
+        });
+        let (m, skipped) = evaluate::finetuned(&done, &cfg, "test", &out, &term, explain.as_ref())?;
         if skipped > 0 {
             tlearn::outln!("test: skipped {skipped} unreadable image(s) (listed in the report's metrics.json)");
         }

@@ -57,6 +57,10 @@ struct Args {
     /// Journal progress every this many images (a killed run resumes from there).
     #[arg(long, default_value_t = 1000)]
     checkpoint_every: usize,
+    /// Also write a Grad-CAM overlay of every scored image (the predicted class) into this folder,
+    /// with index.csv naming them. Each costs about two inferences.
+    #[arg(long)]
+    explain: Option<PathBuf>,
 }
 
 #[derive(clap::Subcommand)]
@@ -95,7 +99,7 @@ fn run(a: Args) -> Result<()> {
     if a.inputs.is_empty() && a.list.is_empty() {
         anyhow::bail!("give folders, images, glob patterns or --list files to score (or --export-only)");
     }
-    let out = a.out.unwrap_or_else(|| PathBuf::from("reports").join(&a.run).join("scores.csv"));
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("reports").join(&a.run).join("scores.csv"));
     // Neither the scores nor their summary may land on a list file or the run's record (the
     // library checks the model itself).
     let head = run_dir.join(tlearn::run::HEAD);
@@ -104,7 +108,18 @@ fn run(a: Args) -> Result<()> {
     let inputs: Vec<&Path> = inputs.iter().map(|p| p.as_path()).collect();
     tlearn::fsutil::check_output_apart(&out, &inputs)?;
     tlearn::fsutil::check_output_apart(&tlearn::fsutil::with_suffix(&out, ".summary.json"), &inputs)?;
+    if let Some(dir) = &a.explain {
+        // Checked before scoring too, so a wrong folder fails at once.
+        let given: Vec<&Path> =
+            a.inputs.iter().chain(&a.list).map(|p| p.as_path()).chain(inputs.iter().copied()).collect();
+        tlearn::fsutil::check_output_apart(dir, &given)?;
+    }
     let (files, unreadable) = tlearn::inputs::collect(&a.inputs, &a.list)?;
+    let to_explain = a.explain.as_ref().map(|_| {
+        let mut f = files.clone();
+        f.retain(|p| a.shard.is_none_or(|s| s.owns(&tlearn::fsutil::real_path(p))));
+        f
+    });
     let o = tlearn::score::ScoreOptions {
         batch: a.batch,
         max_pixels: a.max_pixels,
@@ -133,6 +148,21 @@ fn run(a: Args) -> Result<()> {
         for (_, why) in &s.unreadable {
             tlearn::outln!("  {why}");
         }
+    }
+    if let (Some(dir), Some(files)) = (&a.explain, to_explain) {
+        explain(&a, &model, &files, dir)?;
+    }
+    Ok(())
+}
+
+/// `--explain DIR`: the Grad-CAM overlays of the scored files.
+fn explain(a: &Args, model: &Path, files: &[PathBuf], dir: &Path) -> Result<()> {
+    let how = (a.max_pixels, a.shard);
+    let e = tlearn::score::explain(model, files, dir, how, &a.ort.session(), &tlearn::cli::Terminal::default())
+        .with_context(|| format!("Grad-CAM overlays into {}", dir.display()))?;
+    tlearn::outln!("Grad-CAM: {} overlays → {}", e.written, dir.join(tlearn::score::explain_index(a.shard)).display());
+    for (p, why) in &e.skipped {
+        tlearn::outln!("  not explained: {}: {why}", p.display());
     }
     Ok(())
 }

@@ -60,7 +60,13 @@ impl Head for Dense {
             data.val.map(|v| v.1.len()).unwrap_or(0),
             self.fit.optimizer,
         ));
-        let o = FitOptions { fit: self.fit.clone(), checkpoint: self.checkpoint.clone(), models: None, patience: None };
+        let o = FitOptions {
+            fit: self.fit.clone(),
+            checkpoint: self.checkpoint.clone(),
+            models: None,
+            patience: None,
+            wrap: None,
+        };
         let val = data.val.map(|(x, labels)| InMemory { x, labels });
         let fitted = learner::fit(&mut trainer, &InMemory { x: data.x, labels: data.y }, val, &o, sink)?;
         Ok(Trained { model: trainer.export(), history: fitted.history, describe, params })

@@ -227,6 +227,14 @@ fn uses_reserved_names(m: &ModelProto, input: &str) -> bool {
         || input == FEATURES
 }
 
+/// The initializers of `m`'s conv base ([`conv_base_end`] at `size`): what a lower learning rate
+/// for a pretrained base applies to; the rest is the classifier head.
+pub fn base_initializers(m: &ModelProto, path: &Path, size: u32) -> Result<HashSet<String>> {
+    let (end, _) = conv_base_end(m, path, size)?;
+    let (input, _) = image_input(m, path)?;
+    Ok(needed(graph(m), path, &[end], &input)?.1)
+}
+
 /// The nodes (by index) and initializers that compute `cuts` from `input`.
 fn needed(g: &GraphProto, path: &Path, cuts: &[String], input: &str) -> Result<(HashSet<usize>, HashSet<String>)> {
     let producer: HashMap<&str, usize> =

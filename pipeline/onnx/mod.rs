@@ -4,6 +4,7 @@ pub mod builder;
 pub mod cut;
 pub mod probe;
 pub mod proto;
+pub mod split;
 pub mod summary;
 
 use crate::error::{Error, IoContext, Result};

@@ -70,7 +70,7 @@ pub fn fuse(
             });
         }
     }
-    let head_probs = if views.is_empty() { OUTPUT.to_string() } else { "tta/probs_all".to_string() };
+    let head_probs = if views.is_empty() { OUTPUT.to_string() } else { PROBS_ALL.to_string() };
     let bb = rename(bg, "backbone/", &HashMap::from([(cut::IMAGE.to_string(), x.clone())]));
     let hh = rename(
         hg,
@@ -82,17 +82,21 @@ pub fn fuse(
         b.graph.initializer.extend(g.initializer);
     }
     if !views.is_empty() {
-        // (V·N, k) → (V, N·k) → mean over V as a (1, V) MatMul → (N, k).
-        let nv = views.len() + 1;
-        let s1 = b.const_i64("tta_shape", &[nv as i64, -1]);
-        let r = b.op("Reshape", &[&head_probs, &s1], vec![]);
-        let w = b.init_f32("tta/mean", &ndarray::Array2::from_elem((1, nv), 1.0 / nv as f32).into_dyn());
-        let m = b.op("MatMul", &[&w, &r], vec![]);
-        let s2 = b.const_i64("tta_rows", &[-1, k as i64]);
-        b.node("Reshape", &[&m, &s2], &[OUTPUT], vec![]);
+        emit_view_mean(&mut b, &head_probs, views.len() + 1, k);
     }
     b.output(OUTPUT, &[Dim::named("N"), Dim::Fixed(k as i64)]);
     finish(b, &[backbone, head], size, interpolation, classes, &views)
+}
+
+/// [`OUTPUT`] as the mean over the `nv` views of `probs` (V·N, k), view-major: (V, N·k) → mean
+/// over V as a (1, V) MatMul → (N, k).
+fn emit_view_mean(b: &mut GraphBuilder, probs: &str, nv: usize, k: usize) {
+    let s1 = b.const_i64("tta_shape", &[nv as i64, -1]);
+    let r = b.op("Reshape", &[probs, &s1], vec![]);
+    let w = b.init_f32("tta/mean", &ndarray::Array2::from_elem((1, nv), 1.0 / nv as f32).into_dyn());
+    let m = b.op("MatMul", &[&w, &r], vec![]);
+    let s2 = b.const_i64("tta_rows", &[-1, k as i64]);
+    b.node("Reshape", &[&m, &s2], &[OUTPUT], vec![]);
 }
 
 /// The backbone's preprocessing on raw RGB 0..255 (N, H, W, 3): channel order, scale, mean, std.
@@ -132,7 +136,68 @@ fn emit_views(b: &mut GraphBuilder, x: &str, views: &[View]) -> String {
         parts.push(b.op("Slice", &[x, &st, &en, &ax, &sp], vec![]));
     }
     let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
-    b.op("Concat", &refs, vec![("axis", A::I(0))])
+    b.node("Concat", &refs, &[VIEWS], vec![("axis", A::I(0))]);
+    VIEWS.to_string()
+}
+
+/// The stacked views of a TTA model (`emit_views`) and their probabilities before the mean.
+const VIEWS: &str = "tta/views";
+const PROBS_ALL: &str = "tta/probs_all";
+
+/// A deployable model without its TTA views: the plain image's probabilities straight from the
+/// net's Sigmoid/Softmax (what Grad-CAM differentiates). A model without views comes back as is.
+pub fn plain(m: &ModelProto, path: &Path) -> Result<ModelProto> {
+    if meta_views(m, path)?.is_empty() {
+        return Ok(m.clone());
+    }
+    let mut p = m.clone();
+    let g = p.graph.as_mut().expect("graph");
+    let Some(stack) = g.node.iter().position(|n| n.output.iter().any(|o| o == VIEWS)) else {
+        return Err(Error::BadModel {
+            path: path.into(),
+            reason: "its TTA views have no `tta/views` tensor (made by an older tlearn): rebuild it".into(),
+        });
+    };
+    let plain_input = g.node[stack].input[0].clone();
+    g.node.remove(stack);
+    // The mean over the views goes; the net's own output becomes the model's.
+    let mean_start = g.node.iter().position(|n| n.input.iter().any(|i| i == PROBS_ALL)).unwrap_or(g.node.len());
+    g.node.truncate(mean_start);
+    for n in g.node.iter_mut() {
+        for t in n.input.iter_mut().chain(n.output.iter_mut()) {
+            if t == VIEWS {
+                *t = plain_input.clone();
+            } else if t == PROBS_ALL {
+                *t = OUTPUT.into();
+            }
+        }
+    }
+    // The flips that fed the stack, and the mean's constants, are read by nothing now.
+    let reads = |g: &onnx::proto::GraphProto| -> std::collections::HashSet<String> {
+        g.node.iter().flat_map(|n| n.input.iter().cloned()).collect()
+    };
+    loop {
+        let (read, before) = (reads(g), g.node.len());
+        g.node.retain(|n| n.output.iter().any(|o| read.contains(o) || o == OUTPUT));
+        if g.node.len() == before {
+            break;
+        }
+    }
+    let read = reads(g);
+    g.initializer.retain(|t| read.contains(&t.name));
+    for e in p.metadata_props.iter_mut().filter(|e| e.key == "tlearn.tta") {
+        e.value = "[]".into();
+    }
+    Ok(p)
+}
+
+/// The TTA views a model's metadata names (none when it names none).
+fn meta_views(m: &ModelProto, path: &Path) -> Result<Vec<View>> {
+    let Some(tta) = m.metadata_props.iter().find(|p| p.key == "tlearn.tta") else { return Ok(vec![]) };
+    serde_json::from_str(&tta.value).map_err(|e| Error::BadModel {
+        path: path.into(),
+        reason: format!("metadata tlearn.tta `{}` is not a list of views: {e}", tta.value),
+    })
 }
 
 /// The graph `b` as a deployable model: opset of the parts, metadata that `score` reads.
@@ -172,7 +237,8 @@ fn finish(
 }
 
 /// A deployable model from a whole classifier `net` that takes (N,H,W,C) images scaled by
-/// `scale` (C = 1: gray, ITU-R 601 luma): raw RGB 0..255 in, probabilities out.
+/// `scale` (C = 1: gray, ITU-R 601 luma): raw RGB 0..255 in, probabilities out — with `tta`
+/// views, the mean over the plain image and those flips of it.
 pub fn deployable(
     net: &ModelProto,
     size: u32,
@@ -180,6 +246,7 @@ pub fn deployable(
     scale: f32,
     interpolation: Interpolation,
     classes: &[String],
+    tta: &[View],
 ) -> Result<ModelProto> {
     let mut b = GraphBuilder::new("tlearn_classifier").with_prefix("pre/");
     b.input(INPUT, &[Dim::named("N"), Dim::Fixed(size as i64), Dim::Fixed(size as i64), Dim::Fixed(3)]);
@@ -204,11 +271,19 @@ pub fn deployable(
         .ok_or_else(|| Error::Other("model has no input".into()))?;
     let net_out = g.output.first().map(|o| o.name.clone()).ok_or_else(|| Error::Other("model has no output".into()))?;
     let k = crate::metrics::output_width(classes.len());
-    let r = rename(g, "net/", &HashMap::from([(net_in, x), (net_out, OUTPUT.to_string())]));
+    let views: Vec<View> = tta.iter().copied().filter(|v| *v != View::Identity).collect();
+    if !views.is_empty() {
+        x = emit_views(&mut b, &x, &views);
+    }
+    let probs = if views.is_empty() { OUTPUT.to_string() } else { PROBS_ALL.to_string() };
+    let r = rename(g, "net/", &HashMap::from([(net_in, x), (net_out, probs.clone())]));
     b.graph.node.extend(r.node);
     b.graph.initializer.extend(r.initializer);
+    if !views.is_empty() {
+        emit_view_mean(&mut b, &probs, views.len() + 1, k);
+    }
     b.output(OUTPUT, &[Dim::named("N"), Dim::Fixed(k as i64)]);
-    finish(b, &[net], size, interpolation, classes, &[])
+    finish(b, &[net], size, interpolation, classes, &views)
 }
 
 /// What a deployable model needs to be fed.

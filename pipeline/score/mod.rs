@@ -10,11 +10,13 @@ use crate::shard::Shard;
 use sha2::Digest;
 use std::path::{Path, PathBuf};
 
+mod explain;
 mod export;
 mod fuse;
 mod merge;
+pub use explain::{explain, index_name as explain_index, Explained};
 pub use export::{export_run, ModelInfo, MODEL};
-pub use fuse::{deployable, fuse, meta, ModelMeta};
+pub use fuse::{deployable, fuse, meta, plain, ModelMeta};
 pub use merge::merge;
 
 pub const INPUT: &str = "image";

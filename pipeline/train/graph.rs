@@ -18,6 +18,8 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 pub const LABELS: &str = "labels";
+/// Training graphs' per-sample loss weights (N,1) (Keras' `sample_weight`; ones for none).
+pub const WEIGHTS: &str = "sample_weights";
 pub const LOSS: &str = "loss";
 /// Initializers whose names start with this are never trained.
 pub const FROZEN: &str = "frozen/";
@@ -139,9 +141,10 @@ pub fn compile_with(
     declare_inputs(&mut b, &input, feature_shape, &params, &float_inits);
     let (masks, scatter) = forward(&mut b, g, mode, pools, &needs, &shapes)?;
     b.output_any(&output);
-    let n_f = loss_nodes(&mut b, loss, &logits, &shapes);
+    let n_f = loss_nodes(&mut b, loss, &logits, &shapes, mode);
     if mode == Mode::Train {
         let diff = b.op("Sub", &[&output, LABELS], vec![]);
+        let diff = b.op("Mul", &[&diff, WEIGHTS], vec![]);
         let dz = b.op("Div", &[&diff, &n_f], vec![]);
         backward(&mut b, g, &logits, dz, &params, &needs, &shapes, pools)?;
         for p in &params {
@@ -351,9 +354,16 @@ fn dropout_mask(b: &mut GraphBuilder, n: &NodeProto, ratio: f32, s: &[usize]) ->
     MaskInput { name: mask, ratio, shape: s[1..].to_vec() }
 }
 
-/// Loss from the logits: stable forms of BCE / CE, averaged over the batch. Returns the batch
-/// size as a float tensor (dz is divided by it too).
-fn loss_nodes(b: &mut GraphBuilder, loss: Loss, logits: &str, shapes: &HashMap<String, Vec<usize>>) -> String {
+/// Loss from the logits: stable forms of BCE / CE, averaged over the batch (training: each
+/// sample's weighted by [`WEIGHTS`], Keras' `sample_weight` with its mean over the batch size).
+/// Returns the batch size as a float tensor (dz is divided by it too).
+fn loss_nodes(
+    b: &mut GraphBuilder,
+    loss: Loss,
+    logits: &str,
+    shapes: &HashMap<String, Vec<usize>>,
+    mode: Mode,
+) -> String {
     b.input(LABELS, &[Dim::named("N"), Dim::Fixed(*shapes[logits].last().unwrap_or(&1) as i64)]);
     let n_f = {
         let shp = b.op("Shape", &[logits], vec![]);
@@ -376,9 +386,15 @@ fn loss_nodes(b: &mut GraphBuilder, loss: Loss, logits: &str, shapes: &HashMap<S
             let ls = b.op("LogSoftmax", &[logits], vec![("axis", A::I(-1))]);
             let m = b.op("Mul", &[&ls, LABELS], vec![]);
             let axes = b.const_i64("axes", &[-1]);
-            let s = b.op("ReduceSum", &[&m, &axes], vec![("keepdims", A::I(0))]);
+            let s = b.op("ReduceSum", &[&m, &axes], vec![("keepdims", A::I(1))]);
             b.op("Neg", &[&s], vec![])
         }
+    };
+    let per_sample = if mode == Mode::Train {
+        b.input(WEIGHTS, &[Dim::named("N"), Dim::Fixed(1)]);
+        b.op("Mul", &[&per_sample, WEIGHTS], vec![])
+    } else {
+        per_sample
     };
     let total = b.op("ReduceSum", &[&per_sample], vec![("keepdims", A::I(0))]);
     b.node("Div", &[&total, &n_f], &[LOSS], vec![]);

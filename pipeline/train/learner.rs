@@ -27,6 +27,9 @@ pub struct Checkpointing {
     pub resume: Resume,
 }
 
+/// See [`FitOptions::wrap`].
+pub type Wrap = Box<dyn Fn(&ModelProto) -> ModelProto>;
+
 /// How a fit runs beyond its hyper-parameters.
 pub struct FitOptions {
     pub fit: Checked<FitConfig>,
@@ -36,6 +39,10 @@ pub struct FitOptions {
     pub models: Option<PathBuf>,
     /// Stop after this many epochs without a better validation loss.
     pub patience: Option<usize>,
+    /// What [`LAST`] and [`BEST`] hold, made from the trained model (a trunk's rest merged back
+    /// into its whole net); None: the trained model itself. The checkpoint always holds the
+    /// trained model.
+    pub wrap: Option<Wrap>,
 }
 
 /// What a fit produced.
@@ -143,8 +150,12 @@ fn end_epoch(e: &Epoch, tr: &Trainer, fs: &FitState, o: &FitOptions, validated: 
         return Ok(());
     }
     let m = tr.export();
+    let kept = match &o.wrap {
+        Some(f) if o.models.is_some() => Some(f(&m)),
+        _ => None,
+    };
     if let Some(dir) = &o.models {
-        let bytes = onnx::encode_model(&m);
+        let bytes = onnx::encode_model(kept.as_ref().unwrap_or(&m));
         fsutil::write_bytes_atomic(&dir.join(LAST), &bytes)?;
         if improved {
             fsutil::write_bytes_atomic(&dir.join(BEST), &bytes)?;
@@ -158,7 +169,7 @@ fn end_epoch(e: &Epoch, tr: &Trainer, fs: &FitState, o: &FitOptions, validated: 
         checkpoint::save(&c.path, &m, tr, fs, &c.config, kept)?;
     }
     if improved && o.models.is_some() {
-        best.model = Some(m);
+        best.model = Some(kept.unwrap_or(m));
     }
     Ok(())
 }

@@ -33,6 +33,60 @@ pub struct FitConfig {
     pub optimizer: optim::Optimizer,
     #[serde(default)]
     pub schedule: optim::Schedule,
+    /// Linear warm-up from ~0 to the rate over this many epochs (by step); the schedule then runs
+    /// over the remaining steps.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub warmup_epochs: usize,
+    /// Keras 3's decoupled `weight_decay` (Adam with it is AdamW): `w −= w·wd·lr` each step, on
+    /// weights of rank ≥ 2 only — biases and BatchNorm's γ/β are not decayed (timm's rule).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub weight_decay: f64,
+    /// Keras' `label_smoothing`: training targets `y(1−ε) + ε/K` (K = 2 for one sigmoid output).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub label_smoothing: f64,
+    /// Keras' `class_weight`: each training sample's loss times its class's weight (validation
+    /// loss unweighted, as in Keras).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_weight: Option<ClassWeight>,
+}
+
+/// Settings added after records were first written are left out at their default, so older
+/// checkpoints still compare equal.
+fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// Per-class loss weights.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClassWeight {
+    /// n / (K · n_c), from the training labels, K the classes present (scikit-learn's "balanced").
+    Balanced,
+    /// One weight per class, in class order.
+    Given(Vec<f64>),
+}
+
+impl ClassWeight {
+    /// The weight of each of `k` classes for training labels `labels`.
+    pub fn weights(&self, labels: &[usize], k: usize) -> Result<Vec<f64>> {
+        match self {
+            ClassWeight::Given(w) if w.len() != k => Err(Error::Param {
+                name: "class_weight",
+                value: format!("{w:?}"),
+                reason: format!("needs one weight per class ({k})"),
+            }),
+            ClassWeight::Given(w) => Ok(w.clone()),
+            ClassWeight::Balanced => {
+                let mut count = vec![0usize; k];
+                for &l in labels {
+                    count[l] += 1;
+                }
+                // Over the classes present (scikit-learn's rule); an absent class's weight is never used.
+                let present = count.iter().filter(|&&c| c > 0).count().max(1);
+                Ok(count.iter().map(|&c| labels.len() as f64 / (present * c.max(1)) as f64).collect())
+            }
+        }
+    }
 }
 
 impl ParamGuard for FitConfig {
@@ -44,7 +98,54 @@ impl ParamGuard for FitConfig {
             return Err(Error::Param { name: "batch", value: "0".into(), reason: "must be ≥ 1".into() });
         }
         self.optimizer.validate()?;
+        let bad = |name, v: f64, reason: &str| Err(Error::Param { name, value: v.to_string(), reason: reason.into() });
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return bad("weight_decay", self.weight_decay, "must be ≥ 0");
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return bad("label_smoothing", self.label_smoothing, "must be in [0, 1)");
+        }
+        if let Some(ClassWeight::Given(w)) = &self.class_weight {
+            if let Some(&v) = w.iter().find(|v| !(**v > 0.0 && v.is_finite())) {
+                return bad("class_weight", v, "every weight must be positive");
+            }
+        }
+        if self.warmup_epochs >= self.epochs {
+            let v = self.warmup_epochs as f64;
+            return bad("warmup_epochs", v, &format!("must be fewer than the epochs ({})", self.epochs));
+        }
         self.schedule.validate()
+    }
+}
+
+impl FitConfig {
+    /// A loop of `epochs` × batches of `batch`, seeded: constant rate, no warm-up, no
+    /// regularisation or class weights.
+    pub fn new(epochs: usize, batch: usize, seed: u64, optimizer: optim::Optimizer) -> Self {
+        FitConfig {
+            epochs,
+            batch,
+            seed,
+            optimizer,
+            schedule: optim::Schedule::Constant,
+            warmup_epochs: 0,
+            weight_decay: 0.0,
+            label_smoothing: 0.0,
+            class_weight: None,
+        }
+    }
+
+    /// The learning rate of step `step` (0-based, over the whole run) in epoch `epoch` (0-based)
+    /// of a run of `steps_per_epoch` steps per epoch: the warm-up's linear ramp, then the schedule
+    /// over the steps left.
+    pub fn lr_at(&self, epoch: usize, step: usize, steps_per_epoch: usize) -> f64 {
+        let base = self.optimizer.lr();
+        let warm = self.warmup_epochs * steps_per_epoch;
+        if step < warm {
+            return base * (step + 1) as f64 / warm as f64;
+        }
+        let total = steps_per_epoch * self.epochs;
+        self.schedule.lr(base, epoch - self.warmup_epochs.min(epoch), step - warm, total - warm)
     }
 }
 
@@ -96,12 +197,30 @@ impl BatchSource for InMemory<'_> {
 
 /// Labels as the loss expects them: (N,1) 0/1 for BCE, one-hot (N,K) for CE.
 pub fn label_tensor(labels: &[usize], loss: Loss, k: usize) -> ArrayD<f32> {
+    smoothed_labels(labels, loss, k, 0.0)
+}
+
+/// [`label_tensor`] with Keras' label smoothing ε: `y(1−ε) + ε/K`, K = 2 for BCE.
+pub fn smoothed_labels(labels: &[usize], loss: Loss, k: usize, eps: f64) -> ArrayD<f32> {
+    let soft = |hot: bool, k: usize| (if hot { 1.0 - eps } else { 0.0 } + eps / k as f64) as f32;
     match loss {
-        Loss::BinaryCrossEntropy => ArrayD::from_shape_fn(ndarray::IxDyn(&[labels.len(), 1]), |i| labels[i[0]] as f32),
+        Loss::BinaryCrossEntropy => {
+            ArrayD::from_shape_fn(ndarray::IxDyn(&[labels.len(), 1]), |i| soft(labels[i[0]] == 1, 2))
+        }
         Loss::CategoricalCrossEntropy => {
-            ArrayD::from_shape_fn(ndarray::IxDyn(&[labels.len(), k]), |i| (labels[i[0]] == i[1]) as u8 as f32)
+            ArrayD::from_shape_fn(ndarray::IxDyn(&[labels.len(), k]), |i| soft(labels[i[0]] == i[1], k))
         }
     }
+}
+
+/// One training batch as the update graph takes it.
+pub struct Batch {
+    pub x: ArrayD<f32>,
+    /// Targets ([`label_tensor`]).
+    pub y: ArrayD<f32>,
+    /// Per-sample loss weights (N,1); None: ones.
+    pub weights: Option<ArrayD<f32>>,
+    pub masks: Vec<ArrayD<f32>>,
 }
 
 /// A model in training: compiled graphs, open sessions, current parameters.
@@ -117,6 +236,8 @@ pub struct Trainer {
     eval_s: ort::session::Session,
     pub params: Vec<ArrayD<f32>>,
     resident: Option<resident::Resident>,
+    /// Learning-rate factors and weight decay of the parameters ([`Trainer::scale_lr`]).
+    groups: optim::Groups,
     grad_names: Vec<String>,
     n_classes: usize,
     what: PathBuf,
@@ -165,6 +286,7 @@ impl Trainer {
             eval_s,
             params,
             resident: None,
+            groups: optim::Groups::default(),
             grad_names,
             n_classes,
             what: what.into(),
@@ -203,8 +325,9 @@ impl Trainer {
             let bytes = onnx::encode_model(&nchwc::for_device(&self.train.model, self.opts.device));
             self.grad_s = Some(runtime::open(&bytes, &self.what, &self.opts)?.session);
         }
+        let ones = ArrayD::ones(ndarray::IxDyn(&[y.shape()[0], 1]));
         let mut feed: Vec<(&str, ndarray::ArrayViewD<'_, f32>)> =
-            vec![(self.train.input.as_str(), x), (graph::LABELS, y.view())];
+            vec![(self.train.input.as_str(), x), (graph::LABELS, y.view()), (graph::WEIGHTS, ones.view())];
         for (p, a) in self.train.params.iter().zip(&self.params) {
             feed.push((p.as_str(), a.view()));
         }
@@ -220,10 +343,17 @@ impl Trainer {
         Ok((loss, probs, grads))
     }
 
+    /// Multiply each parameter's learning rate by `factor(name)` in later fits (e.g. a lower rate
+    /// for a pretrained base than for its new head).
+    pub fn scale_lr(&mut self, factor: &dyn Fn(&str) -> f32) {
+        self.groups.lr_scale = self.train.params.iter().map(|p| factor(p)).collect();
+    }
+
     /// Move the host parameters and `state`'s slots to the device for [`Trainer::train_step`].
     pub fn start(&mut self, state: &optim::State) -> Result<()> {
         self.resident = None;
-        self.resident = Some(resident::Resident::new(&self.train, &self.params, state, &self.what, &self.opts)?);
+        let r = resident::Resident::new(&self.train, &self.params, state, &self.groups, &self.what, &self.opts)?;
+        self.resident = Some(r);
         Ok(())
     }
 
@@ -237,7 +367,12 @@ impl Trainer {
         masks: Vec<ArrayD<f32>>,
         lr: f32,
     ) -> Result<(f32, ArrayD<f32>)> {
-        self.resident.as_mut().ok_or_else(|| Error::Other("train_step before start".into()))?.step(x, y, masks, lr)
+        self.step(Batch { x, y, weights: None, masks }, lr, 0.0)
+    }
+
+    /// [`Trainer::train_step`] with sample weights and this step's weight decay `lr·wd`.
+    pub fn step(&mut self, batch: Batch, lr: f32, decay: f32) -> Result<(f32, ArrayD<f32>)> {
+        self.resident.as_mut().ok_or_else(|| Error::Other("train_step before start".into()))?.step(batch, lr, decay)
     }
 
     /// Copy the device parameters into `self.params` and the slots into `state`.
@@ -305,8 +440,6 @@ impl Trainer {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
         let n = labels.len();
         let steps_per_epoch = n.div_ceil(cfg.batch);
-        let total_steps = steps_per_epoch * cfg.epochs;
-        let base_lr = cfg.optimizer.lr();
         let opt = &cfg.optimizer;
         let mut fs = match resume {
             Some(r) => {
@@ -327,18 +460,24 @@ impl Trainer {
             order = (0..n).collect();
         }
         let start = fs.epoch + 1;
+        self.groups.decayed = self.params.iter().map(|p| cfg.weight_decay > 0.0 && p.ndim() >= 2).collect();
+        let class_weight = match &cfg.class_weight {
+            Some(c) => Some(c.weights(labels, self.n_classes)?),
+            None => None,
+        };
         self.start(&fs.optim)?;
         for epoch in start..=cfg.epochs {
             let t = std::time::Instant::now();
             order.shuffle(&mut rng);
             let (mut loss_sum, mut correct) = (0.0f64, 0usize);
             for (k, chunk) in order.chunks(cfg.batch).enumerate() {
-                let lr = cfg.schedule.lr(base_lr, epoch - 1, (epoch - 1) * steps_per_epoch + k, total_steps);
+                let lr = cfg.lr_at(epoch - 1, (epoch - 1) * steps_per_epoch + k, steps_per_epoch);
                 let xb = data.batch(chunk, &mut rng)?;
                 let lb: Vec<usize> = chunk.iter().map(|&i| labels[i]).collect();
-                let yb = label_tensor(&lb, self.train.loss, self.n_classes);
-                let masks = self.draw_masks(chunk.len(), &mut rng);
-                let (loss, probs) = self.train_step(xb, yb, masks, opt.step_lr(lr, fs.optim.step + 1))?;
+                let (y, weights) = self.targets(&lb, cfg, class_weight.as_deref());
+                let batch = Batch { x: xb, y, weights, masks: self.draw_masks(chunk.len(), &mut rng) };
+                let decay = (lr * cfg.weight_decay) as f32;
+                let (loss, probs) = self.step(batch, opt.step_lr(lr, fs.optim.step + 1), decay)?;
                 fs.optim.step += 1;
                 if !loss.is_finite() {
                     return Err(Error::Other(format!("epoch {epoch}: loss is {loss}; lower the learning rate")));
@@ -367,6 +506,19 @@ impl Trainer {
         // `params` holds the last epoch's values; the host copy is authoritative again.
         self.resident = None;
         Ok(fs.history)
+    }
+
+    /// A batch's training targets (label smoothing) and sample weights (class weights).
+    fn targets(
+        &self,
+        labels: &[usize],
+        cfg: &FitConfig,
+        class_weight: Option<&[f64]>,
+    ) -> (ArrayD<f32>, Option<ArrayD<f32>>) {
+        let y = smoothed_labels(labels, self.train.loss, self.n_classes, cfg.label_smoothing);
+        let weights =
+            class_weight.map(|w| ArrayD::from_shape_fn(ndarray::IxDyn(&[labels.len(), 1]), |i| w[labels[i[0]]] as f32));
+        (y, weights)
     }
 
     /// Loss and accuracy on the validation samples; NaN (not measured) without any.

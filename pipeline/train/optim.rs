@@ -12,6 +12,30 @@ use serde::{Deserialize, Serialize};
 /// Scalar input of the update graph: this step's learning rate (Adam: bias correction folded in,
 /// see [`Optimizer::step_lr`]).
 pub const LR: &str = "optimizer/lr";
+/// Scalar input of an update graph with weight decay: this step's `lr·wd` (the scheduled rate,
+/// without Adam's bias correction), as Keras 3 applies `weight_decay` to every optimizer
+/// (`w −= w·wd·lr` before the update; Adam with it is AdamW).
+pub const DECAY: &str = "optimizer/decay";
+
+/// How each parameter is updated beyond the optimizer's rule.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Groups {
+    /// Factor on the learning rate (and the decay) of each parameter, in the training graph's
+    /// order (a lower rate for a pretrained base); empty: 1 for all.
+    pub lr_scale: Vec<f32>,
+    /// Which parameters are decayed ([`DECAY`]); empty or all false: no decay input.
+    pub decayed: Vec<bool>,
+}
+
+impl Groups {
+    fn scale(&self, i: usize) -> f32 {
+        self.lr_scale.get(i).copied().unwrap_or(1.0)
+    }
+    /// Whether the update graph has the [`DECAY`] input.
+    pub fn has_decay(&self) -> bool {
+        self.decayed.iter().any(|&d| d)
+    }
+}
 
 /// Optimizer and its hyper-parameters (Keras defaults unless set).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -143,10 +167,11 @@ pub fn next_name(t: &str) -> String {
     format!("{t}/next")
 }
 
-/// The training graph plus `opt`'s update: new inputs [`LR`] and the used slots
-/// ([`slot_name`]); outputs the loss, the model output, and [`next_name`] of every parameter and
-/// used slot (the gradients are no longer outputs). Float32 throughout, Keras' order of operations.
-pub fn append_update(train: &TrainGraph, opt: &Optimizer) -> ModelProto {
+/// The training graph plus `opt`'s update: new inputs [`LR`] (and [`DECAY`] when `groups` decays
+/// a parameter) and the used slots ([`slot_name`]); outputs the loss, the model output, and
+/// [`next_name`] of every parameter and used slot (the gradients are no longer outputs). Float32
+/// throughout, Keras' order of operations.
+pub fn append_update(train: &TrainGraph, opt: &Optimizer, groups: &Groups) -> ModelProto {
     let mut m = train.model.clone();
     let g = m.graph.take().expect("graph");
     let mut b = GraphBuilder::new(&g.name).with_prefix("opt/");
@@ -154,6 +179,9 @@ pub fn append_update(train: &TrainGraph, opt: &Optimizer) -> ModelProto {
     let grads: std::collections::HashSet<String> = train.params.iter().map(|p| grad_name(p)).collect();
     b.graph.output.retain(|o| !grads.contains(&o.name));
     b.graph.input.push(scalar_input(LR));
+    if groups.has_decay() {
+        b.graph.input.push(scalar_input(DECAY));
+    }
     let param_info: Vec<ValueInfoProto> = train
         .params
         .iter()
@@ -167,54 +195,28 @@ pub fn append_update(train: &TrainGraph, opt: &Optimizer) -> ModelProto {
     let mut consts = std::collections::HashMap::<u64, String>::new();
     let mut c =
         |b: &mut GraphBuilder, v: f64| consts.entry(v.to_bits()).or_insert_with(|| b.const_f32("c", v as f32)).clone();
-    for p in &train.params {
-        let grad = grad_name(p);
-        let (w, gr) = (p.as_str(), grad.as_str());
+    let mut scaled = std::collections::HashMap::<(u32, &str), String>::new();
+    for (i, p) in train.params.iter().enumerate() {
         let w_next = next_name(p);
-        match *opt {
-            Optimizer::Rmsprop { rho, epsilon, .. } => {
-                let (v, v_next) = (slot_name(0, p), next_name(&slot_name(0, p)));
-                let (cr, c1r, ce) = (c(&mut b, rho), c(&mut b, 1.0 - rho), c(&mut b, epsilon));
-                let g2 = b.op("Mul", &[gr, gr], vec![]);
-                let a = b.op("Mul", &[&cr, &v], vec![]);
-                let d = b.op("Mul", &[&c1r, &g2], vec![]);
-                b.node("Add", &[&a, &d], &[&v_next], vec![]);
-                let den = b.op("Add", &[&v_next, &ce], vec![]);
-                let den = b.op("Sqrt", &[&den], vec![]);
-                let num = b.op("Mul", &[LR, gr], vec![]);
-                let inc = b.op("Div", &[&num, &den], vec![]);
-                b.node("Sub", &[w, &inc], &[&w_next], vec![]);
+        let scale = groups.scale(i);
+        // This parameter's rate: the step's, times its group's factor (one Mul per factor).
+        let mut rate = |b: &mut GraphBuilder, input: &'static str| -> String {
+            if scale == 1.0 {
+                return input.to_string();
             }
-            Optimizer::Sgd { momentum: 0.0, .. } => {
-                let inc = b.op("Mul", &[gr, LR], vec![]);
-                b.node("Sub", &[w, &inc], &[&w_next], vec![]);
-            }
-            Optimizer::Sgd { momentum, .. } => {
-                let (mo, m_next) = (slot_name(0, p), next_name(&slot_name(0, p)));
-                let cm = c(&mut b, momentum);
-                let a = b.op("Mul", &[&mo, &cm], vec![]);
-                let d = b.op("Mul", &[gr, LR], vec![]);
-                b.node("Sub", &[&a, &d], &[&m_next], vec![]);
-                b.node("Add", &[w, &m_next], &[&w_next], vec![]);
-            }
-            Optimizer::Adam { beta1, beta2, epsilon, .. } => {
-                let (mo, m_next) = (slot_name(0, p), next_name(&slot_name(0, p)));
-                let (v, v_next) = (slot_name(1, p), next_name(&slot_name(1, p)));
-                let (c1, c2, ce) = (c(&mut b, 1.0 - beta1), c(&mut b, 1.0 - beta2), c(&mut b, epsilon));
-                let dm = b.op("Sub", &[gr, &mo], vec![]);
-                let dm = b.op("Mul", &[&dm, &c1], vec![]);
-                b.node("Add", &[&mo, &dm], &[&m_next], vec![]);
-                let g2 = b.op("Mul", &[gr, gr], vec![]);
-                let dv = b.op("Sub", &[&g2, &v], vec![]);
-                let dv = b.op("Mul", &[&dv, &c2], vec![]);
-                b.node("Add", &[&v, &dv], &[&v_next], vec![]);
-                let num = b.op("Mul", &[&m_next, LR], vec![]);
-                let den = b.op("Sqrt", &[&v_next], vec![]);
-                let den = b.op("Add", &[&den, &ce], vec![]);
-                let inc = b.op("Div", &[&num, &den], vec![]);
-                b.node("Sub", &[w, &inc], &[&w_next], vec![]);
-            }
-        }
+            let k = c(b, scale as f64);
+            scaled.entry((scale.to_bits(), input)).or_insert_with(|| b.op("Mul", &[input, &k], vec![])).clone()
+        };
+        let decayed = if groups.decayed.get(i).copied().unwrap_or(false) {
+            let d = rate(&mut b, DECAY);
+            let wd = b.op("Mul", &[p, &d], vec![]);
+            b.op("Sub", &[p, &wd], vec![])
+        } else {
+            p.clone()
+        };
+        let lr = rate(&mut b, LR);
+        let (w, lr) = (decayed.as_str(), lr.as_str());
+        rule(&mut b, &mut c, opt, p, w, lr);
         b.output_any(&w_next);
         for i in 0..opt.n_slots() {
             b.output_any(&next_name(&slot_name(i, p)));
@@ -222,6 +224,66 @@ pub fn append_update(train: &TrainGraph, opt: &Optimizer) -> ModelProto {
     }
     m.graph = Some(b.finish());
     m
+}
+
+/// `opt`'s update of parameter `p` (its gradient `grad/p`) from `w` (`p`, or `p` after weight
+/// decay) at rate `lr`: writes [`next_name`] of `p` and of its used slots.
+fn rule(
+    b: &mut GraphBuilder,
+    c: &mut dyn FnMut(&mut GraphBuilder, f64) -> String,
+    opt: &Optimizer,
+    p: &str,
+    w: &str,
+    lr: &str,
+) {
+    let grad = grad_name(p);
+    let gr = grad.as_str();
+    let w_next = next_name(p);
+    let b = &mut *b;
+    match *opt {
+        Optimizer::Rmsprop { rho, epsilon, .. } => {
+            let (v, v_next) = (slot_name(0, p), next_name(&slot_name(0, p)));
+            let (cr, c1r, ce) = (c(b, rho), c(b, 1.0 - rho), c(b, epsilon));
+            let g2 = b.op("Mul", &[gr, gr], vec![]);
+            let a = b.op("Mul", &[&cr, &v], vec![]);
+            let d = b.op("Mul", &[&c1r, &g2], vec![]);
+            b.node("Add", &[&a, &d], &[&v_next], vec![]);
+            let den = b.op("Add", &[&v_next, &ce], vec![]);
+            let den = b.op("Sqrt", &[&den], vec![]);
+            let num = b.op("Mul", &[lr, gr], vec![]);
+            let inc = b.op("Div", &[&num, &den], vec![]);
+            b.node("Sub", &[w, &inc], &[&w_next], vec![]);
+        }
+        Optimizer::Sgd { momentum: 0.0, .. } => {
+            let inc = b.op("Mul", &[gr, lr], vec![]);
+            b.node("Sub", &[w, &inc], &[&w_next], vec![]);
+        }
+        Optimizer::Sgd { momentum, .. } => {
+            let (mo, m_next) = (slot_name(0, p), next_name(&slot_name(0, p)));
+            let cm = c(b, momentum);
+            let a = b.op("Mul", &[&mo, &cm], vec![]);
+            let d = b.op("Mul", &[gr, lr], vec![]);
+            b.node("Sub", &[&a, &d], &[&m_next], vec![]);
+            b.node("Add", &[w, &m_next], &[&w_next], vec![]);
+        }
+        Optimizer::Adam { beta1, beta2, epsilon, .. } => {
+            let (mo, m_next) = (slot_name(0, p), next_name(&slot_name(0, p)));
+            let (v, v_next) = (slot_name(1, p), next_name(&slot_name(1, p)));
+            let (c1, c2, ce) = (c(b, 1.0 - beta1), c(b, 1.0 - beta2), c(b, epsilon));
+            let dm = b.op("Sub", &[gr, &mo], vec![]);
+            let dm = b.op("Mul", &[&dm, &c1], vec![]);
+            b.node("Add", &[&mo, &dm], &[&m_next], vec![]);
+            let g2 = b.op("Mul", &[gr, gr], vec![]);
+            let dv = b.op("Sub", &[&g2, &v], vec![]);
+            let dv = b.op("Mul", &[&dv, &c2], vec![]);
+            b.node("Add", &[&v, &dv], &[&v_next], vec![]);
+            let num = b.op("Mul", &[&m_next, lr], vec![]);
+            let den = b.op("Sqrt", &[&v_next], vec![]);
+            let den = b.op("Add", &[&den, &ce], vec![]);
+            let inc = b.op("Div", &[&num, &den], vec![]);
+            b.node("Sub", &[w, &inc], &[&w_next], vec![]);
+        }
+    }
 }
 
 fn scalar_input(name: &str) -> ValueInfoProto {

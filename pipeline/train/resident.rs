@@ -7,7 +7,8 @@
 //! They are copied to the host on request ([`Resident::download`]: checkpoints, export).
 
 use super::graph::{self, TrainGraph};
-use super::optim::{self, Optimizer, State};
+use super::optim::{self, Groups, Optimizer, State};
+use super::Batch;
 use crate::error::{Error, IoContext, Result};
 use crate::runtime::{self, Device, SessionOptions};
 use ndarray::ArrayD;
@@ -24,6 +25,8 @@ pub struct Resident {
     input: String,
     output: String,
     masks: Vec<String>,
+    /// Whether the graph has the [`optim::DECAY`] input.
+    decay: bool,
     /// Graph input names of `cur`/`next`: parameters, then slot 0 of each, then slot 1 of each.
     names: Vec<String>,
     n_params: usize,
@@ -33,17 +36,18 @@ pub struct Resident {
 }
 
 impl Resident {
-    /// Compile `train` with `state`'s optimizer, open it on `opts.device` and upload `params`
-    /// and the used slots of `state`.
+    /// Compile `train` with `state`'s optimizer and `groups`, open it on `opts.device` and upload
+    /// `params` and the used slots of `state`.
     pub fn new(
         train: &TrainGraph,
         params: &[ArrayD<f32>],
         state: &State,
+        groups: &Groups,
         what: &Path,
         opts: &SessionOptions,
     ) -> Result<Resident> {
         let opt: &Optimizer = &state.opt;
-        let model = super::nchwc::for_device(&optim::append_update(train, opt), opts.device);
+        let model = super::nchwc::for_device(&optim::append_update(train, opt, groups), opts.device);
         if let Some(path) = std::env::var_os(runtime::SAVE_GRAPH_ENV) {
             std::fs::write(&path, crate::onnx::encode_model(&model)).at(&path)?;
         }
@@ -80,6 +84,7 @@ impl Resident {
             input: train.input.clone(),
             output: train.output.clone(),
             masks: train.masks.iter().map(|m| m.name.clone()).collect(),
+            decay: groups.has_decay(),
             names,
             n_params: params.len(),
             n_slots,
@@ -88,23 +93,24 @@ impl Resident {
         })
     }
 
-    /// One update on a batch with learning rate `lr` (already [`Optimizer::step_lr`]); returns the
-    /// batch loss and the model's outputs.
-    pub fn step(
-        &mut self,
-        x: ArrayD<f32>,
-        y: ArrayD<f32>,
-        masks: Vec<ArrayD<f32>>,
-        lr: f32,
-    ) -> Result<(f32, ArrayD<f32>)> {
+    /// One update on a batch with learning rate `lr` (already [`Optimizer::step_lr`]) and weight
+    /// decay `decay` (lr·wd; unused without decayed parameters); returns the batch loss and the
+    /// model's outputs.
+    pub fn step(&mut self, batch: Batch, lr: f32, decay: f32) -> Result<(f32, ArrayD<f32>)> {
+        let Batch { x, y, weights, masks } = batch;
+        let weights = weights.unwrap_or_else(|| ArrayD::ones(ndarray::IxDyn(&[y.shape()[0], 1])));
         // Owned host tensors are bound without a copy (ORT moves them to the device if needed).
         let b = &mut self.binding;
         b.bind_input(&self.input, &Tensor::from_array(x)?)?;
         b.bind_input(graph::LABELS, &Tensor::from_array(y)?)?;
+        b.bind_input(graph::WEIGHTS, &Tensor::from_array(weights)?)?;
         for (name, m) in self.masks.iter().zip(masks) {
             b.bind_input(name, &Tensor::from_array(m)?)?;
         }
         b.bind_input(optim::LR, &Tensor::from_array(ndarray::arr0(lr).into_dyn())?)?;
+        if self.decay {
+            b.bind_input(optim::DECAY, &Tensor::from_array(ndarray::arr0(decay).into_dyn())?)?;
+        }
         // Rebound every step: ORT keeps what it allocated for a device-bound output, and the
         // last batch of an epoch is smaller.
         b.bind_output_to_device(graph::LOSS, &self.host_out)?;

@@ -1,0 +1,97 @@
+//! `tlearn-score --explain DIR`: a Grad-CAM overlay of every image scored, made with the same
+//! deployable model (its plain view when it has TTA views), and `DIR/index.csv` naming them.
+//! A sharded run (`--shard I/N`) writes `index.I-of-N.csv` and `I-of-N-NNNNN-<stem>.png`, so the
+//! shards of one job can share the folder.
+
+use crate::error::Result;
+use crate::fsutil;
+use crate::progress::Sink;
+use crate::runtime::SessionOptions;
+use std::path::{Path, PathBuf};
+
+/// The index of the overlays (of an unsharded run).
+pub const INDEX: &str = "index.csv";
+
+/// The index file of `shard` (or of an unsharded run).
+pub fn index_name(shard: Option<crate::shard::Shard>) -> String {
+    match shard {
+        Some(s) => format!("index.{}-of-{}.csv", s.index, s.count),
+        None => INDEX.into(),
+    }
+}
+
+/// One row of [`INDEX`].
+#[derive(serde::Serialize)]
+struct Row {
+    path: String,
+    overlay: String,
+    class: String,
+    probability: f32,
+}
+
+/// What [`explain`] wrote.
+#[derive(Debug, Default)]
+pub struct Explained {
+    pub written: usize,
+    /// Images that could not be explained: (path, why).
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+/// Overlays of `files` (in path order, `NNNNN-<stem>.png`) into `dir` and its index (path,
+/// overlay, class, probability: the predicted class's). Images up to `max_pixels` are decoded; the
+/// overlays an earlier run listed in the same index are removed first.
+pub fn explain(
+    model_path: &Path,
+    files: &[PathBuf],
+    dir: &Path,
+    (max_pixels, shard): (u64, Option<crate::shard::Shard>),
+    opts: &SessionOptions,
+    sink: &dyn Sink,
+) -> Result<Explained> {
+    let inputs: Vec<&Path> = files.iter().map(|p| p.as_path()).chain([model_path]).collect();
+    fsutil::check_output_apart(dir, &inputs)?;
+    let model = crate::onnx::load_model(model_path)?;
+    let meta = super::meta(&model, model_path)?;
+    let plain = super::plain(&model, model_path)?;
+    let mut cam = crate::explain::GradCam::new(&plain, model_path, meta.size, meta.interpolation, opts)?;
+    std::fs::create_dir_all(dir).map_err(|e| crate::Error::Io { path: dir.into(), err: e })?;
+    let index = dir.join(index_name(shard));
+    remove_listed(&index)?;
+    let prefix = shard.map(|s| format!("{}-of-{}-", s.index, s.count)).unwrap_or_default();
+    let mut sorted: Vec<&PathBuf> = files.iter().collect();
+    sorted.sort();
+    let (mut rows, mut done) = (vec![], Explained::default());
+    let meter = sink.meter(sorted.len() as u64, "img", "Grad-CAM");
+    for (i, f) in sorted.into_iter().enumerate() {
+        let png = crate::explain::png_path(dir, i, &f.to_string_lossy());
+        let png = png.with_file_name(format!("{prefix}{}", png.file_name().unwrap_or_default().to_string_lossy()));
+        match crate::explain::file(&mut cam, f, None, max_pixels, &png) {
+            Ok((e, _)) => rows.push(Row {
+                path: fsutil::csv_cell(&fsutil::path_text(f)).into_owned(),
+                overlay: png.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                class: fsutil::csv_cell(&meta.classes[e.class]).into_owned(),
+                probability: e.probs[e.class],
+            }),
+            Err(e) => done.skipped.push((f.clone(), e.to_string())),
+        }
+        meter.inc(1);
+    }
+    done.written = rows.len();
+    fsutil::write_bytes_atomic(&index, &fsutil::csv_bytes(&index, rows)?)?;
+    Ok(done)
+}
+
+/// Remove the overlays an earlier run listed in `index` (only those: the folder may hold others).
+fn remove_listed(index: &Path) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(index) else { return Ok(()) };
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    for row in r.records().flatten() {
+        // A plain file name, never a path (the index may have been edited).
+        let name = row.get(1).filter(|n| !n.contains('/') && n.ends_with(".png"));
+        if let Some(n) = name {
+            let _ = std::fs::remove_file(dir.join(n));
+        }
+    }
+    Ok(())
+}
