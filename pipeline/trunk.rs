@@ -83,12 +83,9 @@ pub fn build(
     let views = views(spec.augment)?;
     let t0 = std::time::Instant::now();
     let g = onnx::graph(spec.model);
-    let params: std::collections::HashSet<&str> = g
-        .initializer
-        .iter()
-        .filter(|t| t.data_type == onnx::proto::dtype::FLOAT && !crate::train::is_frozen(&t.name) && trainable(&t.name))
-        .map(|t| t.name.as_str())
-        .collect();
+    // What compiling the whole net would train.
+    let selected = crate::train::graph::select_params(g, &|n| !crate::train::is_frozen(n) && trainable(n));
+    let params: std::collections::HashSet<&str> = selected.iter().map(|s| s.as_str()).collect();
     let first = g.node.iter().position(|n| n.input.iter().any(|i| params.contains(i.as_str())));
     let cut = first.and_then(|f| onnx::split::single_cut(g, f)).ok_or_else(|| Error::BadModel {
         path: spec.path.into(),

@@ -243,7 +243,7 @@ fn input_constants(g: &GraphProto) -> HashSet<String> {
 }
 
 /// The float initializers of rank ≥ 1 that `trainable` selects, in the model's order.
-fn select_params(g: &GraphProto, trainable: &dyn Fn(&str) -> bool) -> Vec<String> {
+pub fn select_params(g: &GraphProto, trainable: &dyn Fn(&str) -> bool) -> Vec<String> {
     let leading = input_constants(g);
     // BatchNormalization running statistics are never trained (Keras' frozen-BN fine-tuning).
     let bn_stats: HashSet<&str> = g
