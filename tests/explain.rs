@@ -100,6 +100,12 @@ fn the_map_of_a_corner_patch_class_peaks_in_that_corner() {
         fails("tlearn-score", &["data/toy/test", "--run", "corner", "--out", "t.csv", "--explain", "data/toy"], w);
     assert!(err.contains("data/toy"), "an output inside the inputs is refused: {err}");
 
+    // A fused head run's model fine-tuned with its backbone cached: the head's dense layers (and
+    // not its scalar constants, such as a dropout ratio) are what trains.
+    let ft = ["runs/corner/model.onnx", "--data", "data/toy", "--run", "cached", "--trainable", "head/*"];
+    let out = ok("tlearn-finetune", &[&ft[..], &["--cache-trunk", "--epochs", "1", "--explain", "0"]].concat(), w);
+    assert!(out.contains("trained"), "{out}");
+
     // A model with TTA views: Grad-CAM takes its plain view, which scores as the model without.
     ok("tlearn-head", &[&head[..], &["--run", "corner-tta", "--tta", "hflip,rot180"]].concat(), w);
     ok("tlearn-evaluate", &["--run", "corner-tta", "--explain", "2", "--device", "cpu"], w);
