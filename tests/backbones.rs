@@ -211,6 +211,30 @@ fn efficientnet_lite_is_built_from_the_weights_it_is_given() {
     assert_eq!(shape, [8, 8, 16]);
 }
 
+/// The EfficientNet-Lite tlearn builds — depthwise convolutions, ReLU6 as Clip, TF "SAME"
+/// padding, a residual block, BatchNorm folded — fine-tuned whole: every weight trains and the
+/// training loss falls on a task its random features can learn.
+#[test]
+fn a_small_efficientnet_lite_fine_tunes_whole() {
+    let sd = small_lite(3);
+    let m = tlearn::efficientnet::lite(&sd, Path::new("small.pth")).unwrap();
+    let opts = SessionOptions { device: Device::Cpu, threads: 1 };
+    let mut t = tlearn::train::Trainer::new(&m, Path::new("small.onnx"), &[3, 24, 24], 3, &opts).unwrap();
+    let n_weights = tlearn::onnx::graph(&m).initializer.iter().filter(|i| i.dims.len() >= 2).count();
+    assert!(t.train.params.len() >= n_weights, "{} parameters, {n_weights} weight tensors", t.train.params.len());
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+    let labels: Vec<usize> = (0..24).map(|i| i % 3).collect();
+    // The class is which channel is bright.
+    let x = ArrayD::from_shape_fn(IxDyn(&[24, 3, 24, 24]), |i| {
+        (if i[1] == labels[i[0]] { 1.0 } else { 0.2 }) + rng.gen_range(-0.1f32..0.1)
+    });
+    let cfg = tlearn::train::FitConfig::new(12, 8, 1, tlearn::train::optim::Optimizer::adam(3e-3));
+    use tlearn::params::ParamGuard;
+    let h = t.fit(&x, &labels, None, &cfg.check().unwrap(), |_| {}).unwrap();
+    let (first, last) = (h[0].loss, h.last().unwrap().loss);
+    assert!(last < 0.7 * first, "training loss {first} → {last}");
+}
+
 #[test]
 fn a_state_dict_that_is_not_an_efficientnet_lite_is_refused_naming_the_key() {
     let err = |sd: &[(String, ArrayD<f32>)]| {

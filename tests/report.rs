@@ -52,7 +52,8 @@ fn report_is_self_contained_with_every_section_and_mistakes_by_confidence() {
     let history = w.path().join("no-history.png");
     tlearn::evaluate::write_report(&out, ctx, &probs, &files, &classes, Some(&history), None).unwrap();
     let html = std::fs::read_to_string(out.join("index.html")).unwrap();
-    assert_eq!(sections(&html), ["metrics", "confusion", "roc", "curves", "misclassified"]);
+    assert_eq!(sections(&html), ["metrics", "confusion", "roc", "curves", "misclassified", "gradcam"]);
+    assert!(html.contains("(not drawn: not asked for)"), "Grad-CAM says why it is empty");
     assert!(html.contains("<title>r1 — test split</title>"), "title");
     // Self-contained: no script, no external or file reference; every picture a PNG data URI.
     for bad in ["<script", "http://", "https://", "src=\"file", "src=\"/"] {
