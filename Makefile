@@ -162,8 +162,8 @@ runs/vgg-ft/model.onnx: reports/demo/scores.csv | $(BINS)
 
 BEST_FT_EPOCHS ?= 15
 BEST_FT_ARGS ?= --epochs $(BEST_FT_EPOCHS) --batch 16 --optimizer adam --lr 1e-4 --schedule cosine \
-  --horizontal-flip --vertical-flip
-finetune-best: setup runs/lite0-ft/model.onnx ## EfficientNet-Lite0 + its dense head fine-tuned whole on ELPV (flips, Adam 1e-4 cosine, BEST_FT_EPOCHS)
+  --horizontal-flip --vertical-flip --tta hflip,vflip,rot180
+finetune-best: setup runs/lite0-ft/model.onnx ## EfficientNet-Lite0 + its dense head fine-tuned whole on ELPV (flips, Adam 1e-4 cosine, BEST_FT_EPOCHS, test-time flips)
 	@$(PYTHON) -c "import json; m=json.load(open('reports/lite0-ft/metrics.json')); print(f\"EfficientNet-Lite0 + head fine-tuned on ELPV: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, ROC-AUC {m['roc_auc']:.4f}, macro-F1 {m['macro_f1']:.4f}\")"
 
 # The starting point: the dense head on average-pooled Lite0 features, fused into a deployable model.

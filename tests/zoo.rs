@@ -219,7 +219,16 @@ fn the_right_file_is_downloaded_checked_cut_by_the_rule_and_cached() {
         "cpu",
     ];
     let out = ok("tlearn-finetune", &recipe, w);
-    assert_eq!(trained(&out).0, total, "all but the preprocessing: {out}");
+    // Every weight but the preprocessing and the head's frozen statistics.
+    let warm = tlearn::onnx::load_model(&w.join("runs/zwarm/model.onnx")).unwrap();
+    let trainable: usize = tlearn::onnx::graph(&warm)
+        .initializer
+        .iter()
+        .filter(|t| !t.name.starts_with("net/pre/") && !t.name.contains("/frozen/"))
+        .map(|t| t.dims.iter().product::<i64>() as usize)
+        .sum();
+    assert!(trainable > head_only);
+    assert_eq!(trained(&out).0, trainable, "{out}");
     let model = tlearn::onnx::load_model(&w.join("runs/zft/model.onnx")).unwrap();
     let tta = model.metadata_props.iter().find(|p| p.key == "tlearn.tta").unwrap();
     assert_eq!(tta.value, "[\"hflip\"]");
