@@ -211,10 +211,7 @@ fn heatmaps(
     let (p, pred) = (metrics::class_probs(probs), metrics::predicted(probs));
     let mut rows = crate::report::most_confident(&p, &pred, &labels, ex.mistakes, false);
     rows.extend(crate::report::most_confident(&p, &pred, &labels, (ex.mistakes / 2).max(1), true));
-    let model = crate::onnx::load_model(&ex.model)?;
-    let meta = crate::score::meta(&model, &ex.model)?;
-    let plain = crate::score::plain(&model, &ex.model)?;
-    let mut cam = crate::explain::GradCam::new(&plain, &ex.model, meta.size, meta.interpolation, &ex.session)?;
+    let (mut cam, _) = crate::score::grad_cam(&ex.model, &ex.session)?;
     let dir = out.join("gradcam");
     // The overlays of an earlier evaluation go (a smaller --explain leaves none behind).
     if dir.is_dir() {

@@ -50,10 +50,7 @@ pub fn explain(
 ) -> Result<Explained> {
     let inputs: Vec<&Path> = files.iter().map(|p| p.as_path()).chain([model_path]).collect();
     fsutil::check_output_apart(dir, &inputs)?;
-    let model = crate::onnx::load_model(model_path)?;
-    let meta = super::meta(&model, model_path)?;
-    let plain = super::plain(&model, model_path)?;
-    let mut cam = crate::explain::GradCam::new(&plain, model_path, meta.size, meta.interpolation, opts)?;
+    let (mut cam, meta) = grad_cam(model_path, opts)?;
     std::fs::create_dir_all(dir).map_err(|e| crate::Error::Io { path: dir.into(), err: e })?;
     let index = dir.join(index_name(shard));
     remove_listed(&index)?;
@@ -79,6 +76,16 @@ pub fn explain(
     done.written = rows.len();
     fsutil::write_bytes_atomic(&index, &fsutil::csv_bytes(&index, rows)?)?;
     Ok(done)
+}
+
+/// Grad-CAM for the deployable model at `model_path` (its plain view when it has TTA views), and
+/// the model's metadata.
+pub fn grad_cam(model_path: &Path, opts: &SessionOptions) -> Result<(crate::explain::GradCam, super::ModelMeta)> {
+    let model = crate::onnx::load_model(model_path)?;
+    let meta = super::meta(&model, model_path)?;
+    let plain = super::plain(&model, model_path)?;
+    let cam = crate::explain::GradCam::new(&plain, model_path, meta.size, meta.interpolation, opts)?;
+    Ok((cam, meta))
 }
 
 /// Remove the overlays an earlier run listed in `index` (only those: the folder may hold others).

@@ -14,7 +14,7 @@ mod explain;
 mod export;
 mod fuse;
 mod merge;
-pub use explain::{explain, index_name as explain_index, Explained};
+pub use explain::{explain, grad_cam, index_name as explain_index, Explained};
 pub use export::{export_run, ModelInfo, MODEL};
 pub use fuse::{deployable, fuse, meta, plain, ModelMeta};
 pub use merge::merge;
