@@ -239,13 +239,13 @@ demo-best: setup ## the best frozen-feature configuration found (VGG16 150×150,
 	  HEAD_ARGS="$(BEST_HEAD_ARGS)"
 	@$(PYTHON) -c "import json; m=json.load(open('reports/best/metrics.json')); print(f\"demo-best: ELPV test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, ROC-AUC {m['roc_auc']:.4f}\")"
 
-bench: setup data backbone bench-env ## extraction throughput (tlearn vs raw ORT vs Python), training-step time (tlearn vs Keras), scoring memory (1k vs 100k images)
+bench: setup data backbone bench-env ## extraction throughput (tlearn vs raw ORT vs Python), training-step time (tlearn vs Keras), scoring and extraction memory (1k vs 100k images)
 	$(CARGO) bench --bench extract
 	$(CARGO) bench --bench train_step
-	$(CARGO) bench --bench score_memory
+	$(CARGO) bench --bench memory
 
-bench-memory: setup ## peak memory of tlearn-score on 1,000 vs 100,000 generated images (goal ≤ 1.5×)
-	$(CARGO) bench --bench score_memory
+bench-memory: setup ## peak memory of tlearn-score and tlearn-extract on 1,000 vs 100,000 generated images (goal ≤ 1.5×)
+	$(CARGO) bench --bench memory
 
 bench-train: setup ## training-step time of the mnist and v1 nets and a ResNet-50 fine-tuning step (224, batch 16): tlearn vs Keras (TF default and oneDNN) when bench-tf-env exists
 	$(CARGO) bench --bench train_step

@@ -57,6 +57,11 @@ impl Journal {
         (self.dir.join(format!("{name}.bin")), self.dir.join(format!("{name}.json")))
     }
 
+    /// Where a chunk's data lies.
+    pub fn data_path(&self, name: &str) -> PathBuf {
+        self.paths(name).0
+    }
+
     /// Record a finished chunk.
     pub fn put<T: Serialize>(&self, name: &str, data: &[u8], meta: T) -> Result<()> {
         let (bin, json) = self.paths(name);

@@ -262,3 +262,29 @@ fn the_input_scale_detection_stops_on_cycles_and_odd_factors() {
     cyc.output("a", &[Dim::named("N")]);
     assert_eq!(tlearn::finetune::own_rescale(&onnx::model(cyc.finish(), "test")), None);
 }
+
+/// Copies of one file are computed once: the copy's row is the original's, and the copy of a
+/// file that fails is skipped with it, named and counted.
+#[test]
+fn copies_of_a_file_are_computed_once_and_fail_together() {
+    let w = workdir();
+    let w = w.path();
+    let feats = prepared(w, &["cat", "dog"], 6);
+    let train = w.join("data/toy/train");
+    let good = std::fs::read_dir(train.join("cat")).unwrap().next().unwrap().unwrap().path();
+    std::fs::copy(&good, train.join("dog/zz_copy_of_a_cat.png")).unwrap();
+    std::fs::write(train.join("cat/broken.jpg"), b"\xFF\xD8\xFF\xE0 truncated").unwrap();
+    std::fs::write(train.join("dog/broken_copy.jpg"), b"\xFF\xD8\xFF\xE0 truncated").unwrap();
+    let out = ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu"], w);
+    let line = out.lines().find(|l| l.starts_with("train ")).unwrap();
+    let n_train =
+        std::fs::read_dir(train.join("cat")).unwrap().count() + std::fs::read_dir(train.join("dog")).unwrap().count();
+    let f = tlearn::features::load(&w.join(&feats), "train").unwrap();
+    assert_eq!(f.files.len(), n_train - 2, "{line}");
+    assert!(line.contains(&format!("{} computed", n_train - 3)) && line.contains("2 skipped"), "{line}");
+    let row = |name: &str| f.files.iter().position(|r| r.path.ends_with(name)).unwrap();
+    let orig = row(good.file_name().unwrap().to_str().unwrap());
+    assert_eq!(f.x.index_axis(ndarray::Axis(0), orig), f.x.index_axis(ndarray::Axis(0), row("zz_copy_of_a_cat.png")));
+    let skipped: Vec<&str> = f.info.skipped.iter().map(|s| s.reason.as_str()).collect();
+    assert!(skipped.iter().any(|r| r.contains("same bytes as") && r.contains("broken.jpg")), "{skipped:?}");
+}

@@ -222,3 +222,41 @@ fn killed_head_and_finetune_resume_from_their_checkpoints() {
     }
     assert_eq!(history_sans_time(&w.join("runs/f/history.csv")), history_sans_time(&w.join("runs/fref/history.csv")));
 }
+
+/// A journal with a chunk torn out of its middle: the resumed run writes its new chunks past
+/// every name in the folder (a new chunk that took a recorded chunk's name would replace rows
+/// the cache is then assembled from), and the cache equals an uninterrupted run's.
+#[test]
+fn a_journal_with_a_missing_chunk_resumes_to_the_uninterrupted_bytes() {
+    let w = workdir();
+    let w = w.path();
+    prepared(w, &["cat", "dog", "fox"], 40);
+    let base =
+        ["--data", "data/toy", "--backbone", "tiny", "--device", "cpu", "--batch", "4", "--checkpoint-every", "4"];
+    let with_out = |o: &'static str| -> Vec<&str> { base.iter().copied().chain(["--out", o]).collect() };
+    ok("tlearn-extract", &with_out("ref"), w);
+    let jdir = w.join("feats/train.npy.partial");
+    let chunks = || -> usize {
+        std::fs::read_dir(&jdir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name() != "manifest.json" && e.file_name().to_string_lossy().ends_with(".json"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let mut torn = false;
+    for _ in 0..5 {
+        let _ = std::fs::remove_dir_all(w.join("feats"));
+        if kill_at("tlearn-extract", &with_out("feats"), w, None, &|| chunks() >= 3) && chunks() >= 3 {
+            torn = true;
+            break;
+        }
+    }
+    assert!(torn, "a kill landed after three chunks");
+    std::fs::remove_file(jdir.join("00000001.json")).unwrap();
+    ok("tlearn-extract", &with_out("feats"), w);
+    for f in ["train.npy", "train.files.csv", "train.labels.npy", "train.npy.json"] {
+        assert!(bytes(&w.join("ref").join(f)) == bytes(&w.join("feats").join(f)), "{f} differs after the resume");
+    }
+}

@@ -2,6 +2,7 @@
 //! the JSON sidecar that validates them (sha256 of the data files, written last); reading a
 //! cache checks every recorded sum and the names its sidecar holds.
 
+use super::npy::{NpyRows, NpyWriter};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::imageio::{Interpolation, View};
@@ -10,6 +11,7 @@ use crate::shard::Shard;
 use ndarray::{Array1, ArrayD, Axis};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// The sidecar of one split's features.
@@ -60,6 +62,52 @@ pub struct FileRow {
     pub sha256: String,
 }
 
+/// One file of a split as a stage holds it when there may be many: 100,000 take ~12 MB, half
+/// what [`FileRow`]s take. Its class is the training class at `label`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompactRow {
+    pub path: Box<str>,
+    pub label: u32,
+    pub sha256: [u8; 32],
+}
+
+/// A content hash as 32 bytes (None when `hex` is not 64 hex digits).
+pub fn sha256_raw(hex: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex, &mut out).ok().map(|_| out)
+}
+
+/// What `<split>.files.csv` lists of a file, whichever form the row is held in.
+pub trait ListedRow {
+    fn path(&self) -> &str;
+    fn label(&self) -> usize;
+    fn sha256_hex(&self) -> std::borrow::Cow<'_, str>;
+}
+
+impl ListedRow for FileRow {
+    fn path(&self) -> &str {
+        &self.path
+    }
+    fn label(&self) -> usize {
+        self.label
+    }
+    fn sha256_hex(&self) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Borrowed(&self.sha256)
+    }
+}
+
+impl ListedRow for CompactRow {
+    fn path(&self) -> &str {
+        &self.path
+    }
+    fn label(&self) -> usize {
+        self.label as usize
+    }
+    fn sha256_hex(&self) -> std::borrow::Cow<'_, str> {
+        std::borrow::Cow::Owned(hex::encode(self.sha256))
+    }
+}
+
 /// File-name stem of one split's cache in one view: `train`, `train.hflip`, ….
 pub fn stem(split: &str, view: View) -> String {
     match view {
@@ -95,6 +143,40 @@ pub fn load(dir: &Path, split: &str) -> Result<Features> {
 
 /// Read one view of one split's cache.
 pub fn load_view(dir: &Path, split: &str, view: View) -> Result<Features> {
+    let (info, files) = read_index(dir, split, view)?;
+    let npy = view_npy_path(dir, split, view);
+    let bytes = fsutil::read_verified(&npy, &info.npy_sha256)?;
+    let x =
+        ArrayD::<f32>::read_npy(&bytes[..]).map_err(|e| Error::BadData { path: npy.clone(), reason: e.to_string() })?;
+    check_rows(dir, split, view, x.shape(), files.len())?;
+    let labels = files.iter().map(|f| f.label).collect();
+    Ok(Features { x, labels, files, info })
+}
+
+/// One view of one split's cache with its rows left on disk, read one at a time (checked as
+/// [`load_view`] checks).
+pub struct CacheRows {
+    pub info: FeatureInfo,
+    pub files: Vec<FileRow>,
+    pub rows: NpyRows,
+}
+
+pub fn open_view(dir: &Path, split: &str, view: View) -> Result<CacheRows> {
+    let (info, files) = read_index(dir, split, view)?;
+    let rows = NpyRows::open(&view_npy_path(dir, split, view), &info.npy_sha256)?;
+    check_rows(dir, split, view, rows.shape(), files.len())?;
+    if rows.shape() != info.shape {
+        return Err(Error::Shape {
+            what: format!("{} vs its sidecar", view_npy_path(dir, split, view).display()),
+            expected: info.shape.clone(),
+            got: rows.shape().to_vec(),
+        });
+    }
+    Ok(CacheRows { info, files, rows })
+}
+
+/// A cache's sidecar and its checked file list.
+fn read_index(dir: &Path, split: &str, view: View) -> Result<(FeatureInfo, Vec<FileRow>)> {
     let npy = view_npy_path(dir, split, view);
     let info: FeatureInfo = fsutil::read_json(&fsutil::sidecar_path(&npy)).map_err(|e| match e {
         Error::Io { path, .. } => {
@@ -111,21 +193,25 @@ pub fn load_view(dir: &Path, split: &str, view: View) -> Result<Features> {
     for (what, name) in [("backbone", &info.backbone), ("split", &info.split)] {
         fsutil::check_name_in(&fsutil::sidecar_path(&npy), what, name)?;
     }
-    let bytes = fsutil::read_verified(&npy, &info.npy_sha256)?;
-    let x =
-        ArrayD::<f32>::read_npy(&bytes[..]).map_err(|e| Error::BadData { path: npy.clone(), reason: e.to_string() })?;
     let fp = files_path(dir, split, view);
     let files_bytes = fsutil::read_verified(&fp, &info.files_sha256)?;
     let files = read_files(&fp, &files_bytes)?;
-    if files.len() != x.shape()[0] {
+    Ok((info, files))
+}
+
+fn check_rows(dir: &Path, split: &str, view: View, shape: &[usize], files: usize) -> Result<()> {
+    if shape.first() != Some(&files) {
         return Err(Error::Shape {
-            what: format!("{} rows vs {}", fp.display(), npy.display()),
-            expected: vec![x.shape()[0]],
-            got: vec![files.len()],
+            what: format!(
+                "{} rows vs {}",
+                files_path(dir, split, view).display(),
+                view_npy_path(dir, split, view).display()
+            ),
+            expected: vec![shape.first().copied().unwrap_or(0)],
+            got: vec![files],
         });
     }
-    let labels = files.iter().map(|f| f.label).collect();
-    Ok(Features { x, labels, files, info })
+    Ok(())
 }
 
 /// The plain cache of a split followed by the given views of it, checked to hold the same
@@ -186,27 +272,28 @@ pub fn dataset_real(dataset: &Path) -> Option<String> {
     std::fs::canonicalize(dataset).ok().map(|p| fsutil::path_text(&p))
 }
 
-/// Write one split's cache: the data files first, the sidecar (which validates them) last.
-/// Rows are numbered in order; skipped files are listed sorted by path. Returns the row count.
-pub fn write_cache(
+/// Write one split's cache: the data files first, the sidecar (which validates them) last. `fill`
+/// pushes one row of `row_shape` per kept file, in order, into the features' writer (streamed,
+/// so no split has to be in memory whole). Rows are numbered in order; skipped files are listed
+/// sorted by path. Returns the row count.
+pub fn write_cache<R: ListedRow>(
     out: &Path,
     m: &CacheMeta<'_>,
-    x: ndarray::ArrayViewD<'_, f32>,
-    mut keep: Vec<FileRow>,
+    row_shape: &[usize],
+    keep: &[&R],
     mut skipped: Vec<Skipped>,
+    fill: impl FnOnce(&mut NpyWriter) -> Result<()>,
 ) -> Result<usize> {
-    for (i, r) in keep.iter_mut().enumerate() {
-        r.index = i;
-    }
     skipped.sort_by(|a, b| Path::new(&a.path).cmp(Path::new(&b.path)));
     let npy = view_npy_path(out, m.split, m.view);
-    let labels = Array1::from_iter(keep.iter().map(|r| r.label as i64));
-    let npy_b = npy_bytes(&x)?;
-    fsutil::write_bytes_atomic(&npy, &npy_b)?;
+    let shape: Vec<usize> = std::iter::once(keep.len()).chain(row_shape.iter().copied()).collect();
+    let mut w = NpyWriter::create(&npy, &shape)?;
+    fill(&mut w)?;
+    let npy_sha256 = w.finish()?;
+    let labels = Array1::from_iter(keep.iter().map(|r| r.label() as i64));
     fsutil::write_bytes_atomic(&labels_path(out, m.split, m.view), &npy_bytes(&labels)?)?;
     let files = files_path(out, m.split, m.view);
-    let files_csv = fsutil::csv_bytes(&files, &keep)?;
-    fsutil::write_bytes_atomic(&files, &files_csv)?;
+    let files_sha256 = write_files(&files, keep, m.classes)?;
     let info = FeatureInfo {
         split: m.split.into(),
         backbone: m.backbone.into(),
@@ -216,10 +303,10 @@ pub fn write_cache(
         view: m.view,
         preprocess: m.preprocess.clone(),
         classes: m.classes.to_vec(),
-        shape: x.shape().to_vec(),
+        shape,
         n: keep.len(),
-        files_sha256: fsutil::sha256_bytes(&files_csv),
-        npy_sha256: fsutil::sha256_bytes(&npy_b),
+        files_sha256,
+        npy_sha256,
         skipped,
         device: m.device,
         tlearn_version: env!("CARGO_PKG_VERSION").into(),
@@ -229,4 +316,34 @@ pub fn write_cache(
     };
     fsutil::write_json(&fsutil::sidecar_path(&npy), &info)?;
     Ok(keep.len())
+}
+
+/// `<split>.files.csv`: the kept rows numbered in order, each with its training class, streamed
+/// (hashed as written).
+fn write_files<R: ListedRow>(path: &Path, keep: &[&R], classes: &[String]) -> Result<String> {
+    #[derive(Serialize)]
+    struct Row<'a> {
+        index: usize,
+        path: &'a str,
+        class: &'a str,
+        label: usize,
+        sha256: &'a str,
+    }
+    if let Some(r) = keep.iter().find(|r| r.label() >= classes.len()) {
+        return Err(Error::BadData {
+            path: path.into(),
+            reason: format!("{}: label {} of {} classes", r.path(), r.label(), classes.len()),
+        });
+    }
+    let mut hash = Sha256::new();
+    fsutil::write_atomic(path, |w| {
+        let mut csv = csv::Writer::from_writer(fsutil::Hashing { inner: w, hash: &mut hash });
+        for (index, r) in keep.iter().enumerate() {
+            let sha = r.sha256_hex();
+            let row = Row { index, path: r.path(), class: &classes[r.label()], label: r.label(), sha256: &sha };
+            csv.serialize(row).map_err(std::io::Error::other)?;
+        }
+        csv.flush()
+    })?;
+    Ok(hex::encode(hash.finalize()))
 }

@@ -1,10 +1,9 @@
 //! `tlearn-extract merge`: combine the caches of `--shard I/N` runs into what one run writes.
 
-use super::{load_view, stem, write_cache, CacheMeta, FeatureInfo, Features, FileRow, Skipped};
+use super::{open_view, stem, write_cache, CacheMeta, CacheRows, FeatureInfo, FileRow, NpyRows, NpyWriter, Skipped};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::imageio::View;
-use ndarray::Axis;
 use std::path::{Path, PathBuf};
 
 /// The part folders `tlearn-extract --shard I/N` wrote under `out` (`shard-I-of-N/`), sorted.
@@ -35,10 +34,10 @@ pub fn merge(parts: &[PathBuf], out: &Path) -> Result<Vec<(String, usize)>> {
     let _lock = crate::lock::dir(out)?;
     let mut done = vec![];
     for (split, view) in stems {
-        let mut loaded: Vec<Features> = parts.iter().map(|p| load_view(p, &split, view)).collect::<Result<_>>()?;
+        let mut loaded: Vec<CacheRows> = parts.iter().map(|p| open_view(p, &split, view)).collect::<Result<_>>()?;
         check_parts(&loaded, parts, out)?;
         respell(&mut loaded);
-        let n = write_merged(&loaded, &split, view, out)?;
+        let n = write_merged(&mut loaded, &split, view, out)?;
         done.push((stem(&split, view), n));
     }
     Ok(done)
@@ -64,7 +63,7 @@ fn caches_in(part: &Path) -> Result<Vec<(String, View)>> {
 
 /// The parts of one cache: every shard of one set, extracted with the same settings from the same
 /// dataset, which is not where the merge writes.
-fn check_parts(loaded: &[Features], parts: &[PathBuf], out: &Path) -> Result<()> {
+fn check_parts(loaded: &[CacheRows], parts: &[PathBuf], out: &Path) -> Result<()> {
     let shards: Vec<_> = loaded.iter().map(|f| f.info.shard).collect();
     crate::shard::check_parts(&shards, parts, "sidecar", out)?;
     let i0 = &loaded[0].info;
@@ -98,9 +97,9 @@ fn check_parts(loaded: &[Features], parts: &[PathBuf], out: &Path) -> Result<()>
 }
 
 /// Every row's path spelled as the first part spells the dataset folder.
-fn respell(loaded: &mut [Features]) {
+fn respell(loaded: &mut [CacheRows]) {
     let d0 = loaded[0].info.dataset.clone();
-    let respelled = |f: &Features, path: &str| -> String {
+    let respelled = |f: &CacheRows, path: &str| -> String {
         match (&f.info.dataset, &d0) {
             (Some(d), Some(d0)) if d != d0 => match fsutil::text_path(path).strip_prefix(fsutil::text_path(d)) {
                 Ok(rest) => fsutil::path_text(&fsutil::text_path(d0).join(rest)),
@@ -117,23 +116,20 @@ fn respell(loaded: &mut [Features]) {
     }
 }
 
-/// The parts' rows in path order (the order one run lists a split in), written as one cache.
-fn write_merged(loaded: &[Features], split: &str, view: View, out: &Path) -> Result<usize> {
-    let i0 = &loaded[0].info;
+/// The parts' rows in path order (the order one run lists a split in), written as one cache
+/// row by row (each part is read in its own order, so without seeking).
+fn write_merged(loaded: &mut [CacheRows], split: &str, view: View, out: &Path) -> Result<usize> {
     let mut order: Vec<(PathBuf, usize, usize)> = loaded
         .iter()
         .enumerate()
         .flat_map(|(k, f)| f.files.iter().enumerate().map(move |(i, r)| (fsutil::text_path(&r.path), k, i)))
         .collect();
     order.sort();
-    let views: Vec<_> = order.iter().map(|&(_, k, i)| loaded[k].x.index_axis(Axis(0), i)).collect();
-    let x = if views.is_empty() {
-        loaded[0].x.clone()
-    } else {
-        ndarray::stack(Axis(0), &views).map_err(|e| Error::Other(e.to_string()))?
-    };
-    let keep: Vec<FileRow> = order.iter().map(|&(_, k, i)| loaded[k].files[i].clone()).collect();
     let skipped: Vec<Skipped> = loaded.iter().flat_map(|f| f.info.skipped.iter().cloned()).collect();
+    let i0 = loaded[0].info.clone();
+    let (files, mut readers): (Vec<&Vec<FileRow>>, Vec<&mut NpyRows>) =
+        loaded.iter_mut().map(|c| (&c.files, &mut c.rows)).unzip();
+    let keep: Vec<&FileRow> = order.iter().map(|&(_, k, i)| &files[k][i]).collect();
     let meta = CacheMeta {
         split,
         view,
@@ -148,5 +144,6 @@ fn write_merged(loaded: &[Features], split: &str, view: View, out: &Path) -> Res
         dataset: i0.dataset.clone(),
         dataset_real: i0.dataset_real.clone(),
     };
-    write_cache(out, &meta, x.view(), keep, skipped)
+    let rows = |w: &mut NpyWriter| order.iter().try_for_each(|&(_, k, i)| w.push(readers[k].row(i)?.view()));
+    write_cache(out, &meta, &i0.shape[1..], &keep, skipped, rows)
 }

@@ -7,8 +7,10 @@
 
 mod cache;
 mod merge;
+mod npy;
 pub use cache::{
-    concat_views, dataset_real, load, load_view, load_views, npy_bytes, stem, view_npy_path, write_cache, CacheMeta,
-    FeatureInfo, Features, FileRow, Skipped,
+    concat_views, dataset_real, load, load_view, load_views, npy_bytes, open_view, sha256_raw, stem, view_npy_path,
+    write_cache, CacheMeta, CacheRows, CompactRow, FeatureInfo, Features, FileRow, ListedRow, Skipped,
 };
 pub use merge::{merge, shard_parts};
+pub use npy::{NpyRows, NpyWriter};

@@ -6,15 +6,20 @@ use crate::backbone::Backbone;
 use crate::batch::{run_images, LoadSpec};
 use crate::dataset;
 use crate::error::{Error, IoContext, Result};
-use crate::features::{self, dataset_real, npy_bytes, write_cache, CacheMeta, Features, FileRow, Skipped};
+use crate::features::{
+    self, dataset_real, npy_bytes, sha256_raw, write_cache, CacheMeta, CacheRows, CompactRow, Skipped,
+};
 use crate::fsutil;
 use crate::imageio::{Interpolation, Preprocess, View};
 use crate::journal::Journal;
+use crate::onnx::cut::{FEATURES, IMAGE};
+use sources::{read_journal, Sources};
+
+mod sources;
 use crate::progress::Sink;
 use crate::runtime::{self, SessionOptions};
 use crate::shard::Shard;
-use ndarray::{ArrayD, ArrayViewD, Axis};
-use ndarray_npy::ReadNpyExt;
+use ndarray::{ArrayD, Axis};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -109,7 +114,7 @@ pub fn extract(cfg: &ExtractConfig, bb: &Backbone, sink: &dyn Sink) -> Result<Ve
 
 /// The files of one split with their labels and content hashes (read once for all its views),
 /// and the files that could not be read at all.
-fn split_rows(cfg: &ExtractConfig, split: &str, classes: &[String]) -> Result<(Vec<FileRow>, Vec<Skipped>)> {
+fn split_rows(cfg: &ExtractConfig, split: &str, classes: &[String]) -> Result<(Vec<CompactRow>, Vec<Skipped>)> {
     let (_, items, report) = dataset::list_split(&cfg.dataset, split)?;
     for p in &report.skipped_non_images {
         tracing::warn!("{}: skipped (not an image file name)", p.display());
@@ -127,15 +132,14 @@ fn split_rows(cfg: &ExtractConfig, split: &str, classes: &[String]) -> Result<(V
         .collect();
     let labels = dataset::labels(&items, classes, split)?;
     let mut rows = vec![];
-    for (it, label) in items.iter().zip(labels).filter(|(it, _)| cfg.owns(&it.path)) {
+    // Items are consumed as they become rows: a split of 100,000 files is never held twice.
+    for (it, label) in items.into_iter().zip(labels).filter(|(it, _)| cfg.owns(&it.path)) {
         match std::fs::read(&it.path) {
-            Ok(bytes) => rows.push(FileRow {
-                index: 0,
-                path: fsutil::path_text(&it.path),
-                class: it.class.clone(),
-                label,
-                sha256: fsutil::sha256_bytes(&bytes),
-            }),
+            Ok(bytes) => {
+                use sha2::Digest;
+                let path = fsutil::path_text(&it.path).into_boxed_str();
+                rows.push(CompactRow { path, label: label as u32, sha256: sha2::Sha256::digest(&bytes).into() })
+            }
             Err(e) => {
                 let e = Error::Io { path: it.path.clone(), err: e };
                 tracing::warn!("{e} (skipped)");
@@ -143,6 +147,7 @@ fn split_rows(cfg: &ExtractConfig, split: &str, classes: &[String]) -> Result<(V
             }
         }
     }
+    rows.shrink_to_fit();
     Ok((rows, unread))
 }
 
@@ -154,6 +159,31 @@ struct JournalManifest<'a> {
     interpolation: Interpolation,
     view: View,
     preprocess: &'a Preprocess,
+}
+
+/// Rows computed and not yet journalled.
+struct Pending {
+    rows: Vec<(usize, ArrayD<f32>)>,
+    next_chunk: usize,
+}
+
+impl Pending {
+    /// Journal the pending rows as the next chunk; returns how many.
+    fn flush(&mut self, sources: &mut Sources<'_>, rows: &[CompactRow]) -> Result<usize> {
+        if self.rows.is_empty() {
+            return Ok(0);
+        }
+        let views: Vec<_> = self.rows.iter().map(|(_, y)| y.view()).collect();
+        let a = ndarray::stack(Axis(0), &views).map_err(|e| Error::Other(e.to_string()))?;
+        let shas: Vec<String> = self.rows.iter().map(|&(k, _)| hex::encode(rows[k].sha256)).collect();
+        let name = format!("{:08}", self.next_chunk);
+        sources.journal.put(&name, &npy_bytes(&a)?, &shas)?;
+        sources.add_chunk(name, &shas);
+        self.next_chunk += 1;
+        let n = self.rows.len();
+        self.rows.clear();
+        Ok(n)
+    }
 }
 
 /// The backbone's session and the batch it runs, made on first use (a split with nothing to
@@ -180,15 +210,15 @@ struct SplitJob<'a> {
     bb: &'a Backbone,
     split: &'a str,
     view: View,
-    rows: &'a [FileRow],
+    rows: &'a [CompactRow],
     unread: &'a [Skipped],
     classes: &'a [String],
     sink: &'a dyn Sink,
 }
 
-/// Rows computed in this run, and the files that failed.
+/// What this run computed (every row of it journalled), and the files that failed.
 struct Computed {
-    rows: HashMap<usize, ArrayD<f32>>,
+    n: usize,
     skipped: Vec<Skipped>,
     device: runtime::Device,
 }
@@ -197,11 +227,7 @@ impl SplitJob<'_> {
     fn run(&self, runner: &mut Option<Runner>) -> Result<SplitReport> {
         let npy = features::view_npy_path(&self.cfg.out, self.split, self.view);
         let previous = self.reusable_cache();
-        let mut cached: HashMap<String, ArrayViewD<'_, f32>> = HashMap::new();
         if let Some(p) = &previous {
-            for (i, f) in p.files.iter().enumerate() {
-                cached.insert(f.sha256.clone(), p.x.index_axis(Axis(0), i));
-            }
             if let Some(report) = self.up_to_date(p, &npy)? {
                 return Ok(report);
             }
@@ -216,28 +242,32 @@ impl SplitJob<'_> {
                 preprocess: &self.bb.info.preprocess,
             },
         )?;
-        let (journalled, next_chunk) = read_journal(&journal)?;
-        for (shas, a) in &journalled {
-            for (i, sha) in shas.iter().enumerate() {
-                cached.insert(sha.clone(), a.index_axis(Axis(0), i));
-            }
-        }
-        let todo: Vec<usize> = (0..self.rows.len()).filter(|&i| !cached.contains_key(&self.rows[i].sha256)).collect();
-        if !journalled.is_empty() {
-            let (split, n) = (self.split, self.rows.len());
-            tracing::info!("{split}: resuming, {} of {n} images already journalled", n - todo.len());
-        }
+        let mut sources = Sources::new(self.rows, &journal);
         let device = previous.as_ref().map(|p| p.info.device).unwrap_or(runtime::Device::Cpu);
-        let computed = self.compute(runner, (&journal, next_chunk), &todo, device)?;
-        let report = self.assemble(runner, &cached, computed)?;
+        if let Some(p) = previous {
+            let shas = p.files.iter().map(|f| sha256_raw(&f.sha256).unwrap_or_default());
+            sources.add_previous(shas, p.rows);
+        }
+        let next_chunk = read_journal(&mut sources)?;
+        // One computation per distinct content: copies of a file reuse its row.
+        let todo: Vec<usize> = (0..self.rows.len())
+            .filter(|&k| sources.is_first(k, &self.rows[k].sha256) && !sources.has(&self.rows[k].sha256))
+            .collect();
+        if next_chunk > 0 {
+            let (split, n) = (self.split, self.rows.len());
+            tracing::info!("{split}: resuming, {} of {n} images already journalled or cached", n - todo.len());
+        }
+        let computed = self.compute(runner, (&mut sources, next_chunk), &todo, device)?;
+        let report = self.assemble(runner, &mut sources, computed)?;
+        drop(sources);
         journal.finish()?;
         Ok(report)
     }
 
     /// What an earlier run left that is still valid: rows keyed by content hash.
-    fn reusable_cache(&self) -> Option<Features> {
+    fn reusable_cache(&self) -> Option<CacheRows> {
         let (cfg, info) = (self.cfg, &self.bb.info);
-        features::load_view(&cfg.out, self.split, self.view).ok().filter(|f| {
+        features::open_view(&cfg.out, self.split, self.view).ok().filter(|f| {
             f.info.backbone_sha256 == info.onnx_sha256
                 && f.info.size == cfg.size
                 && f.info.interpolation == cfg.interpolation
@@ -250,11 +280,13 @@ impl SplitJob<'_> {
 
     /// `Some` when the earlier cache holds the same files with the same contents, and its bad
     /// files are still the same bad files: nothing to do.
-    fn up_to_date(&self, p: &Features, npy: &Path) -> Result<Option<SplitReport>> {
+    fn up_to_date(&self, p: &CacheRows, npy: &Path) -> Result<Option<SplitReport>> {
         let prev_skipped: std::collections::HashSet<&str> = p.info.skipped.iter().map(|s| s.path.as_str()).collect();
-        let live: Vec<&FileRow> = self.rows.iter().filter(|r| !prev_skipped.contains(r.path.as_str())).collect();
+        let live: Vec<&CompactRow> = self.rows.iter().filter(|r| !prev_skipped.contains(&*r.path)).collect();
         let same_rows = p.files.len() == live.len()
-            && p.files.iter().zip(&live).all(|(a, b)| a.path == b.path && a.sha256 == b.sha256 && a.label == b.label);
+            && p.files.iter().zip(&live).all(|(a, b)| {
+                *a.path == *b.path && sha256_raw(&a.sha256) == Some(b.sha256) && a.label == b.label as usize
+            });
         let same_skips = prev_skipped.len() == self.rows.len() - live.len() + self.unread.len()
             && self.unread.iter().all(|u| prev_skipped.contains(u.path.as_str()));
         if !(same_rows && same_skips) {
@@ -282,11 +314,11 @@ impl SplitJob<'_> {
     fn compute(
         &self,
         runner: &mut Option<Runner>,
-        (journal, mut next_chunk): (&Journal, usize),
+        (sources, next_chunk): (&mut Sources<'_>, usize),
         todo: &[usize],
         device: runtime::Device,
     ) -> Result<Computed> {
-        let mut out = Computed { rows: HashMap::new(), skipped: self.unread.to_vec(), device };
+        let mut out = Computed { n: 0, skipped: self.unread.to_vec(), device };
         if todo.is_empty() {
             return Ok(out);
         }
@@ -306,65 +338,69 @@ impl SplitJob<'_> {
             v => format!("{} {} ({})", self.split, v.name(), self.bb.name),
         };
         let pb = self.sink.meter(todo.len() as u64, "img", &message);
-        let todo_paths: Vec<PathBuf> = todo.iter().map(|&i| fsutil::text_path(&rows[i].path)).collect();
-        let mut pending: Vec<usize> = vec![];
-        run_images(
-            &mut s.session,
-            crate::onnx::cut::IMAGE,
-            crate::onnx::cut::FEATURES,
-            &todo_paths,
-            &spec,
-            batch,
-            |i, r| {
+        let mut pending = Pending { rows: vec![], next_chunk };
+        let n_unread = out.skipped.len();
+        // Paths are made a block at a time: one list of 100,000 would copy every path.
+        for block in todo.chunks(8192) {
+            let paths: Vec<PathBuf> = block.iter().map(|&k| fsutil::text_path(&rows[k].path)).collect();
+            run_images(&mut s.session, IMAGE, FEATURES, &paths, &spec, batch, |i, r| {
                 match r {
-                    Ok(y) => {
-                        out.rows.insert(todo[i], y.to_owned());
-                        pending.push(todo[i]);
-                    }
+                    Ok(y) => pending.rows.push((block[i], y.to_owned())),
                     Err(e) => {
                         tracing::warn!("{e} (skipped)");
-                        out.skipped.push(Skipped { path: rows[todo[i]].path.clone(), reason: e.to_string() });
+                        out.skipped.push(Skipped { path: rows[block[i]].path.to_string(), reason: e.to_string() });
                     }
                 }
                 pb.inc(1);
-                if pending.len() >= cfg.checkpoint_every || (i + 1 == todo.len() && !pending.is_empty()) {
-                    let views: Vec<_> = pending.iter().map(|k| out.rows[k].view()).collect();
-                    let a = ndarray::stack(Axis(0), &views).map_err(|e| Error::Other(e.to_string()))?;
-                    let shas: Vec<String> = pending.iter().map(|&k| rows[k].sha256.clone()).collect();
-                    journal.put(&format!("{next_chunk:08}"), &npy_bytes(&a)?, shas)?;
-                    next_chunk += 1;
-                    pending.clear();
+                if pending.rows.len() >= cfg.checkpoint_every {
+                    out.n += pending.flush(sources, rows)?;
                 }
                 Ok(())
-            },
-        )?;
+            })?;
+        }
+        out.n += pending.flush(sources, rows)?;
+        self.skip_copies(&mut out.skipped, n_unread);
         Ok(out)
     }
 
-    /// The split's rows in file order (computed or reused), written as its cache.
+    /// Copies of a file that failed (computed once, see `run`) fail with it: `skipped[from..]`
+    /// are the files this run failed on.
+    fn skip_copies(&self, skipped: &mut Vec<Skipped>, from: usize) {
+        if skipped.len() == from {
+            return;
+        }
+        let rows = self.rows;
+        let failed_paths: HashMap<&str, &Skipped> = skipped[from..].iter().map(|s| (s.path.as_str(), s)).collect();
+        let failed: HashMap<[u8; 32], &Skipped> =
+            rows.iter().filter_map(|r| failed_paths.get(&*r.path).map(|s| (r.sha256, *s))).collect();
+        let copies: Vec<Skipped> = rows
+            .iter()
+            .filter(|r| !failed_paths.contains_key(&*r.path))
+            .filter_map(|r| {
+                let orig = failed.get(&r.sha256)?;
+                let reason = format!("same bytes as {}, which failed: {}", orig.path, orig.reason);
+                Some(Skipped { path: r.path.to_string(), reason })
+            })
+            .collect();
+        copies.iter().for_each(|c| tracing::warn!("{}: {} (skipped)", c.path, c.reason));
+        skipped.extend(copies);
+    }
+
+    /// The split's rows in file order (computed or reused), streamed into its cache.
     fn assemble(
         &self,
         runner: &mut Option<Runner>,
-        cached: &HashMap<String, ArrayViewD<'_, f32>>,
+        sources: &mut Sources<'_>,
         computed: Computed,
     ) -> Result<SplitReport> {
         let cfg = self.cfg;
         let skipped_paths: std::collections::HashSet<&str> = computed.skipped.iter().map(|s| s.path.as_str()).collect();
-        let mut keep = vec![];
-        let mut views = vec![];
-        for (i, r) in self.rows.iter().enumerate() {
-            if skipped_paths.contains(r.path.as_str()) {
-                continue;
-            }
-            views.push(computed.rows.get(&i).map(|a| a.view()).unwrap_or_else(|| cached[&r.sha256].clone()));
-            keep.push(r.clone());
-        }
-        let x = if views.is_empty() {
-            self.empty_part(runner)?
-        } else {
-            ndarray::stack(Axis(0), &views).map_err(|e| Error::Other(e.to_string()))?
+        let keep: Vec<&CompactRow> = self.rows.iter().filter(|r| !skipped_paths.contains(&*r.path)).collect();
+        drop(skipped_paths);
+        let row_shape = match keep.first() {
+            Some(r) => sources.row(&r.sha256)?.shape().to_vec(),
+            None => self.empty_shape(runner)?,
         };
-        let n_computed = computed.rows.len();
         let meta = CacheMeta {
             split: self.split,
             view: self.view,
@@ -379,21 +415,22 @@ impl SplitJob<'_> {
             dataset: Some(fsutil::path_text(&cfg.dataset)),
             dataset_real: dataset_real(&cfg.dataset),
         };
-        let n = write_cache(&cfg.out, &meta, x.view(), keep, computed.skipped)?;
+        let fill = |w: &mut features::NpyWriter| keep.iter().try_for_each(|r| w.push(sources.row(&r.sha256)?.view()));
+        let n = write_cache(&cfg.out, &meta, &row_shape, &keep, computed.skipped, fill)?;
         Ok(SplitReport {
             split: self.split.into(),
             view: self.view,
             n,
-            reused: n - n_computed.min(n),
-            computed: n_computed,
+            reused: n - computed.n.min(n),
+            computed: computed.n,
             skipped: self.rows.len() + self.unread.len() - n,
             up_to_date: false,
         })
     }
 
     /// A shard may own no readable image of a split: an empty part, shaped as the others (the
-    /// shape measured by one run of the backbone). Without shards that is an error.
-    fn empty_part(&self, runner: &mut Option<Runner>) -> Result<ArrayD<f32>> {
+    /// row shape measured by one run of the backbone). Without shards that is an error.
+    fn empty_shape(&self, runner: &mut Option<Runner>) -> Result<Vec<usize>> {
         let cfg = self.cfg;
         if cfg.shard.is_none() {
             return Err(Error::BadData { path: cfg.dataset.join(self.split), reason: "no readable images".into() });
@@ -406,27 +443,6 @@ impl SplitJob<'_> {
             &[crate::onnx::cut::FEATURES],
         )?
         .remove(0);
-        let mut shape = y.shape().to_vec();
-        shape[0] = 0;
-        Ok(ArrayD::zeros(ndarray::IxDyn(&shape)))
+        Ok(y.shape()[1..].to_vec())
     }
-}
-
-/// A journalled chunk: the content hashes of its rows and the rows' features.
-type Chunk = (Vec<String>, ArrayD<f32>);
-
-/// The chunks a killed run journalled (a chunk that does not parse is recomputed), and the number
-/// the next chunk written takes.
-fn read_journal(journal: &Journal) -> Result<(Vec<Chunk>, usize)> {
-    let mut journalled = vec![];
-    let names = journal.names()?;
-    for name in &names {
-        if let Some((bytes, shas)) = journal.get::<Vec<String>>(name) {
-            match ArrayD::<f32>::read_npy(&bytes[..]) {
-                Ok(a) if a.shape().first() == Some(&shas.len()) => journalled.push((shas, a)),
-                _ => tracing::warn!("{}: journal chunk {name} does not parse; recomputing it", journal.dir.display()),
-            }
-        }
-    }
-    Ok((journalled, names.len()))
 }
