@@ -19,7 +19,7 @@ ELPV_WHEEL  := elpv_dataset-1.0.0.post1-py3-none-any.whl
 ELPV_SHA256 := 85e31c1126ee9b48e62d3a0232c58f58b2d189b0814a45c13642fa0415af4a4c
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
-.PHONY: help setup setup-cuda build test check-backbones demo demo-best data data4 backbone extract head evaluate score bench bench-memory fuzz clean fmt lint \
+.PHONY: help setup setup-cuda build test check-backbones demo demo-best data data4 backbone extract head evaluate score bench bench-int8 bench-memory fuzz clean fmt lint \
         mnist finetune finetune-v1 finetune-flips finetune-vgg finetune-best finetune-best4 bench-train bench-tf-env agree compare compare-native mnist-seeds
 
 DATA_DIR  := data/$(DATASET)
@@ -243,6 +243,10 @@ bench: setup data backbone bench-env ## extraction throughput (tlearn vs raw ORT
 	$(CARGO) bench --bench extract
 	$(CARGO) bench --bench train_step
 	$(CARGO) bench --bench memory
+	$(CARGO) bench --bench quantize
+
+bench-int8: setup data build ## int8 vs fp32 backbones on ELPV (tlearn-backbone quantize): extraction img/s and head test accuracy side by side, for each fetched backbone
+	$(CARGO) bench --bench quantize
 
 bench-memory: setup ## peak memory of tlearn-score and tlearn-extract on 1,000 vs 100,000 generated images (goal ≤ 1.5×)
 	$(CARGO) bench --bench memory

@@ -25,6 +25,28 @@ pub struct BackboneInfo {
     /// Feature shape (h, w, c) at the default size.
     pub features: [usize; 3],
     pub tlearn_version: String,
+    /// Set on a backbone quantized by `tlearn-backbone quantize`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<Quantization>,
+}
+
+/// What a quantized backbone's sidecar adds: how its ranges were found, and how close its
+/// features came to fp32's on the calibration images.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Quantization {
+    pub of: String,
+    pub of_sha256: String,
+    pub method: crate::calibrate::Method,
+    pub images: usize,
+    pub size: u32,
+    /// sha256 over the calibration images' own sha256s, in the order used.
+    pub calibration_sha256: String,
+    /// Calibrated (min, max) of every measured tensor.
+    pub ranges: std::collections::BTreeMap<String, (f32, f32)>,
+    /// int8 vs fp32 features on the calibration images: Pearson correlation, and the largest
+    /// absolute difference over the largest fp32 feature.
+    pub correlation: f64,
+    pub max_error: f64,
 }
 
 /// The project's download cache, `.cache/` beside the `--onnx-dir`.
@@ -177,6 +199,7 @@ pub fn fetch(cat: &Catalog, name: &str, src: &Sources) -> Result<BackboneInfo> {
         params,
         features,
         tlearn_version: env!("CARGO_PKG_VERSION").into(),
+        quantization: None,
     };
     fsutil::write_json(&fsutil::sidecar_path(&out), &info)?;
     Ok(info)

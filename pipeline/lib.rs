@@ -7,6 +7,7 @@
 pub mod augment;
 pub mod backbone;
 pub mod batch;
+pub mod calibrate;
 pub mod catalog;
 pub mod cli;
 pub mod compare;
@@ -38,6 +39,7 @@ pub mod params;
 pub mod plot;
 pub mod progress;
 pub mod pth;
+pub mod quantize;
 pub mod report;
 pub mod run;
 pub mod runtime;

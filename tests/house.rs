@@ -27,6 +27,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("download", 0),
     ("catalog", 1),
     ("backbone", 1),
+    ("calibrate", 1),
     ("dataset", 1),
     ("imageset", 1),
     ("augment", 1),
@@ -48,6 +49,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("finetune", 2),
     ("trunk", 2),
     ("compare", 2),
+    ("quantize", 2),
     ("cli", 3),
 ];
 const NAMES: [&str; 4] = ["infrastructure", "domain", "stages", "binaries"];

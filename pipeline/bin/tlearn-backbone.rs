@@ -61,6 +61,28 @@ enum Cmd {
     },
     /// The catalog, and which entries are fetched.
     List,
+    /// Static int8 quantization of a fetched backbone (QDQ: per-channel int8 weights, uint8
+    /// activations calibrated on images) → onnx/NAME-int8.onnx, a backbone name everywhere.
+    Quantize {
+        name: String,
+        /// A split dataset (its train/ images) or a folder of images.
+        #[arg(long)]
+        calibrate: PathBuf,
+        /// How many images calibrate (evenly spaced in path order).
+        #[arg(long, default_value_t = 200)]
+        images: usize,
+        #[arg(long, value_enum, default_value = "minmax")]
+        method: tlearn::calibrate::Method,
+        /// Square calibration size (default: the backbone's).
+        #[arg(long)]
+        size: Option<u32>,
+        #[arg(long, value_enum, default_value = "nearest")]
+        interpolation: tlearn::imageio::Interpolation,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[command(flatten)]
+        ort: tlearn::cli::OrtArgs,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -111,6 +133,32 @@ fn run(a: Args) -> Result<()> {
             tlearn::memory::check_one_image(&m, &path, size)?;
             let rows = tlearn::onnx::summary::rows(&m, &path, size)?;
             tlearn::out!("{}", tlearn::onnx::summary::render(&model, &rows, None));
+        }
+        Cmd::Quantize { name, calibrate, images, method, size, interpolation, batch, ort } => {
+            let cfg = tlearn::quantize::QuantizeConfig {
+                calibrate,
+                images,
+                method,
+                size,
+                interpolation,
+                batch,
+                session: ort.session(),
+            };
+            let term = tlearn::cli::Terminal::default();
+            let info = tlearn::quantize::quantize(&a.onnx_dir, &name, &cfg, &term)
+                .with_context(|| format!("quantizing backbone {name}"))?;
+            let q = info.quantization.as_ref().expect("a quantized backbone records how");
+            tlearn::outln!(
+                "{}: {} tensors calibrated ({:?}, {} images at {}); features vs fp32 on them: correlation {:.4}, max error {:.1} % of the largest → {}",
+                info.name,
+                q.ranges.len(),
+                q.method,
+                q.images,
+                q.size,
+                q.correlation,
+                100.0 * q.max_error,
+                a.onnx_dir.join(format!("{}.onnx", info.name)).display()
+            );
         }
         Cmd::List => {
             for (k, e) in &cat.entries {

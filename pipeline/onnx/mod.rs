@@ -4,6 +4,7 @@ pub mod builder;
 pub mod cut;
 pub mod probe;
 pub mod proto;
+pub mod qdq;
 pub mod split;
 pub mod summary;
 

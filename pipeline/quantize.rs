@@ -1,0 +1,225 @@
+//! The quantize stage: a fetched backbone → `onnx/<name>-int8.onnx`, its activations' ranges
+//! measured on calibration images (every tensor [`crate::onnx::qdq::plan`] picks, one run per
+//! batch with them all as outputs), written in the QDQ form ORT fuses into integer kernels. The
+//! sidecar is a backbone's (so the int8 model is a backbone name everywhere) plus what the ranges
+//! came from; the quantized features are compared with fp32 on the calibration images.
+
+use crate::backbone::{Backbone, BackboneInfo, Quantization};
+use crate::calibrate::{Method, Stats};
+use crate::dataset;
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::imageio::{self, Interpolation};
+use crate::onnx::{self, cut, proto::ModelProto, qdq, Dim};
+use crate::progress::Sink;
+use crate::runtime::{self, SessionOptions};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Quantization settings.
+#[derive(Clone, Debug)]
+pub struct QuantizeConfig {
+    /// A dataset (its `train/` split) or a folder of images.
+    pub calibrate: PathBuf,
+    /// How many of its images calibrate (evenly spaced in path order).
+    pub images: usize,
+    pub method: Method,
+    /// Image size for calibration (default: the backbone's).
+    pub size: Option<u32>,
+    pub interpolation: Interpolation,
+    pub batch: usize,
+    pub session: SessionOptions,
+}
+
+/// Quantize backbone `name` (fetched in `onnx_dir`); writes `<name>-int8.onnx` + sidecar.
+pub fn quantize(onnx_dir: &Path, name: &str, cfg: &QuantizeConfig, sink: &dyn Sink) -> Result<BackboneInfo> {
+    if cfg.images == 0 || cfg.batch == 0 {
+        let (name, value) = if cfg.images == 0 { ("images", 0) } else { ("batch", 0) };
+        return Err(Error::Param { name, value: value.to_string(), reason: "must be ≥ 1".into() });
+    }
+    let bb = Backbone::open(onnx_dir, name)?;
+    let size = cfg.size.unwrap_or(bb.info.size);
+    cut::check_size(size)?;
+    let model = onnx::decode_model(&bb.bytes, &bb.path)?;
+    let plan = qdq::plan(&model);
+    let tensors = plan.calibrated();
+    if tensors.is_empty() {
+        return Err(Error::BadModel {
+            path: bb.path.clone(),
+            reason: "no Conv with a constant weight to quantize".into(),
+        });
+    }
+    let (paths, calibration_sha256) = calibration_images(&cfg.calibrate, cfg.images)?;
+    let calib = Calibration { cfg, bb: &bb, size, paths: &paths, sink };
+    let (ranges, fp32) = calib.ranges(&model, &tensors)?;
+    let out = onnx_dir.join(format!("{}-int8.onnx", bb.name));
+    let q = qdq::quantize(&model, &plan, &ranges, &out)?;
+    let encoded = onnx::encode_model(&q);
+    let features = crate::backbone::feature_shape(&encoded, &out, bb.info.size)?;
+    let (correlation, max_error) = calib.compare(&encoded, &fp32)?;
+    fsutil::write_bytes_atomic(&out, &encoded)?;
+    let info = BackboneInfo {
+        name: format!("{}-int8", bb.name),
+        source: format!("{} quantized to int8 (QDQ)", bb.name),
+        source_sha256: bb.info.onnx_sha256.clone(),
+        onnx_sha256: fsutil::sha256_bytes(&encoded),
+        features,
+        quantization: Some(Quantization {
+            of: bb.name.clone(),
+            of_sha256: bb.info.onnx_sha256.clone(),
+            method: cfg.method,
+            images: paths.len(),
+            size,
+            calibration_sha256,
+            ranges,
+            correlation,
+            max_error,
+        }),
+        tlearn_version: env!("CARGO_PKG_VERSION").into(),
+        ..bb.info.clone()
+    };
+    fsutil::write_json(&fsutil::sidecar_path(&out), &info)?;
+    Ok(info)
+}
+
+/// Up to `n` images of a dataset's `train/` split (or of any folder, walked), evenly spaced in
+/// path order, and a hash of their contents.
+fn calibration_images(root: &Path, n: usize) -> Result<(Vec<PathBuf>, String)> {
+    let mut all: Vec<PathBuf> = if root.join("train").is_dir() {
+        dataset::list_split(root, "train")?.1.into_iter().map(|i| i.path).collect()
+    } else {
+        crate::inputs::list_images(root)?.0
+    };
+    all.sort();
+    if all.is_empty() {
+        return Err(Error::BadData { path: root.into(), reason: "no images to calibrate with".into() });
+    }
+    let k = n.min(all.len());
+    let picked: Vec<PathBuf> = (0..k).map(|i| all[i * all.len() / k].clone()).collect();
+    let mut sums = String::new();
+    for p in &picked {
+        sums.push_str(&fsutil::sha256_file(p)?);
+    }
+    Ok((picked, fsutil::sha256_bytes(sums.as_bytes())))
+}
+
+/// Calibrated (min, max) per tensor.
+type Ranges = BTreeMap<String, (f32, f32)>;
+
+/// Calibration images run through a model, a batch at a time.
+struct Calibration<'a> {
+    cfg: &'a QuantizeConfig,
+    bb: &'a Backbone,
+    size: u32,
+    paths: &'a [PathBuf],
+    sink: &'a dyn Sink,
+}
+
+impl Calibration<'_> {
+    /// Run `model` over the images, handing each batch's `outputs` to `each`. Unreadable images
+    /// are skipped (logged); none readable is an error.
+    fn run(
+        &self,
+        model: &[u8],
+        outputs: &[&str],
+        message: &str,
+        mut each: impl FnMut(Vec<ndarray::ArrayD<f32>>),
+    ) -> Result<()> {
+        let mut s = runtime::open(model, &self.bb.path, &self.cfg.session)?.session;
+        let pb = self.sink.meter(self.paths.len() as u64, "img", message);
+        let mut read = 0;
+        for chunk in self.paths.chunks(self.cfg.batch) {
+            let mut xs = vec![];
+            for p in chunk {
+                let size = (self.size, self.size);
+                match imageio::load(
+                    p,
+                    size,
+                    self.cfg.interpolation,
+                    &self.bb.info.preprocess,
+                    imageio::DEFAULT_MAX_PIXELS,
+                ) {
+                    Ok(a) => xs.push(a),
+                    Err(e) => tracing::warn!("{e} (skipped)"),
+                }
+                pb.inc(1);
+            }
+            if xs.is_empty() {
+                continue;
+            }
+            read += xs.len();
+            let views: Vec<_> = xs.iter().map(|a| a.view()).collect();
+            let x = ndarray::stack(ndarray::Axis(0), &views).map_err(|e| Error::Other(e.to_string()))?;
+            each(runtime::run_f32(&mut s, vec![(cut::IMAGE, x.view().into_dyn())], outputs)?);
+        }
+        if read == 0 {
+            return Err(Error::BadData {
+                path: self.cfg.calibrate.clone(),
+                reason: "no calibration image could be read".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The calibrated range of every tensor: min/max on a first pass, then (percentile,
+    /// entropy) a histogram over that range on a second; and the fp32 features of the images.
+    fn ranges(&self, model: &ModelProto, tensors: &[String]) -> Result<(Ranges, Vec<f32>)> {
+        let mut m = model.clone();
+        let g = m.graph.as_mut().expect("a model has a graph");
+        for t in tensors.iter().filter(|t| **t != cut::FEATURES) {
+            g.output.push(onnx::value_info(t, onnx::proto::dtype::FLOAT, &[Dim::named("N")]));
+            // Measured whatever its rank: the declared shape only names the output.
+            if let Some(tt) = g.output.last_mut().and_then(|o| o.r#type.as_mut()).and_then(|t| t.tensor_type.as_mut()) {
+                tt.shape = None;
+            }
+        }
+        let bytes = onnx::encode_model(&m);
+        let names: Vec<&str> = std::iter::once(cut::FEATURES).chain(tensors.iter().map(String::as_str)).collect();
+        let mut stats: Vec<Stats> = vec![Stats::default(); tensors.len()];
+        let mut fp32 = vec![];
+        self.run(&bytes, &names, "calibrating (ranges)", |ys| {
+            fp32.extend(ys[0].iter().copied());
+            stats.iter_mut().zip(&ys[1..]).for_each(|(s, y)| s.observe_range(&values(y)))
+        })?;
+        if self.cfg.method.needs_histogram() {
+            self.run(&bytes, &names, "calibrating (histograms)", |ys| {
+                stats.iter_mut().zip(&ys[1..]).for_each(|(s, y)| s.observe_histogram(&values(y)))
+            })?;
+        }
+        let ranges = tensors.iter().cloned().zip(stats.iter().map(|s| s.range(self.cfg.method))).collect();
+        Ok((ranges, fp32))
+    }
+
+    /// int8 vs fp32 features on the calibration images: (correlation, max error / max |fp32|).
+    fn compare(&self, int8: &[u8], fp: &[f32]) -> Result<(f64, f64)> {
+        let mut q = vec![];
+        self.run(int8, &[cut::FEATURES], "checking (int8)", |ys| q.extend(ys[0].iter().copied()))?;
+        if q.len() != fp.len() {
+            return Err(Error::Shape {
+                what: "int8 vs fp32 features".into(),
+                expected: vec![fp.len()],
+                got: vec![q.len()],
+            });
+        }
+        let n = fp.len().max(1) as f64;
+        let (mf, mq) = (fp.iter().map(|&v| v as f64).sum::<f64>() / n, q.iter().map(|&v| v as f64).sum::<f64>() / n);
+        let (mut sfq, mut sff, mut sqq, mut max_err, mut max_abs) = (0f64, 0f64, 0f64, 0f64, 0f64);
+        for (&a, &b) in fp.iter().zip(&q) {
+            let (a, b) = (a as f64, b as f64);
+            sfq += (a - mf) * (b - mq);
+            sff += (a - mf) * (a - mf);
+            sqq += (b - mq) * (b - mq);
+            max_err = max_err.max((a - b).abs());
+            max_abs = max_abs.max(a.abs());
+        }
+        let corr = if sff > 0.0 && sqq > 0.0 { sfq / (sff * sqq).sqrt() } else { 1.0 };
+        Ok((corr, if max_abs > 0.0 { max_err / max_abs } else { 0.0 }))
+    }
+}
+
+fn values(y: &ndarray::ArrayD<f32>) -> std::borrow::Cow<'_, [f32]> {
+    match y.as_slice() {
+        Some(s) => s.into(),
+        None => y.iter().copied().collect::<Vec<_>>().into(),
+    }
+}

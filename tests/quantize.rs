@@ -1,0 +1,118 @@
+//! `tlearn-backbone quantize`: an int8 QDQ backbone calibrated on images, fused by ORT into
+//! integer kernels, close to fp32, deterministic, and a backbone name for every stage.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+fn features(w: &Path, dir: &str) -> ndarray::ArrayD<f32> {
+    tlearn::features::load(&w.join(dir), "test").unwrap().x
+}
+
+fn correlation(a: &ndarray::ArrayD<f32>, b: &ndarray::ArrayD<f32>) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().map(|&v| v as f64).sum::<f64>() / n, b.iter().map(|&v| v as f64).sum::<f64>() / n);
+    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (x as f64 - ma, y as f64 - mb);
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    ab / (aa * bb).sqrt()
+}
+
+/// The op types ORT ran, from the profile of a run with TLEARN_ORT_PROFILE.
+fn profiled_ops(w: &Path, args: &[&str]) -> Vec<String> {
+    let prefix = w.join("prof");
+    let o = Command::new(bin("tlearn-extract"))
+        .args(args)
+        .current_dir(w)
+        .env(tlearn::runtime::PROFILE_ENV, &prefix)
+        .env("RUST_LOG", "warn,ort=error")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut ops = vec![];
+    for e in std::fs::read_dir(w).unwrap().filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("prof") {
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(e.path()).unwrap()) else {
+            continue;
+        };
+        for ev in v.as_array().unwrap() {
+            if let Some(op) = ev["args"]["op_name"].as_str() {
+                ops.push(op.to_string());
+            }
+        }
+        std::fs::remove_file(e.path()).unwrap();
+    }
+    ops
+}
+
+#[test]
+fn an_int8_backbone_is_calibrated_fused_close_to_fp32_and_usable_everywhere() {
+    let w = workdir();
+    let w = w.path();
+    prepared(w, &["cat", "dog"], 24);
+    let q = ["quantize", "tiny", "--calibrate", "data/toy", "--images", "16", "--device", "cpu"];
+    let out = ok("tlearn-backbone", &q, w);
+    assert!(out.contains("tiny-int8") && out.contains("correlation"), "{out}");
+    let model = w.join("onnx/tiny-int8.onnx");
+    let first = std::fs::read(&model).unwrap();
+    let m = tlearn::onnx::load_model(&model).unwrap();
+    let g = m.graph.as_ref().unwrap();
+    assert!(g.node.iter().any(|n| n.op_type == "QuantizeLinear"));
+    let w8 = g.initializer.iter().find(|t| t.name.ends_with("/w_int8")).expect("an int8 weight");
+    assert_eq!(w8.data_type, tlearn::onnx::proto::dtype::INT8);
+    assert!(!g.initializer.iter().any(|t| t.name == "t/conv/kernel"), "the float weight is gone");
+    let side: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(w.join("onnx/tiny-int8.onnx.json")).unwrap()).unwrap();
+    let qi = &side["quantization"];
+    assert_eq!(
+        (qi["of"].as_str(), qi["method"].as_str(), qi["images"].as_u64()),
+        (Some("tiny"), Some("minmax"), Some(16))
+    );
+    assert!(qi["ranges"].as_object().unwrap().len() >= 2 && qi["correlation"].as_f64().unwrap() > 0.99, "{qi}");
+    assert_eq!(qi["calibration_sha256"].as_str().unwrap().len(), 64);
+
+    // Deterministic: the same calibration gives the same bytes.
+    ok("tlearn-backbone", &q, w);
+    assert!(std::fs::read(&model).unwrap() == first, "a rerun writes the same model");
+
+    // ORT fuses the QDQ form into integer kernels: no float Conv runs.
+    let args = ["--data", "data/toy", "--backbone", "tiny-int8", "--device", "cpu", "--splits", "test"];
+    let ops = profiled_ops(w, &args);
+    assert!(ops.iter().any(|o| o == "QLinearConv"), "{ops:?}");
+    assert!(!ops.iter().any(|o| o == "Conv" || o == "FusedConv"), "{ops:?}");
+
+    // Features close to fp32's; the int8 name works for extract, head, evaluate and score.
+    ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny-int8", "--device", "cpu"], w);
+    ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu"], w);
+    let c = correlation(&features(w, "features/toy/tiny-32"), &features(w, "features/toy/tiny-int8-32"));
+    assert!(c > 0.99, "int8 vs fp32 features: correlation {c}");
+    ok("tlearn-head", &["--features", "features/toy/tiny-int8-32", "--run", "q", "--epochs", "3", "--units", "8"], w);
+    ok("tlearn-evaluate", &["--run", "q"], w);
+    let out = ok("tlearn-score", &["data/toy/test", "--run", "q", "--out", "q.csv", "--device", "cpu"], w);
+    assert!(out.contains("scored"), "{out}");
+    let rows = std::fs::read_to_string(w.join("q.csv")).unwrap().lines().count() - 1;
+    assert_eq!(rows, tlearn::features::load(&w.join("features/toy/tiny-int8-32"), "test").unwrap().files.len());
+
+    // The histogram methods give ranges as close; bad calibration input is a clear error.
+    for method in ["percentile", "entropy"] {
+        let out = ok("tlearn-backbone", &["quantize", "tiny", "--calibrate", "data/toy", "--method", method], w);
+        let corr: f64 = out.split("correlation ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
+        assert!(corr > 0.98, "{method}: {out}");
+    }
+    // Any folder of images calibrates (walked), not only a dataset's train split.
+    let out = ok("tlearn-backbone", &["quantize", "tiny", "--calibrate", "data/toy/test", "--images", "5"], w);
+    assert!(out.contains("5 images"), "{out}");
+    std::fs::create_dir_all(w.join("empty")).unwrap();
+    let err = fails("tlearn-backbone", &["quantize", "tiny", "--calibrate", "empty"], w);
+    assert!(err.contains("empty") && err.contains("no images to calibrate"), "{err}");
+    let err = fails("tlearn-backbone", &["quantize", "nonesuch", "--calibrate", "data/toy"], w);
+    assert!(err.contains("not fetched"), "{err}");
+}
