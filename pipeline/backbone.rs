@@ -211,7 +211,9 @@ pub fn feature_shape(model: &[u8], what: &Path, size: u32) -> Result<[usize; 3]>
     cut::check_size(size)?;
     let m = onnx::decode_model(model, what)?;
     crate::memory::fit_batch(2, crate::memory::per_image_bytes(&m, what, size), size, what)?;
-    let mut s = runtime::open(model, what, &SessionOptions { device: runtime::Device::Cpu, threads: 0 })?.session;
+    let mut s =
+        runtime::open(model, what, &SessionOptions { device: runtime::Device::Cpu, threads: 0, precision: None })?
+            .session;
     let x = ndarray::Array4::<f32>::zeros((2, size as usize, size as usize, 3)).into_dyn();
     let y = runtime::run_f32(&mut s, vec![(cut::IMAGE, x.view())], &[cut::FEATURES]).map_err(|e| Error::BadModel {
         path: what.into(),

@@ -126,11 +126,15 @@ pub struct OrtArgs {
     /// Intra-op threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// What `--device openvino` computes in (default: bf16 on CPUs with AMX, else f32; the
+    /// caches record it). int8 is a backbone of its own: `tlearn-backbone quantize`.
+    #[arg(long, value_enum)]
+    pub precision: Option<crate::runtime::Precision>,
 }
 
 impl OrtArgs {
     pub fn session(&self) -> crate::runtime::SessionOptions {
-        crate::runtime::SessionOptions { device: self.device, threads: self.threads }
+        crate::runtime::SessionOptions { device: self.device, threads: self.threads, precision: self.precision }
     }
 }
 

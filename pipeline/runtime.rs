@@ -25,6 +25,94 @@ pub enum Device {
     Cpu,
     /// CUDA or an error.
     Cuda,
+    /// ORT's OpenVINO execution provider on the CPU (`make setup-openvino`), or an error. For
+    /// inference (extract, score, evaluate); training graphs run on `cpu` or `cuda`.
+    Openvino,
+}
+
+/// Numeric precision OpenVINO computes in (its `INFERENCE_PRECISION_HINT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    /// OpenVINO's own default, made explicit so sidecars can record it: bf16 on CPUs with AMX
+    /// (`amx_bf16` in /proc/cpuinfo), f32 elsewhere.
+    pub fn openvino_default() -> Precision {
+        let amx = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|t| t.split_whitespace().any(|w| w == "amx_bf16"));
+        if amx {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        }
+    }
+
+    fn hint(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// The OpenVINO plugin library: `$TLEARN_OPENVINO_PLUGIN`, else `openvino/` next to the
+/// onnxruntime library (where `make setup-openvino` puts it).
+pub const OPENVINO_ENV: &str = "TLEARN_OPENVINO_PLUGIN";
+const OPENVINO_EP: &str = "OpenVINOExecutionProvider";
+
+fn openvino_plugin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(OPENVINO_ENV) {
+        return Ok(PathBuf::from(p));
+    }
+    let lib = init()?;
+    Ok(lib.parent().unwrap_or(Path::new(".")).join("openvino").join("libonnxruntime_providers_openvino_plugin.so"))
+}
+
+/// Register the OpenVINO plugin with the environment (once per process).
+fn register_openvino() -> Result<()> {
+    static DONE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    let r = DONE.get_or_init(|| {
+        let path = openvino_plugin().map_err(|e| e.to_string())?;
+        if !path.is_file() {
+            return Err(format!("{}: OpenVINO plugin not found; run `make setup-openvino`", path.display()));
+        }
+        let env = environment().map_err(|e| e.to_string())?;
+        env.register_ep_library(OPENVINO_EP, &path).map_err(|e| format!("{}: cannot register: {e}", path.display()))
+    });
+    r.clone().map_err(Error::Other)
+}
+
+/// A session builder whose graph runs on OpenVINO's CPU device at `precision`.
+fn openvino_builder(
+    b: ort::session::builder::SessionBuilder,
+    precision: Precision,
+) -> Result<ort::session::builder::SessionBuilder> {
+    register_openvino()?;
+    let env = environment()?;
+    let all: Vec<String> = env
+        .devices()
+        .map(|d| {
+            let hw = d.hardware_device();
+            format!("{} on {} {:?}", d.ep().unwrap_or("?"), hw.vendor().unwrap_or("?"), hw.ty())
+        })
+        .collect();
+    let devices: Vec<_> = env
+        .devices()
+        .filter(|d| d.ep().is_ok_and(|e| e == OPENVINO_EP) && d.hardware_device().ty() == ort::memory::DeviceType::CPU)
+        .collect();
+    if devices.is_empty() {
+        // The plugin offers devices of Intel hardware only (on an AMD CPU: none).
+        return Err(Error::Other(format!(
+            "the OpenVINO plugin offers no CPU device here (it serves Intel CPUs; devices found: {})",
+            all.join(", ")
+        )));
+    }
+    let config = format!(r#"{{"CPU": {{"INFERENCE_PRECISION_HINT": "{}"}}}}"#, precision.hint());
+    let options = [(format!("{OPENVINO_EP}.load_config"), config)];
+    Ok(b.with_devices(devices, Some(&options))?)
 }
 
 static INIT: OnceLock<std::result::Result<(PathBuf, ort::environment::Environment), String>> = OnceLock::new();
@@ -84,11 +172,26 @@ pub struct SessionOptions {
     pub device: Device,
     /// Intra-op threads; 0 = all cores.
     pub threads: usize,
+    /// OpenVINO's precision (None: [`Precision::openvino_default`]); other devices compute f32.
+    pub precision: Option<Precision>,
+}
+
+impl SessionOptions {
+    /// The precision a session opened with these options computes in, as sidecars record it:
+    /// OpenVINO's, or None (f32: the CPU and CUDA providers).
+    pub fn precision_used(&self) -> Option<Precision> {
+        (self.device == Device::Openvino).then(|| self.precision.unwrap_or_else(Precision::openvino_default))
+    }
+}
+
+/// Do features computed at these precisions agree (None and f32 are both full precision)?
+pub fn same_precision(a: Option<Precision>, b: Option<Precision>) -> bool {
+    a.unwrap_or(Precision::F32) == b.unwrap_or(Precision::F32)
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { device: Device::Auto, threads: 0 }
+        SessionOptions { device: Device::Auto, threads: 0, precision: None }
     }
 }
 
@@ -108,6 +211,8 @@ impl Device {
 pub struct OpenSession {
     pub session: Session,
     pub device: Device,
+    /// What OpenVINO computes in; None on the CPU and CUDA providers (f32).
+    pub precision: Option<Precision>,
 }
 
 /// True when the onnxruntime library (loaded here if it was not yet) has the CUDA execution
@@ -147,8 +252,18 @@ pub fn open_with(model: &[u8], what: &Path, opts: &SessionOptions, spin: bool) -
         },
         e => e,
     };
+    if opts.device == Device::Openvino {
+        let precision = opts.precision.unwrap_or_else(Precision::openvino_default);
+        let session =
+            base().and_then(|b| openvino_builder(b, precision)).and_then(|mut b| Ok(b.commit_from_memory(model)?));
+        return Ok(OpenSession {
+            session: session.map_err(ctx)?,
+            device: Device::Openvino,
+            precision: Some(precision),
+        });
+    }
     let want_cuda = match opts.device {
-        Device::Cpu => false,
+        Device::Cpu | Device::Openvino => false,
         Device::Cuda => {
             if !cuda_compiled_in() {
                 return Err(Error::Ort {
@@ -174,7 +289,7 @@ pub fn open_with(model: &[u8], what: &Path, opts: &SessionOptions, spin: bool) -
         let attempt =
             base().and_then(|b| Ok(b.with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])?));
         match attempt.and_then(|mut b| Ok(b.commit_from_memory(model)?)) {
-            Ok(session) => return Ok(OpenSession { session, device: Device::Cuda }),
+            Ok(session) => return Ok(OpenSession { session, device: Device::Cuda, precision: None }),
             Err(Error::Ort { message, code }) if opts.device == Device::Cuda => {
                 return Err(Error::Ort { message: format!("CUDA execution provider failed: {message}"), code })
             }
@@ -183,7 +298,7 @@ pub fn open_with(model: &[u8], what: &Path, opts: &SessionOptions, spin: bool) -
         }
     }
     let session = base().and_then(|mut b| Ok(b.commit_from_memory(model)?)).map_err(ctx)?;
-    Ok(OpenSession { session, device: Device::Cpu })
+    Ok(OpenSession { session, device: Device::Cpu, precision: None })
 }
 
 fn log_once(why: &str) {

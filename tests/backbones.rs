@@ -193,7 +193,7 @@ fn efficientnet_lite_is_built_from_the_weights_it_is_given() {
         .collect();
     assert_eq!(strides, [1, 2, 1], "the depthwise convolutions' strides by stage");
     // Runs at any input size (TF "SAME" padding): (N, 10) probabilities; the cut features at /2/2.
-    let opts = SessionOptions { device: Device::Cpu, threads: 1 };
+    let opts = SessionOptions { device: Device::Cpu, threads: 1, precision: None };
     let bytes = tlearn::onnx::encode_model(&m);
     let x = ArrayD::from_shape_fn(IxDyn(&[2, 3, 33, 31]), |i| ((i[2] * 7 + i[3] * 3 + i[1]) % 11) as f32 / 11.0);
     let p = tlearn::train::predict(&bytes, Path::new("small.onnx"), &x, 2, &opts).unwrap();
@@ -218,7 +218,7 @@ fn efficientnet_lite_is_built_from_the_weights_it_is_given() {
 fn a_small_efficientnet_lite_fine_tunes_whole() {
     let sd = small_lite(3);
     let m = tlearn::efficientnet::lite(&sd, Path::new("small.pth")).unwrap();
-    let opts = SessionOptions { device: Device::Cpu, threads: 1 };
+    let opts = SessionOptions { device: Device::Cpu, threads: 1, precision: None };
     let mut t = tlearn::train::Trainer::new(&m, Path::new("small.onnx"), &[3, 24, 24], 3, &opts).unwrap();
     let n_weights = tlearn::onnx::graph(&m).initializer.iter().filter(|i| i.dims.len() >= 2).count();
     assert!(t.train.params.len() >= n_weights, "{} parameters, {n_weights} weight tensors", t.train.params.len());

@@ -66,7 +66,7 @@ fn efficientnet_lite_classifies_real_photos_as_imagenet_says() {
         .map(|(f, ok)| (*f, tlearn::backbone::read_zip_member(&wheel, &format!("skimage/data/{f}")).unwrap(), *ok))
         .collect();
     let cat = Catalog::load(&root().join("onnx")).unwrap();
-    let opts = SessionOptions { device: Device::Cpu, threads: 0 };
+    let opts = SessionOptions { device: Device::Cpu, threads: 0, precision: None };
     let mut wrong = vec![];
     for name in ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"] {
         let e = cat.get(name).unwrap();

@@ -56,7 +56,7 @@ fn the_map_of_a_corner_patch_class_peaks_in_that_corner() {
     let model_path = w.join("runs/corner/model.onnx");
     let model = tlearn::onnx::load_model(&model_path).unwrap();
     let meta = tlearn::score::meta(&model, &model_path).unwrap();
-    let opts = SessionOptions { device: Device::Cpu, threads: 1 };
+    let opts = SessionOptions { device: Device::Cpu, threads: 1, precision: None };
     let mut cam = tlearn::explain::GradCam::new(&model, &model_path, meta.size, meta.interpolation, &opts).unwrap();
     let dir = w.join("data/toy/test/corner");
     let mut seen = 0;

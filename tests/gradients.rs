@@ -15,7 +15,7 @@ use tlearn::train::{label_tensor, optim, Trainer};
 type Rg = rand_chacha::ChaCha8Rng;
 
 fn opts() -> SessionOptions {
-    SessionOptions { device: Device::Cpu, threads: 1 }
+    SessionOptions { device: Device::Cpu, threads: 1, precision: None }
 }
 
 fn rand_array(rng: &mut impl Rng, shape: &[usize], scale: f32) -> ArrayD<f32> {
@@ -422,7 +422,7 @@ fn cuda_training_matches_cpu() {
     let x = rand_array(&mut rng, &[16, 28, 28, 1], 1.0);
     let labels: Vec<usize> = (0..16).map(|i| i % 10).collect();
     let run = |device: Device| {
-        let o = SessionOptions { device, threads: 1 };
+        let o = SessionOptions { device, threads: 1, precision: None };
         let mut t = Trainer::new(&m, Path::new("mnist.onnx"), &spec.input, 10, &o).unwrap();
         let y = label_tensor(&labels, t.train.loss, 10);
         let mut state = optim::State::new(optim::Optimizer::rmsprop(1e-3), &t.params);

@@ -32,7 +32,7 @@ fn head(kind: HeadKind, pool: Pool, pca: Option<usize>) -> Classical {
 }
 
 fn onnx_predict(m: &tlearn::onnx::proto::ModelProto, x: &ArrayD<f32>) -> ArrayD<f32> {
-    let opts = SessionOptions { device: Device::Cpu, threads: 1 };
+    let opts = SessionOptions { device: Device::Cpu, threads: 1, precision: None };
     tlearn::train::predict(&tlearn::onnx::encode_model(m), Path::new("head.onnx"), x, 16, &opts).unwrap()
 }
 

@@ -21,7 +21,7 @@ fn initializers(path: &Path) -> HashMap<String, ArrayD<f32>> {
 }
 
 fn opts() -> SessionOptions {
-    SessionOptions { device: Device::Cpu, threads: 1 }
+    SessionOptions { device: Device::Cpu, threads: 1, precision: None }
 }
 
 /// A standardising head fused into a deployable model has its statistics renamed

@@ -139,14 +139,14 @@ fn compare(ours: &[f64], keras: &[f64]) -> f64 {
 }
 
 fn opts() -> SessionOptions {
-    SessionOptions { device: Device::Cpu, threads: 1 }
+    SessionOptions { device: Device::Cpu, threads: 1, precision: None }
 }
 
 #[test]
 fn mnist_net_loss_curve_matches_keras_within_1e3() {
     let spec = tlearn::convnet::spec("mnist").unwrap();
     let model = tlearn::convnet::build(&spec, 7).unwrap();
-    let opts = SessionOptions { device: Device::Cpu, threads: 1 };
+    let opts = SessionOptions { device: Device::Cpu, threads: 1, precision: None };
     let mut t = Trainer::new(&model, Path::new("mnist.onnx"), &spec.input, 10, &opts).unwrap();
     let (x, labels) = batches(10);
     let y = label_tensor(&labels, t.train.loss, 10);

@@ -264,7 +264,7 @@ fn conv_base_initializers_and_a_split_that_recomposes() {
     };
     assert!(names(&after).iter().all(|n| n.starts_with("fc/")), "{:?}", names(&after));
     assert!(names(&before).iter().all(|n| n.starts_with("conv/")), "{:?}", names(&before));
-    let opts = tlearn::runtime::SessionOptions { device: tlearn::runtime::Device::Cpu, threads: 1 };
+    let opts = tlearn::runtime::SessionOptions { device: tlearn::runtime::Device::Cpu, threads: 1, precision: None };
     let x = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[3, 32, 32, 3]), |i| {
         ((i[1] * 5 + i[2] + i[3] * 7 + i[0]) % 13) as f32
     });

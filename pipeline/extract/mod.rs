@@ -159,6 +159,8 @@ struct JournalManifest<'a> {
     interpolation: Interpolation,
     view: View,
     preprocess: &'a Preprocess,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    precision: Option<runtime::Precision>,
 }
 
 /// Rows computed and not yet journalled.
@@ -240,6 +242,7 @@ impl SplitJob<'_> {
                 interpolation: self.cfg.interpolation,
                 view: self.view,
                 preprocess: &self.bb.info.preprocess,
+                precision: self.cfg.session.precision_used().filter(|p| *p != runtime::Precision::F32),
             },
         )?;
         let mut sources = Sources::new(self.rows, &journal);
@@ -275,6 +278,7 @@ impl SplitJob<'_> {
                 && f.info.preprocess == info.preprocess
                 && f.info.classes == self.classes
                 && f.info.shard == cfg.shard
+                && runtime::same_precision(f.info.precision, cfg.session.precision_used())
         })
     }
 
@@ -411,6 +415,7 @@ impl SplitJob<'_> {
             preprocess: &self.bb.info.preprocess,
             classes: self.classes,
             device: computed.device,
+            precision: self.cfg.session.precision_used(),
             shard: cfg.shard,
             dataset: Some(fsutil::path_text(&cfg.dataset)),
             dataset_real: dataset_real(&cfg.dataset),

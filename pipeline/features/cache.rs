@@ -34,6 +34,9 @@ pub struct FeatureInfo {
     pub npy_sha256: String,
     pub skipped: Vec<Skipped>,
     pub device: runtime::Device,
+    /// What the device computed in, where not f32 throughout (OpenVINO's precision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<runtime::Precision>,
     pub tlearn_version: String,
     /// The part of the split these features cover (absent: all of it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -262,6 +265,7 @@ pub struct CacheMeta<'a> {
     pub preprocess: &'a crate::imageio::Preprocess,
     pub classes: &'a [String],
     pub device: runtime::Device,
+    pub precision: Option<runtime::Precision>,
     pub shard: Option<Shard>,
     pub dataset: Option<String>,
     pub dataset_real: Option<String>,
@@ -309,6 +313,7 @@ pub fn write_cache<R: ListedRow>(
         npy_sha256,
         skipped,
         device: m.device,
+        precision: m.precision,
         tlearn_version: env!("CARGO_PKG_VERSION").into(),
         shard: m.shard,
         dataset: m.dataset.clone(),

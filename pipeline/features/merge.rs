@@ -71,7 +71,15 @@ fn check_parts(loaded: &[CacheRows], parts: &[PathBuf], out: &Path) -> Result<()
         fsutil::check_output_apart(out, &[&fsutil::text_path(d)])?;
     }
     let settings = |i: &FeatureInfo| {
-        (i.backbone_sha256.clone(), i.size, i.interpolation, i.preprocess.clone(), i.classes.clone(), i.device)
+        (
+            i.backbone_sha256.clone(),
+            i.size,
+            i.interpolation,
+            i.preprocess.clone(),
+            i.classes.clone(),
+            i.device,
+            i.precision,
+        )
     };
     for (f, p) in loaded.iter().zip(parts) {
         let i = &f.info;
@@ -140,6 +148,7 @@ fn write_merged(loaded: &mut [CacheRows], split: &str, view: View, out: &Path) -
         preprocess: &i0.preprocess,
         classes: &i0.classes,
         device: i0.device,
+        precision: i0.precision,
         shard: None,
         dataset: i0.dataset.clone(),
         dataset_real: i0.dataset_real.clone(),

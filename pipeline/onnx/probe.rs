@@ -32,7 +32,7 @@ pub fn shapes(
     let mut s = runtime::open(
         &super::encode_model(&probe),
         what,
-        &SessionOptions { device: runtime::Device::Cpu, threads: 1 },
+        &SessionOptions { device: runtime::Device::Cpu, threads: 1, precision: None },
     )?
     .session;
     let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();

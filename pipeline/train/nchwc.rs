@@ -58,7 +58,7 @@ fn probe() -> Result<usize> {
     b.output_any("y");
     let mut m = onnx::model(b.finish(), "tlearn-probe");
     m.opset_import.push(OperatorSetIdProto { domain: DOMAIN.into(), version: 1 });
-    let opts = SessionOptions { device: Device::Cpu, threads: 1 };
+    let opts = SessionOptions { device: Device::Cpu, threads: 1, precision: None };
     let mut s = runtime::open(&onnx::encode_model(&m), Path::new("NCHWc probe"), &opts)?.session;
     let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[1, 4, 1, 1]));
     let y = runtime::run_f32(&mut s, vec![("x", x.view())], &["y"])?;

@@ -51,6 +51,14 @@ impl Resident {
         if let Some(path) = std::env::var_os(runtime::SAVE_GRAPH_ENV) {
             std::fs::write(&path, crate::onnx::encode_model(&model)).at(&path)?;
         }
+        if opts.device == Device::Openvino {
+            return Err(crate::error::Error::Param {
+                name: "device",
+                value: "openvino".into(),
+                reason: "OpenVINO serves inference (extract, evaluate, score); training graphs run on cpu or cuda"
+                    .into(),
+            });
+        }
         let open = runtime::open_with(&crate::onnx::encode_model(&model), what, opts, true)?;
         let (session, device) = (open.session, open.device);
         let alloc = match device {
