@@ -101,18 +101,30 @@ impl Stats {
     }
 
     /// The KL-optimal threshold on the side of zero that holds most of the range, searched over
-    /// the bins from zero outwards (values past it are clipped into its last bin).
+    /// the bins from zero (or, for values all of one sign, from the end nearest zero) outwards;
+    /// values past it are clipped into its last bin.
     fn entropy_range(&self) -> (f32, f32) {
-        let zero = ((-self.min / self.bin_width()).round() as usize).min(BINS - 1);
+        let w = self.bin_width();
+        let zero = -self.min / w;
+        if zero <= 0.0 {
+            // All positive: bin 0 starts at min, the threshold is a value, not a reach.
+            let t = best_threshold(&self.hist);
+            return (0.0, self.value_at_bin(t).min(self.max));
+        }
+        if zero >= BINS as f32 {
+            let rev: Vec<u64> = self.hist.iter().rev().copied().collect();
+            let t = best_threshold(&rev);
+            return ((self.max - t as f32 * w).max(self.min), 0.0);
+        }
+        let zero = (zero.round() as usize).min(BINS - 1);
         let positive = self.max >= -self.min;
         let side: Vec<u64> =
             if positive { self.hist[zero..].to_vec() } else { self.hist[..=zero].iter().rev().copied().collect() };
-        let t = best_threshold(&side);
-        let reach = t as f32 * self.bin_width();
+        let reach = best_threshold(&side) as f32 * w;
         if positive {
             (self.min.max(-reach).min(0.0), reach.min(self.max).max(0.0))
         } else {
-            (-reach.min(-self.min), self.max.min(reach).max(0.0))
+            ((-reach).max(self.min).min(0.0), self.max.min(reach).max(0.0))
         }
     }
 }

@@ -134,6 +134,12 @@ pub struct OrtArgs {
 
 impl OrtArgs {
     pub fn session(&self) -> crate::runtime::SessionOptions {
+        if self.precision.is_some() && self.device != crate::runtime::Device::Openvino {
+            tracing::warn!(
+                "--precision applies to --device openvino only; the {:?} device computes in f32",
+                self.device
+            );
+        }
         crate::runtime::SessionOptions { device: self.device, threads: self.threads, precision: self.precision }
     }
 }

@@ -66,6 +66,9 @@ fn openvino_extracts_and_scores_like_the_cpu_and_records_its_precision() {
     assert_eq!(info(w, "ov")["precision"].as_str(), Some("bf16"));
     let e = max_rel_err(&x(w, "cpu"), &x(w, "ov"));
     assert!(e < 0.05, "bf16 vs f32: {e}");
+    // Where the CPU computes bf16 natively, the hint must have taken: the features differ.
+    let amx = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().contains("amx_bf16");
+    assert!(!amx || e > 0.0, "bf16 recorded, but the features equal f32's bit for bit");
 
     // A deployable model scores on OpenVINO as on the CPU; training is refused, clearly.
     ok("tlearn-head", &["--features", "cpu", "--run", "r", "--epochs", "2", "--units", "8", "--device", "cpu"], w);

@@ -312,3 +312,22 @@ fn npy_rows_stream_to_the_bytes_of_a_whole_array_and_read_back_checked() {
     std::fs::write(&p, &whole[..whole.len() - 4]).unwrap();
     assert!(NpyRows::open(&p, &sha).unwrap_err().to_string().contains("sha256"));
 }
+
+#[test]
+fn calibrated_ranges_cover_values_of_one_sign() {
+    use tlearn::calibrate::{Method, Stats};
+    let up: Vec<f32> = (0..10_000).map(|i| 2.0 + 8.0 * i as f32 / 9_999.0).collect();
+    let down: Vec<f32> = up.iter().map(|v| -v).collect();
+    for m in [Method::Minmax, Method::Percentile, Method::Entropy] {
+        let range = |v: &[f32]| {
+            let mut s = Stats::default();
+            s.observe_range(v);
+            s.observe_histogram(v);
+            s.range(m)
+        };
+        let (lo, hi) = range(&up);
+        assert!(lo == 0.0 && (9.5..=10.0).contains(&hi), "{m:?} on [2, 10]: ({lo}, {hi})");
+        let (lo, hi) = range(&down);
+        assert!(hi == 0.0 && (-10.0..=-9.5).contains(&lo), "{m:?} on [-10, -2]: ({lo}, {hi})");
+    }
+}

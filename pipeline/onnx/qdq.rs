@@ -108,7 +108,7 @@ fn readers(g: &GraphProto) -> HashMap<&str, Vec<usize>> {
 /// uint8 scale and zero point of an activation range (widened to hold 0, as ORT does).
 pub fn activation_params(lo: f32, hi: f32) -> (f32, u8) {
     let (lo, hi) = (lo.min(0.0), hi.max(0.0));
-    if hi - lo <= f32::EPSILON * hi.abs().max(1.0) {
+    if !(hi - lo > 0.0 && (hi - lo).is_finite()) {
         return (1.0, 0);
     }
     let scale = (hi - lo) / 255.0;
@@ -255,6 +255,10 @@ fn quantize_convs(g: &mut GraphProto, params: &HashMap<String, (f32, u8)>, path:
         g.initializer.iter().map(|t| !dropped.contains(&t.name) || still_read.contains(&t.name)).collect();
     let mut k = keep.iter();
     g.initializer.retain(|_| *k.next().expect("one flag per initializer"));
+    // Older models list initializers among the graph inputs too: a dropped one must go there as well.
+    let present: HashSet<&String> = g.initializer.iter().map(|t| &t.name).collect();
+    let gone: HashSet<String> = dropped.into_iter().filter(|d| !present.contains(d)).collect();
+    g.input.retain(|i| !gone.contains(&i.name));
     g.initializer.extend(inits);
     Ok(())
 }
@@ -287,7 +291,7 @@ fn declare_opset_13(m: &mut ModelProto, path: &Path) -> Result<()> {
     let clip_attrs = g.node.iter().any(|n| n.op_type == "Clip" && attr(n, "min").is_some());
     for o in m.opset_import.iter_mut().filter(|o| o.domain.is_empty() || o.domain == "ai.onnx") {
         if o.version < 13 {
-            if !odd.is_empty() || clip_attrs {
+            if !odd.is_empty() || clip_attrs || o.version < 7 {
                 return Err(Error::BadModel {
                     path: path.into(),
                     reason: format!(
