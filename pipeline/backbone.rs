@@ -276,6 +276,20 @@ pub fn add(
     Ok(info)
 }
 
+/// The quantized backbones in `onnx_dir` (`<name>.onnx` whose sidecar has a quantization record),
+/// by name: they are no catalog entries, so `list` finds them here.
+pub fn quantized_in(onnx_dir: &Path) -> Vec<BackboneInfo> {
+    let Ok(dir) = std::fs::read_dir(onnx_dir) else { return vec![] };
+    let mut v: Vec<BackboneInfo> = dir
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".onnx.json"))
+        .filter_map(|e| fsutil::read_json::<BackboneInfo>(&e.path()).ok())
+        .filter(|i| i.quantization.is_some() && onnx_dir.join(format!("{}.onnx", i.name)).is_file())
+        .collect();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
 /// A backbone ready for extraction: its bytes, sha and preprocessing.
 pub struct Backbone {
     pub name: String,

@@ -79,6 +79,9 @@ fn an_int8_backbone_is_calibrated_fused_close_to_fp32_and_usable_everywhere() {
     assert!(qi["ranges"].as_object().unwrap().len() >= 2 && qi["correlation"].as_f64().unwrap() > 0.99, "{qi}");
     assert_eq!(qi["calibration_sha256"].as_str().unwrap().len(), 64);
 
+    let list = ok("tlearn-backbone", &["list"], w);
+    assert!(list.lines().any(|l| l.starts_with("tiny-int8") && l.contains("int8 of tiny")), "{list}");
+
     // Deterministic: the same calibration gives the same bytes.
     ok("tlearn-backbone", &q, w);
     assert!(std::fs::read(&model).unwrap() == first, "a rerun writes the same model");

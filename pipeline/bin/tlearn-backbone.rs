@@ -144,28 +144,50 @@ fn run(a: Args) -> Result<()> {
                 batch,
                 session: ort.session(),
             };
-            let term = tlearn::cli::Terminal::default();
-            let info = tlearn::quantize::quantize(&a.onnx_dir, &name, &cfg, &term)
-                .with_context(|| format!("quantizing backbone {name}"))?;
-            let q = info.quantization.as_ref().expect("a quantized backbone records how");
-            tlearn::outln!(
-                "{}: {} tensors calibrated ({:?}, {} images at {}); features vs fp32 on them: correlation {:.4}, max error {:.1} % of the largest → {}",
-                info.name,
-                q.ranges.len(),
-                q.method,
-                q.images,
-                q.size,
-                q.correlation,
-                100.0 * q.max_error,
-                a.onnx_dir.join(format!("{}.onnx", info.name)).display()
-            );
+            quantize(&a.onnx_dir, &name, &cfg)?;
         }
-        Cmd::List => {
-            for (k, e) in &cat.entries {
-                let state = if cat.model_path(k).exists() { "fetched" } else { "-" };
-                tlearn::outln!("{k:<16} {state:<8} {:?} {}px  {}", e.preprocess, e.size, e.description);
-            }
-        }
+        Cmd::List => list(&cat, &a.onnx_dir),
     }
     Ok(())
+}
+
+fn quantize(onnx_dir: &std::path::Path, name: &str, cfg: &tlearn::quantize::QuantizeConfig) -> Result<()> {
+    let term = tlearn::cli::Terminal::default();
+    let info = tlearn::quantize::quantize(onnx_dir, name, cfg, &term)
+        .with_context(|| format!("quantizing backbone {name}"))?;
+    let q = info.quantization.as_ref().expect("a quantized backbone records how");
+    tlearn::outln!(
+        "{}: {} tensors calibrated ({:?}, {} images at {}); features vs fp32 on them: correlation {:.4}, max error {:.1} % of the largest → {}",
+        info.name,
+        q.ranges.len(),
+        q.method,
+        q.images,
+        q.size,
+        q.correlation,
+        100.0 * q.max_error,
+        onnx_dir.join(format!("{}.onnx", info.name)).display()
+    );
+    Ok(())
+}
+
+/// The catalog, which entries are fetched, and the quantized backbones beside them.
+fn list(cat: &Catalog, onnx_dir: &std::path::Path) {
+    for (k, e) in &cat.entries {
+        let state = if cat.model_path(k).exists() { "fetched" } else { "-" };
+        tlearn::outln!("{k:<16} {state:<8} {:?} {}px  {}", e.preprocess, e.size, e.description);
+    }
+    for i in tlearn::backbone::quantized_in(onnx_dir) {
+        let q = i.quantization.as_ref().expect("filtered on it");
+        tlearn::outln!(
+            "{:<16} {:<8} {:?} {}px  int8 of {} ({:?} on {} images, correlation {:.4})",
+            i.name,
+            "fetched",
+            i.preprocess.kind,
+            i.size,
+            q.of,
+            q.method,
+            q.images,
+            q.correlation
+        );
+    }
 }
