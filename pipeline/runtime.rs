@@ -92,18 +92,18 @@ fn openvino_builder(
 ) -> Result<ort::session::builder::SessionBuilder> {
     register_openvino()?;
     let env = environment()?;
-    let all: Vec<String> = env
-        .devices()
-        .map(|d| {
-            let hw = d.hardware_device();
-            format!("{} on {} {:?}", d.ep().unwrap_or("?"), hw.vendor().unwrap_or("?"), hw.ty())
-        })
-        .collect();
     let devices: Vec<_> = env
         .devices()
         .filter(|d| d.ep().is_ok_and(|e| e == OPENVINO_EP) && d.hardware_device().ty() == ort::memory::DeviceType::CPU)
         .collect();
     if devices.is_empty() {
+        let all: Vec<String> = env
+            .devices()
+            .map(|d| {
+                let hw = d.hardware_device();
+                format!("{} on {} {:?}", d.ep().unwrap_or("?"), hw.vendor().unwrap_or("?"), hw.ty())
+            })
+            .collect();
         // The plugin offers devices of Intel hardware only (on an AMD CPU: none).
         return Err(Error::Other(format!(
             "the OpenVINO plugin offers no CPU device here (it serves Intel CPUs; devices found: {})",

@@ -13,16 +13,16 @@ use crate::fsutil;
 use crate::imageio::{Interpolation, Preprocess, View};
 use crate::journal::Journal;
 use crate::onnx::cut::{FEATURES, IMAGE};
-use sources::{read_journal, Sources};
-
-mod sources;
 use crate::progress::Sink;
 use crate::runtime::{self, SessionOptions};
 use crate::shard::Shard;
 use ndarray::{ArrayD, Axis};
 use serde::Serialize;
+use sources::{read_journal, Sources};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+mod sources;
 
 /// Extraction settings.
 #[derive(Clone, Debug)]
@@ -442,12 +442,7 @@ impl SplitJob<'_> {
         }
         let s = &mut opened(runner, self.bb, cfg)?.open;
         let probe = ndarray::Array4::<f32>::zeros((1, cfg.size as usize, cfg.size as usize, 3));
-        let y = runtime::run_f32(
-            &mut s.session,
-            vec![(crate::onnx::cut::IMAGE, probe.view().into_dyn())],
-            &[crate::onnx::cut::FEATURES],
-        )?
-        .remove(0);
+        let y = runtime::run_f32(&mut s.session, vec![(IMAGE, probe.view().into_dyn())], &[FEATURES])?.remove(0);
         Ok(y.shape()[1..].to_vec())
     }
 }
