@@ -269,7 +269,7 @@ bench: setup data backbone bench-env ## extraction throughput (tlearn vs raw ORT
 bench-int8: setup data build ## int8 vs fp32 backbones on ELPV (tlearn-backbone quantize): extraction img/s and head test accuracy side by side, for each fetched backbone
 	$(CARGO) bench --bench quantize
 
-bench-memory: setup ## peak memory of tlearn-score and tlearn-extract on 1,000 vs 100,000 generated images (goal ≤ 1.5×)
+bench-memory: setup ## peak memory of tlearn-score and tlearn-extract on 1,000 vs 100,000 generated images, tlearn-finetune --max-memory on 1,000 vs 20,000 (goal ≤ 1.5×)
 	$(CARGO) bench --bench memory
 
 bench-train: setup ## training-step time of the mnist and v1 nets and a ResNet-50 fine-tuning step (224, batch 16): tlearn vs Keras (TF default and oneDNN) when bench-tf-env exists

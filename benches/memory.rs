@@ -1,7 +1,9 @@
-//! Peak memory of `tlearn-score` and `tlearn-extract` on 1,000 vs 100,000 small generated images
-//! (`make bench-memory`, in `make bench`). Both stream: scoring its file list through fixed-size
-//! batches and journal chunks, extraction its rows through journal chunks into an `.npy` written
-//! row by row. Goal for each: the 100,000-image peak ≤ 1.5× the 1,000-image one.
+//! Peak memory of `tlearn-score` and `tlearn-extract` on 1,000 vs 100,000 small generated images,
+//! and of `tlearn-finetune --max-memory` on 1,000 vs 20,000 (`make bench-memory`, in `make bench`).
+//! All three stream: scoring its file list through fixed-size batches and journal chunks,
+//! extraction its rows through journal chunks into an `.npy` written row by row, fine-tuning its
+//! decoded images through a file past the budget. Goal for each: the big set's peak ≤ 1.5× the
+//! small one's.
 //!
 //! Scoring: 1,000 distinct 32×32 PNGs, hard-linked into 100 folders for the 100,000-image run
 //! (distinct paths, the same decode work); model: the mnist convnet (2 classes, untrained) as a
@@ -34,21 +36,23 @@ fn peak_rss_kb(bin: &str, args: &[&std::ffi::OsStr], cwd: &Path) -> (u64, f64, S
     (kb, secs, String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-fn report(stage: &str, (small_kb, small_s): (u64, f64), (big_kb, big_s): (u64, f64)) {
+/// One stage's line: peak RSS on `small` vs `big` images, (KB, seconds) each.
+fn report(stage: &str, (small, big): (u32, u32), (small_kb, small_s): (u64, f64), (big_kb, big_s): (u64, f64)) {
     let ratio = big_kb as f64 / small_kb as f64;
     println!(
-        "{stage}: peak RSS {:.1} MB on 1,000 images ({small_s:.1} s), {:.1} MB on 100,000 ({big_s:.1} s, {:.0} img/s): {ratio:.2}× (goal ≤ 1.5×) {}",
+        "{stage}: peak RSS {:.1} MB on {small} images ({small_s:.1} s), {:.1} MB on {big} ({big_s:.1} s, {:.0} img/s): {ratio:.2}× (goal ≤ 1.5×) {}",
         small_kb as f64 / 1024.0,
         big_kb as f64 / 1024.0,
-        100_000.0 / big_s,
+        big as f64 / big_s,
         if ratio <= 1.5 { "OK" } else { "OVER" }
     );
 }
 
-fn image(i: u32) -> image::RgbImage {
-    image::RgbImage::from_fn(32, 32, |x, y| {
-        let bits = if y == 0 && x < 17 { ((i >> x) & 1) as u8 * 255 } else { (x * 8) as u8 };
-        image::Rgb([bits, (y * 8) as u8, (i % 251) as u8])
+/// Image `i` of `side`×`side`: its first row spells `i` in bits, so every image is distinct.
+fn image(i: u32, side: u32) -> image::RgbImage {
+    image::RgbImage::from_fn(side, side, |x, y| {
+        let bits = if y == 0 && x < 17 { ((i >> x) & 1) as u8 * 255 } else { (x * 256 / side) as u8 };
+        image::Rgb([bits, (y * 256 / side) as u8, (i % 251) as u8])
     })
 }
 
@@ -65,7 +69,7 @@ fn score(d: &Path) {
     let originals: Vec<PathBuf> = (0..1000u32)
         .map(|i| {
             let p = base.join(format!("img_{i:04}.png"));
-            image(i).save(&p).unwrap();
+            image(i, 32).save(&p).unwrap();
             p
         })
         .collect();
@@ -88,7 +92,7 @@ fn score(d: &Path) {
     let big_run = run(&big, "s100.csv");
     let rows = std::fs::read_to_string(d.join("s100.csv")).unwrap().lines().count() - 1;
     assert_eq!(rows, 100_000);
-    report("score_memory", small, big_run);
+    report("score_memory", (1_000, 100_000), small, big_run);
 }
 
 /// The backbone: NHWC (N,32,32,3) → Transpose → Conv 3→8 3×3 → Relu → MaxPool 2×2 → `pool_out`.
@@ -125,7 +129,7 @@ fn extract(d: &Path) {
             if i % 1000 < 2 {
                 std::fs::create_dir_all(&dir).unwrap();
             }
-            image(i).save(dir.join(format!("img_{i:06}.png"))).unwrap();
+            image(i, 32).save(dir.join(format!("img_{i:06}.png"))).unwrap();
         }
     }
     let bin = env!("CARGO_BIN_EXE_tlearn-extract");
@@ -140,8 +144,73 @@ fn extract(d: &Path) {
     let big = run("e100");
     let f = std::fs::metadata(d.join("feats-e100/train.npy")).unwrap().len();
     assert!(f > 100_000 * 8 * 1024, "100,000 rows of 8 KB: {f} bytes");
-    report("extract_memory", small, big);
+    report("extract_memory", (1_000, 100_000), small, big);
 }
+
+/// A trainable classifier of 96×96 RGB images: a 3×3 conv (8 filters, stride 4), ReLU, global
+/// average pool, a dense layer to two classes — cheap to train, so decoding and holding the
+/// images is what the run's memory shows.
+fn small_classifier(path: &Path) {
+    use ndarray::{ArrayD, IxDyn};
+    use tlearn::onnx::{builder::A, Dim, GraphBuilder};
+    let mut b = GraphBuilder::new("bench");
+    b.input("input_1", &[Dim::named("unk"), Dim::Fixed(96), Dim::Fixed(96), Dim::Fixed(3)]);
+    let x = b.op("Transpose", &["input_1"], vec![("perm", A::Ints(vec![0, 3, 1, 2]))]);
+    let w = b.init_f32("conv/kernel", &ArrayD::from_shape_fn(IxDyn(&[8, 3, 3, 3]), |i| (i[0] as f32 - 3.5) / 40.0));
+    let bias = b.init_f32("conv/bias", &ArrayD::zeros(IxDyn(&[8])));
+    let conv = vec![("kernel_shape", A::Ints(vec![3, 3])), ("strides", A::Ints(vec![4, 4]))];
+    let c = b.op("Conv", &[&x, &w, &bias], conv);
+    let r = b.op("Relu", &[&c], vec![]);
+    let p = b.op("GlobalAveragePool", &[&r], vec![]);
+    let f = b.op("Flatten", &[&p], vec![]);
+    let w2 = b.init_f32("fc/kernel", &ArrayD::from_shape_fn(IxDyn(&[8, 1]), |i| (i[0] as f32 - 3.5) / 10.0));
+    let b2 = b.init_f32("fc/bias", &ArrayD::zeros(IxDyn(&[1])));
+    let g = b.op("Gemm", &[&f, &w2, &b2], vec![]);
+    b.node("Sigmoid", &[&g], &["output"], vec![]);
+    b.output("output", &[Dim::named("unk"), Dim::Fixed(1)]);
+    let mut m = tlearn::onnx::model(b.finish(), "bench fixture");
+    m.opset_import[0].version = 13;
+    tlearn::onnx::save_model(&m, path).unwrap();
+}
+
+/// Fine-tuning with `--max-memory 16M` on 1,000 vs 20,000 distinct 96×96 images (553 MB of
+/// pixels for the big set), one epoch each; the big set once more with the default budget, where
+/// the images sit in memory, for contrast.
+fn finetune(d: &Path) {
+    std::fs::create_dir_all(d).unwrap();
+    small_classifier(&d.join("net.onnx"));
+    for (set, n) in [("f1", 1_000u32), ("f20", 20_000)] {
+        for i in 0..n {
+            let class = ["a", "b"][(i % 2) as usize];
+            let dir = d.join(set).join("train").join(class);
+            if i < 2 {
+                std::fs::create_dir_all(&dir).unwrap();
+            }
+            image(i, 96).save(dir.join(format!("img_{i:06}.png"))).unwrap();
+        }
+    }
+    let bin = env!("CARGO_BIN_EXE_tlearn-finetune");
+    let run = |set: &str, budget: Option<&str>| {
+        let mut args = vec!["net.onnx", "--data", set, "--run", set, "--epochs", "1", "--batch", "64"];
+        args.extend_from_slice(&["--optimizer", "adam", "--lr", "1e-3", "--device", "cpu", "--restart"]);
+        args.extend(budget.iter().flat_map(|b| ["--max-memory", *b]));
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        let (kb, s, out) = peak_rss_kb(bin, &args, d);
+        assert!(out.contains("trained"), "{out}");
+        (kb, s)
+    };
+    let small = run("f1", Some("16M"));
+    let big = run("f20", Some("16M"));
+    report("finetune_memory (--max-memory 16M)", (1_000, 20_000), small, big);
+    let (kb, s) = run("f20", None);
+    println!(
+        "finetune_memory (default budget, images in memory): peak RSS {:.1} MB on 20000 ({s:.1} s)",
+        kb as f64 / 1024.0
+    );
+}
+
+/// One measured stage, run in its own folder.
+type Stage = fn(&Path);
 
 fn main() {
     println!("{}", cpu::describe());
@@ -149,7 +218,12 @@ fn main() {
         println!("memory: skipped (needs GNU time at /usr/bin/time: apt install time)");
         return;
     }
+    // TLEARN_BENCH_MEMORY=score,extract,finetune (the default) picks the stages.
+    let only = std::env::var("TLEARN_BENCH_MEMORY").unwrap_or_default();
+    let wanted = |stage: &str| only.is_empty() || only.split(',').any(|s| s.trim() == stage);
     let dir = tempfile::tempdir().unwrap();
-    score(&dir.path().join("score"));
-    extract(&dir.path().join("extract"));
+    let stages: [(&str, Stage); 3] = [("score", score), ("extract", extract), ("finetune", finetune)];
+    for (name, stage) in stages.into_iter().filter(|(n, _)| wanted(n)) {
+        stage(&dir.path().join(name));
+    }
 }

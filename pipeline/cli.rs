@@ -340,3 +340,31 @@ impl HeadArgs {
 pub fn run_name(s: &str) -> Result<String, String> {
     crate::fsutil::check_name("run", s).map(|_| s.to_string()).map_err(|e| e.to_string())
 }
+
+/// clap value parser for sizes in bytes: a number with an optional K, M, G or T (powers of 1024;
+/// a trailing B or iB is accepted), e.g. `512M`, `1.5G`, `4096`.
+pub fn byte_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    let unit_len = if lower.ends_with("ib") { 2 } else { lower.ends_with('b') as usize };
+    let t = &t[..t.len() - unit_len];
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("`{s}`: unknown unit `{c}` (give K, M, G or T)")),
+            };
+            (&t[..i], shift)
+        }
+        _ => (t, 0),
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() && v * 2f64.powi(shift) < u64::MAX as f64 => {
+            Ok((v * 2f64.powi(shift)).round() as u64)
+        }
+        _ => Err(format!("`{s}`: give a size in bytes, e.g. 512M or 2G")),
+    }
+}

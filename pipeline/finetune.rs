@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::history::Epoch;
 use crate::imageio::{Interpolation, View};
-use crate::imageset::{self, ImageSet, LoadSpec};
+use crate::imageset::{self, ImageSet, LoadSpec, PixelBudget};
 use crate::onnx::{self, cut, proto::ModelProto};
 use crate::params::Checked;
 use crate::progress::Sink;
@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 
 pub use crate::train::learner::{BEST, LAST};
 pub const MODEL: &str = "model.onnx";
+/// Images converted to float and run at a time when a split is predicted.
+const PREDICT_CHUNK: usize = 256;
 /// Parameters, optimizer slots and loop state after the last finished epoch.
 pub use crate::train::checkpoint::CHECKPOINT;
 
@@ -53,6 +55,11 @@ pub struct FinetuneConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tta: Vec<View>,
     pub max_pixels: u64,
+    /// Bytes of decoded pixels the training and validation images may hold in memory together;
+    /// past it a split is read from a file a batch at a time (same batches, same result). None:
+    /// [`default_max_memory`].
+    #[serde(skip)]
+    pub max_memory: Option<u64>,
     #[serde(skip)]
     pub session: SessionOptions,
     /// What to do with an existing `run_dir/checkpoint.onnx`.
@@ -231,11 +238,22 @@ pub struct Finetuned {
     pub best: ModelProto,
 }
 
+/// A quarter of the machine's memory (1 GB where the platform does not say).
+pub fn default_max_memory() -> u64 {
+    crate::memory::total_bytes().map(|b| b / 4).unwrap_or(1 << 30)
+}
+
+/// The pixel budget of a run: `--max-memory`, spilling into the run folder.
+fn pixel_budget(cfg: &FinetuneConfig) -> PixelBudget {
+    PixelBudget::new(cfg.max_memory.unwrap_or_else(default_max_memory), &cfg.run_dir)
+}
+
 fn load_set(
     cfg: &FinetuneConfig,
     split: &str,
     classes: &[String],
     input: [usize; 3],
+    budget: &PixelBudget,
     sink: &dyn Sink,
 ) -> Result<Option<ImageSet>> {
     if !cfg.data.join(split).is_dir() {
@@ -251,7 +269,7 @@ fn load_set(
         interpolation: cfg.interpolation,
         max_pixels: cfg.max_pixels,
     };
-    imageset::load_split(&cfg.data, split, classes, &spec, sink).map(Some)
+    imageset::load_split(&cfg.data, split, classes, &spec, budget, sink).map(Some)
 }
 
 /// A split's images as batches: scaled, augmented on the fly when the run augments.
@@ -266,10 +284,10 @@ impl BatchSource for ImageBatches<'_> {
         &self.set.labels
     }
     fn batch(&self, idx: &[usize], rng: &mut rand_chacha::ChaCha8Rng) -> Result<ndarray::ArrayD<f32>> {
-        Ok(match self.augment {
-            Some(a) => a.batch(&self.set.x, idx, self.rescale, rng),
-            None => imageset::batch_f32(&self.set.x, idx, self.rescale),
-        })
+        match self.augment {
+            Some(a) => self.set.with_rows(idx, |x, idx| a.batch(x, idx, self.rescale, rng)),
+            None => self.set.batch_f32(idx, self.rescale),
+        }
     }
 }
 
@@ -320,8 +338,9 @@ pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
     fsutil::check_output_apart(&cfg.run_dir, &[&cfg.data, &cfg.model])?;
     let classes = crate::dataset::training_classes(&cfg.data)?;
     check_outputs(&model, cfg, &classes)?;
-    let train = load_set(cfg, "train", &classes, input, sink)?.expect("train exists");
-    let val = load_set(cfg, "validation", &classes, input, sink)?;
+    let budget = pixel_budget(cfg);
+    let train = load_set(cfg, "train", &classes, input, &budget, sink)?.expect("train exists");
+    let val = load_set(cfg, "validation", &classes, input, &budget, sink)?;
     let trainable = trainable_fn(cfg, &model);
     let mut trunk = cached_trunk(cfg, &model, input, &trainable, (&train, val.as_ref()), sink)?;
     let (net, shape) = match &trunk {
@@ -339,10 +358,7 @@ pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
         "{}: {trainable_params} trainable parameters; {n_train} train / {n_val} validation images",
         cfg.model.display()
     );
-    let vx = match trunk.as_mut() {
-        Some(t) => t.val.take(),
-        None => val.as_ref().map(|v| v.to_f32(cfg.rescale)),
-    };
+    let vx = trunk.as_mut().and_then(|t| t.val.take());
     std::fs::create_dir_all(&cfg.run_dir).map_err(|e| Error::Io { path: cfg.run_dir.clone(), err: e })?;
     let t = std::time::Instant::now();
     let _lock = crate::lock::dir(&cfg.run_dir)?;
@@ -368,7 +384,13 @@ pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
         Some(c) => c,
         None => &images,
     };
-    let validation = vx.as_ref().zip(val.as_ref()).map(|(x, v)| InMemory { x, labels: &v.labels });
+    let cached_val = vx.as_ref().zip(val.as_ref()).map(|(x, v)| InMemory { x, labels: &v.labels });
+    let plain_val = val.as_ref().map(|set| ImageBatches { set, augment: None, rescale: cfg.rescale });
+    let validation: Option<&dyn BatchSource> = match (&cached_val, &plain_val) {
+        (Some(c), _) => Some(c),
+        (None, Some(p)) => Some(p),
+        (None, None) => None,
+    };
     let fitted = learner::fit(&mut trainer, data, validation, &o, sink)?;
     let Some((best_epoch, Some(best))) = fitted.best else {
         return Err(Error::Other("no epoch finished".into()));
@@ -479,15 +501,23 @@ pub fn predict_split(
     sink: &dyn Sink,
 ) -> Result<(ndarray::ArrayD<f32>, ImageSet)> {
     let input = input_shape(model, &cfg.model)?;
-    let set = load_set(cfg, split, classes, input, sink)?
+    let set = load_set(cfg, split, classes, input, &pixel_budget(cfg), sink)?
         .ok_or_else(|| Error::BadData { path: cfg.data.join(split), reason: "no such split folder".into() })?;
-    let bytes = onnx::encode_model(model);
-    let x = set.to_f32(cfg.rescale);
-    let mut probs = crate::train::predict(&bytes, &cfg.model, &x, 256, &cfg.session)?;
+    let mut net = crate::train::Predictor::open(&onnx::encode_model(model), &cfg.model, &cfg.session)?;
     let views: Vec<View> = cfg.tta.iter().copied().filter(|v| *v != View::Identity).collect();
-    for v in &views {
-        probs += &crate::train::predict(&bytes, &cfg.model, &v.of_batch(x.view()), 256, &cfg.session)?;
+    // A chunk of images at a time in float: never a float copy of the whole split.
+    let idx: Vec<usize> = (0..set.len()).collect();
+    let mut parts = vec![];
+    for chunk in idx.chunks(PREDICT_CHUNK) {
+        let x = set.batch_f32(chunk, cfg.rescale)?;
+        let mut probs = net.run(x.view(), PREDICT_CHUNK)?;
+        for v in &views {
+            probs += &net.run(v.of_batch(x.view()).view(), PREDICT_CHUNK)?;
+        }
+        probs /= (views.len() + 1) as f32;
+        parts.push(probs);
     }
-    probs /= (views.len() + 1) as f32;
+    let parts: Vec<_> = parts.iter().map(|p| p.view()).collect();
+    let probs = ndarray::concatenate(ndarray::Axis(0), &parts).map_err(|e| Error::Other(format!("{split}: {e}")))?;
     Ok((probs, set))
 }

@@ -8,8 +8,17 @@ use std::path::Path;
 
 /// Bytes the system can still hand out (`MemAvailable`), if the platform says.
 pub fn available_bytes() -> Option<u64> {
+    meminfo("MemAvailable:")
+}
+
+/// The machine's memory (`MemTotal`), if the platform says.
+pub fn total_bytes() -> Option<u64> {
+    meminfo("MemTotal:")
+}
+
+fn meminfo(key: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }

@@ -100,12 +100,13 @@ pub fn build(
     let meter = sink.meter((views.len() + val.is_some() as usize) as u64, "pass", "trunk");
     // Converted and flipped a chunk at a time: the cache, not a float copy of the images, is what
     // stays in memory.
-    let run = |set: &ImageSet, view: View| -> Result<ArrayD<f32>> {
+    let mut net = crate::train::Predictor::open(&bytes, spec.path, spec.session)?;
+    let mut run = |set: &ImageSet, view: View| -> Result<ArrayD<f32>> {
         let mut parts = vec![];
-        let idx: Vec<usize> = (0..set.labels.len()).collect();
+        let idx: Vec<usize> = (0..set.len()).collect();
         for chunk in idx.chunks(64) {
-            let x = crate::imageset::batch_f32(&set.x, chunk, spec.rescale);
-            parts.push(crate::train::predict(&bytes, spec.path, &view.of_batch(x.view()), 32, spec.session)?);
+            let x = set.batch_f32(chunk, spec.rescale)?;
+            parts.push(net.run(view.of_batch(x.view()).view(), 32)?);
         }
         let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
         ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Other(format!("trunk outputs: {e}")))

@@ -133,7 +133,7 @@ fn training_reduces_the_loss_and_is_reproducible() {
     let fit = || {
         let mut t = Trainer::new(&m, Path::new("t.onnx"), &[4], 2, &opts()).unwrap();
         let val = tlearn::train::InMemory { x: &x, labels: &labels };
-        t.fit(&x, &labels, Some(val), &cfg, |_| {}).unwrap()
+        t.fit(&x, &labels, Some(&val), &cfg, |_| {}).unwrap()
     };
     let h1 = fit();
     let h2 = fit();

@@ -223,7 +223,7 @@ fn an_early_stopped_fit_rerun_ends_where_it_stopped() {
     let run = || {
         let mut tr = Trainer::new(&m, Path::new("head.onnx"), &[4], 2, &opts()).unwrap();
         let val = InMemory { x: &x, labels: &flipped };
-        learner::fit(&mut tr, &InMemory { x: &x, labels: &labels }, Some(val), &o, &tlearn::progress::Silent).unwrap()
+        learner::fit(&mut tr, &InMemory { x: &x, labels: &labels }, Some(&val), &o, &tlearn::progress::Silent).unwrap()
     };
     let first = run();
     assert!(first.history.len() < 30, "patience stopped the fit: {} epochs", first.history.len());

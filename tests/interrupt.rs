@@ -84,17 +84,6 @@ fn any_chunk(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// history.csv without its `seconds` column (timings differ between any two runs).
-fn history_sans_time(p: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(p).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let t = header.iter().position(|h| *h == "seconds").unwrap();
-    lines
-        .map(|l| l.split(',').enumerate().filter(|(i, _)| *i != t).map(|(_, v)| v).collect::<Vec<_>>().join(","))
-        .collect()
-}
-
 #[test]
 fn killed_extract_and_score_resume_to_the_uninterrupted_bytes() {
     let w = workdir();

@@ -259,3 +259,51 @@ fn a_shard_owning_only_bad_files_writes_an_empty_part() {
     assert_eq!((info["n"].as_u64(), info["shape"][0].as_u64()), (Some(0), Some(0)), "{info}");
     assert_eq!(info["skipped"][0]["path"], bad, "{info}");
 }
+
+/// `tlearn-finetune --max-memory` below the decoded images: training, validation and test images
+/// are read back from files a batch at a time (augmented, test-time flipped, with a cached trunk)
+/// and the run equals one held in memory byte for byte — weights, history, test predictions —
+/// with no pixel file left in the run folder.
+#[test]
+fn finetune_past_its_memory_budget_reads_images_from_disk_with_the_same_result() {
+    let w = workdir();
+    let w = w.path();
+    make_dataset(&w.join("raw"), &["cat", "dog", "fox"], 14, false);
+    ok("tlearn-data", &["split", "raw", "data/toy", "--seed", "1"], w);
+    ok("tlearn-convnet", &["mnist", "--out", "net.onnx", "--classes", "3"], w);
+    let ft = |name: &str, extra: &[&str]| -> String {
+        let mut args = vec!["net.onnx", "--data", "data/toy", "--run", name, "--epochs", "3", "--batch", "8"];
+        args.extend_from_slice(&["--horizontal-flip", "--tta", "hflip,vflip", "--device", "cpu", "--explain", "0"]);
+        args.extend_from_slice(extra);
+        let out = run("tlearn-finetune", &args, w);
+        assert!(out.status.success(), "tlearn-finetune {args:?} failed");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for (mem, disk, extra) in
+        [("mem", "disk", &[][..]), ("tmem", "tdisk", &["--cache-trunk", "--trainable", "dense*"][..])]
+    {
+        let held = ft(mem, extra);
+        assert!(!held.contains("past the memory budget"), "{held}");
+        let spilled = ft(disk, &[extra, &["--max-memory", "1K"][..]].concat());
+        for split in ["train", "validation", "test"] {
+            assert!(spilled.contains(&format!("{split}: ")), "{split} not spilled:\n{spilled}");
+        }
+        assert_eq!(spilled.matches("past the memory budget").count(), 3, "{spilled}");
+        let (a, b) = (w.join("runs").join(mem), w.join("runs").join(disk));
+        for f in ["best.onnx", "last.onnx", "model.onnx"] {
+            assert!(read_bytes(&a.join(f)) == read_bytes(&b.join(f)), "{disk}: {f} differs from the in-memory run's");
+        }
+        assert_eq!(history_sans_time(&a.join("history.csv")), history_sans_time(&b.join("history.csv")));
+        let preds = |r: &str| read_bytes(&w.join("reports").join(r).join("predictions.csv"));
+        assert!(preds(mem) == preds(disk), "{disk}: test predictions differ");
+        let left: Vec<_> = std::fs::read_dir(&b)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("pixels"))
+            .collect();
+        assert!(left.is_empty(), "pixel files left behind: {left:?}");
+    }
+    let bad = fails("tlearn-finetune", &["net.onnx", "--data", "data/toy", "--max-memory", "12Q"], w);
+    assert!(bad.contains("12Q") && bad.contains("unit"), "{bad}");
+}

@@ -331,3 +331,17 @@ fn calibrated_ranges_cover_values_of_one_sign() {
         assert!(hi == 0.0 && (-10.0..=-9.5).contains(&lo), "{m:?} on [-10, -2]: ({lo}, {hi})");
     }
 }
+
+#[test]
+fn byte_sizes_read_as_powers_of_1024() {
+    use tlearn::cli::byte_size;
+    assert_eq!(byte_size("4096"), Ok(4096));
+    assert_eq!(byte_size("1K"), Ok(1024));
+    assert_eq!(byte_size("512M"), Ok(512 << 20));
+    assert_eq!(byte_size("1.5G"), Ok(3 << 29));
+    assert_eq!(byte_size("2GiB"), Ok(2 << 30));
+    assert_eq!(byte_size("2gb"), Ok(2 << 30));
+    for bad in ["", "G", "-1M", "12Q", "1e400", "nanG"] {
+        assert!(byte_size(bad).is_err(), "{bad}");
+    }
+}

@@ -114,6 +114,11 @@ struct Args {
     /// Ignore the run's checkpoint and start over.
     #[arg(long)]
     restart: bool,
+    /// Memory for the decoded training and validation images (e.g. 2G, 512M); a split past it
+    /// is read from a file in the run folder a batch at a time, with the same result.
+    /// Default: a quarter of the machine's memory.
+    #[arg(long, value_parser = tlearn::cli::byte_size)]
+    max_memory: Option<u64>,
     /// Grad-CAM overlays in the test report for the N most confident mistakes and N/2 most
     /// confident right answers (0: none).
     #[arg(long, default_value_t = 8)]
@@ -174,16 +179,21 @@ fn main() -> std::process::ExitCode {
     tlearn::cli::main(|| run(Args::parse()))
 }
 
+/// `--preview IMG`: a grid of augmented versions of one image.
+fn preview(a: &Args, img: &std::path::Path, augment: Option<Augment>) -> Result<()> {
+    let m = tlearn::onnx::load_model(&a.model)?;
+    let input = finetune::input_shape(&m, &a.model)?;
+    let aug = augment.context("--preview needs augmentation options (e.g. --augment)")?;
+    tlearn::fsutil::check_output_apart(&a.preview_out, &[img])?;
+    tlearn::augment::preview(img, &aug, input, a.interpolation, a.seed, &a.preview_out)?;
+    tlearn::outln!("→ {}", a.preview_out.display());
+    Ok(())
+}
+
 fn run(a: Args) -> Result<()> {
     let augment = augmentation(&a);
     if let Some(img) = &a.preview {
-        let m = tlearn::onnx::load_model(&a.model)?;
-        let input = finetune::input_shape(&m, &a.model)?;
-        let aug = augment.clone().context("--preview needs augmentation options (e.g. --augment)")?;
-        tlearn::fsutil::check_output_apart(&a.preview_out, &[img])?;
-        tlearn::augment::preview(img, &aug, input, a.interpolation, a.seed, &a.preview_out)?;
-        tlearn::outln!("→ {}", a.preview_out.display());
-        return Ok(());
+        return preview(&a, img, augment);
     }
     let data = a.data.clone().context("give the dataset with --data")?;
     let optimizer = a.optimizer.build(a.lr, a.momentum);
@@ -208,6 +218,7 @@ fn run(a: Args) -> Result<()> {
         augment,
         tta: a.tta.clone(),
         max_pixels: tlearn::imageio::DEFAULT_MAX_PIXELS,
+        max_memory: a.max_memory,
         session: a.ort.session(),
         resume: if a.restart {
             Resume::Restart

@@ -68,7 +68,13 @@ impl Head for Dense {
             wrap: None,
         };
         let val = data.val.map(|(x, labels)| InMemory { x, labels });
-        let fitted = learner::fit(&mut trainer, &InMemory { x: data.x, labels: data.y }, val, &o, sink)?;
+        let fitted = learner::fit(
+            &mut trainer,
+            &InMemory { x: data.x, labels: data.y },
+            val.as_ref().map(|v| v as &dyn crate::train::BatchSource),
+            &o,
+            sink,
+        )?;
         Ok(Trained { model: trainer.export(), history: fitted.history, describe, params })
     }
 }

@@ -4,7 +4,7 @@
 //! schedules, steps, validation).
 
 use super::checkpoint::{self, BestSoFar, Resume};
-use super::{BatchSource, FitConfig, FitState, InMemory, Trainer};
+use super::{BatchSource, FitConfig, FitState, Trainer};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::history::Epoch;
@@ -91,12 +91,12 @@ impl BatchSource for Counted<'_> {
 pub fn fit(
     tr: &mut Trainer,
     data: &dyn BatchSource,
-    val: Option<InMemory>,
+    val: Option<&dyn BatchSource>,
     o: &FitOptions,
     sink: &dyn Sink,
 ) -> Result<Fitted> {
     let epochs = o.fit.epochs;
-    let validated = val.as_ref().is_some_and(|v| !v.labels.is_empty());
+    let validated = val.is_some_and(|v| !v.labels().is_empty());
     let (resumed, mut best) = restore(tr, o)?;
     for e in resumed.iter().flat_map(|r| &r.history) {
         sink.epoch(e, epochs);

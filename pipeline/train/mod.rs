@@ -383,17 +383,20 @@ impl Trainer {
         }
     }
 
-    /// Loss and outputs on `x` (no dropout), in batches, at the current parameters (on the
-    /// device during a fit).
-    pub fn evaluate(&mut self, x: &ArrayD<f32>, labels: &[usize], batch: usize) -> Result<(f64, ArrayD<f32>)> {
-        let n = x.shape()[0];
+    /// Loss and outputs on the samples of `data` (no dropout), in batches, at the current
+    /// parameters (on the device during a fit). `data` draws from its own fixed stream, so
+    /// evaluating never moves a fit's randomness.
+    pub fn evaluate(&mut self, data: &dyn BatchSource, batch: usize) -> Result<(f64, ArrayD<f32>)> {
+        let labels = data.labels();
+        let n = labels.len();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
         let mut loss = 0.0;
         let probs = in_batches(n, batch, |r| {
+            let idx: Vec<usize> = r.clone().collect();
+            let xb = data.batch(&idx, &mut rng)?;
             let yb = label_tensor(&labels[r.clone()], self.eval.loss, self.n_classes);
-            let mut feed: Vec<(&str, ort::session::SessionInputValue<'_>)> = vec![
-                (self.eval.input.as_str(), runtime::view(x.slice_axis(Axis(0), r.clone().into()))?),
-                (graph::LABELS, runtime::view(yb.view())?),
-            ];
+            let mut feed: Vec<(&str, ort::session::SessionInputValue<'_>)> =
+                vec![(self.eval.input.as_str(), runtime::view(xb.view())?), (graph::LABELS, runtime::view(yb.view())?)];
             for (i, p) in self.eval.params.iter().enumerate() {
                 let v = match &self.resident {
                     Some(res) => (&res.params()[i]).into(),
@@ -413,7 +416,7 @@ impl Trainer {
         &mut self,
         x: &ArrayD<f32>,
         labels: &[usize],
-        val: Option<InMemory>,
+        val: Option<&dyn BatchSource>,
         cfg: &Checked<FitConfig>,
         mut on_epoch: impl FnMut(&Epoch),
     ) -> Result<Vec<Epoch>> {
@@ -431,7 +434,7 @@ impl Trainer {
     pub fn fit_with(
         &mut self,
         data: &dyn BatchSource,
-        val: Option<InMemory>,
+        val: Option<&dyn BatchSource>,
         cfg: &Checked<FitConfig>,
         resume: Option<FitState>,
         mut on_epoch: impl FnMut(&Epoch, &Trainer, &FitState) -> Result<bool>,
@@ -485,7 +488,7 @@ impl Trainer {
                 loss_sum += loss as f64 * chunk.len() as f64;
                 correct += metrics::predicted(&probs).iter().zip(&lb).filter(|(a, b)| a == b).count();
             }
-            let (val_loss, val_accuracy) = self.validate(val.as_ref())?;
+            let (val_loss, val_accuracy) = self.validate(val)?;
             let rec = Epoch {
                 epoch,
                 loss: loss_sum / n as f64,
@@ -522,11 +525,11 @@ impl Trainer {
     }
 
     /// Loss and accuracy on the validation samples; NaN (not measured) without any.
-    fn validate(&mut self, val: Option<&InMemory>) -> Result<(f64, f64)> {
+    fn validate(&mut self, val: Option<&dyn BatchSource>) -> Result<(f64, f64)> {
         match val {
-            Some(v) if !v.labels.is_empty() => {
-                let (loss, vp) = self.evaluate(v.x, v.labels, 256)?;
-                Ok((loss, metrics::accuracy(&metrics::predicted(&vp), v.labels)))
+            Some(v) if !v.labels().is_empty() => {
+                let (loss, vp) = self.evaluate(v, 256)?;
+                Ok((loss, metrics::accuracy(&metrics::predicted(&vp), v.labels())))
             }
             _ => Ok((f64::NAN, f64::NAN)),
         }
@@ -548,17 +551,35 @@ impl Trainer {
 
 /// Run an inference model (one input, one output) over `x` in batches.
 pub fn predict(model: &[u8], what: &Path, x: &ArrayD<f32>, batch: usize, opts: &SessionOptions) -> Result<ArrayD<f32>> {
-    let mut s = runtime::open(model, what, opts)?.session;
-    let bad = |reason: &str| Error::BadModel { path: what.into(), reason: reason.into() };
-    let input = s.inputs().first().ok_or_else(|| bad("the model has no input"))?.name().to_string();
-    let output = s.outputs().first().ok_or_else(|| bad("the model has no output"))?.name().to_string();
-    in_batches(x.shape()[0], batch, |r| {
-        Ok(runtime::run_f32(&mut s, vec![(input.as_str(), x.slice_axis(Axis(0), r.into()))], &[output.as_str()])?
-            .remove(0))
-    })
+    Predictor::open(model, what, opts)?.run(x.view(), batch)
 }
 
-/// Call `f` on consecutive row ranges of at most `batch` rows and stack its outputs.
+/// An inference model (one input, one output) opened once, for inputs that come a part at a time.
+pub struct Predictor {
+    session: ort::session::Session,
+    input: String,
+    output: String,
+}
+
+impl Predictor {
+    pub fn open(model: &[u8], what: &Path, opts: &SessionOptions) -> Result<Predictor> {
+        let session = runtime::open(model, what, opts)?.session;
+        let bad = |reason: &str| Error::BadModel { path: what.into(), reason: reason.into() };
+        let input = session.inputs().first().ok_or_else(|| bad("the model has no input"))?.name().to_string();
+        let output = session.outputs().first().ok_or_else(|| bad("the model has no output"))?.name().to_string();
+        Ok(Predictor { session, input, output })
+    }
+
+    /// The outputs of `x`, run `batch` rows at a time.
+    pub fn run(&mut self, x: ndarray::ArrayViewD<'_, f32>, batch: usize) -> Result<ArrayD<f32>> {
+        let (input, output) = (self.input.as_str(), self.output.as_str());
+        in_batches(x.shape()[0], batch, |r| {
+            Ok(runtime::run_f32(&mut self.session, vec![(input, x.slice_axis(Axis(0), r.into()))], &[output])?
+                .remove(0))
+        })
+    }
+}
+
 fn in_batches(
     n: usize,
     batch: usize,

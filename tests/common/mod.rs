@@ -167,3 +167,14 @@ pub fn prepared(w: &Path, classes: &[&str], per_class: usize) -> String {
     assert!(out.contains("[16, 16, 8]"), "{out}");
     "features/toy/tiny-32".into()
 }
+
+/// history.csv without its `seconds` column (timings differ between any two runs).
+pub fn history_sans_time(p: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(p).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let t = header.iter().position(|h| *h == "seconds").unwrap();
+    lines
+        .map(|l| l.split(',').enumerate().filter(|(i, _)| *i != t).map(|(_, v)| v).collect::<Vec<_>>().join(","))
+        .collect()
+}
