@@ -4,7 +4,8 @@
 //! and the int8 model (extraction img/s from tlearn-extract itself, fresh caches), then the same
 //! heads (`tlearn-compare --heads logistic,dense --pool avg`, seed fixed) trained on each set of
 //! features: test accuracy side by side. `TLEARN_BENCH_INT8` overrides the list
-//! (`name:size,…`), `TLEARN_BENCH_INT8_METHOD` the calibration method (default minmax).
+//! (`name:size,…`), `TLEARN_BENCH_INT8_METHOD` the calibration method (default minmax),
+//! `TLEARN_BENCH_INT8_ARGS` adds quantize options (e.g. `--float-last 1`).
 
 #[path = "common/cpu.rs"]
 mod cpu;
@@ -55,6 +56,9 @@ fn main() {
     let list = std::env::var("TLEARN_BENCH_INT8")
         .unwrap_or_else(|_| "vgg16:150,resnet50-thin:224,efficientnet-lite0:224".into());
     let method = std::env::var("TLEARN_BENCH_INT8_METHOD").unwrap_or_else(|_| "minmax".into());
+    let extra = std::env::var("TLEARN_BENCH_INT8_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+    let label = if extra.is_empty() { String::new() } else { format!(", {}", extra.join(" ")) };
     let root = PathBuf::from("target/bench-int8");
     println!("| backbone | size | precision | extract img/s | × fp32 | features vs fp32 (corr.) | logistic acc | dense acc |");
     println!("|---|---|---|---|---|---|---|---|");
@@ -64,23 +68,9 @@ fn main() {
             println!("| {name} | {size} | skipped: run `make backbone BACKBONE={name}` | | | | | |");
             continue;
         }
-        let q = run(
-            "tlearn-backbone",
-            &[
-                "quantize",
-                name,
-                "--calibrate",
-                "data/elpv",
-                "--images",
-                "200",
-                "--size",
-                size,
-                "--method",
-                &method,
-                "--device",
-                "cpu",
-            ],
-        );
+        let args = ["quantize", name, "--calibrate", "data/elpv", "--images", "200", "--size", size, "--method"];
+        let args = [&args[..], &[&method, "--device", "cpu"], &extra[..]].concat();
+        let q = run("tlearn-backbone", &args);
         let corr = q.split("correlation ").nth(1).and_then(|t| t.split(',').next()).unwrap_or("?").to_string();
         let int8 = format!("{name}-int8");
         let (fp_dir, fp_ips) = extract(name, size, &root);
@@ -115,7 +105,7 @@ fn main() {
             get(name, "dense")
         );
         println!(
-            "| {name} | {size} | int8 ({method}, 200 cells) | {q_ips:.1} | {:.1}× | {corr} | {} | {} |",
+            "| {name} | {size} | int8 ({method}, 200 cells{label}) | {q_ips:.1} | {:.1}× | {corr} | {} | {} |",
             q_ips / fp_ips,
             get(&int8, "logistic"),
             get(&int8, "dense")

@@ -47,6 +47,9 @@ pub struct Quantization {
     /// absolute difference over the largest fp32 feature.
     pub correlation: f64,
     pub max_error: f64,
+    /// Convolutions (by output tensor) left in float32 (`--float-first`, `--float-last`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub float_convs: Vec<String>,
 }
 
 /// The project's download cache, `.cache/` beside the `--onnx-dir`.

@@ -28,6 +28,8 @@ pub struct QuantizeConfig {
     pub size: Option<u32>,
     pub interpolation: Interpolation,
     pub batch: usize,
+    /// Convolutions kept in float32 at each end of the graph.
+    pub float: qdq::FloatEnds,
     pub session: SessionOptions,
 }
 
@@ -41,13 +43,14 @@ pub fn quantize(onnx_dir: &Path, name: &str, cfg: &QuantizeConfig, sink: &dyn Si
     let size = cfg.size.unwrap_or(bb.info.size);
     cut::check_size(size)?;
     let model = onnx::decode_model(&bb.bytes, &bb.path)?;
-    let plan = qdq::plan(&model);
+    let plan = qdq::plan(&model, cfg.float);
     let tensors = plan.calibrated();
     if tensors.is_empty() {
-        return Err(Error::BadModel {
-            path: bb.path.clone(),
-            reason: "no Conv with a constant weight to quantize".into(),
-        });
+        let reason = match plan.float_convs.len() {
+            0 => "no Conv with a constant weight to quantize".to_string(),
+            n => format!("all {n} Convs are kept in float ({:?}): nothing left to quantize", cfg.float),
+        };
+        return Err(Error::BadModel { path: bb.path.clone(), reason });
     }
     let (paths, calibration_sha256) = calibration_images(&cfg.calibrate, cfg.images)?;
     let calib = Calibration { cfg, bb: &bb, size, paths: &paths, sink };
@@ -74,6 +77,7 @@ pub fn quantize(onnx_dir: &Path, name: &str, cfg: &QuantizeConfig, sink: &dyn Si
             ranges,
             correlation,
             max_error,
+            float_convs: plan.float_convs.iter().cloned().collect(),
         }),
         tlearn_version: env!("CARGO_PKG_VERSION").into(),
         ..bb.info.clone()

@@ -119,3 +119,50 @@ fn an_int8_backbone_is_calibrated_fused_close_to_fp32_and_usable_everywhere() {
     let err = fails("tlearn-backbone", &["quantize", "nonesuch", "--calibrate", "data/toy"], w);
     assert!(err.contains("not fetched"), "{err}");
 }
+
+/// `--float-first`/`--float-last`: the Convs at those ends keep float weights and read float
+/// inputs unless an int8 Conv writes them; the rest are quantized as before; counts past the
+/// number of Convs leave them all in float.
+#[test]
+fn convs_at_the_float_ends_stay_float() {
+    use ndarray::{ArrayD, IxDyn};
+    use tlearn::onnx::qdq::{self, FloatEnds};
+    use tlearn::onnx::{builder::A, Dim, GraphBuilder};
+    let mut b = GraphBuilder::new("chain");
+    b.input("x", &[Dim::named("n"), Dim::Fixed(2), Dim::Fixed(8), Dim::Fixed(8)]);
+    let mut t = "x".to_string();
+    for i in 0..4 {
+        let w = b.init_f32(&format!("w{i}"), &ArrayD::from_elem(IxDyn(&[2, 2, 3, 3]), 0.1 * (i + 1) as f32));
+        let c = b.op("Conv", &[&t, &w], vec![("kernel_shape", A::Ints(vec![3, 3])), ("pads", A::Ints(vec![1; 4]))]);
+        t = b.op("Relu", &[&c], vec![]);
+    }
+    b.node("Identity", &[&t], &["y"], vec![]);
+    b.output("y", &[Dim::named("n"), Dim::Fixed(2), Dim::Fixed(8), Dim::Fixed(8)]);
+    let mut m = tlearn::onnx::model(b.finish(), "test");
+    m.opset_import[0].version = 13;
+    let convs: Vec<String> =
+        tlearn::onnx::graph(&m).node.iter().filter(|n| n.op_type == "Conv").map(|n| n.output[0].clone()).collect();
+    let int8_weights = |plan: &qdq::Plan| -> Vec<bool> {
+        let ranges = plan.calibrated().into_iter().map(|t| (t, (0.0f32, 4.0f32))).collect();
+        let q = qdq::quantize(&m, plan, &ranges, Path::new("chain.onnx")).unwrap();
+        let g = tlearn::onnx::graph(&q);
+        g.node.iter().filter(|n| n.op_type == "Conv").map(|n| n.input[1].ends_with("/qdq/w")).collect()
+    };
+    let all = qdq::plan(&m, FloatEnds::default());
+    assert!(all.float_convs.is_empty());
+    assert_eq!(int8_weights(&all), [true; 4]);
+    let ends = qdq::plan(&m, FloatEnds { first: 1, last: 2 });
+    assert_eq!(ends.float_convs.iter().cloned().collect::<Vec<_>>(), {
+        let mut v = vec![convs[0].clone(), convs[2].clone(), convs[3].clone()];
+        v.sort();
+        v
+    });
+    assert_eq!(int8_weights(&ends), [false, true, false, false]);
+    // The image input is not quantized (only the float first Conv reads it); the int8 Conv's
+    // input and output are.
+    assert!(!ends.range_of.contains_key("x"), "{:?}", ends.range_of);
+    assert_eq!(ends.range_of.len(), 2, "{:?}", ends.range_of);
+    let none = qdq::plan(&m, FloatEnds { first: 3, last: 3 });
+    assert_eq!(none.float_convs.len(), 4);
+    assert!(none.range_of.is_empty());
+}

@@ -78,6 +78,12 @@ enum Cmd {
         size: Option<u32>,
         #[arg(long, value_enum, default_value = "nearest")]
         interpolation: tlearn::imageio::Interpolation,
+        /// Keep the first N convolutions in float32 (the one reading the image is the usual one).
+        #[arg(long, default_value_t = 0)]
+        float_first: usize,
+        /// Keep the last N convolutions in float32 (those writing the features a head reads).
+        #[arg(long, default_value_t = 0)]
+        float_last: usize,
         #[arg(long, default_value_t = 16)]
         batch: usize,
         #[command(flatten)]
@@ -134,7 +140,7 @@ fn run(a: Args) -> Result<()> {
             let rows = tlearn::onnx::summary::rows(&m, &path, size)?;
             tlearn::out!("{}", tlearn::onnx::summary::render(&model, &rows, None));
         }
-        Cmd::Quantize { name, calibrate, images, method, size, interpolation, batch, ort } => {
+        Cmd::Quantize { name, calibrate, images, method, size, interpolation, float_first, float_last, batch, ort } => {
             let cfg = tlearn::quantize::QuantizeConfig {
                 calibrate,
                 images,
@@ -142,6 +148,7 @@ fn run(a: Args) -> Result<()> {
                 size,
                 interpolation,
                 batch,
+                float: tlearn::onnx::qdq::FloatEnds { first: float_first, last: float_last },
                 session: ort.session(),
             };
             quantize(&a.onnx_dir, &name, &cfg)?;

@@ -8,7 +8,7 @@
 use super::proto::{dtype, GraphProto, ModelProto, NodeProto, TensorProto};
 use super::{attr, constant, tensor_f32, tensor_to_f32};
 use crate::error::{Error, Result};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
 /// Ops whose output carries its input's quantization unchanged (integer kernels, or Q/DQ dropped).
@@ -38,6 +38,17 @@ pub struct Plan {
     /// Quantized activation tensors → the tensor whose measured range they use (themselves, or
     /// the input of a pass-through op, so ORT can drop the Q/DQ pair around it).
     pub range_of: BTreeMap<String, String>,
+    /// Convs (by output tensor) that stay in float32, weights and all.
+    pub float_convs: BTreeSet<String>,
+}
+
+/// How many of a model's convolutions, counted from each end in graph order, stay in float32:
+/// the first sees the raw image's range, the last ones write the features a head reads, and
+/// those are where 8 bits cost the most accuracy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloatEnds {
+    pub first: usize,
+    pub last: usize,
 }
 
 impl Plan {
@@ -56,9 +67,11 @@ fn conv_weight<'g>(g: &'g GraphProto, n: &NodeProto) -> Option<&'g TensorProto> 
     (w.data_type == dtype::FLOAT && w.dims.len() == 4).then_some(w)
 }
 
-/// The tensors to quantize: every Conv's input, every Conv's output (after the Relu/Clip that
-/// alone reads it), and the output (after its Relu) of every Add whose inputs are both quantized.
-pub fn plan(m: &ModelProto) -> Plan {
+/// The tensors to quantize: every int8 Conv's input and output (after the Relu/Clip that alone
+/// reads it), and the output (after its Relu) of every Add whose inputs are both quantized. The
+/// Convs at the `float` ends are not quantized (their inputs and outputs are, where another
+/// int8 Conv reads or writes them).
+pub fn plan(m: &ModelProto, float: FloatEnds) -> Plan {
     let g = super::graph(m);
     let readers = readers(g);
     let after_activation = |t: &str| -> String {
@@ -67,8 +80,12 @@ pub fn plan(m: &ModelProto) -> Plan {
             _ => t.to_string(),
         }
     };
+    let convs: Vec<&NodeProto> = g.node.iter().filter(|n| n.op_type == "Conv" && conv_weight(g, n).is_some()).collect();
+    let kept = convs.len().saturating_sub(float.last).max(float.first.min(convs.len()));
+    let float_convs: BTreeSet<String> =
+        convs[..float.first.min(convs.len())].iter().chain(&convs[kept..]).map(|n| n.output[0].clone()).collect();
     let mut marked: Vec<String> = vec![];
-    for n in g.node.iter().filter(|n| n.op_type == "Conv" && conv_weight(g, n).is_some()) {
+    for n in convs.iter().filter(|n| !float_convs.contains(&n.output[0])) {
         marked.push(n.input[0].clone());
         marked.push(after_activation(&n.output[0]));
     }
@@ -92,7 +109,7 @@ pub fn plan(m: &ModelProto) -> Plan {
         }
         range_of.insert(t.clone(), src.to_string());
     }
-    Plan { range_of }
+    Plan { range_of, float_convs }
 }
 
 fn readers(g: &GraphProto) -> HashMap<&str, Vec<usize>> {
@@ -131,7 +148,7 @@ fn node(op: &str, inputs: &[&str], output: &str, axis: Option<i64>) -> NodeProto
 }
 
 /// The model with `plan`'s tensors quantized at the measured `ranges` (min, max per calibrated
-/// tensor) and every Conv's weight (and bias) in integers. Errors name `path`.
+/// tensor) and every int8 Conv's weight (and bias) in integers. Errors name `path`.
 pub fn quantize(m: &ModelProto, plan: &Plan, ranges: &BTreeMap<String, (f32, f32)>, path: &Path) -> Result<ModelProto> {
     let mut m = m.clone();
     declare_opset_13(&mut m, path)?;
@@ -145,7 +162,7 @@ pub fn quantize(m: &ModelProto, plan: &Plan, ranges: &BTreeMap<String, (f32, f32
         params.insert(t.clone(), activation_params(lo, hi));
     }
     quantize_activations(g, plan, &params);
-    quantize_convs(g, &params, path)?;
+    quantize_convs(g, &params, &plan.float_convs, path)?;
     Ok(m)
 }
 
@@ -187,12 +204,18 @@ fn dq_name(t: &str) -> String {
 
 /// Every Conv with a float weight and a quantized input: int8 weight per output channel, int32
 /// bias, each through a DequantizeLinear (axis 0) placed just before the Conv.
-fn quantize_convs(g: &mut GraphProto, params: &HashMap<String, (f32, u8)>, path: &Path) -> Result<()> {
+fn quantize_convs(
+    g: &mut GraphProto,
+    params: &HashMap<String, (f32, u8)>,
+    float_convs: &BTreeSet<String>,
+    path: &Path,
+) -> Result<()> {
     let mut rewrites: HashMap<usize, Vec<NodeProto>> = HashMap::new();
     let mut inits = vec![];
     let mut dropped: HashSet<String> = HashSet::new();
     let bad = |reason: String| Error::BadModel { path: path.into(), reason };
-    for (i, n) in g.node.iter().enumerate().filter(|(_, n)| n.op_type == "Conv") {
+    for (i, n) in g.node.iter().enumerate().filter(|(_, n)| n.op_type == "Conv" && !float_convs.contains(&n.output[0]))
+    {
         let Some(w) = conv_weight(g, n) else { continue };
         let x = n.input[0].strip_suffix(DQ_SUFFIX).unwrap_or(&n.input[0]);
         let Some(&(x_scale, _)) = params.get(x) else { continue };
