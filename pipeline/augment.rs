@@ -4,7 +4,7 @@
 //! Each image gets its own ChaCha8 stream seeded from the batch stream, so a batch is the same
 //! whatever the number of threads.
 
-use ndarray::{Array4, ArrayD, ArrayView3, ArrayViewMut3, Axis};
+use ndarray::{Array4, ArrayD, ArrayView3, ArrayView4, ArrayViewMut3, Axis};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -172,7 +172,7 @@ impl Augment {
     }
 
     /// Augmented float batch of rows `idx` of `x` (N,H,W,C), multiplied by `rescale`.
-    pub fn batch(&self, x: &Array4<u8>, idx: &[usize], rescale: f32, rng: &mut impl Rng) -> ArrayD<f32> {
+    pub fn batch(&self, x: ArrayView4<'_, u8>, idx: &[usize], rescale: f32, rng: &mut impl Rng) -> ArrayD<f32> {
         let (_, h, w, c) = x.dim();
         let seeds: Vec<u64> = idx.iter().map(|_| rng.gen()).collect();
         let mut out = Array4::<f32>::zeros((idx.len(), h, w, c));
@@ -282,7 +282,7 @@ pub fn preview(
     let x = a.insert_axis(Axis(0)).to_owned();
     let (cols, rows, pad) = (4usize, 4usize, 4usize);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let batch = aug.batch(&x, &vec![0; cols * rows], 1.0, &mut rng);
+    let batch = aug.batch(x.view(), &vec![0; cols * rows], 1.0, &mut rng);
     let (gw, gh) = (cols * (w + pad) + pad, rows * (h + pad) + pad);
     let mut grid = image::RgbImage::from_pixel(gw as u32, gh as u32, image::Rgb([255, 255, 255]));
     for (k, v) in batch.axis_iter(Axis(0)).enumerate() {

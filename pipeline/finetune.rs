@@ -7,14 +7,15 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::history::Epoch;
 use crate::imageio::{Interpolation, View};
-use crate::imageset::{self, ImageSet, LoadSpec, PixelBudget};
+use crate::imageset::{self, ImageSet, LoadSpec};
 use crate::onnx::{self, cut, proto::ModelProto};
 use crate::params::Checked;
 use crate::progress::Sink;
 use crate::runtime::SessionOptions;
+use crate::spill;
 use crate::train::checkpoint::{self, Resume};
 use crate::train::learner::{self, Checkpointing, FitOptions};
-use crate::train::{BatchSource, FitConfig, InMemory, Trainer};
+use crate::train::{BatchSource, FitConfig, Trainer};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -55,9 +56,10 @@ pub struct FinetuneConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tta: Vec<View>,
     pub max_pixels: u64,
-    /// Bytes of decoded pixels the training and validation images may hold in memory together;
-    /// past it a split is read from a file a batch at a time (same batches, same result). None:
-    /// [`default_max_memory`].
+    /// Bytes the decoded training and validation images and a cached trunk's outputs may hold in
+    /// memory together (the test images, loaded after training, get the same again); past it
+    /// they are read from a file in the run folder a batch at a time (same batches, same
+    /// result). None: [`default_max_memory`].
     #[serde(skip)]
     pub max_memory: Option<u64>,
     #[serde(skip)]
@@ -238,14 +240,21 @@ pub struct Finetuned {
     pub best: ModelProto,
 }
 
-/// A quarter of the machine's memory (1 GB where the platform does not say).
+/// A quarter of the memory the process may use (its cgroup's limit where that is lower than the
+/// machine's), at most half of what is available now; 1 GB where the platform does not say.
 pub fn default_max_memory() -> u64 {
-    crate::memory::total_bytes().map(|b| b / 4).unwrap_or(1 << 30)
+    let quarter = crate::memory::limit_bytes().map(|b| b / 4);
+    let half_free = crate::memory::available_bytes().map(|b| b / 2);
+    match (quarter, half_free) {
+        (Some(q), Some(h)) => q.min(h),
+        (q, h) => q.or(h).unwrap_or(1 << 30),
+    }
 }
 
-/// The pixel budget of a run: `--max-memory`, spilling into the run folder.
-fn pixel_budget(cfg: &FinetuneConfig) -> PixelBudget {
-    PixelBudget::new(cfg.max_memory.unwrap_or_else(default_max_memory), &cfg.run_dir)
+/// The memory budget of a run's images and cached trunk: `--max-memory`, spilling into the run
+/// folder.
+fn memory_budget(cfg: &FinetuneConfig) -> spill::Budget {
+    spill::Budget::new(cfg.max_memory.unwrap_or_else(default_max_memory), &cfg.run_dir)
 }
 
 fn load_set(
@@ -253,7 +262,7 @@ fn load_set(
     split: &str,
     classes: &[String],
     input: [usize; 3],
-    budget: &PixelBudget,
+    budget: &spill::Budget,
     sink: &dyn Sink,
 ) -> Result<Option<ImageSet>> {
     if !cfg.data.join(split).is_dir() {
@@ -338,11 +347,16 @@ pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
     fsutil::check_output_apart(&cfg.run_dir, &[&cfg.data, &cfg.model])?;
     let classes = crate::dataset::training_classes(&cfg.data)?;
     check_outputs(&model, cfg, &classes)?;
-    let budget = pixel_budget(cfg);
-    let train = load_set(cfg, "train", &classes, input, &budget, sink)?.expect("train exists");
-    let val = load_set(cfg, "validation", &classes, input, &budget, sink)?;
+    let budget = memory_budget(cfg);
+    let mut train = load_set(cfg, "train", &classes, input, &budget, sink)?.expect("train exists");
+    let mut val = load_set(cfg, "validation", &classes, input, &budget, sink)?;
     let trainable = trainable_fn(cfg, &model);
-    let mut trunk = cached_trunk(cfg, &model, input, &trainable, (&train, val.as_ref()), sink)?;
+    let mut trunk = cached_trunk(cfg, &model, input, &trainable, (&train, val.as_ref()), &budget, sink)?;
+    if trunk.is_some() {
+        // Training reads the trunk's outputs from here on, never the images.
+        train.release_pixels();
+        val.iter_mut().for_each(ImageSet::release_pixels);
+    }
     let (net, shape) = match &trunk {
         Some(t) => (&t.rest, t.shape.clone()),
         None => (&model, input.to_vec()),
@@ -384,7 +398,8 @@ pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
         Some(c) => c,
         None => &images,
     };
-    let cached_val = vx.as_ref().zip(val.as_ref()).map(|(x, v)| InMemory { x, labels: &v.labels });
+    let cached_val =
+        vx.as_ref().zip(val.as_ref()).map(|(rows, v)| crate::trunk::CachedRows { rows, labels: &v.labels });
     let plain_val = val.as_ref().map(|set| ImageBatches { set, augment: None, rescale: cfg.rescale });
     let validation: Option<&dyn BatchSource> = match (&cached_val, &plain_val) {
         (Some(c), _) => Some(c),
@@ -408,6 +423,7 @@ fn cached_trunk(
     input: [usize; 3],
     trainable: &dyn Fn(&str) -> bool,
     (train, val): (&ImageSet, Option<&ImageSet>),
+    budget: &spill::Budget,
     sink: &dyn Sink,
 ) -> Result<Option<crate::trunk::Trunk>> {
     if !cfg.cache_trunk {
@@ -421,7 +437,7 @@ fn cached_trunk(
         augment: cfg.augment.as_ref(),
         session: &cfg.session,
     };
-    crate::trunk::build(&spec, trainable, train, val, sink).map(Some)
+    crate::trunk::build(&spec, trainable, (train, val), budget, sink).map(Some)
 }
 
 /// The rest after a trunk trains every parameter the run selected: the compiler never trains the
@@ -501,7 +517,7 @@ pub fn predict_split(
     sink: &dyn Sink,
 ) -> Result<(ndarray::ArrayD<f32>, ImageSet)> {
     let input = input_shape(model, &cfg.model)?;
-    let set = load_set(cfg, split, classes, input, &pixel_budget(cfg), sink)?
+    let set = load_set(cfg, split, classes, input, &memory_budget(cfg), sink)?
         .ok_or_else(|| Error::BadData { path: cfg.data.join(split), reason: "no such split folder".into() })?;
     let mut net = crate::train::Predictor::open(&onnx::encode_model(model), &cfg.model, &cfg.session)?;
     let views: Vec<View> = cfg.tta.iter().copied().filter(|v| *v != View::Identity).collect();

@@ -45,6 +45,7 @@ pub mod run;
 pub mod runtime;
 pub mod score;
 pub mod shard;
+pub mod spill;
 pub mod train;
 pub mod trunk;
 

@@ -11,9 +11,17 @@ pub fn available_bytes() -> Option<u64> {
     meminfo("MemAvailable:")
 }
 
-/// The machine's memory (`MemTotal`), if the platform says.
-pub fn total_bytes() -> Option<u64> {
-    meminfo("MemTotal:")
+/// The memory this process may use: the machine's (`MemTotal`), or less where a cgroup (a
+/// container, a Slurm job) limits it; None where the platform does not say.
+pub fn limit_bytes() -> Option<u64> {
+    let cgroup = ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok()?.trim().parse::<u64>().ok())
+        .min();
+    match (meminfo("MemTotal:"), cgroup) {
+        (Some(t), Some(c)) => Some(t.min(c)),
+        (t, c) => t.or(c),
+    }
 }
 
 fn meminfo(key: &str) -> Option<u64> {

@@ -12,6 +12,7 @@ use crate::imageset::ImageSet;
 use crate::onnx::{self, proto::ModelProto};
 use crate::progress::Sink;
 use crate::runtime::SessionOptions;
+use crate::spill::{self, RowWriter, Rows};
 use crate::train::BatchSource;
 use ndarray::{ArrayD, Axis};
 use rand::Rng;
@@ -27,10 +28,10 @@ pub struct Trunk {
     pub rest: ModelProto,
     /// How many parameter tensors the run trains (the rest must train them all).
     pub trained: usize,
-    /// The training images' trunk output, one array per view (plain first).
-    pub train: Vec<ArrayD<f32>>,
+    /// The training images' trunk output, one row set per view (plain first).
+    pub train: Vec<Rows<f32>>,
     /// The validation images' (plain view).
-    pub val: Option<ArrayD<f32>>,
+    pub val: Option<Rows<f32>>,
     pub views: Vec<View>,
     pub seconds: f64,
 }
@@ -72,12 +73,13 @@ pub struct TrunkSpec<'a> {
 }
 
 /// Split `spec.model` before its first layer with a parameter `trainable` accepts and run the
-/// trunk over the training images (each view) and the validation images.
+/// trunk over the training images (each view) and the validation images; the outputs are kept
+/// in memory while `budget` allows, else spilled.
 pub fn build(
     spec: &TrunkSpec,
     trainable: &dyn Fn(&str) -> bool,
-    train: &ImageSet,
-    val: Option<&ImageSet>,
+    (train, val): (&ImageSet, Option<&ImageSet>),
+    budget: &spill::Budget,
     sink: &dyn Sink,
 ) -> Result<Trunk> {
     let views = views(spec.augment)?;
@@ -101,24 +103,42 @@ pub fn build(
     // Converted and flipped a chunk at a time: the cache, not a float copy of the images, is what
     // stays in memory.
     let mut net = crate::train::Predictor::open(&bytes, spec.path, spec.session)?;
-    let mut run = |set: &ImageSet, view: View| -> Result<ArrayD<f32>> {
-        let mut parts = vec![];
+    let mut run = |set: &ImageSet, view: View, what: &str| -> Result<Rows<f32>> {
+        let mut rows = RowWriter::new(budget, what, set.len(), &shape[1..])?;
         let idx: Vec<usize> = (0..set.len()).collect();
         for chunk in idx.chunks(64) {
             let x = set.batch_f32(chunk, spec.rescale)?;
-            parts.push(net.run(view.of_batch(x.view()).view(), 32)?);
+            let y = net.run(view.of_batch(x.view()).view(), 32)?;
+            if y.shape()[1..] != shape[1..] {
+                return Err(Error::BadModel {
+                    path: spec.path.into(),
+                    reason: format!(
+                        "--cache-trunk: `{}` is {:?} for a batch of {}, {:?} for one image",
+                        cut.tensor,
+                        y.shape(),
+                        chunk.len(),
+                        &shape[1..]
+                    ),
+                });
+            }
+            rows.push(chunk.len(), y.as_standard_layout().as_slice().expect("standard layout"))?;
         }
-        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-        ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Other(format!("trunk outputs: {e}")))
+        rows.finish()
     };
     let mut outs = vec![];
     for &v in &views {
-        outs.push(run(train, v)?);
+        outs.push(run(train, v, &format!("trunk outputs of train ({v:?})"))?);
         meter.inc(1);
     }
-    let val = val.map(|v| run(v, View::Identity)).transpose()?;
-    let mb = outs.iter().chain(&val).map(|a| a.len() * 4).sum::<usize>() as f64 / 1e6;
-    tracing::info!("trunk up to `{}` {:?}: {} view(s) cached, {mb:.0} MB", cut.tensor, &shape[1..], views.len());
+    let val = val.map(|v| run(v, View::Identity, "trunk outputs of validation")).transpose()?;
+    let floats: usize = outs.iter().chain(&val).map(|r| r.len() * shape[1..].iter().product::<usize>()).sum();
+    tracing::info!(
+        "trunk up to `{}` {:?}: {} view(s) cached, {:.0} MB",
+        cut.tensor,
+        &shape[1..],
+        views.len(),
+        floats as f64 * 4.0 / 1e6
+    );
     Ok(Trunk {
         tensor: cut.tensor,
         shape: shape[1..].to_vec(),
@@ -156,13 +176,29 @@ impl BatchSource for CachedViews<'_> {
     }
     fn batch(&self, idx: &[usize], rng: &mut rand_chacha::ChaCha8Rng) -> Result<ArrayD<f32>> {
         let views = &self.trunk.train;
-        let rows: Vec<_> = idx
+        let rows = idx
             .iter()
             .map(|&i| {
                 let v = if views.len() > 1 { rng.gen_range(0..views.len()) } else { 0 };
-                views[v].index_axis(Axis(0), i)
+                views[v].select(&[i])
             })
-            .collect();
-        ndarray::stack(Axis(0), &rows).map_err(|e| Error::Other(format!("cached trunk batch: {e}")))
+            .collect::<Result<Vec<_>>>()?;
+        let rows: Vec<_> = rows.iter().map(|r| r.view()).collect();
+        ndarray::concatenate(Axis(0), &rows).map_err(|e| Error::Other(format!("cached trunk batch: {e}")))
+    }
+}
+
+/// The validation images' cached trunk outputs as samples.
+pub struct CachedRows<'a> {
+    pub rows: &'a Rows<f32>,
+    pub labels: &'a [usize],
+}
+
+impl BatchSource for CachedRows<'_> {
+    fn labels(&self) -> &[usize] {
+        self.labels
+    }
+    fn batch(&self, idx: &[usize], _: &mut rand_chacha::ChaCha8Rng) -> Result<ArrayD<f32>> {
+        self.rows.select(idx)
     }
 }

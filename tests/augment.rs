@@ -99,12 +99,12 @@ fn batches_are_seeded_and_independent_of_threads() {
     let idx = [5, 0, 3, 3, 1];
     let with_threads = |n: usize| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap();
-        pool.install(|| aug.batch(&x, &idx, 1.0 / 255.0, &mut rand_chacha::ChaCha8Rng::seed_from_u64(9)))
+        pool.install(|| aug.batch(x.view(), &idx, 1.0 / 255.0, &mut rand_chacha::ChaCha8Rng::seed_from_u64(9)))
     };
     let a = with_threads(1);
     assert_eq!(a.shape(), &[5, 12, 10, 3]);
     assert_eq!(a, with_threads(3), "same seed, any thread count, same batch");
-    let b = aug.batch(&x, &idx, 1.0 / 255.0, &mut rand_chacha::ChaCha8Rng::seed_from_u64(10));
+    let b = aug.batch(x.view(), &idx, 1.0 / 255.0, &mut rand_chacha::ChaCha8Rng::seed_from_u64(10));
     assert_ne!(a, b, "another seed, another batch");
     // The two copies of image 3 get different transforms.
     assert_ne!(a.index_axis(ndarray::Axis(0), 2), a.index_axis(ndarray::Axis(0), 3));

@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("lock", 0),
     ("shard", 0),
     ("memory", 0),
+    ("spill", 0),
     ("imageio", 0),
     ("batch", 0),
     ("inputs", 0),

@@ -114,9 +114,10 @@ struct Args {
     /// Ignore the run's checkpoint and start over.
     #[arg(long)]
     restart: bool,
-    /// Memory for the decoded training and validation images (e.g. 2G, 512M); a split past it
-    /// is read from a file in the run folder a batch at a time, with the same result.
-    /// Default: a quarter of the machine's memory.
+    /// Memory for the decoded training and validation images and a cached trunk's outputs
+    /// (e.g. 2G, 512M; the test images get the same after training); what does not fit is read
+    /// from a file in the run folder a batch at a time, with the same result. Default: a quarter
+    /// of the memory the process may use (its cgroup's limit if lower), at most half the free.
     #[arg(long, value_parser = tlearn::cli::byte_size)]
     max_memory: Option<u64>,
     /// Grad-CAM overlays in the test report for the N most confident mistakes and N/2 most

@@ -266,6 +266,18 @@ fn quantize_convs(
         nodes.push(conv);
         rewrites.insert(i, nodes);
     }
+    splice(g, rewrites, dropped, inits);
+    Ok(())
+}
+
+/// Node `i` replaced by `rewrites[i]`; the `dropped` initializers no node reads any more removed
+/// (from the graph's inputs too), `inits` added.
+fn splice(
+    g: &mut GraphProto,
+    mut rewrites: HashMap<usize, Vec<NodeProto>>,
+    dropped: HashSet<String>,
+    inits: Vec<TensorProto>,
+) {
     let old = std::mem::take(&mut g.node);
     for (i, n) in old.into_iter().enumerate() {
         match rewrites.remove(&i) {
@@ -283,7 +295,6 @@ fn quantize_convs(
     let gone: HashSet<String> = dropped.into_iter().filter(|d| !present.contains(d)).collect();
     g.input.retain(|i| !gone.contains(&i.name));
     g.initializer.extend(inits);
-    Ok(())
 }
 
 /// Symmetric int8 per output channel (axis 0), each scale at least `floor`: the values as bytes,

@@ -580,6 +580,7 @@ impl Predictor {
     }
 }
 
+/// Call `f` on consecutive row ranges of at most `batch` rows and stack its outputs.
 fn in_batches(
     n: usize,
     batch: usize,
