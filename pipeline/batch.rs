@@ -1,5 +1,5 @@
 //! Stream images through an ONNX session in batches, decoding the next batch (rayon) while
-//! onnxruntime runs the current one. Shared by `extract` and `score`.
+//! onnxruntime runs the current one. Shared by `extract`, `score` and int8 calibration.
 
 use crate::error::{Error, Result};
 use crate::imageio::{self, Interpolation, Preprocess, View};
@@ -31,6 +31,43 @@ pub fn run_images(
     batch: usize,
     mut sink: impl FnMut(usize, std::result::Result<ndarray::ArrayViewD<'_, f32>, &Error>) -> Result<()>,
 ) -> Result<()> {
+    run_batches(session, input, &[output], paths, spec, batch, |b| {
+        let mut row = 0;
+        for (i, r) in b.decoded.iter().enumerate() {
+            match r {
+                Ok(()) => {
+                    let y = &b.outputs.as_ref().expect("a batch with a readable image has outputs")[0];
+                    sink(b.start + i, Ok(y.index_axis(Axis(0), row)))?;
+                    row += 1;
+                }
+                Err(e) => sink(b.start + i, Err(e))?,
+            }
+        }
+        Ok(())
+    })
+}
+
+/// One batch of [`run_batches`].
+pub struct Batch {
+    /// Index of the batch's first path.
+    pub start: usize,
+    /// Each path of the batch: decoded, or why not.
+    pub decoded: Vec<Result<()>>,
+    /// The requested outputs over the decoded images, in order; None when none decoded.
+    pub outputs: Option<Vec<ArrayD<f32>>>,
+}
+
+/// Run `input` → `outputs` over `paths` a batch at a time, decoding the next batch (in parallel)
+/// while the session runs the current one; `each` sees every batch in order.
+pub fn run_batches(
+    session: &mut Session,
+    input: &str,
+    outputs: &[&str],
+    paths: &[PathBuf],
+    spec: &LoadSpec,
+    batch: usize,
+    mut each: impl FnMut(Batch) -> Result<()>,
+) -> Result<()> {
     let batch = batch.max(1);
     let (h, w) = (spec.size.0 as usize, spec.size.1 as usize);
     let chunks: Vec<(usize, &[PathBuf])> = paths.chunks(batch).enumerate().map(|(i, c)| (i * batch, c)).collect();
@@ -51,27 +88,17 @@ pub fn run_images(
             }
         });
         for (start, decoded) in rx {
-            let ok: Vec<usize> = decoded.iter().enumerate().filter(|(_, r)| r.is_ok()).map(|(i, _)| i).collect();
-            let mut x = Array4::<f32>::zeros((ok.len(), h, w, 3));
-            for (row, &i) in ok.iter().enumerate() {
-                x.index_axis_mut(Axis(0), row).assign(decoded[i].as_ref().expect("ok"));
-            }
-            let y: Option<ArrayD<f32>> = if ok.is_empty() {
+            let ok: Vec<&ndarray::Array3<f32>> = decoded.iter().filter_map(|r| r.as_ref().ok()).collect();
+            let outputs = if ok.is_empty() {
                 None
             } else {
-                Some(runtime::run_f32(session, vec![(input, x.view().into_dyn())], &[output])?.remove(0))
-            };
-            let mut row = 0;
-            for (i, r) in decoded.iter().enumerate() {
-                match r {
-                    Ok(_) => {
-                        let y = y.as_ref().expect("non-empty batch");
-                        sink(start + i, Ok(y.index_axis(Axis(0), row)))?;
-                        row += 1;
-                    }
-                    Err(e) => sink(start + i, Err(e))?,
+                let mut x = Array4::<f32>::zeros((ok.len(), h, w, 3));
+                for (row, a) in ok.iter().enumerate() {
+                    x.index_axis_mut(Axis(0), row).assign(a);
                 }
-            }
+                Some(runtime::run_f32(session, vec![(input, x.view().into_dyn())], outputs)?)
+            };
+            each(Batch { start, decoded: decoded.into_iter().map(|r| r.map(|_| ())).collect(), outputs })?;
         }
         Ok(())
     })

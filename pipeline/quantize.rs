@@ -5,6 +5,7 @@
 //! came from; the quantized features are compared with fp32 on the calibration images.
 
 use crate::backbone::{Backbone, BackboneInfo, Quantization};
+use crate::batch::{run_batches, LoadSpec};
 use crate::calibrate::{Method, Stats};
 use crate::dataset;
 use crate::error::{Error, Result};
@@ -131,31 +132,25 @@ impl Calibration<'_> {
     ) -> Result<()> {
         let mut s = runtime::open(model, &self.bb.path, &self.cfg.session)?.session;
         let pb = self.sink.meter(self.paths.len() as u64, "img", message);
+        let spec = LoadSpec {
+            size: (self.size, self.size),
+            interpolation: self.cfg.interpolation,
+            preprocess: self.bb.info.preprocess.clone(),
+            max_pixels: imageio::DEFAULT_MAX_PIXELS,
+            view: imageio::View::Identity,
+        };
         let mut read = 0;
-        for chunk in self.paths.chunks(self.cfg.batch) {
-            let mut xs = vec![];
-            for p in chunk {
-                let size = (self.size, self.size);
-                match imageio::load(
-                    p,
-                    size,
-                    self.cfg.interpolation,
-                    &self.bb.info.preprocess,
-                    imageio::DEFAULT_MAX_PIXELS,
-                ) {
-                    Ok(a) => xs.push(a),
-                    Err(e) => tracing::warn!("{e} (skipped)"),
-                }
-                pb.inc(1);
+        run_batches(&mut s, cut::IMAGE, outputs, self.paths, &spec, self.cfg.batch, |b| {
+            for e in b.decoded.iter().filter_map(|r| r.as_ref().err()) {
+                tracing::warn!("{e} (skipped)");
             }
-            if xs.is_empty() {
-                continue;
+            pb.inc(b.decoded.len() as u64);
+            if let Some(ys) = b.outputs {
+                read += b.decoded.iter().filter(|r| r.is_ok()).count();
+                each(ys);
             }
-            read += xs.len();
-            let views: Vec<_> = xs.iter().map(|a| a.view()).collect();
-            let x = ndarray::stack(ndarray::Axis(0), &views).map_err(|e| Error::Other(e.to_string()))?;
-            each(runtime::run_f32(&mut s, vec![(cut::IMAGE, x.view().into_dyn())], outputs)?);
-        }
+            Ok(())
+        })?;
         if read == 0 {
             return Err(Error::BadData {
                 path: self.cfg.calibrate.clone(),
