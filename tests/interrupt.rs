@@ -249,3 +249,35 @@ fn a_journal_with_a_missing_chunk_resumes_to_the_uninterrupted_bytes() {
         assert!(bytes(&w.join("ref").join(f)) == bytes(&w.join("feats").join(f)), "{f} differs after the resume");
     }
 }
+
+/// A kill after a split's new rows are renamed into place but before their sidecar is: the
+/// pending sidecar that vouches for them (rows and file list checked) takes its place on the next
+/// run and nothing is recomputed; a pending sidecar for rows that never landed (a kill before the
+/// rename) is dropped and the cache kept as it was.
+#[test]
+fn a_kill_between_a_caches_rows_and_its_sidecar_loses_no_work() {
+    let w = workdir();
+    let w = w.path();
+    prepared(w, &["cat", "dog"], 12);
+    let args = ["--data", "data/toy", "--backbone", "tiny", "--device", "cpu", "--out", "feats"];
+    ok("tlearn-extract", &args, w);
+    let (sidecar, pending) = (w.join("feats/train.npy.json"), w.join("feats/train.npy.json.pending"));
+    let good = bytes(&sidecar);
+    let with_npy_sha = |sha: &str| -> Vec<u8> {
+        let mut v: serde_json::Value = serde_json::from_slice(&good).unwrap();
+        v["npy_sha256"] = sha.into();
+        serde_json::to_vec(&v).unwrap()
+    };
+    let train_line = |out: &str| out.lines().find(|l| l.starts_with("train ")).unwrap().to_string();
+    // New rows in place, the earlier run's sidecar (another sha) still there, the new one pending.
+    std::fs::rename(&sidecar, &pending).unwrap();
+    std::fs::write(&sidecar, with_npy_sha(&"0".repeat(64))).unwrap();
+    let line = train_line(&ok("tlearn-extract", &args, w));
+    assert!(line.contains("up to date"), "recovered, not recomputed: {line}");
+    assert!(bytes(&sidecar) == good && !pending.exists());
+    // A pending sidecar whose rows never replaced the cache's.
+    std::fs::write(&pending, with_npy_sha(&"1".repeat(64))).unwrap();
+    let line = train_line(&ok("tlearn-extract", &args, w));
+    assert!(line.contains("up to date"), "{line}");
+    assert!(bytes(&sidecar) == good && !pending.exists());
+}

@@ -270,6 +270,13 @@ impl SplitJob<'_> {
     /// What an earlier run left that is still valid: rows keyed by content hash.
     fn reusable_cache(&self) -> Option<CacheRows> {
         let (cfg, info) = (self.cfg, &self.bb.info);
+        match features::recover_pending(&cfg.out, self.split, self.view) {
+            Ok(true) => {
+                tracing::info!("{}: the last run's cache was complete; its sidecar is now in place", self.split)
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!("{e}"),
+        }
         features::open_view(&cfg.out, self.split, self.view).ok().filter(|f| {
             f.info.backbone_sha256 == info.onnx_sha256
                 && f.info.size == cfg.size

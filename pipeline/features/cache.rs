@@ -3,7 +3,7 @@
 //! cache checks every recorded sum and the names its sidecar holds.
 
 use super::npy::{NpyRows, NpyWriter};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::imageio::{Interpolation, View};
 use crate::runtime;
@@ -293,7 +293,8 @@ pub fn write_cache<R: ListedRow>(
     let shape: Vec<usize> = std::iter::once(keep.len()).chain(row_shape.iter().copied()).collect();
     let mut w = NpyWriter::create(&npy, &shape)?;
     fill(&mut w)?;
-    let npy_sha256 = w.finish()?;
+    let sealed = w.seal()?;
+    let npy_sha256 = sealed.sha256.clone();
     let labels = Array1::from_iter(keep.iter().map(|r| r.label() as i64));
     fsutil::write_bytes_atomic(&labels_path(out, m.split, m.view), &npy_bytes(&labels)?)?;
     let files = files_path(out, m.split, m.view);
@@ -319,8 +320,43 @@ pub fn write_cache<R: ListedRow>(
         dataset: m.dataset.clone(),
         dataset_real: m.dataset_real.clone(),
     };
-    fsutil::write_json(&fsutil::sidecar_path(&npy), &info)?;
+    // The new sidecar goes down before the new rows replace the old ones, and takes its place
+    // after: a kill in between leaves a complete `.npy` its pending sidecar vouches for
+    // ([`recover_pending`]), never rows no sidecar describes.
+    let pending = pending_path(&npy);
+    fsutil::write_json(&pending, &info)?;
+    sealed.persist()?;
+    let sidecar = fsutil::sidecar_path(&npy);
+    std::fs::rename(&pending, &sidecar).at(&sidecar)?;
     Ok(keep.len())
+}
+
+/// Where [`write_cache`] puts a split's new sidecar until its rows are in place.
+fn pending_path(npy: &Path) -> PathBuf {
+    fsutil::with_suffix(&fsutil::sidecar_path(npy), ".pending")
+}
+
+/// Finish what a killed [`write_cache`] left: a pending sidecar whose `.npy` and file list are
+/// the ones it describes takes the place of the old sidecar (true); one that does not (the kill
+/// came before the rows were renamed into place) is removed.
+pub fn recover_pending(dir: &Path, split: &str, view: View) -> Result<bool> {
+    let npy = view_npy_path(dir, split, view);
+    let pending = pending_path(&npy);
+    if !pending.exists() {
+        return Ok(false);
+    }
+    let info: Option<FeatureInfo> = fsutil::read_json(&pending).ok();
+    let complete = info.is_some_and(|i| {
+        fsutil::read_verified(&files_path(dir, split, view), &i.files_sha256).is_ok()
+            && fsutil::sha256_file(&npy).is_ok_and(|sha| sha == i.npy_sha256)
+    });
+    if complete {
+        let sidecar = fsutil::sidecar_path(&npy);
+        std::fs::rename(&pending, &sidecar).at(&sidecar)?;
+    } else {
+        std::fs::remove_file(&pending).at(&pending)?;
+    }
+    Ok(complete)
 }
 
 /// `<split>.files.csv`: the kept rows numbered in order, each with its training class, streamed

@@ -9,8 +9,8 @@ mod cache;
 mod merge;
 mod npy;
 pub use cache::{
-    concat_views, dataset_real, load, load_view, load_views, npy_bytes, open_view, sha256_raw, stem, view_npy_path,
-    write_cache, CacheMeta, CacheRows, CompactRow, FeatureInfo, Features, FileRow, ListedRow, Skipped,
+    concat_views, dataset_real, load, load_view, load_views, npy_bytes, open_view, recover_pending, sha256_raw, stem,
+    view_npy_path, write_cache, CacheMeta, CacheRows, CompactRow, FeatureInfo, Features, FileRow, ListedRow, Skipped,
 };
 pub use merge::{merge, shard_parts};
 pub use npy::{NpyRows, NpyWriter};

@@ -75,6 +75,15 @@ impl NpyWriter {
 
     /// Every promised row written: move the file into place; returns its sha256.
     pub fn finish(self) -> Result<String> {
+        let sealed = self.seal()?;
+        let sha256 = sealed.sha256.clone();
+        sealed.persist()?;
+        Ok(sha256)
+    }
+
+    /// Every row written: the complete file, hashed, still under its temporary name until
+    /// [`Sealed::persist`] (so what describes it can be written first).
+    pub fn seal(self) -> Result<Sealed> {
         if self.rows_left != 0 {
             return Err(Error::BadData {
                 path: self.path.clone(),
@@ -82,8 +91,21 @@ impl NpyWriter {
             });
         }
         let tmp = self.w.into_inner().map_err(|e| Error::Io { path: self.path.clone(), err: e.into_error() })?;
-        fsutil::persist(tmp, &self.path)?;
-        Ok(hex::encode(self.hash.finalize()))
+        Ok(Sealed { tmp, path: self.path, sha256: hex::encode(self.hash.finalize()) })
+    }
+}
+
+/// A finished `.npy` waiting under its temporary name.
+pub struct Sealed {
+    tmp: tempfile::NamedTempFile,
+    path: PathBuf,
+    pub sha256: String,
+}
+
+impl Sealed {
+    /// Rename it into place.
+    pub fn persist(self) -> Result<()> {
+        fsutil::persist(self.tmp, &self.path)
     }
 }
 
