@@ -181,29 +181,32 @@ runs/vgg-ft/model.onnx: reports/demo/scores.csv | $(BINS)
 	  --trainable 'head/*' --epochs $(VGG_FT_EPOCHS) --batch 20 --lr 1e-5 --horizontal-flip --vertical-flip \
 	  --device $(DEVICE) $(FT_ARGS)
 
-BEST_FT_EPOCHS ?= 15
-BEST_FT_ARGS ?= --epochs $(BEST_FT_EPOCHS) --batch 16 --optimizer adam --lr 1e-4 --schedule cosine \
-  --horizontal-flip --vertical-flip --tta hflip,vflip,rot180
-finetune-best: setup runs/lite0-ft/model.onnx ## EfficientNet-Lite0 + its dense head fine-tuned whole on ELPV (flips, Adam 1e-4 cosine, BEST_FT_EPOCHS, test-time flips)
-	@$(PYTHON) -c "import json; m=json.load(open('reports/lite0-ft/metrics.json')); print(f\"EfficientNet-Lite0 + head fine-tuned on ELPV: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, ROC-AUC {m['roc_auc']:.4f}, macro-F1 {m['macro_f1']:.4f}\")"
+BEST_SIZE ?= 300
+BEST_FT_EPOCHS ?= 12
+FT_RECIPE := --batch 16 --optimizer adam --lr 1e-4 --schedule cosine --horizontal-flip --vertical-flip \
+  --tta hflip,vflip,rot180
+BEST_FT_ARGS ?= --epochs $(BEST_FT_EPOCHS) $(FT_RECIPE)
+finetune-best: setup runs/lite0-ft$(BEST_SIZE)/model.onnx ## EfficientNet-Lite0 + its dense head fine-tuned whole on ELPV at the cells' own 300×300 (flips, Adam 1e-4 cosine, BEST_FT_EPOCHS, test-time flips)
+	@$(PYTHON) -c "import json; m=json.load(open('reports/lite0-ft$(BEST_SIZE)/metrics.json')); print(f\"EfficientNet-Lite0 + head fine-tuned on ELPV: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, ROC-AUC {m['roc_auc']:.4f}, macro-F1 {m['macro_f1']:.4f}\")"
 
 # The starting point: the dense head on average-pooled Lite0 features, fused into a deployable model.
-reports/lite0-head/scores.csv: | $(BINS)
-	$(MAKE) --no-print-directory score RUN=lite0-head BACKBONE=efficientnet-lite0 SIZE=224 HEAD_ARGS="--pool avg"
+reports/lite0-head$(BEST_SIZE)/scores.csv: | $(BINS)
+	$(MAKE) --no-print-directory score RUN=lite0-head$(BEST_SIZE) BACKBONE=efficientnet-lite0 SIZE=$(BEST_SIZE) HEAD_ARGS="--pool avg"
 
-runs/lite0-ft/model.onnx: reports/lite0-head/scores.csv | $(BINS)
-	$(BIN)/tlearn-finetune runs/lite0-head/model.onnx --data data/elpv --run lite0-ft $(BEST_FT_ARGS) \
+runs/lite0-ft$(BEST_SIZE)/model.onnx: reports/lite0-head$(BEST_SIZE)/scores.csv | $(BINS)
+	$(BIN)/tlearn-finetune runs/lite0-head$(BEST_SIZE)/model.onnx --data data/elpv --run lite0-ft$(BEST_SIZE) $(BEST_FT_ARGS) \
 	  --device $(DEVICE) $(FT_ARGS)
 
-finetune-best4: setup runs/lite0-ft4/model.onnx ## finetune-best's recipe on the four ELPV classes (data4)
+BEST4_FT_EPOCHS ?= 15
+finetune-best4: setup runs/lite0-ft4/model.onnx ## the same recipe on the four ELPV classes (data4) at 224, BEST4_FT_EPOCHS
 	@$(PYTHON) -c "import json; m=json.load(open('reports/lite0-ft4/metrics.json')); print(f\"EfficientNet-Lite0 + head fine-tuned on ELPV, four classes: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, macro-F1 {m['macro_f1']:.4f}\")"
 
 reports/lite0-head4/scores.csv: | $(BINS)
 	$(MAKE) --no-print-directory score RUN=lite0-head4 DATASET=elpv4 BACKBONE=efficientnet-lite0 SIZE=224 HEAD_ARGS="--pool avg"
 
 runs/lite0-ft4/model.onnx: reports/lite0-head4/scores.csv | $(BINS)
-	$(BIN)/tlearn-finetune runs/lite0-head4/model.onnx --data data/elpv4 --run lite0-ft4 $(BEST_FT_ARGS) \
-	  --device $(DEVICE) $(FT_ARGS)
+	$(BIN)/tlearn-finetune runs/lite0-head4/model.onnx --data data/elpv4 --run lite0-ft4 --epochs $(BEST4_FT_EPOCHS) \
+	  $(FT_RECIPE) --device $(DEVICE) $(FT_ARGS)
 
 backbone: onnx/$(BACKBONE).onnx ## fetch and cut BACKBONE (vgg16, resnet50-thin, efficientnet-lite0|1|2) into onnx/
 
