@@ -186,7 +186,7 @@ BEST_FT_EPOCHS ?= 12
 FT_RECIPE := --batch 16 --optimizer adam --lr 1e-4 --schedule cosine --horizontal-flip --vertical-flip \
   --tta hflip,vflip,rot180
 BEST_FT_ARGS ?= --epochs $(BEST_FT_EPOCHS) $(FT_RECIPE)
-finetune-best: setup runs/lite0-ft$(BEST_SIZE)/model.onnx ## EfficientNet-Lite0 + its dense head fine-tuned whole on ELPV at the cells' own 300×300 (flips, Adam 1e-4 cosine, BEST_FT_EPOCHS, test-time flips)
+finetune-best: setup runs/lite0-ft$(BEST_SIZE)/model.onnx ## EfficientNet-Lite0 + its dense head fine-tuned whole on ELPV at BEST_SIZE (300: the cells' own size; flips, Adam 1e-4 cosine, BEST_FT_EPOCHS, test-time flips)
 	@$(PYTHON) -c "import json; m=json.load(open('reports/lite0-ft$(BEST_SIZE)/metrics.json')); print(f\"EfficientNet-Lite0 + head fine-tuned on ELPV: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, ROC-AUC {m['roc_auc']:.4f}, macro-F1 {m['macro_f1']:.4f}\")"
 
 # The starting point: the dense head on average-pooled Lite0 features, fused into a deployable model.
@@ -198,7 +198,7 @@ runs/lite0-ft$(BEST_SIZE)/model.onnx: reports/lite0-head$(BEST_SIZE)/scores.csv 
 	  --device $(DEVICE) $(FT_ARGS)
 
 BEST4_FT_EPOCHS ?= 15
-finetune-best4: setup runs/lite0-ft4/model.onnx ## the same recipe on the four ELPV classes (data4) at 224, BEST4_FT_EPOCHS
+finetune-best4: setup runs/lite0-ft4/model.onnx ## the same recipe on the four ELPV classes (data4) at 224 for BEST4_FT_EPOCHS (not BEST_FT_*)
 	@$(PYTHON) -c "import json; m=json.load(open('reports/lite0-ft4/metrics.json')); print(f\"EfficientNet-Lite0 + head fine-tuned on ELPV, four classes: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, macro-F1 {m['macro_f1']:.4f}\")"
 
 reports/lite0-head4/scores.csv: | $(BINS)

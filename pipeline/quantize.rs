@@ -49,7 +49,10 @@ pub fn quantize(onnx_dir: &Path, name: &str, cfg: &QuantizeConfig, sink: &dyn Si
     if tensors.is_empty() {
         let reason = match plan.float_convs.len() {
             0 => "no Conv with a constant weight to quantize".to_string(),
-            n => format!("all {n} Convs are kept in float ({:?}): nothing left to quantize", cfg.float),
+            n => format!(
+                "all {n} Convs are kept in float (--float-first {} --float-last {}): nothing left to quantize",
+                cfg.float.first, cfg.float.last
+            ),
         };
         return Err(Error::BadModel { path: bb.path.clone(), reason });
     }

@@ -280,4 +280,27 @@ fn a_kill_between_a_caches_rows_and_its_sidecar_loses_no_work() {
     let line = train_line(&ok("tlearn-extract", &args, w));
     assert!(line.contains("up to date"), "{line}");
     assert!(bytes(&sidecar) == good && !pending.exists());
+    // The order itself: the new rows cannot be renamed into place (a folder holds their name), so
+    // the run fails with their sidecar, labels and file list pending and the old sidecar as it was.
+    let npy = w.join("feats/train.npy");
+    std::fs::remove_file(&npy).unwrap();
+    std::fs::create_dir_all(npy.join("blocker")).unwrap();
+    let err = fails("tlearn-extract", &args, w);
+    assert!(err.contains("train.npy"), "{err}");
+    assert!(pending.exists() && bytes(&sidecar) == good, "the sidecar is written pending, before the rows land");
+    for f in ["train.files.csv.pending", "train.labels.npy.pending"] {
+        assert!(w.join("feats").join(f).exists(), "{f}");
+    }
+    let hint = fails("tlearn-head", &["--features", "feats", "--run", "h", "--epochs", "1"], w);
+    assert!(hint.contains("rerun tlearn-extract"), "{hint}");
+    std::fs::remove_dir_all(&npy).unwrap();
+    ok("tlearn-extract", &args, w);
+    assert!(bytes(&sidecar) == good && !pending.exists(), "rebuilt to the same cache, pending files dropped");
+    let left: Vec<_> = std::fs::read_dir(w.join("feats"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".pending"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -78,10 +78,12 @@ enum Cmd {
         size: Option<u32>,
         #[arg(long, value_enum, default_value = "nearest")]
         interpolation: tlearn::imageio::Interpolation,
-        /// Keep the first N convolutions in float32 (the one reading the image is the usual one).
+        /// Keep the first N convolutions (in the graph's node order) in float32 — the one reading
+        /// the image is the usual one.
         #[arg(long, default_value_t = 0)]
         float_first: usize,
-        /// Keep the last N convolutions in float32 (those writing the features a head reads).
+        /// Keep the last N convolutions (in the graph's node order) in float32 — those writing the
+        /// features a head reads.
         #[arg(long, default_value_t = 0)]
         float_last: usize,
         #[arg(long, default_value_t = 16)]

@@ -272,7 +272,8 @@ impl SplitJob<'_> {
         let (cfg, info) = (self.cfg, &self.bb.info);
         match features::recover_pending(&cfg.out, self.split, self.view) {
             Ok(true) => {
-                tracing::info!("{}: the last run's cache was complete; its sidecar is now in place", self.split)
+                let npy = features::view_npy_path(&cfg.out, self.split, self.view);
+                tracing::info!("{}: complete when the last run stopped; its sidecar is now in place", npy.display())
             }
             Ok(false) => {}
             Err(e) => tracing::warn!("{e}"),

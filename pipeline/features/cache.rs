@@ -146,6 +146,22 @@ pub fn load(dir: &Path, split: &str) -> Result<Features> {
 
 /// Read one view of one split's cache.
 pub fn load_view(dir: &Path, split: &str, view: View) -> Result<Features> {
+    read_view(dir, split, view).map_err(|e| killed_hint(dir, split, view, e))
+}
+
+/// A cache that fails its checks while a killed extract's pending sidecar lies beside it: say so,
+/// and how it is mended.
+fn killed_hint(dir: &Path, split: &str, view: View, e: Error) -> Error {
+    let pending = Staged::of(dir, split, view).sidecar.0;
+    if !pending.exists() {
+        return e;
+    }
+    let reason =
+        format!("{e} (a killed tlearn-extract left {}: rerun tlearn-extract on this folder)", pending.display());
+    Error::BadData { path: dir.into(), reason }
+}
+
+fn read_view(dir: &Path, split: &str, view: View) -> Result<Features> {
     let (info, files) = read_index(dir, split, view)?;
     let npy = view_npy_path(dir, split, view);
     let bytes = fsutil::read_verified(&npy, &info.npy_sha256)?;
@@ -165,6 +181,10 @@ pub struct CacheRows {
 }
 
 pub fn open_view(dir: &Path, split: &str, view: View) -> Result<CacheRows> {
+    open_rows(dir, split, view).map_err(|e| killed_hint(dir, split, view, e))
+}
+
+fn open_rows(dir: &Path, split: &str, view: View) -> Result<CacheRows> {
     let (info, files) = read_index(dir, split, view)?;
     let rows = NpyRows::open(&view_npy_path(dir, split, view), &info.npy_sha256)?;
     check_rows(dir, split, view, rows.shape(), files.len())?;
@@ -295,10 +315,10 @@ pub fn write_cache<R: ListedRow>(
     fill(&mut w)?;
     let sealed = w.seal()?;
     let npy_sha256 = sealed.sha256.clone();
+    let staged = Staged::of(out, m.split, m.view);
     let labels = Array1::from_iter(keep.iter().map(|r| r.label() as i64));
-    fsutil::write_bytes_atomic(&labels_path(out, m.split, m.view), &npy_bytes(&labels)?)?;
-    let files = files_path(out, m.split, m.view);
-    let files_sha256 = write_files(&files, keep, m.classes)?;
+    fsutil::write_bytes_atomic(&staged.labels.0, &npy_bytes(&labels)?)?;
+    let files_sha256 = write_files(&staged.files.0, keep, m.classes)?;
     let info = FeatureInfo {
         split: m.split.into(),
         backbone: m.backbone.into(),
@@ -320,41 +340,80 @@ pub fn write_cache<R: ListedRow>(
         dataset: m.dataset.clone(),
         dataset_real: m.dataset_real.clone(),
     };
-    // The new sidecar goes down before the new rows replace the old ones, and takes its place
-    // after: a kill in between leaves a complete `.npy` its pending sidecar vouches for
-    // ([`recover_pending`]), never rows no sidecar describes.
-    let pending = pending_path(&npy);
-    fsutil::write_json(&pending, &info)?;
+    // Everything that describes the new rows goes down under pending names before the rows
+    // replace the old ones, and takes its place after, the sidecar last: a kill in between
+    // leaves a complete `.npy` its pending sidecar vouches for ([`recover_pending`]), never rows
+    // no sidecar describes.
+    fsutil::write_json(&staged.sidecar.0, &info)?;
     sealed.persist()?;
-    let sidecar = fsutil::sidecar_path(&npy);
-    std::fs::rename(&pending, &sidecar).at(&sidecar)?;
+    staged.commit()?;
     Ok(keep.len())
 }
 
-/// Where [`write_cache`] puts a split's new sidecar until its rows are in place.
-fn pending_path(npy: &Path) -> PathBuf {
-    fsutil::with_suffix(&fsutil::sidecar_path(npy), ".pending")
+/// A split's labels, file list and sidecar under their pending names (`<name>.pending`), each
+/// with the name it takes when the split's new `.npy` is in place.
+struct Staged {
+    labels: (PathBuf, PathBuf),
+    files: (PathBuf, PathBuf),
+    sidecar: (PathBuf, PathBuf),
 }
 
-/// Finish what a killed [`write_cache`] left: a pending sidecar whose `.npy` and file list are
-/// the ones it describes takes the place of the old sidecar (true); one that does not (the kill
-/// came before the rows were renamed into place) is removed.
+impl Staged {
+    fn of(dir: &Path, split: &str, view: View) -> Staged {
+        let pair = |p: PathBuf| (fsutil::with_suffix(&p, ".pending"), p);
+        Staged {
+            labels: pair(labels_path(dir, split, view)),
+            files: pair(files_path(dir, split, view)),
+            sidecar: pair(fsutil::sidecar_path(&view_npy_path(dir, split, view))),
+        }
+    }
+
+    /// Each pending file that is there renamed into place, the sidecar last.
+    fn commit(&self) -> Result<()> {
+        for (from, to) in [&self.labels, &self.files, &self.sidecar] {
+            if from.exists() {
+                std::fs::rename(from, to).at(to)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn discard(&self) -> Result<()> {
+        for (from, _) in [&self.labels, &self.files, &self.sidecar] {
+            if from.exists() {
+                std::fs::remove_file(from).at(from)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Finish what a killed [`write_cache`] left: a pending sidecar whose `.npy` and file list (the
+/// pending one, or the one in place) are the ones it describes takes the place of the old sidecar,
+/// with its pending labels and file list (true); one that does not — the kill came before the
+/// rows were renamed into place — is removed with them.
 pub fn recover_pending(dir: &Path, split: &str, view: View) -> Result<bool> {
-    let npy = view_npy_path(dir, split, view);
-    let pending = pending_path(&npy);
+    let staged = Staged::of(dir, split, view);
+    let pending = &staged.sidecar.0;
     if !pending.exists() {
         return Ok(false);
     }
-    let info: Option<FeatureInfo> = fsutil::read_json(&pending).ok();
-    let complete = info.is_some_and(|i| {
-        fsutil::read_verified(&files_path(dir, split, view), &i.files_sha256).is_ok()
-            && fsutil::sha256_file(&npy).is_ok_and(|sha| sha == i.npy_sha256)
-    });
+    let info: FeatureInfo = match fsutil::read_json(pending) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!("{e}: dropped");
+            staged.discard()?;
+            return Ok(false);
+        }
+    };
+    let files = if staged.files.0.exists() { &staged.files.0 } else { &staged.files.1 };
+    let npy = view_npy_path(dir, split, view);
+    let complete = fsutil::read_verified(files, &info.files_sha256).is_ok()
+        && fsutil::sha256_file(&npy).is_ok_and(|sha| sha == info.npy_sha256);
     if complete {
-        let sidecar = fsutil::sidecar_path(&npy);
-        std::fs::rename(&pending, &sidecar).at(&sidecar)?;
+        staged.commit()?;
     } else {
-        std::fs::remove_file(&pending).at(&pending)?;
+        staged.discard()?;
     }
     Ok(complete)
 }

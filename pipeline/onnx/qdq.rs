@@ -69,8 +69,8 @@ fn conv_weight<'g>(g: &'g GraphProto, n: &NodeProto) -> Option<&'g TensorProto> 
 
 /// The tensors to quantize: every int8 Conv's input and output (after the Relu/Clip that alone
 /// reads it), and the output (after its Relu) of every Add whose inputs are both quantized. The
-/// Convs at the `float` ends are not quantized (their inputs and outputs are, where another
-/// int8 Conv reads or writes them).
+/// Convs at the `float` ends (in node order) keep float weights; the tensors they read and write
+/// are still quantized where an int8 Conv or such an Add writes or reads them.
 pub fn plan(m: &ModelProto, float: FloatEnds) -> Plan {
     let g = super::graph(m);
     let readers = readers(g);
