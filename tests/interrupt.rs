@@ -296,11 +296,6 @@ fn a_kill_between_a_caches_rows_and_its_sidecar_loses_no_work() {
     std::fs::remove_dir_all(&npy).unwrap();
     ok("tlearn-extract", &args, w);
     assert!(bytes(&sidecar) == good && !pending.exists(), "rebuilt to the same cache, pending files dropped");
-    let left: Vec<_> = std::fs::read_dir(w.join("feats"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".pending"))
-        .collect();
+    let left: Vec<_> = file_names(&w.join("feats")).into_iter().filter(|n| n.ends_with(".pending")).collect();
     assert!(left.is_empty(), "{left:?}");
 }

@@ -297,12 +297,7 @@ fn finetune_past_its_memory_budget_reads_images_from_disk_with_the_same_result()
         assert_eq!(history_sans_time(&a.join("history.csv")), history_sans_time(&b.join("history.csv")));
         let preds = |r: &str| read_bytes(&w.join("reports").join(r).join("predictions.csv"));
         assert!(preds(mem) == preds(disk), "{disk}: test predictions differ");
-        let left: Vec<_> = std::fs::read_dir(&b)
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.contains("spill"))
-            .collect();
+        let left: Vec<_> = file_names(&b).into_iter().filter(|n| n.contains("spill")).collect();
         assert!(left.is_empty(), "spill files left behind: {left:?}");
     }
     let bad = fails("tlearn-finetune", &["net.onnx", "--data", "data/toy", "--max-memory", "12Q"], w);
