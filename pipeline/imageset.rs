@@ -126,11 +126,6 @@ impl ImageSet {
         self.labels.is_empty()
     }
 
-    /// Whether the pixels were spilled to disk.
-    pub fn on_disk(&self) -> bool {
-        self.pixels.as_ref().is_some_and(|p| p.on_disk())
-    }
-
     /// Free the pixels (a cached trunk has seen them all); the labels and file lists stay.
     pub fn release_pixels(&mut self) {
         self.pixels = None;

@@ -139,11 +139,6 @@ impl<T: bytemuck::Pod> Rows<T> {
         self.n == 0
     }
 
-    /// One row's shape.
-    pub fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-
     pub fn on_disk(&self) -> bool {
         matches!(self.store, Store::Disk(..))
     }
