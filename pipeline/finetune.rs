@@ -42,6 +42,10 @@ pub struct FinetuneConfig {
     pub lr_base: Option<f64>,
     /// Stop after this many epochs without a better validation loss.
     pub patience: Option<usize>,
+    /// Train on the training and validation images together, with no validation pass (the last
+    /// epoch is the model): the final fit, once runs with validation chose the recipe and length.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub include_validation: bool,
     /// Run the frozen layers before the first trained one once per image and view, and train the
     /// rest on their cached output (`crate::trunk`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -257,19 +261,29 @@ fn memory_budget(cfg: &FinetuneConfig) -> spill::Budget {
     spill::Budget::new(cfg.max_memory.unwrap_or_else(default_max_memory), &cfg.run_dir)
 }
 
+/// The images of `splits` (those that exist and, but for `train`, hold images) as one set; None
+/// when there are none.
 fn load_set(
     cfg: &FinetuneConfig,
-    split: &str,
+    splits: &[&str],
     classes: &[String],
     input: [usize; 3],
     budget: &spill::Budget,
     sink: &dyn Sink,
 ) -> Result<Option<ImageSet>> {
-    if !cfg.data.join(split).is_dir() {
-        return Ok(None);
-    }
-    if split != "train" && crate::dataset::holds_no_image(&cfg.data.join(split)) {
-        tracing::warn!("{}: no images; training without it", cfg.data.join(split).display());
+    let present: Vec<&str> = splits
+        .iter()
+        .copied()
+        .filter(|&split| {
+            let dir = cfg.data.join(split);
+            let empty = dir.is_dir() && split != "train" && crate::dataset::holds_no_image(&dir);
+            if empty {
+                tracing::warn!("{}: no images; training without it", dir.display());
+            }
+            dir.is_dir() && !empty
+        })
+        .collect();
+    if present.is_empty() {
         return Ok(None);
     }
     let spec = LoadSpec {
@@ -278,7 +292,7 @@ fn load_set(
         interpolation: cfg.interpolation,
         max_pixels: cfg.max_pixels,
     };
-    imageset::load_split(&cfg.data, split, classes, &spec, budget, sink).map(Some)
+    imageset::load_splits(&cfg.data, &present, classes, &spec, budget, sink).map(Some)
 }
 
 /// A split's images as batches: scaled, augmented on the fly when the run augments.
@@ -341,6 +355,7 @@ fn scale_base(trainer: &mut Trainer, cfg: &FinetuneConfig, model: &ModelProto, i
 
 /// Train `cfg.model` on `cfg.data`; every epoch (and any replayed from a checkpoint) goes to `sink`.
 pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
+    check_fit_on(cfg)?;
     // A deployable model with TTA views trains on its plain view.
     let model = crate::score::plain(&onnx::load_model(&cfg.model)?, &cfg.model)?;
     let input = input_shape(&model, &cfg.model)?;
@@ -348,8 +363,10 @@ pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
     let classes = crate::dataset::training_classes(&cfg.data)?;
     check_outputs(&model, cfg, &classes)?;
     let budget = memory_budget(cfg);
-    let mut train = load_set(cfg, "train", &classes, input, &budget, sink)?.expect("train exists");
-    let mut val = load_set(cfg, "validation", &classes, input, &budget, sink)?;
+    let (fit_on, validate_on): (&[&str], &[&str]) =
+        if cfg.include_validation { (&["train", "validation"], &[]) } else { (&["train"], &["validation"]) };
+    let mut train = load_set(cfg, fit_on, &classes, input, &budget, sink)?.expect("train exists");
+    let mut val = load_set(cfg, validate_on, &classes, input, &budget, sink)?;
     let trainable = trainable_fn(cfg, &model);
     let mut trunk = cached_trunk(cfg, &model, input, &trainable, (&train, val.as_ref()), &budget, sink)?;
     if trunk.is_some() {
@@ -368,8 +385,9 @@ pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
     }
     let trainable_params: usize = trainer.params.iter().map(|p| p.len()).sum();
     let (n_train, n_val) = (train.labels.len(), val.as_ref().map(|v| v.labels.len()).unwrap_or(0));
+    let fit_on = if cfg.include_validation { "train + validation (no validation pass)" } else { "train" };
     tracing::info!(
-        "{}: {trainable_params} trainable parameters; {n_train} train / {n_val} validation images",
+        "{}: {trainable_params} trainable parameters; {n_train} {fit_on} / {n_val} validation images",
         cfg.model.display()
     );
     let vx = trunk.as_mut().and_then(|t| t.val.take());
@@ -414,6 +432,25 @@ pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
     let trunk_info =
         trunk.as_ref().map(|t| TrunkInfo { tensor: t.tensor.clone(), views: t.views.clone(), seconds: t.seconds });
     record(cfg, &model, best, done, trunk_info, classes, input, (&train, val.as_ref()))
+}
+
+/// `include_validation` needs a validation folder, and leaves no validation loss to stop on.
+fn check_fit_on(cfg: &FinetuneConfig) -> Result<()> {
+    if !cfg.include_validation {
+        return Ok(());
+    }
+    if let Some(p) = cfg.patience {
+        return Err(Error::Param {
+            name: "patience",
+            value: p.to_string(),
+            reason: "training on the validation images leaves no validation loss to wait on".into(),
+        });
+    }
+    let dir = cfg.data.join("validation");
+    if !dir.is_dir() || crate::dataset::holds_no_image(&dir) {
+        return Err(Error::BadData { path: dir, reason: "no validation images to train on".into() });
+    }
+    Ok(())
 }
 
 /// `--cache-trunk`: the frozen trunk run over the images (None without the option).
@@ -517,7 +554,7 @@ pub fn predict_split(
     sink: &dyn Sink,
 ) -> Result<(ndarray::ArrayD<f32>, ImageSet)> {
     let input = input_shape(model, &cfg.model)?;
-    let set = load_set(cfg, split, classes, input, &memory_budget(cfg), sink)?
+    let set = load_set(cfg, &[split], classes, input, &memory_budget(cfg), sink)?
         .ok_or_else(|| Error::BadData { path: cfg.data.join(split), reason: "no such split folder".into() })?;
     let mut net = crate::train::Predictor::open(&onnx::encode_model(model), &cfg.model, &cfg.session)?;
     let views: Vec<View> = cfg.tta.iter().copied().filter(|v| *v != View::Identity).collect();

@@ -4,7 +4,7 @@
 //! [`spill::Budget`]; past it they go to an unlinked file beside the run and come back a batch at
 //! a time, so a dataset larger than memory trains with the same batches, bit for bit.
 
-use crate::dataset;
+use crate::dataset::{self, ScanReport};
 use crate::error::{Error, Result};
 use crate::imageio::{self, Interpolation};
 use crate::progress::Sink;
@@ -36,17 +36,21 @@ pub struct LoadSpec {
     pub max_pixels: u64,
 }
 
-/// Load `root/split/<class>/*` for the given classes (a class not in `classes` is an error),
-/// in memory when `budget` has room for the split, else spilled to its folder.
-pub fn load_split(
+/// Load `root/<split>/<class>/*` of each of `splits` as one set for the given classes (a class
+/// not in `classes` is an error), in memory when `budget` has room, else spilled to its folder.
+/// Several splits are listed as one folder holding all their images would be (by path below the
+/// split folder; a path in two splits: the earlier split's first), so training on them equals
+/// training on such a folder.
+pub fn load_splits(
     root: &Path,
-    split: &str,
+    splits: &[&str],
     classes: &[String],
     spec: &LoadSpec,
     budget: &spill::Budget,
     sink: &dyn Sink,
 ) -> Result<ImageSet> {
-    let (_, items, report) = dataset::list_split(root, split)?;
+    let split = splits.join("+");
+    let (items, labels, report) = list_splits(root, splits, classes)?;
     for p in &report.skipped_non_images {
         tracing::warn!("{}: skipped (not an image file name)", p.display());
     }
@@ -57,7 +61,6 @@ pub fn load_split(
             reason: "images have 1 or 3 channels".into(),
         });
     }
-    let labels = dataset::labels(&items, classes, split)?;
     let shape = [spec.size.0 as usize, spec.size.1 as usize, spec.channels];
     let mut store = RowWriter::new(budget, &format!("{split} images"), items.len(), &shape)?;
     // Every file of the split that is not used is listed with the reason.
@@ -94,9 +97,37 @@ pub fn load_split(
     }
     drop(pb);
     if files.is_empty() {
-        return Err(Error::BadData { path: root.join(split), reason: "no readable images".into() });
+        return Err(Error::BadData { path: root.join(splits[0]), reason: "no readable images".into() });
     }
     Ok(ImageSet { pixels: Some(store.finish()?), labels: keep_labels, files, skipped })
+}
+
+/// The items of `splits` with their class indices, in [`load_splits`]' order, and what the scans
+/// skipped.
+fn list_splits(
+    root: &Path,
+    splits: &[&str],
+    classes: &[String],
+) -> Result<(Vec<dataset::Item>, Vec<usize>, ScanReport)> {
+    let mut listed: Vec<(PathBuf, dataset::Item, usize)> = vec![];
+    let mut report = ScanReport::default();
+    for split in splits {
+        let (_, items, r) = dataset::list_split(root, split)?;
+        let labels = dataset::labels(&items, classes, split)?;
+        let dir = root.join(split);
+        for (it, l) in items.into_iter().zip(labels) {
+            let below = it.path.strip_prefix(&dir).map(Path::to_path_buf).unwrap_or_else(|_| it.path.clone());
+            listed.push((below, it, l));
+        }
+        report.skipped_non_images.extend(r.skipped_non_images);
+        report.unreadable.extend(r.unreadable);
+    }
+    // One split keeps its scan's order as it is.
+    if splits.len() > 1 {
+        listed.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    let (items, labels) = listed.into_iter().map(|(_, it, l)| (it, l)).unzip();
+    Ok((items, labels, report))
 }
 
 /// One image as H·W·C bytes at the spec's size and channels.

@@ -77,6 +77,13 @@ fn four_shards_merged_equal_one_run_byte_for_byte() {
     // A missing part is refused.
     let err = fails("tlearn-extract", &["merge", "--out", "bad", "sharded/shard-0-of-4", "sharded/shard-2-of-4"], w);
     assert!(err.contains("missing [1/4, 3/4]"), "{err}");
+    // A part whose extraction was killed before committing a cache is refused, not merged without
+    // that split (the first part's listing used to decide which splits there were).
+    let (done, pending) = (parts[0].join("validation.npy.json"), parts[0].join("validation.npy.json.pending"));
+    std::fs::rename(&done, &pending).unwrap();
+    let err = fails("tlearn-extract", &["merge", "--out", "sharded"], w);
+    assert!(err.contains("validation.npy.json.pending") && err.contains("rerun that shard"), "{err}");
+    std::fs::rename(&pending, &done).unwrap();
     let out = ok("tlearn-extract", &["merge", "--out", "sharded"], w);
     assert!(out.contains("merged 4 parts"), "{out}");
     let n = same_tree(&w.join("single"), &w.join("sharded"));

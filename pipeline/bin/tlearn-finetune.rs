@@ -53,6 +53,10 @@ struct Args {
     /// Stop after this many epochs without a better validation loss.
     #[arg(long)]
     patience: Option<usize>,
+    /// Train on train/ and validation/ together, with no validation pass (the last epoch is the
+    /// model): the final fit, once runs with validation chose the recipe and --epochs.
+    #[arg(long, conflicts_with = "patience")]
+    include_validation: bool,
     /// Run the frozen layers before the first trained one once per image and flipped view, and
     /// train the rest on their cached output (with --trainable; augmentation: flips only).
     #[arg(long)]
@@ -213,6 +217,7 @@ fn run(a: Args) -> Result<()> {
         trainable: a.trainable.clone(),
         lr_base: a.lr_base,
         patience: a.patience,
+        include_validation: a.include_validation,
         cache_trunk: a.cache_trunk,
         rescale,
         interpolation: a.interpolation,

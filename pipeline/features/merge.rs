@@ -21,7 +21,9 @@ pub fn shard_parts(out: &Path) -> Result<Vec<PathBuf>> {
 /// Combine the caches of `tlearn-extract --shard I/N` runs (folders `parts`, all N of them) into
 /// `out`: byte for byte the cache one unsharded run writes. Returns (stem, rows) per cache.
 pub fn merge(parts: &[PathBuf], out: &Path) -> Result<Vec<(String, usize)>> {
-    let first = parts.first().ok_or_else(|| Error::BadData { path: out.into(), reason: "no parts to merge".into() })?;
+    if parts.is_empty() {
+        return Err(Error::BadData { path: out.into(), reason: "no parts to merge".into() });
+    }
     // The merged cache may hold its parts (the default layout), never be one or lie inside one.
     let real_out = fsutil::real_path(out);
     if let Some(p) = parts.iter().find(|p| real_out.starts_with(fsutil::real_path(p))) {
@@ -30,7 +32,7 @@ pub fn merge(parts: &[PathBuf], out: &Path) -> Result<Vec<(String, usize)>> {
             reason: format!("the output is or lies inside the part {} (outputs never overwrite inputs)", p.display()),
         });
     }
-    let stems = caches_in(first)?;
+    let stems = caches_in_parts(parts)?;
     let _lock = crate::lock::dir(out)?;
     let mut done = vec![];
     for (split, view) in stems {
@@ -43,18 +45,38 @@ pub fn merge(parts: &[PathBuf], out: &Path) -> Result<Vec<(String, usize)>> {
     Ok(done)
 }
 
-/// The (split, view) of every cache in a part folder, in file-name order.
+/// The (split, view) of every cache in any of the parts, in file-name order (each part must hold
+/// them all: opening a missing one names it).
+fn caches_in_parts(parts: &[PathBuf]) -> Result<Vec<(String, View)>> {
+    let mut stems: Vec<(String, View)> = vec![];
+    for p in parts {
+        stems.extend(caches_in(p)?);
+    }
+    stems.sort_by_key(|(s, v)| stem(s, *v));
+    stems.dedup();
+    Ok(stems)
+}
+
+/// The (split, view) of every cache in a part folder. A cache a killed run left pending is an
+/// error: merging without it would leave its split out unsaid.
 fn caches_in(part: &Path) -> Result<Vec<(String, View)>> {
     let mut stems: Vec<(String, View)> = vec![];
     for e in std::fs::read_dir(part).at(part)?.filter_map(|e| e.ok()) {
         let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".npy.json.pending") {
+            return Err(Error::BadData {
+                path: e.path(),
+                reason: "this part's extraction was stopped before its cache was complete; rerun that shard's \
+                         tlearn-extract, which finishes it, then merge"
+                    .into(),
+            });
+        }
         if let Some(stem) = name.strip_suffix(".npy.json").filter(|s| !s.ends_with(".labels")) {
             let info: FeatureInfo = fsutil::read_json(&e.path())?;
             stems.push((info.split.clone(), info.view));
             debug_assert_eq!(stem, self::stem(&info.split, info.view));
         }
     }
-    stems.sort_by_key(|(s, v)| stem(s, *v));
     if stems.is_empty() {
         return Err(Error::BadData { path: part.into(), reason: "no feature caches in this part".into() });
     }

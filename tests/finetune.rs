@@ -1,0 +1,62 @@
+//! `tlearn-finetune`'s data options end to end: what a run trains on.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+/// Every file under `from` hard-copied below `to`, keeping the relative paths.
+fn copy_tree(from: &Path, to: &Path) {
+    for e in walkdir::WalkDir::new(from).into_iter().map(Result::unwrap).filter(|e| e.file_type().is_file()) {
+        let dst = to.join(e.path().strip_prefix(from).unwrap());
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(e.path(), dst).unwrap();
+    }
+}
+
+/// `--include-validation` trains on train/ and validation/ as on one folder holding both: the
+/// same weights and history as a run on such a folder, byte for byte, the last epoch as the
+/// model; with --patience, or without validation images, it is refused.
+#[test]
+fn include_validation_trains_as_on_one_folder_holding_both() {
+    let w = workdir();
+    let w = w.path();
+    make_dataset(&w.join("raw"), &["cat", "dog", "fox"], 14, false);
+    ok("tlearn-data", &["split", "raw", "data/toy", "--seed", "1"], w);
+    for (from, to) in [("train", "train"), ("validation", "train"), ("test", "test")] {
+        copy_tree(&w.join("data/toy").join(from), &w.join("data/merged").join(to));
+    }
+    ok("tlearn-convnet", &["mnist", "--out", "net.onnx", "--classes", "3"], w);
+    let ft = |data: &str, name: &str, extra: &[&str]| {
+        let mut args = vec!["net.onnx", "--data", data, "--run", name, "--epochs", "3", "--batch", "8"];
+        args.extend_from_slice(&["--horizontal-flip", "--device", "cpu", "--explain", "0"]);
+        args.extend_from_slice(extra);
+        run("tlearn-finetune", &args, w)
+    };
+    let both = ft("data/toy", "both", &["--include-validation"]);
+    assert!(both.status.success(), "{}", String::from_utf8_lossy(&both.stderr));
+    assert!(ft("data/merged", "merged", &[]).status.success());
+    let (a, b) = (w.join("runs/both"), w.join("runs/merged"));
+    for f in ["best.onnx", "last.onnx", "model.onnx"] {
+        assert!(std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(), "{f} differs");
+    }
+    assert_eq!(history_sans_time(&a.join("history.csv")), history_sans_time(&b.join("history.csv")));
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("model.onnx.json")).unwrap()).unwrap();
+    let count = |split: &str| {
+        walkdir::WalkDir::new(w.join("data/toy").join(split))
+            .into_iter()
+            .filter(|e| e.as_ref().unwrap().file_type().is_file())
+            .count()
+    };
+    assert_eq!(info["train_images"].as_u64(), Some((count("train") + count("validation")) as u64), "{info}");
+    assert_eq!(
+        (info["best_epoch"]["epoch"].as_u64(), info["config"]["include_validation"].as_bool()),
+        (Some(3), Some(true))
+    );
+
+    let err =
+        String::from_utf8_lossy(&ft("data/toy", "p", &["--include-validation", "--patience", "2"]).stderr).into_owned();
+    assert!(err.contains("--patience") && err.contains("--include-validation"), "{err}");
+    let err = String::from_utf8_lossy(&ft("data/merged", "m", &["--include-validation"]).stderr).into_owned();
+    assert!(err.contains("data/merged/validation") && err.contains("no validation images"), "{err}");
+}
