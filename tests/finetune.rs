@@ -2,16 +2,6 @@
 
 mod common;
 use common::*;
-use std::path::Path;
-
-/// Every file under `from` hard-copied below `to`, keeping the relative paths.
-fn copy_tree(from: &Path, to: &Path) {
-    for e in walkdir::WalkDir::new(from).into_iter().map(Result::unwrap).filter(|e| e.file_type().is_file()) {
-        let dst = to.join(e.path().strip_prefix(from).unwrap());
-        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        std::fs::copy(e.path(), dst).unwrap();
-    }
-}
 
 /// `--include-validation` trains on train/ and validation/ as on one folder holding both: the
 /// same weights and history as a run on such a folder, byte for byte, the last epoch as the

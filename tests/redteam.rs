@@ -175,17 +175,6 @@ fn first_file(dir: &Path) -> PathBuf {
     e.filter(|e| e.file_type().is_file()).map(|e| e.into_path()).next().expect("a file")
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    for e in walkdir::WalkDir::new(from).into_iter().filter_map(|e| e.ok()) {
-        let dest = to.join(e.path().strip_prefix(from).unwrap());
-        if e.file_type().is_dir() {
-            std::fs::create_dir_all(&dest).unwrap();
-        } else {
-            std::fs::copy(e.path(), &dest).unwrap();
-        }
-    }
-}
-
 #[test]
 fn recorded_checksums_and_class_counts_are_checked_on_load() {
     let w = workdir();
