@@ -185,17 +185,22 @@ BEST_SIZE ?= 300
 BEST_FT_EPOCHS ?= 12
 FT_RECIPE := --batch 16 --optimizer adam --lr 1e-4 --schedule cosine --horizontal-flip --vertical-flip \
   --tta hflip,vflip,rot180
+# The final fit: train and validation together (tlearn-finetune --include-validation) for the
+# length a run with validation chose; `make finetune-best BEST_FIT_ON=` is that run (run
+# lite0-ft300, its best epoch by validation loss).
+BEST_FIT_ON ?= --include-validation
+BEST_RUN := lite0-ft$(BEST_SIZE)$(if $(BEST_FIT_ON),all)
 BEST_FT_ARGS ?= --epochs $(BEST_FT_EPOCHS) $(FT_RECIPE)
-finetune-best: setup runs/lite0-ft$(BEST_SIZE)/model.onnx ## EfficientNet-Lite0 + its dense head fine-tuned whole on ELPV at BEST_SIZE (300: the cells' own size; flips, Adam 1e-4 cosine, BEST_FT_EPOCHS, test-time flips)
-	@$(PYTHON) -c "import json; m=json.load(open('reports/lite0-ft$(BEST_SIZE)/metrics.json')); print(f\"EfficientNet-Lite0 + head fine-tuned on ELPV: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, ROC-AUC {m['roc_auc']:.4f}, macro-F1 {m['macro_f1']:.4f}\")"
+finetune-best: setup runs/$(BEST_RUN)/model.onnx ## EfficientNet-Lite0 + its dense head fine-tuned whole on ELPV train+validation at BEST_SIZE (300: the cells' own size; flips, Adam 1e-4 cosine, BEST_FT_EPOCHS, test-time flips; BEST_FIT_ON= trains on train alone, validated)
+	@$(PYTHON) -c "import json; m=json.load(open('reports/$(BEST_RUN)/metrics.json')); print(f\"EfficientNet-Lite0 + head fine-tuned on ELPV: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, ROC-AUC {m['roc_auc']:.4f}, macro-F1 {m['macro_f1']:.4f}\")"
 
 # The starting point: the dense head on average-pooled Lite0 features, fused into a deployable model.
 reports/lite0-head$(BEST_SIZE)/scores.csv: | $(BINS)
 	$(MAKE) --no-print-directory score RUN=lite0-head$(BEST_SIZE) BACKBONE=efficientnet-lite0 SIZE=$(BEST_SIZE) HEAD_ARGS="--pool avg"
 
-runs/lite0-ft$(BEST_SIZE)/model.onnx: reports/lite0-head$(BEST_SIZE)/scores.csv | $(BINS)
-	$(BIN)/tlearn-finetune runs/lite0-head$(BEST_SIZE)/model.onnx --data data/elpv --run lite0-ft$(BEST_SIZE) $(BEST_FT_ARGS) \
-	  --device $(DEVICE) $(FT_ARGS)
+runs/$(BEST_RUN)/model.onnx: reports/lite0-head$(BEST_SIZE)/scores.csv | $(BINS)
+	$(BIN)/tlearn-finetune runs/lite0-head$(BEST_SIZE)/model.onnx --data data/elpv --run $(BEST_RUN) $(BEST_FT_ARGS) \
+	  $(BEST_FIT_ON) --device $(DEVICE) $(FT_ARGS)
 
 BEST4_FT_EPOCHS ?= 15
 finetune-best4: setup runs/lite0-ft4/model.onnx ## the same recipe on the four ELPV classes (data4) at 224 for BEST4_FT_EPOCHS (not BEST_FT_*)

@@ -114,6 +114,7 @@ pub fn finetuned(
         "model": cfg.model,
         "best_epoch": info.best_epoch.as_ref().map(|e| e.epoch).unwrap_or(0),
         "epochs_run": info.epochs_run,
+        "include_validation": cfg.include_validation,
         "train_seconds": info.train_seconds,
         "fit": cfg.fit,
         "augment": cfg.augment,

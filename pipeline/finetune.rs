@@ -385,11 +385,12 @@ pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
     }
     let trainable_params: usize = trainer.params.iter().map(|p| p.len()).sum();
     let (n_train, n_val) = (train.labels.len(), val.as_ref().map(|v| v.labels.len()).unwrap_or(0));
-    let fit_on = if cfg.include_validation { "train + validation (no validation pass)" } else { "train" };
-    tracing::info!(
-        "{}: {trainable_params} trainable parameters; {n_train} {fit_on} / {n_val} validation images",
-        cfg.model.display()
-    );
+    let images = if cfg.include_validation {
+        format!("{n_train} train + validation images, no validation pass")
+    } else {
+        format!("{n_train} train / {n_val} validation images")
+    };
+    tracing::info!("{}: {trainable_params} trainable parameters; {images}", cfg.model.display());
     let vx = trunk.as_mut().and_then(|t| t.val.take());
     std::fs::create_dir_all(&cfg.run_dir).map_err(|e| Error::Io { path: cfg.run_dir.clone(), err: e })?;
     let t = std::time::Instant::now();

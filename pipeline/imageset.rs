@@ -38,9 +38,9 @@ pub struct LoadSpec {
 
 /// Load `root/<split>/<class>/*` of each of `splits` as one set for the given classes (a class
 /// not in `classes` is an error), in memory when `budget` has room, else spilled to its folder.
-/// Several splits are listed as one folder holding all their images would be (by path below the
-/// split folder; a path in two splits: the earlier split's first), so training on them equals
-/// training on such a folder.
+/// Several splits (in the same layout) are listed as one folder holding all their images would be
+/// (by path below the split folder; a path in two splits: the earlier split's first), so training
+/// on them equals training on such a folder whose classes are those of `train/`.
 pub fn load_splits(
     root: &Path,
     splits: &[&str],
@@ -97,7 +97,8 @@ pub fn load_splits(
     }
     drop(pb);
     if files.is_empty() {
-        return Err(Error::BadData { path: root.join(splits[0]), reason: "no readable images".into() });
+        let dirs: Vec<String> = splits.iter().map(|s| root.join(s).display().to_string()).collect();
+        return Err(Error::BadData { path: root.into(), reason: format!("no readable images in {}", dirs.join(", ")) });
     }
     Ok(ImageSet { pixels: Some(store.finish()?), labels: keep_labels, files, skipped })
 }

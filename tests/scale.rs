@@ -84,6 +84,14 @@ fn four_shards_merged_equal_one_run_byte_for_byte() {
     let err = fails("tlearn-extract", &["merge", "--out", "sharded"], w);
     assert!(err.contains("validation.npy.json.pending") && err.contains("rerun that shard"), "{err}");
     std::fs::rename(&pending, &done).unwrap();
+    // So is a part that lacks a cache the others hold (a kill before its sidecar was staged):
+    // named before anything is written.
+    let aside = w.join("validation.npy.json.aside");
+    std::fs::rename(&done, &aside).unwrap();
+    let err = fails("tlearn-extract", &["merge", "--out", "sharded"], w);
+    assert!(err.contains("shard-0-of-4") && err.contains("no `validation` cache"), "{err}");
+    assert!(!w.join("sharded/train.npy").exists(), "a merge that fails wrote a cache");
+    std::fs::rename(&aside, &done).unwrap();
     let out = ok("tlearn-extract", &["merge", "--out", "sharded"], w);
     assert!(out.contains("merged 4 parts"), "{out}");
     let n = same_tree(&w.join("single"), &w.join("sharded"));

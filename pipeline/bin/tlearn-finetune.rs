@@ -243,8 +243,10 @@ fn run(a: Args) -> Result<()> {
         tracing::warn!("history plot not written: {e}");
     }
     let best = info.best_epoch.as_ref().map(|e| e.epoch).unwrap_or(0);
+    // Without validation the model is the last epoch's.
+    let which = if cfg.include_validation { "last" } else { "best" };
     tlearn::outln!(
-        "trained {} of {} parameters, {} epochs in {:.1} s; best epoch {best} → {}",
+        "trained {} of {} parameters, {} epochs in {:.1} s; {which} epoch {best} → {}",
         info.trainable_params,
         info.total_params,
         info.epochs_run,
@@ -265,7 +267,7 @@ fn run(a: Args) -> Result<()> {
         if skipped > 0 {
             tlearn::outln!("test: skipped {skipped} unreadable image(s) (listed in the report's metrics.json)");
         }
-        tlearn::outln!("{run} on test (best epoch {best}):");
+        tlearn::outln!("{run} on test ({which} epoch {best}):");
         tlearn::out!("{}", evaluate::render(&m));
         tlearn::outln!("→ {}", out.join("metrics.json").display());
     }

@@ -45,16 +45,25 @@ pub fn merge(parts: &[PathBuf], out: &Path) -> Result<Vec<(String, usize)>> {
     Ok(done)
 }
 
-/// The (split, view) of every cache in any of the parts, in file-name order (each part must hold
-/// them all: opening a missing one names it).
+/// The (split, view) of every cache in the parts, in file-name order; every part must hold them
+/// all (checked before anything is written).
 fn caches_in_parts(parts: &[PathBuf]) -> Result<Vec<(String, View)>> {
-    let mut stems: Vec<(String, View)> = vec![];
-    for p in parts {
-        stems.extend(caches_in(p)?);
+    let listed: Vec<Vec<(String, View)>> = parts.iter().map(|p| caches_in(p)).collect::<Result<_>>()?;
+    let mut all: Vec<(String, View)> = listed.iter().flatten().cloned().collect();
+    all.sort_by_key(|(s, v)| stem(s, *v));
+    all.dedup();
+    for (p, has) in parts.iter().zip(&listed) {
+        if let Some((s, v)) = all.iter().find(|c| !has.contains(c)) {
+            return Err(Error::BadData {
+                path: p.clone(),
+                reason: format!(
+                    "no `{}` cache, which other parts hold; rerun this shard's tlearn-extract, then merge",
+                    stem(s, *v)
+                ),
+            });
+        }
     }
-    stems.sort_by_key(|(s, v)| stem(s, *v));
-    stems.dedup();
-    Ok(stems)
+    Ok(all)
 }
 
 /// The (split, view) of every cache in a part folder. A cache a killed run left pending is an
