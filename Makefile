@@ -203,15 +203,16 @@ runs/$(BEST_RUN)/model.onnx: reports/lite0-head$(BEST_SIZE)/scores.csv | $(BINS)
 	  $(BEST_FIT_ON) --device $(DEVICE) $(FT_ARGS)
 
 BEST4_FT_EPOCHS ?= 15
-finetune-best4: setup runs/lite0-ft4/model.onnx ## the same recipe on the four ELPV classes (data4) at 224 for BEST4_FT_EPOCHS (not BEST_FT_*)
-	@$(PYTHON) -c "import json; m=json.load(open('reports/lite0-ft4/metrics.json')); print(f\"EfficientNet-Lite0 + head fine-tuned on ELPV, four classes: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, macro-F1 {m['macro_f1']:.4f}\")"
+BEST4_RUN := lite0-ft4$(if $(BEST_FIT_ON),all)
+finetune-best4: setup runs/$(BEST4_RUN)/model.onnx ## the same recipe on the four ELPV classes (data4) at 224 for BEST4_FT_EPOCHS (not BEST_FT_*), train+validation unless BEST_FIT_ON=
+	@$(PYTHON) -c "import json; m=json.load(open('reports/$(BEST4_RUN)/metrics.json')); print(f\"EfficientNet-Lite0 + head fine-tuned on ELPV, four classes: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, macro-F1 {m['macro_f1']:.4f}\")"
 
 reports/lite0-head4/scores.csv: | $(BINS)
 	$(MAKE) --no-print-directory score RUN=lite0-head4 DATASET=elpv4 BACKBONE=efficientnet-lite0 SIZE=224 HEAD_ARGS="--pool avg"
 
-runs/lite0-ft4/model.onnx: reports/lite0-head4/scores.csv | $(BINS)
-	$(BIN)/tlearn-finetune runs/lite0-head4/model.onnx --data data/elpv4 --run lite0-ft4 --epochs $(BEST4_FT_EPOCHS) \
-	  $(FT_RECIPE) --device $(DEVICE) $(FT_ARGS)
+runs/$(BEST4_RUN)/model.onnx: reports/lite0-head4/scores.csv | $(BINS)
+	$(BIN)/tlearn-finetune runs/lite0-head4/model.onnx --data data/elpv4 --run $(BEST4_RUN) --epochs $(BEST4_FT_EPOCHS) \
+	  $(FT_RECIPE) $(BEST_FIT_ON) --device $(DEVICE) $(FT_ARGS)
 
 backbone: onnx/$(BACKBONE).onnx ## fetch and cut BACKBONE (vgg16, resnet50-thin, efficientnet-lite0|1|2) into onnx/
 
