@@ -276,11 +276,14 @@ fn load_set(
         .copied()
         .filter(|&split| {
             let dir = cfg.data.join(split);
-            let empty = dir.is_dir() && split != "train" && crate::dataset::holds_no_image(&dir);
+            if !dir.is_dir() {
+                return false;
+            }
+            let empty = split != "train" && crate::dataset::holds_no_image(&dir);
             if empty {
                 tracing::warn!("{}: no images; training without it", dir.display());
             }
-            dir.is_dir() && !empty
+            !empty
         })
         .collect();
     if present.is_empty() {

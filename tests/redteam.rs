@@ -9,10 +9,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-fn count_files(dir: &Path) -> usize {
-    walkdir::WalkDir::new(dir).into_iter().filter_map(|e| e.ok()).filter(|e| e.file_type().is_file()).count()
-}
-
 fn no_panic(err: &str) {
     assert!(!err.contains("panicked"), "a panic instead of an error: {err}");
 }

@@ -200,3 +200,8 @@ pub fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// How many files lie under `dir`, at any depth.
+pub fn count_files(dir: &Path) -> usize {
+    walkdir::WalkDir::new(dir).into_iter().filter_map(|e| e.ok()).filter(|e| e.file_type().is_file()).count()
+}
