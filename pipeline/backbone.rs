@@ -50,6 +50,9 @@ pub struct Quantization {
     /// Convolutions (by output tensor) left in float32 (`--float-first`, `--float-last`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub float_convs: Vec<String>,
+    /// The int8 weights' range (full in sidecars written before it was recorded).
+    #[serde(default)]
+    pub weights: onnx::qdq::WeightRange,
 }
 
 /// The project's download cache, `.cache/` beside the `--onnx-dir`.
@@ -323,6 +326,14 @@ impl Backbone {
         // The name becomes a folder of features/: checked like one given on the command line.
         fsutil::check_name_in(&side, "backbone name", &info.name)?;
         let bytes = fsutil::read_verified(&path, &info.onnx_sha256)?;
+        let full = info.quantization.as_ref().is_some_and(|q| q.weights == onnx::qdq::WeightRange::Full);
+        if full && !runtime::cpu_has_vnni() {
+            tracing::warn!(
+                "{}: full-range int8 weights on a CPU without VNNI, where ORT's integer kernels can overflow \
+                 and the features drift from fp32; quantize again here (it picks --weight-range reduced)",
+                path.display()
+            );
+        }
         Ok(Backbone { name: info.name.clone(), path, bytes, info })
     }
 }

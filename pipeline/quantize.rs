@@ -31,7 +31,19 @@ pub struct QuantizeConfig {
     pub batch: usize,
     /// Convolutions kept in float32 at each end of the graph.
     pub float: qdq::FloatEnds,
+    /// The int8 weights' range; `None`: [`default_weight_range`].
+    pub weights: Option<qdq::WeightRange>,
     pub session: SessionOptions,
+}
+
+/// Full-range weights where ORT's integer kernels run on VNNI, 7-bit ones elsewhere (where full
+/// range can overflow them): the CPU that quantizes is taken for the one that will run the model.
+pub fn default_weight_range() -> qdq::WeightRange {
+    if runtime::cpu_has_vnni() {
+        qdq::WeightRange::Full
+    } else {
+        qdq::WeightRange::Reduced
+    }
 }
 
 /// Quantize backbone `name` (fetched in `onnx_dir`); writes `<name>-int8.onnx` + sidecar.
@@ -60,7 +72,8 @@ pub fn quantize(onnx_dir: &Path, name: &str, cfg: &QuantizeConfig, sink: &dyn Si
     let calib = Calibration { cfg, bb: &bb, size, paths: &paths, sink };
     let (ranges, fp32) = calib.ranges(&model, &tensors)?;
     let out = onnx_dir.join(format!("{}-int8.onnx", bb.name));
-    let q = qdq::quantize(&model, &plan, &ranges, &out)?;
+    let weights = cfg.weights.unwrap_or_else(default_weight_range);
+    let q = qdq::quantize(&model, &plan, &ranges, weights, &out)?;
     let encoded = onnx::encode_model(&q);
     let features = crate::backbone::feature_shape(&encoded, &out, bb.info.size)?;
     let (correlation, max_error) = calib.compare(&encoded, &fp32)?;
@@ -82,6 +95,7 @@ pub fn quantize(onnx_dir: &Path, name: &str, cfg: &QuantizeConfig, sink: &dyn Si
             correlation,
             max_error,
             float_convs: plan.float_convs.iter().cloned().collect(),
+            weights,
         }),
         tlearn_version: env!("CARGO_PKG_VERSION").into(),
         ..bb.info.clone()

@@ -42,8 +42,7 @@ impl Precision {
     /// OpenVINO's own default, made explicit so sidecars can record it: bf16 on CPUs with AMX
     /// (`amx_bf16` in /proc/cpuinfo), f32 elsewhere.
     pub fn openvino_default() -> Precision {
-        let amx = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|t| t.split_whitespace().any(|w| w == "amx_bf16"));
-        if amx {
+        if cpu_has(&["amx_bf16"]) {
             Precision::Bf16
         } else {
             Precision::F32
@@ -56,6 +55,17 @@ impl Precision {
             Precision::Bf16 => "bf16",
         }
     }
+}
+
+/// Whether the CPU lists any of `flags` in /proc/cpuinfo (false where it cannot be read).
+pub fn cpu_has(flags: &[&str]) -> bool {
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|t| t.split_whitespace().any(|w| flags.contains(&w)))
+}
+
+/// Whether ORT's u8s8 integer kernels run on VNNI here (AVX-512 VNNI, AVX-VNNI or AMX): without
+/// it they multiply with 16-bit pair sums, which full-range int8 weights can overflow.
+pub fn cpu_has_vnni() -> bool {
+    cpu_has(&["avx512_vnni", "avx_vnni", "amx_int8"])
 }
 
 /// The OpenVINO plugin library: `$TLEARN_OPENVINO_PLUGIN`, else `openvino/` next to the

@@ -119,7 +119,7 @@ fn killed_extract_and_score_resume_to_the_uninterrupted_bytes() {
     assert!(left.is_empty(), "temporary files or journals left: {left:?}");
 
     // A corrupt cache is detected (checksums), refused by the head, and rebuilt by extract.
-    for f in ["train.npy", "train.files.csv"] {
+    for f in ["train.npy", "train.files.csv", "train.labels.npy"] {
         let p = w.join("feats").join(f);
         let mut b = bytes(&p);
         let at = b.len() - 3;

@@ -78,6 +78,8 @@ fn an_int8_backbone_is_calibrated_fused_close_to_fp32_and_usable_everywhere() {
     );
     assert!(qi["ranges"].as_object().unwrap().len() >= 2 && qi["correlation"].as_f64().unwrap() > 0.99, "{qi}");
     assert_eq!(qi["calibration_sha256"].as_str().unwrap().len(), 64);
+    // The weights' range defaults to this CPU's (full with VNNI, reduced without) and is recorded.
+    assert_eq!(qi["weights"], serde_json::to_value(tlearn::quantize::default_weight_range()).unwrap());
 
     let list = ok("tlearn-backbone", &["list"], w);
     assert!(list.lines().any(|l| l.starts_with("tiny-int8") && l.contains("int8 of tiny")), "{list}");
@@ -110,6 +112,13 @@ fn an_int8_backbone_is_calibrated_fused_close_to_fp32_and_usable_everywhere() {
         let corr: f64 = out.split("correlation ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
         assert!(corr > 0.98, "{method}: {out}");
     }
+    let r = ["quantize", "tiny", "--calibrate", "data/toy", "--weight-range", "reduced"];
+    let out = ok("tlearn-backbone", &r, w);
+    let corr: f64 = out.split("correlation ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
+    assert!(out.contains("Reduced-range weights") && corr > 0.98, "{out}");
+    let side: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(w.join("onnx/tiny-int8.onnx.json")).unwrap()).unwrap();
+    assert_eq!(side["quantization"]["weights"], "reduced");
     // Any folder of images calibrates (walked), not only a dataset's train split.
     let out = ok("tlearn-backbone", &["quantize", "tiny", "--calibrate", "data/toy/test", "--images", "5"], w);
     assert!(out.contains("5 images"), "{out}");
@@ -120,31 +129,45 @@ fn an_int8_backbone_is_calibrated_fused_close_to_fp32_and_usable_everywhere() {
     assert!(err.contains("not fetched"), "{err}");
 }
 
-/// `--float-first`/`--float-last`: the Convs at those ends keep float weights and read float
-/// inputs unless an int8 Conv writes them; the rest are quantized as before; counts past the
-/// number of Convs leave them all in float.
-#[test]
-fn convs_at_the_float_ends_stay_float() {
+/// A chain of four 3×3 Convs (2 → 2 channels, each followed by a Relu), opset 13; with
+/// `depthwise`, the second is a depthwise one (group 2).
+fn chain(depthwise: bool) -> tlearn::onnx::proto::ModelProto {
     use ndarray::{ArrayD, IxDyn};
-    use tlearn::onnx::qdq::{self, FloatEnds};
     use tlearn::onnx::{builder::A, Dim, GraphBuilder};
     let mut b = GraphBuilder::new("chain");
     b.input("x", &[Dim::named("n"), Dim::Fixed(2), Dim::Fixed(8), Dim::Fixed(8)]);
     let mut t = "x".to_string();
     for i in 0..4 {
-        let w = b.init_f32(&format!("w{i}"), &ArrayD::from_elem(IxDyn(&[2, 2, 3, 3]), 0.1 * (i + 1) as f32));
-        let c = b.op("Conv", &[&t, &w], vec![("kernel_shape", A::Ints(vec![3, 3])), ("pads", A::Ints(vec![1; 4]))]);
+        let dw = depthwise && i == 1;
+        let shape = [2, if dw { 1 } else { 2 }, 3, 3];
+        let w = ArrayD::from_shape_fn(IxDyn(&shape), |ix| 0.1 * (i + 1) as f32 * (ix[3] as f32 - 0.7));
+        let w = b.init_f32(&format!("w{i}"), &w);
+        let mut attrs = vec![("kernel_shape", A::Ints(vec![3, 3])), ("pads", A::Ints(vec![1; 4]))];
+        if dw {
+            attrs.push(("group", A::I(2)));
+        }
+        let c = b.op("Conv", &[&t, &w], attrs);
         t = b.op("Relu", &[&c], vec![]);
     }
     b.node("Identity", &[&t], &["y"], vec![]);
     b.output("y", &[Dim::named("n"), Dim::Fixed(2), Dim::Fixed(8), Dim::Fixed(8)]);
     let mut m = tlearn::onnx::model(b.finish(), "test");
     m.opset_import[0].version = 13;
+    m
+}
+
+/// `--float-first`/`--float-last`: the Convs at those ends keep float weights and read float
+/// inputs unless an int8 Conv writes them; the rest are quantized as before; counts past the
+/// number of Convs leave them all in float.
+#[test]
+fn convs_at_the_float_ends_stay_float() {
+    use tlearn::onnx::qdq::{self, FloatEnds};
+    let m = chain(false);
     let convs: Vec<String> =
         tlearn::onnx::graph(&m).node.iter().filter(|n| n.op_type == "Conv").map(|n| n.output[0].clone()).collect();
     let int8_weights = |plan: &qdq::Plan| -> Vec<bool> {
         let ranges = plan.calibrated().into_iter().map(|t| (t, (0.0f32, 4.0f32))).collect();
-        let q = qdq::quantize(&m, plan, &ranges, Path::new("chain.onnx")).unwrap();
+        let q = qdq::quantize(&m, plan, &ranges, qdq::WeightRange::Full, Path::new("chain.onnx")).unwrap();
         let g = tlearn::onnx::graph(&q);
         g.node.iter().filter(|n| n.op_type == "Conv").map(|n| n.input[1].ends_with("/qdq/w")).collect()
     };
@@ -165,4 +188,40 @@ fn convs_at_the_float_ends_stay_float() {
     let none = qdq::plan(&m, FloatEnds { first: 3, last: 3 });
     assert_eq!(none.float_convs.len(), 4);
     assert!(none.range_of.is_empty());
+}
+
+/// `--weight-range reduced`: every int8 weight of a non-depthwise Conv within ±63 (each channel's
+/// largest at 63), a depthwise Conv's at ±127 as with full range; each dequantizes to its float
+/// weight within half a step.
+#[test]
+fn reduced_range_weights_stay_within_seven_bits() {
+    use tlearn::onnx::qdq::{self, FloatEnds, WeightRange};
+    let m = chain(true);
+    let plan = qdq::plan(&m, FloatEnds::default());
+    let ranges = plan.calibrated().into_iter().map(|t| (t, (0.0f32, 4.0f32))).collect();
+    let floats: Vec<Vec<f32>> = tlearn::onnx::graph(&m)
+        .initializer
+        .iter()
+        .map(|t| tlearn::onnx::tensor_to_f32(t).unwrap().into_iter().collect())
+        .collect();
+    for (range, limits) in [(WeightRange::Full, [127; 4]), (WeightRange::Reduced, [63, 127, 63, 63])] {
+        let q = qdq::quantize(&m, &plan, &ranges, range, Path::new("chain.onnx")).unwrap();
+        let g = tlearn::onnx::graph(&q);
+        let weights: Vec<_> = g.initializer.iter().filter(|t| t.name.ends_with("/w_int8")).collect();
+        assert_eq!(weights.len(), 4, "{range:?}: every Conv's weight quantized");
+        for ((w, float), limit) in weights.iter().zip(&floats).zip(limits) {
+            let scale_name = w.name.replace("/w_int8", "/w_scale");
+            let scales =
+                tlearn::onnx::tensor_to_f32(g.initializer.iter().find(|t| t.name == scale_name).unwrap()).unwrap();
+            let per = w.raw_data.len() / scales.len();
+            let ints: Vec<i32> = w.raw_data.iter().map(|&b| b as i8 as i32).collect();
+            assert_eq!(ints.iter().map(|v| v.abs()).max(), Some(limit), "{range:?}: {}", w.name);
+            for (k, (&v, &f)) in ints.iter().zip(float).enumerate() {
+                let channel = &float[k / per * per..(k / per + 1) * per];
+                let step = channel.iter().fold(0f32, |a, v| a.max(v.abs())) / limit as f32;
+                let d = v as f32 * scales[k / per];
+                assert!((d - f).abs() <= 0.5 * step + 1e-7, "{range:?}: {} weight {k}: {d} vs {f}", w.name);
+            }
+        }
+    }
 }

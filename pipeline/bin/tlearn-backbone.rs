@@ -86,6 +86,11 @@ enum Cmd {
         /// features a head reads.
         #[arg(long, default_value_t = 0)]
         float_last: usize,
+        /// The int8 weights' range: full (−127…127) or reduced (7 bits, −63…63). Without VNNI
+        /// (AVX2, AVX-512 before VNNI) ORT's integer kernels can overflow on full-range weights.
+        /// Default: full on CPUs with VNNI (AVX-512 VNNI, AVX-VNNI, AMX), reduced elsewhere.
+        #[arg(long, value_enum)]
+        weight_range: Option<tlearn::onnx::qdq::WeightRange>,
         #[arg(long, default_value_t = 16)]
         batch: usize,
         #[command(flatten)]
@@ -142,7 +147,19 @@ fn run(a: Args) -> Result<()> {
             let rows = tlearn::onnx::summary::rows(&m, &path, size)?;
             tlearn::out!("{}", tlearn::onnx::summary::render(&model, &rows, None));
         }
-        Cmd::Quantize { name, calibrate, images, method, size, interpolation, float_first, float_last, batch, ort } => {
+        Cmd::Quantize {
+            name,
+            calibrate,
+            images,
+            method,
+            size,
+            interpolation,
+            float_first,
+            float_last,
+            weight_range,
+            batch,
+            ort,
+        } => {
             let cfg = tlearn::quantize::QuantizeConfig {
                 calibrate,
                 images,
@@ -151,6 +168,7 @@ fn run(a: Args) -> Result<()> {
                 interpolation,
                 batch,
                 float: tlearn::onnx::qdq::FloatEnds { first: float_first, last: float_last },
+                weights: weight_range,
                 session: ort.session(),
             };
             quantize(&a.onnx_dir, &name, &cfg)?;
@@ -166,12 +184,13 @@ fn quantize(onnx_dir: &std::path::Path, name: &str, cfg: &tlearn::quantize::Quan
         .with_context(|| format!("quantizing backbone {name}"))?;
     let q = info.quantization.as_ref().expect("a quantized backbone records how");
     tlearn::outln!(
-        "{}: {} tensors calibrated ({:?}, {} images at {}); features vs fp32 on them: correlation {:.4}, max error {:.1} % of the largest → {}",
+        "{}: {} tensors calibrated ({:?}, {} images at {}; {:?}-range weights); features vs fp32 on them: correlation {:.4}, max error {:.1} % of the largest → {}",
         info.name,
         q.ranges.len(),
         q.method,
         q.images,
         q.size,
+        q.weights,
         q.correlation,
         100.0 * q.max_error,
         onnx_dir.join(format!("{}.onnx", info.name)).display()

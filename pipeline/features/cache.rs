@@ -32,6 +32,9 @@ pub struct FeatureInfo {
     /// sha256 of `<split>.files.csv` (which holds the per-file content hashes).
     pub files_sha256: String,
     pub npy_sha256: String,
+    /// sha256 of `<split>.labels.npy` (absent in older sidecars).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels_sha256: Option<String>,
     pub skipped: Vec<Skipped>,
     pub device: runtime::Device,
     /// What the device computed in, where not f32 throughout (OpenVINO's precision).
@@ -219,6 +222,10 @@ fn read_index(dir: &Path, split: &str, view: View) -> Result<(FeatureInfo, Vec<F
     let fp = files_path(dir, split, view);
     let files_bytes = fsutil::read_verified(&fp, &info.files_sha256)?;
     let files = read_files(&fp, &files_bytes)?;
+    // Nothing here reads the labels back (the file list holds them), but other tools do.
+    if let Some(sum) = &info.labels_sha256 {
+        fsutil::read_verified(&labels_path(dir, split, view), sum)?;
+    }
     Ok((info, files))
 }
 
@@ -317,7 +324,9 @@ pub fn write_cache<R: ListedRow>(
     let npy_sha256 = sealed.sha256.clone();
     let staged = Staged::of(out, m.split, m.view);
     let labels = Array1::from_iter(keep.iter().map(|r| r.label() as i64));
-    fsutil::write_bytes_atomic(&staged.labels.0, &npy_bytes(&labels)?)?;
+    let labels = npy_bytes(&labels)?;
+    fsutil::write_bytes_atomic(&staged.labels.0, &labels)?;
+    let labels_sha256 = Some(fsutil::sha256_bytes(&labels));
     let files_sha256 = write_files(&staged.files.0, keep, m.classes)?;
     let info = FeatureInfo {
         split: m.split.into(),
@@ -332,6 +341,7 @@ pub fn write_cache<R: ListedRow>(
         n: keep.len(),
         files_sha256,
         npy_sha256,
+        labels_sha256,
         skipped,
         device: m.device,
         precision: m.precision,
@@ -406,9 +416,13 @@ pub fn recover_pending(dir: &Path, split: &str, view: View) -> Result<bool> {
             return Ok(false);
         }
     };
-    let files = if staged.files.0.exists() { &staged.files.0 } else { &staged.files.1 };
+    let either =
+        |(pending, placed): &(PathBuf, PathBuf)| if pending.exists() { pending.clone() } else { placed.clone() };
     let npy = view_npy_path(dir, split, view);
-    let complete = fsutil::read_verified(files, &info.files_sha256).is_ok()
+    let labels_ok =
+        info.labels_sha256.as_ref().is_none_or(|sum| fsutil::read_verified(&either(&staged.labels), sum).is_ok());
+    let complete = labels_ok
+        && fsutil::read_verified(&either(&staged.files), &info.files_sha256).is_ok()
         && fsutil::sha256_file(&npy).is_ok_and(|sha| sha == info.npy_sha256);
     if complete {
         staged.commit()?;

@@ -6,7 +6,7 @@
 //! one: [`Plan::calibrated`]).
 
 use super::proto::{dtype, GraphProto, ModelProto, NodeProto, TensorProto};
-use super::{attr, constant, tensor_f32, tensor_to_f32};
+use super::{attr, attr_i, constant, tensor_f32, tensor_to_f32};
 use crate::error::{Error, Result};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
@@ -31,6 +31,31 @@ const SAME_IN_13: [&str; 14] = [
     "Reshape",
     "Squeeze",
 ];
+
+/// How much of int8's range the weights use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightRange {
+    /// −127…127.
+    #[default]
+    Full,
+    /// −63…63 (7 bits) where a GEMM multiplies them: without VNNI, ORT's u8s8 GEMM kernels sum
+    /// pairs of uint8 × int8 products in 16 bits, which 255 × 127 × 2 overflows and 255 × 63 × 2
+    /// does not. Depthwise Convs keep the full range: their kernel widens to 16 bits first, and
+    /// their nine weights a channel are where a lost bit costs the most.
+    Reduced,
+}
+
+impl WeightRange {
+    /// The largest weight magnitude for a Conv with weight `w` (depthwise or not).
+    fn limit(self, w: &TensorProto, group: i64) -> f32 {
+        let depthwise = group > 1 && w.dims.get(1) == Some(&1);
+        match self {
+            WeightRange::Reduced if !depthwise => 63.0,
+            _ => 127.0,
+        }
+    }
+}
 
 /// Which tensors of a model are quantized, and from which tensor each takes its range.
 #[derive(Debug)]
@@ -148,8 +173,15 @@ fn node(op: &str, inputs: &[&str], output: &str, axis: Option<i64>) -> NodeProto
 }
 
 /// The model with `plan`'s tensors quantized at the measured `ranges` (min, max per calibrated
-/// tensor) and every int8 Conv's weight (and bias) in integers. Errors name `path`.
-pub fn quantize(m: &ModelProto, plan: &Plan, ranges: &BTreeMap<String, (f32, f32)>, path: &Path) -> Result<ModelProto> {
+/// tensor) and every int8 Conv's weight (and bias) in integers, the weights within `weights`.
+/// Errors name `path`.
+pub fn quantize(
+    m: &ModelProto,
+    plan: &Plan,
+    ranges: &BTreeMap<String, (f32, f32)>,
+    weights: WeightRange,
+    path: &Path,
+) -> Result<ModelProto> {
     let mut m = m.clone();
     declare_opset_13(&mut m, path)?;
     let g = m.graph.as_mut().expect("a model has a graph");
@@ -162,7 +194,7 @@ pub fn quantize(m: &ModelProto, plan: &Plan, ranges: &BTreeMap<String, (f32, f32
         params.insert(t.clone(), activation_params(lo, hi));
     }
     quantize_activations(g, plan, &params);
-    quantize_convs(g, &params, &plan.float_convs, path)?;
+    quantize_convs(g, &params, &plan.float_convs, weights, path)?;
     Ok(m)
 }
 
@@ -208,6 +240,7 @@ fn quantize_convs(
     g: &mut GraphProto,
     params: &HashMap<String, (f32, u8)>,
     float_convs: &BTreeSet<String>,
+    weights: WeightRange,
     path: &Path,
 ) -> Result<()> {
     let mut rewrites: HashMap<usize, Vec<NodeProto>> = HashMap::new();
@@ -236,7 +269,7 @@ fn quantize_convs(
             Some((_, ba)) => ba.iter().map(|v| v.abs() / (x_scale * 2.0e9)).collect(),
             None => vec![0.0; wa.shape()[0]],
         };
-        let (q, scales) = int8_per_channel(&wa, &floor);
+        let (q, scales) = int8_per_channel(&wa, &floor, weights.limit(w, attr_i(n, "group", 1)));
         let m_out = scales.len();
         let (wq, ws, wz, wdq) =
             (format!("{at}/w_int8"), format!("{at}/w_scale"), format!("{at}/w_zero"), format!("{at}/w"));
@@ -297,20 +330,19 @@ fn splice(
     g.initializer.extend(inits);
 }
 
-/// Symmetric int8 per output channel (axis 0), each scale at least `floor`: the values as bytes,
-/// and each channel's scale.
-fn int8_per_channel(w: &ndarray::ArrayD<f32>, floor: &[f32]) -> (Vec<u8>, Vec<f32>) {
+/// Symmetric int8 per output channel (axis 0) within ±`max`, each scale at least `floor`: the
+/// values as bytes, and each channel's scale.
+fn int8_per_channel(w: &ndarray::ArrayD<f32>, floor: &[f32], max: f32) -> (Vec<u8>, Vec<f32>) {
     let m = w.shape()[0].max(1);
     let per = w.len() / m;
     let flat: Vec<f32> = w.iter().copied().collect();
     let scales: Vec<f32> = flat
         .chunks(per.max(1))
         .zip(floor)
-        .map(|(c, &f)| (c.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0).max(f))
+        .map(|(c, &f)| (c.iter().fold(0f32, |a, v| a.max(v.abs())) / max).max(f))
         .map(|s| if s > 0.0 { s } else { 1.0 })
         .collect();
-    let q =
-        flat.iter().enumerate().map(|(k, v)| (v / scales[k / per]).round().clamp(-127.0, 127.0) as i8 as u8).collect();
+    let q = flat.iter().enumerate().map(|(k, v)| (v / scales[k / per]).round().clamp(-max, max) as i8 as u8).collect();
     (q, scales)
 }
 
