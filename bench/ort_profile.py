@@ -1,9 +1,9 @@
 """Sum an onnxruntime profile (TLEARN_ORT_PROFILE=prefix …) per operator type.
 
 usage: ort_profile.py PROFILE.json [TOP]         → op type, total ms, share, calls; per-run mean.
-       ort_profile.py PROFILE.json --nodes [TOP] → the costliest nodes, with GFLOP/s for Conv and
-           MatMul/Gemm nodes, and the run split into the FLOP-carrying kernels (those Convs and
-           GEMMs), the unfold Convs (one-hot weights of one input channel: pure copies) and the rest.
+       ort_profile.py PROFILE.json --nodes [TOP] → the costliest nodes, with GFLOP/s for Conv,
+           ConvTranspose and MatMul/Gemm nodes, and the run split into the FLOP-carrying kernels
+           (those), the unfold Convs (the training graph's im2col copies) and the rest.
        ort_profile.py --peak                     → onnxruntime's own MatMul (2048³, 2 threads) in
            GFLOP/s: the machine's sgemm rate to compare the nodes with (needs onnx, onnxruntime).
 """
@@ -42,19 +42,28 @@ def shapes(args, key):
 
 
 def flops(op, ins, outs):
-    """Multiply-adds × 2 of a Conv or GEMM node from its shapes (None for other ops)."""
-    if not outs or not ins:
+    """Multiply-adds × 2 of a Conv, ConvTranspose or GEMM node from its shapes (None for other
+    ops, and for GEMM forms whose shapes do not say their inner dimension)."""
+    if not outs or len(ins) < 2:
         return None
-    out = outs[0]
-    if op in ("Conv", "FusedConv") and len(ins) > 1 and len(ins[1]) == 4:
-        w = ins[1]
+    out, w = outs[0], ins[1]
+    if op in ("Conv", "FusedConv") and len(w) == 4:
         return 2 * math.prod(out) * math.prod(w[1:])
-    if op in ("MatMul", "FusedMatMul", "Gemm", "FusedGemm") and len(out) >= 2 and len(ins[0]) >= 2:
-        # A holds M × K per batch entry whether or not it is transposed.
-        a = ins[0]
-        k = math.prod(a[-2:]) // max(out[-2], 1)
-        return 2 * math.prod(out) * k
+    if op == "ConvTranspose" and len(w) == 4:
+        return 2 * math.prod(ins[0]) * math.prod(w[1:])
+    if op in ("MatMul", "FusedMatMul", "Gemm", "FusedGemm") and len(out) >= 2 and len(ins[0]) >= 2 and len(w) >= 2:
+        # A holds M × K per batch entry, transposed or not; K must be one of B's last two dims.
+        k = math.prod(ins[0][-2:]) // max(out[-2], 1)
+        return 2 * math.prod(out) * k if k in w[-2:] else None
     return None
+
+
+def is_unfold(op, ins):
+    """The training graph's im2col: a Conv with a one-hot weight (C·kh·kw, 1, kh, kw) over C channels."""
+    if op != "Conv" or len(ins) < 2 or len(ins[1]) != 4 or len(ins[0]) != 4:
+        return False
+    w = ins[1]
+    return w[1] == 1 and w[0] == ins[0][1] * w[2] * w[3] and w[2] * w[3] > 1
 
 
 def nodes(events, top):
@@ -70,7 +79,7 @@ def nodes(events, top):
     kinds, work, rate = collections.Counter(), 0, {}
     for name, us in time.items():
         op, ins, outs = info[name]
-        unfold = op == "Conv" and len(ins) > 1 and len(ins[1]) == 4 and ins[1][1] == 1 and ins[1][0] > ins[0][1]
+        unfold = is_unfold(op, ins)
         f = None if unfold else flops(op, ins, outs)
         kinds["unfold" if unfold else "flop" if f else "other"] += us
         work += f or 0
@@ -103,9 +112,13 @@ def ops(events, top):
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
-    if argv == ["--peak"]:
+    flags = [a for a in argv if a.startswith("--")]
+    rest = [a for a in argv if not a.startswith("--")]
+    if flags == ["--peak"]:
         peak()
-    elif len(argv) >= 2 and argv[1] == "--nodes":
-        nodes(json.load(open(argv[0])), int(argv[2]) if len(argv) > 2 else 15)
+    elif not rest or flags not in ([], ["--nodes"]):
+        sys.exit(__doc__)
+    elif flags == ["--nodes"]:
+        nodes(json.load(open(rest[0])), int(rest[1]) if len(rest) > 1 else 15)
     else:
-        ops(json.load(open(argv[0])), int(argv[1]) if len(argv) > 1 else 25)
+        ops(json.load(open(rest[0])), int(rest[1]) if len(rest) > 1 else 25)

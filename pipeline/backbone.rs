@@ -305,6 +305,19 @@ pub struct Backbone {
 }
 
 impl Backbone {
+    /// Logs a warning when this is an int8 backbone with full-range weights about to run on this
+    /// CPU (`device`: where its session runs) without VNNI, where ORT's kernels can overflow.
+    pub fn warn_if_int8_overflows(&self, device: runtime::Device) {
+        let full = self.info.quantization.as_ref().is_some_and(|q| q.weights == onnx::qdq::WeightRange::Full);
+        if full && device == runtime::Device::Cpu && runtime::int8_gemm_may_overflow() {
+            tracing::warn!(
+                "{}: full-range int8 weights on a CPU without VNNI, where ORT's integer kernels can overflow \
+                 and the features drift from fp32; quantize again here (it picks --weight-range reduced)",
+                self.path.display()
+            );
+        }
+    }
+
     /// Open `onnx/<name>.onnx` (fetched) or any cut ONNX file with a sidecar.
     pub fn open(onnx_dir: &Path, name_or_path: &str) -> Result<Backbone> {
         let p = Path::new(name_or_path);
@@ -326,14 +339,6 @@ impl Backbone {
         // The name becomes a folder of features/: checked like one given on the command line.
         fsutil::check_name_in(&side, "backbone name", &info.name)?;
         let bytes = fsutil::read_verified(&path, &info.onnx_sha256)?;
-        let full = info.quantization.as_ref().is_some_and(|q| q.weights == onnx::qdq::WeightRange::Full);
-        if full && !runtime::cpu_has_vnni() {
-            tracing::warn!(
-                "{}: full-range int8 weights on a CPU without VNNI, where ORT's integer kernels can overflow \
-                 and the features drift from fp32; quantize again here (it picks --weight-range reduced)",
-                path.display()
-            );
-        }
         Ok(Backbone { name: info.name.clone(), path, bytes, info })
     }
 }

@@ -61,7 +61,9 @@ fn backbone_ms(onnx_dir: &Path, info: &features::FeatureInfo, opts: &SessionOpti
             reason: "this backbone differs from the one the features were extracted with".into(),
         });
     }
-    let mut s = runtime::open(&bb.bytes, &bb.path, opts)?.session;
+    let open = runtime::open(&bb.bytes, &bb.path, opts)?;
+    bb.warn_if_int8_overflows(open.device);
+    let mut s = open.session;
     let n = 16;
     let x = Array4::<f32>::zeros((n, info.size as usize, info.size as usize, 3)).into_dyn();
     let mut time = || -> Result<f64> {

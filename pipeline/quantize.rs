@@ -36,13 +36,13 @@ pub struct QuantizeConfig {
     pub session: SessionOptions,
 }
 
-/// Full-range weights where ORT's integer kernels run on VNNI, 7-bit ones elsewhere (where full
-/// range can overflow them): the CPU that quantizes is taken for the one that will run the model.
+/// 7-bit weights where full-range ones can overflow ORT's integer kernels (x86-64 without VNNI),
+/// full range elsewhere: the CPU that quantizes is taken for the one that will run the model.
 pub fn default_weight_range() -> qdq::WeightRange {
-    if runtime::cpu_has_vnni() {
-        qdq::WeightRange::Full
-    } else {
+    if runtime::int8_gemm_may_overflow() {
         qdq::WeightRange::Reduced
+    } else {
+        qdq::WeightRange::Full
     }
 }
 

@@ -62,10 +62,10 @@ pub fn cpu_has(flags: &[&str]) -> bool {
     std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|t| t.split_whitespace().any(|w| flags.contains(&w)))
 }
 
-/// Whether ORT's u8s8 integer kernels run on VNNI here (AVX-512 VNNI, AVX-VNNI or AMX): without
-/// it they multiply with 16-bit pair sums, which full-range int8 weights can overflow.
-pub fn cpu_has_vnni() -> bool {
-    cpu_has(&["avx512_vnni", "avx_vnni", "amx_int8"])
+/// Whether ORT's u8s8 GEMM kernels here add pairs of products in 16 bits, which full-range int8
+/// weights can overflow: on x86-64 without VNNI (AVX-512 VNNI, AVX-VNNI or AMX).
+pub fn int8_gemm_may_overflow() -> bool {
+    cfg!(target_arch = "x86_64") && !cpu_has(&["avx512_vnni", "avx_vnni", "amx_int8"])
 }
 
 /// The OpenVINO plugin library: `$TLEARN_OPENVINO_PLUGIN`, else `openvino/` next to the

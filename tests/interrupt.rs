@@ -275,6 +275,17 @@ fn a_kill_between_a_caches_rows_and_its_sidecar_loses_no_work() {
     let line = train_line(&ok("tlearn-extract", &args, w));
     assert!(line.contains("up to date"), "recovered, not recomputed: {line}");
     assert!(bytes(&sidecar) == good && !pending.exists());
+    // One whose pending labels are not the ones it records is dropped with them, the labels in
+    // place left as they were.
+    let labels = w.join("feats/train.labels.npy");
+    let labels_pending = w.join("feats/train.labels.npy.pending");
+    std::fs::rename(&sidecar, &pending).unwrap();
+    std::fs::write(&sidecar, &good).unwrap();
+    std::fs::write(&labels_pending, b"not these labels").unwrap();
+    let placed = bytes(&labels);
+    let view = tlearn::imageio::View::Identity;
+    assert!(!tlearn::features::recover_pending(&w.join("feats"), "train", view).unwrap());
+    assert!(!pending.exists() && !labels_pending.exists() && bytes(&labels) == placed && bytes(&sidecar) == good);
     // A pending sidecar whose rows never replaced the cache's.
     std::fs::write(&pending, with_npy_sha(&"1".repeat(64))).unwrap();
     let line = train_line(&ok("tlearn-extract", &args, w));

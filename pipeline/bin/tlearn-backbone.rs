@@ -86,9 +86,9 @@ enum Cmd {
         /// features a head reads.
         #[arg(long, default_value_t = 0)]
         float_last: usize,
-        /// The int8 weights' range: full (−127…127) or reduced (7 bits, −63…63). Without VNNI
-        /// (AVX2, AVX-512 before VNNI) ORT's integer kernels can overflow on full-range weights.
-        /// Default: full on CPUs with VNNI (AVX-512 VNNI, AVX-VNNI, AMX), reduced elsewhere.
+        /// The int8 weights' range. On x86-64 without VNNI (AVX2, AVX-512 before VNNI) ORT's
+        /// integer kernels can overflow on full-range weights. Default: reduced on such CPUs, full
+        /// elsewhere (AVX-512 VNNI, AVX-VNNI, AMX, non-x86).
         #[arg(long, value_enum)]
         weight_range: Option<tlearn::onnx::qdq::WeightRange>,
         #[arg(long, default_value_t = 16)]
@@ -184,7 +184,7 @@ fn quantize(onnx_dir: &std::path::Path, name: &str, cfg: &tlearn::quantize::Quan
         .with_context(|| format!("quantizing backbone {name}"))?;
     let q = info.quantization.as_ref().expect("a quantized backbone records how");
     tlearn::outln!(
-        "{}: {} tensors calibrated ({:?}, {} images at {}; {:?}-range weights); features vs fp32 on them: correlation {:.4}, max error {:.1} % of the largest → {}",
+        "{}: {} tensors calibrated ({:?}, {} images at {}; {}-range weights); features vs fp32 on them: correlation {:.4}, max error {:.1} % of the largest → {}",
         info.name,
         q.ranges.len(),
         q.method,

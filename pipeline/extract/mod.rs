@@ -201,7 +201,9 @@ fn opened<'s>(runner: &'s mut Option<Runner>, bb: &Backbone, cfg: &ExtractConfig
         let model = crate::onnx::decode_model(&bb.bytes, &bb.path)?;
         let need = crate::memory::per_image_bytes(&model, &bb.path, cfg.size);
         let batch = crate::memory::fit_batch(cfg.batch, need, cfg.size, &bb.path)?;
-        *runner = Some(Runner { open: runtime::open(&bb.bytes, &bb.path, &cfg.session)?, batch });
+        let open = runtime::open(&bb.bytes, &bb.path, &cfg.session)?;
+        bb.warn_if_int8_overflows(open.device);
+        *runner = Some(Runner { open, batch });
     }
     Ok(runner.as_mut().expect("opened above"))
 }

@@ -398,8 +398,8 @@ impl Staged {
     }
 }
 
-/// Finish what a killed [`write_cache`] left: a pending sidecar whose `.npy` and file list (the
-/// pending one, or the one in place) are the ones it describes takes the place of the old sidecar,
+/// Finish what a killed [`write_cache`] left: a pending sidecar whose `.npy`, file list and labels
+/// (pending, or in place) are the ones it describes takes the place of the old sidecar,
 /// with its pending labels and file list (true); one that does not — the kill came before the
 /// rows were renamed into place — is removed with them.
 pub fn recover_pending(dir: &Path, split: &str, view: View) -> Result<bool> {

@@ -36,24 +36,34 @@ const SAME_IN_13: [&str; 14] = [
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WeightRange {
-    /// −127…127.
     #[default]
+    #[value(help = "−127…127")]
     Full,
-    /// −63…63 (7 bits) where a GEMM multiplies them: without VNNI, ORT's u8s8 GEMM kernels sum
-    /// pairs of uint8 × int8 products in 16 bits, which 255 × 127 × 2 overflows and 255 × 63 × 2
-    /// does not. Depthwise Convs keep the full range: their kernel widens to 16 bits first, and
-    /// their nine weights a channel are where a lost bit costs the most.
+    // Without VNNI, ORT's u8s8 GEMM kernels sum pairs of uint8 × int8 products in 16 bits, which
+    // 255 × 127 × 2 overflows and 255 × 63 × 2 does not. Depthwise Convs (one input and one
+    // output channel a group) run on a kernel that widens to 16 bits first, and their few weights
+    // a channel are where a lost bit costs the most: they keep the full range.
+    #[value(help = "−63…63 (7 bits), depthwise convolutions excepted")]
     Reduced,
 }
 
 impl WeightRange {
-    /// The largest weight magnitude for a Conv with weight `w` (depthwise or not).
+    /// The largest weight magnitude for a Conv with weight `w` (M, C/group, kh, kw).
     fn limit(self, w: &TensorProto, group: i64) -> f32 {
-        let depthwise = group > 1 && w.dims.get(1) == Some(&1);
+        let depthwise = group > 1 && w.dims.get(1) == Some(&1) && w.dims.first() == Some(&group);
         match self {
             WeightRange::Reduced if !depthwise => 63.0,
             _ => 127.0,
         }
+    }
+}
+
+impl std::fmt::Display for WeightRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WeightRange::Full => "full",
+            WeightRange::Reduced => "reduced",
+        })
     }
 }
 
