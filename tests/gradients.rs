@@ -510,8 +510,8 @@ fn scatter_pool_gradients_equal_unpool_gradients() {
 
 /// The CPU fast path (`train::nchwc`: convolutions and their input gradients on onnxruntime's
 /// NCHWc kernels) computes what the standard-op graph computes — loss, outputs and every
-/// gradient — on the nodes it rewrites: symmetric, asymmetric and 5×5 pads, fused and unfused
-/// ReLU, 16/32 channels (a multiple of every block size).
+/// gradient — on the nodes it rewrites: symmetric, asymmetric and 5×5 pads, 1×1 filters, fused
+/// and unfused ReLU, 16/32 channels (a multiple of every block size).
 #[test]
 fn nchwc_rewrite_matches_standard_ops() {
     use tlearn::train::graph::{self, Mode};
@@ -529,14 +529,15 @@ fn nchwc_rewrite_matches_standard_ops() {
         let h = b.op("MaxPool", &[&h], vec![("kernel_shape", A::Ints(vec![2, 2])), ("strides", A::Ints(vec![2, 2]))]);
         let h = conv(b, rng, &h, 32, 16, 3, vec![("pads", A::Ints(vec![0, 1, 1, 0]))]);
         let h = b.op("Relu", &[&h], vec![]);
-        conv(b, rng, &h, 16, 16, 5, vec![("pads", A::Ints(vec![2, 2, 2, 2]))])
+        let h = conv(b, rng, &h, 16, 16, 5, vec![("pads", A::Ints(vec![2, 2, 2, 2]))]);
+        conv(b, rng, &h, 16, 32, 1, vec![])
     });
     let what = Path::new("nchwc.onnx");
     let tg = graph::compile(&m, what, &|_| true, &[9, 9, 16], Mode::Train).unwrap();
     let mut fast = tg.model.clone();
-    // Forward: the 2nd and 3rd convolutions (the 1st block becomes four strided convolutions,
+    // Forward: the 2nd to 4th convolutions (the 1st block becomes four strided convolutions,
     // poolconv.rs), and their input gradients (the 1st's input is the data).
-    assert_eq!(nchwc::rewrite(&mut fast, block), 4);
+    assert_eq!(nchwc::rewrite(&mut fast, block), 6);
     let ops: Vec<&str> = onnx::graph(&fast).node.iter().map(|n| n.op_type.as_str()).collect();
     assert!(!ops.contains(&"ConvTranspose"), "{ops:?}");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
