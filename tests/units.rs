@@ -382,3 +382,45 @@ fn spilled_rows_read_back_as_rows_in_memory() {
     let mut w = RowWriter::<u8>::new(&held, "short", 2, &[4]).unwrap();
     assert!(w.push(1, &[1, 2, 3]).is_err(), "a partial row is refused");
 }
+
+/// The optimizer's update multiplies and adds no rank-0 scalar: onnxruntime broadcasts one over a
+/// 1×1 convolution's weight (M, C, 1, 1) element by element, ~100× slower than a rank-matched one
+/// (`make bench-train`'s ResNet-50 step spent 10 % of its time there). The rate inputs are only
+/// reshaped, and every scalar constant the update adds has the rank of what it scales.
+#[test]
+fn the_update_broadcasts_no_rank_0_scalar() {
+    use tlearn::onnx::{builder::A, Dim, GraphBuilder};
+    use tlearn::train::{graph, optim};
+    let mut b = GraphBuilder::new("pointwise").with_prefix("p/");
+    b.input("x", &[Dim::named("N"), Dim::Fixed(4), Dim::Fixed(4), Dim::Fixed(8)]);
+    let t = b.op("Transpose", &["x"], vec![("perm", A::Ints(vec![0, 3, 1, 2]))]);
+    let w = b.init_f32("w", &ArrayD::from_elem(ndarray::IxDyn(&[16, 8, 1, 1]), 0.1));
+    let h = b.op("Conv", &[&t, &w], vec![]);
+    let h = b.op("Relu", &[&h], vec![]);
+    let h = b.op("GlobalAveragePool", &[&h], vec![]);
+    let f = b.op("Flatten", &[&h], vec![("axis", A::I(1))]);
+    let k = b.init_f32("k", &ArrayD::from_elem(ndarray::IxDyn(&[16, 3]), 0.1));
+    let bias = b.init_f32("bias", &ArrayD::from_elem(ndarray::IxDyn(&[3]), 0.0));
+    let l = b.op("Gemm", &[&f, &k, &bias], vec![]);
+    b.node("Softmax", &[&l], &["y"], vec![("axis", A::I(-1))]);
+    b.output("y", &[Dim::named("N"), Dim::Fixed(3)]);
+    let m = tlearn::onnx::model(b.finish(), "test");
+    let tg = graph::compile(&m, Path::new("pointwise.onnx"), &|_| true, &[4, 4, 8], graph::Mode::Train).unwrap();
+    let n = tg.params.len();
+    let groups = optim::Groups { lr_scale: vec![0.5; n], decayed: vec![true; n] };
+    for opt in [optim::Optimizer::rmsprop(1e-3), optim::Optimizer::adam(1e-3)] {
+        let u = optim::append_update(&tg, &opt, &groups);
+        let g = tlearn::onnx::graph(&u);
+        let before: std::collections::HashSet<&str> =
+            tlearn::onnx::graph(&tg.model).node.iter().map(|n| n.name.as_str()).collect();
+        let scalars: std::collections::HashSet<&str> =
+            g.initializer.iter().filter(|t| t.dims.is_empty()).map(|t| t.name.as_str()).collect();
+        for node in g.node.iter().filter(|n| !before.contains(n.name.as_str())) {
+            for i in &node.input {
+                let rank0 =
+                    scalars.contains(i.as_str()) || (i == optim::LR || i == optim::DECAY) && node.op_type != "Reshape";
+                assert!(!rank0, "{opt:?}: {} `{}` reads rank-0 `{i}`", node.op_type, node.name);
+            }
+        }
+    }
+}

@@ -192,20 +192,40 @@ pub fn append_update(train: &TrainGraph, opt: &Optimizer, groups: &Groups) -> Mo
             b.graph.input.push(ValueInfoProto { name: slot_name(i, p), ..info.clone() });
         }
     }
-    let mut consts = std::collections::HashMap::<u64, String>::new();
-    let mut c =
-        |b: &mut GraphBuilder, v: f64| consts.entry(v.to_bits()).or_insert_with(|| b.const_f32("c", v as f32)).clone();
-    let mut scaled = std::collections::HashMap::<(u32, &str), String>::new();
-    for (i, p) in train.params.iter().enumerate() {
+    // Every scalar a parameter's update multiplies or adds has the parameter's rank (all ones):
+    // onnxruntime's broadcast of a rank-0 scalar over a tensor whose last dim is 1 (a 1×1
+    // convolution's weight, (M, C, 1, 1)) runs element by element, ~100× slower than with a
+    // rank-matched one — 11 of 11.5 ms for each of (2048, 1024, 1, 1)'s scalar ops.
+    let mut consts = std::collections::HashMap::<(u64, usize), String>::new();
+    let mut c = |b: &mut GraphBuilder, v: f64, rank: usize| {
+        let a = ndarray::ArrayD::from_elem(ndarray::IxDyn(&vec![1; rank]), v as f32);
+        consts
+            .entry((v.to_bits(), rank))
+            .or_insert_with(|| {
+                let name = b.fresh("c");
+                b.init_f32(&name, &a)
+            })
+            .clone()
+    };
+    let mut shaped = std::collections::HashMap::<(u32, &str, usize), String>::new();
+    for (i, (p, info)) in train.params.iter().zip(&param_info).enumerate() {
         let w_next = next_name(p);
         let scale = groups.scale(i);
-        // This parameter's rate: the step's, times its group's factor (one Mul per factor).
+        let rank = crate::onnx::vi_shape(info).1.len();
+        // This parameter's rate: the step's, times its group's factor, at its rank.
         let mut rate = |b: &mut GraphBuilder, input: &'static str| -> String {
-            if scale == 1.0 {
-                return input.to_string();
+            let key = (scale.to_bits(), input, rank);
+            if let Some(r) = shaped.get(&key) {
+                return r.clone();
             }
-            let k = c(b, scale as f64);
-            scaled.entry((scale.to_bits(), input)).or_insert_with(|| b.op("Mul", &[input, &k], vec![])).clone()
+            let to = b.const_i64("rank", &vec![1; rank]);
+            let mut r = b.op("Reshape", &[input, &to], vec![]);
+            if scale != 1.0 {
+                let k = c(b, scale as f64, rank);
+                r = b.op("Mul", &[&r, &k], vec![]);
+            }
+            shaped.insert(key, r.clone());
+            r
         };
         let decayed = if groups.decayed.get(i).copied().unwrap_or(false) {
             let d = rate(&mut b, DECAY);
@@ -216,7 +236,7 @@ pub fn append_update(train: &TrainGraph, opt: &Optimizer, groups: &Groups) -> Mo
         };
         let lr = rate(&mut b, LR);
         let (w, lr) = (decayed.as_str(), lr.as_str());
-        rule(&mut b, &mut c, opt, p, w, lr);
+        rule(&mut b, &mut |b: &mut GraphBuilder, v: f64| c(b, v, rank), opt, p, w, lr);
         b.output_any(&w_next);
         for i in 0..opt.n_slots() {
             b.output_any(&next_name(&slot_name(i, p)));
