@@ -511,7 +511,8 @@ fn scatter_pool_gradients_equal_unpool_gradients() {
 /// The CPU fast path (`train::nchwc`: convolutions and their input gradients on onnxruntime's
 /// NCHWc kernels) computes what the standard-op graph computes — loss, outputs and every
 /// gradient — on the nodes it rewrites: symmetric, asymmetric and 5×5 pads, 1×1 filters, fused
-/// and unfused ReLU, 16/32 channels (a multiple of every block size).
+/// and unfused ReLU, 16/32 channels (a multiple of every block size; 32 → 32 gives two blocks on
+/// both sides of a filter even with AVX-512's 16).
 #[test]
 fn nchwc_rewrite_matches_standard_ops() {
     use tlearn::train::graph::{self, Mode};
@@ -529,8 +530,8 @@ fn nchwc_rewrite_matches_standard_ops() {
         let h = b.op("MaxPool", &[&h], vec![("kernel_shape", A::Ints(vec![2, 2])), ("strides", A::Ints(vec![2, 2]))]);
         let h = conv(b, rng, &h, 32, 16, 3, vec![("pads", A::Ints(vec![0, 1, 1, 0]))]);
         let h = b.op("Relu", &[&h], vec![]);
-        let h = conv(b, rng, &h, 16, 16, 5, vec![("pads", A::Ints(vec![2, 2, 2, 2]))]);
-        conv(b, rng, &h, 16, 32, 1, vec![])
+        let h = conv(b, rng, &h, 16, 32, 5, vec![("pads", A::Ints(vec![2, 2, 2, 2]))]);
+        conv(b, rng, &h, 32, 32, 1, vec![])
     });
     let what = Path::new("nchwc.onnx");
     let tg = graph::compile(&m, what, &|_| true, &[9, 9, 16], Mode::Train).unwrap();

@@ -408,7 +408,7 @@ fn the_update_broadcasts_no_rank_0_scalar() {
     let tg = graph::compile(&m, Path::new("pointwise.onnx"), &|_| true, &[4, 4, 8], graph::Mode::Train).unwrap();
     let n = tg.params.len();
     let groups = optim::Groups { lr_scale: vec![0.5; n], decayed: vec![true; n] };
-    for opt in [optim::Optimizer::rmsprop(1e-3), optim::Optimizer::adam(1e-3)] {
+    for opt in [optim::Optimizer::rmsprop(1e-3), optim::Optimizer::adam(1e-3), optim::Optimizer::sgd(1e-3, 0.9)] {
         let u = optim::append_update(&tg, &opt, &groups);
         let g = tlearn::onnx::graph(&u);
         let before: std::collections::HashSet<&str> =

@@ -195,7 +195,7 @@ fn conv_transpose(b: &mut GraphBuilder, n: &NodeProto, c: &Blocked) -> bool {
         return false;
     }
     // dX = Conv(dY, W') with W'[c, m, i, j] = W[m, c, kh−1−i, kw−1−j]: the spatial flip (none
-    // for 1×1), then the swap of M and C within the one transpose that blocks the filter.
+    // for 1×1), then the swap of M and C folded into `reorder_filter`'s blocking (`swap`).
     let wf = if kh * kw > 1 {
         let st = b.const_i64("starts", &[-1, -1]);
         let en = b.const_i64("ends", &[i64::MIN, i64::MIN]);
@@ -226,21 +226,34 @@ fn reorder_filter(b: &mut GraphBuilder, w: &str, dims: [i64; 4], block: usize, s
     let [out, inp, kh, kw] = dims;
     let (m, c) = if swap { (inp, out) } else { (out, inp) };
     let (bl, k) = (block as i64, kh * kw);
-    let blocked = if swap {
+    let blocked = match (swap, k) {
+        // (M, C/B, B) → (C/B, M, B) is already [C/B][M/B][B_M][B_C].
+        (true, 1) => {
+            let r = reshape(b, w, &[m, c / bl, bl]);
+            b.op("Transpose", &[&r], vec![("perm", A::Ints(vec![1, 0, 2]))])
+        }
         // (M, C/B, B·K) → (C/B, M, B·K): rows of B·K move whole; then, per (C/B, M/B) pair,
         // (B_M·B_C, K) → (B_M, K, B_C) → (K, B_M, B_C).
-        let r = reshape(b, w, &[m, c / bl, bl * k]);
-        let t = b.op("Transpose", &[&r], vec![("perm", A::Ints(vec![1, 0, 2]))]);
-        let r = reshape(b, &t, &[(c / bl) * (m / bl), bl * bl, k, 1]);
-        let ri = b.op_in(DOMAIN, "ReorderInput", &[&r], vec![]);
-        let r = reshape(b, &ri, &[(c / bl) * (m / bl), bl, k, bl]);
-        b.op("Transpose", &[&r], vec![("perm", A::Ints(vec![0, 2, 1, 3]))])
-    } else {
-        // (M, C, K) → (M, C/B, K, B_C), then (M/B, B_M, C·K) → (M/B, C·K, B_M).
-        let r = reshape(b, w, &[m, c, k, 1]);
-        let ri = b.op_in(DOMAIN, "ReorderInput", &[&r], vec![]);
-        let r = reshape(b, &ri, &[m / bl, bl, c * k, 1]);
-        b.op_in(DOMAIN, "ReorderInput", &[&r], vec![])
+        (true, _) => {
+            let r = reshape(b, w, &[m, c / bl, bl * k]);
+            let t = b.op("Transpose", &[&r], vec![("perm", A::Ints(vec![1, 0, 2]))]);
+            let r = reshape(b, &t, &[(c / bl) * (m / bl), bl * bl, k, 1]);
+            let ri = b.op_in(DOMAIN, "ReorderInput", &[&r], vec![]);
+            let r = reshape(b, &ri, &[(c / bl) * (m / bl), bl, k, bl]);
+            b.op("Transpose", &[&r], vec![("perm", A::Ints(vec![0, 2, 1, 3]))])
+        }
+        // (M, C, K) → (M, C/B, K, B_C) (nothing to move for 1×1), then (M/B, B_M, C·K) →
+        // (M/B, C·K, B_M).
+        (false, _) => {
+            let cols = if k == 1 {
+                w.to_string()
+            } else {
+                let r = reshape(b, w, &[m, c, k, 1]);
+                b.op_in(DOMAIN, "ReorderInput", &[&r], vec![])
+            };
+            let r = reshape(b, &cols, &[m / bl, bl, c * k, 1]);
+            b.op_in(DOMAIN, "ReorderInput", &[&r], vec![])
+        }
     };
     reshape(b, &blocked, &[out, inp, kh, kw])
 }

@@ -195,7 +195,7 @@ pub fn append_update(train: &TrainGraph, opt: &Optimizer, groups: &Groups) -> Mo
     // Every scalar a parameter's update multiplies or adds has the parameter's rank (all ones):
     // onnxruntime's broadcast of a rank-0 scalar over a tensor whose last dim is 1 (a 1×1
     // convolution's weight, (M, C, 1, 1)) runs element by element, ~100× slower than with a
-    // rank-matched one — 11 of 11.5 ms for each of (2048, 1024, 1, 1)'s scalar ops.
+    // rank-matched one: 10.3 ms against 0.11 ms for a (2048, 1024, 1, 1) Mul.
     let mut consts = std::collections::HashMap::<(u64, usize), String>::new();
     let mut c = |b: &mut GraphBuilder, v: f64, rank: usize| {
         let a = ndarray::ArrayD::from_elem(ndarray::IxDyn(&vec![1; rank]), v as f32);
