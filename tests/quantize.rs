@@ -23,6 +23,11 @@ fn correlation(a: &ndarray::ArrayD<f32>, b: &ndarray::ArrayD<f32>) -> f64 {
     ab / (aa * bb).sqrt()
 }
 
+/// The int8-vs-fp32 correlation `tlearn-backbone quantize` reports on its calibration images.
+fn reported_correlation(out: &str) -> f64 {
+    out.split("correlation ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap()
+}
+
 /// The op types ORT ran, from the profile of a run with TLEARN_ORT_PROFILE.
 fn profiled_ops(w: &Path, args: &[&str]) -> Vec<String> {
     let prefix = w.join("prof");
@@ -113,12 +118,12 @@ fn an_int8_backbone_is_calibrated_fused_close_to_fp32_and_usable_everywhere() {
     // The histogram methods give ranges as close; bad calibration input is a clear error.
     for method in ["percentile", "entropy"] {
         let out = ok("tlearn-backbone", &["quantize", "tiny", "--calibrate", "data/toy", "--method", method], w);
-        let corr: f64 = out.split("correlation ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
+        let corr = reported_correlation(&out);
         assert!(corr > 0.98, "{method}: {out}");
     }
     let r = ["quantize", "tiny", "--calibrate", "data/toy", "--weight-range", "reduced"];
     let out = ok("tlearn-backbone", &r, w);
-    let corr: f64 = out.split("correlation ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
+    let corr = reported_correlation(&out);
     assert!(out.contains("reduced-range weights") && corr > 0.98, "{out}");
     let side: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(w.join("onnx/tiny-int8.onnx.json")).unwrap()).unwrap();

@@ -126,6 +126,12 @@ impl GraphBuilder {
         name
     }
 
+    /// `x` reshaped to `to` (a fresh int64 constant named after `hint`).
+    pub fn reshape(&mut self, x: &str, hint: &str, to: &[i64]) -> String {
+        let s = self.const_i64(hint, to);
+        self.op("Reshape", &[x, &s], vec![])
+    }
+
     /// A fresh float scalar constant initializer.
     pub fn const_f32(&mut self, hint: &str, v: f32) -> String {
         let name = self.fresh(hint);

@@ -91,8 +91,7 @@ pub fn fuse(
 /// [`OUTPUT`] as the mean over the `nv` views of `probs` (V·N, k), view-major: (V, N·k) → mean
 /// over V as a (1, V) MatMul → (N, k).
 fn emit_view_mean(b: &mut GraphBuilder, probs: &str, nv: usize, k: usize) {
-    let s1 = b.const_i64("tta_shape", &[nv as i64, -1]);
-    let r = b.op("Reshape", &[probs, &s1], vec![]);
+    let r = b.reshape(probs, "tta_shape", &[nv as i64, -1]);
     let w = b.init_f32("tta/mean", &ndarray::Array2::from_elem((1, nv), 1.0 / nv as f32).into_dyn());
     let m = b.op("MatMul", &[&w, &r], vec![]);
     let s2 = b.const_i64("tta_rows", &[-1, k as i64]);

@@ -74,8 +74,7 @@ fn ints(n: &NodeProto, name: &str, len: usize, default: i64) -> Vec<usize> {
 /// `p` as (N, rest). onnxruntime's ReduceSum over the leading axis runs on one thread; the MatMul
 /// is ~25× faster on v1's weight gradients (6.2 → 0.2 ms for (32, 1152, 128), `make bench-train`).
 fn batch_sum(b: &mut GraphBuilder, p: &str, shape: &[i64]) -> String {
-    let flat = b.const_i64("rows", &[0, -1]);
-    let p2 = b.op("Reshape", &[p, &flat], vec![]);
+    let p2 = b.reshape(p, "rows", &[0, -1]);
     let shp = b.op("Shape", &[p], vec![]);
     let first = b.const_i64("first", &[0]);
     let dims = b.op("Gather", &[&shp, &first], vec![]);
@@ -84,8 +83,7 @@ fn batch_sum(b: &mut GraphBuilder, p: &str, shape: &[i64]) -> String {
     let one_f = b.const_f32("one", 1.0);
     let ones = b.op("Expand", &[&one_f, &row_shape], vec![]);
     let s = b.op("MatMul", &[&ones, &p2], vec![]);
-    let to = b.const_i64("shape", shape);
-    b.op("Reshape", &[&s, &to], vec![])
+    b.reshape(&s, "shape", shape)
 }
 
 /// Backward of `n` given the summed output gradient `dy`. `wants(i)`: input i needs a gradient.
@@ -230,10 +228,8 @@ fn conv_weight_grad(b: &mut GraphBuilder, r: &Rule, g: &ConvGeom) -> String {
     let (m, c, kh, kw) = (g.m, g.cg, g.kh, g.kw);
     let kk = kh * kw;
     let cols = unfold(b, r, g, c);
-    let cshape = b.const_i64("cols_shape", &[0, (c * kk) as i64, -1]);
-    let cols = b.op("Reshape", &[&cols, &cshape], vec![]);
-    let yshape = b.const_i64("dy_shape", &[0, m as i64, -1]);
-    let dyr = b.op("Reshape", &[r.dy, &yshape], vec![]);
+    let cols = b.reshape(&cols, "cols_shape", &[0, (c * kk) as i64, -1]);
+    let dyr = b.reshape(r.dy, "dy_shape", &[0, m as i64, -1]);
     // (N, M, hw) × (N, hw, CK) — transpose whichever operand is smaller — then the sum over N.
     let per_sample = if m <= c * kk {
         let dyt = b.op("Transpose", &[&dyr], vec![("perm", A::Ints(vec![0, 2, 1]))]);
@@ -245,8 +241,7 @@ fn conv_weight_grad(b: &mut GraphBuilder, r: &Rule, g: &ConvGeom) -> String {
         let p = b.op("MatMul", &[&dyr, &ct], vec![]); // (N, M, CK)
         batch_sum(b, &p, &[m as i64, (c * kk) as i64])
     };
-    let wshape = b.const_i64("w_shape", &[m as i64, c as i64, kh as i64, kw as i64]);
-    b.op("Reshape", &[&per_sample, &wshape], vec![])
+    b.reshape(&per_sample, "w_shape", &[m as i64, c as i64, kh as i64, kw as i64])
 }
 
 /// dW of a grouped convolution (depthwise included): per group G, the columns of its cg input
@@ -255,22 +250,18 @@ fn grouped_weight_grad(b: &mut GraphBuilder, r: &Rule, g: &ConvGeom) -> String {
     let (gr, cg, kh, kw) = (g.group, g.cg, g.kh, g.kw);
     let (ck, mg) = ((cg * kh * kw) as i64, (g.m / gr) as i64);
     let cols = unfold(b, r, g, cg * gr);
-    let cshape = b.const_i64("cols_shape", &[0, gr as i64, ck, -1]);
-    let cols = b.op("Reshape", &[&cols, &cshape], vec![]);
+    let cols = b.reshape(&cols, "cols_shape", &[0, gr as i64, ck, -1]);
     // (N, G, mg, hw) → (N, G, hw, mg): a plain reshape for depthwise (mg = 1).
     let dyt = if mg == 1 {
-        let shape = b.const_i64("dy_shape", &[0, gr as i64, -1, 1]);
-        b.op("Reshape", &[r.dy, &shape], vec![])
+        b.reshape(r.dy, "dy_shape", &[0, gr as i64, -1, 1])
     } else {
-        let shape = b.const_i64("dy_shape", &[0, gr as i64, mg, -1]);
-        let dyr = b.op("Reshape", &[r.dy, &shape], vec![]);
+        let dyr = b.reshape(r.dy, "dy_shape", &[0, gr as i64, mg, -1]);
         b.op("Transpose", &[&dyr], vec![("perm", A::Ints(vec![0, 1, 3, 2]))])
     };
     let p = b.op("MatMul", &[&cols, &dyt], vec![]); // (N, G, cg·kk, mg)
     let s = batch_sum(b, &p, &[gr as i64, ck, mg]);
     let t = b.op("Transpose", &[&s], vec![("perm", A::Ints(vec![0, 2, 1]))]); // (G, mg, cg·kk)
-    let wshape = b.const_i64("w_shape", &[g.m as i64, cg as i64, kh as i64, kw as i64]);
-    b.op("Reshape", &[&t, &wshape], vec![])
+    b.reshape(&t, "w_shape", &[g.m as i64, cg as i64, kh as i64, kw as i64])
 }
 
 fn max_pool(b: &mut GraphBuilder, r: &Rule, always_scatter: bool) -> Result<Grads> {

@@ -229,17 +229,17 @@ fn reorder_filter(b: &mut GraphBuilder, w: &str, dims: [i64; 4], block: usize, s
     let blocked = match (swap, k) {
         // (M, C/B, B) → (C/B, M, B) is already [C/B][M/B][B_M][B_C].
         (true, 1) => {
-            let r = reshape(b, w, &[m, c / bl, bl]);
+            let r = b.reshape(w, "shape", &[m, c / bl, bl]);
             b.op("Transpose", &[&r], vec![("perm", A::Ints(vec![1, 0, 2]))])
         }
         // (M, C/B, B·K) → (C/B, M, B·K): rows of B·K move whole; then, per (C/B, M/B) pair,
         // (B_M·B_C, K) → (B_M, K, B_C) → (K, B_M, B_C).
         (true, _) => {
-            let r = reshape(b, w, &[m, c / bl, bl * k]);
+            let r = b.reshape(w, "shape", &[m, c / bl, bl * k]);
             let t = b.op("Transpose", &[&r], vec![("perm", A::Ints(vec![1, 0, 2]))]);
-            let r = reshape(b, &t, &[(c / bl) * (m / bl), bl * bl, k, 1]);
+            let r = b.reshape(&t, "shape", &[(c / bl) * (m / bl), bl * bl, k, 1]);
             let ri = b.op_in(DOMAIN, "ReorderInput", &[&r], vec![]);
-            let r = reshape(b, &ri, &[(c / bl) * (m / bl), bl, k, bl]);
+            let r = b.reshape(&ri, "shape", &[(c / bl) * (m / bl), bl, k, bl]);
             b.op("Transpose", &[&r], vec![("perm", A::Ints(vec![0, 2, 1, 3]))])
         }
         // (M, C, K) → (M, C/B, K, B_C) (nothing to move for 1×1), then (M/B, B_M, C·K) →
@@ -248,17 +248,12 @@ fn reorder_filter(b: &mut GraphBuilder, w: &str, dims: [i64; 4], block: usize, s
             let cols = if k == 1 {
                 w.to_string()
             } else {
-                let r = reshape(b, w, &[m, c, k, 1]);
+                let r = b.reshape(w, "shape", &[m, c, k, 1]);
                 b.op_in(DOMAIN, "ReorderInput", &[&r], vec![])
             };
-            let r = reshape(b, &cols, &[m / bl, bl, c * k, 1]);
+            let r = b.reshape(&cols, "shape", &[m / bl, bl, c * k, 1]);
             b.op_in(DOMAIN, "ReorderInput", &[&r], vec![])
         }
     };
-    reshape(b, &blocked, &[out, inp, kh, kw])
-}
-
-fn reshape(b: &mut GraphBuilder, x: &str, to: &[i64]) -> String {
-    let s = b.const_i64("shape", to);
-    b.op("Reshape", &[x, &s], vec![])
+    b.reshape(&blocked, "shape", &[out, inp, kh, kw])
 }

@@ -218,8 +218,7 @@ pub fn append_update(train: &TrainGraph, opt: &Optimizer, groups: &Groups) -> Mo
             if let Some(r) = shaped.get(&key) {
                 return r.clone();
             }
-            let to = b.const_i64("rank", &vec![1; rank]);
-            let mut r = b.op("Reshape", &[input, &to], vec![]);
+            let mut r = b.reshape(input, "rank", &vec![1; rank]);
             if scale != 1.0 {
                 let k = c(b, scale as f64, rank);
                 r = b.op("Mul", &[&r, &k], vec![]);
