@@ -146,11 +146,17 @@ impl Catalog {
     }
 
     /// Register a user entry in `user-backbones.toml`. A built-in name is never taken over; an
-    /// existing user entry is replaced only with `replace`.
+    /// existing user entry is replaced only with `replace`. The file is locked, re-read and
+    /// checked under the lock, so concurrent registrations all land.
     pub fn add_user(&mut self, name: &str, e: Entry, replace: bool) -> Result<()> {
         self.check_new_name(name, replace)?;
         let path = self.dir.join(USER_CATALOG);
+        let _lock = crate::lock::file(&path)?;
         let mut user = if path.exists() { read_file(&path)? } else { BTreeMap::new() };
+        for (k, v) in &user {
+            self.entries.insert(k.clone(), v.clone());
+        }
+        self.check_new_name(name, replace)?;
         user.insert(name.into(), e.clone());
         let text = toml::to_string(&user).map_err(|e| Error::Other(e.to_string()))?;
         crate::fsutil::write_bytes_atomic(

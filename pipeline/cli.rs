@@ -12,7 +12,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 macro_rules! outln {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($t)*);
+        if $crate::cli::data_on_stdout() {
+            let _ = writeln!(std::io::stderr(), $($t)*);
+        } else {
+            let _ = writeln!(std::io::stdout(), $($t)*);
+        }
     }};
 }
 
@@ -21,7 +25,11 @@ macro_rules! outln {
 macro_rules! out {
     ($($t:tt)*) => {{
         use std::io::Write as _;
-        let _ = write!(std::io::stdout(), $($t)*);
+        if $crate::cli::data_on_stdout() {
+            let _ = write!(std::io::stderr(), $($t)*);
+        } else {
+            let _ = write!(std::io::stdout(), $($t)*);
+        }
     }};
 }
 
@@ -106,6 +114,19 @@ impl Sink for Terminal {
 }
 
 /// The whole of every binary's `main`: logging, run, `error: …` with its causes and exit 1.
+static DATA_ON_STDOUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The command's data (scores to `--out -`) goes to standard output: from now on, what
+/// [`outln!`] and [`out!`] report goes to standard error, so the data stays clean.
+pub fn send_report_to_stderr() {
+    DATA_ON_STDOUT.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// See [`send_report_to_stderr`].
+pub fn data_on_stdout() -> bool {
+    DATA_ON_STDOUT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn main(run: impl FnOnce() -> anyhow::Result<()>) -> std::process::ExitCode {
     init_logging();
     match run() {

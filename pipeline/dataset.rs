@@ -292,6 +292,14 @@ pub fn write_split(
             reason: "output folder exists (use --force to replace it)".into(),
         });
     }
+    if out.exists() && !is_own_split(out) {
+        return Err(Error::BadData {
+            path: out.into(),
+            reason: "--force replaces only a split tlearn made (a folder with its manifest.csv); this one is not: \
+                     give a new output folder"
+                .into(),
+        });
+    }
     let parent = fsutil::parent_dir(out);
     std::fs::create_dir_all(parent).at(parent)?;
     let tmp = tempfile::Builder::new().prefix(".split-").tempdir_in(parent).at(parent)?;
@@ -338,6 +346,11 @@ pub fn write_split(
     }
     std::fs::rename(&tmp, out).at(out)?;
     Ok((counts, skipped))
+}
+
+/// Is `dir` a split tlearn wrote (its `manifest.csv` starts with tlearn's header)?
+fn is_own_split(dir: &Path) -> bool {
+    fsutil::starts_with_line(&dir.join("manifest.csv"), "split,class,file,source")
 }
 
 /// Put the image at `path` at `dest` as `mode` says; returns its resolved source path.

@@ -214,10 +214,15 @@ fn heatmaps(
     rows.extend(crate::report::most_confident(&p, &pred, &labels, (ex.mistakes / 2).max(1), true));
     let (mut cam, _) = crate::score::grad_cam(&ex.model, &ex.session)?;
     let dir = out.join("gradcam");
-    // The overlays of an earlier evaluation go (a smaller --explain leaves none behind).
-    if dir.is_dir() {
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::Io { path: dir.clone(), err: e })?;
-    }
+    // The overlays of an earlier evaluation go (a smaller --explain leaves none behind), and
+    // nothing else: the folder must be tlearn's own (or one only ever filled with its overlays).
+    let only_overlays = |d: &Path| {
+        std::fs::read_dir(d).is_ok_and(|r| {
+            r.filter_map(|e| e.ok()).all(|e| e.file_name().to_str().is_some_and(crate::output::is_overlay_name))
+        })
+    };
+    crate::output::claim_dir(&dir, "the report's Grad-CAM overlays", only_overlays)?;
+    crate::output::remove_own_files(&dir, crate::output::is_overlay_name)?;
     let mut maps = vec![];
     for (n, &i) in rows.iter().enumerate() {
         let (path, truth) = (&files[i].0, files[i].1);

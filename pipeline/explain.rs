@@ -228,6 +228,9 @@ pub fn file(
 }
 
 /// Where [`write_png`] puts the overlay of image number `i` named `name`.
+/// Characters of an image's stem kept in its overlay's name.
+pub const MAX_STEM: usize = 80;
+
 pub fn png_path(dir: &Path, i: usize, name: &str) -> PathBuf {
     let stem: String = Path::new(name)
         .file_stem()
@@ -235,6 +238,8 @@ pub fn png_path(dir: &Path, i: usize, name: &str) -> PathBuf {
             s.to_string_lossy()
                 .chars()
                 .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+                // Bounded, so a long name never makes a file name past the file system's limit.
+                .take(MAX_STEM)
                 .collect()
         })
         .unwrap_or_default();

@@ -359,8 +359,7 @@ fn scale_base(trainer: &mut Trainer, cfg: &FinetuneConfig, model: &ModelProto, i
 /// Train `cfg.model` on `cfg.data`; every epoch (and any replayed from a checkpoint) goes to `sink`.
 pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
     check_fit_on(cfg)?;
-    // A deployable model with TTA views trains on its plain view.
-    let model = crate::score::plain(&onnx::load_model(&cfg.model)?, &cfg.model)?;
+    let model = open_model(&cfg.model)?;
     let input = input_shape(&model, &cfg.model)?;
     fsutil::check_output_apart(&cfg.run_dir, &[&cfg.data, &cfg.model])?;
     let classes = crate::dataset::training_classes(&cfg.data)?;
@@ -436,6 +435,12 @@ pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
     let trunk_info =
         trunk.as_ref().map(|t| TrunkInfo { tensor: t.tensor.clone(), views: t.views.clone(), seconds: t.seconds });
     record(cfg, &model, best, done, trunk_info, classes, input, (&train, val.as_ref()))
+}
+
+/// The net to train: a deployable model only while current, and with TTA views its plain view.
+fn open_model(path: &Path) -> Result<ModelProto> {
+    crate::score::check_current(path)?;
+    crate::score::plain(&onnx::load_model(path)?, path)
 }
 
 /// `include_validation` needs a validation folder, and leaves no validation loss to stop on.

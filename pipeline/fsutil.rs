@@ -7,8 +7,15 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Write a file through a temporary sibling and rename it into place, so a reader never sees a
-/// half-written result and an interrupted run leaves the previous file intact.
+/// half-written result and an interrupted run leaves the previous file intact. A link is written
+/// at its target (the link stays); a FIFO, a device or `-` is written as a stream
+/// ([`crate::output::target`]).
 pub fn write_atomic(path: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
+    let path = match crate::output::target(path)? {
+        crate::output::Target::File(p) => p,
+        stream => return crate::output::write_stream(&stream, write),
+    };
+    let path = path.as_path();
     let dir = parent_dir(path);
     std::fs::create_dir_all(dir).at(dir)?;
     let mut tmp = tempfile::Builder::new()
@@ -295,6 +302,17 @@ pub fn csv_cell(s: &str) -> std::borrow::Cow<'_, str> {
 /// The value a [`csv_cell`] stands for.
 pub fn csv_uncell(s: &str) -> &str {
     s.strip_prefix('\'').unwrap_or(s)
+}
+
+/// Does the file at `path` start with the line `header` (tlearn's own CSV header: proof that
+/// tlearn wrote it)? False when it cannot be read.
+pub fn starts_with_line(path: &Path, header: &str) -> bool {
+    use std::io::BufRead;
+    let Ok(f) = std::fs::File::open(path) else { return false };
+    let mut first = String::new();
+    let limit = header.len() as u64 + 2;
+    std::io::BufReader::new(f).take(limit).read_line(&mut first).is_ok()
+        && first.trim_end_matches(['\r', '\n']) == header
 }
 
 /// Read a file whose sha256 was recorded, failing when it changed since.

@@ -101,8 +101,8 @@ fn is_glob(s: &str) -> bool {
 }
 
 /// The image files named by `inputs` (folders, images, or glob patterns such as `shots/**/*.jpg`)
-/// and by the lines of each `lists` file (paths as written; empty lines and `#` comments skipped;
-/// every listed path must be a file — a missing one is reported, not fatal). Sorted, no duplicates.
+/// and by each `lists` file ([`list_file`]; a listed path that is not a file is reported, not
+/// fatal). Sorted, no duplicates.
 pub fn collect(inputs: &[PathBuf], lists: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<Unreadable>)> {
     let mut files = vec![];
     let mut bad = vec![];
@@ -130,17 +130,76 @@ pub fn collect(inputs: &[PathBuf], lists: &[PathBuf]) -> Result<(Vec<PathBuf>, V
         }
     }
     for list in lists {
-        let text = std::fs::read_to_string(list).at(list)?;
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-            let p = PathBuf::from(line);
-            if p.is_file() {
-                files.push(p);
-            } else {
-                bad.push((line.to_string(), format!("{line}: listed in {} but not a file", list.display())));
-            }
-        }
+        let (f, b) = list_file(list)?;
+        files.extend(f);
+        bad.extend(b);
     }
     files.sort();
     files.dedup();
     Ok((files, bad))
+}
+
+/// The paths a list file names. Each line is one path as written, only its line end (`\n` or
+/// `\r\n`) removed: spaces, a leading `#` and bytes that are not UTF-8 are part of the path.
+/// A line that names no file as written but does once tlearn's own escapes (`\\`, `\xHH`, as
+/// in `scores.csv`) are read is that file. Empty lines are skipped (and counted in the log). A
+/// tlearn scores file (CSV with its header, or JSON lines) lists the paths of its rows, so the
+/// output of one scoring run is a list for the next.
+pub fn list_file(list: &Path) -> Result<(Vec<PathBuf>, Vec<Unreadable>)> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = std::fs::read(list).at(list)?;
+    let (mut files, mut bad, mut empty) = (vec![], vec![], 0usize);
+    for (n, line) in list_lines(&bytes, list)? {
+        if line.is_empty() {
+            empty += 1;
+            continue;
+        }
+        let as_written = PathBuf::from(std::ffi::OsStr::from_bytes(&line));
+        let unescaped = std::str::from_utf8(&line).ok().map(crate::fsutil::text_path);
+        match [Some(as_written.clone()), unescaped].into_iter().flatten().find(|p| p.is_file()) {
+            Some(p) => files.push(p),
+            None => {
+                let shown = crate::fsutil::path_text(&as_written);
+                bad.push((shown.clone(), format!("{} line {n}: {shown} is not a file", list.display())));
+            }
+        }
+    }
+    if empty > 0 {
+        tracing::info!("{}: {empty} empty line(s) skipped", list.display());
+    }
+    Ok((files, bad))
+}
+
+/// (line number, path bytes) of a list: plain lines, or the `path` cells of a scores file.
+fn list_lines(bytes: &[u8], list: &Path) -> Result<Vec<(usize, Vec<u8>)>> {
+    let bad = |n: usize, e: &dyn std::fmt::Display| crate::error::Error::BadData {
+        path: list.into(),
+        reason: format!("line {n}: {e} (a scores file's rows must keep their form to be read as a list)"),
+    };
+    let first = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+    if first.starts_with(b"path,class,probability") {
+        let mut out = vec![];
+        for (i, rec) in csv::Reader::from_reader(bytes).byte_records().enumerate() {
+            let rec = rec.map_err(|e| bad(i + 2, &e))?;
+            let cell = rec.get(0).unwrap_or_default();
+            let cell = std::str::from_utf8(cell).map_err(|e| bad(i + 2, &e))?;
+            out.push((i + 2, crate::fsutil::csv_uncell(cell).as_bytes().to_vec()));
+        }
+        return Ok(out);
+    }
+    let json_row = |l: &[u8]| serde_json::from_slice::<serde_json::Value>(l).is_ok_and(|v| v["path"].is_string());
+    if first.starts_with(b"{") && json_row(first) {
+        let mut out = vec![];
+        for (i, line) in bytes.split(|&b| b == b'\n').enumerate().filter(|(_, l)| !l.is_empty()) {
+            let v: serde_json::Value = serde_json::from_slice(line).map_err(|e| bad(i + 1, &e))?;
+            let p = v.get("path").and_then(|p| p.as_str()).ok_or_else(|| bad(i + 1, &"no \"path\" string"))?;
+            out.push((i + 1, p.as_bytes().to_vec()));
+        }
+        return Ok(out);
+    }
+    let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    if bytes.ends_with(b"\n") {
+        lines.pop();
+    }
+    Ok(lines.into_iter().enumerate().map(|(i, l)| (i + 1, l.strip_suffix(b"\r").unwrap_or(l).to_vec())).collect())
 }

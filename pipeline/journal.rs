@@ -39,11 +39,19 @@ impl Journal {
         let want = serde_json::to_value(manifest)
             .map_err(|e| Error::BadData { path: dir.into(), reason: format!("journal manifest: {e}") })?;
         let mp = dir.join(MANIFEST);
+        if dir.exists() && !mp.exists() && has_foreign_files(dir)? {
+            return Err(Error::BadData {
+                path: dir.into(),
+                reason: "tlearn keeps its work journal here, but this folder holds files tlearn did not write; \
+                         move it away or choose another output"
+                    .into(),
+            });
+        }
         if dir.exists() {
             let same = fsutil::read_json::<serde_json::Value>(&mp).map(|v| v == want).unwrap_or(false);
             if !same {
                 tracing::warn!("{}: left by a run with other settings; starting over", dir.display());
-                std::fs::remove_dir_all(dir).at(dir)?;
+                remove(dir)?;
             }
         }
         if !mp.exists() {
@@ -107,6 +115,28 @@ impl Journal {
 
     /// The work is done and its output written: drop the journal.
     pub fn finish(self) -> Result<()> {
-        std::fs::remove_dir_all(&self.dir).at(&self.dir)
+        remove(&self.dir)
     }
+}
+
+/// Does `dir` hold anything but a killed writer's temporary files?
+fn has_foreign_files(dir: &Path) -> Result<bool> {
+    let temp = |n: &str| n.starts_with('.') && n.ends_with(".tmp");
+    Ok(std::fs::read_dir(dir).at(dir)?.filter_map(|e| e.ok()).any(|e| !e.file_name().to_str().is_some_and(temp)))
+}
+
+/// Remove a journal folder: the files a journal writes (its manifest, `<chunk>.bin`/`.json`, a
+/// killed writer's `.<name>.tmp`), then the folder. Anything else in it is not tlearn's: the
+/// folder is then kept and named, with what to do.
+fn remove(dir: &Path) -> Result<()> {
+    let ours = |n: &str| {
+        n == MANIFEST || n.ends_with(".bin") || n.ends_with(".json") || (n.starts_with('.') && n.ends_with(".tmp"))
+    };
+    crate::output::remove_files_named(dir, ours)?;
+    std::fs::remove_dir(dir).map_err(|e| Error::BadData {
+        path: dir.into(),
+        reason: format!(
+            "cannot remove this work journal ({e}): it holds files tlearn did not write; move them away and rerun"
+        ),
+    })
 }

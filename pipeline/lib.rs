@@ -35,6 +35,7 @@ pub mod memory;
 pub mod metrics;
 pub mod mnist;
 pub mod onnx;
+pub mod output;
 pub mod params;
 pub mod plot;
 pub mod progress;

@@ -49,7 +49,8 @@ fn the_map_of_a_corner_patch_class_peaks_in_that_corner() {
     let section = html.split("<section id=\"gradcam\">").nth(1).expect("gradcam section");
     let section = section.split("</section>").next().unwrap();
     assert_eq!(section.matches("<img src=\"data:image/png;base64,").count(), 2, "{section}");
-    let pngs: Vec<_> = std::fs::read_dir(w.join("reports/corner/gradcam")).unwrap().collect();
+    let pngs: Vec<_> =
+        file_names(&w.join("reports/corner/gradcam")).into_iter().filter(|n| n.ends_with(".png")).collect();
     assert_eq!(pngs.len(), 2);
 
     // The map of every `corner` test image peaks in the top-left quarter of the 16×16 map.
@@ -126,4 +127,66 @@ fn the_map_of_a_corner_patch_class_peaks_in_that_corner() {
     let (a, b) = (run(&plain), run(&model));
     assert!((&a - &b).mapv(f32::abs).iter().all(|&d| d < 1e-5), "{a} vs {b}");
     assert!((&run(&tta) - &a).mapv(f32::abs).iter().any(|&d| d > 1e-4), "the views change the output");
+}
+
+#[test]
+fn overlays_go_only_into_folders_tlearn_owns_and_only_its_own_files_are_removed() {
+    let w = workdir();
+    let w = w.path();
+    trained(w, &["a", "b"], 6);
+    let explain = |dir: &str| {
+        run(
+            "tlearn-score",
+            &["data/toy/test", "--run", "toy", "--device", "cpu", "--out", "s.csv", "--explain", dir],
+            w,
+        )
+    };
+    // A gallery with an index.csv of its own: refused, nothing touched.
+    let gallery = w.join("gallery");
+    std::fs::create_dir(&gallery).unwrap();
+    std::fs::write(gallery.join("index.csv"), "title,file,year\nsea,00000-sea.png,1999\n").unwrap();
+    std::fs::write(gallery.join("00000-sea.png"), b"a photo").unwrap();
+    let o = explain("gallery");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("gallery") && err.contains("did not write"), "{err}");
+    assert_eq!(std::fs::read(gallery.join("00000-sea.png")).unwrap(), b"a photo");
+    assert!(std::fs::read_to_string(gallery.join("index.csv")).unwrap().starts_with("title,file,year"));
+
+    // A folder of its own: a rerun replaces its overlays and leaves a file put there since.
+    assert!(explain("cams").status.success());
+    let first = file_names(&w.join("cams"));
+    assert!(first.iter().any(|n| n.ends_with(".png")), "{first:?}");
+    std::fs::write(w.join("cams/00000-notes.png"), b"mine").unwrap();
+    assert!(explain("cams").status.success());
+    assert_eq!(std::fs::read(w.join("cams/00000-notes.png")).unwrap(), b"mine", "not listed: kept");
+    let mut again = file_names(&w.join("cams"));
+    again.retain(|n| n != "00000-notes.png");
+    let (mut a, mut b) = (first.clone(), again.clone());
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+
+    // The report's gradcam/ folder: a user's file there stops the overlays, and stays.
+    let gradcam = w.join("reports/toy/gradcam");
+    std::fs::create_dir_all(&gradcam).unwrap();
+    std::fs::write(gradcam.join("keep.txt"), b"mine").unwrap();
+    let out = run("tlearn-evaluate", &["--run", "toy", "--explain", "2", "--device", "cpu"], w);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("did not write"));
+    assert_eq!(std::fs::read(gradcam.join("keep.txt")).unwrap(), b"mine");
+    std::fs::remove_file(gradcam.join("keep.txt")).unwrap();
+    ok("tlearn-evaluate", &["--run", "toy", "--explain", "2", "--device", "cpu"], w);
+    assert!(file_names(&gradcam).iter().any(|n| n.ends_with(".png")));
+}
+
+#[test]
+fn overlay_names_are_bounded_and_recognised() {
+    let long = "x".repeat(300);
+    let p = tlearn::explain::png_path(Path::new("d"), 7, &format!("{long}.jpg"));
+    let name = p.file_name().unwrap().to_str().unwrap();
+    assert_eq!(name.len(), "00007-".len() + tlearn::explain::MAX_STEM + ".png".len());
+    assert!(tlearn::output::is_overlay_name(name));
+    assert!(tlearn::output::is_overlay_name("1-of-4-00012-cat_1.png"));
+    for other in ["photo.png", "0001-a.png", "00001-a.jpg", "00001-a b.png", "../00001-a.png", "00001-a.png.png"] {
+        assert!(!tlearn::output::is_overlay_name(other), "{other}");
+    }
 }

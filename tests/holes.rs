@@ -149,6 +149,38 @@ fn the_catalog_works_from_any_folder() {
     assert!(err.contains("built-in"), "{err}");
 }
 
+/// Eight `tlearn-backbone add`s of different names at once: every one that says "registered"
+/// is in the catalog (each write takes the catalog's lock and re-reads it under the lock).
+#[test]
+fn concurrent_registrations_all_land() {
+    let w = workdir();
+    let w = w.path();
+    tiny_classifier(&w.join("tiny.onnx"), 3);
+    let names: Vec<String> = (0..8).map(|i| format!("tiny{i}")).collect();
+    let children: Vec<_> = names
+        .iter()
+        .map(|n| {
+            std::process::Command::new(bin("tlearn-backbone"))
+                .args(["add", "tiny.onnx", "--output", "pool_out", "--preprocess", "caffe", "--size", "32"])
+                .args(["--name", n])
+                .current_dir(w)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let toml = std::fs::read_to_string(w.join("onnx/user-backbones.toml")).unwrap();
+    for n in &names {
+        assert!(toml.contains(&format!("[{n}]")), "{n} lost:\n{toml}");
+    }
+    let out = ok("tlearn-backbone", &["list"], w);
+    assert!(names.iter().all(|n| out.contains(n.as_str())), "{out}");
+}
+
 /// A graph with one input `x` (N, 4) ending in `last` (op, inputs).
 fn ending_in(op: &str, inputs: &[&str]) -> tlearn::onnx::proto::ModelProto {
     let mut b = GraphBuilder::new("odd");

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u8)] = &[
     ("error", 0),
     ("fsutil", 0),
+    ("output", 0),
     ("onnx", 0),
     ("runtime", 0),
     ("journal", 0),

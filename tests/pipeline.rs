@@ -515,9 +515,9 @@ fn score_takes_globs_and_lists_writes_top_k_jsonl_and_a_summary() {
     ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu"], w);
     ok("tlearn-head", &["--features", &feats, "--run", "m", "--head", "logistic"], w);
     let score = |extra: &[&str]| run("tlearn-score", &[&["--run", "m", "--device", "cpu"][..], extra].concat(), w);
-    // A glob and a list file (with a comment, a blank line and a missing entry) together.
+    // A glob and a list file (with a blank line and a missing entry) together.
     let listed = std::fs::read_dir(w.join("data/toy/test/b")).unwrap().next().unwrap().unwrap().path();
-    let list = format!("# images\n\n{}\nnot/there.png\n", listed.display());
+    let list = format!("\n{}\nnot/there.png\n", listed.display());
     std::fs::write(w.join("list.txt"), list).unwrap();
     let o = score(&["data/toy/test/a/*.png", "--list", "list.txt", "--out", "s.csv", "--top-k", "2"]);
     let out = String::from_utf8_lossy(&o.stdout);

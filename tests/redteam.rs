@@ -17,14 +17,6 @@ fn json(p: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
 }
 
-/// `prepared` + features + a dense head run `toy`.
-fn trained(w: &Path, classes: &[&str], per_class: usize) -> String {
-    let feats = prepared(w, classes, per_class);
-    ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu"], w);
-    ok("tlearn-head", &["--features", &feats, "--run", "toy", "--epochs", "2", "--units", "8"], w);
-    feats
-}
-
 #[test]
 fn outputs_never_replace_or_overwrite_inputs() {
     let w = workdir();
@@ -40,6 +32,14 @@ fn outputs_never_replace_or_overwrite_inputs() {
     for e in walkdir::WalkDir::new(w.join("raw")).into_iter().filter_map(|e| e.ok()) {
         assert!(!e.path_is_symlink(), "{} became a link", e.path().display());
     }
+    // --force replaces a split tlearn made, never a folder of the user's.
+    std::fs::create_dir(w.join("papers")).unwrap();
+    std::fs::write(w.join("papers/thesis.txt"), b"years of work").unwrap();
+    let err = fails("tlearn-data", &["split", "raw", "papers", "--force"], w);
+    assert!(err.contains("papers") && err.contains("only a split tlearn made"), "{err}");
+    assert_eq!(std::fs::read(w.join("papers/thesis.txt")).unwrap(), b"years of work");
+    ok("tlearn-data", &["split", "raw", "split1", "--seed", "1"], w);
+    ok("tlearn-data", &["split", "raw", "split1", "--seed", "2", "--force"], w);
 
     // Backbones: a built-in name is never taken over, a failed add registers nothing, a user
     // entry is replaced only on request, and a cut tensor named `features` is fine.

@@ -31,20 +31,29 @@ fn run(a: Args) -> Result<()> {
     let m = tlearn::convnet::build(&spec, a.seed)?;
     let out = a.out.unwrap_or_else(|| PathBuf::from("onnx").join(format!("{}.onnx", a.name)));
     let bytes = tlearn::onnx::encode_model(&m);
+    let target = tlearn::output::target(&out)?;
+    if target.is_stdout() {
+        tlearn::cli::send_report_to_stderr();
+    }
     tlearn::fsutil::write_bytes_atomic(&out, &bytes)?;
     let rows = tlearn::onnx::summary::rows(&m, &out, spec.input[0] as u32)?;
     let params: usize = rows.iter().map(|r| r.params).sum();
-    tlearn::fsutil::write_json(
-        &tlearn::fsutil::sidecar_path(&out),
-        &serde_json::json!({
-            "net": a.name,
-            "seed": a.seed,
-            "input": spec.input,
-            "params": params,
-            "onnx_sha256": tlearn::fsutil::sha256_bytes(&bytes),
-            "tlearn_version": env!("CARGO_PKG_VERSION"),
-        }),
-    )?;
+    // A stream (`-`, a FIFO, a device) gets no sidecar beside it.
+    (!target.is_stream())
+        .then(|| {
+            tlearn::fsutil::write_json(
+                &tlearn::fsutil::sidecar_path(&out),
+                &serde_json::json!({
+                    "net": a.name,
+                    "seed": a.seed,
+                    "input": spec.input,
+                    "params": params,
+                    "onnx_sha256": tlearn::fsutil::sha256_bytes(&bytes),
+                    "tlearn_version": env!("CARGO_PKG_VERSION"),
+                }),
+            )
+        })
+        .transpose()?;
     tlearn::out!("{}", tlearn::onnx::summary::render(&a.name, &rows, None));
     tlearn::outln!("→ {}", out.display());
     Ok(())

@@ -16,7 +16,8 @@ struct Args {
     /// Folder trees, images, or quoted glob patterns (`'shots/**/*.jpg'`) to score; omit with
     /// --export-only.
     inputs: Vec<PathBuf>,
-    /// Files listing images to score, one path per line (`#` comments and empty lines skipped).
+    /// Files listing images to score: one path per line, as written (no comments; empty lines
+    /// skipped; tlearn's `\\` and `\xHH` escapes read), or a scores file from an earlier run.
     #[arg(long)]
     list: Vec<PathBuf>,
     /// Binary models: predict the positive class (the second) when its probability ≥ this.
@@ -36,7 +37,9 @@ struct Args {
     /// A deployable model instead of the run's (runs/<run>/model.onnx, built when missing or stale).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Output file (default: reports/<run>/scores.csv); a summary goes to <out>.summary.json.
+    /// Output file (default: reports/<run>/scores.csv); a summary goes to <out>.summary.json. A
+    /// link is written at its target; `-` (standard output), a FIFO or a device as a stream,
+    /// with no summary file beside it.
     #[arg(long)]
     out: Option<PathBuf>,
     #[arg(long, default_value = "onnx")]
@@ -82,6 +85,9 @@ fn main() -> std::process::ExitCode {
 
 fn run(a: Args) -> Result<()> {
     if let Some(Cmd::Merge { out, parts }) = &a.cmd {
+        if tlearn::output::target(out)?.is_stdout() {
+            tlearn::cli::send_report_to_stderr();
+        }
         let s = tlearn::score::merge(parts, out).with_context(|| format!("merging into {}", out.display()))?;
         tlearn::outln!("merged {} parts: {} images scored → {}", parts.len(), s.scored, out.display());
         return Ok(());
@@ -100,6 +106,9 @@ fn run(a: Args) -> Result<()> {
         anyhow::bail!("give folders, images, glob patterns or --list files to score (or --export-only)");
     }
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from("reports").join(&a.run).join("scores.csv"));
+    if tlearn::output::target(&out)?.is_stdout() {
+        tlearn::cli::send_report_to_stderr();
+    }
     // Neither the scores nor their summary may land on a list file or the run's record (the
     // library checks the model itself).
     let head = run_dir.join(tlearn::run::HEAD);

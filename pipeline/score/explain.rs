@@ -38,8 +38,9 @@ pub struct Explained {
 }
 
 /// Overlays of `files` (in path order, `NNNNN-<stem>.png`) into `dir` and its index (path,
-/// overlay, class, probability: the predicted class's). Images up to `max_pixels` are decoded; the
-/// overlays an earlier run listed in the same index are removed first.
+/// overlay, class, probability: the predicted class's). Images up to `max_pixels` are decoded.
+/// `dir` must be new, empty or tlearn's own ([`crate::output::claim_dir`]); the overlays an
+/// earlier run listed in the same index are removed first, and nothing else.
 pub fn explain(
     model_path: &Path,
     files: &[PathBuf],
@@ -51,7 +52,7 @@ pub fn explain(
     let inputs: Vec<&Path> = files.iter().map(|p| p.as_path()).chain([model_path]).collect();
     fsutil::check_output_apart(dir, &inputs)?;
     let (mut cam, meta) = grad_cam(model_path, opts)?;
-    std::fs::create_dir_all(dir).map_err(|e| crate::Error::Io { path: dir.into(), err: e })?;
+    crate::output::claim_dir(dir, "Grad-CAM overlays", |d| has_own_index(&d.join(INDEX)))?;
     let index = dir.join(index_name(shard));
     remove_listed(&index)?;
     let prefix = shard.map(|s| format!("{}-of-{}-", s.index, s.count)).unwrap_or_default();
@@ -81,6 +82,7 @@ pub fn explain(
 /// Grad-CAM for the deployable model at `model_path` (its plain view when it has TTA views), and
 /// the model's metadata.
 pub fn grad_cam(model_path: &Path, opts: &SessionOptions) -> Result<(crate::explain::GradCam, super::ModelMeta)> {
+    super::check_current(model_path)?;
     let model = crate::onnx::load_model(model_path)?;
     let meta = super::meta(&model, model_path)?;
     let plain = super::plain(&model, model_path)?;
@@ -88,17 +90,28 @@ pub fn grad_cam(model_path: &Path, opts: &SessionOptions) -> Result<(crate::expl
     Ok((cam, meta))
 }
 
-/// Remove the overlays an earlier run listed in `index` (only those: the folder may hold others).
+/// The header of tlearn's index (the fields of [`Row`]).
+const HEADER: &str = "path,overlay,class,probability";
+
+/// Does `index` start with tlearn's own header (a folder filled before folders were marked)?
+fn has_own_index(index: &Path) -> bool {
+    fsutil::starts_with_line(index, HEADER)
+}
+
+/// Remove the overlays an earlier run listed in `index`: only in a folder tlearn owns, only from
+/// an index with tlearn's header, and only files named as tlearn names overlays (the index may
+/// have been edited; the folder may hold other files).
 fn remove_listed(index: &Path) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(index) else { return Ok(()) };
-    let dir = index.parent().unwrap_or(Path::new("."));
-    let mut r = csv::Reader::from_reader(text.as_bytes());
-    for row in r.records().flatten() {
-        // A plain file name, never a path (the index may have been edited).
-        let name = row.get(1).filter(|n| !n.contains('/') && n.ends_with(".png"));
-        if let Some(n) = name {
-            let _ = std::fs::remove_file(dir.join(n));
-        }
+    if !has_own_index(index) {
+        return Ok(());
     }
+    let Ok(text) = std::fs::read_to_string(index) else { return Ok(()) };
+    let listed: std::collections::HashSet<String> = csv::Reader::from_reader(text.as_bytes())
+        .records()
+        .flatten()
+        .filter_map(|row| row.get(1).map(String::from))
+        .collect();
+    let dir = fsutil::parent_dir(index);
+    crate::output::remove_own_files(dir, |n| listed.contains(n) && crate::output::is_overlay_name(n))?;
     Ok(())
 }

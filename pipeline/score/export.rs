@@ -61,3 +61,35 @@ pub fn export_run(run_dir: &Path, onnx_dir: &Path, sink: &dyn Sink) -> Result<Pa
     sink.note(&format!("deployable model → {} ({:.1} MB)", out.display(), bytes.len() as f64 / 1e6));
     Ok(out)
 }
+
+/// A deployable model is read only while it is current: its recorded sha256 (in a head run's
+/// or a fine-tune's `model.onnx.json`) must match, and one built for a head run must match the
+/// head and views the run now records. A stale one (the head retrained since) is refused with
+/// the command that rebuilds it, so no stage trains, scores or explains an old model silently.
+pub fn check_current(model: &Path) -> Result<()> {
+    let Ok(side) = fsutil::read_json::<serde_json::Value>(&fsutil::sidecar_path(model)) else { return Ok(()) };
+    let run_dir = fsutil::parent_dir(model);
+    let record = fsutil::sidecar_path(&run_dir.join(HEAD));
+    if let (Ok(mi), true) = (serde_json::from_value::<ModelInfo>(side.clone()), record.is_file()) {
+        let info = RunInfo::load(run_dir)?;
+        if info.head_sha256 != mi.head_sha256 || info.tta != mi.tta {
+            let run = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            return Err(Error::BadData {
+                path: model.into(),
+                reason: format!(
+                    "stale: built from another head or other views than {} records now (the run was retrained); \
+                     rebuild it with `tlearn-score --run {run} --runs {} --export-only`",
+                    record.display(),
+                    fsutil::parent_dir(run_dir).display()
+                ),
+            });
+        }
+    }
+    if let Some(recorded) = side.get("model_sha256").and_then(|s| s.as_str()) {
+        let got = fsutil::sha256_file(model)?;
+        if got != recorded {
+            return Err(Error::Checksum { path: model.into(), expected: recorded.into(), got });
+        }
+    }
+    Ok(())
+}

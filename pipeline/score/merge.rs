@@ -44,7 +44,9 @@ pub fn merge(parts: &[PathBuf], out: &Path) -> Result<ScoreSummary> {
         parts.iter().map(|p| crate::fsutil::read_json(&summary_path(p))).collect::<Result<_>>()?;
     check_parts(&sums, parts, out)?;
     let first = &sums[0];
-    let _lock = crate::lock::file(out)?;
+    // A stream output (`-`, a FIFO, a device) gets no lock and no summary beside it.
+    let stream = crate::output::target(out)?.is_stream();
+    let _lock = if stream { None } else { Some(crate::lock::file(out)?) };
     let (header_bytes, mut iters) = open_parts(parts, first.format)?;
     let mut summary = ScoreSummary {
         model_sha256: first.model_sha256.clone(),
@@ -70,7 +72,9 @@ pub fn merge(parts: &[PathBuf], out: &Path) -> Result<ScoreSummary> {
         }
         Ok(())
     })?;
-    crate::fsutil::write_json(&summary_path(out), &summary)?;
+    if !stream {
+        crate::fsutil::write_json(&summary_path(out), &summary)?;
+    }
     Ok(summary)
 }
 

@@ -15,7 +15,7 @@ mod export;
 mod fuse;
 mod merge;
 pub use explain::{explain, grad_cam, index_name as explain_index, Explained};
-pub use export::{export_run, ModelInfo, MODEL};
+pub use export::{check_current, export_run, ModelInfo, MODEL};
 pub use fuse::{deployable, fuse, meta, plain, ModelMeta};
 pub use merge::merge;
 
@@ -220,8 +220,8 @@ fn summary_path(out: &Path) -> PathBuf {
     crate::fsutil::with_suffix(out, ".summary.json")
 }
 
-/// Score `files` with the deployable `model` into `out` (atomically) and the summary into
-/// `<out>.summary.json`. `unreadable` are files the listing already failed on (reported too).
+/// Score `files` with the deployable `model` into `out` (atomically; a stream as it goes) and
+/// the summary into `<out>.summary.json` (none beside a stream). `unreadable` are files the listing already failed on (reported too).
 /// With `o.shard`, only that part of the files is scored. Progress is journalled in
 /// `<out>.partial/` every `o.checkpoint_every` images: a rerun after a kill scores only the
 /// missing images and writes the same bytes as an uninterrupted run. `out` is locked meanwhile.
@@ -242,14 +242,19 @@ pub fn score(
     let unread_reals: Vec<PathBuf> =
         unreadable.iter().map(|(p, _)| crate::fsutil::real_path(&crate::fsutil::text_path(p))).collect();
     let inputs_sha256 = inputs_fingerprint(reals.iter().chain(&unread_reals));
-    let _lock = crate::lock::file(out)?;
+    // A stream (`-`, a FIFO, a device) gets nothing beside it: no lock, no summary file, and its
+    // journal lives in a temporary folder (a killed run starts over).
+    let stream = crate::output::target(out)?.is_stream();
+    let _lock = if stream { None } else { Some(crate::lock::file(out)?) };
+    let tmp_journal = if stream { Some(tempfile::tempdir().at(Path::new("$TMPDIR"))?) } else { None };
+    let journal_dir = tmp_journal.as_ref().map_or_else(|| crate::journal::dir_of(out), |t| t.path().join("journal"));
     let mut keep = reals.iter().map(|r| o.shard.is_none_or(|s| s.owns(r)));
     files.retain(|_| keep.next().expect("one per file"));
     drop(reals);
     let mut keep = unread_reals.iter().map(|r| o.shard.is_none_or(|s| s.owns(r)));
     unreadable.retain(|_| keep.next().expect("one per unreadable file"));
     let journal = crate::journal::Journal::open(
-        &crate::journal::dir_of(out),
+        &journal_dir,
         &ScoreManifest {
             model_sha256: &model.sha256,
             format: o.format,
@@ -274,7 +279,9 @@ pub fn score(
     };
     run.assemble(out, &mut summary)?;
     summary.sort_unreadable();
-    crate::fsutil::write_json(&summary_path(out), &summary)?;
+    if !stream {
+        crate::fsutil::write_json(&summary_path(out), &summary)?;
+    }
     journal.finish()?;
     Ok(summary)
 }
@@ -290,18 +297,11 @@ struct ScoredModel<'p> {
 
 impl<'p> ScoredModel<'p> {
     /// A model with a sidecar (runs/<run>/model.onnx.json, a fine-tune's model.onnx.json) must be
-    /// the model its sidecar describes.
+    /// the model its sidecar describes, and current ([`check_current`]).
     fn open(path: &'p Path) -> Result<ScoredModel<'p>> {
+        check_current(path)?;
         let bytes = std::fs::read(path).at(path)?;
         let sha256 = crate::fsutil::sha256_bytes(&bytes);
-        let side = crate::fsutil::sidecar_path(path);
-        if let Ok(v) = crate::fsutil::read_json::<serde_json::Value>(&side) {
-            if let Some(recorded) = v.get("model_sha256").and_then(|s| s.as_str()) {
-                if recorded != sha256 {
-                    return Err(Error::Checksum { path: path.into(), expected: recorded.into(), got: sha256 });
-                }
-            }
-        }
         let proto = onnx::decode_model(&bytes, path)?;
         let meta = meta(&proto, path)?;
         Ok(ScoredModel { path, bytes, sha256, proto, meta })

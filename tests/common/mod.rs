@@ -168,6 +168,14 @@ pub fn prepared(w: &Path, classes: &[&str], per_class: usize) -> String {
     "features/toy/tiny-32".into()
 }
 
+/// `prepared` + features + a dense head run `toy`; returns its feature folder.
+pub fn trained(w: &Path, classes: &[&str], per_class: usize) -> String {
+    let feats = prepared(w, classes, per_class);
+    ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu"], w);
+    ok("tlearn-head", &["--features", &feats, "--run", "toy", "--epochs", "2", "--units", "8"], w);
+    feats
+}
+
 /// history.csv without its `seconds` column (timings differ between any two runs).
 pub fn history_sans_time(p: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(p).unwrap();

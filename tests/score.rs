@@ -1,0 +1,149 @@
+//! Scoring's outputs and inputs as a user gives them: an output that is a link, a FIFO or
+//! standard output stays what it is; a list line is a path as written; a deployable model older
+//! than its run's head is never used.
+
+mod common;
+
+use common::*;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+
+fn score(w: &Path, extra: &[&str]) -> std::process::Output {
+    run("tlearn-score", &[&["--run", "toy", "--device", "cpu"][..], extra].concat(), w)
+}
+
+/// The rows of a scores CSV (header dropped), sorted.
+fn rows(text: &str) -> Vec<String> {
+    let mut v: Vec<String> = text.lines().skip(1).map(String::from).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn outputs_that_are_links_fifos_or_stdout_stay_what_they_are() {
+    let w = workdir();
+    let w = w.path();
+    trained(w, &["a", "b"], 6);
+    assert!(score(w, &["data/toy/test", "--out", "plain.csv"]).status.success());
+    let want = rows(&std::fs::read_to_string(w.join("plain.csv")).unwrap());
+    assert!(!want.is_empty());
+
+    // A link: written at its target, the link kept.
+    std::fs::create_dir(w.join("store")).unwrap();
+    std::os::unix::fs::symlink("store/real.csv", w.join("link.csv")).unwrap();
+    assert!(score(w, &["data/toy/test", "--out", "link.csv"]).status.success());
+    assert!(std::fs::symlink_metadata(w.join("link.csv")).unwrap().file_type().is_symlink(), "the link survives");
+    assert_eq!(rows(&std::fs::read_to_string(w.join("store/real.csv")).unwrap()), want);
+    // A link into a folder that does not exist is refused, naming where it points.
+    std::os::unix::fs::symlink("store/none/x.csv", w.join("dangling.csv")).unwrap();
+    let o = score(w, &["data/toy/test", "--out", "dangling.csv"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("store/none/x.csv") && err.contains("does not exist"), "{err}");
+    assert!(!w.join("store/none").exists(), "no folder made where a link points");
+
+    // A FIFO: written as a stream to its reader, still a FIFO, nothing written beside it.
+    let fifo = w.join("scores.fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(fifo).unwrap())
+    };
+    assert!(score(w, &["data/toy/test", "--out", "scores.fifo"]).status.success());
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo(), "the FIFO survives");
+    assert_eq!(rows(&reader.join().unwrap()), want);
+    let beside: Vec<String> = file_names(w).into_iter().filter(|n| n.starts_with("scores.fifo")).collect();
+    assert_eq!(beside, ["scores.fifo"], "no lock, journal or summary beside a stream");
+
+    // `-` and /dev/stdout: the rows on standard output, the report on standard error.
+    for out in ["-", "/dev/stdout"] {
+        let o = score(w, &["data/toy/test", "--out", out]);
+        assert!(o.status.success());
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(rows(&stdout), want, "{out}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("scored"), "the report goes to stderr");
+    }
+    assert!(std::fs::symlink_metadata("/dev/stdout").unwrap().file_type().is_symlink(), "/dev/stdout survives");
+    assert!(!w.join("-").exists() && !w.join("-.summary.json").exists());
+
+    // A folder where the journal would go that tlearn did not make: refused, kept.
+    std::fs::create_dir(w.join("mine.csv.partial")).unwrap();
+    std::fs::write(w.join("mine.csv.partial/notes.json"), b"{}").unwrap();
+    let o = score(w, &["data/toy/test", "--out", "mine.csv"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("mine.csv.partial") && err.contains("did not write"), "{err}");
+    assert!(w.join("mine.csv.partial/notes.json").is_file());
+
+    // The merge of shards writes to a stream as well.
+    for i in 0..2 {
+        let (shard, out) = (format!("{i}/2"), format!("part{i}.csv"));
+        assert!(score(w, &["data/toy/test", "--shard", &shard, "--out", &out]).status.success());
+    }
+    let o = run("tlearn-score", &["merge", "--out", "-", "part0.csv", "part1.csv"], w);
+    assert!(o.status.success());
+    assert_eq!(rows(&String::from_utf8_lossy(&o.stdout)), want);
+}
+
+#[test]
+fn a_list_line_is_a_path_as_written() {
+    let w = workdir();
+    let w = w.path();
+    trained(w, &["a", "b"], 6);
+    // Names that trimming or comment rules would change, and one that is not UTF-8.
+    let src = std::fs::read_dir(w.join("data/toy/test/a")).unwrap().next().unwrap().unwrap().path();
+    let imgs = w.join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    let raw = std::ffi::OsStr::from_bytes(b"caf\xe9.png");
+    let names: Vec<&std::ffi::OsStr> =
+        vec!["dup.png".as_ref(), "dup.png ".as_ref(), "#hash.png".as_ref(), " lead.png".as_ref(), raw];
+    for n in &names {
+        std::fs::copy(&src, imgs.join(n)).unwrap();
+    }
+    let mut list = vec![];
+    for n in &names {
+        list.extend_from_slice(b"imgs/");
+        list.extend_from_slice(n.as_bytes());
+        list.extend_from_slice(b"\n");
+    }
+    list.extend_from_slice(b"\nimgs/missing.png\r\n");
+    std::fs::write(w.join("list.txt"), &list).unwrap();
+    let o = score(w, &["--list", "list.txt", "--out", "s.csv"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("scored 5 images"), "every listed file, each under its own name: {out}");
+    assert!(out.contains("list.txt line 7") && out.contains("imgs/missing.png is not a file"), "{out}");
+    let csv = std::fs::read_to_string(w.join("s.csv")).unwrap();
+    let mut paths: Vec<&str> = csv.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+    paths.sort();
+    assert_eq!(paths, ["imgs/ lead.png", "imgs/#hash.png", "imgs/caf\\xe9.png", "imgs/dup.png", "imgs/dup.png "]);
+    // The scores file is a list for the next run: the same files, the same rows.
+    let o = score(w, &["--list", "s.csv", "--out", "again.csv"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(rows(&std::fs::read_to_string(w.join("again.csv")).unwrap()), rows(&csv));
+    // So is a JSON-lines one.
+    assert!(score(w, &["--list", "list.txt", "--out", "s.jsonl"]).status.success());
+    assert!(score(w, &["--list", "s.jsonl", "--out", "again2.csv"]).status.success());
+    assert_eq!(rows(&std::fs::read_to_string(w.join("again2.csv")).unwrap()), rows(&csv));
+}
+
+#[test]
+fn a_deployable_model_older_than_its_head_is_never_used() {
+    let w = workdir();
+    let w = w.path();
+    let feats = trained(w, &["a", "b"], 6);
+    assert!(score(w, &["--export-only"]).status.success());
+    // The head retrained: runs/toy/model.onnx now describes the old one.
+    ok("tlearn-head", &["--features", &feats, "--run", "toy", "--epochs", "3", "--units", "8"], w);
+    let ft = ["runs/toy/model.onnx", "--data", "data/toy", "--run", "ft", "--epochs", "1", "--explain", "0"];
+    for err in [
+        fails("tlearn-finetune", &ft, w),
+        fails("tlearn-score", &["data/toy/test", "--model", "runs/toy/model.onnx", "--device", "cpu"], w),
+    ] {
+        assert!(err.contains("runs/toy/model.onnx") && err.contains("stale"), "{err}");
+        assert!(err.contains("tlearn-score --run toy --runs runs --export-only"), "{err}");
+    }
+    assert!(!w.join("runs/ft").exists(), "nothing trained");
+    // Scoring the run rebuilds it; then it is current everywhere.
+    assert!(score(w, &["data/toy/test", "--out", "s.csv"]).status.success());
+    ok("tlearn-finetune", &ft, w);
+}
