@@ -405,7 +405,27 @@ pub fn training_classes(root: &Path) -> Result<Vec<String>> {
             reason: format!("empty class folder(s): {}", report.empty_classes.join(", ")),
         });
     }
+    check_classes(&classes, &root.join("train"))?;
     Ok(classes)
+}
+
+/// A classifier learns to tell classes apart: training needs at least two. Checked when every
+/// training stage starts (`from` is what the classes were read from), so one-class data is one
+/// clear message, never a failure after training.
+pub fn check_classes(classes: &[String], from: &Path) -> Result<()> {
+    if classes.len() >= 2 {
+        return Ok(());
+    }
+    Err(Error::BadData {
+        path: from.into(),
+        reason: format!(
+            "only {} class ({}): a classifier needs at least two; add a folder of images of another class \
+             (for a yes/no question, the images that are not `{}`) and split again",
+            classes.len(),
+            if classes.is_empty() { "none".into() } else { format!("`{}`", classes.join(", ")) },
+            classes.first().map(String::as_str).unwrap_or("it"),
+        ),
+    })
 }
 
 /// The training-class index of each item of `split`; a class without training images is an

@@ -440,7 +440,9 @@ pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
 /// The net to train: a deployable model only while current, and with TTA views its plain view.
 fn open_model(path: &Path) -> Result<ModelProto> {
     crate::score::check_current(path)?;
-    crate::score::plain(&onnx::load_model(path)?, path)
+    let model = onnx::load_model(path)?;
+    crate::score::check_differentiable(&model, path, "fine-tuning")?;
+    crate::score::plain(&model, path)
 }
 
 /// `include_validation` needs a validation folder, and leaves no validation loss to stop on.
@@ -526,6 +528,7 @@ fn record(
     let (size, channels) = (input[0] as u32, input[2]);
     let dep = crate::score::deployable(&best, size, channels, cfg.rescale, cfg.interpolation, &classes, &cfg.tta)?;
     let bytes = onnx::encode_model(&dep);
+    crate::runtime::check_loads(&bytes, &cfg.run_dir.join(MODEL))?;
     fsutil::write_bytes_atomic(&cfg.run_dir.join(MODEL), &bytes)?;
     let info = FinetuneInfo {
         config: cfg.clone(),

@@ -68,15 +68,19 @@ pub fn quantize(onnx_dir: &Path, name: &str, cfg: &QuantizeConfig, sink: &dyn Si
         };
         return Err(Error::BadModel { path: bb.path.clone(), reason });
     }
+    // The same estimate-and-refuse guard as extraction: a size no image fits at is refused before
+    // anything runs, and batches shrink to what memory holds.
+    let batch =
+        crate::memory::fit_batch(cfg.batch, crate::memory::per_image_bytes(&model, &bb.path, size), size, &bb.path)?;
     let (paths, calibration_sha256) = calibration_images(&cfg.calibrate, cfg.images)?;
-    let calib = Calibration { cfg, bb: &bb, size, paths: &paths, sink };
+    let calib = Calibration { cfg, bb: &bb, size, batch, paths: &paths, sink };
     let (ranges, fp32) = calib.ranges(&model, &tensors)?;
     let out = onnx_dir.join(format!("{}-int8.onnx", bb.name));
     let weights = cfg.weights.unwrap_or_else(default_weight_range);
     let q = qdq::quantize(&model, &plan, &ranges, weights, &out)?;
     let encoded = onnx::encode_model(&q);
     let features = crate::backbone::feature_shape(&encoded, &out, bb.info.size)?;
-    let (correlation, max_error) = calib.compare(&encoded, &fp32)?;
+    let (correlation, max_error) = calib.compare(&encoded, fp32)?;
     fsutil::write_bytes_atomic(&out, &encoded)?;
     let info = BackboneInfo {
         name: format!("{}-int8", bb.name),
@@ -133,6 +137,7 @@ struct Calibration<'a> {
     cfg: &'a QuantizeConfig,
     bb: &'a Backbone,
     size: u32,
+    batch: usize,
     paths: &'a [PathBuf],
     sink: &'a dyn Sink,
 }
@@ -157,7 +162,7 @@ impl Calibration<'_> {
             view: imageio::View::Identity,
         };
         let mut read = 0;
-        run_batches(&mut s, cut::IMAGE, outputs, self.paths, &spec, self.cfg.batch, |b| {
+        run_batches(&mut s, cut::IMAGE, outputs, self.paths, &spec, self.batch, |b| {
             for e in b.decoded.iter().filter_map(|r| r.as_ref().err()) {
                 tracing::warn!("{e} (skipped)");
             }
@@ -178,8 +183,9 @@ impl Calibration<'_> {
     }
 
     /// The calibrated range of every tensor: min/max on a first pass, then (percentile,
-    /// entropy) a histogram over that range on a second; and the fp32 features of the images.
-    fn ranges(&self, model: &ModelProto, tensors: &[String]) -> Result<(Ranges, Vec<f32>)> {
+    /// entropy) a histogram over that range on a second; and the fp32 features of the images,
+    /// streamed to an unnamed temporary file (memory stays one batch whatever the image count).
+    fn ranges(&self, model: &ModelProto, tensors: &[String]) -> Result<(Ranges, Features)> {
         let mut m = model.clone();
         let g = m.graph.as_mut().expect("a model has a graph");
         for t in tensors.iter().filter(|t| **t != cut::FEATURES) {
@@ -192,11 +198,15 @@ impl Calibration<'_> {
         let bytes = onnx::encode_model(&m);
         let names: Vec<&str> = std::iter::once(cut::FEATURES).chain(tensors.iter().map(String::as_str)).collect();
         let mut stats: Vec<Stats> = vec![Stats::default(); tensors.len()];
-        let mut fp32 = vec![];
+        let mut fp32 = Features::new()?;
+        let mut written: Result<()> = Ok(());
         self.run(&bytes, &names, "calibrating (ranges)", |ys| {
-            fp32.extend(ys[0].iter().copied());
+            if written.is_ok() {
+                written = fp32.push(&values(&ys[0]));
+            }
             stats.iter_mut().zip(&ys[1..]).for_each(|(s, y)| s.observe_range(&values(y)))
         })?;
+        written?;
         if self.cfg.method.needs_histogram() {
             self.run(&bytes, &names, "calibrating (histograms)", |ys| {
                 stats.iter_mut().zip(&ys[1..]).for_each(|(s, y)| s.observe_histogram(&values(y)))
@@ -206,30 +216,104 @@ impl Calibration<'_> {
         Ok((ranges, fp32))
     }
 
-    /// int8 vs fp32 features on the calibration images: (correlation, max error / max |fp32|).
-    fn compare(&self, int8: &[u8], fp: &[f32]) -> Result<(f64, f64)> {
-        let mut q = vec![];
-        self.run(int8, &[cut::FEATURES], "checking (int8)", |ys| q.extend(ys[0].iter().copied()))?;
-        if q.len() != fp.len() {
+    /// int8 vs fp32 features on the calibration images: (correlation, max error / max |fp32|),
+    /// read back from `fp` a batch at a time.
+    fn compare(&self, int8: &[u8], mut fp: Features) -> Result<(f64, f64)> {
+        let (total, mut acc, mut failed) = (fp.len, Agreement::default(), None);
+        fp.rewind()?;
+        self.run(int8, &[cut::FEATURES], "checking (int8)", |ys| {
+            let q = values(&ys[0]);
+            match fp.take(q.len()) {
+                Ok(a) if failed.is_none() => acc.add(&a, &q),
+                Ok(_) => {}
+                Err(e) => failed = Some(e),
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if acc.n != total as f64 {
             return Err(Error::Shape {
                 what: "int8 vs fp32 features".into(),
-                expected: vec![fp.len()],
-                got: vec![q.len()],
+                expected: vec![total],
+                got: vec![acc.n as usize],
             });
         }
-        let n = fp.len().max(1) as f64;
-        let (mf, mq) = (fp.iter().map(|&v| v as f64).sum::<f64>() / n, q.iter().map(|&v| v as f64).sum::<f64>() / n);
-        let (mut sfq, mut sff, mut sqq, mut max_err, mut max_abs) = (0f64, 0f64, 0f64, 0f64, 0f64);
-        for (&a, &b) in fp.iter().zip(&q) {
+        Ok(acc.result())
+    }
+}
+
+/// fp32 feature values in an unnamed temporary file (gone when dropped, however the run ends).
+struct Features {
+    file: std::io::BufWriter<std::fs::File>,
+    len: usize,
+    reader: Option<std::io::BufReader<std::fs::File>>,
+}
+
+impl Features {
+    fn new() -> Result<Features> {
+        let f = tempfile::tempfile().map_err(|e| Error::Io { path: std::env::temp_dir(), err: e })?;
+        Ok(Features { file: std::io::BufWriter::new(f), len: 0, reader: None })
+    }
+
+    fn io(e: std::io::Error) -> Error {
+        Error::Io { path: std::env::temp_dir().join("(calibration features)"), err: e }
+    }
+
+    fn push(&mut self, v: &[f32]) -> Result<()> {
+        use std::io::Write;
+        self.len += v.len();
+        v.iter().try_for_each(|x| self.file.write_all(&x.to_le_bytes())).map_err(Self::io)
+    }
+
+    fn rewind(&mut self) -> Result<()> {
+        use std::io::{Seek, Write};
+        self.file.flush().map_err(Self::io)?;
+        let mut f = self.file.get_ref().try_clone().map_err(Self::io)?;
+        f.rewind().map_err(Self::io)?;
+        self.reader = Some(std::io::BufReader::new(f));
+        Ok(())
+    }
+
+    /// The next `n` values (fewer at the end).
+    fn take(&mut self, n: usize) -> Result<Vec<f32>> {
+        use std::io::Read;
+        let r = self.reader.as_mut().expect("rewound before reading");
+        let mut bytes = Vec::with_capacity(n * 4);
+        r.take(n as u64 * 4).read_to_end(&mut bytes).map_err(Self::io)?;
+        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+}
+
+/// Running sums for the correlation and the largest error of int8 against fp32 values.
+#[derive(Default)]
+struct Agreement {
+    n: f64,
+    sums: [f64; 5],
+    max_err: f64,
+    max_abs: f64,
+}
+
+impl Agreement {
+    fn add(&mut self, fp: &[f32], q: &[f32]) {
+        for (&a, &b) in fp.iter().zip(q) {
             let (a, b) = (a as f64, b as f64);
-            sfq += (a - mf) * (b - mq);
-            sff += (a - mf) * (a - mf);
-            sqq += (b - mq) * (b - mq);
-            max_err = max_err.max((a - b).abs());
-            max_abs = max_abs.max(a.abs());
+            self.n += 1.0;
+            for (s, v) in self.sums.iter_mut().zip([a, b, a * a, b * b, a * b]) {
+                *s += v;
+            }
+            self.max_err = self.max_err.max((a - b).abs());
+            self.max_abs = self.max_abs.max(a.abs());
         }
-        let corr = if sff > 0.0 && sqq > 0.0 { sfq / (sff * sqq).sqrt() } else { 1.0 };
-        Ok((corr, if max_abs > 0.0 { max_err / max_abs } else { 0.0 }))
+    }
+
+    /// (correlation, max error / max |fp32|).
+    fn result(&self) -> (f64, f64) {
+        let n = self.n.max(1.0);
+        let [sa, sb, saa, sbb, sab] = self.sums;
+        let (cov, va, vb) = (sab - sa * sb / n, saa - sa * sa / n, sbb - sb * sb / n);
+        let corr = if va > 0.0 && vb > 0.0 { cov / (va * vb).sqrt() } else { 1.0 };
+        (corr, if self.max_abs > 0.0 { self.max_err / self.max_abs } else { 0.0 })
     }
 }
 

@@ -103,6 +103,7 @@ pub fn train_head(job: &HeadJob, sink: &dyn Sink) -> Result<(RunInfo, Trained)> 
         tracing::warn!("{}: no validation features; validation columns will be empty", job.features.display());
     }
     let classes = train.info.classes.clone();
+    crate::dataset::check_classes(&classes, &job.features)?;
     let data = heads::Data {
         x: &train_x,
         y: &train_labels,

@@ -232,6 +232,14 @@ pub fn cuda_compiled_in() -> bool {
 }
 
 /// Open a session from model bytes; `what` names the model in errors.
+/// Load `model` once in onnxruntime (the CPU provider, one thread): a model tlearn writes is
+/// checked this way before it is announced, so a model onnxruntime refuses is an error at once,
+/// not at its first use.
+pub fn check_loads(model: &[u8], what: &Path) -> Result<()> {
+    let opts = SessionOptions { device: Device::Cpu, threads: 1, precision: None };
+    open(model, what, &opts).map(drop)
+}
+
 pub fn open(model: &[u8], what: &Path, opts: &SessionOptions) -> Result<OpenSession> {
     open_with(model, what, opts, false)
 }

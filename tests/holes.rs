@@ -149,6 +149,62 @@ fn the_catalog_works_from_any_folder() {
     assert!(err.contains("built-in"), "{err}");
 }
 
+/// One-class data: `split` warns; extraction and fine-tuning refuse it at their start with one
+/// message (it used to panic after training, in the metrics or in scoring).
+#[test]
+fn one_class_data_is_refused_before_training() {
+    let w = workdir();
+    let w = w.path();
+    make_dataset(&w.join("raw"), &["only"], 12, false);
+    let o = run("tlearn-data", &["split", "raw", "data/toy", "--seed", "1"], w);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stderr).contains("at least two"));
+    tiny_classifier(&w.join("tiny.onnx"), 3);
+    ok("tlearn-backbone", &["add", "tiny.onnx", "--output", "pool_out", "--preprocess", "caffe", "--size", "32"], w);
+    // Extraction (the heads' first step) refuses it before any image is decoded.
+    let err = fails("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu"], w);
+    assert!(err.contains("only 1 class (`only`)") && err.contains("at least two"), "{err}");
+    assert!(!w.join("features/toy/tiny-32/train.npy").exists());
+    let err = fails("tlearn-finetune", &["tiny.onnx", "--data", "data/toy", "--run", "ft", "--epochs", "1"], w);
+    assert!(err.contains("data/toy/train") && err.contains("at least two") && !err.contains("panicked"), "{err}");
+}
+
+/// A backbone whose nodes have no names (valid ONNX; common in Caffe2 and older exports): every
+/// ONNX file the stages write from it has unique, non-empty node names and loads in onnxruntime.
+#[test]
+fn every_onnx_file_written_has_unique_node_names_and_loads() {
+    let w = workdir();
+    let w = w.path();
+    make_dataset(&w.join("raw"), &["a", "b"], 8, false);
+    ok("tlearn-data", &["split", "raw", "data/toy", "--seed", "1"], w);
+    let (_d, _, mut m) = tiny_loaded(3);
+    for n in &mut m.graph.as_mut().unwrap().node {
+        n.name.clear();
+    }
+    onnx::save_model(&m, &w.join("anon.onnx")).unwrap();
+    ok("tlearn-backbone", &["add", "anon.onnx", "--output", "pool_out", "--preprocess", "caffe", "--size", "32"], w);
+    ok("tlearn-extract", &["--data", "data/toy", "--backbone", "anon", "--device", "cpu"], w);
+    ok("tlearn-head", &["--features", "features/toy/anon-32", "--run", "h", "--epochs", "2", "--units", "8"], w);
+    ok("tlearn-score", &["data/toy/test", "--run", "h", "--device", "cpu", "--out", "s.csv"], w);
+    let ft = ["runs/h/model.onnx", "--data", "data/toy", "--run", "ft", "--epochs", "1", "--explain", "0"];
+    ok("tlearn-finetune", &ft, w);
+    ok("tlearn-score", &["data/toy/test", "--model", "runs/ft/model.onnx", "--device", "cpu", "--out", "t.csv"], w);
+    let mut seen = 0;
+    for e in walkdir::WalkDir::new(w).into_iter().filter_map(|e| e.ok()) {
+        let p = e.path();
+        if p.extension().is_none_or(|x| x != "onnx") || p.starts_with(w.join("anon.onnx")) {
+            continue;
+        }
+        let m = onnx::load_model(p).unwrap();
+        let mut names = std::collections::HashSet::new();
+        for n in &onnx::graph(&m).node {
+            assert!(!n.name.is_empty() && names.insert(n.name.clone()), "{}: node name {:?}", p.display(), n.name);
+        }
+        tlearn::runtime::open(&onnx::encode_model(&m), p, &opts()).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        seen += 1;
+    }
+    assert!(seen >= 5, "{seen} ONNX files");
+}
+
 /// Eight `tlearn-backbone add`s of different names at once: every one that says "registered"
 /// is in the catalog (each write takes the catalog's lock and re-reads it under the lock).
 #[test]

@@ -114,6 +114,14 @@ fn an_int8_backbone_is_calibrated_fused_close_to_fp32_and_usable_everywhere() {
     assert!(out.contains("scored"), "{out}");
     let rows = std::fs::read_to_string(w.join("q.csv")).unwrap().lines().count() - 1;
     assert_eq!(rows, tlearn::features::load(&w.join("features/toy/tiny-int8-32"), "test").unwrap().files.len());
+    // Grad-CAM and fine-tuning need gradients: refused up front, naming the fp32 backbone, with
+    // no scores written first.
+    let explain = ["data/toy/test", "--run", "q", "--out", "q2.csv", "--device", "cpu", "--explain", "cams"];
+    let ft = ["runs/q/model.onnx", "--data", "data/toy", "--run", "qft", "--epochs", "1"];
+    for err in [fails("tlearn-score", &explain, w), fails("tlearn-finetune", &ft, w)] {
+        assert!(err.contains("int8") && err.contains("`--backbone tiny`"), "{err}");
+    }
+    assert!(!w.join("q2.csv").exists() && !w.join("runs/qft").exists());
 
     // The histogram methods give ranges as close; bad calibration input is a clear error.
     for method in ["percentile", "entropy"] {
@@ -134,6 +142,10 @@ fn an_int8_backbone_is_calibrated_fused_close_to_fp32_and_usable_everywhere() {
     std::fs::create_dir_all(w.join("empty")).unwrap();
     let err = fails("tlearn-backbone", &["quantize", "tiny", "--calibrate", "empty"], w);
     assert!(err.contains("empty") && err.contains("no images to calibrate"), "{err}");
+    // A size no image fits at in memory is refused before anything runs (it used to abort on the
+    // allocation), as extraction does.
+    let err = fails("tlearn-backbone", &["quantize", "tiny", "--calibrate", "data/toy", "--size", "16384"], w);
+    assert!(err.contains("16384×16384 image needs about") && err.contains("smaller --size"), "{err}");
     let err = fails("tlearn-backbone", &["quantize", "nonesuch", "--calibrate", "data/toy"], w);
     assert!(err.contains("not fetched"), "{err}");
 }

@@ -93,6 +93,14 @@ fn run(a: Args) -> Result<()> {
             for c in &report.empty_classes {
                 tracing::warn!("{}: empty class folder, left out of the split", input.join(c).display());
             }
+            let found: std::collections::BTreeSet<&str> = items.iter().map(|it| it.class.as_str()).collect();
+            if found.len() < 2 {
+                tracing::warn!(
+                    "{}: {} class(es) found; training needs at least two (add a folder per class)",
+                    input.display(),
+                    found.len()
+                );
+            }
             let assigned = dataset::assign(&items, &spec, seed)?;
             let (counts, mut skipped) = dataset::write_split(&assigned, &input, &output, mode, force)?;
             skipped.extend(report.unreadable.iter().cloned());

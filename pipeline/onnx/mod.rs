@@ -36,8 +36,44 @@ pub fn load_model(path: &Path) -> Result<ModelProto> {
     decode_model(&bytes, path)
 }
 
+/// The model's bytes, every node named and no name repeated ([`name_nodes`]): onnxruntime
+/// refuses two nodes of one name, and a graph made of graphs whose nodes have no names (valid
+/// ONNX, common in Caffe2 and older exports) would otherwise hold many.
 pub fn encode_model(m: &ModelProto) -> Vec<u8> {
-    m.encode_to_vec()
+    match m.graph.as_ref() {
+        Some(g) if !node_names_unique(g) => {
+            let mut named = m.clone();
+            name_nodes(named.graph.as_mut().expect("checked above"));
+            named.encode_to_vec()
+        }
+        _ => m.encode_to_vec(),
+    }
+}
+
+/// Does every node of `g` have a name, and no other node the same one?
+pub fn node_names_unique(g: &GraphProto) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    g.node.iter().all(|n| !n.name.is_empty() && seen.insert(n.name.as_str()))
+}
+
+/// Name every node that has no name, or one an earlier node has, `<op>_<index>` (a suffix added
+/// while that is taken too); the first node of a name keeps it.
+pub fn name_nodes(g: &mut GraphProto) {
+    let taken: std::collections::HashSet<String> = g.node.iter().map(|n| n.name.clone()).collect();
+    let mut seen = std::collections::HashSet::new();
+    for (i, n) in g.node.iter_mut().enumerate() {
+        if !n.name.is_empty() && seen.insert(n.name.clone()) {
+            continue;
+        }
+        let mut name = format!("{}_{i}", n.op_type);
+        let mut k = 0;
+        while taken.contains(&name) || seen.contains(&name) {
+            k += 1;
+            name = format!("{}_{i}_{k}", n.op_type);
+        }
+        seen.insert(name.clone());
+        n.name = name;
+    }
 }
 
 pub fn save_model(m: &ModelProto, path: &Path) -> Result<()> {

@@ -84,6 +84,7 @@ pub fn explain(
 pub fn grad_cam(model_path: &Path, opts: &SessionOptions) -> Result<(crate::explain::GradCam, super::ModelMeta)> {
     super::check_current(model_path)?;
     let model = crate::onnx::load_model(model_path)?;
+    super::check_differentiable(&model, model_path, "Grad-CAM")?;
     let meta = super::meta(&model, model_path)?;
     let plain = super::plain(&model, model_path)?;
     let cam = crate::explain::GradCam::new(&plain, model_path, meta.size, meta.interpolation, opts)?;

@@ -50,6 +50,7 @@ pub fn export_run(run_dir: &Path, onnx_dir: &Path, sink: &dyn Sink) -> Result<Pa
     let f = &info.features;
     let fused = super::fuse(&backbone, &head, &f.preprocess, f.size, f.interpolation, &info.classes, &info.tta)?;
     let bytes = crate::onnx::encode_model(&fused);
+    crate::runtime::check_loads(&bytes, &out)?;
     fsutil::write_bytes_atomic(&out, &bytes)?;
     let record = ModelInfo {
         head_sha256: info.head_sha256,
@@ -92,4 +93,32 @@ pub fn check_current(model: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The ops of an int8 (QDQ or QLinear) model, which have no gradient.
+const QUANTIZED_OPS: &[&str] = &["QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger"];
+
+/// Grad-CAM and fine-tuning differentiate the model: an int8 one (from a `-int8` backbone) is
+/// refused before any work, naming the fp32 backbone to use instead (from the run's record when
+/// the model sits in a head run's folder).
+pub fn check_differentiable(model: &crate::onnx::proto::ModelProto, path: &Path, what: &str) -> Result<()> {
+    let Some(n) = crate::onnx::graph(model).node.iter().find(|n| QUANTIZED_OPS.contains(&n.op_type.as_str())) else {
+        return Ok(());
+    };
+    let run_dir = fsutil::parent_dir(path);
+    let instead = match RunInfo::load(run_dir) {
+        Ok(info) => {
+            let bb = &info.features.backbone;
+            let fp32 = bb.strip_suffix("-int8").unwrap_or(bb);
+            format!("extract features with the fp32 backbone (`--backbone {fp32}`, of which `{bb}` is the int8 form) and train the head on them")
+        }
+        Err(_) => "use a model built on the fp32 backbone this int8 one was quantized from".into(),
+    };
+    Err(Error::BadData {
+        path: path.into(),
+        reason: format!(
+            "an int8 model ({} node `{}`): {what} needs gradients, which int8 layers do not have; {instead}",
+            n.op_type, n.name
+        ),
+    })
 }

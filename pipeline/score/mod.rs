@@ -15,7 +15,7 @@ mod export;
 mod fuse;
 mod merge;
 pub use explain::{explain, grad_cam, index_name as explain_index, Explained};
-pub use export::{check_current, export_run, ModelInfo, MODEL};
+pub use export::{check_current, check_differentiable, export_run, ModelInfo, MODEL};
 pub use fuse::{deployable, fuse, meta, plain, ModelMeta};
 pub use merge::merge;
 
