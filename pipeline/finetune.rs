@@ -360,6 +360,7 @@ fn scale_base(trainer: &mut Trainer, cfg: &FinetuneConfig, model: &ModelProto, i
 pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
     check_fit_on(cfg)?;
     let model = open_model(&cfg.model)?;
+    check_trainable(cfg, &model)?;
     let input = input_shape(&model, &cfg.model)?;
     fsutil::check_output_apart(&cfg.run_dir, &[&cfg.data, &cfg.model])?;
     let classes = crate::dataset::training_classes(&cfg.data)?;
@@ -445,8 +446,22 @@ fn open_model(path: &Path) -> Result<ModelProto> {
     crate::score::plain(&model, path)
 }
 
-/// `include_validation` needs a validation folder, and leaves no validation loss to stop on.
+/// `include_validation` needs a validation folder, and leaves no validation loss to stop on;
+/// so does data without validation images.
 fn check_fit_on(cfg: &FinetuneConfig) -> Result<()> {
+    let val = cfg.data.join("validation");
+    let no_val = !val.is_dir() || crate::dataset::holds_no_image(&val);
+    if let (Some(p), false, true) = (cfg.patience, cfg.include_validation, no_val) {
+        return Err(Error::Param {
+            name: "patience",
+            value: p.to_string(),
+            reason: format!(
+                "{} holds no validation images, so there is no validation loss to wait on; \
+                 drop --patience or split the data with a validation part",
+                val.display()
+            ),
+        });
+    }
     if !cfg.include_validation {
         return Ok(());
     }
@@ -457,11 +472,30 @@ fn check_fit_on(cfg: &FinetuneConfig) -> Result<()> {
             reason: "training on the validation images leaves no validation loss to wait on".into(),
         });
     }
-    let dir = cfg.data.join("validation");
-    if !dir.is_dir() || crate::dataset::holds_no_image(&dir) {
-        return Err(Error::BadData { path: dir, reason: "no validation images to train on".into() });
+    if no_val {
+        return Err(Error::BadData { path: val, reason: "no validation images to train on".into() });
     }
     Ok(())
+}
+
+/// `--trainable` patterns must select something: a pattern that matches no parameter is refused,
+/// with some of the names there are (a typo would otherwise train nothing, or everything else).
+fn check_trainable(cfg: &FinetuneConfig, model: &ModelProto) -> Result<()> {
+    let g = onnx::graph(model);
+    let params: Vec<&str> =
+        g.initializer.iter().filter(|t| t.data_type == onnx::proto::dtype::FLOAT).map(|t| t.name.as_str()).collect();
+    let Some(p) = cfg.trainable.iter().find(|p| !params.iter().any(|n| matches(p, n))) else { return Ok(()) };
+    let some: Vec<&str> = params.iter().copied().take(8).collect();
+    Err(Error::Param {
+        name: "trainable",
+        value: p.clone(),
+        reason: format!(
+            "matches no parameter of {} (`*` wildcards, else a substring); its {} parameters include: {}",
+            cfg.model.display(),
+            params.len(),
+            some.join(", ")
+        ),
+    })
 }
 
 /// `--cache-trunk`: the frozen trunk run over the images (None without the option).

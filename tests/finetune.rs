@@ -45,3 +45,27 @@ fn include_validation_trains_as_on_one_folder_holding_both() {
     let err = String::from_utf8_lossy(&ft("data/merged", "m", &["--include-validation"]).stderr).into_owned();
     assert!(err.contains("data/merged/validation") && err.contains("no validation images"), "{err}");
 }
+
+/// Settings that would train nothing, or stop on nothing, are refused before any image is read:
+/// a --trainable pattern that matches no parameter (the error lists some), --patience on data
+/// without validation images.
+#[test]
+fn settings_that_select_or_watch_nothing_are_refused() {
+    let w = workdir();
+    let w = w.path();
+    make_dataset(&w.join("raw"), &["cat", "dog"], 8, false);
+    ok("tlearn-data", &["split", "raw", "data/toy", "--seed", "1", "--validation", "0"], w);
+    tiny_classifier(&w.join("tiny.onnx"), 3);
+    let ft = |extra: &[&str]| {
+        let args = [&["tiny.onnx", "--data", "data/toy", "--run", "x", "--epochs", "1", "--device", "cpu"][..], extra];
+        fails("tlearn-finetune", &args.concat(), w)
+    };
+    let err = ft(&["--trainable", "fc/*", "--trainable", "dense_typo"]);
+    assert!(err.contains("dense_typo") && err.contains("matches no parameter") && err.contains("conv/kernel"), "{err}");
+    let err = ft(&["--patience", "2"]);
+    assert!(
+        err.contains("patience") && err.contains("data/toy/validation") && err.contains("no validation images"),
+        "{err}"
+    );
+    assert!(!w.join("runs/x").exists());
+}
