@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::onnx::builder::A;
 use crate::onnx::proto::ModelProto;
 use crate::onnx::{self, Dim, GraphBuilder};
+use crate::pth::StateDict;
 use ndarray::{ArrayD, Axis};
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,23 +25,31 @@ const STAGE_STRIDES: [i64; 7] = [1, 2, 2, 2, 1, 2, 1];
 /// The state dict by name; every lookup names the file and the key it wanted.
 struct Weights<'a> {
     map: HashMap<&'a str, &'a ArrayD<f32>>,
+    /// Entries the reader left out as integers, by name: their storage type.
+    integers: HashMap<&'a str, &'a str>,
     path: &'a Path,
 }
 
 impl Weights<'_> {
     fn get(&self, key: &str, rank: usize) -> Result<&ArrayD<f32>> {
-        let a = self.map.get(key).ok_or_else(|| Error::BadModel {
-            path: self.path.into(),
-            reason: format!("the state dict has no `{key}` (not an EfficientNet-Lite)"),
-        })?;
+        let Some(a) = self.map.get(key) else {
+            let reason = match self.integers.get(key) {
+                Some(ty) => format!("`{key}` holds integers ({ty}), not float32 weights (not an EfficientNet-Lite)"),
+                None => format!("the state dict has no `{key}` (not an EfficientNet-Lite)"),
+            };
+            return Err(self.bad(reason));
+        };
         if a.ndim() != rank {
-            return Err(Error::Shape {
-                what: format!("{}: `{key}`", self.path.display()),
-                expected: vec![rank],
-                got: a.shape().to_vec(),
-            });
+            let (shape, r) = (a.shape(), a.ndim());
+            return Err(self.bad(format!(
+                "`{key}` has shape {shape:?} (rank {r}); an EfficientNet-Lite has a rank-{rank} tensor there"
+            )));
         }
         Ok(a)
+    }
+
+    fn bad(&self, reason: String) -> Error {
+        Error::BadData { path: self.path.into(), reason }
     }
 
     fn has(&self, key: &str) -> bool {
@@ -59,8 +68,7 @@ impl Weights<'_> {
             return Err(Error::Shape { what, expected: vec![c], got: vec![a.len()] });
         }
         if var.iter().any(|&v| v + BN_EPS <= 0.0 || v.is_nan()) {
-            let reason = format!("`{bn}.running_var` holds a negative or NaN variance");
-            return Err(Error::BadModel { path: self.path.into(), reason });
+            return Err(self.bad(format!("`{bn}.running_var` holds a negative or NaN variance")));
         }
         let scale: Vec<f32> = gamma.iter().zip(var.iter()).map(|(g, v)| g / (v + BN_EPS).sqrt()).collect();
         let mut wf = w.clone();
@@ -101,17 +109,12 @@ fn blocks(w: &Weights) -> Result<Vec<Block>> {
         let stride = match (first, STAGE_STRIDES.get(stage)) {
             (true, Some(&s)) => s,
             (false, Some(_)) => 1,
-            (_, None) => {
-                return Err(Error::BadModel {
-                    path: w.path.into(),
-                    reason: format!("more than 7 stages at `{prefix}`"),
-                })
-            }
+            (_, None) => return Err(w.bad(format!("more than 7 stages at `{prefix}` (not an EfficientNet-Lite)"))),
         };
         out.push(Block { prefix, expand, stride, inputs, outputs });
     }
     if out.is_empty() {
-        return Err(Error::BadModel { path: w.path.into(), reason: "no `_blocks.0._depthwise_conv.weight`".into() });
+        return Err(w.bad("the state dict has no `_blocks.0._depthwise_conv.weight` (not an EfficientNet-Lite)".into()));
     }
     Ok(out)
 }
@@ -152,8 +155,12 @@ fn conv(b: &mut GraphBuilder, w: &Weights, x: &str, c: Conv) -> Result<String> {
 
 /// The ImageNet classifier (N, 3, H, W) → (N, 1000) softmax of the state dict `sd` read from
 /// `path`; its conv base ends at [`FEATURES`].
-pub fn lite(sd: &[(String, ArrayD<f32>)], path: &Path) -> Result<ModelProto> {
-    let w = Weights { map: sd.iter().map(|(k, v)| (k.as_str(), v)).collect(), path };
+pub fn lite(sd: &StateDict, path: &Path) -> Result<ModelProto> {
+    let w = Weights {
+        map: sd.iter().map(|(k, v)| (k.as_str(), v)).collect(),
+        integers: sd.integers.iter().map(|(k, ty)| (k.as_str(), ty.as_str())).collect(),
+        path,
+    };
     let mut b = GraphBuilder::new("efficientnet_lite").with_prefix("n/");
     b.input(INPUT, &[Dim::named("N"), Dim::Fixed(3), Dim::named("H"), Dim::named("W")]);
     let stem = Conv { conv: "_conv_stem", bn: "_bn0", stride: 2, group: 1, relu6: Some("stem/relu6") };

@@ -27,8 +27,9 @@ pub enum Error {
     Param { name: &'static str, value: String, reason: String },
     #[error("{path}: sha256 mismatch: expected {expected}, got {got}")]
     Checksum { path: PathBuf, expected: String, got: String },
-    #[error("{path}: held by {holder} (gave up waiting after TLEARN_LOCK_TIMEOUT seconds)")]
-    Locked { path: PathBuf, holder: String },
+    /// `waited` says how long and what sets the wait.
+    #[error("{path}: held by {holder} ({waited})")]
+    Locked { path: PathBuf, holder: String, waited: String },
     /// onnxruntime refused or failed; `code` is the runtime's own error code when it raised one.
     #[error("onnxruntime{}: {message}", code.map(|c| format!(" ({c:?})")).unwrap_or_default())]
     Ort { message: String, code: Option<ort::error::ErrorCode> },

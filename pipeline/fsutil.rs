@@ -114,8 +114,9 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
     Ok(())
 }
 
-/// A pinned download: `local` when given, else `cached`, fetched by `download` when missing;
-/// either way checked against `sha256` before use.
+/// A pinned download: `local` when given, else `cached`, fetched by `download` when missing or
+/// not the pinned file (a damaged copy is removed, with a warning that says so); either way
+/// checked against `sha256` before use.
 pub fn pinned_file(
     local: Option<&Path>,
     cached: PathBuf,
@@ -125,9 +126,18 @@ pub fn pinned_file(
     let p = match local {
         Some(p) => p.to_path_buf(),
         None => {
-            if !cached.exists() {
-                download()?;
+            if cached.exists() {
+                match verify_sha256(&cached, sha256) {
+                    Ok(()) => return Ok(cached),
+                    Err(e) => {
+                        tracing::warn!(
+                            "{e}: a damaged or replaced copy in the cache; removing it and fetching it again"
+                        );
+                        std::fs::remove_file(&cached).at(&cached)?;
+                    }
+                }
             }
+            download()?;
             cached
         }
     };

@@ -1,6 +1,7 @@
 //! Advisory locks that keep two processes from writing the same feature cache, run or report
 //! folder at once. The second process waits (logging who holds the lock) or, when
-//! `TLEARN_LOCK_TIMEOUT` seconds pass, fails with an error naming the lock and its holder.
+//! `TLEARN_LOCK_TIMEOUT` seconds pass (unset: as long as it takes, or a caller's bound such as a
+//! download's deadline), fails with an error naming the lock and its holder.
 //!
 //! The lock is an OS file lock (`flock`) on a small file that records the holder's pid and
 //! command line; the kernel releases it when the holder exits, even on `kill -9`, so a stale lock
@@ -29,7 +30,7 @@ pub struct Lock {
 /// writer left in it (`.<name>.<random>.tmp`, see [`crate::fsutil::write_atomic`]) are removed.
 pub fn dir(dir: &Path) -> Result<Lock> {
     std::fs::create_dir_all(dir).at(dir)?;
-    let lock = acquire(&dir.join(LOCK_FILE))?;
+    let lock = acquire(&dir.join(LOCK_FILE), None)?;
     remove_stale_temps(dir, "")?;
     Ok(lock)
 }
@@ -51,10 +52,17 @@ fn remove_stale_temps(dir: &Path, prefix: &str) -> Result<()> {
 /// Lock the output file `out` (through `<out>.lock` next to it); temporary files a killed
 /// writer of `out` left next to it are removed.
 pub fn file(out: &Path) -> Result<Lock> {
+    file_within(out, None)
+}
+
+/// [`file`], waiting at most `default` (a duration, and what sets it) for a busy lock when
+/// `TLEARN_LOCK_TIMEOUT` is unset: a holder that itself gives up within it, such as a download
+/// with a deadline, is not worth waiting for longer.
+pub fn file_within(out: &Path, default: Option<(Duration, &str)>) -> Result<Lock> {
     let p = crate::fsutil::with_suffix(out, ".lock");
     let dir = crate::fsutil::parent_dir(&p);
     std::fs::create_dir_all(dir).at(dir)?;
-    let lock = acquire(&p)?;
+    let lock = acquire(&p, default)?;
     if let Some(name) = out.file_name().and_then(|n| n.to_str()) {
         remove_stale_temps(dir, &format!("{name}."))?;
     }
@@ -88,8 +96,15 @@ fn holder(f: &mut File) -> String {
     }
 }
 
-fn acquire(path: &Path) -> Result<Lock> {
-    let limit = timeout()?;
+fn acquire(path: &Path, default: Option<(Duration, &str)>) -> Result<Lock> {
+    let set = timeout()?;
+    let limit = set.or(default.map(|d| d.0));
+    let waited = match (set, default) {
+        (Some(_), _) | (None, None) => format!("gave up waiting after {TIMEOUT_ENV} seconds"),
+        (None, Some((l, what))) => {
+            format!("gave up waiting after {:.0} s, {what}; {TIMEOUT_ENV}=SECONDS sets another wait", l.as_secs_f64())
+        }
+    };
     let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).at(path)?;
     let start = Instant::now();
     let mut told = false;
@@ -99,7 +114,7 @@ fn acquire(path: &Path) -> Result<Lock> {
             Err(TryLockError::WouldBlock) => {
                 let who = holder(&mut f);
                 if limit.is_some_and(|l| start.elapsed() >= l) {
-                    return Err(Error::Locked { path: path.into(), holder: who });
+                    return Err(Error::Locked { path: path.into(), holder: who, waited });
                 }
                 if !told {
                     tracing::warn!("{}: locked by {who}; waiting for it to finish", path.display());

@@ -6,8 +6,55 @@
 
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::path::Path;
+use std::time::{Duration, Instant};
+use tlearn::pth::StateDict;
 use tlearn::runtime::{Device, SessionOptions};
+
+/// The system allocator, counting what each thread holds, so a test can bound the memory that
+/// one call on its own thread takes (other tests run on other threads).
+struct Counting;
+
+thread_local! {
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+}
+
+fn track(delta: isize) {
+    let _ = LIVE.try_with(|live| {
+        live.set(live.get() + delta);
+        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(live.get())));
+    });
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        track(l.size() as isize);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        track(-(l.size() as isize));
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        track(new as isize - l.size() as isize);
+        unsafe { System.realloc(p, l, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// What `f` returns, how long it took and the most memory it held at once (this thread's).
+fn measured<R>(f: impl FnOnce() -> R) -> (R, Duration, usize) {
+    let start = LIVE.with(|l| l.get());
+    PEAK.with(|p| p.set(start));
+    let t = Instant::now();
+    let r = f();
+    (r, t.elapsed(), (PEAK.with(|p| p.get()) - start).max(0) as usize)
+}
 
 /// Writes pickles with the opcodes legacy `.pth` files use (protocol 2).
 #[derive(Default)]
@@ -112,17 +159,20 @@ fn the_pth_reader_reads_strided_views_and_refuses_what_it_cannot_read() {
     assert!(e.contains("gen.pth") && e.contains("ends inside storage 1"), "{e}");
     let e = err(&bytes[..40]);
     assert!(e.contains("gen.pth") && e.contains("state dict"), "{e}");
-    let e = err(b"PK\x03\x04 a zip-format file");
-    assert!(e.contains("gen.pth") && e.contains("opcode"), "{e}");
-    // Hostile files: values copied through the memo until memory runs out, containers nested a
+    // DUP, which no state dict uses (nor its copies through the memo).
+    let e = err(b"\x80\x02N2q\x002.");
+    assert!(e.contains("gen.pth") && e.contains("opcode 0x32 at byte 3"), "{e}");
+    assert_eq!(sd.integers, [("bn.num_batches_tracked".to_string(), "LongStorage".to_string())]);
+    // Hostile files: values built through the memo until memory runs out (more in
+    // a_pth_built_to_expand_through_the_memo_fails_fast_in_bounded_memory), containers nested a
     // million deep, storage types this reader does not know, half-precision tensors.
     let mut bomb = Pickle::default();
     bomb.proto().op(b"]q\x00");
-    for _ in 0..40 {
+    for _ in 0..20 {
         bomb.op(b"h\x00h\x00\x86q\x00");
     }
     let e = err(&bomb.op(b".").0);
-    assert!(e.contains("copied past"), "{e}");
+    assert!(e.contains("expands beyond"), "{e}");
     let mut deep = Pickle::default();
     deep.proto().op(b")").op(&vec![0x85u8; 100_000]).op(b".");
     let e = err(&deep.0);
@@ -145,10 +195,79 @@ fn the_pth_reader_reads_strided_views_and_refuses_what_it_cannot_read() {
     }
 }
 
+/// The memo's amplification shapes, each cheap in bytes (opcodes only; no PROTO, no STOP): a list
+/// stored under thousands of memo keys (a copy each, were the memo to copy), a list grown after it
+/// was shared (a copy each time), a tuple of itself doubled through the memo (2^k values in 4k
+/// bytes).
+fn amplification_shapes() -> [Vec<u8>; 3] {
+    let mut put = Pickle::default();
+    put.op(b"](");
+    for i in 0..2000 {
+        put.op(b"K").op(&[i as u8]);
+    }
+    put.op(b"e");
+    for k in 0..2000u32 {
+        put.op(b"r").op(&(k + 10).to_le_bytes());
+    }
+    let mut grow = Pickle::default();
+    grow.op(b"](").op(&b"K\x00".repeat(2000)).op(b"eq\x00").op(&b"h\x00K\x01aq\x00".repeat(200));
+    let mut double = Pickle::default();
+    double.op(b"]q\x01").op(&b"h\x01h\x01\x86q\x01".repeat(64));
+    [put.0, grow.0, double.0]
+}
+
+fn one_pickle(parts: &[&[u8]]) -> Vec<u8> {
+    [&[0x80, 2][..], &parts.concat(), b"."].concat()
+}
+
+#[test]
+fn a_pth_built_to_expand_through_the_memo_fails_fast_in_bounded_memory() {
+    let [put, grow, double] = amplification_shapes();
+    let read =
+        |b: &[u8]| measured(|| tlearn::pth::parse_state_dict(b, Path::new("amp.pth")).err().unwrap().to_string());
+    for bomb in [one_pickle(&[&put, &grow, &double]), one_pickle(&[&grow]), one_pickle(&[&double])] {
+        let (e, took, peak) = read(&bomb);
+        assert!(e.contains("amp.pth") && e.contains("expands beyond"), "{e}");
+        assert!(peak < 64 * bomb.len() + (1 << 20), "{peak} bytes held to read {} bytes", bomb.len());
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+    // Stored under many keys, a value is not copied: no error but what the pickle is.
+    let (e, _, peak) = read(&one_pickle(&[&put]));
+    assert!(e.contains("magic number expected, got a list"), "{e}");
+    assert!(peak < 64 * put.len() + (1 << 20), "{peak} bytes held to read {} bytes", put.len());
+}
+
+#[test]
+fn a_large_state_dict_reads_in_linear_time() {
+    let n = 80_000;
+    let names: Vec<String> = (0..n).map(|i| format!("blocks.{i}.weight")).collect();
+    let entries: Vec<Entry> =
+        names.iter().enumerate().map(|(i, s)| (s.as_str(), "FloatStorage", "0", vec![1], vec![1], i)).collect();
+    let data: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let bytes = pth(&entries, &[("0", f32_bytes(&data), n)]);
+    let (sd, took, _) = measured(|| tlearn::pth::parse_state_dict(&bytes, Path::new("big.pth")).unwrap());
+    assert_eq!(sd.len(), n);
+    assert_eq!((sd[n - 1].0.as_str(), sd[n - 1].1.as_slice().unwrap()), ("blocks.79999.weight", &[79999.0][..]));
+    assert!(took < Duration::from_secs(2), "{n} entries read in {took:?}");
+}
+
+#[test]
+fn a_pth_the_reader_cannot_use_is_named_for_what_it_is() {
+    let err = |b: &[u8]| tlearn::pth::parse_state_dict(b, Path::new("gen.pth")).err().unwrap().to_string();
+    let e = err(b"PK\x03\x04\x14\x00\x00\x00 a zip archive");
+    assert!(e.contains("gen.pth") && e.contains("zip-format"), "{e}");
+    assert!(e.contains("_use_new_zipfile_serialization=False"), "says how to re-save it: {e}");
+    assert!(!e.contains("ONNX"), "a state dict is no ONNX model: {e}");
+    let storages = [("0", f32_bytes(&[1.0, f32::NAN, 2.0]), 3)];
+    let e = err(&pth(&[("bn.running_var", "FloatStorage", "0", vec![3], vec![1], 0)], &storages));
+    assert!(e.contains("bn.running_var") && e.contains("NaN"), "{e}");
+    assert!(!e.contains("ONNX"), "{e}");
+}
+
 /// A small EfficientNet-Lite state dict: stem 8, blocks (in → out, expand, kernel) and head 16,
 /// `classes` outputs. Block 0 has no expansion (stage 0, stride 1); block 1 starts stage 1
 /// (stride 2); block 2 repeats it (stride 1, residual).
-fn small_lite(classes: usize) -> Vec<(String, ArrayD<f32>)> {
+fn small_lite(classes: usize) -> StateDict {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
     let mut sd = vec![];
     let mut add = |name: &str, shape: &[usize], rng: &mut rand_chacha::ChaCha8Rng| {
@@ -175,7 +294,7 @@ fn small_lite(classes: usize) -> Vec<(String, ArrayD<f32>)> {
     };
     add("_fc.weight", &[classes, 16]);
     add("_fc.bias", &[classes]);
-    sd
+    sd.into()
 }
 
 #[test]
@@ -237,17 +356,43 @@ fn a_small_efficientnet_lite_fine_tunes_whole() {
 
 #[test]
 fn a_state_dict_that_is_not_an_efficientnet_lite_is_refused_naming_the_key() {
-    let err = |sd: &[(String, ArrayD<f32>)]| {
-        tlearn::efficientnet::lite(sd, Path::new("odd.pth")).err().map(|e| e.to_string()).unwrap_or_default()
+    let err = |sd: &StateDict| {
+        let e = tlearn::efficientnet::lite(sd, Path::new("odd.pth")).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(!e.contains("ONNX"), "a state dict is no ONNX model: {e}");
+        e
     };
-    let sd: Vec<_> = small_lite(10).into_iter().filter(|(n, _)| n != "_blocks.1._bn1.running_var").collect();
-    let e = err(&sd);
+    let sd = small_lite(10);
+    let without = |key: &str| -> StateDict { sd.iter().filter(|(n, _)| n != key).cloned().collect::<Vec<_>>().into() };
+    let e = err(&without("_blocks.1._bn1.running_var"));
     assert!(e.contains("odd.pth") && e.contains("_blocks.1._bn1.running_var"), "{e}");
     let mut sd = small_lite(10);
-    let i = sd.iter().position(|(n, _)| n == "_conv_head.weight").unwrap();
-    sd[i].1 = ArrayD::zeros(IxDyn(&[16, 6]));
+    let i = sd.tensors.iter().position(|(n, _)| n == "_conv_head.weight").unwrap();
+    sd.tensors[i].1 = ArrayD::zeros(IxDyn(&[16, 6]));
     let e = err(&sd);
-    assert!(e.contains("_conv_head.weight") && e.contains("[16, 6]"), "{e}");
-    let e = err(&[("fc.weight".to_string(), ArrayD::zeros(IxDyn(&[2, 2])))]);
+    assert!(e.contains("_conv_head.weight") && e.contains("[16, 6]") && e.contains("rank 2"), "{e}");
+    assert!(e.contains("rank-4"), "{e}");
+    let e = err(&vec![("fc.weight".to_string(), ArrayD::zeros(IxDyn(&[2, 2])))].into());
     assert!(e.contains("odd.pth") && e.contains("_conv_stem.weight"), "{e}");
+    // A weight the reader found stored as integers is named as such, not as missing.
+    let mut sd = small_lite(10);
+    sd.tensors.retain(|(n, _)| n != "_conv_stem.weight");
+    sd.integers.push(("_conv_stem.weight".into(), "LongStorage".into()));
+    let e = err(&sd);
+    assert!(e.contains("`_conv_stem.weight` holds integers (LongStorage)"), "{e}");
+}
+
+#[test]
+fn every_fuzz_seed_is_read_or_refused_quickly() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/pth_state_dict");
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let (p, b) = (e.as_ref().unwrap().path(), std::fs::read(e.unwrap().path()).unwrap());
+        let (r, took, peak) = measured(|| tlearn::pth::parse_state_dict(&b, &p).map(|sd| sd.len()));
+        assert!(
+            took < Duration::from_secs(1) && peak < 64 * b.len() + (1 << 20),
+            "{}: {took:?}, {peak} bytes",
+            p.display()
+        );
+        let named = |e: &tlearn::Error| e.to_string().contains(&*p.to_string_lossy());
+        assert!(r.as_ref().is_ok_and(|&n| n > 0) || r.as_ref().is_err_and(named), "{}: {r:?}", p.display());
+    }
 }

@@ -57,6 +57,16 @@ enum Mode {
     /// Like `Truncate` for the first request, then `Good`.
     TruncateOnce,
     NotFound,
+    /// The file's length promised, then a byte every 200 ms.
+    Trickle,
+    /// An HTML page with no length.
+    Page,
+    /// A redirect to a local file.
+    RedirectFile,
+    /// A redirect to itself.
+    RedirectLoop,
+    /// A Content-Length that is no number.
+    BadLength,
 }
 
 struct Server {
@@ -98,6 +108,9 @@ fn answer(mut s: TcpStream, body: &[u8], mode: Mode, seen: &Mutex<Vec<String>>) 
         let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         return;
     }
+    if hostile(&mut s, body, mode) {
+        return;
+    }
     let wrong: Vec<u8> = body.iter().map(|b| b ^ 0x5a).collect();
     let pointer = b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n";
     let data = match mode {
@@ -118,6 +131,31 @@ fn answer(mut s: TcpStream, body: &[u8], mode: Mode, seen: &Mutex<Vec<String>>) 
     let _ = s.write_all(send);
     let _ = s.flush();
     let _ = s.shutdown(std::net::Shutdown::Both);
+}
+
+/// The answers of the hostile modes; false for the others.
+fn hostile(s: &mut TcpStream, body: &[u8], mode: Mode) -> bool {
+    let head = match mode {
+        Mode::Trickle => {
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            for b in body {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                if s.write_all(&[*b]).and_then(|_| s.flush()).is_err() {
+                    break;
+                }
+            }
+            return true;
+        }
+        Mode::Page => "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nConnection: close\r\n\r\n<html>rate limited</html>".into(),
+        Mode::RedirectFile => "HTTP/1.1 302 Found\r\nLocation: file:///etc/passwd\r\nContent-Length: 0\r\n\r\n".into(),
+        Mode::RedirectLoop => format!("HTTP/1.1 302 Found\r\nLocation: /{ZOO_PATH}\r\nContent-Length: 0\r\n\r\n"),
+        Mode::BadLength => "HTTP/1.1 200 OK\r\nContent-Length: lots\r\nConnection: close\r\n\r\nxyz".into(),
+        _ => return false,
+    };
+    let _ = s.write_all(head.as_bytes());
+    let _ = s.flush();
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    true
 }
 
 /// A work folder whose user catalog holds `zoo-tiny`, pinned to `body`'s size and sha256.
@@ -429,4 +467,91 @@ fn the_cut_rule_finds_the_conv_base_of_each_zoo_family() {
     });
     let err = rule_features(&only_pool).unwrap_err().to_string();
     assert!(err.contains("no 4-D tensor") && err.contains("--output"), "{err}");
+}
+
+/// `fetch` with `env` set, killed (and the test failed) if it runs past `limit`.
+fn fetch_within(w: &Path, port: u16, env: &[(&str, &str)], limit: std::time::Duration) -> std::process::Output {
+    let url = format!("http://127.0.0.1:{port}/");
+    let mut cmd = std::process::Command::new(bin("tlearn-backbone"));
+    cmd.args(["fetch", "zoo:tiny", "--zoo-url", &url]).current_dir(w).env("RUST_LOG", "info,ort=error");
+    cmd.envs(env.iter().copied()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!("still running after {limit:?}: {}", stderr(&o));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let o = child.wait_with_output().unwrap();
+    eprintln!("--- stderr:\n{}", stderr(&o));
+    o
+}
+
+#[test]
+fn a_server_that_sends_slowly_cannot_hold_a_fetch_or_its_lock() {
+    let body = zoo_like();
+    let w = catalog(&body);
+    let srv = serve(body.clone(), Mode::Trickle);
+    let start = std::time::Instant::now();
+    let o = fetch_within(w.path(), srv.port, &[("TLEARN_DOWNLOAD_TIMEOUT", "2")], std::time::Duration::from_secs(20));
+    let err = stderr(&o);
+    assert!(!o.status.success() && err.contains("deadline of 2 s") && err.contains("TLEARN_DOWNLOAD_TIMEOUT"), "{err}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(10), "{:?}", start.elapsed());
+    // What came is kept: the same command resumes it.
+    assert!(err.contains("resumes"), "{err}");
+    assert!(std::fs::metadata(w.path().join(".cache/zoo/tiny-7.onnx.part")).unwrap().len() > 0);
+    // A fetch holding the download lock is waited for no longer than the deadline, and named.
+    let cached = w.path().join(".cache/zoo/tiny-7.onnx");
+    let held = tlearn::lock::file(&cached).unwrap();
+    let good = serve(body, Mode::Good);
+    let o = fetch_within(w.path(), good.port, &[("TLEARN_DOWNLOAD_TIMEOUT", "1")], std::time::Duration::from_secs(20));
+    let err = stderr(&o);
+    assert!(
+        !o.status.success()
+            && err.contains("held by pid")
+            && err.contains("gave up waiting after 1 s, the download deadline"),
+        "{err}"
+    );
+    drop(held);
+    let o =
+        fetch_within(w.path(), good.port, &[("TLEARN_DOWNLOAD_TIMEOUT", "abc")], std::time::Duration::from_secs(20));
+    assert!(!o.status.success() && stderr(&o).contains("TLEARN_DOWNLOAD_TIMEOUT"), "{}", stderr(&o));
+}
+
+#[test]
+fn answers_that_cannot_give_the_file_are_not_kept_or_retried() {
+    let body = zoo_like();
+    let w = catalog(&body);
+    let part = w.path().join(".cache/zoo/tiny-7.onnx.part");
+    for (mode, says) in [
+        (Mode::Page, "text/html"),
+        (Mode::RedirectFile, "--source"),
+        (Mode::RedirectLoop, "redirect"),
+        (Mode::BadLength, "--source"),
+    ] {
+        let srv = serve(body.clone(), mode);
+        let o = fetch(w.path(), srv.port);
+        let err = stderr(&o);
+        assert!(!o.status.success() && err.contains(says) && !err.contains("resumes"), "{err}");
+        assert!(!err.contains("retrying"), "not retried: {err}");
+        assert!(!part.exists(), "nothing kept: {err}");
+    }
+}
+
+#[test]
+fn a_damaged_cached_file_is_replaced_on_the_next_fetch() {
+    let body = zoo_like();
+    let w = catalog(&body);
+    let cached = w.path().join(".cache/zoo/tiny-7.onnx");
+    std::fs::create_dir_all(cached.parent().unwrap()).unwrap();
+    std::fs::write(&cached, &body[..body.len() / 2]).unwrap();
+    let srv = serve(body.clone(), Mode::Good);
+    let o = fetch(w.path(), srv.port);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("sha256 mismatch") && err.contains("fetching it again"), "says why it fetched again: {err}");
+    assert_eq!(std::fs::read(&cached).unwrap(), body);
 }
