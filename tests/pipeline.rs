@@ -393,6 +393,12 @@ fn convnet_from_scratch_finetune_score_and_preview() {
     let other_lr: Vec<&str> = resumed.iter().map(|a| if *a == "2e-3" { "5e-3" } else { a }).collect();
     let err = fails("tlearn-finetune", &other_lr, w);
     assert!(err.contains("checkpoint.onnx") && err.contains("other settings"), "{err}");
+    // A finished run rerun with other settings is refused, naming them; --restart replaces it.
+    let finished = std::fs::read(w.join("runs/t/best.onnx")).unwrap();
+    let other: Vec<&str> = args.iter().map(|a| if *a == "2e-3" { "5e-3" } else { a }).collect();
+    let err = fails("tlearn-finetune", &other, w);
+    assert!(err.contains("lr: 0.002 → 0.005") && err.contains("--restart"), "{err}");
+    assert!(std::fs::read(w.join("runs/t/best.onnx")).unwrap() == finished, "the finished run is kept");
 
     // Fine-tuning only the dense layers leaves the conv kernels untouched.
     ok(

@@ -146,4 +146,10 @@ fn a_deployable_model_older_than_its_head_is_never_used() {
     // Scoring the run rebuilds it; then it is current everywhere.
     assert!(score(w, &["data/toy/test", "--out", "s.csv"]).status.success());
     ok("tlearn-finetune", &ft, w);
+    // A fine-tune's run is scored by its name, as a head run is.
+    let by_run = ok("tlearn-score", &["data/toy/test", "--run", "ft", "--device", "cpu", "--out", "r.csv"], w);
+    ok("tlearn-score", &["data/toy/test", "--model", "runs/ft/model.onnx", "--device", "cpu", "--out", "m.csv"], w);
+    assert!(by_run.contains("scored"), "{by_run}");
+    let read = |f: &str| std::fs::read_to_string(w.join(f)).unwrap();
+    assert_eq!(read("r.csv"), read("m.csv"));
 }

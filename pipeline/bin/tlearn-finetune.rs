@@ -109,10 +109,10 @@ struct Args {
     preview: Option<PathBuf>,
     #[arg(long, default_value = "augmented.png")]
     preview_out: PathBuf,
-    /// Require continuing from the run's checkpoint (runs/<run>/checkpoint.onnx): fail when it
-    /// was made with other settings. Without it a rerun continues from a checkpoint made with the
-    /// same settings and data (only --epochs may differ) and starts over otherwise; either way the
-    /// result equals an uninterrupted run.
+    /// Require continuing from the run's checkpoint (runs/<run>/checkpoint.onnx). Without it a
+    /// rerun continues from a checkpoint made with the same settings and data (only --epochs may
+    /// differ), equal to an uninterrupted run; one made with other settings is refused, naming
+    /// them (--restart starts over).
     #[arg(long, conflicts_with = "restart")]
     resume: bool,
     /// Ignore the run's checkpoint and start over.
@@ -231,7 +231,7 @@ fn run(a: Args) -> Result<()> {
         } else if a.resume {
             Resume::Require
         } else {
-            Resume::Auto
+            Resume::Keep
         },
     };
     let term = Terminal::default();

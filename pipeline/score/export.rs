@@ -22,12 +22,18 @@ pub struct ModelInfo {
 }
 
 /// Build `runs/<run>/model.onnx` unless an up-to-date one exists; returns its path. The head
-/// must be the one the run recorded, the backbone the one its features came from.
+/// must be the one the run recorded, the backbone the one its features came from. A fine-tune's
+/// run has no head: its own `model.onnx` is returned once checked.
 pub fn export_run(run_dir: &Path, onnx_dir: &Path, sink: &dyn Sink) -> Result<PathBuf> {
-    let info = RunInfo::load(run_dir)?;
-    let head_bytes = info.read_head(run_dir)?;
     let out = run_dir.join(MODEL);
     let side = fsutil::sidecar_path(&out);
+    if !fsutil::sidecar_path(&run_dir.join(HEAD)).exists() && side.is_file() {
+        // A fine-tune's run: its model.onnx is the deployable model, checked against its record.
+        check_current(&out)?;
+        return Ok(out);
+    }
+    let info = RunInfo::load(run_dir)?;
+    let head_bytes = info.read_head(run_dir)?;
     if let (true, Ok(mi)) = (out.exists(), fsutil::read_json::<ModelInfo>(&side)) {
         if mi.head_sha256 == info.head_sha256
             && mi.backbone_sha256 == info.features.backbone_sha256

@@ -22,6 +22,9 @@ pub enum Resume {
     Auto,
     /// Continue from it; a checkpoint made with other settings is an error.
     Require,
+    /// Continue from it when it was made with the same settings and data; one made with other
+    /// settings is an error naming them (a finished run is never replaced without `Restart`).
+    Keep,
     /// Ignore it and start over.
     Restart,
 }
@@ -130,8 +133,18 @@ pub fn restore(
     let saved: Saved = serde_json::from_str(&text.value)
         .map_err(|e| bad(format!("its fit state ({STATE_KEY}) does not parse: {e}")))?;
     if saved.config != *config {
-        if mode == Resume::Require {
-            return Err(bad("the checkpoint was made with other settings or data (only --epochs may change)".into()));
+        match mode {
+            Resume::Require => {
+                return Err(bad("the checkpoint was made with other settings or data (only --epochs may change)".into()))
+            }
+            Resume::Keep => {
+                return Err(bad(format!(
+                    "this run was trained with other settings or data ({}); give --restart to train it again \
+                     from the start (its files are replaced), or another --run",
+                    differences(&saved.config, config).join("; ")
+                )))
+            }
+            Resume::Auto | Resume::Restart => {}
         }
         tracing::info!("{}: made with other settings or data; starting over", path.display());
         return Ok(None);
@@ -168,4 +181,33 @@ pub fn restore(
         since_best: saved.since_best,
         best_sha256: saved.best_sha256,
     }))
+}
+
+/// What differs between two settings records, as `key: was → now` (nested keys joined with `.`),
+/// at most eight of them.
+pub fn differences(was: &serde_json::Value, now: &serde_json::Value) -> Vec<String> {
+    fn walk(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (serde_json::Value::Object(x), serde_json::Value::Object(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                let null = serde_json::Value::Null;
+                for k in keys {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&key, x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), out);
+                }
+            }
+            _ if a != b => {
+                let short = |v: &serde_json::Value| {
+                    let t = v.to_string();
+                    if t.chars().count() > 40 { format!("{}…", t.chars().take(40).collect::<String>()) } else { t }
+                };
+                out.push(format!("{prefix}: {} → {}", short(a), short(b)));
+            }
+            _ => {}
+        }
+    }
+    let mut out = vec![];
+    walk("", was, now, &mut out);
+    out.truncate(8);
+    out
 }
