@@ -318,6 +318,33 @@ impl Backbone {
         }
     }
 
+    /// The backbone's total stride, from its feature map at its own size (224 → 7×7: 32); None
+    /// for a backbone that pools its features to 1×1.
+    pub fn total_stride(&self) -> Option<usize> {
+        let [h, w, _] = self.info.features;
+        let side = h.max(w);
+        (side > 1).then(|| (self.info.size as usize + side / 2) / side)
+    }
+
+    /// Refuse an input size below the total stride: every feature would come from padding, the
+    /// features would be near constant and any head at chance.
+    pub fn check_input_size(&self, size: u32) -> Result<()> {
+        match self.total_stride() {
+            Some(stride) if (size as usize) < stride => Err(Error::Param {
+                name: "size",
+                value: size.to_string(),
+                reason: format!(
+                    "below {}'s total stride ({stride}: its {s}×{s} input gives {}×{} features); give --size ≥ {stride}",
+                    self.name,
+                    self.info.features[0],
+                    self.info.features[1],
+                    s = self.info.size
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Open `onnx/<name>.onnx` (fetched) or any cut ONNX file with a sidecar.
     pub fn open(onnx_dir: &Path, name_or_path: &str) -> Result<Backbone> {
         let p = Path::new(name_or_path);

@@ -55,6 +55,7 @@ pub fn quantize(onnx_dir: &Path, name: &str, cfg: &QuantizeConfig, sink: &dyn Si
     let bb = Backbone::open(onnx_dir, name)?;
     let size = cfg.size.unwrap_or(bb.info.size);
     cut::check_size(size)?;
+    bb.check_input_size(size)?;
     let model = onnx::decode_model(&bb.bytes, &bb.path)?;
     let plan = qdq::plan(&model, cfg.float);
     let tensors = plan.calibrated();

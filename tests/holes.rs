@@ -205,6 +205,19 @@ fn every_onnx_file_written_has_unique_node_names_and_loads() {
     assert!(seen >= 5, "{seen} ONNX files");
 }
 
+/// `--size` below the backbone's total stride (the tiny backbone: 32 → 16×16, stride 2) is
+/// refused before any image is read: its features would come from padding alone.
+#[test]
+fn a_size_below_the_total_stride_is_refused() {
+    let w = workdir();
+    let w = w.path();
+    prepared(w, &["a", "b"], 4);
+    let err =
+        fails("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--size", "1", "--device", "cpu"], w);
+    assert!(err.contains("total stride (2") && err.contains("--size ≥ 2"), "{err}");
+    ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--size", "2", "--device", "cpu"], w);
+}
+
 /// Eight `tlearn-backbone add`s of different names at once: every one that says "registered"
 /// is in the catalog (each write takes the catalog's lock and re-reads it under the lock).
 #[test]
@@ -257,6 +270,17 @@ fn unusual_models_and_empty_data_are_errors_not_panics() {
     let m = ending_in("Sigmoid", &[]);
     let e = tlearn::train::Trainer::new(&m, Path::new("odd.onnx"), &[4], 2, &opts()).err().unwrap();
     assert!(e.to_string().contains("has no input"), "{e}");
+    // An unnamed last node that is not the probabilities is named by its op and index; a second
+    // output is named with the first.
+    let mut m = ending_in("Relu", &["h"]);
+    m.graph.as_mut().unwrap().node.iter_mut().for_each(|n| n.name.clear());
+    let e = tlearn::train::Trainer::new(&m, Path::new("odd.onnx"), &[4], 2, &opts()).err().unwrap();
+    assert!(e.to_string().contains("node `Relu_1`") && e.to_string().contains("Softmax"), "{e}");
+    let mut m = ending_in("Sigmoid", &["h"]);
+    let extra = m.graph.as_ref().unwrap().output[0].clone();
+    m.graph.as_mut().unwrap().output.insert(0, tlearn::onnx::proto::ValueInfoProto { name: "logits".into(), ..extra });
+    let e = tlearn::train::Trainer::new(&m, Path::new("odd.onnx"), &[4], 2, &opts()).err().unwrap();
+    assert!(e.to_string().contains("2 outputs (logits, y)") && e.to_string().contains("probabilities"), "{e}");
 
     let mut b = GraphBuilder::new("no-input");
     let c = b.const_vec_f32("c", &[0.5]);

@@ -87,6 +87,7 @@ pub struct SplitReport {
 /// meanwhile; computed features are journalled so a killed run resumes with what is missing.
 pub fn extract(cfg: &ExtractConfig, bb: &Backbone, sink: &dyn Sink) -> Result<Vec<SplitReport>> {
     cfg.validate()?;
+    bb.check_input_size(cfg.size)?;
     fsutil::check_output_apart(&cfg.out, &[&cfg.dataset])?;
     let classes = dataset::training_classes(&cfg.dataset)?;
     let _lock = crate::lock::dir(&cfg.out)?;

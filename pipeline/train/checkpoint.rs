@@ -135,7 +135,9 @@ pub fn restore(
     if saved.config != *config {
         match mode {
             Resume::Require => {
-                return Err(bad("the checkpoint was made with other settings or data (only --epochs may change)".into()))
+                return Err(
+                    bad("the checkpoint was made with other settings or data (only --epochs may change)".into()),
+                )
             }
             Resume::Keep => {
                 return Err(bad(format!(
@@ -199,7 +201,11 @@ pub fn differences(was: &serde_json::Value, now: &serde_json::Value) -> Vec<Stri
             _ if a != b => {
                 let short = |v: &serde_json::Value| {
                     let t = v.to_string();
-                    if t.chars().count() > 40 { format!("{}…", t.chars().take(40).collect::<String>()) } else { t }
+                    if t.chars().count() > 40 {
+                        format!("{}…", t.chars().take(40).collect::<String>())
+                    } else {
+                        t
+                    }
                 };
                 out.push(format!("{prefix}: {} → {}", short(a), short(b)));
             }

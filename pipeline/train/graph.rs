@@ -120,6 +120,18 @@ pub fn compile_with(
     mode: Mode,
     pools: PoolGrad,
 ) -> Result<TrainGraph> {
+    // Nodes without names (Caffe2 and older exports) get `<op>_<index>`, so an error names them.
+    let named;
+    let m = if onnx::node_names_unique(onnx::graph(m)) {
+        m
+    } else {
+        named = {
+            let mut c = m.clone();
+            onnx::name_nodes(c.graph.as_mut().expect("a model has a graph"));
+            c
+        };
+        &named
+    };
     let g = onnx::graph(m);
     let Ends { input, output, logits, loss } = ends(g, what)?;
     let float_inits: HashMap<&str, &TensorProto> =
@@ -177,7 +189,16 @@ fn ends(g: &GraphProto, what: &Path) -> Result<Ends> {
     };
     let input = input.name.clone();
     let [output] = g.output.as_slice() else {
-        return Err(Error::BadModel { path: what.into(), reason: "expected exactly one output".into() });
+        let names: Vec<&str> = g.output.iter().map(|o| o.name.as_str()).collect();
+        return Err(Error::BadModel {
+            path: what.into(),
+            reason: format!(
+                "{} outputs ({}); tlearn trains a model with one, the class probabilities (ending in Softmax \
+                 or Sigmoid): export it with that output alone",
+                names.len(),
+                names.join(", ")
+            ),
+        });
     };
     let output = output.name.clone();
     let producer = |t: &String| g.node.iter().find(|n| n.output.first() == Some(t));
