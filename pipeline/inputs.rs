@@ -7,25 +7,40 @@ use std::path::{Path, PathBuf};
 /// A file that could not be listed or scored: (path, reason).
 pub type Unreadable = (String, String);
 
+/// What a walk of folders found: the image files, what could not be listed, and the files it
+/// left out for their names (not an image extension).
+#[derive(Debug, Default)]
+pub struct Listed {
+    pub files: Vec<PathBuf>,
+    pub unreadable: Vec<Unreadable>,
+    pub not_images: Vec<PathBuf>,
+}
+
 /// All image files under `root` (recursively, sorted by path). Symbolic links with image names
 /// are listed (decoding follows them and reports dangling links and loops); links to folders are
-/// not descended into, so a link loop cannot trap the walk.
-pub fn list_images(root: &Path) -> Result<(Vec<PathBuf>, Vec<Unreadable>)> {
+/// not descended into, so a link loop cannot trap the walk. Files with other names are left out
+/// and returned as such.
+pub fn list_images(root: &Path) -> Result<Listed> {
     if !root.exists() {
         return Err(Error::BadData { path: root.into(), reason: "no such file or folder".into() });
     }
     let mut files = vec![];
     let mut errors = vec![];
+    let mut not_images = vec![];
     for e in walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name() {
         match e {
             Ok(e) if e.depth() == 0 && e.file_type().is_dir() => {}
-            Ok(e) if !crate::imageio::is_image_path(e.path()) => {}
+            Ok(e) if !crate::imageio::is_image_path(e.path()) => {
+                if !e.file_type().is_dir() {
+                    not_images.push(e.into_path());
+                }
+            }
             Ok(e) if e.file_type().is_file() || e.file_type().is_symlink() => files.push(e.into_path()),
             Ok(e) => errors.push(not_a_file(e.path())),
             Err(e) => errors.push((e.path().map(crate::fsutil::path_text).unwrap_or_default(), e.to_string())),
         }
     }
-    Ok((files, errors))
+    Ok(Listed { files, unreadable: errors, not_images })
 }
 
 /// Why a path named like an image is not scored: a folder, a FIFO or device, a dangling link.
@@ -102,10 +117,11 @@ fn is_glob(s: &str) -> bool {
 
 /// The image files named by `inputs` (folders, images, or glob patterns such as `shots/**/*.jpg`)
 /// and by each `lists` file ([`list_file`]; a listed path that is not a file is reported, not
-/// fatal). Sorted, no duplicates.
-pub fn collect(inputs: &[PathBuf], lists: &[PathBuf]) -> Result<(Vec<PathBuf>, Vec<Unreadable>)> {
+/// fatal). Sorted, no duplicates; `not_images`: what folder walks left out for its name.
+pub fn collect(inputs: &[PathBuf], lists: &[PathBuf]) -> Result<Listed> {
     let mut files = vec![];
     let mut bad = vec![];
+    let mut not_images = vec![];
     for input in inputs {
         let s = input.to_string_lossy();
         if !input.exists() && is_glob(&s) {
@@ -124,9 +140,10 @@ pub fn collect(inputs: &[PathBuf], lists: &[PathBuf]) -> Result<(Vec<PathBuf>, V
                 tracing::warn!("{s}: the pattern matches no file");
             }
         } else {
-            let (f, b) = list_images(input)?;
-            files.extend(f);
-            bad.extend(b);
+            let listed = list_images(input)?;
+            files.extend(listed.files);
+            bad.extend(listed.unreadable);
+            not_images.extend(listed.not_images);
         }
     }
     for list in lists {
@@ -136,7 +153,7 @@ pub fn collect(inputs: &[PathBuf], lists: &[PathBuf]) -> Result<(Vec<PathBuf>, V
     }
     files.sort();
     files.dedup();
-    Ok((files, bad))
+    Ok(Listed { files, unreadable: bad, not_images })
 }
 
 /// The paths a list file names. Each line is one path as written, only its line end (`\n` or

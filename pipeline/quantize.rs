@@ -115,7 +115,7 @@ fn calibration_images(root: &Path, n: usize) -> Result<(Vec<PathBuf>, String)> {
     let mut all: Vec<PathBuf> = if root.join("train").is_dir() {
         dataset::list_split(root, "train")?.1.into_iter().map(|i| i.path).collect()
     } else {
-        crate::inputs::list_images(root)?.0
+        crate::inputs::list_images(root)?.files
     };
     all.sort();
     if all.is_empty() {

@@ -116,6 +116,13 @@ fn a_list_line_is_a_path_as_written() {
     let mut paths: Vec<&str> = csv.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
     paths.sort();
     assert_eq!(paths, ["imgs/ lead.png", "imgs/#hash.png", "imgs/caf\\xe9.png", "imgs/dup.png", "imgs/dup.png "]);
+    // A folder's files that are not named as images are left out and reported.
+    std::fs::write(imgs.join("notes.txt"), b"not an image").unwrap();
+    let o = score(w, &["imgs", "--out", "d.csv"]);
+    // (`dup.png ` too: its extension is `png `.)
+    assert!(String::from_utf8_lossy(&o.stdout).contains("skipped 2 file(s) not named as images"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("notes.txt: skipped (not named") && err.contains("dup.png : skipped (not named"), "{err}");
     // The scores file is a list for the next run: the same files, the same rows.
     let o = score(w, &["--list", "s.csv", "--out", "again.csv"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

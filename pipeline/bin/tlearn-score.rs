@@ -110,7 +110,10 @@ fn run(a: Args) -> Result<()> {
         tlearn::cli::send_report_to_stderr();
     }
     check_outputs(&a, &model, &out, &run_dir)?;
-    let (files, unreadable) = tlearn::inputs::collect(&a.inputs, &a.list)?;
+    let tlearn::inputs::Listed { files, unreadable, not_images } = tlearn::inputs::collect(&a.inputs, &a.list)?;
+    for p in &not_images {
+        tracing::warn!("{}: skipped (not named as an image)", p.display());
+    }
     let to_explain = a.explain.as_ref().map(|_| {
         let mut f = files.clone();
         f.retain(|p| a.shard.is_none_or(|s| s.owns(&tlearn::fsutil::real_path(p))));
@@ -138,6 +141,9 @@ fn run(a: Args) -> Result<()> {
     );
     for (c, n) in &s.per_class {
         tlearn::outln!("  {c:<14} {n}");
+    }
+    if !not_images.is_empty() {
+        tlearn::outln!("skipped {} file(s) not named as images (the log lists them)", not_images.len());
     }
     if !s.unreadable.is_empty() {
         tlearn::outln!("unreadable: {}", s.unreadable.len());
