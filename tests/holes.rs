@@ -218,6 +218,46 @@ fn a_size_below_the_total_stride_is_refused() {
     ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--size", "2", "--device", "cpu"], w);
 }
 
+/// A backbone of opset 9 with Clip and Pad in their attribute form (ReLU6 and explicit padding as
+/// older exporters wrote them): extracted as it is, and fused into a deployable model and
+/// fine-tuned at tlearn's opset with the two rewritten to their input form.
+#[test]
+fn clip_and_pad_in_their_attribute_form_are_rewritten_where_the_opset_rises() {
+    use tlearn::onnx::builder::A;
+    let w = workdir();
+    let w = w.path();
+    make_dataset(&w.join("raw"), &["a", "b"], 8, false);
+    ok("tlearn-data", &["split", "raw", "data/toy", "--seed", "1"], w);
+    let mut b = GraphBuilder::new("old");
+    b.input("input_1", &[Dim::named("N"), Dim::Fixed(16), Dim::Fixed(16), Dim::Fixed(3)]);
+    let x = b.op("Transpose", &["input_1"], vec![("perm", A::Ints(vec![0, 3, 1, 2]))]);
+    let x = b.op("Pad", &[&x], vec![("pads", A::Ints(vec![0, 0, 1, 1, 0, 0, 1, 1])), ("value", A::F(0.0))]);
+    let k = b.init_f32(
+        "k",
+        &ArrayD::from_shape_fn(IxDyn(&[4, 3, 3, 3]), |i| 0.01 * (i[0] as f32 + 1.0) - 0.005 * i[1] as f32),
+    );
+    let c = b.op("Conv", &[&x, &k], vec![("kernel_shape", A::Ints(vec![3, 3]))]);
+    b.node("Clip", &[&c], &["feat"], vec![("min", A::F(0.0)), ("max", A::F(6.0))]);
+    let f = b.op("Flatten", &["feat"], vec![]);
+    let wd = b.init_f32("wd", &ArrayD::from_elem(IxDyn(&[4 * 16 * 16, 2]), 0.001));
+    let g = b.op("MatMul", &[&f, &wd], vec![]);
+    b.node("Softmax", &[&g], &["prob"], vec![]);
+    b.output("prob", &[Dim::named("N"), Dim::Fixed(2)]);
+    let mut m = onnx::model(b.finish(), "old exporter");
+    m.opset_import[0].version = 9;
+    onnx::save_model(&m, &w.join("old.onnx")).unwrap();
+    ok("tlearn-backbone", &["add", "old.onnx", "--output", "feat", "--preprocess", "caffe", "--size", "16"], w);
+    ok("tlearn-extract", &["--data", "data/toy", "--backbone", "old", "--device", "cpu"], w);
+    ok("tlearn-head", &["--features", "features/toy/old-16", "--run", "h", "--epochs", "2", "--units", "4"], w);
+    ok("tlearn-score", &["data/toy/test", "--run", "h", "--device", "cpu", "--out", "s.csv"], w);
+    let ft = ["runs/h/model.onnx", "--data", "data/toy", "--run", "ft", "--epochs", "1", "--explain", "0"];
+    ok("tlearn-finetune", &ft, w);
+    let fused = onnx::load_model(&w.join("runs/h/model.onnx")).unwrap();
+    for n in onnx::graph(&fused).node.iter().filter(|n| n.op_type == "Clip" || n.op_type == "Pad") {
+        assert!(n.input.len() >= 2 && n.attribute.iter().all(|a| a.name == "mode"), "{n:?}");
+    }
+}
+
 /// Eight `tlearn-backbone add`s of different names at once: every one that says "registered"
 /// is in the catalog (each write takes the catalog's lock and re-reads it under the lock).
 #[test]

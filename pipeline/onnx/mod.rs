@@ -50,6 +50,48 @@ pub fn encode_model(m: &ModelProto) -> Vec<u8> {
     }
 }
 
+/// Rewrite Clip and Pad nodes still in their attribute form (opset < 11: bounds, pads and the
+/// pad value as attributes) to the input form of opset 11 on, with the values as initializers.
+/// Run where a graph joins one of a higher opset (the deployable model, the training graph), in
+/// which the attribute form is invalid. Returns how many nodes changed.
+pub fn upgrade_attribute_forms(g: &mut GraphProto) -> usize {
+    let mut inits = vec![];
+    let mut changed = 0;
+    for n in g.node.iter_mut() {
+        let key = n.output.first().cloned().unwrap_or_default();
+        match n.op_type.as_str() {
+            "Clip" if n.input.len() == 1 && n.attribute.iter().any(|a| a.name == "min" || a.name == "max") => {
+                for bound in ["min", "max"] {
+                    let name = match attr(n, bound) {
+                        Some(a) => {
+                            let t = format!("{key}/clip_{bound}");
+                            inits.push(tensor_f32(&t, &ArrayD::from_elem(IxDyn(&[]), a.f)));
+                            t
+                        }
+                        None => String::new(),
+                    };
+                    n.input.push(name);
+                }
+                n.attribute.retain(|a| a.name != "min" && a.name != "max");
+                changed += 1;
+            }
+            "Pad" if n.input.len() == 1 => {
+                let pads = attr_ints(n, "pads").or_else(|| attr_ints(n, "paddings")).unwrap_or_default();
+                let value = attr_f(n, "value", 0.0);
+                let (p, v) = (format!("{key}/pads"), format!("{key}/pad_value"));
+                inits.push(tensor_i64(&p, &[pads.len() as i64], &pads));
+                inits.push(tensor_f32(&v, &ArrayD::from_elem(IxDyn(&[]), value)));
+                n.input.extend([p, v]);
+                n.attribute.retain(|a| !matches!(a.name.as_str(), "pads" | "paddings" | "value"));
+                changed += 1;
+            }
+            _ => {}
+        }
+    }
+    g.initializer.extend(inits);
+    changed
+}
+
 /// Does every node of `g` have a name, and no other node the same one?
 pub fn node_names_unique(g: &GraphProto) -> bool {
     let mut seen = std::collections::HashSet::new();

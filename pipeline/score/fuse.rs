@@ -20,6 +20,8 @@ fn rename(g: &GraphProto, prefix: &str, keep: &HashMap<String, String>) -> Graph
         keep.get(s).cloned().unwrap_or_else(|| format!("{prefix}{s}"))
     };
     let mut out = g.clone();
+    // The fused graph runs at tlearn's opset, where Clip and Pad take inputs.
+    onnx::upgrade_attribute_forms(&mut out);
     for n in out.node.iter_mut() {
         n.input = n.input.iter().map(map).collect();
         n.output = n.output.iter().map(map).collect();

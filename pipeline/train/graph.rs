@@ -121,13 +121,19 @@ pub fn compile_with(
     pools: PoolGrad,
 ) -> Result<TrainGraph> {
     // Nodes without names (Caffe2 and older exports) get `<op>_<index>`, so an error names them.
+    // The training graph runs at opset ≥ 13, where Clip and Pad take inputs (attribute forms
+    // rewritten).
+    let attr_forms =
+        onnx::graph(m).node.iter().any(|n| matches!(n.op_type.as_str(), "Clip" | "Pad") && n.input.len() == 1);
     let named;
-    let m = if onnx::node_names_unique(onnx::graph(m)) {
+    let m = if onnx::node_names_unique(onnx::graph(m)) && !attr_forms {
         m
     } else {
         named = {
             let mut c = m.clone();
-            onnx::name_nodes(c.graph.as_mut().expect("a model has a graph"));
+            let g = c.graph.as_mut().expect("a model has a graph");
+            onnx::name_nodes(g);
+            onnx::upgrade_attribute_forms(g);
             c
         };
         &named
