@@ -32,6 +32,9 @@ pub fn export_run(run_dir: &Path, onnx_dir: &Path, sink: &dyn Sink) -> Result<Pa
         check_current(&out)?;
         return Ok(out);
     }
+    // Under the run's lock: never a head half retrained, nor two scorers rebuilding the model and
+    // its sidecar at once (the pair is read as one).
+    let _lock = crate::lock::dir(run_dir)?;
     let info = RunInfo::load(run_dir)?;
     let head_bytes = info.read_head(run_dir)?;
     if let (true, Ok(mi)) = (out.exists(), fsutil::read_json::<ModelInfo>(&side)) {
