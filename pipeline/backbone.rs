@@ -247,8 +247,11 @@ pub fn add(
     size: u32,
     replace: bool,
 ) -> Result<BackboneInfo> {
-    cat.check_new_name(name, replace)?;
     cut::check_size(size)?;
+    let lock = cat.lock()?;
+    // Re-read under the lock: another registration may have landed since this catalog was read.
+    *cat = Catalog::load(&cat.dir)?;
+    cat.check_new_name(name, replace)?;
     let sha = fsutil::sha256_file(path)?;
     let abs = std::fs::canonicalize(path).at(path)?;
     let e = Entry {
@@ -278,7 +281,7 @@ pub fn add(
     let mut trial = Catalog { dir: cat.dir.clone(), entries: cat.entries.clone() };
     trial.entries.insert(name.into(), e.clone());
     let info = fetch(&trial, name, &Sources::default())?;
-    cat.add_user(name, e, replace)?;
+    cat.add_user(name, e, replace, &lock)?;
     Ok(info)
 }
 

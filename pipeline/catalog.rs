@@ -145,13 +145,17 @@ impl Catalog {
         self.dir.join(format!("{}.onnx", canonical(name)))
     }
 
-    /// Register a user entry in `user-backbones.toml`. A built-in name is never taken over; an
-    /// existing user entry is replaced only with `replace`. The file is locked, re-read and
-    /// checked under the lock, so concurrent registrations all land.
-    pub fn add_user(&mut self, name: &str, e: Entry, replace: bool) -> Result<()> {
-        self.check_new_name(name, replace)?;
+    /// Lock `user-backbones.toml` for a registration (held from the name check to the write, so
+    /// two registrations of one name cannot both write their model).
+    pub fn lock(&self) -> Result<crate::lock::Lock> {
+        crate::lock::file(&self.dir.join(USER_CATALOG))
+    }
+
+    /// Register a user entry in `user-backbones.toml`, with [`Catalog::lock`] held. A built-in
+    /// name is never taken over; an existing user entry is replaced only with `replace`. The file
+    /// is re-read and checked under the lock, so concurrent registrations all land.
+    pub fn add_user(&mut self, name: &str, e: Entry, replace: bool, _held: &crate::lock::Lock) -> Result<()> {
         let path = self.dir.join(USER_CATALOG);
-        let _lock = crate::lock::file(&path)?;
         let mut user = if path.exists() { read_file(&path)? } else { BTreeMap::new() };
         for (k, v) in &user {
             self.entries.insert(k.clone(), v.clone());

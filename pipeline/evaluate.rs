@@ -212,9 +212,9 @@ fn heatmaps(
     let (p, pred) = (metrics::class_probs(probs), metrics::predicted(probs));
     let mut rows = crate::report::most_confident(&p, &pred, &labels, ex.mistakes, false);
     rows.extend(crate::report::most_confident(&p, &pred, &labels, (ex.mistakes / 2).max(1), true));
-    let (mut cam, _) = crate::score::grad_cam(&ex.model, &ex.session)?;
+    let (mut cam, meta) = crate::score::grad_cam(&ex.model, &ex.session)?;
     let dir = out.join("gradcam");
-    // The overlays of an earlier evaluation go (a smaller --explain leaves none behind), and
+    // The overlays an earlier evaluation listed go (a smaller --explain leaves none behind), and
     // nothing else: the folder must be tlearn's own (or one only ever filled with its overlays).
     let only_overlays = |d: &Path| {
         std::fs::read_dir(d).is_ok_and(|r| {
@@ -222,7 +222,9 @@ fn heatmaps(
         })
     };
     crate::output::claim_dir(&dir, "the report's Grad-CAM overlays", only_overlays)?;
-    crate::output::remove_own_files(&dir, crate::output::is_overlay_name)?;
+    let index = dir.join(crate::score::INDEX);
+    crate::score::remove_listed(&index)?;
+    let mut listed = vec![];
     let mut maps = vec![];
     for (n, &i) in rows.iter().enumerate() {
         let (path, truth) = (&files[i].0, files[i].1);
@@ -230,16 +232,22 @@ fn heatmaps(
         // The class the report shows for the row (TTA-averaged for a head run).
         let max = crate::imageio::DEFAULT_MAX_PIXELS;
         match crate::explain::file(&mut cam, &fsutil::text_path(path), Some(pred[i]), max, &png) {
-            Ok((e, png)) => maps.push(crate::report::Heatmap {
-                path: path.clone(),
-                truth,
-                predicted: e.class,
-                probability: e.probs[e.class],
-                png,
-            }),
+            Ok((e, bytes)) => {
+                let name = png.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let class = meta.classes.get(e.class).cloned().unwrap_or_default();
+                listed.push((path.clone(), name, class, e.probs[e.class]));
+                maps.push(crate::report::Heatmap {
+                    path: path.clone(),
+                    truth,
+                    predicted: e.class,
+                    probability: e.probs[e.class],
+                    png: bytes,
+                })
+            }
             Err(e) => tracing::warn!("{path}: no Grad-CAM overlay: {e}"),
         }
     }
+    crate::score::write_overlay_index(&index, listed)?;
     Ok(maps)
 }
 

@@ -115,7 +115,11 @@ impl Journal {
 
     /// The work is done and its output written: drop the journal.
     pub fn finish(self) -> Result<()> {
-        remove(&self.dir)
+        // The output is written: a journal that cannot go is worth a warning, not a failed run.
+        if let Err(e) = remove(&self.dir) {
+            tracing::warn!("{e}");
+        }
+        Ok(())
     }
 }
 
@@ -133,10 +137,11 @@ fn remove(dir: &Path) -> Result<()> {
         n == MANIFEST || n.ends_with(".bin") || n.ends_with(".json") || (n.starts_with('.') && n.ends_with(".tmp"))
     };
     crate::output::remove_files_named(dir, ours)?;
-    std::fs::remove_dir(dir).map_err(|e| Error::BadData {
-        path: dir.into(),
-        reason: format!(
-            "cannot remove this work journal ({e}): it holds files tlearn did not write; move them away and rerun"
-        ),
+    std::fs::remove_dir(dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::DirectoryNotEmpty => Error::BadData {
+            path: dir.into(),
+            reason: "cannot remove this work journal: it holds files tlearn did not write; move them away".into(),
+        },
+        _ => Error::Io { path: dir.into(), err: e },
     })
 }

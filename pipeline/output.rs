@@ -60,7 +60,10 @@ pub fn target(path: &Path) -> Result<Target> {
     let mut p = path.to_path_buf();
     for _ in 0..MAX_LINKS {
         if p.starts_with("/proc") {
-            return Ok(Target::Stream(path.into()));
+            // `/dev/stdout`, `/dev/fd/1`: standard output itself, written through the inherited
+            // descriptor (its offset and append mode kept); another descriptor as a stream.
+            let t = Target::Stream(path.into());
+            return Ok(if t.is_stdout() { Target::Stdout } else { t });
         }
         let meta = match std::fs::symlink_metadata(&p) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -81,7 +84,9 @@ pub fn target(path: &Path) -> Result<Target> {
         let t = meta.file_type();
         if t.is_symlink() {
             let to = std::fs::read_link(&p).at(&p)?;
-            p = p.parent().unwrap_or(Path::new("/")).join(to);
+            // Joined to the link's real folder (`/dev/fd` is itself a link into `/proc`).
+            let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            p = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()).join(to);
             continue;
         }
         return if t.is_file() {
@@ -106,7 +111,7 @@ pub fn write_stream(t: &Target, write: impl FnOnce(&mut dyn std::io::Write) -> s
             write(&mut out).and_then(|_| out.flush()).at(Path::new("-"))
         }
         Target::Stream(p) => {
-            let f = std::fs::OpenOptions::new().write(true).open(p).at(p)?;
+            let f = std::fs::OpenOptions::new().append(true).open(p).at(p)?;
             let mut w = std::io::BufWriter::new(f);
             write(&mut w).and_then(|_| w.flush()).at(p)
         }
@@ -127,8 +132,9 @@ pub fn claim_dir(dir: &Path, what: &str, legacy: impl Fn(&Path) -> bool) -> Resu
     if marker.is_file() {
         return Ok(());
     }
-    let mut entries = std::fs::read_dir(dir).at(dir)?.filter_map(|e| e.ok());
-    if entries.next().is_some() && !legacy(dir) {
+    // The marker itself may have just been made by another shard claiming the folder at once.
+    let mut entries = std::fs::read_dir(dir).at(dir)?.filter_map(|e| e.ok()).filter(|e| e.file_name() != MARKER);
+    if entries.next().is_some() && !legacy(dir) && !marker.is_file() {
         return Err(Error::BadData {
             path: dir.into(),
             reason: format!(
@@ -177,11 +183,11 @@ pub fn is_overlay_name(name: &str) -> bool {
         Some(k) => &stem[k..],
         None => stem,
     };
-    let (digits, tail) = rest.split_at(rest.len().min(5));
-    digits.len() == 5
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && tail.starts_with('-')
-        && tail.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    let b = rest.as_bytes();
+    b.len() > 5
+        && b[..5].iter().all(u8::is_ascii_digit)
+        && b[5] == b'-'
+        && b[6..].iter().all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
 }
 
 /// The length of a leading `I-of-N-` (digits), if there is one.

@@ -71,8 +71,11 @@ pub fn quantize(onnx_dir: &Path, name: &str, cfg: &QuantizeConfig, sink: &dyn Si
     }
     // The same estimate-and-refuse guard as extraction: a size no image fits at is refused before
     // anything runs, and batches shrink to what memory holds.
-    let batch =
-        crate::memory::fit_batch(cfg.batch, crate::memory::per_image_bytes(&model, &bb.path, size), size, &bb.path)?;
+    // Calibration keeps every measured tensor as an output: each up to the largest one, on top
+    // of what a plain run needs (three times the largest).
+    let need =
+        crate::memory::per_image_bytes(&model, &bb.path, size).map(|b| b.saturating_mul(3 + tensors.len() as u64) / 3);
+    let batch = crate::memory::fit_batch(cfg.batch, need, size, &bb.path)?;
     let (paths, calibration_sha256) = calibration_images(&cfg.calibrate, cfg.images)?;
     let calib = Calibration { cfg, bb: &bb, size, batch, paths: &paths, sink };
     let (ranges, fp32) = calib.ranges(&model, &tensors)?;
@@ -290,6 +293,7 @@ impl Features {
 #[derive(Default)]
 struct Agreement {
     n: f64,
+    shift: (f64, f64),
     sums: [f64; 5],
     max_err: f64,
     max_abs: f64,
@@ -299,12 +303,17 @@ impl Agreement {
     fn add(&mut self, fp: &[f32], q: &[f32]) {
         for (&a, &b) in fp.iter().zip(q) {
             let (a, b) = (a as f64, b as f64);
+            if self.n == 0.0 {
+                self.shift = (a, b);
+            }
+            self.max_err = self.max_err.max((a - b).abs());
+            self.max_abs = self.max_abs.max(a.abs());
+            // Sums about the first values, so a large mean does not swamp the variances.
+            let (a, b) = (a - self.shift.0, b - self.shift.1);
             self.n += 1.0;
             for (s, v) in self.sums.iter_mut().zip([a, b, a * a, b * b, a * b]) {
                 *s += v;
             }
-            self.max_err = self.max_err.max((a - b).abs());
-            self.max_abs = self.max_abs.max(a.abs());
         }
     }
 
@@ -313,7 +322,12 @@ impl Agreement {
         let n = self.n.max(1.0);
         let [sa, sb, saa, sbb, sab] = self.sums;
         let (cov, va, vb) = (sab - sa * sb / n, saa - sa * sa / n, sbb - sb * sb / n);
-        let corr = if va > 0.0 && vb > 0.0 { cov / (va * vb).sqrt() } else { 1.0 };
+        // Both constant: they agree; one constant: it tells nothing of the other.
+        let corr = match (va > 0.0, vb > 0.0) {
+            (true, true) => (cov / (va * vb).sqrt()).clamp(-1.0, 1.0),
+            (false, false) => 1.0,
+            _ => 0.0,
+        };
         (corr, if self.max_abs > 0.0 { self.max_err / self.max_abs } else { 0.0 })
     }
 }

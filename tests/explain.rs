@@ -169,13 +169,17 @@ fn overlays_go_only_into_folders_tlearn_owns_and_only_its_own_files_are_removed(
     // The report's gradcam/ folder: a user's file there stops the overlays, and stays.
     let gradcam = w.join("reports/toy/gradcam");
     std::fs::create_dir_all(&gradcam).unwrap();
-    std::fs::write(gradcam.join("keep.txt"), b"mine").unwrap();
+    std::fs::write(gradcam.join("фото.png"), b"mine").unwrap();
     let out = run("tlearn-evaluate", &["--run", "toy", "--explain", "2", "--device", "cpu"], w);
     assert!(String::from_utf8_lossy(&out.stderr).contains("did not write"));
-    assert_eq!(std::fs::read(gradcam.join("keep.txt")).unwrap(), b"mine");
-    std::fs::remove_file(gradcam.join("keep.txt")).unwrap();
+    assert_eq!(std::fs::read(gradcam.join("фото.png")).unwrap(), b"mine");
+    std::fs::remove_file(gradcam.join("фото.png")).unwrap();
     ok("tlearn-evaluate", &["--run", "toy", "--explain", "2", "--device", "cpu"], w);
     assert!(file_names(&gradcam).iter().any(|n| n.ends_with(".png")));
+    // In its own folder, a rerun removes the overlays its index lists, not a file named like one.
+    std::fs::write(gradcam.join("00009-holiday.png"), b"mine").unwrap();
+    ok("tlearn-evaluate", &["--run", "toy", "--explain", "2", "--device", "cpu"], w);
+    assert_eq!(std::fs::read(gradcam.join("00009-holiday.png")).unwrap(), b"mine");
 }
 
 #[test]
@@ -186,7 +190,8 @@ fn overlay_names_are_bounded_and_recognised() {
     assert_eq!(name.len(), "00007-".len() + tlearn::explain::MAX_STEM + ".png".len());
     assert!(tlearn::output::is_overlay_name(name));
     assert!(tlearn::output::is_overlay_name("1-of-4-00012-cat_1.png"));
-    for other in ["photo.png", "0001-a.png", "00001-a.jpg", "00001-a b.png", "../00001-a.png", "00001-a.png.png"] {
+    let others = ["photo.png", "0001-a.png", "00001-a.jpg", "00001-a b.png", "../00001-a.png", "00001-a.png.png"];
+    for other in others.into_iter().chain(["фото.png", "日本.png", "0000日-a.png", "00001-日.png"]) {
         assert!(!tlearn::output::is_overlay_name(other), "{other}");
     }
 }

@@ -253,7 +253,10 @@ fn clip_and_pad_in_their_attribute_form_are_rewritten_where_the_opset_rises() {
     let ft = ["runs/h/model.onnx", "--data", "data/toy", "--run", "ft", "--epochs", "1", "--explain", "0"];
     ok("tlearn-finetune", &ft, w);
     let fused = onnx::load_model(&w.join("runs/h/model.onnx")).unwrap();
-    for n in onnx::graph(&fused).node.iter().filter(|n| n.op_type == "Clip" || n.op_type == "Pad") {
+    let rewritten: Vec<_> =
+        onnx::graph(&fused).node.iter().filter(|n| n.op_type == "Clip" || n.op_type == "Pad").collect();
+    assert_eq!(rewritten.len(), 2);
+    for n in rewritten {
         assert!(n.input.len() >= 2 && n.attribute.iter().all(|a| a.name == "mode"), "{n:?}");
     }
 }

@@ -63,7 +63,20 @@ fn outputs_that_are_links_fifos_or_stdout_stay_what_they_are() {
         assert_eq!(rows(&stdout), want, "{out}");
         assert!(String::from_utf8_lossy(&o.stderr).contains("scored"), "the report goes to stderr");
     }
-    assert!(std::fs::symlink_metadata("/dev/stdout").unwrap().file_type().is_symlink(), "/dev/stdout survives");
+    // /dev/stdout when standard output is a file opened for appending: appended to, as a shell
+    // redirection `>> log.csv` asks (never written from the file's start).
+    std::fs::write(w.join("log.csv"), "earlier line\n").unwrap();
+    let log = std::fs::OpenOptions::new().append(true).open(w.join("log.csv")).unwrap();
+    let status = std::process::Command::new(bin("tlearn-score"))
+        .args(["--run", "toy", "--device", "cpu", "data/toy/test", "--out", "/dev/stdout"])
+        .current_dir(w)
+        .stdout(log)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(w.join("log.csv")).unwrap();
+    assert!(text.starts_with("earlier line\npath,"), "{text}");
+    assert_eq!(rows(text.strip_prefix("earlier line\n").unwrap()), want);
     assert!(!w.join("-").exists() && !w.join("-.summary.json").exists());
 
     // A folder where the journal would go that tlearn did not make: refused, kept.

@@ -132,9 +132,11 @@ pub(super) fn open_model(path: &Path) -> Result<ModelProto> {
 /// `--trainable` patterns must select something: a pattern that matches no parameter is refused,
 /// with some of the names there are (a typo would otherwise train nothing, or everything else).
 pub(super) fn check_trainable(cfg: &FinetuneConfig, model: &ModelProto) -> Result<()> {
-    let g = onnx::graph(model);
-    let params: Vec<&str> =
-        g.initializer.iter().filter(|t| t.data_type == onnx::proto::dtype::FLOAT).map(|t| t.name.as_str()).collect();
+    // The parameters training could select (as the compiler selects them: float, rank ≥ 1, not a
+    // deployable model's preprocessing), before the patterns.
+    let everything = FinetuneConfig { trainable: vec![], ..cfg.clone() };
+    let all = crate::train::graph::select_params(onnx::graph(model), &trainable_fn(&everything, model));
+    let params: Vec<&str> = all.iter().map(String::as_str).collect();
     let Some(p) = cfg.trainable.iter().find(|p| !params.iter().any(|n| matches(p, n))) else { return Ok(()) };
     let some: Vec<&str> = params.iter().copied().take(8).collect();
     Err(Error::Param {

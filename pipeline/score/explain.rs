@@ -79,6 +79,18 @@ pub fn explain(
     Ok(done)
 }
 
+/// Write an overlay index at `index` (tlearn's header): (path, overlay file name, class,
+/// probability) per overlay, so a later run removes exactly these ([`remove_listed`]).
+pub fn write_overlay_index(index: &Path, rows: impl IntoIterator<Item = (String, String, String, f32)>) -> Result<()> {
+    let rows = rows.into_iter().map(|(path, overlay, class, probability)| Row {
+        path: fsutil::csv_cell(&path).into_owned(),
+        overlay,
+        class: fsutil::csv_cell(&class).into_owned(),
+        probability,
+    });
+    fsutil::write_bytes_atomic(index, &fsutil::csv_bytes(index, rows)?)
+}
+
 /// Grad-CAM for the deployable model at `model_path` (its plain view when it has TTA views), and
 /// the model's metadata.
 pub fn grad_cam(model_path: &Path, opts: &SessionOptions) -> Result<(crate::explain::GradCam, super::ModelMeta)> {
@@ -102,7 +114,7 @@ fn has_own_index(index: &Path) -> bool {
 /// Remove the overlays an earlier run listed in `index`: only in a folder tlearn owns, only from
 /// an index with tlearn's header, and only files named as tlearn names overlays (the index may
 /// have been edited; the folder may hold other files).
-fn remove_listed(index: &Path) -> Result<()> {
+pub fn remove_listed(index: &Path) -> Result<()> {
     if !has_own_index(index) {
         return Ok(());
     }

@@ -32,19 +32,24 @@ pub fn export_run(run_dir: &Path, onnx_dir: &Path, sink: &dyn Sink) -> Result<Pa
         check_current(&out)?;
         return Ok(out);
     }
-    // Under the run's lock: never a head half retrained, nor two scorers rebuilding the model and
-    // its sidecar at once (the pair is read as one).
+    let fresh = |info: &RunInfo| -> Result<bool> {
+        let Ok(mi) = fsutil::read_json::<ModelInfo>(&side) else { return Ok(false) };
+        Ok(out.exists()
+            && mi.head_sha256 == info.head_sha256
+            && mi.backbone_sha256 == info.features.backbone_sha256
+            && mi.tta == info.tta
+            && fsutil::sha256_file(&out)? == mi.model_sha256)
+    };
+    if fresh(&RunInfo::load(run_dir)?)? {
+        return Ok(out);
+    }
+    // Rebuilt under the run's lock (and checked again there): never beside a head being
+    // retrained, nor by two scorers at once (the model and its sidecar are read as a pair).
     let _lock = crate::lock::dir(run_dir)?;
     let info = RunInfo::load(run_dir)?;
     let head_bytes = info.read_head(run_dir)?;
-    if let (true, Ok(mi)) = (out.exists(), fsutil::read_json::<ModelInfo>(&side)) {
-        if mi.head_sha256 == info.head_sha256
-            && mi.backbone_sha256 == info.features.backbone_sha256
-            && mi.tta == info.tta
-            && fsutil::sha256_file(&out)? == mi.model_sha256
-        {
-            return Ok(out);
-        }
+    if fresh(&info)? {
+        return Ok(out);
     }
     let bb = crate::backbone::Backbone::open(onnx_dir, &info.features.backbone)?;
     if bb.info.onnx_sha256 != info.features.backbone_sha256 {
@@ -77,8 +82,16 @@ pub fn export_run(run_dir: &Path, onnx_dir: &Path, sink: &dyn Sink) -> Result<Pa
 /// head and views the run now records. A stale one (the head retrained since) is refused with
 /// the command that rebuilds it, so no stage trains, scores or explains an old model silently.
 pub fn check_current(model: &Path) -> Result<()> {
+    check_current_as(model, None)
+}
+
+/// [`check_current`] with the model's sha256 when the caller has read it already (`sha256`),
+/// so the bytes checked are the bytes used.
+pub fn check_current_as(model: &Path, sha256: Option<&str>) -> Result<()> {
     let Ok(side) = fsutil::read_json::<serde_json::Value>(&fsutil::sidecar_path(model)) else { return Ok(()) };
-    let run_dir = fsutil::parent_dir(model);
+    // A bare `model.onnx` (run from inside its run folder) still names its run.
+    let given = fsutil::parent_dir(model);
+    let run_dir = &if given == Path::new(".") { fsutil::real_path(given) } else { given.to_path_buf() };
     let record = fsutil::sidecar_path(&run_dir.join(HEAD));
     if let (Ok(mi), true) = (serde_json::from_value::<ModelInfo>(side.clone()), record.is_file()) {
         let info = RunInfo::load(run_dir)?;
@@ -96,7 +109,10 @@ pub fn check_current(model: &Path) -> Result<()> {
         }
     }
     if let Some(recorded) = side.get("model_sha256").and_then(|s| s.as_str()) {
-        let got = fsutil::sha256_file(model)?;
+        let got = match sha256 {
+            Some(s) => s.to_string(),
+            None => fsutil::sha256_file(model)?,
+        };
         if got != recorded {
             return Err(Error::Checksum { path: model.into(), expected: recorded.into(), got });
         }

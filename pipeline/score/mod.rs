@@ -14,7 +14,9 @@ mod explain;
 mod export;
 mod fuse;
 mod merge;
-pub use explain::{explain, grad_cam, index_name as explain_index, Explained};
+pub use explain::{
+    explain, grad_cam, index_name as explain_index, remove_listed, write_overlay_index, Explained, INDEX,
+};
 pub use export::{check_current, check_differentiable, export_run, ModelInfo, MODEL};
 pub use fuse::{deployable, fuse, meta, plain, ModelMeta};
 pub use merge::merge;
@@ -299,9 +301,9 @@ impl<'p> ScoredModel<'p> {
     /// A model with a sidecar (runs/<run>/model.onnx.json, a fine-tune's model.onnx.json) must be
     /// the model its sidecar describes, and current ([`check_current`]).
     fn open(path: &'p Path) -> Result<ScoredModel<'p>> {
-        check_current(path)?;
         let bytes = std::fs::read(path).at(path)?;
         let sha256 = crate::fsutil::sha256_bytes(&bytes);
+        export::check_current_as(path, Some(&sha256))?;
         let proto = onnx::decode_model(&bytes, path)?;
         let meta = meta(&proto, path)?;
         Ok(ScoredModel { path, bytes, sha256, proto, meta })
