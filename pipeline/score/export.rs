@@ -40,7 +40,11 @@ pub fn export_run(run_dir: &Path, onnx_dir: &Path, sink: &dyn Sink) -> Result<Pa
             && mi.tta == info.tta
             && fsutil::sha256_file(&out)? == mi.model_sha256)
     };
-    if fresh(&RunInfo::load(run_dir)?)? {
+    // The head is checked against its record even when the model is up to date: a run whose
+    // head was replaced is refused, not scored.
+    let info = RunInfo::load(run_dir)?;
+    info.read_head(run_dir)?;
+    if fresh(&info)? {
         return Ok(out);
     }
     // Rebuilt under the run's lock (and checked again there): never beside a head being
