@@ -198,9 +198,11 @@ fn list_lines(bytes: &[u8], list: &Path) -> Result<Vec<(usize, Vec<u8>)>> {
         let mut out = vec![];
         for (i, rec) in csv::Reader::from_reader(bytes).byte_records().enumerate() {
             let rec = rec.map_err(|e| bad(i + 2, &e))?;
+            // The record's own line (a quoted cell may hold line breaks).
+            let n = rec.position().map_or(i + 2, |p| p.line() as usize);
             let cell = rec.get(0).unwrap_or_default();
-            let cell = std::str::from_utf8(cell).map_err(|e| bad(i + 2, &e))?;
-            out.push((i + 2, crate::fsutil::csv_uncell(cell).as_bytes().to_vec()));
+            let cell = std::str::from_utf8(cell).map_err(|e| bad(n, &e))?;
+            out.push((n, crate::fsutil::csv_uncell(cell).as_bytes().to_vec()));
         }
         return Ok(out);
     }
