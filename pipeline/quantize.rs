@@ -14,6 +14,7 @@ use crate::imageio::{self, Interpolation};
 use crate::onnx::{self, cut, proto::ModelProto, qdq, Dim};
 use crate::progress::Sink;
 use crate::runtime::{self, SessionOptions};
+use crate::spill::{self, Rows};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -189,7 +190,7 @@ impl Calibration<'_> {
     /// The calibrated range of every tensor: min/max on a first pass, then (percentile,
     /// entropy) a histogram over that range on a second; and the fp32 features of the images,
     /// streamed to an unnamed temporary file (memory stays one batch whatever the image count).
-    fn ranges(&self, model: &ModelProto, tensors: &[String]) -> Result<(Ranges, Features)> {
+    fn ranges(&self, model: &ModelProto, tensors: &[String]) -> Result<(Ranges, Rows<f32>)> {
         let mut m = model.clone();
         let g = m.graph.as_mut().expect("a model has a graph");
         for t in tensors.iter().filter(|t| **t != cut::FEATURES) {
@@ -202,15 +203,18 @@ impl Calibration<'_> {
         let bytes = onnx::encode_model(&m);
         let names: Vec<&str> = std::iter::once(cut::FEATURES).chain(tensors.iter().map(String::as_str)).collect();
         let mut stats: Vec<Stats> = vec![Stats::default(); tensors.len()];
-        let mut fp32 = Features::new()?;
+        // The features kept within an eighth of the available memory, the rest in an unlinked file.
+        let budget = spill::Budget::new(crate::memory::available_bytes().unwrap_or(0) / 8, &std::env::temp_dir());
+        let mut fp32: Option<spill::RowWriter<f32>> = None;
         let mut written: Result<()> = Ok(());
         self.run(&bytes, &names, "calibrating (ranges)", |ys| {
             if written.is_ok() {
-                written = fp32.push(&values(&ys[0]));
+                written = keep_rows(&mut fp32, &budget, self.paths.len(), &ys[0]);
             }
             stats.iter_mut().zip(&ys[1..]).for_each(|(s, y)| s.observe_range(&values(y)))
         })?;
         written?;
+        let fp32 = fp32.expect("a run reads at least one image").finish()?;
         if self.cfg.method.needs_histogram() {
             self.run(&bytes, &names, "calibrating (histograms)", |ys| {
                 stats.iter_mut().zip(&ys[1..]).for_each(|(s, y)| s.observe_histogram(&values(y)))
@@ -221,72 +225,48 @@ impl Calibration<'_> {
     }
 
     /// int8 vs fp32 features on the calibration images: (correlation, max error / max |fp32|),
-    /// read back from `fp` a batch at a time.
-    fn compare(&self, int8: &[u8], mut fp: Features) -> Result<(f64, f64)> {
-        let (total, mut acc, mut failed) = (fp.len, Agreement::default(), None);
-        fp.rewind()?;
+    /// the fp32 rows read back a batch at a time.
+    fn compare(&self, int8: &[u8], fp: Rows<f32>) -> Result<(f64, f64)> {
+        let (mut acc, mut next, mut failed) = (Agreement::default(), 0, None);
         self.run(int8, &[cut::FEATURES], "checking (int8)", |ys| {
-            let q = values(&ys[0]);
-            match fp.take(q.len()) {
-                Ok(a) if failed.is_none() => acc.add(&a, &q),
-                Ok(_) => {}
+            let n = ys[0].shape().first().copied().unwrap_or(0);
+            let idx: Vec<usize> = (next..next + n).collect();
+            next += n;
+            if failed.is_some() || next > fp.len() {
+                return;
+            }
+            match fp.select(&idx) {
+                Ok(a) => acc.add(&values(&a), &values(&ys[0])),
                 Err(e) => failed = Some(e),
             }
         })?;
         if let Some(e) = failed {
             return Err(e);
         }
-        if acc.n != total as f64 {
+        if next != fp.len() {
             return Err(Error::Shape {
-                what: "int8 vs fp32 features".into(),
-                expected: vec![total],
-                got: vec![acc.n as usize],
+                what: "int8 vs fp32 features (images)".into(),
+                expected: vec![fp.len()],
+                got: vec![next],
             });
         }
         Ok(acc.result())
     }
 }
 
-/// fp32 feature values in an unnamed temporary file (gone when dropped, however the run ends).
-struct Features {
-    file: std::io::BufWriter<std::fs::File>,
-    len: usize,
-    reader: Option<std::io::BufReader<std::fs::File>>,
-}
-
-impl Features {
-    fn new() -> Result<Features> {
-        let f = tempfile::tempfile().map_err(|e| Error::Io { path: std::env::temp_dir(), err: e })?;
-        Ok(Features { file: std::io::BufWriter::new(f), len: 0, reader: None })
+/// Append the rows of `y` (a batch's features) to `rows`, made at the first batch for
+/// `capacity` rows of its shape.
+fn keep_rows(
+    rows: &mut Option<spill::RowWriter<f32>>,
+    budget: &spill::Budget,
+    capacity: usize,
+    y: &ndarray::ArrayD<f32>,
+) -> Result<()> {
+    let n = y.shape().first().copied().unwrap_or(0);
+    if rows.is_none() {
+        *rows = Some(spill::RowWriter::new(budget, "calibration features", capacity, &y.shape()[1..])?);
     }
-
-    fn io(e: std::io::Error) -> Error {
-        Error::Io { path: std::env::temp_dir().join("(calibration features)"), err: e }
-    }
-
-    fn push(&mut self, v: &[f32]) -> Result<()> {
-        use std::io::Write;
-        self.len += v.len();
-        v.iter().try_for_each(|x| self.file.write_all(&x.to_le_bytes())).map_err(Self::io)
-    }
-
-    fn rewind(&mut self) -> Result<()> {
-        use std::io::{Seek, Write};
-        self.file.flush().map_err(Self::io)?;
-        let mut f = self.file.get_ref().try_clone().map_err(Self::io)?;
-        f.rewind().map_err(Self::io)?;
-        self.reader = Some(std::io::BufReader::new(f));
-        Ok(())
-    }
-
-    /// The next `n` values (fewer at the end).
-    fn take(&mut self, n: usize) -> Result<Vec<f32>> {
-        use std::io::Read;
-        let r = self.reader.as_mut().expect("rewound before reading");
-        let mut bytes = Vec::with_capacity(n * 4);
-        r.take(n as u64 * 4).read_to_end(&mut bytes).map_err(Self::io)?;
-        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
-    }
+    rows.as_mut().expect("made above").push(n, &values(y))
 }
 
 /// Running sums for the correlation and the largest error of int8 against fp32 values.
