@@ -61,7 +61,7 @@ fn score(d: &Path) {
     let spec = tlearn::convnet::spec("mnist").unwrap().with_classes(2).unwrap();
     let net = tlearn::convnet::build(&spec, 0).unwrap();
     let classes = vec!["a".to_string(), "b".to_string()];
-    let dep = tlearn::score::deployable(&net, 28, 1, 1.0 / 255.0, Default::default(), &classes, &[]).unwrap();
+    let dep = tlearn::runs::deployable(&net, 28, 1, 1.0 / 255.0, Default::default(), &classes, &[]).unwrap();
     let model = d.join("model.onnx");
     tlearn::onnx::save_model(&dep, &model).unwrap();
     let base = d.join("k1");

@@ -3,10 +3,10 @@
 
 use crate::backbone::Backbone;
 use crate::error::{Error, Result};
+use crate::head::{self, HeadJob};
 use crate::heads::{ClassicalSpec, HeadKind, HeadSpec};
 use crate::params::{Checked, ParamGuard};
 use crate::progress::Sink;
-use crate::run::{self, HeadJob};
 use crate::runtime::{self, SessionOptions};
 use crate::train::FitConfig;
 use crate::{features, fsutil, metrics};
@@ -102,14 +102,14 @@ pub fn run(plan: &Plan, sink: &dyn Sink, mut on_row: impl FnMut(&Row)) -> Result
                 train_views: vec![],
                 tta: vec![],
             };
-            let (ri, trained) = run::train_head(&job, sink)?;
+            let (ri, trained) = head::train_head(&job, sink)?;
             // The test split is loaded (and checksummed) once per folder; the timing covers only
             // the head: opening its session and running it over the cached test features.
             let bytes = crate::onnx::encode_model(&trained.model);
             let t = Instant::now();
-            let probs = crate::train::predict(&bytes, &run_dir.join(run::HEAD), &test.x, 256, &plan.opts)?;
+            let probs = crate::train::predict(&bytes, &run_dir.join(crate::runs::HEAD), &test.x, 256, &plan.opts)?;
             let head_ms = t.elapsed().as_secs_f64() * 1e3 / test.labels.len().max(1) as f64;
-            metrics::check_width(&probs, ri.classes.len(), &run_dir.join(run::HEAD))?;
+            metrics::check_width(&probs, ri.classes.len(), &run_dir.join(crate::runs::HEAD))?;
             let m = metrics::compute(&probs, &test.labels, &ri.classes);
             let row = Row {
                 backbone: info.backbone.clone(),

@@ -2,13 +2,11 @@
 //! person reads — `metrics.json` (the run's settings plus the metrics), `predictions.csv`,
 //! `confusion.png`, `roc.png` and `index.html` in `reports/<run>/`.
 
-use crate::error::{Error, Result};
-use crate::features::{self, Features};
-use crate::finetune::{FinetuneConfig, Finetuned};
+use crate::error::Result;
 use crate::fsutil;
 use crate::metrics::{self, Metrics};
 use crate::progress::Sink;
-use crate::run::{RunInfo, HEAD};
+use crate::runs::Run;
 use crate::runtime::SessionOptions;
 use ndarray::ArrayD;
 use std::path::{Path, PathBuf};
@@ -22,109 +20,28 @@ pub struct Explain {
     pub session: SessionOptions,
 }
 
-/// The run's head on one split of cached features in `fdir`: class probabilities averaged over the
-/// plain images and the run's TTA views, with the plain split's features (files, labels).
-pub fn predict_split(
-    run_dir: &Path,
-    info: &RunInfo,
-    fdir: &Path,
-    split: &str,
-    opts: &SessionOptions,
-) -> Result<(ArrayD<f32>, Features)> {
-    let mut views = features::load_views(fdir, split, &info.tta)?;
-    let f = &views[0];
-    if f.info.classes != info.classes {
-        return Err(Error::BadData {
-            path: fdir.into(),
-            reason: format!("classes {:?} differ from the run's {:?}", f.info.classes, info.classes),
-        });
-    }
-    if f.info.backbone_sha256 != info.features.backbone_sha256 || f.info.size != info.features.size {
-        return Err(Error::BadData {
-            path: fdir.into(),
-            reason: "features come from another backbone or size than the run was trained on".into(),
-        });
-    }
-    let head = run_dir.join(HEAD);
-    let bytes = info.read_head(run_dir)?;
-    let mut sum: Option<ArrayD<f32>> = None;
-    for v in &views {
-        let p = crate::train::predict(&bytes, &head, &v.x, 256, opts)?;
-        metrics::check_width(&p, info.classes.len(), &head)?;
-        sum = Some(match sum {
-            Some(s) => s + p,
-            None => p,
-        });
-    }
-    let probs = sum.expect("at least the plain view") / views.len() as f32;
-    Ok((probs, views.swap_remove(0)))
+/// What an evaluation found: the metrics, and the images of the split that could not be read
+/// (listed in `metrics.json`).
+pub struct Evaluation {
+    pub metrics: Metrics,
+    pub skipped: usize,
 }
 
-/// Evaluate the head run in `run_dir` (its record `info`) on `split` of the features in `fdir`
-/// into `out`.
-pub fn head_run(
-    run_dir: &Path,
-    info: &RunInfo,
-    fdir: &Path,
-    split: &str,
+/// Evaluate `run` — any kind — on `split` of `source` (default: what the run trained on) into
+/// `out`: the report, with Grad-CAM overlays when `explain` asks for them.
+pub fn run(
+    run: &Run,
+    (split, source): (&str, Option<&Path>),
     out: &Path,
     opts: &SessionOptions,
     explain: Option<&Explain>,
-) -> Result<Metrics> {
-    let (probs, f) = predict_split(run_dir, info, fdir, split, opts)?;
-    let context = serde_json::json!({
-        "run": info.name,
-        "split": split,
-        "backbone": info.features.backbone,
-        "size": info.features.size,
-        "kind": info.kind,
-        "head": info.head,
-        "classical": info.classical,
-        "fit": info.fit,
-        "train_views": info.train_views,
-        "tta": info.tta,
-        "features_npy_sha256": f.info.npy_sha256,
-        "head_sha256": info.head_sha256,
-    });
-    let files: Vec<(String, usize)> = f.files.iter().map(|r| (r.path.clone(), r.label)).collect();
-    let history = run_dir.join(crate::history::HISTORY_PNG);
-    write_report(out, context, &probs, &files, &info.classes, Some(&history), explain)
-}
-
-/// Evaluate a fine-tuned model (its best epoch) on `split` of its dataset into `out`; also
-/// returns how many images of the split could not be read (listed in `metrics.json`).
-pub fn finetuned(
-    done: &Finetuned,
-    cfg: &FinetuneConfig,
-    split: &str,
-    out: &Path,
     sink: &dyn Sink,
-    explain: Option<&Explain>,
-) -> Result<(Metrics, usize)> {
-    let info = &done.info;
-    let (probs, set) = crate::finetune::predict_split(&done.best, cfg, split, &info.classes, sink)?;
-    let files: Vec<(String, usize)> =
-        set.files.iter().zip(&set.labels).map(|(p, &l)| (fsutil::path_text(p), l)).collect();
-    let skipped: Vec<(String, &str)> =
-        set.skipped.iter().map(|(p, why)| (fsutil::path_text(p), why.as_str())).collect();
-    let run = cfg.run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let context = serde_json::json!({
-        "run": run,
-        "split": split,
-        "model": cfg.model,
-        "best_epoch": info.best_epoch.as_ref().map(|e| e.epoch).unwrap_or(0),
-        "epochs_run": info.epochs_run,
-        "include_validation": cfg.include_validation,
-        "train_seconds": info.train_seconds,
-        "fit": cfg.fit,
-        "augment": cfg.augment,
-        "tta": cfg.tta,
-        "model_sha256": info.model_sha256,
-        "skipped": skipped,
-    });
-    let history = cfg.run_dir.join(crate::history::HISTORY_PNG);
-    let m = write_report(out, context, &probs, &files, &info.classes, Some(&history), explain)?;
-    Ok((m, set.skipped.len()))
+) -> Result<Evaluation> {
+    let p = run.predict(split, source, opts, sink)?;
+    let context = run.context(split, &p);
+    let history = run.history_png();
+    let metrics = write_report(out, context, &p.probs, &p.files, run.classes(), Some(&history), explain)?;
+    Ok(Evaluation { metrics, skipped: p.skipped.len() })
 }
 
 /// A human summary of the metrics.
@@ -212,7 +129,7 @@ fn heatmaps(
     let (p, pred) = (metrics::class_probs(probs), metrics::predicted(probs));
     let mut rows = crate::report::most_confident(&p, &pred, &labels, ex.mistakes, false);
     rows.extend(crate::report::most_confident(&p, &pred, &labels, (ex.mistakes / 2).max(1), true));
-    let (mut cam, meta) = crate::score::grad_cam(&ex.model, &ex.session)?;
+    let (mut cam, meta) = crate::explain::grad_cam(&ex.model, &ex.session)?;
     let dir = out.join("gradcam");
     // The overlays an earlier evaluation listed go (a smaller --explain leaves none behind), and
     // nothing else: the folder must be tlearn's own (or one only ever filled with its overlays).
@@ -222,8 +139,8 @@ fn heatmaps(
         })
     };
     crate::output::claim_dir(&dir, "the report's Grad-CAM overlays", only_overlays)?;
-    let index = dir.join(crate::score::INDEX);
-    crate::score::remove_listed(&index)?;
+    let index = dir.join(crate::explain::INDEX);
+    crate::explain::remove_listed(&index)?;
     let mut listed = vec![];
     let mut maps = vec![];
     for (n, &i) in rows.iter().enumerate() {
@@ -247,7 +164,7 @@ fn heatmaps(
             Err(e) => tracing::warn!("{path}: no Grad-CAM overlay: {e}"),
         }
     }
-    crate::score::write_overlay_index(&index, listed)?;
+    crate::explain::write_overlay_index(&index, listed)?;
     Ok(maps)
 }
 

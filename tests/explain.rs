@@ -56,7 +56,7 @@ fn the_map_of_a_corner_patch_class_peaks_in_that_corner() {
     // The map of every `corner` test image peaks in the top-left quarter of the 16×16 map.
     let model_path = w.join("runs/corner/model.onnx");
     let model = tlearn::onnx::load_model(&model_path).unwrap();
-    let meta = tlearn::score::meta(&model, &model_path).unwrap();
+    let meta = tlearn::runs::meta(&model, &model_path).unwrap();
     let opts = SessionOptions { device: Device::Cpu, threads: 1, precision: None };
     let mut cam = tlearn::explain::GradCam::new(&model, &model_path, meta.size, meta.interpolation, &opts).unwrap();
     let dir = w.join("data/toy/test/corner");
@@ -116,7 +116,7 @@ fn the_map_of_a_corner_patch_class_peaks_in_that_corner() {
     assert!(section.matches("<img src=").count() >= 1, "{section}");
     let tta_path = w.join("runs/corner-tta/model.onnx");
     let tta = tlearn::onnx::load_model(&tta_path).unwrap();
-    let plain = tlearn::score::plain(&tta, &tta_path).unwrap();
+    let plain = tlearn::runs::plain(&tta, &tta_path).unwrap();
     assert!(tlearn::onnx::graph(&plain).node.iter().all(|n| n.op_type != "Slice" && n.op_type != "MatMul"));
     let x = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[3, 32, 32, 3]), |i| {
         ((i[1] * 7 + i[2] * 3 + i[0]) % 200) as f32

@@ -30,8 +30,7 @@ fn include_validation_trains_as_on_one_folder_holding_both() {
         assert!(std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(), "{f} differs");
     }
     assert_eq!(history_sans_time(&a.join("history.csv")), history_sans_time(&b.join("history.csv")));
-    let info: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(a.join("model.onnx.json")).unwrap()).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("run.json")).unwrap()).unwrap();
     let count = |split: &str| count_files(&w.join("data/toy").join(split));
     assert_eq!(info["train_images"].as_u64(), Some((count("train") + count("validation")) as u64), "{info}");
     assert_eq!(

@@ -100,8 +100,7 @@ fn a_model_that_rescales_its_input_is_fed_raw_pixels_and_a_stuck_loss_is_reporte
     let o = run("tlearn-finetune", &args("raw"), w);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && err.contains("--rescale 1"), "{err}");
-    let info: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(w.join("runs/raw/model.onnx.json")).unwrap()).unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(w.join("runs/raw/run.json")).unwrap()).unwrap();
     assert_eq!(info["config"]["rescale"], 1.0);
     let o = run("tlearn-finetune", &[&args("scaled")[..], &["--rescale", "0.00392156862745098"]].concat(), w);
     let err = String::from_utf8_lossy(&o.stderr);

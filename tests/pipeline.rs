@@ -290,7 +290,7 @@ fn multiclass_head_uses_softmax() {
         ],
         w,
     );
-    let m: serde_json::Value = serde_json::from_str(&read(&w.join("runs/m/head.onnx.json"))).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&read(&w.join("runs/m/run.json"))).unwrap();
     assert_eq!(m["loss"], "categorical_cross_entropy");
     ok("tlearn-evaluate", &["--run", "m"], w);
     let r: serde_json::Value = serde_json::from_str(&read(&w.join("reports/m/metrics.json"))).unwrap();
@@ -406,7 +406,7 @@ fn convnet_from_scratch_finetune_score_and_preview() {
         &["net.onnx", "--data", "data/toy", "--run", "f", "--epochs", "1", "--trainable", "dense*", "--device", "cpu"],
         w,
     );
-    let info: serde_json::Value = serde_json::from_str(&read(&w.join("runs/f/model.onnx.json"))).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&read(&w.join("runs/f/run.json"))).unwrap();
     assert_eq!(info["trainable_params"], 576 * 64 + 64 + 64 * 3 + 3, "{info}");
     let tensor = |file: &str, name: &str| {
         let m = tlearn::onnx::load_model(&w.join(file)).unwrap();
@@ -442,8 +442,7 @@ fn classical_heads_train_evaluate_and_score_like_the_dense_one() {
         let args = [&["--features", &feats, "--run", kind, "--head", kind][..], extra].concat();
         let out = ok("tlearn-head", &args, w);
         assert!(out.starts_with(&format!("{kind}: ")) && out.contains("val_acc"), "{out}");
-        let info: serde_json::Value =
-            serde_json::from_str(&read(&w.join("runs").join(kind).join("head.onnx.json"))).unwrap();
+        let info: serde_json::Value = serde_json::from_str(&read(&w.join("runs").join(kind).join("run.json"))).unwrap();
         assert_eq!(info["kind"], kind);
         assert_eq!(info["head"]["standardize"], kind != "forest", "{info}");
         assert_eq!(read(&w.join("runs").join(kind).join("history.csv")).lines().count(), 2);
@@ -500,7 +499,7 @@ fn compare_trains_every_pair_into_one_table_and_a_seed_fixes_it() {
     assert!(w.join("cmp-a/table.md").exists());
     assert!(w.join("cmp-a/accuracy.png").metadata().unwrap().len() > 1000);
     for run in ["tiny-32-dense", "tiny-48-forest", "tiny-32-logistic"] {
-        assert!(w.join("runs/cmp-a").join(run).join("head.onnx.json").exists(), "{run}");
+        assert!(w.join("runs/cmp-a").join(run).join("run.json").exists(), "{run}");
     }
     // The same seed gives the same metrics (timings aside).
     let b = args("cmp-b");
@@ -599,7 +598,7 @@ fn a_cached_trunk_trains_the_rest_as_the_whole_net_would() {
     for (a, b) in lw.iter().zip(&lc) {
         assert!((a - b).abs() < 2e-3, "the same fit: {lw:?} vs {lc:?}");
     }
-    let info: serde_json::Value = serde_json::from_str(&read(&w.join("runs/cached/model.onnx.json"))).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&read(&w.join("runs/cached/run.json"))).unwrap();
     assert_eq!(info["trunk"]["views"], serde_json::json!(["identity"]), "{info}");
     let acc = |run: &str| -> f64 {
         let m: serde_json::Value = serde_json::from_str(&read(&w.join(format!("reports/{run}/metrics.json")))).unwrap();
@@ -609,7 +608,7 @@ fn a_cached_trunk_trains_the_rest_as_the_whole_net_would() {
     // Flips: the trunk's output cached for each of the four views.
     let flips = ["--run", "flips", "--cache-trunk", "--horizontal-flip", "--vertical-flip"];
     ok("tlearn-finetune", &[&base[..], &flips].concat(), w);
-    let info: serde_json::Value = serde_json::from_str(&read(&w.join("runs/flips/model.onnx.json"))).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&read(&w.join("runs/flips/run.json"))).unwrap();
     assert_eq!(info["trunk"]["views"].as_array().unwrap().len(), 4, "{info}");
     // A random transform would need the trunk every epoch.
     let err = fails(

@@ -193,9 +193,9 @@ fn recorded_checksums_and_class_counts_are_checked_on_load() {
         assert!(err.contains("head.onnx") && err.contains("changed since the run was recorded"), "{bin}: {err}");
     }
     // Even with the record forged to match, a head of another width is a clear error.
-    let side = w.join("runs/toy/head.onnx.json");
+    let side = w.join("runs/toy/run.json");
     let mut rec = json(&side);
-    rec["head_sha256"] = json(&w.join("runs/two/head.onnx.json"))["head_sha256"].clone();
+    rec["head_sha256"] = json(&w.join("runs/two/run.json"))["head_sha256"].clone();
     std::fs::write(&side, serde_json::to_string(&rec).unwrap()).unwrap();
     for (bin, args) in [
         ("tlearn-evaluate", vec!["--run", "toy"]),
@@ -302,7 +302,7 @@ fn a_finetune_without_validation_resumes_and_reports_every_skipped_file() {
         |epochs: &'static str| ["net.onnx", "--data", "data/nv", "--run", "nv", "--epochs", epochs, "--batch", "8"];
     let out = ok("tlearn-finetune", &args("1"), w);
     assert!(out.contains("test: skipped 1"), "{out}");
-    let info = json(&w.join("runs/nv/model.onnx.json"));
+    let info = json(&w.join("runs/nv/run.json"));
     let skipped = info["skipped"].to_string();
     assert!(skipped.contains("dangling.png"), "link error not listed: {skipped}");
     let metrics = json(&w.join("reports/nv/metrics.json"));

@@ -270,7 +270,7 @@ fn the_right_file_is_downloaded_checked_cut_by_the_rule_and_cached() {
     let model = tlearn::onnx::load_model(&w.join("runs/zft/model.onnx")).unwrap();
     let tta = model.metadata_props.iter().find(|p| p.key == "tlearn.tta").unwrap();
     assert_eq!(tta.value, "[\"hflip\"]");
-    let info = std::fs::read_to_string(w.join("runs/zft/model.onnx.json")).unwrap();
+    let info = std::fs::read_to_string(w.join("runs/zft/run.json")).unwrap();
     for key in [
         "\"lr_base\": 0.0001",
         "\"weight_decay\": 0.01",

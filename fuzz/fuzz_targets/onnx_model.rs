@@ -10,7 +10,7 @@ use tlearn::onnx::{self, cut};
 fuzz_target!(|data: &[u8]| {
     let path = Path::new("fuzz.onnx");
     let Ok(m) = onnx::decode_model(data, path) else { return };
-    let _ = tlearn::score::meta(&m, path);
+    let _ = tlearn::runs::meta(&m, path);
     let _ = cut::param_count(&m);
     for t in onnx::graph(&m).initializer.iter().take(16) {
         let _ = onnx::tensor_to_f32(t);

@@ -1,4 +1,5 @@
-//! tlearn-evaluate: metrics of a trained run on a split of its cached features.
+//! tlearn-evaluate: metrics of a trained run (a head or a fine-tune) on a split of what it
+//! trained on: the head run's cached features, the fine-tune's dataset.
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -8,7 +9,7 @@ use tlearn::evaluate;
 #[derive(Parser)]
 #[command(
     version,
-    about = "Loss, accuracy, per-class P/R/F1, confusion matrix, ROC-AUC → reports/<run>/metrics.json + index.html"
+    about = "Loss, accuracy, per-class P/R/F1, confusion matrix, ROC-AUC of a head or fine-tune run → reports/<run>/metrics.json + index.html"
 )]
 struct Args {
     /// Run name (folder under --runs).
@@ -20,9 +21,10 @@ struct Args {
     reports: PathBuf,
     #[arg(long, default_value = "test")]
     split: String,
-    /// Feature folder (default: the one the run was trained on).
-    #[arg(long)]
-    features: Option<PathBuf>,
+    /// What to evaluate on (default: what the run trained on): a feature folder for a head run,
+    /// a dataset of class folders for a fine-tuned one.
+    #[arg(long, visible_alias = "features", visible_alias = "data")]
+    source: Option<PathBuf>,
     /// Grad-CAM overlays in the report for the N most confident mistakes and N/2 most confident
     /// right answers (0: none); made with the run's deployable model (built if missing).
     #[arg(long, default_value_t = 8)]
@@ -40,12 +42,12 @@ fn main() -> std::process::ExitCode {
 
 fn run(a: Args) -> Result<()> {
     let run_dir = a.runs.join(&a.run);
-    let info = tlearn::run::RunInfo::load(&run_dir).with_context(|| format!("reading run {}", run_dir.display()))?;
-    let fdir = a.features.unwrap_or_else(|| info.features_dir.clone());
+    let run = tlearn::runs::Run::open(&run_dir).with_context(|| format!("reading run {}", run_dir.display()))?;
     let out = a.reports.join(&a.run);
+    let term = tlearn::cli::Terminal::default();
     let explain = match a.explain {
         0 => None,
-        n => match tlearn::score::export_run(&run_dir, &a.onnx_dir, &tlearn::cli::Terminal::default()) {
+        n => match run.deployable(&a.onnx_dir, &term) {
             Ok(model) => Some(evaluate::Explain { model, mistakes: n, session: a.ort.session() }),
             Err(e) => {
                 tracing::warn!("no Grad-CAM overlays: the run's deployable model could not be built: {e}");
@@ -53,11 +55,14 @@ fn run(a: Args) -> Result<()> {
             }
         },
     };
-    let m = evaluate::head_run(&run_dir, &info, &fdir, &a.split, &out, &a.ort.session(), explain.as_ref())
+    let how = (a.split.as_str(), a.source.as_deref());
+    let e = evaluate::run(&run, how, &out, &a.ort.session(), explain.as_ref(), &term)
         .with_context(|| format!("evaluating run {} on the {} split", a.run, a.split))?;
-    let (backbone, size) = (&info.features.backbone, info.features.size);
-    tlearn::outln!("{} on {} ({backbone} {size}×{size}):", a.run, a.split);
-    tlearn::out!("{}", evaluate::render(&m));
+    if e.skipped > 0 {
+        tlearn::outln!("{}: skipped {} unreadable image(s) (listed in the report's metrics.json)", a.split, e.skipped);
+    }
+    tlearn::outln!("{} on {} ({}):", a.run, a.split, run.describe());
+    tlearn::out!("{}", evaluate::render(&e.metrics));
     tlearn::outln!("→ {} and {}", out.join("metrics.json").display(), out.join("index.html").display());
     Ok(())
 }

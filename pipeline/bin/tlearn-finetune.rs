@@ -238,10 +238,6 @@ fn run(a: Args) -> Result<()> {
     let done =
         finetune::run(&cfg, &term).with_context(|| format!("training {} on {}", a.model.display(), data.display()))?;
     let info = &done.info;
-    let title = format!("{run}: {} on {}", a.model.display(), data.display());
-    if let Err(e) = tlearn::plot::history(&cfg.run_dir.join(tlearn::history::HISTORY_PNG), &title, &done.history) {
-        tracing::warn!("history plot not written: {e}");
-    }
     let best = info.best_epoch.as_ref().map(|e| e.epoch).unwrap_or(0);
     // Without validation the model is the last epoch's.
     let which = if cfg.include_validation { "last" } else { "best" };
@@ -254,7 +250,7 @@ fn run(a: Args) -> Result<()> {
         cfg.run_dir.join(finetune::MODEL).display()
     );
     if !info.skipped.is_empty() {
-        tlearn::outln!("left out {} file(s) (listed with the reason in {}.json)", info.skipped.len(), finetune::MODEL);
+        tlearn::outln!("left out {} file(s) (listed with the reason in {})", info.skipped.len(), tlearn::runs::RECORD);
     }
     if data.join("test").is_dir() {
         let out = a.reports.join(&run);
@@ -263,7 +259,9 @@ fn run(a: Args) -> Result<()> {
             mistakes: a.explain,
             session: a.ort.session(),
         });
-        let (m, skipped) = evaluate::finetuned(&done, &cfg, "test", &out, &term, explain.as_ref())?;
+        let finished = tlearn::runs::Run::open(&cfg.run_dir)?;
+        let e = evaluate::run(&finished, ("test", None), &out, &cfg.session, explain.as_ref(), &term)?;
+        let (m, skipped) = (e.metrics, e.skipped);
         if skipped > 0 {
             tlearn::outln!("test: skipped {skipped} unreadable image(s) (listed in the report's metrics.json)");
         }

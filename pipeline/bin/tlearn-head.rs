@@ -4,10 +4,10 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use std::path::PathBuf;
 use tlearn::cli::Terminal;
+use tlearn::head::{self, HeadJob};
 use tlearn::heads::HeadKind;
 use tlearn::imageio::View;
 use tlearn::params::ParamGuard;
-use tlearn::run::{self, HeadJob};
 use tlearn::train::checkpoint::Resume;
 
 #[derive(Parser)]
@@ -63,8 +63,8 @@ fn run(a: Args) -> Result<()> {
         tta: a.tta,
         resume: if a.restart { Resume::Restart } else { Resume::Auto },
     };
-    let (info, trained) =
-        run::train_head(&job, &Terminal::default()).with_context(|| format!("training on {}", a.features.display()))?;
+    let (info, trained) = head::train_head(&job, &Terminal::default())
+        .with_context(|| format!("training on {}", a.features.display()))?;
     if a.head != HeadKind::Dense {
         let e = &trained.history[0];
         tlearn::outln!(
@@ -76,6 +76,6 @@ fn run(a: Args) -> Result<()> {
             info.train_seconds
         );
     }
-    tlearn::outln!("trained in {:.1} s → {}", info.train_seconds, job.run_dir.join(run::HEAD).display());
+    tlearn::outln!("trained in {:.1} s → {}", info.train_seconds, job.run_dir.join(tlearn::runs::HEAD).display());
     Ok(())
 }

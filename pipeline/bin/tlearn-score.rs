@@ -95,7 +95,8 @@ fn run(a: Args) -> Result<()> {
     let run_dir = a.runs.join(&a.run);
     let model = match &a.model {
         Some(m) => m.clone(),
-        None => tlearn::score::export_run(&run_dir, &a.onnx_dir, &tlearn::cli::Terminal::default())
+        None => tlearn::runs::Run::open(&run_dir)
+            .and_then(|r| r.deployable(&a.onnx_dir, &tlearn::cli::Terminal::default()))
             .with_context(|| format!("exporting run {}", run_dir.display()))?,
     };
     if a.export_only {
@@ -161,9 +162,11 @@ fn run(a: Args) -> Result<()> {
 /// a list file or the run's record (the library checks the model itself); with --explain, its
 /// folder lies apart from every input and the model is one Grad-CAM can run on.
 fn check_outputs(a: &Args, model: &Path, out: &Path, run_dir: &Path) -> Result<()> {
-    let head = run_dir.join(tlearn::run::HEAD);
+    let head = run_dir.join(tlearn::runs::HEAD);
     let sidecar = tlearn::fsutil::sidecar_path;
-    let inputs: Vec<PathBuf> = a.list.iter().cloned().chain([sidecar(model), sidecar(&head), head.clone()]).collect();
+    let record = run_dir.join(tlearn::runs::RECORD);
+    let inputs: Vec<PathBuf> =
+        a.list.iter().cloned().chain([sidecar(model), sidecar(&head), head.clone(), record]).collect();
     let inputs: Vec<&Path> = inputs.iter().map(|p| p.as_path()).collect();
     tlearn::fsutil::check_output_apart(out, &inputs)?;
     tlearn::fsutil::check_output_apart(&tlearn::fsutil::with_suffix(out, ".summary.json"), &inputs)?;
@@ -171,7 +174,7 @@ fn check_outputs(a: &Args, model: &Path, out: &Path, run_dir: &Path) -> Result<(
         let given: Vec<&Path> =
             a.inputs.iter().chain(&a.list).map(|p| p.as_path()).chain(inputs.iter().copied()).collect();
         tlearn::fsutil::check_output_apart(dir, &given)?;
-        tlearn::score::check_differentiable(&tlearn::onnx::load_model(model)?, model, "Grad-CAM (--explain)")?;
+        tlearn::runs::check_differentiable(&tlearn::onnx::load_model(model)?, model, "Grad-CAM (--explain)")?;
     }
     Ok(())
 }
@@ -179,9 +182,9 @@ fn check_outputs(a: &Args, model: &Path, out: &Path, run_dir: &Path) -> Result<(
 /// `--explain DIR`: the Grad-CAM overlays of the scored files.
 fn explain(a: &Args, model: &Path, files: &[PathBuf], dir: &Path) -> Result<()> {
     let how = (a.max_pixels, a.shard);
-    let e = tlearn::score::explain(model, files, dir, how, &a.ort.session(), &tlearn::cli::Terminal::default())
+    let e = tlearn::explain::explain_files(model, files, dir, how, &a.ort.session(), &tlearn::cli::Terminal::default())
         .with_context(|| format!("Grad-CAM overlays into {}", dir.display()))?;
-    tlearn::outln!("Grad-CAM: {} overlays → {}", e.written, dir.join(tlearn::score::explain_index(a.shard)).display());
+    tlearn::outln!("Grad-CAM: {} overlays → {}", e.written, dir.join(tlearn::explain::index_name(a.shard)).display());
     for (p, why) in &e.skipped {
         tlearn::outln!("  not explained: {}: {why}", p.display());
     }

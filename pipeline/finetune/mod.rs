@@ -6,76 +6,26 @@ use crate::augment::Augment;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::history::Epoch;
-use crate::imageio::{Interpolation, View};
-use crate::imageset::{self, ImageSet, LoadSpec};
+use crate::imageio::View;
+use crate::imageset::ImageSet;
 use crate::onnx::{self, cut, proto::ModelProto};
-use crate::params::Checked;
 use crate::progress::Sink;
-use crate::runtime::SessionOptions;
 use crate::spill;
-use crate::train::checkpoint::{self, Resume};
+use crate::train::checkpoint;
 use crate::train::learner::{self, Checkpointing, FitOptions};
-use crate::train::{BatchSource, FitConfig, Trainer};
-use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use crate::train::{BatchSource, Trainer};
 
 mod model;
 
+pub use crate::runs::finetune::{default_max_memory, FinetuneConfig, FinetuneRecord, TrunkInfo};
+use crate::runs::finetune::{load_set, memory_budget};
+use crate::runs::ModelInfo;
+pub use crate::runs::MODEL;
+/// Parameters, optimizer slots and loop state after the last finished epoch.
+pub use crate::train::checkpoint::CHECKPOINT;
 pub use crate::train::learner::{BEST, LAST};
 use model::{check_trainable, open_model, trainable_fn};
 pub use model::{default_rescale, input_shape, matches, own_rescale};
-pub const MODEL: &str = "model.onnx";
-/// Images converted to float and run at a time when a split is predicted.
-const PREDICT_CHUNK: usize = 256;
-/// Parameters, optimizer slots and loop state after the last finished epoch.
-pub use crate::train::checkpoint::CHECKPOINT;
-
-/// Settings of one fine-tuning run.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct FinetuneConfig {
-    pub model: PathBuf,
-    pub data: PathBuf,
-    pub run_dir: PathBuf,
-    pub fit: Checked<FitConfig>,
-    /// Train only parameters whose names match one of these patterns (`*` = any run of
-    /// characters; a pattern without `*` matches as a substring). Empty: all.
-    pub trainable: Vec<String>,
-    /// The conv base's learning rate when lower than the head's (`fit`'s rate): the base is what
-    /// computes the last spatial features ([`cut::base_initializers`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lr_base: Option<f64>,
-    /// Stop after this many epochs without a better validation loss.
-    pub patience: Option<usize>,
-    /// Train on the training and validation images together, with no validation pass (the last
-    /// epoch is the model): the final fit, once runs with validation chose the recipe and length.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub include_validation: bool,
-    /// Run the frozen layers before the first trained one once per image and view, and train the
-    /// rest on their cached output (`crate::trunk`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub cache_trunk: bool,
-    /// Multiply 0..255 pixels by this (Keras' `rescale`, 1/255 for the built-in nets).
-    pub rescale: f32,
-    pub interpolation: Interpolation,
-    pub augment: Option<Augment>,
-    /// Test-time augmentation: evaluation and the deployable model average the probabilities of
-    /// the plain image and these views. Not a training setting (a rerun with other views reuses
-    /// the checkpoint).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tta: Vec<View>,
-    pub max_pixels: u64,
-    /// Bytes the decoded training and validation images and a cached trunk's outputs may hold in
-    /// memory together (the test images, loaded after training, get the same again); past it
-    /// they are read from a file in the run folder a batch at a time (same batches, same
-    /// result). None: [`default_max_memory`].
-    #[serde(skip)]
-    pub max_memory: Option<u64>,
-    #[serde(skip)]
-    pub session: SessionOptions,
-    /// What to do with an existing `run_dir/checkpoint.onnx`.
-    #[serde(skip)]
-    pub resume: Resume,
-}
 
 /// The settings a checkpoint must share to be continued: the config minus `epochs`, plus a
 /// fingerprint of the training and validation images (paths and labels).
@@ -96,95 +46,12 @@ fn comparable(cfg: &FinetuneConfig, train: &ImageSet, val: Option<&ImageSet>) ->
     v
 }
 
-/// The run record `runs/<run>/model.onnx.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct FinetuneInfo {
-    pub config: FinetuneConfig,
-    pub classes: Vec<String>,
-    pub input: [usize; 3],
-    pub trainable_params: usize,
-    pub total_params: usize,
-    pub best_epoch: Option<Epoch>,
-    pub epochs_run: usize,
-    pub train_seconds: f64,
-    pub train_images: usize,
-    /// Files left out of training (path as `fsutil::path_text`, reason).
-    pub skipped: Vec<(String, String)>,
-    /// The cached trunk, when the run used one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trunk: Option<TrunkInfo>,
-    pub model_sha256: String,
-    pub tlearn_version: String,
-}
-
-/// Where a cached trunk ended and what computing it took.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TrunkInfo {
-    pub tensor: String,
-    pub views: Vec<View>,
-    pub seconds: f64,
-}
-
 /// What a run produced.
 pub struct Finetuned {
-    pub info: FinetuneInfo,
+    pub info: FinetuneRecord,
     pub history: Vec<Epoch>,
     /// The best epoch's classifier (the net itself, not the deployable wrapper).
     pub best: ModelProto,
-}
-
-/// A quarter of the memory the process may use (its cgroup's limit where that is lower than the
-/// machine's), at most half of what is available now; 1 GB where the platform does not say.
-pub fn default_max_memory() -> u64 {
-    let quarter = crate::memory::limit_bytes().map(|b| b / 4);
-    let half_free = crate::memory::available_bytes().map(|b| b / 2);
-    match (quarter, half_free) {
-        (Some(q), Some(h)) => q.min(h),
-        (q, h) => q.or(h).unwrap_or(1 << 30),
-    }
-}
-
-/// The memory budget of a run's images and cached trunk: `--max-memory`, spilling into the run
-/// folder.
-fn memory_budget(cfg: &FinetuneConfig) -> spill::Budget {
-    spill::Budget::new(cfg.max_memory.unwrap_or_else(default_max_memory), &cfg.run_dir)
-}
-
-/// The images of `splits` (those that exist and, but for `train`, hold images) as one set; None
-/// when there are none.
-fn load_set(
-    cfg: &FinetuneConfig,
-    splits: &[&str],
-    classes: &[String],
-    input: [usize; 3],
-    budget: &spill::Budget,
-    sink: &dyn Sink,
-) -> Result<Option<ImageSet>> {
-    let present: Vec<&str> = splits
-        .iter()
-        .copied()
-        .filter(|&split| {
-            let dir = cfg.data.join(split);
-            if !dir.is_dir() {
-                return false;
-            }
-            let empty = split != "train" && crate::dataset::holds_no_image(&dir);
-            if empty {
-                tracing::warn!("{}: no images; training without it", dir.display());
-            }
-            !empty
-        })
-        .collect();
-    if present.is_empty() {
-        return Ok(None);
-    }
-    let spec = LoadSpec {
-        size: (input[0] as u32, input[1] as u32),
-        channels: input[2],
-        interpolation: cfg.interpolation,
-        max_pixels: cfg.max_pixels,
-    };
-    imageset::load_splits(&cfg.data, &present, classes, &spec, budget, sink).map(Some)
 }
 
 /// A split's images as batches: scaled, augmented on the fly when the run augments.
@@ -412,11 +279,18 @@ fn record(
     (train, val): (&ImageSet, Option<&ImageSet>),
 ) -> Result<Finetuned> {
     let (size, channels) = (input[0] as u32, input[2]);
-    let dep = crate::score::deployable(&best, size, channels, cfg.rescale, cfg.interpolation, &classes, &cfg.tta)?;
+    let dep = crate::runs::deployable(&best, size, channels, cfg.rescale, cfg.interpolation, &classes, &cfg.tta)?;
     let bytes = onnx::encode_model(&dep);
     crate::runtime::check_loads(&bytes, &cfg.run_dir.join(MODEL))?;
     fsutil::write_bytes_atomic(&cfg.run_dir.join(MODEL), &bytes)?;
-    let info = FinetuneInfo {
+    let model_info = ModelInfo {
+        head_sha256: None,
+        backbone_sha256: None,
+        tta: cfg.tta.iter().copied().filter(|v| *v != View::Identity).collect(),
+        model_sha256: fsutil::sha256_bytes(&bytes),
+    };
+    fsutil::write_json(&fsutil::sidecar_path(&cfg.run_dir.join(MODEL)), &model_info)?;
+    let info = FinetuneRecord {
         config: cfg.clone(),
         classes,
         input,
@@ -433,42 +307,20 @@ fn record(
             .map(|(p, why)| (fsutil::path_text(p), why.clone()))
             .collect(),
         trunk,
-        model_sha256: fsutil::sha256_bytes(&bytes),
+        model_sha256: model_info.model_sha256,
+        best_sha256: Some(fsutil::sha256_file(&cfg.run_dir.join(BEST))?),
         tlearn_version: env!("CARGO_PKG_VERSION").into(),
     };
-    fsutil::write_json(&fsutil::sidecar_path(&cfg.run_dir.join(MODEL)), &info)?;
     crate::history::write_csv(&cfg.run_dir.join(crate::history::HISTORY_CSV), &done.history)?;
+    let title = format!("{}: {} on {}", run_name(cfg), cfg.model.display(), cfg.data.display());
+    if let Err(e) = crate::plot::history(&cfg.run_dir.join(crate::history::HISTORY_PNG), &title, &done.history) {
+        tracing::warn!("history plot not written: {e}");
+    }
+    crate::runs::write_record(&cfg.run_dir, &crate::runs::Record::Finetune(info.clone()))?;
     Ok(Finetuned { info, history: done.history, best })
 }
 
-/// Probabilities of `model` (a net, not the deployable wrapper) on a split of `cfg.data`, loaded
-/// as for training (size, channels, interpolation, rescale); with `cfg.tta`, the mean over the
-/// plain images and those views.
-pub fn predict_split(
-    model: &ModelProto,
-    cfg: &FinetuneConfig,
-    split: &str,
-    classes: &[String],
-    sink: &dyn Sink,
-) -> Result<(ndarray::ArrayD<f32>, ImageSet)> {
-    let input = input_shape(model, &cfg.model)?;
-    let set = load_set(cfg, &[split], classes, input, &memory_budget(cfg), sink)?
-        .ok_or_else(|| Error::BadData { path: cfg.data.join(split), reason: "no such split folder".into() })?;
-    let mut net = crate::train::Predictor::open(&onnx::encode_model(model), &cfg.model, &cfg.session)?;
-    let views: Vec<View> = cfg.tta.iter().copied().filter(|v| *v != View::Identity).collect();
-    // A chunk of images at a time in float: never a float copy of the whole split.
-    let idx: Vec<usize> = (0..set.len()).collect();
-    let mut parts = vec![];
-    for chunk in idx.chunks(PREDICT_CHUNK) {
-        let x = set.batch_f32(chunk, cfg.rescale)?;
-        let mut probs = net.run(x.view(), PREDICT_CHUNK)?;
-        for v in &views {
-            probs += &net.run(v.of_batch(x.view()).view(), PREDICT_CHUNK)?;
-        }
-        probs /= (views.len() + 1) as f32;
-        parts.push(probs);
-    }
-    let parts: Vec<_> = parts.iter().map(|p| p.view()).collect();
-    let probs = ndarray::concatenate(ndarray::Axis(0), &parts).map_err(|e| Error::Other(format!("{split}: {e}")))?;
-    Ok((probs, set))
+/// The run's name: its folder's.
+fn run_name(cfg: &FinetuneConfig) -> String {
+    cfg.run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }

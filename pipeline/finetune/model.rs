@@ -3,7 +3,8 @@
 
 use super::FinetuneConfig;
 use crate::error::{Error, Result};
-use crate::onnx::{self, cut, proto::ModelProto};
+use crate::onnx::{self, proto::ModelProto};
+pub use crate::runs::finetune::input_shape;
 use std::path::Path;
 
 /// `name` matches `pattern` (`*` wildcards; no `*`: substring).
@@ -29,24 +30,6 @@ pub fn matches(pattern: &str, name: &str) -> bool {
         }
     }
     rest.is_empty()
-}
-
-/// The model's image input: (H, W, C), channels-last, fixed sizes.
-pub fn input_shape(m: &ModelProto, what: &Path) -> Result<[usize; 3]> {
-    let (name, layout) = cut::image_input(m, what)?;
-    if layout != cut::Layout::Nhwc {
-        return Err(Error::NotImageInput {
-            path: what.into(),
-            input: name,
-            got: "channels-first input; tlearn-finetune feeds (N,H,W,C)".into(),
-        });
-    }
-    let vi = onnx::graph(m).input.iter().find(|i| i.name == name).expect("input");
-    let (_, d) = onnx::vi_shape(vi);
-    match (d[1], d[2], d[3]) {
-        (Some(h), Some(w), Some(c)) if h > 0 && w > 0 => Ok([h as usize, w as usize, c as usize]),
-        _ => Err(Error::NotImageInput { path: what.into(), input: name, got: format!("dynamic size {d:?}") }),
-    }
 }
 
 /// The factor a model applies to its image input itself, when it does: a leading Mul or Div by
@@ -93,7 +76,7 @@ pub fn default_rescale(m: &ModelProto, what: &Path) -> f32 {
             what.display()
         );
         1.0
-    } else if crate::score::meta(m, what).is_ok() {
+    } else if crate::runs::meta(m, what).is_ok() {
         tracing::info!(
             "{}: a deployable model (preprocessing inside); feeding raw 0..255 pixels (--rescale 1)",
             what.display()
@@ -123,10 +106,10 @@ fn constant_scalar(g: &onnx::proto::GraphProto, name: &str) -> Option<f32> {
 
 /// The net to train: a deployable model only while current, and with TTA views its plain view.
 pub(super) fn open_model(path: &Path) -> Result<ModelProto> {
-    crate::score::check_current(path)?;
+    crate::runs::check_current(path)?;
     let model = onnx::load_model(path)?;
-    crate::score::check_differentiable(&model, path, "fine-tuning")?;
-    crate::score::plain(&model, path)
+    crate::runs::check_differentiable(&model, path, "fine-tuning")?;
+    crate::runs::plain(&model, path)
 }
 
 /// `--trainable` patterns must select something: a pattern that matches no parameter is refused,
@@ -154,7 +137,7 @@ pub(super) fn check_trainable(cfg: &FinetuneConfig, model: &ModelProto) -> Resul
 /// The parameters a run trains: its patterns', never a deployable model's preprocessing.
 pub(super) fn trainable_fn(cfg: &FinetuneConfig, model: &ModelProto) -> impl Fn(&str) -> bool {
     let patterns = cfg.trainable.clone();
-    let deployable = crate::score::meta(model, &cfg.model).is_ok();
+    let deployable = crate::runs::meta(model, &cfg.model).is_ok();
     move |n: &str| {
         !(deployable && is_preprocessing(n)) && (patterns.is_empty() || patterns.iter().any(|p| matches(p, n)))
     }

@@ -1,5 +1,5 @@
-//! Deployable models and batch scoring: fuse preprocessing + backbone + head into ONE ONNX graph
-//! (`fuse.rs`), then score folder trees with it.
+//! Batch scoring: folder trees, globs or lists of images through a deployable model
+//! ([`crate::runs`]), into one scores file; shards merged into what one run writes.
 
 use crate::batch::{run_images, LoadSpec};
 use crate::error::{Error, IoContext, Result};
@@ -10,19 +10,10 @@ use crate::shard::Shard;
 use sha2::Digest;
 use std::path::{Path, PathBuf};
 
-mod explain;
-mod export;
-mod fuse;
 mod merge;
-pub use explain::{
-    explain, grad_cam, index_name as explain_index, remove_listed, write_overlay_index, Explained, INDEX,
-};
-pub use export::{check_current, check_differentiable, export_run, ModelInfo, MODEL};
-pub use fuse::{deployable, fuse, meta, plain, ModelMeta};
 pub use merge::merge;
 
-pub const INPUT: &str = "image";
-pub const OUTPUT: &str = "probs";
+use crate::runs::{meta, ModelMeta, INPUT, OUTPUT};
 
 pub use crate::inputs::Unreadable;
 
@@ -303,7 +294,7 @@ impl<'p> ScoredModel<'p> {
     fn open(path: &'p Path) -> Result<ScoredModel<'p>> {
         let bytes = std::fs::read(path).at(path)?;
         let sha256 = crate::fsutil::sha256_bytes(&bytes);
-        export::check_current_as(path, Some(&sha256))?;
+        crate::runs::check_current_as(path, Some(&sha256))?;
         let proto = onnx::decode_model(&bytes, path)?;
         let meta = meta(&proto, path)?;
         Ok(ScoredModel { path, bytes, sha256, proto, meta })

@@ -21,6 +21,9 @@ use image::RgbImage;
 use ndarray::{Array2, Array3, ArrayD, Axis, IxDyn};
 use std::path::{Path, PathBuf};
 
+mod folder;
+pub use folder::{explain_files, grad_cam, index_name, remove_listed, write_overlay_index, ExplainedFiles, INDEX};
+
 /// The zero parameter added to the features.
 const DELTA: &str = "gradcam/delta";
 /// The features plus [`DELTA`], read by the nodes that read the features.

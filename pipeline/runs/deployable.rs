@@ -1,56 +1,62 @@
-//! The deployable model of a head run: `runs/<run>/model.onnx` (preprocessing + backbone + head,
-//! [`super::fuse`]) and its sidecar, rebuilt only when the head, the backbone or the TTA views
-//! changed.
+//! A run's deployable model, `runs/<run>/model.onnx`, and its sidecar: for a head run built from
+//! preprocessing + backbone + head ([`super::fuse`]) and rebuilt only when the head, the backbone
+//! or the TTA views changed; for a fine-tune, the run's own, checked. Also what every reader of a
+//! deployable model checks first: that it is current, and differentiable where that is needed.
 
+use super::{HeadRecord, Record, Run, HEAD};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::progress::Sink;
-use crate::run::{RunInfo, HEAD};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub const MODEL: &str = "model.onnx";
 
-/// `runs/<run>/model.onnx.json`: what the deployable model was built from.
+/// `runs/<run>/model.onnx.json`: what the deployable model was built from — a head run's head and
+/// backbone (none for a fine-tuned net) and the views it averages.
 #[derive(Serialize, Deserialize, PartialEq)]
 pub struct ModelInfo {
-    pub head_sha256: String,
-    pub backbone_sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backbone_sha256: Option<String>,
     #[serde(default)]
     pub tta: Vec<crate::imageio::View>,
     pub model_sha256: String,
 }
 
-/// Build `runs/<run>/model.onnx` unless an up-to-date one exists; returns its path. The head
-/// must be the one the run recorded, the backbone the one its features came from. A fine-tune's
-/// run has no head: its own `model.onnx` is returned once checked.
-pub fn export_run(run_dir: &Path, onnx_dir: &Path, sink: &dyn Sink) -> Result<PathBuf> {
-    let out = run_dir.join(MODEL);
-    let side = fsutil::sidecar_path(&out);
-    if !fsutil::sidecar_path(&run_dir.join(HEAD)).exists() && side.is_file() {
-        // A fine-tune's run: its model.onnx is the deployable model, checked against its record.
+/// The run's `model.onnx`: for a head run built unless an up-to-date one exists (the head must be
+/// the one the run recorded, the backbone the one its features came from); a fine-tune's own
+/// `model.onnx`, once checked. Returns its path.
+pub(super) fn export(run: &Run, onnx_dir: &Path, sink: &dyn Sink) -> Result<PathBuf> {
+    let out = run.dir.join(MODEL);
+    let Record::Head(info) = &run.record else {
         check_current(&out)?;
         return Ok(out);
-    }
-    let fresh = |info: &RunInfo| -> Result<bool> {
+    };
+    let run_dir = run.dir.as_path();
+    let side = fsutil::sidecar_path(&out);
+    let fresh = |info: &HeadRecord| -> Result<bool> {
         let Ok(mi) = fsutil::read_json::<ModelInfo>(&side) else { return Ok(false) };
         Ok(out.exists()
-            && mi.head_sha256 == info.head_sha256
-            && mi.backbone_sha256 == info.features.backbone_sha256
+            && mi.head_sha256.as_ref() == Some(&info.head_sha256)
+            && mi.backbone_sha256.as_ref() == Some(&info.features.backbone_sha256)
             && mi.tta == info.tta
             && fsutil::sha256_file(&out)? == mi.model_sha256)
     };
     // The head is checked against its record even when the model is up to date: a run whose
     // head was replaced is refused, not scored.
-    let info = RunInfo::load(run_dir)?;
     info.read_head(run_dir)?;
-    if fresh(&info)? {
+    if fresh(info)? {
         return Ok(out);
     }
-    // Rebuilt under the run's lock (and checked again there): never beside a head being
-    // retrained, nor by two scorers at once (the model and its sidecar are read as a pair).
+    // Rebuilt under the run's lock (and checked again there, from a fresh read of the record):
+    // never beside a head being retrained, nor by two scorers at once (the model and its sidecar
+    // are read as a pair).
     let _lock = crate::lock::dir(run_dir)?;
-    let info = RunInfo::load(run_dir)?;
+    let Record::Head(info) = super::read_record(run_dir)? else {
+        return Err(Error::BadData { path: run_dir.join(super::RECORD), reason: "no longer a head run".into() });
+    };
     let head_bytes = info.read_head(run_dir)?;
     if fresh(&info)? {
         return Ok(out);
@@ -71,8 +77,8 @@ pub fn export_run(run_dir: &Path, onnx_dir: &Path, sink: &dyn Sink) -> Result<Pa
     crate::runtime::check_loads(&bytes, &out)?;
     fsutil::write_bytes_atomic(&out, &bytes)?;
     let record = ModelInfo {
-        head_sha256: info.head_sha256,
-        backbone_sha256: info.features.backbone_sha256,
+        head_sha256: Some(info.head_sha256),
+        backbone_sha256: Some(info.features.backbone_sha256),
         tta: info.tta.clone(),
         model_sha256: fsutil::sha256_bytes(&bytes),
     };
@@ -96,17 +102,16 @@ pub fn check_current_as(model: &Path, sha256: Option<&str>) -> Result<()> {
     // A bare `model.onnx` (run from inside its run folder) still names its run.
     let given = fsutil::parent_dir(model);
     let run_dir = &if given == Path::new(".") { fsutil::real_path(given) } else { given.to_path_buf() };
-    let record = fsutil::sidecar_path(&run_dir.join(HEAD));
-    if let (Ok(mi), true) = (serde_json::from_value::<ModelInfo>(side.clone()), record.is_file()) {
-        let info = RunInfo::load(run_dir)?;
-        if info.head_sha256 != mi.head_sha256 || info.tta != mi.tta {
+    let built_from_head = serde_json::from_value::<ModelInfo>(side.clone()).ok().filter(|mi| mi.head_sha256.is_some());
+    if let (Some(mi), Ok(Record::Head(info))) = (built_from_head, super::read_record(run_dir)) {
+        if Some(&info.head_sha256) != mi.head_sha256.as_ref() || info.tta != mi.tta {
             let run = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             return Err(Error::BadData {
                 path: model.into(),
                 reason: format!(
                     "stale: built from another head or other views than {} records now (the run was retrained); \
                      rebuild it with `tlearn-score --run {run} --runs {} --export-only`",
-                    record.display(),
+                    run_dir.join(super::RECORD).display(),
                     fsutil::parent_dir(run_dir).display()
                 ),
             });
@@ -135,13 +140,13 @@ pub fn check_differentiable(model: &crate::onnx::proto::ModelProto, path: &Path,
         return Ok(());
     };
     let run_dir = fsutil::parent_dir(path);
-    let instead = match RunInfo::load(run_dir) {
-        Ok(info) => {
+    let instead = match super::read_record(run_dir) {
+        Ok(Record::Head(info)) => {
             let bb = &info.features.backbone;
             let fp32 = bb.strip_suffix("-int8").unwrap_or(bb);
             format!("extract features with the fp32 backbone (`--backbone {fp32}`, of which `{bb}` is the int8 form) and train the head on them")
         }
-        Err(_) => "use a model built on the fp32 backbone this int8 one was quantized from".into(),
+        _ => "use a model built on the fp32 backbone this int8 one was quantized from".into(),
     };
     Err(Error::BadData {
         path: path.into(),

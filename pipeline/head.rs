@@ -1,79 +1,19 @@
-//! A training run's folder (`runs/<name>/`): the head, its history and the record that later
-//! stages (evaluate, score) read to know the classes, backbone and input size.
+//! The head stage (`tlearn-head`): a head trained on a feature folder into a run folder
+//! (`runs/<name>/`): the head, its history and the run's record ([`crate::runs`]), which later
+//! stages read to know the classes, backbone and input size.
 
-use crate::error::{Error, Result};
-use crate::features::{self, FeatureInfo};
+use crate::error::Result;
+use crate::features;
 use crate::fsutil;
 use crate::heads::{self, ClassicalSpec, HeadKind, HeadSpec, Trained};
-use crate::history::{self, Epoch, HISTORY_CSV, HISTORY_PNG};
+use crate::history::{self, HISTORY_CSV, HISTORY_PNG};
 use crate::imageio::View;
 use crate::params::Checked;
 use crate::progress::Sink;
+use crate::runs::{HeadRecord, HEAD};
 use crate::runtime::SessionOptions;
 use crate::train::FitConfig;
-use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
-
-pub const HEAD: &str = "head.onnx";
-
-/// `runs/<name>/head.onnx.json`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct RunInfo {
-    pub name: String,
-    pub features_dir: PathBuf,
-    /// The training features' sidecar (backbone, size, preprocessing, classes).
-    pub features: FeatureInfo,
-    pub validation_npy_sha256: Option<String>,
-    /// Which classifier the head is (runs written before the zoo are dense).
-    #[serde(default)]
-    pub kind: HeadKind,
-    /// Pooling and standardisation (all kinds); units, layers and dropout (dense).
-    pub head: HeadSpec,
-    /// Hyper-parameters of a classical head.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub classical: Option<ClassicalSpec>,
-    /// The dense head's training loop (recorded, unused by classical heads but for the seed).
-    pub fit: FitConfig,
-    pub loss: crate::train::graph::Loss,
-    pub classes: Vec<String>,
-    pub head_sha256: String,
-    pub final_epoch: Option<Epoch>,
-    pub train_seconds: f64,
-    /// Flipped views of the training images added to the training set (feature augmentation).
-    #[serde(default)]
-    pub train_views: Vec<View>,
-    /// Views whose probabilities evaluate and score average with the plain image's (test-time
-    /// augmentation; empty = none).
-    #[serde(default)]
-    pub tta: Vec<View>,
-    pub tlearn_version: String,
-}
-
-impl RunInfo {
-    pub fn load(run_dir: &Path) -> Result<RunInfo> {
-        let side = fsutil::sidecar_path(&run_dir.join(HEAD));
-        let info: RunInfo = fsutil::read_json(&side)?;
-        // Names read from files are checked like names given on the command line.
-        fsutil::check_name_in(&side, "backbone", &info.features.backbone)?;
-        Ok(info)
-    }
-
-    /// The run's `head.onnx`, checked against the sha256 this record holds (a head replaced by
-    /// another run's is refused, not used).
-    pub fn read_head(&self, run_dir: &Path) -> Result<Vec<u8>> {
-        let head = run_dir.join(HEAD);
-        fsutil::read_verified(&head, &self.head_sha256).map_err(|e| match e {
-            Error::Checksum { path, expected, got } => Error::BadData {
-                path,
-                reason: format!(
-                    "changed since the run was recorded in {HEAD}.json (sha256 {got}, recorded {expected}); \
-                     retrain the run or restore its head"
-                ),
-            },
-            e => e,
-        })
-    }
-}
+use std::path::PathBuf;
 
 /// A head to train on a feature folder into `run_dir` (what `tlearn-head` and `tlearn-compare` do).
 pub struct HeadJob {
@@ -94,7 +34,7 @@ pub struct HeadJob {
 
 /// Train the job's head and write the run: `head.onnx`, `history.csv` (+ `history.png` for the
 /// dense head), and the `head.onnx.json` record, each atomically, the record last.
-pub fn train_head(job: &HeadJob, sink: &dyn Sink) -> Result<(RunInfo, Trained)> {
+pub fn train_head(job: &HeadJob, sink: &dyn Sink) -> Result<(HeadRecord, Trained)> {
     let train_sets = features::load_views(&job.features, "train", &job.train_views)?;
     let (train_x, train_labels) = features::concat_views(&train_sets)?;
     let train = &train_sets[0];
@@ -137,7 +77,7 @@ pub fn train_head(job: &HeadJob, sink: &dyn Sink) -> Result<(RunInfo, Trained)> 
             tracing::warn!("history plot not written: {e}");
         }
     }
-    let info = RunInfo {
+    let info = HeadRecord {
         name,
         features_dir: job.features.clone(),
         features: train.info.clone(),
@@ -155,6 +95,6 @@ pub fn train_head(job: &HeadJob, sink: &dyn Sink) -> Result<(RunInfo, Trained)> 
         tta: job.tta.iter().copied().filter(|v| *v != View::Identity).collect(),
         tlearn_version: env!("CARGO_PKG_VERSION").into(),
     };
-    fsutil::write_json(&fsutil::sidecar_path(&job.run_dir.join(HEAD)), &info)?;
+    crate::runs::write_record(&job.run_dir, &crate::runs::Record::Head(info.clone()))?;
     Ok((info, trained))
 }

@@ -1,5 +1,6 @@
-//! `tlearn-score --explain DIR`: a Grad-CAM overlay of every image scored, made with the same
-//! deployable model (its plain view when it has TTA views), and `DIR/index.csv` naming them.
+//! Folders of Grad-CAM overlays: `tlearn-score --explain DIR` (an overlay of every image scored,
+//! made with the same deployable model — its plain view when it has TTA views) and a report's
+//! `gradcam/`, each with an `index.csv` naming the overlays, which is what a later run removes.
 //! A sharded run (`--shard I/N`) writes `index.I-of-N.csv` and `I-of-N-NNNNN-<stem>.png`, so the
 //! shards of one job can share the folder.
 
@@ -29,9 +30,9 @@ struct Row {
     probability: f32,
 }
 
-/// What [`explain`] wrote.
+/// What [`explain_files`] wrote.
 #[derive(Debug, Default)]
-pub struct Explained {
+pub struct ExplainedFiles {
     pub written: usize,
     /// Images that could not be explained: (path, why).
     pub skipped: Vec<(PathBuf, String)>,
@@ -41,14 +42,14 @@ pub struct Explained {
 /// overlay, class, probability: the predicted class's). Images up to `max_pixels` are decoded.
 /// `dir` must be new, empty or tlearn's own ([`crate::output::claim_dir`]); the overlays an
 /// earlier run listed in the same index are removed first, and nothing else.
-pub fn explain(
+pub fn explain_files(
     model_path: &Path,
     files: &[PathBuf],
     dir: &Path,
     (max_pixels, shard): (u64, Option<crate::shard::Shard>),
     opts: &SessionOptions,
     sink: &dyn Sink,
-) -> Result<Explained> {
+) -> Result<ExplainedFiles> {
     let inputs: Vec<&Path> = files.iter().map(|p| p.as_path()).chain([model_path]).collect();
     fsutil::check_output_apart(dir, &inputs)?;
     let (mut cam, meta) = grad_cam(model_path, opts)?;
@@ -58,12 +59,12 @@ pub fn explain(
     let prefix = shard.map(|s| format!("{}-of-{}-", s.index, s.count)).unwrap_or_default();
     let mut sorted: Vec<&PathBuf> = files.iter().collect();
     sorted.sort();
-    let (mut rows, mut done) = (vec![], Explained::default());
+    let (mut rows, mut done) = (vec![], ExplainedFiles::default());
     let meter = sink.meter(sorted.len() as u64, "img", "Grad-CAM");
     for (i, f) in sorted.into_iter().enumerate() {
-        let png = crate::explain::png_path(dir, i, &f.to_string_lossy());
+        let png = super::png_path(dir, i, &f.to_string_lossy());
         let png = png.with_file_name(format!("{prefix}{}", png.file_name().unwrap_or_default().to_string_lossy()));
-        match crate::explain::file(&mut cam, f, None, max_pixels, &png) {
+        match super::file(&mut cam, f, None, max_pixels, &png) {
             Ok((e, _)) => rows.push(Row {
                 path: fsutil::csv_cell(&fsutil::path_text(f)).into_owned(),
                 overlay: png.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -93,13 +94,13 @@ pub fn write_overlay_index(index: &Path, rows: impl IntoIterator<Item = (String,
 
 /// Grad-CAM for the deployable model at `model_path` (its plain view when it has TTA views), and
 /// the model's metadata.
-pub fn grad_cam(model_path: &Path, opts: &SessionOptions) -> Result<(crate::explain::GradCam, super::ModelMeta)> {
-    super::check_current(model_path)?;
+pub fn grad_cam(model_path: &Path, opts: &SessionOptions) -> Result<(super::GradCam, crate::runs::ModelMeta)> {
+    crate::runs::check_current(model_path)?;
     let model = crate::onnx::load_model(model_path)?;
-    super::check_differentiable(&model, model_path, "Grad-CAM")?;
-    let meta = super::meta(&model, model_path)?;
-    let plain = super::plain(&model, model_path)?;
-    let cam = crate::explain::GradCam::new(&plain, model_path, meta.size, meta.interpolation, opts)?;
+    crate::runs::check_differentiable(&model, model_path, "Grad-CAM")?;
+    let meta = crate::runs::meta(&model, model_path)?;
+    let plain = crate::runs::plain(&model, model_path)?;
+    let cam = super::GradCam::new(&plain, model_path, meta.size, meta.interpolation, opts)?;
     Ok((cam, meta))
 }
 

@@ -2,7 +2,6 @@
 //! 0..255 images (N,H,W,3); output: class probabilities), or a whole net wrapped with its input
 //! conversion; the metadata `score` reads back.
 
-use super::{INPUT, OUTPUT};
 use crate::error::{Error, Result};
 use crate::imageio::{Interpolation, Preprocess, View};
 use crate::onnx::builder::A;
@@ -10,6 +9,10 @@ use crate::onnx::proto::*;
 use crate::onnx::{self, cut, Dim, GraphBuilder};
 use std::collections::HashMap;
 use std::path::Path;
+
+/// The deployable model's input (RGB 0..255 images, N×H×W×3) and output (class probabilities).
+pub const INPUT: &str = "image";
+pub const OUTPUT: &str = "probs";
 
 /// Rename every tensor of `g` with `prefix`, except those in `keep` (mapped as given).
 fn rename(g: &GraphProto, prefix: &str, keep: &HashMap<String, String>) -> GraphProto {

@@ -1,0 +1,207 @@
+//! A fine-tuning run: its settings, its record, and what reproduces its data — the images of a
+//! split loaded as training loaded them (size, channels, interpolation, rescale, memory budget)
+//! — so evaluation after the run predicts exactly as the run's own evaluation did.
+
+use crate::augment::Augment;
+use crate::error::{Error, Result};
+use crate::history::Epoch;
+use crate::imageio::{Interpolation, View};
+use crate::imageset::{self, ImageSet, LoadSpec};
+use crate::onnx::{self, cut, proto::ModelProto};
+use crate::params::Checked;
+use crate::progress::Sink;
+use crate::runtime::SessionOptions;
+use crate::spill;
+use crate::train::checkpoint::Resume;
+use crate::train::FitConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The model's image input: (H, W, C), channels-last, fixed sizes.
+pub fn input_shape(m: &ModelProto, what: &Path) -> Result<[usize; 3]> {
+    let (name, layout) = cut::image_input(m, what)?;
+    if layout != cut::Layout::Nhwc {
+        return Err(Error::NotImageInput {
+            path: what.into(),
+            input: name,
+            got: "channels-first input; tlearn-finetune feeds (N,H,W,C)".into(),
+        });
+    }
+    let vi = onnx::graph(m).input.iter().find(|i| i.name == name).expect("input");
+    let (_, d) = onnx::vi_shape(vi);
+    match (d[1], d[2], d[3]) {
+        (Some(h), Some(w), Some(c)) if h > 0 && w > 0 => Ok([h as usize, w as usize, c as usize]),
+        _ => Err(Error::NotImageInput { path: what.into(), input: name, got: format!("dynamic size {d:?}") }),
+    }
+}
+
+/// Images converted to float and run at a time when a split is predicted.
+const PREDICT_CHUNK: usize = 256;
+
+/// Settings of one fine-tuning run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FinetuneConfig {
+    pub model: PathBuf,
+    pub data: PathBuf,
+    pub run_dir: PathBuf,
+    pub fit: Checked<FitConfig>,
+    /// Train only parameters whose names match one of these patterns (`*` = any run of
+    /// characters; a pattern without `*` matches as a substring). Empty: all.
+    pub trainable: Vec<String>,
+    /// The conv base's learning rate when lower than the head's (`fit`'s rate): the base is what
+    /// computes the last spatial features ([`cut::base_initializers`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_base: Option<f64>,
+    /// Stop after this many epochs without a better validation loss.
+    pub patience: Option<usize>,
+    /// Train on the training and validation images together, with no validation pass (the last
+    /// epoch is the model): the final fit, once runs with validation chose the recipe and length.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub include_validation: bool,
+    /// Run the frozen layers before the first trained one once per image and view, and train the
+    /// rest on their cached output (`crate::trunk`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache_trunk: bool,
+    /// Multiply 0..255 pixels by this (Keras' `rescale`, 1/255 for the built-in nets).
+    pub rescale: f32,
+    pub interpolation: Interpolation,
+    pub augment: Option<Augment>,
+    /// Test-time augmentation: evaluation and the deployable model average the probabilities of
+    /// the plain image and these views. Not a training setting (a rerun with other views reuses
+    /// the checkpoint).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tta: Vec<View>,
+    pub max_pixels: u64,
+    /// Bytes the decoded training and validation images and a cached trunk's outputs may hold in
+    /// memory together (the test images, loaded after training, get the same again); past it
+    /// they are read from a file in the run folder a batch at a time (same batches, same
+    /// result). None: [`default_max_memory`].
+    #[serde(skip)]
+    pub max_memory: Option<u64>,
+    #[serde(skip)]
+    pub session: SessionOptions,
+    /// What to do with an existing `run_dir/checkpoint.onnx`.
+    #[serde(skip)]
+    pub resume: Resume,
+}
+
+/// A fine-tuning run's record (in `run.json`; `model.onnx.json` before records were versioned).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FinetuneRecord {
+    pub config: FinetuneConfig,
+    pub classes: Vec<String>,
+    pub input: [usize; 3],
+    pub trainable_params: usize,
+    pub total_params: usize,
+    pub best_epoch: Option<Epoch>,
+    pub epochs_run: usize,
+    pub train_seconds: f64,
+    pub train_images: usize,
+    /// Files left out of training (path as `fsutil::path_text`, reason).
+    pub skipped: Vec<(String, String)>,
+    /// The cached trunk, when the run used one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trunk: Option<TrunkInfo>,
+    /// The deployable `model.onnx`.
+    pub model_sha256: String,
+    /// The best epoch's net (`best.onnx`), which evaluation predicts with (records before this
+    /// field: unchecked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_sha256: Option<String>,
+    pub tlearn_version: String,
+}
+
+/// Where a cached trunk ended and what computing it took.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrunkInfo {
+    pub tensor: String,
+    pub views: Vec<View>,
+    pub seconds: f64,
+}
+
+/// A quarter of the memory the process may use (its cgroup's limit where that is lower than the
+/// machine's), at most half of what is available now; 1 GB where the platform does not say.
+pub fn default_max_memory() -> u64 {
+    let quarter = crate::memory::limit_bytes().map(|b| b / 4);
+    let half_free = crate::memory::available_bytes().map(|b| b / 2);
+    match (quarter, half_free) {
+        (Some(q), Some(h)) => q.min(h),
+        (q, h) => q.or(h).unwrap_or(1 << 30),
+    }
+}
+
+/// The memory budget of a run's images and cached trunk: `--max-memory`, spilling into the run
+/// folder.
+pub fn memory_budget(cfg: &FinetuneConfig) -> spill::Budget {
+    spill::Budget::new(cfg.max_memory.unwrap_or_else(default_max_memory), &cfg.run_dir)
+}
+
+/// The images of `splits` (those that exist and, but for `train`, hold images) as one set; None
+/// when there are none.
+pub fn load_set(
+    cfg: &FinetuneConfig,
+    splits: &[&str],
+    classes: &[String],
+    input: [usize; 3],
+    budget: &spill::Budget,
+    sink: &dyn Sink,
+) -> Result<Option<ImageSet>> {
+    let present: Vec<&str> = splits
+        .iter()
+        .copied()
+        .filter(|&split| {
+            let dir = cfg.data.join(split);
+            if !dir.is_dir() {
+                return false;
+            }
+            let empty = split != "train" && crate::dataset::holds_no_image(&dir);
+            if empty {
+                tracing::warn!("{}: no images; training without it", dir.display());
+            }
+            !empty
+        })
+        .collect();
+    if present.is_empty() {
+        return Ok(None);
+    }
+    let spec = LoadSpec {
+        size: (input[0] as u32, input[1] as u32),
+        channels: input[2],
+        interpolation: cfg.interpolation,
+        max_pixels: cfg.max_pixels,
+    };
+    imageset::load_splits(&cfg.data, &present, classes, &spec, budget, sink).map(Some)
+}
+
+/// Probabilities of `model` (a net, not the deployable wrapper; `path` names it in errors) on a
+/// split of `cfg.data` (or of `data` when given), loaded as for training (size, channels,
+/// interpolation, rescale); with `cfg.tta`, the mean over the plain images and those views.
+pub fn predict_split(
+    (model, path): (&ModelProto, &Path),
+    cfg: &FinetuneConfig,
+    (data, split): (&Path, &str),
+    classes: &[String],
+    sink: &dyn Sink,
+) -> Result<(ndarray::ArrayD<f32>, ImageSet)> {
+    let input = input_shape(model, path)?;
+    let cfg = &FinetuneConfig { data: data.to_path_buf(), ..cfg.clone() };
+    let set = load_set(cfg, &[split], classes, input, &memory_budget(cfg), sink)?
+        .ok_or_else(|| Error::BadData { path: cfg.data.join(split), reason: "no such split folder".into() })?;
+    let mut net = crate::train::Predictor::open(&onnx::encode_model(model), path, &cfg.session)?;
+    let views: Vec<View> = cfg.tta.iter().copied().filter(|v| *v != View::Identity).collect();
+    // A chunk of images at a time in float: never a float copy of the whole split.
+    let idx: Vec<usize> = (0..set.len()).collect();
+    let mut parts = vec![];
+    for chunk in idx.chunks(PREDICT_CHUNK) {
+        let x = set.batch_f32(chunk, cfg.rescale)?;
+        let mut probs = net.run(x.view(), PREDICT_CHUNK)?;
+        for v in &views {
+            probs += &net.run(v.of_batch(x.view()).view(), PREDICT_CHUNK)?;
+        }
+        probs /= (views.len() + 1) as f32;
+        parts.push(probs);
+    }
+    let parts: Vec<_> = parts.iter().map(|p| p.view()).collect();
+    let probs = ndarray::concatenate(ndarray::Axis(0), &parts).map_err(|e| Error::Other(format!("{split}: {e}")))?;
+    Ok((probs, set))
+}

@@ -1,0 +1,82 @@
+//! Runs as one domain type (`tlearn::runs::Run`): every kind of run — a head on features, a
+//! fine-tuned net — opens from its folder, is evaluated and scored afterwards by the same
+//! commands, and folders written before the record was versioned still open.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// `tlearn-evaluate --run` and `tlearn-score --run` on a fine-tune run, after it finished: the
+/// evaluation is the one the run made of itself (same metrics, same predictions), and the scores
+/// come from the run's deployable model.
+#[test]
+fn a_fine_tune_run_is_evaluated_and_scored_afterwards() {
+    let w = workdir();
+    let w = w.path();
+    make_dataset(&w.join("raw"), &["cat", "dog"], 12, false);
+    ok("tlearn-data", &["split", "raw", "data/toy", "--seed", "1"], w);
+    ok("tlearn-convnet", &["mnist", "--out", "net.onnx", "--classes", "2"], w);
+    let args = ["net.onnx", "--data", "data/toy", "--run", "ft", "--epochs", "2", "--batch", "8", "--explain", "0"];
+    ok("tlearn-finetune", &args, w);
+    let record = json(&w.join("runs/ft/run.json"));
+    assert_eq!((record["format"].as_u64(), record["type"].as_str()), (Some(2), Some("finetune")), "{record}");
+    let own = json(&w.join("reports/ft/metrics.json"));
+    let own_predictions = std::fs::read(w.join("reports/ft/predictions.csv")).unwrap();
+
+    let out = ok("tlearn-evaluate", &["--run", "ft", "--reports", "again", "--explain", "0"], w);
+    assert!(out.contains("ft on test") && out.contains("fine-tuned"), "{out}");
+    let again = json(&w.join("again/ft/metrics.json"));
+    for key in ["accuracy", "loss", "n_test", "confusion", "model_sha256", "best_epoch"] {
+        assert_eq!(again[key], own[key], "{key}");
+    }
+    assert_eq!(std::fs::read(w.join("again/ft/predictions.csv")).unwrap(), own_predictions);
+    // Another split of the run's own dataset, and Grad-CAM overlays from its deployable model.
+    let out = ok("tlearn-evaluate", &["--run", "ft", "--split", "validation", "--reports", "val", "--explain", "2"], w);
+    assert!(out.contains("ft on validation"), "{out}");
+    assert!(w.join("val/ft/gradcam/index.csv").is_file());
+
+    ok("tlearn-score", &["data/toy/test", "--run", "ft", "--out", "scores.csv"], w);
+    let scores = std::fs::read_to_string(w.join("scores.csv")).unwrap();
+    assert_eq!(scores.lines().count() - 1, count_files(&w.join("data/toy/test")), "{scores}");
+    // A best.onnx changed after the run is refused, not evaluated.
+    let mut best = std::fs::read(w.join("runs/ft/best.onnx")).unwrap();
+    best.extend_from_slice(b"\0\0");
+    std::fs::write(w.join("runs/ft/best.onnx"), best).unwrap();
+    let err = fails("tlearn-evaluate", &["--run", "ft", "--reports", "third", "--explain", "0"], w);
+    assert!(err.contains("best.onnx"), "{err}");
+}
+
+/// A head run writes `run.json` (format 2, type head); a folder written before (the record as
+/// `head.onnx.json`, a fine-tune's as `model.onnx.json`) is still evaluated and scored.
+#[test]
+fn run_folders_of_an_older_tlearn_still_open() {
+    let w = workdir();
+    let w = w.path();
+    trained(w, &["cat", "dog"], 12);
+    let record = json(&w.join("runs/toy/run.json"));
+    assert_eq!((record["format"].as_u64(), record["type"].as_str()), (Some(2), Some("head")), "{record}");
+    ok("tlearn-evaluate", &["--run", "toy", "--explain", "0"], w);
+    let new = json(&w.join("reports/toy/metrics.json"));
+    // The same run as an older tlearn left it: the record, without format and type, beside the head.
+    let mut old = record.clone();
+    old.as_object_mut().unwrap().retain(|k, _| k != "format" && k != "type");
+    std::fs::write(w.join("runs/toy/head.onnx.json"), old.to_string()).unwrap();
+    std::fs::remove_file(w.join("runs/toy/run.json")).unwrap();
+    ok("tlearn-evaluate", &["--run", "toy", "--reports", "old", "--explain", "0"], w);
+    assert_eq!(json(&w.join("old/toy/metrics.json"))["accuracy"], new["accuracy"]);
+    ok("tlearn-score", &["data/toy/test", "--run", "toy", "--out", "old.csv"], w);
+    // A folder with no record names what it lacks and how to go on.
+    std::fs::create_dir_all(w.join("runs/empty")).unwrap();
+    let err = fails("tlearn-evaluate", &["--run", "empty"], w);
+    assert!(err.contains("not a run folder") && err.contains("run.json"), "{err}");
+    // A record from a newer tlearn is refused, not misread.
+    let mut newer = record;
+    newer["format"] = 99.into();
+    std::fs::write(w.join("runs/toy/run.json"), newer.to_string()).unwrap();
+    let err = fails("tlearn-evaluate", &["--run", "toy"], w);
+    assert!(err.contains("format 99"), "{err}");
+}
