@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// What lies outside the input after a transform (scipy's `mode`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum FillMode {
     /// The nearest edge pixel (Keras' default).
@@ -22,6 +22,15 @@ pub enum FillMode {
     Reflect,
     /// Periodic.
     Wrap,
+}
+
+impl crate::params::Choice for FillMode {
+    const ALL: &'static [(Self, &'static str, &'static str)] = &[
+        (FillMode::Nearest, "nearest", "The nearest edge pixel (Keras' default)"),
+        (FillMode::Constant, "constant", "`cval`"),
+        (FillMode::Reflect, "reflect", "Mirror about the edge (d c b a | a b c d | d c b a)"),
+        (FillMode::Wrap, "wrap", "Periodic"),
+    ];
 }
 
 /// Random transform ranges, as in `ImageDataGenerator(...)`.

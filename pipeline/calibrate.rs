@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// How a calibrated tensor's range is chosen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// The smallest and largest value seen.
@@ -14,6 +14,18 @@ pub enum Method {
     Percentile,
     /// The threshold minimising the KL divergence between the values and their quantization.
     Entropy,
+}
+
+impl crate::params::Choice for Method {
+    const ALL: &'static [(Self, &'static str, &'static str)] = &[
+        (Method::Minmax, "minmax", "The smallest and largest value seen"),
+        (Method::Percentile, "percentile", "The 0.0005 % and 99.9995 % points of the values seen (outliers cut)"),
+        (
+            Method::Entropy,
+            "entropy",
+            "The threshold minimising the KL divergence between the values and their quantization",
+        ),
+    ];
 }
 
 impl Method {

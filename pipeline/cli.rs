@@ -389,3 +389,40 @@ pub fn byte_size(s: &str) -> Result<u64, String> {
         _ => Err(format!("`{s}`: give a size in bytes, e.g. 512M or 2G")),
     }
 }
+
+/// Command-line values for the library's choices: each [`Choice`]'s names and help, as clap
+/// offers and parses them (the library itself knows no argument parser).
+macro_rules! choice_values {
+    ($($t:ty),* $(,)?) => {$(
+        impl clap::ValueEnum for $t {
+            fn value_variants<'a>() -> &'a [Self] {
+                static VALUES: std::sync::LazyLock<Vec<$t>> =
+                    std::sync::LazyLock::new(|| <$t as Choice>::ALL.iter().map(|c| c.0).collect());
+                &VALUES
+            }
+            fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+                let (_, name, help) = <$t as Choice>::ALL.iter().find(|c| c.0 == *self)?;
+                let value = clap::builder::PossibleValue::new(*name);
+                Some(if help.is_empty() { value } else { value.help(*help) })
+            }
+        }
+    )*};
+}
+
+use crate::params::Choice;
+choice_values!(
+    crate::runtime::Device,
+    crate::runtime::Precision,
+    crate::heads::HeadKind,
+    crate::heads::prep::Pool,
+    crate::onnx::qdq::WeightRange,
+    crate::onnx::cut::Layout,
+    crate::onnx::cut::GlobalPool,
+    crate::augment::FillMode,
+    crate::imageio::Interpolation,
+    crate::imageio::View,
+    crate::imageio::PreprocessKind,
+    crate::dataset::LinkMode,
+    crate::score::Format,
+    crate::calibrate::Method,
+);

@@ -221,12 +221,17 @@ impl SplitSpec {
 }
 
 /// How files get into the split folders.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkMode {
     Copy,
     Hardlink,
     Symlink,
+}
+
+impl crate::params::Choice for LinkMode {
+    const ALL: &'static [(Self, &'static str, &'static str)] =
+        &[(LinkMode::Copy, "copy", ""), (LinkMode::Hardlink, "hardlink", ""), (LinkMode::Symlink, "symlink", "")];
 }
 
 /// One row of the split manifest.

@@ -10,7 +10,7 @@ use std::path::Path;
 pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
 
 /// How images are resized to the backbone's input size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Interpolation {
     /// Keras' `load_img` default (PIL NEAREST).
@@ -20,9 +20,16 @@ pub enum Interpolation {
     Bilinear,
 }
 
+impl crate::params::Choice for Interpolation {
+    const ALL: &'static [(Self, &'static str, &'static str)] = &[
+        (Interpolation::Nearest, "nearest", "Keras' `load_img` default (PIL NEAREST)"),
+        (Interpolation::Bilinear, "bilinear", "PIL BILINEAR-like (triangle filter, antialiased when shrinking)"),
+    ];
+}
+
 /// A deterministic view of an image, applied after resizing: the flips test-time augmentation and
 /// feature augmentation use (they keep the image's size, so they work for any aspect ratio).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum View {
     /// The image as it is.
@@ -34,6 +41,15 @@ pub enum View {
     Vflip,
     /// Both mirrors: a 180° rotation.
     Rot180,
+}
+
+impl crate::params::Choice for View {
+    const ALL: &'static [(Self, &'static str, &'static str)] = &[
+        (View::Identity, "identity", "The image as it is"),
+        (View::Hflip, "hflip", "Mirrored left ↔ right"),
+        (View::Vflip, "vflip", "Mirrored top ↔ bottom"),
+        (View::Rot180, "rot180", "Both mirrors: a 180° rotation"),
+    ];
 }
 
 impl View {
@@ -409,7 +425,7 @@ pub fn load(
 }
 
 /// Named preprocessing conventions (as in `keras.applications.imagenet_utils`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PreprocessKind {
     /// RGB→BGR, minus the ImageNet BGR means (VGG, ResNet50 Keras).
@@ -424,6 +440,21 @@ pub enum PreprocessKind {
     Raw,
     /// (x − 127) / 128 (TF's EfficientNet-Lite).
     Lite,
+}
+
+impl crate::params::Choice for PreprocessKind {
+    const ALL: &'static [(Self, &'static str, &'static str)] = &[
+        (PreprocessKind::Caffe, "caffe", "RGB→BGR, minus the ImageNet BGR means (VGG, ResNet50 Keras)"),
+        (PreprocessKind::Tf, "tf", "x / 127.5 − 1 (Inception, MobileNet, Xception)"),
+        (
+            PreprocessKind::Torch,
+            "torch",
+            "x / 255, minus ImageNet mean, over ImageNet std, RGB (DenseNet, PyTorch models)",
+        ),
+        (PreprocessKind::Unit, "unit", "x / 255"),
+        (PreprocessKind::Raw, "raw", "Unchanged 0..255 RGB"),
+        (PreprocessKind::Lite, "lite", "(x − 127) / 128 (TF's EfficientNet-Lite)"),
+    ];
 }
 
 /// The exact per-pixel transform applied to RGB 0..255 input: `(x * scale − mean) / std`, in

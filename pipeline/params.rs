@@ -40,3 +40,20 @@ impl<'de, T: ParamGuard + Deserialize<'de>> Deserialize<'de> for Checked<T> {
         T::deserialize(d)?.check().map_err(serde::de::Error::custom)
     }
 }
+
+/// A setting chosen by name from a fixed list: every value with the name a command line spells
+/// it with and a line of help (empty: none). The library says what the choices are; the CLI layer
+/// (`crate::cli`) turns them into command-line values, so the library knows no argument parser.
+pub trait Choice: Copy + PartialEq + 'static {
+    const ALL: &'static [(Self, &'static str, &'static str)];
+
+    /// The name a command line spells this value with.
+    fn name(self) -> &'static str {
+        Self::ALL.iter().find(|c| c.0 == self).map(|c| c.1).expect("every value is listed in ALL")
+    }
+
+    /// The value named `name`, if any.
+    fn named(name: &str) -> Option<Self> {
+        Self::ALL.iter().find(|c| c.1 == name).map(|c| c.0)
+    }
+}

@@ -17,7 +17,7 @@ pub const PROFILE_ENV: &str = "TLEARN_ORT_PROFILE";
 pub const SAVE_GRAPH_ENV: &str = "TLEARN_SAVE_TRAIN_GRAPH";
 
 /// Where a stage runs its ONNX graphs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
     /// CUDA when the CUDA execution provider loads, else CPU (logged once).
@@ -30,12 +30,26 @@ pub enum Device {
     Openvino,
 }
 
+impl crate::params::Choice for Device {
+    const ALL: &'static [(Self, &'static str, &'static str)] = &[
+        (Device::Auto, "auto", "CUDA when the CUDA execution provider loads, else CPU (logged once)"),
+        (Device::Cpu, "cpu", ""),
+        (Device::Cuda, "cuda", "CUDA or an error"),
+        (Device::Openvino, "openvino", "ORT's OpenVINO execution provider on the CPU (`make setup-openvino`), or an error. For inference (extract, score, evaluate); training graphs run on `cpu` or `cuda`"),
+    ];
+}
+
 /// Numeric precision OpenVINO computes in (its `INFERENCE_PRECISION_HINT`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     F32,
     Bf16,
+}
+
+impl crate::params::Choice for Precision {
+    const ALL: &'static [(Self, &'static str, &'static str)] =
+        &[(Precision::F32, "f32", ""), (Precision::Bf16, "bf16", "")];
 }
 
 impl Precision {

@@ -210,6 +210,27 @@ fn the_stage_rule_catches_a_stage_importing_a_stage() {
     assert!(wrong[0].starts_with("stage evaluate imports stage finetune"), "{wrong:?}");
 }
 
+/// Library files (all but the binaries and `cli.rs`) that name the argument parser.
+fn files_naming_clap(files: &[(String, PathBuf)]) -> Vec<String> {
+    files
+        .iter()
+        .filter(|(top, _)| top != "cli")
+        .filter(|(_, p)| std::fs::read_to_string(p).unwrap().contains("clap"))
+        .map(|(_, p)| p.display().to_string())
+        .collect()
+}
+
+#[test]
+fn only_the_cli_layer_knows_the_argument_parser() {
+    // Choices are `params::Choice` tables; `cli.rs` makes them command-line values.
+    let wrong = files_naming_clap(&library_files());
+    assert!(wrong.is_empty(), "clap outside pipeline/cli.rs and pipeline/bin/:\n{}", wrong.join("\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("device.rs");
+    std::fs::write(&broken, "#[derive(clap::ValueEnum)]\npub enum Device { Cpu }\n").unwrap();
+    assert_eq!(files_naming_clap(&[("runtime".into(), broken)]).len(), 1, "the check must see a derive");
+}
+
 #[test]
 fn modules_import_each_other_without_cycles() {
     let graph = import_graph();

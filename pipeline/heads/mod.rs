@@ -66,7 +66,7 @@ impl ParamGuard for HeadSpec {
 }
 
 /// Which classifier a head is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum HeadKind {
     /// Dense(units, relu) → Dropout → Dense(sigmoid|softmax), trained by tlearn's graph compiler.
@@ -84,6 +84,33 @@ pub enum HeadKind {
     Knn,
 }
 
+impl crate::params::Choice for HeadKind {
+    const ALL: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            HeadKind::Dense,
+            "dense",
+            "Dense(units, relu) → Dropout → Dense(sigmoid|softmax), trained by tlearn's graph compiler",
+        ),
+        (
+            HeadKind::Logistic,
+            "logistic",
+            "L2-regularised logistic regression (linfa-logistic; softmax regression for > 2 classes)",
+        ),
+        (
+            HeadKind::Svm,
+            "svm",
+            "Linear-kernel SVM with Platt-scaled probabilities (linfa-svm; one-vs-rest for > 2 classes)",
+        ),
+        (
+            HeadKind::Rbf,
+            "rbf",
+            "RBF-kernel SVM with Platt-scaled probabilities (linfa-svm; one-vs-rest for > 2 classes)",
+        ),
+        (HeadKind::Forest, "forest", "Random forest (smartcore); probability = fraction of the trees' votes"),
+        (HeadKind::Knn, "knn", "k-nearest neighbours (Euclidean); probability = fraction of the k neighbours' votes"),
+    ];
+}
+
 impl HeadKind {
     /// Whether the head standardises its features unless told otherwise: yes for the distance- and
     /// margin-based ones (logistic, SVMs, k-NN), no for the dense head (as the classic) and the
@@ -93,14 +120,7 @@ impl HeadKind {
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            HeadKind::Dense => "dense",
-            HeadKind::Logistic => "logistic",
-            HeadKind::Svm => "svm",
-            HeadKind::Rbf => "rbf",
-            HeadKind::Forest => "forest",
-            HeadKind::Knn => "knn",
-        }
+        crate::params::Choice::name(self)
     }
 }
 

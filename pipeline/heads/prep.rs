@@ -16,7 +16,7 @@ use super::{bad, to16, HeadSpec};
 pub const FROZEN: &str = crate::train::FROZEN;
 
 /// How the (h, w, c) feature map is reduced before the dense layers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Pool {
     /// Flatten h·w·c (the classic head).
@@ -26,6 +26,14 @@ pub enum Pool {
     Avg,
     /// Global max pooling over h and w.
     Max,
+}
+
+impl crate::params::Choice for Pool {
+    const ALL: &'static [(Self, &'static str, &'static str)] = &[
+        (Pool::Flatten, "flatten", "Flatten h·w·c (the classic head)"),
+        (Pool::Avg, "avg", "Global average pooling over h and w"),
+        (Pool::Max, "max", "Global max pooling over h and w"),
+    ];
 }
 
 /// Features flattened to rows: (N, h·w·c).

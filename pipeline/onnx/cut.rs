@@ -17,11 +17,16 @@ pub const IMAGE: &str = "image";
 pub const AUTO: &str = "auto";
 
 /// Memory layout of a 4-D image tensor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Layout {
     Nhwc,
     Nchw,
+}
+
+impl crate::params::Choice for Layout {
+    const ALL: &'static [(Self, &'static str, &'static str)] =
+        &[(Layout::Nhwc, "nhwc", ""), (Layout::Nchw, "nchw", "")];
 }
 
 /// The largest image side (and batch) a model's declared input may have; larger declarations are
@@ -153,13 +158,21 @@ fn data_chain(g: &GraphProto, producer: &HashMap<&str, &NodeProto>, input: &str)
 }
 
 /// Global pooling applied to each cut tensor before concatenation (multi-scale features).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GlobalPool {
     Avg,
     Max,
     /// Average and max side by side (2× the channels).
     AvgMax,
+}
+
+impl crate::params::Choice for GlobalPool {
+    const ALL: &'static [(Self, &'static str, &'static str)] = &[
+        (GlobalPool::Avg, "avg", ""),
+        (GlobalPool::Max, "max", ""),
+        (GlobalPool::AvgMax, "avg-max", "Average and max side by side (2× the channels)"),
+    ];
 }
 
 /// Like [`cut_model`], but with several cut tensors (all in `cut_layout`): with `pool`, each is

@@ -33,18 +33,23 @@ const SAME_IN_13: [&str; 14] = [
 ];
 
 /// How much of int8's range the weights use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WeightRange {
     #[default]
-    #[value(help = "−127…127")]
     Full,
     // Without VNNI, ORT's u8s8 GEMM kernels sum pairs of uint8 × int8 products in 16 bits, which
     // 255 × 127 × 2 overflows and 255 × 63 × 2 does not. Depthwise Convs (one input and one
     // output channel a group) run on a kernel that widens to 16 bits first, and their few weights
     // a channel are where a lost bit costs the most: they keep the full range.
-    #[value(help = "−63…63 (7 bits), depthwise convolutions excepted")]
     Reduced,
+}
+
+impl crate::params::Choice for WeightRange {
+    const ALL: &'static [(Self, &'static str, &'static str)] = &[
+        (WeightRange::Full, "full", "−127…127"),
+        (WeightRange::Reduced, "reduced", "−63…63 (7 bits), depthwise convolutions excepted"),
+    ];
 }
 
 impl WeightRange {

@@ -60,7 +60,7 @@ impl ScoreSummary {
 }
 
 /// How rows are written.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// path, class, probability [, class_2, probability_2, …] [, p_<class> …]
@@ -68,6 +68,17 @@ pub enum Format {
     Csv,
     /// One JSON object per line: path, class, probability, top (k × {class, probability}), probs.
     Jsonl,
+}
+
+impl crate::params::Choice for Format {
+    const ALL: &'static [(Self, &'static str, &'static str)] = &[
+        (Format::Csv, "csv", "path, class, probability [, class_2, probability_2, …] [, p_<class> …]"),
+        (
+            Format::Jsonl,
+            "jsonl",
+            "One JSON object per line: path, class, probability, top (k × {class, probability}), probs",
+        ),
+    ];
 }
 
 impl Format {
