@@ -43,7 +43,7 @@ impl<'de, T: ParamGuard + Deserialize<'de>> Deserialize<'de> for Checked<T> {
 
 /// A setting chosen by name from a fixed list: every value with the name a command line spells
 /// it with and a line of help (empty: none). The library says what the choices are; the CLI layer
-/// (`crate::cli`) turns them into command-line values, so the library knows no argument parser.
+/// (`cli.rs`) turns them into command-line values, so the library knows no argument parser.
 pub trait Choice: Copy + PartialEq + 'static {
     const ALL: &'static [(Self, &'static str, &'static str)];
 
