@@ -41,8 +41,8 @@ help: ## set-up: list the targets, grouped
 	@awk -F'## ' '/^[a-zA-Z0-9_-]+:.*## / { t = $$1; sub(/:.*/, "", t); g = $$2; sub(/: .*/, "", g); \
 	    d = $$2; sub(/^[^:]*: /, "", d); list[g] = list[g] sprintf("  \033[1m%-16s\033[0m %s\n", t, d) } \
 	  END { n = split("set-up|build & test|pipeline|experiments|benchmarks", order, "|"); \
-	    for (i = 1; i <= n; i++) { printf "%s:\n%s", order[i], list[order[i]]; delete list[order[i]] } \
-	    for (g in list) printf "%s:\n%s", g, list[g] }' $(MAKEFILE_LIST)
+	    for (i = 1; i <= n; i++) { printf "%s%s:\n%s", (i > 1 ? "\n" : ""), order[i], list[order[i]]; delete list[order[i]] } \
+	    for (g in list) printf "\n%s:\n%s", g, list[g] }' $(MAKEFILE_LIST)
 
 # ── set-up ──
 
