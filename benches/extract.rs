@@ -74,7 +74,7 @@ fn main() {
     std::fs::write(&list, paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join("\n")).unwrap();
     let dump = std::env::temp_dir().join("tlearn-bench-first.npy");
     let out = std::process::Command::new(&py)
-        .args(["bench/python_extract.py", "--model"])
+        .args(["pyref/python_extract.py", "--model"])
         .arg(&bb.path)
         .arg("--list")
         .arg(&list)

@@ -50,7 +50,7 @@ fn net_model(net: &str, python: Option<&str>) -> Option<(tlearn::onnx::proto::Mo
         std::fs::create_dir_all(path.parent()?).ok()?;
         let o = std::process::Command::new(python?)
             .args(["keras_export_net.py", "resnet50", "../.cache/bench/resnet50.onnx"])
-            .current_dir("bench")
+            .current_dir("pyref")
             .env("TF_CPP_MIN_LOG_LEVEL", "3")
             .output()
             .ok()?;
@@ -94,7 +94,7 @@ fn tlearn_step(
 /// Keras median step seconds for (net, batch), or None when TensorFlow is not available.
 fn keras_step(python: &str, net: &str, batch: usize, steps: usize, threads: usize, onednn: bool) -> Option<f64> {
     let out = std::process::Command::new(python)
-        .arg("bench/keras_step.py")
+        .arg("pyref/keras_step.py")
         .args([net, &batch.to_string(), &steps.to_string(), &threads.to_string()])
         .env("TF_ENABLE_ONEDNN_OPTS", if onednn { "1" } else { "0" })
         .env("TF_CPP_MIN_LOG_LEVEL", "2")

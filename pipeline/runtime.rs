@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 pub const ORT_LIB: &str = "libonnxruntime.so.1.31.1";
 
 /// Environment variable: when set, every session is profiled by onnxruntime into
-/// `<value>_<timestamp>.json` (Chrome trace format; `bench/ort_profile.py` sums it per op).
+/// `<value>_<timestamp>.json` (Chrome trace format; `pyref/ort_profile.py` sums it per op).
 pub const PROFILE_ENV: &str = "TLEARN_ORT_PROFILE";
 /// TLEARN_SAVE_TRAIN_GRAPH=FILE: the training (update) graph a training session runs is also
 /// written to FILE, for profiling or inspection outside tlearn.

