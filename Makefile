@@ -190,5 +190,5 @@ compare: setup ## pipeline: every HEADS on every BACKBONES' DATASET features at 
 
 demo: setup ## pipeline: the whole pipeline on ELPV with VGG16 at 150×150 (fetches ~150 MB once)
 	$(MAKE) --no-print-directory evaluate score RUN=demo BACKBONE=vgg16 SIZE=150
-	@$(PYTHON) -c "import json; m=json.load(open('reports/demo/metrics.json')); print(f\"demo: ELPV test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, ROC-AUC {m['roc_auc']:.4f}, n_test {m['n_test']}\")"
+	@$(BIN)/tlearn-evaluate --run demo --summary
 

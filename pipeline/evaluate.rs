@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::fsutil;
 use crate::metrics::{self, Metrics};
 use crate::progress::Sink;
-use crate::runs::Run;
+use crate::runs::{PredictOptions, Run};
 use crate::runtime::SessionOptions;
 use ndarray::ArrayD;
 use std::path::{Path, PathBuf};
@@ -33,7 +33,7 @@ pub fn run(
     run: &Run,
     (split, source): (&str, Option<&Path>),
     out: &Path,
-    opts: &SessionOptions,
+    opts: &PredictOptions,
     explain: Option<&Explain>,
     sink: &dyn Sink,
 ) -> Result<Evaluation> {
@@ -42,6 +42,32 @@ pub fn run(
     let history = run.history_png();
     let metrics = write_report(out, context, &p.probs, &p.files, run.classes(), Some(&history), explain)?;
     Ok(Evaluation { metrics, skipped: p.skipped.len() })
+}
+
+/// One line on an evaluation already written in `out` (its `metrics.json`): the run, the split,
+/// accuracy, loss, ROC-AUC and macro-F1 where there are, the number of images, and the training
+/// time a fine-tune recorded — what a make target prints when the evaluation is up to date.
+pub fn summary(out: &Path) -> Result<String> {
+    let path = out.join("metrics.json");
+    if !path.is_file() {
+        return Err(crate::error::Error::BadData {
+            path,
+            reason: "no evaluation here yet; run tlearn-evaluate --run NAME (or train the run) first".into(),
+        });
+    }
+    let m: serde_json::Value = fsutil::read_json(&path)?;
+    let text = |k: &str| m.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();
+    let mut line = format!("{} on {}:", text("run"), text("split"));
+    for (key, label) in [("accuracy", "accuracy"), ("loss", "loss"), ("roc_auc", "ROC-AUC"), ("macro_f1", "macro-F1")] {
+        if let Some(v) = m.get(key).and_then(|v| v.as_f64()) {
+            line += &format!(" {label} {v:.4},");
+        }
+    }
+    line += &format!(" n {}", m.get("n_test").and_then(|v| v.as_u64()).unwrap_or(0));
+    if let Some(s) = m.get("train_seconds").and_then(|v| v.as_f64()) {
+        line += &format!(", {s:.0} s training");
+    }
+    Ok(line)
 }
 
 /// A human summary of the metrics.

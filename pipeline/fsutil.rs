@@ -114,37 +114,6 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
     Ok(())
 }
 
-/// A pinned download: `local` when given, else `cached`, fetched by `download` when missing or
-/// not the pinned file (a damaged copy is removed, with a warning that says so); either way
-/// checked against `sha256` before use.
-pub fn pinned_file(
-    local: Option<&Path>,
-    cached: PathBuf,
-    sha256: &str,
-    download: impl FnOnce() -> Result<()>,
-) -> Result<PathBuf> {
-    let p = match local {
-        Some(p) => p.to_path_buf(),
-        None => {
-            if cached.exists() {
-                match verify_sha256(&cached, sha256) {
-                    Ok(()) => return Ok(cached),
-                    Err(e) => {
-                        tracing::warn!(
-                            "{e}: a damaged or replaced copy in the cache; removing it and fetching it again"
-                        );
-                        std::fs::remove_file(&cached).at(&cached)?;
-                    }
-                }
-            }
-            download()?;
-            cached
-        }
-    };
-    verify_sha256(&p, sha256)?;
-    Ok(p)
-}
-
 /// `path` with `suffix` appended to its file name: `scores.csv` + `.lock` → `scores.csv.lock`.
 pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();

@@ -48,6 +48,7 @@ pub mod runtime;
 pub mod score;
 pub mod shard;
 pub mod spill;
+pub mod split;
 pub mod train;
 pub mod trunk;
 

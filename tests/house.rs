@@ -47,6 +47,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("runs", 1),
     ("elpv", 2),
     ("mnist", 2),
+    ("split", 2),
     ("extract", 2),
     ("head", 2),
     ("evaluate", 2),

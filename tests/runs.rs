@@ -34,6 +34,12 @@ fn a_fine_tune_run_is_evaluated_and_scored_afterwards() {
         assert_eq!(again[key], own[key], "{key}");
     }
     assert_eq!(std::fs::read(w.join("again/ft/predictions.csv")).unwrap(), own_predictions);
+    // The one line a make target prints, read from the report, nothing computed.
+    let line = ok("tlearn-evaluate", &["--run", "ft", "--summary"], w);
+    let accuracy = format!("accuracy {:.4},", own["accuracy"].as_f64().unwrap());
+    assert!(line.starts_with("ft on test:") && line.contains(&accuracy) && line.contains("s training"), "{line}");
+    let err = fails("tlearn-evaluate", &["--run", "ft", "--reports", "nowhere", "--summary"], w);
+    assert!(err.contains("no evaluation here yet"), "{err}");
     // Another split of the run's own dataset, and Grad-CAM overlays from its deployable model.
     let out = ok("tlearn-evaluate", &["--run", "ft", "--split", "validation", "--reports", "val", "--explain", "2"], w);
     assert!(out.contains("ft on validation"), "{out}");

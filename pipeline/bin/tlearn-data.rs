@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use tlearn::cli::Terminal;
 use tlearn::dataset::{self, LinkMode, SplitSpec};
+use tlearn::split::{self, SplitJob};
 
 #[derive(Parser)]
 #[command(version, about = "Split image dumps into train/validation/test class folders")]
@@ -85,50 +86,25 @@ fn run(a: Args) -> Result<()> {
                 Some(c) => SplitSpec::from_counts(&c)?,
                 None => SplitSpec::Fractions { test, validation },
             };
-            let (items, report) = dataset::scan_source(&input, follow_outside)
-                .with_context(|| format!("scanning {}", input.display()))?;
-            for p in &report.skipped_non_images {
-                tracing::warn!("{}: skipped (not an image)", p.display());
-            }
-            for c in &report.empty_classes {
-                tracing::warn!("{}: empty class folder, left out of the split", input.join(c).display());
-            }
-            let found: std::collections::BTreeSet<&str> = items.iter().map(|it| it.class.as_str()).collect();
-            if found.len() < 2 {
-                tracing::warn!(
-                    "{}: {} class(es) found; training needs at least two (add a folder per class)",
-                    input.display(),
-                    found.len()
-                );
-            }
-            let assigned = dataset::assign(&items, &spec, seed)?;
-            let (counts, mut skipped) = dataset::write_split(&assigned, &input, &output, mode, force)?;
-            skipped.extend(report.unreadable.iter().cloned());
-            skipped.sort();
-            tlearn::fsutil::write_json(
-                &output.join("split.json"),
-                &serde_json::json!({
-                    "input": tlearn::fsutil::path_text(&input), "seed": seed, "spec": format!("{spec:?}"), "counts": counts,
-                    "skipped": skipped, "empty_classes": report.empty_classes,
-                    "non_images": report.skipped_non_images.iter().map(|p| tlearn::fsutil::path_text(p)).collect::<Vec<_>>(),
-                }),
-            )?;
+            let job = SplitJob { input, output, spec, seed, mode, force, follow_outside };
+            let s = split::run(&job).with_context(|| format!("splitting {}", job.input.display()))?;
+            let (input, output) = (&job.input, &job.output);
             tlearn::outln!(
                 "{} → {} (seed {seed}; manifest {}):",
                 input.display(),
                 output.display(),
                 output.join("manifest.csv").display()
             );
-            tlearn::out!("{}", dataset::counts_table(&counts));
-            if !report.skipped_non_images.is_empty() {
-                tlearn::outln!("skipped {} non-image file(s)", report.skipped_non_images.len());
+            tlearn::out!("{}", dataset::counts_table(&s.counts));
+            if !s.non_images.is_empty() {
+                tlearn::outln!("skipped {} non-image file(s)", s.non_images.len());
             }
-            if !report.empty_classes.is_empty() {
-                tlearn::outln!("empty class folder(s) left out: {}", report.empty_classes.join(", "));
+            if !s.empty_classes.is_empty() {
+                tlearn::outln!("empty class folder(s) left out: {}", s.empty_classes.join(", "));
             }
-            if !skipped.is_empty() {
-                tlearn::outln!("unreadable: {}", skipped.len());
-                for (_, why) in &skipped {
+            if !s.unreadable.is_empty() {
+                tlearn::outln!("unreadable: {}", s.unreadable.len());
+                for (_, why) in &s.unreadable {
                     tlearn::outln!("  {why}");
                 }
             }

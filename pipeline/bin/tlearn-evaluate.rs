@@ -32,6 +32,14 @@ struct Args {
     /// Where the run's backbone is (for the deployable model).
     #[arg(long, default_value = "onnx")]
     onnx_dir: PathBuf,
+    /// Print one line on the evaluation already in reports/<run>/ (accuracy, loss, ROC-AUC,
+    /// macro-F1, n, training time) and stop: nothing is computed.
+    #[arg(long)]
+    summary: bool,
+    /// Bytes a fine-tune run's decoded images may hold in memory (e.g. 2G); past it they are read
+    /// from a file in the run folder, with the same result. Default: as tlearn-finetune's.
+    #[arg(long, value_parser = tlearn::cli::byte_size)]
+    max_memory: Option<u64>,
     #[command(flatten)]
     ort: tlearn::cli::OrtArgs,
 }
@@ -41,6 +49,10 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(a: Args) -> Result<()> {
+    if a.summary {
+        tlearn::outln!("{}", evaluate::summary(&a.reports.join(&a.run))?);
+        return Ok(());
+    }
     let run_dir = a.runs.join(&a.run);
     let run = tlearn::runs::Run::open(&run_dir).with_context(|| format!("reading run {}", run_dir.display()))?;
     let out = a.reports.join(&a.run);
@@ -56,7 +68,8 @@ fn run(a: Args) -> Result<()> {
         },
     };
     let how = (a.split.as_str(), a.source.as_deref());
-    let e = evaluate::run(&run, how, &out, &a.ort.session(), explain.as_ref(), &term)
+    let opts = tlearn::runs::PredictOptions { session: a.ort.session(), max_memory: a.max_memory };
+    let e = evaluate::run(&run, how, &out, &opts, explain.as_ref(), &term)
         .with_context(|| format!("evaluating run {} on the {} split", a.run, a.split))?;
     if e.skipped > 0 {
         tlearn::outln!("{}: skipped {} unreadable image(s) (listed in the report's metrics.json)", a.split, e.skipped);

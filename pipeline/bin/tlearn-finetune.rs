@@ -202,13 +202,11 @@ fn run(a: Args) -> Result<()> {
     }
     let data = a.data.clone().context("give the dataset with --data")?;
     let optimizer = a.optimizer.build(a.lr, a.momentum);
-    let run = a.run.clone().unwrap_or_else(|| a.model.file_stem().unwrap_or_default().to_string_lossy().into_owned());
-    // The default (the model's file stem) is checked like a --run given by hand.
-    tlearn::fsutil::check_name("run", &run).context("choose a run name with --run")?;
-    let rescale = match a.rescale {
-        Some(r) => r,
-        None => finetune::default_rescale(&tlearn::onnx::load_model(&a.model)?, &a.model),
+    let run = match &a.run {
+        Some(r) => r.clone(),
+        None => finetune::default_run_name(&a.model)?,
     };
+    let rescale = finetune::rescale_for(a.rescale, &a.model)?;
     let cfg = FinetuneConfig {
         model: a.model.clone(),
         data: data.clone(),
@@ -260,7 +258,8 @@ fn run(a: Args) -> Result<()> {
             session: a.ort.session(),
         });
         let finished = tlearn::runs::Run::open(&cfg.run_dir)?;
-        let e = evaluate::run(&finished, ("test", None), &out, &cfg.session, explain.as_ref(), &term)?;
+        let opts = tlearn::runs::PredictOptions { session: cfg.session.clone(), max_memory: cfg.max_memory };
+        let e = evaluate::run(&finished, ("test", None), &out, &opts, explain.as_ref(), &term)?;
         let (m, skipped) = (e.metrics, e.skipped);
         if skipped > 0 {
             tlearn::outln!("test: skipped {skipped} unreadable image(s) (listed in the report's metrics.json)");

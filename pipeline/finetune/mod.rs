@@ -320,6 +320,26 @@ fn record(
     Ok(Finetuned { info, history: done.history, best })
 }
 
+/// The run name when none is given: the model's file stem, checked like a name given by hand.
+pub fn default_run_name(model: &std::path::Path) -> Result<String> {
+    let name = model.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+    fsutil::check_name("run", &name).map_err(|e| match e {
+        Error::Param { name, value, reason } => {
+            Error::Param { name, value, reason: format!("{reason} (the model's file name); choose one with --run") }
+        }
+        e => e,
+    })?;
+    Ok(name)
+}
+
+/// The pixel scale: the one given, else what the model wants ([`default_rescale`]).
+pub fn rescale_for(given: Option<f32>, model: &std::path::Path) -> Result<f32> {
+    match given {
+        Some(r) => Ok(r),
+        None => Ok(default_rescale(&onnx::load_model(model)?, model)),
+    }
+}
+
 /// The run's name: its folder's.
 fn run_name(cfg: &FinetuneConfig) -> String {
     cfg.run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()

@@ -51,6 +51,14 @@ pub fn write_record(run_dir: &Path, record: &Record) -> Result<()> {
     fsutil::write_json(&run_dir.join(RECORD), &Stored { format: FORMAT, record: record.clone() })
 }
 
+/// How a run predicts: where its graphs run, and how much memory a fine-tune's decoded images may
+/// hold before they are read from a file in the run folder (None: the default budget).
+#[derive(Clone, Debug, Default)]
+pub struct PredictOptions {
+    pub session: SessionOptions,
+    pub max_memory: Option<u64>,
+}
+
 /// A finished run, opened from its folder.
 #[derive(Clone, Debug)]
 pub struct Run {
@@ -102,18 +110,19 @@ impl Run {
         &self,
         split: &str,
         source: Option<&Path>,
-        opts: &SessionOptions,
+        opts: &PredictOptions,
         sink: &dyn Sink,
     ) -> Result<Predictions> {
         let source = source.unwrap_or(self.default_source());
         match &self.record {
             Record::Head(h) => {
-                let (probs, f) = head::predict_split(&self.dir, h, source, split, opts)?;
+                let (probs, f) = head::predict_split(&self.dir, h, source, split, &opts.session)?;
                 let files = f.files.iter().map(|r| (r.path.clone(), r.label)).collect();
                 Ok(Predictions { probs, files, skipped: vec![], source_sha256: Some(f.info.npy_sha256.clone()) })
             }
             Record::Finetune(f) => {
-                let cfg = FinetuneConfig { run_dir: self.dir.clone(), session: opts.clone(), ..f.config.clone() };
+                let (session, max_memory) = (opts.session.clone(), opts.max_memory);
+                let cfg = FinetuneConfig { run_dir: self.dir.clone(), session, max_memory, ..f.config.clone() };
                 let best = self.dir.join(crate::train::learner::BEST);
                 let bytes = match &f.best_sha256 {
                     Some(sha) => fsutil::read_verified(&best, sha)?,
