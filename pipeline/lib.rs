@@ -31,6 +31,7 @@ pub mod imageset;
 pub mod init;
 pub mod inputs;
 pub mod journal;
+pub mod layout;
 pub mod lock;
 pub mod memory;
 pub mod metrics;

@@ -28,6 +28,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("init", 0),
     ("pth", 0),
     ("download", 0),
+    ("layout", 1),
     ("catalog", 1),
     ("backbone", 1),
     ("calibrate", 1),

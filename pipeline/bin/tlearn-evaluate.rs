@@ -15,9 +15,9 @@ struct Args {
     /// Run name (folder under --runs).
     #[arg(long, default_value = "demo", value_parser = tlearn::cli::run_name)]
     run: String,
-    #[arg(long, default_value = "runs")]
+    #[arg(long, default_value = tlearn::layout::RUNS)]
     runs: PathBuf,
-    #[arg(long, default_value = "reports")]
+    #[arg(long, default_value = tlearn::layout::REPORTS)]
     reports: PathBuf,
     #[arg(long, default_value = "test")]
     split: String,
@@ -30,7 +30,7 @@ struct Args {
     #[arg(long, default_value_t = 8)]
     explain: usize,
     /// Where the run's backbone is (for the deployable model).
-    #[arg(long, default_value = "onnx")]
+    #[arg(long, default_value = tlearn::layout::ONNX)]
     onnx_dir: PathBuf,
     /// Print one line on the evaluation already in reports/<run>/ (accuracy, loss, ROC-AUC,
     /// macro-F1, n, training time) and stop: nothing is computed.

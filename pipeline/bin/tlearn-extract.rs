@@ -35,7 +35,7 @@ struct Args {
     out: Option<PathBuf>,
     #[arg(long, value_delimiter = ',', default_value = "train,validation,test")]
     splits: Vec<String>,
-    #[arg(long, default_value = "onnx")]
+    #[arg(long, default_value = tlearn::layout::ONNX)]
     onnx_dir: PathBuf,
     /// Also cache these flipped views of every image (`<split>.<view>.npy`), for feature
     /// augmentation (`tlearn-head --train-views`) and test-time augmentation (`--tta`).
@@ -84,8 +84,7 @@ fn run(a: Args) -> Result<()> {
     let bb = tlearn::backbone::Backbone::open(&a.onnx_dir, &a.backbone)?;
     let size = a.size.unwrap_or(bb.info.size);
     let dataset_name = data.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
-    let mut out =
-        a.out.unwrap_or_else(|| PathBuf::from("features").join(&dataset_name).join(format!("{}-{size}", bb.name)));
+    let mut out = a.out.unwrap_or_else(|| tlearn::layout::features_dir(&dataset_name, &bb.name, size));
     if let Some(s) = &a.shard {
         out = out.join(s.dir_name());
     }

@@ -22,9 +22,9 @@ struct Args {
     /// Run name: outputs go to <runs>/<run>/ (default: the model's file stem).
     #[arg(long, value_parser = tlearn::cli::run_name)]
     run: Option<String>,
-    #[arg(long, default_value = "runs")]
+    #[arg(long, default_value = tlearn::layout::RUNS)]
     runs: PathBuf,
-    #[arg(long, default_value = "reports")]
+    #[arg(long, default_value = tlearn::layout::REPORTS)]
     reports: PathBuf,
     #[arg(long, default_value_t = 30)]
     epochs: usize,

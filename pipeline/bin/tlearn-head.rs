@@ -22,7 +22,7 @@ struct Args {
     /// Run name: outputs go to <runs>/<run>/.
     #[arg(long, default_value = "demo", value_parser = tlearn::cli::run_name)]
     run: String,
-    #[arg(long, default_value = "runs")]
+    #[arg(long, default_value = tlearn::layout::RUNS)]
     runs: PathBuf,
     /// Which classifier (all save as head.onnx, so evaluate and score treat them alike).
     #[arg(long, value_enum, default_value = "dense")]

@@ -32,7 +32,7 @@ struct Args {
     /// Run whose head to use (folder under --runs).
     #[arg(long, default_value = "demo", value_parser = tlearn::cli::run_name)]
     run: String,
-    #[arg(long, default_value = "runs")]
+    #[arg(long, default_value = tlearn::layout::RUNS)]
     runs: PathBuf,
     /// A deployable model instead of the run's (runs/<run>/model.onnx, built when missing or stale).
     #[arg(long)]
@@ -42,7 +42,7 @@ struct Args {
     /// with no summary file beside it.
     #[arg(long)]
     out: Option<PathBuf>,
-    #[arg(long, default_value = "onnx")]
+    #[arg(long, default_value = tlearn::layout::ONNX)]
     onnx_dir: PathBuf,
     /// Only write runs/<run>/model.onnx.
     #[arg(long)]
@@ -106,7 +106,10 @@ fn run(a: Args) -> Result<()> {
     if a.inputs.is_empty() && a.list.is_empty() {
         anyhow::bail!("give folders, images, glob patterns or --list files to score (or --export-only)");
     }
-    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("reports").join(&a.run).join("scores.csv"));
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| tlearn::layout::scores_path(std::path::Path::new(tlearn::layout::REPORTS), &a.run));
     if tlearn::output::target(&out)?.is_stdout() {
         tlearn::cli::send_report_to_stderr();
     }
