@@ -315,7 +315,9 @@ fn device_cuda_is_explicit_about_a_cpu_only_runtime() {
         eprintln!("CUDA test ran with {}", lib.display());
         return;
     }
-    eprintln!("GPU test skipped: no CUDA onnxruntime here (run `make setup-cuda` on a GPU machine); checking the CPU-only error instead");
+    skipped(
+        "the CUDA run (no CUDA onnxruntime here: make setup-cuda on a GPU machine); the CPU-only error checked instead",
+    );
     let err = fails("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cuda"], w);
     assert!(err.contains("no CUDA execution provider") && err.contains("make setup-cuda"), "{err}");
     // auto falls back to CPU and says why.

@@ -213,3 +213,19 @@ pub fn copy_tree(from: &Path, to: &Path) {
 pub fn count_files(dir: &Path) -> usize {
     walkdir::WalkDir::new(dir).into_iter().filter_map(|e| e.ok()).filter(|e| e.file_type().is_file()).count()
 }
+
+/// A test that cannot run here says so in one line that `.ci/run` collects at the end of its log:
+/// `SKIPPED <test binary>::<test>: <why>`. It is written straight to standard error, past the test
+/// harness's capture, so it shows for passing tests too.
+pub fn skipped(why: &str) {
+    use std::io::Write;
+    let thread = std::thread::current();
+    let test = thread.name().filter(|n| *n != "main").unwrap_or("?");
+    let _ = writeln!(std::io::stderr(), "SKIPPED {}::{test}: {why}", env!("CARGO_CRATE_NAME"));
+}
+
+/// Whether this is a CI run (`CI` set, as CI services and `.ci/run` do): there a missing tool is a
+/// failure, not a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
