@@ -1,100 +1,10 @@
-//! Library-level checks: preprocessing, resizing, metrics, file safety, cutting.
+//! Library-level checks: cutting, ELPV labels, schedules, byte sizes, no shell. (Preprocessing,
+//! resizing, metrics, file safety, npy, calibration and spill files: unit tests beside their modules.)
 
 mod common;
 use ndarray::{ArrayD, Axis};
 use std::path::Path;
 use tlearn::imageio::{self, Interpolation, Preprocess, PreprocessKind};
-
-#[test]
-fn nearest_resize_matches_pil_sampling() {
-    // 4×1 → 2×1: PIL NEAREST samples source x = floor((x + 0.5) · 2) = 1, 3.
-    let img = image::RgbImage::from_fn(4, 1, |x, _| image::Rgb([x as u8 * 10, 0, 0]));
-    let a = imageio::to_rgb_array(&image::DynamicImage::ImageRgb8(img), (1, 2), Interpolation::Nearest);
-    assert_eq!(a.index_axis(Axis(2), 0).iter().copied().collect::<Vec<_>>(), vec![10.0, 30.0]);
-}
-
-#[test]
-fn gray_and_sixteen_bit_become_rgb() {
-    let g = image::GrayImage::from_pixel(3, 3, image::Luma([100]));
-    let a = imageio::to_rgb_array(&image::DynamicImage::ImageLuma8(g), (3, 3), Interpolation::Bilinear);
-    assert!(a.iter().all(|&v| v == 100.0));
-    let g16 = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_pixel(2, 2, image::Luma([65535]));
-    let a = imageio::to_rgb_array(&image::DynamicImage::ImageLuma16(g16), (2, 2), Interpolation::Nearest);
-    assert!(a.iter().all(|&v| v == 255.0));
-}
-
-#[test]
-fn caffe_preprocessing_flips_to_bgr_and_subtracts_means() {
-    let mut a = ndarray::Array3::<f32>::zeros((1, 1, 3));
-    a[[0, 0, 0]] = 10.0; // R
-    a[[0, 0, 2]] = 30.0; // B
-    Preprocess::of(PreprocessKind::Caffe).apply(a.view_mut());
-    let v: Vec<f32> = a.iter().copied().collect();
-    assert!(
-        (v[0] - (30.0 - 103.939)).abs() < 1e-4
-            && (v[1] + 116.779).abs() < 1e-4
-            && (v[2] - (10.0 - 123.68)).abs() < 1e-4,
-        "{v:?}"
-    );
-    let mut b = ndarray::Array3::<f32>::from_elem((1, 1, 3), 255.0);
-    Preprocess::of(PreprocessKind::Tf).apply(b.view_mut());
-    assert!(b.iter().all(|&v| (v - 1.0).abs() < 1e-6));
-}
-
-#[test]
-fn decompression_bombs_and_garbage_are_refused_with_the_path() {
-    let d = tempfile::tempdir().unwrap();
-    let p = d.path().join("big.png");
-    image::RgbImage::new(200, 200).save(&p).unwrap();
-    match imageio::decode(&p, 1000) {
-        Err(tlearn::Error::BadImage { path, reason }) => {
-            assert!(path == p && reason.contains("exceeds the limit"), "{reason}")
-        }
-        other => panic!("expected a bad image, got {:?}", other.err()),
-    }
-    let q = d.path().join("zero.jpg");
-    std::fs::write(&q, b"").unwrap();
-    assert!(matches!(imageio::decode(&q, u64::MAX), Err(tlearn::Error::BadImage { path, .. }) if path == q));
-}
-
-#[test]
-fn roc_auc_by_ranks() {
-    let auc = tlearn::metrics::roc_auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]).unwrap();
-    assert!((auc - 0.75).abs() < 1e-12);
-    assert_eq!(tlearn::metrics::roc_auc(&[0.5, 0.5], &[false, true]), Some(0.5));
-    assert_eq!(tlearn::metrics::roc_auc(&[0.5], &[true]), None);
-}
-
-#[test]
-fn metrics_confusion_and_f1() {
-    let probs = ArrayD::from_shape_vec(ndarray::IxDyn(&[4, 1]), vec![0.9, 0.2, 0.7, 0.4]).unwrap();
-    let m = tlearn::metrics::compute(&probs, &[1, 0, 0, 1], &["a".into(), "b".into()]);
-    assert_eq!(m.confusion, vec![vec![1, 1], vec![1, 1]]);
-    assert_eq!(m.accuracy, 0.5);
-    assert!((m.per_class[1].f1 - 0.5).abs() < 1e-12);
-}
-
-#[test]
-fn atomic_write_keeps_the_old_file_when_interrupted() {
-    let d = tempfile::tempdir().unwrap();
-    let p = d.path().join("x.npy");
-    tlearn::fsutil::write_bytes_atomic(&p, b"old").unwrap();
-    let r = tlearn::fsutil::write_atomic(&p, |w| {
-        w.write_all(b"half")?;
-        Err(std::io::Error::other("killed"))
-    });
-    assert!(r.is_err());
-    assert_eq!(std::fs::read(&p).unwrap(), b"old");
-    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1, "no temp file left behind");
-}
-
-#[test]
-fn names_cannot_escape_the_output_folder() {
-    let root = Path::new("/tmp/out");
-    assert!(tlearn::fsutil::safe_join(root, "../x").is_err());
-    assert!(tlearn::fsutil::safe_join(root, "/etc").is_err());
-    assert_eq!(tlearn::fsutil::safe_join(root, "cat/a.jpg").unwrap(), root.join("cat/a.jpg"));
-}
 
 #[test]
 fn elpv_labels_and_classes() {
@@ -279,60 +189,6 @@ fn conv_base_initializers_and_a_split_that_recomposes() {
 }
 
 #[test]
-fn npy_rows_stream_to_the_bytes_of_a_whole_array_and_read_back_checked() {
-    use ndarray_npy::WriteNpyExt;
-    use tlearn::features::{NpyRows, NpyWriter};
-    let d = tempfile::tempdir().unwrap();
-    let x = ndarray::Array::from_shape_fn((5, 2, 3, 4), |(a, b, c, e)| (a * 100 + b * 10 + c) as f32 - e as f32 / 7.0)
-        .into_dyn();
-    let p = d.path().join("x.npy");
-    let mut w = NpyWriter::create(&p, x.shape()).unwrap();
-    // A row of another shape is refused, not written.
-    assert!(w.push(x.index_axis(Axis(1), 0)).is_err());
-    x.outer_iter().for_each(|r| w.push(r).unwrap());
-    assert!(w.push(x.index_axis(Axis(0), 0)).is_err(), "a sixth row of five");
-    let sha = w.finish().unwrap();
-    let mut whole = vec![];
-    x.write_npy(&mut whole).unwrap();
-    assert!(std::fs::read(&p).unwrap() == whole, "streamed bytes = ndarray-npy's");
-    assert_eq!(sha, tlearn::fsutil::sha256_bytes(&whole));
-    let mut r = NpyRows::open(&p, &sha).unwrap();
-    assert_eq!(r.shape(), x.shape());
-    for i in [4, 0, 1, 3, 3] {
-        assert_eq!(r.row(i).unwrap(), x.index_axis(Axis(0), i));
-    }
-    assert!(r.row(5).is_err());
-    // An unfinished writer leaves nothing behind; a changed file is refused by its checksum.
-    let q = d.path().join("short.npy");
-    let mut w = NpyWriter::create(&q, x.shape()).unwrap();
-    w.push(x.index_axis(Axis(0), 0)).unwrap();
-    assert!(w.finish().unwrap_err().to_string().contains("4 of 5 rows never written"));
-    assert!(!q.exists());
-    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1, "no temporary file left");
-    std::fs::write(&p, &whole[..whole.len() - 4]).unwrap();
-    assert!(NpyRows::open(&p, &sha).unwrap_err().to_string().contains("sha256"));
-}
-
-#[test]
-fn calibrated_ranges_cover_values_of_one_sign() {
-    use tlearn::calibrate::{Method, Stats};
-    let up: Vec<f32> = (0..10_000).map(|i| 2.0 + 8.0 * i as f32 / 9_999.0).collect();
-    let down: Vec<f32> = up.iter().map(|v| -v).collect();
-    for m in [Method::Minmax, Method::Percentile, Method::Entropy] {
-        let range = |v: &[f32]| {
-            let mut s = Stats::default();
-            s.observe_range(v);
-            s.observe_histogram(v);
-            s.range(m)
-        };
-        let (lo, hi) = range(&up);
-        assert!(lo == 0.0 && (9.5..=10.0).contains(&hi), "{m:?} on [2, 10]: ({lo}, {hi})");
-        let (lo, hi) = range(&down);
-        assert!(hi == 0.0 && (-10.0..=-9.5).contains(&lo), "{m:?} on [-10, -2]: ({lo}, {hi})");
-    }
-}
-
-#[test]
 fn byte_sizes_read_as_powers_of_1024() {
     use tlearn::cli::byte_size;
     assert_eq!(byte_size("4096"), Ok(4096));
@@ -344,43 +200,6 @@ fn byte_sizes_read_as_powers_of_1024() {
     for bad in ["", "G", "-1M", "12Q", "1e400", "nanG"] {
         assert!(byte_size(bad).is_err(), "{bad}");
     }
-}
-
-/// Rows kept past a budget come back from their file exactly as rows kept in memory, for any
-/// order of indices (repeats too), u8 and f32 alike; no file is visible in the folder; a row past
-/// the end is an error naming what the rows are.
-#[test]
-fn spilled_rows_read_back_as_rows_in_memory() {
-    use tlearn::spill::{Budget, RowWriter, Rows};
-    let dir = tempfile::tempdir().unwrap();
-    fn fill<T: bytemuck::Pod>(budget: &Budget, rows: &[Vec<T>], shape: &[usize]) -> Rows<T> {
-        let mut w = RowWriter::new(budget, "test rows", rows.len(), shape).unwrap();
-        for r in rows {
-            w.push(1, r).unwrap();
-        }
-        w.finish().unwrap()
-    }
-    let idx = [6, 0, 3, 3, 9, 1];
-    let bytes: Vec<Vec<u8>> = (0..10u8).map(|i| (0..12).map(|j| i * 16 + j).collect()).collect();
-    let floats: Vec<Vec<f32>> = (0..10).map(|i| (0..6).map(|j| i as f32 + j as f32 / 8.0 - 3.0).collect()).collect();
-    let (held, spilled) = (Budget::new(u64::MAX, dir.path()), Budget::new(0, dir.path()));
-    let (a, b) = (fill(&held, &bytes, &[2, 2, 3]), fill(&spilled, &bytes, &[2, 2, 3]));
-    assert!(!a.on_disk() && b.on_disk());
-    assert_eq!(a.select(&idx).unwrap(), b.select(&idx).unwrap());
-    assert_eq!(b.select(&idx).unwrap().shape(), &[6, 2, 2, 3]);
-    assert_eq!(b.select(&[3]).unwrap().iter().copied().collect::<Vec<u8>>(), bytes[3]);
-    let (c, d) = (fill(&held, &floats, &[6]), fill(&spilled, &floats, &[6]));
-    assert_eq!(c.select(&idx).unwrap(), d.select(&idx).unwrap());
-    assert_eq!(d.select(&[9]).unwrap().iter().copied().collect::<Vec<f32>>(), floats[9]);
-    let err = d.select(&[10]).unwrap_err().to_string();
-    assert!(err.contains("test rows") && err.contains("row 10"), "{err}");
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "spill files are never listed");
-    // A budget is shared: the first set takes what it needs, the next spills.
-    let shared = Budget::new(120, dir.path());
-    assert!(!fill(&shared, &bytes, &[12]).on_disk());
-    assert!(fill(&shared, &bytes[..1], &[12]).on_disk());
-    let mut w = RowWriter::<u8>::new(&held, "short", 2, &[4]).unwrap();
-    assert!(w.push(1, &[1, 2, 3]).is_err(), "a partial row is refused");
 }
 
 /// The optimizer's update multiplies and adds no rank-0 scalar: onnxruntime broadcasts one over a
