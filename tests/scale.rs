@@ -1,5 +1,6 @@
 //! Scale-out and concurrency: `--shard I/N` runs as N concurrent processes, merged, equal one run
-//! byte for byte; locks make a second writer wait or fail clearly.
+//! byte for byte; locks make a second writer wait or fail clearly; memory budgets (`--max-memory`
+//! sizes, a fine-tune past its budget reading images from disk).
 
 mod common;
 use common::*;
@@ -317,4 +318,18 @@ fn finetune_past_its_memory_budget_reads_images_from_disk_with_the_same_result()
     }
     let bad = fails("tlearn-finetune", &["net.onnx", "--data", "data/toy", "--max-memory", "12Q"], w);
     assert!(bad.contains("12Q") && bad.contains("unit"), "{bad}");
+}
+
+#[test]
+fn byte_sizes_read_as_powers_of_1024() {
+    use tlearn::cli::byte_size;
+    assert_eq!(byte_size("4096"), Ok(4096));
+    assert_eq!(byte_size("1K"), Ok(1024));
+    assert_eq!(byte_size("512M"), Ok(512 << 20));
+    assert_eq!(byte_size("1.5G"), Ok(3 << 29));
+    assert_eq!(byte_size("2GiB"), Ok(2 << 30));
+    assert_eq!(byte_size("2gb"), Ok(2 << 30));
+    for bad in ["", "G", "-1M", "12Q", "1e400", "nanG"] {
+        assert!(byte_size(bad).is_err(), "{bad}");
+    }
 }
