@@ -1,6 +1,7 @@
 //! `tlearn-finetune` end to end: a net built from scratch fine-tuned, scored and previewed, a
 //! cached trunk training the rest as the whole net would, and the data options (what a run trains
-//! on). (The first two from `tests/pipeline.rs`.)
+//! on); without validation it resumes and reports every file skipped (from the red-team pass).
+//! (The first two from `tests/pipeline.rs`.)
 
 mod common;
 use common::*;
@@ -220,4 +221,52 @@ fn a_cached_trunk_trains_the_rest_as_the_whole_net_would() {
         w,
     );
     assert!(err.contains("fixed views"), "{err}");
+}
+
+#[test]
+fn a_finetune_without_validation_resumes_and_reports_every_skipped_file() {
+    let e = tlearn::history::Epoch {
+        epoch: 1,
+        loss: 0.5,
+        accuracy: 0.75,
+        val_loss: f64::NAN,
+        val_accuracy: f64::NAN,
+        seconds: 1.0,
+    };
+    let back: tlearn::history::Epoch = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+    assert!(back.val_loss.is_nan() && back.loss == 0.5);
+
+    let w = workdir();
+    let w = w.path();
+    make_dataset(&w.join("raw"), &["cat", "dog"], 10, false);
+    ok("tlearn-data", &["split", "raw", "data/nv", "--validation", "0", "--seed", "1"], w);
+    std::fs::remove_dir_all(w.join("data/nv/validation")).ok();
+    std::os::unix::fs::symlink("/nonexistent/x.png", w.join("data/nv/train/cat/dangling.png")).unwrap();
+    std::fs::write(w.join("data/nv/test/dog/broken.png"), b"\x89PNG\r\n\x1a\n broken").unwrap();
+    ok("tlearn-convnet", &["mnist", "--out", "net.onnx", "--classes", "2"], w);
+    let args =
+        |epochs: &'static str| ["net.onnx", "--data", "data/nv", "--run", "nv", "--epochs", epochs, "--batch", "8"];
+    let out = ok("tlearn-finetune", &args("1"), w);
+    assert!(out.contains("test: skipped 1"), "{out}");
+    let info = json(&w.join("runs/nv/model.onnx.json"));
+    let skipped = info["skipped"].to_string();
+    assert!(skipped.contains("dangling.png"), "link error not listed: {skipped}");
+    let metrics = json(&w.join("reports/nv/metrics.json"));
+    assert!(metrics["skipped"].to_string().contains("broken.png"), "{metrics}");
+    // The same command with more epochs continues from the checkpoint.
+    let out = ok("tlearn-finetune", &args("2"), w);
+    assert!(out.contains("epoch   2/2"), "{out}");
+    let hist = std::fs::read_to_string(w.join("runs/nv/history.csv")).unwrap();
+    assert_eq!(hist.lines().count(), 3, "{hist}");
+    // A best model replaced since the checkpoint is refused on resume, not taken as the best.
+    std::fs::copy(w.join("net.onnx"), w.join("runs/nv/best.onnx")).unwrap();
+    let err = fails("tlearn-finetune", &args("3"), w);
+    assert!(err.contains("best.onnx") && err.contains("sha256"), "{err}");
+    // The run folder may not overlap the data it trains on.
+    let err = fails(
+        "tlearn-finetune",
+        &["net.onnx", "--data", "data/nv", "--runs", "data", "--run", "nv", "--epochs", "1"],
+        w,
+    );
+    assert!(err.contains("input"), "{err}");
 }

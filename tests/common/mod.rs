@@ -214,6 +214,11 @@ pub fn count_files(dir: &Path) -> usize {
     walkdir::WalkDir::new(dir).into_iter().filter_map(|e| e.ok()).filter(|e| e.file_type().is_file()).count()
 }
 
+/// A JSON file's value (a sidecar, a summary, a record); panics naming the file.
+pub fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+}
+
 /// Every evaluated test image has a score row with the same class and probability (within 1e-4).
 pub fn assert_scores_match_predictions(scores_csv: &str, predictions_csv: &str) {
     let rows: Vec<&str> = scores_csv.lines().skip(1).collect();
