@@ -195,3 +195,26 @@ fn kl_divergence(p: &[f64], q: &[f64]) -> f64 {
         })
         .sum()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calibrated_ranges_cover_values_of_one_sign() {
+        let up: Vec<f32> = (0..10_000).map(|i| 2.0 + 8.0 * i as f32 / 9_999.0).collect();
+        let down: Vec<f32> = up.iter().map(|v| -v).collect();
+        for m in [Method::Minmax, Method::Percentile, Method::Entropy] {
+            let range = |v: &[f32]| {
+                let mut s = Stats::default();
+                s.observe_range(v);
+                s.observe_histogram(v);
+                s.range(m)
+            };
+            let (lo, hi) = range(&up);
+            assert!(lo == 0.0 && (9.5..=10.0).contains(&hi), "{m:?} on [2, 10]: ({lo}, {hi})");
+            let (lo, hi) = range(&down);
+            assert!(hi == 0.0 && (-10.0..=-9.5).contains(&lo), "{m:?} on [-10, -2]: ({lo}, {hi})");
+        }
+    }
+}

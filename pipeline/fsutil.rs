@@ -303,3 +303,44 @@ pub fn read_verified(path: &Path, expected: &str) -> Result<Vec<u8>> {
     }
     Ok(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_keeps_the_old_file_when_interrupted() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.npy");
+        write_bytes_atomic(&p, b"old").unwrap();
+        let r = write_atomic(&p, |w| {
+            w.write_all(b"half")?;
+            Err(std::io::Error::other("killed"))
+        });
+        assert!(r.is_err());
+        assert_eq!(std::fs::read(&p).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1, "no temp file left behind");
+    }
+
+    #[test]
+    fn names_cannot_escape_the_output_folder() {
+        let root = Path::new("/tmp/out");
+        assert!(safe_join(root, "../x").is_err());
+        assert!(safe_join(root, "/etc").is_err());
+        assert_eq!(safe_join(root, "cat/a.jpg").unwrap(), root.join("cat/a.jpg"));
+    }
+
+    /// Paths as text (a CSV cell, a JSON string) and back: bytes that are not UTF-8 and
+    /// backslashes keep their bytes.
+    #[test]
+    fn escaped_text_and_paths_round_trip() {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = Path::new(std::ffi::OsStr::from_bytes(b"odd/x\xff.png"));
+        for p in
+            [odd, Path::new("a\\b\\\\x41.png"), Path::new("plain/a b.jpg"), Path::new("=1+1.png"), Path::new("'q.png")]
+        {
+            assert_eq!(text_path(&path_text(p)), p);
+            assert_eq!(text_path(csv_uncell(&csv_cell(&path_text(p)))), p);
+        }
+    }
+}

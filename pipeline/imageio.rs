@@ -497,3 +497,60 @@ impl Preprocess {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_resize_matches_pil_sampling() {
+        // 4×1 → 2×1: PIL NEAREST samples source x = floor((x + 0.5) · 2) = 1, 3.
+        let img = image::RgbImage::from_fn(4, 1, |x, _| image::Rgb([x as u8 * 10, 0, 0]));
+        let a = to_rgb_array(&image::DynamicImage::ImageRgb8(img), (1, 2), Interpolation::Nearest);
+        assert_eq!(a.index_axis(Axis(2), 0).iter().copied().collect::<Vec<_>>(), vec![10.0, 30.0]);
+    }
+
+    #[test]
+    fn gray_and_sixteen_bit_become_rgb() {
+        let g = image::GrayImage::from_pixel(3, 3, image::Luma([100]));
+        let a = to_rgb_array(&image::DynamicImage::ImageLuma8(g), (3, 3), Interpolation::Bilinear);
+        assert!(a.iter().all(|&v| v == 100.0));
+        let g16 = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_pixel(2, 2, image::Luma([65535]));
+        let a = to_rgb_array(&image::DynamicImage::ImageLuma16(g16), (2, 2), Interpolation::Nearest);
+        assert!(a.iter().all(|&v| v == 255.0));
+    }
+
+    #[test]
+    fn caffe_preprocessing_flips_to_bgr_and_subtracts_means() {
+        let mut a = ndarray::Array3::<f32>::zeros((1, 1, 3));
+        a[[0, 0, 0]] = 10.0; // R
+        a[[0, 0, 2]] = 30.0; // B
+        Preprocess::of(PreprocessKind::Caffe).apply(a.view_mut());
+        let v: Vec<f32> = a.iter().copied().collect();
+        assert!(
+            (v[0] - (30.0 - 103.939)).abs() < 1e-4
+                && (v[1] + 116.779).abs() < 1e-4
+                && (v[2] - (10.0 - 123.68)).abs() < 1e-4,
+            "{v:?}"
+        );
+        let mut b = ndarray::Array3::<f32>::from_elem((1, 1, 3), 255.0);
+        Preprocess::of(PreprocessKind::Tf).apply(b.view_mut());
+        assert!(b.iter().all(|&v| (v - 1.0).abs() < 1e-6));
+    }
+
+    #[test]
+    fn decompression_bombs_and_garbage_are_refused_with_the_path() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("big.png");
+        image::RgbImage::new(200, 200).save(&p).unwrap();
+        match decode(&p, 1000) {
+            Err(Error::BadImage { path, reason }) => {
+                assert!(path == p && reason.contains("exceeds the limit"), "{reason}")
+            }
+            other => panic!("expected a bad image, got {:?}", other.err()),
+        }
+        let q = d.path().join("zero.jpg");
+        std::fs::write(&q, b"").unwrap();
+        assert!(matches!(decode(&q, u64::MAX), Err(Error::BadImage { path, .. }) if path == q));
+    }
+}

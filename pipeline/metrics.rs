@@ -203,3 +203,39 @@ pub fn roc_curves(probs: &ArrayD<f32>, labels: &[usize], classes: &[String]) -> 
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roc_auc_by_ranks() {
+        let auc = roc_auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]).unwrap();
+        assert!((auc - 0.75).abs() < 1e-12);
+        assert_eq!(roc_auc(&[0.5, 0.5], &[false, true]), Some(0.5));
+        assert_eq!(roc_auc(&[0.5], &[true]), None);
+    }
+
+    #[test]
+    fn metrics_confusion_and_f1() {
+        let probs = ArrayD::from_shape_vec(ndarray::IxDyn(&[4, 1]), vec![0.9, 0.2, 0.7, 0.4]).unwrap();
+        let m = compute(&probs, &[1, 0, 0, 1], &["a".into(), "b".into()]);
+        assert_eq!(m.confusion, vec![vec![1, 1], vec![1, 1]]);
+        assert_eq!(m.accuracy, 0.5);
+        assert!((m.per_class[1].f1 - 0.5).abs() < 1e-12);
+    }
+
+    /// Outputs of rank 1 and 3 (a hole a read-through found): per-row probabilities and
+    /// predictions, no panic; a width check names the shape.
+    #[test]
+    fn outputs_of_any_rank_give_probabilities_and_predictions() {
+        use ndarray::IxDyn;
+        let r1 = ArrayD::from_shape_vec(IxDyn(&[2]), vec![0.2f32, 0.9]).unwrap();
+        assert_eq!(predicted(&r1), [0, 1]);
+        let r3 = ArrayD::from_shape_vec(IxDyn(&[2, 1, 2]), vec![0.1f32, 0.9, 0.8, 0.2]).unwrap();
+        assert_eq!(predicted(&r3), [1, 0]);
+        assert_eq!(class_probs(&r3)[1], [0.800000011920929, 0.20000000298023224]);
+        let e = check_width(&r3, 2, std::path::Path::new("m.onnx")).err().unwrap();
+        assert!(e.to_string().contains("[2, 1, 2]"), "{e}");
+    }
+}

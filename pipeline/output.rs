@@ -201,3 +201,20 @@ fn shard_prefix_len(s: &str) -> Option<usize> {
     // and what follows it must still hold the overlay's number.
     (i > 0 && n > 0 && after.len() >= 5).then(|| s.len() - after.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_names_are_recognised_and_nothing_else() {
+        assert!(is_overlay_name("00007-cat.png"));
+        assert!(is_overlay_name("1-of-4-00012-cat_1.png"));
+        let others = ["photo.png", "0001-a.png", "00001-a.jpg", "00001-a b.png", "../00001-a.png", "00001-a.png.png"];
+        for other in
+            others.into_iter().chain(["фото.png", "日本.png", "0000日-a.png", "00001-日.png", "1-of-4-0001-a.png"])
+        {
+            assert!(!is_overlay_name(other), "{other}");
+        }
+    }
+}

@@ -175,3 +175,45 @@ impl<T: bytemuck::Pod> Rows<T> {
         IxDyn(&[&[n][..], &self.shape].concat())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows kept past a budget come back from their file exactly as rows kept in memory, for any
+    /// order of indices (repeats too), u8 and f32 alike; no file is visible in the folder; a row past
+    /// the end is an error naming what the rows are.
+    #[test]
+    fn spilled_rows_read_back_as_rows_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        fn fill<T: bytemuck::Pod>(budget: &Budget, rows: &[Vec<T>], shape: &[usize]) -> Rows<T> {
+            let mut w = RowWriter::new(budget, "test rows", rows.len(), shape).unwrap();
+            for r in rows {
+                w.push(1, r).unwrap();
+            }
+            w.finish().unwrap()
+        }
+        let idx = [6, 0, 3, 3, 9, 1];
+        let bytes: Vec<Vec<u8>> = (0..10u8).map(|i| (0..12).map(|j| i * 16 + j).collect()).collect();
+        let floats: Vec<Vec<f32>> =
+            (0..10).map(|i| (0..6).map(|j| i as f32 + j as f32 / 8.0 - 3.0).collect()).collect();
+        let (held, spilled) = (Budget::new(u64::MAX, dir.path()), Budget::new(0, dir.path()));
+        let (a, b) = (fill(&held, &bytes, &[2, 2, 3]), fill(&spilled, &bytes, &[2, 2, 3]));
+        assert!(!a.on_disk() && b.on_disk());
+        assert_eq!(a.select(&idx).unwrap(), b.select(&idx).unwrap());
+        assert_eq!(b.select(&idx).unwrap().shape(), &[6, 2, 2, 3]);
+        assert_eq!(b.select(&[3]).unwrap().iter().copied().collect::<Vec<u8>>(), bytes[3]);
+        let (c, d) = (fill(&held, &floats, &[6]), fill(&spilled, &floats, &[6]));
+        assert_eq!(c.select(&idx).unwrap(), d.select(&idx).unwrap());
+        assert_eq!(d.select(&[9]).unwrap().iter().copied().collect::<Vec<f32>>(), floats[9]);
+        let err = d.select(&[10]).unwrap_err().to_string();
+        assert!(err.contains("test rows") && err.contains("row 10"), "{err}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "spill files are never listed");
+        // A budget is shared: the first set takes what it needs, the next spills.
+        let shared = Budget::new(120, dir.path());
+        assert!(!fill(&shared, &bytes, &[12]).on_disk());
+        assert!(fill(&shared, &bytes[..1], &[12]).on_disk());
+        let mut w = RowWriter::<u8>::new(&held, "short", 2, &[4]).unwrap();
+        assert!(w.push(1, &[1, 2, 3]).is_err(), "a partial row is refused");
+    }
+}

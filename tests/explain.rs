@@ -188,10 +188,5 @@ fn overlay_names_are_bounded_and_recognised() {
     let p = tlearn::explain::png_path(Path::new("d"), 7, &format!("{long}.jpg"));
     let name = p.file_name().unwrap().to_str().unwrap();
     assert_eq!(name.len(), "00007-".len() + tlearn::explain::MAX_STEM + ".png".len());
-    assert!(tlearn::output::is_overlay_name(name));
-    assert!(tlearn::output::is_overlay_name("1-of-4-00012-cat_1.png"));
-    let others = ["photo.png", "0001-a.png", "00001-a.jpg", "00001-a b.png", "../00001-a.png", "00001-a.png.png"];
-    for other in others.into_iter().chain(["фото.png", "日本.png", "0000日-a.png", "00001-日.png"]) {
-        assert!(!tlearn::output::is_overlay_name(other), "{other}");
-    }
+    assert!(tlearn::output::is_overlay_name(name), "{name}: the names `output` recognises (its unit tests)");
 }

@@ -1,7 +1,15 @@
-//! `tlearn-finetune`'s data options end to end: what a run trains on.
+//! `tlearn-finetune` end to end: a net built from scratch fine-tuned, scored and previewed, a
+//! cached trunk training the rest as the whole net would, and the data options (what a run trains
+//! on); without validation it resumes and reports every file skipped (from the red-team pass).
+//! (The first two from `tests/pipeline.rs`.)
 
 mod common;
 use common::*;
+use std::path::Path;
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
 
 /// `--include-validation` trains on train/ and validation/ as on one folder holding both: the
 /// same weights and history as a run on such a folder, byte for byte, the last epoch as the
@@ -67,4 +75,197 @@ fn settings_that_select_or_watch_nothing_are_refused() {
         "{err}"
     );
     assert!(!w.join("runs/x").exists());
+}
+
+#[test]
+fn convnet_from_scratch_finetune_score_and_preview() {
+    let w = workdir();
+    let w = w.path();
+    make_dataset(&w.join("raw"), &["a", "b", "c"], 40, false);
+    ok("tlearn-data", &["split", "raw", "data/toy", "--seed", "1"], w);
+    let s = ok("tlearn-convnet", &["mnist", "--out", "net.onnx", "--classes", "3"], w);
+    assert!(s.contains("(None, 26, 26, 32)") && s.contains("(None, 3)"), "{s}");
+    assert!(s.contains("Total params: 92,867"), "93,322 − 650 + 64·3 + 3: {s}");
+    // A net whose classifier does not fit the data is refused, naming both.
+    ok("tlearn-convnet", &["mnist", "--out", "ten.onnx"], w);
+    let err = fails("tlearn-finetune", &["ten.onnx", "--data", "data/toy", "--epochs", "1"], w);
+    assert!(err.contains("ten.onnx") && err.contains("data/toy/train"), "{err}");
+
+    let args = [
+        "net.onnx",
+        "--data",
+        "data/toy",
+        "--run",
+        "t",
+        "--epochs",
+        "12",
+        "--batch",
+        "8",
+        "--lr",
+        "2e-3",
+        "--rotation-range",
+        "10",
+        "--horizontal-flip",
+        "--device",
+        "cpu",
+    ];
+    let out = ok("tlearn-finetune", &args, w);
+    assert_eq!(out.lines().filter(|l| l.starts_with("epoch")).count(), 12, "{out}");
+    for f in ["best.onnx", "last.onnx", "model.onnx", "model.onnx.json", "history.csv", "history.png"] {
+        assert!(w.join("runs/t").join(f).exists(), "runs/t/{f} missing:\n{out}");
+    }
+    let m: serde_json::Value = serde_json::from_str(&read(&w.join("reports/t/metrics.json"))).unwrap();
+    assert!(m["accuracy"].as_f64().unwrap() >= 0.8, "separable brightness: {m}");
+    assert_eq!(m["augment"]["rotation_range"], 10.0);
+    // Same seed, same training: the best checkpoint is byte-identical.
+    let first = std::fs::read(w.join("runs/t/best.onnx")).unwrap();
+    let again: Vec<&str> = args.iter().copied().chain(["--restart"]).collect();
+    ok("tlearn-finetune", &again, w);
+    assert!(std::fs::read(w.join("runs/t/best.onnx")).unwrap() == first, "seeded augmentation and training");
+
+    // Interrupted after 5 epochs, resumed to 12: the same weights as the uninterrupted run.
+    let short: Vec<&str> = args
+        .iter()
+        .map(|a| {
+            if *a == "12" {
+                "5"
+            } else if *a == "t" {
+                "r"
+            } else {
+                a
+            }
+        })
+        .collect();
+    ok("tlearn-finetune", &short, w);
+    let resumed: Vec<&str> = args.iter().map(|a| if *a == "t" { "r" } else { a }).chain(["--resume"]).collect();
+    let out = ok("tlearn-finetune", &resumed, w);
+    assert_eq!(out.lines().filter(|l| l.starts_with("epoch")).count(), 12, "history replayed + continued: {out}");
+    let same = std::fs::read(w.join("runs/r/last.onnx")).unwrap() == std::fs::read(w.join("runs/t/last.onnx")).unwrap();
+    assert!(same, "resumed weights differ from the uninterrupted run's");
+    assert_eq!(read(&w.join("runs/r/history.csv")).lines().count(), 13);
+    let other_lr: Vec<&str> = resumed.iter().map(|a| if *a == "2e-3" { "5e-3" } else { a }).collect();
+    let err = fails("tlearn-finetune", &other_lr, w);
+    assert!(err.contains("checkpoint.onnx") && err.contains("other settings"), "{err}");
+    // A finished run rerun with other settings is refused, naming them; --restart replaces it.
+    let finished = std::fs::read(w.join("runs/t/best.onnx")).unwrap();
+    let other: Vec<&str> = args.iter().map(|a| if *a == "2e-3" { "5e-3" } else { a }).collect();
+    let err = fails("tlearn-finetune", &other, w);
+    assert!(err.contains("lr: 0.002 → 0.005") && err.contains("--restart"), "{err}");
+    assert!(std::fs::read(w.join("runs/t/best.onnx")).unwrap() == finished, "the finished run is kept");
+
+    // Fine-tuning only the dense layers leaves the conv kernels untouched.
+    ok(
+        "tlearn-finetune",
+        &["net.onnx", "--data", "data/toy", "--run", "f", "--epochs", "1", "--trainable", "dense*", "--device", "cpu"],
+        w,
+    );
+    let info: serde_json::Value = serde_json::from_str(&read(&w.join("runs/f/run.json"))).unwrap();
+    assert_eq!(info["trainable_params"], 576 * 64 + 64 + 64 * 3 + 3, "{info}");
+    let tensor = |file: &str, name: &str| {
+        let m = tlearn::onnx::load_model(&w.join(file)).unwrap();
+        let t = m.graph.unwrap().initializer.into_iter().find(|t| t.name == name).unwrap();
+        tlearn::onnx::tensor_to_f32(&t).unwrap()
+    };
+    assert_eq!(tensor("net.onnx", "conv2d/kernel"), tensor("runs/f/last.onnx", "conv2d/kernel"));
+    assert_ne!(tensor("net.onnx", "dense/kernel"), tensor("runs/f/last.onnx", "dense/kernel"));
+
+    // The deployable model (gray conversion and rescale in-graph) scores raw images like evaluation.
+    ok("tlearn-score", &["data/toy/test", "--model", "runs/t/model.onnx", "--out", "s.csv", "--device", "cpu"], w);
+    assert_scores_match_predictions(&read(&w.join("s.csv")), &read(&w.join("reports/t/predictions.csv")));
+
+    let img = w.join("data/toy/train/a").read_dir().unwrap().next().unwrap().unwrap().path();
+    ok("tlearn-finetune", &["net.onnx", "--preview", img.to_str().unwrap(), "--augment", "--preview-out", "p.png"], w);
+    let p = image::open(w.join("p.png")).unwrap();
+    assert_eq!((p.width(), p.height()), (4 * 32 + 4, 4 * 32 + 4), "4×4 grid of 28×28 with 4 px gaps");
+}
+
+#[test]
+fn a_cached_trunk_trains_the_rest_as_the_whole_net_would() {
+    let w = workdir();
+    let w = w.path();
+    make_dataset(&w.join("raw"), &["a", "b", "c"], 20, false);
+    ok("tlearn-data", &["split", "raw", "data/toy", "--seed", "1"], w);
+    ok("tlearn-convnet", &["mnist", "--out", "net.onnx", "--classes", "3"], w);
+    let base = ["net.onnx", "--data", "data/toy", "--epochs", "3", "--batch", "8", "--lr", "1e-3"];
+    let base = [&base[..], &["--trainable", "dense*", "--explain", "0", "--device", "cpu"]].concat();
+    let losses = |out: &str| -> Vec<f64> {
+        out.lines()
+            .filter(|l| l.starts_with("epoch"))
+            .map(|l| l.split_whitespace().nth(3).unwrap().parse().unwrap())
+            .collect()
+    };
+    let whole = ok("tlearn-finetune", &[&base[..], &["--run", "whole"]].concat(), w);
+    let cached = ok("tlearn-finetune", &[&base[..], &["--run", "cached", "--cache-trunk"]].concat(), w);
+    let (lw, lc) = (losses(&whole), losses(&cached));
+    assert_eq!(lw.len(), 3);
+    for (a, b) in lw.iter().zip(&lc) {
+        assert!((a - b).abs() < 2e-3, "the same fit: {lw:?} vs {lc:?}");
+    }
+    let info: serde_json::Value = serde_json::from_str(&read(&w.join("runs/cached/run.json"))).unwrap();
+    assert_eq!(info["trunk"]["views"], serde_json::json!(["identity"]), "{info}");
+    let acc = |run: &str| -> f64 {
+        let m: serde_json::Value = serde_json::from_str(&read(&w.join(format!("reports/{run}/metrics.json")))).unwrap();
+        m["accuracy"].as_f64().unwrap()
+    };
+    assert!((acc("whole") - acc("cached")).abs() < 0.05, "{} vs {}", acc("whole"), acc("cached"));
+    // Flips: the trunk's output cached for each of the four views.
+    let flips = ["--run", "flips", "--cache-trunk", "--horizontal-flip", "--vertical-flip"];
+    ok("tlearn-finetune", &[&base[..], &flips].concat(), w);
+    let info: serde_json::Value = serde_json::from_str(&read(&w.join("runs/flips/run.json"))).unwrap();
+    assert_eq!(info["trunk"]["views"].as_array().unwrap().len(), 4, "{info}");
+    // A random transform would need the trunk every epoch.
+    let err = fails(
+        "tlearn-finetune",
+        &[&base[..], &["--run", "rot", "--cache-trunk", "--rotation-range", "10"]].concat(),
+        w,
+    );
+    assert!(err.contains("fixed views"), "{err}");
+}
+
+#[test]
+fn a_finetune_without_validation_resumes_and_reports_every_skipped_file() {
+    let e = tlearn::history::Epoch {
+        epoch: 1,
+        loss: 0.5,
+        accuracy: 0.75,
+        val_loss: f64::NAN,
+        val_accuracy: f64::NAN,
+        seconds: 1.0,
+    };
+    let back: tlearn::history::Epoch = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+    assert!(back.val_loss.is_nan() && back.loss == 0.5);
+
+    let w = workdir();
+    let w = w.path();
+    make_dataset(&w.join("raw"), &["cat", "dog"], 10, false);
+    ok("tlearn-data", &["split", "raw", "data/nv", "--validation", "0", "--seed", "1"], w);
+    std::fs::remove_dir_all(w.join("data/nv/validation")).ok();
+    std::os::unix::fs::symlink("/nonexistent/x.png", w.join("data/nv/train/cat/dangling.png")).unwrap();
+    std::fs::write(w.join("data/nv/test/dog/broken.png"), b"\x89PNG\r\n\x1a\n broken").unwrap();
+    ok("tlearn-convnet", &["mnist", "--out", "net.onnx", "--classes", "2"], w);
+    let args =
+        |epochs: &'static str| ["net.onnx", "--data", "data/nv", "--run", "nv", "--epochs", epochs, "--batch", "8"];
+    let out = ok("tlearn-finetune", &args("1"), w);
+    assert!(out.contains("test: skipped 1"), "{out}");
+    let info = json(&w.join("runs/nv/run.json"));
+    let skipped = info["skipped"].to_string();
+    assert!(skipped.contains("dangling.png"), "link error not listed: {skipped}");
+    let metrics = json(&w.join("reports/nv/metrics.json"));
+    assert!(metrics["skipped"].to_string().contains("broken.png"), "{metrics}");
+    // The same command with more epochs continues from the checkpoint.
+    let out = ok("tlearn-finetune", &args("2"), w);
+    assert!(out.contains("epoch   2/2"), "{out}");
+    let hist = std::fs::read_to_string(w.join("runs/nv/history.csv")).unwrap();
+    assert_eq!(hist.lines().count(), 3, "{hist}");
+    // A best model replaced since the checkpoint is refused on resume, not taken as the best.
+    std::fs::copy(w.join("net.onnx"), w.join("runs/nv/best.onnx")).unwrap();
+    let err = fails("tlearn-finetune", &args("3"), w);
+    assert!(err.contains("best.onnx") && err.contains("sha256"), "{err}");
+    // The run folder may not overlap the data it trains on.
+    let err = fails(
+        "tlearn-finetune",
+        &["net.onnx", "--data", "data/nv", "--runs", "data", "--run", "nv", "--epochs", "1"],
+        w,
+    );
+    assert!(err.contains("input"), "{err}");
 }

@@ -413,7 +413,7 @@ fn in_graph_optimizers_follow_keras_update_rules() {
 fn cuda_training_matches_cpu() {
     tlearn::runtime::init().unwrap();
     if !tlearn::runtime::cuda_compiled_in() {
-        eprintln!("GPU test skipped: the loaded onnxruntime has no CUDA execution provider (`make setup-cuda` on a GPU machine)");
+        common::skipped("the loaded onnxruntime has no CUDA execution provider (make setup-cuda on a GPU machine)");
         return;
     }
     let spec = tlearn::convnet::spec("mnist").unwrap();
@@ -521,7 +521,7 @@ fn nchwc_rewrite_matches_standard_ops() {
         // MLAS has NCHWc kernels on every x86-64 CPU with AVX2: there the probe must find them.
         #[cfg(target_arch = "x86_64")]
         assert!(!is_x86_feature_detected!("avx2"), "AVX2 CPU, but the NCHWc probe found no kernels");
-        eprintln!("skipped: onnxruntime has no NCHWc kernels on this CPU");
+        common::skipped("onnxruntime has no NCHWc kernels on this CPU");
         return;
     };
     let m = conv_model([9, 9, 16], 3, |b, rng, x| {

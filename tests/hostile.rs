@@ -1,6 +1,8 @@
 //! A generated corpus of hostile inputs (broken, odd and malicious files and names) through every
 //! stage that reads images or ONNX: no crash, every bad file reported with its path and counted,
-//! every good file scored exactly as in a clean run.
+//! every good file scored exactly as in a clean run; a JPEG whose data ends before its rows is a
+//! bad file; absurd numbers and closed pipes end in clear errors, not crashes (these two from the
+//! red-team pass).
 
 mod common;
 use common::*;
@@ -8,6 +10,11 @@ use image::{ImageBuffer, Rgb, RgbImage};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn no_panic(err: &str) {
+    assert!(!err.contains("panicked"), "a panic instead of an error: {err}");
+}
 
 fn png_bytes(img: &RgbImage) -> Vec<u8> {
     let mut v = std::io::Cursor::new(vec![]);
@@ -285,4 +292,162 @@ fn hostile_onnx_files_are_refused_with_the_path_and_the_problem() {
         }
     }
     assert!(!w.join("x.onnx").exists() && !w.parent().unwrap().join("x").exists());
+}
+
+/// A baseline JPEG of noise, and the same file cut after `keep` bytes of entropy-coded data and
+/// closed with an end-of-image marker: the header still declares the whole image.
+fn jpeg_pair(w: u32, h: u32, keep: usize) -> (Vec<u8>, Vec<u8>) {
+    let img = make_image(0, 5, w, h);
+    let mut full = vec![];
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut full, 90).encode_image(&img).unwrap();
+    let sos = full.windows(2).position(|p| p == [0xFF, 0xDA]).unwrap();
+    let len = u16::from_be_bytes([full[sos + 2], full[sos + 3]]) as usize;
+    let start = sos + 2 + len;
+    let mut cut = full[..start + keep].to_vec();
+    cut.extend_from_slice(&[0xFF, 0xD9]);
+    (full, cut)
+}
+
+#[test]
+fn a_jpeg_whose_data_ends_before_its_rows_is_a_bad_file() {
+    let (full, cut) = jpeg_pair(640, 480, 300);
+    let p = Path::new("short.jpg");
+    let err = tlearn::imageio::decode_bytes(&cut, p, 1 << 30).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("short.jpg") && err.contains("ends before"), "{err}");
+    // Cut anywhere in the data, not only to a sliver of it.
+    for frac in [0.5, 0.9] {
+        let keep = ((full.len() - 700) as f64 * frac) as usize;
+        let (_, cut) = jpeg_pair(640, 480, keep);
+        let r = tlearn::imageio::decode_bytes(&cut, p, 1 << 30);
+        assert!(r.is_err(), "{frac} of the data decoded as a whole image");
+    }
+    // Complete files decode exactly as the image crate decodes them: noise, flat images whose last
+    // rows of blocks take a few bytes, small gray digits with a black bottom edge, progressive.
+    let flat = image::RgbImage::from_pixel(16, 24, image::Rgb([128, 128, 128]));
+    let digit =
+        image::GrayImage::from_fn(28, 28, |x, y| image::Luma([if y < 20 && (8..20).contains(&x) { 255 } else { 0 }]));
+    let encode = |img: image::DynamicImage| {
+        let mut b = vec![];
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut b, 90).encode_image(&img).unwrap();
+        b
+    };
+    let progressive =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile/progressive.jpg")).unwrap();
+    for (what, bytes) in [
+        ("noise", full.clone()),
+        ("flat", encode(flat.into())),
+        ("digit", encode(digit.into())),
+        ("progressive", progressive),
+    ] {
+        let ours = tlearn::imageio::decode_bytes(&bytes, p, 1 << 30).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let theirs = image::load_from_memory(&bytes).unwrap();
+        assert_eq!(ours.to_rgb8().into_raw(), theirs.to_rgb8().into_raw(), "{what}");
+    }
+
+    // Through a stage: scored files exclude it and the summary names it.
+    let d = tempfile::tempdir().unwrap();
+    let w = d.path();
+    std::fs::write(w.join("short.jpg"), &cut).unwrap();
+    let bad = tlearn::imageio::decode(&w.join("short.jpg"), 1 << 30).map(|_| ()).unwrap_err();
+    assert!(bad.to_string().contains("ends before"), "{bad}");
+}
+
+fn env_run(name: &str, args: &[&str], cwd: &Path, env: (&str, &str)) -> std::process::Output {
+    Command::new(bin(name)).args(args).current_dir(cwd).env(env.0, env.1).output().unwrap()
+}
+
+#[test]
+fn absurd_numbers_and_closed_pipes_end_in_clear_errors_not_crashes() {
+    let w = workdir();
+    let w = w.path();
+    let feats = prepared(w, &["cat", "dog"], 6);
+    let ex = |extra: &[&str]| -> String {
+        let args: Vec<&str> = ["--data", "data/toy", "--backbone", "tiny", "--device", "cpu", "--out", "f"]
+            .iter()
+            .chain(extra)
+            .copied()
+            .collect();
+        fails("tlearn-extract", &args, w)
+    };
+    for (args, says) in [
+        (&["--size", "100000"][..], "size"),
+        (&["--size", "16384"], "GB"),
+        (&["--batch", "0"], "batch"),
+        (&["--max-pixels", "0"], "max-pixels"),
+    ] {
+        let err = ex(args);
+        no_panic(&err);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let err = fails(
+        "tlearn-backbone",
+        &["add", "tiny.onnx", "--output", "pool_out", "--preprocess", "caffe", "--name", "big", "--size", "100000"],
+        w,
+    );
+    assert!(err.contains("size"), "{err}");
+    for (size, says) in [("100000", "size"), ("16384", "GB")] {
+        let err = fails("tlearn-backbone", &["summary", "tiny", "--size", size], w);
+        no_panic(&err);
+        assert!(err.contains(says), "summary --size {size}: {err}");
+    }
+    for counts in ["1,2", "1,1,1,1", "1,1,18446744073709551615", "0,1,1"] {
+        let err = fails("tlearn-data", &["split", "raw", "data/c", "--counts", counts], w);
+        no_panic(&err);
+        assert!(err.contains("counts"), "{counts}: {err}");
+    }
+    for v in ["-5", "abc", "inf"] {
+        let o = env_run(
+            "tlearn-extract",
+            &["--data", "data/toy", "--backbone", "tiny", "--out", "g"],
+            w,
+            ("TLEARN_LOCK_TIMEOUT", v),
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("TLEARN_LOCK_TIMEOUT"), "{v}: {err}");
+        no_panic(&err);
+    }
+    // A closed stdout ends the output, not the work: the head is written, the exit is clean.
+    ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu"], w);
+    for (name, args, product) in [
+        (
+            "tlearn-head",
+            vec!["--features", feats.as_str(), "--run", "piped", "--epochs", "3", "--units", "8"],
+            Some("runs/piped/head.onnx"),
+        ),
+        ("tlearn-backbone", vec!["list"], None),
+    ] {
+        let mut c = Command::new(bin(name))
+            .args(&args)
+            .current_dir(w)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(c.stdout.take());
+        let o = c.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        no_panic(&err);
+        assert!(o.status.success(), "{name}: {err}");
+        if let Some(p) = product {
+            assert!(w.join(p).exists(), "{p} not written");
+        }
+    }
+    // Decoding is bounded by pixels in flight, whatever the number of threads.
+    let budget = std::sync::Arc::new(tlearn::imageio::PixelBudget::new(1000));
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    std::thread::scope(|s| {
+        for t in 0..8u64 {
+            let (budget, peak) = (budget.clone(), peak.clone());
+            s.spawn(move || {
+                for i in 0..50u64 {
+                    let g = budget.acquire(100 + (t * 37 + i * 91) % 700);
+                    peak.fetch_max(budget.in_use(), std::sync::atomic::Ordering::SeqCst);
+                    std::thread::yield_now();
+                    drop(g);
+                }
+            });
+        }
+    });
+    let p = peak.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(p <= 1000 && p > 0, "peak {p} pixels in flight, budget 1000");
 }

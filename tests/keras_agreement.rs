@@ -58,7 +58,10 @@ fn keras_losses(dir: &Path, inputs_sha256: &str) -> Vec<f64> {
             "{} was recorded from other weights/batches: run `make agree` to re-record it",
             fixture().display()
         );
-        eprintln!("no TensorFlow here: comparing with the recorded {} curve", rec.reference);
+        common::skipped(&format!(
+            "the live Keras run (no Python with TensorFlow: make agree); compared with the recorded {} curve instead",
+            rec.reference
+        ));
         return rec.losses;
     };
     let losses = keras_live(&py, dir, LR);
@@ -171,7 +174,7 @@ fn keras_tf2onnx_export_trains_like_keras() {
     let Some(py) = common::tf_python().filter(|py| {
         std::process::Command::new(py).args(["-c", "import tf2onnx"]).output().is_ok_and(|o| o.status.success())
     }) else {
-        eprintln!("SKIPPED: needs a Python with TensorFlow and tf2onnx (`make agree`)");
+        common::skipped("no Python with TensorFlow and tf2onnx (make agree)");
         return;
     };
     let spec = tlearn::convnet::spec("mnist").unwrap();

@@ -14,7 +14,7 @@ fn keras_application_bases_export_register_and_extract() {
     let py = tf_python()
         .filter(|py| Command::new(py).args(["-c", "import tf2onnx"]).status().map(|s| s.success()).unwrap_or(false));
     let Some(py) = py else {
-        eprintln!("Keras backbone test skipped: no Python with TensorFlow + tf2onnx (make bench-tf-env)");
+        skipped("no Python with TensorFlow and tf2onnx (make bench-tf-env)");
         return;
     };
     let w = workdir();

@@ -1,5 +1,6 @@
 //! The HTML report: one self-contained file with every section, the most confident mistakes first,
-//! and (where Chromium is installed) a page a headless browser opens without errors.
+//! and a page headless Chromium opens without errors (skipped with a `SKIPPED` line where Chromium
+//! is missing, a failure there when `CI` is set).
 
 mod common;
 use base64::Engine as _;
@@ -83,13 +84,63 @@ fn report_is_self_contained_with_every_section_and_mistakes_by_confidence() {
     assert!(html.contains("<tr><th>accuracy</th><td>0.6000</td></tr>"), "6 of 10 right");
 }
 
+/// Chromium where this machine has it: `/usr/bin/chromium` (Debian's `chromium`, which `.ci/run`
+/// installs) or `chromium-browser`. Missing, the test is skipped with a line saying so, except in CI
+/// (`CI` set), where a missing browser fails the test: a browser test that never runs checks nothing.
+fn chromium() -> Option<&'static str> {
+    let found = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| Path::new(p).exists());
+    if found.is_none() {
+        assert!(
+            !common::in_ci(),
+            "CI is set but there is no Chromium at /usr/bin/chromium (.ci/run installs Debian's chromium)"
+        );
+        common::skipped("no Chromium at /usr/bin/chromium (apt-get install chromium)");
+    }
+    found
+}
+
+/// Run headless Chromium on `page` with a fresh profile; (status, DOM, log). Killed after 120 s.
+fn dump_dom(chromium: &str, page: &Path, scratch: &Path) -> (std::process::ExitStatus, String, String) {
+    let (out, err) = (scratch.join("dom.html"), scratch.join("chromium.log"));
+    let mut child = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            &format!("--user-data-dir={}", scratch.join("profile").display()),
+            "--dump-dom",
+            &format!("file://{}", page.display()),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(120) {
+            child.kill().unwrap();
+            panic!("Chromium still running after 120 s: {}", std::fs::read_to_string(&err).unwrap_or_default());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let read = |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap()).into_owned();
+    (status, read(&out), read(&err))
+}
+
 #[test]
 fn report_opens_in_headless_chromium_without_errors() {
-    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| Path::new(p).exists());
-    let Some(chromium) = chromium else {
-        eprintln!("browser test skipped: no Chromium (apt-get install chromium)");
-        return;
-    };
+    let Some(chromium) = chromium() else { return };
     let w = common::workdir();
     let (probs, files, classes) = page_inputs(w.path());
     let out = w.path().join("rep");
@@ -103,30 +154,12 @@ fn report_opens_in_headless_chromium_without_errors() {
         None,
     )
     .unwrap();
-    let page = format!("file://{}", out.join("index.html").display());
-    let profile = w.path().join("profile");
-    let o = std::process::Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--enable-logging=stderr",
-            "--v=0",
-            &format!("--user-data-dir={}", profile.display()),
-            "--dump-dom",
-            &page,
-        ])
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&o.stdout);
-    let log = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{log}");
-    assert_eq!(sections(&dom), ["metrics", "confusion", "roc", "curves", "misclassified"], "{log}");
+    let (status, dom, log) = dump_dom(chromium, &out.join("index.html"), w.path());
+    assert!(status.success(), "{log}");
+    assert_eq!(sections(&dom), ["metrics", "confusion", "roc", "curves", "misclassified", "gradcam"], "{log}");
+    assert!(dom.contains("(4 of 4 errors)") && dom.contains("(not drawn: not asked for)"), "{dom:.2000}");
+    // The DOM the browser built holds every picture (confusion, ROC, three thumbnails).
+    assert_eq!(dom.matches("<img src=\"data:image/png;base64,").count(), 5, "{dom:.2000}");
     for bad in ["CONSOLE", "Uncaught", "ERR_FILE_NOT_FOUND", "Not allowed to load"] {
         assert!(!log.contains(bad), "browser log has {bad}: {log}");
     }

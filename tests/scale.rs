@@ -1,5 +1,7 @@
 //! Scale-out and concurrency: `--shard I/N` runs as N concurrent processes, merged, equal one run
-//! byte for byte; locks make a second writer wait or fail clearly.
+//! byte for byte; locks make a second writer wait or fail clearly; memory budgets (`--max-memory`
+//! sizes, a fine-tune past its budget reading images from disk); shards and merges that do not
+//! depend on how a path is spelled (from the red-team pass).
 
 mod common;
 use common::*;
@@ -317,4 +319,101 @@ fn finetune_past_its_memory_budget_reads_images_from_disk_with_the_same_result()
     }
     let bad = fails("tlearn-finetune", &["net.onnx", "--data", "data/toy", "--max-memory", "12Q"], w);
     assert!(bad.contains("12Q") && bad.contains("unit"), "{bad}");
+}
+
+#[test]
+fn byte_sizes_read_as_powers_of_1024() {
+    use tlearn::cli::byte_size;
+    assert_eq!(byte_size("4096"), Ok(4096));
+    assert_eq!(byte_size("1K"), Ok(1024));
+    assert_eq!(byte_size("512M"), Ok(512 << 20));
+    assert_eq!(byte_size("1.5G"), Ok(3 << 29));
+    assert_eq!(byte_size("2GiB"), Ok(2 << 30));
+    assert_eq!(byte_size("2gb"), Ok(2 << 30));
+    for bad in ["", "G", "-1M", "12Q", "1e400", "nanG"] {
+        assert!(byte_size(bad).is_err(), "{bad}");
+    }
+}
+
+fn first_file(dir: &Path) -> PathBuf {
+    let e = walkdir::WalkDir::new(dir).sort_by_file_name().into_iter().filter_map(|e| e.ok());
+    e.filter(|e| e.file_type().is_file()).map(|e| e.into_path()).next().expect("a file")
+}
+
+#[test]
+fn shards_and_merges_do_not_depend_on_path_spelling() {
+    let w = workdir();
+    let w = w.path();
+    prepared(w, &["cat", "dog", "fox"], 10);
+    let abs = w.join("data/toy").display().to_string();
+    let base = ["--backbone", "tiny", "--device", "cpu"];
+    let single: Vec<&str> = base.iter().copied().chain(["--data", "data/toy", "--out", "single"]).collect();
+    ok("tlearn-extract", &single, w);
+    for (i, data) in [(0, "data/toy"), (1, "./data/toy/"), (2, abs.as_str())] {
+        let s = format!("{i}/3");
+        let args: Vec<&str> = base.iter().copied().chain(["--data", data, "--out", "sharded", "--shard", &s]).collect();
+        ok("tlearn-extract", &args, w);
+    }
+    let before = std::fs::read(w.join("sharded/shard-0-of-3/train.npy")).unwrap();
+    let err = fails(
+        "tlearn-extract",
+        &[
+            "merge",
+            "--out",
+            "sharded/shard-0-of-3",
+            "sharded/shard-0-of-3",
+            "sharded/shard-1-of-3",
+            "sharded/shard-2-of-3",
+        ],
+        w,
+    );
+    assert!(err.contains("inside the part"), "{err}");
+    assert!(std::fs::read(w.join("sharded/shard-0-of-3/train.npy")).unwrap() == before);
+    ok("tlearn-extract", &["merge", "--out", "sharded"], w);
+    for f in ["train.npy", "train.files.csv", "train.npy.json", "test.files.csv", "validation.labels.npy"] {
+        assert!(
+            std::fs::read(w.join("single").join(f)).unwrap() == std::fs::read(w.join("sharded").join(f)).unwrap(),
+            "{f}: merged ≠ one run"
+        );
+    }
+    // A part from another dataset (a copy elsewhere) is refused.
+    copy_tree(&w.join("data/toy"), &w.join("data/toy2"));
+    let args: Vec<&str> =
+        base.iter().copied().chain(["--data", "data/toy2", "--out", "other", "--shard", "2/3"]).collect();
+    ok("tlearn-extract", &args, w);
+    let err = fails(
+        "tlearn-extract",
+        &["merge", "--out", "mixed", "sharded/shard-0-of-3", "sharded/shard-1-of-3", "other/shard-2-of-3"],
+        w,
+    );
+    assert!(err.contains("another dataset"), "{err}");
+
+    // Scoring shards: inputs spelled three ways, merged: every image once.
+    ok("tlearn-head", &["--features", "single", "--run", "toy", "--epochs", "1", "--units", "8"], w);
+    ok("tlearn-score", &["data/toy", "--run", "toy", "--out", "one.csv"], w);
+    for (i, data) in [(0, "data/toy"), (1, "./data/toy/"), (2, abs.as_str())] {
+        let (s, o) = (format!("{i}/3"), format!("part{i}.csv"));
+        ok("tlearn-score", &[data, "--run", "toy", "--out", &o, "--shard", &s], w);
+    }
+    ok("tlearn-score", &["merge", "--out", "merged.csv", "part0.csv", "part1.csv", "part2.csv"], w);
+    let rows = |p: &str| std::fs::read_to_string(w.join(p)).unwrap().lines().count();
+    assert_eq!(rows("merged.csv"), rows("one.csv"));
+    assert_eq!(json(&w.join("merged.csv.summary.json"))["scored"], json(&w.join("one.csv.summary.json"))["scored"]);
+    ok("tlearn-score", &["data/toy2", "--run", "toy", "--out", "x2.csv", "--shard", "2/3"], w);
+    let err = fails("tlearn-score", &["merge", "--out", "bad.csv", "part0.csv", "part1.csv", "x2.csv"], w);
+    assert!(err.contains("other inputs"), "{err}");
+    // Outputs never overwrite inputs: an image, a part being merged.
+    let img = first_file(&w.join("data/toy/test/cat"));
+    let before = std::fs::read(&img).unwrap();
+    let err = fails("tlearn-score", &["data/toy", "--run", "toy", "--out", img.to_str().unwrap()], w);
+    assert!(err.contains("input"), "{err}");
+    // Also spelled through a folder that does not exist yet (created before the write).
+    let sneaky = format!("newdir/../{}", img.strip_prefix(w).unwrap().display());
+    let err = fails("tlearn-score", &["data/toy", "--run", "toy", "--out", &sneaky], w);
+    assert!(err.contains("input"), "{err}");
+    assert!(std::fs::read(&img).unwrap() == before, "input image overwritten");
+    let before = std::fs::read(w.join("part0.csv")).unwrap();
+    let err = fails("tlearn-score", &["merge", "--out", "part0.csv", "part0.csv", "part1.csv", "part2.csv"], w);
+    assert!(err.contains("input"), "{err}");
+    assert!(std::fs::read(w.join("part0.csv")).unwrap() == before, "a part was overwritten");
 }

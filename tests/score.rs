@@ -1,4 +1,5 @@
-//! Scoring's outputs and inputs as a user gives them: an output that is a link, a FIFO or
+//! Scoring's outputs and inputs as a user gives them: globs and lists, top-k, JSON lines and the
+//! summary, the binary threshold (from `tests/pipeline.rs`); an output that is a link, a FIFO or
 //! standard output stays what it is; a list line is a path as written; a deployable model older
 //! than its run's head is never used.
 
@@ -8,6 +9,10 @@ use common::*;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
 
 fn score(w: &Path, extra: &[&str]) -> std::process::Output {
     run("tlearn-score", &[&["--run", "toy", "--device", "cpu"][..], extra].concat(), w)
@@ -172,4 +177,68 @@ fn a_deployable_model_older_than_its_head_is_never_used() {
     assert!(by_run.contains("scored"), "{by_run}");
     let read = |f: &str| std::fs::read_to_string(w.join(f)).unwrap();
     assert_eq!(read("r.csv"), read("m.csv"));
+}
+
+#[test]
+fn score_takes_globs_and_lists_writes_top_k_jsonl_and_a_summary() {
+    let w = workdir();
+    let w = w.path();
+    let feats = common::prepared(w, &["a", "b", "c"], 8);
+    ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu"], w);
+    ok("tlearn-head", &["--features", &feats, "--run", "m", "--head", "logistic"], w);
+    let score = |extra: &[&str]| run("tlearn-score", &[&["--run", "m", "--device", "cpu"][..], extra].concat(), w);
+    // A glob and a list file (with a blank line and a missing entry) together.
+    let listed = std::fs::read_dir(w.join("data/toy/test/b")).unwrap().next().unwrap().unwrap().path();
+    let list = format!("\n{}\nnot/there.png\n", listed.display());
+    std::fs::write(w.join("list.txt"), list).unwrap();
+    let o = score(&["data/toy/test/a/*.png", "--list", "list.txt", "--out", "s.csv", "--top-k", "2"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let n_a = std::fs::read_dir(w.join("data/toy/test/a")).unwrap().count();
+    assert!(out.contains(&format!("scored {} images", n_a + 1)), "{out}");
+    assert!(out.contains("unreadable: 1") && out.contains("not/there.png"), "{out}");
+    let csv = read(&w.join("s.csv"));
+    assert_eq!(csv.lines().next().unwrap(), "path,class,probability,class_2,probability_2,p_a,p_b,p_c");
+    for line in csv.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let (p1, p2): (f64, f64) = (f[2].parse().unwrap(), f[4].parse().unwrap());
+        assert!(p1 >= p2 && f[1] != f[3], "ranked, distinct: {line}");
+    }
+    let summary: serde_json::Value = serde_json::from_str(&read(&w.join("s.csv.summary.json"))).unwrap();
+    assert_eq!(summary["scored"], n_a + 1);
+    assert_eq!(summary["unreadable"].as_array().unwrap().len(), 1);
+    // JSON lines, chosen by the extension; class names come from the run, not the folder.
+    let o = score(&["data/toy/test", "--out", "s.jsonl", "--top-k", "3"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: Vec<serde_json::Value> =
+        read(&w.join("s.jsonl")).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!rows.is_empty());
+    for r in &rows {
+        assert_eq!(r["top"].as_array().unwrap().len(), 3);
+        assert_eq!(r["top"][0]["class"], r["class"]);
+        let total: f64 = r["probs"].as_object().unwrap().values().map(|v| v.as_f64().unwrap()).sum();
+        assert!((total - 1.0).abs() < 1e-4, "{r}");
+    }
+    // Bad settings are refused with the reason.
+    let e = String::from_utf8_lossy(&score(&["data/toy/test", "--top-k", "4"]).stderr).into_owned();
+    assert!(e.contains("top-k") && e.contains("1..=3"), "{e}");
+    let e = String::from_utf8_lossy(&score(&["data/toy/test", "--threshold", "0.3"]).stderr).into_owned();
+    assert!(e.contains("threshold") && e.contains("binary"), "{e}");
+}
+
+#[test]
+fn score_threshold_moves_the_binary_decision() {
+    let w = workdir();
+    let w = w.path();
+    let feats = common::prepared(w, &["cat", "dog"], 8);
+    ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu"], w);
+    ok("tlearn-head", &["--features", &feats, "--run", "b", "--head", "logistic"], w);
+    let classes = |t: &str| -> Vec<String> {
+        let out = format!("s{t}.csv");
+        ok("tlearn-score", &["data/toy/test", "--run", "b", "--out", &out, "--threshold", t, "--device", "cpu"], w);
+        read(&w.join(&out)).lines().skip(1).map(|l| l.split(',').nth(1).unwrap().to_string()).collect()
+    };
+    assert!(classes("0").iter().all(|c| c == "dog"), "p ≥ 0 always: the positive class");
+    let mid = classes("0.5");
+    assert!(mid.contains(&"cat".to_string()) && mid.contains(&"dog".to_string()), "{mid:?}");
 }

@@ -168,3 +168,44 @@ impl NpyRows {
         ArrayD::from_shape_vec(IxDyn(&self.shape[1..]), v).map_err(|e| Error::Other(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Axis;
+
+    #[test]
+    fn npy_rows_stream_to_the_bytes_of_a_whole_array_and_read_back_checked() {
+        use ndarray_npy::WriteNpyExt;
+        let d = tempfile::tempdir().unwrap();
+        let x =
+            ndarray::Array::from_shape_fn((5, 2, 3, 4), |(a, b, c, e)| (a * 100 + b * 10 + c) as f32 - e as f32 / 7.0)
+                .into_dyn();
+        let p = d.path().join("x.npy");
+        let mut w = NpyWriter::create(&p, x.shape()).unwrap();
+        // A row of another shape is refused, not written.
+        assert!(w.push(x.index_axis(Axis(1), 0)).is_err());
+        x.outer_iter().for_each(|r| w.push(r).unwrap());
+        assert!(w.push(x.index_axis(Axis(0), 0)).is_err(), "a sixth row of five");
+        let sha = w.finish().unwrap();
+        let mut whole = vec![];
+        x.write_npy(&mut whole).unwrap();
+        assert!(std::fs::read(&p).unwrap() == whole, "streamed bytes = ndarray-npy's");
+        assert_eq!(sha, crate::fsutil::sha256_bytes(&whole));
+        let mut r = NpyRows::open(&p, &sha).unwrap();
+        assert_eq!(r.shape(), x.shape());
+        for i in [4, 0, 1, 3, 3] {
+            assert_eq!(r.row(i).unwrap(), x.index_axis(Axis(0), i));
+        }
+        assert!(r.row(5).is_err());
+        // An unfinished writer leaves nothing behind; a changed file is refused by its checksum.
+        let q = d.path().join("short.npy");
+        let mut w = NpyWriter::create(&q, x.shape()).unwrap();
+        w.push(x.index_axis(Axis(0), 0)).unwrap();
+        assert!(w.finish().unwrap_err().to_string().contains("4 of 5 rows never written"));
+        assert!(!q.exists());
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1, "no temporary file left");
+        std::fs::write(&p, &whole[..whole.len() - 4]).unwrap();
+        assert!(NpyRows::open(&p, &sha).unwrap_err().to_string().contains("sha256"));
+    }
+}

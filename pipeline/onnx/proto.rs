@@ -3,7 +3,7 @@
 //! Hand-written so that no `protoc` is needed at build time. Field numbers follow
 //! onnx/onnx.proto (IR version 10). Fields tlearn never meets in conv bases and heads
 //! (sparse tensors, training info, functions, sequence/map types) are not modelled and are
-//! dropped on a round trip; [`super::load_model`] rejects models that rely on functions.
+//! dropped on a round trip; `onnx::load_model` rejects models that rely on functions.
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ModelProto {

@@ -213,3 +213,41 @@ pub fn copy_tree(from: &Path, to: &Path) {
 pub fn count_files(dir: &Path) -> usize {
     walkdir::WalkDir::new(dir).into_iter().filter_map(|e| e.ok()).filter(|e| e.file_type().is_file()).count()
 }
+
+/// A JSON file's value (a sidecar, a summary, a record); panics naming the file.
+pub fn json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+}
+
+/// Every evaluated test image has a score row with the same class and probability (within 1e-4).
+pub fn assert_scores_match_predictions(scores_csv: &str, predictions_csv: &str) {
+    let rows: Vec<&str> = scores_csv.lines().skip(1).collect();
+    for line in predictions_csv.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let name = Path::new(f[0]).file_name().unwrap().to_string_lossy().into_owned();
+        let row = rows
+            .iter()
+            .find(|r| r.split(',').next().unwrap().ends_with(&format!("/{name}")))
+            .unwrap_or_else(|| panic!("{name} not scored"));
+        let r: Vec<&str> = row.split(',').collect();
+        assert_eq!(r[1], f[2], "class of {name}");
+        let (a, b): (f64, f64) = (r[2].parse().unwrap(), f[3].parse().unwrap());
+        assert!((a - b).abs() < 1e-4, "{name}: score {a} vs evaluate {b}");
+    }
+}
+
+/// A test that cannot run here says so in one line that `.ci/run` collects at the end of its log:
+/// `SKIPPED <test binary>::<test>: <why>`. It is written straight to standard error, past the test
+/// harness's capture, so it shows for passing tests too.
+pub fn skipped(why: &str) {
+    use std::io::Write;
+    let thread = std::thread::current();
+    let test = thread.name().filter(|n| *n != "main").unwrap_or("?");
+    let _ = writeln!(std::io::stderr(), "SKIPPED {}::{test}: {why}", env!("CARGO_CRATE_NAME"));
+}
+
+/// Whether this is a CI run (`CI` set, as CI services and `.ci/run` do): there a missing tool is a
+/// failure, not a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
