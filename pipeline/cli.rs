@@ -414,7 +414,7 @@ choice_values!(
     crate::runtime::Device,
     crate::runtime::Precision,
     crate::heads::HeadKind,
-    crate::heads::prep::Pool,
+    crate::heads::Pool,
     crate::onnx::qdq::WeightRange,
     crate::onnx::cut::Layout,
     crate::onnx::cut::GlobalPool,

@@ -1,10 +1,10 @@
 //! The model a fine-tune trains: how it is read (a deployable model only while current, its plain
 //! view), its image input, the pixel scale it wants, and which of its parameters train.
 
-use super::FinetuneConfig;
 use crate::error::{Error, Result};
 use crate::onnx::{self, proto::ModelProto};
 pub use crate::runs::finetune::input_shape;
+use crate::runs::FinetuneConfig;
 use std::path::Path;
 
 /// `name` matches `pattern` (`*` wildcards; no `*`: substring).

@@ -3,7 +3,7 @@
 //! compiler.
 
 use super::prep::{emit_pool, emit_standardize, pooled, standardizer};
-use super::{Data, Head, HeadSpec, Trained, INPUT, OUTPUT};
+use super::spec::{Data, Head, HeadSpec, Trained, INPUT, OUTPUT};
 use crate::error::{Error, Result};
 use crate::init::glorot_uniform;
 use crate::onnx::builder::A;

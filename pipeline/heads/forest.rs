@@ -1,7 +1,8 @@
 //! Random forest (smartcore), compiled to ONNX-ML's `TreeEnsembleClassifier`: every leaf votes
 //! 1/trees for its class, so the output is the fraction of the trees' votes.
 
-use super::{binary_column, emit_binary_column, Fit, Fitted};
+use super::ops::{binary_column, emit_binary_column};
+use super::spec::{Fit, Fitted};
 use crate::error::{Error, Result};
 use crate::onnx::builder::A;
 use crate::onnx::GraphBuilder;

@@ -1,7 +1,8 @@
 //! k-nearest neighbours (Euclidean): the training rows are the model. In Rust the neighbours come
 //! from linfa-nn's exact linear search; the ONNX graph computes the same distances and takes `TopK`.
 
-use super::{binary_column, emit_binary_column, emit_sq_distances, to16, Fit, Fitted};
+use super::ops::{binary_column, emit_binary_column, emit_sq_distances, to16};
+use super::spec::{Fit, Fitted};
 use crate::error::{Error, Result};
 use crate::onnx::builder::A;
 use crate::onnx::GraphBuilder;

@@ -1,7 +1,8 @@
 //! Logistic regression (linfa-logistic) and SVMs with Platt-scaled probabilities (linfa-svm),
 //! compiled to ONNX as affine maps (and an RBF kernel) followed by sigmoid or softmax.
 
-use super::{bad, emit_sq_distances, to16, Fit, Fitted};
+use super::ops::{emit_sq_distances, to16};
+use super::spec::{bad, Fit, Fitted};
 use crate::error::{Error, Result};
 use crate::onnx::builder::A;
 use crate::onnx::GraphBuilder;

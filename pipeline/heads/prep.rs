@@ -7,34 +7,13 @@ use crate::error::{Error, Result};
 use crate::onnx::builder::A;
 use crate::onnx::GraphBuilder;
 use ndarray::{Array1, Array2, ArrayD};
-use serde::{Deserialize, Serialize};
 
-use super::{bad, to16, HeadSpec};
+use super::ops::to16;
+use super::spec::{bad, HeadSpec, Pool};
 
 /// Constants of a head's graph that training never changes (statistics, projections, training
 /// rows); the training-graph compiler keeps initializers under this name as constants.
 pub const FROZEN: &str = crate::train::FROZEN;
-
-/// How the (h, w, c) feature map is reduced before the dense layers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Pool {
-    /// Flatten h·w·c (the classic head).
-    #[default]
-    Flatten,
-    /// Global average pooling over h and w.
-    Avg,
-    /// Global max pooling over h and w.
-    Max,
-}
-
-impl crate::params::Choice for Pool {
-    const ALL: &'static [(Self, &'static str, &'static str)] = &[
-        (Pool::Flatten, "flatten", "Flatten h·w·c (the classic head)"),
-        (Pool::Avg, "avg", "Global average pooling over h and w"),
-        (Pool::Max, "max", "Global max pooling over h and w"),
-    ];
-}
 
 /// Features flattened to rows: (N, h·w·c).
 pub fn flatten(x: &ArrayD<f32>) -> ndarray::Array2<f32> {

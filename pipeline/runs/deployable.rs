@@ -3,14 +3,17 @@
 //! or the TTA views changed; for a fine-tune, the run's own, checked. Also what every reader of a
 //! deployable model checks first: that it is current, and differentiable where that is needed.
 
-use super::{HeadRecord, Record, Run, HEAD};
+use super::fuse::fuse;
+use super::head::{HeadRecord, HEAD};
+use super::record::{read_record, Record, RECORD};
+use super::run::Run;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::progress::Sink;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-pub const MODEL: &str = "model.onnx";
+pub use super::fuse::MODEL;
 
 /// `runs/<run>/model.onnx.json`: what the deployable model was built from — a head run's head and
 /// backbone (none for a fine-tuned net) and the views it averages.
@@ -28,7 +31,15 @@ pub struct ModelInfo {
 /// The run's `model.onnx`: for a head run built unless an up-to-date one exists (the head must be
 /// the one the run recorded, the backbone the one its features came from); a fine-tune's own
 /// `model.onnx`, once checked. Returns its path.
-pub(super) fn export(run: &Run, onnx_dir: &Path, sink: &dyn Sink) -> Result<PathBuf> {
+impl Run {
+    /// The run's deployable model (`model.onnx`): a head run's is built (or rebuilt) from its head
+    /// and the backbone in `onnx_dir`; a fine-tune's is its own, checked.
+    pub fn deployable(&self, onnx_dir: &Path, sink: &dyn Sink) -> Result<PathBuf> {
+        export(self, onnx_dir, sink)
+    }
+}
+
+fn export(run: &Run, onnx_dir: &Path, sink: &dyn Sink) -> Result<PathBuf> {
     let out = run.dir.join(MODEL);
     let Record::Head(info) = &run.record else {
         check_current(&out)?;
@@ -54,8 +65,8 @@ pub(super) fn export(run: &Run, onnx_dir: &Path, sink: &dyn Sink) -> Result<Path
     // never beside a head being retrained, nor by two scorers at once (the model and its sidecar
     // are read as a pair).
     let _lock = crate::lock::dir(run_dir)?;
-    let Record::Head(info) = super::read_record(run_dir)? else {
-        return Err(Error::BadData { path: run_dir.join(super::RECORD), reason: "no longer a head run".into() });
+    let Record::Head(info) = read_record(run_dir)? else {
+        return Err(Error::BadData { path: run_dir.join(RECORD), reason: "no longer a head run".into() });
     };
     let head_bytes = info.read_head(run_dir)?;
     if fresh(&info)? {
@@ -72,7 +83,7 @@ pub(super) fn export(run: &Run, onnx_dir: &Path, sink: &dyn Sink) -> Result<Path
     let backbone = crate::onnx::decode_model(&bb.bytes, &bb.path)?;
     let head = crate::onnx::decode_model(&head_bytes, &run_dir.join(HEAD))?;
     let f = &info.features;
-    let fused = super::fuse(&backbone, &head, &f.preprocess, f.size, f.interpolation, &info.classes, &info.tta)?;
+    let fused = fuse(&backbone, &head, &f.preprocess, f.size, f.interpolation, &info.classes, &info.tta)?;
     let bytes = crate::onnx::encode_model(&fused);
     crate::runtime::check_loads(&bytes, &out)?;
     fsutil::write_bytes_atomic(&out, &bytes)?;
@@ -103,7 +114,7 @@ pub fn check_current_as(model: &Path, sha256: Option<&str>) -> Result<()> {
     let given = fsutil::parent_dir(model);
     let run_dir = &if given == Path::new(".") { fsutil::real_path(given) } else { given.to_path_buf() };
     let built_from_head = serde_json::from_value::<ModelInfo>(side.clone()).ok().filter(|mi| mi.head_sha256.is_some());
-    if let (Some(mi), Ok(Record::Head(info))) = (built_from_head, super::read_record(run_dir)) {
+    if let (Some(mi), Ok(Record::Head(info))) = (built_from_head, read_record(run_dir)) {
         if Some(&info.head_sha256) != mi.head_sha256.as_ref() || info.tta != mi.tta {
             let run = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             return Err(Error::BadData {
@@ -111,7 +122,7 @@ pub fn check_current_as(model: &Path, sha256: Option<&str>) -> Result<()> {
                 reason: format!(
                     "stale: built from another head or other views than {} records now (the run was retrained); \
                      rebuild it with `tlearn-score --run {run} --runs {} --export-only`",
-                    run_dir.join(super::RECORD).display(),
+                    run_dir.join(RECORD).display(),
                     fsutil::parent_dir(run_dir).display()
                 ),
             });
@@ -140,7 +151,7 @@ pub fn check_differentiable(model: &crate::onnx::proto::ModelProto, path: &Path,
         return Ok(());
     };
     let run_dir = fsutil::parent_dir(path);
-    let instead = match super::read_record(run_dir) {
+    let instead = match read_record(run_dir) {
         Ok(Record::Head(info)) => {
             let bb = &info.features.backbone;
             let fp32 = bb.strip_suffix("-int8").unwrap_or(bb);

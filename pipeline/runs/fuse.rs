@@ -10,6 +10,9 @@ use crate::onnx::{self, cut, Dim, GraphBuilder};
 use std::collections::HashMap;
 use std::path::Path;
 
+/// The deployable model's file in a run folder.
+pub const MODEL: &str = "model.onnx";
+
 /// The deployable model's input (RGB 0..255 images, N×H×W×3) and output (class probabilities).
 pub const INPUT: &str = "image";
 pub const OUTPUT: &str = "probs";

@@ -63,9 +63,8 @@ impl HeadRecord {
             Error::Checksum { path, expected, got } => Error::BadData {
                 path,
                 reason: format!(
-                    "changed since the run was recorded in {} (sha256 {got}, recorded {expected}); \
-                     retrain the run or restore its head",
-                    super::RECORD
+                    "changed since the run was recorded (sha256 {got}, recorded {expected}); \
+                     retrain the run or restore its head"
                 ),
             },
             e => e,

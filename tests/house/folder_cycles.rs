@@ -18,15 +18,6 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // `learner` read `super::{Epoch, BatchSource}` while mod.rs drives `learner::fit`: the split of
     // `train/` into a compiler and a fit runtime removes these.
     ("train", &["checkpoint", "learner", "mod", "resident"]),
-    // `FinetuneConfig` (mod.rs) read by `model`, whose checks mod.rs calls: the run-record work
-    // reshapes `finetune/`.
-    ("finetune", &["mod", "model"]),
-    // mod.rs builds the deployable model through `export`, which uses `fuse`, which reads
-    // `super::INPUT`: the deployable model moves out of `score/` with the run records.
-    ("score", &["export", "fuse", "mod"]),
-    // mod.rs builds each head; each head reads mod.rs's `Data`, `bad` and `binary_column`: those
-    // belong in a module of their own (`heads/mod.rs` is being reworked for settings).
-    ("heads", &["dense", "forest", "knn", "linear", "mod", "prep"]),
 ];
 
 /// A module path from the crate root: `["train", "graph"]` for `pipeline/train/graph.rs`.

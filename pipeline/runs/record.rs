@@ -1,0 +1,82 @@
+//! The one versioned run record, `run.json`: every kind of run writes it last; folders written
+//! before it (format 1: the kind's own sidecar) are read too.
+
+use super::finetune::FinetuneRecord;
+use super::fuse::MODEL;
+use super::head::{HeadRecord, HEAD};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The run record, in every run folder.
+pub const RECORD: &str = "run.json";
+/// The record's format: 2 is `run.json`; 1 was a kind's own sidecar (`head.onnx.json`,
+/// `model.onnx.json`), still read.
+pub const FORMAT: u32 = 2;
+
+/// What a run is, with the kind's own record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Record {
+    /// A head trained on cached features (`tlearn-head`, `tlearn-compare`).
+    Head(HeadRecord),
+    /// A whole net trained on images (`tlearn-finetune`).
+    Finetune(FinetuneRecord),
+}
+
+/// `run.json`: the format, then the record.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    format: u32,
+    #[serde(flatten)]
+    record: Record,
+}
+
+/// Write `record` as `run_dir/run.json` (atomically; the last file a training stage writes).
+pub fn write_record(run_dir: &Path, record: &Record) -> Result<()> {
+    fsutil::write_json(&run_dir.join(RECORD), &Stored { format: FORMAT, record: record.clone() })
+}
+
+/// The record in `dir`: `run.json`, or (format 1) `head.onnx.json` of a head run or the
+/// `model.onnx.json` of a fine-tune that holds its settings.
+pub fn read_record(dir: &Path) -> Result<Record> {
+    let path = dir.join(RECORD);
+    let record = if path.is_file() {
+        let v: serde_json::Value = fsutil::read_json(&path)?;
+        let format = v.get("format").and_then(|f| f.as_u64()).unwrap_or(0);
+        if format > FORMAT as u64 {
+            return Err(Error::BadData {
+                path,
+                reason: format!(
+                    "record format {format}, newer than this tlearn reads ({FORMAT}); use the tlearn that wrote it"
+                ),
+            });
+        }
+        let stored: Stored = serde_json::from_value(v)
+            .map_err(|e| Error::BadData { path: path.clone(), reason: format!("not a run record: {e}") })?;
+        stored.record
+    } else if let Some(old) = Some(fsutil::sidecar_path(&dir.join(HEAD))).filter(|p| p.is_file()) {
+        let h: HeadRecord = fsutil::read_json(&old)?;
+        Record::Head(h)
+    } else if let Some(old) = Some(fsutil::sidecar_path(&dir.join(MODEL))).filter(|p| is_finetune_record(p)) {
+        Record::Finetune(fsutil::read_json(&old)?)
+    } else {
+        return Err(Error::BadData {
+            path: dir.into(),
+            reason: format!(
+                "not a run folder: no {RECORD} (nor the {HEAD}.json or {MODEL}.json of an older tlearn); \
+                 train it with tlearn-head or tlearn-finetune --run NAME"
+            ),
+        });
+    };
+    if let Record::Head(h) = &record {
+        h.check(&path)?;
+    }
+    Ok(record)
+}
+
+/// A format-1 fine-tune record: the deployable model's sidecar holding the run's settings.
+fn is_finetune_record(side: &Path) -> bool {
+    fsutil::read_json::<serde_json::Value>(side).is_ok_and(|v| v.get("config").is_some())
+}

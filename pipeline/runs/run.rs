@@ -1,0 +1,149 @@
+//! A finished run, opened from its folder: what it is, what it predicts on a split, what
+//! evaluation records of it.
+
+use super::finetune::{self, FinetuneConfig};
+use super::head;
+use super::record::{read_record, Record};
+use crate::error::{Error, Result};
+use crate::fsutil;
+use crate::progress::Sink;
+use crate::runtime::SessionOptions;
+use ndarray::ArrayD;
+use std::path::{Path, PathBuf};
+
+/// How a run predicts: where its graphs run, and how much memory a fine-tune's decoded images may
+/// hold before they are read from a file in the run folder (None: the default budget).
+#[derive(Clone, Debug, Default)]
+pub struct PredictOptions {
+    pub session: SessionOptions,
+    pub max_memory: Option<u64>,
+}
+
+/// A finished run, opened from its folder.
+#[derive(Clone, Debug)]
+pub struct Run {
+    pub dir: PathBuf,
+    pub name: String,
+    pub record: Record,
+}
+
+/// A run's class probabilities on a split, with each row's file and true class.
+pub struct Predictions {
+    pub probs: ArrayD<f32>,
+    /// (path as `fsutil::path_text`, true class index) per row.
+    pub files: Vec<(String, usize)>,
+    /// Images of the split that could not be read: (path, why).
+    pub skipped: Vec<(String, String)>,
+    /// The sha256 of what was predicted on, when it is one file (cached features).
+    pub source_sha256: Option<String>,
+}
+
+impl Run {
+    /// The run in `dir`: its `run.json`, or the record an older tlearn wrote.
+    pub fn open(dir: &Path) -> Result<Run> {
+        let record = read_record(dir)?;
+        let name = fsutil::real_path(dir).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok(Run { dir: dir.to_path_buf(), name, record })
+    }
+
+    pub fn classes(&self) -> &[String] {
+        match &self.record {
+            Record::Head(h) => &h.classes,
+            Record::Finetune(f) => &f.classes,
+        }
+    }
+
+    /// What evaluation predicts on when no other source is given: the run's feature folder (a
+    /// head run) or dataset (a fine-tune).
+    pub fn default_source(&self) -> &Path {
+        match &self.record {
+            Record::Head(h) => &h.features_dir,
+            Record::Finetune(f) => &f.config.data,
+        }
+    }
+
+    /// The run's probabilities on `split` of `source` (a feature folder for a head run, a class-
+    /// folder dataset for a fine-tune; default: the run's own), as the run's own evaluation
+    /// computes them: the head on cached features, or the best epoch's net on the images loaded as
+    /// training loaded them; averaged over the run's TTA views.
+    pub fn predict(
+        &self,
+        split: &str,
+        source: Option<&Path>,
+        opts: &PredictOptions,
+        sink: &dyn Sink,
+    ) -> Result<Predictions> {
+        let source = source.unwrap_or(self.default_source());
+        match &self.record {
+            Record::Head(h) => {
+                let (probs, f) = head::predict_split(&self.dir, h, source, split, &opts.session)?;
+                let files = f.files.iter().map(|r| (r.path.clone(), r.label)).collect();
+                Ok(Predictions { probs, files, skipped: vec![], source_sha256: Some(f.info.npy_sha256.clone()) })
+            }
+            Record::Finetune(f) => {
+                let (session, max_memory) = (opts.session.clone(), opts.max_memory);
+                let cfg = FinetuneConfig { run_dir: self.dir.clone(), session, max_memory, ..f.config.clone() };
+                let best = self.dir.join(crate::train::learner::BEST);
+                let bytes = match &f.best_sha256 {
+                    Some(sha) => fsutil::read_verified(&best, sha)?,
+                    None => std::fs::read(&best).map_err(|e| Error::Io { path: best.clone(), err: e })?,
+                };
+                let net = crate::onnx::decode_model(&bytes, &best)?;
+                let (probs, set) = finetune::predict_split((&net, &best), &cfg, (source, split), &f.classes, sink)?;
+                let files = set.files.iter().zip(&set.labels).map(|(p, &l)| (fsutil::path_text(p), l)).collect();
+                let skipped = set.skipped.iter().map(|(p, why)| (fsutil::path_text(p), why.clone())).collect();
+                Ok(Predictions { probs, files, skipped, source_sha256: None })
+            }
+        }
+    }
+
+    /// What `metrics.json` records about the run beside the metrics of `split`.
+    pub fn context(&self, split: &str, p: &Predictions) -> serde_json::Value {
+        match &self.record {
+            Record::Head(info) => serde_json::json!({
+                "run": self.name,
+                "split": split,
+                "backbone": info.features.backbone,
+                "size": info.features.size,
+                "kind": info.kind,
+                "head": info.head,
+                "classical": info.classical,
+                "fit": info.fit,
+                "train_views": info.train_views,
+                "tta": info.tta,
+                "features_npy_sha256": p.source_sha256,
+                "head_sha256": info.head_sha256,
+            }),
+            Record::Finetune(info) => serde_json::json!({
+                "run": self.name,
+                "split": split,
+                "model": info.config.model,
+                "best_epoch": info.best_epoch.as_ref().map(|e| e.epoch).unwrap_or(0),
+                "epochs_run": info.epochs_run,
+                "include_validation": info.config.include_validation,
+                "train_seconds": info.train_seconds,
+                "fit": info.config.fit,
+                "augment": info.config.augment,
+                "tta": info.config.tta,
+                "model_sha256": info.model_sha256,
+                "skipped": p.skipped,
+            }),
+        }
+    }
+
+    /// A few words on what the run is: its backbone and size, or the net it fine-tuned.
+    pub fn describe(&self) -> String {
+        match &self.record {
+            Record::Head(h) => format!("{} {s}×{s}, {} head", h.features.backbone, h.kind.name(), s = h.features.size),
+            Record::Finetune(f) => {
+                let best = f.best_epoch.as_ref().map(|e| e.epoch).unwrap_or(0);
+                format!("{} fine-tuned, epoch {best}", f.config.model.display())
+            }
+        }
+    }
+
+    /// The run's training curves (written when it trained more than one epoch).
+    pub fn history_png(&self) -> PathBuf {
+        self.dir.join(crate::history::HISTORY_PNG)
+    }
+}
