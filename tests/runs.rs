@@ -48,6 +48,17 @@ fn a_fine_tune_run_is_evaluated_and_scored_afterwards() {
     ok("tlearn-score", &["data/toy/test", "--run", "ft", "--out", "scores.csv"], w);
     let scores = std::fs::read_to_string(w.join("scores.csv")).unwrap();
     assert_eq!(scores.lines().count() - 1, count_files(&w.join("data/toy/test")), "{scores}");
+    // The same run as an older tlearn left it (the record in model.onnx.json, no run.json) is
+    // evaluated and scored alike.
+    let mut old = record.clone();
+    old.as_object_mut().unwrap().retain(|k, _| k != "format" && k != "type" && k != "best_sha256");
+    std::fs::write(w.join("runs/ft/model.onnx.json"), old.to_string()).unwrap();
+    std::fs::remove_file(w.join("runs/ft/run.json")).unwrap();
+    ok("tlearn-evaluate", &["--run", "ft", "--reports", "old", "--explain", "0"], w);
+    assert_eq!(std::fs::read(w.join("old/ft/predictions.csv")).unwrap(), own_predictions);
+    ok("tlearn-score", &["data/toy/test", "--run", "ft", "--out", "old.csv"], w);
+    assert_eq!(std::fs::read(w.join("old.csv")).unwrap(), std::fs::read(w.join("scores.csv")).unwrap());
+    std::fs::write(w.join("runs/ft/run.json"), record.to_string()).unwrap();
     // A best.onnx changed after the run is refused, not evaluated.
     let mut best = std::fs::read(w.join("runs/ft/best.onnx")).unwrap();
     best.extend_from_slice(b"\0\0");
