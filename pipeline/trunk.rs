@@ -132,13 +132,13 @@ pub fn build(
     }
     let val = val.map(|v| run(v, View::Identity, "trunk outputs of validation")).transpose()?;
     let floats: usize = outs.iter().chain(&val).map(|r| r.len() * shape[1..].iter().product::<usize>()).sum();
-    tracing::info!(
+    sink.note(&format!(
         "trunk up to `{}` {:?}: {} view(s) cached, {:.0} MB",
         cut.tensor,
         &shape[1..],
         views.len(),
         floats as f64 * 4.0 / 1e6
-    );
+    ));
     Ok(Trunk {
         tensor: cut.tensor,
         shape: shape[1..].to_vec(),

@@ -261,7 +261,8 @@ impl SplitJob<'_> {
             .collect();
         if next_chunk > 0 {
             let (split, n) = (self.split, self.rows.len());
-            tracing::info!("{split}: resuming, {} of {n} images already journalled or cached", n - todo.len());
+            self.sink
+                .note(&format!("{split}: resuming, {} of {n} images already journalled or cached", n - todo.len()));
         }
         let computed = self.compute(runner, (&mut sources, next_chunk), &todo, device)?;
         let report = self.assemble(runner, &mut sources, computed)?;
@@ -276,7 +277,10 @@ impl SplitJob<'_> {
         match features::recover_pending(&cfg.out, self.split, self.view) {
             Ok(true) => {
                 let npy = features::view_npy_path(&cfg.out, self.split, self.view);
-                tracing::info!("{}: complete when the last run stopped; its sidecar is now in place", npy.display())
+                self.sink.note(&format!(
+                    "{}: complete when the last run stopped; its sidecar is now in place",
+                    npy.display()
+                ))
             }
             Ok(false) => {}
             Err(e) => tracing::warn!("{e}"),
@@ -307,7 +311,7 @@ impl SplitJob<'_> {
         if !(same_rows && same_skips) {
             return Ok(None);
         }
-        tracing::info!("{}: {} up to date ({} images)", self.split, npy.display(), live.len());
+        self.sink.note(&format!("{}: {} up to date ({} images)", self.split, npy.display(), live.len()));
         // A run killed after writing the cache but before dropping its journal left one.
         let stale = crate::journal::dir_of(npy);
         if stale.exists() {

@@ -140,7 +140,7 @@ pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
     } else {
         format!("{n_train} train / {n_val} validation images")
     };
-    tracing::info!("{}: {trainable_params} trainable parameters; {images}", cfg.model.display());
+    sink.note(&format!("{}: {trainable_params} trainable parameters; {images}", cfg.model.display()));
     let vx = trunk.as_mut().and_then(|t| t.val.take());
     std::fs::create_dir_all(&cfg.run_dir).map_err(|e| Error::Io { path: cfg.run_dir.clone(), err: e })?;
     let t = std::time::Instant::now();

@@ -387,7 +387,7 @@ impl Scoring<'_> {
         };
         if !done.is_empty() {
             let (n, left) = (owned.len(), todo.len());
-            tracing::info!("{}: resuming, {} of {n} images already scored", out.display(), n - left);
+            sink.note(&format!("{}: resuming, {} of {n} images already scored", out.display(), n - left));
         }
         if todo.is_empty() {
             return Ok(());
