@@ -308,7 +308,7 @@ pub struct HeadArgs {
     pub max_iterations: u64,
     #[arg(long, value_enum, default_value = "rmsprop")]
     pub optimizer: OptimizerKind,
-    #[arg(long, default_value_t = 2e-5)]
+    #[arg(long, default_value_t = crate::heads::DEFAULT_LR)]
     pub lr: f64,
     /// SGD momentum.
     #[arg(long, default_value_t = 0.0)]

@@ -32,11 +32,11 @@ struct Args {
     batch: usize,
     #[arg(long, value_enum, default_value = "rmsprop")]
     optimizer: tlearn::cli::OptimizerKind,
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = finetune::DEFAULT_LR)]
     lr: f64,
     /// Learning rate of the pretrained conv base (everything up to the last spatial features),
     /// when it should move slower than the head (--lr); e.g. --lr 1e-3 --lr-base 1e-4.
-    #[arg(long, value_parser = positive)]
+    #[arg(long)]
     lr_base: Option<f64>,
     #[arg(long, default_value_t = 0.0)]
     momentum: f64,
@@ -163,13 +163,6 @@ fn range_pair(s: &str) -> std::result::Result<(f32, f32), String> {
     match v[..] {
         [lo, hi] if 0.0 < lo && lo <= hi && hi.is_finite() => Ok((lo, hi)),
         _ => Err(format!("`{s}`: give LO,HI with 0 < LO ≤ HI")),
-    }
-}
-
-fn positive(s: &str) -> std::result::Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
-        _ => Err(format!("`{s}`: give a positive number")),
     }
 }
 

@@ -21,6 +21,9 @@ pub use crate::runs::finetune::{default_max_memory, FinetuneConfig, FinetuneReco
 use crate::runs::finetune::{load_set, memory_budget};
 use crate::runs::ModelInfo;
 pub use crate::runs::MODEL;
+
+/// A fine-tune's learning rate when none is given (RMSprop; a pretrained net moves slowly).
+pub const DEFAULT_LR: f64 = 1e-4;
 /// Parameters, optimizer slots and loop state after the last finished epoch.
 pub use crate::train::checkpoint::CHECKPOINT;
 pub use crate::train::learner::{BEST, LAST};
@@ -92,9 +95,6 @@ fn check_outputs(model: &ModelProto, cfg: &FinetuneConfig, classes: &[String]) -
 /// `--lr-base`: the conv base's parameters (found on the whole `model`) at that rate.
 fn scale_base(trainer: &mut Trainer, cfg: &FinetuneConfig, model: &ModelProto, input: [usize; 3]) -> Result<()> {
     let Some(lr_base) = cfg.lr_base else { return Ok(()) };
-    if !(lr_base > 0.0 && lr_base.is_finite()) {
-        return Err(Error::Param { name: "lr_base", value: lr_base.to_string(), reason: "must be positive".into() });
-    }
     let base = cut::base_initializers(model, &cfg.model, input[0] as u32)?;
     let factor = (lr_base / cfg.fit.optimizer.lr()) as f32;
     trainer.scale_lr(&|p| if base.contains(p) { factor } else { 1.0 });
@@ -105,6 +105,7 @@ fn scale_base(trainer: &mut Trainer, cfg: &FinetuneConfig, model: &ModelProto, i
 
 /// Train `cfg.model` on `cfg.data`; every epoch (and any replayed from a checkpoint) goes to `sink`.
 pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
+    cfg.check()?;
     check_fit_on(cfg)?;
     let model = open_model(&cfg.model)?;
     check_trainable(cfg, &model)?;

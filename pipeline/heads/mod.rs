@@ -17,6 +17,9 @@ pub mod prep;
 mod spec;
 
 pub use prep::Prep;
+
+/// The dense head's learning rate when none is given (RMSprop, as in the course's classic head).
+pub const DEFAULT_LR: f64 = 2e-5;
 pub use spec::{ClassicalSpec, Data, Fit, Fitted, Head, HeadKind, HeadSpec, Pool, Trained, INPUT, OUTPUT};
 
 use crate::error::Result;

@@ -85,6 +85,21 @@ pub struct FinetuneConfig {
     pub resume: Resume,
 }
 
+impl FinetuneConfig {
+    /// The settings' own ranges, checked once where a fine-tune starts (the command line only
+    /// parses them).
+    pub fn check(&self) -> Result<()> {
+        if let Some(lr) = self.lr_base.filter(|lr| !(*lr > 0.0 && lr.is_finite())) {
+            return Err(Error::Param {
+                name: "lr_base",
+                value: lr.to_string(),
+                reason: "the conv base's learning rate (--lr-base) must be positive".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A fine-tuning run's record (in `run.json`; `model.onnx.json` before records were versioned).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FinetuneRecord {
