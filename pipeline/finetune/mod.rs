@@ -105,7 +105,6 @@ fn scale_base(trainer: &mut Trainer, cfg: &FinetuneConfig, model: &ModelProto, i
 
 /// Train `cfg.model` on `cfg.data`; every epoch (and any replayed from a checkpoint) goes to `sink`.
 pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
-    cfg.check()?;
     check_fit_on(cfg)?;
     let model = open_model(&cfg.model)?;
     check_trainable(cfg, &model)?;
@@ -186,9 +185,10 @@ pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
     record(cfg, &model, best, done, trunk_info, classes, input, (&train, val.as_ref()))
 }
 
-/// `include_validation` needs a validation folder, and leaves no validation loss to stop on;
+/// The settings' ranges; then: `include_validation` needs a validation folder, and leaves no validation loss to stop on;
 /// so does data without validation images.
 fn check_fit_on(cfg: &FinetuneConfig) -> Result<()> {
+    cfg.check()?;
     let val = cfg.data.join("validation");
     let no_val = !val.is_dir() || crate::dataset::holds_no_image(&val);
     if let (Some(p), false, true) = (cfg.patience, cfg.include_validation, no_val) {
