@@ -4,7 +4,10 @@
 //! schedules, steps, validation).
 
 use super::checkpoint::{self, BestSoFar, Resume};
-use super::{BatchSource, FitConfig, FitState, Trainer};
+use super::config::FitConfig;
+use super::data::BatchSource;
+use super::state::FitState;
+use super::trainer::Trainer;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::history::Epoch;
