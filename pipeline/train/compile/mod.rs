@@ -25,6 +25,8 @@ pub mod prepare;
 pub mod relupool;
 pub mod rules;
 pub mod source;
+#[cfg(test)]
+pub mod testing;
 pub mod update;
 
 pub use graph::{grad_name, is_frozen, Loss, MaskInput, Mode, PoolGrad, TrainGraph, FROZEN, LABELS, LOSS, WEIGHTS};

@@ -258,3 +258,59 @@ fn reorder_filter(b: &mut GraphBuilder, w: &str, dims: [i64; 4], block: usize, s
     };
     b.reshape(&blocked, "shape", &[out, inp, kh, kw])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{block, rewrite};
+    use crate::onnx;
+    use crate::onnx::builder::A;
+    use crate::train::compile::testing::{conv, conv_model, max_diff, one_hot, rand_array, run_train_graph};
+    use crate::train::compile::{self as graph, Mode};
+    use rand::SeedableRng;
+    use std::path::Path;
+
+    /// The CPU fast path (`train::nchwc`: convolutions and their input gradients on onnxruntime's
+    /// NCHWc kernels) computes what the standard-op graph computes — loss, outputs and every
+    /// gradient — on the nodes it rewrites: symmetric, asymmetric and 5×5 pads, 1×1 filters, fused
+    /// and unfused ReLU, 16/32 channels (a multiple of every block size; 32 → 32 gives two blocks on
+    /// both sides of a filter even with AVX-512's 16).
+    #[test]
+    fn nchwc_rewrite_matches_standard_ops() {
+        let Some(block) = block() else {
+            // MLAS has NCHWc kernels on every x86-64 CPU with AVX2: there the probe must find them.
+            #[cfg(target_arch = "x86_64")]
+            assert!(!is_x86_feature_detected!("avx2"), "AVX2 CPU, but the NCHWc probe found no kernels");
+            eprintln!("skipped: onnxruntime has no NCHWc kernels on this CPU");
+            return;
+        };
+        let m = conv_model([9, 9, 16], 3, |b, rng, x| {
+            let h = conv(b, rng, &x, 16, 32, 3, vec![("pads", A::Ints(vec![1, 1, 1, 1]))]);
+            let h = b.op("Relu", &[&h], vec![]);
+            let h =
+                b.op("MaxPool", &[&h], vec![("kernel_shape", A::Ints(vec![2, 2])), ("strides", A::Ints(vec![2, 2]))]);
+            let h = conv(b, rng, &h, 32, 16, 3, vec![("pads", A::Ints(vec![0, 1, 1, 0]))]);
+            let h = b.op("Relu", &[&h], vec![]);
+            let h = conv(b, rng, &h, 16, 32, 5, vec![("pads", A::Ints(vec![2, 2, 2, 2]))]);
+            conv(b, rng, &h, 32, 32, 1, vec![])
+        });
+        let what = Path::new("nchwc.onnx");
+        let tg = graph::compile(&m, what, &|_| true, &[9, 9, 16], Mode::Train).unwrap();
+        let mut fast = tg.model.clone();
+        // Forward: the 2nd to 4th convolutions (the 1st block becomes four strided convolutions,
+        // poolconv.rs), and their input gradients (the 1st's input is the data).
+        assert_eq!(rewrite(&mut fast, block), 6);
+        let ops: Vec<&str> = onnx::graph(&fast).node.iter().map(|n| n.op_type.as_str()).collect();
+        assert!(!ops.contains(&"ConvTranspose"), "{ops:?}");
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+        let x = rand_array(&mut rng, &[5, 9, 9, 16], 1.0);
+        let y = one_hot(&[0, 1, 2, 0, 1], 3);
+        let mut names = vec![graph::LOSS.to_string(), tg.output.clone()];
+        names.extend(tg.params.iter().map(|p| graph::grad_name(p)));
+        let standard = run_train_graph(&tg.model, &m, &tg, &x, &y, &names);
+        let rewritten = run_train_graph(&fast, &m, &tg, &x, &y, &names);
+        for ((a, b), name) in standard.iter().zip(&rewritten).zip(&names) {
+            let (d, scale) = max_diff(a, b);
+            assert!(scale > 0.0 && d <= 1e-4 * scale + 1e-6, "{name}: NCHWc differs by {d} (scale {scale})");
+        }
+    }
+}

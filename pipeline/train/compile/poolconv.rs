@@ -126,3 +126,71 @@ fn matches(
         && pool.output.len() == 1;
     conv_ok && pool_ok
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::onnx::builder::A;
+    use crate::onnx::{self, Dim, GraphBuilder};
+    use crate::train::compile::testing::{max_diff, one_hot, rand_array, run_train_graph};
+    use crate::train::compile::{self as graph, Mode};
+    use ndarray::{ArrayD, IxDyn};
+    use rand::SeedableRng;
+    use std::path::Path;
+
+    /// The first Conv→Relu→MaxPool block, trained as four strided convolutions and a Max
+    /// (`train::poolconv`), gives the gradients of the MaxPool form — also where window values tie
+    /// (blank regions of quantised images, as in MNIST): the Max rule routes to the first maximum, as
+    /// MaxPool's Indices do. The MaxPool form is what the compiler emits when the block's input needs
+    /// a gradient, here through a trainable 1×1 input convolution.
+    #[test]
+    fn first_block_without_pool_indices_equals_maxpool_gradients() {
+        let mut b = GraphBuilder::new("m").with_prefix("m/");
+        b.input("x", &[Dim::named("N"), Dim::Fixed(13), Dim::Fixed(12), Dim::Fixed(1)]);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(31);
+        let t = b.op("Transpose", &["x"], vec![("perm", A::Ints(vec![0, 3, 1, 2]))]);
+        // A 1×1 convolution of weight 1 (an input Mul would be input normalisation, never trained).
+        let s = b.init_f32("scale", &ndarray::Array4::from_elem((1, 1, 1, 1), 1.0f32).into_dyn());
+        let t = b.op("Conv", &[&t, &s], vec![]);
+        // Filters 0–3 are uniform: different patches with equal sums tie in a window, and which of
+        // them gets the gradient changes the weight gradient.
+        let mut wv = rand_array(&mut rng, &[8, 1, 3, 3], 0.5);
+        wv.slice_mut(ndarray::s![0..4, .., .., ..]).fill(0.25);
+        let w = b.init_f32("w", &wv);
+        let bias =
+            b.init_f32("b", &ndarray::Array1::from_vec((0..8).map(|i| 0.05 * i as f32 - 0.1).collect()).into_dyn());
+        let z = b.op("Conv", &[&t, &w, &bias], vec![("pads", A::Ints(vec![1, 0, 0, 1]))]);
+        let a = b.op("Relu", &[&z], vec![]);
+        let p = b.op("MaxPool", &[&a], vec![("kernel_shape", A::Ints(vec![2, 2])), ("strides", A::Ints(vec![2, 2]))]);
+        let f = b.op("Flatten", &[&p], vec![("axis", A::I(1))]);
+        let dw = b.init_f32("dw", &rand_array(&mut rng, &[8 * 6 * 5, 3], 0.3));
+        let db = b.init_f32("db", &rand_array(&mut rng, &[3], 0.1));
+        let l = b.op("Gemm", &[&f, &dw, &db], vec![]);
+        b.node("Softmax", &[&l], &["y"], vec![("axis", A::I(-1))]);
+        b.output("y", &[Dim::named("N"), Dim::Fixed(3)]);
+        let m = onnx::model(b.finish(), "test");
+        // Quantised images with blank (all-zero) regions: windows whose four values tie.
+        let x = ArrayD::from_shape_fn(IxDyn(&[4, 13, 12, 1]), |ix| {
+            if ix[1] < 5 || ix[2] > 8 {
+                0.0
+            } else {
+                ((ix[0] * 7 + ix[1] * 3 + ix[2] * 5) % 3) as f32 * 0.5
+            }
+        });
+        let y = one_hot(&[0, 1, 2, 1], 3);
+        let names: Vec<String> = ["w", "b", "dw", "db"].iter().map(|p| graph::grad_name(p)).collect();
+        let grads = |train_scale: bool| {
+            let sel = |n: &str| train_scale || n != "scale";
+            let tg = graph::compile(&m, Path::new("first-block.onnx"), &sel, &[13, 12, 1], Mode::Train).unwrap();
+            let ops: Vec<String> = onnx::graph(&tg.model).node.iter().map(|n| n.op_type.clone()).collect();
+            (run_train_graph(&tg.model, &m, &tg, &x, &y, &names), ops)
+        };
+        let (split, split_ops) = grads(false);
+        let (pooled, pooled_ops) = grads(true);
+        assert!(!split_ops.iter().any(|o| o == "MaxPool") && split_ops.iter().any(|o| o == "Max"), "{split_ops:?}");
+        assert!(pooled_ops.iter().any(|o| o == "MaxUnpool" || o == "ScatterElements"), "{pooled_ops:?}");
+        for ((a, c), name) in split.iter().zip(&pooled).zip(["w", "b", "dw", "db"]) {
+            let (d, scale) = max_diff(a, c);
+            assert!(scale > 0.0 && d <= 1e-5 * scale + 1e-7, "grad of {name}: split vs MaxPool form differ by {d}");
+        }
+    }
+}

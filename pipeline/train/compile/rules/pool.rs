@@ -88,3 +88,41 @@ fn relu_max_pool(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
     let masked = relu_backward(cx.b, &dy, &n.output[0]);
     max_pool(cx, n, masked)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::onnx;
+    use crate::train::compile::testing::{max_diff, one_hot, rand_array, run_train_graph};
+    use crate::train::compile::{self as graph, Mode, PoolGrad};
+    use rand::SeedableRng;
+    use std::path::Path;
+
+    /// The CUDA form of the MaxPool gradient (ScatterElements only: ORT's CUDA provider has no
+    /// MaxUnpool kernel) gives the same gradients as the CPU form, and contains no MaxUnpool.
+    #[test]
+    fn scatter_pool_gradients_equal_unpool_gradients() {
+        let spec = crate::convnet::spec("mnist").unwrap();
+        let m = crate::convnet::build(&spec, 2).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
+        let x = rand_array(&mut rng, &[4, 28, 28, 1], 1.0);
+        let y = one_hot(&[1, 3, 5, 7], 10);
+        let grads = |pools: PoolGrad| {
+            let tg =
+                graph::compile_with(&m, Path::new("mnist.onnx"), &|_| true, &spec.input, Mode::Train, pools).unwrap();
+            let ops: Vec<&str> = onnx::graph(&tg.model).node.iter().map(|n| n.op_type.as_str()).collect();
+            let names: Vec<String> = tg.params.iter().map(|p| graph::grad_name(p)).collect();
+            (
+                run_train_graph(&tg.model, &m, &tg, &x, &y, &names),
+                ops.contains(&"MaxUnpool"),
+                ops.contains(&"ScatterElements"),
+            )
+        };
+        let (unpool, has_unpool, _) = grads(PoolGrad::Unpool);
+        let (scatter, still_unpool, has_scatter) = grads(PoolGrad::Scatter);
+        assert!(has_unpool && !still_unpool && has_scatter);
+        for (a, b) in unpool.iter().zip(&scatter) {
+            let (d, _) = max_diff(a, b);
+            assert!(d <= 1e-6, "scatter vs unpool gradients differ by {d}");
+        }
+    }
+}
