@@ -6,7 +6,7 @@
 //! The passes, in order: [`prepare`] (node names, attribute forms) → [`poolconv`] (train mode:
 //! the first Conv→Relu→MaxPool block without pool indices) → the forward and loss
 //! ([`forward`]) → reverse-mode differentiation ([`backward`]: one rule per op in the registry
-//! [`rules`], the [`relupool`] fusion marking what the walk sees) → at [`lower`]: the optimizer's
+//! [`rules`], the [`relupool`] fusion marking what the walk sees) → at [`lower()`]: the optimizer's
 //! [`update`] → [`nchwc`] (CPU sessions).
 //!
 //! Trainable initializers become graph inputs `<name>`, gradients come out as `grad/<name>`.
@@ -25,8 +25,6 @@ pub mod prepare;
 pub mod relupool;
 pub mod rules;
 pub mod source;
-#[cfg(test)]
-pub mod testing;
 pub mod update;
 
 pub use graph::{grad_name, is_frozen, Loss, MaskInput, Mode, PoolGrad, TrainGraph, FROZEN, LABELS, LOSS, WEIGHTS};
@@ -103,3 +101,6 @@ pub fn compile_with(
     model.opset_import = vec![OperatorSetIdProto { domain: String::new(), version: opset }];
     Ok(TrainGraph { model, input, output, loss, params, masks })
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,6 @@
 //! What the compiler reads from the source model before it emits anything: the tensors the
-//! training graph is built around ([`ends`]), the parameters ([`select_params`]), which tensors
-//! need a gradient ([`needs_grad`]), and every float tensor's shape ([`probe_shapes`]).
+//! training graph is built around (`ends`), the parameters ([`select_params`]), which tensors
+//! need a gradient (`needs_grad`), and every float tensor's shape (`probe_shapes`).
 
 use super::graph::Loss;
 use crate::error::{Error, Result};

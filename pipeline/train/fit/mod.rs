@@ -2,7 +2,7 @@
 //! parameters, steps), its [`epochs`], the [`resident`] device buffers, the [`learner`] every
 //! training loop runs on (checkpoints, best and last models, early stopping as [`stopping`]
 //! strategies), [`checkpoint`]s, settings ([`config`]), [`schedule`]s, the fit [`state`], batch
-//! sources ([`data`]) and inference ([`predict`]). It takes its graphs from the compiler
+//! sources ([`data`]) and inference ([`predict`](mod@predict)). It takes its graphs from the compiler
 //! (`compile`, through `compile::lower`) and never builds graph nodes itself.
 
 pub mod checkpoint;

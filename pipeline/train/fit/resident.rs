@@ -1,6 +1,6 @@
 //! Parameters and optimizer slots kept on the execution provider's device between training steps.
 //!
-//! The update graph ([`optim::append_update`], appended by [`lower`]) maps (parameters, slots,
+//! The update graph ([`optim::append_update`], appended by [`lower()`]) maps (parameters, slots,
 //! batch) to (loss, output, next parameters, next slots). Two sets of device tensors alternate:
 //! each step binds the current set as inputs and the other as outputs (ORT I/O binding), then
 //! swaps them, so weights never travel to the host between steps — only the batch goes in and

@@ -1,4 +1,4 @@
-//! The [`Trainer`]: a model in training — its compiled graphs (through [`lower`]), open sessions
+//! The [`Trainer`]: a model in training — its compiled graphs (through [`lower()`]), open sessions
 //! and current parameters; gradients (checks), steps on the resident buffers, evaluation, export.
 //! The epochs themselves are in `epochs.rs`.
 

@@ -23,7 +23,7 @@ pub const RULES: &[(&str, Rule)] = &[
     ("Div", div),
 ];
 
-/// dy · relu'(x) from the ReLU's output y: dy · [y > 0] as Greater + Cast + Mul (≈ 2× faster
+/// dy · relu'(x) from the ReLU's output y: dy · \[y > 0\] as Greater + Cast + Mul (≈ 2× faster
 /// than Sign + Mul on onnxruntime's CPU provider, whose Sign is not vectorised).
 pub fn relu_backward(b: &mut GraphBuilder, dy: &str, y: &str) -> String {
     let zero = b.const_f32("zero", 0.0);
