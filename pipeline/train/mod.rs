@@ -1,4 +1,5 @@
-//! Training on stock onnxruntime, in two parts that share no state:
+//! Training on stock onnxruntime, in two parts; the fit runtime uses the compiler, never the
+//! reverse:
 //!
 //! - [`compile`]: the training-graph compiler, graph → graph (forward, loss and gradients as
 //!   standard ONNX ops; the optimizer's update and the device's kernels at `compile::lower`).
