@@ -10,16 +10,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Cycles on main when this rule came, each as (folder, the modules of one cycle — a strongly
-/// connected component — sorted): the rule reports any other, and an entry here that no longer
-/// matches. To be emptied as the work that removes them lands; until then each says why it is here.
-const ALLOWED: &[(&str, &[&str])] = &[
-    // `Trainer` (mod.rs) holds a `resident::Resident`, which reads `super::Batch`; `checkpoint` and
-    // `learner` read `super::{Epoch, BatchSource}` while mod.rs drives `learner::fit`: the split of
-    // `train/` into a compiler and a fit runtime removes these.
-    ("train", &["checkpoint", "learner", "mod", "resident"]),
-];
-
 /// A module path from the crate root: `["train", "graph"]` for `pipeline/train/graph.rs`.
 type ModPath = Vec<String>;
 
@@ -266,21 +256,12 @@ pub fn folder_cycles(root: &Path) -> Vec<(String, Vec<String>, Vec<String>)> {
 fn sibling_modules_import_each_other_without_cycles() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline");
     let cycles = folder_cycles(&root);
-    let mut wrong = vec![];
-    for (folder, members, why) in &cycles {
-        if !ALLOWED.iter().any(|(f, m)| f == folder && m == members) {
-            wrong.push(format!(
-                "pipeline/{folder}: {} import each other:\n    {}",
-                members.join(", "),
-                why.join("\n    ")
-            ));
-        }
-    }
-    for (f, m) in ALLOWED {
-        if !cycles.iter().any(|(folder, members, _)| folder == f && members == m) {
-            wrong.push(format!("pipeline/{f}: no cycle among {} any more: remove it from ALLOWED", m.join(", ")));
-        }
-    }
+    let wrong: Vec<String> = cycles
+        .iter()
+        .map(|(folder, members, why)| {
+            format!("pipeline/{folder}: {} import each other:\n    {}", members.join(", "), why.join("\n    "))
+        })
+        .collect();
     assert!(
         wrong.is_empty(),
         "import cycles inside a folder (see tests/house/folder_cycles.rs):\n{}",

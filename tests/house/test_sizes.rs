@@ -3,13 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-/// Files longer than 600 lines on main when this rule came: the rule reports any other, and an
-/// entry here that is no longer too long. To be emptied as the work that splits them lands.
-const ALLOWED: &[&str] = &[
-    // Split with the training compiler's tests by the work that splits `train/`.
-    "tests/gradients.rs",
-];
-
 /// The `.rs` files under `dirs` (relative to `root`) longer than `max` lines: (path, lines).
 pub fn long_files(root: &Path, dirs: &[&str], max: usize) -> Vec<(String, usize)> {
     let mut out = vec![];
@@ -31,14 +24,8 @@ pub fn long_files(root: &Path, dirs: &[&str], max: usize) -> Vec<(String, usize)
 fn test_and_bench_files_stay_under_600_lines() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let long = long_files(root, &["tests", "benches"], 600);
-    let mut wrong: Vec<String> = long
-        .iter()
-        .filter(|(p, _)| !ALLOWED.contains(&p.as_str()))
-        .map(|(p, n)| format!("{p}: {n} lines (at most 600): split it by subject"))
-        .collect();
-    for a in ALLOWED.iter().filter(|a| !long.iter().any(|(p, _)| p == *a)) {
-        wrong.push(format!("{a}: no longer over 600 lines: remove it from ALLOWED"));
-    }
+    let wrong: Vec<String> =
+        long.iter().map(|(p, n)| format!("{p}: {n} lines (at most 600): split it by subject")).collect();
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 

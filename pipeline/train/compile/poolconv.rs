@@ -1,4 +1,4 @@
-//! The first convolution block without MaxPool indices.
+//! Pass (before differentiation, train mode): the first convolution block without MaxPool indices.
 //!
 //! A MaxPool's gradient needs its argmax, and onnxruntime's MaxPool with an `Indices` output is
 //! ~8–10× slower than without (scalar code; v1's first pool, 32×32×148×148: 57 ms of a 430 ms

@@ -4,7 +4,11 @@
 //! schedules, steps, validation).
 
 use super::checkpoint::{self, BestSoFar, Resume};
-use super::{BatchSource, FitConfig, FitState, Trainer};
+use super::config::FitConfig;
+use super::data::BatchSource;
+use super::state::FitState;
+use super::stopping::{BestModel, EarlyStopping};
+use super::trainer::Trainer;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::history::Epoch;
@@ -61,15 +65,6 @@ struct Best {
     sha256: Option<String>,
 }
 
-impl Best {
-    /// Without validation the latest epoch is the best one.
-    fn improved_by(&self, e: &Epoch, validated: bool) -> bool {
-        let score = |e: &Epoch| if validated { e.val_loss } else { -(e.epoch as f64) };
-        // A best whose loss is not a number is beaten by any that is.
-        self.epoch.as_ref().is_none_or(|b| score(e) < score(b) || (score(b).is_nan() && !score(e).is_nan()))
-    }
-}
-
 /// Counts steps on the sink's meter as batches are drawn.
 struct Counted<'a> {
     data: &'a dyn BatchSource,
@@ -96,14 +91,15 @@ pub fn fit(
     sink: &dyn Sink,
 ) -> Result<Fitted> {
     let epochs = o.fit.epochs;
-    let validated = val.is_some_and(|v| !v.labels().is_empty());
+    let choice = BestModel::for_fit(val.is_some_and(|v| !v.labels().is_empty()));
+    let stopping = EarlyStopping { patience: o.patience };
     let (resumed, mut best) = restore(tr, o)?;
     for e in resumed.iter().flat_map(|r| &r.history) {
         sink.epoch(e, epochs);
     }
     let done = resumed.as_ref().map(|r| r.epoch).unwrap_or(0);
     // A run that stopped early stays stopped: its rerun ends where it did.
-    if let Some(state) = resumed.as_ref().filter(|_| o.patience.is_some_and(|p| best.since >= p)) {
+    if let Some(state) = resumed.as_ref().filter(|_| stopping.stops(best.since)) {
         return Ok(Fitted { history: state.history.clone(), best: best.epoch.map(|e| (e, best.model)) });
     }
     let steps = data.labels().len().div_ceil(o.fit.batch) as u64;
@@ -114,8 +110,8 @@ pub fn fit(
         sink.epoch(e, epochs);
         meter.set_message(format!("epoch {}/{epochs}", e.epoch + 1));
         warn_if_stuck(&fs.history);
-        end_epoch(e, tr, fs, o, validated, &mut best)?;
-        Ok(o.patience.is_none_or(|p| best.since < p))
+        end_epoch(e, tr, fs, o, choice, &mut best)?;
+        Ok(!stopping.stops(best.since))
     })?;
     Ok(Fitted { history, best: best.epoch.map(|e| (e, best.model)) })
 }
@@ -140,8 +136,8 @@ fn restore(tr: &mut Trainer, o: &FitOptions) -> Result<(Option<FitState>, Best)>
 }
 
 /// After an epoch: the model files, the best epoch, then the checkpoint.
-fn end_epoch(e: &Epoch, tr: &Trainer, fs: &FitState, o: &FitOptions, validated: bool, best: &mut Best) -> Result<()> {
-    let improved = best.improved_by(e, validated);
+fn end_epoch(e: &Epoch, tr: &Trainer, fs: &FitState, o: &FitOptions, choice: BestModel, best: &mut Best) -> Result<()> {
+    let improved = choice.improves(e, best.epoch.as_ref());
     best.since = if improved { 0 } else { best.since + 1 };
     if improved {
         best.epoch = Some(e.clone());

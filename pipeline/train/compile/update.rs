@@ -1,12 +1,12 @@
-//! Optimizers with Keras 3 semantics. The update runs inside the training graph
+//! Pass: the optimizer's update appended to a training graph, with Keras 3 semantics
 //! ([`append_update`]): parameters and slots go in, their next values come out, so they can stay
-//! on the execution provider's device between steps (see `Trainer::train_step`).
+//! on the execution provider's device between steps (the fit runtime's resident buffers). Also
+//! the optimizers' settings and the names of the update graph's inputs and outputs.
 
 use super::graph::{grad_name, TrainGraph};
 use crate::error::{Error, Result};
 use crate::onnx::proto::{ModelProto, ValueInfoProto};
 use crate::onnx::GraphBuilder;
-use ndarray::ArrayD;
 use serde::{Deserialize, Serialize};
 
 /// Scalar input of the update graph: this step's learning rate (Adam: bias correction folded in,
@@ -67,7 +67,7 @@ impl Optimizer {
         }
     }
 
-    /// How many per-parameter slots the update uses (slot 0, then slot 1 of [`State::slots`]).
+    /// How many per-parameter slots the update uses (slot 0, then slot 1; the fit keeps them).
     pub fn n_slots(&self) -> usize {
         match *self {
             Optimizer::Sgd { momentum: 0.0, .. } => 0,
@@ -91,69 +91,6 @@ impl Optimizer {
             return Err(Error::Param { name: "lr", value: lr.to_string(), reason: "must be positive".into() });
         }
         Ok(())
-    }
-}
-
-/// Learning-rate schedule over a run.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
-#[serde(tag = "name", rename_all = "lowercase")]
-pub enum Schedule {
-    /// The optimizer's rate throughout.
-    #[default]
-    Constant,
-    /// Multiply by `factor` every `every` epochs (Keras `ExponentialDecay(staircase=True)` by epoch).
-    Step { every: usize, factor: f64 },
-    /// Keras `CosineDecay` per step from the base rate down to `alpha`·base at the last step.
-    Cosine { alpha: f64 },
-}
-
-impl Schedule {
-    /// Learning rate for optimisation step `step` (0-based) of `total` steps, in epoch `epoch`
-    /// (0-based).
-    pub fn lr(&self, base: f64, epoch: usize, step: usize, total: usize) -> f64 {
-        match *self {
-            Schedule::Constant => base,
-            Schedule::Step { every, factor } => base * factor.powi((epoch / every.max(1)) as i32),
-            Schedule::Cosine { alpha } => {
-                let t = step.min(total) as f64 / total.max(1) as f64;
-                let c = 0.5 * (1.0 + (std::f64::consts::PI * t).cos());
-                base * ((1.0 - alpha) * c + alpha)
-            }
-        }
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        match *self {
-            Schedule::Step { every, factor } if every == 0 || factor.is_nan() || factor <= 0.0 => Err(Error::Param {
-                name: "schedule",
-                value: format!("step every {every} factor {factor}"),
-                reason: "needs every ≥ 1 and factor > 0".into(),
-            }),
-            Schedule::Cosine { alpha } if !(0.0..=1.0).contains(&alpha) => Err(Error::Param {
-                name: "schedule",
-                value: format!("cosine alpha {alpha}"),
-                reason: "alpha must be in [0, 1]".into(),
-            }),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// Per-parameter optimizer state, on the host (checkpoints, resume).
-#[derive(Clone, Debug, PartialEq)]
-pub struct State {
-    pub opt: Optimizer,
-    /// Slot 0 and slot 1 per parameter (RMSprop: v, —; SGD: momentum, —; Adam: m, v); unused
-    /// slots stay zero.
-    pub slots: Vec<(ArrayD<f32>, ArrayD<f32>)>,
-    /// Updates applied so far (Adam's bias correction).
-    pub step: i32,
-}
-
-impl State {
-    pub fn new(opt: Optimizer, params: &[ArrayD<f32>]) -> Self {
-        let slots = params.iter().map(|p| (ArrayD::zeros(p.raw_dim()), ArrayD::zeros(p.raw_dim()))).collect();
-        State { opt, slots, step: 0 }
     }
 }
 

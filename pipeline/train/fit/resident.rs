@@ -1,16 +1,18 @@
 //! Parameters and optimizer slots kept on the execution provider's device between training steps.
 //!
-//! The update graph ([`optim::append_update`]) maps (parameters, slots, batch) to (loss, output,
-//! next parameters, next slots). Two sets of device tensors alternate: each step binds the current
-//! set as inputs and the other as outputs (ORT I/O binding), then swaps them, so weights never
-//! travel to the host between steps — only the batch goes in and the loss and outputs come back.
+//! The update graph ([`optim::append_update`], appended by [`lower()`]) maps (parameters, slots,
+//! batch) to (loss, output, next parameters, next slots). Two sets of device tensors alternate:
+//! each step binds the current set as inputs and the other as outputs (ORT I/O binding), then
+//! swaps them, so weights never travel to the host between steps — only the batch goes in and
+//! the loss and outputs come back.
 //! They are copied to the host on request ([`Resident::download`]: checkpoints, export).
 
-use super::graph::{self, TrainGraph};
-use super::optim::{self, Groups, Optimizer, State};
-use super::Batch;
+use super::data::Batch;
+use super::state::State;
 use crate::error::{Error, IoContext, Result};
 use crate::runtime::{self, Device, SessionOptions};
+use crate::train::compile::update::{self as optim, Groups, Optimizer};
+use crate::train::compile::{self as graph, lower, TrainGraph, Update};
 use ndarray::ArrayD;
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{IoBinding, Session};
@@ -47,7 +49,7 @@ impl Resident {
         opts: &SessionOptions,
     ) -> Result<Resident> {
         let opt: &Optimizer = &state.opt;
-        let model = super::nchwc::for_device(&optim::append_update(train, opt, groups), opts.device);
+        let model = lower(train, Some(Update { opt, groups }), opts.device);
         if let Some(path) = std::env::var_os(runtime::SAVE_GRAPH_ENV) {
             std::fs::write(&path, crate::onnx::encode_model(&model)).at(&path)?;
         }

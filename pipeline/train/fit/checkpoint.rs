@@ -3,10 +3,13 @@
 //! position, sample order, history, best epoch) go into one ONNX file, written atomically. A run
 //! restored from it ends exactly as an uninterrupted one (same weights, same history).
 
-use super::{optim, Epoch, FitState, Trainer};
+use super::state::{FitState, State};
+use super::trainer::Trainer;
 use crate::error::{Error, Result};
 use crate::fsutil;
+use crate::history::Epoch;
 use crate::onnx::{self, proto::ModelProto};
+use crate::train::compile::update::{self as optim, Optimizer};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -116,7 +119,7 @@ pub fn save(
 pub fn restore(
     path: &Path,
     config: &serde_json::Value,
-    optimizer: &optim::Optimizer,
+    optimizer: &Optimizer,
     tr: &mut Trainer,
     mode: Resume,
 ) -> Result<Option<Restored>> {
@@ -171,7 +174,7 @@ pub fn restore(
     }
     let state = FitState {
         epoch: saved.epoch,
-        optim: optim::State { opt: optimizer.clone(), slots, step: saved.optim_step },
+        optim: State { opt: optimizer.clone(), slots, step: saved.optim_step },
         rng_word_pos: saved.rng_word_pos.parse().map_err(|_| bad("bad rng position".into()))?,
         order: saved.order,
         history: saved.history,

@@ -1,4 +1,5 @@
-//! CPU fast path for training sessions: convolutions on onnxruntime's NCHWc kernels.
+//! Pass (lowering, CPU sessions only; applied by `lower`): convolutions on onnxruntime's
+//! NCHWc kernels.
 //!
 //! onnxruntime's CPU provider runs a convolution with *constant* weights on blocked "NCHWc"
 //! kernels (its `NchwcTransformer` reorders the weights once at load). A training graph feeds
@@ -67,7 +68,7 @@ fn probe() -> Result<usize> {
 
 /// `m` as a session on `device` should run it: rewritten (see the module docs) when that is the
 /// CPU and the kernels are available, else unchanged.
-pub fn for_device(m: &ModelProto, device: Device) -> ModelProto {
+pub(super) fn for_device(m: &ModelProto, device: Device) -> ModelProto {
     let mut m = m.clone();
     if let Some(block) = (device.expected() == Device::Cpu).then(block).flatten() {
         let n = rewrite(&mut m, block);

@@ -1,0 +1,187 @@
+//! Backward rules of the elementwise ops: activations (Relu, Clip, Sigmoid, Softmax), Dropout
+//! (a fed mask), the arithmetic of two operands (Add/Sub, Mul, Div, broadcast gradients summed back
+//! to each operand's shape) and Max (the gradient to the first maximal input).
+
+use crate::error::Result;
+use crate::onnx::builder::A;
+use crate::onnx::proto::*;
+use crate::onnx::{self, attr, attr_i, GraphBuilder};
+use crate::train::compile::ctx::{reduce_to, unsupported, Ctx, Rule};
+
+/// This family's entries in the registry (`rules::rule`).
+pub const RULES: &[(&str, Rule)] = &[
+    ("Identity", identity),
+    ("Relu", relu),
+    ("Clip", clip),
+    ("Sigmoid", sigmoid),
+    ("Softmax", softmax),
+    ("Dropout", dropout),
+    ("Add", add_sub),
+    ("Sub", add_sub),
+    ("Max", max),
+    ("Mul", mul),
+    ("Div", div),
+];
+
+/// dy · relu'(x) from the ReLU's output y: dy · \[y > 0\] as Greater + Cast + Mul (≈ 2× faster
+/// than Sign + Mul on onnxruntime's CPU provider, whose Sign is not vectorised).
+pub fn relu_backward(b: &mut GraphBuilder, dy: &str, y: &str) -> String {
+    let zero = b.const_f32("zero", 0.0);
+    let pos = b.op("Greater", &[y, &zero], vec![]);
+    let mask = b.op("Cast", &[&pos], vec![("to", A::I(dtype::FLOAT as i64))]);
+    b.op("Mul", &[dy, &mask], vec![])
+}
+
+fn identity(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
+    cx.push(&n.input[0], dy);
+    Ok(())
+}
+
+fn relu(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
+    let d = relu_backward(cx.b, &dy, &n.output[0]);
+    cx.push(&n.input[0], d);
+    Ok(())
+}
+
+/// Clip (ReLU6 and friends): the gradient passes where the input lies strictly inside the bounds
+/// (PyTorch's hardtanh rule), bounds as attributes (opset < 11) or constant inputs.
+fn clip(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
+    let x = &n.input[0];
+    let bound = |i: usize, attr_name: &str| -> Result<Option<f32>> {
+        match n.input.get(i).filter(|t| !t.is_empty()) {
+            Some(t) => constant_f32(cx.g, t)
+                .map(Some)
+                .ok_or_else(|| unsupported(n, &format!("Clip needs constant bounds (`{t}` is computed)"))),
+            None => Ok(attr(n, attr_name).map(|a| a.f)),
+        }
+    };
+    let (lo, hi) = (bound(1, "min")?, bound(2, "max")?);
+    let mut mask: Option<String> = None;
+    for (v, op) in [(lo, "Greater"), (hi, "Less")] {
+        let Some(v) = v else { continue };
+        let c = cx.b.const_f32("bound", v);
+        let inside = cx.b.op(op, &[x, &c], vec![]);
+        let m = cx.b.op("Cast", &[&inside], vec![("to", A::I(dtype::FLOAT as i64))]);
+        mask = Some(match mask {
+            Some(prev) => cx.b.op("Mul", &[&prev, &m], vec![]),
+            None => m,
+        });
+    }
+    let d = match mask {
+        Some(m) => cx.b.op("Mul", &[&dy, &m], vec![]),
+        None => dy,
+    };
+    cx.push(x, d);
+    Ok(())
+}
+
+/// A one-number float constant of the forward graph (an initializer or a Constant node's value).
+fn constant_f32(g: &GraphProto, name: &str) -> Option<f32> {
+    let a = onnx::tensor_to_f32(onnx::constant(g, name)?).ok()?;
+    (a.len() == 1).then(|| a.iter().copied().next()).flatten()
+}
+
+fn sigmoid(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
+    let y = &n.output[0];
+    let one = cx.b.const_f32("one", 1.0);
+    let om = cx.b.op("Sub", &[&one, y], vec![]);
+    let t = cx.b.op("Mul", &[y, &om], vec![]);
+    let d = cx.b.op("Mul", &[&dy, &t], vec![]);
+    cx.push(&n.input[0], d);
+    Ok(())
+}
+
+fn softmax(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
+    let y = &n.output[0];
+    let axis = attr_i(n, "axis", -1);
+    let dyy = cx.b.op("Mul", &[&dy, y], vec![]);
+    let ax = cx.b.const_i64("axes", &[axis]);
+    let s = cx.b.op("ReduceSum", &[&dyy, &ax], vec![("keepdims", A::I(1))]);
+    let t = cx.b.op("Sub", &[&dy, &s], vec![]);
+    let d = cx.b.op("Mul", &[y, &t], vec![]);
+    cx.push(&n.input[0], d);
+    Ok(())
+}
+
+fn dropout(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
+    // Forward became Mul(x, mask) (train) or Identity (eval).
+    let mask = format!("mask/{}", n.output[0]);
+    let d = if cx.b.graph.input.iter().any(|i| i.name == mask) { cx.b.op("Mul", &[&dy, &mask], vec![]) } else { dy };
+    cx.push(&n.input[0], d);
+    Ok(())
+}
+
+fn add_sub(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
+    for i in 0..2 {
+        if cx.wants(n, i) {
+            let mut d = reduce_to(cx.b, &dy, &cx.shapes[&n.output[0]], &cx.shapes[&n.input[i]]);
+            if i == 1 && n.op_type == "Sub" {
+                d = cx.b.op("Neg", &[&d], vec![]);
+            }
+            cx.push(&n.input[i], d);
+        }
+    }
+    Ok(())
+}
+
+fn max(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
+    // The gradient goes to the first input equal to the max (MaxPool's tie rule when the inputs
+    // are a window's offsets, see poolconv.rs); same-shape inputs only.
+    let y = &n.output[0];
+    if n.input.iter().any(|t| cx.shapes[t] != cx.shapes[y]) {
+        return Err(unsupported(n, "Max with broadcasting inputs"));
+    }
+    let mut taken: Option<String> = None;
+    for (i, t) in n.input.iter().enumerate() {
+        let eq = cx.b.op("Equal", &[t, y], vec![]);
+        let first = match &taken {
+            None => eq.clone(),
+            Some(tk) => {
+                let free = cx.b.op("Not", &[tk], vec![]);
+                cx.b.op("And", &[&eq, &free], vec![])
+            }
+        };
+        if cx.wants(n, i) {
+            let f = cx.b.op("Cast", &[&first], vec![("to", A::I(dtype::FLOAT as i64))]);
+            let d = cx.b.op("Mul", &[&dy, &f], vec![]);
+            cx.push(t, d);
+        }
+        if i + 1 < n.input.len() {
+            taken = Some(match &taken {
+                None => eq,
+                Some(tk) => cx.b.op("Or", &[tk, &eq], vec![]),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn mul(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
+    for i in 0..2 {
+        if cx.wants(n, i) {
+            let p = cx.b.op("Mul", &[&dy, &n.input[1 - i]], vec![]);
+            let d = reduce_to(cx.b, &p, &cx.shapes[&n.output[0]], &cx.shapes[&n.input[i]]);
+            cx.push(&n.input[i], d);
+        }
+    }
+    Ok(())
+}
+
+/// y = a / b: da = dy / b, db = −dy · y / b (each summed back to its operand's shape).
+fn div(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
+    let (a, b, y) = (&n.input[0], &n.input[1], &n.output[0]);
+    let out = &cx.shapes[y];
+    if cx.wants(n, 0) {
+        let p = cx.b.op("Div", &[&dy, b], vec![]);
+        let d = reduce_to(cx.b, &p, out, &cx.shapes[a]);
+        cx.push(a, d);
+    }
+    if cx.wants(n, 1) {
+        let p = cx.b.op("Mul", &[&dy, y], vec![]);
+        let q = cx.b.op("Div", &[&p, b], vec![]);
+        let q = cx.b.op("Neg", &[&q], vec![]);
+        let d = reduce_to(cx.b, &q, out, &cx.shapes[b]);
+        cx.push(b, d);
+    }
+    Ok(())
+}

@@ -1,0 +1,269 @@
+//! The compiler end to end, checked on compiled graphs run in onnxruntime: the MaxPool gradient
+//! forms (CPU and CUDA), the first block without pool indices ([`poolconv`](super::poolconv)), the NCHWc kernels
+//! against standard ops ([`nchwc`]) and the order of [`lower`]'s passes. They need the whole
+//! compiler, so they sit beside it rather than inside the passes (which the compiler imports).
+use super::graph::{grad_name, Mode, PoolGrad, TrainGraph, LABELS, LOSS, WEIGHTS};
+use super::lower::{lower, Update};
+use super::update::{self, Groups, Optimizer};
+use super::{compile, compile_with, nchwc};
+use crate::onnx::builder::A;
+use crate::onnx::{self, proto::ModelProto, Dim, GraphBuilder};
+use crate::runtime::{Device, SessionOptions};
+use ndarray::{ArrayD, IxDyn};
+use rand::{Rng, SeedableRng};
+use std::path::Path;
+
+type Rg = rand_chacha::ChaCha8Rng;
+
+fn opts() -> SessionOptions {
+    SessionOptions { device: Device::Cpu, threads: 1, precision: None }
+}
+
+fn rand_array(rng: &mut impl Rng, shape: &[usize], scale: f32) -> ArrayD<f32> {
+    ArrayD::from_shape_simple_fn(IxDyn(shape), || rng.gen_range(-scale..scale))
+}
+
+/// NHWC input → Transpose → conv body (NCHW) built by `body` → Flatten → Gemm → Sigmoid/Softmax.
+fn conv_model(
+    input: [usize; 3],
+    classes: usize,
+    body: impl FnOnce(&mut GraphBuilder, &mut Rg, String) -> String,
+) -> ModelProto {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+    let mut b = GraphBuilder::new("conv").with_prefix("c/");
+    b.input(
+        "x",
+        &[Dim::named("N"), Dim::Fixed(input[0] as i64), Dim::Fixed(input[1] as i64), Dim::Fixed(input[2] as i64)],
+    );
+    let t = b.op("Transpose", &["x"], vec![("perm", A::Ints(vec![0, 3, 1, 2]))]);
+    let h = body(&mut b, &mut rng, t);
+    let f = b.op("Flatten", &[&h], vec![("axis", A::I(1))]);
+    // Size of the flattened features: run the body's shapes through a probe-free count.
+    let probe = onnx::model(
+        {
+            let mut g = b.graph.clone();
+            g.output = vec![onnx::value_info(&f, onnx::proto::dtype::FLOAT, &[])];
+            g
+        },
+        "probe",
+    );
+    let x = ArrayD::<f32>::zeros(IxDyn(&[1, input[0], input[1], input[2]]));
+    let shapes =
+        crate::onnx::probe::shapes(&probe, Path::new("probe"), vec![("x", x.view())], std::slice::from_ref(&f))
+            .unwrap();
+    let d = shapes[&f][1];
+    let k = if classes == 2 { 1 } else { classes };
+    let w = b.init_f32("dense_w", &rand_array(&mut rng, &[d, k], 0.3));
+    let bias = b.init_f32("dense_b", &rand_array(&mut rng, &[k], 0.1));
+    let z = b.op("Gemm", &[&f, &w, &bias], vec![]);
+    if classes == 2 {
+        b.node("Sigmoid", &[&z], &["y"], vec![]);
+    } else {
+        b.node("Softmax", &[&z], &["y"], vec![("axis", A::I(-1))]);
+    }
+    b.output("y", &[Dim::named("N"), Dim::Fixed(k as i64)]);
+    onnx::model(b.finish(), "test")
+}
+
+fn conv(
+    b: &mut GraphBuilder,
+    rng: &mut Rg,
+    x: &str,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    attrs: Vec<(&str, A)>,
+) -> String {
+    let w = b.fresh("w");
+    let w = b.init_f32(&w, &ArrayD::from_shape_simple_fn(IxDyn(&[cout, cin, k, k]), || rng.gen_range(-0.5..0.5)));
+    let bias = b.fresh("b");
+    let bias = b.init_f32(&bias, &ArrayD::from_shape_simple_fn(IxDyn(&[cout]), || rng.gen_range(-0.1..0.1)));
+    b.op("Conv", &[x, &w, &bias], attrs)
+}
+
+/// Run the training graph `model` (compiled from `m` as `tg`, or a rewrite of it) on one batch at
+/// `m`'s initial weights; returns the tensors `names`.
+fn run_train_graph(
+    model: &ModelProto,
+    m: &ModelProto,
+    tg: &TrainGraph,
+    x: &ArrayD<f32>,
+    y: &ArrayD<f32>,
+    names: &[String],
+) -> Vec<ArrayD<f32>> {
+    let what = Path::new("test.onnx");
+    let mut s = crate::runtime::open(&onnx::encode_model(model), what, &opts()).unwrap().session;
+    let params: Vec<ArrayD<f32>> = tg
+        .params
+        .iter()
+        .map(|p| onnx::tensor_to_f32(onnx::graph(m).initializer.iter().find(|t| &t.name == p).unwrap()).unwrap())
+        .collect();
+    let ones = ArrayD::ones(IxDyn(&[y.shape()[0], 1]));
+    let mut feed = vec![(tg.input.as_str(), x.view()), (LABELS, y.view()), (WEIGHTS, ones.view())];
+    feed.extend(tg.params.iter().map(|p| p.as_str()).zip(params.iter().map(|a| a.view())));
+    let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    crate::runtime::run_f32(&mut s, feed, &names).unwrap()
+}
+
+/// Largest absolute difference and largest magnitude of `a`.
+fn max_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> (f32, f32) {
+    let d = (a - b).iter().fold(0f32, |m, v| m.max(v.abs()));
+    (d, a.iter().fold(0f32, |m, v| m.max(v.abs())))
+}
+
+/// One-hot labels (N, k): the targets of a categorical cross-entropy.
+fn one_hot(labels: &[usize], k: usize) -> ArrayD<f32> {
+    ArrayD::from_shape_fn(IxDyn(&[labels.len(), k]), |i| (labels[i[0]] == i[1]) as u8 as f32)
+}
+
+/// The CUDA form of the MaxPool gradient (ScatterElements only: ORT's CUDA provider has no
+/// MaxUnpool kernel) gives the same gradients as the CPU form, and contains no MaxUnpool.
+#[test]
+fn scatter_pool_gradients_equal_unpool_gradients() {
+    let spec = crate::convnet::spec("mnist").unwrap();
+    let m = crate::convnet::build(&spec, 2).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
+    let x = rand_array(&mut rng, &[4, 28, 28, 1], 1.0);
+    let y = one_hot(&[1, 3, 5, 7], 10);
+    let grads = |pools: PoolGrad| {
+        let tg = compile_with(&m, Path::new("mnist.onnx"), &|_| true, &spec.input, Mode::Train, pools).unwrap();
+        let ops: Vec<&str> = onnx::graph(&tg.model).node.iter().map(|n| n.op_type.as_str()).collect();
+        let names: Vec<String> = tg.params.iter().map(|p| grad_name(p)).collect();
+        (
+            run_train_graph(&tg.model, &m, &tg, &x, &y, &names),
+            ops.contains(&"MaxUnpool"),
+            ops.contains(&"ScatterElements"),
+        )
+    };
+    let (unpool, has_unpool, _) = grads(PoolGrad::Unpool);
+    let (scatter, still_unpool, has_scatter) = grads(PoolGrad::Scatter);
+    assert!(has_unpool && !still_unpool && has_scatter);
+    for (a, b) in unpool.iter().zip(&scatter) {
+        let (d, _) = max_diff(a, b);
+        assert!(d <= 1e-6, "scatter vs unpool gradients differ by {d}");
+    }
+}
+
+/// The first Conv→Relu→MaxPool block, trained as four strided convolutions and a Max
+/// (`train::poolconv`), gives the gradients of the MaxPool form — also where window values tie
+/// (blank regions of quantised images, as in MNIST): the Max rule routes to the first maximum, as
+/// MaxPool's Indices do. The MaxPool form is what the compiler emits when the block's input needs
+/// a gradient, here through a trainable 1×1 input convolution.
+#[test]
+fn first_block_without_pool_indices_equals_maxpool_gradients() {
+    let mut b = GraphBuilder::new("m").with_prefix("m/");
+    b.input("x", &[Dim::named("N"), Dim::Fixed(13), Dim::Fixed(12), Dim::Fixed(1)]);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(31);
+    let t = b.op("Transpose", &["x"], vec![("perm", A::Ints(vec![0, 3, 1, 2]))]);
+    // A 1×1 convolution of weight 1 (an input Mul would be input normalisation, never trained).
+    let s = b.init_f32("scale", &ndarray::Array4::from_elem((1, 1, 1, 1), 1.0f32).into_dyn());
+    let t = b.op("Conv", &[&t, &s], vec![]);
+    // Filters 0–3 are uniform: different patches with equal sums tie in a window, and which of
+    // them gets the gradient changes the weight gradient.
+    let mut wv = rand_array(&mut rng, &[8, 1, 3, 3], 0.5);
+    wv.slice_mut(ndarray::s![0..4, .., .., ..]).fill(0.25);
+    let w = b.init_f32("w", &wv);
+    let bias = b.init_f32("b", &ndarray::Array1::from_vec((0..8).map(|i| 0.05 * i as f32 - 0.1).collect()).into_dyn());
+    let z = b.op("Conv", &[&t, &w, &bias], vec![("pads", A::Ints(vec![1, 0, 0, 1]))]);
+    let a = b.op("Relu", &[&z], vec![]);
+    let p = b.op("MaxPool", &[&a], vec![("kernel_shape", A::Ints(vec![2, 2])), ("strides", A::Ints(vec![2, 2]))]);
+    let f = b.op("Flatten", &[&p], vec![("axis", A::I(1))]);
+    let dw = b.init_f32("dw", &rand_array(&mut rng, &[8 * 6 * 5, 3], 0.3));
+    let db = b.init_f32("db", &rand_array(&mut rng, &[3], 0.1));
+    let l = b.op("Gemm", &[&f, &dw, &db], vec![]);
+    b.node("Softmax", &[&l], &["y"], vec![("axis", A::I(-1))]);
+    b.output("y", &[Dim::named("N"), Dim::Fixed(3)]);
+    let m = onnx::model(b.finish(), "test");
+    // Quantised images with blank (all-zero) regions: windows whose four values tie.
+    let x = ArrayD::from_shape_fn(IxDyn(&[4, 13, 12, 1]), |ix| {
+        if ix[1] < 5 || ix[2] > 8 {
+            0.0
+        } else {
+            ((ix[0] * 7 + ix[1] * 3 + ix[2] * 5) % 3) as f32 * 0.5
+        }
+    });
+    let y = one_hot(&[0, 1, 2, 1], 3);
+    let names: Vec<String> = ["w", "b", "dw", "db"].iter().map(|p| grad_name(p)).collect();
+    let grads = |train_scale: bool| {
+        let sel = |n: &str| train_scale || n != "scale";
+        let tg = compile(&m, Path::new("first-block.onnx"), &sel, &[13, 12, 1], Mode::Train).unwrap();
+        let ops: Vec<String> = onnx::graph(&tg.model).node.iter().map(|n| n.op_type.clone()).collect();
+        (run_train_graph(&tg.model, &m, &tg, &x, &y, &names), ops)
+    };
+    let (split, split_ops) = grads(false);
+    let (pooled, pooled_ops) = grads(true);
+    assert!(!split_ops.iter().any(|o| o == "MaxPool") && split_ops.iter().any(|o| o == "Max"), "{split_ops:?}");
+    assert!(pooled_ops.iter().any(|o| o == "MaxUnpool" || o == "ScatterElements"), "{pooled_ops:?}");
+    for ((a, c), name) in split.iter().zip(&pooled).zip(["w", "b", "dw", "db"]) {
+        let (d, scale) = max_diff(a, c);
+        assert!(scale > 0.0 && d <= 1e-5 * scale + 1e-7, "grad of {name}: split vs MaxPool form differ by {d}");
+    }
+}
+
+/// The CPU fast path (`train::nchwc`: convolutions and their input gradients on onnxruntime's
+/// NCHWc kernels) computes what the standard-op graph computes — loss, outputs and every
+/// gradient — on the nodes it rewrites: symmetric, asymmetric and 5×5 pads, 1×1 filters, fused
+/// and unfused ReLU, 16/32 channels (a multiple of every block size; 32 → 32 gives two blocks on
+/// both sides of a filter even with AVX-512's 16).
+#[test]
+fn nchwc_rewrite_matches_standard_ops() {
+    let Some(block) = nchwc::block() else {
+        // MLAS has NCHWc kernels on every x86-64 CPU with AVX2: there the probe must find them.
+        #[cfg(target_arch = "x86_64")]
+        assert!(!is_x86_feature_detected!("avx2"), "AVX2 CPU, but the NCHWc probe found no kernels");
+        eprintln!("skipped: onnxruntime has no NCHWc kernels on this CPU");
+        return;
+    };
+    let m = conv_model([9, 9, 16], 3, |b, rng, x| {
+        let h = conv(b, rng, &x, 16, 32, 3, vec![("pads", A::Ints(vec![1, 1, 1, 1]))]);
+        let h = b.op("Relu", &[&h], vec![]);
+        let h = b.op("MaxPool", &[&h], vec![("kernel_shape", A::Ints(vec![2, 2])), ("strides", A::Ints(vec![2, 2]))]);
+        let h = conv(b, rng, &h, 32, 16, 3, vec![("pads", A::Ints(vec![0, 1, 1, 0]))]);
+        let h = b.op("Relu", &[&h], vec![]);
+        let h = conv(b, rng, &h, 16, 32, 5, vec![("pads", A::Ints(vec![2, 2, 2, 2]))]);
+        conv(b, rng, &h, 32, 32, 1, vec![])
+    });
+    let what = Path::new("nchwc.onnx");
+    let tg = compile(&m, what, &|_| true, &[9, 9, 16], Mode::Train).unwrap();
+    let mut fast = tg.model.clone();
+    // Forward: the 2nd to 4th convolutions (the 1st block becomes four strided convolutions,
+    // poolconv.rs), and their input gradients (the 1st's input is the data).
+    assert_eq!(nchwc::rewrite(&mut fast, block), 6);
+    let ops: Vec<&str> = onnx::graph(&fast).node.iter().map(|n| n.op_type.as_str()).collect();
+    assert!(!ops.contains(&"ConvTranspose"), "{ops:?}");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+    let x = rand_array(&mut rng, &[5, 9, 9, 16], 1.0);
+    let y = one_hot(&[0, 1, 2, 0, 1], 3);
+    let mut names = vec![LOSS.to_string(), tg.output.clone()];
+    names.extend(tg.params.iter().map(|p| grad_name(p)));
+    let standard = run_train_graph(&tg.model, &m, &tg, &x, &y, &names);
+    let rewritten = run_train_graph(&fast, &m, &tg, &x, &y, &names);
+    for ((a, b), name) in standard.iter().zip(&rewritten).zip(&names) {
+        let (d, scale) = max_diff(a, b);
+        assert!(scale > 0.0 && d <= 1e-4 * scale + 1e-6, "{name}: NCHWc differs by {d} (scale {scale})");
+    }
+}
+
+#[test]
+fn the_update_comes_first_then_the_cpu_kernels() {
+    let m = conv_model([6, 6, 16], 3, |b, rng, x| {
+        let h = conv(b, rng, &x, 16, 32, 3, vec![("pads", A::Ints(vec![1, 1, 1, 1]))]);
+        b.op("Relu", &[&h], vec![])
+    });
+    let tg = compile(&m, Path::new("lower.onnx"), &|_| true, &[6, 6, 16], Mode::Train).unwrap();
+    let (opt, groups) = (Optimizer::adam(1e-3), Groups::default());
+    let u = Update { opt: &opt, groups: &groups };
+    // CUDA sessions get the standard-op graph, with the update when asked for.
+    assert_eq!(lower(&tg, None, Device::Cuda), tg.model);
+    let updated = update::append_update(&tg, &opt, &groups);
+    assert_eq!(lower(&tg, Some(u), Device::Cuda), updated);
+    // On the CPU the kernels rewrite the updated graph: every parameter's next value is still
+    // an output, and the convolutions run in the NCHWc domain where the kernels exist.
+    let cpu = lower(&tg, Some(u), Device::Cpu);
+    let g = crate::onnx::graph(&cpu);
+    for p in &tg.params {
+        assert!(g.output.iter().any(|o| o.name == update::next_name(p)), "{p}");
+    }
+    let blocked = g.node.iter().any(|n| n.domain == nchwc::DOMAIN);
+    assert_eq!(blocked, nchwc::block().is_some(), "{:?}", nchwc::block());
+}
