@@ -15,6 +15,10 @@ use crate::runtime::SessionOptions;
 use crate::train::FitConfig;
 use std::path::PathBuf;
 
+/// What a rerun does with a dense head's checkpoint unless told: continue it with the same
+/// settings and features, else start over (`--restart` always starts over).
+pub const RESUME: crate::train::checkpoint::Resume = crate::train::checkpoint::Resume::Auto;
+
 /// A head to train on a feature folder into `run_dir` (what `tlearn-head` and `tlearn-compare` do).
 pub struct HeadJob {
     pub features: PathBuf,

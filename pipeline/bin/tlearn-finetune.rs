@@ -217,13 +217,7 @@ fn run(a: Args) -> Result<()> {
         max_pixels: tlearn::imageio::DEFAULT_MAX_PIXELS,
         max_memory: a.max_memory,
         session: a.ort.session(),
-        resume: if a.restart {
-            Resume::Restart
-        } else if a.resume {
-            Resume::Require
-        } else {
-            Resume::Keep
-        },
+        resume: Resume::from_flags(a.restart, a.resume, finetune::RESUME),
     };
     let term = Terminal::default();
     let done =

@@ -61,7 +61,7 @@ fn run(a: Args) -> Result<()> {
         opts: a.ort.session(),
         train_views: a.train_views,
         tta: a.tta,
-        resume: if a.restart { Resume::Restart } else { Resume::Auto },
+        resume: Resume::from_flags(a.restart, false, tlearn::head::RESUME),
     };
     let (info, trained) = head::train_head(&job, &Terminal::default())
         .with_context(|| format!("training on {}", a.features.display()))?;

@@ -22,6 +22,10 @@ use crate::runs::finetune::{load_set, memory_budget};
 use crate::runs::ModelInfo;
 pub use crate::runs::MODEL;
 
+/// What a rerun does with a finished or interrupted run's checkpoint unless told: continue it with
+/// the same settings; other settings are an error naming them (`--restart` starts over).
+pub const RESUME: checkpoint::Resume = checkpoint::Resume::Keep;
+
 /// A fine-tune's learning rate when none is given (RMSprop; a pretrained net moves slowly).
 pub const DEFAULT_LR: f64 = 1e-4;
 /// Parameters, optimizer slots and loop state after the last finished epoch.

@@ -32,6 +32,19 @@ pub enum Resume {
     Restart,
 }
 
+impl Resume {
+    /// What `--restart` and `--resume` ask for, else the stage's own default (`otherwise`): a
+    /// dense head starts over when its settings changed ([`Resume::Auto`]); a fine-tune refuses
+    /// to replace a finished run unasked ([`Resume::Keep`]).
+    pub fn from_flags(restart: bool, require: bool, otherwise: Resume) -> Resume {
+        match (restart, require) {
+            (true, _) => Resume::Restart,
+            (false, true) => Resume::Require,
+            (false, false) => otherwise,
+        }
+    }
+}
+
 /// The loop state stored in a checkpoint's metadata.
 #[derive(Serialize, Deserialize)]
 struct Saved {
@@ -219,4 +232,17 @@ pub fn differences(was: &serde_json::Value, now: &serde_json::Value) -> Vec<Stri
     walk("", was, now, &mut out);
     out.truncate(8);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Resume;
+
+    #[test]
+    fn the_flags_choose_over_the_stages_default() {
+        assert_eq!(Resume::from_flags(true, true, Resume::Keep), Resume::Restart);
+        assert_eq!(Resume::from_flags(false, true, Resume::Keep), Resume::Require);
+        assert_eq!(Resume::from_flags(false, false, Resume::Keep), Resume::Keep);
+        assert_eq!(Resume::from_flags(false, false, Resume::Auto), Resume::Auto);
+    }
 }
