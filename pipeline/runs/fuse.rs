@@ -39,6 +39,13 @@ fn rename(g: &GraphProto, prefix: &str, keep: &HashMap<String, String>) -> Graph
     out
 }
 
+/// A deployable model's graph so far: its name and its input, RGB images of `size`².
+fn classifier_builder(size: u32) -> GraphBuilder {
+    let mut b = GraphBuilder::new("tlearn_classifier").with_prefix("pre/");
+    b.input(INPUT, &[Dim::named("N"), Dim::Fixed(size as i64), Dim::Fixed(size as i64), Dim::Fixed(3)]);
+    b
+}
+
 /// One graph: raw RGB → preprocessing → backbone → head. `classes` and the input settings are
 /// recorded in the model's metadata. With `tta` views the graph also runs those flips of every
 /// image and returns the mean probability over the plain image and its views (as `tlearn-evaluate`
@@ -52,8 +59,7 @@ pub fn fuse(
     classes: &[String],
     tta: &[View],
 ) -> Result<ModelProto> {
-    let mut b = GraphBuilder::new("tlearn_classifier").with_prefix("pre/");
-    b.input(INPUT, &[Dim::named("N"), Dim::Fixed(size as i64), Dim::Fixed(size as i64), Dim::Fixed(3)]);
+    let mut b = classifier_builder(size);
     let x = emit_preprocess(&mut b, INPUT, pre);
     let views: Vec<View> = tta.iter().copied().filter(|v| *v != View::Identity).collect();
     let x = if views.is_empty() { x } else { emit_views(&mut b, &x, &views) };
@@ -255,8 +261,7 @@ pub fn deployable(
     classes: &[String],
     tta: &[View],
 ) -> Result<ModelProto> {
-    let mut b = GraphBuilder::new("tlearn_classifier").with_prefix("pre/");
-    b.input(INPUT, &[Dim::named("N"), Dim::Fixed(size as i64), Dim::Fixed(size as i64), Dim::Fixed(3)]);
+    let mut b = classifier_builder(size);
     let mut x = INPUT.to_string();
     if channels == 1 {
         let w = b.init_f32(
