@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// A module path from the crate root: `["train", "graph"]` for `pipeline/train/graph.rs`.
+/// A module path from the crate root: `["train", "compile", "graph"]` for `pipeline/train/compile/graph.rs`.
 type ModPath = Vec<String>;
 
 /// Whether `seg` names a module under `module` on disk (`seg.rs` or `seg/`).
