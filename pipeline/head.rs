@@ -37,7 +37,7 @@ pub struct HeadJob {
 }
 
 /// Train the job's head and write the run: `head.onnx`, `history.csv` (+ `history.png` for the
-/// dense head), and the `head.onnx.json` record, each atomically, the record last.
+/// dense head), and the run record `run.json`, each atomically, the record last.
 pub fn train_head(job: &HeadJob, sink: &dyn Sink) -> Result<(HeadRecord, Trained)> {
     let train_sets = features::load_views(&job.features, "train", &job.train_views)?;
     let (train_x, train_labels) = features::concat_views(&train_sets)?;

@@ -153,3 +153,33 @@ fn recorded_checksums_and_class_counts_are_checked_on_load() {
     let err = fails("tlearn-score", &["data/toy", "--model", "runs/toy/model.onnx", "--out", "m.csv"], w);
     assert!(err.contains("sha256"), "{err}");
 }
+
+/// A deployable model beside a run's record is used only while the record says it is the run's:
+/// a record that cannot be read is an error (not a pass), a model the run's head did not build (a
+/// fine-tune's left in a folder retrained as a head run) is stale; a run reached through a link
+/// keeps the link's name.
+#[test]
+fn a_deployable_model_is_checked_against_its_runs_record() {
+    let w = workdir();
+    let w = w.path();
+    trained(w, &["cat", "dog"], 10);
+    ok("tlearn-score", &["data/toy/test", "--run", "toy", "--out", "a.csv"], w);
+    let model = ["data/toy/test", "--model", "runs/toy/model.onnx", "--out", "b.csv"];
+    ok("tlearn-score", &model, w);
+    let side = w.join("runs/toy/model.onnx.json");
+    let built = std::fs::read_to_string(&side).unwrap();
+    let mut fine_tunes: serde_json::Value = serde_json::from_str(&built).unwrap();
+    fine_tunes.as_object_mut().unwrap().retain(|k, _| k != "head_sha256" && k != "backbone_sha256");
+    std::fs::write(&side, fine_tunes.to_string()).unwrap();
+    let err = fails("tlearn-score", &model, w);
+    assert!(err.contains("stale") && err.contains("run.json") && err.contains("--export-only"), "{err}");
+    std::fs::write(&side, built).unwrap();
+    let record = std::fs::read_to_string(w.join("runs/toy/run.json")).unwrap();
+    std::fs::write(w.join("runs/toy/run.json"), &record[..record.len() / 2]).unwrap();
+    let err = fails("tlearn-score", &model, w);
+    assert!(err.contains("run.json"), "{err}");
+    std::fs::write(w.join("runs/toy/run.json"), record).unwrap();
+    std::os::unix::fs::symlink("toy", w.join("runs/best")).unwrap();
+    ok("tlearn-evaluate", &["--run", "best", "--explain", "0"], w);
+    assert_eq!(json(&w.join("reports/best/metrics.json"))["run"], "best");
+}

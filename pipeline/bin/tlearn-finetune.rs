@@ -235,7 +235,8 @@ fn run(a: Args) -> Result<()> {
         cfg.run_dir.join(finetune::MODEL).display()
     );
     if !info.skipped.is_empty() {
-        tlearn::outln!("left out {} file(s) (listed with the reason in {})", info.skipped.len(), tlearn::runs::RECORD);
+        let record = cfg.run_dir.join(tlearn::runs::RECORD);
+        tlearn::outln!("left out {} file(s) (listed with the reason in {})", info.skipped.len(), record.display());
     }
     if data.join("test").is_dir() {
         let out = a.reports.join(&run);

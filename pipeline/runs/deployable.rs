@@ -5,7 +5,7 @@
 
 use super::fuse::fuse;
 use super::head::{HeadRecord, HEAD};
-use super::record::{read_record, Record, RECORD};
+use super::record::{read_record, read_record_at, record_file, Record, RECORD};
 use super::run::Run;
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -113,19 +113,24 @@ pub fn check_current_as(model: &Path, sha256: Option<&str>) -> Result<()> {
     // A bare `model.onnx` (run from inside its run folder) still names its run.
     let given = fsutil::parent_dir(model);
     let run_dir = &if given == Path::new(".") { fsutil::real_path(given) } else { given.to_path_buf() };
-    let built_from_head = serde_json::from_value::<ModelInfo>(side.clone()).ok().filter(|mi| mi.head_sha256.is_some());
-    if let (Some(mi), Ok(Record::Head(info))) = (built_from_head, read_record(run_dir)) {
-        if Some(&info.head_sha256) != mi.head_sha256.as_ref() || info.tta != mi.tta {
-            let run = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            return Err(Error::BadData {
-                path: model.into(),
-                reason: format!(
-                    "stale: built from another head or other views than {} records now (the run was retrained); \
-                     rebuild it with `tlearn-score --run {run} --runs {} --export-only`",
-                    run_dir.join(RECORD).display(),
-                    fsutil::parent_dir(run_dir).display()
-                ),
-            });
+    // Beside a run's record, the record decides (one that cannot be read is an error, not a pass);
+    // a model with no record beside it is checked against its sidecar alone.
+    if record_file(run_dir).is_some() && model.file_name() == Some(std::ffi::OsStr::new(MODEL)) {
+        if let (Record::Head(info), file) = read_record_at(run_dir)? {
+            let mi = serde_json::from_value::<ModelInfo>(side.clone()).ok();
+            let built_from = mi.as_ref().and_then(|m| m.head_sha256.as_ref().map(|h| (h, &m.tta)));
+            if built_from != Some((&info.head_sha256, &info.tta)) {
+                let run = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                return Err(Error::BadData {
+                    path: model.into(),
+                    reason: format!(
+                        "stale: not built from the head and views {} records now (the run was retrained); \
+                         rebuild it with `tlearn-score --run {run} --runs {} --export-only`",
+                        file.display(),
+                        fsutil::parent_dir(run_dir).display()
+                    ),
+                });
+            }
         }
     }
     if let Some(recorded) = side.get("model_sha256").and_then(|s| s.as_str()) {

@@ -7,7 +7,7 @@ use super::head::{HeadRecord, HEAD};
 use crate::error::{Error, Result};
 use crate::fsutil;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The run record, in every run folder.
 pub const RECORD: &str = "run.json";
@@ -41,8 +41,24 @@ pub fn write_record(run_dir: &Path, record: &Record) -> Result<()> {
 /// The record in `dir`: `run.json`, or (format 1) `head.onnx.json` of a head run or the
 /// `model.onnx.json` of a fine-tune that holds its settings.
 pub fn read_record(dir: &Path) -> Result<Record> {
+    read_record_at(dir).map(|(record, _)| record)
+}
+
+/// The file that holds `dir`'s record, if any: `run.json`, else a format-1 record.
+pub fn record_file(dir: &Path) -> Option<PathBuf> {
+    let old_finetune = fsutil::sidecar_path(&dir.join(MODEL));
+    [dir.join(RECORD), fsutil::sidecar_path(&dir.join(HEAD))]
+        .into_iter()
+        .find(|p| p.is_file())
+        .or_else(|| is_finetune_record(&old_finetune).then_some(old_finetune))
+}
+
+/// [`read_record`], with the file it was read from (what messages about the record name).
+pub fn read_record_at(dir: &Path) -> Result<(Record, PathBuf)> {
     let path = dir.join(RECORD);
-    let record = if path.is_file() {
+    let old_head = fsutil::sidecar_path(&dir.join(HEAD));
+    let old_finetune = fsutil::sidecar_path(&dir.join(MODEL));
+    let (record, path) = if path.is_file() {
         let v: serde_json::Value = fsutil::read_json(&path)?;
         let format = v.get("format").and_then(|f| f.as_u64()).unwrap_or(0);
         if format > FORMAT as u64 {
@@ -55,13 +71,25 @@ pub fn read_record(dir: &Path) -> Result<Record> {
         }
         let stored: Stored = serde_json::from_value(v)
             .map_err(|e| Error::BadData { path: path.clone(), reason: format!("not a run record: {e}") })?;
-        stored.record
-    } else if let Some(old) = Some(fsutil::sidecar_path(&dir.join(HEAD))).filter(|p| p.is_file()) {
-        let h: HeadRecord = fsutil::read_json(&old)?;
-        Record::Head(h)
-    } else if let Some(old) = Some(fsutil::sidecar_path(&dir.join(MODEL))).filter(|p| is_finetune_record(p)) {
-        Record::Finetune(fsutil::read_json(&old)?)
+        (stored.record, path)
+    } else if old_head.is_file() {
+        if is_finetune_record(&old_finetune) {
+            tracing::warn!(
+                "{}: holds an older tlearn's records of a head run and of a fine-tune; reading the head run's \
+                 ({}); retrain the run to write one {RECORD}",
+                dir.display(),
+                old_head.display()
+            );
+        }
+        let h: HeadRecord = fsutil::read_json(&old_head)?;
+        (Record::Head(h), old_head)
+    } else if is_finetune_record(&old_finetune) {
+        (Record::Finetune(fsutil::read_json(&old_finetune)?), old_finetune)
     } else {
+        if old_finetune.is_file() {
+            // A sidecar that does not parse is named as such, not taken for a missing record.
+            fsutil::read_json::<serde_json::Value>(&old_finetune)?;
+        }
         return Err(Error::BadData {
             path: dir.into(),
             reason: format!(
@@ -73,7 +101,7 @@ pub fn read_record(dir: &Path) -> Result<Record> {
     if let Record::Head(h) = &record {
         h.check(&path)?;
     }
-    Ok(record)
+    Ok((record, path))
 }
 
 /// A format-1 fine-tune record: the deployable model's sidecar holding the run's settings.

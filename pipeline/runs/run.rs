@@ -42,7 +42,9 @@ impl Run {
     /// The run in `dir`: its `run.json`, or the record an older tlearn wrote.
     pub fn open(dir: &Path) -> Result<Run> {
         let record = read_record(dir)?;
-        let name = fsutil::real_path(dir).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        // The folder's name as given (a link keeps its own name); `.` is named by where it is.
+        let name = dir.file_name().map(PathBuf::from).or_else(|| fsutil::real_path(dir).file_name().map(PathBuf::from));
+        let name = name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(Run { dir: dir.to_path_buf(), name, record })
     }
 
