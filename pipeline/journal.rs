@@ -123,20 +123,31 @@ impl Journal {
     }
 }
 
-/// Does `dir` hold anything but a killed writer's temporary files?
+/// Does `dir` hold anything but a killed writer's temporary files and journal chunks (what a
+/// removal killed before its manifest went leaves)?
 fn has_foreign_files(dir: &Path) -> Result<bool> {
-    let temp = |n: &str| n.starts_with('.') && n.ends_with(".tmp");
-    Ok(std::fs::read_dir(dir).at(dir)?.filter_map(|e| e.ok()).any(|e| !e.file_name().to_str().is_some_and(temp)))
+    let chunk_meta = |json: &Path| {
+        fsutil::read_json::<serde_json::Value>(json).is_ok_and(|v| v.get("data_sha256").is_some_and(|s| s.is_string()))
+    };
+    let ours = |n: &str| {
+        (n.starts_with('.') && n.ends_with(".tmp"))
+            || n.strip_suffix(".json").is_some_and(|_| chunk_meta(&dir.join(n)))
+            || n.strip_suffix(".bin").is_some_and(|stem| chunk_meta(&dir.join(format!("{stem}.json"))))
+    };
+    Ok(std::fs::read_dir(dir).at(dir)?.filter_map(|e| e.ok()).any(|e| !e.file_name().to_str().is_some_and(ours)))
 }
 
 /// Remove a journal folder: the files a journal writes (its manifest, `<chunk>.bin`/`.json`, a
 /// killed writer's `.<name>.tmp`), then the folder. Anything else in it is not tlearn's: the
 /// folder is then kept and named, with what to do.
 fn remove(dir: &Path) -> Result<()> {
+    // The manifest goes last: it is what says the folder is a journal, so a removal killed half
+    // way leaves a journal the next run recognises, never chunks that look like a stranger's.
     let ours = |n: &str| {
-        n == MANIFEST || n.ends_with(".bin") || n.ends_with(".json") || (n.starts_with('.') && n.ends_with(".tmp"))
+        n != MANIFEST && (n.ends_with(".bin") || n.ends_with(".json") || (n.starts_with('.') && n.ends_with(".tmp")))
     };
     crate::output::remove_files_named(dir, ours)?;
+    crate::output::remove_files_named(dir, |n| n == MANIFEST)?;
     std::fs::remove_dir(dir).map_err(|e| match e.kind() {
         std::io::ErrorKind::DirectoryNotEmpty => Error::BadData {
             path: dir.into(),
@@ -144,4 +155,27 @@ fn remove(dir: &Path) -> Result<()> {
         },
         _ => Error::Io { path: dir.into(), err: e },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A journal whose removal was killed after the manifest went (an older tlearn removed it
+    /// first) opens again, starting over (without a manifest no chunk can be trusted); a folder
+    /// holding anything else is refused and keeps it.
+    #[test]
+    fn a_half_removed_journal_reopens_and_a_strangers_folder_is_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("out.csv.partial");
+        let j = Journal::open(&dir, &"settings").unwrap();
+        j.put("000001", b"rows", 7u32).unwrap();
+        std::fs::remove_file(dir.join(MANIFEST)).unwrap();
+        let j = Journal::open(&dir, &"settings").unwrap();
+        assert!(j.get::<u32>("000001").is_none() && dir.join(MANIFEST).is_file());
+        std::fs::remove_file(dir.join(MANIFEST)).unwrap();
+        std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+        assert!(Journal::open(&dir, &"settings").is_err());
+        assert!(dir.join("notes.txt").is_file());
+    }
 }
