@@ -113,7 +113,7 @@ fn run(a: Args) -> Result<()> {
     if tlearn::output::target(&out)?.is_stdout() {
         tlearn::cli::send_report_to_stderr();
     }
-    check_outputs(&a, &model, &out, &run_dir)?;
+    tlearn::score::check_outputs(&out, &model, &run_dir, (&a.inputs, &a.list), a.explain.as_deref())?;
     let tlearn::inputs::Listed { files, unreadable, not_images } = tlearn::inputs::collect(&a.inputs, &a.list)?;
     for p in &not_images {
         tracing::warn!("{}: skipped (not named as an image)", p.display());
@@ -157,27 +157,6 @@ fn run(a: Args) -> Result<()> {
     }
     if let (Some(dir), Some(files)) = (&a.explain, to_explain) {
         explain(&a, &model, &files, dir)?;
-    }
-    Ok(())
-}
-
-/// What is checked before any image is scored: neither the scores nor their summary may land on
-/// a list file or the run's record (the library checks the model itself); with --explain, its
-/// folder lies apart from every input and the model is one Grad-CAM can run on.
-fn check_outputs(a: &Args, model: &Path, out: &Path, run_dir: &Path) -> Result<()> {
-    let head = run_dir.join(tlearn::runs::HEAD);
-    let sidecar = tlearn::fsutil::sidecar_path;
-    let record = run_dir.join(tlearn::runs::RECORD);
-    let inputs: Vec<PathBuf> =
-        a.list.iter().cloned().chain([sidecar(model), sidecar(&head), head.clone(), record]).collect();
-    let inputs: Vec<&Path> = inputs.iter().map(|p| p.as_path()).collect();
-    tlearn::fsutil::check_output_apart(out, &inputs)?;
-    tlearn::fsutil::check_output_apart(&tlearn::fsutil::with_suffix(out, ".summary.json"), &inputs)?;
-    if let Some(dir) = &a.explain {
-        let given: Vec<&Path> =
-            a.inputs.iter().chain(&a.list).map(|p| p.as_path()).chain(inputs.iter().copied()).collect();
-        tlearn::fsutil::check_output_apart(dir, &given)?;
-        tlearn::runs::check_differentiable(&tlearn::onnx::load_model(model)?, model, "Grad-CAM (--explain)")?;
     }
     Ok(())
 }

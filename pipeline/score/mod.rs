@@ -312,6 +312,33 @@ impl<'p> ScoredModel<'p> {
     }
 }
 
+/// What is checked before any image is scored: neither the scores `out` nor their summary may
+/// land on a list file, the model's sidecar or the run's head and records (the model itself and
+/// the images are checked as they are read); with `explain`, its folder lies apart from every
+/// input given (`inputs`, `lists`) and the model is one Grad-CAM can run on.
+pub fn check_outputs(
+    out: &Path,
+    model: &Path,
+    run_dir: &Path,
+    (inputs, lists): (&[PathBuf], &[PathBuf]),
+    explain: Option<&Path>,
+) -> Result<()> {
+    let head = run_dir.join(crate::runs::HEAD);
+    let sidecar = crate::fsutil::sidecar_path;
+    let record = run_dir.join(crate::runs::RECORD);
+    let kept: Vec<PathBuf> =
+        lists.iter().cloned().chain([sidecar(model), sidecar(&head), head.clone(), record]).collect();
+    let kept: Vec<&Path> = kept.iter().map(|p| p.as_path()).collect();
+    crate::fsutil::check_output_apart(out, &kept)?;
+    crate::fsutil::check_output_apart(&crate::fsutil::with_suffix(out, ".summary.json"), &kept)?;
+    if let Some(dir) = explain {
+        let given: Vec<&Path> = inputs.iter().map(|p| p.as_path()).chain(kept.iter().copied()).collect();
+        crate::fsutil::check_output_apart(dir, &given)?;
+        crate::runs::check_differentiable(&onnx::load_model(model)?, model, "Grad-CAM (--explain)")?;
+    }
+    Ok(())
+}
+
 /// Outputs never overwrite inputs: neither an image scored nor the model.
 fn check_output(out: &Path, files: &[PathBuf], reals: &[PathBuf], model_path: &Path) -> Result<()> {
     let out_real = crate::fsutil::real_path(out);
