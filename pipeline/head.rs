@@ -74,7 +74,7 @@ pub fn train_head(job: &HeadJob, sink: &dyn Sink) -> Result<(HeadRecord, Trained
     fsutil::write_bytes_atomic(&job.run_dir.join(HEAD), &bytes)?;
     let history = &trained.history;
     history::write_csv(&job.run_dir.join(HISTORY_CSV), history)?;
-    let name = job.run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = crate::runs::name_of(&job.run_dir);
     if history.len() > 1 {
         let title = format!("{name} on {} — {}", train.info.backbone, job.features.display());
         if let Err(e) = crate::plot::history(&job.run_dir.join(HISTORY_PNG), &title, history) {

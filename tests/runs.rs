@@ -5,11 +5,6 @@
 
 mod common;
 use common::*;
-use std::path::Path;
-
-fn json(p: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
 
 /// `tlearn-evaluate --run` and `tlearn-score --run` on a fine-tune run, after it finished: the
 /// evaluation is the one the run made of itself (same metrics, same predictions), and the scores

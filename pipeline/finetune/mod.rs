@@ -317,7 +317,7 @@ fn record(
         tlearn_version: env!("CARGO_PKG_VERSION").into(),
     };
     crate::history::write_csv(&cfg.run_dir.join(crate::history::HISTORY_CSV), &done.history)?;
-    let title = format!("{}: {} on {}", run_name(cfg), cfg.model.display(), cfg.data.display());
+    let title = format!("{}: {} on {}", crate::runs::name_of(&cfg.run_dir), cfg.model.display(), cfg.data.display());
     if let Err(e) = crate::plot::history(&cfg.run_dir.join(crate::history::HISTORY_PNG), &title, &done.history) {
         tracing::warn!("history plot not written: {e}");
     }
@@ -343,9 +343,4 @@ pub fn rescale_for(given: Option<f32>, model: &std::path::Path) -> Result<f32> {
         Some(r) => Ok(r),
         None => Ok(default_rescale(&onnx::load_model(model)?, model)),
     }
-}
-
-/// The run's name: its folder's.
-fn run_name(cfg: &FinetuneConfig) -> String {
-    cfg.run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }

@@ -5,7 +5,7 @@
 
 use super::fuse::fuse;
 use super::head::{HeadRecord, HEAD};
-use super::record::{read_record, read_record_at, record_file, Record, RECORD};
+use super::record::{find_record, read_record, Record, RECORD};
 use super::run::Run;
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -115,12 +115,12 @@ pub fn check_current_as(model: &Path, sha256: Option<&str>) -> Result<()> {
     let run_dir = &if given == Path::new(".") { fsutil::real_path(given) } else { given.to_path_buf() };
     // Beside a run's record, the record decides (one that cannot be read is an error, not a pass);
     // a model with no record beside it is checked against its sidecar alone.
-    if record_file(run_dir).is_some() && model.file_name() == Some(std::ffi::OsStr::new(MODEL)) {
-        if let (Record::Head(info), file) = read_record_at(run_dir)? {
+    if model.file_name() == Some(std::ffi::OsStr::new(MODEL)) {
+        if let Some((Record::Head(info), file)) = find_record(run_dir)? {
             let mi = serde_json::from_value::<ModelInfo>(side.clone()).ok();
             let built_from = mi.as_ref().and_then(|m| m.head_sha256.as_ref().map(|h| (h, &m.tta)));
             if built_from != Some((&info.head_sha256, &info.tta)) {
-                let run = run_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let run = super::run::name_of(run_dir);
                 return Err(Error::BadData {
                     path: model.into(),
                     reason: format!(

@@ -16,4 +16,4 @@ pub use finetune::{FinetuneConfig, FinetuneRecord, TrunkInfo};
 pub use fuse::{deployable, fuse, meta, plain, ModelMeta, INPUT, OUTPUT};
 pub use head::{HeadRecord, HEAD};
 pub use record::{write_record, Record, FORMAT, RECORD};
-pub use run::{PredictOptions, Predictions, Run};
+pub use run::{name_of, PredictOptions, Predictions, Run};

@@ -44,17 +44,20 @@ pub fn read_record(dir: &Path) -> Result<Record> {
     read_record_at(dir).map(|(record, _)| record)
 }
 
-/// The file that holds `dir`'s record, if any: `run.json`, else a format-1 record.
-pub fn record_file(dir: &Path) -> Option<PathBuf> {
-    let old_finetune = fsutil::sidecar_path(&dir.join(MODEL));
-    [dir.join(RECORD), fsutil::sidecar_path(&dir.join(HEAD))]
-        .into_iter()
-        .find(|p| p.is_file())
-        .or_else(|| is_finetune_record(&old_finetune).then_some(old_finetune))
-}
-
 /// [`read_record`], with the file it was read from (what messages about the record name).
 pub fn read_record_at(dir: &Path) -> Result<(Record, PathBuf)> {
+    find_record(dir)?.ok_or_else(|| Error::BadData {
+        path: dir.into(),
+        reason: format!(
+            "not a run folder: no {RECORD} (nor the {HEAD}.json or {MODEL}.json of an older tlearn); \
+             train it with tlearn-head or tlearn-finetune --run NAME"
+        ),
+    })
+}
+
+/// `dir`'s record and the file it was read from; None where `dir` holds none (a record there that
+/// cannot be read is an error, not None).
+pub fn find_record(dir: &Path) -> Result<Option<(Record, PathBuf)>> {
     let path = dir.join(RECORD);
     let old_head = fsutil::sidecar_path(&dir.join(HEAD));
     let old_finetune = fsutil::sidecar_path(&dir.join(MODEL));
@@ -90,18 +93,12 @@ pub fn read_record_at(dir: &Path) -> Result<(Record, PathBuf)> {
             // A sidecar that does not parse is named as such, not taken for a missing record.
             fsutil::read_json::<serde_json::Value>(&old_finetune)?;
         }
-        return Err(Error::BadData {
-            path: dir.into(),
-            reason: format!(
-                "not a run folder: no {RECORD} (nor the {HEAD}.json or {MODEL}.json of an older tlearn); \
-                 train it with tlearn-head or tlearn-finetune --run NAME"
-            ),
-        });
+        return Ok(None);
     };
     if let Record::Head(h) = &record {
         h.check(&path)?;
     }
-    Ok((record, path))
+    Ok(Some((record, path)))
 }
 
 /// A format-1 fine-tune record: the deployable model's sidecar holding the run's settings.

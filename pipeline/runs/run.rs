@@ -11,6 +11,12 @@ use crate::runtime::SessionOptions;
 use ndarray::ArrayD;
 use std::path::{Path, PathBuf};
 
+/// A run's name: its folder's, as given (a link keeps its own name); `.` is named by where it is.
+pub fn name_of(dir: &Path) -> String {
+    let name = dir.file_name().map(PathBuf::from).or_else(|| fsutil::real_path(dir).file_name().map(PathBuf::from));
+    name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
 /// How a run predicts: where its graphs run, and how much memory a fine-tune's decoded images may
 /// hold before they are read from a file in the run folder (None: the default budget).
 #[derive(Clone, Debug, Default)]
@@ -42,10 +48,7 @@ impl Run {
     /// The run in `dir`: its `run.json`, or the record an older tlearn wrote.
     pub fn open(dir: &Path) -> Result<Run> {
         let record = read_record(dir)?;
-        // The folder's name as given (a link keeps its own name); `.` is named by where it is.
-        let name = dir.file_name().map(PathBuf::from).or_else(|| fsutil::real_path(dir).file_name().map(PathBuf::from));
-        let name = name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(Run { dir: dir.to_path_buf(), name, record })
+        Ok(Run { dir: dir.to_path_buf(), name: name_of(dir), record })
     }
 
     pub fn classes(&self) -> &[String] {
