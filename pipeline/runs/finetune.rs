@@ -188,21 +188,20 @@ pub fn load_set(
     imageset::load_splits(&cfg.data, &present, classes, &spec, budget, sink).map(Some)
 }
 
-/// Probabilities of `model` (a net, not the deployable wrapper; `path` names it in errors) on a
-/// split of `cfg.data` (or of `data` when given), loaded as for training (size, channels,
-/// interpolation, rescale); with `cfg.tta`, the mean over the plain images and those views.
+/// Probabilities of the net in `bytes` (not the deployable wrapper; `path` names it in errors) on
+/// a split of `cfg.data`, loaded as for training (size, channels, interpolation, rescale); with
+/// `cfg.tta`, the mean over the plain images and those views.
 pub fn predict_split(
-    (model, path): (&ModelProto, &Path),
+    (bytes, path): (&[u8], &Path),
     cfg: &FinetuneConfig,
-    (data, split): (&Path, &str),
+    split: &str,
     classes: &[String],
     sink: &dyn Sink,
 ) -> Result<(ndarray::ArrayD<f32>, ImageSet)> {
-    let input = input_shape(model, path)?;
-    let cfg = &FinetuneConfig { data: data.to_path_buf(), ..cfg.clone() };
+    let input = input_shape(&onnx::decode_model(bytes, path)?, path)?;
     let set = load_set(cfg, &[split], classes, input, &memory_budget(cfg), sink)?
         .ok_or_else(|| Error::BadData { path: cfg.data.join(split), reason: "no such split folder".into() })?;
-    let mut net = crate::train::Predictor::open(&onnx::encode_model(model), path, &cfg.session)?;
+    let mut net = crate::train::Predictor::open(bytes, path, &cfg.session)?;
     let views: Vec<View> = cfg.tta.iter().copied().filter(|v| *v != View::Identity).collect();
     // A chunk of images at a time in float: never a float copy of the whole split.
     let idx: Vec<usize> = (0..set.len()).collect();

@@ -4,7 +4,7 @@
 use super::finetune::{self, FinetuneConfig};
 use super::head;
 use super::record::{read_record, Record};
-use crate::error::{Error, Result};
+use crate::error::{IoContext, Result};
 use crate::fsutil;
 use crate::progress::Sink;
 use crate::runtime::SessionOptions;
@@ -87,14 +87,14 @@ impl Run {
             }
             Record::Finetune(f) => {
                 let (session, max_memory) = (opts.session.clone(), opts.max_memory);
-                let cfg = FinetuneConfig { run_dir: self.dir.clone(), session, max_memory, ..f.config.clone() };
+                let data = source.to_path_buf();
+                let cfg = FinetuneConfig { run_dir: self.dir.clone(), data, session, max_memory, ..f.config.clone() };
                 let best = self.dir.join(crate::train::learner::BEST);
                 let bytes = match &f.best_sha256 {
                     Some(sha) => fsutil::read_verified(&best, sha)?,
-                    None => std::fs::read(&best).map_err(|e| Error::Io { path: best.clone(), err: e })?,
+                    None => std::fs::read(&best).at(&best)?,
                 };
-                let net = crate::onnx::decode_model(&bytes, &best)?;
-                let (probs, set) = finetune::predict_split((&net, &best), &cfg, (source, split), &f.classes, sink)?;
+                let (probs, set) = finetune::predict_split((&bytes, &best), &cfg, split, &f.classes, sink)?;
                 let files = set.files.iter().zip(&set.labels).map(|(p, &l)| (fsutil::path_text(p), l)).collect();
                 let skipped = set.skipped.iter().map(|(p, why)| (fsutil::path_text(p), why.clone())).collect();
                 Ok(Predictions { probs, files, skipped, source_sha256: None })
