@@ -281,6 +281,20 @@ pub fn quantized_in(onnx_dir: &Path) -> Vec<BackboneInfo> {
     v
 }
 
+/// The input size to run backbone `name` at: `size` when given, else its own — from its fetched
+/// sidecar, or the catalog's entry when it is not fetched yet (nothing is downloaded).
+pub fn resolve_size(onnx_dir: &Path, name: &str, size: Option<u32>) -> Result<u32> {
+    if let Some(s) = size {
+        return Ok(s);
+    }
+    let side = fsutil::sidecar_path(&onnx_dir.join(format!("{}.onnx", crate::catalog::canonical(name))));
+    if side.is_file() {
+        return Ok(fsutil::read_json::<BackboneInfo>(&side)?.size);
+    }
+    let cat = Catalog::load(onnx_dir)?;
+    Ok(cat.get(&crate::catalog::canonical(name))?.size)
+}
+
 /// A backbone ready for extraction: its bytes, sha and preprocessing.
 pub struct Backbone {
     pub name: String,

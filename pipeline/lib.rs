@@ -22,6 +22,7 @@ pub mod explain;
 pub mod extract;
 pub mod features;
 pub mod finetune;
+pub mod fit;
 pub mod fsutil;
 pub mod head;
 pub mod heads;

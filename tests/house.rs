@@ -65,6 +65,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("finetune", 2),
     ("quantize", 2),
     ("compare", 3),
+    ("fit", 3),
     ("cli", 4),
 ];
 const NAMES: [&str; 5] = ["infrastructure", "domain", "stages", "workflows", "binaries"];

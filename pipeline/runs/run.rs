@@ -3,7 +3,7 @@
 
 use super::finetune::{self, FinetuneConfig};
 use super::head;
-use super::record::{read_record, Record};
+use super::record::{model_dir, read_record, Record};
 use crate::error::{IoContext, Result};
 use crate::fsutil;
 use crate::progress::Sink;
@@ -45,10 +45,12 @@ pub struct Predictions {
 }
 
 impl Run {
-    /// The run in `dir`: its `run.json`, or the record an older tlearn wrote.
+    /// The run in `dir`: its `run.json`, or the record an older tlearn wrote. A fit run opens as
+    /// the phase that holds its model, under the fit's name.
     pub fn open(dir: &Path) -> Result<Run> {
-        let record = read_record(dir)?;
-        Ok(Run { dir: dir.to_path_buf(), name: name_of(dir), record })
+        let inner = model_dir(dir)?;
+        let record = read_record(&inner)?;
+        Ok(Run { dir: inner, name: name_of(dir), record })
     }
 
     pub fn classes(&self) -> &[String] {

@@ -6,7 +6,7 @@ use image::{Rgb, RgbImage};
 use ndarray::ArrayD;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use tlearn::onnx::builder::A;
 use tlearn::onnx::{self, Dim, GraphBuilder};
 
@@ -250,4 +250,39 @@ pub fn skipped(why: &str) {
 /// failure, not a skip.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// Start `name args` and SIGKILL it: after `delay`, or once `progress()` says it has done part of
+/// its work (whichever the round asks for). Returns whether it was still running when killed.
+pub fn kill_at(
+    name: &str,
+    args: &[&str],
+    cwd: &Path,
+    delay: Option<std::time::Duration>,
+    progress: &dyn Fn() -> bool,
+) -> bool {
+    let mut c = Command::new(bin(name))
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn,ort=error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    loop {
+        if c.try_wait().unwrap().is_some() {
+            return false;
+        }
+        let due = match delay {
+            Some(d) => t.elapsed() >= d,
+            None => progress(),
+        };
+        if due || t.elapsed() > std::time::Duration::from_secs(120) {
+            c.kill().unwrap();
+            c.wait().unwrap();
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
