@@ -79,7 +79,6 @@ fn one(job: &FitJob, split: &Path, (dir, reports): (&Path, &Path), sink: &dyn Si
     };
     let model_dir = dir.join(model_run);
     let model = phases::ship(&model_dir, dir)?;
-    let metrics = evaluate(job, (&model_dir, dir), split, reports, sink)?;
     let record = FitRecord {
         settings: (**s).clone(),
         model_run: Some(model_run.into()),
@@ -91,6 +90,7 @@ fn one(job: &FitJob, split: &Path, (dir, reports): (&Path, &Path), sink: &dyn Si
         seconds: t.elapsed().as_secs_f64(),
         tlearn_version: env!("CARGO_PKG_VERSION").into(),
     };
+    let metrics = evaluate(job, (&record, dir), split, reports, sink)?;
     crate::runs::write_fit_record(dir, &record)?;
     Ok(Fitted { record, metrics, model: Some(model) })
 }
@@ -111,11 +111,12 @@ fn train_counts(split: &Path) -> Result<Vec<usize>> {
 /// fit's name; an evaluation of the same model already written is read back.
 fn evaluate(
     job: &FitJob,
-    (model_dir, dir): (&Path, &Path),
+    (record, dir): (&FitRecord, &Path),
     split: &Path,
     reports: &Path,
     sink: &dyn Sink,
 ) -> Result<Option<Metrics>> {
+    let model_dir = &record.model_dir(dir)?;
     let test = split.join("test");
     if !test.is_dir() || crate::dataset::holds_no_image(&test) {
         sink.note(&format!("no test images in {}: nothing to evaluate", split.display()));
@@ -123,6 +124,7 @@ fn evaluate(
     }
     let mut run = Run::open(model_dir)?;
     run.name = crate::runs::name_of(dir);
+    run.fit = Some(record.clone());
     if let Some(m) = evaluated(&run, reports) {
         return Ok(Some(m));
     }

@@ -2,8 +2,9 @@
 //! evaluation records of it.
 
 use super::finetune::{self, FinetuneConfig};
+use super::fit::FitRecord;
 use super::head;
-use super::record::{model_dir, read_record, Record};
+use super::record::{read_fit, read_record, Record};
 use crate::error::{IoContext, Result};
 use crate::fsutil;
 use crate::progress::Sink;
@@ -31,6 +32,8 @@ pub struct Run {
     pub dir: PathBuf,
     pub name: String,
     pub record: Record,
+    /// The fit this run is the model of, when it was opened through one (`tlearn fit`).
+    pub fit: Option<FitRecord>,
 }
 
 /// A run's class probabilities on a split, with each row's file and true class.
@@ -48,9 +51,13 @@ impl Run {
     /// The run in `dir`: its `run.json`, or the record an older tlearn wrote. A fit run opens as
     /// the phase that holds its model, under the fit's name.
     pub fn open(dir: &Path) -> Result<Run> {
-        let inner = model_dir(dir)?;
+        let fit = read_fit(dir)?;
+        let inner = match &fit {
+            Some(f) => f.model_dir(dir)?,
+            None => dir.to_path_buf(),
+        };
         let record = read_record(&inner)?;
-        Ok(Run { dir: inner, name: name_of(dir), record })
+        Ok(Run { dir: inner, name: name_of(dir), record, fit })
     }
 
     pub fn classes(&self) -> &[String] {
@@ -104,8 +111,25 @@ impl Run {
         }
     }
 
-    /// What `metrics.json` records about the run beside the metrics of `split`.
+    /// What `metrics.json` records about the run beside the metrics of `split` (and, for a fit's
+    /// model, what the fit decided).
     pub fn context(&self, split: &str, p: &Predictions) -> serde_json::Value {
+        let mut v = self.own_context(split, p);
+        if let Some(f) = &self.fit {
+            v["fit"] = serde_json::json!({
+                "backbone": f.settings.backbone,
+                "size": f.settings.size,
+                "model_run": f.model_run,
+                "best_epoch": f.best_epoch,
+                "final_fit": f.settings.final_fit,
+                "balance": f.balance,
+                "plan": f.plan,
+            });
+        }
+        v
+    }
+
+    fn own_context(&self, split: &str, p: &Predictions) -> serde_json::Value {
         match &self.record {
             Record::Head(info) => serde_json::json!({
                 "run": self.name,
