@@ -148,6 +148,10 @@ fn a_fit_refuses_other_settings_and_folders_it_did_not_write() {
     ok("tlearn-fit", &fit_args("toy", &["--no-final-fit", "--lr", "0.001", "--restart"]), w);
     assert!(w.join("runs/toy/keep.txt").is_file(), "--restart deletes only what a fit wrote");
     assert_eq!(json(&w.join("runs/toy/fit.json"))["lr"], 0.001);
+    std::fs::create_dir_all(w.join("split/test")).unwrap();
+    make_dataset(&w.join("split/train"), &["cat", "dog"], 4, false);
+    let err = fails("tlearn-fit", &["split", "--run", "nv", "--backbone", "tiny"], w);
+    assert!(err.contains("no validation images") && err.contains("validation/"), "{err}");
     let one = w.join("one");
     make_dataset(&one, &["cat"], 6, false);
     let err = fails("tlearn-fit", &["one", "--run", "one", "--backbone", "tiny"], w);

@@ -95,8 +95,18 @@ fn one(job: &FitJob, split: &Path, (dir, reports): (&Path, &Path), sink: &dyn Si
     Ok(Fitted { record, metrics, model: Some(model) })
 }
 
-/// Images per class in the split's `train/`.
+/// Images per class in the split's `train/` (which must hold two classes or more, with
+/// validation images beside them to choose the length on).
 fn train_counts(split: &Path) -> Result<Vec<usize>> {
+    let val = split.join("validation");
+    if !val.is_dir() || crate::dataset::holds_no_image(&val) {
+        return Err(Error::BadData {
+            path: val,
+            reason: "no validation images: tlearn fit chooses the fine-tune's length on them; add a validation/ \
+                     folder of class folders, or give the unsplit images (tlearn fit splits them)"
+                .into(),
+        });
+    }
     let (classes, items, _) = crate::dataset::list_split(split, "train")?;
     if classes.len() < 2 {
         return Err(Error::BadData {
