@@ -5,6 +5,7 @@
 //! folder (`runs/<name>/`), so a killed fit continues where it stopped; `--folds K` runs the
 //! recipe once per fold.
 
+mod budget;
 mod folds;
 pub use folds::TABLE as FOLDS_TABLE;
 mod phases;
@@ -17,6 +18,7 @@ use crate::progress::Sink;
 use crate::runs::fit::{FINAL_RUN, TUNE_RUN};
 use crate::runs::{FitRecord, FitSettings, PredictOptions, Run};
 use crate::runtime::SessionOptions;
+use phases::Tune;
 use std::path::{Path, PathBuf};
 
 pub use start::settings_changes;
@@ -69,10 +71,13 @@ fn one(job: &FitJob, split: &Path, (dir, reports): (&Path, &Path), sink: &dyn Si
     bb.check_input_size(s.size)?;
     let features = phases::features(job, &bb, split, dir, sink)?;
     let warm = phases::head(job, &features, dir, &cw, sink)?;
-    let tuned = phases::tune(job, (&warm, split, dir), &cw, None, sink)?;
+    let on = (warm.as_path(), split, dir);
+    let validated = Tune::Validated { epochs: s.epochs };
+    let tuned = phases::tune(&phases::tune_config(job, on, &cw, validated)?, validated, sink)?;
     let best = phases::best_epoch(&tuned)?;
     let model_run = if s.final_fit {
-        phases::tune(job, (&warm, split, dir), &cw, Some(best), sink)?;
+        let last = Tune::Final { epochs: best };
+        phases::tune(&phases::tune_config(job, on, &cw, last)?, last, sink)?;
         FINAL_RUN
     } else {
         TUNE_RUN

@@ -135,25 +135,35 @@ fn head_done(hj: &HeadJob) -> Result<bool> {
     Ok(h.kind == hj.kind && h.head == *hj.spec && h.fit == *hj.fit && h.features.npy_sha256 == feats.npy_sha256)
 }
 
-/// The whole net fine-tuned from `model`: validated (`final_epochs` None: its length chosen by
-/// validation loss, up to the cap, with patience) or the final fit on train + validation.
-pub(super) fn tune(
+/// Which fine-tune: the validated one (up to `epochs`, patience on validation loss) or the final
+/// fit on train + validation (exactly `epochs`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Tune {
+    Validated { epochs: usize },
+    Final { epochs: usize },
+}
+
+/// The fine-tune's settings: the whole net from `model`, the fit's recipe.
+pub(super) fn tune_config(
     job: &FitJob,
     (model, split, dir): (&Path, &Path, &Path),
     cw: &Option<ClassWeight>,
-    final_epochs: Option<usize>,
-    sink: &dyn Sink,
-) -> Result<FinetuneRecord> {
+    which: Tune,
+) -> Result<FinetuneConfig> {
     let s = &job.settings;
     let views = [View::Hflip, View::Vflip, View::Rot180];
     let augment =
         s.flips.then(|| crate::augment::Augment { horizontal_flip: true, vertical_flip: true, ..Default::default() });
-    let cfg = FinetuneConfig {
+    let (epochs, run, is_final) = match which {
+        Tune::Validated { epochs } => (epochs, TUNE_RUN, false),
+        Tune::Final { epochs } => (epochs, FINAL_RUN, true),
+    };
+    Ok(FinetuneConfig {
         model: model.to_path_buf(),
         data: split.to_path_buf(),
-        run_dir: dir.join(if final_epochs.is_some() { FINAL_RUN } else { TUNE_RUN }),
+        run_dir: dir.join(run),
         fit: FitConfig {
-            epochs: final_epochs.unwrap_or(s.epochs),
+            epochs,
             batch: s.batch,
             seed: s.seed,
             optimizer: Optimizer::adam(s.lr),
@@ -166,8 +176,8 @@ pub(super) fn tune(
         .check()?,
         trainable: vec![],
         lr_base: None,
-        patience: final_epochs.is_none().then_some(s.patience),
-        include_validation: final_epochs.is_some(),
+        patience: (!is_final).then_some(s.patience),
+        include_validation: is_final,
         cache_trunk: false,
         rescale: finetune::rescale_for(None, model)?,
         interpolation: Interpolation::Nearest,
@@ -177,16 +187,23 @@ pub(super) fn tune(
         max_memory: job.max_memory,
         session: job.session.clone(),
         resume: Resume::Keep,
-    };
-    if let Some(done) = tune_done(&cfg)? {
+    })
+}
+
+/// The fine-tune `cfg` describes, unless one of exactly these settings finished already.
+pub(super) fn tune(cfg: &FinetuneConfig, which: Tune, sink: &dyn Sink) -> Result<FinetuneRecord> {
+    if let Some(done) = tune_done(cfg)? {
         return Ok(done);
     }
-    let what = match final_epochs {
-        Some(e) => format!("final fit: train + validation for {e} epochs"),
-        None => format!("fine-tuning the whole net, validated, up to {} epochs (patience {})", s.epochs, s.patience),
+    let what = match which {
+        Tune::Final { epochs } => format!("final fit: train + validation for {epochs} epochs"),
+        Tune::Validated { epochs } => format!(
+            "fine-tuning the whole net, validated, up to {epochs} epochs (patience {})",
+            cfg.patience.unwrap_or(0)
+        ),
     };
     sink.note(&format!("{what} → {}", cfg.run_dir.display()));
-    let Finetuned { info, .. } = finetune::run(&cfg, sink)?;
+    let Finetuned { info, .. } = finetune::run(cfg, sink)?;
     Ok(info)
 }
 
