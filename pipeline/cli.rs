@@ -424,5 +424,6 @@ choice_values!(
     crate::imageio::PreprocessKind,
     crate::dataset::LinkMode,
     crate::score::Format,
+    crate::score::PredictionFormat,
     crate::calibrate::Method,
 );

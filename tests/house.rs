@@ -37,6 +37,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("init", 0),
     ("pth", 0),
     ("download", 0),
+    ("setup", 0),
     ("layout", 1),
     ("catalog", 1),
     ("backbone", 1),
@@ -66,6 +67,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("quantize", 2),
     ("compare", 3),
     ("cli", 4),
+    ("commands", 4),
 ];
 const NAMES: [&str; 5] = ["infrastructure", "domain", "stages", "workflows", "binaries"];
 const STAGE: u8 = 2;
