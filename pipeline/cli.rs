@@ -450,6 +450,7 @@ choice_values!(
     crate::imageio::PreprocessKind,
     crate::dataset::LinkMode,
     crate::score::Format,
+    crate::score::PredictionFormat,
     crate::calibrate::Method,
     crate::runs::Balance,
 );

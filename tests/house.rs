@@ -37,6 +37,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("init", 0),
     ("pth", 0),
     ("download", 0),
+    ("setup", 0),
     ("layout", 1),
     ("catalog", 1),
     ("backbone", 1),
@@ -67,6 +68,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("compare", 3),
     ("fit", 3),
     ("cli", 4),
+    ("commands", 4),
 ];
 const NAMES: [&str; 5] = ["infrastructure", "domain", "stages", "workflows", "binaries"];
 const STAGE: u8 = 2;

@@ -114,8 +114,13 @@ fn run(a: Args) -> Result<()> {
         tlearn::cli::send_report_to_stderr();
     }
     tlearn::score::check_outputs(&out, &model, &run_dir, (&a.inputs, &a.list), a.explain.as_deref())?;
-    let tlearn::inputs::Listed { files, unreadable, not_images } = tlearn::inputs::collect(&a.inputs, &a.list)?;
-    for p in &not_images {
+    let mut listed = tlearn::inputs::collect(&a.inputs, &a.list)?;
+    if listed.files.is_empty() {
+        return Err(listed.nothing_read(&listed.unreadable)).context("nothing scored");
+    }
+    let (files, unreadable) = (std::mem::take(&mut listed.files), std::mem::take(&mut listed.unreadable));
+    let not_images = &listed.not_images;
+    for p in not_images {
         tracing::warn!("{}: skipped (not named as an image)", p.display());
     }
     let to_explain = a.explain.as_ref().map(|_| {
@@ -136,7 +141,18 @@ fn run(a: Args) -> Result<()> {
     let s =
         tlearn::score::score(&model, files, unreadable, &out, &o, &a.ort.session(), &tlearn::cli::Terminal::default())
             .with_context(|| format!("scoring into {}", out.display()))?;
-    let secs = t.elapsed().as_secs_f64();
+    report(&s, t.elapsed().as_secs_f64(), &out, not_images.len());
+    if s.scored == 0 && !s.unreadable.is_empty() {
+        return Err(listed.nothing_read(&s.unreadable)).context(format!("nothing scored into {}", out.display()));
+    }
+    if let (Some(dir), Some(files)) = (&a.explain, to_explain) {
+        explain(&a, &model, &files, dir)?;
+    }
+    Ok(())
+}
+
+/// What was scored, per class, and what was not.
+fn report(s: &tlearn::score::ScoreSummary, secs: f64, out: &Path, not_images: usize) {
     tlearn::outln!(
         "scored {} images in {secs:.1} s ({:.1} img/s) → {}",
         s.scored,
@@ -146,8 +162,8 @@ fn run(a: Args) -> Result<()> {
     for (c, n) in &s.per_class {
         tlearn::outln!("  {c:<14} {n}");
     }
-    if !not_images.is_empty() {
-        tlearn::outln!("skipped {} file(s) not named as images (the log lists them)", not_images.len());
+    if not_images > 0 {
+        tlearn::outln!("skipped {not_images} file(s) not named as images (the log lists them)");
     }
     if !s.unreadable.is_empty() {
         tlearn::outln!("unreadable: {}", s.unreadable.len());
@@ -155,10 +171,6 @@ fn run(a: Args) -> Result<()> {
             tlearn::outln!("  {why}");
         }
     }
-    if let (Some(dir), Some(files)) = (&a.explain, to_explain) {
-        explain(&a, &model, &files, dir)?;
-    }
-    Ok(())
 }
 
 /// `--explain DIR`: the Grad-CAM overlays of the scored files.
