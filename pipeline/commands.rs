@@ -14,7 +14,7 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("extract", "cache a backbone's features of every split of a dataset"),
     ("head", "train a classifier head on cached features into a run"),
     ("compare", "train every head on every feature folder into one table and chart"),
-    ("fit", "a dataset to a trained, evaluated run in one command"),
+    ("fit", "a folder of images to an evaluated, deployable model in one command"),
     ("lr-find", "sweep the learning rate over a short fit and suggest one"),
     ("convnet", "write a built-in convnet (mnist, v1, v2) as ONNX"),
     ("finetune", "train a whole ONNX classifier on a dataset into a run"),

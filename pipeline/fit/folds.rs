@@ -2,7 +2,8 @@
 //! `runs/<name>/fold-<k>/` (its split made once, its phases resumable), tested on the images no
 //! other fold tests; the table of their test numbers, with mean ± sd, is the recipe's estimate.
 
-use super::{one, FitJob, Fitted};
+use super::job::{FitJob, Fitted};
+use super::single::one;
 use crate::dataset::{self, Item, LinkMode};
 use crate::error::Result;
 use crate::fsutil;

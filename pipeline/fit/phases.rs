@@ -2,7 +2,7 @@
 //! interrupted one continues from its own checkpoint, so a killed fit rerun with the same command
 //! ends with the same models as one that was never killed.
 
-use super::FitJob;
+use super::job::FitJob;
 use crate::backbone::Backbone;
 use crate::dataset::{LinkMode, SplitSpec};
 use crate::error::{Error, Result};

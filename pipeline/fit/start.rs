@@ -2,7 +2,7 @@
 //! (the same command continues; other settings are refused, naming them), `--restart` deleting
 //! only what a fit writes.
 
-use super::FitJob;
+use super::job::FitJob;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::runs::fit::{FitSettings, FEATURES, FINAL_RUN, HEAD_RUN, SETTINGS, SPLIT, TUNE_RUN};
