@@ -13,6 +13,12 @@ fn setup(w: &Path, per_class: usize, kaggle: bool) {
     ok("tlearn-backbone", &["add", "tiny.onnx", "--output", "pool_out", "--preprocess", "caffe", "--size", "32"], w);
 }
 
+/// `raw/` of two classes and `tiny.onnx` in `w`, the backbone not yet added.
+fn setup_images(w: &Path, per_class: usize) {
+    make_dataset(&w.join("raw"), &["cat", "dog"], per_class, false);
+    tiny_classifier(&w.join("tiny.onnx"), 3);
+}
+
 /// The fit's arguments: a short recipe on the tiny backbone.
 fn fit_args<'a>(run: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec!["raw", "--run", run, "--backbone", "tiny", "--epochs", "3", "--patience", "2"];
@@ -156,4 +162,29 @@ fn a_fit_refuses_other_settings_and_folders_it_did_not_write() {
     make_dataset(&one, &["cat"], 6, false);
     let err = fails("tlearn-fit", &["one", "--run", "one", "--backbone", "tiny"], w);
     assert!(err.contains("at least two"), "{err}");
+}
+
+#[test]
+fn an_installed_tlearn_fits_and_predicts_in_a_folder_of_the_users() {
+    let d = tempfile::tempdir().unwrap();
+    let (bins, user) = (d.path().join("bin"), d.path().join("photos"));
+    install(&bins, &["tlearn", "tlearn-backbone", "tlearn-fit", "tlearn-predict"]);
+    std::fs::create_dir_all(&user).unwrap();
+    setup_images(&user, 12);
+    make_dataset(&user.join("new"), &["cat", "dog"], 3, true);
+    let tlearn = bins.join("tlearn");
+    let add = ["backbone", "add", "tiny.onnx", "--output", "pool_out", "--preprocess", "caffe", "--size", "32"];
+    assert!(run_with(&tlearn, &add, &user, &[]).status.success());
+    let mut fit = vec!["fit"];
+    fit.extend(fit_args("mine", &["--no-final-fit"]));
+    let o = run_with(&tlearn, &fit, &user, &[]);
+    assert!(o.status.success() && text(&o.stdout).contains("tlearn predict NEW_IMAGES/ --run mine"));
+    let o = run_with(&tlearn, &["predict", "new", "--run", "mine", "--device", "cpu"], &user, &[]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert_eq!(out.lines().count(), 7, "a header and six images, piped as CSV: {out}");
+    assert!(
+        out.lines().skip(1).all(|l| l.starts_with("new/") && (l.contains(",cat,") || l.contains(",dog,"))),
+        "{out}"
+    );
 }

@@ -286,3 +286,39 @@ pub fn kill_at(
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
+
+/// `bin` run in `cwd` with `env` set (a `None` value removes the variable), printed as `run` does.
+pub fn run_with(bin: &Path, args: &[&str], cwd: &Path, env: &[(&str, Option<&Path>)]) -> Output {
+    let mut cmd = Command::new(bin);
+    cmd.args(args).current_dir(cwd).env("RUST_LOG", "info,ort=error");
+    for (k, v) in env {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let out = cmd.output().expect("spawn");
+    eprintln!(
+        "$ {} {}\n--- status: {}\n--- stdout:\n{}\n--- stderr:\n{}",
+        bin.display(),
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The named binaries linked (or copied) into `dir`, alone: a tlearn installed elsewhere.
+pub fn install(dir: &Path, names: &[&str]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for n in names {
+        if std::fs::hard_link(bin(n), dir.join(n)).is_err() {
+            std::fs::copy(bin(n), dir.join(n)).unwrap();
+        }
+    }
+}
