@@ -282,6 +282,23 @@ pub fn resolve_size(onnx_dir: &Path, name: &str, size: Option<u32>) -> Result<u3
     Ok(cat.get(&crate::catalog::canonical(name))?.size)
 }
 
+/// Why the backbone `name` is not in `onnx_dir` (as `path`), and what to run: fetch a catalog
+/// entry, quantize the backbone an `-int8` name is made from, or (a name known nowhere) the
+/// nearest known name.
+fn not_fetched(onnx_dir: &Path, name: &str, path: PathBuf) -> Result<Error> {
+    let cat = Catalog::load(onnx_dir)?;
+    let canonical = crate::catalog::canonical(name);
+    let reason = if cat.entries.contains_key(canonical.as_ref()) {
+        format!("backbone not fetched; run `tlearn-backbone fetch {name}` (or `make backbone BACKBONE={name}`)")
+    } else if let Some(base) = canonical.strip_suffix("-int8").filter(|b| cat.entries.contains_key(*b)) {
+        format!("int8 backbone not made yet; run `tlearn-backbone quantize {base} --calibrate DATA`")
+    } else {
+        let quantized: Vec<String> = quantized_in(onnx_dir).into_iter().map(|i| i.name).collect();
+        return Ok(cat.unknown(name, &quantized));
+    };
+    Ok(Error::BadData { path, reason })
+}
+
 /// A backbone ready for extraction: its bytes, sha and preprocessing.
 pub struct Backbone {
     pub name: String,
@@ -334,20 +351,31 @@ impl Backbone {
     /// Open `onnx/<name>.onnx` (fetched) or any cut ONNX file with a sidecar.
     pub fn open(onnx_dir: &Path, name_or_path: &str) -> Result<Backbone> {
         let p = Path::new(name_or_path);
-        let path = if p.extension().is_some_and(|e| e == "onnx") {
+        let by_path = p.extension().is_some_and(|e| e == "onnx");
+        let path = if by_path {
             p.to_path_buf()
         } else {
             onnx_dir.join(format!("{}.onnx", crate::catalog::canonical(name_or_path)))
         };
         if !path.exists() {
-            return Err(Error::BadData {
-                path,
-                reason: format!(
-                    "backbone not fetched; run `tlearn-backbone fetch {name_or_path}` (or `make backbone BACKBONE={name_or_path}`)"
-                ),
+            return Err(if by_path {
+                Error::BadData { path, reason: "no such file".into() }
+            } else {
+                not_fetched(onnx_dir, name_or_path, path)?
             });
         }
         let side = fsutil::sidecar_path(&path);
+        if by_path && !side.exists() {
+            return Err(Error::BadData {
+                reason: format!(
+                    "no sidecar {}, so no backbone tlearn cut; register the classifier with `tlearn-backbone add {} \
+                     --output TENSOR --preprocess KIND` (`tlearn-backbone summary` shows its tensors) and give its name",
+                    side.display(),
+                    path.display()
+                ),
+                path,
+            });
+        }
         let info: BackboneInfo = fsutil::read_json(&side)?;
         // The name becomes a folder of features/: checked like one given on the command line.
         fsutil::check_name_in(&side, "backbone name", &info.name)?;

@@ -88,17 +88,10 @@ pub fn command(given: &OsStr) -> Result<&'static str, FrontError> {
         .ok_or_else(|| FrontError::Unknown { given: text.clone().into_owned(), suggestion: closest(&text) })
 }
 
-/// The command closest to a mistyped one: within two edits (a transposition counts as one), or
-/// the one it begins (`eval` → `evaluate`).
+/// The command closest to a mistyped one ([`crate::params::nearest`]: the one it begins, `eval` →
+/// `evaluate`, else one a few edits away, a transposition counting as one).
 fn closest(given: &str) -> Option<&'static str> {
-    let given = given.to_ascii_lowercase();
-    let by_edits = COMMANDS
-        .iter()
-        .map(|c| (strsim::damerau_levenshtein(&given, c.0), c.0))
-        .filter(|(d, _)| *d <= 2)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c);
-    by_edits.or_else(|| COMMANDS.iter().map(|c| c.0).find(|c| given.len() >= 2 && c.starts_with(&given)))
+    crate::params::nearest(given, COMMANDS.iter().map(|c| c.0))
 }
 
 /// Read a command line (without the program name).

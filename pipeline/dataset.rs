@@ -496,11 +496,43 @@ pub fn holds_no_image(dir: &Path) -> bool {
 
 pub fn list_split(root: &Path, split: &str) -> Result<(Vec<String>, Vec<Item>, ScanReport)> {
     let dir = root.join(split);
+    if !dir.is_dir() {
+        return Err(missing_split(root, split));
+    }
     let (items, report) = scan(&dir)?;
     let mut classes: Vec<String> = items.iter().map(|i| i.class.clone()).collect();
     classes.sort();
     classes.dedup();
     Ok((classes, items, report))
+}
+
+/// Why `root` has no (or an empty) `split` folder, said with what to give instead: the dataset
+/// rather than one of its splits, a folder rather than a file, and for raw class folders how to
+/// split them.
+pub fn missing_split(root: &Path, split: &str) -> Error {
+    let bad = |reason: String| Error::BadData { path: root.into(), reason };
+    let wanted = "give a split dataset (train/[validation/][test/]<class>/, as `tlearn-data split` makes)";
+    if !root.exists() {
+        return bad(format!("no such folder; {wanted}"));
+    }
+    if !root.is_dir() {
+        return bad(format!("a file, not a folder; {wanted}"));
+    }
+    let parent = fsutil::parent_dir(root);
+    let name = fsutil::real_path(root).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if SPLITS.contains(&name.as_str()) && parent.join("train").is_dir() {
+        let parent = parent.display();
+        return bad(format!("the `{name}` part of the split dataset {parent}: give the dataset itself, {parent}"));
+    }
+    if !root.join("train").is_dir() && !holds_no_image(root) {
+        let r = root.display();
+        return bad(format!(
+            "not split (no train/ folder): split it with `tlearn-data split {r} data/{name}` or use `tlearn fit {r} --run {name}`"
+        ));
+    }
+    let dir = root.join(split);
+    let reason = if dir.is_dir() { "no images in this split" } else { "no such split folder" };
+    Error::BadData { path: dir, reason: reason.into() }
 }
 
 #[cfg(test)]

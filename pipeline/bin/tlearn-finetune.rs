@@ -19,7 +19,8 @@ struct Args {
     /// Split dataset folder (train/[validation/][test/]<class>/).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Run name: outputs go to <runs>/<run>/ (default: the model's file stem).
+    /// Run name: outputs go to <runs>/<run>/. Default: the model's file stem, while no other run
+    /// holds that folder (a head run, a fine-tune of another model); then give one.
     #[arg(long, value_parser = tlearn::cli::run_name)]
     run: Option<String>,
     #[arg(long, default_value = tlearn::layout::RUNS)]
@@ -104,6 +105,11 @@ struct Args {
     /// with other views reuses the finished checkpoint.
     #[arg(long, value_enum, value_delimiter = ',')]
     tta: Vec<tlearn::imageio::View>,
+    /// Train a deployable model on data whose class names differ from those it records (the
+    /// model's output k becomes the data's k-th class, sorted by name); without it such data is
+    /// refused, both lists named.
+    #[arg(long)]
+    relabel: bool,
     /// Write a grid of augmented versions of this image (to --preview-out) and exit.
     #[arg(long)]
     preview: Option<PathBuf>,
@@ -197,7 +203,7 @@ fn run(a: Args) -> Result<()> {
     let optimizer = a.optimizer.build(a.lr, a.momentum);
     let run = match &a.run {
         Some(r) => r.clone(),
-        None => finetune::default_run_name(&a.model)?,
+        None => finetune::default_run_name(&a.model, &a.runs)?,
     };
     let rescale = finetune::rescale_for(a.rescale, &a.model)?;
     let cfg = FinetuneConfig {
@@ -207,6 +213,7 @@ fn run(a: Args) -> Result<()> {
         fit: tlearn::cli::fit_config((a.epochs, a.batch, a.seed), optimizer, &a.lr_schedule, &a.reg)?,
         trainable: a.trainable.clone(),
         lr_base: a.lr_base,
+        relabel: a.relabel,
         patience: a.patience,
         include_validation: a.include_validation,
         cache_trunk: a.cache_trunk,

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 #[command(
     version,
     about = "Score images (folders, files, glob patterns, --list files) → CSV or JSON lines, sorted by path",
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
 struct Args {
     #[command(subcommand)]
@@ -29,15 +30,16 @@ struct Args {
     /// Output format (default: jsonl for a .jsonl/.ndjson --out, else csv).
     #[arg(long, value_enum)]
     format: Option<tlearn::score::Format>,
-    /// Run whose head to use (folder under --runs).
-    #[arg(long, default_value = "demo", value_parser = tlearn::cli::run_name)]
-    run: String,
+    /// Run whose model to use (a folder under --runs); required unless --model is given.
+    #[arg(long, value_parser = tlearn::cli::run_name, required_unless_present = "model")]
+    run: Option<String>,
     #[arg(long, default_value = tlearn::layout::RUNS)]
     runs: PathBuf,
     /// A deployable model instead of the run's (runs/<run>/model.onnx, built when missing or stale).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Output file (default: reports/<run>/scores.csv); a summary goes to <out>.summary.json. A
+    /// Output file (default: reports/<run>/scores.csv; with --model and no --run, required); a
+    /// summary goes to <out>.summary.json. A
     /// link is written at its target; `-` (standard output), a FIFO or a device as a stream,
     /// with no summary file beside it.
     #[arg(long)]
@@ -92,13 +94,7 @@ fn run(a: Args) -> Result<()> {
         tlearn::outln!("merged {} parts: {} images scored → {}", parts.len(), s.scored, out.display());
         return Ok(());
     }
-    let run_dir = a.runs.join(&a.run);
-    let model = match &a.model {
-        Some(m) => m.clone(),
-        None => tlearn::runs::Run::open(&run_dir)
-            .and_then(|r| r.deployable(&a.onnx_dir, &tlearn::cli::Terminal::default()))
-            .with_context(|| format!("exporting run {}", run_dir.display()))?,
-    };
+    let (run_dir, model) = run_model(&a)?;
     if a.export_only {
         tlearn::outln!("{}", model.display());
         return Ok(());
@@ -106,10 +102,11 @@ fn run(a: Args) -> Result<()> {
     if a.inputs.is_empty() && a.list.is_empty() {
         anyhow::bail!("give folders, images, glob patterns or --list files to score (or --export-only)");
     }
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| tlearn::layout::scores_path(std::path::Path::new(tlearn::layout::REPORTS), &a.run));
+    let out = match (&a.out, &a.run) {
+        (Some(out), _) => out.clone(),
+        (None, Some(run)) => tlearn::layout::scores_path(Path::new(tlearn::layout::REPORTS), run),
+        (None, None) => anyhow::bail!("give --out FILE for the scores (or --run NAME: reports/NAME/scores.csv)"),
+    };
     if tlearn::output::target(&out)?.is_stdout() {
         tlearn::cli::send_report_to_stderr();
     }
@@ -171,6 +168,22 @@ fn report(s: &tlearn::score::ScoreSummary, secs: f64, out: &Path, not_images: us
             tlearn::outln!("  {why}");
         }
     }
+}
+
+/// The run's folder and the deployable model to score with: `--model`'s (its folder is its run's,
+/// if any), else the run's own, built when missing or stale.
+fn run_model(a: &Args) -> Result<(PathBuf, PathBuf)> {
+    let run_dir = match (&a.run, &a.model) {
+        (Some(run), _) => a.runs.join(run),
+        (None, m) => tlearn::fsutil::parent_dir(m.as_deref().expect("required by clap")).to_path_buf(),
+    };
+    let model = match &a.model {
+        Some(m) => m.clone(),
+        None => tlearn::runs::Run::open(&run_dir)
+            .and_then(|r| r.deployable(&a.onnx_dir, &tlearn::cli::Terminal::default()))
+            .with_context(|| format!("exporting run {}", run_dir.display()))?,
+    };
+    Ok((run_dir, model))
 }
 
 /// `--explain DIR`: the Grad-CAM overlays of the scored files.

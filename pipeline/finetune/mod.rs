@@ -31,7 +31,7 @@ pub const DEFAULT_LR: f64 = 1e-4;
 /// Parameters, optimizer slots and loop state after the last finished epoch.
 pub use crate::train::checkpoint::CHECKPOINT;
 pub use crate::train::learner::{BEST, LAST};
-use model::{check_trainable, open_model, trainable_fn};
+use model::{check_class_names, check_trainable, open_model, trainable_fn};
 pub use model::{default_rescale, input_shape, matches, own_rescale};
 
 /// The settings a checkpoint must share to be continued: the config minus `epochs`, plus a
@@ -80,20 +80,25 @@ impl BatchSource for ImageBatches<'_> {
     }
 }
 
-/// The model's output width must be the class list's (one sigmoid output for two classes).
+/// The model's output width must be the class list's (one sigmoid output for two classes), and a
+/// deployable model's class names the data's.
 fn check_outputs(model: &ModelProto, cfg: &FinetuneConfig, classes: &[String]) -> Result<()> {
     let k_model =
         onnx::graph(model).output.first().and_then(|o| onnx::vi_shape(o).1.last().copied().flatten()).unwrap_or(0)
             as usize;
     let k_data = crate::metrics::output_width(classes.len());
     if k_model != k_data {
+        // A deployable model names its classes: both lists say what differs.
+        let named = crate::runs::meta(model, &cfg.model)
+            .map(|m| format!(" (the model's: {}; the data's: {})", m.classes.join(", "), classes.join(", ")))
+            .unwrap_or_default();
         return Err(Error::Shape {
-            what: format!("{} outputs vs classes of {}", cfg.model.display(), cfg.data.join("train").display()),
+            what: format!("{} outputs vs classes of {}{named}", cfg.model.display(), cfg.data.join("train").display()),
             expected: vec![k_data],
             got: vec![k_model],
         });
     }
-    Ok(())
+    check_class_names(model, cfg, classes)
 }
 
 /// `--lr-base`: the conv base's parameters (found on the whole `model`) at that rate.
@@ -110,7 +115,7 @@ fn scale_base(trainer: &mut Trainer, cfg: &FinetuneConfig, model: &ModelProto, i
 /// Train `cfg.model` on `cfg.data`; every epoch (and any replayed from a checkpoint) goes to `sink`.
 pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
     check_fit_on(cfg)?;
-    let model = open_model(&cfg.model)?;
+    let model = open_model(&cfg.model, &cfg.data)?;
     check_trainable(cfg, &model)?;
     let input = input_shape(&model, &cfg.model)?;
     fsutil::check_output_apart(&cfg.run_dir, &[&cfg.data, &cfg.model])?;
@@ -325,22 +330,35 @@ fn record(
     Ok(Finetuned { info, history: done.history, best })
 }
 
-/// The run name when none is given: the model's file stem, checked like a name given by hand.
-pub fn default_run_name(model: &std::path::Path) -> Result<String> {
+/// The run name when none is given: the model's file stem, checked like a name given by hand —
+/// and only while `runs/<stem>` holds no finished run but a fine-tune of this same model (which a
+/// rerun continues, or refuses as its checkpoint says): the default never lands on another run.
+pub fn default_run_name(model: &std::path::Path, runs: &std::path::Path) -> Result<String> {
     let name = model.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+    let bad = |reason: String| Error::Param { name: "run", value: name.clone(), reason };
     fsutil::check_name("run", &name).map_err(|e| match e {
-        Error::Param { name, value, reason } => {
-            Error::Param { name, value, reason: format!("{reason} (the model's file name); choose one with --run") }
-        }
+        Error::Param { reason, .. } => bad(format!("{reason} (the model's file name); choose one with --run")),
         e => e,
     })?;
-    Ok(name)
+    let Ok(there) = crate::runs::Run::open(&runs.join(&name)) else { return Ok(name) };
+    let same_model = |m: &std::path::Path| fsutil::real_path(m) == fsutil::real_path(model);
+    match &there.record {
+        crate::runs::Record::Finetune(f) if same_model(&f.config.model) => Ok(name),
+        _ => Err(bad(format!(
+            "the default run (the model's file name) is taken: {} holds another run ({}); name this one with --run NAME",
+            there.dir.display(),
+            there.describe()
+        ))),
+    }
 }
 
 /// The pixel scale: the one given, else what the model wants ([`default_rescale`]).
 pub fn rescale_for(given: Option<f32>, model: &std::path::Path) -> Result<f32> {
     match given {
         Some(r) => Ok(r),
-        None => Ok(default_rescale(&onnx::load_model(model)?, model)),
+        None => {
+            model::check_run_of(model)?;
+            Ok(default_rescale(&onnx::load_model(model)?, model))
+        }
     }
 }

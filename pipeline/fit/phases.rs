@@ -176,6 +176,7 @@ pub(super) fn tune_config(
         .check()?,
         trainable: vec![],
         lr_base: None,
+        relabel: false,
         patience: (!is_final).then_some(s.patience),
         include_validation: is_final,
         cache_trunk: false,

@@ -18,4 +18,4 @@ pub use fit::{Balance, FitRecord, FitSettings, FoldScore};
 pub use fuse::{deployable, fuse, meta, plain, ModelMeta, INPUT, OUTPUT};
 pub use head::{HeadRecord, HEAD};
 pub use record::{find_record, model_dir, read_fit, write_fit_record, write_record, Record, FORMAT, RECORD};
-pub use run::{name_of, PredictOptions, Predictions, Run};
+pub use run::{list, name_of, unknown_run, PredictOptions, Predictions, Run};
