@@ -5,7 +5,6 @@
 //! folder (`runs/<name>/`), so a killed fit continues where it stopped; `--folds K` runs the
 //! recipe once per fold.
 
-mod budget;
 mod folds;
 mod job;
 mod phases;
