@@ -105,7 +105,6 @@ fn run(a: Args) -> Result<()> {
         validation: a.validation,
         seed: a.seed,
         head_epochs: a.head_epochs,
-        budget_seconds: None,
     }
     .check()?;
     let job = tlearn::fit::FitJob {

@@ -44,7 +44,6 @@ pub(super) fn run(job: &FitJob, k: usize, sink: &dyn Sink) -> Result<Fitted> {
         split: job.settings.data.clone(),
         balance: String::new(),
         best_epoch: None,
-        plan: None,
         folds: scores,
         seconds: t.elapsed().as_secs_f64(),
         tlearn_version: env!("CARGO_PKG_VERSION").into(),

@@ -39,7 +39,6 @@ pub(super) fn one(job: &FitJob, split: &Path, (dir, reports): (&Path, &Path), si
         split: split.to_path_buf(),
         balance,
         best_epoch: Some(best),
-        plan: None,
         folds: vec![],
         seconds: t.elapsed().as_secs_f64(),
         tlearn_version: env!("CARGO_PKG_VERSION").into(),

@@ -85,9 +85,6 @@ pub struct FitSettings {
     pub seed: u64,
     /// Epochs of the warm-start head on pooled features.
     pub head_epochs: usize,
-    /// Wall-clock seconds the whole fit should take (planned up front).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub budget_seconds: Option<f64>,
 }
 
 impl ParamGuard for FitSettings {
@@ -111,9 +108,6 @@ impl ParamGuard for FitSettings {
         }
         if self.validation == 0.0 {
             return bad("validation", "0".into(), "the fit chooses its length on validation images: give > 0");
-        }
-        if self.budget_seconds.is_some_and(|b| !(b > 0.0 && b.is_finite())) {
-            return bad("budget", format!("{:?}", self.budget_seconds), "give a positive duration, e.g. 20m");
         }
         Ok(())
     }
@@ -144,9 +138,6 @@ pub struct FitRecord {
     /// The validated fine-tune's best epoch (the final fit's length).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best_epoch: Option<usize>,
-    /// The budget's plan, when there was one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plan: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub folds: Vec<FoldScore>,
     pub seconds: f64,

@@ -159,7 +159,6 @@ impl Run {
                 "best_epoch": f.best_epoch,
                 "final_fit": f.settings.final_fit,
                 "balance": f.balance,
-                "plan": f.plan,
             });
         }
         v
