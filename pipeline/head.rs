@@ -114,7 +114,7 @@ pub fn train_head(job: &HeadJob, sink: &dyn Sink) -> Result<(HeadRecord, Trained
     let Loaded { train_sets, val, classes, .. } = &loaded;
     let train = &train_sets[0];
     let _lock = crate::lock::dir(&job.run_dir)?;
-    // A dense head checkpoints every epoch; a rerun with the same settings and features continues.
+    // A dense head checkpoints as it goes; a rerun with the same settings and features continues.
     let config = serde_json::json!({
         "kind": job.kind, "head": job.spec, "fit": job.fit, "train_views": job.train_views,
         "train": train_sets.iter().map(|f| f.info.npy_sha256.clone()).collect::<Vec<_>>(),

@@ -20,7 +20,7 @@ use crate::progress::Sink;
 use std::path::{Path, PathBuf};
 
 /// The model after the last epoch, and the best one (lowest validation loss; the latest without
-/// validation), written to a run folder each epoch.
+/// validation), written to a run folder after improving epochs and with checkpoints.
 pub const LAST: &str = "last.onnx";
 pub const BEST: &str = "best.onnx";
 
@@ -43,7 +43,8 @@ pub struct FitOptions {
     pub fit: Checked<FitConfig>,
     /// Checkpoint (as often as [`pacing`] allows; continue from an earlier one) when set.
     pub checkpoint: Option<Checkpointing>,
-    /// Write [`LAST`] and [`BEST`] into this folder every epoch, and keep the best model.
+    /// Write [`LAST`] and [`BEST`] into this folder (improving epochs, checkpoints), and keep the
+    /// best model.
     pub models: Option<PathBuf>,
     /// Stop after this many epochs without a better validation loss.
     pub patience: Option<usize>,
