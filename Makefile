@@ -21,7 +21,7 @@ ELPV_WHEEL  := elpv_dataset-1.0.0.post1-py3-none-any.whl
 ELPV_SHA256 := 85e31c1126ee9b48e62d3a0232c58f58b2d189b0814a45c13642fa0415af4a4c
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
-.PHONY: help setup setup-cuda setup-openvino build test fmt lint fuzz check-backbones check-openvino clean data data4 backbone extract head evaluate score compare demo
+.PHONY: help setup setup-cuda setup-openvino build test fmt lint fuzz check-backbones check-openvino clean data data4 backbone extract head evaluate score compare demo fit
 
 DATA_DIR  := data/$(DATASET)
 FEAT_DIR  := features/$(DATASET)/$(BACKBONE)-$(SIZE)
@@ -33,7 +33,7 @@ VIEWS     ?=
 comma     := ,
 FEAT_STAMP := $(FEAT_DIR)/test$(if $(VIEWS),.$(lastword $(subst $(comma), ,$(VIEWS)))).npy.json
 BINS      := $(BIN)/tlearn-data $(BIN)/tlearn-backbone $(BIN)/tlearn-extract $(BIN)/tlearn-head $(BIN)/tlearn-evaluate $(BIN)/tlearn-score $(BIN)/tlearn-compare \
-             $(BIN)/tlearn-convnet $(BIN)/tlearn-finetune
+             $(BIN)/tlearn-convnet $(BIN)/tlearn-finetune $(BIN)/tlearn-fit
 NETS      := mnist v1 v2
 SOURCES   := $(shell find pipeline -name '*.rs') Cargo.toml
 
@@ -187,6 +187,11 @@ compare: setup ## pipeline: every HEADS on every BACKBONES' DATASET features at 
 	$(BIN)/tlearn-compare $(foreach b,$(BACKBONES),features/$(DATASET)/$(b)-$(SIZE)) \
 	  --heads $(subst $(space),$(comma),$(strip $(HEADS))) --out reports/$(COMPARE) --runs runs/$(COMPARE) \
 	  --device $(DEVICE) $(COMPARE_ARGS)
+
+FIT_ARGS ?=
+fit: setup | $(BINS) ## pipeline: `tlearn fit DATA --run RUN` on your own images (class folders, Kaggle flat or split; FIT_ARGS adds options): split, backbone, features, head, fine-tune, final fit, report → runs/RUN/model.onnx
+	@test -n "$(DATA)" || { echo "give DATA=DIR (one folder per class, or a split dataset) and RUN=NAME" >&2; exit 2; }
+	$(BIN)/tlearn-fit $(DATA) --run $(RUN) --device $(DEVICE) $(FIT_ARGS)
 
 demo: setup ## pipeline: the whole pipeline on ELPV with VGG16 at 150×150 (fetches ~150 MB once)
 	$(MAKE) --no-print-directory evaluate score RUN=demo BACKBONE=vgg16 SIZE=150

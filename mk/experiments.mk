@@ -1,5 +1,5 @@
 # Experiments: the runs behind docs/RESULTS.md, each printing its test metrics (included by the Makefile).
-.PHONY: mnist mnist-seeds finetune finetune-v1 finetune-flips finetune-vgg finetune-best finetune-best4 compare-native demo-best agree
+.PHONY: fit-elpv mnist mnist-seeds finetune finetune-v1 finetune-flips finetune-vgg finetune-best finetune-best4 compare-native demo-best agree
 
 BEST_VIEWS ?= hflip,vflip,rot180
 BEST_HEAD_ARGS ?= --pool avg --lr 1e-4 --epochs 40 --train-views $(BEST_VIEWS) --tta $(BEST_VIEWS)
@@ -73,6 +73,12 @@ reports/lite0-head$(BEST_SIZE)/scores.csv: | $(BINS)
 runs/$(BEST_RUN)/model.onnx: reports/lite0-head$(BEST_SIZE)/scores.csv | $(BINS)
 	$(BIN)/tlearn-finetune runs/lite0-head$(BEST_SIZE)/model.onnx --data data/elpv --run $(BEST_RUN) $(BEST_FT_ARGS) \
 	  $(BEST_FIT_ON) --device $(DEVICE) $(FT_ARGS)
+
+# The same recipe as one `tlearn fit`: the validated fine-tune chooses the final fit's length.
+FIT_ELPV_RUN ?= lite0-fit$(BEST_SIZE)
+fit-elpv: setup data/elpv/manifest.csv | $(BINS) ## experiments: `tlearn fit` on ELPV's split (finetune-best's recipe at BEST_SIZE, flips; the length chosen on validation, then the final fit); FIT_ARGS adds options, e.g. --folds 5
+	$(BIN)/tlearn-fit data/elpv --run $(FIT_ELPV_RUN) --size $(BEST_SIZE) --flips --epochs $(BEST_FT_EPOCHS) \
+	  --device $(DEVICE) $(FIT_ARGS)
 
 BEST4_FT_EPOCHS ?= 15
 BEST4_RUN := lite0-ft4$(if $(BEST_FIT_ON),all)

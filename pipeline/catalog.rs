@@ -129,15 +129,26 @@ impl Catalog {
     }
 
     pub fn get(&self, name: &str) -> Result<&Entry> {
-        self.entries.get(canonical(name).as_ref()).ok_or_else(|| Error::Param {
-            name: "backbone",
-            value: name.into(),
-            reason: format!(
-                "not a built-in backbone nor one registered in {} (known: {})",
-                self.dir.join(USER_CATALOG).display(),
-                self.entries.keys().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        })
+        self.entries.get(canonical(name).as_ref()).ok_or_else(|| self.unknown(name, &[]))
+    }
+
+    /// `name` is no backbone of this catalog (nor one of `more`, backbones beside it such as the
+    /// quantized ones): the nearest known name, and how to list them and add one's own.
+    pub fn unknown(&self, name: &str, more: &[String]) -> Error {
+        let known = self.entries.keys().chain(more).map(String::as_str);
+        let dir = match self.dir.as_path() {
+            d if d == Path::new(crate::layout::ONNX) => String::new(),
+            d => format!(" --onnx-dir {}", d.display()),
+        };
+        let how = format!(
+            "`tlearn-backbone list{dir}` lists the known ones, `tlearn-backbone add MODEL.onnx --output TENSOR \
+             --preprocess KIND{dir}` adds your own"
+        );
+        let hint = match crate::params::nearest(&canonical(name), known) {
+            Some(k) => format!("; did you mean `{k}`? {how}"),
+            None => format!(": {how}"),
+        };
+        Error::Unknown { what: "backbone", name: name.into(), hint }
     }
 
     /// Path of the fetched (cut) model.

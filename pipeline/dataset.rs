@@ -273,6 +273,40 @@ pub fn assign(items: &[Item], spec: &SplitSpec, seed: u64) -> Result<Vec<(usize,
     Ok(out)
 }
 
+/// K-fold cross-validation's split number `fold` (0-based) of `k`: each class's images, shuffled
+/// as `seed` says (the same order for every fold), cut into `k` near-equal runs; run `fold` is
+/// test, and `validation` of the rest (shuffled again per fold) validation. Over the `k` folds
+/// every image is tested exactly once.
+pub fn assign_fold(items: &[Item], k: usize, fold: usize, validation: f64, seed: u64) -> Result<Vec<(usize, Item)>> {
+    if k < 2 || fold >= k {
+        return Err(Error::Param {
+            name: "folds",
+            value: format!("{fold} of {k}"),
+            reason: "need 0 ≤ fold < K, K ≥ 2".into(),
+        });
+    }
+    SplitSpec::Fractions { test: 0.0, validation }.validate()?;
+    let mut by_class: BTreeMap<&str, Vec<&Item>> = BTreeMap::new();
+    for it in items {
+        by_class.entry(&it.class).or_default().push(it);
+    }
+    let mut out = vec![];
+    for (ci, (_, mut v)) in by_class.into_iter().enumerate() {
+        v.sort();
+        let salt = (ci as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        v.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ salt));
+        let n = v.len();
+        let (lo, hi) = (fold * n / k, (fold + 1) * n / k);
+        let mut rest: Vec<&Item> = v[..lo].iter().chain(&v[hi..]).copied().collect();
+        rest.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ salt ^ (fold as u64 + 1)));
+        let n_val = (rest.len() as f64 * validation).round() as usize;
+        out.extend(v[lo..hi].iter().map(|it| (2, (*it).clone())));
+        out.extend(rest.iter().enumerate().map(|(i, it)| (if i < n_val { 1 } else { 0 }, (*it).clone())));
+    }
+    out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    Ok(out)
+}
+
 /// Per-split, per-class counts.
 pub type Counts = BTreeMap<String, [usize; 3]>;
 
@@ -462,9 +496,69 @@ pub fn holds_no_image(dir: &Path) -> bool {
 
 pub fn list_split(root: &Path, split: &str) -> Result<(Vec<String>, Vec<Item>, ScanReport)> {
     let dir = root.join(split);
+    if !dir.is_dir() {
+        return Err(missing_split(root, split));
+    }
     let (items, report) = scan(&dir)?;
     let mut classes: Vec<String> = items.iter().map(|i| i.class.clone()).collect();
     classes.sort();
     classes.dedup();
     Ok((classes, items, report))
+}
+
+/// Why `root` has no (or an empty) `split` folder, said with what to give instead: the dataset
+/// rather than one of its splits, a folder rather than a file, and for raw class folders how to
+/// split them.
+pub fn missing_split(root: &Path, split: &str) -> Error {
+    let bad = |reason: String| Error::BadData { path: root.into(), reason };
+    let wanted = "give a split dataset (train/[validation/][test/]<class>/, as `tlearn-data split` makes)";
+    if !root.exists() {
+        return bad(format!("no such folder; {wanted}"));
+    }
+    if !root.is_dir() {
+        return bad(format!("a file, not a folder; {wanted}"));
+    }
+    let parent = fsutil::parent_dir(root);
+    let name = fsutil::real_path(root).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if SPLITS.contains(&name.as_str()) && parent.join("train").is_dir() {
+        let parent = parent.display();
+        return bad(format!("the `{name}` part of the split dataset {parent}: give the dataset itself, {parent}"));
+    }
+    if !root.join("train").is_dir() && !holds_no_image(root) {
+        let r = root.display();
+        return bad(format!(
+            "not split (no train/ folder): split it with `tlearn-data split {r} data/{name}` or use `tlearn fit {r} --run {name}`"
+        ));
+    }
+    let dir = root.join(split);
+    let reason = if dir.is_dir() { "no images in this split" } else { "no such split folder" };
+    Error::BadData { path: dir, reason: reason.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_image_is_tested_once_over_the_folds() {
+        let items: Vec<Item> = (0..23)
+            .map(|i| Item { class: if i % 3 == 0 { "a" } else { "b" }.into(), path: format!("{i}.png").into() })
+            .collect();
+        let mut tested = std::collections::BTreeMap::new();
+        for fold in 0..4 {
+            let a = assign_fold(&items, 4, fold, 0.25, 7).unwrap();
+            assert_eq!(a.len(), items.len());
+            assert_eq!(a, assign_fold(&items, 4, fold, 0.25, 7).unwrap(), "seeded");
+            for (split, it) in &a {
+                if *split == 2 {
+                    *tested.entry(it.path.clone()).or_insert(0) += 1;
+                }
+            }
+            let val = a.iter().filter(|(s, _)| *s == 1).count();
+            assert!((3..=6).contains(&val), "validation {val}");
+        }
+        assert_eq!(tested.len(), items.len());
+        assert!(tested.values().all(|&n| n == 1));
+        assert!(assign_fold(&items, 1, 0, 0.2, 7).is_err());
+    }
 }

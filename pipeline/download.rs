@@ -135,6 +135,18 @@ pub fn pinned_file(local: Option<&Path>, cached: PathBuf, sha256: &str, source: 
     Ok(cached)
 }
 
+/// Read one member of a zip (wheel) file.
+pub fn read_zip_member(zip_path: &Path, member: &str) -> Result<Vec<u8>> {
+    let f = std::fs::File::open(zip_path).at(zip_path)?;
+    let mut z = zip::ZipArchive::new(f).map_err(|e| Error::BadData { path: zip_path.into(), reason: e.to_string() })?;
+    let mut m = z
+        .by_name(member)
+        .map_err(|e| Error::BadData { path: zip_path.into(), reason: format!("member {member}: {e}") })?;
+    let mut bytes = Vec::with_capacity(m.size() as usize);
+    m.read_to_end(&mut bytes).at(zip_path)?;
+    Ok(bytes)
+}
+
 /// Run a package manager's download; its failure names the command and the package.
 fn run_tool(cmd: &mut std::process::Command, tool: &str, spec: &str) -> Result<()> {
     let status = cmd.status().map_err(|e| Error::Other(format!("cannot run `{tool}` to download {spec}: {e}")))?;

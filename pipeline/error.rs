@@ -33,6 +33,10 @@ pub enum Error {
     /// onnxruntime refused or failed; `code` is the runtime's own error code when it raised one.
     #[error("onnxruntime{}: {message}", code.map(|c| format!(" ({c:?})")).unwrap_or_default())]
     Ort { message: String, code: Option<ort::error::ErrorCode> },
+    /// A name that names nothing there is (a backbone, a run); `hint` says what there is instead
+    /// and how to go on.
+    #[error("unknown {what} `{name}`{hint}")]
+    Unknown { what: &'static str, name: String, hint: String },
     #[error("{url}: {reason}")]
     Download { url: String, reason: String },
     #[error("{0}")]

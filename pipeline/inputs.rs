@@ -14,6 +14,35 @@ pub struct Listed {
     pub files: Vec<PathBuf>,
     pub unreadable: Vec<Unreadable>,
     pub not_images: Vec<PathBuf>,
+    /// The inputs that named no image file, each with why (a pattern that matches nothing, a
+    /// folder without images, a list naming nothing).
+    pub empty: Vec<String>,
+}
+
+impl Listed {
+    /// The error when no image of these inputs could be read (`unreadable`: every file that could
+    /// not, as listed or as decoded), with every reason, one a line.
+    pub fn nothing_read(&self, unreadable: &[Unreadable]) -> Error {
+        Error::Other(format!("no image could be read:\n  {}", self.reasons(unreadable).join("\n  ")))
+    }
+
+    /// Why nothing could be read, one reason a line: the unreadable files, the inputs that named
+    /// no image, and the files left out for their names.
+    fn reasons(&self, unreadable: &[Unreadable]) -> Vec<String> {
+        let mut out: Vec<String> = unreadable.iter().map(|(_, why)| why.clone()).collect();
+        out.extend(self.empty.iter().cloned());
+        if !self.not_images.is_empty() {
+            let shown: Vec<String> = self.not_images.iter().take(3).map(|p| p.display().to_string()).collect();
+            out.push(format!(
+                "{} file(s) left out for their names (images end in .{}): {}{}",
+                self.not_images.len(),
+                crate::imageio::IMAGE_EXTENSIONS.join(", ."),
+                shown.join(", "),
+                if self.not_images.len() > 3 { ", …" } else { "" }
+            ));
+        }
+        out
+    }
 }
 
 /// All image files under `root` (recursively, sorted by path). Symbolic links with image names
@@ -40,7 +69,7 @@ pub fn list_images(root: &Path) -> Result<Listed> {
             Err(e) => errors.push((e.path().map(crate::fsutil::path_text).unwrap_or_default(), e.to_string())),
         }
     }
-    Ok(Listed { files, unreadable: errors, not_images })
+    Ok(Listed { files, unreadable: errors, not_images, empty: vec![] })
 }
 
 /// Why a path named like an image is not scored: a folder, a FIFO or device, a dangling link.
@@ -119,9 +148,7 @@ fn is_glob(s: &str) -> bool {
 /// and by each `lists` file ([`list_file`]; a listed path that is not a file is reported, not
 /// fatal). Sorted, no duplicates; `not_images`: what folder walks left out for its name.
 pub fn collect(inputs: &[PathBuf], lists: &[PathBuf]) -> Result<Listed> {
-    let mut files = vec![];
-    let mut bad = vec![];
-    let mut not_images = vec![];
+    let (mut files, mut bad, mut not_images, mut empty) = (vec![], vec![], vec![], vec![]);
     for input in inputs {
         let s = input.to_string_lossy();
         if !input.exists() && is_glob(&s) {
@@ -138,9 +165,17 @@ pub fn collect(inputs: &[PathBuf], lists: &[PathBuf]) -> Result<Listed> {
             }
             if files.len() == before {
                 tracing::warn!("{s}: the pattern matches no file");
+                empty.push(format!("{s}: the pattern matches no file"));
             }
         } else {
             let listed = list_images(input)?;
+            if listed.files.is_empty() && listed.unreadable.is_empty() {
+                empty.push(match (input.is_dir(), listed.not_images.len()) {
+                    (true, 0) => format!("{}: a folder without files", input.display()),
+                    (true, n) => format!("{}: a folder without images ({n} file(s) with other names)", input.display()),
+                    (false, _) => format!("{}: not named as an image", input.display()),
+                });
+            }
             files.extend(listed.files);
             bad.extend(listed.unreadable);
             not_images.extend(listed.not_images);
@@ -148,12 +183,15 @@ pub fn collect(inputs: &[PathBuf], lists: &[PathBuf]) -> Result<Listed> {
     }
     for list in lists {
         let (f, b) = list_file(list)?;
+        if f.is_empty() && b.is_empty() {
+            empty.push(format!("{}: lists no file", list.display()));
+        }
         files.extend(f);
         bad.extend(b);
     }
     files.sort();
     files.dedup();
-    Ok(Listed { files, unreadable: bad, not_images })
+    Ok(Listed { files, unreadable: bad, not_images, empty })
 }
 
 /// The paths a list file names. Each line is one path as written, only its line end (`\n` or

@@ -1,7 +1,9 @@
 //! tlearn: transfer learning for image classification on stock ONNX Runtime.
 //!
 //! Stages (each a binary in `pipeline/bin/`): data → backbone → extract → head → evaluate → score;
-//! convnet → finetune for whole nets trained on images.
+//! convnet → finetune for whole nets trained on images; predict prints a run's classes. The front
+//! binary `tlearn` runs each as `tlearn <stage>` (`commands`), `tlearn setup` puts the ORT library in
+//! the per-user folder (`setup`).
 //! See ARCHITECTURE.md for the map.
 
 pub mod augment;
@@ -10,6 +12,7 @@ pub mod batch;
 pub mod calibrate;
 pub mod catalog;
 pub mod cli;
+pub mod commands;
 pub mod compare;
 pub mod convnet;
 pub mod dataset;
@@ -22,6 +25,7 @@ pub mod explain;
 pub mod extract;
 pub mod features;
 pub mod finetune;
+pub mod fit;
 pub mod fsutil;
 pub mod head;
 pub mod heads;
@@ -47,6 +51,7 @@ pub mod report;
 pub mod runs;
 pub mod runtime;
 pub mod score;
+pub mod setup;
 pub mod shard;
 pub mod spill;
 pub mod split;

@@ -57,3 +57,36 @@ pub trait Choice: Copy + PartialEq + 'static {
         Self::ALL.iter().find(|c| c.1 == name).map(|c| c.0)
     }
 }
+
+/// The known name to suggest for `given`, a name that names nothing (a typo, a missing suffix):
+/// one that starts with it, else the nearest within a third of its length in edits (case aside);
+/// None when none is that close.
+pub fn nearest<'a>(given: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let given = given.to_lowercase();
+    let close = (given.chars().count() / 3).max(1);
+    known
+        .into_iter()
+        .map(|k| {
+            let lower = k.to_lowercase();
+            (!lower.starts_with(&given), strsim::damerau_levenshtein(&given, &lower), k)
+        })
+        .filter(|&(not_prefix, d, _)| !not_prefix || d <= close)
+        .min()
+        .map(|(_, _, k)| k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nearest;
+
+    #[test]
+    fn nearest_suggests_a_completion_or_a_near_typo_and_nothing_far() {
+        let known = ["efficientnet-lite0", "efficientnet-lite1", "vgg16", "resnet50-thin"];
+        assert_eq!(nearest("efficientnet-lite", known), Some("efficientnet-lite0"));
+        assert_eq!(nearest("vgg61", known), Some("vgg16"));
+        assert_eq!(nearest("VGG16", known), Some("vgg16"));
+        assert_eq!(nearest("resnet", known), Some("resnet50-thin"));
+        assert_eq!(nearest("mobilenet", known), None);
+        assert_eq!(nearest("x", [] as [&str; 0]), None);
+    }
+}

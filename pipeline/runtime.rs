@@ -6,7 +6,10 @@ use ort::session::Session;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// File name of the pinned library (`make setup` puts it into `.ort/`).
+/// The pinned onnxruntime release.
+pub const ORT_VERSION: &str = "1.31.1";
+/// File name of the pinned library (`make setup` puts it into `.ort/`, `tlearn setup` into the
+/// per-user folder).
 pub const ORT_LIB: &str = "libonnxruntime.so.1.31.1";
 
 /// Environment variable: when set, every session is profiled by onnxruntime into
@@ -141,8 +144,27 @@ fn openvino_builder(
 
 static INIT: OnceLock<std::result::Result<(PathBuf, ort::environment::Environment), String>> = OnceLock::new();
 
-/// The library path: `$ORT_DYLIB_PATH`, else `.ort/` next to the executable's ancestors or the
-/// current directory's.
+/// Environment variable: tlearn's per-user folder (default `$XDG_DATA_HOME/tlearn`, else
+/// `~/.local/share/tlearn`), where `tlearn setup` puts the library (`ort/`).
+pub const HOME_ENV: &str = "TLEARN_HOME";
+
+/// tlearn's per-user folder: `$TLEARN_HOME`, else `$XDG_DATA_HOME/tlearn`, else
+/// `$HOME/.local/share/tlearn` (None when none of them is set).
+pub fn home() -> Option<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var(HOME_ENV)
+        .or_else(|| var("XDG_DATA_HOME").map(|d| d.join("tlearn")))
+        .or_else(|| var("HOME").map(|h| h.join(".local/share/tlearn")))
+}
+
+/// Where `tlearn setup` puts the library: `<home>/ort/` ([`home`]).
+pub fn user_library() -> Option<PathBuf> {
+    home().map(|h| h.join("ort").join(ORT_LIB))
+}
+
+/// The library path: `$ORT_DYLIB_PATH`, else `.ort/` next to the current directory's or the
+/// executable's ancestors (a clone's `make setup`), else the per-user folder ([`user_library`],
+/// `tlearn setup`'s).
 pub fn find_library() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         return Some(PathBuf::from(p));
@@ -154,17 +176,30 @@ pub fn find_library() -> Option<PathBuf> {
     if let Ok(exe) = std::env::current_exe() {
         roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
     }
-    roots.into_iter().map(|r| r.join(".ort").join(ORT_LIB)).find(|p| p.is_file())
+    let clone = roots.into_iter().map(|r| r.join(".ort").join(ORT_LIB)).find(|p| p.is_file());
+    clone.or_else(|| user_library().filter(|p| p.is_file()))
+}
+
+/// What to do when the library is not found: where it was looked for, and the commands that put
+/// it there.
+fn not_found() -> String {
+    let user =
+        user_library().map_or_else(|| "(no per-user folder: set TLEARN_HOME)".into(), |p| p.display().to_string());
+    format!(
+        "{ORT_LIB} not found (looked in .ort/ above the current folder and the executable, and in {user}): \
+         run `tlearn setup` (add `--wheel FILE` to use a downloaded onnxruntime {ORT_VERSION} wheel), \
+         or `make setup` in a clone of tlearn, or set ORT_DYLIB_PATH to the library"
+    )
 }
 
 /// Load onnxruntime once per process.
 pub fn init() -> Result<&'static Path> {
     let r = INIT.get_or_init(|| {
-        let path = find_library()
-            .ok_or_else(|| format!("{ORT_LIB} not found: run `make setup` (or set ORT_DYLIB_PATH to the library)"))?;
+        let path = find_library().ok_or_else(not_found)?;
         if !path.is_file() {
             return Err(format!(
-                "{}: onnxruntime library not found (ORT_DYLIB_PATH); run `make setup`",
+                "{}: onnxruntime library not found (ORT_DYLIB_PATH); point ORT_DYLIB_PATH at the library, or unset \
+                 it after `tlearn setup`",
                 path.display()
             ));
         }

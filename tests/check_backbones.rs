@@ -64,7 +64,7 @@ fn efficientnet_lite_classifies_real_photos_as_imagenet_says() {
     let wheel = skimage_wheel();
     let photos: Vec<(&str, Vec<u8>, &[usize])> = PHOTOS
         .iter()
-        .map(|(f, ok)| (*f, tlearn::backbone::read_zip_member(&wheel, &format!("skimage/data/{f}")).unwrap(), *ok))
+        .map(|(f, ok)| (*f, tlearn::download::read_zip_member(&wheel, &format!("skimage/data/{f}")).unwrap(), *ok))
         .collect();
     let cat = Catalog::load(&root().join("onnx")).unwrap();
     let opts = SessionOptions { device: Device::Cpu, threads: 0, precision: None };

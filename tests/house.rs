@@ -37,6 +37,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("init", 0),
     ("pth", 0),
     ("download", 0),
+    ("setup", 0),
     ("layout", 1),
     ("catalog", 1),
     ("backbone", 1),
@@ -65,7 +66,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("finetune", 2),
     ("quantize", 2),
     ("compare", 3),
+    ("fit", 3),
     ("cli", 4),
+    ("commands", 4),
 ];
 const NAMES: [&str; 5] = ["infrastructure", "domain", "stages", "workflows", "binaries"];
 const STAGE: u8 = 2;

@@ -5,37 +5,7 @@ mod common;
 use common::*;
 use rand::{Rng, SeedableRng};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Start `name args` and SIGKILL it: after `delay`, or once `progress()` says it has done part of
-/// its work (whichever the round asks for). Returns whether it was still running when killed.
-fn kill_at(name: &str, args: &[&str], cwd: &Path, delay: Option<Duration>, progress: &dyn Fn() -> bool) -> bool {
-    let mut c = Command::new(bin(name))
-        .args(args)
-        .current_dir(cwd)
-        .env("RUST_LOG", "warn,ort=error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    loop {
-        if c.try_wait().unwrap().is_some() {
-            return false;
-        }
-        let due = match delay {
-            Some(d) => t.elapsed() >= d,
-            None => progress(),
-        };
-        if due || t.elapsed() > Duration::from_secs(120) {
-            c.kill().unwrap();
-            c.wait().unwrap();
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
 
 /// Several rounds of kills (random delays within the uninterrupted time `full`, and kills right
 /// after the first durable progress), then a run to the end; returns how many kills landed. After

@@ -147,7 +147,7 @@ fn an_int8_backbone_is_calibrated_fused_close_to_fp32_and_usable_everywhere() {
     let err = fails("tlearn-backbone", &["quantize", "tiny", "--calibrate", "data/toy", "--size", "16384"], w);
     assert!(err.contains("16384×16384 image needs about") && err.contains("smaller --size"), "{err}");
     let err = fails("tlearn-backbone", &["quantize", "nonesuch", "--calibrate", "data/toy"], w);
-    assert!(err.contains("not fetched"), "{err}");
+    assert!(err.contains("unknown backbone `nonesuch`"), "{err}");
 }
 
 /// A chain of four 3×3 Convs (2 → 2 channels, each followed by a Relu), opset 13; with

@@ -162,7 +162,11 @@ fn a_deployable_model_older_than_its_head_is_never_used() {
     let ft = ["runs/toy/model.onnx", "--data", "data/toy", "--run", "ft", "--epochs", "1", "--explain", "0"];
     for err in [
         fails("tlearn-finetune", &ft, w),
-        fails("tlearn-score", &["data/toy/test", "--model", "runs/toy/model.onnx", "--device", "cpu"], w),
+        fails(
+            "tlearn-score",
+            &["data/toy/test", "--model", "runs/toy/model.onnx", "--device", "cpu", "--out", "x.csv"],
+            w,
+        ),
     ] {
         assert!(err.contains("runs/toy/model.onnx") && err.contains("stale"), "{err}");
         assert!(err.contains("tlearn-score --run toy --runs runs --export-only"), "{err}");

@@ -12,8 +12,8 @@ use tlearn::evaluate;
     about = "Loss, accuracy, per-class P/R/F1, confusion matrix, ROC-AUC of a head or fine-tune run → reports/<run>/metrics.json + index.html"
 )]
 struct Args {
-    /// Run name (folder under --runs).
-    #[arg(long, default_value = "demo", value_parser = tlearn::cli::run_name)]
+    /// Run name (required): a folder under --runs.
+    #[arg(long, value_parser = tlearn::cli::run_name)]
     run: String,
     #[arg(long, default_value = tlearn::layout::RUNS)]
     runs: PathBuf,
@@ -49,11 +49,16 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(a: Args) -> Result<()> {
+    let run_dir = a.runs.join(&a.run);
     if a.summary {
-        tlearn::outln!("{}", evaluate::summary(&a.reports.join(&a.run))?);
+        let report = a.reports.join(&a.run);
+        if !report.exists() && !run_dir.exists() {
+            // Nothing of that name: the runs there are named instead.
+            return Err(tlearn::runs::unknown_run(&run_dir).into());
+        }
+        tlearn::outln!("{}", evaluate::summary(&report)?);
         return Ok(());
     }
-    let run_dir = a.runs.join(&a.run);
     let run = tlearn::runs::Run::open(&run_dir).with_context(|| format!("reading run {}", run_dir.display()))?;
     let out = a.reports.join(&a.run);
     let term = tlearn::cli::Terminal::default();

@@ -20,7 +20,8 @@ struct Args {
     /// Split dataset folder (train/[validation/][test/]<class>/).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Run name: outputs go to <runs>/<run>/ (default: the model's file stem).
+    /// Run name: outputs go to <runs>/<run>/. Default: the model's file stem, while no other run
+    /// holds that folder (a head run, a fine-tune of another model); then give one.
     #[arg(long, value_parser = tlearn::cli::run_name)]
     run: Option<String>,
     #[arg(long, default_value = tlearn::layout::RUNS)]
@@ -100,7 +101,7 @@ fn run(a: Args) -> Result<()> {
     let optimizer = a.optimizer.build(a.lr.or(finetune::DEFAULT_LR), a.momentum);
     let run = match &a.run {
         Some(r) => r.clone(),
-        None => finetune::default_run_name(&a.model)?,
+        None => finetune::default_run_name(&a.model, &a.runs)?,
     };
     let fit = tlearn::cli::fit_config((a.epochs, a.batch, a.seed), optimizer, &a.lr_schedule, &a.reg)?;
     let cfg = FinetuneConfig {

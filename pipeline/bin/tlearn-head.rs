@@ -20,8 +20,8 @@ struct Args {
     /// Feature folder written by tlearn-extract (features/<dataset>/<backbone>-<size>).
     #[arg(long)]
     features: PathBuf,
-    /// Run name: outputs go to <runs>/<run>/.
-    #[arg(long, default_value = "demo", value_parser = tlearn::cli::run_name)]
+    /// Run name (required): outputs go to <runs>/<run>/.
+    #[arg(long, value_parser = tlearn::cli::run_name)]
     run: String,
     #[arg(long, default_value = tlearn::layout::RUNS)]
     runs: PathBuf,

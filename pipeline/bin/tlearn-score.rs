@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 #[command(
     version,
     about = "Score images (folders, files, glob patterns, --list files) → CSV or JSON lines, sorted by path",
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
 struct Args {
     #[command(subcommand)]
@@ -29,15 +30,16 @@ struct Args {
     /// Output format (default: jsonl for a .jsonl/.ndjson --out, else csv).
     #[arg(long, value_enum)]
     format: Option<tlearn::score::Format>,
-    /// Run whose head to use (folder under --runs).
-    #[arg(long, default_value = "demo", value_parser = tlearn::cli::run_name)]
-    run: String,
+    /// Run whose model to use (a folder under --runs); required unless --model is given.
+    #[arg(long, value_parser = tlearn::cli::run_name, required_unless_present = "model")]
+    run: Option<String>,
     #[arg(long, default_value = tlearn::layout::RUNS)]
     runs: PathBuf,
     /// A deployable model instead of the run's (runs/<run>/model.onnx, built when missing or stale).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Output file (default: reports/<run>/scores.csv); a summary goes to <out>.summary.json. A
+    /// Output file (default: reports/<run>/scores.csv; with --model and no --run, required); a
+    /// summary goes to <out>.summary.json. A
     /// link is written at its target; `-` (standard output), a FIFO or a device as a stream,
     /// with no summary file beside it.
     #[arg(long)]
@@ -92,13 +94,7 @@ fn run(a: Args) -> Result<()> {
         tlearn::outln!("merged {} parts: {} images scored → {}", parts.len(), s.scored, out.display());
         return Ok(());
     }
-    let run_dir = a.runs.join(&a.run);
-    let model = match &a.model {
-        Some(m) => m.clone(),
-        None => tlearn::runs::Run::open(&run_dir)
-            .and_then(|r| r.deployable(&a.onnx_dir, &tlearn::cli::Terminal::default()))
-            .with_context(|| format!("exporting run {}", run_dir.display()))?,
-    };
+    let (run_dir, model) = run_model(&a)?;
     if a.export_only {
         tlearn::outln!("{}", model.display());
         return Ok(());
@@ -106,16 +102,22 @@ fn run(a: Args) -> Result<()> {
     if a.inputs.is_empty() && a.list.is_empty() {
         anyhow::bail!("give folders, images, glob patterns or --list files to score (or --export-only)");
     }
-    let out = a
-        .out
-        .clone()
-        .unwrap_or_else(|| tlearn::layout::scores_path(std::path::Path::new(tlearn::layout::REPORTS), &a.run));
+    let out = match (&a.out, &a.run) {
+        (Some(out), _) => out.clone(),
+        (None, Some(run)) => tlearn::layout::scores_path(Path::new(tlearn::layout::REPORTS), run),
+        (None, None) => anyhow::bail!("give --out FILE for the scores (or --run NAME: reports/NAME/scores.csv)"),
+    };
     if tlearn::output::target(&out)?.is_stdout() {
         tlearn::cli::send_report_to_stderr();
     }
     tlearn::score::check_outputs(&out, &model, &run_dir, (&a.inputs, &a.list), a.explain.as_deref())?;
-    let tlearn::inputs::Listed { files, unreadable, not_images } = tlearn::inputs::collect(&a.inputs, &a.list)?;
-    for p in &not_images {
+    let mut listed = tlearn::inputs::collect(&a.inputs, &a.list)?;
+    if listed.files.is_empty() {
+        return Err(listed.nothing_read(&listed.unreadable)).context("nothing scored");
+    }
+    let (files, unreadable) = (std::mem::take(&mut listed.files), std::mem::take(&mut listed.unreadable));
+    let not_images = &listed.not_images;
+    for p in not_images {
         tracing::warn!("{}: skipped (not named as an image)", p.display());
     }
     let to_explain = a.explain.as_ref().map(|_| {
@@ -136,7 +138,18 @@ fn run(a: Args) -> Result<()> {
     let s =
         tlearn::score::score(&model, files, unreadable, &out, &o, &a.ort.session(), &tlearn::cli::Terminal::default())
             .with_context(|| format!("scoring into {}", out.display()))?;
-    let secs = t.elapsed().as_secs_f64();
+    report(&s, t.elapsed().as_secs_f64(), &out, not_images.len());
+    if s.scored == 0 && !s.unreadable.is_empty() {
+        return Err(listed.nothing_read(&s.unreadable)).context(format!("nothing scored into {}", out.display()));
+    }
+    if let (Some(dir), Some(files)) = (&a.explain, to_explain) {
+        explain(&a, &model, &files, dir)?;
+    }
+    Ok(())
+}
+
+/// What was scored, per class, and what was not.
+fn report(s: &tlearn::score::ScoreSummary, secs: f64, out: &Path, not_images: usize) {
     tlearn::outln!(
         "scored {} images in {secs:.1} s ({:.1} img/s) → {}",
         s.scored,
@@ -146,8 +159,8 @@ fn run(a: Args) -> Result<()> {
     for (c, n) in &s.per_class {
         tlearn::outln!("  {c:<14} {n}");
     }
-    if !not_images.is_empty() {
-        tlearn::outln!("skipped {} file(s) not named as images (the log lists them)", not_images.len());
+    if not_images > 0 {
+        tlearn::outln!("skipped {not_images} file(s) not named as images (the log lists them)");
     }
     if !s.unreadable.is_empty() {
         tlearn::outln!("unreadable: {}", s.unreadable.len());
@@ -155,10 +168,22 @@ fn run(a: Args) -> Result<()> {
             tlearn::outln!("  {why}");
         }
     }
-    if let (Some(dir), Some(files)) = (&a.explain, to_explain) {
-        explain(&a, &model, &files, dir)?;
-    }
-    Ok(())
+}
+
+/// The run's folder and the deployable model to score with: `--model`'s (its folder is its run's,
+/// if any), else the run's own, built when missing or stale.
+fn run_model(a: &Args) -> Result<(PathBuf, PathBuf)> {
+    let run_dir = match (&a.run, &a.model) {
+        (Some(run), _) => a.runs.join(run),
+        (None, m) => tlearn::fsutil::parent_dir(m.as_deref().expect("required by clap")).to_path_buf(),
+    };
+    let model = match &a.model {
+        Some(m) => m.clone(),
+        None => tlearn::runs::Run::open(&run_dir)
+            .and_then(|r| r.deployable(&a.onnx_dir, &tlearn::cli::Terminal::default()))
+            .with_context(|| format!("exporting run {}", run_dir.display()))?,
+    };
+    Ok((run_dir, model))
 }
 
 /// `--explain DIR`: the Grad-CAM overlays of the scored files.

@@ -175,6 +175,11 @@ pub struct FinetuneArgs {
     pub rescale: Option<f32>,
     #[arg(long, value_enum, default_value = "nearest")]
     pub interpolation: Interpolation,
+    /// Train a deployable model on data whose class names differ from those it records (the
+    /// model's output k becomes the data's k-th class, sorted by name); without it such data is
+    /// refused, both lists named.
+    #[arg(long)]
+    pub relabel: bool,
     #[command(flatten)]
     pub augment: AugmentArgs,
     /// Memory for the decoded training and validation images and a cached trunk's outputs
@@ -202,6 +207,7 @@ impl FinetuneArgs {
             trainable: self.trainable.clone(),
             lr_base: self.lr_base,
             lr_auto: None,
+            relabel: self.relabel,
             patience: None,
             include_validation: self.include_validation,
             cache_trunk: self.cache_trunk,

@@ -201,6 +201,35 @@ fn open_rows(dir: &Path, split: &str, view: View) -> Result<CacheRows> {
     Ok(CacheRows { info, files, rows })
 }
 
+/// What `dir`, given as a feature folder but holding no features, is instead, and what to give:
+/// the folder above feature folders (`features/<dataset>/`), or a dataset whose features were
+/// never extracted. None: neither (a feature folder that lacks a split).
+fn not_features(dir: &Path) -> Option<Error> {
+    let bad = |reason: String| Some(Error::BadData { path: dir.into(), reason });
+    if dir.join("train").is_dir() {
+        return bad(format!(
+            "a dataset, not a feature folder: extract its features with `tlearn-extract --data {} --backbone NAME` \
+             and give the folder it writes",
+            dir.display()
+        ));
+    }
+    let mut below: Vec<String> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| fsutil::sidecar_path(&p.join("train.npy")).is_file())
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    below.sort();
+    match below.first() {
+        Some(first) => bad(format!(
+            "holds feature folders ({}), one per backbone and size: give one, e.g. {}",
+            below.join(", "),
+            dir.join(first).display()
+        )),
+        None => None,
+    }
+}
+
 /// A cache's sidecar and its checked file list.
 fn read_index(dir: &Path, split: &str, view: View) -> Result<(FeatureInfo, Vec<FileRow>)> {
     let npy = view_npy_path(dir, split, view);
@@ -210,7 +239,13 @@ fn read_index(dir: &Path, split: &str, view: View) -> Result<(FeatureInfo, Vec<F
                 View::Identity => String::new(),
                 v => format!(" --views {}", v.name()),
             };
-            Error::BadData { path, reason: format!("no feature sidecar; run tlearn-extract{how} for split `{split}`") }
+            match (view, not_features(dir)) {
+                (View::Identity, Some(e)) => e,
+                _ => Error::BadData {
+                    path,
+                    reason: format!("no feature sidecar; run tlearn-extract{how} for split `{split}`"),
+                },
+            }
         }
         e => e,
     })?;

@@ -33,7 +33,7 @@ pub const DEFAULT_LR: f64 = 1e-4;
 pub use crate::train::checkpoint::CHECKPOINT;
 pub use crate::train::learner::{BEST, LAST};
 pub use lr::{choose_lr, lr_find};
-use model::{check_trainable, open_model, trainable_fn};
+use model::{check_class_names, check_trainable, open_model, trainable_fn};
 pub use model::{default_rescale, input_shape, matches, own_rescale};
 
 /// The settings a checkpoint must share to be continued: the config minus `epochs`, plus a
@@ -82,20 +82,25 @@ impl BatchSource for ImageBatches<'_> {
     }
 }
 
-/// The model's output width must be the class list's (one sigmoid output for two classes).
+/// The model's output width must be the class list's (one sigmoid output for two classes), and a
+/// deployable model's class names the data's.
 fn check_outputs(model: &ModelProto, cfg: &FinetuneConfig, classes: &[String]) -> Result<()> {
     let k_model =
         onnx::graph(model).output.first().and_then(|o| onnx::vi_shape(o).1.last().copied().flatten()).unwrap_or(0)
             as usize;
     let k_data = crate::metrics::output_width(classes.len());
     if k_model != k_data {
+        // A deployable model names its classes: both lists say what differs.
+        let named = crate::runs::meta(model, &cfg.model)
+            .map(|m| format!(" (the model's: {}; the data's: {})", m.classes.join(", "), classes.join(", ")))
+            .unwrap_or_default();
         return Err(Error::Shape {
-            what: format!("{} outputs vs classes of {}", cfg.model.display(), cfg.data.join("train").display()),
+            what: format!("{} outputs vs classes of {}{named}", cfg.model.display(), cfg.data.join("train").display()),
             expected: vec![k_data],
             got: vec![k_model],
         });
     }
-    Ok(())
+    check_class_names(model, cfg, classes)
 }
 
 /// `--lr-base`: the conv base's parameters (found on the whole `model`) at that rate.
@@ -121,18 +126,32 @@ struct Prepared {
     trainer: Trainer,
 }
 
-/// Open and check the model, load the images (the validation split only when `validate`), run
-/// a cached trunk, build the trainer with the run's trainable set and `--lr-base`.
-fn prepare(cfg: &FinetuneConfig, budget: &spill::Budget, validate: bool, sink: &dyn Sink) -> Result<Prepared> {
-    let model = open_model(&cfg.model)?;
+/// What [`prepare`] prepares for: the run (its folder checked apart from its inputs, validation
+/// images loaded) or a learning-rate sweep (neither).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Run,
+    Sweep,
+}
+
+/// Open and check the model, load the images, run a cached trunk, build the trainer with the
+/// run's trainable set and `--lr-base`.
+fn prepare(cfg: &FinetuneConfig, budget: &spill::Budget, purpose: Purpose, sink: &dyn Sink) -> Result<Prepared> {
+    let model = open_model(&cfg.model, &cfg.data)?;
     check_trainable(cfg, &model)?;
     let input = input_shape(&model, &cfg.model)?;
+    if purpose == Purpose::Run {
+        fsutil::check_output_apart(&cfg.run_dir, &[&cfg.data, &cfg.model])?;
+    }
     let classes = crate::dataset::training_classes(&cfg.data)?;
     check_outputs(&model, cfg, &classes)?;
     let (fit_on, validate_on): (&[&str], &[&str]) =
         if cfg.include_validation { (&["train", "validation"], &[]) } else { (&["train"], &["validation"]) };
     let mut train = load_set(cfg, fit_on, &classes, input, budget, sink)?.expect("train exists");
-    let mut val = if validate { load_set(cfg, validate_on, &classes, input, budget, sink)? } else { None };
+    let mut val = match purpose {
+        Purpose::Run => load_set(cfg, validate_on, &classes, input, budget, sink)?,
+        Purpose::Sweep => None,
+    };
     let trainable = trainable_fn(cfg, &model);
     let trunk = cached_trunk(cfg, &model, input, &trainable, (&train, val.as_ref()), budget, sink)?;
     if trunk.is_some() {
@@ -178,9 +197,9 @@ impl<'a> TrainBatches<'a> {
 /// Train `cfg.model` on `cfg.data`; every epoch (and any replayed from a checkpoint) goes to `sink`.
 pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
     check_fit_on(cfg)?;
-    fsutil::check_output_apart(&cfg.run_dir, &[&cfg.data, &cfg.model])?;
     let budget = memory_budget(cfg);
-    let Prepared { model, input, classes, train, val, mut trunk, mut trainer } = prepare(cfg, &budget, true, sink)?;
+    let Prepared { model, input, classes, train, val, mut trunk, mut trainer } =
+        prepare(cfg, &budget, Purpose::Run, sink)?;
     let trainable_params: usize = trainer.params.iter().map(|p| p.len()).sum();
     let (n_train, n_val) = (train.labels.len(), val.as_ref().map(|v| v.labels.len()).unwrap_or(0));
     let images = if cfg.include_validation {
@@ -367,22 +386,35 @@ fn record(
     Ok(Finetuned { info, history: done.history, best })
 }
 
-/// The run name when none is given: the model's file stem, checked like a name given by hand.
-pub fn default_run_name(model: &std::path::Path) -> Result<String> {
+/// The run name when none is given: the model's file stem, checked like a name given by hand —
+/// and only while `runs/<stem>` holds no finished run but a fine-tune of this same model (which a
+/// rerun continues, or refuses as its checkpoint says): the default never lands on another run.
+pub fn default_run_name(model: &std::path::Path, runs: &std::path::Path) -> Result<String> {
     let name = model.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+    let bad = |reason: String| Error::Param { name: "run", value: name.clone(), reason };
     fsutil::check_name("run", &name).map_err(|e| match e {
-        Error::Param { name, value, reason } => {
-            Error::Param { name, value, reason: format!("{reason} (the model's file name); choose one with --run") }
-        }
+        Error::Param { reason, .. } => bad(format!("{reason} (the model's file name); choose one with --run")),
         e => e,
     })?;
-    Ok(name)
+    let Ok(there) = crate::runs::Run::open(&runs.join(&name)) else { return Ok(name) };
+    let same_model = |m: &std::path::Path| fsutil::real_path(m) == fsutil::real_path(model);
+    match &there.record {
+        crate::runs::Record::Finetune(f) if same_model(&f.config.model) => Ok(name),
+        _ => Err(bad(format!(
+            "the default run (the model's file name) is taken: {} holds another run ({}); name this one with --run NAME",
+            there.dir.display(),
+            there.describe()
+        ))),
+    }
 }
 
 /// The pixel scale: the one given, else what the model wants ([`default_rescale`]).
 pub fn rescale_for(given: Option<f32>, model: &std::path::Path) -> Result<f32> {
     match given {
         Some(r) => Ok(r),
-        None => Ok(default_rescale(&onnx::load_model(model)?, model)),
+        None => {
+            model::check_run_of(model)?;
+            Ok(default_rescale(&onnx::load_model(model)?, model))
+        }
     }
 }

@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use crate::onnx::{self, proto::ModelProto};
 pub use crate::runs::finetune::input_shape;
 use crate::runs::FinetuneConfig;
+use crate::train::learner;
 use std::path::Path;
 
 /// `name` matches `pattern` (`*` wildcards; no `*`: substring).
@@ -104,12 +105,88 @@ fn constant_scalar(g: &onnx::proto::GraphProto, name: &str) -> Option<f32> {
     a.iter().all(|&v| v == first).then_some(first)
 }
 
-/// The net to train: a deployable model only while current, and with TTA views its plain view.
-pub(super) fn open_model(path: &Path) -> Result<ModelProto> {
+/// The net to train: a whole classifier of images (not a run that is not there, a backbone or a
+/// head), a deployable model only while current, and with TTA views its plain view.
+pub(super) fn open_model(path: &Path, data: &Path) -> Result<ModelProto> {
+    check_run_of(path)?;
     crate::runs::check_current(path)?;
     let model = onnx::load_model(path)?;
+    check_classifier(&model, path, data)?;
     crate::runs::check_differentiable(&model, path, "fine-tuning")?;
     crate::runs::plain(&model, path)
+}
+
+/// A run's model (`runs/<run>/model.onnx`, `best.onnx`, `last.onnx`) of a run that is not there:
+/// the runs there are named.
+pub(super) fn check_run_of(path: &Path) -> Result<()> {
+    let run_dir = crate::fsutil::parent_dir(path);
+    let run_file = [crate::runs::MODEL, learner::BEST, learner::LAST].map(std::ffi::OsStr::new);
+    if !run_dir.exists() && path.file_name().is_some_and(|f| run_file.contains(&f)) {
+        return Err(crate::runs::unknown_run(run_dir));
+    }
+    Ok(())
+}
+
+/// A backbone (its sidecar says so, or it outputs a feature map) or a head (it reads a
+/// backbone's features) is no classifier of images: refused, saying what to train instead.
+fn check_classifier(m: &ModelProto, path: &Path, data: &Path) -> Result<()> {
+    use crate::onnx::cut::FEATURES;
+    let g = onnx::graph(m);
+    let side = crate::fsutil::read_json::<crate::backbone::BackboneInfo>(&crate::fsutil::sidecar_path(path));
+    let out = g.output.first();
+    let feature_map = out.is_some_and(|o| {
+        let dims = onnx::vi_shape(o).1;
+        // (N,h,w,c) or (N,c,h,w) with more than one number per image along two axes: a map.
+        o.name == FEATURES || (dims.len() == 4 && dims[1..].iter().filter(|d| d.is_some_and(|d| d > 1)).count() >= 2)
+    });
+    let reason = if side.is_ok() || feature_map {
+        let name = side.map(|s| s.name).unwrap_or_else(|_| "NAME".into());
+        format!(
+            "a backbone (feature extractor) without a classifier: use `tlearn fit {} --backbone {name}`, or make a \
+             head first (tlearn-extract, tlearn-head --run NAME, then tlearn-score --run NAME --export-only) and \
+             fine-tune runs/NAME/model.onnx",
+            data.display()
+        )
+    } else if onnx::real_inputs(g).first().is_some_and(|i| i.name == FEATURES) {
+        let dir = crate::fsutil::parent_dir(path);
+        let run = crate::runs::name_of(dir);
+        format!(
+            "a head (it reads a backbone's features, not images): fine-tune the run's deployable model instead, \
+             {} (`tlearn-score --run {run} --runs {} --export-only` makes it)",
+            dir.join(crate::runs::MODEL).display(),
+            crate::fsutil::parent_dir(dir).display()
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Error::BadData { path: path.into(), reason })
+}
+
+/// A deployable model names its classes: the data's must be the same names in the same order,
+/// or output k would be trained as another class than the one it stands for — unless the run
+/// relabels (`--relabel`: the data's names are taken, said in the log).
+pub(super) fn check_class_names(model: &ModelProto, cfg: &FinetuneConfig, classes: &[String]) -> Result<()> {
+    let Ok(meta) = crate::runs::meta(model, &cfg.model) else { return Ok(()) };
+    if meta.classes == classes {
+        return Ok(());
+    }
+    let (ours, theirs) = (meta.classes.join(", "), classes.join(", "));
+    if cfg.relabel {
+        tracing::info!("--relabel: {}'s outputs ({ours}) train as the data's classes ({theirs})", cfg.model.display());
+        return Ok(());
+    }
+    let mut sorted = meta.classes.clone();
+    sorted.sort();
+    let what =
+        if sorted == classes { "the model's classes in another order" } else { "other classes than the model's" };
+    Err(Error::BadData {
+        path: cfg.data.join("train"),
+        reason: format!(
+            "{what}: {} has [{ours}], the data [{theirs}]; rename the class folders to match, or give --relabel \
+             to train output k as the data's k-th class",
+            cfg.model.display()
+        ),
+    })
 }
 
 /// `--trainable` patterns must select something: a pattern that matches no parameter is refused,

@@ -66,6 +66,10 @@ pub struct FinetuneConfig {
     /// rest on their cached output (`crate::trunk`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cache_trunk: bool,
+    /// Train a deployable model whose recorded classes differ from the data's as the data's
+    /// classes, output k as the data's class k (without it such data is refused).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relabel: bool,
     /// Multiply 0..255 pixels by this (Keras' `rescale`, 1/255 for the built-in nets).
     pub rescale: f32,
     pub interpolation: Interpolation,
@@ -204,7 +208,7 @@ pub fn predict_split(
 ) -> Result<(ndarray::ArrayD<f32>, ImageSet)> {
     let input = input_shape(&onnx::decode_model(bytes, path)?, path)?;
     let set = load_set(cfg, &[split], classes, input, &memory_budget(cfg), sink)?
-        .ok_or_else(|| Error::BadData { path: cfg.data.join(split), reason: "no such split folder".into() })?;
+        .ok_or_else(|| crate::dataset::missing_split(&cfg.data, split))?;
     let mut net = crate::train::Predictor::open(bytes, path, &cfg.session)?;
     let views: Vec<View> = cfg.tta.iter().copied().filter(|v| *v != View::Identity).collect();
     // A chunk of images at a time in float: never a float copy of the whole split.

@@ -308,9 +308,12 @@ pub struct ModelMeta {
 
 pub fn meta(m: &ModelProto, path: &Path) -> Result<ModelMeta> {
     let get = |k: &str| m.metadata_props.iter().find(|p| p.key == k).map(|p| p.value.clone());
-    let bad = |what: &str| Error::BadModel {
+    let bad = |what: &str| Error::BadData {
         path: path.into(),
-        reason: format!("not a tlearn classifier: metadata {what} missing or invalid"),
+        reason: format!(
+            "not a deployable tlearn classifier (metadata {what} missing or invalid): give a run's model.onnx \
+             (`tlearn-score --run NAME --export-only` writes a head run's)"
+        ),
     };
     let classes: Vec<String> =
         get("tlearn.classes").and_then(|v| serde_json::from_str(&v).ok()).ok_or_else(|| bad("tlearn.classes"))?;

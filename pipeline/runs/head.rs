@@ -90,13 +90,27 @@ pub fn predict_split(
     if f.info.classes != info.classes {
         return Err(Error::BadData {
             path: fdir.into(),
-            reason: format!("classes {:?} differ from the run's {:?}", f.info.classes, info.classes),
+            reason: format!(
+                "classes {:?} differ from the run's {:?}: give features of data with the run's classes (by \
+                 default its own, {})",
+                f.info.classes,
+                info.classes,
+                info.features_dir.display()
+            ),
         });
     }
     if f.info.backbone_sha256 != info.features.backbone_sha256 || f.info.size != info.features.size {
+        let (bb, size) = (&info.features.backbone, info.features.size);
+        let these = match (&f.info.backbone, f.info.size) {
+            (b, s) if b == bb && s == size => format!("another {bb} (its sha256 differs)"),
+            (b, s) => format!("{b} at {s}"),
+        };
         return Err(Error::BadData {
             path: fdir.into(),
-            reason: "features come from another backbone or size than the run was trained on".into(),
+            reason: format!(
+                "features of {these}, but the run was trained on {bb} at {size}: give features of that backbone \
+                 (`tlearn-extract --backbone {bb} --size {size}`), or train a run on these"
+            ),
         });
     }
     let head = run_dir.join(HEAD);

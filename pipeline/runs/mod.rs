@@ -6,6 +6,7 @@
 
 pub mod deployable;
 pub mod finetune;
+pub mod fit;
 mod fuse;
 pub mod head;
 mod record;
@@ -13,7 +14,8 @@ mod run;
 
 pub use deployable::{check_current, check_current_as, check_differentiable, ModelInfo, MODEL};
 pub use finetune::{FinetuneConfig, FinetuneRecord, TrunkInfo};
+pub use fit::{Balance, FitRecord, FitSettings, FoldScore};
 pub use fuse::{deployable, fuse, meta, plain, ModelMeta, INPUT, OUTPUT};
 pub use head::{HeadRecord, HEAD};
-pub use record::{write_record, Record, FORMAT, RECORD};
-pub use run::{name_of, PredictOptions, Predictions, Run};
+pub use record::{find_record, model_dir, read_fit, write_fit_record, write_record, Record, FORMAT, RECORD};
+pub use run::{list, name_of, unknown_run, PredictOptions, Predictions, Run};

@@ -2,6 +2,7 @@
 //! before it (format 1: the kind's own sidecar) are read too.
 
 use super::finetune::FinetuneRecord;
+use super::fit::FitRecord;
 use super::fuse::MODEL;
 use super::head::{HeadRecord, HEAD};
 use crate::error::{Error, Result};
@@ -25,17 +26,72 @@ pub enum Record {
     Finetune(FinetuneRecord),
 }
 
+/// What a `run.json` holds: a model's run, or a fit naming the phase folder with its model.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+enum Kind {
+    Head(HeadRecord),
+    Finetune(FinetuneRecord),
+    Fit(FitRecord),
+}
+
 /// `run.json`: the format, then the record.
 #[derive(Serialize, Deserialize)]
 struct Stored {
     format: u32,
     #[serde(flatten)]
-    record: Record,
+    kind: Kind,
 }
 
 /// Write `record` as `run_dir/run.json` (atomically; the last file a training stage writes).
 pub fn write_record(run_dir: &Path, record: &Record) -> Result<()> {
-    fsutil::write_json(&run_dir.join(RECORD), &Stored { format: FORMAT, record: record.clone() })
+    let kind = match record.clone() {
+        Record::Head(h) => Kind::Head(h),
+        Record::Finetune(f) => Kind::Finetune(f),
+    };
+    fsutil::write_json(&run_dir.join(RECORD), &Stored { format: FORMAT, kind })
+}
+
+/// Write a fit's record as `fit_dir/run.json` (atomically; the last file `tlearn fit` writes).
+pub fn write_fit_record(fit_dir: &Path, record: &FitRecord) -> Result<()> {
+    fsutil::write_json(&fit_dir.join(RECORD), &Stored { format: FORMAT, kind: Kind::Fit(record.clone()) })
+}
+
+/// `dir/run.json` when it exists, its format checked.
+fn read_stored(dir: &Path) -> Result<Option<(Kind, PathBuf)>> {
+    let path = dir.join(RECORD);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let v: serde_json::Value = fsutil::read_json(&path)?;
+    let format = v.get("format").and_then(|f| f.as_u64()).unwrap_or(0);
+    if format > FORMAT as u64 {
+        return Err(Error::BadData {
+            path,
+            reason: format!(
+                "record format {format}, newer than this tlearn reads ({FORMAT}); use the tlearn that wrote it"
+            ),
+        });
+    }
+    let stored: Stored = serde_json::from_value(v)
+        .map_err(|e| Error::BadData { path: path.clone(), reason: format!("not a run record: {e}") })?;
+    Ok(Some((stored.kind, path)))
+}
+
+/// The record of a fit run in `dir` (None: `dir` is not one).
+pub fn read_fit(dir: &Path) -> Result<Option<FitRecord>> {
+    Ok(match read_stored(dir)? {
+        Some((Kind::Fit(f), _)) => Some(f),
+        _ => None,
+    })
+}
+
+/// The folder of the run that holds `dir`'s model: `dir` itself, or a fit run's model phase.
+pub fn model_dir(dir: &Path) -> Result<PathBuf> {
+    match read_fit(dir)? {
+        Some(f) => f.model_dir(dir),
+        None => Ok(dir.to_path_buf()),
+    }
 }
 
 /// The record in `dir`: `run.json`, or (format 1) `head.onnx.json` of a head run or the
@@ -55,26 +111,20 @@ pub fn read_record_at(dir: &Path) -> Result<(Record, PathBuf)> {
     })
 }
 
-/// `dir`'s record and the file it was read from; None where `dir` holds none (a record there that
-/// cannot be read is an error, not None).
+/// `dir`'s record and the file it was read from (a fit run's: its model phase's); None where
+/// `dir` holds none (a record there that cannot be read is an error, not None).
 pub fn find_record(dir: &Path) -> Result<Option<(Record, PathBuf)>> {
-    let path = dir.join(RECORD);
+    let dir = &model_dir(dir)?;
     let old_head = fsutil::sidecar_path(&dir.join(HEAD));
     let old_finetune = fsutil::sidecar_path(&dir.join(MODEL));
-    let (record, path) = if path.is_file() {
-        let v: serde_json::Value = fsutil::read_json(&path)?;
-        let format = v.get("format").and_then(|f| f.as_u64()).unwrap_or(0);
-        if format > FORMAT as u64 {
-            return Err(Error::BadData {
-                path,
-                reason: format!(
-                    "record format {format}, newer than this tlearn reads ({FORMAT}); use the tlearn that wrote it"
-                ),
-            });
+    let (record, path) = if let Some((kind, path)) = read_stored(dir)? {
+        match kind {
+            Kind::Head(h) => (Record::Head(h), path),
+            Kind::Finetune(f) => (Record::Finetune(f), path),
+            Kind::Fit(_) => {
+                return Err(Error::BadData { path, reason: "a fit run's model phase is a fit run itself".into() })
+            }
         }
-        let stored: Stored = serde_json::from_value(v)
-            .map_err(|e| Error::BadData { path: path.clone(), reason: format!("not a run record: {e}") })?;
-        (stored.record, path)
     } else if old_head.is_file() {
         if is_finetune_record(&old_finetune) {
             tracing::warn!(

@@ -2,9 +2,10 @@
 //! evaluation records of it.
 
 use super::finetune::{self, FinetuneConfig};
+use super::fit::FitRecord;
 use super::head;
-use super::record::{read_record, Record};
-use crate::error::{IoContext, Result};
+use super::record::{find_record, read_fit, read_record, Record};
+use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::progress::Sink;
 use crate::runtime::SessionOptions;
@@ -15,6 +16,39 @@ use std::path::{Path, PathBuf};
 pub fn name_of(dir: &Path) -> String {
     let name = dir.file_name().map(PathBuf::from).or_else(|| fsutil::real_path(dir).file_name().map(PathBuf::from));
     name.map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// The runs in `runs_dir` (its folders with a readable record), sorted by name.
+pub fn list(runs_dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(runs_dir) else { return vec![] };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir() && matches!(find_record(p), Ok(Some(_))))
+        .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+/// There is no run `dir`: the runs its folder holds (and the nearest name), or how to make one.
+pub fn unknown_run(dir: &Path) -> Error {
+    const SHOWN: usize = 20;
+    let (runs, name) = (fsutil::parent_dir(dir), name_of(dir));
+    let known = list(runs);
+    let hint = if known.is_empty() {
+        format!(
+            ": {} holds no runs; train one with `tlearn fit DATA --run NAME` (or tlearn-head, tlearn-finetune), or \
+             give --runs DIR where yours are",
+            runs.display()
+        )
+    } else {
+        let guess = crate::params::nearest(&name, known.iter().map(String::as_str));
+        let guess = guess.map(|k| format!("did you mean `{k}`? ")).unwrap_or_default();
+        let more = known.len().saturating_sub(SHOWN);
+        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+        format!(" in {}: {guess}its runs: {}{more}", runs.display(), known[..known.len().min(SHOWN)].join(", "))
+    };
+    Error::Unknown { what: "run", name, hint }
 }
 
 /// How a run predicts: where its graphs run, and how much memory a fine-tune's decoded images may
@@ -31,6 +65,8 @@ pub struct Run {
     pub dir: PathBuf,
     pub name: String,
     pub record: Record,
+    /// The fit this run is the model of, when it was opened through one (`tlearn fit`).
+    pub fit: Option<FitRecord>,
 }
 
 /// A run's class probabilities on a split, with each row's file and true class.
@@ -45,10 +81,19 @@ pub struct Predictions {
 }
 
 impl Run {
-    /// The run in `dir`: its `run.json`, or the record an older tlearn wrote.
+    /// The run in `dir`: its `run.json`, or the record an older tlearn wrote. A fit run opens as
+    /// the phase that holds its model, under the fit's name.
     pub fn open(dir: &Path) -> Result<Run> {
-        let record = read_record(dir)?;
-        Ok(Run { dir: dir.to_path_buf(), name: name_of(dir), record })
+        if !dir.exists() {
+            return Err(unknown_run(dir));
+        }
+        let fit = read_fit(dir)?;
+        let inner = match &fit {
+            Some(f) => f.model_dir(dir)?,
+            None => dir.to_path_buf(),
+        };
+        let record = read_record(&inner)?;
+        Ok(Run { dir: inner, name: name_of(dir), record, fit })
     }
 
     pub fn classes(&self) -> &[String] {
@@ -102,8 +147,25 @@ impl Run {
         }
     }
 
-    /// What `metrics.json` records about the run beside the metrics of `split`.
+    /// What `metrics.json` records about the run beside the metrics of `split` (and, for a fit's
+    /// model, what the fit decided).
     pub fn context(&self, split: &str, p: &Predictions) -> serde_json::Value {
+        let mut v = self.own_context(split, p);
+        if let Some(f) = &self.fit {
+            v["fit"] = serde_json::json!({
+                "backbone": f.settings.backbone,
+                "size": f.settings.size,
+                "model_run": f.model_run,
+                "best_epoch": f.best_epoch,
+                "final_fit": f.settings.final_fit,
+                "balance": f.balance,
+                "plan": f.plan,
+            });
+        }
+        v
+    }
+
+    fn own_context(&self, split: &str, p: &Predictions) -> serde_json::Value {
         match &self.record {
             Record::Head(info) => serde_json::json!({
                 "run": self.name,

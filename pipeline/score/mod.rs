@@ -11,7 +11,9 @@ use sha2::Digest;
 use std::path::{Path, PathBuf};
 
 mod merge;
+mod predict;
 pub use merge::merge;
+pub use predict::{predict, Predicted, Prediction, PredictionFormat};
 
 use crate::runs::{meta, ModelMeta, INPUT, OUTPUT};
 
@@ -310,6 +312,40 @@ impl<'p> ScoredModel<'p> {
         let meta = meta(&proto, path)?;
         Ok(ScoredModel { path, bytes, sha256, proto, meta })
     }
+
+    /// Every file's class probabilities through the model, in order (`each(i, …)` for file i): one
+    /// per class (a binary model's single output as [1 − p, p]), or why the file could not be
+    /// read. The one inference loop behind scores files and [`predict`]'s lines.
+    fn probabilities(
+        &self,
+        files: &[PathBuf],
+        o: &ScoreOptions,
+        opts: &SessionOptions,
+        mut each: impl FnMut(usize, std::result::Result<Vec<f64>, &Error>) -> Result<()>,
+    ) -> Result<()> {
+        let (path, meta) = (self.path, &self.meta);
+        let need = crate::memory::per_image_bytes_at(&self.proto, path, INPUT, cut::Layout::Nhwc, 3, meta.size);
+        let batch = crate::memory::fit_batch(o.batch, need, meta.size, path)?;
+        let mut s = runtime::open(&self.bytes, path, opts)?.session;
+        let spec = LoadSpec {
+            size: (meta.size, meta.size),
+            interpolation: meta.interpolation,
+            preprocess: Preprocess::of(PreprocessKind::Raw),
+            max_pixels: o.max_pixels,
+            view: View::Identity,
+        };
+        run_images(&mut s, INPUT, OUTPUT, files, &spec, batch, |i, r| match r {
+            Ok(y) => {
+                if y.len() != crate::metrics::output_width(meta.classes.len()) {
+                    let y = y.to_owned().insert_axis(ndarray::Axis(0));
+                    crate::metrics::check_width(&y, meta.classes.len(), path)?;
+                }
+                let y = y.into_dimensionality().map_err(|e| Error::Other(format!("model output: {e}")))?;
+                each(i, Ok(crate::metrics::row_probs(y)))
+            }
+            Err(e) => each(i, Err(e)),
+        })
+    }
 }
 
 /// What is checked before any image is scored: neither the scores `out` nor their summary may
@@ -419,26 +455,15 @@ impl Scoring<'_> {
         if todo.is_empty() {
             return Ok(());
         }
-        let (m, meta) = (self.model, &self.model.meta);
-        let need = crate::memory::per_image_bytes_at(&m.proto, m.path, INPUT, cut::Layout::Nhwc, 3, meta.size);
-        let batch = crate::memory::fit_batch(self.o.batch, need, meta.size, m.path)?;
-        let mut s = runtime::open(&m.bytes, m.path, opts)?.session;
-        let spec = LoadSpec {
-            size: (meta.size, meta.size),
-            interpolation: meta.interpolation,
-            preprocess: Preprocess::of(PreprocessKind::Raw),
-            max_pixels: self.o.max_pixels,
-            view: View::Identity,
-        };
         let pb = sink.meter(todo.len() as u64, "img", "scoring");
         let mut rows: Vec<u8> = vec![];
         let mut info = ChunkInfo::default();
-        run_images(&mut s, INPUT, OUTPUT, &todo, &spec, batch, |j, r| {
+        self.model.probabilities(&todo, self.o, opts, |j, r| {
             pb.inc(1);
             let i = todo_idx[j];
             let path = crate::fsutil::path_text(&owned[i]);
             match r {
-                Ok(y) => self.add_row(y, &path, &mut rows, &mut info)?,
+                Ok(p) => self.add_row(&p, &path, &mut rows, &mut info),
                 Err(e) => {
                     tracing::warn!("{e} (skipped)");
                     info.unreadable.push((path, e.to_string()));
@@ -451,26 +476,13 @@ impl Scoring<'_> {
         })
     }
 
-    /// One scored image: its output checked, ranked, written as a row and counted.
-    fn add_row(
-        &self,
-        y: ndarray::ArrayViewD<'_, f32>,
-        path: &str,
-        rows: &mut Vec<u8>,
-        info: &mut ChunkInfo,
-    ) -> Result<()> {
+    /// One scored image's probabilities: ranked, written as a row and counted.
+    fn add_row(&self, p: &[f64], path: &str, rows: &mut Vec<u8>, info: &mut ChunkInfo) {
         let (classes, o) = (&self.model.meta.classes, self.o);
-        if y.len() != crate::metrics::output_width(classes.len()) {
-            let y = y.to_owned().insert_axis(ndarray::Axis(0));
-            crate::metrics::check_width(&y, classes.len(), self.model.path)?;
-        }
-        let y = y.into_dimensionality().map_err(|e| Error::Other(format!("model output: {e}")))?;
-        let p = crate::metrics::row_probs(y);
-        let ranked = rank(&p, o.top_k, o.threshold.unwrap_or(0.5));
-        rows.extend(row(o.format, path, classes, &ranked, &p));
+        let ranked = rank(p, o.top_k, o.threshold.unwrap_or(0.5));
+        rows.extend(row(o.format, path, classes, &ranked, p));
         *info.per_class.entry(classes[ranked[0].0].clone()).or_default() += 1;
         info.scored += 1;
-        Ok(())
     }
 
     /// The output: header + every chunk's rows, in order; the chunks' counts into `summary`.

@@ -6,7 +6,7 @@ use image::{Rgb, RgbImage};
 use ndarray::ArrayD;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use tlearn::onnx::builder::A;
 use tlearn::onnx::{self, Dim, GraphBuilder};
 
@@ -250,4 +250,75 @@ pub fn skipped(why: &str) {
 /// failure, not a skip.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// Start `name args` and SIGKILL it: after `delay`, or once `progress()` says it has done part of
+/// its work (whichever the round asks for). Returns whether it was still running when killed.
+pub fn kill_at(
+    name: &str,
+    args: &[&str],
+    cwd: &Path,
+    delay: Option<std::time::Duration>,
+    progress: &dyn Fn() -> bool,
+) -> bool {
+    let mut c = Command::new(bin(name))
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn,ort=error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    loop {
+        if c.try_wait().unwrap().is_some() {
+            return false;
+        }
+        let due = match delay {
+            Some(d) => t.elapsed() >= d,
+            None => progress(),
+        };
+        if due || t.elapsed() > std::time::Duration::from_secs(120) {
+            c.kill().unwrap();
+            c.wait().unwrap();
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// `bin` run in `cwd` with `env` set (a `None` value removes the variable), printed as `run` does.
+pub fn run_with(bin: &Path, args: &[&str], cwd: &Path, env: &[(&str, Option<&Path>)]) -> Output {
+    let mut cmd = Command::new(bin);
+    cmd.args(args).current_dir(cwd).env("RUST_LOG", "info,ort=error");
+    for (k, v) in env {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let out = cmd.output().expect("spawn");
+    eprintln!(
+        "$ {} {}\n--- status: {}\n--- stdout:\n{}\n--- stderr:\n{}",
+        bin.display(),
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The named binaries linked (or copied) into `dir`, alone: a tlearn installed elsewhere.
+pub fn install(dir: &Path, names: &[&str]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for n in names {
+        if std::fs::hard_link(bin(n), dir.join(n)).is_err() {
+            std::fs::copy(bin(n), dir.join(n)).unwrap();
+        }
+    }
 }

@@ -1,8 +1,10 @@
 //! No shell: library and binary code never starts one (user-controlled strings must never reach
-//! it), and every subprocess is one of the reviewed, pinned downloaders.
+//! it), and every subprocess is one of the reviewed, pinned downloaders or the front command's
+//! `exec` of a stage binary.
 
 /// No library or binary code starts a shell (user-controlled strings must never reach one), and
-/// every subprocess is one of the pinned downloaders.
+/// every subprocess is one of the pinned downloaders or the front command's `exec` of a
+/// `tlearn-<command>` binary found beside it or on PATH.
 #[test]
 fn no_shell_is_ever_invoked() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipeline");
@@ -25,6 +27,7 @@ fn no_shell_is_ever_invoked() {
     assert_eq!(
         spawns,
         [
+            "commands.rs:std::process::Command::new(program).args(args).exec()",
             "download.rs:run_tool(std::process::Command::new(\"npm\").args(args).arg(&dir), \"npm\", &spec)?;",
             "download.rs:run_tool(std::process::Command::new(&python).args(args).arg(&dir).arg(&spec), &python, &spec)?;",
         ],

@@ -1,0 +1,44 @@
+//! `tlearn fit` (a workflow): a folder of images to a deployable model in one command — split
+//! when not split, the backbone fetched, features cached, a warm-start head on pooled features,
+//! the whole net fine-tuned with validation choosing the length, the final fit on train +
+//! validation for that length, evaluation on test. Every phase is a file target in the fit's
+//! folder (`runs/<name>/`), so a killed fit continues where it stopped; `--folds K` runs the
+//! recipe once per fold.
+
+mod budget;
+mod folds;
+mod job;
+mod phases;
+mod single;
+mod start;
+
+use crate::error::Result;
+use crate::progress::Sink;
+use std::path::Path;
+
+pub use folds::TABLE as FOLDS_TABLE;
+pub use job::{FitJob, Fitted};
+pub use start::settings_changes;
+
+/// Run the fit `job` describes; phases already done are skipped.
+pub fn run(job: &FitJob, sink: &dyn Sink) -> Result<Fitted> {
+    let _lock = start::begin(job)?;
+    match job.settings.folds {
+        Some(k) => folds::run(job, k, sink),
+        None => {
+            let split = phases::split(job, &job.run_dir, sink)?;
+            single::one(job, &split, (&job.run_dir, &job.reports), sink)
+        }
+    }
+}
+
+/// The commands that use a finished fit, as the user would type them next.
+pub fn next_commands(run: &str, runs: &Path, data: &Path) -> Vec<String> {
+    let at = if runs == Path::new(crate::layout::RUNS) { String::new() } else { format!(" --runs {}", runs.display()) };
+    vec![
+        format!("tlearn predict NEW_IMAGES/ --run {run}{at}"),
+        format!("tlearn score NEW_IMAGES/ --run {run}{at} --out scores.csv"),
+        format!("tlearn evaluate --run {run}{at} --summary"),
+        format!("tlearn fit {} --run {run}-folds --folds 5   # a k-fold estimate of this recipe", data.display()),
+    ]
+}

@@ -1,0 +1,117 @@
+//! One fit of a split dataset: the phases in order, the test report, the record.
+
+use super::job::{FitJob, Fitted};
+use super::phases::{self, Tune};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::progress::Sink;
+use crate::runs::fit::{FINAL_RUN, TUNE_RUN};
+use crate::runs::{FitRecord, PredictOptions, Run};
+use std::path::Path;
+
+/// One fit of the split dataset `split` into `dir`, its report into `reports`.
+pub(super) fn one(job: &FitJob, split: &Path, (dir, reports): (&Path, &Path), sink: &dyn Sink) -> Result<Fitted> {
+    let s = &job.settings;
+    let t = std::time::Instant::now();
+    let counts = train_counts(split)?;
+    let (cw, balance) = s.balance.decide(&counts);
+    sink.note(&balance);
+    let bb = phases::backbone(job, sink)?;
+    bb.check_input_size(s.size)?;
+    let features = phases::features(job, &bb, split, dir, sink)?;
+    let warm = phases::head(job, &features, dir, &cw, sink)?;
+    let on = (warm.as_path(), split, dir);
+    let validated = Tune::Validated { epochs: s.epochs };
+    let tuned = phases::tune(&phases::tune_config(job, on, &cw, validated)?, validated, sink)?;
+    let best = phases::best_epoch(&tuned)?;
+    let model_run = if s.final_fit {
+        let last = Tune::Final { epochs: best };
+        phases::tune(&phases::tune_config(job, on, &cw, last)?, last, sink)?;
+        FINAL_RUN
+    } else {
+        TUNE_RUN
+    };
+    let model_dir = dir.join(model_run);
+    let model = phases::ship(&model_dir, dir)?;
+    let record = FitRecord {
+        settings: (**s).clone(),
+        model_run: Some(model_run.into()),
+        split: split.to_path_buf(),
+        balance,
+        best_epoch: Some(best),
+        plan: None,
+        folds: vec![],
+        seconds: t.elapsed().as_secs_f64(),
+        tlearn_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let metrics = evaluate(job, (&record, dir), split, reports, sink)?;
+    crate::runs::write_fit_record(dir, &record)?;
+    Ok(Fitted { record, metrics, model: Some(model) })
+}
+
+/// Images per class in the split's `train/` (which must hold two classes or more, with
+/// validation images beside them to choose the length on).
+fn train_counts(split: &Path) -> Result<Vec<usize>> {
+    let val = split.join("validation");
+    if !val.is_dir() || crate::dataset::holds_no_image(&val) {
+        return Err(Error::BadData {
+            path: val,
+            reason: "no validation images: tlearn fit chooses the fine-tune's length on them; add a validation/ \
+                     folder of class folders, or give the unsplit images (tlearn fit splits them)"
+                .into(),
+        });
+    }
+    let (classes, items, _) = crate::dataset::list_split(split, "train")?;
+    if classes.len() < 2 {
+        return Err(Error::BadData {
+            path: split.join("train"),
+            reason: format!("{} class(es); a classifier needs at least two: one folder per class", classes.len()),
+        });
+    }
+    Ok(classes.iter().map(|c| items.iter().filter(|it| &it.class == c).count()).collect())
+}
+
+/// The model run evaluated on the split's test images (None when there are none), under the
+/// fit's name; an evaluation of the same model already written is read back.
+fn evaluate(
+    job: &FitJob,
+    (record, dir): (&FitRecord, &Path),
+    split: &Path,
+    reports: &Path,
+    sink: &dyn Sink,
+) -> Result<Option<Metrics>> {
+    let model_dir = &record.model_dir(dir)?;
+    let test = split.join("test");
+    if !test.is_dir() || crate::dataset::holds_no_image(&test) {
+        sink.note(&format!("no test images in {}: nothing to evaluate", split.display()));
+        return Ok(None);
+    }
+    let mut run = Run::open(model_dir)?;
+    run.name = crate::runs::name_of(dir);
+    run.fit = Some(record.clone());
+    if let Some(m) = evaluated(&run, reports) {
+        return Ok(Some(m));
+    }
+    let explain = (job.explain > 0).then(|| crate::evaluate::Explain {
+        model: model_dir.join(crate::runs::MODEL),
+        mistakes: job.explain,
+        session: job.session.clone(),
+    });
+    let opts = PredictOptions { session: job.session.clone(), max_memory: job.max_memory };
+    let e = crate::evaluate::run(&run, ("test", None), reports, &opts, explain.as_ref(), sink)?;
+    Ok(Some(e.metrics))
+}
+
+/// The metrics of a finished report in `reports` of exactly this run's model on test.
+fn evaluated(run: &Run, reports: &Path) -> Option<Metrics> {
+    let crate::runs::Record::Finetune(f) = &run.record else { return None };
+    let (json, html) = (reports.join("metrics.json"), reports.join("index.html"));
+    let v: serde_json::Value = crate::fsutil::read_json(&json).ok()?;
+    let same = v.get("model_sha256").and_then(|s| s.as_str()) == Some(f.model_sha256.as_str())
+        && v.get("split").and_then(|s| s.as_str()) == Some("test")
+        && v.get("run").and_then(|s| s.as_str()) == Some(run.name.as_str());
+    // The page is written after metrics.json: an older page means the report was cut short.
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let whole = matches!((modified(&json), modified(&html)), (Some(j), Some(h)) if h >= j);
+    (same && whole).then(|| serde_json::from_value(v).ok()).flatten()
+}

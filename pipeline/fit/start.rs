@@ -1,0 +1,107 @@
+//! Where a fit starts: its folder claimed (locked), the settings of an earlier start compared
+//! (the same command continues; other settings are refused, naming them), `--restart` deleting
+//! only what a fit writes.
+
+use super::job::FitJob;
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use crate::runs::fit::{FitSettings, FEATURES, FINAL_RUN, HEAD_RUN, SETTINGS, SPLIT, TUNE_RUN};
+use std::path::Path;
+
+/// What a fit writes in its folder besides the fold folders (`fold-<k>`).
+const WRITTEN: &[&str] = &[SPLIT, FEATURES, HEAD_RUN, TUNE_RUN, FINAL_RUN];
+
+/// Claim the fit's folder: lock it, then check or record the settings.
+pub(super) fn begin(job: &FitJob) -> Result<crate::lock::Lock> {
+    let dir = &job.run_dir;
+    let inputs: Vec<&Path> = vec![&job.settings.data, &job.onnx_dir];
+    fsutil::check_output_apart(dir, &inputs)?;
+    std::fs::create_dir_all(dir).at(dir)?;
+    let lock = crate::lock::dir(dir)?;
+    let path = dir.join(SETTINGS);
+    // A folder with fit.json is a fit's: what else it holds is the user's, kept.
+    let restarted = job.restart && path.is_file();
+    if restarted {
+        clear(dir)?;
+    }
+    if path.is_file() {
+        let before: FitSettings = fsutil::read_json(&path)?;
+        let changes = settings_changes(&before, &job.settings);
+        if !changes.is_empty() {
+            return Err(Error::BadData {
+                path,
+                reason: format!(
+                    "this fit was started with other settings ({}); rerun it as it was to continue, or add \
+                     --restart to start over (deleting what it wrote in {})",
+                    changes.join("; "),
+                    dir.display()
+                ),
+            });
+        }
+        return Ok(lock);
+    }
+    if let Some(other) = foreign_entry(dir)?.filter(|_| !restarted) {
+        return Err(Error::BadData {
+            path: other,
+            reason: format!(
+                "{} holds files that are not a fit's; choose another --run (or --runs folder)",
+                dir.display()
+            ),
+        });
+    }
+    fsutil::write_json(&path, &*job.settings)?;
+    Ok(lock)
+}
+
+/// Settings that differ, as `name: before → now`.
+pub fn settings_changes(before: &FitSettings, now: &FitSettings) -> Vec<String> {
+    let (a, b) = (serde_json::to_value(before).unwrap_or_default(), serde_json::to_value(now).unwrap_or_default());
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return vec![] };
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let none = serde_json::Value::Null;
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| format!("{k}: {} → {}", a.get(k).unwrap_or(&none), b.get(k).unwrap_or(&none)))
+        .collect()
+}
+
+/// The first entry of `dir` a fit does not write (the lock file aside).
+fn foreign_entry(dir: &Path) -> Result<Option<std::path::PathBuf>> {
+    for e in std::fs::read_dir(dir).at(dir)? {
+        let e = e.at(dir)?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !is_written(&name) && !name.starts_with('.') {
+            return Ok(Some(e.path()));
+        }
+    }
+    Ok(None)
+}
+
+/// Is `name` an entry a fit writes in its folder?
+fn is_written(name: &str) -> bool {
+    let files = [SETTINGS, crate::runs::RECORD, crate::runs::MODEL];
+    WRITTEN.contains(&name)
+        || files.contains(&name)
+        || name == format!("{}.json", crate::runs::MODEL)
+        || name.strip_prefix("fold-").is_some_and(|k| k.parse::<usize>().is_ok())
+}
+
+/// `--restart`: delete what a fit wrote in `dir` (a folder proven a fit's by its `fit.json`),
+/// nothing else.
+fn clear(dir: &Path) -> Result<()> {
+    for e in std::fs::read_dir(dir).at(dir)? {
+        let e = e.at(dir)?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !is_written(&name) {
+            continue;
+        }
+        let p = e.path();
+        let kind = e.file_type().at(&p)?;
+        if kind.is_dir() {
+            std::fs::remove_dir_all(&p).at(&p)?;
+        } else {
+            std::fs::remove_file(&p).at(&p)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! A fit run (`tlearn fit`): one folder holding the phases that made a model — the split, the
+//! cached features, the warm-start head, the validated fine-tune, the final fit — and the record
+//! that says which of them is the model. Opening a fit run opens that phase's run, so every
+//! stage that takes a run (evaluate, score, predict) takes a fit run too.
+
+use crate::error::{Error, Result};
+use crate::params::ParamGuard;
+use crate::train::ClassWeight;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Phase folders inside a fit run.
+pub const SPLIT: &str = "data";
+pub const FEATURES: &str = "features";
+pub const HEAD_RUN: &str = "head";
+pub const TUNE_RUN: &str = "tune";
+pub const FINAL_RUN: &str = "final";
+/// The settings a fit was started with (written first; a rerun must match them).
+pub const SETTINGS: &str = "fit.json";
+
+/// When to weight the classes' losses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Balance {
+    /// `balanced` when the largest training class has over [`IMBALANCE`] times the smallest's images.
+    Auto,
+    /// Never.
+    Off,
+    /// Always `balanced`.
+    On,
+}
+
+impl crate::params::Choice for Balance {
+    const ALL: &'static [(Self, &'static str, &'static str)] = &[
+        (Balance::Auto, "auto", "balanced when the largest class has over 3× the images of the smallest"),
+        (Balance::Off, "off", "every image weighs the same"),
+        (Balance::On, "on", "each class's loss weighted by n / (K·n_c)"),
+    ];
+}
+
+/// The ratio of the largest training class to the smallest above which `Balance::Auto` weights.
+pub const IMBALANCE: f64 = 3.0;
+
+impl Balance {
+    /// The class weights for training class counts `counts` (None: unweighted), and why.
+    pub fn decide(self, counts: &[usize]) -> (Option<ClassWeight>, String) {
+        let (lo, hi) = (counts.iter().copied().min().unwrap_or(0), counts.iter().copied().max().unwrap_or(0));
+        let ratio = hi as f64 / lo.max(1) as f64;
+        let why = format!("the largest class has {ratio:.1}× the images of the smallest ({hi} vs {lo})");
+        match self {
+            Balance::On => (Some(ClassWeight::Balanced), format!("class weights balanced (asked); {why}")),
+            Balance::Off => (None, format!("classes unweighted (asked); {why}")),
+            Balance::Auto if ratio > IMBALANCE => {
+                (Some(ClassWeight::Balanced), format!("class weights balanced: {why}, over {IMBALANCE}×"))
+            }
+            Balance::Auto => (None, format!("classes unweighted: {why}, not over {IMBALANCE}×")),
+        }
+    }
+}
+
+/// What `tlearn fit` was asked to do, resolved (the backbone's size filled in).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FitSettings {
+    /// The images: class folders, a Kaggle flat folder, or a split dataset.
+    pub data: PathBuf,
+    pub backbone: String,
+    pub size: u32,
+    /// The most epochs the validated fine-tune may run; validation loss chooses the length.
+    pub epochs: usize,
+    /// Stop the validated fine-tune after this many epochs without a better validation loss.
+    pub patience: usize,
+    pub batch: usize,
+    pub lr: f64,
+    /// The images have no orientation: train with random flips and average the flipped views.
+    pub flips: bool,
+    pub balance: Balance,
+    /// Retrain on train + validation for the length validation chose.
+    pub final_fit: bool,
+    /// K-fold cross-validation instead of one split: K runs, each a fit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folds: Option<usize>,
+    /// The fraction held out for test and then for validation when the data is split here.
+    pub test: f64,
+    pub validation: f64,
+    pub seed: u64,
+    /// Epochs of the warm-start head on pooled features.
+    pub head_epochs: usize,
+    /// Wall-clock seconds the whole fit should take (planned up front).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_seconds: Option<f64>,
+}
+
+impl ParamGuard for FitSettings {
+    fn check_ref(&self) -> Result<()> {
+        let bad =
+            |name: &'static str, value: String, reason: &str| Err(Error::Param { name, value, reason: reason.into() });
+        if self.epochs == 0 {
+            return bad("epochs", "0".into(), "give at least one epoch");
+        }
+        if self.batch == 0 {
+            return bad("batch", "0".into(), "give a batch of at least one image");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr", self.lr.to_string(), "the learning rate must be positive");
+        }
+        if self.folds.is_some_and(|k| k < 2) {
+            return bad("folds", format!("{:?}", self.folds), "K-fold needs K ≥ 2");
+        }
+        if !(0.0..1.0).contains(&self.test) || !(0.0..1.0).contains(&self.validation) {
+            return bad("test", format!("{}/{}", self.test, self.validation), "fractions must be in [0, 1)");
+        }
+        if self.validation == 0.0 {
+            return bad("validation", "0".into(), "the fit chooses its length on validation images: give > 0");
+        }
+        if self.budget_seconds.is_some_and(|b| !(b > 0.0 && b.is_finite())) {
+            return bad("budget", format!("{:?}", self.budget_seconds), "give a positive duration, e.g. 20m");
+        }
+        Ok(())
+    }
+}
+
+/// One fold's test numbers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FoldScore {
+    pub fold: usize,
+    pub accuracy: f64,
+    pub macro_f1: f64,
+    /// ROC-AUC (binary) or the mean one-vs-rest AUC; None where a class is missing from the fold.
+    pub roc_auc: Option<f64>,
+    pub test_images: usize,
+}
+
+/// A finished fit's record (`run.json`, type `fit`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FitRecord {
+    pub settings: FitSettings,
+    /// The phase folder whose run is the fit's model (`final` or `tune`); None for a K-fold run,
+    /// whose models are its folds'.
+    pub model_run: Option<String>,
+    /// The split the fit trained on: the data itself when it was split already, else `data/`.
+    pub split: PathBuf,
+    /// What the class weights were, and why.
+    pub balance: String,
+    /// The validated fine-tune's best epoch (the final fit's length).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_epoch: Option<usize>,
+    /// The budget's plan, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub folds: Vec<FoldScore>,
+    pub seconds: f64,
+    pub tlearn_version: String,
+}
+
+impl FitRecord {
+    /// The folder of the run that is this fit's model.
+    pub fn model_dir(&self, fit_dir: &Path) -> Result<PathBuf> {
+        match &self.model_run {
+            Some(phase) => {
+                crate::fsutil::check_name("phase", phase)?;
+                Ok(fit_dir.join(phase))
+            }
+            None => Err(Error::BadData {
+                path: fit_dir.into(),
+                reason: format!(
+                    "a {}-fold cross-validation: each fold is a run of its own (e.g. --runs {} --run fold-1); \
+                     `tlearn fit` without --folds makes one model",
+                    self.folds.len().max(self.settings.folds.unwrap_or(0)),
+                    fit_dir.display()
+                ),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_balances_only_past_three_to_one() {
+        assert!(Balance::Auto.decide(&[300, 100]).0.is_none());
+        assert_eq!(Balance::Auto.decide(&[301, 100]).0, Some(ClassWeight::Balanced));
+        assert!(Balance::Off.decide(&[1000, 1]).0.is_none());
+        assert_eq!(Balance::On.decide(&[10, 10]).0, Some(ClassWeight::Balanced));
+        assert!(Balance::Auto.decide(&[301, 100]).1.contains("3.0×"), "{}", Balance::Auto.decide(&[301, 100]).1);
+    }
+}

@@ -1,0 +1,190 @@
+//! `tlearn-fit` end to end on generated images with a tiny backbone: from class folders and from
+//! a Kaggle flat folder, resumed after `kill -9` in each phase to the same bytes, K-fold, and the
+//! refusals that keep a fit's folder its own.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+/// A raw folder of two classes (`kaggle`: flat `cat.1.jpg` names) and the tiny backbone `tiny`.
+fn setup(w: &Path, per_class: usize, kaggle: bool) {
+    make_dataset(&w.join("raw"), &["cat", "dog"], per_class, kaggle);
+    tiny_classifier(&w.join("tiny.onnx"), 3);
+    ok("tlearn-backbone", &["add", "tiny.onnx", "--output", "pool_out", "--preprocess", "caffe", "--size", "32"], w);
+}
+
+/// `raw/` of two classes and `tiny.onnx` in `w`, the backbone not yet added.
+fn setup_images(w: &Path, per_class: usize) {
+    make_dataset(&w.join("raw"), &["cat", "dog"], per_class, false);
+    tiny_classifier(&w.join("tiny.onnx"), 3);
+}
+
+/// The fit's arguments: a short recipe on the tiny backbone.
+fn fit_args<'a>(run: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["raw", "--run", run, "--backbone", "tiny", "--epochs", "3", "--patience", "2"];
+    a.extend(["--head-epochs", "2", "--batch", "8", "--explain", "0", "--device", "cpu"]);
+    a.extend(extra);
+    a
+}
+
+fn bytes(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn a_fit_from_class_folders_makes_a_model_that_every_stage_takes() {
+    let w = workdir();
+    let w = w.path();
+    setup(w, 16, false);
+    let out = ok("tlearn-fit", &fit_args("toy", &[]), w);
+    assert!(out.contains("toy on test:") && out.contains("tlearn predict NEW_IMAGES/ --run toy"), "{out}");
+    let fit = w.join("runs/toy");
+    for f in ["fit.json", "run.json", "model.onnx", "model.onnx.json", "data/split.json", "head/run.json"] {
+        assert!(fit.join(f).is_file(), "{f}");
+    }
+    let record = json(&fit.join("run.json"));
+    assert_eq!(record["type"], "fit");
+    assert_eq!(record["model_run"], "final");
+    let (tune, last) = (json(&fit.join("tune/run.json")), json(&fit.join("final/run.json")));
+    let best = tune["best_epoch"]["epoch"].as_u64().unwrap();
+    assert_eq!(record["best_epoch"].as_u64(), Some(best));
+    assert_eq!(last["epochs_run"].as_u64(), Some(best), "the final fit runs the validated length");
+    assert_eq!(last["config"]["include_validation"], true);
+    assert_eq!(bytes(&fit.join("model.onnx")), bytes(&fit.join("final/model.onnx")));
+    // The fit's name opens the final model in evaluate and score.
+    let summary = ok("tlearn-evaluate", &["--run", "toy", "--summary"], w);
+    assert!(summary.contains("toy"), "{summary}");
+    let metrics = json(&w.join("reports/toy/metrics.json"));
+    assert_eq!(metrics["n_test"].as_u64(), Some(8), "a quarter of 32 images is tested");
+    let balance = metrics["fit"]["balance"].as_str().unwrap();
+    assert!(balance.starts_with("classes unweighted") && balance.contains("(10 vs 10)"), "{balance}");
+    ok("tlearn-score", &["raw/cat", "--run", "toy", "--out", "cats.csv"], w);
+    let scored = std::fs::read_to_string(w.join("cats.csv")).unwrap();
+    assert_eq!(scored.lines().count(), 17, "{scored}");
+    // The same command again: every phase is done, nothing changes.
+    let model = bytes(&fit.join("model.onnx"));
+    ok("tlearn-fit", &fit_args("toy", &[]), w);
+    assert_eq!(bytes(&fit.join("model.onnx")), model);
+}
+
+#[test]
+fn a_fit_from_a_kaggle_flat_folder_keeps_the_validated_model_when_asked() {
+    let w = workdir();
+    let w = w.path();
+    setup(w, 12, true);
+    ok("tlearn-fit", &fit_args("flat", &["--no-final-fit", "--flips"]), w);
+    let fit = w.join("runs/flat");
+    let record = json(&fit.join("run.json"));
+    assert_eq!(record["model_run"], "tune");
+    assert!(!fit.join("final").exists(), "no final fit");
+    assert_eq!(bytes(&fit.join("model.onnx")), bytes(&fit.join("tune/model.onnx")));
+    let tune = json(&fit.join("tune/run.json"));
+    assert_eq!(tune["config"]["tta"], serde_json::json!(["hflip", "vflip", "rot180"]));
+    assert_eq!(tune["config"]["augment"]["vertical_flip"], true);
+    let classes: Vec<String> = file_names(&fit.join("data/train"));
+    assert_eq!(classes.len(), 2, "{classes:?}");
+}
+
+#[test]
+fn a_fit_killed_in_each_phase_ends_with_the_uninterrupted_bytes() {
+    let w = workdir();
+    let w = w.path();
+    setup(w, 16, false);
+    ok("tlearn-fit", &fit_args("whole", &[]), w);
+    let fit = w.join("runs/cut");
+    // Kill as soon as each phase has left its first durable file.
+    let marks =
+        ["data/split.json", "features", "head/checkpoint.onnx", "tune/checkpoint.onnx", "final/checkpoint.onnx"];
+    let mut landed = 0;
+    for m in marks {
+        let p = fit.join(m);
+        landed += kill_at("tlearn-fit", &fit_args("cut", &[]), w, None, &|| p.exists()) as usize;
+    }
+    assert!(landed >= 3, "kills landed mid-fit: {landed}");
+    ok("tlearn-fit", &fit_args("cut", &[]), w);
+    let whole = w.join("runs/whole");
+    for f in ["model.onnx", "tune/best.onnx", "final/model.onnx", "head/head.onnx"] {
+        assert!(bytes(&fit.join(f)) == bytes(&whole.join(f)), "{f} differs after kills");
+    }
+    assert_eq!(history_sans_time(&fit.join("tune/history.csv")), history_sans_time(&whole.join("tune/history.csv")));
+    let preds = |r: &str| std::fs::read_to_string(w.join("reports").join(r).join("predictions.csv")).unwrap();
+    assert_eq!(preds("cut").replace("runs/cut/", "runs/whole/"), preds("whole"));
+}
+
+#[test]
+fn k_fold_tests_every_image_once_and_tables_the_folds() {
+    let w = workdir();
+    let w = w.path();
+    setup(w, 9, false);
+    ok("tlearn-fit", &fit_args("cv", &["--folds", "3", "--no-final-fit"]), w);
+    let table = std::fs::read_to_string(w.join("reports/cv/folds.md")).unwrap();
+    assert_eq!(table.lines().filter(|l| l.starts_with("| ") && !l.contains("fold |")).count(), 4, "{table}");
+    assert!(table.contains("**mean ± sd** | 18 |"), "{table}");
+    let mut tested = vec![];
+    for k in 1..=3 {
+        let preds = std::fs::read_to_string(w.join(format!("reports/cv/fold-{k}/predictions.csv"))).unwrap();
+        tested.extend(
+            preds.lines().skip(1).map(|l| l.split(',').next().unwrap().rsplit('/').next().unwrap().to_string()),
+        );
+        assert_eq!(json(&w.join(format!("runs/cv/fold-{k}/run.json")))["type"], "fit");
+    }
+    tested.sort();
+    let before = tested.len();
+    tested.dedup();
+    assert_eq!((before, tested.len()), (18, 18), "each image tested exactly once");
+    // A fold is a run of its own; the K-fold run itself says how to use one.
+    ok("tlearn-evaluate", &["--runs", "runs/cv", "--run", "fold-2", "--reports", "reports/cv", "--summary"], w);
+    let err = fails("tlearn-score", &["raw/cat", "--run", "cv"], w);
+    assert!(err.contains("fold-1"), "{err}");
+}
+
+#[test]
+fn a_fit_refuses_other_settings_and_folders_it_did_not_write() {
+    let w = workdir();
+    let w = w.path();
+    setup(w, 8, false);
+    std::fs::create_dir_all(w.join("runs/mine")).unwrap();
+    std::fs::write(w.join("runs/mine/notes.txt"), "mine").unwrap();
+    let err = fails("tlearn-fit", &fit_args("mine", &[]), w);
+    assert!(err.contains("notes.txt") && err.contains("another --run"), "{err}");
+    ok("tlearn-fit", &fit_args("toy", &["--no-final-fit"]), w);
+    let err = fails("tlearn-fit", &fit_args("toy", &["--no-final-fit", "--lr", "0.001"]), w);
+    assert!(err.contains("lr: 0.0001 → 0.001") && err.contains("--restart"), "{err}");
+    std::fs::write(w.join("runs/toy/keep.txt"), "not the fit's").unwrap();
+    ok("tlearn-fit", &fit_args("toy", &["--no-final-fit", "--lr", "0.001", "--restart"]), w);
+    assert!(w.join("runs/toy/keep.txt").is_file(), "--restart deletes only what a fit wrote");
+    assert_eq!(json(&w.join("runs/toy/fit.json"))["lr"], 0.001);
+    std::fs::create_dir_all(w.join("split/test")).unwrap();
+    make_dataset(&w.join("split/train"), &["cat", "dog"], 4, false);
+    let err = fails("tlearn-fit", &["split", "--run", "nv", "--backbone", "tiny"], w);
+    assert!(err.contains("no validation images") && err.contains("validation/"), "{err}");
+    let one = w.join("one");
+    make_dataset(&one, &["cat"], 6, false);
+    let err = fails("tlearn-fit", &["one", "--run", "one", "--backbone", "tiny"], w);
+    assert!(err.contains("at least two"), "{err}");
+}
+
+#[test]
+fn an_installed_tlearn_fits_and_predicts_in_a_folder_of_the_users() {
+    let d = tempfile::tempdir().unwrap();
+    let (bins, user) = (d.path().join("bin"), d.path().join("photos"));
+    install(&bins, &["tlearn", "tlearn-backbone", "tlearn-fit", "tlearn-predict"]);
+    std::fs::create_dir_all(&user).unwrap();
+    setup_images(&user, 12);
+    make_dataset(&user.join("new"), &["cat", "dog"], 3, true);
+    let tlearn = bins.join("tlearn");
+    let add = ["backbone", "add", "tiny.onnx", "--output", "pool_out", "--preprocess", "caffe", "--size", "32"];
+    assert!(run_with(&tlearn, &add, &user, &[]).status.success());
+    let mut fit = vec!["fit"];
+    fit.extend(fit_args("mine", &["--no-final-fit"]));
+    let o = run_with(&tlearn, &fit, &user, &[]);
+    assert!(o.status.success() && text(&o.stdout).contains("tlearn predict NEW_IMAGES/ --run mine"));
+    let o = run_with(&tlearn, &["predict", "new", "--run", "mine", "--device", "cpu"], &user, &[]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert_eq!(out.lines().count(), 7, "a header and six images, piped as CSV: {out}");
+    assert!(
+        out.lines().skip(1).all(|l| l.starts_with("new/") && (l.contains(",cat,") || l.contains(",dog,"))),
+        "{out}"
+    );
+}
