@@ -1,6 +1,6 @@
 # Benchmarks: the measurements behind docs/BENCHMARKS.md, and the Python environments they and the
 # Keras comparisons use (included by the Makefile).
-.PHONY: bench bench-int8 bench-memory bench-train bench-tf-env bench-env
+.PHONY: bench bench-int8 bench-memory bench-train bench-checkpoints bench-tf-env bench-env
 
 bench: setup data backbone bench-env ## benchmarks: extraction throughput (tlearn vs raw ORT vs Python), training-step time (tlearn vs Keras), scoring and extraction memory (1k vs 100k images)
 	$(CARGO) bench --bench extract
@@ -16,6 +16,9 @@ bench-memory: setup ## benchmarks: peak memory of tlearn-score and tlearn-extrac
 
 bench-train: setup ## benchmarks: training-step time of the mnist and v1 nets and a ResNet-50 fine-tuning step (224, batch 16): tlearn vs Keras (TF default and oneDNN) when bench-tf-env exists
 	$(CARGO) bench --bench train_step
+
+bench-checkpoints: setup ## benchmarks: where a 16 M-parameter dense head's fit (EfficientNet-Lite0 features, flattened) and its --trainable 'head/*' fine-tune spend their time: epochs vs checkpoints and the rest (BENCH_BIN_DIR=<older build>/release for a before/after)
+	$(CARGO) bench --bench checkpoints
 
 bench-tf-env: .cache/tfenv/bin/python ## benchmarks: a Python venv with tensorflow-cpu 2.21 for bench-train and agree (large download)
 

@@ -6,6 +6,9 @@ use crate::params::{Checked, ParamGuard};
 use crate::progress::{Meter, Sink};
 use indicatif::{ProgressBar, ProgressStyle};
 
+mod training;
+pub use training::{AugmentArgs, FinetuneArgs, Lr, SweepArgs};
+
 /// `println!` that ends quietly when stdout is closed (`tlearn-head … | head -2`): a broken pipe
 /// ends the output, never the work (Rust's `println!` panics on it).
 #[macro_export]
@@ -268,10 +271,10 @@ impl ScheduleArgs {
     }
 }
 
-/// Head hyper-parameters and the dense head's training loop, shared by `tlearn-head` and
-/// `tlearn-compare` (defaults: the classic head; scikit-learn's for the classical ones).
+/// The shape of a head: layers, units, dropout, pooling, standardisation (shared by the binaries
+/// that build one: `tlearn-head`, `tlearn-compare`, `tlearn-lr-find`).
 #[derive(clap::Args, Clone, Debug)]
-pub struct HeadArgs {
+pub struct HeadShapeArgs {
     #[arg(long, default_value_t = 256)]
     pub units: usize,
     /// Hidden dense layers.
@@ -285,6 +288,27 @@ pub struct HeadArgs {
     /// Default: on for logistic, svm, rbf and knn; off for dense and forest.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub standardize: Option<bool>,
+}
+
+impl HeadShapeArgs {
+    /// The head spec for `kind` (standardisation: as asked, else the kind's default).
+    pub fn spec(&self, kind: crate::heads::HeadKind) -> crate::heads::HeadSpec {
+        crate::heads::HeadSpec {
+            units: self.units,
+            layers: self.layers,
+            dropout: self.dropout,
+            pool: self.pool,
+            standardize: self.standardize.unwrap_or(kind.standardizes_by_default()),
+        }
+    }
+}
+
+/// Head hyper-parameters and the dense head's training loop, shared by `tlearn-head` and
+/// `tlearn-compare` (defaults: the classic head; scikit-learn's for the classical ones).
+#[derive(clap::Args, Clone, Debug)]
+pub struct HeadArgs {
+    #[command(flatten)]
+    pub shape: HeadShapeArgs,
     /// Classical heads: keep this many principal components (after standardisation).
     #[arg(long)]
     pub pca: Option<usize>,
@@ -308,8 +332,10 @@ pub struct HeadArgs {
     pub max_iterations: u64,
     #[arg(long, value_enum, default_value = "rmsprop")]
     pub optimizer: OptimizerKind,
-    #[arg(long, default_value_t = crate::heads::DEFAULT_LR)]
-    pub lr: f64,
+    /// The dense head's learning rate, or `auto`: the learning-rate range test (as
+    /// tlearn-lr-find runs it) chooses, tlearn-head only.
+    #[arg(long, default_value_t = Lr::Given(crate::heads::DEFAULT_LR))]
+    pub lr: Lr,
     /// SGD momentum.
     #[arg(long, default_value_t = 0.0)]
     pub momentum: f64,
@@ -329,13 +355,7 @@ pub struct HeadArgs {
 impl HeadArgs {
     /// The head spec for `kind` (standardisation: as asked, else the kind's default).
     pub fn spec(&self, kind: crate::heads::HeadKind) -> crate::heads::HeadSpec {
-        crate::heads::HeadSpec {
-            units: self.units,
-            layers: self.layers,
-            dropout: self.dropout,
-            pool: self.pool,
-            standardize: self.standardize.unwrap_or(kind.standardizes_by_default()),
-        }
+        self.shape.spec(kind)
     }
 
     pub fn classical(&self) -> crate::Result<Checked<crate::heads::ClassicalSpec>> {
@@ -351,8 +371,22 @@ impl HeadArgs {
         .check()
     }
 
+    /// The loop settings; `--lr auto` is refused (the binaries that sweep use
+    /// [`HeadArgs::fit_to_sweep`]).
     pub fn fit(&self) -> crate::Result<Checked<crate::train::FitConfig>> {
-        let optimizer = self.optimizer.build(self.lr, self.momentum);
+        if self.lr == Lr::Auto {
+            return Err(crate::Error::Param {
+                name: "lr",
+                value: "auto".into(),
+                reason: "give a number here; tlearn-head --lr auto and tlearn-lr-find find one".into(),
+            });
+        }
+        self.fit_to_sweep()
+    }
+
+    /// The loop settings, at the default rate where the rate is `auto` (the sweep replaces it).
+    pub fn fit_to_sweep(&self) -> crate::Result<Checked<crate::train::FitConfig>> {
+        let optimizer = self.optimizer.build(self.lr.or(crate::heads::DEFAULT_LR), self.momentum);
         fit_config((self.epochs, self.batch, self.seed), optimizer, &self.lr_schedule, &self.reg)
     }
 }

@@ -101,6 +101,7 @@ pub fn run(plan: &Plan, sink: &dyn Sink, mut on_row: impl FnMut(&Row)) -> Result
                 opts: plan.opts.clone(),
                 train_views: vec![],
                 tta: vec![],
+                lr_auto: None,
             };
             let (ri, trained) = head::train_head(&job, sink)?;
             // The test split is loaded (and checksummed) once per folder; the timing covers only

@@ -41,13 +41,37 @@ fn err<E: std::fmt::Display>(e: E) -> Error {
     Error::Other(format!("plot: {e}"))
 }
 
-/// Two panels side by side: loss and accuracy per epoch, train vs validation (Keras' `plot(history)`).
-pub fn history(path: &Path, title: &str, h: &[Epoch]) -> Result<()> {
+/// What a chart is drawn on.
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+/// A `size` PNG at `path`: `draw` paints a white area, drawn to a temporary sibling renamed into
+/// place.
+fn png(path: &Path, size: (u32, u32), draw: impl FnOnce(&Area) -> Result<()>) -> Result<()> {
     font()?;
     let tmp = path.with_extension("tmp.png");
     {
-        let root = BitMapBackend::new(&tmp, (1200, 480)).into_drawing_area();
+        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
         root.fill(&WHITE).map_err(err)?;
+        draw(&root)?;
+        root.present().map_err(err)?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.into(), err: e })
+}
+
+/// The series' names in a box, as the training curves show them.
+fn legend<'a, CT: plotters::coord::CoordTranslate>(chart: &mut ChartContext<'a, BitMapBackend<'a>, CT>) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(err)
+}
+
+/// Two panels side by side: loss and accuracy per epoch, train vs validation (Keras' `plot(history)`).
+pub fn history(path: &Path, title: &str, h: &[Epoch]) -> Result<()> {
+    png(path, (1200, 480), |root| {
         let root = root.titled(title, ("sans-serif", 22)).map_err(err)?;
         let panels = root.split_evenly((1, 2));
         let n = h.len().max(2) as f64;
@@ -79,31 +103,81 @@ pub fn history(path: &Path, title: &str, h: &[Epoch]) -> Result<()> {
                 .map_err(err)?
                 .label(format!("validation {name}"))
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED.stroke_width(2)));
-            chart
-                .configure_series_labels()
-                .border_style(BLACK)
-                .background_style(WHITE.mix(0.8))
-                .label_font(("sans-serif", 13))
-                .draw()
-                .map_err(err)?;
+            legend(&mut chart)?;
         }
-        root.present().map_err(err)?;
+        Ok(())
+    })
+}
+
+/// A learning-rate sweep as `lr_find` draws it: per step the rate, the batch loss and the smoothed
+/// loss, and named suggestions (name, rate, smoothed loss there).
+pub struct LrPlot<'a> {
+    pub lrs: &'a [f64],
+    pub losses: &'a [f64],
+    pub smoothed: &'a [f64],
+    pub marks: &'a [(&'a str, f64, f64)],
+}
+
+/// The smoothed loss against the learning rate on a log axis, without the last five steps
+/// (fastai's `plot_lr_find`: where the loss shoots up, it would flatten the rest), the batch
+/// losses as faint points within its range, each suggestion a labelled dot.
+pub fn lr_find(path: &Path, title: &str, c: &LrPlot) -> Result<()> {
+    let shown = if c.lrs.len() > 10 { c.lrs.len() - 5 } else { c.lrs.len() };
+    let finite: Vec<f64> = c.smoothed[..shown].iter().copied().filter(|v| v.is_finite()).collect();
+    let (lo, hi) = finite.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    if finite.is_empty() || shown < 2 {
+        return Err(err("fewer than two steps to draw"));
     }
-    std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.into(), err: e })
+    let pad = ((hi - lo) * 0.08).max(1e-3);
+    let (y0, y1) = (lo - pad, hi + pad);
+    let (x0, x1) = (c.lrs[0], c.lrs[shown - 1]);
+    let c = LrPlot { lrs: &c.lrs[..shown], losses: &c.losses[..shown], smoothed: &c.smoothed[..shown], marks: c.marks };
+    png(path, (800, 520), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d((x0..x1).log_scale(), y0..y1)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("learning rate")
+            .y_desc("loss")
+            .x_label_formatter(&|v| format!("{v:.0e}"))
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(err)?;
+        let inside = |v: f64| v.is_finite() && (y0..=y1).contains(&v);
+        let raw = c.lrs.iter().zip(c.losses).filter(|(_, l)| inside(**l));
+        chart.draw_series(raw.map(|(&x, &y)| Circle::new((x, y), 2, BLUE.mix(0.25).filled()))).map_err(err)?;
+        let smooth = c.lrs.iter().zip(c.smoothed).filter(|(_, l)| l.is_finite()).map(|(&x, &y)| (x, y));
+        chart
+            .draw_series(LineSeries::new(smooth, BLUE.stroke_width(2)))
+            .map_err(err)?
+            .label("smoothed loss")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE.stroke_width(2)));
+        for (i, &(name, lr, loss)) in c.marks.iter().enumerate() {
+            let color = Palette99::pick(i + 1).to_rgba();
+            chart
+                .draw_series(std::iter::once(Circle::new((lr, loss), 6, color.filled())))
+                .map_err(err)?
+                .label(format!("{name} {lr:.2e}"))
+                .legend(move |(x, y)| Circle::new((x + 9, y), 5, color.filled()));
+        }
+        legend(&mut chart)?;
+        Ok(())
+    })
 }
 
 /// A confusion matrix as a heat map with counts (rows: true class, columns: predicted).
 pub fn confusion(path: &Path, classes: &[String], m: &[Vec<usize>]) -> Result<()> {
-    font()?;
-    let tmp = path.with_extension("tmp.png");
     let k = classes.len();
-    {
-        let side = 140 + 110 * k as u32;
-        let root = BitMapBackend::new(&tmp, (side + 60, side)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
+    let side = 140 + 110 * k as u32;
+    png(path, (side + 60, side), |root| {
         let max = m.iter().flatten().copied().max().unwrap_or(1).max(1) as f64;
         // Cells occupy [0, k)²; the margins left of and below them hold the class names.
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption("confusion matrix (rows: true, columns: predicted)", ("sans-serif", 16))
             .margin(10)
             .build_cartesian_2d(-1.4f64..k as f64, -0.6f64..k as f64)
@@ -135,22 +209,17 @@ pub fn confusion(path: &Path, classes: &[String], m: &[Vec<usize>]) -> Result<()
                     .map_err(err)?;
             }
         }
-        root.present().map_err(err)?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.into(), err: e })
+        Ok(())
+    })
 }
 
 /// Horizontal bars, one per (label, value in [0, 1]), top to bottom, the value written at the bar's end.
 pub fn bars(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<()> {
-    font()?;
-    let tmp = path.with_extension("tmp.png");
     let n = bars.len().max(1);
-    {
-        let root = BitMapBackend::new(&tmp, (900, 90 + 34 * n as u32)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
+    png(path, (900, 90 + 34 * n as u32), |root| {
         let lo = bars.iter().map(|b| b.1).fold(1.0f64, f64::min);
         let lo = ((lo - 0.05).max(0.0) * 20.0).floor() / 20.0;
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(title, ("sans-serif", 20))
             .margin(12)
             .x_label_area_size(30)
@@ -192,20 +261,15 @@ pub fn bars(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<()> {
                 )))
                 .map_err(err)?;
         }
-        root.present().map_err(err)?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.into(), err: e })
+        Ok(())
+    })
 }
 
 /// ROC curves (false-positive rate → true-positive rate), one per (label, points), with the chance
 /// diagonal.
 pub fn roc(path: &Path, curves: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
-    font()?;
-    let tmp = path.with_extension("tmp.png");
-    {
-        let root = BitMapBackend::new(&tmp, (560, 520)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(&root)
+    png(path, (560, 520), |root| {
+        let mut chart = ChartBuilder::on(root)
             .caption("ROC curve", ("sans-serif", 20))
             .margin(12)
             .x_label_area_size(40)
@@ -230,7 +294,6 @@ pub fn roc(path: &Path, curves: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
             .label_font(("sans-serif", 14))
             .draw()
             .map_err(err)?;
-        root.present().map_err(err)?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| Error::Io { path: path.into(), err: e })
+        Ok(())
+    })
 }

@@ -230,6 +230,7 @@ fn a_finetune_without_validation_resumes_and_reports_every_skipped_file() {
         accuracy: 0.75,
         val_loss: f64::NAN,
         val_accuracy: f64::NAN,
+        lr: 1e-3,
         seconds: 1.0,
     };
     let back: tlearn::history::Epoch = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();

@@ -360,10 +360,12 @@ fn an_early_stopped_fit_rerun_ends_where_it_stopped() {
             path: dir.path().join("checkpoint.onnx"),
             config: serde_json::json!({"test": 1}),
             resume: Default::default(),
+            share: tlearn::train::pacing::SHARE,
         }),
         models: Some(dir.path().into()),
         patience: Some(2),
         wrap: None,
+        live: None,
     };
     let run = || {
         let mut tr = Trainer::new(&m, Path::new("head.onnx"), &[4], 2, &opts()).unwrap();

@@ -44,7 +44,7 @@ fn run(a: Args) -> Result<()> {
         features: a.features.clone(),
         heads: a.heads.clone(),
         spec: a.params.spec(HeadKind::Dense),
-        standardize: a.params.standardize,
+        standardize: a.params.shape.standardize,
         classical: a.params.classical()?,
         fit: a.params.fit()?,
         opts: a.ort.session(),

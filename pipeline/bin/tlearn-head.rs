@@ -3,12 +3,13 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use std::path::PathBuf;
-use tlearn::cli::Terminal;
+use tlearn::cli::{Lr, Terminal};
 use tlearn::head::{self, HeadJob};
 use tlearn::heads::HeadKind;
 use tlearn::imageio::View;
 use tlearn::params::ParamGuard;
 use tlearn::train::checkpoint::Resume;
+use tlearn::train::lr_find::Sweep;
 
 #[derive(Parser)]
 #[command(
@@ -51,20 +52,30 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(a: Args) -> Result<()> {
+    let term = Terminal::default();
     let job = HeadJob {
         features: a.features.clone(),
         run_dir: a.runs.join(&a.run),
         kind: a.head,
         spec: a.params.spec(a.head).check()?,
         classical: a.params.classical()?,
-        fit: a.params.fit()?,
+        fit: a.params.fit_to_sweep()?,
         opts: a.ort.session(),
         train_views: a.train_views,
         tta: a.tta,
         resume: Resume::from_flags(a.restart, false, tlearn::head::RESUME),
+        lr_auto: None,
     };
-    let (info, trained) = head::train_head(&job, &Terminal::default())
-        .with_context(|| format!("training on {}", a.features.display()))?;
+    let job = match a.params.lr {
+        Lr::Auto => head::choose_lr(job, &Sweep::default().check()?, &term)
+            .with_context(|| format!("choosing the learning rate on {}", a.features.display()))?,
+        Lr::Given(_) => job,
+    };
+    if let Some(c) = &job.lr_auto {
+        tlearn::outln!("learning rate {:.3e}, chosen by the range test (--lr auto)", c.lr);
+    }
+    let (info, trained) =
+        head::train_head(&job, &term).with_context(|| format!("training on {}", a.features.display()))?;
     if a.head != HeadKind::Dense {
         let e = &trained.history[0];
         tlearn::outln!(

@@ -12,9 +12,10 @@ use crate::onnx::{self, cut, proto::ModelProto};
 use crate::progress::Sink;
 use crate::spill;
 use crate::train::checkpoint;
-use crate::train::learner::{self, Checkpointing, FitOptions};
+use crate::train::learner::{self, Checkpointing, FitOptions, Live};
 use crate::train::{BatchSource, Trainer};
 
+mod lr;
 mod model;
 
 pub use crate::runs::finetune::{default_max_memory, FinetuneConfig, FinetuneRecord, TrunkInfo};
@@ -31,6 +32,7 @@ pub const DEFAULT_LR: f64 = 1e-4;
 /// Parameters, optimizer slots and loop state after the last finished epoch.
 pub use crate::train::checkpoint::CHECKPOINT;
 pub use crate::train::learner::{BEST, LAST};
+pub use lr::{choose_lr, lr_find};
 use model::{check_class_names, check_trainable, open_model, trainable_fn};
 pub use model::{default_rescale, input_shape, matches, own_rescale};
 
@@ -112,22 +114,46 @@ fn scale_base(trainer: &mut Trainer, cfg: &FinetuneConfig, model: &ModelProto, i
     Ok(())
 }
 
-/// Train `cfg.model` on `cfg.data`; every epoch (and any replayed from a checkpoint) goes to `sink`.
-pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
-    check_fit_on(cfg)?;
+/// What a fine-tune trains, built one way for a run and for its learning-rate sweep: the model,
+/// its input and classes, the training (and validation) images, a cached trunk, the trainer.
+struct Prepared {
+    model: ModelProto,
+    input: [usize; 3],
+    classes: Vec<String>,
+    train: ImageSet,
+    val: Option<ImageSet>,
+    trunk: Option<crate::trunk::Trunk>,
+    trainer: Trainer,
+}
+
+/// What [`prepare`] prepares for: the run (its folder checked apart from its inputs, validation
+/// images loaded) or a learning-rate sweep (neither).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Run,
+    Sweep,
+}
+
+/// Open and check the model, load the images, run a cached trunk, build the trainer with the
+/// run's trainable set and `--lr-base`.
+fn prepare(cfg: &FinetuneConfig, budget: &spill::Budget, purpose: Purpose, sink: &dyn Sink) -> Result<Prepared> {
     let model = open_model(&cfg.model, &cfg.data)?;
     check_trainable(cfg, &model)?;
     let input = input_shape(&model, &cfg.model)?;
-    fsutil::check_output_apart(&cfg.run_dir, &[&cfg.data, &cfg.model])?;
+    if purpose == Purpose::Run {
+        fsutil::check_output_apart(&cfg.run_dir, &[&cfg.data, &cfg.model])?;
+    }
     let classes = crate::dataset::training_classes(&cfg.data)?;
     check_outputs(&model, cfg, &classes)?;
-    let budget = memory_budget(cfg);
     let (fit_on, validate_on): (&[&str], &[&str]) =
         if cfg.include_validation { (&["train", "validation"], &[]) } else { (&["train"], &["validation"]) };
-    let mut train = load_set(cfg, fit_on, &classes, input, &budget, sink)?.expect("train exists");
-    let mut val = load_set(cfg, validate_on, &classes, input, &budget, sink)?;
+    let mut train = load_set(cfg, fit_on, &classes, input, budget, sink)?.expect("train exists");
+    let mut val = match purpose {
+        Purpose::Run => load_set(cfg, validate_on, &classes, input, budget, sink)?,
+        Purpose::Sweep => None,
+    };
     let trainable = trainable_fn(cfg, &model);
-    let mut trunk = cached_trunk(cfg, &model, input, &trainable, (&train, val.as_ref()), &budget, sink)?;
+    let trunk = cached_trunk(cfg, &model, input, &trainable, (&train, val.as_ref()), budget, sink)?;
     if trunk.is_some() {
         // Training reads the trunk's outputs from here on, never the images.
         train.release_pixels();
@@ -142,6 +168,38 @@ pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
     if let Some(t) = &trunk {
         check_trunk(t, &trainer, cfg)?;
     }
+    Ok(Prepared { model, input, classes, train, val, trunk, trainer })
+}
+
+/// The training batches: the trunk's cached outputs, or the images (augmented as the run says).
+enum TrainBatches<'a> {
+    Images(ImageBatches<'a>),
+    Cached(crate::trunk::CachedViews<'a>),
+}
+
+impl<'a> TrainBatches<'a> {
+    fn of(cfg: &'a FinetuneConfig, train: &'a ImageSet, trunk: Option<&'a crate::trunk::Trunk>) -> Self {
+        match trunk {
+            Some(trunk) => TrainBatches::Cached(crate::trunk::CachedViews { trunk, labels: &train.labels }),
+            None => {
+                TrainBatches::Images(ImageBatches { set: train, augment: cfg.augment.as_ref(), rescale: cfg.rescale })
+            }
+        }
+    }
+    fn source(&self) -> &dyn BatchSource {
+        match self {
+            TrainBatches::Images(i) => i,
+            TrainBatches::Cached(c) => c,
+        }
+    }
+}
+
+/// Train `cfg.model` on `cfg.data`; every epoch (and any replayed from a checkpoint) goes to `sink`.
+pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
+    check_fit_on(cfg)?;
+    let budget = memory_budget(cfg);
+    let Prepared { model, input, classes, train, val, mut trunk, mut trainer } =
+        prepare(cfg, &budget, Purpose::Run, sink)?;
     let trainable_params: usize = trainer.params.iter().map(|p| p.len()).sum();
     let (n_train, n_val) = (train.labels.len(), val.as_ref().map(|v| v.labels.len()).unwrap_or(0));
     let images = if cfg.include_validation {
@@ -154,12 +212,14 @@ pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
     std::fs::create_dir_all(&cfg.run_dir).map_err(|e| Error::Io { path: cfg.run_dir.clone(), err: e })?;
     let t = std::time::Instant::now();
     let _lock = crate::lock::dir(&cfg.run_dir)?;
+    let title = format!("{}: {} on {}", crate::runs::name_of(&cfg.run_dir), cfg.model.display(), cfg.data.display());
     let o = FitOptions {
         fit: cfg.fit.clone(),
         checkpoint: Some(Checkpointing {
             path: cfg.run_dir.join(CHECKPOINT),
             config: comparable(cfg, &train, val.as_ref()),
             resume: cfg.resume,
+            share: crate::train::pacing::SHARE,
         }),
         models: Some(cfg.run_dir.clone()),
         patience: cfg.patience,
@@ -169,13 +229,9 @@ pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
             Box::new(move |rest: &ModelProto| crate::trunk::merge(&full, rest))
                 as Box<dyn Fn(&ModelProto) -> ModelProto>
         }),
+        live: Some(Live { dir: cfg.run_dir.clone(), title: title.clone() }),
     };
-    let images = ImageBatches { set: &train, augment: cfg.augment.as_ref(), rescale: cfg.rescale };
-    let cached = trunk.as_ref().map(|t| crate::trunk::CachedViews { trunk: t, labels: &train.labels });
-    let data: &dyn BatchSource = match &cached {
-        Some(c) => c,
-        None => &images,
-    };
+    let batches = TrainBatches::of(cfg, &train, trunk.as_ref());
     let cached_val =
         vx.as_ref().zip(val.as_ref()).map(|(rows, v)| crate::trunk::CachedRows { rows, labels: &v.labels });
     let plain_val = val.as_ref().map(|set| ImageBatches { set, augment: None, rescale: cfg.rescale });
@@ -184,14 +240,14 @@ pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
         (None, Some(p)) => Some(p),
         (None, None) => None,
     };
-    let fitted = learner::fit(&mut trainer, data, validation, &o, sink)?;
+    let fitted = learner::fit(&mut trainer, batches.source(), validation, &o, sink)?;
     let Some((best_epoch, Some(best))) = fitted.best else {
         return Err(Error::Other("no epoch finished".into()));
     };
     let done = Done { best_epoch, history: fitted.history, seconds: t.elapsed().as_secs_f64(), trainable_params };
     let trunk_info =
         trunk.as_ref().map(|t| TrunkInfo { tensor: t.tensor.clone(), views: t.views.clone(), seconds: t.seconds });
-    record(cfg, &model, best, done, trunk_info, classes, input, (&train, val.as_ref()))
+    record(cfg, &model, best, done, trunk_info, classes, input, (&train, val.as_ref()), &title)
 }
 
 /// The settings' ranges; then: `include_validation` needs a validation folder, and leaves no validation loss to stop on;
@@ -287,6 +343,7 @@ fn record(
     classes: Vec<String>,
     input: [usize; 3],
     (train, val): (&ImageSet, Option<&ImageSet>),
+    title: &str,
 ) -> Result<Finetuned> {
     let (size, channels) = (input[0] as u32, input[2]);
     let dep = crate::runs::deployable(&best, size, channels, cfg.rescale, cfg.interpolation, &classes, &cfg.tta)?;
@@ -322,8 +379,7 @@ fn record(
         tlearn_version: env!("CARGO_PKG_VERSION").into(),
     };
     crate::history::write_csv(&cfg.run_dir.join(crate::history::HISTORY_CSV), &done.history)?;
-    let title = format!("{}: {} on {}", crate::runs::name_of(&cfg.run_dir), cfg.model.display(), cfg.data.display());
-    if let Err(e) = crate::plot::history(&cfg.run_dir.join(crate::history::HISTORY_PNG), &title, &done.history) {
+    if let Err(e) = crate::plot::history(&cfg.run_dir.join(crate::history::HISTORY_PNG), title, &done.history) {
         tracing::warn!("history plot not written: {e}");
     }
     crate::runs::write_record(&cfg.run_dir, &crate::runs::Record::Finetune(info.clone()))?;

@@ -120,6 +120,7 @@ pub(super) fn head(
         train_views: vec![],
         tta: vec![],
         resume: head::RESUME,
+        lr_auto: None,
     };
     if !head_done(&hj)? {
         sink.note(&format!("warm start: a dense head on pooled {} features → {}", s.backbone, run_dir.display()));
@@ -176,6 +177,7 @@ pub(super) fn tune_config(
         .check()?,
         trainable: vec![],
         lr_base: None,
+        lr_auto: None,
         relabel: false,
         patience: (!is_final).then_some(s.patience),
         include_validation: is_final,

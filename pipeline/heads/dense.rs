@@ -12,7 +12,8 @@ use crate::onnx::{self, Dim, GraphBuilder};
 use crate::params::Checked;
 use crate::progress::Sink;
 use crate::runtime::SessionOptions;
-use crate::train::learner::{self, Checkpointing, FitOptions};
+use crate::train::learner::{self, Checkpointing, FitOptions, Live};
+use crate::train::lr_find::{LrCurve, Sweep};
 use crate::train::{FitConfig, InMemory, Trainer};
 use ndarray::ArrayD;
 use rand::SeedableRng;
@@ -22,8 +23,10 @@ pub struct Dense {
     pub spec: Checked<HeadSpec>,
     pub fit: Checked<FitConfig>,
     pub opts: SessionOptions,
-    /// Checkpoint every epoch (and continue from an earlier one) when set.
+    /// Checkpoint (and continue from an earlier checkpoint) when set.
     pub checkpoint: Option<Checkpointing>,
+    /// Keep the history files up to date while the fit runs, when set.
+    pub live: Option<Live>,
 }
 
 impl Dense {
@@ -45,12 +48,38 @@ impl Dense {
     }
 }
 
-impl Head for Dense {
-    fn fit(&self, data: &Data, seed: u64, sink: &dyn Sink) -> Result<Trained> {
+impl Dense {
+    /// The head for `data` (initialised from `seed`) and its trainer.
+    fn trainer(&self, data: &Data, seed: u64) -> Result<Trainer> {
         data.validate()?;
         let shape = &data.x.shape()[1..];
         let model = build(shape, data.classes, &self.spec, seed, Some(data.x))?;
-        let mut trainer = Trainer::new(&model, Path::new("head.onnx"), shape, data.classes, &self.opts)?;
+        Trainer::new(&model, Path::new("head.onnx"), shape, data.classes, &self.opts)
+    }
+
+    /// The learning-rate range test for this head on `data` (see [`crate::train::lr_find`]):
+    /// the head built and initialised as [`Head::fit`] builds it, stepping through the training
+    /// features as the fit would. Nothing is written.
+    pub fn lr_find(&self, data: &Data, seed: u64, sweep: &Checked<Sweep>, sink: &dyn Sink) -> Result<LrCurve> {
+        let mut trainer = self.trainer(data, seed)?;
+        let params: usize = trainer.params.iter().map(|p| p.len()).sum();
+        sink.note(&format!(
+            "head: {} ({} parameters); learning-rate sweep over {} train samples, {} steps from {:e} to {:e}",
+            self.layers(&data.x.shape()[1..], data.classes),
+            crate::onnx::summary::thousands(params),
+            data.y.len(),
+            sweep.steps,
+            sweep.start,
+            sweep.end
+        ));
+        trainer.lr_sweep(&InMemory { x: data.x, labels: data.y }, &self.fit, sweep, sink)
+    }
+}
+
+impl Head for Dense {
+    fn fit(&self, data: &Data, seed: u64, sink: &dyn Sink) -> Result<Trained> {
+        let mut trainer = self.trainer(data, seed)?;
+        let shape = &data.x.shape()[1..];
         let params: usize = trainer.params.iter().map(|p| p.len()).sum();
         let describe = self.layers(shape, data.classes);
         sink.note(&format!(
@@ -66,6 +95,7 @@ impl Head for Dense {
             models: None,
             patience: None,
             wrap: None,
+            live: self.live.clone(),
         };
         let val = data.val.map(|(x, labels)| InMemory { x, labels });
         let fitted = learner::fit(

@@ -84,7 +84,7 @@ impl Head for Classical {
         };
         let (loss, accuracy) = score(data.x, data.y);
         let (val_loss, val_accuracy) = data.val.map(|(x, y)| score(x, y)).unwrap_or((f64::NAN, f64::NAN));
-        let history = vec![Epoch { epoch: 1, loss, accuracy, val_loss, val_accuracy, seconds }];
+        let history = vec![Epoch { epoch: 1, loss, accuracy, val_loss, val_accuracy, lr: f64::NAN, seconds }];
         let mut describe = vec![format!("{:?}", self.spec.pool)];
         if self.spec.standardize {
             describe.push("Standardize".into());
@@ -97,7 +97,8 @@ impl Head for Classical {
     }
 }
 
-/// The head of `kind` (the dense one trains with `fit` and `opts`).
+/// The head of `kind` (the dense one trains with `fit` and `opts`, checkpointing and keeping its
+/// history files live as told).
 pub fn head(
     kind: HeadKind,
     spec: &Checked<HeadSpec>,
@@ -105,10 +106,11 @@ pub fn head(
     fit: &Checked<crate::train::FitConfig>,
     opts: &crate::runtime::SessionOptions,
     checkpoint: Option<crate::train::learner::Checkpointing>,
+    live: Option<crate::train::learner::Live>,
 ) -> Box<dyn Head> {
     match kind {
         HeadKind::Dense => {
-            Box::new(dense::Dense { spec: spec.clone(), fit: fit.clone(), opts: opts.clone(), checkpoint })
+            Box::new(dense::Dense { spec: spec.clone(), fit: fit.clone(), opts: opts.clone(), checkpoint, live })
         }
         _ => Box::new(Classical { kind, spec: spec.clone(), classical: classical.clone() }),
     }

@@ -149,7 +149,12 @@ pub fn model(graph: GraphProto, producer: &str) -> ModelProto {
 
 /// A float32 initializer from an ndarray.
 pub fn tensor_f32(name: &str, a: &ArrayD<f32>) -> TensorProto {
-    let raw: Vec<u8> = a.iter().flat_map(|v| v.to_le_bytes()).collect();
+    // Little-endian f32s: a contiguous array's memory as it is on little-endian machines (one
+    // copy, not one push per byte: a large head's checkpoint holds tens of millions).
+    let raw: Vec<u8> = match a.as_slice() {
+        Some(s) if cfg!(target_endian = "little") => bytemuck::cast_slice(s).to_vec(),
+        _ => a.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    };
     TensorProto {
         name: name.into(),
         dims: a.shape().iter().map(|&d| d as i64).collect(),

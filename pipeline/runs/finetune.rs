@@ -13,6 +13,7 @@ use crate::progress::Sink;
 use crate::runtime::SessionOptions;
 use crate::spill;
 use crate::train::checkpoint::Resume;
+use crate::train::lr_find::LrChoice;
 use crate::train::FitConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -52,6 +53,9 @@ pub struct FinetuneConfig {
     /// computes the last spatial features ([`cut::base_initializers`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lr_base: Option<f64>,
+    /// `--lr auto`: how `fit`'s rate was chosen (the range test's suggestions and sweep).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_auto: Option<LrChoice>,
     /// Stop after this many epochs without a better validation loss.
     pub patience: Option<usize>,
     /// Train on the training and validation images together, with no validation pass (the last

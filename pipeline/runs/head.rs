@@ -9,6 +9,7 @@ use crate::history::Epoch;
 use crate::imageio::View;
 use crate::metrics;
 use crate::runtime::SessionOptions;
+use crate::train::lr_find::LrChoice;
 use crate::train::FitConfig;
 use ndarray::ArrayD;
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,9 @@ pub struct HeadRecord {
     pub classical: Option<ClassicalSpec>,
     /// The dense head's training loop (recorded, unused by classical heads but for the seed).
     pub fit: FitConfig,
+    /// `--lr auto`: how `fit`'s rate was chosen (the range test's suggestions and sweep).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_auto: Option<LrChoice>,
     pub loss: crate::train::graph::Loss,
     pub classes: Vec<String>,
     pub head_sha256: String,

@@ -1,7 +1,11 @@
-//! Training checkpoints shared by the head and fine-tune stages: after every epoch, the exported
-//! model plus the optimizer slots (`optimizer/{m,v}/<param>`) and the loop state (epoch, RNG
-//! position, sample order, history, best epoch) go into one ONNX file, written atomically. A run
-//! restored from it ends exactly as an uninterrupted one (same weights, same history).
+//! Training checkpoints shared by the head and fine-tune stages: after an epoch (as often as
+//! [`super::pacing`] allows), what trains — the trained parameters and the optimizer slots the
+//! optimizer uses (`optimizer/{m,v}/<param>`) — and the loop state (epoch, RNG position, sample
+//! order, history, best epoch) go into one ONNX file's initializers and metadata, written
+//! atomically. Frozen tensors are not written: they are the source model's, which the trainer is
+//! built from again, and their sha256 is recorded and checked on restore. A run restored from it
+//! ends exactly as an uninterrupted one (same weights, same history). (Checkpoints written whole —
+//! every initializer and both slots — still restore.)
 
 use super::state::{FitState, State};
 use super::trainer::Trainer;
@@ -60,6 +64,9 @@ struct Saved {
     /// sha256 of the best epoch's model file (fine-tune's `best.onnx`), checked on resume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     best_sha256: Option<String>,
+    /// sha256 of the frozen tensors ([`frozen_sha256`]), which the checkpoint leaves out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    frozen_sha256: Option<String>,
 }
 
 /// A restored fit: its state, best epoch so far, and epochs since that best one.
@@ -93,15 +100,29 @@ pub struct BestSoFar {
     pub sha256: Option<String>,
 }
 
-/// Write the checkpoint of `tr` (exported as `exported`) after the epoch `fs` ends.
+/// sha256 of what a checkpoint of `tr` leaves out: every initializer of its model that it does
+/// not train (names, types, shapes and values, in the model's order).
+pub fn frozen_sha256(tr: &Trainer) -> String {
+    use prost::Message;
+    use sha2::Digest;
+    let trained: std::collections::HashSet<&str> = tr.train.params.iter().map(String::as_str).collect();
+    let mut h = sha2::Sha256::new();
+    for t in onnx::graph(&tr.model).initializer.iter().filter(|t| !trained.contains(t.name.as_str())) {
+        h.update(t.encode_to_vec());
+    }
+    hex::encode(h.finalize())
+}
+
+/// Write the checkpoint of `tr` after the epoch `fs` ends; `frozen` is [`frozen_sha256`] of
+/// `tr`. Returns the bytes written.
 pub fn save(
     path: &Path,
-    exported: &ModelProto,
     tr: &Trainer,
     fs: &FitState,
     config: &serde_json::Value,
     best: BestSoFar,
-) -> Result<()> {
+    frozen: &str,
+) -> Result<u64> {
     let BestSoFar { epoch: best_epoch, since: since_best, sha256: best_sha256 } = best;
     let saved = Saved {
         config: config.clone(),
@@ -113,25 +134,71 @@ pub fn save(
         best_epoch,
         since_best,
         best_sha256,
+        frozen_sha256: Some(frozen.into()),
     };
-    let mut m = exported.clone();
-    let g = m.graph.as_mut().expect("graph");
-    for (p, (a, b)) in tr.train.params.iter().zip(&fs.optim.slots) {
-        g.initializer.push(onnx::tensor_f32(&optim::slot_name(0, p), a));
-        g.initializer.push(onnx::tensor_f32(&optim::slot_name(1, p), b));
+    let n_slots = fs.optim.opt.n_slots();
+    let mut initializer = vec![];
+    for ((p, a), (s0, s1)) in tr.train.params.iter().zip(&tr.params).zip(&fs.optim.slots) {
+        initializer.push(onnx::tensor_f32(p, a));
+        for (i, s) in [s0, s1].into_iter().enumerate().take(n_slots) {
+            initializer.push(onnx::tensor_f32(&optim::slot_name(i, p), s));
+        }
     }
-    m.metadata_props.push(onnx::proto::StringStringEntryProto {
-        key: STATE_KEY.into(),
-        value: serde_json::to_string(&saved).expect("state serialises"),
-    });
-    fsutil::write_bytes_atomic(path, &onnx::encode_model(&m))
+    // Every tensor is also an output, so the file is a model ONNX tools open (and onnxruntime
+    // loads: it returns the tensors).
+    let output = initializer
+        .iter()
+        .map(|t| {
+            onnx::value_info(
+                &t.name,
+                onnx::proto::dtype::FLOAT,
+                &t.dims.iter().map(|&d| onnx::Dim::Fixed(d)).collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    let graph = onnx::proto::GraphProto { name: "tlearn_checkpoint".into(), initializer, output, ..Default::default() };
+    let m = ModelProto {
+        ir_version: tr.model.ir_version,
+        opset_import: tr.model.opset_import.clone(),
+        producer_name: "tlearn".into(),
+        graph: Some(graph),
+        metadata_props: vec![onnx::proto::StringStringEntryProto {
+            key: STATE_KEY.into(),
+            value: serde_json::to_string(&saved).expect("state serialises"),
+        }],
+        ..Default::default()
+    };
+    let bytes = onnx::encode_model(&m);
+    fsutil::write_bytes_atomic(path, &bytes)?;
+    Ok(bytes.len() as u64)
+}
+
+/// The settings and data fingerprint a checkpoint was made with (what [`restore`] compares);
+/// None when there is no checkpoint at `path`.
+pub fn saved_config(path: &Path) -> Result<Option<serde_json::Value>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    Ok(Some(read_saved(path, &onnx::load_model(path)?)?.config))
+}
+
+fn read_saved(path: &Path, m: &ModelProto) -> Result<Saved> {
+    let bad = |reason: String| Error::BadModel { path: path.into(), reason };
+    let text = m
+        .metadata_props
+        .iter()
+        .find(|p| p.key == STATE_KEY)
+        .ok_or_else(|| bad("no tlearn fit state in its metadata".into()))?;
+    serde_json::from_str(&text.value).map_err(|e| bad(format!("its fit state ({STATE_KEY}) does not parse: {e}")))
 }
 
 /// Restore parameters into `tr` from the checkpoint at `path` and return its loop state; None
-/// when there is none to continue from (absent, `Restart`, or other settings under `Auto`).
+/// when there is none to continue from (absent, `Restart`, or other settings, data or frozen
+/// tensors under `Auto`). `frozen` is [`frozen_sha256`] of `tr`.
 pub fn restore(
     path: &Path,
     config: &serde_json::Value,
+    frozen: &str,
     optimizer: &Optimizer,
     tr: &mut Trainer,
     mode: Resume,
@@ -141,36 +208,35 @@ pub fn restore(
     }
     let bad = |reason: String| Error::BadModel { path: path.into(), reason };
     let m = onnx::load_model(path)?;
-    let text = m
-        .metadata_props
-        .iter()
-        .find(|p| p.key == STATE_KEY)
-        .ok_or_else(|| bad("no tlearn fit state in its metadata".into()))?;
-    let saved: Saved = serde_json::from_str(&text.value)
-        .map_err(|e| bad(format!("its fit state ({STATE_KEY}) does not parse: {e}")))?;
+    let saved = read_saved(path, &m)?;
+    if saved.frozen_sha256.as_ref().is_some_and(|s| s != frozen) {
+        // The source model's frozen tensors changed since: as other settings would.
+        let tagged = |v: &serde_json::Value, sha: &str| {
+            let mut v = v.clone();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("frozen_tensors_sha256".into(), sha.into());
+            }
+            v
+        };
+        let was = tagged(&saved.config, saved.frozen_sha256.as_deref().unwrap_or_default());
+        return other_settings(path, &was, &tagged(config, frozen), mode);
+    }
     if saved.config != *config {
-        match mode {
-            Resume::Require => {
-                return Err(
-                    bad("the checkpoint was made with other settings or data (only --epochs may change)".into()),
-                )
-            }
-            Resume::Keep => {
-                return Err(bad(format!(
-                    "this run was trained with other settings or data ({}); give --restart to train it again \
-                     from the start (its files are replaced), or another --run",
-                    differences(&saved.config, config).join("; ")
-                )))
-            }
-            Resume::Auto | Resume::Restart => {}
-        }
-        tracing::info!("{}: made with other settings or data; starting over", path.display());
-        return Ok(None);
+        return other_settings(path, &saved.config, config, mode);
     }
     let inits: std::collections::HashMap<&str, &onnx::proto::TensorProto> =
         onnx::graph(&m).initializer.iter().map(|t| (t.name.as_str(), t)).collect();
     let get = |name: &str| -> Result<ndarray::ArrayD<f32>> {
         onnx::tensor_to_f32(inits.get(name).ok_or_else(|| bad(format!("no tensor `{name}`")))?)
+    };
+    let used = optimizer.n_slots();
+    let slot = |i: usize, p: &str, like: &ndarray::ArrayD<f32>| -> Result<ndarray::ArrayD<f32>> {
+        match inits.get(optim::slot_name(i, p).as_str()) {
+            Some(_) => get(&optim::slot_name(i, p)),
+            // A slot the optimizer does not use is not written; it stays zero.
+            None if i >= used => Ok(ndarray::ArrayD::zeros(like.raw_dim())),
+            None => Err(bad(format!("no tensor `{}`", optim::slot_name(i, p)))),
+        }
     };
     let mut slots = vec![];
     for (i, p) in tr.train.params.clone().iter().enumerate() {
@@ -182,8 +248,8 @@ pub fn restore(
                 got: v.shape().to_vec(),
             });
         }
+        slots.push((slot(0, p, &v)?, slot(1, p, &v)?));
         tr.params[i] = v;
-        slots.push((get(&optim::slot_name(0, p))?, get(&optim::slot_name(1, p))?));
     }
     let state = FitState {
         epoch: saved.epoch,
@@ -199,6 +265,31 @@ pub fn restore(
         since_best: saved.since_best,
         best_sha256: saved.best_sha256,
     }))
+}
+
+/// A checkpoint made with other settings (`was`) than the run's (`now`): an error under `Require`
+/// and `Keep`, naming what differs under `Keep`; else start over.
+fn other_settings(
+    path: &Path,
+    was: &serde_json::Value,
+    now: &serde_json::Value,
+    mode: Resume,
+) -> Result<Option<Restored>> {
+    let bad = |reason: String| Error::BadModel { path: path.into(), reason };
+    match mode {
+        Resume::Require => {
+            Err(bad("the checkpoint was made with other settings or data (only --epochs may change)".into()))
+        }
+        Resume::Keep => Err(bad(format!(
+            "this run was trained with other settings or data ({}); give --restart to train it again \
+             from the start (its files are replaced), or another --run",
+            differences(was, now).join("; ")
+        ))),
+        Resume::Auto | Resume::Restart => {
+            tracing::info!("{}: made with other settings or data; starting over", path.display());
+            Ok(None)
+        }
+    }
 }
 
 /// What differs between two settings records, as `key: was → now` (nested keys joined with `.`),

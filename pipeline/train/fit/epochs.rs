@@ -47,7 +47,6 @@ impl Trainer {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
         let n = labels.len();
         let steps_per_epoch = n.div_ceil(cfg.batch);
-        let opt = &cfg.optimizer;
         let mut fs = match resume {
             Some(r) => {
                 rng.set_word_pos(r.rng_word_pos);
@@ -67,30 +66,21 @@ impl Trainer {
             order = (0..n).collect();
         }
         let start = fs.epoch + 1;
-        self.groups.decayed = self.params.iter().map(|p| cfg.weight_decay > 0.0 && p.ndim() >= 2).collect();
-        let class_weight = match &cfg.class_weight {
-            Some(c) => Some(c.weights(labels, self.n_classes)?),
-            None => None,
-        };
-        self.start(&fs.optim)?;
+        let class_weight = self.begin(cfg, labels, &fs.optim)?;
         for epoch in start..=cfg.epochs {
             let t = std::time::Instant::now();
             order.shuffle(&mut rng);
-            let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+            let (mut loss_sum, mut correct, mut last_lr) = (0.0f64, 0usize, f64::NAN);
             for (k, chunk) in order.chunks(cfg.batch).enumerate() {
                 let lr = cfg.lr_at(epoch - 1, (epoch - 1) * steps_per_epoch + k, steps_per_epoch);
-                let xb = data.batch(chunk, &mut rng)?;
-                let lb: Vec<usize> = chunk.iter().map(|&i| labels[i]).collect();
-                let (y, weights) = self.targets(&lb, cfg, class_weight.as_deref());
-                let batch = Batch { x: xb, y, weights, masks: self.draw_masks(chunk.len(), &mut rng) };
-                let decay = (lr * cfg.weight_decay) as f32;
-                let (loss, probs) = self.step(batch, opt.step_lr(lr, fs.optim.step + 1), decay)?;
-                fs.optim.step += 1;
+                let (loss, probs) =
+                    self.train_batch(data, chunk, cfg, class_weight.as_deref(), lr, &mut fs.optim, &mut rng)?;
                 if !loss.is_finite() {
                     return Err(Error::Other(format!("epoch {epoch}: loss is {loss}; lower the learning rate")));
                 }
                 loss_sum += loss as f64 * chunk.len() as f64;
-                correct += metrics::predicted(&probs).iter().zip(&lb).filter(|(a, b)| a == b).count();
+                correct += metrics::predicted(&probs).iter().zip(chunk).filter(|(a, &i)| **a == labels[i]).count();
+                last_lr = lr;
             }
             let (val_loss, val_accuracy) = self.validate(val)?;
             let rec = Epoch {
@@ -99,6 +89,7 @@ impl Trainer {
                 accuracy: correct as f64 / n as f64,
                 val_loss,
                 val_accuracy,
+                lr: last_lr,
                 seconds: t.elapsed().as_secs_f64(),
             };
             self.sync(&mut fs.optim)?;
@@ -113,6 +104,43 @@ impl Trainer {
         // `params` holds the last epoch's values; the host copy is authoritative again.
         self.resident = None;
         Ok(fs.history)
+    }
+
+    /// Ready the trainer for steps with `cfg` from the optimizer state `state` (which parameters
+    /// decay, the parameters and slots on the device); the class weights of `labels`.
+    pub(super) fn begin(&mut self, cfg: &FitConfig, labels: &[usize], state: &State) -> Result<Option<Vec<f64>>> {
+        self.groups.decayed = self.params.iter().map(|p| cfg.weight_decay > 0.0 && p.ndim() >= 2).collect();
+        let class_weight = match &cfg.class_weight {
+            Some(c) => Some(c.weights(labels, self.n_classes)?),
+            None => None,
+        };
+        self.start(state)?;
+        Ok(class_weight)
+    }
+
+    /// One step on the samples `chunk` of `data` at the scheduled rate `lr`: their inputs, then
+    /// dropout masks, drawn from `rng` in that order; targets smoothed and weighted as `cfg`
+    /// says. Returns the batch loss and outputs.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn train_batch(
+        &mut self,
+        data: &dyn BatchSource,
+        chunk: &[usize],
+        cfg: &FitConfig,
+        class_weight: Option<&[f64]>,
+        lr: f64,
+        optim: &mut State,
+        rng: &mut rand_chacha::ChaCha8Rng,
+    ) -> Result<(f32, ArrayD<f32>)> {
+        let labels = data.labels();
+        let xb = data.batch(chunk, rng)?;
+        let lb: Vec<usize> = chunk.iter().map(|&i| labels[i]).collect();
+        let (y, weights) = self.targets(&lb, cfg, class_weight);
+        let batch = Batch { x: xb, y, weights, masks: self.draw_masks(chunk.len(), rng) };
+        let decay = (lr * cfg.weight_decay) as f32;
+        let out = self.step(batch, cfg.optimizer.step_lr(lr, optim.step + 1), decay)?;
+        optim.step += 1;
+        Ok(out)
     }
 
     /// A batch's training targets (label smoothing) and sample weights (class weights).

@@ -1,15 +1,18 @@
 //! The fit runtime: what runs compiled graphs to train a model. The [`Trainer`] (sessions,
 //! parameters, steps), its [`epochs`], the [`resident`] device buffers, the [`learner`] every
 //! training loop runs on (checkpoints, best and last models, early stopping as [`stopping`]
-//! strategies), [`checkpoint`]s, settings ([`config`]), [`schedule`]s, the fit [`state`], batch
-//! sources ([`data`]) and inference ([`predict`](mod@predict)). It takes its graphs from the compiler
-//! (`compile`, through `compile::lower`) and never builds graph nodes itself.
+//! strategies), the learning-rate range test ([`lr_find`]), [`checkpoint`]s, settings
+//! ([`config`]), [`schedule`]s, the fit [`state`], batch sources ([`data`]) and inference
+//! ([`predict`](mod@predict)). It takes its graphs from the compiler (`compile`, through
+//! `compile::lower`) and never builds graph nodes itself.
 
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod epochs;
 pub mod learner;
+pub mod lr_find;
+pub mod pacing;
 pub mod predict;
 pub mod resident;
 pub mod schedule;

@@ -44,6 +44,16 @@ impl EarlyStopping {
     pub fn stops(self, since_best: usize) -> bool {
         self.patience.is_some_and(|p| since_best >= p)
     }
+
+    /// Why a fit `since_best` epochs past its best epoch `best` stopped, in words.
+    pub fn why(self, best: &Epoch, since_best: usize) -> String {
+        format!(
+            "stopped: val_loss has not improved for {since_best} epoch{}; best epoch {} val_loss {:.4}",
+            if since_best == 1 { "" } else { "s" },
+            best.epoch,
+            best.val_loss
+        )
+    }
 }
 
 #[cfg(test)]
@@ -51,7 +61,7 @@ mod tests {
     use super::*;
 
     fn epoch(epoch: usize, val_loss: f64) -> Epoch {
-        Epoch { epoch, loss: 1.0, accuracy: 0.5, val_loss, val_accuracy: 0.5, seconds: 0.0 }
+        Epoch { epoch, loss: 1.0, accuracy: 0.5, val_loss, val_accuracy: 0.5, lr: 1e-3, seconds: 0.0 }
     }
 
     #[test]
@@ -89,5 +99,9 @@ mod tests {
         assert!(!two.stops(0) && !two.stops(1));
         assert!(two.stops(2) && two.stops(3));
         assert!(EarlyStopping { patience: Some(0) }.stops(0));
+        assert_eq!(
+            two.why(&epoch(4, 0.41234), 2),
+            "stopped: val_loss has not improved for 2 epochs; best epoch 4 val_loss 0.4123"
+        );
     }
 }
