@@ -462,4 +462,3 @@ choice_values!(
     crate::calibrate::Method,
     crate::runs::Balance,
 );
-

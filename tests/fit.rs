@@ -188,3 +188,22 @@ fn an_installed_tlearn_fits_and_predicts_in_a_folder_of_the_users() {
         "{out}"
     );
 }
+
+#[test]
+fn lr_auto_sweeps_once_and_the_final_fit_keeps_the_rate() {
+    let w = workdir();
+    let w = w.path();
+    setup(w, 12, false);
+    let out = ok("tlearn-fit", &fit_args("auto", &["--lr", "auto"]), w);
+    assert!(out.contains("deployable model"), "{out}");
+    let fit = w.join("runs/auto");
+    let tune = json(&fit.join("tune/run.json"));
+    let chosen = tune["config"]["lr_auto"]["lr"].as_f64().expect("the range test's choice is recorded");
+    let rate = |r: &serde_json::Value| r["config"]["fit"]["optimizer"]["lr"].as_f64().unwrap();
+    assert_eq!(rate(&tune), chosen);
+    assert_eq!(rate(&json(&fit.join("final/run.json"))), chosen, "the final fit trains at the chosen rate");
+    assert_eq!(json(&fit.join("fit.json"))["lr_auto"], true);
+    let model = bytes(&fit.join("model.onnx"));
+    ok("tlearn-fit", &fit_args("auto", &["--lr", "auto"]), w);
+    assert_eq!(bytes(&fit.join("model.onnx")), model, "a rerun keeps the first choice");
+}

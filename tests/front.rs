@@ -7,7 +7,7 @@
 mod common;
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 /// The onnxruntime wheel `make setup` caches, if this checkout has it.
 fn cached_wheel() -> Option<PathBuf> {

@@ -41,9 +41,10 @@ struct Args {
     patience: usize,
     #[arg(long, default_value_t = 16)]
     batch: usize,
-    /// Adam's learning rate for the whole net (cosine decay over the epochs).
-    #[arg(long, default_value_t = 1e-4)]
-    lr: f64,
+    /// Adam's learning rate for the whole net (cosine decay over the epochs), or `auto`: the
+    /// learning-rate range test on the warm start chooses it (the final fit keeps it).
+    #[arg(long, default_value_t = tlearn::cli::Lr::Given(1e-4))]
+    lr: tlearn::cli::Lr,
     /// The images have no orientation (cells, tissue, satellite tiles): train with random flips
     /// and average the flipped views at test time and in the deployable model.
     #[arg(long)]
@@ -96,7 +97,8 @@ fn run(a: Args) -> Result<()> {
         epochs: a.epochs,
         patience: a.patience,
         batch: a.batch,
-        lr: a.lr,
+        lr: a.lr.or(1e-4),
+        lr_auto: matches!(a.lr, tlearn::cli::Lr::Auto),
         flips: a.flips,
         balance: a.balance,
         final_fit: !a.no_final_fit,

@@ -193,6 +193,24 @@ pub(super) fn tune_config(
     })
 }
 
+/// `--lr auto` on the validated fine-tune: `cfg` at the rate the range test on the warm start
+/// suggests (its first start's choice when it continues).
+pub(super) fn auto_lr(cfg: FinetuneConfig, job: &FitJob, sink: &dyn Sink) -> Result<FinetuneConfig> {
+    if !job.settings.lr_auto {
+        return Ok(cfg);
+    }
+    let sweep = crate::train::lr_find::Sweep::default().check()?;
+    finetune::choose_lr(&cfg, &sweep, sink)
+}
+
+/// The final fit at the rate the validated fine-tune trained at.
+pub(super) fn same_lr(mut cfg: FinetuneConfig, tuned: &FinetuneRecord) -> Result<FinetuneConfig> {
+    let mut fit = (*cfg.fit).clone();
+    fit.optimizer = crate::train::lr_find::with_lr(&fit.optimizer, tuned.config.fit.optimizer.lr());
+    cfg.fit = fit.check()?;
+    Ok(cfg)
+}
+
 /// The fine-tune `cfg` describes, unless one of exactly these settings finished already.
 pub(super) fn tune(cfg: &FinetuneConfig, which: Tune, sink: &dyn Sink) -> Result<FinetuneRecord> {
     if let Some(done) = tune_done(cfg)? {

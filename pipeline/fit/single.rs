@@ -22,11 +22,13 @@ pub(super) fn one(job: &FitJob, split: &Path, (dir, reports): (&Path, &Path), si
     let warm = phases::head(job, &features, dir, &cw, sink)?;
     let on = (warm.as_path(), split, dir);
     let validated = Tune::Validated { epochs: s.epochs };
-    let tuned = phases::tune(&phases::tune_config(job, on, &cw, validated)?, validated, sink)?;
+    let cfg = phases::auto_lr(phases::tune_config(job, on, &cw, validated)?, job, sink)?;
+    let tuned = phases::tune(&cfg, validated, sink)?;
     let best = phases::best_epoch(&tuned)?;
     let model_run = if s.final_fit {
         let last = Tune::Final { epochs: best };
-        phases::tune(&phases::tune_config(job, on, &cw, last)?, last, sink)?;
+        let cfg = phases::same_lr(phases::tune_config(job, on, &cw, last)?, &tuned)?;
+        phases::tune(&cfg, last, sink)?;
         FINAL_RUN
     } else {
         TUNE_RUN

@@ -71,6 +71,10 @@ pub struct FitSettings {
     pub patience: usize,
     pub batch: usize,
     pub lr: f64,
+    /// `--lr auto`: the learning-rate range test chooses the fine-tune's rate (`lr` unused); the
+    /// final fit trains at the rate it chose.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lr_auto: bool,
     /// The images have no orientation: train with random flips and average the flipped views.
     pub flips: bool,
     pub balance: Balance,
