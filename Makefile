@@ -190,7 +190,8 @@ compare: setup ## pipeline: every HEADS on every BACKBONES' DATASET features at 
 
 FIT_ARGS ?=
 fit: setup | $(BINS) ## pipeline: `tlearn fit DATA --run RUN` on your own images (class folders, Kaggle flat or split; FIT_ARGS adds options): split, backbone, features, head, fine-tune, final fit, report → runs/RUN/model.onnx
-	@test -n "$(DATA)" || { echo "give DATA=DIR (one folder per class, or a split dataset) and RUN=NAME" >&2; exit 2; }
+	@test -n "$(DATA)" -a "$(origin RUN)" != file || \
+	  { echo "give DATA=DIR (one folder per class, or a split dataset) and RUN=NAME" >&2; exit 2; }
 	$(BIN)/tlearn-fit $(DATA) --run $(RUN) --device $(DEVICE) $(FIT_ARGS)
 
 demo: setup ## pipeline: the whole pipeline on ELPV with VGG16 at 150×150 (fetches ~150 MB once)
