@@ -63,8 +63,16 @@ fn a_fit_from_class_folders_makes_a_model_that_every_stage_takes() {
     assert_eq!(scored.lines().count(), 17, "{scored}");
     // The same command again: every phase is done, nothing changes.
     let model = bytes(&fit.join("model.onnx"));
+    let page = || std::fs::metadata(w.join("reports/toy/index.html")).unwrap().modified().unwrap();
+    let written = page();
     ok("tlearn-fit", &fit_args("toy", &[]), w);
     assert_eq!(bytes(&fit.join("model.onnx")), model);
+    assert_eq!(page(), written, "the report of the same model on the same images is kept");
+    // A test image more: the model stays, its report is made again.
+    std::fs::copy(w.join("raw/cat/cat_0.png"), fit.join("data/test/cat/extra.png")).unwrap();
+    ok("tlearn-fit", &fit_args("toy", &[]), w);
+    assert_eq!(bytes(&fit.join("model.onnx")), model);
+    assert_eq!(json(&w.join("reports/toy/metrics.json"))["n_test"].as_u64(), Some(9));
 }
 
 #[test]

@@ -90,7 +90,7 @@ fn evaluate(
     let mut run = Run::open(model_dir)?;
     run.name = crate::runs::name_of(dir);
     run.fit = Some(record.clone());
-    if let Some(m) = evaluated(&run, reports) {
+    if let Some(m) = evaluated(&run, reports).filter(|_| same_images(reports, split)) {
         return Ok(Some(m));
     }
     let explain = (job.explain > 0).then(|| crate::evaluate::Explain {
@@ -101,6 +101,20 @@ fn evaluate(
     let opts = PredictOptions { session: job.session.clone(), max_memory: job.max_memory };
     let e = crate::evaluate::run(&run, ("test", None), reports, &opts, explain.as_ref(), sink)?;
     Ok(Some(e.metrics))
+}
+
+/// Does the report in `reports` list exactly the images now in the split's `test/`?
+fn same_images(reports: &Path, split: &Path) -> bool {
+    let Ok((_, items, _)) = crate::dataset::list_split(split, "test") else { return false };
+    let Ok(mut r) = csv::Reader::from_path(reports.join("predictions.csv")) else { return false };
+    let mut listed: Vec<String> = r
+        .records()
+        .filter_map(|rec| rec.ok().and_then(|rec| rec.get(0).map(|p| crate::fsutil::csv_uncell(p).to_string())))
+        .collect();
+    let mut now: Vec<String> = items.iter().map(|it| crate::fsutil::path_text(&it.path)).collect();
+    listed.sort();
+    now.sort();
+    listed == now
 }
 
 /// The metrics of a finished report in `reports` of exactly this run's model on test.
