@@ -424,6 +424,32 @@ pub fn byte_size(s: &str) -> Result<u64, String> {
     }
 }
 
+/// clap value parser for durations: a number with s, m or h, or several (`20m`, `1h30m`, `90s`;
+/// a bare number is minutes); returns seconds.
+pub fn duration(s: &str) -> Result<f64, String> {
+    let bad = || format!("`{s}`: give a duration such as 20m, 1h30m or 90s");
+    let t = s.trim();
+    if let Ok(minutes) = t.parse::<f64>() {
+        return (minutes > 0.0 && minutes.is_finite()).then_some(minutes * 60.0).ok_or_else(bad);
+    }
+    let (mut total, mut num) = (0.0, String::new());
+    for c in t.chars() {
+        let unit = match c {
+            'h' => 3600.0,
+            'm' => 60.0,
+            's' => 1.0,
+            c if c.is_ascii_digit() || c == '.' => {
+                num.push(c);
+                continue;
+            }
+            _ => return Err(bad()),
+        };
+        total += num.parse::<f64>().map_err(|_| bad())? * unit;
+        num.clear();
+    }
+    (num.is_empty() && total > 0.0 && total.is_finite()).then_some(total).ok_or_else(bad)
+}
+
 /// Command-line values for the library's choices: each [`Choice`]'s names and help, as clap
 /// offers and parses them (the library itself knows no argument parser).
 macro_rules! choice_values {
@@ -462,3 +488,17 @@ choice_values!(
     crate::calibrate::Method,
     crate::runs::Balance,
 );
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_read_as_seconds() {
+        assert_eq!(super::duration("20m"), Ok(1200.0));
+        assert_eq!(super::duration("1h30m"), Ok(5400.0));
+        assert_eq!(super::duration("90s"), Ok(90.0));
+        assert_eq!(super::duration("15"), Ok(900.0));
+        for bad in ["", "0", "m", "20x", "1h30", "-5m"] {
+            assert!(super::duration(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -103,6 +103,33 @@ pub fn render(page: &Page) -> String {
     h + "</body></html>\n"
 }
 
+/// A table cell: its text, and the page it links to (relative), if any.
+pub struct Cell {
+    pub text: String,
+    pub link: Option<String>,
+}
+
+/// A self-contained page of one table under `title`, `intro` above it (plain text).
+pub fn table_page(title: &str, intro: &str, header: &[&str], rows: &[Vec<Cell>]) -> String {
+    let mut h = head(title);
+    h += &format!("<p>{}</p>\n<table>\n<tr>", esc(intro));
+    for c in header {
+        h += &format!("<th>{}</th>", esc(c));
+    }
+    h += "</tr>\n";
+    for row in rows {
+        h += "<tr>";
+        for c in row {
+            h += &match &c.link {
+                Some(l) => format!("<td><a href=\"{}\">{}</a></td>", esc(l), esc(&c.text)),
+                None => format!("<td>{}</td>", esc(&c.text)),
+            };
+        }
+        h += "</tr>\n";
+    }
+    h + "</table>\n</body></html>\n"
+}
+
 fn head(title: &str) -> String {
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title>\n<style>\

@@ -128,6 +128,9 @@ fn k_fold_tests_every_image_once_and_tables_the_folds() {
     let table = std::fs::read_to_string(w.join("reports/cv/folds.md")).unwrap();
     assert_eq!(table.lines().filter(|l| l.starts_with("| ") && !l.contains("fold |")).count(), 4, "{table}");
     assert!(table.contains("**mean ± sd** | 18 |"), "{table}");
+    let page = std::fs::read_to_string(w.join("reports/cv/index.html")).unwrap();
+    assert!(page.contains("<a href=\"fold-2/index.html\">fold 2</a>") && page.contains("mean ± sd"), "{page}");
+    assert!(w.join("reports/cv/fold-2/index.html").is_file(), "the page links each fold's own report");
     let mut tested = vec![];
     for k in 1..=3 {
         let preds = std::fs::read_to_string(w.join(format!("reports/cv/fold-{k}/predictions.csv"))).unwrap();

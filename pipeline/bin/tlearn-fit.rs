@@ -70,6 +70,11 @@ struct Args {
     /// Epochs of the warm-start head on pooled features.
     #[arg(long, default_value_t = 30)]
     head_epochs: usize,
+    /// The time the whole fit may take (e.g. 20m, 1h30m): the fine-tune's most epochs are
+    /// planned from a measured training step to end within it (with --folds, each fold gets its
+    /// share); the plan and its ETA are printed before the fine-tune.
+    #[arg(long, value_parser = tlearn::cli::duration)]
+    budget: Option<f64>,
     /// Delete what an earlier fit of this name wrote and start over (by default the same command
     /// continues where it stopped, and other settings are refused).
     #[arg(long)]
@@ -107,6 +112,7 @@ fn run(a: Args) -> Result<()> {
         validation: a.validation,
         seed: a.seed,
         head_epochs: a.head_epochs,
+        budget: a.budget,
     }
     .check()?;
     let job = tlearn::fit::FitJob {

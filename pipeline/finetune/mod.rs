@@ -17,6 +17,7 @@ use crate::train::{BatchSource, Trainer};
 
 mod lr;
 mod model;
+mod timing;
 
 pub use crate::runs::finetune::{default_max_memory, FinetuneConfig, FinetuneRecord, TrunkInfo};
 use crate::runs::finetune::{load_set, memory_budget};
@@ -35,6 +36,7 @@ pub use crate::train::learner::{BEST, LAST};
 pub use lr::{choose_lr, lr_find};
 use model::{check_class_names, check_trainable, open_model, trainable_fn};
 pub use model::{default_rescale, input_shape, matches, own_rescale};
+pub use timing::{measure, Cost};
 
 /// The settings a checkpoint must share to be continued: the config minus `epochs`, plus a
 /// fingerprint of the training and validation images (paths and labels).

@@ -37,6 +37,8 @@ pub(super) fn run(job: &FitJob, k: usize, sink: &dyn Sink) -> Result<Fitted> {
     let table = render(&scores);
     std::fs::create_dir_all(&job.reports).map_err(|e| crate::error::Error::Io { path: job.reports.clone(), err: e })?;
     fsutil::write_bytes_atomic(&job.reports.join(TABLE), table.as_bytes())?;
+    let page = page(&crate::runs::name_of(&job.run_dir), k, &scores);
+    fsutil::write_bytes_atomic(&job.reports.join("index.html"), page.as_bytes())?;
     sink.note(&table);
     let record = FitRecord {
         settings: (*job.settings).clone(),
@@ -45,6 +47,7 @@ pub(super) fn run(job: &FitJob, k: usize, sink: &dyn Sink) -> Result<Fitted> {
         balance: String::new(),
         best_epoch: None,
         folds: scores,
+        plan: None,
         seconds: t.elapsed().as_secs_f64(),
         tlearn_version: env!("CARGO_PKG_VERSION").into(),
     };
@@ -100,18 +103,47 @@ pub fn render(scores: &[FoldScore]) -> String {
             cell(f.roc_auc)
         );
     }
+    let (n, [acc, f1, auc]) = summary(scores);
+    s += &format!("| **mean ± sd** | {n} | {acc} | {f1} | {auc} |\n");
+    s
+}
+
+/// The images tested, and accuracy, macro-F1 and ROC-AUC as mean ± sample sd across folds.
+fn summary(scores: &[FoldScore]) -> (usize, [String; 3]) {
     let col = |get: &dyn Fn(&FoldScore) -> Option<f64>| {
         let v: Vec<f64> = scores.iter().filter_map(get).collect();
         mean_sd(&v).map(|(m, sd)| format!("{m:.4} ± {sd:.4}")).unwrap_or_else(|| "—".into())
     };
-    let n: usize = scores.iter().map(|f| f.test_images).sum();
-    s += &format!(
-        "| **mean ± sd** | {n} | {} | {} | {} |\n",
-        col(&|f| Some(f.accuracy)),
-        col(&|f| Some(f.macro_f1)),
-        col(&|f| f.roc_auc)
+    let n = scores.iter().map(|f| f.test_images).sum();
+    (n, [col(&|f| Some(f.accuracy)), col(&|f| Some(f.macro_f1)), col(&|f| f.roc_auc)])
+}
+
+/// The folds' table as the K-fold run's `index.html`, each fold linked to its own report.
+fn page(name: &str, k: usize, scores: &[FoldScore]) -> String {
+    use crate::report::Cell;
+    let cell = |text: String| Cell { text, link: None };
+    let num = |v: Option<f64>| cell(v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "—".into()));
+    let mut rows: Vec<Vec<Cell>> = scores
+        .iter()
+        .map(|f| {
+            let link = Some(format!("fold-{}/index.html", f.fold));
+            vec![
+                Cell { text: format!("fold {}", f.fold), link },
+                cell(f.test_images.to_string()),
+                num(Some(f.accuracy)),
+                num(Some(f.macro_f1)),
+                num(f.roc_auc),
+            ]
+        })
+        .collect();
+    let (n, [acc, f1, auc]) = summary(scores);
+    rows.push(vec![cell("mean ± sd".into()), cell(n.to_string()), cell(acc), cell(f1), cell(auc)]);
+    let intro = format!(
+        "{k}-fold cross-validation: each fold's model trained and validated on the other folds' images and tested \
+         on its own; every image tested once. The sd is the sample standard deviation across folds."
     );
-    s
+    let header = ["fold", "test images", "accuracy", "macro-F1", "ROC-AUC"];
+    crate::report::table_page(&format!("{name}: {k}-fold cross-validation"), &intro, &header, &rows)
 }
 
 /// Mean and sample standard deviation (0 for one value); None for none.

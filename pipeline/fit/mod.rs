@@ -5,6 +5,7 @@
 //! folder (`runs/<name>/`), so a killed fit continues where it stopped; `--folds K` runs the
 //! recipe once per fold.
 
+mod budget;
 mod folds;
 mod job;
 mod phases;
@@ -15,6 +16,7 @@ use crate::error::Result;
 use crate::progress::Sink;
 use std::path::Path;
 
+pub use budget::{plan, Costs};
 pub use folds::TABLE as FOLDS_TABLE;
 pub use job::{FitJob, Fitted};
 pub use start::settings_changes;

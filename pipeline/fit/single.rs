@@ -1,5 +1,6 @@
 //! One fit of a split dataset: the phases in order, the test report, the record.
 
+use super::budget;
 use super::job::{FitJob, Fitted};
 use super::phases::{self, Tune};
 use crate::error::{Error, Result};
@@ -23,6 +24,8 @@ pub(super) fn one(job: &FitJob, split: &Path, (dir, reports): (&Path, &Path), si
     let on = (warm.as_path(), split, dir);
     let validated = Tune::Validated { epochs: s.epochs };
     let cfg = phases::auto_lr(phases::tune_config(job, on, &cw, validated)?, job, sink)?;
+    let (cfg, plan) = budget::planned(job, cfg, (split, dir), t, sink)?;
+    let validated = Tune::Validated { epochs: cfg.fit.epochs };
     let tuned = phases::tune(&cfg, validated, sink)?;
     let best = phases::best_epoch(&tuned)?;
     let model_run = if s.final_fit {
@@ -42,6 +45,7 @@ pub(super) fn one(job: &FitJob, split: &Path, (dir, reports): (&Path, &Path), si
         balance,
         best_epoch: Some(best),
         folds: vec![],
+        plan,
         seconds: t.elapsed().as_secs_f64(),
         tlearn_version: env!("CARGO_PKG_VERSION").into(),
     };

@@ -5,7 +5,7 @@
 use super::job::FitJob;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
-use crate::runs::fit::{FitSettings, FEATURES, FINAL_RUN, HEAD_RUN, SETTINGS, SPLIT, TUNE_RUN};
+use crate::runs::fit::{FitSettings, FEATURES, FINAL_RUN, HEAD_RUN, PLAN, SETTINGS, SPLIT, TUNE_RUN};
 use std::path::Path;
 
 /// What a fit writes in its folder besides the fold folders (`fold-<k>`).
@@ -79,7 +79,7 @@ fn foreign_entry(dir: &Path) -> Result<Option<std::path::PathBuf>> {
 
 /// Is `name` an entry a fit writes in its folder?
 fn is_written(name: &str) -> bool {
-    let files = [SETTINGS, crate::runs::RECORD, crate::runs::MODEL];
+    let files = [SETTINGS, PLAN, crate::runs::RECORD, crate::runs::MODEL];
     WRITTEN.contains(&name)
         || files.contains(&name)
         || name == format!("{}.json", crate::runs::MODEL)

@@ -17,6 +17,8 @@ pub const TUNE_RUN: &str = "tune";
 pub const FINAL_RUN: &str = "final";
 /// The settings a fit was started with (written first; a rerun must match them).
 pub const SETTINGS: &str = "fit.json";
+/// `--budget`'s plan, made once.
+pub const PLAN: &str = "plan.json";
 
 /// When to weight the classes' losses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +91,10 @@ pub struct FitSettings {
     pub seed: u64,
     /// Epochs of the warm-start head on pooled features.
     pub head_epochs: usize,
+    /// `--budget`: seconds the whole fit may take (each fold its share); the fine-tune's length
+    /// is planned from a measured step to end within it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<f64>,
 }
 
 impl ParamGuard for FitSettings {
@@ -110,11 +116,57 @@ impl ParamGuard for FitSettings {
         if !(0.0..1.0).contains(&self.test) || !(0.0..1.0).contains(&self.validation) {
             return bad("test", format!("{}/{}", self.test, self.validation), "fractions must be in [0, 1)");
         }
+        if let Some(b) = self.budget.filter(|b| !(*b > 0.0 && b.is_finite())) {
+            return bad("budget", b.to_string(), "give a positive duration, e.g. 20m");
+        }
         if self.validation == 0.0 {
             return bad("validation", "0".into(), "the fit chooses its length on validation images: give > 0");
         }
         Ok(())
     }
+}
+
+/// A fit's length planned for its `--budget` (kept as `plan.json` in the fit's folder, so a
+/// killed fit continues with the same plan).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The validated fine-tune's most epochs (the final fit runs at most as many).
+    pub epochs: usize,
+    /// The seconds planned for (the fit's budget, or a fold's share of it).
+    pub budget_seconds: f64,
+    /// Seconds spent before the plan (split, features, warm start, the measurement).
+    pub spent_seconds: f64,
+    /// The planned end, counted from the start, were every epoch run.
+    pub eta_seconds: f64,
+    /// A validated epoch's planned seconds (its steps, validation and writes).
+    pub epoch_seconds: f64,
+    pub step_seconds: f64,
+    pub predict_seconds: f64,
+}
+
+impl Plan {
+    /// One line for the log and the report.
+    pub fn describe(&self) -> String {
+        format!(
+            "budget {}: up to {} epochs of ≈ {:.1} s ({:.3} s per training step, {:.4} s per image predicted, \
+             measured); the fit should end within {} of its start ({:.0} s spent before the plan)",
+            minutes(self.budget_seconds),
+            self.epochs,
+            self.epoch_seconds,
+            self.step_seconds,
+            self.predict_seconds,
+            minutes(self.eta_seconds),
+            self.spent_seconds
+        )
+    }
+}
+
+/// `12m`, rounded up to whole minutes (`45s` under a minute).
+pub fn minutes(seconds: f64) -> String {
+    if seconds < 60.0 {
+        return format!("{}s", seconds.ceil().max(1.0) as u64);
+    }
+    format!("{}m", (seconds / 60.0).ceil() as u64)
 }
 
 /// One fold's test numbers.
@@ -144,6 +196,9 @@ pub struct FitRecord {
     pub best_epoch: Option<usize>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub folds: Vec<FoldScore>,
+    /// `--budget`: the plan the fine-tune's length came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
     pub seconds: f64,
     pub tlearn_version: String,
 }

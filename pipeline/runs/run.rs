@@ -159,6 +159,7 @@ impl Run {
                 "best_epoch": f.best_epoch,
                 "final_fit": f.settings.final_fit,
                 "balance": f.balance,
+                "budget": f.plan.as_ref().map(|p| p.describe()),
             });
         }
         v

@@ -15,7 +15,7 @@ pub mod fit;
 
 pub use compile as graph;
 pub use compile::{is_frozen, nchwc, poolconv, FROZEN};
-pub use fit::{checkpoint, learner, lr_find, pacing, resident};
+pub use fit::{checkpoint, learner, lr_find, pacing, resident, timing};
 pub use fit::{
     label_tensor, predict, smoothed_labels, Batch, BatchSource, ClassWeight, FitConfig, FitState, InMemory, Predictor,
     Trainer,

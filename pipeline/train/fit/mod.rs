@@ -1,7 +1,7 @@
 //! The fit runtime: what runs compiled graphs to train a model. The [`Trainer`] (sessions,
 //! parameters, steps), its [`epochs`], the [`resident`] device buffers, the [`learner`] every
 //! training loop runs on (checkpoints, best and last models, early stopping as [`stopping`]
-//! strategies), the learning-rate range test ([`lr_find`]), [`checkpoint`]s, settings
+//! strategies), the learning-rate range test ([`lr_find`]), step [`timing`], [`checkpoint`]s, settings
 //! ([`config`]), [`schedule`]s, the fit [`state`], batch sources ([`data`]) and inference
 //! ([`predict`](mod@predict)). It takes its graphs from the compiler (`compile`, through
 //! `compile::lower`) and never builds graph nodes itself.
@@ -18,6 +18,7 @@ pub mod resident;
 pub mod schedule;
 pub mod state;
 pub mod stopping;
+pub mod timing;
 pub mod trainer;
 
 pub use config::{ClassWeight, FitConfig};

@@ -1,0 +1,221 @@
+//! `tlearn fit --budget 20m`: the fine-tune's length planned from a measured training step so the
+//! whole fit ends within the time given. The plan is made once, after the warm start, and kept in
+//! the fit's folder (`plan.json`): a killed fit continues with the same plan, so to the same bytes.
+
+use super::job::FitJob;
+use crate::error::{Error, IoContext, Result};
+use crate::finetune::FinetuneConfig;
+use crate::fsutil;
+use crate::params::ParamGuard;
+use crate::progress::Sink;
+pub use crate::runs::fit::Plan;
+use crate::runs::fit::{minutes, PLAN};
+use std::path::Path;
+
+/// The share of the budget the plan fills: the rest absorbs what the measurement misses (a
+/// slower epoch, the records, the report).
+const FILL: f64 = 0.9;
+
+/// What the plan is made from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Costs {
+    /// Seconds of one training step of `batch` images at the fit's size, measured.
+    pub step: f64,
+    /// Seconds to predict one image (one view), measured.
+    pub predict: f64,
+    /// Seconds an epoch costs besides its steps and validation: the device copy synced, the
+    /// models, checkpoint and history written.
+    pub between: f64,
+    /// Seconds each fine-tune and the evaluation pay before their first step: decoding the
+    /// images, building the sessions (measured as the measurement paid them).
+    pub setup: f64,
+    pub batch: usize,
+    pub train: usize,
+    pub validation: usize,
+    pub test: usize,
+    /// Views averaged at test time (1 without flips).
+    pub views: usize,
+    /// Grad-CAM overlays in the report (each a forward and backward pass of one image).
+    pub explain: usize,
+    pub final_fit: bool,
+}
+
+impl Costs {
+    /// Checkpoints take at most this share of a fit's time on top of its epochs.
+    const CHECKPOINTS: f64 = 1.0 + crate::train::pacing::SHARE;
+
+    fn tune_epoch(&self) -> f64 {
+        let steps = self.train.div_ceil(self.batch) as f64 * self.step;
+        (steps + self.validation as f64 * self.predict + self.between) * Self::CHECKPOINTS
+    }
+
+    fn final_epoch(&self) -> f64 {
+        if self.final_fit {
+            let steps = (self.train + self.validation).div_ceil(self.batch) as f64 * self.step;
+            (steps + self.between) * Self::CHECKPOINTS
+        } else {
+            0.0
+        }
+    }
+
+    /// What does not grow with the epochs: each phase's set-up and the test report.
+    fn fixed(&self) -> f64 {
+        let phases = if self.final_fit { 3.0 } else { 2.0 };
+        let per_image = self.step / self.batch as f64;
+        phases * self.setup + (self.test * self.views) as f64 * self.predict + self.explain as f64 * per_image
+    }
+}
+
+/// The most epochs (≤ `cap`) whose validated fine-tune, final fit (as long at most) and test
+/// evaluation end within `budget` seconds, `spent` of them gone; an error when not even one
+/// epoch fits, saying what would.
+pub fn plan(costs: &Costs, budget: f64, spent: f64, cap: usize) -> Result<Plan> {
+    let per_epoch = costs.tune_epoch() + costs.final_epoch();
+    let left = budget * FILL - spent - costs.fixed();
+    let fits = if per_epoch > 0.0 { (left / per_epoch).floor().max(0.0) as usize } else { cap };
+    let epochs = fits.min(cap);
+    if epochs == 0 {
+        let need = (spent + costs.fixed() + per_epoch) / FILL;
+        return Err(Error::Param {
+            name: "budget",
+            value: minutes(budget),
+            reason: format!(
+                "leaves no time for one epoch: {spent:.0} s went to the split, features and warm start, one \
+                 epoch takes ≈ {per_epoch:.0} s here ({:.2} s per step of {} images) and the phases' set-up \
+                 and the test report ≈ {:.0} s; give --budget {} or more, or a smaller --size (a step's time \
+                 grows with the image's area)",
+                costs.step,
+                costs.batch,
+                costs.fixed(),
+                minutes(need)
+            ),
+        });
+    }
+    Ok(Plan {
+        epochs,
+        budget_seconds: budget,
+        spent_seconds: spent,
+        eta_seconds: spent + costs.fixed() + epochs as f64 * per_epoch,
+        epoch_seconds: costs.tune_epoch(),
+        step_seconds: costs.step,
+        predict_seconds: costs.predict,
+    })
+}
+
+/// `--budget`: `cfg` (the validated fine-tune) with its most epochs planned so the fit ends
+/// within the budget (a fold within its share), counted from `started`; the plan made once and
+/// kept in `dir/plan.json`. `cfg` is returned unchanged without a budget.
+pub(super) fn planned(
+    job: &FitJob,
+    cfg: FinetuneConfig,
+    (split, dir): (&Path, &Path),
+    started: std::time::Instant,
+    sink: &dyn Sink,
+) -> Result<(FinetuneConfig, Option<Plan>)> {
+    let s = &job.settings;
+    let Some(total) = s.budget else { return Ok((cfg, None)) };
+    let budget = total / s.folds.unwrap_or(1) as f64;
+    let path = dir.join(PLAN);
+    let kept = match path.is_file() {
+        true => Some(fsutil::read_json::<Plan>(&path)?).filter(|p| p.budget_seconds == budget),
+        false => None,
+    };
+    let plan = match kept {
+        Some(p) => p,
+        None => {
+            sink.note(&format!(
+                "budget {}: timing the fine-tune's epochs at {} px on a few batches",
+                minutes(budget),
+                s.size
+            ));
+            // The rehearsal's files go to a folder of its own that removes itself.
+            let scratch = tempfile::Builder::new().prefix(".rehearsal.").tempdir_in(dir).at(dir)?;
+            let cost = crate::finetune::measure(&cfg, scratch.path(), sink)?;
+            drop(scratch);
+            let spent = started.elapsed().as_secs_f64();
+            let costs = Costs {
+                step: cost.times.step,
+                predict: cost.times.predict,
+                between: cost.times.between,
+                setup: cost.setup,
+                batch: s.batch,
+                train: count(split, "train")?,
+                validation: count(split, "validation")?,
+                test: count(split, "test")?,
+                views: if s.flips { 4 } else { 1 },
+                explain: job.explain,
+                final_fit: s.final_fit,
+            };
+            let p = plan(&costs, budget, spent, s.epochs)?;
+            fsutil::write_json(&path, &p)?;
+            p
+        }
+    };
+    sink.note(&plan.describe());
+    let mut fit = (*cfg.fit).clone();
+    fit.epochs = plan.epochs;
+    Ok((FinetuneConfig { fit: fit.check()?, ..cfg }, Some(plan)))
+}
+
+/// Images in the split's `part` (0 when it has none).
+fn count(split: &Path, part: &str) -> Result<usize> {
+    if !split.join(part).is_dir() {
+        return Ok(0);
+    }
+    Ok(crate::dataset::list_split(split, part)?.1.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn costs() -> Costs {
+        Costs {
+            step: 1.0,
+            predict: 0.1,
+            between: 0.0,
+            setup: 0.0,
+            batch: 10,
+            train: 100,
+            validation: 20,
+            test: 30,
+            views: 1,
+            explain: 0,
+            final_fit: true,
+        }
+    }
+
+    #[test]
+    fn the_plan_fills_the_budget_with_whole_epochs() {
+        // An epoch: 10 steps + 20 predictions = 12 s validated, 12 steps final: 24 s, and a tenth
+        // more for checkpoints; the test 3 s.
+        let epoch = 24.0 * Costs::CHECKPOINTS;
+        let p = plan(&costs(), 300.0, 20.0, 50).unwrap();
+        assert_eq!(p.epochs, ((300.0 * FILL - 20.0 - 3.0) / epoch).floor() as usize);
+        assert!(p.eta_seconds <= 300.0 * FILL && p.eta_seconds + epoch > 300.0 * FILL);
+        assert_eq!(plan(&costs(), 300.0, 20.0, 4).unwrap().epochs, 4, "the cap holds");
+        let no_final = Costs { final_fit: false, ..costs() };
+        assert!(plan(&no_final, 300.0, 20.0, 50).unwrap().epochs > p.epochs);
+    }
+
+    #[test]
+    fn set_up_and_the_report_come_off_the_top() {
+        let p = plan(&costs(), 300.0, 20.0, 50).unwrap();
+        // Three phases' set-up of 9 s and 4 Grad-CAM images of 0.1 s each: 27.4 s, one epoch.
+        let slow = Costs { setup: 9.0, explain: 4, ..costs() };
+        assert_eq!(plan(&slow, 300.0, 20.0, 50).unwrap().epochs, p.epochs - 1);
+        let saving = Costs { between: 2.0, ..costs() };
+        assert!(plan(&saving, 300.0, 20.0, 50).unwrap().epochs < p.epochs, "2 s of writes an epoch");
+        let flips = Costs { views: 4, ..costs() };
+        assert!(plan(&flips, 300.0, 20.0, 50).unwrap().eta_seconds > p.eta_seconds);
+    }
+
+    #[test]
+    fn a_budget_too_small_for_one_epoch_says_what_would_do() {
+        let e = plan(&costs(), 40.0, 20.0, 50).unwrap_err().to_string();
+        // (20 + 3 + 26.4) / 0.9 = 54.9 s
+        assert!(e.contains("--budget 55s") && e.contains("smaller --size"), "{e}");
+        let p = plan(&costs(), 55.0, 20.0, 50).unwrap();
+        assert_eq!(p.epochs, 1, "the budget it names fits one epoch");
+    }
+}
