@@ -24,6 +24,10 @@ fn a_budget_plans_the_length_from_a_measured_step_and_the_fit_ends_within_it() {
     let w = workdir();
     let w = w.path();
     setup(w);
+    // Too little time for one epoch: what would do; the same fit then continues with more.
+    let err = fails("tlearn-fit", &args("timed", "0.1s"), w);
+    assert!(err.contains("leaves no time for one epoch") && err.contains("rerun with --budget"), "{err}");
+    assert!(!w.join("runs/timed/plan.json").exists());
     let t = std::time::Instant::now();
     let o = run("tlearn-fit", &args("timed", "20s"), w);
     let took = t.elapsed().as_secs_f64();
@@ -34,7 +38,8 @@ fn a_budget_plans_the_length_from_a_measured_step_and_the_fit_ends_within_it() {
     let epochs = plan["epochs"].as_u64().unwrap();
     assert!(took <= 20.0, "the fit took {took:.1} s of its 20 s budget; the plan: {plan}\n{log}");
     assert!((1..1000).contains(&epochs), "the budget, not the cap, set the length: {plan}");
-    assert!(log.contains(&format!("budget 20s: up to {epochs} epochs")) && log.contains("should end within"), "{log}");
+    assert!(log.contains(&format!("budget 20s: up to {epochs} epochs")), "{log}");
+    assert!(log.contains("planned to end within"), "{log}");
     assert_eq!(json(&fit.join("tune/run.json"))["epochs_run"].as_u64(), Some(epochs));
     assert_eq!(json(&fit.join("run.json"))["plan"], plan);
     let report = json(&w.join("reports/timed/metrics.json"));
@@ -48,7 +53,9 @@ fn a_budget_plans_the_length_from_a_measured_step_and_the_fit_ends_within_it() {
     assert_eq!(std::fs::read(cut.join("plan.json")).unwrap(), planned, "the plan is made once");
     let n = json(&cut.join("plan.json"))["epochs"].as_u64();
     assert_eq!(json(&cut.join("tune/run.json"))["epochs_run"].as_u64(), n);
-    // Too little time for one epoch: what would do.
-    let err = fails("tlearn-fit", &args("short", "0.1s"), w);
-    assert!(err.contains("leaves no time for one epoch") && err.contains("--budget"), "{err}");
+    // Once planned, the budget is a setting like any other.
+    let err = fails("tlearn-fit", &args("cut", "30s"), w);
+    assert!(err.contains("budget: 20.0 → 30.0") && err.contains("--restart"), "{err}");
+    let names = std::fs::read_dir(&cut).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap());
+    assert!(names.filter(|n| n.starts_with(".rehearsal")).count() == 0, "the rehearsal's folder is gone");
 }

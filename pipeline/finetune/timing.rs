@@ -12,8 +12,8 @@ use std::path::Path;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Cost {
     pub times: StepTimes,
-    /// Seconds to open the model, decode the images and build the sessions: what each
-    /// fine-tune pays before its first step.
+    /// Seconds to open the model, decode the images, build the sessions and warm them up: what
+    /// each fine-tune pays once.
     pub setup: f64,
 }
 
@@ -21,12 +21,13 @@ pub struct Cost {
 /// removes). Neither the model nor the run folder changes.
 pub fn measure(cfg: &FinetuneConfig, scratch: &Path, sink: &dyn Sink) -> Result<Cost> {
     let t = std::time::Instant::now();
-    let budget = crate::spill::Budget::new(cfg.max_memory.unwrap_or_else(default_max_memory), &std::env::temp_dir());
+    // Images past the memory budget spill beside the rehearsal, as the run's spill beside it.
+    let budget = crate::spill::Budget::new(cfg.max_memory.unwrap_or_else(default_max_memory), scratch);
     let mut p = prepare(cfg, &budget, Purpose::Run, sink)?;
-    let setup = t.elapsed().as_secs_f64();
+    let prepared = t.elapsed().as_secs_f64();
     let batches = TrainBatches::of(cfg, &p.train, p.trunk.as_ref());
     let val = p.val.as_ref().map(|set| ImageBatches { set, augment: None, rescale: cfg.rescale });
     let val = val.as_ref().map(|v| v as &dyn crate::train::BatchSource);
     let times = p.trainer.time_epochs(batches.source(), val, &cfg.fit, scratch)?;
-    Ok(Cost { times, setup })
+    Ok(Cost { times, setup: prepared + times.warm_up })
 }

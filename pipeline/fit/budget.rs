@@ -9,7 +9,7 @@ use crate::fsutil;
 use crate::params::ParamGuard;
 use crate::progress::Sink;
 pub use crate::runs::fit::Plan;
-use crate::runs::fit::{minutes, PLAN};
+use crate::runs::fit::{minutes, seconds, PLAN};
 use std::path::Path;
 
 /// The share of the budget the plan fills: the rest absorbs what the measurement misses (a
@@ -80,14 +80,16 @@ pub fn plan(costs: &Costs, budget: f64, spent: f64, cap: usize) -> Result<Plan> 
             name: "budget",
             value: minutes(budget),
             reason: format!(
-                "leaves no time for one epoch: {spent:.0} s went to the split, features and warm start, one \
-                 epoch takes ≈ {per_epoch:.0} s here ({:.2} s per step of {} images) and the phases' set-up \
-                 and the test report ≈ {:.0} s; give --budget {} or more, or a smaller --size (a step's time \
-                 grows with the image's area)",
-                costs.step,
+                "leaves no time for one epoch: {} went to the split, features, warm start and the rehearsal, \
+                 one epoch takes ≈ {} here ({} per step of {} images) and the phases' set-up and the test \
+                 report ≈ {}; rerun with --budget {} or more (what is done is kept), or a smaller --size with \
+                 --restart (a step's time grows with the image's area)",
+                seconds(spent),
+                seconds(per_epoch),
+                seconds(costs.step),
                 costs.batch,
-                costs.fixed(),
-                minutes(need)
+                seconds(costs.fixed()),
+                minutes(if need < 60.0 { need } else { (need / 60.0).ceil() * 60.0 })
             ),
         });
     }
@@ -117,19 +119,32 @@ pub(super) fn planned(
     let budget = total / s.folds.unwrap_or(1) as f64;
     let path = dir.join(PLAN);
     let kept = match path.is_file() {
-        true => Some(fsutil::read_json::<Plan>(&path)?).filter(|p| p.budget_seconds == budget),
+        true => Some(fsutil::read_json::<Plan>(&path)?),
         false => None,
     };
     let plan = match kept {
-        Some(p) => p,
+        Some(p) if p.budget_seconds == budget => p,
+        Some(p) => {
+            return Err(Error::BadData {
+                path,
+                reason: format!(
+                    "planned for a budget of {}, not {}: the fine-tune follows its plan; rerun with the budget it \
+                     was planned for, or add --restart to start over",
+                    minutes(p.budget_seconds),
+                    minutes(budget)
+                ),
+            })
+        }
         None => {
             sink.note(&format!(
                 "budget {}: timing the fine-tune's epochs at {} px on a few batches",
                 minutes(budget),
                 s.size
             ));
-            // The rehearsal's files go to a folder of its own that removes itself.
-            let scratch = tempfile::Builder::new().prefix(".rehearsal.").tempdir_in(dir).at(dir)?;
+            // The rehearsal's files go to a folder of its own that removes itself (one a killed
+            // fit left behind is removed first).
+            remove_rehearsals(dir)?;
+            let scratch = tempfile::Builder::new().prefix(REHEARSAL).tempdir_in(dir).at(dir)?;
             let cost = crate::finetune::measure(&cfg, scratch.path(), sink)?;
             drop(scratch);
             let spent = started.elapsed().as_secs_f64();
@@ -157,6 +172,21 @@ pub(super) fn planned(
     Ok((FinetuneConfig { fit: fit.check()?, ..cfg }, Some(plan)))
 }
 
+/// The prefix of the rehearsal's scratch folder in the fit's folder.
+pub(super) const REHEARSAL: &str = ".rehearsal.";
+
+/// Remove the rehearsal folders a killed fit left in `dir` (a fit's folder).
+pub(super) fn remove_rehearsals(dir: &Path) -> Result<()> {
+    for e in std::fs::read_dir(dir).at(dir)? {
+        let e = e.at(dir)?;
+        let p = e.path();
+        if e.file_name().to_string_lossy().starts_with(REHEARSAL) && e.file_type().at(&p)?.is_dir() {
+            std::fs::remove_dir_all(&p).at(&p)?;
+        }
+    }
+    Ok(())
+}
+
 /// Images in the split's `part` (0 when it has none).
 fn count(split: &Path, part: &str) -> Result<usize> {
     if !split.join(part).is_dir() {
@@ -168,6 +198,14 @@ fn count(split: &Path, part: &str) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_back_as_budgets() {
+        for (s, text) in [(0.1, "0.1s"), (5.0, "5s"), (44.2, "45s"), (400.0, "6m40s"), (1200.0, "20m")] {
+            assert_eq!(minutes(s), text);
+            assert!(crate::cli::duration(text).unwrap() >= s);
+        }
+    }
 
     fn costs() -> Costs {
         Costs {
@@ -214,7 +252,7 @@ mod tests {
     fn a_budget_too_small_for_one_epoch_says_what_would_do() {
         let e = plan(&costs(), 40.0, 20.0, 50).unwrap_err().to_string();
         // (20 + 3 + 26.4) / 0.9 = 54.9 s
-        assert!(e.contains("--budget 55s") && e.contains("smaller --size"), "{e}");
+        assert!(e.contains("--budget 55s") && e.contains("smaller --size") && e.contains("--restart"), "{e}");
         let p = plan(&costs(), 55.0, 20.0, 50).unwrap();
         assert_eq!(p.epochs, 1, "the budget it names fits one epoch");
     }

@@ -23,8 +23,9 @@ pub(super) fn run(job: &FitJob, k: usize, sink: &dyn Sink) -> Result<Fitted> {
         let name = format!("fold-{fold}");
         let dir = job.run_dir.join(&name);
         sink.note(&format!("fold {fold}/{k} → {}", dir.display()));
+        let started = std::time::Instant::now();
         let split = fold_split(job, &items, (k, fold), &dir)?;
-        let done = one(job, &split, (&dir, &job.reports.join(&name)), sink)?;
+        let done = one(job, &split, (&dir, &job.reports.join(&name)), started, sink)?;
         let Some(m) = done.metrics else { continue };
         scores.push(FoldScore {
             fold,

@@ -23,12 +23,13 @@ pub use start::settings_changes;
 
 /// Run the fit `job` describes; phases already done are skipped.
 pub fn run(job: &FitJob, sink: &dyn Sink) -> Result<Fitted> {
+    let t = std::time::Instant::now();
     let _lock = start::begin(job)?;
     match job.settings.folds {
         Some(k) => folds::run(job, k, sink),
         None => {
             let split = phases::split(job, &job.run_dir, sink)?;
-            single::one(job, &split, (&job.run_dir, &job.reports), sink)
+            single::one(job, &split, (&job.run_dir, &job.reports), t, sink)
         }
     }
 }

@@ -11,9 +11,15 @@ use crate::runs::{FitRecord, PredictOptions, Run};
 use std::path::Path;
 
 /// One fit of the split dataset `split` into `dir`, its report into `reports`.
-pub(super) fn one(job: &FitJob, split: &Path, (dir, reports): (&Path, &Path), sink: &dyn Sink) -> Result<Fitted> {
+/// `t` is when the fit (or fold) started: its budget counts from there.
+pub(super) fn one(
+    job: &FitJob,
+    split: &Path,
+    (dir, reports): (&Path, &Path),
+    t: std::time::Instant,
+    sink: &dyn Sink,
+) -> Result<Fitted> {
     let s = &job.settings;
-    let t = std::time::Instant::now();
     let counts = train_counts(split)?;
     let (cw, balance) = s.balance.decide(&counts);
     sink.note(&balance);

@@ -26,17 +26,23 @@ pub(super) fn begin(job: &FitJob) -> Result<crate::lock::Lock> {
     }
     if path.is_file() {
         let before: FitSettings = fsutil::read_json(&path)?;
-        let changes = settings_changes(&before, &job.settings);
+        let all = settings_changes(&before, &job.settings);
+        // Until a plan is made from it, the budget may change (a budget refused as too small).
+        let replan = !planned(dir)?;
+        let changes: Vec<&String> = all.iter().filter(|c| !(replan && c.starts_with("budget:"))).collect();
         if !changes.is_empty() {
             return Err(Error::BadData {
                 path,
                 reason: format!(
                     "this fit was started with other settings ({}); rerun it as it was to continue, or add \
                      --restart to start over (deleting what it wrote in {})",
-                    changes.join("; "),
+                    changes.iter().map(|c| c.as_str()).collect::<Vec<_>>().join("; "),
                     dir.display()
                 ),
             });
+        }
+        if !all.is_empty() {
+            fsutil::write_json(&path, &*job.settings)?;
         }
         return Ok(lock);
     }
@@ -51,6 +57,20 @@ pub(super) fn begin(job: &FitJob) -> Result<crate::lock::Lock> {
     }
     fsutil::write_json(&path, &*job.settings)?;
     Ok(lock)
+}
+
+/// Has a fit in `dir` (or one of its folds) made its budget's plan?
+fn planned(dir: &Path) -> Result<bool> {
+    if dir.join(PLAN).is_file() {
+        return Ok(true);
+    }
+    for e in std::fs::read_dir(dir).at(dir)? {
+        let e = e.at(dir)?;
+        if e.file_name().to_string_lossy().starts_with("fold-") && e.path().join(PLAN).is_file() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Settings that differ, as `name: before → now`.
@@ -82,6 +102,7 @@ fn is_written(name: &str) -> bool {
     let files = [SETTINGS, PLAN, crate::runs::RECORD, crate::runs::MODEL];
     WRITTEN.contains(&name)
         || files.contains(&name)
+        || name.starts_with(super::budget::REHEARSAL)
         || name == format!("{}.json", crate::runs::MODEL)
         || name.strip_prefix("fold-").is_some_and(|k| k.parse::<usize>().is_ok())
 }

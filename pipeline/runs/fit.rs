@@ -148,25 +148,40 @@ impl Plan {
     /// One line for the log and the report.
     pub fn describe(&self) -> String {
         format!(
-            "budget {}: up to {} epochs of ≈ {:.1} s ({:.3} s per training step, {:.4} s per image predicted, \
-             measured); the fit should end within {} of its start ({:.0} s spent before the plan)",
+            "budget {}: up to {} epochs of ≈ {} ({} per training step, {} per image predicted, measured); \
+             planned to end within {} of the start ({} spent before the plan)",
             minutes(self.budget_seconds),
             self.epochs,
-            self.epoch_seconds,
-            self.step_seconds,
-            self.predict_seconds,
+            seconds(self.epoch_seconds),
+            seconds(self.step_seconds),
+            seconds(self.predict_seconds),
             minutes(self.eta_seconds),
-            self.spent_seconds
+            seconds(self.spent_seconds)
         )
     }
 }
 
-/// `12m`, rounded up to whole minutes (`45s` under a minute).
-pub fn minutes(seconds: f64) -> String {
-    if seconds < 60.0 {
-        return format!("{}s", seconds.ceil().max(1.0) as u64);
+/// Seconds with the digits that matter: `12 s`, `2.5 s`, `0.031 s`, `0.00012 s`.
+pub fn seconds(s: f64) -> String {
+    match s {
+        s if s >= 10.0 => format!("{s:.0} s"),
+        s if s >= 1.0 => format!("{s:.1} s"),
+        s if s >= 0.01 => format!("{s:.3} s"),
+        s => format!("{s:.5} s"),
     }
-    format!("{}m", (seconds / 60.0).ceil() as u64)
+}
+
+/// A duration as `--budget` takes it: `0.5s`, `45s`, `6m40s`, `20m` (seconds rounded up).
+pub fn minutes(seconds: f64) -> String {
+    if seconds < 10.0 {
+        return format!("{}s", (seconds * 10.0).ceil().max(1.0) / 10.0);
+    }
+    let whole = seconds.ceil() as u64;
+    match (whole / 60, whole % 60) {
+        (0, s) => format!("{s}s"),
+        (m, 0) => format!("{m}m"),
+        (m, s) => format!("{m}m{s}s"),
+    }
 }
 
 /// One fold's test numbers.
