@@ -1,5 +1,5 @@
 # Experiments: the runs behind docs/RESULTS.md, each printing its test metrics (included by the Makefile).
-.PHONY: fit-elpv mnist mnist-seeds finetune finetune-v1 finetune-flips finetune-vgg finetune-best finetune-best4 compare-native demo-best agree
+.PHONY: mnist mnist-seeds finetune finetune-v1 finetune-flips finetune-vgg finetune-best finetune-best4 compare-native demo-best agree
 
 BEST_VIEWS ?= hflip,vflip,rot180
 BEST_HEAD_ARGS ?= --pool avg --lr 1e-4 --epochs 40 --train-views $(BEST_VIEWS) --tta $(BEST_VIEWS)
@@ -55,34 +55,26 @@ runs/vgg-ft/model.onnx: reports/demo/scores.csv | $(BINS)
 
 BEST_SIZE ?= 300
 BEST_FT_EPOCHS ?= 12
+# ELPV's best binary model in one command: `tlearn fit` with the recipe below at BEST_SIZE (300: the
+# cells' own size) and --flips (random flips in training, test-time flips); its validated fine-tune
+# (Adam 1e-4, cosine, up to BEST_FT_EPOCHS, patience 3) chooses the length of the final fit on train +
+# validation. FIT_ARGS adds options: `--no-final-fit` keeps the validated model, `--folds 5` (with
+# BEST_RUN=lite0-fit300-folds) the k-fold estimate; the fit resumes where it stopped.
+BEST_RUN ?= lite0-fit$(BEST_SIZE)
+finetune-best: setup data/elpv/manifest.csv | $(BINS) ## experiments: `tlearn fit` on ELPV binary: EfficientNet-Lite0 at BEST_SIZE (300), warm-start head, the whole net fine-tuned with validation choosing the length, the final fit on train + validation, test-time flips → runs/BEST_RUN (FIT_ARGS: e.g. --folds 5)
+	$(BIN)/tlearn-fit data/elpv --run $(BEST_RUN) --size $(BEST_SIZE) --flips --epochs $(BEST_FT_EPOCHS) \
+	  --device $(DEVICE) $(FIT_ARGS)
+
+# finetune-best4's recipe, by stages: the dense head on average-pooled features fused into a
+# deployable model, then fine-tuned whole; the final fit on train + validation (tlearn-finetune
+# --include-validation) for the length a run with validation chose (BEST_FIT_ON= is that run).
 FT_RECIPE := --batch 16 --optimizer adam --lr 1e-4 --schedule cosine --horizontal-flip --vertical-flip \
   --tta hflip,vflip,rot180
-# The final fit: train and validation together (tlearn-finetune --include-validation) for the
-# length a run with validation chose; `make finetune-best BEST_FIT_ON=` is that run (run
-# lite0-ft300, its best epoch by validation loss).
 BEST_FIT_ON ?= --include-validation
-BEST_RUN := lite0-ft$(BEST_SIZE)$(if $(BEST_FIT_ON),all)
-BEST_FT_ARGS ?= --epochs $(BEST_FT_EPOCHS) $(FT_RECIPE)
-finetune-best: setup runs/$(BEST_RUN)/model.onnx ## experiments: EfficientNet-Lite0 + its dense head fine-tuned whole on ELPV train+validation at BEST_SIZE (300: the cells' own size; flips, Adam 1e-4 cosine, BEST_FT_EPOCHS, test-time flips; BEST_FIT_ON= trains on train alone, validated)
-	@$(BIN)/tlearn-evaluate --run $(BEST_RUN) --summary
-
-# The starting point: the dense head on average-pooled Lite0 features, fused into a deployable model.
-reports/lite0-head$(BEST_SIZE)/scores.csv: | $(BINS)
-	$(MAKE) --no-print-directory score RUN=lite0-head$(BEST_SIZE) BACKBONE=efficientnet-lite0 SIZE=$(BEST_SIZE) HEAD_ARGS="--pool avg"
-
-runs/$(BEST_RUN)/model.onnx: reports/lite0-head$(BEST_SIZE)/scores.csv | $(BINS)
-	$(BIN)/tlearn-finetune runs/lite0-head$(BEST_SIZE)/model.onnx --data data/elpv --run $(BEST_RUN) $(BEST_FT_ARGS) \
-	  $(BEST_FIT_ON) --device $(DEVICE) $(FT_ARGS)
-
-# The same recipe as one `tlearn fit`: the validated fine-tune chooses the final fit's length.
-FIT_ELPV_RUN ?= lite0-fit$(BEST_SIZE)
-fit-elpv: setup data/elpv/manifest.csv | $(BINS) ## experiments: `tlearn fit` on ELPV's split (finetune-best's recipe at BEST_SIZE, flips; the length chosen on validation, then the final fit); FIT_ARGS adds options, e.g. --folds 5
-	$(BIN)/tlearn-fit data/elpv --run $(FIT_ELPV_RUN) --size $(BEST_SIZE) --flips --epochs $(BEST_FT_EPOCHS) \
-	  --device $(DEVICE) $(FIT_ARGS)
 
 BEST4_FT_EPOCHS ?= 15
 BEST4_RUN := lite0-ft4$(if $(BEST_FIT_ON),all)
-finetune-best4: setup runs/$(BEST4_RUN)/model.onnx ## experiments: the same recipe on the four ELPV classes (data4) at 224 for BEST4_FT_EPOCHS (not BEST_FT_*), train+validation unless BEST_FIT_ON=
+finetune-best4: setup runs/$(BEST4_RUN)/model.onnx ## experiments: FT_RECIPE by stages on the four ELPV classes (data4) at 224: the pooled dense head, then the whole net for BEST4_FT_EPOCHS, train+validation unless BEST_FIT_ON=
 	@$(BIN)/tlearn-evaluate --run $(BEST4_RUN) --summary
 
 reports/lite0-head4/scores.csv: | $(BINS)
