@@ -80,7 +80,11 @@ fn a_fit_from_a_kaggle_flat_folder_keeps_the_validated_model_when_asked() {
     let w = workdir();
     let w = w.path();
     setup(w, 12, true);
-    ok("tlearn-fit", &fit_args("flat", &["--no-final-fit", "--flips"]), w);
+    let out = ok("tlearn-fit", &fit_args("flat", &["--no-final-fit", "--flips"]), w);
+    // The k-fold command it suggests runs this recipe, not the defaults.
+    let recipe =
+        "--folds 5 --backbone tiny --size 32 --epochs 3 --patience 2 --batch 8 --head-epochs 2 --flips --no-final-fit";
+    assert!(out.contains(recipe), "{out}");
     let fit = w.join("runs/flat");
     let record = json(&fit.join("run.json"));
     assert_eq!(record["model_run"], "tune");

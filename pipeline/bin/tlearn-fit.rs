@@ -26,7 +26,7 @@ struct Args {
     #[arg(long, default_value = tlearn::layout::REPORTS)]
     reports: PathBuf,
     /// A backbone of the catalog (`tlearn backbone list`), fetched when missing, or one you added.
-    #[arg(long, default_value = "efficientnet-lite0")]
+    #[arg(long, default_value = tlearn::runs::fit::defaults::BACKBONE)]
     backbone: String,
     #[arg(long, default_value = tlearn::layout::ONNX)]
     onnx_dir: PathBuf,
@@ -34,16 +34,16 @@ struct Args {
     #[arg(long)]
     size: Option<u32>,
     /// The most epochs of the validated fine-tune: validation loss chooses its length.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = tlearn::runs::fit::defaults::EPOCHS)]
     epochs: usize,
     /// Stop the validated fine-tune after this many epochs without a better validation loss.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = tlearn::runs::fit::defaults::PATIENCE)]
     patience: usize,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = tlearn::runs::fit::defaults::BATCH)]
     batch: usize,
     /// Adam's learning rate for the whole net (cosine decay over the epochs), or `auto`: the
     /// learning-rate range test on the warm start chooses it (the final fit keeps it).
-    #[arg(long, default_value_t = tlearn::cli::Lr::Given(1e-4))]
+    #[arg(long, default_value_t = tlearn::cli::Lr::Given(tlearn::runs::fit::defaults::LR))]
     lr: tlearn::cli::Lr,
     /// The images have no orientation (cells, tissue, satellite tiles): train with random flips
     /// and average the flipped views at test time and in the deployable model.
@@ -60,15 +60,15 @@ struct Args {
     #[arg(long)]
     folds: Option<usize>,
     /// Fraction of each class held out for test when DATA is not split.
-    #[arg(long, default_value_t = 0.25)]
+    #[arg(long, default_value_t = tlearn::runs::fit::defaults::TEST)]
     test: f64,
     /// Fraction of the rest held out for validation when DATA is not split (and of each fold's).
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = tlearn::runs::fit::defaults::VALIDATION)]
     validation: f64,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = tlearn::runs::fit::defaults::SEED)]
     seed: u64,
     /// Epochs of the warm-start head on pooled features.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = tlearn::runs::fit::defaults::HEAD_EPOCHS)]
     head_epochs: usize,
     /// The time the whole fit may take (e.g. 20m, 1h30m): the fine-tune's most epochs are
     /// planned from a measured training step to end within it (with --folds, each fold gets its
@@ -102,7 +102,7 @@ fn run(a: Args) -> Result<()> {
         epochs: a.epochs,
         patience: a.patience,
         batch: a.batch,
-        lr: a.lr.or(1e-4),
+        lr: a.lr.or(tlearn::runs::fit::defaults::LR),
         lr_auto: matches!(a.lr, tlearn::cli::Lr::Auto),
         flips: a.flips,
         balance: a.balance,
@@ -135,7 +135,7 @@ fn run(a: Args) -> Result<()> {
     if let Some(model) = &done.model {
         tlearn::outln!("deployable model → {}", model.display());
         tlearn::outln!("next:");
-        for c in tlearn::fit::next_commands(&a.run, &a.runs, &a.data) {
+        for c in tlearn::fit::next_commands(&a.run, &a.runs, &job.settings) {
             tlearn::outln!("  {c}");
         }
     } else {

@@ -35,12 +35,16 @@ pub fn run(job: &FitJob, sink: &dyn Sink) -> Result<Fitted> {
 }
 
 /// The commands that use a finished fit, as the user would type them next.
-pub fn next_commands(run: &str, runs: &Path, data: &Path) -> Vec<String> {
+pub fn next_commands(run: &str, runs: &Path, settings: &crate::runs::FitSettings) -> Vec<String> {
     let at = if runs == Path::new(crate::layout::RUNS) { String::new() } else { format!(" --runs {}", runs.display()) };
     vec![
         format!("tlearn predict NEW_IMAGES/ --run {run}{at}"),
         format!("tlearn score NEW_IMAGES/ --run {run}{at} --out scores.csv"),
         format!("tlearn evaluate --run {run}{at} --summary"),
-        format!("tlearn fit {} --run {run}-folds --folds 5   # a k-fold estimate of this recipe", data.display()),
+        format!(
+            "tlearn fit {} --run {run}-folds --folds 5 {}{at}   # a k-fold estimate of this recipe",
+            settings.data.display(),
+            settings.recipe_args().join(" ")
+        ),
     ]
 }

@@ -20,6 +20,19 @@ pub const SETTINGS: &str = "fit.json";
 /// `--budget`'s plan, made once.
 pub const PLAN: &str = "plan.json";
 
+/// `tlearn fit`'s defaults (the command line's, and what [`FitSettings::recipe_args`] leaves out).
+pub mod defaults {
+    pub const BACKBONE: &str = "efficientnet-lite0";
+    pub const EPOCHS: usize = 12;
+    pub const PATIENCE: usize = 3;
+    pub const BATCH: usize = 16;
+    pub const LR: f64 = 1e-4;
+    pub const TEST: f64 = 0.25;
+    pub const VALIDATION: f64 = 0.2;
+    pub const SEED: u64 = 42;
+    pub const HEAD_EPOCHS: usize = 30;
+}
+
 /// When to weight the classes' losses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -184,6 +197,41 @@ pub fn minutes(seconds: f64) -> String {
     }
 }
 
+impl FitSettings {
+    /// The options that make this recipe, as `tlearn fit` takes them: the backbone and its size,
+    /// then what differs from the defaults (the data, folds, budget and test fraction aside).
+    pub fn recipe_args(&self) -> Vec<String> {
+        use crate::params::Choice;
+        use defaults as d;
+        let mut a = vec![];
+        if self.backbone != d::BACKBONE {
+            a.push(format!("--backbone {}", self.backbone));
+        }
+        a.push(format!("--size {}", self.size));
+        let mut differs = |flag: &str, value: String, default: String| {
+            if value != default {
+                a.push(format!("--{flag} {value}"));
+            }
+        };
+        differs("epochs", self.epochs.to_string(), d::EPOCHS.to_string());
+        differs("patience", self.patience.to_string(), d::PATIENCE.to_string());
+        differs("batch", self.batch.to_string(), d::BATCH.to_string());
+        let lr = if self.lr_auto { "auto".to_string() } else { self.lr.to_string() };
+        differs("lr", lr, d::LR.to_string());
+        differs("validation", self.validation.to_string(), d::VALIDATION.to_string());
+        differs("seed", self.seed.to_string(), d::SEED.to_string());
+        differs("head-epochs", self.head_epochs.to_string(), d::HEAD_EPOCHS.to_string());
+        differs("balance", self.balance.name().to_string(), Balance::Auto.name().to_string());
+        if self.flips {
+            a.push("--flips".into());
+        }
+        if !self.final_fit {
+            a.push("--no-final-fit".into());
+        }
+        a
+    }
+}
+
 /// One fold's test numbers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FoldScore {
@@ -250,5 +298,35 @@ mod tests {
         assert!(Balance::Off.decide(&[1000, 1]).0.is_none());
         assert_eq!(Balance::On.decide(&[10, 10]).0, Some(ClassWeight::Balanced));
         assert!(Balance::Auto.decide(&[301, 100]).1.contains("3.0×"), "{}", Balance::Auto.decide(&[301, 100]).1);
+    }
+
+    #[test]
+    fn a_recipe_is_its_size_and_what_differs_from_the_defaults() {
+        let s = FitSettings {
+            data: "raw".into(),
+            backbone: defaults::BACKBONE.into(),
+            size: 300,
+            epochs: defaults::EPOCHS,
+            patience: defaults::PATIENCE,
+            batch: defaults::BATCH,
+            lr: defaults::LR,
+            lr_auto: false,
+            flips: true,
+            balance: Balance::Auto,
+            final_fit: true,
+            folds: None,
+            test: defaults::TEST,
+            validation: defaults::VALIDATION,
+            seed: defaults::SEED,
+            head_epochs: defaults::HEAD_EPOCHS,
+            budget: Some(60.0),
+        };
+        assert_eq!(s.recipe_args(), ["--size 300", "--flips"]);
+        let other =
+            FitSettings { backbone: "vgg16".into(), lr_auto: true, balance: Balance::On, final_fit: false, ..s };
+        assert_eq!(
+            other.recipe_args(),
+            ["--backbone vgg16", "--size 300", "--lr auto", "--balance on", "--flips", "--no-final-fit"]
+        );
     }
 }
