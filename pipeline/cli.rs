@@ -501,4 +501,12 @@ mod tests {
             assert!(super::duration(bad).is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn durations_written_by_a_plan_read_back_as_budgets() {
+        for (s, text) in [(0.1, "0.1s"), (5.0, "5s"), (44.2, "45s"), (400.0, "6m40s"), (1200.0, "20m")] {
+            assert_eq!(crate::runs::fit::minutes(s), text);
+            assert!(super::duration(text).unwrap() >= s);
+        }
+    }
 }

@@ -199,14 +199,6 @@ fn count(split: &Path, part: &str) -> Result<usize> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn durations_read_back_as_budgets() {
-        for (s, text) in [(0.1, "0.1s"), (5.0, "5s"), (44.2, "45s"), (400.0, "6m40s"), (1200.0, "20m")] {
-            assert_eq!(minutes(s), text);
-            assert!(crate::cli::duration(text).unwrap() >= s);
-        }
-    }
-
     fn costs() -> Costs {
         Costs {
             step: 1.0,
