@@ -14,7 +14,8 @@ fn args<'a>(run: &'a str, budget: &'a str) -> Vec<&'a str> {
 }
 
 fn setup(w: &Path) {
-    make_dataset(&w.join("raw"), &["cat", "dog"], 40, false);
+    // Enough images that an epoch is mostly steps, as a real fit's are.
+    make_dataset(&w.join("raw"), &["cat", "dog"], 120, false);
     tiny_classifier(&w.join("tiny.onnx"), 3);
     ok("tlearn-backbone", &["add", "tiny.onnx", "--output", "pool_out", "--preprocess", "caffe", "--size", "32"], w);
 }
@@ -36,6 +37,7 @@ fn a_budget_plans_the_length_from_a_measured_step_and_the_fit_ends_within_it() {
     let fit = w.join("runs/timed");
     let plan = json(&fit.join("plan.json"));
     let epochs = plan["epochs"].as_u64().unwrap();
+    eprintln!("the fit took {took:.1} s of its 20 s budget (the plan: {plan})");
     assert!(took <= 20.0, "the fit took {took:.1} s of its 20 s budget; the plan: {plan}\n{log}");
     assert!((1..1000).contains(&epochs), "the budget, not the cap, set the length: {plan}");
     assert!(log.contains(&format!("budget 20s: up to {epochs} epochs")), "{log}");
