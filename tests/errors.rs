@@ -103,6 +103,12 @@ fn an_unknown_run_names_the_runs_there_or_how_to_make_one() {
     ] {
         assert!(err.contains(near), "{err}");
     }
+    // A run one level down (a K-fold fit's fold, a comparison's run): where it is and how to name it.
+    copy_tree(&w.join("runs/toy"), &w.join("runs/cv/fold-2"));
+    let err = fails("tlearn-evaluate", &["--run", "fold-2"], w);
+    assert!(err.contains("a run `fold-2` is in runs/cv: give --runs runs/cv --run fold-2"), "{err}");
+    ok("tlearn-evaluate", &["--runs", "runs/cv", "--run", "fold-2", "--reports", "reports/cv"], w);
+    std::fs::remove_dir_all(w.join("runs/cv")).unwrap();
     // A folder without a record is no run: not listed.
     std::fs::create_dir_all(w.join("runs/scratch")).unwrap();
     let err = fails("tlearn-evaluate", &["--run", "nope"], w);

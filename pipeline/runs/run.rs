@@ -48,7 +48,25 @@ pub fn unknown_run(dir: &Path) -> Error {
         let more = if more > 0 { format!(" and {more} more") } else { String::new() };
         format!(" in {}: {guess}its runs: {}{more}", runs.display(), known[..known.len().min(SHOWN)].join(", "))
     };
+    let nested = nested(runs, &name);
+    let hint = match nested.first() {
+        Some(group) => {
+            format!("{hint}; a run `{name}` is in {}: give --runs {} --run {name}", group.display(), group.display())
+        }
+        None => hint,
+    };
     Error::Unknown { what: "run", name, hint }
+}
+
+/// The folders one level below `runs` (a K-fold fit's, a comparison's) that hold a run `name`.
+fn nested(runs: &Path, name: &str) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(runs) else { return vec![] };
+    let mut groups: Vec<std::path::PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir() && matches!(find_record(&p.join(name)), Ok(Some(_))))
+        .collect();
+    groups.sort();
+    groups
 }
 
 /// How a run predicts: where its graphs run, and how much memory a fine-tune's decoded images may
