@@ -6,7 +6,7 @@
 //! were afterwards.
 
 use super::config::FitConfig;
-use super::data::{BatchSource, InMemory};
+use super::data::BatchSource;
 use super::learner::{self, Checkpointing, FitOptions, Live};
 use super::state::State;
 use super::trainer::Trainer;
@@ -66,11 +66,7 @@ impl Trainer {
         cfg: &FitConfig,
         scratch: &Path,
     ) -> Result<StepTimes> {
-        let val = match val.filter(|v| !v.labels().is_empty()) {
-            Some(v) => Some(drawn(v, cfg.batch, cfg.seed)?),
-            None => None,
-        };
-        let val = val.as_ref().map(|(x, l)| InMemory { x, labels: l });
+        let val = val.filter(|v| !v.labels().is_empty()).map(|v| Subset::of(v, cfg.batch, cfg.seed));
         let ends = Ends::default();
         let t = Instant::now();
         let history = self.rehearse(data, val.as_ref().map(|v| v as &dyn BatchSource), cfg, scratch, &ends)?;
@@ -95,11 +91,7 @@ impl Trainer {
         dir: &Path,
         ends: &Ends,
     ) -> Result<Vec<Epoch>> {
-        let mut order: Vec<usize> = (0..data.labels().len()).collect();
-        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed));
-        let idx: Vec<usize> = order.iter().copied().cycle().take(BATCHES * cfg.batch).collect();
-        let labels = idx.iter().map(|&i| data.labels()[i]).collect();
-        let subset = Subset { data, idx, labels };
+        let subset = Subset::of(data, BATCHES * cfg.batch, cfg.seed);
         let fit = FitConfig { epochs: EPOCHS, class_weight: None, ..cfg.clone() }.check()?;
         let o = FitOptions {
             fit,
@@ -155,6 +147,17 @@ struct Subset<'a> {
     labels: Vec<usize>,
 }
 
+impl<'a> Subset<'a> {
+    /// `n` samples of `data`, shuffled with `seed` (repeated when it has fewer).
+    fn of(data: &'a dyn BatchSource, n: usize, seed: u64) -> Subset<'a> {
+        let mut order: Vec<usize> = (0..data.labels().len()).collect();
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+        let idx: Vec<usize> = order.iter().copied().cycle().take(n).collect();
+        let labels = idx.iter().map(|&i| data.labels()[i]).collect();
+        Subset { data, idx, labels }
+    }
+}
+
 impl BatchSource for Subset<'_> {
     fn labels(&self) -> &[usize] {
         &self.labels
@@ -179,16 +182,6 @@ impl crate::progress::Sink for Ends {
         }
     }
     fn note(&self, _: &str) {}
-}
-
-/// `n` samples of `data` (shuffled with `seed`, repeated when it has fewer), drawn once.
-fn drawn(data: &dyn BatchSource, n: usize, seed: u64) -> Result<(ndarray::ArrayD<f32>, Vec<usize>)> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut order: Vec<usize> = (0..data.labels().len()).collect();
-    order.shuffle(&mut rng);
-    let idx: Vec<usize> = order.iter().copied().cycle().take(n).collect();
-    let labels = idx.iter().map(|&i| data.labels()[i]).collect();
-    Ok((data.batch(&idx, &mut rng)?, labels))
 }
 
 /// The middle value of `v` (not empty).
