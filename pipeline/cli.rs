@@ -396,6 +396,15 @@ pub fn run_name(s: &str) -> Result<String, String> {
     crate::fsutil::check_name("run", s).map(|_| s.to_string()).map_err(|e| e.to_string())
 }
 
+/// A run given by name (a folder under `runs`) or as a path to its folder (it holds a `/`).
+pub fn run_dir(runs: &std::path::Path, given: &str) -> std::path::PathBuf {
+    if given.contains('/') {
+        std::path::PathBuf::from(given)
+    } else {
+        runs.join(given)
+    }
+}
+
 /// clap value parser for sizes in bytes: a number with an optional K, M, G or T (powers of 1024;
 /// a trailing B or iB is accepted), e.g. `512M`, `1.5G`, `4096`.
 pub fn byte_size(s: &str) -> Result<u64, String> {

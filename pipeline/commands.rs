@@ -18,6 +18,7 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ("lr-find", "sweep the learning rate over a short fit and suggest one"),
     ("convnet", "write a built-in convnet (mnist, v1, v2) as ONNX"),
     ("finetune", "train a whole ONNX classifier on a dataset into a run"),
+    ("ensemble", "average finished runs into one run with one deployable model"),
     ("evaluate", "metrics, charts and an HTML report of a run on a split"),
     ("score", "score folders, globs or lists of images with a run into a scores file"),
     ("predict", "print each image's class and probability under a run (writes no file)"),

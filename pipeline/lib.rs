@@ -19,6 +19,7 @@ pub mod dataset;
 pub mod download;
 pub mod efficientnet;
 pub mod elpv;
+pub mod ensemble;
 pub mod error;
 pub mod evaluate;
 pub mod explain;

@@ -65,6 +65,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("score", 2),
     ("finetune", 2),
     ("quantize", 2),
+    ("ensemble", 2),
     ("compare", 3),
     ("fit", 3),
     ("cli", 4),

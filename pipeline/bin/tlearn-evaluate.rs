@@ -62,8 +62,11 @@ fn run(a: Args) -> Result<()> {
     let run = tlearn::runs::Run::open(&run_dir).with_context(|| format!("reading run {}", run_dir.display()))?;
     let out = a.reports.join(&a.run);
     let term = tlearn::cli::Terminal::default();
+    let ensemble = matches!(run.record, tlearn::runs::Record::Ensemble(_));
     let explain = match a.explain {
         0 => None,
+        // One mean of several nets has no one last convolution to weigh.
+        _ if ensemble => None,
         n => match run.deployable(&a.onnx_dir, &term) {
             Ok(model) => Some(evaluate::Explain { model, mistakes: n, session: a.ort.session() }),
             Err(e) => {

@@ -18,7 +18,7 @@ pub const INPUT: &str = "image";
 pub const OUTPUT: &str = "probs";
 
 /// Rename every tensor of `g` with `prefix`, except those in `keep` (mapped as given).
-fn rename(g: &GraphProto, prefix: &str, keep: &HashMap<String, String>) -> GraphProto {
+pub(super) fn rename(g: &GraphProto, prefix: &str, keep: &HashMap<String, String>) -> GraphProto {
     let map = |s: &String| -> String {
         if s.is_empty() {
             return s.clone();
@@ -40,7 +40,7 @@ fn rename(g: &GraphProto, prefix: &str, keep: &HashMap<String, String>) -> Graph
 }
 
 /// A deployable model's graph so far: its name and its input, RGB images of `size`².
-fn classifier_builder(size: u32) -> GraphBuilder {
+pub(super) fn classifier_builder(size: u32) -> GraphBuilder {
     let mut b = GraphBuilder::new("tlearn_classifier").with_prefix("pre/");
     b.input(INPUT, &[Dim::named("N"), Dim::Fixed(size as i64), Dim::Fixed(size as i64), Dim::Fixed(3)]);
     b
@@ -214,7 +214,7 @@ fn meta_views(m: &ModelProto, path: &Path) -> Result<Vec<View>> {
 }
 
 /// The graph `b` as a deployable model: opset of the parts, metadata that `score` reads.
-fn finish(
+pub(super) fn finish(
     b: GraphBuilder,
     parts: &[&ModelProto],
     size: u32,

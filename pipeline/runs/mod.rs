@@ -5,14 +5,17 @@
 //! Knows no stage: it does not train, evaluate or score; it knows only what a finished run left.
 
 pub mod deployable;
+pub mod ensemble;
 pub mod finetune;
 pub mod fit;
 mod fuse;
 pub mod head;
+mod predict;
 mod record;
 mod run;
 
 pub use deployable::{check_current, check_current_as, check_differentiable, ModelInfo, MODEL};
+pub use ensemble::{fuse_mean, EnsembleRecord, Member};
 pub use finetune::{FinetuneConfig, FinetuneRecord, TrunkInfo};
 pub use fit::{Balance, FitRecord, FitSettings, FoldScore};
 pub use fuse::{deployable, fuse, meta, plain, ModelMeta, INPUT, OUTPUT};

@@ -1,6 +1,7 @@
 //! The one versioned run record, `run.json`: every kind of run writes it last; folders written
 //! before it (format 1: the kind's own sidecar) are read too.
 
+use super::ensemble::EnsembleRecord;
 use super::finetune::FinetuneRecord;
 use super::fit::FitRecord;
 use super::fuse::MODEL;
@@ -24,6 +25,8 @@ pub enum Record {
     Head(HeadRecord),
     /// A whole net trained on images (`tlearn-finetune`).
     Finetune(FinetuneRecord),
+    /// Finished runs' deployable models averaged as one (`tlearn ensemble`).
+    Ensemble(EnsembleRecord),
 }
 
 /// What a `run.json` holds: a model's run, or a fit naming the phase folder with its model.
@@ -32,6 +35,7 @@ pub enum Record {
 enum Kind {
     Head(HeadRecord),
     Finetune(FinetuneRecord),
+    Ensemble(EnsembleRecord),
     Fit(FitRecord),
 }
 
@@ -48,6 +52,7 @@ pub fn write_record(run_dir: &Path, record: &Record) -> Result<()> {
     let kind = match record.clone() {
         Record::Head(h) => Kind::Head(h),
         Record::Finetune(f) => Kind::Finetune(f),
+        Record::Ensemble(e) => Kind::Ensemble(e),
     };
     fsutil::write_json(&run_dir.join(RECORD), &Stored { format: FORMAT, kind })
 }
@@ -121,6 +126,7 @@ pub fn find_record(dir: &Path) -> Result<Option<(Record, PathBuf)>> {
         match kind {
             Kind::Head(h) => (Record::Head(h), path),
             Kind::Finetune(f) => (Record::Finetune(f), path),
+            Kind::Ensemble(e) => (Record::Ensemble(e), path),
             Kind::Fit(_) => {
                 return Err(Error::BadData { path, reason: "a fit run's model phase is a fit run itself".into() })
             }

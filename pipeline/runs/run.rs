@@ -1,13 +1,10 @@
 //! A finished run, opened from its folder: what it is, what it predicts on a split, what
 //! evaluation records of it.
 
-use super::finetune::{self, FinetuneConfig};
 use super::fit::FitRecord;
-use super::head;
 use super::record::{find_record, read_fit, read_record, Record};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::fsutil;
-use crate::progress::Sink;
 use crate::runtime::SessionOptions;
 use ndarray::ArrayD;
 use std::path::{Path, PathBuf};
@@ -118,50 +115,7 @@ impl Run {
         match &self.record {
             Record::Head(h) => &h.classes,
             Record::Finetune(f) => &f.classes,
-        }
-    }
-
-    /// What evaluation predicts on when no other source is given: the run's feature folder (a
-    /// head run) or dataset (a fine-tune).
-    pub fn default_source(&self) -> &Path {
-        match &self.record {
-            Record::Head(h) => &h.features_dir,
-            Record::Finetune(f) => &f.config.data,
-        }
-    }
-
-    /// The run's probabilities on `split` of `source` (a feature folder for a head run, a class-
-    /// folder dataset for a fine-tune; default: the run's own), as the run's own evaluation
-    /// computes them: the head on cached features, or the best epoch's net on the images loaded as
-    /// training loaded them; averaged over the run's TTA views.
-    pub fn predict(
-        &self,
-        split: &str,
-        source: Option<&Path>,
-        opts: &PredictOptions,
-        sink: &dyn Sink,
-    ) -> Result<Predictions> {
-        let source = source.unwrap_or(self.default_source());
-        match &self.record {
-            Record::Head(h) => {
-                let (probs, f) = head::predict_split(&self.dir, h, source, split, &opts.session)?;
-                let files = f.files.iter().map(|r| (r.path.clone(), r.label)).collect();
-                Ok(Predictions { probs, files, skipped: vec![], source_sha256: Some(f.info.npy_sha256.clone()) })
-            }
-            Record::Finetune(f) => {
-                let (session, max_memory) = (opts.session.clone(), opts.max_memory);
-                let data = source.to_path_buf();
-                let cfg = FinetuneConfig { run_dir: self.dir.clone(), data, session, max_memory, ..f.config.clone() };
-                let best = self.dir.join(crate::train::learner::BEST);
-                let bytes = match &f.best_sha256 {
-                    Some(sha) => fsutil::read_verified(&best, sha)?,
-                    None => std::fs::read(&best).at(&best)?,
-                };
-                let (probs, set) = finetune::predict_split((&bytes, &best), &cfg, split, &f.classes, sink)?;
-                let files = set.files.iter().zip(&set.labels).map(|(p, &l)| (fsutil::path_text(p), l)).collect();
-                let skipped = set.skipped.iter().map(|(p, why)| (fsutil::path_text(p), why.clone())).collect();
-                Ok(Predictions { probs, files, skipped, source_sha256: None })
-            }
+            Record::Ensemble(e) => &e.classes,
         }
     }
 
@@ -213,6 +167,14 @@ impl Run {
                 "model_sha256": info.model_sha256,
                 "skipped": p.skipped,
             }),
+            Record::Ensemble(info) => serde_json::json!({
+                "run": self.name,
+                "split": split,
+                "members": info.members,
+                "size": info.size,
+                "model_sha256": info.model_sha256,
+                "skipped": p.skipped,
+            }),
         }
     }
 
@@ -223,6 +185,10 @@ impl Run {
             Record::Finetune(f) => {
                 let best = f.best_epoch.as_ref().map(|e| e.epoch).unwrap_or(0);
                 format!("{} fine-tuned, epoch {best}", f.config.model.display())
+            }
+            Record::Ensemble(e) => {
+                let names: Vec<&str> = e.members.iter().map(|m| m.name.as_str()).collect();
+                format!("the mean of {} runs: {}", names.len(), names.join(", "))
             }
         }
     }
