@@ -228,6 +228,10 @@ pub struct RegArgs {
     /// (n / (K·n_c)) or one weight per class, comma-separated, in class order.
     #[arg(long, value_parser = class_weight)]
     pub class_weight: Option<crate::train::ClassWeight>,
+    /// Which samples each epoch draws: `shuffle` (each once) or `balanced` (an equal share per
+    /// class, a rare class's samples repeated; seeded like the shuffle).
+    #[arg(long, value_enum, default_value = "shuffle")]
+    pub sampling: crate::train::Sampling,
 }
 
 fn class_weight(s: &str) -> Result<crate::train::ClassWeight, String> {
@@ -256,6 +260,7 @@ pub fn fit_config(
         weight_decay: reg.weight_decay,
         label_smoothing: reg.label_smoothing,
         class_weight: reg.class_weight.clone(),
+        sampling: reg.sampling,
     }
     .check()
 }
@@ -496,6 +501,7 @@ choice_values!(
     crate::score::PredictionFormat,
     crate::calibrate::Method,
     crate::runs::Balance,
+    crate::train::Sampling,
 );
 
 #[cfg(test)]

@@ -108,6 +108,7 @@ pub fn write_report(
     if let serde_json::Value::Object(o) = serde_json::to_value(&m).expect("metrics serialise") {
         report.extend(o);
     }
+    report.insert("confusion_normalized".into(), serde_json::json!(m.confusion_normalized()));
     fsutil::write_json(&out.join("metrics.json"), &report)?;
     write_predictions(&out.join("predictions.csv"), probs, files, classes)?;
     let confusion = out.join("confusion.png");

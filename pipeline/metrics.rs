@@ -107,6 +107,25 @@ pub fn loss_accuracy(probs: &ArrayD<f32>, labels: &[usize]) -> (f64, f64) {
     (cross_entropy(&class_probs(probs), labels), accuracy(&predicted(probs), labels))
 }
 
+impl Metrics {
+    /// The confusion matrix with each row divided by its true class's count: row i holds the
+    /// share of class i's images predicted as each class (its recall on the diagonal), so a rare
+    /// class's row reads like a common one's. A class with no images has a row of zeros.
+    pub fn confusion_normalized(&self) -> Vec<Vec<f64>> {
+        normalized_rows(&self.confusion)
+    }
+}
+
+/// Each row of `m` divided by its sum (a row summing to 0 stays 0).
+pub fn normalized_rows(m: &[Vec<usize>]) -> Vec<Vec<f64>> {
+    m.iter()
+        .map(|row| {
+            let n = row.iter().sum::<usize>().max(1) as f64;
+            row.iter().map(|&c| c as f64 / n).collect()
+        })
+        .collect()
+}
+
 pub fn compute(probs: &ArrayD<f32>, labels: &[usize], classes: &[String]) -> Metrics {
     let p = class_probs(probs);
     let k = classes.len();
@@ -207,6 +226,12 @@ pub fn roc_curves(probs: &ArrayD<f32>, labels: &[usize], classes: &[String]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normalized_rows_are_shares_of_each_true_class() {
+        let m = vec![vec![3, 1], vec![0, 0], vec![2, 8]];
+        assert_eq!(normalized_rows(&m), vec![vec![0.75, 0.25], vec![0.0, 0.0], vec![0.2, 0.8]]);
+    }
 
     #[test]
     fn roc_auc_by_ranks() {

@@ -170,15 +170,17 @@ pub fn lr_find(path: &Path, title: &str, c: &LrPlot) -> Result<()> {
     })
 }
 
-/// A confusion matrix as a heat map with counts (rows: true class, columns: predicted).
+/// A confusion matrix as a heat map shaded by each true class's share (rows: true class, columns:
+/// predicted), each cell its count and share, so a rare class's recall shows as plainly as a
+/// common one's.
 pub fn confusion(path: &Path, classes: &[String], m: &[Vec<usize>]) -> Result<()> {
     let k = classes.len();
     let side = 140 + 110 * k as u32;
+    let shares = crate::metrics::normalized_rows(m);
     png(path, (side + 60, side), |root| {
-        let max = m.iter().flatten().copied().max().unwrap_or(1).max(1) as f64;
         // Cells occupy [0, k)²; the margins left of and below them hold the class names.
         let mut chart = ChartBuilder::on(root)
-            .caption("confusion matrix (rows: true, columns: predicted)", ("sans-serif", 16))
+            .caption("confusion matrix (rows: true, columns: predicted; % of the row)", ("sans-serif", 16))
             .margin(10)
             .build_cartesian_2d(-1.4f64..k as f64, -0.6f64..k as f64)
             .map_err(err)?;
@@ -191,7 +193,8 @@ pub fn confusion(path: &Path, classes: &[String], m: &[Vec<usize>]) -> Result<()
         for (i, row) in m.iter().enumerate() {
             for (j, &c) in row.iter().enumerate() {
                 let y = (k - 1 - i) as f64;
-                let shade = 1.0 - 0.8 * c as f64 / max;
+                let share = shares[i][j];
+                let shade = 1.0 - 0.8 * share;
                 let color = RGBColor((255.0 * shade) as u8, (255.0 * shade) as u8, 255);
                 chart
                     .draw_series(std::iter::once(Rectangle::new(
@@ -203,8 +206,15 @@ pub fn confusion(path: &Path, classes: &[String], m: &[Vec<usize>]) -> Result<()
                 chart
                     .draw_series(std::iter::once(Text::new(
                         c.to_string(),
-                        (j as f64 + 0.42, y + 0.55),
+                        (j as f64 + 0.38, y + 0.62),
                         ("sans-serif", 20).into_font().color(&text_color),
+                    )))
+                    .map_err(err)?;
+                chart
+                    .draw_series(std::iter::once(Text::new(
+                        format!("{:.0} %", 100.0 * share),
+                        (j as f64 + 0.36, y + 0.36),
+                        ("sans-serif", 14).into_font().color(&text_color),
                     )))
                     .map_err(err)?;
             }

@@ -170,10 +170,35 @@ fn metrics_section(page: &Page) -> String {
             c.support
         );
     }
-    h += "</table>\n<details><summary>Run settings</summary><pre>";
+    h += "</table>\n";
+    h += &normalized_confusion(page);
+    h += "<details><summary>Run settings</summary><pre>";
     h += &esc(&serde_json::to_string_pretty(page.context).unwrap_or_default());
     h += "</pre></details></section>\n";
     h
+}
+
+/// The confusion matrix by row share: of each true class's images, the share predicted as each
+/// class (recall on the diagonal), so a rare class's mistakes are as visible as a common one's.
+fn normalized_confusion(page: &Page) -> String {
+    let m = page.metrics;
+    let mut h = "<h3>Confusion, normalised by true class</h3>\n<table class=\"confusion-normalized\"><tr>\
+                 <th>true \\ predicted</th>"
+        .to_string();
+    for c in page.classes {
+        h += &format!("<th>{}</th>", esc(c));
+    }
+    h += "<th>images</th></tr>\n";
+    for ((c, row), counts) in page.classes.iter().zip(m.confusion_normalized()).zip(&m.confusion) {
+        h += &format!("<tr><td>{}</td>", esc(c));
+        for (j, v) in row.iter().enumerate() {
+            let diagonal = page.classes.get(j) == Some(c);
+            let cell = format!("{:.1} %", 100.0 * v);
+            h += &if diagonal { format!("<td><b>{cell}</b></td>") } else { format!("<td>{cell}</td>") };
+        }
+        h += &format!("<td>{}</td></tr>\n", counts.iter().sum::<usize>());
+    }
+    h + "</table>\n"
 }
 
 fn tile(pic: &str, path: &str, truth: &str, predicted: &str, p: f64) -> String {

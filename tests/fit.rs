@@ -80,10 +80,10 @@ fn a_fit_from_a_kaggle_flat_folder_keeps_the_validated_model_when_asked() {
     let w = workdir();
     let w = w.path();
     setup(w, 12, true);
-    let out = ok("tlearn-fit", &fit_args("flat", &["--no-final-fit", "--flips"]), w);
+    let out = ok("tlearn-fit", &fit_args("flat", &["--no-final-fit", "--flips", "--balance", "sample"]), w);
     // The k-fold command it suggests runs this recipe, not the defaults.
-    let recipe =
-        "--folds 5 --backbone tiny --size 32 --epochs 3 --patience 2 --batch 8 --head-epochs 2 --flips --no-final-fit";
+    let recipe = "--folds 5 --backbone tiny --size 32 --epochs 3 --patience 2 --batch 8 --head-epochs 2 \
+                  --balance sample --flips --no-final-fit";
     assert!(out.contains(recipe), "{out}");
     let fit = w.join("runs/flat");
     let record = json(&fit.join("run.json"));
@@ -93,6 +93,10 @@ fn a_fit_from_a_kaggle_flat_folder_keeps_the_validated_model_when_asked() {
     let tune = json(&fit.join("tune/run.json"));
     assert_eq!(tune["config"]["tta"], serde_json::json!(["hflip", "vflip", "rot180"]));
     assert_eq!(tune["config"]["augment"]["vertical_flip"], true);
+    // Classes drawn equally each epoch, the losses unweighted, in the head and the fine-tune.
+    assert_eq!(tune["config"]["fit"]["sampling"], "balanced");
+    assert!(tune["config"]["fit"].get("class_weight").is_none());
+    assert_eq!(json(&fit.join("head/run.json"))["fit"]["sampling"], "balanced");
     let classes: Vec<String> = file_names(&fit.join("data/train"));
     assert_eq!(classes.len(), 2, "{classes:?}");
 }

@@ -16,7 +16,7 @@ use tlearn::runtime::{Device, SessionOptions};
 use tlearn::train::checkpoint::{self, Resume};
 use tlearn::train::learner::{self, Checkpointing, FitOptions, Fitted, Live};
 use tlearn::train::optim::{slot_name, Optimizer, Schedule};
-use tlearn::train::{FitConfig, InMemory, Trainer};
+use tlearn::train::{FitConfig, InMemory, Sampling, Trainer};
 
 fn opts() -> SessionOptions {
     SessionOptions { device: Device::Cpu, threads: 1, precision: None }
@@ -245,15 +245,35 @@ fn a_whole_checkpoint_of_an_older_run_still_resumes() {
 /// its best model has seen is refused, not finished with the wrong best model.
 #[test]
 fn a_run_stopped_between_paced_checkpoints_resumes_to_the_same_bytes() {
+    stopped_and_resumed(Sampling::Shuffle);
+}
+
+#[test]
+fn a_class_balanced_run_is_seeded_and_resumes_to_the_same_bytes() {
+    stopped_and_resumed(Sampling::Balanced);
+}
+
+/// A fit stopped after epochs 2, 4 and 6 (its checkpoint paced to the first epoch) continues
+/// to the models of an uninterrupted one.
+fn stopped_and_resumed(sampling: Sampling) {
     let model = head();
     let with_models = |dir: &Path, epochs| {
-        let mut o =
-            options(FitConfig::new(epochs, 8, 1, Optimizer::rmsprop(1e-2)), checkpointing(dir, Resume::Require, 1e-9));
+        let fit = FitConfig { sampling, ..FitConfig::new(epochs, 8, 1, Optimizer::rmsprop(1e-2)) };
+        let mut o = options(fit, checkpointing(dir, Resume::Require, 1e-9));
         o.models = Some(dir.into());
         o
     };
     let full = tempfile::tempdir().unwrap();
     let (reference, _) = fit(&model, &all, &with_models(full.path(), 6), false, &recorder(&|_| {})).unwrap();
+    if sampling == Sampling::Balanced {
+        // Other draws than the shuffle's, and the same ones again from the same seed.
+        let other = tempfile::tempdir().unwrap();
+        let shuffled = FitConfig::new(6, 8, 1, Optimizer::rmsprop(1e-2));
+        let (s, _) = fit(&model, &all, &options(shuffled, None), false, &recorder(&|_| {})).unwrap();
+        assert_ne!(s.history[0].loss, reference.history[0].loss, "balanced draws differ from the shuffle");
+        let (_, _) = fit(&model, &all, &with_models(other.path(), 6), false, &recorder(&|_| {})).unwrap();
+        assert_eq!(bytes(&other.path().join("last.onnx")), bytes(&full.path().join("last.onnx")), "seeded");
+    }
     let improving = reference.history.windows(2).filter(|w| w[1].val_loss < w[0].val_loss).count();
     assert!(improving >= 3, "the toy's validation loss falls: {:?}", reference.history);
     for stop in [2, 4, 6] {

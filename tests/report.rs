@@ -82,6 +82,12 @@ fn report_is_self_contained_with_every_section_and_mistakes_by_confidence() {
     // Three ROC curves (one per class) in the chart; metrics table values present.
     assert!(out.join("roc.png").exists());
     assert!(html.contains("<tr><th>accuracy</th><td>0.6000</td></tr>"), "6 of 10 right");
+    // The confusion by true class's share: cat's 4 images, 3 right and 1 taken for a dog.
+    let row = "<tr><td>cat</td><td><b>75.0 %</b></td><td>25.0 %</td><td>0.0 %</td><td>4</td></tr>";
+    assert!(html.contains(row), "normalised confusion row");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(m["confusion_normalized"][0], serde_json::json!([0.75, 0.25, 0.0]));
 }
 
 /// Chromium where this machine has it: `/usr/bin/chromium` (Debian's `chromium`, which `.ci/run`

@@ -49,7 +49,8 @@ struct Args {
     /// and average the flipped views at test time and in the deployable model.
     #[arg(long)]
     flips: bool,
-    /// Class weights.
+    /// Class imbalance: loss weights (auto: when the largest class has over 3× the smallest's
+    /// images), or class-balanced sampling of every epoch (`sample`).
     #[arg(long, value_enum, default_value = "auto")]
     balance: Balance,
     /// Keep the validated model instead of retraining on train + validation for its length.

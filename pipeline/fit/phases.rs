@@ -114,6 +114,7 @@ pub(super) fn head(
             weight_decay: 0.0,
             label_smoothing: 0.0,
             class_weight: cw.clone(),
+            sampling: s.balance.sampling(),
         }
         .check()?,
         opts: job.session.clone(),
@@ -173,6 +174,7 @@ pub(super) fn tune_config(
             weight_decay: 0.0,
             label_smoothing: 0.0,
             class_weight: cw.clone(),
+            sampling: s.balance.sampling(),
         }
         .check()?,
         trainable: vec![],

@@ -43,6 +43,8 @@ pub enum Balance {
     Off,
     /// Always `balanced`.
     On,
+    /// Class-balanced sampling each epoch instead of weights (a rare class's images repeated).
+    Sample,
 }
 
 impl crate::params::Choice for Balance {
@@ -50,6 +52,7 @@ impl crate::params::Choice for Balance {
         (Balance::Auto, "auto", "balanced when the largest class has over 3× the images of the smallest"),
         (Balance::Off, "off", "every image weighs the same"),
         (Balance::On, "on", "each class's loss weighted by n / (K·n_c)"),
+        (Balance::Sample, "sample", "each class an equal share of every epoch's draws, losses unweighted"),
     ];
 }
 
@@ -57,6 +60,14 @@ impl crate::params::Choice for Balance {
 pub const IMBALANCE: f64 = 3.0;
 
 impl Balance {
+    /// How the fit's epochs draw their images.
+    pub fn sampling(self) -> crate::train::Sampling {
+        match self {
+            Balance::Sample => crate::train::Sampling::Balanced,
+            _ => crate::train::Sampling::Shuffle,
+        }
+    }
+
     /// The class weights for training class counts `counts` (None: unweighted), and why.
     pub fn decide(self, counts: &[usize]) -> (Option<ClassWeight>, String) {
         let (lo, hi) = (counts.iter().copied().min().unwrap_or(0), counts.iter().copied().max().unwrap_or(0));
@@ -65,6 +76,7 @@ impl Balance {
         match self {
             Balance::On => (Some(ClassWeight::Balanced), format!("class weights balanced (asked); {why}")),
             Balance::Off => (None, format!("classes unweighted (asked); {why}")),
+            Balance::Sample => (None, format!("classes sampled equally each epoch (asked); {why}")),
             Balance::Auto if ratio > IMBALANCE => {
                 (Some(ClassWeight::Balanced), format!("class weights balanced: {why}, over {IMBALANCE}×"))
             }
@@ -298,6 +310,16 @@ mod tests {
         assert!(Balance::Off.decide(&[1000, 1]).0.is_none());
         assert_eq!(Balance::On.decide(&[10, 10]).0, Some(ClassWeight::Balanced));
         assert!(Balance::Auto.decide(&[301, 100]).1.contains("3.0×"), "{}", Balance::Auto.decide(&[301, 100]).1);
+    }
+
+    #[test]
+    fn sample_balances_by_drawing_not_by_weights() {
+        let (weights, why) = Balance::Sample.decide(&[900, 100]);
+        assert!(weights.is_none() && why.contains("sampled equally") && why.contains("9.0×"), "{why}");
+        assert_eq!(Balance::Sample.sampling(), crate::train::Sampling::Balanced);
+        for b in [Balance::Auto, Balance::Off, Balance::On] {
+            assert_eq!(b.sampling(), crate::train::Sampling::Shuffle);
+        }
     }
 
     #[test]

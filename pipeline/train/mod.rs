@@ -18,7 +18,7 @@ pub use compile::{is_frozen, nchwc, poolconv, FROZEN};
 pub use fit::{checkpoint, learner, lr_find, pacing, resident, timing};
 pub use fit::{
     label_tensor, predict, smoothed_labels, Batch, BatchSource, ClassWeight, FitConfig, FitState, InMemory, Predictor,
-    Trainer,
+    Sampling, Trainer,
 };
 
 /// The optimizers (their settings and in-graph update, from the compiler), their host state and

@@ -1,7 +1,8 @@
 //! A fit's settings ([`FitConfig`]: epochs, batch, seed, optimizer, schedule, warm-up, weight
-//! decay, label smoothing, class weights), checked once ([`ParamGuard`]), and the learning rate
+//! decay, label smoothing, class weights, sampling), checked once ([`ParamGuard`]), and the learning rate
 //! they give each step.
 
+use super::sampling::Sampling;
 use super::schedule::Schedule;
 use crate::error::{Error, Result};
 use crate::params::ParamGuard;
@@ -32,6 +33,9 @@ pub struct FitConfig {
     /// loss unweighted, as in Keras).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_weight: Option<ClassWeight>,
+    /// Which samples each epoch draws: each once (shuffled), or class-balanced draws.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sampling: Sampling,
 }
 
 /// Settings added after records were first written are left out at their default, so older
@@ -116,6 +120,7 @@ impl FitConfig {
             weight_decay: 0.0,
             label_smoothing: 0.0,
             class_weight: None,
+            sampling: Sampling::Shuffle,
         }
     }
 

@@ -1,4 +1,5 @@
-//! The epochs of a fit, owned by the [`Trainer`]: each shuffles the previous order, steps through
+//! The epochs of a fit, owned by the [`Trainer`]: each shuffles the previous order (or draws a
+//! class-balanced one), steps through
 //! its batches at the scheduled rate (targets smoothed, samples weighted by class), validates, syncs
 //! the host copy and hands the record to the caller, which may stop the fit.
 
@@ -11,7 +12,6 @@ use crate::history::Epoch;
 use crate::metrics;
 use crate::params::Checked;
 use ndarray::ArrayD;
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 impl Trainer {
@@ -60,7 +60,7 @@ impl Trainer {
                 history: vec![],
             },
         };
-        // Each epoch shuffles the previous epoch's order.
+        // Each epoch shuffles the previous epoch's order (or draws a balanced one).
         let mut order = std::mem::take(&mut fs.order);
         if order.len() != n {
             order = (0..n).collect();
@@ -69,7 +69,7 @@ impl Trainer {
         let class_weight = self.begin(cfg, labels, &fs.optim)?;
         for epoch in start..=cfg.epochs {
             let t = std::time::Instant::now();
-            order.shuffle(&mut rng);
+            cfg.sampling.next_order(&mut order, labels, &mut rng);
             let (mut loss_sum, mut correct, mut last_lr) = (0.0f64, 0usize, f64::NAN);
             for (k, chunk) in order.chunks(cfg.batch).enumerate() {
                 let lr = cfg.lr_at(epoch - 1, (epoch - 1) * steps_per_epoch + k, steps_per_epoch);
