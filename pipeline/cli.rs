@@ -293,6 +293,10 @@ pub struct HeadShapeArgs {
     /// Default: on for logistic, svm, rbf and knn; off for dense and forest.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub standardize: Option<bool>,
+    /// `ordinal`: the classes are ordered (sorted by folder name: grades, levels): the dense head
+    /// ends in one score and K−1 ordered thresholds (a cumulative-link model), K probabilities out.
+    #[arg(long, value_enum, default_value = "classes")]
+    pub target: crate::heads::Target,
 }
 
 impl HeadShapeArgs {
@@ -304,6 +308,7 @@ impl HeadShapeArgs {
             dropout: self.dropout,
             pool: self.pool,
             standardize: self.standardize.unwrap_or(kind.standardizes_by_default()),
+            target: self.target,
         }
     }
 }
@@ -502,6 +507,7 @@ choice_values!(
     crate::calibrate::Method,
     crate::runs::Balance,
     crate::train::Sampling,
+    crate::heads::Target,
 );
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
 use std::path::Path;
 use tlearn::heads::dense as head;
-use tlearn::heads::{HeadSpec, Pool};
+use tlearn::heads::{HeadSpec, Pool, Target};
 use tlearn::onnx::builder::A;
 use tlearn::onnx::{self, proto::ModelProto, Dim, GraphBuilder};
 use tlearn::params::ParamGuard;
@@ -62,21 +62,32 @@ fn check(model: &ModelProto, feature_shape: &[usize], classes: usize, n: usize) 
 
 #[test]
 fn dense_head_sigmoid_bce_with_dropout() {
-    let spec = HeadSpec { units: 6, layers: 1, dropout: 0.5, pool: Pool::Flatten, standardize: false };
+    let spec =
+        HeadSpec { units: 6, layers: 1, dropout: 0.5, pool: Pool::Flatten, standardize: false, ..Default::default() };
     let m = head::build(&[2, 2, 3], 2, &spec.clone().check().unwrap(), 1, None).unwrap();
     check(&m, &[2, 2, 3], 2, 5);
 }
 
 #[test]
 fn two_hidden_layers_softmax_ce() {
-    let spec = HeadSpec { units: 5, layers: 2, dropout: 0.3, pool: Pool::Flatten, standardize: false };
+    let spec =
+        HeadSpec { units: 5, layers: 2, dropout: 0.3, pool: Pool::Flatten, standardize: false, ..Default::default() };
     let m = head::build(&[3, 1, 2], 3, &spec.clone().check().unwrap(), 2, None).unwrap();
     check(&m, &[3, 1, 2], 3, 6);
 }
 
 #[test]
+fn ordinal_head_cumulative_link() {
+    // One score, three ordered thresholds (their gaps as squared roots), the steps between the
+    // sigmoids as probabilities, Clip and Log under the Softmax: each rule's gradient through it.
+    let spec = HeadSpec { units: 5, layers: 1, dropout: 0.0, target: Target::Ordinal, ..Default::default() };
+    let m = head::build(&[2, 1, 3], 4, &spec.clone().check().unwrap(), 4, None).unwrap();
+    check(&m, &[2, 1, 3], 4, 8);
+}
+
+#[test]
 fn average_pooled_head() {
-    let spec = HeadSpec { units: 4, layers: 1, dropout: 0.0, pool: Pool::Avg, standardize: true };
+    let spec = HeadSpec { units: 4, layers: 1, dropout: 0.0, pool: Pool::Avg, standardize: true, ..Default::default() };
     let m = head::build(
         &[3, 3, 4],
         2,
@@ -128,7 +139,8 @@ fn unsupported_op_names_node_and_op() {
 
 #[test]
 fn training_reduces_the_loss_and_is_reproducible() {
-    let spec = HeadSpec { units: 8, layers: 1, dropout: 0.5, pool: Pool::Flatten, standardize: false };
+    let spec =
+        HeadSpec { units: 8, layers: 1, dropout: 0.5, pool: Pool::Flatten, standardize: false, ..Default::default() };
     let m = head::build(&[4], 2, &spec.clone().check().unwrap(), 9, None).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let x = rand_array(&mut rng, &[64, 4], 1.0);
@@ -309,7 +321,8 @@ fn keras_update(opt: &optim::Optimizer, t: i32, w: &mut [f32], g: &[f32], s0: &m
 /// correction carried), and `sync` brings back exactly the device's parameters and slots.
 #[test]
 fn in_graph_optimizers_follow_keras_update_rules() {
-    let spec = HeadSpec { units: 5, layers: 1, dropout: 0.0, pool: Pool::Flatten, standardize: false };
+    let spec =
+        HeadSpec { units: 5, layers: 1, dropout: 0.0, pool: Pool::Flatten, standardize: false, ..Default::default() };
     let m = head::build(&[2, 2, 3], 3, &spec.clone().check().unwrap(), 4, None).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
     let x = rand_array(&mut rng, &[6, 2, 2, 3], 1.0);
@@ -400,7 +413,8 @@ fn cuda_training_matches_cpu() {
 /// − s·lr·Σ wᵢgᵢ / N; and label smoothing gives Keras' targets.
 #[test]
 fn class_weights_weight_decay_and_lr_factors_follow_their_rules() {
-    let spec = HeadSpec { units: 5, layers: 1, dropout: 0.0, pool: Pool::Flatten, standardize: false };
+    let spec =
+        HeadSpec { units: 5, layers: 1, dropout: 0.0, pool: Pool::Flatten, standardize: false, ..Default::default() };
     let m = head::build(&[4], 3, &spec.check().unwrap(), 2, None).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
     let x = rand_array(&mut rng, &[2, 4], 1.0);

@@ -53,6 +53,10 @@ struct Args {
     /// images), or class-balanced sampling of every epoch (`sample`).
     #[arg(long, value_enum, default_value = "auto")]
     balance: Balance,
+    /// `ordinal`: the classes are ordered (sorted by folder name: grades, levels); the warm-start
+    /// head, and so the fine-tuned net, ends in one score and K−1 ordered thresholds.
+    #[arg(long, value_enum, default_value = "classes")]
+    target: tlearn::heads::Target,
     /// Keep the validated model instead of retraining on train + validation for its length.
     #[arg(long)]
     no_final_fit: bool,
@@ -107,6 +111,7 @@ fn run(a: Args) -> Result<()> {
         lr_auto: matches!(a.lr, tlearn::cli::Lr::Auto),
         flips: a.flips,
         balance: a.balance,
+        target: a.target,
         final_fit: !a.no_final_fit,
         folds: a.folds,
         test: a.test,

@@ -102,7 +102,7 @@ pub(super) fn head(
         features: features.to_path_buf(),
         run_dir: run_dir.clone(),
         kind: HeadKind::Dense,
-        spec: HeadSpec { pool: Pool::Avg, ..HeadSpec::default() }.check()?,
+        spec: HeadSpec { pool: Pool::Avg, target: s.target, ..HeadSpec::default() }.check()?,
         classical: ClassicalSpec::default().check()?,
         fit: FitConfig {
             epochs: s.head_epochs,

@@ -140,9 +140,21 @@ pub fn build(
         let (mean, std) = standardizer(&pooled(tx, spec.pool))?;
         x = emit_standardize(&mut b, &x, &mean, &std);
     }
+    let ordinal = spec.target == super::Target::Ordinal;
+    if ordinal && classes < 3 {
+        return Err(Error::Param {
+            name: "target",
+            value: "ordinal".into(),
+            reason: format!("{classes} classes: an order needs three or more (two classes are one sigmoid already)"),
+        });
+    }
     let out_units = crate::metrics::output_width(classes);
     for layer in 0..=spec.layers {
         let last = layer == spec.layers;
+        if last && ordinal {
+            super::ordinal::emit(&mut b, &x, width, classes, &format!("dense_{layer}/"), &mut rng);
+            break;
+        }
         let units = if last { out_units } else { spec.units };
         let w = b.init_f32(&format!("dense_{layer}/kernel"), &glorot_uniform(&mut rng, &[width, units], width, units));
         let bias = b.init_f32(&format!("dense_{layer}/bias"), &ArrayD::zeros(ndarray::IxDyn(&[units])));

@@ -13,6 +13,7 @@ pub mod forest;
 pub mod knn;
 pub mod linear;
 mod ops;
+pub mod ordinal;
 pub mod prep;
 mod spec;
 
@@ -20,7 +21,7 @@ pub use prep::Prep;
 
 /// The dense head's learning rate when none is given (RMSprop, as in the course's classic head).
 pub const DEFAULT_LR: f64 = 2e-5;
-pub use spec::{ClassicalSpec, Data, Fit, Fitted, Head, HeadKind, HeadSpec, Pool, Trained, INPUT, OUTPUT};
+pub use spec::{ClassicalSpec, Data, Fit, Fitted, Head, HeadKind, HeadSpec, Pool, Target, Trained, INPUT, OUTPUT};
 
 use crate::error::Result;
 use crate::history::Epoch;
@@ -51,9 +52,20 @@ impl Classical {
         })
     }
 
+    /// Classical heads model unordered classes only.
+    fn check_target(&self) -> Result<()> {
+        match self.spec.target {
+            Target::Classes => Ok(()),
+            Target::Ordinal => {
+                Err(bad("target", "ordinal", "only the dense head has an ordinal output: give --head dense"))
+            }
+        }
+    }
+
     /// Fit and return the prepared-rows model too (tests compare it with the graph).
     pub fn fit_model(&self, data: &Data, seed: u64) -> Result<(Prep, Box<dyn Fitted>, ModelProto)> {
         data.validate()?;
+        self.check_target()?;
         let prep = Prep::fit(data.x, &self.spec, self.classical.pca)?;
         let rows = prep.apply(data.x).mapv(f64::from);
         let fitted = self.fitter()?.fit(rows.view(), data.y, data.classes, seed)?;

@@ -26,11 +26,46 @@ pub struct HeadSpec {
     /// graph as frozen constants.
     #[serde(default)]
     pub standardize: bool,
+    /// What the output models: unordered classes, or ordered ones (a cumulative-link output).
+    #[serde(default, skip_serializing_if = "Target::is_classes")]
+    pub target: Target,
+}
+
+/// What a head's output models.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// Unordered classes: a sigmoid (two) or a softmax over them.
+    #[default]
+    Classes,
+    /// Classes in the order of their folder names' sort (grades, levels): one score and K−1
+    /// ordered thresholds (a cumulative-link model), K probabilities out.
+    Ordinal,
+}
+
+impl Target {
+    fn is_classes(&self) -> bool {
+        *self == Target::Classes
+    }
+}
+
+impl crate::params::Choice for Target {
+    const ALL: &'static [(Self, &'static str, &'static str)] = &[
+        (Target::Classes, "classes", "unordered classes: sigmoid (two) or softmax"),
+        (Target::Ordinal, "ordinal", "ordered classes (sorted by name): one score, K−1 ordered thresholds"),
+    ];
 }
 
 impl Default for HeadSpec {
     fn default() -> Self {
-        HeadSpec { units: 256, layers: 1, dropout: 0.5, pool: Pool::Flatten, standardize: false }
+        HeadSpec {
+            units: 256,
+            layers: 1,
+            dropout: 0.5,
+            pool: Pool::Flatten,
+            standardize: false,
+            target: Target::Classes,
+        }
     }
 }
 

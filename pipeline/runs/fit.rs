@@ -105,6 +105,10 @@ pub struct FitSettings {
     /// The images have no orientation: train with random flips and average the flipped views.
     pub flips: bool,
     pub balance: Balance,
+    /// `ordinal`: the classes are ordered; the warm-start head (and so the fine-tuned net) ends
+    /// in a cumulative-link output.
+    #[serde(default, skip_serializing_if = "is_classes")]
+    pub target: crate::heads::Target,
     /// Retrain on train + validation for the length validation chose.
     pub final_fit: bool,
     /// K-fold cross-validation instead of one split: K runs, each a fit.
@@ -149,6 +153,10 @@ impl ParamGuard for FitSettings {
         }
         Ok(())
     }
+}
+
+fn is_classes(t: &crate::heads::Target) -> bool {
+    *t == crate::heads::Target::Classes
 }
 
 /// A fit's length planned for its `--budget` (kept as `plan.json` in the fit's folder, so a
@@ -234,6 +242,7 @@ impl FitSettings {
         differs("seed", self.seed.to_string(), d::SEED.to_string());
         differs("head-epochs", self.head_epochs.to_string(), d::HEAD_EPOCHS.to_string());
         differs("balance", self.balance.name().to_string(), Balance::Auto.name().to_string());
+        differs("target", self.target.name().to_string(), crate::heads::Target::Classes.name().to_string());
         if self.flips {
             a.push("--flips".into());
         }
@@ -335,6 +344,7 @@ mod tests {
             lr_auto: false,
             flips: true,
             balance: Balance::Auto,
+            target: crate::heads::Target::Classes,
             final_fit: true,
             folds: None,
             test: defaults::TEST,

@@ -1,4 +1,4 @@
-//! Backward rules of the elementwise ops: activations (Relu, Clip, Sigmoid, Softmax), Dropout
+//! Backward rules of the elementwise ops: activations (Relu, Clip, Sigmoid, Softmax, Log), Dropout
 //! (a fed mask), the arithmetic of two operands (Add/Sub, Mul, Div, broadcast gradients summed back
 //! to each operand's shape) and Max (the gradient to the first maximal input).
 
@@ -21,6 +21,7 @@ pub const RULES: &[(&str, Rule)] = &[
     ("Max", max),
     ("Mul", mul),
     ("Div", div),
+    ("Log", log),
 ];
 
 /// dy · relu'(x) from the ReLU's output y: dy · \[y > 0\] as Greater + Cast + Mul (≈ 2× faster
@@ -164,6 +165,13 @@ fn mul(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
             cx.push(&n.input[i], d);
         }
     }
+    Ok(())
+}
+
+/// y = ln x: dx = dy / x.
+fn log(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
+    let d = cx.b.op("Div", &[&dy, &n.input[0]], vec![]);
+    cx.push(&n.input[0], d);
     Ok(())
 }
 
