@@ -52,8 +52,14 @@ fn net_model(net: &str, python: Option<&str>) -> Option<(tlearn::onnx::proto::Mo
             .args(["keras_export_net.py", "resnet50", "../.cache/bench/resnet50.onnx"])
             .current_dir("pyref")
             .env("TF_CPP_MIN_LOG_LEVEL", "3")
-            .output()
-            .ok()?;
+            .output();
+        let o = match o {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("resnet50 export could not start {}: {e}", python.unwrap_or_default());
+                return None;
+            }
+        };
         if !o.status.success() {
             eprintln!("resnet50 export failed: {}", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or(""));
             return None;
@@ -113,6 +119,12 @@ fn main() {
     let threads: usize = std::env::var("BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
     let py = std::env::var("BENCH_TF_PYTHON").unwrap_or_else(|_| ".cache/tfenv/bin/python".into());
+    // Absolute: the ResNet-50 export runs in `pyref/`, where a relative path to the venv's python
+    // names nothing (the export then failed unseen and the row read "skipped").
+    let py = match Path::new(&py).is_relative() && py.contains('/') {
+        true => std::env::current_dir().map(|d| d.join(&py).to_string_lossy().into_owned()).unwrap_or(py),
+        false => py,
+    };
     let have_tf = std::process::Command::new(&py)
         .args(["-c", "import tensorflow"])
         .env("TF_CPP_MIN_LOG_LEVEL", "3")
