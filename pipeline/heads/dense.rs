@@ -140,7 +140,7 @@ pub fn build(
         let (mean, std) = standardizer(&pooled(tx, spec.pool))?;
         x = emit_standardize(&mut b, &x, &mean, &std);
     }
-    let ordinal = spec.target == super::Target::Ordinal;
+    let ordinal = spec.target == super::spec::Target::Ordinal;
     if ordinal && classes < 3 {
         return Err(Error::Param {
             name: "target",
