@@ -296,6 +296,9 @@ fn stopped_and_resumed(sampling: Sampling) {
         }
         let (resumed, _) = fit(&model, &all, &o, false, &recorder(&|_| {})).unwrap();
         assert_eq!(resumed.history.len(), 6);
+        // The continued run's time counts the checkpointed epoch at the time it took.
+        assert_eq!(resumed.restored_seconds, resumed.history[0].seconds);
+        assert!(resumed.restored_seconds > 0.0 && reference.restored_seconds == 0.0);
         for f in ["last.onnx", "best.onnx"] {
             assert!(bytes(&dir.path().join(f)) == bytes(&full.path().join(f)), "{f} after a stop at epoch {stop}");
         }

@@ -246,7 +246,9 @@ pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
     let Some((best_epoch, Some(best))) = fitted.best else {
         return Err(Error::Other("no epoch finished".into()));
     };
-    let done = Done { best_epoch, history: fitted.history, seconds: t.elapsed().as_secs_f64(), trainable_params };
+    // A resumed run's time counts the epochs it continues from at the time they took.
+    let seconds = t.elapsed().as_secs_f64() + fitted.restored_seconds;
+    let done = Done { best_epoch, history: fitted.history, seconds, trainable_params };
     let trunk_info =
         trunk.as_ref().map(|t| TrunkInfo { tensor: t.tensor.clone(), views: t.views.clone(), seconds: t.seconds });
     record(cfg, &model, best, done, trunk_info, classes, input, (&train, val.as_ref()), &title)

@@ -283,6 +283,8 @@ pub struct FitRecord {
     /// `--budget`: the plan the fine-tune's length came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<Plan>,
+    /// Wall-clock seconds of the command that finished the fit (a fit continued after a kill:
+    /// of its last start only; each fine-tune's `train_seconds` counts its epochs of every start).
     pub seconds: f64,
     pub tlearn_version: String,
 }

@@ -70,6 +70,9 @@ pub struct Fitted {
     pub history: Vec<Epoch>,
     /// The best epoch, and its model when [`FitOptions::models`] is set.
     pub best: Option<(Epoch, Option<ModelProto>)>,
+    /// Seconds the epochs restored from a checkpoint took when they ran (before this call), so a
+    /// resumed run's time counts them.
+    pub restored_seconds: f64,
 }
 
 /// The best epoch so far, as the loop tracks it.
@@ -128,10 +131,12 @@ pub fn fit(
         sink.epoch(e, epochs);
     }
     let done = resumed.as_ref().map(|r| r.epoch).unwrap_or(0);
+    let restored_seconds = resumed.iter().flat_map(|r| &r.history).map(|e| e.seconds).sum();
     // A run that stopped early stays stopped: its rerun ends where it did.
     if let Some(state) = resumed.as_ref().filter(|_| stopping.stops(best.since)) {
         note_stop(&stopping, &best, sink);
-        return Ok(Fitted { history: state.history.clone(), best: best.epoch.map(|e| (e, best.model)) });
+        let (history, best) = (state.history.clone(), best.epoch.map(|e| (e, best.model)));
+        return Ok(Fitted { history, best, restored_seconds });
     }
     let steps = data.labels().len().div_ceil(o.fit.batch) as u64;
     let meter =
@@ -174,7 +179,7 @@ pub fn fit(
             w.checkpoint.spent.as_secs_f64()
         ));
     }
-    Ok(Fitted { history, best: best.epoch.map(|e| (e, best.model)) })
+    Ok(Fitted { history, best: best.epoch.map(|e| (e, best.model)), restored_seconds })
 }
 
 /// Why the fit stopped early, through the sink.
