@@ -189,12 +189,11 @@ fn normalized_confusion(page: &Page) -> String {
         h += &format!("<th>{}</th>", esc(c));
     }
     h += "<th>images</th></tr>\n";
-    for ((c, row), counts) in page.classes.iter().zip(m.confusion_normalized()).zip(&m.confusion) {
+    for (i, ((c, row), counts)) in page.classes.iter().zip(m.confusion_normalized()).zip(&m.confusion).enumerate() {
         h += &format!("<tr><td>{}</td>", esc(c));
         for (j, v) in row.iter().enumerate() {
-            let diagonal = page.classes.get(j) == Some(c);
             let cell = format!("{:.1} %", 100.0 * v);
-            h += &if diagonal { format!("<td><b>{cell}</b></td>") } else { format!("<td>{cell}</td>") };
+            h += &if i == j { format!("<td><b>{cell}</b></td>") } else { format!("<td>{cell}</td>") };
         }
         h += &format!("<td>{}</td></tr>\n", counts.iter().sum::<usize>());
     }

@@ -102,8 +102,8 @@ fn mean_predictions(each: &[Predictions], members: &[Member], dir: &Path) -> Res
     let mut probs = first.probs.clone();
     for (p, m) in each.iter().zip(members).skip(1) {
         let row: HashMap<&(String, usize), usize> = p.files.iter().enumerate().map(|(i, f)| (f, i)).collect();
-        if row.len() != first.files.len() || first.files.iter().any(|f| !row.contains_key(f)) {
-            let missing = first.files.iter().find(|f| !row.contains_key(f)).map(|f| f.0.clone()).unwrap_or_default();
+        let missing = first.files.iter().find(|f| !row.contains_key(f)).map(|f| f.0.clone());
+        if row.len() != first.files.len() || missing.is_some() {
             return Err(Error::BadData {
                 path: dir.into(),
                 reason: format!(
@@ -113,7 +113,7 @@ fn mean_predictions(each: &[Predictions], members: &[Member], dir: &Path) -> Res
                     members[0].name,
                     p.files.len(),
                     first.files.len(),
-                    if missing.is_empty() { String::new() } else { format!("; e.g. not {missing}") }
+                    missing.map(|f| format!("; e.g. not {f}")).unwrap_or_default()
                 ),
             });
         }
