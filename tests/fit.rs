@@ -106,25 +106,88 @@ fn a_fit_killed_in_each_phase_ends_with_the_uninterrupted_bytes() {
     let w = workdir();
     let w = w.path();
     setup(w, 16, false);
-    ok("tlearn-fit", &fit_args("whole", &[]), w);
+    // Progressive resizing: each fine-tune has a phase at the smaller size before its own.
+    let progressive = ["--progressive", "24:1"];
+    ok("tlearn-fit", &fit_args("whole", &progressive), w);
     let fit = w.join("runs/cut");
     // Kill as soon as each phase has left its first durable file.
-    let marks =
-        ["data/split.json", "features", "head/checkpoint.onnx", "tune/checkpoint.onnx", "final/checkpoint.onnx"];
+    let marks = [
+        "data/split.json",
+        "features",
+        "head/checkpoint.onnx",
+        "tune/presize/checkpoint.onnx",
+        "tune/checkpoint.onnx",
+        "final/presize/checkpoint.onnx",
+        "final/checkpoint.onnx",
+    ];
     let mut landed = 0;
     for m in marks {
         let p = fit.join(m);
-        landed += kill_at("tlearn-fit", &fit_args("cut", &[]), w, None, &|| p.exists()) as usize;
+        landed += kill_at("tlearn-fit", &fit_args("cut", &progressive), w, None, &|| p.exists()) as usize;
     }
     assert!(landed >= 3, "kills landed mid-fit: {landed}");
-    ok("tlearn-fit", &fit_args("cut", &[]), w);
+    ok("tlearn-fit", &fit_args("cut", &progressive), w);
     let whole = w.join("runs/whole");
-    for f in ["model.onnx", "tune/best.onnx", "final/model.onnx", "head/head.onnx"] {
+    for f in ["model.onnx", "tune/best.onnx", "tune/presize/last.onnx", "final/model.onnx", "head/head.onnx"] {
         assert!(bytes(&fit.join(f)) == bytes(&whole.join(f)), "{f} differs after kills");
     }
-    assert_eq!(history_sans_time(&fit.join("tune/history.csv")), history_sans_time(&whole.join("tune/history.csv")));
+    for h in ["tune/history.csv", "tune/presize/history.csv", "final/presize/history.csv"] {
+        assert_eq!(history_sans_time(&fit.join(h)), history_sans_time(&whole.join(h)), "{h}");
+    }
     let preds = |r: &str| std::fs::read_to_string(w.join("reports").join(r).join("predictions.csv")).unwrap();
     assert_eq!(preds("cut").replace("runs/cut/", "runs/whole/"), preds("whole"));
+}
+
+/// The image input's (H, W) of the model at `p`.
+fn input_hw(p: &Path) -> (i64, i64) {
+    let m = tlearn::onnx::load_model(p).unwrap();
+    let dims = tlearn::onnx::vi_shape(&tlearn::onnx::graph(&m).input[0]).1;
+    (dims[1].unwrap(), dims[2].unwrap())
+}
+
+#[test]
+fn progressive_resizing_starts_the_full_size_where_the_small_epochs_left_the_weights() {
+    let w = workdir();
+    let w = w.path();
+    setup(w, 16, false);
+    let out = ok("tlearn-fit", &fit_args("p", &["--progressive", "16:2", "--no-final-fit"]), w);
+    assert!(out.contains("--progressive 16:2"), "the suggested k-fold command keeps the recipe: {out}");
+    let tune = w.join("runs/p/tune");
+    let record = json(&tune.join("run.json"));
+    assert_eq!(record["config"]["progressive"], serde_json::json!({"size": 16, "epochs": 2}));
+    let early = record["presize_seconds"].as_f64().unwrap();
+    assert!(early > 0.0 && record["train_seconds"].as_f64().unwrap() > early, "{record}");
+    assert_eq!(history_sans_time(&tune.join("presize/history.csv")).len(), 2, "two epochs at 16×16");
+    assert_eq!(input_hw(&tune.join("presize/last.onnx")), (16, 16));
+    assert_eq!(input_hw(&tune.join("model.onnx")), (32, 32), "the model runs at the fit's size");
+    // The small epochs' last net, given the full size, fine-tuned plainly with the same recipe:
+    // the same weights as the progressive run's epochs at 32.
+    let mut start = tlearn::onnx::load_model(&tune.join("presize/last.onnx")).unwrap();
+    let g = start.graph.as_mut().unwrap();
+    tlearn::onnx::set_dims(&mut g.input[0], &[(1, 32), (2, 32)]);
+    tlearn::onnx::save_model(&start, &w.join("start.onnx")).unwrap();
+    let plain = ["start.onnx", "--data", "runs/p/data", "--run", "q", "--epochs", "3", "--patience", "2"];
+    let recipe = ["--batch", "8", "--optimizer", "adam", "--lr", "1e-4", "--schedule", "cosine", "--explain", "0"];
+    ok("tlearn-finetune", &[&plain[..], &recipe, &["--device", "cpu"]].concat(), w);
+    let weights = |p: &Path| -> Vec<(String, Vec<f32>)> {
+        let m = tlearn::onnx::load_model(p).unwrap();
+        let g = tlearn::onnx::graph(&m);
+        let floats = g.initializer.iter().filter(|t| t.data_type == 1);
+        let mut v: Vec<_> = floats
+            .map(|t| (t.name.clone(), tlearn::onnx::tensor_to_f32(t).unwrap().iter().copied().collect()))
+            .collect();
+        v.sort_by(|x, y| x.0.cmp(&y.0));
+        v
+    };
+    let (a, b) = (weights(&tune.join("last.onnx")), weights(&w.join("runs/q/last.onnx")));
+    assert!(!a.is_empty() && a == b, "the epochs at 32 start from the small epochs' weights");
+    assert_ne!(weights(&tune.join("presize/last.onnx")), a, "and train on from there");
+    // Not below the fit's size, nor with a cached trunk.
+    let e = fails("tlearn-fit", &fit_args("big", &["--progressive", "32:1"]), w);
+    assert!(e.contains("below the fit's --size 32"), "{e}");
+    let trunk = ["start.onnx", "--data", "runs/p/data", "--run", "c", "--progressive", "16:1", "--cache-trunk"];
+    let e = fails("tlearn-finetune", &trunk, w);
+    assert!(e.contains("--cache-trunk"), "{e}");
 }
 
 #[test]

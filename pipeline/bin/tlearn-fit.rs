@@ -57,6 +57,11 @@ struct Args {
     /// head, and so the fine-tuned net, ends in one score and K−1 ordered thresholds.
     #[arg(long, value_enum, default_value = "classes")]
     target: tlearn::heads::Target,
+    /// Progressive resizing: each fine-tune's first EPOCHS epochs at SIZE×SIZE (below --size;
+    /// a step costs about the image's area), then at --size from where they left the weights,
+    /// e.g. `--progressive 224:3` with `--size 300`. --epochs counts the epochs at --size.
+    #[arg(long, value_name = "SIZE:EPOCHS")]
+    progressive: Option<tlearn::runs::finetune::Progressive>,
     /// Keep the validated model instead of retraining on train + validation for its length.
     #[arg(long)]
     no_final_fit: bool,
@@ -112,6 +117,7 @@ fn run(a: Args) -> Result<()> {
         flips: a.flips,
         balance: a.balance,
         target: a.target,
+        progressive: a.progressive,
         final_fit: !a.no_final_fit,
         folds: a.folds,
         test: a.test,

@@ -168,6 +168,12 @@ pub struct FinetuneArgs {
     /// train the rest on their cached output (with --trainable; augmentation: flips only).
     #[arg(long)]
     pub cache_trunk: bool,
+    /// Progressive resizing: the first EPOCHS epochs at SIZE×SIZE (below the model's own size;
+    /// each step costs about the image's area), then --epochs at the model's own size, from
+    /// where they left the weights (e.g. `--progressive 224:3` for a 300×300 model). The early
+    /// epochs' history goes to the run's presize/ folder.
+    #[arg(long, value_name = "SIZE:EPOCHS")]
+    pub progressive: Option<crate::runs::finetune::Progressive>,
     /// Pixel scale (Keras' rescale). Default: 1/255, or 1 for a model that scales its input
     /// itself (a leading Mul/Div by a constant, e.g. a Keras Rescaling layer) or is a deployable
     /// tlearn model.
@@ -211,6 +217,7 @@ impl FinetuneArgs {
             patience: None,
             include_validation: self.include_validation,
             cache_trunk: self.cache_trunk,
+            progressive: self.progressive,
             rescale: crate::finetune::rescale_for(self.rescale, model)?,
             interpolation: self.interpolation,
             augment: self.augment.augmentation(),

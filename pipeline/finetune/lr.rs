@@ -2,12 +2,13 @@
 //! trainer and batches ([`lr_find`]), and `--lr auto` ([`choose_lr`]), which trains at its
 //! suggestion.
 
-use super::{prepare, Purpose, TrainBatches, CHECKPOINT};
+use super::prepared::{prepare, Purpose, TrainBatches};
 use crate::error::{Error, Result};
 use crate::params::{Checked, ParamGuard};
 use crate::progress::Sink;
 use crate::runs::finetune::{default_max_memory, FinetuneConfig};
 use crate::spill;
+use crate::train::checkpoint::CHECKPOINT;
 use crate::train::checkpoint::{self, Resume};
 use crate::train::lr_find::{with_lr, LrChoice, LrCurve, Sweep};
 
@@ -19,7 +20,7 @@ use crate::train::lr_find::{with_lr, LrChoice, LrCurve, Sweep};
 pub fn lr_find(cfg: &FinetuneConfig, sweep: &Checked<Sweep>, sink: &dyn Sink) -> Result<LrCurve> {
     cfg.check()?;
     let budget = spill::Budget::new(cfg.max_memory.unwrap_or_else(default_max_memory), &std::env::temp_dir());
-    let mut p = prepare(cfg, &budget, Purpose::Sweep, sink)?;
+    let mut p = prepare(cfg, &budget, Purpose::Sweep, None, sink)?;
     let batches = TrainBatches::of(cfg, &p.train, p.trunk.as_ref());
     let trainable: usize = p.trainer.params.iter().map(|a| a.len()).sum();
     sink.note(&format!(

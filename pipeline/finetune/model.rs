@@ -2,7 +2,7 @@
 //! view), its image input, the pixel scale it wants, and which of its parameters train.
 
 use crate::error::{Error, Result};
-use crate::onnx::{self, proto::ModelProto};
+use crate::onnx::{self, cut, proto::ModelProto};
 pub use crate::runs::finetune::input_shape;
 use crate::runs::FinetuneConfig;
 use crate::train::learner;
@@ -218,4 +218,30 @@ pub(super) fn trainable_fn(cfg: &FinetuneConfig, model: &ModelProto) -> impl Fn(
     move |n: &str| {
         !(deployable && is_preprocessing(n)) && (patterns.is_empty() || patterns.iter().any(|p| matches(p, n)))
     }
+}
+
+/// `m` (path `what`, input `full`×`full`) taking `size`×`size` images: its image input's height
+/// and width rewritten and the recorded intermediate shapes dropped (onnxruntime infers them).
+/// Only a size below the model's own is taken: progressive resizing grows toward it.
+pub fn at_size(m: &ModelProto, what: &Path, size: u32) -> Result<ModelProto> {
+    let full = input_shape(m, what)?;
+    if size as usize >= full[0].min(full[1]) {
+        return Err(Error::Param {
+            name: "progressive",
+            value: size.to_string(),
+            reason: format!(
+                "the early epochs' size must be below the model's own {}×{} (e.g. {})",
+                full[0],
+                full[1],
+                (full[0] * 3 / 4).max(1)
+            ),
+        });
+    }
+    let (input, _) = cut::image_input(m, what)?;
+    let mut out = m.clone();
+    let g = out.graph.as_mut().expect("graph");
+    g.value_info.clear();
+    let vi = g.input.iter_mut().find(|i| i.name == input).expect("image input");
+    onnx::set_dims(vi, &[(1, size as i64), (2, size as i64)]);
+    Ok(out)
 }

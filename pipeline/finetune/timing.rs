@@ -1,7 +1,7 @@
 //! A fine-tune's cost measured before it runs: the trainer built as [`super::run`] builds it,
 //! the learner rehearsed on a few of the run's own batches. `tlearn fit --budget` plans from it.
 
-use super::{prepare, ImageBatches, Purpose, TrainBatches};
+use super::prepared::{prepare, ImageBatches, Purpose, TrainBatches};
 use crate::error::Result;
 use crate::progress::Sink;
 use crate::runs::finetune::{default_max_memory, FinetuneConfig};
@@ -23,7 +23,7 @@ pub fn measure(cfg: &FinetuneConfig, scratch: &Path, sink: &dyn Sink) -> Result<
     let t = std::time::Instant::now();
     // Images past the memory budget spill beside the rehearsal, as the run's spill beside it.
     let budget = crate::spill::Budget::new(cfg.max_memory.unwrap_or_else(default_max_memory), scratch);
-    let mut p = prepare(cfg, &budget, Purpose::Run, sink)?;
+    let mut p = prepare(cfg, &budget, Purpose::Run, None, sink)?;
     let prepared = t.elapsed().as_secs_f64();
     let batches = TrainBatches::of(cfg, &p.train, p.trunk.as_ref());
     let val = p.val.as_ref().map(|set| ImageBatches { set, augment: None, rescale: cfg.rescale });

@@ -38,6 +38,9 @@ pub struct Costs {
     /// Grad-CAM overlays in the report (each a forward and backward pass of one image).
     pub explain: usize,
     pub final_fit: bool,
+    /// `--progressive`: the early epochs' image area over the full size's (what their steps
+    /// cost of a full step's), and how many each fine-tune runs.
+    pub presize: Option<(f64, usize)>,
 }
 
 impl Costs {
@@ -59,11 +62,18 @@ impl Costs {
         }
     }
 
-    /// What does not grow with the epochs: each phase's set-up and the test report.
+    /// What does not grow with the epochs: each phase's set-up, the test report and the early
+    /// epochs at the smaller size (each fine-tune's, a phase of their own).
     fn fixed(&self) -> f64 {
-        let phases = if self.final_fit { 3.0 } else { 2.0 };
+        let tunes = if self.final_fit { 2.0 } else { 1.0 };
         let per_image = self.step / self.batch as f64;
-        phases * self.setup + (self.test * self.views) as f64 * self.predict + self.explain as f64 * per_image
+        let (presize, phases) = match self.presize {
+            Some((area, epochs)) => {
+                (area * epochs as f64 * (self.tune_epoch() + self.final_epoch()), 1.0 + 2.0 * tunes)
+            }
+            None => (0.0, 1.0 + tunes),
+        };
+        phases * self.setup + (self.test * self.views) as f64 * self.predict + self.explain as f64 * per_image + presize
     }
 }
 
@@ -161,6 +171,7 @@ pub(super) fn planned(
                 views: if s.flips { 4 } else { 1 },
                 explain: job.explain,
                 final_fit: s.final_fit,
+                presize: s.progressive.map(|p| ((p.size as f64 / s.size as f64).powi(2), p.epochs)),
             };
             let p = plan(&costs, budget, spent, s.epochs)?;
             fsutil::write_json(&path, &p)?;
@@ -213,6 +224,7 @@ mod tests {
             views: 1,
             explain: 0,
             final_fit: true,
+            presize: None,
         }
     }
 
@@ -239,6 +251,23 @@ mod tests {
         assert!(plan(&saving, 300.0, 20.0, 50).unwrap().epochs < p.epochs, "2 s of writes an epoch");
         let flips = Costs { views: 4, ..costs() };
         assert!(plan(&flips, 300.0, 20.0, 50).unwrap().eta_seconds > p.eta_seconds);
+    }
+
+    #[test]
+    fn early_epochs_at_a_smaller_size_cost_their_share_of_the_area() {
+        let p = plan(&costs(), 300.0, 20.0, 50).unwrap();
+        // Four epochs at half the side: a quarter of four epochs' steps in each fine-tune, so one
+        // epoch (24 s with writes) in all.
+        let early = Costs { presize: Some((0.25, 4)), ..costs() };
+        let q = plan(&early, 300.0, 20.0, 50).unwrap();
+        let epoch = 24.0 * Costs::CHECKPOINTS;
+        let fixed = |p: &Plan| p.eta_seconds - 20.0 - p.epochs as f64 * epoch;
+        assert!((fixed(&q) - fixed(&p) - epoch).abs() < 1e-9, "{q:?} vs {p:?}");
+        assert_eq!(q.epochs, p.epochs - 1);
+        let set_up = Costs { setup: 5.0, ..early.clone() };
+        let with = plan(&set_up, 300.0, 20.0, 50).unwrap();
+        let without = plan(&Costs { presize: None, ..set_up }, 300.0, 20.0, 50).unwrap();
+        assert!((fixed(&with) - fixed(&without) - epoch - 10.0).abs() < 1e-9, "and two set-ups of 5 s");
     }
 
     #[test]

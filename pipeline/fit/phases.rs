@@ -184,6 +184,7 @@ pub(super) fn tune_config(
         patience: (!is_final).then_some(s.patience),
         include_validation: is_final,
         cache_trunk: false,
+        progressive: s.progressive,
         rescale: finetune::rescale_for(None, model)?,
         interpolation: Interpolation::Nearest,
         augment,

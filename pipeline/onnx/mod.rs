@@ -277,6 +277,18 @@ pub fn vi_shape(vi: &ValueInfoProto) -> (i32, Vec<Option<i64>>) {
     (tt.elem_type, dims)
 }
 
+/// Set dims of a value info (axis, size); axes it does not have are left alone.
+pub fn set_dims(vi: &mut ValueInfoProto, dims: &[(usize, i64)]) {
+    let Some(shape) = vi.r#type.as_mut().and_then(|t| t.tensor_type.as_mut()).and_then(|tt| tt.shape.as_mut()) else {
+        return;
+    };
+    for &(axis, v) in dims {
+        if let Some(d) = shape.dim.get_mut(axis) {
+            d.value = Some(DimValue::DimValue(v));
+        }
+    }
+}
+
 pub fn attr<'a>(n: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
     n.attribute.iter().find(|a| a.name == name)
 }

@@ -66,6 +66,9 @@ pub struct FinetuneConfig {
     /// rest on their cached output (`crate::trunk`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cache_trunk: bool,
+    /// Progressive resizing: the first epochs at a smaller image size, then the model's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progressive: Option<Progressive>,
     /// Train a deployable model whose recorded classes differ from the data's as the data's
     /// classes, output k as the data's class k (without it such data is refused).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -104,7 +107,44 @@ impl FinetuneConfig {
                 reason: "the conv base's learning rate (--lr-base) must be positive".into(),
             });
         }
+        if let (Some(p), true) = (&self.progressive, self.cache_trunk) {
+            return Err(Error::Param {
+                name: "progressive",
+                value: p.to_string(),
+                reason: "a cached trunk holds one size's outputs; drop --cache-trunk or --progressive".into(),
+            });
+        }
         Ok(())
+    }
+}
+
+/// `--progressive SIZE:EPOCHS`: the fine-tune's first `epochs` epochs at `size`×`size` (the same
+/// weights run at any size whose feature map the net pools), each a step of (size/full)² the
+/// cost, then the run's epochs at the model's own size (fastai's progressive resizing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progressive {
+    pub size: u32,
+    pub epochs: usize,
+}
+
+impl std::fmt::Display for Progressive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.size, self.epochs)
+    }
+}
+
+impl std::str::FromStr for Progressive {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let form = || format!("`{s}`: give SIZE:EPOCHS, e.g. 224:3 (the first 3 epochs at 224×224)");
+        let (a, b) = s.split_once(':').ok_or_else(form)?;
+        let size: u32 = a.trim().parse().map_err(|_| form())?;
+        let epochs: usize = b.trim().parse().map_err(|_| form())?;
+        if epochs == 0 {
+            return Err(format!("`{s}`: give at least one epoch at the smaller size"));
+        }
+        cut::check_size(size).map_err(|e| e.to_string())?;
+        Ok(Progressive { size, epochs })
     }
 }
 
@@ -125,6 +165,10 @@ pub struct FinetuneRecord {
     /// The cached trunk, when the run used one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trunk: Option<TrunkInfo>,
+    /// `--progressive`: seconds of the epochs at the smaller size (in `train_seconds` too; their
+    /// history is in the run's `presize/` folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presize_seconds: Option<f64>,
     /// The deployable `model.onnx`.
     pub model_sha256: String,
     /// The best epoch's net (`best.onnx`), which evaluation predicts with (records before this
@@ -226,4 +270,19 @@ pub fn predict_split(
     let parts: Vec<_> = parts.iter().map(|p| p.view()).collect();
     let probs = ndarray::concatenate(ndarray::Axis(0), &parts).map_err(|e| Error::Other(format!("{split}: {e}")))?;
     Ok((probs, set))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Progressive;
+
+    #[test]
+    fn progressive_reads_size_colon_epochs() {
+        assert_eq!("224:3".parse::<Progressive>(), Ok(Progressive { size: 224, epochs: 3 }));
+        assert_eq!(Progressive { size: 160, epochs: 2 }.to_string(), "160:2");
+        for bad in ["224", "224:0", "0:3", "a:3", "224:-1", ""] {
+            let e = bad.parse::<Progressive>().unwrap_err();
+            assert!(e.contains(bad) || e.contains("size"), "{bad}: {e}");
+        }
+    }
 }

@@ -109,6 +109,10 @@ pub struct FitSettings {
     /// in a cumulative-link output.
     #[serde(default, skip_serializing_if = "is_classes")]
     pub target: crate::heads::Target,
+    /// Progressive resizing: each fine-tune's first epochs at a smaller size (see
+    /// [`super::finetune::Progressive`]); `epochs` counts those at `size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progressive: Option<super::finetune::Progressive>,
     /// Retrain on train + validation for the length validation chose.
     pub final_fit: bool,
     /// K-fold cross-validation instead of one split: K runs, each a fit.
@@ -150,6 +154,13 @@ impl ParamGuard for FitSettings {
         }
         if self.validation == 0.0 {
             return bad("validation", "0".into(), "the fit chooses its length on validation images: give > 0");
+        }
+        if let Some(p) = self.progressive.filter(|p| p.size >= self.size) {
+            return bad(
+                "progressive",
+                p.to_string(),
+                &format!("the early epochs' size must be below the fit's --size {}", self.size),
+            );
         }
         Ok(())
     }
@@ -243,6 +254,9 @@ impl FitSettings {
         differs("head-epochs", self.head_epochs.to_string(), d::HEAD_EPOCHS.to_string());
         differs("balance", self.balance.name().to_string(), Balance::Auto.name().to_string());
         differs("target", self.target.name().to_string(), crate::heads::Target::Classes.name().to_string());
+        if let Some(p) = self.progressive {
+            a.push(format!("--progressive {p}"));
+        }
         if self.flips {
             a.push("--flips".into());
         }
@@ -347,6 +361,7 @@ mod tests {
             flips: true,
             balance: Balance::Auto,
             target: crate::heads::Target::Classes,
+            progressive: None,
             final_fit: true,
             folds: None,
             test: defaults::TEST,
@@ -356,11 +371,27 @@ mod tests {
             budget: Some(60.0),
         };
         assert_eq!(s.recipe_args(), ["--size 300", "--flips"]);
-        let other =
-            FitSettings { backbone: "vgg16".into(), lr_auto: true, balance: Balance::On, final_fit: false, ..s };
+        let other = FitSettings {
+            backbone: "vgg16".into(),
+            lr_auto: true,
+            balance: Balance::On,
+            final_fit: false,
+            progressive: Some(super::super::finetune::Progressive { size: 224, epochs: 2 }),
+            ..s.clone()
+        };
         assert_eq!(
             other.recipe_args(),
-            ["--backbone vgg16", "--size 300", "--lr auto", "--balance on", "--flips", "--no-final-fit"]
+            [
+                "--backbone vgg16",
+                "--size 300",
+                "--lr auto",
+                "--balance on",
+                "--progressive 224:2",
+                "--flips",
+                "--no-final-fit"
+            ]
         );
+        let e = FitSettings { progressive: Some("300:2".parse().unwrap()), ..s }.check().unwrap_err().to_string();
+        assert!(e.contains("below the fit's --size 300"), "{e}");
     }
 }
