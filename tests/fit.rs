@@ -101,41 +101,48 @@ fn a_fit_from_a_kaggle_flat_folder_keeps_the_validated_model_when_asked() {
     assert_eq!(classes.len(), 2, "{classes:?}");
 }
 
-#[test]
-fn a_fit_killed_in_each_phase_ends_with_the_uninterrupted_bytes() {
+/// A fit of `extra`'s recipe killed as soon as each phase in `marks` has left its first durable
+/// file, then run to the end: the same bytes as one never killed.
+fn killed_in_each_phase(extra: &[&str], marks: &[&str], compared: &[&str]) {
     let w = workdir();
     let w = w.path();
     setup(w, 16, false);
-    // Progressive resizing: each fine-tune has a phase at the smaller size before its own.
-    let progressive = ["--progressive", "24:1"];
-    ok("tlearn-fit", &fit_args("whole", &progressive), w);
+    ok("tlearn-fit", &fit_args("whole", extra), w);
     let fit = w.join("runs/cut");
-    // Kill as soon as each phase has left its first durable file.
-    let marks = [
-        "data/split.json",
-        "features",
-        "head/checkpoint.onnx",
-        "tune/presize/checkpoint.onnx",
-        "tune/checkpoint.onnx",
-        "final/presize/checkpoint.onnx",
-        "final/checkpoint.onnx",
-    ];
     let mut landed = 0;
     for m in marks {
         let p = fit.join(m);
-        landed += kill_at("tlearn-fit", &fit_args("cut", &progressive), w, None, &|| p.exists()) as usize;
+        landed += kill_at("tlearn-fit", &fit_args("cut", extra), w, None, &|| p.exists()) as usize;
     }
     assert!(landed >= 3, "kills landed mid-fit: {landed}");
-    ok("tlearn-fit", &fit_args("cut", &progressive), w);
+    ok("tlearn-fit", &fit_args("cut", extra), w);
     let whole = w.join("runs/whole");
-    for f in ["model.onnx", "tune/best.onnx", "tune/presize/last.onnx", "final/model.onnx", "head/head.onnx"] {
+    let models = compared.iter().filter(|f| f.ends_with(".onnx"));
+    for f in ["model.onnx", "tune/best.onnx", "final/model.onnx", "head/head.onnx"].iter().chain(models) {
         assert!(bytes(&fit.join(f)) == bytes(&whole.join(f)), "{f} differs after kills");
     }
-    for h in ["tune/history.csv", "tune/presize/history.csv", "final/presize/history.csv"] {
+    let histories = ["tune/history.csv"].iter().chain(compared).filter(|h| h.ends_with(".csv"));
+    for h in histories {
         assert_eq!(history_sans_time(&fit.join(h)), history_sans_time(&whole.join(h)), "{h}");
     }
     let preds = |r: &str| std::fs::read_to_string(w.join("reports").join(r).join("predictions.csv")).unwrap();
     assert_eq!(preds("cut").replace("runs/cut/", "runs/whole/"), preds("whole"));
+}
+
+const PHASES: [&str; 5] =
+    ["data/split.json", "features", "head/checkpoint.onnx", "tune/checkpoint.onnx", "final/checkpoint.onnx"];
+
+#[test]
+fn a_fit_killed_in_each_phase_ends_with_the_uninterrupted_bytes() {
+    killed_in_each_phase(&[], &PHASES, &[]);
+}
+
+#[test]
+fn a_progressive_fit_killed_in_each_phase_ends_with_the_uninterrupted_bytes() {
+    // Each fine-tune has two epochs at the smaller size before its own: kills after the first.
+    let marks = [&PHASES[..3], &["tune/presize/checkpoint.onnx"], &PHASES[3..], &["final/presize/checkpoint.onnx"]];
+    let compared = ["tune/presize/last.onnx", "tune/presize/history.csv", "final/presize/history.csv"];
+    killed_in_each_phase(&["--progressive", "24:2", "--lr", "auto"], &marks.concat(), &compared);
 }
 
 /// The image input's (H, W) of the model at `p`.
@@ -182,12 +189,23 @@ fn progressive_resizing_starts_the_full_size_where_the_small_epochs_left_the_wei
     let (a, b) = (weights(&tune.join("last.onnx")), weights(&w.join("runs/q/last.onnx")));
     assert!(!a.is_empty() && a == b, "the epochs at 32 start from the small epochs' weights");
     assert_ne!(weights(&tune.join("presize/last.onnx")), a, "and train on from there");
+    // Other early epochs are other settings: refused, not mixed with what was trained.
+    let e = fails("tlearn-fit", &fit_args("p", &["--progressive", "16:1", "--no-final-fit"]), w);
+    assert!(e.contains("--restart") && e.contains("progressive"), "{e}");
     // Not below the fit's size, nor with a cached trunk.
     let e = fails("tlearn-fit", &fit_args("big", &["--progressive", "32:1"]), w);
     assert!(e.contains("below the fit's --size 32"), "{e}");
     let trunk = ["start.onnx", "--data", "runs/p/data", "--run", "c", "--progressive", "16:1", "--cache-trunk"];
     let e = fails("tlearn-finetune", &trunk, w);
     assert!(e.contains("--cache-trunk"), "{e}");
+    let warm = ["start.onnx", "--data", "runs/p/data", "--run", "c", "--progressive", "16:1", "--warmup-epochs", "1"];
+    let e = fails("tlearn-finetune", &warm, w);
+    assert!(e.contains("warm-up") && e.contains("1 early epochs"), "{e}");
+    // A net that flattens its last map takes one size: refused before any image is read.
+    ok("tlearn-convnet", &["mnist", "--out", "flat.onnx", "--classes", "2"], w);
+    let e = fails("tlearn-finetune", &["flat.onnx", "--data", "runs/p/data", "--run", "f", "--progressive", "20:1"], w);
+    assert!(e.contains("does not run on 20×20") && e.contains("pooled head"), "{e}");
+    assert!(!w.join("runs/f").exists(), "nothing written");
 }
 
 #[test]

@@ -125,8 +125,9 @@ fn run(a: Args) -> Result<()> {
     let best = info.best_epoch.as_ref().map(|e| e.epoch).unwrap_or(0);
     // Without validation the model is the last epoch's.
     let which = if cfg.include_validation { "last" } else { "best" };
+    let early = cfg.progressive.map(|p| format!(" after {} at {} px", p.epochs, p.size)).unwrap_or_default();
     tlearn::outln!(
-        "trained {} of {} parameters, {} epochs in {:.1} s; {which} epoch {best} → {}",
+        "trained {} of {} parameters, {} epochs{early} in {:.1} s; {which} epoch {best} → {}",
         info.trainable_params,
         info.total_params,
         info.epochs_run,

@@ -49,8 +49,9 @@ pub struct Finetuned {
 /// Train `cfg.model` on `cfg.data`; every epoch (and any replayed from a checkpoint) goes to `sink`.
 pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
     check_fit_on(cfg)?;
+    // With --progressive the run's folder is locked before the early epochs write into it.
+    let (start, early_lock) = presize::run(cfg, sink)?.unzip();
     let budget = memory_budget(cfg);
-    let start = presize::run(cfg, &budget, sink)?;
     let Prepared { model, input, classes, train, val, mut trunk, mut trainer } =
         prepare(cfg, &budget, Purpose::Run, None, sink)?;
     let presize_seconds = start.as_ref().map(|s| s.seconds);
@@ -66,9 +67,11 @@ pub fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Finetuned> {
     };
     sink.note(&format!("{}: {trainable_params} trainable parameters; {images}", cfg.model.display()));
     let vx = trunk.as_mut().and_then(|t| t.val.take());
-    std::fs::create_dir_all(&cfg.run_dir).map_err(|e| Error::Io { path: cfg.run_dir.clone(), err: e })?;
     let t = std::time::Instant::now();
-    let _lock = crate::lock::dir(&cfg.run_dir)?;
+    let _lock = match early_lock {
+        Some(l) => l,
+        None => crate::lock::dir(&cfg.run_dir)?,
+    };
     let title = format!("{}: {} on {}", crate::runs::name_of(&cfg.run_dir), cfg.model.display(), cfg.data.display());
     let o = FitOptions {
         fit: cfg.fit.clone(),

@@ -243,5 +243,29 @@ pub fn at_size(m: &ModelProto, what: &Path, size: u32) -> Result<ModelProto> {
     g.value_info.clear();
     let vi = g.input.iter_mut().find(|i| i.name == input).expect("image input");
     onnx::set_dims(vi, &[(1, size as i64), (2, size as i64)]);
+    for e in out.metadata_props.iter_mut().filter(|e| e.key == "tlearn.size") {
+        e.value = size.to_string();
+    }
+    runs_at(&out, what, (&input, size, full[2]))?;
     Ok(out)
+}
+
+/// `m` (resized) runs on one blank image of `size`² — a net that flattens a fixed-size map
+/// does not, and is refused before any image is decoded.
+fn runs_at(m: &ModelProto, what: &Path, (input, size, channels): (&str, u32, usize)) -> Result<()> {
+    let refuse = |e: Error| Error::Param {
+        name: "progressive",
+        value: size.to_string(),
+        reason: format!(
+            "{} does not run on {size}×{size} images ({e}); a net that flattens a fixed-size map takes one size \
+             only: give it a pooled head (tlearn-head --pool avg, as tlearn fit does) or drop --progressive",
+            what.display()
+        ),
+    };
+    let opts = crate::runtime::SessionOptions { device: crate::runtime::Device::Cpu, threads: 0, precision: None };
+    let mut s = crate::runtime::open(&onnx::encode_model(m), what, &opts).map_err(refuse)?.session;
+    let x = ndarray::Array4::<f32>::zeros((1, size as usize, size as usize, channels)).into_dyn();
+    let out = onnx::graph(m).output.first().map(|o| o.name.clone()).unwrap_or_default();
+    crate::runtime::run_f32(&mut s, vec![(input, x.view())], &[out.as_str()]).map_err(refuse)?;
+    Ok(())
 }

@@ -113,10 +113,10 @@ pub(super) fn prepare(
     at: Option<u32>,
     sink: &dyn Sink,
 ) -> Result<Prepared> {
-    let model = open_model(&cfg.model, &cfg.data)?;
+    let full = open_model(&cfg.model, &cfg.data)?;
     let model = match at {
-        Some(size) => at_size(&model, &cfg.model, size)?,
-        None => model,
+        Some(size) => at_size(&full, &cfg.model, size)?,
+        None => full.clone(),
     };
     check_trainable(cfg, &model)?;
     let input = input_shape(&model, &cfg.model)?;
@@ -144,7 +144,8 @@ pub(super) fn prepare(
         None => (&model, input.to_vec()),
     };
     let mut trainer = Trainer::with_trainable(net, &cfg.model, &shape, classes.len(), &cfg.session, &trainable)?;
-    scale_base(&mut trainer, cfg, &model, input)?;
+    // The conv base as the whole-size net has it (at a small size its last map may shrink to 1×1).
+    scale_base(&mut trainer, cfg, &full, input_shape(&full, &cfg.model)?)?;
     if let Some(t) = &trunk {
         check_trunk(t, &trainer, cfg)?;
     }

@@ -5,9 +5,10 @@
 
 use super::prepared::{comparable, prepare, ImageBatches, Prepared, Purpose, TrainBatches};
 use crate::error::{Error, Result};
+use crate::lock::Lock;
 use crate::progress::Sink;
+use crate::runs::finetune::memory_budget;
 use crate::runs::FinetuneConfig;
-use crate::spill;
 use crate::train::learner::{self, Checkpointing, FitOptions, Live};
 use crate::train::{BatchSource, Trainer};
 use ndarray::ArrayD;
@@ -40,11 +41,17 @@ impl Start {
 
 /// The epochs at the smaller size (continued from `presize/checkpoint.onnx`, replayed when
 /// finished), or None without `--progressive`.
-pub(super) fn run(cfg: &FinetuneConfig, budget: &spill::Budget, sink: &dyn Sink) -> Result<Option<Start>> {
+/// The run's folder is locked once the model and images have passed their checks, and stays
+/// locked with the returned lock (the run goes on holding it); the images at the smaller size had
+/// a memory budget of their own and are gone when this returns.
+pub(super) fn run(cfg: &FinetuneConfig, sink: &dyn Sink) -> Result<Option<(Start, Lock)>> {
     let Some(p) = cfg.progressive else { return Ok(None) };
     let dir = cfg.run_dir.join(DIR);
-    let Prepared { train, val, mut trainer, .. } = prepare(cfg, budget, Purpose::Run, Some(p.size), sink)?;
-    std::fs::create_dir_all(&dir).map_err(|e| Error::Io { path: dir.clone(), err: e })?;
+    let budget = memory_budget(cfg);
+    let Prepared { train, val, mut trainer, .. } = prepare(cfg, &budget, Purpose::Run, Some(p.size), sink)?;
+    let run_lock = crate::lock::dir(&cfg.run_dir)?;
+    // A lock of its own inside the run's: taking it clears what a killed writer left here.
+    let _lock = crate::lock::dir(&dir)?;
     sink.note(&format!("progressive resizing: epochs 1–{} at {}×{} → {}", p.epochs, p.size, p.size, dir.display()));
     let t = std::time::Instant::now();
     let mut fit = (*cfg.fit).clone();
@@ -68,5 +75,5 @@ pub(super) fn run(cfg: &FinetuneConfig, budget: &spill::Budget, sink: &dyn Sink)
     let validation = plain_val.as_ref().map(|v| v as &dyn BatchSource);
     let fitted = learner::fit(&mut trainer, batches.source(), validation, &o, sink)?;
     let params = trainer.train.params.iter().cloned().zip(std::mem::take(&mut trainer.params)).collect();
-    Ok(Some(Start { params, seconds: t.elapsed().as_secs_f64() + fitted.restored_seconds }))
+    Ok(Some((Start { params, seconds: t.elapsed().as_secs_f64() + fitted.restored_seconds }, run_lock)))
 }

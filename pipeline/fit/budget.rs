@@ -49,14 +49,24 @@ impl Costs {
     const CHECKPOINTS: f64 = 1.0 + 2.0 * crate::train::pacing::SHARE;
 
     fn tune_epoch(&self) -> f64 {
-        let steps = self.train.div_ceil(self.batch) as f64 * self.step;
-        (steps + self.validation as f64 * self.predict + self.between) * Self::CHECKPOINTS
+        self.tune_epoch_at(1.0)
     }
 
     fn final_epoch(&self) -> f64 {
+        self.final_epoch_at(1.0)
+    }
+
+    /// A validated epoch on images of `area` times the fit's (steps and predictions scale with
+    /// it, the writes between epochs do not).
+    fn tune_epoch_at(&self, area: f64) -> f64 {
+        let steps = self.train.div_ceil(self.batch) as f64 * self.step;
+        ((steps + self.validation as f64 * self.predict) * area + self.between) * Self::CHECKPOINTS
+    }
+
+    fn final_epoch_at(&self, area: f64) -> f64 {
         if self.final_fit {
             let steps = (self.train + self.validation).div_ceil(self.batch) as f64 * self.step;
-            (steps + self.between) * Self::CHECKPOINTS
+            (steps * area + self.between) * Self::CHECKPOINTS
         } else {
             0.0
         }
@@ -69,7 +79,7 @@ impl Costs {
         let per_image = self.step / self.batch as f64;
         let (presize, phases) = match self.presize {
             Some((area, epochs)) => {
-                (area * epochs as f64 * (self.tune_epoch() + self.final_epoch()), 1.0 + 2.0 * tunes)
+                (epochs as f64 * (self.tune_epoch_at(area) + self.final_epoch_at(area)), 1.0 + 2.0 * tunes)
             }
             None => (0.0, 1.0 + tunes),
         };
@@ -93,13 +103,14 @@ pub fn plan(costs: &Costs, budget: f64, spent: f64, cap: usize) -> Result<Plan> 
             reason: format!(
                 "leaves no time for one epoch: {} went to the split, features, warm start and the rehearsal, \
                  one epoch takes ≈ {} here ({} per step of {} images) and the phases' set-up and the test \
-                 report ≈ {}; rerun with --budget {} or more (what is done is kept), or a smaller --size with \
+                 report ≈ {}{}; rerun with --budget {} or more (what is done is kept), or a smaller --size with \
                  --restart (a step's time grows with the image's area)",
                 seconds(spent),
                 seconds(per_epoch),
                 seconds(costs.step),
                 costs.batch,
                 seconds(costs.fixed()),
+                if costs.presize.is_some() { ", with the --progressive epochs (fewer of them save time)" } else { "" },
                 minutes(if need < 60.0 { need } else { (need / 60.0).ceil() * 60.0 })
             ),
         });
@@ -264,6 +275,13 @@ mod tests {
         let fixed = |p: &Plan| p.eta_seconds - 20.0 - p.epochs as f64 * epoch;
         assert!((fixed(&q) - fixed(&p) - epoch).abs() < 1e-9, "{q:?} vs {p:?}");
         assert_eq!(q.epochs, p.epochs - 1);
+        // The writes between epochs take as long at any size: 2 s in each of the 4 + 4 early epochs.
+        let writes = |presize| plan(&Costs { between: 2.0, presize, ..costs() }, 600.0, 20.0, 50).unwrap();
+        let (w, wo) = (writes(Some((0.25, 4))), writes(None));
+        let fixed_w = |p: &Plan| p.eta_seconds - 20.0 - p.epochs as f64 * 28.0 * Costs::CHECKPOINTS;
+        assert!((fixed_w(&w) - fixed_w(&wo) - 4.0 * (5.0 + 5.0) * Costs::CHECKPOINTS).abs() < 1e-9, "{w:?}");
+        let e = plan(&Costs { presize: Some((0.25, 4)), ..costs() }, 40.0, 20.0, 50).unwrap_err().to_string();
+        assert!(e.contains("--progressive epochs"), "{e}");
         let set_up = Costs { setup: 5.0, ..early.clone() };
         let with = plan(&set_up, 300.0, 20.0, 50).unwrap();
         let without = plan(&Costs { presize: None, ..set_up }, 300.0, 20.0, 50).unwrap();

@@ -107,6 +107,17 @@ impl FinetuneConfig {
                 reason: "the conv base's learning rate (--lr-base) must be positive".into(),
             });
         }
+        if let Some(p) = self.progressive.filter(|p| self.fit.warmup_epochs >= p.epochs) {
+            return Err(Error::Param {
+                name: "progressive",
+                value: p.to_string(),
+                reason: format!(
+                    "the warm-up (--warmup-epochs {}) runs again in each part, so it must be shorter than the {} \
+                     early epochs: give more early epochs or a shorter warm-up",
+                    self.fit.warmup_epochs, p.epochs
+                ),
+            });
+        }
         if let (Some(p), true) = (&self.progressive, self.cache_trunk) {
             return Err(Error::Param {
                 name: "progressive",
@@ -280,9 +291,10 @@ mod tests {
     fn progressive_reads_size_colon_epochs() {
         assert_eq!("224:3".parse::<Progressive>(), Ok(Progressive { size: 224, epochs: 3 }));
         assert_eq!(Progressive { size: 160, epochs: 2 }.to_string(), "160:2");
-        for bad in ["224", "224:0", "0:3", "a:3", "224:-1", ""] {
+        for bad in ["224", "224:0", "a:3", "224:-1", ":", ""] {
             let e = bad.parse::<Progressive>().unwrap_err();
-            assert!(e.contains(bad) || e.contains("size"), "{bad}: {e}");
+            assert!(e.contains(&format!("`{bad}`")), "{bad}: {e}");
         }
+        assert!("0:3".parse::<Progressive>().unwrap_err().contains("size"));
     }
 }

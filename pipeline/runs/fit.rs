@@ -391,6 +391,13 @@ mod tests {
                 "--no-final-fit"
             ]
         );
+        // Settings written before --progressive existed read back as without it, and still say so.
+        let v = serde_json::to_value(&s).unwrap();
+        assert!(v.get("progressive").is_none(), "{v}");
+        assert_eq!(serde_json::from_value::<FitSettings>(v).unwrap(), s);
+        let with = serde_json::to_value(&other).unwrap();
+        assert_eq!(with["progressive"], serde_json::json!({"size": 224, "epochs": 2}));
+        assert_eq!(serde_json::from_value::<FitSettings>(with).unwrap(), other);
         let e = FitSettings { progressive: Some("300:2".parse().unwrap()), ..s }.check().unwrap_err().to_string();
         assert!(e.contains("below the fit's --size 300"), "{e}");
     }
