@@ -1,6 +1,6 @@
 # Benchmarks: the measurements behind docs/BENCHMARKS.md, and the Python environments they and the
 # Keras comparisons use (included by the Makefile).
-.PHONY: bench bench-int8 bench-memory bench-train bench-checkpoints bench-tf-env bench-env
+.PHONY: bench bench-int8 bench-memory bench-train bench-checkpoints bench-fit bench-tf-env bench-env
 
 bench: setup data backbone bench-env ## benchmarks: extraction throughput (tlearn vs raw ORT vs Python), training-step time (tlearn vs Keras), scoring and extraction memory (1k vs 100k images)
 	$(CARGO) bench --bench extract
@@ -19,6 +19,9 @@ bench-train: setup ## benchmarks: training-step time of the mnist and v1 nets an
 
 bench-checkpoints: setup ## benchmarks: where a 16 M-parameter dense head's fit (EfficientNet-Lite0 features, flattened) and its --trainable 'head/*' fine-tune spend their time: epochs vs checkpoints and the rest (BENCH_BIN_DIR=<older build>/release for a before/after)
 	$(CARGO) bench --bench checkpoints
+
+bench-fit: setup data/elpv/manifest.csv ## benchmarks: time to accuracy on ELPV binary — one `tlearn fit` of the seed-42 split with BENCH_FIT_ARGS (default: finetune-best's recipe) from nothing, extraction included: the CPU, the recipe, each fine-tune's epochs and sizes, the wall clock, the test accuracy
+	$(CARGO) bench --bench fit
 
 bench-tf-env: .cache/tfenv/bin/python ## benchmarks: a Python venv with tensorflow-cpu 2.21 for bench-train and agree (large download)
 
