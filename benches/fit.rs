@@ -65,6 +65,16 @@ fn main() {
             println!("{what}: {e}");
         }
     }
+    // What a recipe is chosen on: the validated fine-tune's best epoch, never the test split.
+    if let Some(b) = json(&dir.join("tune/run.json")).map(|t| t["best_epoch"].clone()).filter(|b| !b.is_null()) {
+        println!(
+            "validation (choose recipes on this): best epoch {} of the validated fine-tune, val_loss {:.4}, \
+             val_accuracy {:.4}",
+            b["epoch"],
+            b["val_loss"].as_f64().unwrap_or(f64::NAN),
+            b["val_accuracy"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
     if let Some(plan) = fit.get("plan").filter(|p| !p.is_null()) {
         println!("plan: {plan}");
     }
