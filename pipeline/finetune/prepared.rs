@@ -114,17 +114,15 @@ pub(super) fn prepare(
     sink: &dyn Sink,
 ) -> Result<Prepared> {
     let full = open_model(&cfg.model, &cfg.data)?;
-    let model = match at {
-        Some(size) => at_size(&full, &cfg.model, size)?,
-        None => full.clone(),
-    };
-    check_trainable(cfg, &model)?;
-    let input = input_shape(&model, &cfg.model)?;
+    let resized = at.map(|size| at_size(&full, &cfg.model, size)).transpose()?;
+    let model = resized.as_ref().unwrap_or(&full);
+    check_trainable(cfg, model)?;
+    let input = input_shape(model, &cfg.model)?;
     if purpose == Purpose::Run {
         fsutil::check_output_apart(&cfg.run_dir, &[&cfg.data, &cfg.model])?;
     }
     let classes = crate::dataset::training_classes(&cfg.data)?;
-    check_outputs(&model, cfg, &classes)?;
+    check_outputs(model, cfg, &classes)?;
     let (fit_on, validate_on): (&[&str], &[&str]) =
         if cfg.include_validation { (&["train", "validation"], &[]) } else { (&["train"], &["validation"]) };
     let mut train = load_set(cfg, fit_on, &classes, input, budget, sink)?.expect("train exists");
@@ -132,8 +130,8 @@ pub(super) fn prepare(
         Purpose::Run => load_set(cfg, validate_on, &classes, input, budget, sink)?,
         Purpose::Sweep => None,
     };
-    let trainable = trainable_fn(cfg, &model);
-    let trunk = cached_trunk(cfg, &model, input, &trainable, (&train, val.as_ref()), budget, sink)?;
+    let trainable = trainable_fn(cfg, model);
+    let trunk = cached_trunk(cfg, model, input, &trainable, (&train, val.as_ref()), budget, sink)?;
     if trunk.is_some() {
         // Training reads the trunk's outputs from here on, never the images.
         train.release_pixels();
@@ -141,7 +139,7 @@ pub(super) fn prepare(
     }
     let (net, shape) = match &trunk {
         Some(t) => (&t.rest, t.shape.clone()),
-        None => (&model, input.to_vec()),
+        None => (model, input.to_vec()),
     };
     let mut trainer = Trainer::with_trainable(net, &cfg.model, &shape, classes.len(), &cfg.session, &trainable)?;
     // The conv base as the whole-size net has it (at a small size its last map may shrink to 1×1).
@@ -149,7 +147,8 @@ pub(super) fn prepare(
     if let Some(t) = &trunk {
         check_trunk(t, &trainer, cfg)?;
     }
-    Ok(Prepared { model, input, classes, train, val, trunk, trainer })
+    // The net trained: the resized copy, else the opened net itself (moved, not copied).
+    Ok(Prepared { model: resized.unwrap_or(full), input, classes, train, val, trunk, trainer })
 }
 
 /// The training batches: the trunk's cached outputs, or the images (augmented as the run says).
