@@ -19,10 +19,14 @@ fn setup_images(w: &Path, per_class: usize) {
     tiny_classifier(&w.join("tiny.onnx"), 3);
 }
 
+/// What every fit here shares: the tiny backbone, short and quiet.
+const SHORT: [&str; 10] =
+    ["--backbone", "tiny", "--head-epochs", "2", "--batch", "8", "--explain", "0", "--device", "cpu"];
+
 /// The fit's arguments: a short recipe on the tiny backbone.
 fn fit_args<'a>(run: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec!["raw", "--run", run, "--backbone", "tiny", "--epochs", "3", "--patience", "2"];
-    a.extend(["--head-epochs", "2", "--batch", "8", "--explain", "0", "--device", "cpu"]);
+    let mut a = vec!["raw", "--run", run, "--epochs", "3", "--patience", "2"];
+    a.extend(SHORT);
     a.extend(extra);
     a
 }
@@ -306,4 +310,50 @@ fn lr_auto_sweeps_once_and_the_final_fit_keeps_the_rate() {
     let model = bytes(&fit.join("model.onnx"));
     ok("tlearn-fit", &fit_args("auto", &["--lr", "auto"]), w);
     assert_eq!(bytes(&fit.join("model.onnx")), model, "a rerun keeps the first choice");
+}
+
+#[test]
+fn a_length_chosen_before_is_the_validated_fits_final_fit_without_the_validated_pass() {
+    let w = workdir();
+    let w = w.path();
+    setup(w, 12, false);
+    ok("tlearn-fit", &fit_args("both", &[]), w);
+    let both = w.join("runs/both");
+    let best = json(&both.join("run.json"))["best_epoch"].as_u64().unwrap().to_string();
+    let fixed_args = |run, extra: &[&str]| {
+        let mut a = vec!["raw", "--run", run, "--final-epochs", best.as_str()];
+        a.extend(SHORT);
+        a.extend(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let args = fixed_args("fixed", &[]);
+    let out = ok("tlearn-fit", &args.iter().map(String::as_str).collect::<Vec<_>>(), w);
+    assert!(out.contains(&format!("--final-epochs {best}")), "the k-fold command keeps the length: {out}");
+    let fixed = w.join("runs/fixed");
+    assert!(!fixed.join("tune").exists(), "no validated fine-tune");
+    let record = json(&fixed.join("run.json"));
+    assert_eq!(record["model_run"], "final");
+    assert!(record.get("best_epoch").is_none(), "{record}");
+    assert_eq!(json(&fixed.join("final/run.json"))["epochs_run"].to_string(), best);
+    for f in ["model.onnx", "final/model.onnx", "final/last.onnx", "head/head.onnx"] {
+        assert!(bytes(&fixed.join(f)) == bytes(&both.join(f)), "{f}: the same final fit as the validated fit's");
+    }
+    // A budget plans the final fit alone, the length asked its cap.
+    let args = fixed_args("planned", &["--budget", "1h"]);
+    ok("tlearn-fit", &args.iter().map(String::as_str).collect::<Vec<_>>(), w);
+    let plan = json(&w.join("runs/planned/plan.json"));
+    assert_eq!(plan["epochs"].to_string(), best, "{plan}");
+    assert!(plan["epoch_seconds"].as_f64().unwrap() > 0.0, "{plan}");
+    // With --no-final-fit (or --epochs, the validated fine-tune's) it is refused before anything is written.
+    for other in [["--no-final-fit"], ["--patience"]] {
+        let mut a = fixed_args("refused", &other);
+        if other[0] == "--patience" {
+            a.push("2".into());
+        }
+        let e = fails("tlearn-fit", &a.iter().map(String::as_str).collect::<Vec<_>>(), w);
+        assert!(e.contains("--final-epochs") && e.contains(other[0]), "{e}");
+    }
+    assert!(!w.join("runs/refused").exists());
+    let zero = fails("tlearn-fit", &["raw", "--run", "zero", "--backbone", "tiny", "--final-epochs", "0"], w);
+    assert!(zero.contains("final-epochs") && zero.contains("at least one epoch"), "{zero}");
 }

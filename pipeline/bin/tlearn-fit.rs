@@ -65,6 +65,10 @@ struct Args {
     /// Keep the validated model instead of retraining on train + validation for its length.
     #[arg(long)]
     no_final_fit: bool,
+    /// No validated fine-tune: the final fit on train + validation runs N epochs, a length chosen
+    /// before (an earlier fit's best epoch, or a k-fold run's): one fine-tune instead of two.
+    #[arg(long, value_name = "N", conflicts_with_all = ["no_final_fit", "epochs", "patience"])]
+    final_epochs: Option<usize>,
     /// K-fold cross-validation: K fits, each tested on its own fold; the table of their test
     /// numbers in <reports>/<run>/folds.md.
     #[arg(long)]
@@ -119,6 +123,7 @@ fn run(a: Args) -> Result<()> {
         target: a.target,
         progressive: a.progressive,
         final_fit: !a.no_final_fit,
+        final_epochs: a.final_epochs,
         folds: a.folds,
         test: a.test,
         validation: a.validation,

@@ -37,6 +37,8 @@ pub struct Costs {
     pub views: usize,
     /// Grad-CAM overlays in the report (each a forward and backward pass of one image).
     pub explain: usize,
+    /// A validated fine-tune runs (not with `--final-epochs`).
+    pub validated: bool,
     pub final_fit: bool,
     /// `--progressive`: the early epochs' image area over the full size's (what their steps
     /// cost of a full step's), and how many each fine-tune runs.
@@ -59,6 +61,9 @@ impl Costs {
     /// A validated epoch on images of `area` times the fit's (steps and predictions scale with
     /// it, the writes between epochs do not).
     fn tune_epoch_at(&self, area: f64) -> f64 {
+        if !self.validated {
+            return 0.0;
+        }
         let steps = self.train.div_ceil(self.batch) as f64 * self.step;
         ((steps + self.validation as f64 * self.predict) * area + self.between) * Self::CHECKPOINTS
     }
@@ -75,7 +80,7 @@ impl Costs {
     /// What does not grow with the epochs: each phase's set-up, the test report and the early
     /// epochs at the smaller size (each fine-tune's, a phase of their own).
     fn fixed(&self) -> f64 {
-        let tunes = if self.final_fit { 2.0 } else { 1.0 };
+        let tunes = self.validated as u8 as f64 + self.final_fit as u8 as f64;
         let per_image = self.step / self.batch as f64;
         let (presize, phases) = match self.presize {
             Some((area, epochs)) => {
@@ -87,8 +92,8 @@ impl Costs {
     }
 }
 
-/// The most epochs (≤ `cap`) whose validated fine-tune, final fit (as long at most) and test
-/// evaluation end within `budget` seconds, `spent` of them gone; an error when not even one
+/// The most epochs (≤ `cap`) whose validated fine-tune, final fit (as long at most; either may
+/// be left out) and test evaluation end within `budget` seconds, `spent` of them gone; an error when not even one
 /// epoch fits, saying what would.
 pub fn plan(costs: &Costs, budget: f64, spent: f64, cap: usize) -> Result<Plan> {
     let per_epoch = costs.tune_epoch() + costs.final_epoch();
@@ -120,13 +125,14 @@ pub fn plan(costs: &Costs, budget: f64, spent: f64, cap: usize) -> Result<Plan> 
         budget_seconds: budget,
         spent_seconds: spent,
         eta_seconds: spent + costs.fixed() + epochs as f64 * per_epoch,
-        epoch_seconds: costs.tune_epoch(),
+        epoch_seconds: if costs.validated { costs.tune_epoch() } else { costs.final_epoch() },
         step_seconds: costs.step,
         predict_seconds: costs.predict,
     })
 }
 
-/// `--budget`: `cfg` (the validated fine-tune) with its most epochs planned so the fit ends
+/// `--budget`: `cfg` (the first fine-tune: the validated one, or the final fit alone with
+/// `--final-epochs`) with its most epochs planned so the fit ends
 /// within the budget (a fold within its share), counted from `started`; the plan made once and
 /// kept in `dir/plan.json`. `cfg` is returned unchanged without a budget.
 pub(super) fn planned(
@@ -181,10 +187,11 @@ pub(super) fn planned(
                 test: count(split, "test")?,
                 views: if s.flips { 4 } else { 1 },
                 explain: job.explain,
+                validated: s.final_epochs.is_none(),
                 final_fit: s.final_fit,
                 presize: s.progressive.map(|p| ((p.size as f64 / s.size as f64).powi(2), p.epochs)),
             };
-            let p = plan(&costs, budget, spent, s.epochs)?;
+            let p = plan(&costs, budget, spent, cfg.fit.epochs)?;
             fsutil::write_json(&path, &p)?;
             p
         }
@@ -234,6 +241,7 @@ mod tests {
             test: 30,
             views: 1,
             explain: 0,
+            validated: true,
             final_fit: true,
             presize: None,
         }
@@ -250,6 +258,20 @@ mod tests {
         assert_eq!(plan(&costs(), 300.0, 20.0, 4).unwrap().epochs, 4, "the cap holds");
         let no_final = Costs { final_fit: false, ..costs() };
         assert!(plan(&no_final, 300.0, 20.0, 50).unwrap().epochs > p.epochs);
+    }
+
+    #[test]
+    fn the_final_fit_alone_plans_its_own_epochs() {
+        // No validated pass: an epoch is the final fit's 12 steps (and a tenth more), one set-up
+        // fewer.
+        let alone = Costs { validated: false, setup: 5.0, ..costs() };
+        let p = plan(&alone, 300.0, 20.0, 50).unwrap();
+        let epoch = 12.0 * Costs::CHECKPOINTS;
+        assert_eq!(p.epochs, ((300.0 * FILL - 20.0 - 3.0 - 10.0) / epoch).floor() as usize);
+        assert!((p.epoch_seconds - epoch).abs() < 1e-9, "{p:?}");
+        let both = plan(&Costs { setup: 5.0, ..costs() }, 300.0, 20.0, 50).unwrap();
+        assert!(p.epochs > 2 * both.epochs - 1, "{p:?} vs {both:?}");
+        assert_eq!(plan(&alone, 300.0, 20.0, 3).unwrap().epochs, 3, "the length asked is the cap");
     }
 
     #[test]

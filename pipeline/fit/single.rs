@@ -28,19 +28,9 @@ pub(super) fn one(
     let features = phases::features(job, &bb, split, dir, sink)?;
     let warm = phases::head(job, &features, dir, &cw, sink)?;
     let on = (warm.as_path(), split, dir);
-    let validated = Tune::Validated { epochs: s.epochs };
-    let cfg = phases::auto_lr(phases::tune_config(job, on, &cw, validated)?, job, sink)?;
-    let (cfg, plan) = budget::planned(job, cfg, (split, dir), t, sink)?;
-    let validated = Tune::Validated { epochs: cfg.fit.epochs };
-    let tuned = phases::tune(&cfg, validated, sink)?;
-    let best = phases::best_epoch(&tuned)?;
-    let model_run = if s.final_fit {
-        let last = Tune::Final { epochs: best };
-        let cfg = phases::same_lr(phases::tune_config(job, on, &cw, last)?, &tuned)?;
-        phases::tune(&cfg, last, sink)?;
-        FINAL_RUN
-    } else {
-        TUNE_RUN
+    let (model_run, best, plan) = match s.final_epochs {
+        Some(epochs) => fixed_length(job, on, &cw, epochs, t, sink)?,
+        None => validated(job, on, &cw, t, sink)?,
     };
     let model_dir = dir.join(model_run);
     let model = phases::ship(&model_dir, dir)?;
@@ -49,7 +39,7 @@ pub(super) fn one(
         model_run: Some(model_run.into()),
         split: split.to_path_buf(),
         balance,
-        best_epoch: Some(best),
+        best_epoch: best,
         folds: vec![],
         plan,
         seconds: t.elapsed().as_secs_f64(),
@@ -60,6 +50,52 @@ pub(super) fn one(
     Ok(Fitted { record, metrics, model: Some(model) })
 }
 
+/// What the fine-tunes left: the model's phase folder, the validated best epoch, any plan.
+type Tuned = (&'static str, Option<usize>, Option<budget::Plan>);
+
+/// The fine-tunes of the validated recipe: validation chooses the length, then the final fit on
+/// train + validation for it (unless `--no-final-fit`).
+fn validated(
+    job: &FitJob,
+    on: (&Path, &Path, &Path),
+    cw: &Option<crate::train::ClassWeight>,
+    t: std::time::Instant,
+    sink: &dyn Sink,
+) -> Result<Tuned> {
+    let (s, (_, split, dir)) = (&job.settings, on);
+    let validated = Tune::Validated { epochs: s.epochs };
+    let cfg = phases::auto_lr(phases::tune_config(job, on, cw, validated)?, job, sink)?;
+    let (cfg, plan) = budget::planned(job, cfg, (split, dir), t, sink)?;
+    let validated = Tune::Validated { epochs: cfg.fit.epochs };
+    let tuned = phases::tune(&cfg, validated, sink)?;
+    let best = phases::best_epoch(&tuned)?;
+    if !s.final_fit {
+        return Ok((TUNE_RUN, Some(best), plan));
+    }
+    let last = Tune::Final { epochs: best };
+    let cfg = phases::same_lr(phases::tune_config(job, on, cw, last)?, &tuned)?;
+    phases::tune(&cfg, last, sink)?;
+    Ok((FINAL_RUN, Some(best), plan))
+}
+
+/// `--final-epochs`: the final fit alone, on train + validation for a length chosen before
+/// (`--budget` may plan fewer epochs; `--lr auto` sweeps on the warm start as the validated
+/// fine-tune would).
+fn fixed_length(
+    job: &FitJob,
+    on: (&Path, &Path, &Path),
+    cw: &Option<crate::train::ClassWeight>,
+    epochs: usize,
+    t: std::time::Instant,
+    sink: &dyn Sink,
+) -> Result<Tuned> {
+    let (_, split, dir) = on;
+    let cfg = phases::auto_lr(phases::tune_config(job, on, cw, Tune::Final { epochs })?, job, sink)?;
+    let (cfg, plan) = budget::planned(job, cfg, (split, dir), t, sink)?;
+    phases::tune(&cfg, Tune::Final { epochs: cfg.fit.epochs }, sink)?;
+    Ok((FINAL_RUN, None, plan))
+}
+
 /// Images per class in the split's `train/` (which must hold two classes or more, with
 /// validation images beside them to choose the length on).
 fn train_counts(split: &Path) -> Result<Vec<usize>> {
@@ -67,8 +103,9 @@ fn train_counts(split: &Path) -> Result<Vec<usize>> {
     if !val.is_dir() || crate::dataset::holds_no_image(&val) {
         return Err(Error::BadData {
             path: val,
-            reason: "no validation images: tlearn fit chooses the fine-tune's length on them; add a validation/ \
-                     folder of class folders, or give the unsplit images (tlearn fit splits them)"
+            reason: "no validation images: tlearn fit chooses the fine-tune's length on them (with --final-epochs, \
+                     trains on them); add a validation/ folder of class folders, or give the unsplit images (tlearn \
+                     fit splits them)"
                 .into(),
         });
     }

@@ -115,6 +115,10 @@ pub struct FitSettings {
     pub progressive: Option<super::finetune::Progressive>,
     /// Retrain on train + validation for the length validation chose.
     pub final_fit: bool,
+    /// `--final-epochs`: no validated fine-tune; the final fit on train + validation runs this
+    /// many epochs, a length chosen before (by an earlier fit, or a k-fold run's best epochs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_epochs: Option<usize>,
     /// K-fold cross-validation instead of one split: K runs, each a fit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub folds: Option<usize>,
@@ -155,6 +159,17 @@ impl ParamGuard for FitSettings {
         if self.validation == 0.0 {
             return bad("validation", "0".into(), "the fit chooses its length on validation images: give > 0");
         }
+        match self.final_epochs {
+            Some(0) => return bad("final-epochs", "0".into(), "give at least one epoch"),
+            Some(n) if !self.final_fit => {
+                return bad(
+                    "final-epochs",
+                    n.to_string(),
+                    "is the final fit's length, and --no-final-fit asks for none: drop one of the two",
+                )
+            }
+            _ => {}
+        }
         if let Some(p) = self.progressive.filter(|p| p.size >= self.size) {
             return bad(
                 "progressive",
@@ -174,7 +189,8 @@ fn is_classes(t: &crate::heads::Target) -> bool {
 /// killed fit continues with the same plan).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
-    /// The validated fine-tune's most epochs (the final fit runs at most as many).
+    /// The fine-tune's most epochs: the validated one's (the final fit runs at most as many),
+    /// or with `--final-epochs` the final fit's.
     pub epochs: usize,
     /// The seconds planned for (the fit's budget, or a fold's share of it).
     pub budget_seconds: f64,
@@ -182,7 +198,8 @@ pub struct Plan {
     pub spent_seconds: f64,
     /// The planned end, counted from the start, were every epoch run.
     pub eta_seconds: f64,
-    /// A validated epoch's planned seconds (its steps, validation and writes).
+    /// A planned epoch's seconds: a validated one's (its steps, validation and writes), or with
+    /// `--final-epochs` a final-fit epoch's.
     pub epoch_seconds: f64,
     pub step_seconds: f64,
     pub predict_seconds: f64,
@@ -262,6 +279,9 @@ impl FitSettings {
         }
         if !self.final_fit {
             a.push("--no-final-fit".into());
+        }
+        if let Some(n) = self.final_epochs {
+            a.push(format!("--final-epochs {n}"));
         }
         a
     }
@@ -363,6 +383,7 @@ mod tests {
             target: crate::heads::Target::Classes,
             progressive: None,
             final_fit: true,
+            final_epochs: None,
             folds: None,
             test: defaults::TEST,
             validation: defaults::VALIDATION,
@@ -398,7 +419,15 @@ mod tests {
         let with = serde_json::to_value(&other).unwrap();
         assert_eq!(with["progressive"], serde_json::json!({"size": 224, "epochs": 2}));
         assert_eq!(serde_json::from_value::<FitSettings>(with).unwrap(), other);
-        let e = FitSettings { progressive: Some("300:2".parse().unwrap()), ..s }.check().unwrap_err().to_string();
+        let e =
+            FitSettings { progressive: Some("300:2".parse().unwrap()), ..s.clone() }.check().unwrap_err().to_string();
         assert!(e.contains("below the fit's --size 300"), "{e}");
+        // A length chosen before: the recipe says it; none, or with --no-final-fit, is refused.
+        let fixed = FitSettings { final_epochs: Some(3), ..s.clone() };
+        assert_eq!(fixed.recipe_args(), ["--size 300", "--flips", "--final-epochs 3"]);
+        assert_eq!(serde_json::from_value::<FitSettings>(serde_json::to_value(&fixed).unwrap()).unwrap(), fixed);
+        assert!(FitSettings { final_epochs: Some(0), ..s.clone() }.check().is_err());
+        let e = FitSettings { final_fit: false, ..fixed }.check().unwrap_err().to_string();
+        assert!(e.contains("--no-final-fit"), "{e}");
     }
 }
