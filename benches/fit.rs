@@ -75,6 +75,9 @@ fn main() {
             b["val_accuracy"].as_f64().unwrap_or(f64::NAN)
         );
     }
+    if let Some(n) = fit["settings"]["final_epochs"].as_u64() {
+        println!("no validated fine-tune: --final-epochs {n}, a length chosen before (say on what, beside the result)");
+    }
     if let Some(plan) = fit.get("plan").filter(|p| !p.is_null()) {
         println!("plan: {plan}");
     }
