@@ -274,6 +274,12 @@ fn stopped_and_resumed(sampling: Sampling) {
         let (_, _) = fit(&model, &all, &with_models(other.path(), 6), false, &recorder(&|_| {})).unwrap();
         assert_eq!(bytes(&other.path().join("last.onnx")), bytes(&full.path().join("last.onnx")), "seeded");
     }
+    assert!(!reference.writes_each_epoch, "writes put off by their pacing are said to be");
+    let every = tempfile::tempdir().unwrap();
+    let o =
+        options(FitConfig::new(3, 8, 1, Optimizer::rmsprop(1e-2)), checkpointing(every.path(), Resume::Require, 1.0));
+    let (each, _) = fit(&model, &all, &o, false, &recorder(&|_| {})).unwrap();
+    assert!(each.writes_each_epoch, "a share every write fits in: a checkpoint after each epoch");
     let improving = reference.history.windows(2).filter(|w| w[1].val_loss < w[0].val_loss).count();
     assert!(improving >= 3, "the toy's validation loss falls: {:?}", reference.history);
     for stop in [2, 4, 6] {

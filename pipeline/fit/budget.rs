@@ -26,6 +26,9 @@ pub struct Costs {
     /// Seconds an epoch costs besides its steps and validation: the device copy synced, the
     /// models, checkpoint and history written.
     pub between: f64,
+    /// The rehearsal wrote the checkpoint and the plot after each of its epochs, so `between`
+    /// holds them; else they are bounded by their pacing's share of the time.
+    pub writes_measured: bool,
     /// Seconds each fine-tune and the evaluation pay before their first step: decoding the
     /// images, building the sessions (measured as the measurement paid them).
     pub setup: f64,
@@ -47,8 +50,18 @@ pub struct Costs {
 
 impl Costs {
     /// Checkpoints and the history plot each take at most this share of a fit's time on top of
-    /// its epochs (both are paced: the rehearsal's few epochs cannot show what they cost later).
+    /// its epochs (both are paced: a rehearsal that put some off cannot show what they cost later).
     const CHECKPOINTS: f64 = 1.0 + 2.0 * crate::train::pacing::SHARE;
+
+    /// What an epoch's time is multiplied by for the writes `between` may not hold: nothing when
+    /// the rehearsal wrote after every epoch (a fit writes at most as often), else their bound.
+    fn writes(&self) -> f64 {
+        if self.writes_measured {
+            1.0
+        } else {
+            Self::CHECKPOINTS
+        }
+    }
 
     fn tune_epoch(&self) -> f64 {
         self.tune_epoch_at(1.0)
@@ -65,13 +78,13 @@ impl Costs {
             return 0.0;
         }
         let steps = self.train.div_ceil(self.batch) as f64 * self.step;
-        ((steps + self.validation as f64 * self.predict) * area + self.between) * Self::CHECKPOINTS
+        ((steps + self.validation as f64 * self.predict) * area + self.between) * self.writes()
     }
 
     fn final_epoch_at(&self, area: f64) -> f64 {
         if self.final_fit {
             let steps = (self.train + self.validation).div_ceil(self.batch) as f64 * self.step;
-            (steps * area + self.between) * Self::CHECKPOINTS
+            (steps * area + self.between) * self.writes()
         } else {
             0.0
         }
@@ -180,6 +193,7 @@ pub(super) fn planned(
                 step: cost.times.step,
                 predict: cost.times.predict,
                 between: cost.times.between,
+                writes_measured: cost.times.writes_each_epoch,
                 setup: cost.setup,
                 batch: s.batch,
                 train: count(split, "train")?,
@@ -234,6 +248,7 @@ mod tests {
             step: 1.0,
             predict: 0.1,
             between: 0.0,
+            writes_measured: false,
             setup: 0.0,
             batch: 10,
             train: 100,
@@ -272,6 +287,15 @@ mod tests {
         let both = plan(&Costs { setup: 5.0, ..costs() }, 300.0, 20.0, 50).unwrap();
         assert!(p.epochs > 2 * both.epochs - 1, "{p:?} vs {both:?}");
         assert_eq!(plan(&alone, 300.0, 20.0, 3).unwrap().epochs, 3, "the length asked is the cap");
+    }
+
+    #[test]
+    fn writes_measured_after_every_epoch_are_not_bounded_again() {
+        let bounded = plan(&Costs { between: 2.0, ..costs() }, 600.0, 20.0, 50).unwrap();
+        let measured = plan(&Costs { between: 2.0, writes_measured: true, ..costs() }, 600.0, 20.0, 50).unwrap();
+        assert!((bounded.epoch_seconds - 14.0 * Costs::CHECKPOINTS).abs() < 1e-9, "{bounded:?}");
+        assert!((measured.epoch_seconds - 14.0).abs() < 1e-9, "{measured:?}");
+        assert_eq!(measured.epochs, ((600.0 * FILL - 20.0 - 3.0) / 28.0).floor() as usize);
     }
 
     #[test]

@@ -73,6 +73,10 @@ pub struct Fitted {
     /// Seconds the epochs restored from a checkpoint took when they ran (before this call), so a
     /// resumed run's time counts them.
     pub restored_seconds: f64,
+    /// Every epoch this call ran was followed by its checkpoint and its plot (those the fit
+    /// writes): none was put off by their pacing, so the time from one epoch's end to the next
+    /// holds a whole epoch's writes.
+    pub writes_each_epoch: bool,
 }
 
 /// The best epoch so far, as the loop tracks it.
@@ -136,7 +140,7 @@ pub fn fit(
     if let Some(state) = resumed.as_ref().filter(|_| stopping.stops(best.since)) {
         note_stop(&stopping, &best, sink);
         let (history, best) = (state.history.clone(), best.epoch.map(|e| (e, best.model)));
-        return Ok(Fitted { history, best, restored_seconds });
+        return Ok(Fitted { history, best, restored_seconds, writes_each_epoch: true });
     }
     let steps = data.labels().len().div_ceil(o.fit.batch) as u64;
     let meter =
@@ -179,7 +183,10 @@ pub fn fit(
             w.checkpoint.spent.as_secs_f64()
         ));
     }
-    Ok(Fitted { history, best: best.epoch.map(|e| (e, best.model)), restored_seconds })
+    let ran = history.len() - done;
+    let each = |p: &Pacing, writes: bool| !writes || p.writes >= ran;
+    let writes_each_epoch = each(&w.checkpoint, o.checkpoint.is_some()) && each(&w.plot, o.live.is_some());
+    Ok(Fitted { history, best: best.epoch.map(|e| (e, best.model)), restored_seconds, writes_each_epoch })
 }
 
 /// Why the fit stopped early, through the sink.

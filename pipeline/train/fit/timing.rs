@@ -34,6 +34,10 @@ pub struct StepTimes {
     /// An epoch's cost besides its steps and its validation: the device copy synced, the models
     /// and history written (checkpoints are paced apart: at most [`super::pacing::SHARE`]).
     pub between: f64,
+    /// The rehearsal wrote its checkpoint and plot after every epoch, so `between` holds a whole
+    /// epoch's writes (a fit writes them at most once an epoch); else they were paced apart and
+    /// only their share bounds them.
+    pub writes_each_epoch: bool,
     /// What a fit pays once before its first epoch ends, beyond that epoch's steps and
     /// validation: the training session opened, the first steps' allocations.
     pub warm_up: f64,
@@ -69,7 +73,7 @@ impl Trainer {
         let val = val.filter(|v| !v.labels().is_empty()).map(|v| Subset::of(v, cfg.batch, cfg.seed));
         let ends = Ends::default();
         let t = Instant::now();
-        let history = self.rehearse(data, val.as_ref().map(|v| v as &dyn BatchSource), cfg, scratch, &ends)?;
+        let fitted = self.rehearse(data, val.as_ref().map(|v| v as &dyn BatchSource), cfg, scratch, &ends)?;
         let ends: Vec<f64> = ends.0.into_inner().unwrap_or_default().iter().map(|e| (*e - t).as_secs_f64()).collect();
         // The device copy as the loop's validation reads it.
         self.start(&State::new(cfg.optimizer.clone(), &self.params))?;
@@ -78,11 +82,12 @@ impl Trainer {
             None => 0.0,
         };
         let validated = val.as_ref().map_or(0, |v| v.labels.len()) as f64 * predict;
-        Ok(costs(&history, &ends, validated, predict))
+        let times = costs(&fitted.history, &ends, validated, predict);
+        Ok(StepTimes { writes_each_epoch: fitted.writes_each_epoch, ..times })
     }
 
-    /// The history of `EPOCHS` epochs of `BATCHES` batches of `data` as the learner runs them,
-    /// writing into `dir`; each epoch's end goes to `ends`.
+    /// `EPOCHS` epochs of `BATCHES` batches of `data` as the learner runs them, writing into
+    /// `dir`; each epoch's end goes to `ends`.
     fn rehearse(
         &mut self,
         data: &dyn BatchSource,
@@ -90,7 +95,7 @@ impl Trainer {
         cfg: &FitConfig,
         dir: &Path,
         ends: &Ends,
-    ) -> Result<Vec<Epoch>> {
+    ) -> Result<learner::Fitted> {
         let subset = Subset::of(data, BATCHES * cfg.batch, cfg.seed);
         let fit = FitConfig { epochs: EPOCHS, class_weight: None, ..cfg.clone() }.check()?;
         let o = FitOptions {
@@ -106,7 +111,7 @@ impl Trainer {
             wrap: None,
             live: Some(Live { dir: dir.to_path_buf(), title: "rehearsal".into() }),
         };
-        Ok(learner::fit(self, &subset, val, &o, ends)?.history)
+        learner::fit(self, &subset, val, &o, ends)
     }
 
     /// Seconds per sample of `v` predicted (the median of three runs after an untimed one).
@@ -124,7 +129,8 @@ impl Trainer {
 }
 
 /// The costs from a rehearsal's `history`, its epochs' ends (seconds from its start), and what
-/// its validation took (`validated`, at `predict` per sample).
+/// its validation took (`validated`, at `predict` per sample); whether the writes came every
+/// epoch is the caller's to say.
 fn costs(history: &[Epoch], ends: &[f64], validated: f64, predict: f64) -> StepTimes {
     // The epochs after the first: their steps (what the epoch took less its validation, at
     // least half of it: a prediction timed apart may read slow), and from one end to the next
@@ -137,7 +143,7 @@ fn costs(history: &[Epoch], ends: &[f64], validated: f64, predict: f64) -> StepT
     let epoch = if gaps.is_empty() { history.iter().map(|e| e.seconds).sum() } else { median(gaps) };
     let inside = BATCHES as f64 * step + validated;
     let warm_up = ends.first().map_or(0.0, |first| (first - inside).max(0.0));
-    StepTimes { step, predict, between: (epoch - inside).max(0.0), warm_up }
+    StepTimes { step, predict, between: (epoch - inside).max(0.0), writes_each_epoch: false, warm_up }
 }
 
 /// Samples `idx` of `data`, drawn (and augmented) as the run draws them, every step.
