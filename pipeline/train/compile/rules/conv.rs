@@ -307,7 +307,9 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
         let x = ArrayD::from_shape_simple_fn(IxDyn(&[3, 4, 10, 10]), || rng.gen_range(-1.0f32..1.0));
         let same = ("auto_pad", A::S("SAME_UPPER"));
-        let cases: Vec<(usize, usize, Vec<(&str, A)>)> = vec![
+        // (kernel, output size, the Conv's attributes)
+        type Case<'a> = (usize, usize, Vec<(&'a str, A)>);
+        let cases: Vec<Case> = vec![
             (3, 5, vec![same.clone(), ("strides", A::Ints(vec![2, 2]))]),
             (5, 5, vec![same, ("strides", A::Ints(vec![2, 2]))]),
             (5, 10, vec![("pads", A::Ints(vec![2, 2, 2, 2]))]),
