@@ -69,9 +69,9 @@ finetune-best: setup data/elpv/manifest.csv | $(BINS) ## experiments: `tlearn fi
 # (--final-epochs: a length chosen before, on validation) and with progressive resizing (the first
 # epochs at 224, a step costing about the area's share). `make bench-fit BENCH_FIT_ARGS="$(FAST_ARGS)"`
 # times it from nothing, extraction included.
-FAST_ARGS ?= --size 300 --flips --progressive 224:2 --final-epochs 2
+FAST_ARGS ?= --size 300 --flips --progressive 224:2 --final-epochs 3
 FAST_RUN ?= lite0-fast
-finetune-fast: setup data/elpv/manifest.csv | $(BINS) ## experiments: `tlearn fit` on ELPV binary in under 20 minutes: FAST_ARGS (2 epochs at 224, then 2 at 300, on train + validation, no validated pass) → runs/FAST_RUN
+finetune-fast: setup data/elpv/manifest.csv | $(BINS) ## experiments: `tlearn fit` on ELPV binary in under 20 minutes: FAST_ARGS (2 epochs at 224, then 3 at 300, on train + validation, no validated pass) → runs/FAST_RUN
 	$(BIN)/tlearn-fit data/elpv --run $(FAST_RUN) $(FAST_ARGS) --device $(DEVICE) $(FIT_ARGS)
 
 # finetune-best4's recipe, by stages: the dense head on average-pooled features fused into a
