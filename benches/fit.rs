@@ -76,7 +76,7 @@ fn main() {
         );
     }
     if let Some(n) = fit["settings"]["final_epochs"].as_u64() {
-        println!("no validated fine-tune: --final-epochs {n}, a length chosen before (say on what, beside the result)");
+        println!("no validated fine-tune: --final-epochs {n}, a length chosen before this fit (no validation numbers)");
     }
     if let Some(plan) = fit.get("plan").filter(|p| !p.is_null()) {
         println!("plan: {plan}");

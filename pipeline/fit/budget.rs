@@ -106,8 +106,8 @@ impl Costs {
 }
 
 /// The most epochs (≤ `cap`) whose validated fine-tune, final fit (as long at most; either may
-/// be left out) and test evaluation end within `budget` seconds, `spent` of them gone; an error when not even one
-/// epoch fits, saying what would.
+/// be left out) and test evaluation end within `budget` seconds, `spent` of them gone; an error
+/// when not even one epoch fits, saying what would.
 pub fn plan(costs: &Costs, budget: f64, spent: f64, cap: usize) -> Result<Plan> {
     let per_epoch = costs.tune_epoch() + costs.final_epoch();
     let left = budget * FILL - spent - costs.fixed();
@@ -145,9 +145,9 @@ pub fn plan(costs: &Costs, budget: f64, spent: f64, cap: usize) -> Result<Plan> 
 }
 
 /// `--budget`: `cfg` (the first fine-tune: the validated one, or the final fit alone with
-/// `--final-epochs`) with its most epochs planned so the fit ends
-/// within the budget (a fold within its share), counted from `started`; the plan made once and
-/// kept in `dir/plan.json`. `cfg` is returned unchanged without a budget.
+/// `--final-epochs`) with its most epochs planned so the fit ends within the budget (a fold within
+/// its share), counted from `started`; the plan made once and kept in `dir/plan.json`. `cfg` is
+/// returned unchanged without a budget.
 pub(super) fn planned(
     job: &FitJob,
     cfg: FinetuneConfig,
@@ -277,8 +277,8 @@ mod tests {
 
     #[test]
     fn the_final_fit_alone_plans_its_own_epochs() {
-        // No validated pass: an epoch is the final fit's 12 steps (and a tenth more), one set-up
-        // fewer.
+        // No validated pass: an epoch is the final fit's 12 steps (times the writes' bound), one
+        // set-up fewer.
         let alone = Costs { validated: false, setup: 5.0, ..costs() };
         let p = plan(&alone, 300.0, 20.0, 50).unwrap();
         let epoch = 12.0 * Costs::CHECKPOINTS;

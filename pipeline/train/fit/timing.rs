@@ -82,8 +82,7 @@ impl Trainer {
             None => 0.0,
         };
         let validated = val.as_ref().map_or(0, |v| v.labels.len()) as f64 * predict;
-        let times = costs(&fitted.history, &ends, validated, predict);
-        Ok(StepTimes { writes_each_epoch: fitted.writes_each_epoch, ..times })
+        Ok(costs(&fitted.history, &ends, (validated, predict), fitted.writes_each_epoch))
     }
 
     /// `EPOCHS` epochs of `BATCHES` batches of `data` as the learner runs them, writing into
@@ -129,9 +128,9 @@ impl Trainer {
 }
 
 /// The costs from a rehearsal's `history`, its epochs' ends (seconds from its start), and what
-/// its validation took (`validated`, at `predict` per sample); whether the writes came every
-/// epoch is the caller's to say.
-fn costs(history: &[Epoch], ends: &[f64], validated: f64, predict: f64) -> StepTimes {
+/// its validation took (`validated`, at `predict` per sample), and whether it wrote after every
+/// epoch.
+fn costs(history: &[Epoch], ends: &[f64], (validated, predict): (f64, f64), writes_each_epoch: bool) -> StepTimes {
     // The epochs after the first: their steps (what the epoch took less its validation, at
     // least half of it: a prediction timed apart may read slow), and from one end to the next
     // (steps, validation, the writes between).
@@ -143,7 +142,7 @@ fn costs(history: &[Epoch], ends: &[f64], validated: f64, predict: f64) -> StepT
     let epoch = if gaps.is_empty() { history.iter().map(|e| e.seconds).sum() } else { median(gaps) };
     let inside = BATCHES as f64 * step + validated;
     let warm_up = ends.first().map_or(0.0, |first| (first - inside).max(0.0));
-    StepTimes { step, predict, between: (epoch - inside).max(0.0), writes_each_epoch: false, warm_up }
+    StepTimes { step, predict, between: (epoch - inside).max(0.0), writes_each_epoch, warm_up }
 }
 
 /// Samples `idx` of `data`, drawn (and augmented) as the run draws them, every step.
@@ -214,7 +213,8 @@ mod tests {
         // first ends 2 s late (the session opened), the second after a 3 s checkpoint.
         let history = [e(3.5), e(3.5), e(3.5), e(3.5)];
         let ends = [5.5, 12.25, 16.0, 19.75];
-        let c = costs(&history, &ends, 0.5, 0.1);
+        let c = costs(&history, &ends, (0.5, 0.1), true);
         assert_eq!((c.step, c.predict, c.between, c.warm_up), (1.0, 0.1, 0.25, 2.0));
+        assert!(c.writes_each_epoch);
     }
 }
