@@ -1,16 +1,17 @@
 //! `make bench-train`: training-step time of the built-in convnets (mnist at batch 64, v1 at
 //! batch 32) and of a ResNet-50 fine-tuning step (224×224, batch 16, BatchNorm frozen),
 //! tlearn's compiled training graph + RMSprop vs Keras/TensorFlow CPU on the same net, batch and
-//! threads — TF's default build and with `TF_ENABLE_ONEDNN_OPTS=1` — measured side by side in
-//! one run. Keras is optional: BENCH_TF_PYTHON (default `.cache/tfenv/bin/python`, made by `make
+//! threads — TF's default build, with `TF_ENABLE_ONEDNN_OPTS=1`, and on AMX CPUs also with
+//! oneDNN's bf16 math (`ONEDNN_DEFAULT_FPMATH_MODE=BF16`) — measured side by side in one run.
+//! Keras is optional: BENCH_TF_PYTHON (default `.cache/tfenv/bin/python`, made by `make
 //! bench-tf-env`) must import tensorflow, else its columns are skipped with a message. The
 //! ResNet-50 is `keras.applications.ResNet50(weights=None)` exported once with tf2onnx
 //! (`.cache/bench/resnet50.onnx`; its frozen BatchNorms folded into the convolutions), so that
 //! row needs the same Python. ResNet-50 times `max(BENCH_STEPS / 4, 3)` steps.
 //! GFLOP/s count forward FLOPs × 3 (forward + two backward GEMM-like passes).
-//! Env: BENCH_STEPS (timed steps, default 20), BENCH_ROUNDS (alternated rounds of tlearn, Keras
-//! and Keras + oneDNN, default 3; the median round counts), BENCH_THREADS (default: all cores),
-//! BENCH_NETS (comma-separated subset of `mnist,v1`).
+//! Env: BENCH_STEPS (timed steps, default 20), BENCH_ROUNDS (alternated rounds of tlearn and
+//! each Keras mode, default 3; the median round counts), BENCH_THREADS (default: all cores),
+//! BENCH_NETS (comma-separated subset of `mnist,v1,resnet50`).
 
 #[path = "common/cpu.rs"]
 mod cpu;
@@ -97,15 +98,26 @@ fn tlearn_step(
     median(times)
 }
 
+/// How Keras runs: TF's default kernels, oneDNN's (fp32), or oneDNN's with bf16 math
+/// (`ONEDNN_DEFAULT_FPMATH_MODE=BF16`: fp32 tensors, bf16 products; AMX kernels on AMX CPUs).
+#[derive(Clone, Copy, PartialEq)]
+enum Keras {
+    Default,
+    OneDnn,
+    OneDnnBf16,
+}
+
 /// Keras median step seconds for (net, batch), or None when TensorFlow is not available.
-fn keras_step(python: &str, net: &str, batch: usize, steps: usize, threads: usize, onednn: bool) -> Option<f64> {
-    let out = std::process::Command::new(python)
-        .arg("pyref/keras_step.py")
+fn keras_step(python: &str, net: &str, batch: usize, steps: usize, threads: usize, mode: Keras) -> Option<f64> {
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg("pyref/keras_step.py")
         .args([net, &batch.to_string(), &steps.to_string(), &threads.to_string()])
-        .env("TF_ENABLE_ONEDNN_OPTS", if onednn { "1" } else { "0" })
-        .env("TF_CPP_MIN_LOG_LEVEL", "2")
-        .output()
-        .ok()?;
+        .env("TF_ENABLE_ONEDNN_OPTS", if mode == Keras::Default { "0" } else { "1" })
+        .env("TF_CPP_MIN_LOG_LEVEL", "2");
+    if mode == Keras::OneDnnBf16 {
+        cmd.env("ONEDNN_DEFAULT_FPMATH_MODE", "BF16");
+    }
+    let out = cmd.output().ok()?;
     if !out.status.success() {
         eprintln!("keras ({net}) failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
         return None;
@@ -136,11 +148,25 @@ fn main() {
     }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let th = if threads == 0 { cores } else { threads };
+    // oneDNN's bf16 math mode changes kernels only where it has bf16 ones to change to: on an
+    // AVX-512 BF16 CPU without AMX its convolutions stay `brg_conv_*:avx512_core` (fp32), so a
+    // bf16 column there would time the fp32 run twice.
+    let mut modes = vec![Keras::Default, Keras::OneDnn];
+    if cpu::has("amx_bf16") {
+        modes.push(Keras::OneDnnBf16);
+    } else {
+        println!("no AMX (amx_bf16): oneDNN's bf16 math mode keeps its fp32 kernels here, so no bf16 column");
+    }
     println!("training step, median over {rounds} alternated rounds of the median of {steps} steps, {th} threads, RMSprop, random inputs");
-    println!(
-        "{:<8} {:>5} {:>12} {:>10} {:>14} {:>14} {:>10} {:>10}",
-        "net", "batch", "tlearn ms", "GFLOP/s", "Keras ms", "Keras+oneDNN", "vs Keras", "vs oneDNN"
+    let bf16 = modes.contains(&Keras::OneDnnBf16);
+    print!(
+        "{:<8} {:>5} {:>12} {:>10} {:>14} {:>14}",
+        "net", "batch", "tlearn ms", "GFLOP/s", "Keras ms", "Keras+oneDNN"
     );
+    if bf16 {
+        print!(" {:>14}", "oneDNN bf16");
+    }
+    println!(" {:>10} {:>10}{}", "vs Keras", "vs oneDNN", if bf16 { "    vs bf16" } else { "" });
     let only = std::env::var("BENCH_NETS").unwrap_or_default();
     for (net, batch) in [("mnist", 64usize), ("v1", 32), ("resnet50", 16)] {
         if !only.is_empty() && !only.split(',').any(|n| n == net) {
@@ -151,30 +177,25 @@ fn main() {
             continue;
         };
         let steps = if net == "resnet50" { (steps / 4).max(3) } else { steps };
-        // Rounds alternate tlearn, Keras and Keras + oneDNN, so a noisy spell hits all three.
-        let (mut ts, mut k0s, mut k1s) = (vec![], vec![], vec![]);
+        // Rounds alternate tlearn and each Keras mode, so a noisy spell hits all of them.
+        let (mut ts, mut ks) = (vec![], vec![vec![]; modes.len()]);
         for _ in 0..rounds {
             ts.push(tlearn_step(&model, batch, steps, threads));
-            if have_tf {
-                k0s.extend(keras_step(&py, net, batch, steps, th, false));
-                k1s.extend(keras_step(&py, net, batch, steps, th, true));
+            for (k, mode) in ks.iter_mut().zip(&modes).filter(|_| have_tf) {
+                k.extend(keras_step(&py, net, batch, steps, th, *mode));
             }
         }
         let show = |v: &[f64]| v.iter().map(|s| format!("{:.1}", s * 1e3)).collect::<Vec<_>>().join(" / ");
-        eprintln!("{net}: rounds (ms) tlearn {}; Keras {}; Keras+oneDNN {}", show(&ts), show(&k0s), show(&k1s));
+        let keras: Vec<String> = ks.iter().map(|k| show(k)).collect();
+        eprintln!("{net}: rounds (ms) tlearn {}; Keras (default, oneDNN, bf16) {}", show(&ts), keras.join("; "));
         let t = median(ts);
         let gflops = forward_flops(net) * 3.0 * batch as f64 / t / 1e9;
-        let (k0, k1) = ((!k0s.is_empty()).then(|| median(k0s)), (!k1s.is_empty()).then(|| median(k1s)));
-        let ms = |v: Option<f64>| v.map(|s| format!("{:.1}", s * 1e3)).unwrap_or_else(|| "-".into());
-        let ratio = |v: Option<f64>| v.map(|s| format!("{:.2}×", s / t)).unwrap_or_else(|| "-".into());
-        println!(
-            "{net:<8} {batch:>5} {:>12.1} {gflops:>10.1} {:>14} {:>14} {:>10} {:>10}",
-            t * 1e3,
-            ms(k0),
-            ms(k1),
-            ratio(k0),
-            ratio(k1)
-        );
+        let ks: Vec<Option<f64>> = ks.into_iter().map(|k| (!k.is_empty()).then(|| median(k))).collect();
+        let ms = |v: &Option<f64>| v.map(|s| format!("{:.1}", s * 1e3)).unwrap_or_else(|| "-".into());
+        let ratio = |v: &Option<f64>| v.map(|s| format!("{:.2}×", s / t)).unwrap_or_else(|| "-".into());
+        let times: Vec<String> = ks.iter().map(|k| format!(" {:>14}", ms(k))).collect();
+        let ratios: Vec<String> = ks.iter().map(|k| format!(" {:>10}", ratio(k))).collect();
+        println!("{net:<8} {batch:>5} {:>12.1} {gflops:>10.1}{}{}", t * 1e3, times.concat(), ratios.concat());
     }
     println!("ratios: Keras step time / tlearn step time (> 1: tlearn faster)");
 }

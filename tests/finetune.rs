@@ -223,6 +223,46 @@ fn a_cached_trunk_trains_the_rest_as_the_whole_net_would() {
 }
 
 #[test]
+fn a_freeze_stride_trains_what_the_same_trainable_patterns_do() {
+    let w = workdir();
+    let w = w.path();
+    make_dataset(&w.join("raw"), &["a", "b", "c"], 12, false);
+    ok("tlearn-data", &["split", "raw", "data/toy", "--seed", "1"], w);
+    ok("tlearn-convnet", &["mnist", "--out", "net.onnx", "--classes", "3"], w);
+    let base = ["net.onnx", "--data", "data/toy", "--epochs", "2", "--batch", "8", "--lr", "1e-3", "--explain", "0"];
+    let base = [&base[..], &["--device", "cpu"]].concat();
+    let run = |extra: &[&str]| ok("tlearn-finetune", &[&base[..], extra].concat(), w);
+    // The mnist net's convolutions give 26, 11 and 3 px of 28: stride 4 freezes the first two.
+    run(&["--run", "frozen", "--freeze-stride", "4"]);
+    run(&["--run", "patterns", "--trainable", "conv2d_2", "--trainable", "dense"]);
+    let bytes = |run: &str| std::fs::read(w.join(format!("runs/{run}/last.onnx"))).unwrap();
+    assert!(bytes("frozen") == bytes("patterns"), "the same layers trained the same way");
+    let info: serde_json::Value = serde_json::from_str(&read(&w.join("runs/frozen/run.json"))).unwrap();
+    assert_eq!(info["trainable_params"], 64 * 64 * 9 + 64 + 576 * 64 + 64 + 64 * 3 + 3, "{info}");
+    assert_eq!(info["config"]["freeze_stride"], 4, "{info}");
+    let tensor = |file: &str, name: &str| {
+        let m = tlearn::onnx::load_model(&w.join(file)).unwrap();
+        let t = m.graph.unwrap().initializer.into_iter().find(|t| t.name == name).unwrap();
+        tlearn::onnx::tensor_to_f32(&t).unwrap()
+    };
+    assert_eq!(tensor("net.onnx", "conv2d_1/kernel"), tensor("runs/frozen/last.onnx", "conv2d_1/kernel"));
+    assert_ne!(tensor("net.onnx", "conv2d_2/kernel"), tensor("runs/frozen/last.onnx", "conv2d_2/kernel"));
+    // The frozen layers are a trunk that can be run once and cached.
+    run(&["--run", "cached", "--freeze-stride", "4", "--cache-trunk"]);
+    let info: serde_json::Value = serde_json::from_str(&read(&w.join("runs/cached/run.json"))).unwrap();
+    assert!(info["trunk"].is_object(), "{info}");
+    // A stride no convolution reaches is refused, naming the one there is.
+    let err = fails("tlearn-finetune", &[&base[..], &["--run", "x", "--freeze-stride", "16"]].concat(), w);
+    assert!(err.contains("freeze-stride") && err.contains("stride 9 at most"), "{err}");
+    let err = fails("tlearn-finetune", &[&base[..], &["--run", "x", "--freeze-stride", "1"]].concat(), w);
+    assert!(err.contains("freeze-stride"), "{err}");
+    // Patterns that select only frozen layers would train nothing.
+    let only_frozen = ["--run", "x", "--freeze-stride", "4", "--trainable", "conv2d_1"];
+    let err = fails("tlearn-finetune", &[&base[..], &only_frozen].concat(), w);
+    assert!(err.contains("freezes every parameter"), "{err}");
+}
+
+#[test]
 fn a_finetune_without_validation_resumes_and_reports_every_skipped_file() {
     let e = tlearn::history::Epoch {
         epoch: 1,

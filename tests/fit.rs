@@ -357,3 +357,13 @@ fn a_length_chosen_before_is_the_validated_fits_final_fit_without_the_validated_
     let zero = fails("tlearn-fit", &["raw", "--run", "zero", "--backbone", "tiny", "--final-epochs", "0"], w);
     assert!(zero.contains("final-epochs") && zero.contains("at least one epoch"), "{zero}");
 }
+
+#[test]
+fn a_freeze_stride_reaches_each_fine_tune_which_names_the_strides_there_are() {
+    let w = workdir();
+    let w = w.path();
+    setup(w, 8, false);
+    // The tiny backbone's one convolution keeps the image's 32×32: no stride to freeze before.
+    let e = fails("tlearn-fit", &fit_args("frozen", &["--freeze-stride", "2"]), w);
+    assert!(e.contains("freeze-stride") && e.contains("stride 1 at most"), "{e}");
+}

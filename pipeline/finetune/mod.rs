@@ -13,6 +13,7 @@ use crate::train::checkpoint;
 use crate::train::learner::{self, Checkpointing, FitOptions, Live};
 use crate::train::BatchSource;
 
+pub mod freeze;
 mod lr;
 mod model;
 mod prepared;

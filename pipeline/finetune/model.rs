@@ -6,6 +6,7 @@ use crate::onnx::{self, cut, proto::ModelProto};
 pub use crate::runs::finetune::input_shape;
 use crate::runs::FinetuneConfig;
 use crate::train::learner;
+use std::collections::HashSet;
 use std::path::Path;
 
 /// `name` matches `pattern` (`*` wildcards; no `*`: substring).
@@ -195,7 +196,7 @@ pub(super) fn check_trainable(cfg: &FinetuneConfig, model: &ModelProto) -> Resul
     // The parameters training could select (as the compiler selects them: float, rank ≥ 1, not a
     // deployable model's preprocessing), before the patterns.
     let everything = FinetuneConfig { trainable: vec![], ..cfg.clone() };
-    let all = crate::train::graph::select_params(onnx::graph(model), &trainable_fn(&everything, model));
+    let all = crate::train::graph::select_params(onnx::graph(model), &trainable_fn(&everything, model, HashSet::new()));
     let params: Vec<&str> = all.iter().map(String::as_str).collect();
     let Some(p) = cfg.trainable.iter().find(|p| !params.iter().any(|n| matches(p, n))) else { return Ok(()) };
     let some: Vec<&str> = params.iter().copied().take(8).collect();
@@ -211,13 +212,49 @@ pub(super) fn check_trainable(cfg: &FinetuneConfig, model: &ModelProto) -> Resul
     })
 }
 
-/// The parameters a run trains: its patterns', never a deployable model's preprocessing.
-pub(super) fn trainable_fn(cfg: &FinetuneConfig, model: &ModelProto) -> impl Fn(&str) -> bool {
+/// The parameters a run trains: its patterns', none of `frozen` (`--freeze-stride`'s prefix),
+/// never a deployable model's preprocessing.
+fn trainable_fn(cfg: &FinetuneConfig, model: &ModelProto, frozen: HashSet<String>) -> impl Fn(&str) -> bool {
     let patterns = cfg.trainable.clone();
     let deployable = crate::runs::meta(model, &cfg.model).is_ok();
     move |n: &str| {
-        !(deployable && is_preprocessing(n)) && (patterns.is_empty() || patterns.iter().any(|p| matches(p, n)))
+        let fixed = frozen.contains(n) || (deployable && is_preprocessing(n));
+        !fixed && (patterns.is_empty() || patterns.iter().any(|p| matches(p, n)))
     }
+}
+
+/// What `model` trains: [`trainable_fn`] with `--freeze-stride`'s prefix found on `full` (the
+/// model at its own size, so that every size of a progressive run freezes the same layers). A
+/// prefix that leaves `--trainable`'s patterns nothing to train is refused.
+pub(super) fn trainable_set(
+    cfg: &FinetuneConfig,
+    model: &ModelProto,
+    full: &ModelProto,
+) -> Result<impl Fn(&str) -> bool> {
+    let trainable = trainable_fn(cfg, model, frozen_prefix(cfg, full)?);
+    match cfg.freeze_stride {
+        Some(s) if crate::train::graph::select_params(onnx::graph(model), &trainable).is_empty() => Err(Error::Param {
+            name: "freeze-stride",
+            value: s.to_string(),
+            reason: "freezes every parameter --trainable's patterns select: give a smaller stride, or patterns \
+                         of later layers"
+                .into(),
+        }),
+        _ => Ok(trainable),
+    }
+}
+
+/// `--freeze-stride`'s frozen prefix of `full`; empty without the option.
+fn frozen_prefix(cfg: &FinetuneConfig, full: &ModelProto) -> Result<HashSet<String>> {
+    let Some(stride) = cfg.freeze_stride else { return Ok(HashSet::new()) };
+    let f = super::freeze::frozen_before_stride(full, &cfg.model, stride)?;
+    tracing::info!(
+        "--freeze-stride {stride}: the layers before {} ({}×{} at the model's size) keep their weights",
+        f.first,
+        f.side,
+        f.side
+    );
+    Ok(f.params)
 }
 
 /// `m` (path `what`, input `full`×`full`) taking `size`×`size` images: its image input's height

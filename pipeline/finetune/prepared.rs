@@ -2,7 +2,7 @@
 //! learning-rate sweep and its cost measurement: the model opened and checked, the images loaded,
 //! a cached trunk, the trainer; the batches it draws; what a checkpoint must match.
 
-use super::model::{at_size, check_class_names, check_trainable, input_shape, open_model, trainable_fn};
+use super::model::{at_size, check_class_names, check_trainable, input_shape, open_model, trainable_set};
 use crate::augment::Augment;
 use crate::error::{Error, Result};
 use crate::fsutil;
@@ -130,7 +130,7 @@ pub(super) fn prepare(
         Purpose::Run => load_set(cfg, validate_on, &classes, input, budget, sink)?,
         Purpose::Sweep => None,
     };
-    let trainable = trainable_fn(cfg, model);
+    let trainable = trainable_set(cfg, model, &full)?;
     let trunk = cached_trunk(cfg, model, input, &trainable, (&train, val.as_ref()), budget, sink)?;
     if trunk.is_some() {
         // Training reads the trunk's outputs from here on, never the images.

@@ -178,6 +178,7 @@ pub(super) fn tune_config(
         }
         .check()?,
         trainable: vec![],
+        freeze_stride: s.freeze_stride,
         lr_base: None,
         lr_auto: None,
         relabel: false,

@@ -49,6 +49,10 @@ pub struct FinetuneConfig {
     /// Train only parameters whose names match one of these patterns (`*` = any run of
     /// characters; a pattern without `*` matches as a substring). Empty: all.
     pub trainable: Vec<String>,
+    /// Freeze the layers before the model's first convolution at this stride (its output side the
+    /// input's over it), beside `trainable`'s selection (the fine-tune stage's `freeze.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freeze_stride: Option<u32>,
     /// The conv base's learning rate when lower than the head's (`fit`'s rate): the base is what
     /// computes the last spatial features ([`cut::base_initializers`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -113,6 +113,10 @@ pub struct FitSettings {
     /// [`super::finetune::Progressive`]); `epochs` counts those at `size`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progressive: Option<super::finetune::Progressive>,
+    /// `--freeze-stride`: each fine-tune keeps the layers before the net's first convolution at
+    /// this stride frozen (see [`super::finetune::FinetuneConfig::freeze_stride`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freeze_stride: Option<u32>,
     /// Retrain on train + validation for the length validation chose.
     pub final_fit: bool,
     /// `--final-epochs`: no validated fine-tune; the final fit on train + validation runs this
@@ -169,6 +173,13 @@ impl ParamGuard for FitSettings {
                 )
             }
             _ => {}
+        }
+        if let Some(s) = self.freeze_stride.filter(|s| *s < 2) {
+            return bad(
+                "freeze-stride",
+                s.to_string(),
+                "a stride of at least 2 (e.g. 16) freezes the layers before it",
+            );
         }
         if let Some(p) = self.progressive.filter(|p| p.size >= self.size) {
             return bad(
@@ -273,6 +284,9 @@ impl FitSettings {
         differs("target", self.target.name().to_string(), crate::heads::Target::Classes.name().to_string());
         if let Some(p) = self.progressive {
             a.push(format!("--progressive {p}"));
+        }
+        if let Some(s) = self.freeze_stride {
+            a.push(format!("--freeze-stride {s}"));
         }
         if self.flips {
             a.push("--flips".into());
@@ -382,6 +396,7 @@ mod tests {
             balance: Balance::Auto,
             target: crate::heads::Target::Classes,
             progressive: None,
+            freeze_stride: None,
             final_fit: true,
             final_epochs: None,
             folds: None,
@@ -398,6 +413,7 @@ mod tests {
             balance: Balance::On,
             final_fit: false,
             progressive: Some(super::super::finetune::Progressive { size: 224, epochs: 2 }),
+            freeze_stride: Some(16),
             ..s.clone()
         };
         assert_eq!(
@@ -408,20 +424,23 @@ mod tests {
                 "--lr auto",
                 "--balance on",
                 "--progressive 224:2",
+                "--freeze-stride 16",
                 "--flips",
                 "--no-final-fit"
             ]
         );
         // Settings written before --progressive existed read back as without it, and still say so.
         let v = serde_json::to_value(&s).unwrap();
-        assert!(v.get("progressive").is_none(), "{v}");
+        assert!(v.get("progressive").is_none() && v.get("freeze_stride").is_none(), "{v}");
         assert_eq!(serde_json::from_value::<FitSettings>(v).unwrap(), s);
         let with = serde_json::to_value(&other).unwrap();
         assert_eq!(with["progressive"], serde_json::json!({"size": 224, "epochs": 2}));
+        assert_eq!(with["freeze_stride"], 16);
         assert_eq!(serde_json::from_value::<FitSettings>(with).unwrap(), other);
         let e =
             FitSettings { progressive: Some("300:2".parse().unwrap()), ..s.clone() }.check().unwrap_err().to_string();
         assert!(e.contains("below the fit's --size 300"), "{e}");
+        assert!(FitSettings { freeze_stride: Some(1), ..s.clone() }.check().is_err());
         // A length chosen before: the recipe says it; none, or with --no-final-fit, is refused.
         let fixed = FitSettings { final_epochs: Some(3), ..s.clone() };
         assert_eq!(fixed.recipe_args(), ["--size 300", "--flips", "--final-epochs 3"]);
