@@ -11,6 +11,21 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
+/// Three classes of `per_class` generated images split into `data/toy`, and the mnist net for
+/// them as `net.onnx`, in `w`; what `tlearn-convnet` printed.
+fn toy(w: &Path, per_class: usize) -> String {
+    make_dataset(&w.join("raw"), &["a", "b", "c"], per_class, false);
+    ok("tlearn-data", &["split", "raw", "data/toy", "--seed", "1"], w);
+    ok("tlearn-convnet", &["mnist", "--out", "net.onnx", "--classes", "3"], w)
+}
+
+/// The initializer `name` of the model at `file` (under `w`), as floats.
+fn tensor(w: &Path, file: &str, name: &str) -> Vec<f32> {
+    let m = tlearn::onnx::load_model(&w.join(file)).unwrap();
+    let t = m.graph.unwrap().initializer.into_iter().find(|t| t.name == name).unwrap();
+    tlearn::onnx::tensor_to_f32(&t).unwrap().into_iter().collect()
+}
+
 /// `--include-validation` trains on train/ and validation/ as on one folder holding both: the
 /// same weights and history as a run on such a folder, byte for byte, the last epoch as the
 /// model; with --patience, or without validation images, it is refused.
@@ -81,9 +96,7 @@ fn settings_that_select_or_watch_nothing_are_refused() {
 fn convnet_from_scratch_finetune_score_and_preview() {
     let w = workdir();
     let w = w.path();
-    make_dataset(&w.join("raw"), &["a", "b", "c"], 40, false);
-    ok("tlearn-data", &["split", "raw", "data/toy", "--seed", "1"], w);
-    let s = ok("tlearn-convnet", &["mnist", "--out", "net.onnx", "--classes", "3"], w);
+    let s = toy(w, 40);
     assert!(s.contains("(None, 26, 26, 32)") && s.contains("(None, 3)"), "{s}");
     assert!(s.contains("Total params: 92,867"), "93,322 − 650 + 64·3 + 3: {s}");
     // A net whose classifier does not fit the data is refused, naming both.
@@ -161,13 +174,8 @@ fn convnet_from_scratch_finetune_score_and_preview() {
     );
     let info: serde_json::Value = serde_json::from_str(&read(&w.join("runs/f/run.json"))).unwrap();
     assert_eq!(info["trainable_params"], 576 * 64 + 64 + 64 * 3 + 3, "{info}");
-    let tensor = |file: &str, name: &str| {
-        let m = tlearn::onnx::load_model(&w.join(file)).unwrap();
-        let t = m.graph.unwrap().initializer.into_iter().find(|t| t.name == name).unwrap();
-        tlearn::onnx::tensor_to_f32(&t).unwrap()
-    };
-    assert_eq!(tensor("net.onnx", "conv2d/kernel"), tensor("runs/f/last.onnx", "conv2d/kernel"));
-    assert_ne!(tensor("net.onnx", "dense/kernel"), tensor("runs/f/last.onnx", "dense/kernel"));
+    assert_eq!(tensor(w, "net.onnx", "conv2d/kernel"), tensor(w, "runs/f/last.onnx", "conv2d/kernel"));
+    assert_ne!(tensor(w, "net.onnx", "dense/kernel"), tensor(w, "runs/f/last.onnx", "dense/kernel"));
 
     // The deployable model (gray conversion and rescale in-graph) scores raw images like evaluation.
     ok("tlearn-score", &["data/toy/test", "--model", "runs/t/model.onnx", "--out", "s.csv", "--device", "cpu"], w);
@@ -183,9 +191,7 @@ fn convnet_from_scratch_finetune_score_and_preview() {
 fn a_cached_trunk_trains_the_rest_as_the_whole_net_would() {
     let w = workdir();
     let w = w.path();
-    make_dataset(&w.join("raw"), &["a", "b", "c"], 20, false);
-    ok("tlearn-data", &["split", "raw", "data/toy", "--seed", "1"], w);
-    ok("tlearn-convnet", &["mnist", "--out", "net.onnx", "--classes", "3"], w);
+    toy(w, 20);
     let base = ["net.onnx", "--data", "data/toy", "--epochs", "3", "--batch", "8", "--lr", "1e-3"];
     let base = [&base[..], &["--trainable", "dense*", "--explain", "0", "--device", "cpu"]].concat();
     let losses = |out: &str| -> Vec<f64> {
@@ -226,9 +232,7 @@ fn a_cached_trunk_trains_the_rest_as_the_whole_net_would() {
 fn a_freeze_stride_trains_what_the_same_trainable_patterns_do() {
     let w = workdir();
     let w = w.path();
-    make_dataset(&w.join("raw"), &["a", "b", "c"], 12, false);
-    ok("tlearn-data", &["split", "raw", "data/toy", "--seed", "1"], w);
-    ok("tlearn-convnet", &["mnist", "--out", "net.onnx", "--classes", "3"], w);
+    toy(w, 12);
     let base = ["net.onnx", "--data", "data/toy", "--epochs", "2", "--batch", "8", "--lr", "1e-3", "--explain", "0"];
     let base = [&base[..], &["--device", "cpu"]].concat();
     let run = |extra: &[&str]| ok("tlearn-finetune", &[&base[..], extra].concat(), w);
@@ -240,13 +244,8 @@ fn a_freeze_stride_trains_what_the_same_trainable_patterns_do() {
     let info: serde_json::Value = serde_json::from_str(&read(&w.join("runs/frozen/run.json"))).unwrap();
     assert_eq!(info["trainable_params"], 64 * 64 * 9 + 64 + 576 * 64 + 64 + 64 * 3 + 3, "{info}");
     assert_eq!(info["config"]["freeze_stride"], 4, "{info}");
-    let tensor = |file: &str, name: &str| {
-        let m = tlearn::onnx::load_model(&w.join(file)).unwrap();
-        let t = m.graph.unwrap().initializer.into_iter().find(|t| t.name == name).unwrap();
-        tlearn::onnx::tensor_to_f32(&t).unwrap()
-    };
-    assert_eq!(tensor("net.onnx", "conv2d_1/kernel"), tensor("runs/frozen/last.onnx", "conv2d_1/kernel"));
-    assert_ne!(tensor("net.onnx", "conv2d_2/kernel"), tensor("runs/frozen/last.onnx", "conv2d_2/kernel"));
+    assert_eq!(tensor(w, "net.onnx", "conv2d_1/kernel"), tensor(w, "runs/frozen/last.onnx", "conv2d_1/kernel"));
+    assert_ne!(tensor(w, "net.onnx", "conv2d_2/kernel"), tensor(w, "runs/frozen/last.onnx", "conv2d_2/kernel"));
     // The frozen layers are a trunk that can be run once and cached.
     run(&["--run", "cached", "--freeze-stride", "4", "--cache-trunk"]);
     let info: serde_json::Value = serde_json::from_str(&read(&w.join("runs/cached/run.json"))).unwrap();
