@@ -154,7 +154,7 @@ fn main() {
     let mut modes = vec![Keras::Default, Keras::OneDnn];
     if cpu::has("amx_bf16") {
         modes.push(Keras::OneDnnBf16);
-    } else {
+    } else if have_tf {
         println!("no AMX (amx_bf16): oneDNN's bf16 math mode keeps its fp32 kernels here, so no bf16 column");
     }
     println!("training step, median over {rounds} alternated rounds of the median of {steps} steps, {th} threads, RMSprop, random inputs");
@@ -187,7 +187,8 @@ fn main() {
         }
         let show = |v: &[f64]| v.iter().map(|s| format!("{:.1}", s * 1e3)).collect::<Vec<_>>().join(" / ");
         let keras: Vec<String> = ks.iter().map(|k| show(k)).collect();
-        eprintln!("{net}: rounds (ms) tlearn {}; Keras (default, oneDNN, bf16) {}", show(&ts), keras.join("; "));
+        let labels = ["default", "oneDNN", "oneDNN bf16"][..modes.len()].join(", ");
+        eprintln!("{net}: rounds (ms) tlearn {}; Keras ({labels}) {}", show(&ts), keras.join("; "));
         let t = median(ts);
         let gflops = forward_flops(net) * 3.0 * batch as f64 / t / 1e9;
         let ks: Vec<Option<f64>> = ks.into_iter().map(|k| (!k.is_empty()).then(|| median(k))).collect();

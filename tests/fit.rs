@@ -363,7 +363,15 @@ fn a_freeze_stride_reaches_each_fine_tune_which_names_the_strides_there_are() {
     let w = workdir();
     let w = w.path();
     setup(w, 8, false);
-    // The tiny backbone's one convolution keeps the image's 32×32: no stride to freeze before.
-    let e = fails("tlearn-fit", &fit_args("frozen", &["--freeze-stride", "2"]), w);
-    assert!(e.contains("freeze-stride") && e.contains("stride 1 at most"), "{e}");
+    // The tiny backbone: a 3×3 convolution at 32×32, then a pool to 16×16 (stride 2).
+    ok("tlearn-fit", &fit_args("frozen", &["--freeze-stride", "2"]), w);
+    for phase in ["tune", "final"] {
+        let r = json(&w.join("runs/frozen").join(phase).join("run.json"));
+        assert_eq!(r["config"]["freeze_stride"], 2, "{phase}: {r}");
+        let (trained, total) = (r["trainable_params"].as_u64().unwrap(), r["total_params"].as_u64().unwrap());
+        // The convolution's kernel and bias, beside the three caffe means that never train.
+        assert_eq!(total - trained, 8 * 3 * 3 * 3 + 8 + 3, "{phase}: {r}");
+    }
+    let e = fails("tlearn-fit", &fit_args("far", &["--freeze-stride", "4"]), w);
+    assert!(e.contains("freeze-stride") && e.contains("reaches stride 2 at most"), "{e}");
 }

@@ -62,8 +62,8 @@ struct Args {
     /// e.g. `--progressive 224:3` with `--size 300`. --epochs counts the epochs at --size.
     #[arg(long, value_name = "SIZE:EPOCHS")]
     progressive: Option<tlearn::runs::finetune::Progressive>,
-    /// Keep the backbone's layers before its first convolution at stride S frozen (their output
-    /// side 1/S of the image's or more, e.g. 16): they keep their pretrained weights and have no
+    /// Keep the backbone's layers before it reaches stride S frozen (those whose maps are larger
+    /// than 1/S of the image's side, e.g. 16): they keep their pretrained weights and have no
     /// backward pass, so each fine-tuning step costs much less (EfficientNet-Lite0 at 300: the
     /// 150, 75 and 38 px layers, about half the step).
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u32).range(2..))]

@@ -160,9 +160,9 @@ pub struct FinetuneArgs {
     /// `--trainable 'block5_*' --trainable dense`. Default: all.
     #[arg(long)]
     pub trainable: Vec<String>,
-    /// Freeze the layers before the net's first convolution at stride S (its output side 1/S of
-    /// the image's, e.g. 16): they keep their pretrained weights and have no backward pass, so a
-    /// step costs much less (EfficientNet-Lite0 at 300: S = 16 freezes the 150, 75 and 38 px
+    /// Freeze the layers before the net reaches stride S (those whose maps are larger than 1/S of
+    /// the image's side, e.g. 16): they keep their pretrained weights and have no backward pass,
+    /// so a step costs much less (EfficientNet-Lite0 at 300: S = 16 freezes the 150, 75 and 38 px
     /// layers).
     #[arg(long, value_name = "S", value_parser = clap::value_parser!(u32).range(2..))]
     pub freeze_stride: Option<u32>,

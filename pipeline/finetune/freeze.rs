@@ -1,8 +1,8 @@
-//! `--freeze-stride S`: the layers before a net's first convolution at stride S keep their
-//! pretrained weights. Early layers see the image at its largest, where a training step spends
-//! most of its time, and hold its most generic features (edges, textures); a frozen prefix has no
-//! backward pass at all (the compiler differentiates only what leads from a trained parameter to
-//! the loss), so the step gets much cheaper for little accuracy.
+//! `--freeze-stride S`: the layers before a net reaches stride S keep their pretrained weights.
+//! Early layers see the image at its largest, where a training step spends most of its time, and
+//! hold its most generic features (edges, textures); a frozen prefix has no backward pass at all
+//! (the compiler differentiates only what leads from a trained parameter to the loss), so the step
+//! gets much cheaper, for some accuracy (docs/RESULTS.md measures both on ELPV).
 
 use crate::error::{Error, Result};
 use crate::onnx::{self, cut, proto::ModelProto};
@@ -10,52 +10,73 @@ use crate::runs::finetune::input_shape;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-/// Where a `--freeze-stride` cut falls: the parameters frozen and the first layer still trained.
+/// Where a `--freeze-stride` cut falls: the parameters frozen and where the net reaches the stride.
 #[derive(Debug)]
 pub struct FrozenPrefix {
-    /// Initializer names of every layer before `first` (its ancestors in the graph).
+    /// Initializer names of every layer before the cut (the ancestors of the layers that reach it).
     pub params: HashSet<String>,
-    /// The output of the first convolution at the stride (the first layer that trains), and its side.
+    /// The output of the first layer that reaches the stride, and its side.
     pub first: String,
     pub side: usize,
 }
 
-/// The parameters of the layers before `model`'s first convolution whose output side is at most
-/// the input's over `stride` (rounded up, as "SAME" padding rounds). A stride no convolution
-/// reaches, or one that would freeze nothing, is refused, naming the strides there are.
+/// The ops whose (N, C, H, W) output can be smaller than their input: where a net's stride grows.
+const DOWNSAMPLING: &[&str] = &["Conv", "MaxPool", "AveragePool"];
+
+/// The parameters of the layers before `model` reaches stride `stride`: the ancestors of every
+/// convolution or pool that takes a map larger than the input's side over `stride` (rounded up,
+/// as "SAME" padding rounds) to one at most that large — all of them, so a residual block's
+/// shortcut and main branch cut alike whatever their order. Maps of side 1 (global pools,
+/// squeeze-excite branches) never count. A stride the net does not reach, or one that would freeze
+/// nothing, is refused, naming the strides that work.
 pub fn frozen_before_stride(model: &ModelProto, what: &Path, stride: u32) -> Result<FrozenPrefix> {
     let [h, w, c] = input_shape(model, what)?;
     let g = onnx::graph(model);
-    let convs: Vec<_> = g.node.iter().filter(|n| n.op_type == "Conv" && !n.output.is_empty()).collect();
-    let names: Vec<String> = convs.iter().map(|n| n.output[0].clone()).collect();
+    let ints = onnx::integer_tensors(g);
+    let names: Vec<String> = g
+        .node
+        .iter()
+        .filter_map(|n| n.output.first())
+        .filter(|o| !o.is_empty() && !ints.contains(*o))
+        .cloned()
+        .collect();
     let (input, _) = cut::image_input(model, what)?;
     let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[1, h, w, c]));
     let shapes = onnx::probe::shapes(model, what, vec![(&input, x.view())], &names)?;
-    // ONNX Conv outputs are (N, C, H, W): the side is dimension 2.
-    let side = |n: &str| shapes.get(n).filter(|s| s.len() == 4).map(|s| s[2]);
-    let target = h.div_ceil(stride as usize);
+    // These ops' tensors are (N, C, H, W): the side is dimension 2.
+    let side = |t: &str| shapes.get(t).filter(|s| s.len() == 4).map(|s| s[2]);
+    let steps: Vec<(&onnx::proto::NodeProto, usize, usize)> = g
+        .node
+        .iter()
+        .filter(|n| DOWNSAMPLING.contains(&n.op_type.as_str()) && !n.input.is_empty() && !n.output.is_empty())
+        .filter_map(|n| Some((n, side(&n.input[0])?, side(&n.output[0])?)))
+        .filter(|&(_, from, to)| to < from && to > 1)
+        .collect();
+    let crossing = |s: usize| {
+        let target = h.div_ceil(s);
+        steps.iter().filter(move |&&(_, from, to)| from > target && to <= target)
+    };
     let refuse = |reason: String| Error::Param { name: "freeze-stride", value: stride.to_string(), reason };
-    let Some((at, first)) = convs.iter().enumerate().find(|(_, n)| side(&n.output[0]).is_some_and(|s| s <= target))
-    else {
-        let smallest = names.iter().filter_map(|n| side(n)).min().unwrap_or(h);
-        return Err(refuse(format!(
-            "{}'s convolutions reach stride {} at most (their smallest output is {smallest}×{smallest} of a {h}×{h} \
-             input); give a smaller stride",
-            what.display(),
-            h / smallest.max(1)
-        )));
+    let cut: Vec<_> = crossing(stride as usize).collect();
+    let Some(&&(first, _, to)) = cut.first() else {
+        return Err(refuse(match (2..=h).rev().find(|&s| crossing(s).next().is_some()) {
+            Some(most) => format!(
+                "{} reaches stride {most} at most at {h}×{h}; give --freeze-stride {most} or less",
+                what.display()
+            ),
+            None => format!("{} keeps its maps at the image's size: it has no early layers to freeze", what.display()),
+        }));
     };
     let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
-    let params = ancestor_params(g, &first.input[0], &inits);
-    if !convs[..at].iter().any(|n| n.input.iter().any(|i| params.contains(i))) {
+    let params: HashSet<String> = cut.iter().flat_map(|(n, _, _)| ancestor_params(g, &n.input[0], &inits)).collect();
+    if crate::train::graph::select_params(g, &|n| params.contains(n)).is_empty() {
         return Err(refuse(format!(
-            "it freezes nothing: {}'s first convolution already works at stride {stride} or more; give a larger \
-             stride to freeze its early layers",
+            "it freezes nothing: {} reaches stride {stride} at its first layer with weights; give a larger stride to \
+             freeze its early layers",
             what.display()
         )));
     }
-    let side = side(&first.output[0]).expect("found by its side");
-    Ok(FrozenPrefix { params, first: first.output[0].clone(), side })
+    Ok(FrozenPrefix { params, first: first.output[0].clone(), side: to })
 }
 
 /// The initializers feeding the nodes that `tensor` is computed from (its ancestors).
@@ -99,14 +120,17 @@ mod tests {
             v.sort();
             v
         };
+        // The pools make the strides: 26 → 13 reaches stride 2, 11 → 5 stride 4 (up to 6).
         let two = at(2);
         assert_eq!(names(&two), ["conv2d/bias", "conv2d/kernel"]);
-        assert_eq!((two.first.as_str(), two.side), ("mnist/conv2d_1/Conv", 11));
+        assert_eq!((two.first.as_str(), two.side), ("mnist/max_pooling2d/MaxPool", 13));
         let four = at(4);
-        assert_eq!(four.side, 3);
+        assert_eq!(four.side, 5);
         assert_eq!(names(&four), ["conv2d/bias", "conv2d/kernel", "conv2d_1/bias", "conv2d_1/kernel"]);
-        let e = frozen_before_stride(&mnist(), Path::new("mnist.onnx"), 16).unwrap_err().to_string();
-        assert!(e.contains("stride 9 at most") && e.contains("3×3 of a 28×28"), "{e}");
+        // The last convolution, 5 → 3, reaches up to stride 13 (⌈28 / 13⌉ = 3); 14 asks for 2.
+        assert_eq!(at(13).side, 3);
+        let e = frozen_before_stride(&mnist(), Path::new("mnist.onnx"), 14).unwrap_err().to_string();
+        assert!(e.contains("reaches stride 13 at most") && e.contains("--freeze-stride 13 or less"), "{e}");
     }
 
     #[test]

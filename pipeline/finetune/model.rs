@@ -236,9 +236,13 @@ pub(super) fn trainable_set(
         Some(s) if crate::train::graph::select_params(onnx::graph(model), &trainable).is_empty() => Err(Error::Param {
             name: "freeze-stride",
             value: s.to_string(),
-            reason: "freezes every parameter --trainable's patterns select: give a smaller stride, or patterns \
-                         of later layers"
-                .into(),
+            reason: if cfg.trainable.is_empty() {
+                "leaves nothing to train: every parameter comes before that stride; give a larger stride".into()
+            } else {
+                "freezes every parameter --trainable's patterns select: give a larger stride, or patterns of later \
+                 layers"
+                    .into()
+            },
         }),
         _ => Ok(trainable),
     }

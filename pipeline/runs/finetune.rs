@@ -49,8 +49,8 @@ pub struct FinetuneConfig {
     /// Train only parameters whose names match one of these patterns (`*` = any run of
     /// characters; a pattern without `*` matches as a substring). Empty: all.
     pub trainable: Vec<String>,
-    /// Freeze the layers before the model's first convolution at this stride (its output side the
-    /// input's over it), beside `trainable`'s selection (the fine-tune stage's `freeze.rs`).
+    /// Freeze the layers before the model reaches this stride (its maps 1/stride of the input's
+    /// side), beside `trainable`'s selection (the fine-tune stage's `freeze.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freeze_stride: Option<u32>,
     /// The conv base's learning rate when lower than the head's (`fit`'s rate): the base is what
@@ -120,6 +120,13 @@ impl FinetuneConfig {
                      early epochs: give more early epochs or a shorter warm-up",
                     self.fit.warmup_epochs, p.epochs
                 ),
+            });
+        }
+        if let Some(s) = self.freeze_stride.filter(|s| *s < 2) {
+            return Err(Error::Param {
+                name: "freeze-stride",
+                value: s.to_string(),
+                reason: "a stride of at least 2 (e.g. 16) freezes the layers before it".into(),
             });
         }
         if let (Some(p), true) = (&self.progressive, self.cache_trunk) {

@@ -113,8 +113,8 @@ pub struct FitSettings {
     /// [`super::finetune::Progressive`]); `epochs` counts those at `size`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progressive: Option<super::finetune::Progressive>,
-    /// `--freeze-stride`: each fine-tune keeps the layers before the net's first convolution at
-    /// this stride frozen (see [`super::finetune::FinetuneConfig::freeze_stride`]).
+    /// `--freeze-stride`: each fine-tune keeps the layers before the net reaches this stride
+    /// frozen (see [`super::finetune::FinetuneConfig::freeze_stride`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freeze_stride: Option<u32>,
     /// Retrain on train + validation for the length validation chose.
