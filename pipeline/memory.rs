@@ -53,16 +53,7 @@ pub fn per_image_bytes_at(
     channels: usize,
     size: u32,
 ) -> Option<u64> {
-    // The float tensors: every node's first output that is not shape arithmetic.
-    let g = onnx::graph(model);
-    let ints = onnx::integer_tensors(g);
-    let names: Vec<String> = g
-        .node
-        .iter()
-        .filter_map(|n| n.output.first())
-        .filter(|o| !o.is_empty() && !ints.contains(*o))
-        .cloned()
-        .collect();
+    let names = onnx::float_outputs(onnx::graph(model));
     let largest_at = |side: usize| -> Option<u64> {
         let x = match layout {
             cut::Layout::Nhwc => ndarray::Array4::<f32>::zeros((1, side, side, channels)),

@@ -32,14 +32,7 @@ const DOWNSAMPLING: &[&str] = &["Conv", "MaxPool", "AveragePool"];
 pub fn frozen_before_stride(model: &ModelProto, what: &Path, stride: u32) -> Result<FrozenPrefix> {
     let [h, w, c] = input_shape(model, what)?;
     let g = onnx::graph(model);
-    let ints = onnx::integer_tensors(g);
-    let names: Vec<String> = g
-        .node
-        .iter()
-        .filter_map(|n| n.output.first())
-        .filter(|o| !o.is_empty() && !ints.contains(*o))
-        .cloned()
-        .collect();
+    let names = onnx::float_outputs(g);
     let (input, _) = cut::image_input(model, what)?;
     let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[1, h, w, c]));
     let shapes = onnx::probe::shapes(model, what, vec![(&input, x.view())], &names)?;

@@ -348,6 +348,13 @@ pub fn real_inputs(g: &GraphProto) -> Vec<&ValueInfoProto> {
     g.input.iter().filter(|i| !inits.contains(i.name.as_str())).collect()
 }
 
+/// The float tensors a graph computes: every node's first output that is not shape arithmetic
+/// ([`integer_tensors`]), in node order — what a shape or memory probe asks a session for.
+pub fn float_outputs(g: &GraphProto) -> Vec<String> {
+    let ints = integer_tensors(g);
+    g.node.iter().filter_map(|n| n.output.first()).filter(|o| !o.is_empty() && !ints.contains(*o)).cloned().collect()
+}
+
 /// Tensors that hold integers (shape arithmetic of exported graphs): outputs of Shape/Size/ArgMax…,
 /// integer Casts and Constants, and of any other op whose first input is an integer tensor.
 pub fn integer_tensors(g: &GraphProto) -> std::collections::HashSet<String> {

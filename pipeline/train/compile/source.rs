@@ -133,14 +133,7 @@ pub(super) fn probe_shapes(
     feature_shape: &[usize],
     float_inits: &HashMap<&str, &TensorProto>,
 ) -> Result<HashMap<String, Vec<usize>>> {
-    let g = onnx::graph(m);
-    let ints = onnx::integer_tensors(g);
-    let mut names: Vec<String> = g
-        .node
-        .iter()
-        .flat_map(|n| n.output.iter().take(1).cloned())
-        .filter(|o| !o.is_empty() && !ints.contains(o))
-        .collect();
+    let mut names = onnx::float_outputs(onnx::graph(m));
     names.retain(|n| n != output);
     let x = ndarray::ArrayD::<f32>::zeros(ndarray::IxDyn(&[&[2usize][..], feature_shape].concat()));
     let mut shapes = onnx::probe::shapes(m, what, vec![(input, x.view())], &names)?;
