@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use crate::onnx::{self, cut, proto::ModelProto};
 use crate::runs::finetune::input_shape;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 
 /// Where a `--freeze-stride` cut falls: the parameters frozen and where the net reaches the stride.
@@ -60,8 +60,8 @@ pub fn frozen_before_stride(model: &ModelProto, what: &Path, stride: u32) -> Res
             None => format!("{} keeps its maps at the image's size: it has no early layers to freeze", what.display()),
         }));
     };
-    let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
-    let params: HashSet<String> = cut.iter().flat_map(|(n, _, _)| ancestor_params(g, &n.input[0], &inits)).collect();
+    let inputs: Vec<String> = cut.iter().map(|(n, _, _)| n.input[0].clone()).collect();
+    let params = cut::initializers_feeding(model, what, &inputs)?;
     if crate::train::graph::select_params(g, &|n| params.contains(n)).is_empty() {
         return Err(refuse(format!(
             "it freezes nothing: {} reaches stride {stride} at its first layer with weights; give a larger stride to \
@@ -70,27 +70,6 @@ pub fn frozen_before_stride(model: &ModelProto, what: &Path, stride: u32) -> Res
         )));
     }
     Ok(FrozenPrefix { params, first: first.output[0].clone(), side: to })
-}
-
-/// The initializers feeding the nodes that `tensor` is computed from (its ancestors).
-fn ancestor_params(g: &onnx::proto::GraphProto, tensor: &str, inits: &HashSet<&str>) -> HashSet<String> {
-    let producer: HashMap<&str, usize> =
-        g.node.iter().enumerate().flat_map(|(i, n)| n.output.iter().map(move |o| (o.as_str(), i))).collect();
-    let (mut seen, mut stack, mut params) = (HashSet::new(), vec![tensor], HashSet::new());
-    while let Some(t) = stack.pop() {
-        let Some(&i) = producer.get(t) else { continue };
-        if !seen.insert(i) {
-            continue;
-        }
-        for input in &g.node[i].input {
-            if inits.contains(input.as_str()) {
-                params.insert(input.clone());
-            } else {
-                stack.push(input.as_str());
-            }
-        }
-    }
-    params
 }
 
 #[cfg(test)]

@@ -244,8 +244,13 @@ fn uses_reserved_names(m: &ModelProto, input: &str) -> bool {
 /// for a pretrained base applies to; the rest is the classifier head.
 pub fn base_initializers(m: &ModelProto, path: &Path, size: u32) -> Result<HashSet<String>> {
     let (end, _) = conv_base_end(m, path, size)?;
+    initializers_feeding(m, path, &[end])
+}
+
+/// The initializers of every node that `tensors` are computed from (from `m`'s image input).
+pub fn initializers_feeding(m: &ModelProto, path: &Path, tensors: &[String]) -> Result<HashSet<String>> {
     let (input, _) = image_input(m, path)?;
-    Ok(needed(graph(m), path, &[end], &input)?.1)
+    Ok(needed(graph(m), path, tensors, &input)?.1)
 }
 
 /// The nodes (by index) and initializers that compute `cuts` from `input`.
