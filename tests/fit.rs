@@ -372,6 +372,12 @@ fn a_freeze_stride_reaches_each_fine_tune_which_names_the_strides_there_are() {
         // The convolution's kernel and bias, beside the three caffe means that never train.
         assert_eq!(total - trained, 8 * 3 * 3 * 3 + 8 + 3, "{phase}: {r}");
     }
+    // Refused on the backbone before the fit records its settings or extracts a feature: the same
+    // run then starts with a stride it does reach, no --restart needed.
     let e = fails("tlearn-fit", &fit_args("far", &["--freeze-stride", "4"]), w);
     assert!(e.contains("freeze-stride") && e.contains("reaches stride 2 at most"), "{e}");
+    assert!(!w.join("runs/far").exists(), "a refused fit wrote {}", w.join("runs/far").display());
+    let e = fails("tlearn-fit", &fit_args("far", &["--size", "1"]), w);
+    assert!(e.contains("size") && !w.join("runs/far").exists(), "{e}");
+    ok("tlearn-fit", &fit_args("far", &["--freeze-stride", "2", "--no-final-fit"]), w);
 }

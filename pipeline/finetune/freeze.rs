@@ -30,7 +30,19 @@ const DOWNSAMPLING: &[&str] = &["Conv", "MaxPool", "AveragePool"];
 /// squeeze-excite branches) never count. A stride the net does not reach, or one that would freeze
 /// nothing, is refused, naming the strides that work.
 pub fn frozen_before_stride(model: &ModelProto, what: &Path, stride: u32) -> Result<FrozenPrefix> {
-    let [h, w, c] = input_shape(model, what)?;
+    frozen_at(model, what, stride, input_shape(model, what)?)
+}
+
+/// [`frozen_before_stride`] for a backbone, whose input takes any size: its prefix at
+/// `size`×`size` images — what a fine-tune of a model made from it at that size freezes, or the
+/// same refusal, before anything is extracted or trained.
+pub fn backbone_frozen_before_stride(bb: &crate::backbone::Backbone, size: u32, stride: u32) -> Result<FrozenPrefix> {
+    let model = onnx::decode_model(&bb.bytes, &bb.path)?;
+    frozen_at(&model, &bb.path, stride, [size as usize, size as usize, 3])
+}
+
+/// The prefix of `model` fed (1, h, w, c) images.
+fn frozen_at(model: &ModelProto, what: &Path, stride: u32, [h, w, c]: [usize; 3]) -> Result<FrozenPrefix> {
     let g = onnx::graph(model);
     let names = onnx::float_outputs(g);
     let (input, _) = cut::image_input(model, what)?;

@@ -24,6 +24,7 @@ pub use start::settings_changes;
 /// Run the fit `job` describes; phases already done are skipped.
 pub fn run(job: &FitJob, sink: &dyn Sink) -> Result<Fitted> {
     let t = std::time::Instant::now();
+    preflight(job, sink)?;
     let _lock = start::begin(job)?;
     match job.settings.folds {
         Some(k) => folds::run(job, k, sink),
@@ -32,6 +33,18 @@ pub fn run(job: &FitJob, sink: &dyn Sink) -> Result<Fitted> {
             single::one(job, &split, (&job.run_dir, &job.reports), t, sink)
         }
     }
+}
+
+/// Refuse what the backbone rules out (an input size below its stride, a `--freeze-stride` it
+/// does not reach) before the fit records its settings: a refused fit leaves nothing to restart.
+fn preflight(job: &FitJob, sink: &dyn Sink) -> Result<()> {
+    let s = &job.settings;
+    let bb = phases::backbone(job, sink)?;
+    bb.check_input_size(s.size)?;
+    if let Some(stride) = s.freeze_stride {
+        crate::finetune::freeze::backbone_frozen_before_stride(&bb, s.size, stride)?;
+    }
+    Ok(())
 }
 
 /// The commands that use a finished fit, as the user would type them next.

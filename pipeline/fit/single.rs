@@ -24,7 +24,6 @@ pub(super) fn one(
     let (cw, balance) = s.balance.decide(&counts);
     sink.note(&balance);
     let bb = phases::backbone(job, sink)?;
-    bb.check_input_size(s.size)?;
     let features = phases::features(job, &bb, split, dir, sink)?;
     let warm = phases::head(job, &features, dir, &cw, sink)?;
     let on = (warm.as_path(), split, dir);
