@@ -114,6 +114,10 @@ fn conv_input_grad(b: &mut GraphBuilder, r: &At, g: &ConvGeom) -> String {
 fn unfold(b: &mut GraphBuilder, r: &At, g: &ConvGeom, c: usize) -> String {
     let (kh, kw) = (g.kh, g.kw);
     let kk = kh * kw;
+    // A 1×1 filter at stride 1 without pads: the columns are the input itself.
+    if kk == 1 && g.s.iter().all(|&s| s == 1) && g.pads.iter().all(|&p| p == (0, 0)) {
+        return r.n.input[0].clone();
+    }
     let onehot = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[c * kk, 1, kh, kw]), |ix| {
         (ix[0] % kk == ix[2] * kw + ix[3]) as u8 as f32
     });
