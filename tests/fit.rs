@@ -378,6 +378,6 @@ fn a_freeze_stride_reaches_each_fine_tune_which_names_the_strides_there_are() {
     assert!(e.contains("freeze-stride") && e.contains("reaches stride 2 at most"), "{e}");
     assert!(!w.join("runs/far").exists(), "a refused fit wrote {}", w.join("runs/far").display());
     let e = fails("tlearn-fit", &fit_args("far", &["--size", "1"]), w);
-    assert!(e.contains("size") && !w.join("runs/far").exists(), "{e}");
+    assert!(e.contains("total stride") && !w.join("runs/far").exists(), "{e}");
     ok("tlearn-fit", &fit_args("far", &["--freeze-stride", "2", "--no-final-fit"]), w);
 }

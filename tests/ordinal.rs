@@ -24,7 +24,10 @@ fn an_ordinal_head_deploys_the_probabilities_it_evaluates() {
     let feats = prepared(w, &["a", "b", "c"], 10);
     ok("tlearn-extract", &["--data", "data/toy", "--backbone", "tiny", "--device", "cpu"], w);
     let head = ["--features", &feats, "--run", "ord", "--epochs", "4", "--units", "8", "--target", "ordinal"];
-    ok("tlearn-head", &head, w);
+    let o = run("tlearn-head", &head, w);
+    let told = String::from_utf8_lossy(&o.stderr).into_owned() + &String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && told.contains("Dense(1) → 2 ordered thresholds (ordinal)"), "{told}");
+    assert!(!told.contains("softmax"), "{told}");
     let record = json(&w.join("runs/ord/run.json"));
     assert_eq!(record["head"]["target"], "ordinal", "{record}");
     ok("tlearn-evaluate", &["--run", "ord", "--device", "cpu", "--explain", "0"], w);

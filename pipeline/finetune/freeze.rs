@@ -33,9 +33,10 @@ pub fn frozen_before_stride(model: &ModelProto, what: &Path, stride: u32) -> Res
     frozen_at(model, what, stride, input_shape(model, what)?)
 }
 
-/// [`frozen_before_stride`] for a backbone, whose input takes any size: its prefix at
-/// `size`×`size` images — what a fine-tune of a model made from it at that size freezes, or the
-/// same refusal, before anything is extracted or trained.
+/// [`frozen_before_stride`] for a backbone, whose input takes any size, at `size`×`size` images:
+/// it refuses exactly what a fine-tune of a model made from the backbone at that size would
+/// (the prefix's names are the backbone's own, without the fused model's prefix), before
+/// anything is extracted or trained.
 pub fn backbone_frozen_before_stride(bb: &crate::backbone::Backbone, size: u32, stride: u32) -> Result<FrozenPrefix> {
     let model = onnx::decode_model(&bb.bytes, &bb.path)?;
     frozen_at(&model, &bb.path, stride, [size as usize, size as usize, 3])

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 /// The fold table's file in the fit's report folder.
 pub const TABLE: &str = "folds.md";
 
-pub(super) fn run(job: &FitJob, k: usize, sink: &dyn Sink) -> Result<Fitted> {
+pub(super) fn run(job: &FitJob, bb: &crate::backbone::Backbone, k: usize, sink: &dyn Sink) -> Result<Fitted> {
     let t = std::time::Instant::now();
     let items = pooled(&job.settings.data)?;
     let mut scores = vec![];
@@ -25,7 +25,7 @@ pub(super) fn run(job: &FitJob, k: usize, sink: &dyn Sink) -> Result<Fitted> {
         sink.note(&format!("fold {fold}/{k} → {}", dir.display()));
         let started = std::time::Instant::now();
         let split = fold_split(job, &items, (k, fold), &dir)?;
-        let done = one(job, &split, (&dir, &job.reports.join(&name)), started, sink)?;
+        let done = one(job, bb, &split, (&dir, &job.reports.join(&name)), started, sink)?;
         let Some(m) = done.metrics else { continue };
         scores.push(FoldScore {
             fold,

@@ -24,27 +24,28 @@ pub use start::settings_changes;
 /// Run the fit `job` describes; phases already done are skipped.
 pub fn run(job: &FitJob, sink: &dyn Sink) -> Result<Fitted> {
     let t = std::time::Instant::now();
-    preflight(job, sink)?;
+    let bb = preflight(job, sink)?;
     let _lock = start::begin(job)?;
     match job.settings.folds {
-        Some(k) => folds::run(job, k, sink),
+        Some(k) => folds::run(job, &bb, k, sink),
         None => {
             let split = phases::split(job, &job.run_dir, sink)?;
-            single::one(job, &split, (&job.run_dir, &job.reports), t, sink)
+            single::one(job, &bb, &split, (&job.run_dir, &job.reports), t, sink)
         }
     }
 }
 
-/// Refuse what the backbone rules out (an input size below its stride, a `--freeze-stride` it
-/// does not reach) before the fit records its settings: a refused fit leaves nothing to restart.
-fn preflight(job: &FitJob, sink: &dyn Sink) -> Result<()> {
+/// The backbone (fetched the first time), with what it rules out refused (an input size below
+/// its stride, a `--freeze-stride` it does not reach) before the fit records its settings: a
+/// refused fit leaves nothing to restart.
+fn preflight(job: &FitJob, sink: &dyn Sink) -> Result<crate::backbone::Backbone> {
     let s = &job.settings;
     let bb = phases::backbone(job, sink)?;
     bb.check_input_size(s.size)?;
     if let Some(stride) = s.freeze_stride {
         crate::finetune::freeze::backbone_frozen_before_stride(&bb, s.size, stride)?;
     }
-    Ok(())
+    Ok(bb)
 }
 
 /// The commands that use a finished fit, as the user would type them next.

@@ -3,6 +3,7 @@
 use super::budget;
 use super::job::{FitJob, Fitted};
 use super::phases::{self, Tune};
+use crate::backbone::Backbone;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::progress::Sink;
@@ -14,6 +15,7 @@ use std::path::Path;
 /// `t` is when the fit (or fold) started: its budget counts from there.
 pub(super) fn one(
     job: &FitJob,
+    bb: &Backbone,
     split: &Path,
     (dir, reports): (&Path, &Path),
     t: std::time::Instant,
@@ -23,8 +25,7 @@ pub(super) fn one(
     let counts = train_counts(split)?;
     let (cw, balance) = s.balance.decide(&counts);
     sink.note(&balance);
-    let bb = phases::backbone(job, sink)?;
-    let features = phases::features(job, &bb, split, dir, sink)?;
+    let features = phases::features(job, bb, split, dir, sink)?;
     let warm = phases::head(job, &features, dir, &cw, sink)?;
     let on = (warm.as_path(), split, dir);
     let (model_run, best, plan) = match s.final_epochs {

@@ -43,7 +43,11 @@ impl Dense {
                 layers.push(format!("Dropout({})", spec.dropout));
             }
         }
-        layers.push(if classes == 2 { "Dense(1, sigmoid)".into() } else { format!("Dense({classes}, softmax)") });
+        layers.push(match (classes, spec.target) {
+            (2, _) => "Dense(1, sigmoid)".into(),
+            (_, super::spec::Target::Ordinal) => format!("Dense(1) → {} ordered thresholds (ordinal)", classes - 1),
+            _ => format!("Dense({classes}, softmax)"),
+        });
         layers.join(" → ")
     }
 }

@@ -16,6 +16,9 @@
 //!   such a convolution) into a `nchwc.Conv` of the output gradient with the transposed, spatially
 //!   flipped weights and padding `k − 1 − p`.
 //!
+//! A forward's pads may be explicit or SAME_UPPER/SAME_LOWER (passed to the kernel, which works
+//! them out with the standard Conv's own code); an input gradient needs explicit pads to flip.
+//!
 //! Depthwise convolutions matter most: onnxruntime's grouped Conv and ConvTranspose run one
 //! small GEMM per channel, 2–4× slower than the NCHWc depthwise kernel at EfficientNet's shapes.
 //!
@@ -82,7 +85,8 @@ pub(super) fn for_device(m: &ModelProto, device: Device) -> ModelProto {
 }
 
 /// A node's 2-D geometry as the kernels take it: its pads, strides and dilations; None for an
-/// `output_shape` or an `output_padding`.
+/// `output_shape`, an `output_padding`, an unknown `auto_pad`, or pads, strides or dilations
+/// that are not 2-D.
 fn geometry(n: &NodeProto) -> Option<Geometry> {
     let zeros = |name: &str| attr_ints(n, name).is_none_or(|v| v.iter().all(|&x| x == 0));
     if !zeros("output_padding") || attr(n, "output_shape").is_some() {
@@ -106,6 +110,7 @@ fn geometry(n: &NodeProto) -> Option<Geometry> {
     Some(Geometry { pads, strides: pair("strides")?, dilations: pair("dilations")? })
 }
 
+/// Where a convolution's window goes: its pads, and its strides and dilations per axis.
 struct Geometry {
     pads: Pads,
     strides: [i64; 2],
@@ -187,8 +192,8 @@ struct Blocked {
     block: usize,
 }
 
-/// `n` as [`Blocked`] when it is a standard-domain node with a known rank-4 weight, explicit pads
-/// (see [`geometry`]), and either group 1 with both weight channel counts multiples of the block,
+/// `n` as [`Blocked`] when it is a standard-domain node with a known rank-4 weight, a geometry
+/// (see [`geometry`]; SAME pads only for a forward), and either group 1 with both weight channel counts multiples of the block,
 /// stride 1 and dilation 1, or depthwise over a multiple of the block (a forward at any stride
 /// and dilation; an input gradient, stride 1 and dilation 1: only then is a ConvTranspose the
 /// convolution with flipped weights).

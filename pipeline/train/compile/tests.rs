@@ -191,8 +191,9 @@ fn nchwc_rewrite_matches_standard_ops() {
 }
 
 /// The same for depthwise convolutions (EfficientNet's): forwards at stride 1 and 2, dilated, with
-/// asymmetric and with SAME_UPPER pads, a fused ReLU, and the input gradients of the stride-1 undilated ones;
-/// the strided and dilated input gradients stay ConvTranspose.
+/// asymmetric, SAME_UPPER and SAME_LOWER (stride 2: pads 1 before, 0 after) pads, a fused ReLU, and the input gradients of the
+/// stride-1 undilated ones (a SAME forward's as explicit pads); the strided and dilated input
+/// gradients stay ConvTranspose. A group-1 convolution with SAME pads moves too.
 #[test]
 fn nchwc_rewrite_matches_standard_ops_on_depthwise_convolutions() {
     let Some(block) = nchwc::block() else {
@@ -204,15 +205,21 @@ fn nchwc_rewrite_matches_standard_ops_on_depthwise_convolutions() {
         a.extend([("strides", A::Ints(vec![s, s])), ("dilations", A::Ints(vec![d, d]))]);
         a
     };
+    // As EfficientNet's exports write them: SAME_UPPER (at stride 2: pads 0 before, 1 after).
+    let same = |how: &'static str, s: i64, group: i64| {
+        let mut a = vec![("auto_pad", A::S(how)), ("strides", A::Ints(vec![s, s]))];
+        a.extend([("kernel_shape", A::Ints(vec![3, 3])), ("group", A::I(group))]);
+        a
+    };
     let m = conv_model([20, 20, 16], 3, |b, rng, x| {
         let h = conv(b, rng, &x, 16, 32, 1, vec![]);
         let h = conv(b, rng, &h, 1, 32, 3, dw([1, 1, 1, 1], 1, 1));
         let h = b.op("Relu", &[&h], vec![]);
         let h = conv(b, rng, &h, 1, 32, 5, dw([2, 2, 2, 2], 2, 1));
-        // As EfficientNet's exports write them: SAME_UPPER at stride 2 (pads 0 before, 1 after).
-        let mut same = vec![("group", A::I(32)), ("auto_pad", A::S("SAME_UPPER")), ("strides", A::Ints(vec![2, 2]))];
-        same.push(("kernel_shape", A::Ints(vec![3, 3])));
-        let h = conv(b, rng, &h, 1, 32, 3, same);
+        let h = conv(b, rng, &h, 1, 32, 3, same("SAME_UPPER", 2, 32));
+        let h = conv(b, rng, &h, 1, 32, 3, same("SAME_UPPER", 1, 32));
+        let h = conv(b, rng, &h, 1, 32, 3, same("SAME_LOWER", 2, 32));
+        let h = conv(b, rng, &h, 32, 32, 3, same("SAME_UPPER", 1, 1));
         let h = conv(b, rng, &h, 1, 32, 3, dw([0, 1, 1, 0], 1, 1));
         let h = conv(b, rng, &h, 1, 32, 3, dw([2, 2, 2, 2], 1, 2));
         conv(b, rng, &h, 32, 32, 1, vec![])
@@ -220,11 +227,11 @@ fn nchwc_rewrite_matches_standard_ops_on_depthwise_convolutions() {
     let what = Path::new("nchwc-depthwise.onnx");
     let tg = compile(&m, what, &|_| true, &[20, 20, 16], Mode::Train).unwrap();
     let mut fast = tg.model.clone();
-    // Seven forwards; the input gradients of the two stride-1 undilated depthwise layers and of
-    // the last 1×1 (the first's input is the data).
-    assert_eq!(nchwc::rewrite(&mut fast, block), 10);
+    // Ten forwards; the input gradients of the five stride-1 undilated layers after the first
+    // (whose input is the data), the SAME ones' included.
+    assert_eq!(nchwc::rewrite(&mut fast, block), 15);
     let left = onnx::graph(&fast).node.iter().filter(|n| n.op_type == "ConvTranspose").count();
-    assert_eq!(left, 3, "the strided and the dilated layers' input gradients");
+    assert_eq!(left, 4, "the strided and the dilated layers' input gradients");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
     let x = rand_array(&mut rng, &[5, 20, 20, 16], 1.0);
     let y = one_hot(&[0, 1, 2, 0, 1], 3);
