@@ -177,13 +177,19 @@ fn nchwc_rewrite_matches_standard_ops() {
     assert_eq!(nchwc::rewrite(&mut fast, block), 6);
     let ops: Vec<&str> = onnx::graph(&fast).node.iter().map(|n| n.op_type.as_str()).collect();
     assert!(!ops.contains(&"ConvTranspose"), "{ops:?}");
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
-    let x = rand_array(&mut rng, &[5, 9, 9, 16], 1.0);
+    assert_same_step(&m, &tg, &fast, [9, 9, 16], 8);
+}
+
+/// `fast` (a rewrite of `tg`, compiled from `m`) gives the loss, outputs and gradients `tg` gives
+/// on one random batch of five `input`-shaped images.
+fn assert_same_step(m: &ModelProto, tg: &TrainGraph, fast: &ModelProto, input: [usize; 3], seed: u64) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let x = rand_array(&mut rng, &[5, input[0], input[1], input[2]], 1.0);
     let y = one_hot(&[0, 1, 2, 0, 1], 3);
     let mut names = vec![LOSS.to_string(), tg.output.clone()];
     names.extend(tg.params.iter().map(|p| grad_name(p)));
-    let standard = run_train_graph(&tg.model, &m, &tg, &x, &y, &names);
-    let rewritten = run_train_graph(&fast, &m, &tg, &x, &y, &names);
+    let standard = run_train_graph(&tg.model, m, tg, &x, &y, &names);
+    let rewritten = run_train_graph(fast, m, tg, &x, &y, &names);
     for ((a, b), name) in standard.iter().zip(&rewritten).zip(&names) {
         let (d, scale) = max_diff(a, b);
         assert!(scale > 0.0 && d <= 1e-4 * scale + 1e-6, "{name}: NCHWc differs by {d} (scale {scale})");
@@ -232,17 +238,7 @@ fn nchwc_rewrite_matches_standard_ops_on_depthwise_convolutions() {
     assert_eq!(nchwc::rewrite(&mut fast, block), 15);
     let left = onnx::graph(&fast).node.iter().filter(|n| n.op_type == "ConvTranspose").count();
     assert_eq!(left, 4, "the strided and the dilated layers' input gradients");
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-    let x = rand_array(&mut rng, &[5, 20, 20, 16], 1.0);
-    let y = one_hot(&[0, 1, 2, 0, 1], 3);
-    let mut names = vec![LOSS.to_string(), tg.output.clone()];
-    names.extend(tg.params.iter().map(|p| grad_name(p)));
-    let standard = run_train_graph(&tg.model, &m, &tg, &x, &y, &names);
-    let rewritten = run_train_graph(&fast, &m, &tg, &x, &y, &names);
-    for ((a, b), name) in standard.iter().zip(&rewritten).zip(&names) {
-        let (d, scale) = max_diff(a, b);
-        assert!(scale > 0.0 && d <= 1e-4 * scale + 1e-6, "{name}: NCHWc differs by {d} (scale {scale})");
-    }
+    assert_same_step(&m, &tg, &fast, [20, 20, 16], 9);
 }
 
 #[test]
