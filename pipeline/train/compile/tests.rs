@@ -197,9 +197,10 @@ fn assert_same_step(m: &ModelProto, tg: &TrainGraph, fast: &ModelProto, input: [
 }
 
 /// The same for depthwise convolutions (EfficientNet's): forwards at stride 1 and 2, dilated, with
-/// asymmetric, SAME_UPPER and SAME_LOWER (stride 2: pads 1 before, 0 after) pads, a fused ReLU, and the input gradients of the
-/// stride-1 undilated ones (a SAME forward's as explicit pads); the strided and dilated input
-/// gradients stay ConvTranspose. A group-1 convolution with SAME pads moves too.
+/// asymmetric, SAME_UPPER and SAME_LOWER (stride 2: pads 1 before, 0 after) pads, a fused ReLU,
+/// and the input gradients of the stride-1 undilated ones (a SAME forward's as explicit pads);
+/// the strided and dilated input gradients stay ConvTranspose. A group-1 convolution with SAME
+/// pads moves too.
 #[test]
 fn nchwc_rewrite_matches_standard_ops_on_depthwise_convolutions() {
     let Some(block) = nchwc::block() else {
