@@ -193,10 +193,10 @@ struct Blocked {
 }
 
 /// `n` as [`Blocked`] when it is a standard-domain node with a known rank-4 weight, a geometry
-/// (see [`geometry`]; SAME pads only for a forward), and either group 1 with both weight channel
-/// counts multiples of the block, stride 1 and dilation 1, or depthwise over a multiple of the
-/// block (a forward at any stride and dilation; an input gradient, stride 1 and dilation 1: only
-/// then is a ConvTranspose the convolution with flipped weights).
+/// (see [`geometry`]), and either group 1 with both weight channel counts multiples of the block,
+/// stride 1 and dilation 1, or depthwise over a multiple of the block (a forward at any stride and
+/// dilation; an input gradient, stride 1 and dilation 1: only then is a ConvTranspose the
+/// convolution with flipped weights).
 fn blockable(n: &NodeProto, dims: &HashMap<String, Vec<i64>>, block: usize) -> Option<Blocked> {
     let standard = n.domain.is_empty() || n.domain == "ai.onnx";
     let w = n.input.get(1).and_then(|w| dims.get(w)).filter(|d| d.len() == 4)?;
@@ -233,7 +233,7 @@ fn conv(b: &mut GraphBuilder, n: &NodeProto, c: &Blocked, out: &str, relu: bool)
 }
 
 /// A ConvTranspose as an `nchwc.Conv` of the flipped weights; false (nothing emitted) when its
-/// pads exceed `k − 1`.
+/// pads are SAME (the flip needs them explicit) or exceed `k − 1`.
 fn conv_transpose(b: &mut GraphBuilder, n: &NodeProto, c: &Blocked) -> bool {
     let (kh, kw) = (c.kh, c.kw);
     let Pads::Explicit(pads) = c.geom.pads else { return false };
