@@ -43,6 +43,9 @@ fn a_budget_plans_the_length_from_a_measured_step_and_the_fit_ends_within_it() {
     assert!(log.contains(&format!("budget 20s: up to {epochs} epochs")), "{log}");
     assert!(log.contains("planned to end within"), "{log}");
     assert_eq!(json(&fit.join("tune/run.json"))["epochs_run"].as_u64(), Some(epochs));
+    let last = plan["final_epochs"].as_u64().expect("the final fit's length, decided when the fine-tune ended");
+    assert!(last >= 1 && last <= json(&fit.join("run.json"))["best_epoch"].as_u64().unwrap(), "{plan}");
+    assert_eq!(json(&fit.join("final/run.json"))["epochs_run"].as_u64(), Some(last));
     assert_eq!(json(&fit.join("run.json"))["plan"], plan);
     let report = json(&w.join("reports/timed/metrics.json"));
     assert!(report["fit"]["budget"].as_str().unwrap().contains(&format!("up to {epochs} epochs")), "{report}");
@@ -50,9 +53,12 @@ fn a_budget_plans_the_length_from_a_measured_step_and_the_fit_ends_within_it() {
     let cut = w.join("runs/cut");
     let mark = cut.join("tune/checkpoint.onnx");
     assert!(kill_at("tlearn-fit", &args("cut", "20s"), w, None, &|| mark.exists()), "killed in the fine-tune");
-    let planned = std::fs::read(cut.join("plan.json")).unwrap();
+    let planned = json(&cut.join("plan.json"));
     ok("tlearn-fit", &args("cut", "20s"), w);
-    assert_eq!(std::fs::read(cut.join("plan.json")).unwrap(), planned, "the plan is made once");
+    let mut kept = json(&cut.join("plan.json"));
+    // The final fit's length is added once the validated fine-tune ends; the rest is unchanged.
+    assert!(kept.as_object_mut().unwrap().remove("final_epochs").is_some(), "{kept}");
+    assert_eq!(kept, planned, "the plan is made once");
     let n = json(&cut.join("plan.json"))["epochs"].as_u64();
     assert_eq!(json(&cut.join("tune/run.json"))["epochs_run"].as_u64(), n);
     // Once planned, the budget is a setting like any other.

@@ -103,6 +103,18 @@ impl Costs {
         };
         phases * self.setup + (self.test * self.views) as f64 * self.predict + self.explain as f64 * per_image + presize
     }
+
+    /// What follows the validated fine-tune besides the final fit's full-size epochs: the final
+    /// fit's set-up (and its early epochs at the smaller size), the test report's.
+    fn after_tune(&self) -> f64 {
+        let per_image = self.step / self.batch as f64;
+        let report = self.setup + (self.test * self.views) as f64 * self.predict + self.explain as f64 * per_image;
+        if !self.final_fit {
+            return report;
+        }
+        let early = self.presize.map_or(0.0, |(area, epochs)| epochs as f64 * self.final_epoch_at(area) + self.setup);
+        report + self.setup + early
+    }
 }
 
 /// The most epochs (≤ `cap`) whose validated fine-tune, final fit (as long at most; either may
@@ -141,7 +153,57 @@ pub fn plan(costs: &Costs, budget: f64, spent: f64, cap: usize) -> Result<Plan> 
         epoch_seconds: if costs.validated { costs.tune_epoch() } else { costs.final_epoch() },
         step_seconds: costs.step,
         predict_seconds: costs.predict,
+        final_epoch_seconds: costs.final_epoch(),
+        after_seconds: costs.after_tune(),
+        final_epochs: None,
     })
+}
+
+/// The final fit's length under `plan` once the validated fine-tune ended `elapsed` seconds into
+/// the fit, its full-size epochs having taken `tune_epoch` seconds each: the best epoch's length
+/// `best`, or fewer when those epochs ran slower than rehearsed (another process on the cores, a
+/// slower disk) and the rest would overrun. The rest is taken to run as much slower. 0 when not
+/// one final epoch fits.
+pub fn final_length(plan: &Plan, tune_epoch: f64, elapsed: f64, best: usize) -> usize {
+    if plan.final_epoch_seconds <= 0.0 || plan.epoch_seconds <= 0.0 {
+        return best;
+    }
+    let slower = (tune_epoch / plan.epoch_seconds).max(1.0);
+    let left = plan.budget_seconds * FILL - elapsed - plan.after_seconds * slower;
+    let fits = (left / (plan.final_epoch_seconds * slower)).floor().max(0.0) as usize;
+    fits.min(best)
+}
+
+/// `--budget` with a final fit: its length decided once, when the validated fine-tune `tuned`
+/// (best epoch `best`) ended, and kept in `dir/plan.json` (a killed final fit continues with the
+/// same length). Without a plan, `best`.
+pub(super) fn final_fit(
+    plan: Option<Plan>,
+    tuned: &crate::runs::FinetuneRecord,
+    best: usize,
+    (dir, started): (&Path, std::time::Instant),
+    sink: &dyn Sink,
+) -> Result<(usize, Option<Plan>)> {
+    let Some(mut plan) = plan else { return Ok((best, None)) };
+    if let Some(n) = plan.final_epochs {
+        return Ok((n, Some(plan)));
+    }
+    let full = tuned.train_seconds - tuned.presize_seconds.unwrap_or(0.0);
+    let tune_epoch = full / tuned.epochs_run.max(1) as f64;
+    let n = final_length(&plan, tune_epoch, started.elapsed().as_secs_f64(), best);
+    if n < best {
+        sink.note(&format!(
+            "budget {}: the fine-tune's epochs took ≈ {} each, {:.2}× the rehearsal's; the final fit runs {n} of \
+             its {best} epochs to end within the budget{}",
+            minutes(plan.budget_seconds),
+            seconds(tune_epoch),
+            tune_epoch / plan.epoch_seconds,
+            if n == 0 { " (none: the validated fine-tune's model is the fit's)" } else { "" }
+        ));
+    }
+    plan.final_epochs = Some(n);
+    fsutil::write_json(&dir.join(PLAN), &plan)?;
+    Ok((n, Some(plan)))
 }
 
 /// `--budget`: `cfg` (the first fine-tune: the validated one, or the final fit alone with
@@ -332,6 +394,33 @@ mod tests {
         let with = plan(&set_up, 300.0, 20.0, 50).unwrap();
         let without = plan(&Costs { presize: None, ..set_up }, 300.0, 20.0, 50).unwrap();
         assert!((fixed(&with) - fixed(&without) - epoch - 10.0).abs() < 1e-9, "and two set-ups of 5 s");
+    }
+
+    #[test]
+    fn what_follows_the_validated_fine_tune_is_the_plan_less_its_own_phases() {
+        for c in [costs(), Costs { setup: 5.0, explain: 3, presize: Some((0.25, 4)), ..costs() }] {
+            let p = plan(&c, 600.0, 20.0, 50).unwrap();
+            let early = c.presize.map_or(0.0, |(a, n)| n as f64 * c.tune_epoch_at(a) + c.setup);
+            let tuned = 20.0 + c.setup + early + p.epochs as f64 * c.tune_epoch();
+            let rest = p.eta_seconds - tuned - p.epochs as f64 * p.final_epoch_seconds;
+            assert!((rest - p.after_seconds).abs() < 1e-9, "{rest} vs {p:?}");
+        }
+    }
+
+    #[test]
+    fn a_fine_tune_slower_than_rehearsed_shortens_the_final_fit() {
+        let p = plan(&costs(), 300.0, 20.0, 50).unwrap();
+        let tuned = |slower: f64| 20.0 + p.epochs as f64 * p.epoch_seconds * slower;
+        assert_eq!(final_length(&p, p.epoch_seconds, tuned(1.0), p.epochs), p.epochs, "as rehearsed");
+        assert_eq!(final_length(&p, p.epoch_seconds / 2.0, tuned(0.5), 3), 3, "never past the best epoch");
+        // 1.3× slower: as many final epochs as end within the plan's share at that pace.
+        let (elapsed, slow_epoch) = (tuned(1.3), p.epoch_seconds * 1.3);
+        let n = final_length(&p, slow_epoch, elapsed, p.epochs);
+        let end = |n: usize| elapsed + (p.after_seconds + n as f64 * p.final_epoch_seconds) * 1.3;
+        assert!(n < p.epochs && end(n) <= 300.0 * FILL && end(n + 1) > 300.0 * FILL, "{n} of {}", p.epochs);
+        assert_eq!(final_length(&p, slow_epoch, 290.0, p.epochs), 0, "no time left: no final fit");
+        let older = Plan { final_epoch_seconds: 0.0, ..p.clone() };
+        assert_eq!(final_length(&older, slow_epoch, 290.0, 7), 7, "a plan without the final epoch's cost");
     }
 
     #[test]

@@ -72,7 +72,11 @@ fn validated(
     if !s.final_fit {
         return Ok((TUNE_RUN, Some(best), plan));
     }
-    let last = Tune::Final { epochs: best };
+    let (epochs, plan) = budget::final_fit(plan, &tuned, best, (dir, t), sink)?;
+    if epochs == 0 {
+        return Ok((TUNE_RUN, Some(best), plan));
+    }
+    let last = Tune::Final { epochs };
     let cfg = phases::same_lr(phases::tune_config(job, on, cw, last)?, &tuned)?;
     phases::tune(&cfg, last, sink)?;
     Ok((FINAL_RUN, Some(best), plan))

@@ -214,6 +214,19 @@ pub struct Plan {
     pub epoch_seconds: f64,
     pub step_seconds: f64,
     pub predict_seconds: f64,
+    /// A full-size final-fit epoch's seconds, as rehearsed (0 in plans made before it was kept:
+    /// their final fit runs the best epoch's length).
+    #[serde(default)]
+    pub final_epoch_seconds: f64,
+    /// What follows the validated fine-tune besides the final fit's full-size epochs: its set-up
+    /// and early epochs at the smaller size, the test report.
+    #[serde(default)]
+    pub after_seconds: f64,
+    /// The final fit's length, decided once when the validated fine-tune ended: its best epoch,
+    /// fewer when the fine-tune ran slower than rehearsed and the rest would overrun (0: no time
+    /// for a final fit, the validated fine-tune's model is the fit's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_epochs: Option<usize>,
 }
 
 impl Plan {
@@ -229,7 +242,11 @@ impl Plan {
             seconds(self.predict_seconds),
             minutes(self.eta_seconds),
             seconds(self.spent_seconds)
-        )
+        ) + &match self.final_epochs {
+            Some(0) => "; no time left for the final fit: the validated fine-tune's model is the fit's".to_string(),
+            Some(n) => format!("; the final fit: {n} epochs"),
+            None => String::new(),
+        }
     }
 }
 
