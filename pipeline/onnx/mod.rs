@@ -342,6 +342,22 @@ pub fn constant<'g>(g: &'g GraphProto, name: &str) -> Option<&'g TensorProto> {
     })
 }
 
+/// A one-number float constant of `g` (an initializer or a Constant node's value).
+pub fn constant_f32(g: &GraphProto, name: &str) -> Option<f32> {
+    let a = tensor_to_f32(constant(g, name)?).ok()?;
+    (a.len() == 1).then(|| a.iter().copied().next()).flatten()
+}
+
+/// A Clip node's bounds (min, max; None where it has none): attributes before opset 11, constant
+/// inputs after; None when a bound is computed.
+pub fn clip_bounds(g: &GraphProto, n: &NodeProto) -> Option<[Option<f32>; 2]> {
+    let bound = |i: usize, name: &str| match n.input.get(i).filter(|t| !t.is_empty()) {
+        Some(t) => constant_f32(g, t).map(Some),
+        None => Some(attr(n, name).map(|a| a.f)),
+    };
+    Some([bound(1, "min")?, bound(2, "max")?])
+}
+
 /// The graph inputs that are not initializers (the real inputs of the model).
 pub fn real_inputs(g: &GraphProto) -> Vec<&ValueInfoProto> {
     let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();

@@ -3,7 +3,7 @@
 //! in the registry ([`rules`]), until every parameter has its gradient `grad/<name>`.
 
 use super::ctx::Ctx;
-use super::graph::{grad_name, PoolGrad};
+use super::graph::{grad_name, Forms};
 use super::{relupool, rules};
 use crate::error::{Error, Result};
 use crate::onnx::proto::GraphProto;
@@ -23,10 +23,10 @@ pub struct Forward<'a> {
 
 /// Reverse-mode pass from `d_logits` (the gradient of the loss w.r.t. the final activation's
 /// input) back to every parameter.
-pub fn backward(b: &mut GraphBuilder, f: &Forward, d_logits: String, pools: PoolGrad) -> Result<()> {
+pub fn backward(b: &mut GraphBuilder, f: &Forward, d_logits: String, forms: Forms) -> Result<()> {
     let Forward { g, logits, params, needs, shapes } = *f;
     let nodes = relupool::fuse(g);
-    let mut cx = Ctx { b, g, shapes, needs, pools, grads: HashMap::new() };
+    let mut cx = Ctx { b, g, shapes, needs, forms, grads: HashMap::new() };
     cx.push(logits, d_logits);
     let producer_of_logits = nodes.iter().position(|n| n.output.iter().any(|o| o == logits)).unwrap_or(0);
     for n in nodes[..=producer_of_logits].iter().rev() {

@@ -2,6 +2,8 @@
 //! the forward graph's constants and shapes, which tensors need a gradient, the gradients so
 //! far) and the one [`Rule`] type the registry (`rules`) holds.
 
+use super::graph::Forms;
+#[cfg(doc)]
 use super::graph::PoolGrad;
 use crate::error::{Error, Result};
 use crate::onnx::builder::A;
@@ -22,8 +24,9 @@ pub struct Ctx<'a> {
     pub shapes: &'a HashMap<String, Vec<usize>>,
     /// Tensors on a path from a parameter to the loss: no other gets a gradient.
     pub needs: &'a HashSet<String>,
-    /// How MaxPool's gradient is routed ([`PoolGrad::Scatter`]: always ScatterElements).
-    pub pools: PoolGrad,
+    /// The forms for the session: how MaxPool's gradient is routed ([`PoolGrad::Scatter`]:
+    /// always ScatterElements), whether depthwise weight gradients take the NCHWc kernels' form.
+    pub forms: Forms,
     /// Gradient contributions per tensor, summed once the pass reaches the tensor's producer.
     pub grads: HashMap<String, Vec<String>>,
 }

@@ -66,6 +66,31 @@ impl PoolGrad {
     }
 }
 
+/// The gradient forms a graph is compiled in for the session that will run it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Forms {
+    pub pools: PoolGrad,
+    /// The channel block of onnxruntime's NCHWc kernels when the session's convolutions go onto
+    /// them (`nchwc::for_device`): a depthwise weight gradient then takes the form their
+    /// depthwise kernel runs (`rules::conv`'s stacked correlation).
+    pub nchwc: Option<usize>,
+}
+
+impl Forms {
+    /// The forms for a session on `device`.
+    pub fn for_device(device: crate::runtime::Device) -> Forms {
+        let cpu = device.expected() == crate::runtime::Device::Cpu;
+        Forms { pools: PoolGrad::for_device(device), nchwc: cpu.then(super::nchwc::block).flatten() }
+    }
+}
+
+impl Default for Forms {
+    /// The standard forms: no kernel-specific layout assumed.
+    fn default() -> Forms {
+        Forms { pools: PoolGrad::Unpool, nchwc: None }
+    }
+}
+
 /// A dropout mask input of the training graph.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MaskInput {

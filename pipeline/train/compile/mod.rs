@@ -27,7 +27,9 @@ pub mod rules;
 pub mod source;
 pub mod update;
 
-pub use graph::{grad_name, is_frozen, Loss, MaskInput, Mode, PoolGrad, TrainGraph, FROZEN, LABELS, LOSS, WEIGHTS};
+pub use graph::{
+    grad_name, is_frozen, Forms, Loss, MaskInput, Mode, PoolGrad, TrainGraph, FROZEN, LABELS, LOSS, WEIGHTS,
+};
 pub use lower::{lower, Update};
 pub use source::select_params;
 
@@ -49,17 +51,17 @@ pub fn compile(
     feature_shape: &[usize],
     mode: Mode,
 ) -> Result<TrainGraph> {
-    compile_with(m, what, trainable, feature_shape, mode, PoolGrad::Unpool)
+    compile_with(m, what, trainable, feature_shape, mode, Forms::default())
 }
 
-/// [`compile`] with the MaxPool gradient form chosen (see [`PoolGrad::for_device`]).
+/// [`compile`] with the gradient forms chosen for the session (see [`Forms::for_device`]).
 pub fn compile_with(
     m: &ModelProto,
     what: &Path,
     trainable: &dyn Fn(&str) -> bool,
     feature_shape: &[usize],
     mode: Mode,
-    pools: PoolGrad,
+    forms: Forms,
 ) -> Result<TrainGraph> {
     let prepared = prepare::prepare(m);
     let m = prepared.as_ref();
@@ -82,7 +84,7 @@ pub fn compile_with(
     let mut b = GraphBuilder::new("tlearn_train").with_prefix("tl/");
     b.graph.initializer = g.initializer.iter().filter(|t| !param_set.contains(t.name.as_str())).cloned().collect();
     forward::declare_inputs(&mut b, &input, feature_shape, &params, &float_inits);
-    let (masks, scatter) = forward::forward(&mut b, g, mode, pools, &needs, &shapes)?;
+    let (masks, scatter) = forward::forward(&mut b, g, mode, forms.pools, &needs, &shapes)?;
     b.output_any(&output);
     let n_f = forward::loss_nodes(&mut b, loss, &logits, &shapes, mode);
     if mode == Mode::Train {
@@ -90,7 +92,7 @@ pub fn compile_with(
         let diff = b.op("Mul", &[&diff, WEIGHTS], vec![]);
         let dz = b.op("Div", &[&diff, &n_f], vec![]);
         let f = Forward { g, logits: &logits, params: &params, needs: &needs, shapes: &shapes };
-        backward::backward(&mut b, &f, dz, pools)?;
+        backward::backward(&mut b, &f, dz, forms)?;
         for p in &params {
             b.output_any(&grad_name(p));
         }

@@ -141,11 +141,11 @@ pub fn rewrite(m: &mut ModelProto, block: usize) -> usize {
         }
         let done = match blockable(n, &dims, block) {
             Some(c) if n.op_type == "Conv" => {
-                // A Relu that is the output's only consumer becomes the kernel's activation.
-                let relu = consumers.only(&n.output[0], "Relu");
-                let out = relu.map_or(&n.output[0], |j| &g.node[j].output[0]);
-                conv(&mut b, n, &c, out, relu.is_some());
-                fused.extend(relu);
+                // A Relu or Clip that is the output's only consumer becomes the kernel's activation.
+                let act = activation(g, &consumers, &n.output[0]);
+                let out = act.as_ref().map_or(&n.output[0], |(j, _)| &g.node[*j].output[0]);
+                conv(&mut b, n, &c, out, act.as_ref().map(|(_, a)| a));
+                fused.extend(act.map(|(j, _)| j));
                 true
             }
             Some(c) if n.op_type == "ConvTranspose" && n.input.len() == 2 => conv_transpose(&mut b, n, &c),
@@ -167,9 +167,14 @@ pub fn rewrite(m: &mut ModelProto, block: usize) -> usize {
 }
 
 /// Dims of the initializers and of the graph inputs whose dims are all known (a training graph's
-/// weights are inputs).
+/// weights are inputs); and those declared in the value_info, an unknown one as −1 (a stacked
+/// depthwise weight gradient's kernels, whose rows follow the batch).
 fn known_dims(g: &GraphProto) -> HashMap<String, Vec<i64>> {
     let mut dims: HashMap<String, Vec<i64>> = g.initializer.iter().map(|t| (t.name.clone(), t.dims.clone())).collect();
+    for vi in &g.value_info {
+        let (_, d) = onnx::vi_shape(vi);
+        dims.insert(vi.name.clone(), d.into_iter().map(|d| d.unwrap_or(-1)).collect());
+    }
     for vi in &g.input {
         let (_, d) = onnx::vi_shape(vi);
         if d.iter().all(Option::is_some) {
@@ -181,7 +186,8 @@ fn known_dims(g: &GraphProto) -> HashMap<String, Vec<i64>> {
 
 /// A node the kernels can run: its weight dims, geometry and group, and the channel block.
 struct Blocked {
-    /// Conv: (M, C, kh, kw); ConvTranspose: (C_in, C_out, kh, kw); depthwise: (C, 1, kh, kw).
+    /// Conv: (M, C, kh, kw); ConvTranspose: (C_in, C_out, kh, kw); depthwise: (C, 1, kh, kw), kh
+    /// −1 when the weight's rows are not a constant (the kernel reads them from its shape).
     k0: i64,
     k1: i64,
     kh: i64,
@@ -204,16 +210,35 @@ fn blockable(n: &NodeProto, dims: &HashMap<String, Vec<i64>>, block: usize) -> O
     let (b_, group) = (block as i64, attr_i(n, "group", 1));
     let (k0, k1, kh, kw) = (w[0], w[1], w[2], w[3]);
     let unit = geom.strides == [1, 1] && geom.dilations == [1, 1];
+    let known = kh > 0 && kw > 0;
     let fits = match group {
-        1 => unit && k0 % b_ == 0 && k1 % b_ == 0,
-        g => g == k0 && k1 == 1 && k0 % b_ == 0 && (unit || n.op_type == "Conv"),
+        1 => unit && known && k0 % b_ == 0 && k1 % b_ == 0,
+        g => g == k0 && k1 == 1 && k0 % b_ == 0 && kw > 0 && ((known && unit) || n.op_type == "Conv"),
     };
     fits.then_some(Blocked { k0, k1, kh, kw, geom, group, block })
 }
 
-/// `ReorderInput → nchwc.Conv → ReorderOutput` into `out`: the Conv's own output, or with
-/// `relu` the output of the Relu fused as the kernel's activation.
-fn conv(b: &mut GraphBuilder, n: &NodeProto, c: &Blocked, out: &str, relu: bool) {
+/// An activation the kernels apply to a convolution's output.
+enum Activation {
+    Relu,
+    /// Clip's bounds (the lowest and highest float where it has none).
+    Clip(f32, f32),
+}
+
+/// The node reading `t` that the kernels can fuse as their activation — a Relu or a Clip with
+/// constant bounds, `t`'s only reader — and what it does.
+fn activation(g: &GraphProto, consumers: &onnx::Consumers, t: &str) -> Option<(usize, Activation)> {
+    if let Some(j) = consumers.only(t, "Relu") {
+        return Some((j, Activation::Relu));
+    }
+    let j = consumers.only(t, "Clip")?;
+    let [lo, hi] = onnx::clip_bounds(g, &g.node[j])?;
+    Some((j, Activation::Clip(lo.unwrap_or(f32::MIN), hi.unwrap_or(f32::MAX))))
+}
+
+/// `ReorderInput → nchwc.Conv → ReorderOutput` into `out`: the Conv's own output, or with `act`
+/// the output of the Relu or Clip fused as the kernel's activation.
+fn conv(b: &mut GraphBuilder, n: &NodeProto, c: &Blocked, out: &str, act: Option<&Activation>) {
     let dims = [c.k0, c.k1, c.kh, c.kw];
     let wr = match c.group {
         1 => reorder_filter(b, &n.input[1], dims, c.block, false),
@@ -225,8 +250,12 @@ fn conv(b: &mut GraphBuilder, n: &NodeProto, c: &Blocked, out: &str, relu: bool)
         inputs.push(bias);
     }
     let mut attrs = conv_attrs(c, c.geom.pads);
-    if relu {
-        attrs.push(("activation", A::S("Relu")));
+    match act {
+        Some(Activation::Relu) => attrs.push(("activation", A::S("Relu"))),
+        Some(&Activation::Clip(lo, hi)) => {
+            attrs.extend([("activation", A::S("Clip")), ("activation_params", A::Floats(vec![lo, hi]))])
+        }
+        None => {}
     }
     let yb = b.op_in(DOMAIN, "Conv", &inputs, attrs);
     b.domain_node(DOMAIN, "ReorderOutput", &[&yb], &[out], vec![("channels", A::I(c.k0))]);
@@ -269,12 +298,11 @@ fn conv_attrs(c: &Blocked, pads: Pads) -> Vec<(&'static str, A)> {
         Pads::Explicit(p) => ("pads", A::Ints(vec![p[0].0, p[1].0, p[0].1, p[1].1])),
         Pads::Same(how) => ("auto_pad", A::S(how)),
     };
-    let mut attrs = vec![
-        ("kernel_shape", A::Ints(vec![c.kh, c.kw])),
-        pads,
-        ("strides", A::Ints(c.geom.strides.to_vec())),
-        ("dilations", A::Ints(c.geom.dilations.to_vec())),
-    ];
+    let mut attrs =
+        vec![pads, ("strides", A::Ints(c.geom.strides.to_vec())), ("dilations", A::Ints(c.geom.dilations.to_vec()))];
+    if c.kh > 0 {
+        attrs.push(("kernel_shape", A::Ints(vec![c.kh, c.kw])));
+    }
     if c.group > 1 {
         attrs.push(("group", A::I(c.group)));
     }
@@ -282,9 +310,10 @@ fn conv_attrs(c: &Blocked, pads: Pads) -> Vec<(&'static str, A)> {
 }
 
 /// A depthwise filter (C, 1, kh, kw) in the layout of `MlasReorderFilterOIHWBo` —
-/// [C/B][kh][kw][B] — which is a `ReorderInput` of it as one (1, C, kh·kw, 1) image.
+/// [C/B][kh][kw][B] — which is a `ReorderInput` of it as one (1, C, kh·kw, 1) image (kh −1:
+/// as many rows as it has).
 fn reorder_depthwise(b: &mut GraphBuilder, w: &str, [c, _, kh, kw]: [i64; 4]) -> String {
-    let r = b.reshape(w, "shape", &[1, c, kh * kw, 1]);
+    let r = b.reshape(w, "shape", &[1, c, if kh > 0 { kh * kw } else { -1 }, 1]);
     let ri = b.op_in(DOMAIN, "ReorderInput", &[&r], vec![]);
     b.reshape(&ri, "shape", &[c, 1, kh, kw])
 }

@@ -2,7 +2,7 @@
 //! forms (CPU and CUDA), the first block without pool indices ([`poolconv`](super::poolconv)), the NCHWc kernels
 //! against standard ops ([`nchwc`]) and the order of [`lower`]'s passes. They need the whole
 //! compiler, so they sit beside it rather than inside the passes (which the compiler imports).
-use super::graph::{grad_name, Mode, PoolGrad, TrainGraph, LABELS, LOSS, WEIGHTS};
+use super::graph::{grad_name, Forms, Mode, PoolGrad, TrainGraph, LABELS, LOSS, WEIGHTS};
 use super::lower::{lower, Update};
 use super::update::{self, Groups, Optimizer};
 use super::{compile, compile_with, nchwc};
@@ -72,7 +72,15 @@ fn scatter_pool_gradients_equal_unpool_gradients() {
     let x = rand_array(&mut rng, &[4, 28, 28, 1], 1.0);
     let y = one_hot(&[1, 3, 5, 7], 10);
     let grads = |pools: PoolGrad| {
-        let tg = compile_with(&m, Path::new("mnist.onnx"), &|_| true, &spec.input, Mode::Train, pools).unwrap();
+        let tg = compile_with(
+            &m,
+            Path::new("mnist.onnx"),
+            &|_| true,
+            &spec.input,
+            Mode::Train,
+            Forms { pools, ..Forms::default() },
+        )
+        .unwrap();
         let ops: Vec<&str> = onnx::graph(&tg.model).node.iter().map(|n| n.op_type.as_str()).collect();
         let names: Vec<String> = tg.params.iter().map(|p| grad_name(p)).collect();
         (
@@ -197,7 +205,7 @@ fn assert_same_step(m: &ModelProto, tg: &TrainGraph, fast: &ModelProto, input: [
 }
 
 /// The same for depthwise convolutions (EfficientNet's): forwards at stride 1 and 2, dilated, with
-/// asymmetric, SAME_UPPER and SAME_LOWER (stride 2: pads 1 before, 0 after) pads, a fused ReLU,
+/// asymmetric, SAME_UPPER and SAME_LOWER (stride 2: pads 1 before, 0 after) pads, a fused ReLU and ReLU6,
 /// and the input gradients of the stride-1 undilated ones (a SAME forward's as explicit pads);
 /// the strided and dilated input gradients stay ConvTranspose. A group-1 convolution with SAME
 /// pads moves too.
@@ -207,6 +215,62 @@ fn nchwc_rewrite_matches_standard_ops_on_depthwise_convolutions() {
         eprintln!("skipped: onnxruntime has no NCHWc kernels on this CPU");
         return;
     };
+    let (m, input) = depthwise_model();
+    let what = Path::new("nchwc-depthwise.onnx");
+    let tg = compile(&m, what, &|_| true, &input, Mode::Train).unwrap();
+    let mut fast = tg.model.clone();
+    // Ten forwards; the input gradients of the five stride-1 undilated layers after the first
+    // (whose input is the data), the SAME ones' included.
+    assert_eq!(nchwc::rewrite(&mut fast, block), 15);
+    let left = onnx::graph(&fast).node.iter().filter(|n| n.op_type == "ConvTranspose").count();
+    assert_eq!(left, 4, "the strided and the dilated layers' input gradients");
+    let acts: Vec<String> = onnx::graph(&fast)
+        .node
+        .iter()
+        .filter_map(|n| onnx::attr(n, "activation").map(|a| String::from_utf8_lossy(&a.s).into_owned()))
+        .collect();
+    assert_eq!(acts, ["Relu", "Clip"], "the ReLU and the ReLU6 fused into their convolutions");
+    assert_same_step(&m, &tg, &fast, input, 9);
+}
+
+/// Depthwise weight gradients in the stacked form (`Forms::nchwc`: one depthwise Conv of the
+/// batch stacked along the height) equal the correlation's, on every layer of
+/// [`depthwise_model`], on a batch other than the compile's (the kernels' rows follow it); on the
+/// NCHWc kernels those Convs move too, with the same gradients.
+#[test]
+fn stacked_depthwise_weight_gradients_equal_the_standard_forms() {
+    let (m, input) = depthwise_model();
+    let what = Path::new("stacked.onnx");
+    let tg = compile(&m, what, &|_| true, &input, Mode::Train).unwrap();
+    let stacked = |block| {
+        compile_with(&m, what, &|_| true, &input, Mode::Train, Forms { nchwc: Some(block), ..Forms::default() })
+            .unwrap()
+    };
+    let standard = stacked(16);
+    let g = onnx::graph(&standard.model);
+    let declared = g.value_info.iter().filter(|v| format!("{v:?}").contains(super::rules::conv::STACKED_ROWS)).count();
+    assert_eq!(declared, 7, "one stacked kernel per depthwise layer");
+    assert_same_step(&m, &tg, &standard.model, input, 10);
+    let Some(block) = nchwc::block() else {
+        eprintln!("skipped (the NCHWc half): onnxruntime has no NCHWc kernels on this CPU");
+        return;
+    };
+    let mut fast = stacked(block).model;
+    assert_eq!(nchwc::rewrite(&mut fast, block), 15 + 7, "and the seven weight gradients");
+    let g = onnx::graph(&fast);
+    let stacked_kernels: Vec<&str> = g.value_info.iter().map(|v| v.name.as_str()).collect();
+    let left = g
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Conv" && n.domain.is_empty() && stacked_kernels.contains(&n.input[1].as_str()));
+    assert_eq!(left.count(), 0, "every stacked Conv on the kernels");
+    assert_same_step(&m, &tg, &fast, input, 10);
+}
+
+/// Depthwise convolutions (EfficientNet's) at stride 1 and 2, dilated, with asymmetric,
+/// SAME_UPPER and SAME_LOWER pads, a ReLU and a ReLU6, and a group-1 SAME convolution; 32
+/// channels.
+fn depthwise_model() -> (ModelProto, [usize; 3]) {
     let dw = |pads: [i64; 4], s: i64, d: i64| {
         let mut a = vec![("group", A::I(32)), ("pads", A::Ints(pads.to_vec()))];
         a.extend([("strides", A::Ints(vec![s, s])), ("dilations", A::Ints(vec![d, d]))]);
@@ -225,21 +289,16 @@ fn nchwc_rewrite_matches_standard_ops_on_depthwise_convolutions() {
         let h = conv(b, rng, &h, 1, 32, 5, dw([2, 2, 2, 2], 2, 1));
         let h = conv(b, rng, &h, 1, 32, 3, same("SAME_UPPER", 2, 32));
         let h = conv(b, rng, &h, 1, 32, 3, same("SAME_UPPER", 1, 32));
+        // ReLU6 as EfficientNet-Lite's exports write it (bounds as inputs), inputs on both sides.
+        let (lo, hi) = (b.const_f32("lo", 0.0), b.const_f32("hi", 0.5));
+        let h = b.op("Clip", &[&h, &lo, &hi], vec![]);
         let h = conv(b, rng, &h, 1, 32, 3, same("SAME_LOWER", 2, 32));
         let h = conv(b, rng, &h, 32, 32, 3, same("SAME_UPPER", 1, 1));
         let h = conv(b, rng, &h, 1, 32, 3, dw([0, 1, 1, 0], 1, 1));
         let h = conv(b, rng, &h, 1, 32, 3, dw([2, 2, 2, 2], 1, 2));
         conv(b, rng, &h, 32, 32, 1, vec![])
     });
-    let what = Path::new("nchwc-depthwise.onnx");
-    let tg = compile(&m, what, &|_| true, &[20, 20, 16], Mode::Train).unwrap();
-    let mut fast = tg.model.clone();
-    // Ten forwards; the input gradients of the five stride-1 undilated layers after the first
-    // (whose input is the data), the SAME ones' included.
-    assert_eq!(nchwc::rewrite(&mut fast, block), 15);
-    let left = onnx::graph(&fast).node.iter().filter(|n| n.op_type == "ConvTranspose").count();
-    assert_eq!(left, 4, "the strided and the dilated layers' input gradients");
-    assert_same_step(&m, &tg, &fast, [20, 20, 16], 9);
+    (m, [20, 20, 16])
 }
 
 #[test]

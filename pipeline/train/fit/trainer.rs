@@ -60,8 +60,8 @@ impl Trainer {
         trainable: &dyn Fn(&str) -> bool,
     ) -> Result<Trainer> {
         let sel = |n: &str| !is_frozen(n) && trainable(n);
-        let pools = graph::PoolGrad::for_device(opts.device);
-        let train = graph::compile_with(model, what, &sel, feature_shape, Mode::Train, pools)?;
+        let forms = graph::Forms::for_device(opts.device);
+        let train = graph::compile_with(model, what, &sel, feature_shape, Mode::Train, forms)?;
         let eval = graph::compile(model, what, &sel, feature_shape, Mode::Eval)?;
         let eval_s = runtime::open(&onnx::encode_model(&lower(&eval, None, opts.device)), what, opts)?.session;
         let g = onnx::graph(model);

@@ -4,12 +4,15 @@
 //! kernel gives the im2col columns (N, C·kh·kw, h, w), then a batched MatMul with dY and a sum over
 //! N (the fastest formulation measured, see DESIGN-NOTES); grouped and depthwise convolutions do
 //! the same per group (a MatMul batched over N and the groups) — except a depthwise one with a
-//! small output, whose dW is one grouped Conv of the input with dY as its kernel (no columns).
+//! small output, whose dW is one grouped Conv of the input with dY as its kernel (no columns), and
+//! any depthwise one of a session on the NCHWc kernels, whose dW is one depthwise Conv of the
+//! batch stacked along the height (`stacked_weight_grad`), which their depthwise kernel runs.
 
 use crate::error::Result;
 use crate::onnx::builder::A;
+use crate::onnx::proto::dtype;
 use crate::onnx::proto::NodeProto;
-use crate::onnx::{attr, attr_i, attr_ints, GraphBuilder};
+use crate::onnx::{attr, attr_i, attr_ints, value_info, Dim, GraphBuilder};
 use crate::train::compile::ctx::{unsupported, Ctx, Rule};
 
 /// This family's entries in the registry (`rules::rule`).
@@ -78,6 +81,7 @@ fn conv(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
     if cx.wants(n, 1) {
         let dw = match geom.group {
             1 => conv_weight_grad(cx.b, &r, &geom),
+            _ if stacks(cx.forms.nchwc, &geom) => stacked_weight_grad(cx.b, &r, &geom),
             _ if correlates(&r, &geom) => depthwise_weight_grad(cx.b, &r, &geom),
             _ => grouped_weight_grad(cx.b, &r, &geom),
         };
@@ -210,6 +214,62 @@ fn depthwise_weight_grad(b: &mut GraphBuilder, r: &At, g: &ConvGeom) -> String {
             ("strides", A::Ints(g.dil.clone())),
             ("dilations", A::Ints(g.strides.clone())),
             ("pads", A::Ints(g.pads_attr.clone())),
+        ],
+    );
+    let (start, end, axes) =
+        (b.const_i64("start", &[0, 0]), b.const_i64("end", &[g.kh as i64, g.kw as i64]), b.const_i64("axes", &[2, 3]));
+    let dw = b.op("Slice", &[&corr, &start, &end, &axes], vec![]);
+    b.reshape(&dw, "w_shape", &[c, 1, g.kh as i64, g.kw as i64])
+}
+
+/// A depthwise convolution whose channels fill whole blocks of the NCHWc kernels (`block`: the
+/// session's, None off them): its dW takes [`stacked_weight_grad`]'s form.
+fn stacks(block: Option<usize>, g: &ConvGeom) -> bool {
+    g.cg == 1 && g.m == g.group && block.is_some_and(|b| g.group % b == 0)
+}
+
+/// The name of a stacked kernel's row count in its declared shape (the batch's: not a constant).
+pub const STACKED_ROWS: &str = "stacked_rows";
+
+/// dW of a depthwise convolution as one depthwise Conv, the form the NCHWc depthwise kernel runs
+/// (`nchwc.rs` moves it there; a correlation or unfold of EfficientNet's 5×5 layers runs as
+/// grouped GEMMs, 2–3× slower). The batch is stacked along the height: each image of X padded
+/// to R rows (its top pad, then zeros to a multiple of the stride s past its bottom pad), X as
+/// (1, C, N·R, W); each image of dY padded to R/s rows, dY as the (C, 1, N·R/s, w) kernels. The
+/// kernel's row y of image n then meets input row n·R + s·y + d·i at offset i, inside image n's
+/// rows, and its rows of zeros meet the next image's. The correlation's strides are the
+/// forward's dilations and its dilations the forward's strides; rows of zeros below the last
+/// image give it the kh offsets. The kernels' row count follows the batch: declared as
+/// [`STACKED_ROWS`] in the graph's value_info, for the NCHWc pass.
+fn stacked_weight_grad(b: &mut GraphBuilder, r: &At, g: &ConvGeom) -> String {
+    let c = g.group as i64;
+    let (h, w, oh, ow) = (r.xs[2] as i64, r.xs[3] as i64, r.ys[2] as i64, r.ys[3] as i64);
+    let (s, d, (top, bottom)) = (g.strides[0], g.dil[0], g.pads[0]);
+    let rows = (h + top + bottom + s - 1) / s * s;
+    let stacked = |b: &mut GraphBuilder, t: &str, pads: [i64; 2], shape: &[i64]| {
+        let t = b.op("Transpose", &[t], vec![("perm", A::Ints(vec![1, 0, 2, 3]))]);
+        let t = if pads == [0, 0] {
+            t
+        } else {
+            let p = b.const_i64("pads", &[0, 0, pads[0], 0, 0, 0, pads[1], 0]);
+            b.op("Pad", &[&t, &p], vec![])
+        };
+        b.reshape(&t, "stacked", shape)
+    };
+    let xs = stacked(b, &r.n.input[0], [top, rows - h - top], &[1, c, -1, w]);
+    let kernel = stacked(b, r.dy, [0, rows / s - oh], &[c, 1, -1, ow]);
+    let dims = [Dim::Fixed(c), Dim::Fixed(1), Dim::named(STACKED_ROWS), Dim::Fixed(ow)];
+    b.graph.value_info.push(value_info(&kernel, dtype::FLOAT, &dims));
+    let below = (d * (g.kh as i64 - 1) - s + 1).max(0);
+    let (left, right) = g.pads[1];
+    let corr = b.op(
+        "Conv",
+        &[&xs, &kernel],
+        vec![
+            ("group", A::I(c)),
+            ("strides", A::Ints(g.dil.clone())),
+            ("dilations", A::Ints(g.strides.clone())),
+            ("pads", A::Ints(vec![0, left, below, right])),
         ],
     );
     let (start, end, axes) =

@@ -46,7 +46,7 @@ fn max_pool(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
     let b = &mut *cx.b;
     let idx = pool_indices(&n.output[0]);
     let shp = b.op("Shape", &[x0], vec![]);
-    let dx = if cx.pools == PoolGrad::Scatter || pool_needs_scatter(n) {
+    let dx = if cx.forms.pools == PoolGrad::Scatter || pool_needs_scatter(n) {
         let zero = b.const_f32("zero", 0.0);
         let z = b.op("Mul", &[x0, &zero], vec![]);
         let flat = b.const_i64("flat", &[-1]);
