@@ -11,7 +11,10 @@
 //!   depthwise over a multiple of the block, at any stride and dilation) into
 //!   `ReorderInput → nchwc.Conv → ReorderOutput`, with the weights reordered in the graph
 //!   (the layout `MlasReorderFilterOIHWBiBo` writes, or `…OIHWBo` for depthwise, by
-//!   `ReorderInput`s) and a following `Relu` fused as the kernel's activation;
+//!   `ReorderInput`s) and a following `Relu` or constant-bound `Clip` fused as the kernel's
+//!   activation. A depthwise weight gradient in the stacked form (`rules::conv`, compiled so for
+//!   these sessions: `Forms::nchwc`) is such a Conv, its kernel's rows (the batch's) declared
+//!   unknown in the graph's value_info;
 //! - `ConvTranspose` with the same restrictions, stride 1 and dilation 1 (the input gradient of
 //!   such a convolution) into a `nchwc.Conv` of the output gradient with the transposed, spatially
 //!   flipped weights and padding `k − 1 − p`.
@@ -158,7 +161,13 @@ pub fn rewrite(m: &mut ModelProto, block: usize) -> usize {
             nodes.push(n.clone());
         }
     }
+    // A fused Clip's bounds are read by no node now: onnxruntime would warn of each.
+    let bounds: HashSet<String> = fused.iter().flat_map(|&j| g.node[j].input.iter().skip(1).cloned()).collect();
     g.node = nodes;
+    let read: HashSet<&String> = g.node.iter().flat_map(|n| &n.input).chain(g.output.iter().map(|o| &o.name)).collect();
+    let unread: HashSet<String> = bounds.iter().filter(|t| !read.contains(t)).cloned().collect();
+    g.initializer.retain(|t| !unread.contains(&t.name));
+    g.node.retain(|n| !(n.op_type == "Constant" && n.output.iter().any(|o| unread.contains(o))));
     g.initializer.append(&mut b.graph.initializer);
     if moved > 0 && !m.opset_import.iter().any(|o| o.domain == DOMAIN) {
         m.opset_import.push(OperatorSetIdProto { domain: DOMAIN.into(), version: 1 });

@@ -11,6 +11,7 @@ use crate::onnx::{self, proto::ModelProto, Dim, GraphBuilder};
 use crate::runtime::{Device, SessionOptions};
 use ndarray::{ArrayD, IxDyn};
 use rand::{Rng, SeedableRng};
+use std::collections::HashSet;
 use std::path::Path;
 
 type Rg = rand_chacha::ChaCha8Rng;
@@ -230,6 +231,10 @@ fn nchwc_rewrite_matches_standard_ops_on_depthwise_convolutions() {
         .filter_map(|n| onnx::attr(n, "activation").map(|a| String::from_utf8_lossy(&a.s).into_owned()))
         .collect();
     assert_eq!(acts, ["Relu", "Clip"], "the ReLU and the ReLU6 fused into their convolutions");
+    let g = onnx::graph(&fast);
+    let read: HashSet<&str> = g.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+    let unread: Vec<&str> = g.initializer.iter().map(|t| t.name.as_str()).filter(|t| !read.contains(t)).collect();
+    assert!(unread.is_empty(), "initializers no node reads (the fused Clip's bounds?): {unread:?}");
     assert_same_step(&m, &tg, &fast, input, 9);
 }
 

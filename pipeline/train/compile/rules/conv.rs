@@ -228,7 +228,8 @@ fn stacks(block: Option<usize>, g: &ConvGeom) -> bool {
     g.cg == 1 && g.m == g.group && block.is_some_and(|b| g.group % b == 0)
 }
 
-/// The name of a stacked kernel's row count in its declared shape (the batch's: not a constant).
+/// The prefix of a stacked kernel's row count's name in its declared shape (the batch's: not a
+/// constant).
 pub const STACKED_ROWS: &str = "stacked_rows";
 
 /// dW of a depthwise convolution as one depthwise Conv, the form the NCHWc depthwise kernel runs
@@ -258,7 +259,9 @@ fn stacked_weight_grad(b: &mut GraphBuilder, r: &At, g: &ConvGeom) -> String {
     };
     let xs = stacked(b, &r.n.input[0], [top, rows - h - top], &[1, c, -1, w]);
     let kernel = stacked(b, r.dy, [0, rows / s - oh], &[c, 1, -1, ow]);
-    let dims = [Dim::Fixed(c), Dim::Fixed(1), Dim::named(STACKED_ROWS), Dim::Fixed(ow)];
+    // A name of its own: one symbolic dim name would say that every layer's rows are equal.
+    let rows_dim = Dim::named(&format!("{STACKED_ROWS}:{kernel}"));
+    let dims = [Dim::Fixed(c), Dim::Fixed(1), rows_dim, Dim::Fixed(ow)];
     b.graph.value_info.push(value_info(&kernel, dtype::FLOAT, &dims));
     let below = (d * (g.kh as i64 - 1) - s + 1).max(0);
     let (left, right) = g.pads[1];
