@@ -225,7 +225,7 @@ fn depthwise_weight_grad(b: &mut GraphBuilder, r: &At, g: &ConvGeom) -> String {
 /// A depthwise convolution whose channels fill whole blocks of the NCHWc kernels (`block`: the
 /// session's, None off them): its dW takes [`stacked_weight_grad`]'s form.
 fn stacks(block: Option<usize>, g: &ConvGeom) -> bool {
-    g.cg == 1 && g.m == g.group && block.is_some_and(|b| g.group % b == 0)
+    g.cg == 1 && g.m == g.group && block.is_some_and(|b| g.group.is_multiple_of(b))
 }
 
 /// The prefix of a stacked kernel's row count's name in its declared shape (the batch's: not a
