@@ -71,7 +71,7 @@ impl PoolGrad {
 pub struct Forms {
     pub pools: PoolGrad,
     /// The channel block of onnxruntime's NCHWc kernels when the session's convolutions go onto
-    /// them (`nchwc::for_device`): a depthwise weight gradient then takes the form their
+    /// them (`nchwc::block_for`): a depthwise weight gradient then takes the form their
     /// depthwise kernel runs (`rules::conv`'s stacked correlation).
     pub nchwc: Option<usize>,
 }
@@ -79,8 +79,7 @@ pub struct Forms {
 impl Forms {
     /// The forms for a session on `device`.
     pub fn for_device(device: crate::runtime::Device) -> Forms {
-        let cpu = device.expected() == crate::runtime::Device::Cpu;
-        Forms { pools: PoolGrad::for_device(device), nchwc: cpu.then(super::nchwc::block).flatten() }
+        Forms { pools: PoolGrad::for_device(device), nchwc: super::nchwc::block_for(device) }
     }
 }
 

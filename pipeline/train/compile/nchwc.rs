@@ -76,11 +76,17 @@ fn probe() -> Result<usize> {
     Ok(y[0].shape().get(1).copied().unwrap_or(1))
 }
 
+/// The channel block a session on `device` runs its convolutions on the kernels with: the CPU's
+/// [`block`], None elsewhere. The compiler's forms and the lowering both ask here, so they agree.
+pub fn block_for(device: Device) -> Option<usize> {
+    (device.expected() == Device::Cpu).then(block).flatten()
+}
+
 /// `m` as a session on `device` should run it: rewritten (see the module docs) when that is the
 /// CPU and the kernels are available, else unchanged.
 pub(super) fn for_device(m: &ModelProto, device: Device) -> ModelProto {
     let mut m = m.clone();
-    if let Some(block) = (device.expected() == Device::Cpu).then(block).flatten() {
+    if let Some(block) = block_for(device) {
         let n = rewrite(&mut m, block);
         tracing::debug!("{n} convolutions on NCHWc kernels (block {block})");
     }
