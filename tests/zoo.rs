@@ -147,8 +147,8 @@ fn hostile(s: &mut TcpStream, body: &[u8], mode: Mode) -> bool {
             return true;
         }
         Mode::Page => "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nConnection: close\r\n\r\n<html>rate limited</html>".into(),
-        Mode::RedirectFile => "HTTP/1.1 302 Found\r\nLocation: file:///etc/passwd\r\nContent-Length: 0\r\n\r\n".into(),
-        Mode::RedirectLoop => format!("HTTP/1.1 302 Found\r\nLocation: /{ZOO_PATH}\r\nContent-Length: 0\r\n\r\n"),
+        Mode::RedirectFile => "HTTP/1.1 302 Found\r\nLocation: file:///etc/passwd\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
+        Mode::RedirectLoop => format!("HTTP/1.1 302 Found\r\nLocation: /{ZOO_PATH}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
         Mode::BadLength => "HTTP/1.1 200 OK\r\nContent-Length: lots\r\nConnection: close\r\n\r\nxyz".into(),
         _ => return false,
     };
