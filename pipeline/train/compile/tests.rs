@@ -235,6 +235,18 @@ fn nchwc_rewrite_matches_standard_ops_on_depthwise_convolutions() {
     let read: HashSet<&str> = g.node.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
     let unread: Vec<&str> = g.initializer.iter().map(|t| t.name.as_str()).filter(|t| !read.contains(t)).collect();
     assert!(unread.is_empty(), "initializers no node reads (the fused Clip's bounds?): {unread:?}");
+    // A conv reading another's output takes it blocked, not unblocked and blocked again.
+    let blocked: HashSet<&str> = g
+        .node
+        .iter()
+        .filter(|n| n.domain == nchwc::DOMAIN && n.op_type == "Conv")
+        .map(|n| n.output[0].as_str())
+        .collect();
+    let unblocked: HashSet<&str> =
+        g.node.iter().filter(|n| n.op_type == "ReorderOutput").map(|n| n.output[0].as_str()).collect();
+    let reorders = |op: &str| g.node.iter().filter(|n| n.op_type == "ReorderInput" && n.input[0] == op).count();
+    assert!(g.node.iter().any(|n| n.op_type == "Conv" && blocked.contains(n.input[0].as_str())), "a blocked chain");
+    assert_eq!(unblocked.iter().map(|t| reorders(t)).sum::<usize>(), 0, "no round trip left");
     assert_same_step(&m, &tg, &fast, input, 9);
 }
 
@@ -255,6 +267,7 @@ fn stacked_depthwise_weight_gradients_equal_the_standard_forms() {
     let g = onnx::graph(&standard.model);
     let declared = g.value_info.iter().filter(|v| format!("{v:?}").contains(super::rules::conv::STACKED_ROWS)).count();
     assert_eq!(declared, 7, "one stacked kernel per depthwise layer");
+    assert!(!g.node.iter().any(|n| n.op_type == "Pad"), "rows of zeros by Concat (Pad is 4× slower)");
     assert_same_step(&m, &tg, &standard.model, input, 10);
     let Some(block) = nchwc::block() else {
         eprintln!("skipped (the NCHWc half): onnxruntime has no NCHWc kernels on this CPU");

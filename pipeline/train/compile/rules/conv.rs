@@ -249,12 +249,7 @@ fn stacked_weight_grad(b: &mut GraphBuilder, r: &At, g: &ConvGeom) -> String {
     let rows = (h + top + bottom + s - 1) / s * s;
     let stacked = |b: &mut GraphBuilder, t: &str, pads: [i64; 2], shape: &[i64]| {
         let t = b.op("Transpose", &[t], vec![("perm", A::Ints(vec![1, 0, 2, 3]))]);
-        let t = if pads == [0, 0] {
-            t
-        } else {
-            let p = b.const_i64("pads", &[0, 0, pads[0], 0, 0, 0, pads[1], 0]);
-            b.op("Pad", &[&t, &p], vec![])
-        };
+        let t = zero_rows(b, &t, pads, c, shape[3]);
         b.reshape(&t, "stacked", shape)
     };
     let xs = stacked(b, &r.n.input[0], [top, rows - h - top], &[1, c, -1, w]);
@@ -279,6 +274,28 @@ fn stacked_weight_grad(b: &mut GraphBuilder, r: &At, g: &ConvGeom) -> String {
         (b.const_i64("start", &[0, 0]), b.const_i64("end", &[g.kh as i64, g.kw as i64]), b.const_i64("axes", &[2, 3]));
     let dw = b.op("Slice", &[&corr, &start, &end, &axes], vec![]);
     b.reshape(&dw, "w_shape", &[c, 1, g.kh as i64, g.kw as i64])
+}
+
+/// `t` (C, N, H, W) with `pads` rows of zeros above and below each image: a Concat with zeros
+/// (Expand of a scalar to (C, N, rows, W)), which onnxruntime runs in a quarter of Pad's time on
+/// Lite0's largest map (16×96×150×150: 9 against 40 ms).
+fn zero_rows(b: &mut GraphBuilder, t: &str, pads: [i64; 2], c: i64, w: i64) -> String {
+    if pads == [0, 0] {
+        return t.to_string();
+    }
+    let shp = b.op("Shape", &[t], vec![]);
+    let second = b.const_i64("second", &[1]);
+    let n = b.op("Gather", &[&shp, &second], vec![]);
+    let zeros = |b: &mut GraphBuilder, rows: i64| {
+        let zero = b.const_f32("zero", 0.0);
+        let (cc, rr, ww) = (b.const_i64("c", &[c]), b.const_i64("rows", &[rows]), b.const_i64("w", &[w]));
+        let shape = b.op("Concat", &[&cc, &n, &rr, &ww], vec![("axis", A::I(0))]);
+        b.op("Expand", &[&zero, &shape], vec![])
+    };
+    let above = (pads[0] > 0).then(|| zeros(b, pads[0]));
+    let below = (pads[1] > 0).then(|| zeros(b, pads[1]));
+    let inputs: Vec<&str> = above.as_deref().into_iter().chain([t]).chain(below.as_deref()).collect();
+    b.op("Concat", &inputs, vec![("axis", A::I(2))])
 }
 
 /// Sum of `p` (N, …) over its first axis, reshaped to `shape`: a MatMul of a row of N ones with
