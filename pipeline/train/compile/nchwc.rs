@@ -197,10 +197,9 @@ fn skip_round_trips(g: &mut GraphProto, block: usize) {
         .filter(|n| attr_i(n, "channels", 0) % block as i64 == 0 && attr_i(n, "channels_last", 0) == 0)
         .map(|n| (n.output[0].clone(), n.input[0].clone()))
         .collect();
-    let plain_input = |n: &NodeProto| attr_i(n, "channels_last", 0) == 0;
     let mut blocked: HashMap<String, String> = HashMap::new();
     g.node.retain(|n| {
-        let trip = n.domain == DOMAIN && n.op_type == "ReorderInput" && plain_input(n);
+        let trip = n.domain == DOMAIN && n.op_type == "ReorderInput" && attr_i(n, "channels_last", 0) == 0;
         match unblocked.get(&n.input[0]).filter(|_| trip) {
             Some(yb) => {
                 blocked.insert(n.output[0].clone(), yb.clone());

@@ -244,7 +244,7 @@ fn nchwc_rewrite_matches_standard_ops_on_depthwise_convolutions() {
         .collect();
     let unblocked: HashSet<&str> =
         g.node.iter().filter(|n| n.op_type == "ReorderOutput").map(|n| n.output[0].as_str()).collect();
-    let reorders = |op: &str| g.node.iter().filter(|n| n.op_type == "ReorderInput" && n.input[0] == op).count();
+    let reorders = |t: &str| g.node.iter().filter(|n| n.op_type == "ReorderInput" && n.input[0] == t).count();
     assert!(g.node.iter().any(|n| n.op_type == "Conv" && blocked.contains(n.input[0].as_str())), "a blocked chain");
     assert_eq!(unblocked.iter().map(|t| reorders(t)).sum::<usize>(), 0, "no round trip left");
     assert_same_step(&m, &tg, &fast, input, 9);

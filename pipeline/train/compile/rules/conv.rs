@@ -286,8 +286,8 @@ fn zero_rows(b: &mut GraphBuilder, t: &str, pads: [i64; 2], c: i64, w: i64) -> S
     let shp = b.op("Shape", &[t], vec![]);
     let second = b.const_i64("second", &[1]);
     let n = b.op("Gather", &[&shp, &second], vec![]);
+    let zero = b.const_f32("zero", 0.0);
     let zeros = |b: &mut GraphBuilder, rows: i64| {
-        let zero = b.const_f32("zero", 0.0);
         let (cc, rr, ww) = (b.const_i64("c", &[c]), b.const_i64("rows", &[rows]), b.const_i64("w", &[w]));
         let shape = b.op("Concat", &[&cc, &n, &rr, &ww], vec![("axis", A::I(0))]);
         b.op("Expand", &[&zero, &shape], vec![])
