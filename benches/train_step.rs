@@ -74,11 +74,10 @@ fn tlearn_step(
     net: &(tlearn::onnx::proto::ModelProto, Vec<usize>, usize),
     batch: usize,
     steps: usize,
-    threads: usize,
+    opts: &SessionOptions,
 ) -> f64 {
     let (m, input, k) = (&net.0, &net.1, net.2);
-    let opts = SessionOptions { device: Device::Cpu, threads, precision: None };
-    let mut t = Trainer::new(m, Path::new("bench.onnx"), input, k, &opts).unwrap();
+    let mut t = Trainer::new(m, Path::new("bench.onnx"), input, k, opts).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let shape: Vec<usize> = [&[batch][..], input].concat();
     let x = ArrayD::from_shape_simple_fn(IxDyn(&shape), || rng.gen::<f32>());
@@ -157,6 +156,19 @@ fn main() {
     } else if have_tf {
         println!("no AMX (amx_bf16): oneDNN's bf16 math mode keeps its fp32 kernels here, so no bf16 column");
     }
+    // tlearn in bf16 (`--precision bf16`: each step's forward and backward on OpenVINO's CPU plugin,
+    // the update in f32) where AMX is meant to make it pay, or where BENCH_TLEARN_BF16=1 asks.
+    let f32_opts = SessionOptions { device: Device::Cpu, threads, precision: None };
+    let bf16_opts = f32_opts.training(tlearn::runtime::Precision::Bf16);
+    let asked = std::env::var("BENCH_TLEARN_BF16").is_ok_and(|v| v == "1");
+    let tl_bf16 = (cpu::has("amx_bf16") || asked)
+        && match tlearn::runtime::openvino_available() {
+            Ok(()) => true,
+            Err(e) => {
+                println!("tlearn bf16 column skipped: {e}");
+                false
+            }
+        };
     println!("training step, median over {rounds} alternated rounds of the median of {steps} steps, {th} threads, RMSprop, random inputs");
     let bf16 = modes.contains(&Keras::OneDnnBf16);
     print!(
@@ -165,6 +177,9 @@ fn main() {
     );
     if bf16 {
         print!(" {:>14}", "oneDNN bf16");
+    }
+    if tl_bf16 {
+        print!(" {:>12}", "tlearn bf16");
     }
     println!(" {:>10} {:>10}{}", "vs Keras", "vs oneDNN", if bf16 { "    vs bf16" } else { "" });
     let only = std::env::var("BENCH_NETS").unwrap_or_default();
@@ -178,9 +193,12 @@ fn main() {
         };
         let steps = if net == "resnet50" { (steps / 4).max(3) } else { steps };
         // Rounds alternate tlearn and each Keras mode, so a noisy spell hits all of them.
-        let (mut ts, mut ks) = (vec![], vec![vec![]; modes.len()]);
+        let (mut ts, mut ks, mut tb) = (vec![], vec![vec![]; modes.len()], vec![]);
         for _ in 0..rounds {
-            ts.push(tlearn_step(&model, batch, steps, threads));
+            ts.push(tlearn_step(&model, batch, steps, &f32_opts));
+            if tl_bf16 {
+                tb.push(tlearn_step(&model, batch, steps, &bf16_opts));
+            }
             for (k, mode) in ks.iter_mut().zip(&modes).filter(|_| have_tf) {
                 k.extend(keras_step(&py, net, batch, steps, th, *mode));
             }
@@ -188,7 +206,12 @@ fn main() {
         let show = |v: &[f64]| v.iter().map(|s| format!("{:.1}", s * 1e3)).collect::<Vec<_>>().join(" / ");
         let keras: Vec<String> = ks.iter().map(|k| show(k)).collect();
         let labels = ["default", "oneDNN", "oneDNN bf16"][..modes.len()].join(", ");
-        eprintln!("{net}: rounds (ms) tlearn {}; Keras ({labels}) {}", show(&ts), keras.join("; "));
+        eprintln!(
+            "{net}: rounds (ms) tlearn {} (bf16: {}); Keras ({labels}) {}",
+            show(&ts),
+            show(&tb),
+            keras.join("; ")
+        );
         let t = median(ts);
         let gflops = forward_flops(net) * 3.0 * batch as f64 / t / 1e9;
         let ks: Vec<Option<f64>> = ks.into_iter().map(|k| (!k.is_empty()).then(|| median(k))).collect();
@@ -196,7 +219,13 @@ fn main() {
         let ratio = |v: &Option<f64>| v.map(|s| format!("{:.2}×", s / t)).unwrap_or_else(|| "-".into());
         let times: Vec<String> = ks.iter().map(|k| format!(" {:>14}", ms(k))).collect();
         let ratios: Vec<String> = ks.iter().map(|k| format!(" {:>10}", ratio(k))).collect();
-        println!("{net:<8} {batch:>5} {:>12.1} {gflops:>10.1}{}{}", t * 1e3, times.concat(), ratios.concat());
+        let bf16_ms = if tl_bf16 { format!(" {:>12.1}", median(tb.clone()) * 1e3) } else { String::new() };
+        println!("{net:<8} {batch:>5} {:>12.1} {gflops:>10.1}{}{bf16_ms}{}", t * 1e3, times.concat(), ratios.concat());
+        if tl_bf16 && bf16 {
+            if let Some(k) = ks[2] {
+                println!("{net:<8} bf16: Keras + oneDNN bf16 / tlearn bf16 = {:.2}×", k / median(tb));
+            }
+        }
     }
-    println!("ratios: Keras step time / tlearn step time (> 1: tlearn faster)");
+    println!("ratios: Keras step time / tlearn f32 step time (> 1: tlearn faster)");
 }

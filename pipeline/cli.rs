@@ -150,21 +150,34 @@ pub struct OrtArgs {
     /// Intra-op threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// What `--device openvino` computes in (default: bf16 on CPUs with AMX, else f32; the
-    /// caches record it). int8 is a backbone of its own: `tlearn-backbone quantize`.
-    #[arg(long, value_enum)]
-    pub precision: Option<crate::runtime::Precision>,
+    /// What `--device openvino` computes in, and the training stages' steps: auto is bf16 on CPUs
+    /// with AMX (training: where `make setup-openvino` was run), else f32; training in bf16 runs
+    /// each step's forward and backward on OpenVINO's CPU plugin and its update in f32. The
+    /// caches and runs record it. int8 is a backbone of its own: `tlearn-backbone quantize`.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub precision: crate::runtime::PrecisionChoice,
 }
 
 impl OrtArgs {
+    /// The options of an inference stage (`--precision` applies to OpenVINO only).
     pub fn session(&self) -> crate::runtime::SessionOptions {
-        if self.precision.is_some() && self.device != crate::runtime::Device::Openvino {
+        if self.precision != crate::runtime::PrecisionChoice::Auto && self.device != crate::runtime::Device::Openvino {
             tracing::warn!(
                 "--precision applies to --device openvino only; the {:?} device computes in f32",
                 self.device
             );
         }
-        crate::runtime::SessionOptions { device: self.device, threads: self.threads, precision: self.precision }
+        self.training()
+    }
+
+    /// The options of a training stage, where `--precision` also chooses where steps run
+    /// ([`SessionOptions::training_precision`](crate::runtime::SessionOptions::training_precision)).
+    pub fn training(&self) -> crate::runtime::SessionOptions {
+        crate::runtime::SessionOptions {
+            device: self.device,
+            threads: self.threads,
+            precision: self.precision.chosen(),
+        }
     }
 }
 
@@ -492,6 +505,7 @@ use crate::params::Choice;
 choice_values!(
     crate::runtime::Device,
     crate::runtime::Precision,
+    crate::runtime::PrecisionChoice,
     crate::heads::HeadKind,
     crate::heads::Pool,
     crate::onnx::qdq::WeightRange,

@@ -28,8 +28,8 @@ pub enum Device {
     Cpu,
     /// CUDA or an error.
     Cuda,
-    /// ORT's OpenVINO execution provider on the CPU (`make setup-openvino`), or an error. For
-    /// inference (extract, score, evaluate); training graphs run on `cpu` or `cuda`.
+    /// ORT's OpenVINO execution provider on the CPU (`make setup-openvino`), or an error. A
+    /// training step's forward and backward run there, its update in f32 on the CPU.
     Openvino,
 }
 
@@ -38,7 +38,7 @@ impl crate::params::Choice for Device {
         (Device::Auto, "auto", "CUDA when the CUDA execution provider loads, else CPU (logged once)"),
         (Device::Cpu, "cpu", ""),
         (Device::Cuda, "cuda", "CUDA or an error"),
-        (Device::Openvino, "openvino", "ORT's OpenVINO execution provider on the CPU (`make setup-openvino`), or an error. For inference (extract, score, evaluate); training graphs run on `cpu` or `cuda`"),
+        (Device::Openvino, "openvino", "ORT's OpenVINO execution provider on the CPU (`make setup-openvino`), or an error (training: the forward and backward there, the update in f32 on the CPU)"),
     ];
 }
 
@@ -55,7 +55,19 @@ impl crate::params::Choice for Precision {
         &[(Precision::F32, "f32", ""), (Precision::Bf16, "bf16", "")];
 }
 
+impl Default for Precision {
+    /// Full precision: what the CPU and CUDA providers compute in.
+    fn default() -> Precision {
+        Precision::F32
+    }
+}
+
 impl Precision {
+    /// Whether this is the default, full precision (records leave it out).
+    pub fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+
     /// OpenVINO's own default, made explicit so sidecars can record it: bf16 on CPUs with AMX
     /// (`amx_bf16` in /proc/cpuinfo), f32 elsewhere.
     pub fn openvino_default() -> Precision {
@@ -112,11 +124,9 @@ fn register_openvino() -> Result<()> {
     r.clone().map_err(Error::Other)
 }
 
-/// A session builder whose graph runs on OpenVINO's CPU device at `precision`.
-fn openvino_builder(
-    b: ort::session::builder::SessionBuilder,
-    precision: Precision,
-) -> Result<ort::session::builder::SessionBuilder> {
+/// OpenVINO's CPU devices, the plugin registered first; an error saying what is missing when
+/// there are none.
+fn openvino_cpu_devices() -> Result<Vec<ort::device::Device<'static>>> {
     register_openvino()?;
     let env = environment()?;
     let devices: Vec<_> = env
@@ -137,6 +147,20 @@ fn openvino_builder(
             all.join(", ")
         )));
     }
+    Ok(devices)
+}
+
+/// Whether sessions can run on OpenVINO's CPU device here (the plugin set up, an Intel CPU).
+pub fn openvino_available() -> Result<()> {
+    openvino_cpu_devices().map(drop)
+}
+
+/// A session builder whose graph runs on OpenVINO's CPU device at `precision`.
+fn openvino_builder(
+    b: ort::session::builder::SessionBuilder,
+    precision: Precision,
+) -> Result<ort::session::builder::SessionBuilder> {
+    let devices = openvino_cpu_devices()?;
     let config = format!(r#"{{"CPU": {{"INFERENCE_PRECISION_HINT": "{}"}}}}"#, precision.hint());
     let options = [(format!("{OPENVINO_EP}.load_config"), config)];
     Ok(b.with_devices(devices, Some(&options))?)
@@ -240,6 +264,77 @@ impl SessionOptions {
     /// OpenVINO's, or None (f32: the CPU and CUDA providers).
     pub fn precision_used(&self) -> Option<Precision> {
         (self.device == Device::Openvino).then(|| self.precision.unwrap_or_else(Precision::openvino_default))
+    }
+}
+
+/// `--precision`: a [`Precision`], or `auto` (None where options hold it): OpenVINO's default
+/// for inference; for training, bf16 where the CPU has AMX and the OpenVINO plugin is set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrecisionChoice {
+    Auto,
+    F32,
+    Bf16,
+}
+
+impl crate::params::Choice for PrecisionChoice {
+    const ALL: &'static [(Self, &'static str, &'static str)] = &[
+        (
+            PrecisionChoice::Auto,
+            "auto",
+            "bf16 on CPUs with AMX (training: where the OpenVINO plugin is set up), else f32",
+        ),
+        (PrecisionChoice::F32, "f32", ""),
+        (
+            PrecisionChoice::Bf16,
+            "bf16",
+            "training: each step's forward and backward on OpenVINO's CPU plugin, the update in f32",
+        ),
+    ];
+}
+
+impl PrecisionChoice {
+    pub fn chosen(self) -> Option<Precision> {
+        match self {
+            PrecisionChoice::Auto => None,
+            PrecisionChoice::F32 => Some(Precision::F32),
+            PrecisionChoice::Bf16 => Some(Precision::Bf16),
+        }
+    }
+}
+
+impl SessionOptions {
+    /// What a training stage's steps compute in, for `--precision` as these options hold it:
+    /// bf16 runs each step's forward and backward on OpenVINO's CPU plugin (bf16 matrix kernels)
+    /// and the update in f32 (`train::fit::split`). Auto (None) takes bf16 only where the CPU has
+    /// AMX, whose bf16 tiles make it pay, and the plugin is set up; on CUDA training is f32.
+    pub fn training_precision(&self) -> Result<Precision> {
+        let cuda = self.device.expected() == Device::Cuda;
+        let refuse = |reason: &str| Error::Param { name: "precision", value: "bf16".into(), reason: reason.into() };
+        match self.precision {
+            Some(Precision::Bf16) if cuda => Err(refuse(
+                "bf16 training runs on OpenVINO's CPU plugin, and CUDA trains in f32: add --device cpu, or drop \
+                 --precision bf16",
+            )),
+            Some(Precision::Bf16) if !cpu_has(&["avx512_bf16", "amx_bf16"]) => Err(refuse(
+                "this CPU has no bf16 instructions (avx512_bf16 or amx_bf16 in /proc/cpuinfo), so OpenVINO would \
+                 compute in f32: use --precision f32",
+            )),
+            Some(Precision::Bf16) => openvino_available().map(|()| Precision::Bf16),
+            Some(p) => Ok(p),
+            None if self.device == Device::Openvino => Ok(Precision::openvino_default()),
+            None if !cuda && cpu_has(&["amx_bf16"]) && openvino_available().is_ok() => Ok(Precision::Bf16),
+            None => Ok(Precision::F32),
+        }
+    }
+
+    /// The options of a training step's session at `precision`: OpenVINO's CPU plugin for bf16
+    /// (or where the stage was given `--device openvino`), else these.
+    pub fn training(&self, precision: Precision) -> SessionOptions {
+        if precision == Precision::Bf16 || self.device == Device::Openvino {
+            SessionOptions { device: Device::Openvino, threads: self.threads, precision: Some(precision) }
+        } else {
+            self.clone()
+        }
     }
 }
 
@@ -364,8 +459,19 @@ pub fn open_with(model: &[u8], what: &Path, opts: &SessionOptions, spin: bool) -
             Err(e) => log_once(&format!("CUDA execution provider did not load ({e})")),
         }
     }
-    let session = base().and_then(|mut b| Ok(b.commit_from_memory(model)?)).map_err(ctx)?;
+    let session = base().and_then(cpu_only).and_then(|mut b| Ok(b.commit_from_memory(model)?)).map_err(ctx)?;
     Ok(OpenSession { session, device: Device::Cpu, precision: None })
+}
+
+/// `b` on the CPU provider's own device. A session given no device is placed by the `ort`
+/// crate's automatic policy, which picks a registered plugin's device when there is one: once the
+/// OpenVINO plugin is registered (a bf16 training step), OpenVINO's CPU device.
+fn cpu_only(b: ort::session::builder::SessionBuilder) -> Result<ort::session::builder::SessionBuilder> {
+    let env = environment()?;
+    match env.devices().find(|d| d.ep().is_ok_and(|e| e == "CPUExecutionProvider")) {
+        Some(cpu) => Ok(b.with_devices([cpu], None)?),
+        None => Ok(b),
+    }
 }
 
 fn log_once(why: &str) {

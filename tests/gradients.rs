@@ -452,3 +452,54 @@ fn class_weights_weight_decay_and_lr_factors_follow_their_rules() {
     let balanced = tlearn::train::ClassWeight::Balanced.weights(&[0, 0, 0, 1], 2).unwrap();
     assert_eq!(balanced, [4.0 / 6.0, 2.0]);
 }
+
+/// The update alone (`update_graph`: what a bf16 step applies, in f32, to the gradients OpenVINO
+/// computed) gives the next parameters and Adam slots of the update appended to the training
+/// graph, with a learning-rate factor and weight decay.
+#[test]
+fn the_update_alone_equals_the_update_appended_to_the_training_graph() {
+    let m = matmul_add_model();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let mut t = Trainer::new(&m, Path::new("mm.onnx"), &[6], 3, &opts()).unwrap();
+    let x = rand_array(&mut rng, &[4, 6], 1.0);
+    let y = label_tensor(&[0, 1, 2, 1], t.train.loss, 3);
+    let (_, _, grads) = t.gradients(x.view(), &y, &[]).unwrap();
+    let opt = optim::Optimizer::adam(1e-2);
+    let groups = optim::Groups { lr_scale: vec![0.5, 1.0, 2.0, 1.0], decayed: vec![true, false, true, false] };
+    let slots: Vec<[ArrayD<f32>; 2]> = t
+        .params
+        .iter()
+        .map(|p| [rand_array(&mut rng, p.shape(), 0.1), rand_array(&mut rng, p.shape(), 0.1).mapv(f32::abs)])
+        .collect();
+    let (lr, decay) = (ndarray::arr0(0.03f32).into_dyn(), ndarray::arr0(0.002f32).into_dyn());
+    let ones = ArrayD::ones(IxDyn(&[4, 1]));
+    let names = |p: &str| [optim::slot_name(0, p), optim::slot_name(1, p)];
+    let outputs: Vec<String> = t
+        .train
+        .params
+        .iter()
+        .flat_map(|p| [optim::next_name(p), optim::next_name(&names(p)[0]), optim::next_name(&names(p)[1])])
+        .collect();
+    let run = |model: &ModelProto, fed: Vec<(&str, ndarray::ArrayViewD<'_, f32>)>| -> Vec<ArrayD<f32>> {
+        let mut feed = fed;
+        feed.extend([(optim::LR, lr.view()), (optim::DECAY, decay.view())]);
+        let slot_names: Vec<[String; 2]> = t.train.params.iter().map(|p| names(p)).collect();
+        for (((p, a), s), n) in t.train.params.iter().zip(&t.params).zip(&slots).zip(&slot_names) {
+            feed.extend([(p.as_str(), a.view()), (n[0].as_str(), s[0].view()), (n[1].as_str(), s[1].view())]);
+        }
+        let mut s = tlearn::runtime::open(&onnx::encode_model(model), Path::new("u.onnx"), &opts()).unwrap().session;
+        let outs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+        tlearn::runtime::run_f32(&mut s, feed, &outs).unwrap()
+    };
+    let batch =
+        vec![("x", x.view()), (tlearn::train::graph::LABELS, y.view()), (tlearn::train::graph::WEIGHTS, ones.view())];
+    let appended = run(&optim::append_update(&t.train, &opt, &groups), batch);
+    let grad_names: Vec<String> = t.train.params.iter().map(|p| tlearn::train::graph::grad_name(p)).collect();
+    let fed = grad_names.iter().map(String::as_str).zip(grads.iter().map(|g| g.view())).collect();
+    let alone = run(&optim::update_graph(&t.train, &opt, &groups), fed);
+    for ((name, a), b) in outputs.iter().zip(&appended).zip(&alone) {
+        let d = (a - b).mapv(f32::abs).fold(0f32, |m, &v| m.max(v));
+        assert!(d < 1e-6, "{name}: off by {d}");
+    }
+    t.params.iter().zip(appended.iter().step_by(3)).for_each(|(p, a)| assert_ne!(p, a, "every parameter moved"));
+}

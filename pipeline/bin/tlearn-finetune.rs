@@ -108,7 +108,7 @@ fn run(a: Args) -> Result<()> {
         patience: a.patience,
         tta: a.tta.clone(),
         resume: Resume::from_flags(a.restart, a.resume, finetune::RESUME),
-        ..a.train.config((&a.model, &data, a.runs.join(&run)), fit, a.ort.session())?
+        ..a.train.config((&a.model, &data, a.runs.join(&run)), fit, a.ort.training())?
     };
     let term = Terminal::default();
     let cfg = match a.lr {

@@ -137,6 +137,7 @@ fn run(a: Args) -> Result<()> {
         seed: a.seed,
         head_epochs: a.head_epochs,
         budget: a.budget,
+        precision: a.ort.training().training_precision()?,
     }
     .check()?;
     let job = tlearn::fit::FitJob {
@@ -144,7 +145,7 @@ fn run(a: Args) -> Result<()> {
         run_dir: a.runs.join(&a.run),
         reports: a.reports.join(&a.run),
         onnx_dir: a.onnx_dir.clone(),
-        session: a.ort.session(),
+        session: a.ort.training(),
         max_memory: a.max_memory,
         explain: a.explain,
         restart: a.restart,

@@ -102,7 +102,7 @@ fn run(a: Args) -> Result<()> {
             bail!("give MODEL --data DIR (a fine-tune) or --features DIR (a dense head)");
         };
         let fit = fit(&a, a.batch.unwrap_or(32), a.lr.unwrap_or(tlearn::finetune::DEFAULT_LR))?;
-        let cfg = a.train.config((model, data, PathBuf::new()), fit, a.ort.session())?;
+        let cfg = a.train.config((model, data, PathBuf::new()), fit, a.ort.training())?;
         let curve = tlearn::finetune::lr_find(&cfg, &sweep, &term)
             .with_context(|| format!("sweeping the learning rate of {} on {}", model.display(), data.display()))?;
         (curve, stem(model), format!("{} on {}", model.display(), data.display()))

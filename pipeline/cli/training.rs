@@ -231,6 +231,7 @@ impl FinetuneArgs {
             tta: vec![],
             max_pixels: crate::imageio::DEFAULT_MAX_PIXELS,
             max_memory: self.max_memory,
+            precision: session.training_precision()?,
             session,
             resume: crate::finetune::RESUME,
         })

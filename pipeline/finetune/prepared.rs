@@ -141,7 +141,8 @@ pub(super) fn prepare(
         Some(t) => (&t.rest, t.shape.clone()),
         None => (model, input.to_vec()),
     };
-    let mut trainer = Trainer::with_trainable(net, &cfg.model, &shape, classes.len(), &cfg.session, &trainable)?;
+    let opts = cfg.session.training(cfg.precision);
+    let mut trainer = Trainer::with_trainable(net, &cfg.model, &shape, classes.len(), &opts, &trainable)?;
     // The conv base as the whole-size net has it (at a small size its last map may shrink to 1×1).
     scale_base(&mut trainer, cfg, &full, input_shape(&full, &cfg.model)?)?;
     if let Some(t) = &trunk {

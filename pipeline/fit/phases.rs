@@ -193,6 +193,7 @@ pub(super) fn tune_config(
         max_pixels: crate::imageio::DEFAULT_MAX_PIXELS,
         max_memory: job.max_memory,
         session: job.session.clone(),
+        precision: s.precision,
         resume: Resume::Keep,
     })
 }

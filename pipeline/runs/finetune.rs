@@ -95,6 +95,11 @@ pub struct FinetuneConfig {
     pub max_memory: Option<u64>,
     #[serde(skip)]
     pub session: SessionOptions,
+    /// What the training steps compute in: bf16 runs each step's forward and backward on
+    /// OpenVINO's CPU plugin, its update in f32 (`train::fit::split`); resolved from `--precision`
+    /// once, where the fine-tune starts ([`SessionOptions::training_precision`]).
+    #[serde(default, skip_serializing_if = "crate::runtime::Precision::is_f32")]
+    pub precision: crate::runtime::Precision,
     /// What to do with an existing `run_dir/checkpoint.onnx`.
     #[serde(skip)]
     pub resume: Resume,

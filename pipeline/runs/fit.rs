@@ -136,6 +136,9 @@ pub struct FitSettings {
     /// is planned from a measured step to end within it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<f64>,
+    /// What the fine-tunes' steps compute in (`--precision`, resolved where the fit started).
+    #[serde(default, skip_serializing_if = "crate::runtime::Precision::is_f32")]
+    pub precision: crate::runtime::Precision,
 }
 
 impl ParamGuard for FitSettings {
@@ -299,6 +302,7 @@ impl FitSettings {
         differs("head-epochs", self.head_epochs.to_string(), d::HEAD_EPOCHS.to_string());
         differs("balance", self.balance.name().to_string(), Balance::Auto.name().to_string());
         differs("target", self.target.name().to_string(), crate::heads::Target::Classes.name().to_string());
+        differs("precision", self.precision.name().to_string(), crate::runtime::Precision::F32.name().to_string());
         if let Some(p) = self.progressive {
             a.push(format!("--progressive {p}"));
         }
@@ -422,6 +426,7 @@ mod tests {
             seed: defaults::SEED,
             head_epochs: defaults::HEAD_EPOCHS,
             budget: Some(60.0),
+            precision: Default::default(),
         };
         assert_eq!(s.recipe_args(), ["--size 300", "--flips"]);
         let other = FitSettings {

@@ -24,7 +24,9 @@ pub use fit::{
 /// The optimizers (their settings and in-graph update, from the compiler), their host state and
 /// the learning-rate schedules (from the fit runtime).
 pub mod optim {
-    pub use crate::train::compile::update::{append_update, next_name, slot_name, Groups, Optimizer, DECAY, LR};
+    pub use crate::train::compile::update::{
+        append_update, next_name, slot_name, update_graph, Groups, Optimizer, DECAY, LR,
+    };
     pub use crate::train::fit::schedule::Schedule;
     pub use crate::train::fit::state::State;
 }

@@ -2,7 +2,7 @@
 //! masks, labels, sample weights), the model's nodes (Dropout as a fed mask, MaxPool with its
 //! argmax indices where a gradient goes through it) and the loss.
 
-use super::graph::{Loss, MaskInput, Mode, PoolGrad, LABELS, LOSS, WEIGHTS};
+use super::graph::{Loss, MaskInput, Mode, PoolGrad, BATCH, LABELS, LOSS, WEIGHTS};
 use super::rules::pool;
 use crate::error::{Error, Result};
 use crate::onnx::builder::A;
@@ -18,7 +18,7 @@ pub(super) fn declare_inputs(
     params: &[String],
     float_inits: &HashMap<&str, &TensorProto>,
 ) {
-    let mut feature_dims = vec![Dim::named("N")];
+    let mut feature_dims = vec![Dim::named(BATCH)];
     feature_dims.extend(feature_shape.iter().map(|&d| Dim::Fixed(d as i64)));
     b.input(input, &feature_dims);
     for p in params {
@@ -67,7 +67,7 @@ fn dropout_mask(b: &mut GraphBuilder, n: &NodeProto, ratio: f32, s: &[usize]) ->
     let mask = format!("mask/{}", n.output[0]);
     b.input(
         &mask,
-        &[&[Dim::named("N")][..], &s[1..].iter().map(|&d| Dim::Fixed(d as i64)).collect::<Vec<_>>()].concat(),
+        &[&[Dim::named(BATCH)][..], &s[1..].iter().map(|&d| Dim::Fixed(d as i64)).collect::<Vec<_>>()].concat(),
     );
     b.node("Mul", &[&n.input[0], &mask], &[&n.output[0]], vec![]);
     MaskInput { name: mask, ratio, shape: s[1..].to_vec() }
@@ -83,7 +83,7 @@ pub(super) fn loss_nodes(
     shapes: &HashMap<String, Vec<usize>>,
     mode: Mode,
 ) -> String {
-    b.input(LABELS, &[Dim::named("N"), Dim::Fixed(*shapes[logits].last().unwrap_or(&1) as i64)]);
+    b.input(LABELS, &[Dim::named(BATCH), Dim::Fixed(*shapes[logits].last().unwrap_or(&1) as i64)]);
     let n_f = {
         let shp = b.op("Shape", &[logits], vec![]);
         let zero = b.const_i64("zero", &[0]);
@@ -110,7 +110,7 @@ pub(super) fn loss_nodes(
         }
     };
     let per_sample = if mode == Mode::Train {
-        b.input(WEIGHTS, &[Dim::named("N"), Dim::Fixed(1)]);
+        b.input(WEIGHTS, &[Dim::named(BATCH), Dim::Fixed(1)]);
         b.op("Mul", &[&per_sample, WEIGHTS], vec![])
     } else {
         per_sample

@@ -8,6 +8,8 @@ pub const LABELS: &str = "labels";
 /// Training graphs' per-sample loss weights (N,1) (Keras' `sample_weight`; ones for none).
 pub const WEIGHTS: &str = "sample_weights";
 pub const LOSS: &str = "loss";
+/// The symbolic batch dimension of a compiled graph's inputs.
+pub const BATCH: &str = "N";
 /// Initializers under this name are constants to the compiler (a head's statistics and
 /// projections); fusing a head into a deployable model prefixes its names (`head/frozen/…`), so a
 /// `frozen/` segment anywhere in the name counts ([`is_frozen`]).
@@ -60,7 +62,9 @@ impl PoolGrad {
     /// The form for a session on `device`.
     pub fn for_device(device: crate::runtime::Device) -> PoolGrad {
         match device.expected() {
-            crate::runtime::Device::Cuda => PoolGrad::Scatter,
+            // OpenVINO has no MaxUnpool either: onnxruntime would cut the graph around it, and
+            // OpenVINO cannot convert the part after it (its input has no known rank).
+            crate::runtime::Device::Cuda | crate::runtime::Device::Openvino => PoolGrad::Scatter,
             _ => PoolGrad::Unpool,
         }
     }

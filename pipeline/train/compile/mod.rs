@@ -30,7 +30,7 @@ pub mod update;
 pub use graph::{
     grad_name, is_frozen, Forms, Loss, MaskInput, Mode, PoolGrad, TrainGraph, FROZEN, LABELS, LOSS, WEIGHTS,
 };
-pub use lower::{lower, Update};
+pub use lower::{lower, with_batch, Update};
 pub use source::select_params;
 
 use crate::error::Result;

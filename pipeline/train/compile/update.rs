@@ -110,21 +110,42 @@ pub fn next_name(t: &str) -> String {
 /// throughout, Keras' order of operations.
 pub fn append_update(train: &TrainGraph, opt: &Optimizer, groups: &Groups) -> ModelProto {
     let mut m = train.model.clone();
+    let g = m.graph.as_mut().expect("graph");
+    let grads: std::collections::HashSet<String> = train.params.iter().map(|p| grad_name(p)).collect();
+    g.output.retain(|o| !grads.contains(&o.name));
+    with_update(m, &train.params, opt, groups)
+}
+
+/// The update alone: the parameters, their gradients ([`grad_name`]) and slots in, their next
+/// values out, as [`append_update`] computes them — for gradients a session elsewhere computed
+/// (in bf16: `train::fit::split`), so that the weights and slots stay float32.
+pub fn update_graph(train: &TrainGraph, opt: &Optimizer, groups: &Groups) -> ModelProto {
+    let mut m = train.model.clone();
+    let g = m.graph.as_mut().expect("graph");
+    let params: Vec<ValueInfoProto> =
+        train.params.iter().map(|p| g.input.iter().find(|i| &i.name == p).expect("param input").clone()).collect();
+    let grads = params.iter().map(|i| ValueInfoProto { name: grad_name(&i.name), ..i.clone() }).collect::<Vec<_>>();
+    g.input = [params, grads].concat();
+    g.node.clear();
+    g.initializer.clear();
+    g.value_info.clear();
+    g.output.clear();
+    with_update(m, &train.params, opt, groups)
+}
+
+/// `m` (whose graph has `params` as inputs and their gradients as values) with `opt`'s update
+/// appended: see [`append_update`].
+fn with_update(mut m: ModelProto, params: &[String], opt: &Optimizer, groups: &Groups) -> ModelProto {
     let g = m.graph.take().expect("graph");
     let mut b = GraphBuilder::new(&g.name).with_prefix("opt/");
     b.graph = g;
-    let grads: std::collections::HashSet<String> = train.params.iter().map(|p| grad_name(p)).collect();
-    b.graph.output.retain(|o| !grads.contains(&o.name));
     b.graph.input.push(scalar_input(LR));
     if groups.has_decay() {
         b.graph.input.push(scalar_input(DECAY));
     }
-    let param_info: Vec<ValueInfoProto> = train
-        .params
-        .iter()
-        .map(|p| b.graph.input.iter().find(|i| &i.name == p).expect("param input").clone())
-        .collect();
-    for (p, info) in train.params.iter().zip(&param_info) {
+    let param_info: Vec<ValueInfoProto> =
+        params.iter().map(|p| b.graph.input.iter().find(|i| &i.name == p).expect("param input").clone()).collect();
+    for (p, info) in params.iter().zip(&param_info) {
         for i in 0..opt.n_slots() {
             b.graph.input.push(ValueInfoProto { name: slot_name(i, p), ..info.clone() });
         }
@@ -145,7 +166,7 @@ pub fn append_update(train: &TrainGraph, opt: &Optimizer, groups: &Groups) -> Mo
             .clone()
     };
     let mut shaped = std::collections::HashMap::<(u32, &str, usize), String>::new();
-    for (i, (p, info)) in train.params.iter().zip(&param_info).enumerate() {
+    for (i, (p, info)) in params.iter().zip(&param_info).enumerate() {
         let w_next = next_name(p);
         let scale = groups.scale(i);
         let rank = crate::onnx::vi_shape(info).1.len();

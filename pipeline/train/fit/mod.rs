@@ -17,6 +17,7 @@ pub mod predict;
 pub mod resident;
 pub mod sampling;
 pub mod schedule;
+pub mod split;
 pub mod state;
 pub mod stopping;
 pub mod timing;

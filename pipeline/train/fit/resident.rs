@@ -6,8 +6,11 @@
 //! swaps them, so weights never travel to the host between steps — only the batch goes in and
 //! the loss and outputs come back.
 //! They are copied to the host on request ([`Resident::download`]: checkpoints, export).
+//! On OpenVINO (`--precision bf16`) the forward and backward pass runs there ([`split`]) and the
+//! session here is the update alone (`optim::update_graph`), in float32 on the CPU provider.
 
 use super::data::Batch;
+use super::split;
 use super::state::State;
 use crate::error::{Error, IoContext, Result};
 use crate::runtime::{self, Device, SessionOptions};
@@ -35,6 +38,8 @@ pub struct Resident {
     n_slots: usize,
     cur: Vec<Tensor<f32>>,
     next: Vec<Tensor<f32>>,
+    /// The forward and backward pass on OpenVINO (`split`); `session` is then the update alone.
+    grads: Option<split::Gradients>,
 }
 
 impl Resident {
@@ -49,19 +54,19 @@ impl Resident {
         opts: &SessionOptions,
     ) -> Result<Resident> {
         let opt: &Optimizer = &state.opt;
-        let model = lower(train, Some(Update { opt, groups }), opts.device);
+        // On OpenVINO (bf16): the gradients there, the update alone in float32 on the CPU.
+        let (grads, model, update_opts) = if opts.device == Device::Openvino {
+            let g = split::Gradients::new(train, what, opts);
+            let cpu = SessionOptions { device: Device::Cpu, threads: opts.threads, precision: None };
+            (Some(g), optim::update_graph(train, opt, groups), cpu)
+        } else {
+            (None, lower(train, Some(Update { opt, groups }), opts.device), opts.clone())
+        };
         if let Some(path) = std::env::var_os(runtime::SAVE_GRAPH_ENV) {
-            std::fs::write(&path, crate::onnx::encode_model(&model)).at(&path)?;
+            let saved = grads.as_ref().map_or(&model, |g| g.model());
+            std::fs::write(&path, crate::onnx::encode_model(saved)).at(&path)?;
         }
-        if opts.device == Device::Openvino {
-            return Err(crate::error::Error::Param {
-                name: "device",
-                value: "openvino".into(),
-                reason: "OpenVINO serves inference (extract, evaluate, score); training graphs run on cpu or cuda"
-                    .into(),
-            });
-        }
-        let open = runtime::open_with(&crate::onnx::encode_model(&model), what, opts, true)?;
+        let open = runtime::open_with(&crate::onnx::encode_model(&model), what, &update_opts, true)?;
         let (session, device) = (open.session, open.device);
         let alloc = match device {
             Device::Cuda => Allocator::new(
@@ -81,7 +86,14 @@ impl Resident {
         let mut cur = vec![];
         for a in &host {
             let mut t = new(a)?;
-            Tensor::from_array(a.as_standard_layout().into_owned())?.copy_into(&mut t)?;
+            if device == Device::Cuda {
+                Tensor::from_array(a.as_standard_layout().into_owned())?.copy_into(&mut t)?;
+            } else {
+                // Host memory written in place: `copy_into` runs an Identity session of the `ort`
+                // crate's, which its automatic device policy would put on OpenVINO once the
+                // plugin is registered.
+                t.extract_array_mut().assign(a);
+            }
             cur.push(t);
         }
         let next = host.iter().map(|a| new(a)).collect::<Result<Vec<_>>>()?;
@@ -100,6 +112,7 @@ impl Resident {
             n_slots,
             cur,
             next,
+            grads,
         })
     }
 
@@ -107,39 +120,48 @@ impl Resident {
     /// decay `decay` (lr·wd; unused without decayed parameters); returns the batch loss and the
     /// model's outputs.
     pub fn step(&mut self, batch: Batch, lr: f32, decay: f32) -> Result<(f32, ArrayD<f32>)> {
-        let Batch { x, y, weights, masks } = batch;
-        let weights = weights.unwrap_or_else(|| ArrayD::ones(ndarray::IxDyn(&[y.shape()[0], 1])));
-        // Owned host tensors are bound without a copy (ORT moves them to the device if needed).
         let b = &mut self.binding;
-        b.bind_input(&self.input, &Tensor::from_array(x)?)?;
-        b.bind_input(graph::LABELS, &Tensor::from_array(y)?)?;
-        b.bind_input(graph::WEIGHTS, &Tensor::from_array(weights)?)?;
-        for (name, m) in self.masks.iter().zip(masks) {
-            b.bind_input(name, &Tensor::from_array(m)?)?;
-        }
+        let computed = match &mut self.grads {
+            Some(g) => {
+                let (loss, probs, grads) = g.run(batch, self.cur[..self.n_params].iter().map(Into::into).collect())?;
+                for (name, a) in g.grads.iter().zip(grads) {
+                    b.bind_input(name, &Tensor::from_array(a)?)?;
+                }
+                Some((loss, probs))
+            }
+            None => {
+                bind_batch(b, batch, (&self.input, &self.masks))?;
+                // Rebound every step: ORT keeps what it allocated for a device-bound output, and
+                // the last batch of an epoch is smaller.
+                b.bind_output_to_device(graph::LOSS, &self.host_out)?;
+                b.bind_output_to_device(&self.output, &self.host_out)?;
+                None
+            }
+        };
         b.bind_input(optim::LR, &Tensor::from_array(ndarray::arr0(lr).into_dyn())?)?;
         if self.decay {
             b.bind_input(optim::DECAY, &Tensor::from_array(ndarray::arr0(decay).into_dyn())?)?;
         }
-        // Rebound every step: ORT keeps what it allocated for a device-bound output, and the
-        // last batch of an epoch is smaller.
-        b.bind_output_to_device(graph::LOSS, &self.host_out)?;
-        b.bind_output_to_device(&self.output, &self.host_out)?;
         for ((name, cur), next) in self.names.iter().zip(&self.cur).zip(self.next.iter_mut()) {
             b.bind_input(name, cur)?;
             b.bind_output(optim::next_name(name), next)?;
         }
-        let (loss, probs) = {
-            let out = self.session.run_binding(&self.binding)?;
-            let get = |n: &str| -> Result<ArrayD<f32>> {
-                let v =
-                    out.get(n).ok_or_else(|| Error::NoSuchTensor { name: n.into(), hint: " in the outputs".into() })?;
-                Ok(v.try_extract_array::<f32>()?.to_owned())
-            };
-            (get(graph::LOSS)?, get(&self.output)?)
+        let out = self.session.run_binding(&self.binding)?;
+        let (loss, probs) = match computed {
+            Some(c) => c,
+            None => {
+                let get = |n: &str| -> Result<ArrayD<f32>> {
+                    let v = out
+                        .get(n)
+                        .ok_or_else(|| Error::NoSuchTensor { name: n.into(), hint: " in the outputs".into() })?;
+                    Ok(v.try_extract_array::<f32>()?.to_owned())
+                };
+                (get(graph::LOSS)?.iter().next().copied().unwrap_or(f32::NAN), get(&self.output)?)
+            }
         };
+        drop(out);
         std::mem::swap(&mut self.cur, &mut self.next);
-        Ok((loss.iter().next().copied().unwrap_or(f32::NAN), probs))
+        Ok((loss, probs))
     }
 
     /// The current parameters (device tensors), in the training graph's order.
@@ -161,6 +183,21 @@ impl Resident {
         }
         Ok(())
     }
+}
+
+/// Bind a batch's image, labels, sample weights and dropout masks (`names`: the image input's
+/// and the masks'). Owned host tensors are bound without a copy (ORT moves them to the device if
+/// needed).
+fn bind_batch(b: &mut IoBinding, batch: Batch, names: (&str, &[String])) -> Result<()> {
+    let Batch { x, y, weights, masks } = batch;
+    let weights = weights.unwrap_or_else(|| ArrayD::ones(ndarray::IxDyn(&[y.shape()[0], 1])));
+    b.bind_input(names.0, &Tensor::from_array(x)?)?;
+    b.bind_input(graph::LABELS, &Tensor::from_array(y)?)?;
+    b.bind_input(graph::WEIGHTS, &Tensor::from_array(weights)?)?;
+    for (name, m) in names.1.iter().zip(masks) {
+        b.bind_input(name, &Tensor::from_array(m)?)?;
+    }
+    Ok(())
 }
 
 fn to_host(t: &Tensor<f32>) -> Result<ArrayD<f32>> {

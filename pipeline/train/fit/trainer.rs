@@ -5,6 +5,7 @@
 use super::data::{label_tensor, Batch, BatchSource};
 use super::predict::in_batches;
 use super::resident;
+use super::split::{Gradients, Outputs};
 use super::state::State;
 use crate::error::{Error, Result};
 use crate::onnx::{self, proto::ModelProto};
@@ -25,14 +26,13 @@ pub struct Trainer {
     pub model: ModelProto,
     pub train: TrainGraph,
     pub(super) eval: TrainGraph,
-    /// Gradients-only session of `train`, opened on first use ([`Trainer::gradients`]).
-    grad_s: Option<ort::session::Session>,
+    /// Gradients-only sessions of `train`, opened on first use ([`Trainer::gradients`]).
+    grad_s: Option<Gradients>,
     pub(super) eval_s: ort::session::Session,
     pub params: Vec<ArrayD<f32>>,
     pub(super) resident: Option<resident::Resident>,
     /// Learning-rate factors and weight decay of the parameters ([`Trainer::scale_lr`]).
     pub(super) groups: Groups,
-    grad_names: Vec<String>,
     pub(super) n_classes: usize,
     what: PathBuf,
     opts: SessionOptions,
@@ -70,7 +70,6 @@ impl Trainer {
             .iter()
             .map(|p| onnx::tensor_to_f32(g.initializer.iter().find(|t| &t.name == p).expect("param is an initializer")))
             .collect::<Result<Vec<_>>>()?;
-        let grad_names = train.params.iter().map(|p| graph::grad_name(p)).collect();
         Ok(Trainer {
             model: model.clone(),
             train,
@@ -80,7 +79,6 @@ impl Trainer {
             params,
             resident: None,
             groups: Groups::default(),
-            grad_names,
             n_classes,
             what: what.into(),
             opts: opts.clone(),
@@ -113,27 +111,12 @@ impl Trainer {
         x: ndarray::ArrayViewD<'_, f32>,
         y: &ArrayD<f32>,
         masks: &[ArrayD<f32>],
-    ) -> Result<(f32, ArrayD<f32>, Vec<ArrayD<f32>>)> {
-        if self.grad_s.is_none() {
-            let bytes = onnx::encode_model(&lower(&self.train, None, self.opts.device));
-            self.grad_s = Some(runtime::open(&bytes, &self.what, &self.opts)?.session);
-        }
-        let ones = ArrayD::ones(ndarray::IxDyn(&[y.shape()[0], 1]));
-        let mut feed: Vec<(&str, ndarray::ArrayViewD<'_, f32>)> =
-            vec![(self.train.input.as_str(), x), (graph::LABELS, y.view()), (graph::WEIGHTS, ones.view())];
-        for (p, a) in self.train.params.iter().zip(&self.params) {
-            feed.push((p.as_str(), a.view()));
-        }
-        for (m, a) in self.train.masks.iter().zip(masks) {
-            feed.push((m.name.as_str(), a.view()));
-        }
-        let mut names: Vec<&str> = vec![graph::LOSS, self.train.output.as_str()];
-        names.extend(self.grad_names.iter().map(|s| s.as_str()));
-        let mut out = runtime::run_f32(self.grad_s.as_mut().expect("opened"), feed, &names)?;
-        let grads = out.split_off(2);
-        let probs = out.pop().expect("outputs");
-        let loss = out.pop().expect("loss").iter().next().copied().unwrap_or(f32::NAN);
-        Ok((loss, probs, grads))
+    ) -> Result<Outputs> {
+        let (train, what, opts) = (&self.train, &self.what, &self.opts);
+        let g = self.grad_s.get_or_insert_with(|| Gradients::new(train, what, opts));
+        let params = self.params.iter().map(|a| runtime::view(a.view())).collect::<Result<Vec<_>>>()?;
+        let batch = Batch { x: x.to_owned(), y: y.clone(), weights: None, masks: masks.to_vec() };
+        g.run(batch, params)
     }
 
     /// Multiply each parameter's learning rate by `factor(name)` in later fits (e.g. a lower rate
