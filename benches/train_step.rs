@@ -124,6 +124,49 @@ fn keras_step(python: &str, net: &str, batch: usize, steps: usize, threads: usiz
     String::from_utf8_lossy(&out.stdout).trim().lines().last()?.parse().ok()
 }
 
+/// Keras' modes to time. oneDNN's bf16 math mode changes kernels only where it has bf16 ones to
+/// change to: on an AVX-512 BF16 CPU without AMX its convolutions stay `brg_conv_*:avx512_core`
+/// (fp32), so a bf16 column there would time the fp32 run twice.
+fn keras_modes(have_tf: bool) -> Vec<Keras> {
+    let mut modes = vec![Keras::Default, Keras::OneDnn];
+    if cpu::has("amx_bf16") {
+        modes.push(Keras::OneDnnBf16);
+    } else if have_tf {
+        println!("no AMX (amx_bf16): oneDNN's bf16 math mode keeps its fp32 kernels here, so no bf16 column");
+    }
+    modes
+}
+
+/// Whether to time tlearn in bf16 (`--precision bf16`: each step's forward and backward on
+/// OpenVINO's CPU plugin, the update in f32): where AMX is meant to make it pay, or where
+/// BENCH_TLEARN_BF16=1 asks, and the plugin serves this CPU.
+fn tlearn_bf16_column() -> bool {
+    let asked = std::env::var("BENCH_TLEARN_BF16").is_ok_and(|v| v == "1");
+    (cpu::has("amx_bf16") || asked)
+        && match tlearn::runtime::openvino_available() {
+            Ok(()) => true,
+            Err(e) => {
+                println!("tlearn bf16 column skipped: {e}");
+                false
+            }
+        }
+}
+
+/// The table's header: Keras' oneDNN bf16 column and tlearn's bf16 column where they are timed.
+fn print_header(bf16: bool, tl_bf16: bool) {
+    print!(
+        "{:<8} {:>5} {:>12} {:>10} {:>14} {:>14}",
+        "net", "batch", "tlearn ms", "GFLOP/s", "Keras ms", "Keras+oneDNN"
+    );
+    if bf16 {
+        print!(" {:>14}", "oneDNN bf16");
+    }
+    if tl_bf16 {
+        print!(" {:>12}", "tlearn bf16");
+    }
+    println!(" {:>10} {:>10}{}", "vs Keras", "vs oneDNN", if bf16 { "    vs bf16" } else { "" });
+}
+
 fn main() {
     println!("{}", cpu::describe());
     let steps: usize = std::env::var("BENCH_STEPS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
@@ -147,41 +190,13 @@ fn main() {
     }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let th = if threads == 0 { cores } else { threads };
-    // oneDNN's bf16 math mode changes kernels only where it has bf16 ones to change to: on an
-    // AVX-512 BF16 CPU without AMX its convolutions stay `brg_conv_*:avx512_core` (fp32), so a
-    // bf16 column there would time the fp32 run twice.
-    let mut modes = vec![Keras::Default, Keras::OneDnn];
-    if cpu::has("amx_bf16") {
-        modes.push(Keras::OneDnnBf16);
-    } else if have_tf {
-        println!("no AMX (amx_bf16): oneDNN's bf16 math mode keeps its fp32 kernels here, so no bf16 column");
-    }
-    // tlearn in bf16 (`--precision bf16`: each step's forward and backward on OpenVINO's CPU plugin,
-    // the update in f32) where AMX is meant to make it pay, or where BENCH_TLEARN_BF16=1 asks.
+    let modes = keras_modes(have_tf);
     let f32_opts = SessionOptions { device: Device::Cpu, threads, precision: None };
     let bf16_opts = f32_opts.training(tlearn::runtime::Precision::Bf16);
-    let asked = std::env::var("BENCH_TLEARN_BF16").is_ok_and(|v| v == "1");
-    let tl_bf16 = (cpu::has("amx_bf16") || asked)
-        && match tlearn::runtime::openvino_available() {
-            Ok(()) => true,
-            Err(e) => {
-                println!("tlearn bf16 column skipped: {e}");
-                false
-            }
-        };
+    let tl_bf16 = tlearn_bf16_column();
     println!("training step, median over {rounds} alternated rounds of the median of {steps} steps, {th} threads, RMSprop, random inputs");
     let bf16 = modes.contains(&Keras::OneDnnBf16);
-    print!(
-        "{:<8} {:>5} {:>12} {:>10} {:>14} {:>14}",
-        "net", "batch", "tlearn ms", "GFLOP/s", "Keras ms", "Keras+oneDNN"
-    );
-    if bf16 {
-        print!(" {:>14}", "oneDNN bf16");
-    }
-    if tl_bf16 {
-        print!(" {:>12}", "tlearn bf16");
-    }
-    println!(" {:>10} {:>10}{}", "vs Keras", "vs oneDNN", if bf16 { "    vs bf16" } else { "" });
+    print_header(bf16, tl_bf16);
     let only = std::env::var("BENCH_NETS").unwrap_or_default();
     for (net, batch) in [("mnist", 64usize), ("v1", 32), ("resnet50", 16)] {
         if !only.is_empty() && !only.split(',').any(|n| n == net) {

@@ -152,8 +152,9 @@ pub struct OrtArgs {
     pub threads: usize,
     /// What `--device openvino` computes in, and the training stages' steps: auto is bf16 on CPUs
     /// with AMX (training: where `make setup-openvino` was run), else f32; training in bf16 runs
-    /// each step's forward and backward on OpenVINO's CPU plugin and its update in f32. The
-    /// caches and runs record it. int8 is a backbone of its own: `tlearn-backbone quantize`.
+    /// each step's forward and backward on OpenVINO's CPU plugin and its update in f32. Feature
+    /// caches, fine-tunes and fits record it. int8 is a backbone of its own: `tlearn-backbone
+    /// quantize`.
     #[arg(long, value_enum, default_value = "auto")]
     pub precision: crate::runtime::PrecisionChoice,
 }

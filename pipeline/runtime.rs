@@ -293,6 +293,7 @@ impl crate::params::Choice for PrecisionChoice {
 }
 
 impl PrecisionChoice {
+    /// The precision asked for; None for `auto`, which each use resolves.
     pub fn chosen(self) -> Option<Precision> {
         match self {
             PrecisionChoice::Auto => None,

@@ -143,7 +143,7 @@ fn run(a: Args) -> Result<()> {
         let explain = (a.explain > 0).then(|| evaluate::Explain {
             model: cfg.run_dir.join(finetune::MODEL),
             mistakes: a.explain,
-            session: a.ort.session(),
+            session: a.ort.training(),
         });
         let finished = tlearn::runs::Run::open(&cfg.run_dir)?;
         let opts = tlearn::runs::PredictOptions { session: cfg.session.clone(), max_memory: cfg.max_memory };

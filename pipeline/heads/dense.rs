@@ -11,7 +11,7 @@ use crate::onnx::proto::ModelProto;
 use crate::onnx::{self, Dim, GraphBuilder};
 use crate::params::Checked;
 use crate::progress::Sink;
-use crate::runtime::SessionOptions;
+use crate::runtime::{Device, SessionOptions};
 use crate::train::learner::{self, Checkpointing, FitOptions, Live};
 use crate::train::lr_find::{LrCurve, Sweep};
 use crate::train::{FitConfig, InMemory, Trainer};
@@ -58,7 +58,13 @@ impl Dense {
         data.validate()?;
         let shape = &data.x.shape()[1..];
         let model = build(shape, data.classes, &self.spec, seed, Some(data.x))?;
-        Trainer::new(&model, Path::new("head.onnx"), shape, data.classes, &self.opts)
+        // A head on cached features is a few small matrix products: it trains in f32 on the CPU
+        // provider even under `--device openvino`, whose bf16 its record would not show.
+        let opts = match self.opts.device {
+            Device::Openvino => SessionOptions { device: Device::Cpu, precision: None, ..self.opts.clone() },
+            _ => self.opts.clone(),
+        };
+        Trainer::new(&model, Path::new("head.onnx"), shape, data.classes, &opts)
     }
 
     /// The learning-rate range test for this head on `data` (see [`crate::train::lr_find`]):

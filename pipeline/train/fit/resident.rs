@@ -54,7 +54,8 @@ impl Resident {
         opts: &SessionOptions,
     ) -> Result<Resident> {
         let opt: &Optimizer = &state.opt;
-        // On OpenVINO (bf16): the gradients there, the update alone in float32 on the CPU.
+        // On OpenVINO (bf16) the gradients come from there and the update runs alone on the CPU
+        // provider, so that weights and slots stay exact float32 (the master weights).
         let (grads, model, update_opts) = if opts.device == Device::Openvino {
             let g = split::Gradients::new(train, what, opts);
             let cpu = SessionOptions { device: Device::Cpu, threads: opts.threads, precision: None };
