@@ -124,7 +124,9 @@ impl Resident {
         let b = &mut self.binding;
         let computed = match &mut self.grads {
             Some(g) => {
-                let (loss, probs, grads) = g.run(batch, self.cur[..self.n_params].iter().map(Into::into).collect())?;
+                let params = self.cur[..self.n_params].iter().map(Into::into).collect();
+                let (x, y, w) = (batch.x.view(), batch.y.view(), batch.weights.as_ref().map(|w| w.view()));
+                let (loss, probs, grads) = g.run((x, y, w), &batch.masks, params)?;
                 for (name, a) in g.grads.iter().zip(grads) {
                     b.bind_input(name, &Tensor::from_array(a)?)?;
                 }

@@ -5,12 +5,11 @@
 //! optimizer slots never lose precision (float32 master weights, as mixed-precision training
 //! keeps them). bf16 has float32's exponent range, so gradients need no loss scaling.
 
-use super::data::Batch;
 use crate::error::Result;
 use crate::onnx::{self, proto::ModelProto};
 use crate::runtime::{self, Device, SessionOptions};
 use crate::train::compile::{self as graph, lower, with_batch, TrainGraph};
-use ndarray::ArrayD;
+use ndarray::{ArrayD, ArrayViewD};
 use ort::session::{Session, SessionInputValue};
 use std::collections::hash_map::{Entry, HashMap};
 use std::path::{Path, PathBuf};
@@ -56,10 +55,15 @@ impl Gradients {
         &self.model
     }
 
-    /// Loss, outputs and every parameter's gradient on `batch` at `params` (in the training
-    /// graph's order: host views or tensors).
-    pub fn run(&mut self, batch: Batch, params: Vec<SessionInputValue<'_>>) -> Result<Outputs> {
-        let Batch { x, y, weights, masks } = batch;
+    /// Loss, outputs and every parameter's gradient on a batch — `x`, targets `y`, sample
+    /// `weights` (None: ones) and dropout `masks` — at `params` (in the training graph's order:
+    /// host views or tensors). Borrowed, so a gradient check or Grad-CAM copies nothing.
+    pub fn run(
+        &mut self,
+        (x, y, weights): (ArrayViewD<'_, f32>, ArrayViewD<'_, f32>, Option<ArrayViewD<'_, f32>>),
+        masks: &[ArrayD<f32>],
+        params: Vec<SessionInputValue<'_>>,
+    ) -> Result<Outputs> {
         let n = x.shape()[0];
         // Only OpenVINO needs the batch fixed; elsewhere one session serves every size.
         let fixed = self.opts.device == Device::Openvino;
@@ -70,13 +74,13 @@ impl Gradients {
                 e.insert(runtime::open_with(&onnx::encode_model(&m), &self.what, &self.opts, true)?.session)
             }
         };
-        let weights = weights.unwrap_or_else(|| ArrayD::ones(ndarray::IxDyn(&[n, 1])));
+        let ones = ArrayD::ones(ndarray::IxDyn(&[n, 1]));
         let mut feed: Vec<(&str, SessionInputValue<'_>)> = vec![
-            (self.input.as_str(), runtime::view(x.view())?),
-            (graph::LABELS, runtime::view(y.view())?),
-            (graph::WEIGHTS, runtime::view(weights.view())?),
+            (self.input.as_str(), runtime::view(x)?),
+            (graph::LABELS, runtime::view(y)?),
+            (graph::WEIGHTS, runtime::view(weights.unwrap_or(ones.view()))?),
         ];
-        for (name, m) in self.masks.iter().zip(&masks) {
+        for (name, m) in self.masks.iter().zip(masks) {
             feed.push((name.as_str(), runtime::view(m.view())?));
         }
         feed.extend(self.params.iter().map(String::as_str).zip(params));

@@ -115,8 +115,7 @@ impl Trainer {
         let (train, what, opts) = (&self.train, &self.what, &self.opts);
         let g = self.grad_s.get_or_insert_with(|| Gradients::new(train, what, opts));
         let params = self.params.iter().map(|a| runtime::view(a.view())).collect::<Result<Vec<_>>>()?;
-        let batch = Batch { x: x.to_owned(), y: y.clone(), weights: None, masks: masks.to_vec() };
-        g.run(batch, params)
+        g.run((x, y.view(), None), masks, params)
     }
 
     /// Multiply each parameter's learning rate by `factor(name)` in later fits (e.g. a lower rate
