@@ -328,6 +328,23 @@ impl SessionOptions {
         }
     }
 
+    /// [`SessionOptions::training_precision`] for a run that continues an earlier start which
+    /// recorded `recorded` in `record`: `auto` keeps what that start resolved (auto depends on the
+    /// machine: AMX, the plugin), so the same command continues the run wherever that precision
+    /// can run; a precision given is taken as asked (the continuation then compares it).
+    pub fn continuing_precision(&self, recorded: Option<Precision>, record: &Path) -> Result<Precision> {
+        let Some(p) = recorded.filter(|_| self.precision.is_none()) else { return self.training_precision() };
+        let given = SessionOptions { precision: Some(p), ..self.clone() };
+        given.training_precision().map_err(|e| Error::BadData {
+            path: record.into(),
+            reason: format!(
+                "this run was started in {} (`--precision auto` chose it there) and cannot continue so here: {e}; \
+                 continue it where it started, or add --restart to start over",
+                p.hint()
+            ),
+        })
+    }
+
     /// The options of a training step's session at `precision`: OpenVINO's CPU plugin for bf16
     /// (or where the stage was given `--device openvino`), else these.
     pub fn training(&self, precision: Precision) -> SessionOptions {

@@ -130,6 +130,24 @@ fn openvino_extracts_and_scores_like_the_cpu_and_records_its_precision() {
     ok("tlearn-finetune", &[&args[..], &["--device", device, "--precision", precision]].concat(), w);
     let record = json(&w.join("runs/ft/run.json"));
     assert_eq!(record["config"]["precision"].as_str(), bf16.then_some("bf16"), "{record}");
+    if !bf16 {
+        return;
+    }
+    // Continued with `--precision auto` (the default), the run keeps the bf16 it started in, on
+    // a CPU without AMX too, where auto alone would pick f32.
+    let more = |epochs: &'static str| [&args[..5], &["--epochs", epochs, "--batch", "4", "--device", "cpu"]].concat();
+    ok("tlearn-finetune", &more("3"), w);
+    let record = json(&w.join("runs/ft/run.json"));
+    assert_eq!((record["config"]["precision"].as_str(), record["epochs_run"].as_u64()), (Some("bf16"), Some(3)));
+    // Where bf16 cannot run (no plugin), continuing says why and how to go on.
+    let o = std::process::Command::new(bin("tlearn-finetune"))
+        .args(more("4"))
+        .current_dir(w)
+        .env(tlearn::runtime::OPENVINO_ENV, w.join("no/such/plugin.so"))
+        .output()
+        .unwrap();
+    let err = text(&o.stderr);
+    assert!(!o.status.success() && err.contains("started in bf16") && err.contains("--restart"), "{err}");
 }
 
 /// Whether OpenVINO serves this machine; where it does not (an AMD CPU), the reason is shown as
@@ -177,7 +195,9 @@ fn depthwise_net() -> ModelProto {
 }
 
 /// Gradients on one batch, then the losses of three Adam steps on batches of 8, 8 and 3 (a
-/// second batch size: a second compiled OpenVINO session) and the parameters after them.
+/// second batch size: a second compiled OpenVINO session), of one more step of 8 in a second fit
+/// (the trainer started again, as a fit's phases and its rehearsal do), and the parameters after
+/// them. The trainer compiles each batch size once across its fits.
 type Trace = (Vec<ArrayD<f32>>, Vec<f32>, Vec<ArrayD<f32>>);
 
 fn trace(m: &ModelProto, opts: &SessionOptions) -> Trace {
@@ -189,15 +209,19 @@ fn trace(m: &ModelProto, opts: &SessionOptions) -> Trace {
     let grads = t.gradients(x.view(), &y, &[]).unwrap().2;
     let mut state = optim::State::new(optim::Optimizer::adam(1e-3), &t.params);
     t.start(&state).unwrap();
-    let losses = [8usize, 8, 3]
-        .iter()
-        .enumerate()
-        .map(|(s, &n)| {
-            let (xb, yb) = (x.slice(ndarray::s![..n, .., .., ..]).to_owned().into_dyn(), y.slice(ndarray::s![..n, ..]));
-            t.train_step(xb, yb.to_owned().into_dyn(), vec![], state.opt.step_lr(1e-3, s as i32 + 1)).unwrap().0
-        })
-        .collect();
+    let mut losses = vec![];
+    for (s, &n) in [8usize, 8, 3, 8].iter().enumerate() {
+        if s == 3 {
+            t.sync(&mut state).unwrap();
+            t.start(&state).unwrap();
+        }
+        let (xb, yb) = (x.slice(ndarray::s![..n, .., .., ..]).to_owned().into_dyn(), y.slice(ndarray::s![..n, ..]));
+        losses
+            .push(t.train_step(xb, yb.to_owned().into_dyn(), vec![], state.opt.step_lr(1e-3, s as i32 + 1)).unwrap().0);
+    }
     t.sync(&mut state).unwrap();
+    let compiled = if opts.device == Device::Openvino { 2 } else { 1 };
+    assert_eq!(t.gradient_sessions(), compiled, "gradients sessions after two fits on {:?}", opts.device);
     (grads, losses, t.params)
 }
 

@@ -104,12 +104,12 @@ fn run(a: Args) -> Result<()> {
         None => finetune::default_run_name(&a.model, &a.runs)?,
     };
     let fit = tlearn::cli::fit_config((a.epochs, a.batch, a.seed), optimizer, &a.lr_schedule, &a.reg)?;
-    let cfg = FinetuneConfig {
+    let cfg = finetune::continuing(FinetuneConfig {
         patience: a.patience,
         tta: a.tta.clone(),
         resume: Resume::from_flags(a.restart, a.resume, finetune::RESUME),
         ..a.train.config((&a.model, &data, a.runs.join(&run)), fit, a.ort.training())?
-    };
+    })?;
     let term = Terminal::default();
     let cfg = match a.lr {
         Lr::Auto => finetune::choose_lr(&cfg, &Sweep::default().check()?, &term)

@@ -137,7 +137,7 @@ fn run(a: Args) -> Result<()> {
         seed: a.seed,
         head_epochs: a.head_epochs,
         budget: a.budget,
-        precision: a.ort.training().training_precision()?,
+        precision: tlearn::fit::precision(&a.runs.join(&a.run), a.restart, &a.ort.training())?,
     }
     .check()?;
     let job = tlearn::fit::FitJob {

@@ -8,8 +8,6 @@ use crate::params::{Checked, ParamGuard};
 use crate::progress::Sink;
 use crate::runs::finetune::{default_max_memory, FinetuneConfig};
 use crate::spill;
-use crate::train::checkpoint::CHECKPOINT;
-use crate::train::checkpoint::{self, Resume};
 use crate::train::lr_find::{with_lr, LrChoice, LrCurve, Sweep};
 
 /// The learning-rate range test for the fine-tune `cfg` describes (see [`crate::train::lr_find`]):
@@ -70,17 +68,10 @@ pub fn choose_lr(cfg: &FinetuneConfig, sweep: &Checked<Sweep>, sink: &dyn Sink) 
     Ok(FinetuneConfig { fit: fit.check()?, lr_auto: Some(choice), ..cfg.clone() })
 }
 
-/// The choice recorded in the run's checkpoint (or its early epochs') by an earlier `--lr auto` start with the same
-/// sweep, unless the run starts over.
+/// The choice recorded in the run's checkpoint by an earlier `--lr auto` start with the same sweep,
+/// unless the run starts over.
 fn chosen_before(cfg: &FinetuneConfig, sweep: &Sweep) -> Result<Option<LrChoice>> {
-    if cfg.resume == Resume::Restart {
-        return Ok(None);
-    }
-    // A run killed in its `--progressive` epochs has only their checkpoint, with the same settings.
-    for path in [cfg.run_dir.join(CHECKPOINT), cfg.run_dir.join(super::presize::DIR).join(CHECKPOINT)] {
-        let Some(saved) = checkpoint::saved_config(&path)? else { continue };
-        let choice = saved.get("lr_auto").and_then(|v| serde_json::from_value::<LrChoice>(v.clone()).ok());
-        return Ok(choice.filter(|c| c.sweep == *sweep));
-    }
-    Ok(None)
+    let Some((_, saved)) = super::earlier::recorded(cfg)? else { return Ok(None) };
+    let choice = saved.get("lr_auto").and_then(|v| serde_json::from_value::<LrChoice>(v.clone()).ok());
+    Ok(choice.filter(|c| c.sweep == *sweep))
 }

@@ -13,6 +13,7 @@ use crate::train::checkpoint;
 use crate::train::learner::{self, Checkpointing, FitOptions, Live};
 use crate::train::BatchSource;
 
+mod earlier;
 pub mod freeze;
 mod lr;
 mod model;
@@ -34,6 +35,7 @@ pub const DEFAULT_LR: f64 = 1e-4;
 /// Parameters, optimizer slots and loop state after the last finished epoch.
 pub use crate::train::checkpoint::CHECKPOINT;
 pub use crate::train::learner::{BEST, LAST};
+pub use earlier::continuing;
 pub use lr::{choose_lr, lr_find};
 pub use model::{default_rescale, input_shape, matches, own_rescale};
 use prepared::{comparable, prepare, ImageBatches, Prepared, Purpose, TrainBatches};

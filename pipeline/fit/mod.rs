@@ -19,7 +19,7 @@ use std::path::Path;
 pub use budget::{plan, Costs};
 pub use folds::TABLE as FOLDS_TABLE;
 pub use job::{FitJob, Fitted};
-pub use start::settings_changes;
+pub use start::{precision, settings_changes};
 
 /// Run the fit `job` describes; phases already done are skipped.
 pub fn run(job: &FitJob, sink: &dyn Sink) -> Result<Fitted> {

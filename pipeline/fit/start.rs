@@ -6,6 +6,7 @@ use super::job::FitJob;
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use crate::runs::fit::{FitSettings, FEATURES, FINAL_RUN, HEAD_RUN, PLAN, SETTINGS, SPLIT, TUNE_RUN};
+use crate::runtime::{Precision, SessionOptions};
 use std::path::Path;
 
 /// What a fit writes in its folder besides the fold folders (`fold-<k>`).
@@ -57,6 +58,18 @@ pub(super) fn begin(job: &FitJob) -> Result<crate::lock::Lock> {
     }
     fsutil::write_json(&path, &*job.settings)?;
     Ok(lock)
+}
+
+/// What the fit in `dir` trains in for `session`'s `--precision`: `auto` continues a started fit
+/// at the precision its `fit.json` records, so that the same command continues it on a machine
+/// where auto would resolve otherwise ([`SessionOptions::continuing_precision`]).
+pub fn precision(dir: &Path, restart: bool, session: &SessionOptions) -> Result<Precision> {
+    let path = dir.join(SETTINGS);
+    let recorded = match restart || !path.is_file() {
+        true => None,
+        false => Some(fsutil::read_json::<FitSettings>(&path)?.precision),
+    };
+    session.continuing_precision(recorded, &path)
 }
 
 /// Has a fit in `dir` (or one of its folds) made its budget's plan?
@@ -125,4 +138,47 @@ fn clear(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::Device;
+
+    fn started(dir: &Path, precision: Option<&str>) {
+        let mut s = serde_json::json!({
+            "data": "raw", "backbone": "efficientnet-lite0", "size": 224, "epochs": 9, "patience": 3,
+            "batch": 16, "lr": 1e-4, "flips": false, "balance": "auto", "final_fit": true,
+            "test": 0.25, "validation": 0.2, "seed": 42, "head_epochs": 30
+        });
+        if let Some(p) = precision {
+            s["precision"] = p.into();
+        }
+        std::fs::write(dir.join(SETTINGS), s.to_string()).unwrap();
+    }
+
+    /// `--precision auto` continues a fit at the precision it started in, whatever auto would
+    /// pick on this machine; a precision given is taken as asked, and --restart resolves afresh.
+    #[test]
+    fn auto_continues_a_fit_at_its_recorded_precision() {
+        let d = tempfile::tempdir().unwrap();
+        let at = |precision| SessionOptions { device: Device::Cpu, threads: 1, precision };
+        let fresh = at(None).training_precision().unwrap();
+        assert_eq!(precision(d.path(), false, &at(None)).unwrap(), fresh);
+        // Started in f32 (records leave it out): f32, even where auto would pick bf16 (AMX).
+        started(d.path(), None);
+        assert_eq!(precision(d.path(), false, &at(None)).unwrap(), Precision::F32);
+        assert_eq!(precision(d.path(), true, &at(None)).unwrap(), fresh);
+        // Started in bf16: bf16 where it can run here, else an error saying so and what to do.
+        started(d.path(), Some("bf16"));
+        match precision(d.path(), false, &at(None)) {
+            Ok(p) => assert!(p == Precision::Bf16 && crate::runtime::openvino_available().is_ok()),
+            Err(e) => {
+                let e = e.to_string();
+                assert!(e.contains("started in bf16") && e.contains("--restart") && e.contains(SETTINGS), "{e}");
+            }
+        }
+        assert_eq!(precision(d.path(), false, &at(Some(Precision::F32))).unwrap(), Precision::F32);
+        assert_eq!(precision(d.path(), true, &at(None)).unwrap(), fresh);
+    }
 }

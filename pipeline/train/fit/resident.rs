@@ -38,33 +38,33 @@ pub struct Resident {
     n_slots: usize,
     cur: Vec<Tensor<f32>>,
     next: Vec<Tensor<f32>>,
-    /// The forward and backward pass on OpenVINO (`split`); `session` is then the update alone.
-    grads: Option<split::Gradients>,
+    /// Whether `session` is the update alone, the forward and backward pass running on OpenVINO
+    /// ([`split::Gradients`], kept by the trainer: compiled once for all its fits).
+    split: bool,
 }
 
 impl Resident {
     /// Compile `train` with `state`'s optimizer and `groups`, open it on `opts.device` and upload
-    /// `params` and the used slots of `state`.
+    /// `params` and the used slots of `state`. With `grads` (on OpenVINO) the session is the
+    /// update alone and each [`Resident::step`] takes the gradients from them.
     pub fn new(
-        train: &TrainGraph,
-        params: &[ArrayD<f32>],
+        (train, params): (&TrainGraph, &[ArrayD<f32>]),
         state: &State,
         groups: &Groups,
-        what: &Path,
-        opts: &SessionOptions,
+        (what, opts): (&Path, &SessionOptions),
+        grads: Option<&split::Gradients>,
     ) -> Result<Resident> {
         let opt: &Optimizer = &state.opt;
         // On OpenVINO (bf16) the gradients come from there and the update runs alone on the CPU
         // provider, so that weights and slots stay exact float32 (the master weights).
-        let (grads, model, update_opts) = if opts.device == Device::Openvino {
-            let g = split::Gradients::new(train, what, opts);
+        let (model, update_opts) = if grads.is_some() {
             let cpu = SessionOptions { device: Device::Cpu, threads: opts.threads, precision: None };
-            (Some(g), optim::update_graph(train, opt, groups), cpu)
+            (optim::update_graph(train, opt, groups), cpu)
         } else {
-            (None, lower(train, Some(Update { opt, groups }), opts.device), opts.clone())
+            (lower(train, Some(Update { opt, groups }), opts.device), opts.clone())
         };
         if let Some(path) = std::env::var_os(runtime::SAVE_GRAPH_ENV) {
-            let saved = grads.as_ref().map_or(&model, |g| g.model());
+            let saved = grads.map_or(&model, |g| g.model());
             std::fs::write(&path, crate::onnx::encode_model(saved)).at(&path)?;
         }
         let open = runtime::open_with(&crate::onnx::encode_model(&model), what, &update_opts, true)?;
@@ -113,16 +113,21 @@ impl Resident {
             n_slots,
             cur,
             next,
-            grads,
+            split: grads.is_some(),
         })
     }
 
     /// One update on a batch with learning rate `lr` (already [`Optimizer::step_lr`]) and weight
     /// decay `decay` (lr·wd; unused without decayed parameters); returns the batch loss and the
-    /// model's outputs.
-    pub fn step(&mut self, batch: Batch, lr: f32, decay: f32) -> Result<(f32, ArrayD<f32>)> {
+    /// model's outputs. `grads`: the gradients sessions this was made with (None otherwise).
+    pub fn step(
+        &mut self,
+        batch: Batch,
+        (lr, decay): (f32, f32),
+        grads: Option<&mut split::Gradients>,
+    ) -> Result<(f32, ArrayD<f32>)> {
         let b = &mut self.binding;
-        let computed = match &mut self.grads {
+        let computed = match grads.filter(|_| self.split) {
             Some(g) => {
                 let params = self.cur[..self.n_params].iter().map(Into::into).collect();
                 let (x, y, w) = (batch.x.view(), batch.y.view(), batch.weights.as_ref().map(|w| w.view()));
@@ -132,6 +137,7 @@ impl Resident {
                 }
                 Some((loss, probs))
             }
+            None if self.split => return Err(Error::Other("an update-only step needs its gradients".into())),
             None => {
                 bind_batch(b, batch, (&self.input, &self.masks))?;
                 // Rebound every step: ORT keeps what it allocated for a device-bound output, and

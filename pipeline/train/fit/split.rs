@@ -50,6 +50,11 @@ impl Gradients {
         }
     }
 
+    /// How many sessions are open: on OpenVINO one per batch size met, elsewhere at most one.
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
     /// The gradients graph as its sessions run it (the batch left symbolic).
     pub fn model(&self) -> &ModelProto {
         &self.model

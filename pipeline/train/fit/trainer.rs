@@ -26,7 +26,8 @@ pub struct Trainer {
     pub model: ModelProto,
     pub train: TrainGraph,
     pub(super) eval: TrainGraph,
-    /// Gradients-only sessions of `train`, opened on first use ([`Trainer::gradients`]).
+    /// Gradients-only sessions of `train`, opened on first use ([`Trainer::gradients`], and every
+    /// step on OpenVINO): kept across fits, so OpenVINO compiles each batch size once.
     grad_s: Option<Gradients>,
     pub(super) eval_s: ort::session::Session,
     pub params: Vec<ArrayD<f32>>,
@@ -118,6 +119,12 @@ impl Trainer {
         g.run((x, y.view(), None), masks, params)
     }
 
+    /// How many gradients sessions are open ([`Gradients::sessions`]): on OpenVINO one per batch
+    /// size any of this trainer's fits met, each compiled once.
+    pub fn gradient_sessions(&self) -> usize {
+        self.grad_s.as_ref().map_or(0, Gradients::sessions)
+    }
+
     /// Multiply each parameter's learning rate by `factor(name)` in later fits (e.g. a lower rate
     /// for a pretrained base than for its new head).
     pub fn scale_lr(&mut self, factor: &dyn Fn(&str) -> f32) {
@@ -127,7 +134,11 @@ impl Trainer {
     /// Move the host parameters and `state`'s slots to the device for [`Trainer::train_step`].
     pub fn start(&mut self, state: &State) -> Result<()> {
         self.resident = None;
-        let r = resident::Resident::new(&self.train, &self.params, state, &self.groups, &self.what, &self.opts)?;
+        let (train, what, opts) = (&self.train, &self.what, &self.opts);
+        // On OpenVINO the forward and backward pass runs there, the update alone on the CPU.
+        let grads = (opts.device == runtime::Device::Openvino)
+            .then(|| &*self.grad_s.get_or_insert_with(|| Gradients::new(train, what, opts)));
+        let r = resident::Resident::new((train, &self.params), state, &self.groups, (what, opts), grads)?;
         self.resident = Some(r);
         Ok(())
     }
@@ -147,7 +158,8 @@ impl Trainer {
 
     /// [`Trainer::train_step`] with sample weights and this step's weight decay `lr·wd`.
     pub fn step(&mut self, batch: Batch, lr: f32, decay: f32) -> Result<(f32, ArrayD<f32>)> {
-        self.resident.as_mut().ok_or_else(|| Error::Other("train_step before start".into()))?.step(batch, lr, decay)
+        let r = self.resident.as_mut().ok_or_else(|| Error::Other("train_step before start".into()))?;
+        r.step(batch, (lr, decay), self.grad_s.as_mut())
     }
 
     /// Copy the device parameters into `self.params` and the slots into `state`.
