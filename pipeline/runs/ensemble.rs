@@ -36,6 +36,22 @@ pub struct EnsembleRecord {
     pub tlearn_version: String,
 }
 
+impl EnsembleRecord {
+    /// The members as a person tells them apart: their run names, with the parent folder where
+    /// two share a name (`tv-a/tune`, `tv-b/tune`: the fine-tunes of two fits).
+    pub fn labels(&self) -> Vec<String> {
+        let shared = |name: &str| self.members.iter().filter(|m| m.name == name).count() > 1;
+        let parent = |m: &Member| m.dir.parent().and_then(|p| p.file_name()).map(|p| p.to_string_lossy().into_owned());
+        self.members
+            .iter()
+            .map(|m| match parent(m).filter(|_| shared(&m.name)) {
+                Some(p) => format!("{p}/{}", m.name),
+                None => m.name.clone(),
+            })
+            .collect()
+    }
+}
+
 impl Member {
     /// Where the member's folder is, for an ensemble in `ensemble_dir`.
     pub fn resolve(&self, ensemble_dir: &Path) -> PathBuf {
@@ -162,5 +178,25 @@ mod tests {
             super::super::fuse::deployable(&net([0.0; 3]), 32, 3, 1.0, Interpolation::Nearest, &three, &[]).unwrap();
         let err = fuse_mean(&[(&big, Path::new("big")), (&other, Path::new("other"))]).unwrap_err().to_string();
         assert!(err.contains("other") && err.contains("a, b, c differ") && err.contains("same order"), "{err}");
+    }
+
+    #[test]
+    fn members_sharing_a_name_are_told_apart_by_their_folder() {
+        let m = |dir: &str| Member {
+            name: Path::new(dir).file_name().unwrap().to_string_lossy().into_owned(),
+            dir: dir.into(),
+            size: 300,
+            model_sha256: String::new(),
+        };
+        let e = |members| EnsembleRecord {
+            members,
+            classes: vec![],
+            size: 300,
+            model_sha256: String::new(),
+            tlearn_version: String::new(),
+        };
+        let two = e(vec![m("/r/fit-a/tune"), m("/r/fit-b/tune"), m("lite1")]);
+        assert_eq!(two.labels(), ["fit-a/tune", "fit-b/tune", "lite1"]);
+        assert_eq!(e(vec![m("/r/fit-a/tune"), m("lite1")]).labels(), ["tune", "lite1"]);
     }
 }

@@ -60,8 +60,8 @@ fn predict_ensemble(
 ) -> Result<Predictions> {
     let members = open_members(e, dir)?;
     let mut each = Vec::with_capacity(members.len());
-    for m in &members {
-        sink.note(&format!("member {}: predicting {split}", m.name));
+    for (m, label) in members.iter().zip(e.labels()) {
+        sink.note(&format!("member {label}: predicting {split}"));
         each.push(m.predict(split, source, opts, sink)?);
     }
     mean_predictions(&each, &e.members, dir)

@@ -187,7 +187,7 @@ impl Run {
                 format!("{} fine-tuned, epoch {best}", f.config.model.display())
             }
             Record::Ensemble(e) => {
-                let names: Vec<&str> = e.members.iter().map(|m| m.name.as_str()).collect();
+                let names = e.labels();
                 format!("the mean of {} runs: {}", names.len(), names.join(", "))
             }
         }
