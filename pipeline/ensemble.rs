@@ -61,7 +61,13 @@ pub fn make(job: &EnsembleJob, sink: &dyn Sink) -> Result<EnsembleRecord> {
         "ensemble → {} ({:.1} MB): the mean of {} at {} px",
         out.display(),
         bytes.len() as f64 / 1e6,
-        record.members.iter().map(|m| format!("{} ({} px)", m.name, m.size)).collect::<Vec<_>>().join(", "),
+        record
+            .members
+            .iter()
+            .zip(record.labels())
+            .map(|(m, l)| format!("{l} ({} px)", m.size))
+            .collect::<Vec<_>>()
+            .join(", "),
         record.size
     ));
     Ok(record)
