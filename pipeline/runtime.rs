@@ -267,6 +267,13 @@ impl SessionOptions {
     }
 }
 
+/// Why bf16 training cannot run: a refusal with what to do instead when bf16 was asked for, or
+/// the plugin's own error (which says how to set it up).
+enum NoBf16 {
+    Refused(&'static str, &'static str),
+    Plugin(Error),
+}
+
 /// `--precision`: a [`Precision`], or `auto` (None where options hold it): OpenVINO's default
 /// for inference; for training, bf16 where the CPU has AMX and the OpenVINO plugin is set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -310,17 +317,14 @@ impl SessionOptions {
     /// AMX, whose bf16 tiles make it pay, and the plugin is set up; on CUDA training is f32.
     pub fn training_precision(&self) -> Result<Precision> {
         let cuda = self.device.expected() == Device::Cuda;
-        let refuse = |reason: &str| Error::Param { name: "precision", value: "bf16".into(), reason: reason.into() };
         match self.precision {
-            Some(Precision::Bf16) if cuda => Err(refuse(
-                "bf16 training runs on OpenVINO's CPU plugin, and CUDA trains in f32: add --device cpu, or drop \
-                 --precision bf16",
-            )),
-            Some(Precision::Bf16) if !cpu_has(&["avx512_bf16", "amx_bf16"]) => Err(refuse(
-                "this CPU has no bf16 instructions (avx512_bf16 or amx_bf16 in /proc/cpuinfo), so OpenVINO would \
-                 compute in f32: use --precision f32",
-            )),
-            Some(Precision::Bf16) => openvino_available().map(|()| Precision::Bf16),
+            Some(Precision::Bf16) => match self.bf16_obstacle() {
+                None => Ok(Precision::Bf16),
+                Some(NoBf16::Refused(why, instead)) => {
+                    Err(Error::Param { name: "precision", value: "bf16".into(), reason: format!("{why}: {instead}") })
+                }
+                Some(NoBf16::Plugin(e)) => Err(e),
+            },
             Some(p) => Ok(p),
             None if self.device == Device::Openvino => Ok(Precision::openvino_default()),
             None if !cuda && cpu_has(&["amx_bf16"]) && openvino_available().is_ok() => Ok(Precision::Bf16),
@@ -328,21 +332,47 @@ impl SessionOptions {
         }
     }
 
+    /// What keeps bf16 training from running with these options; None where it can.
+    fn bf16_obstacle(&self) -> Option<NoBf16> {
+        if self.device.expected() == Device::Cuda {
+            return Some(NoBf16::Refused(
+                "bf16 training runs on OpenVINO's CPU plugin, and CUDA trains in f32",
+                "add --device cpu, or drop --precision bf16",
+            ));
+        }
+        if !cpu_has(&["avx512_bf16", "amx_bf16"]) {
+            return Some(NoBf16::Refused(
+                "this CPU has no bf16 instructions (avx512_bf16 or amx_bf16 in /proc/cpuinfo), so OpenVINO would \
+                 compute in f32",
+                "use --precision f32",
+            ));
+        }
+        openvino_available().err().map(NoBf16::Plugin)
+    }
+
     /// [`SessionOptions::training_precision`] for a run that continues an earlier start which
-    /// recorded `recorded` in `record`: `auto` keeps what that start resolved (auto depends on the
-    /// machine: AMX, the plugin), so the same command continues the run wherever that precision
-    /// can run; a precision given is taken as asked (the continuation then compares it).
+    /// recorded `recorded` in `record`: `auto` keeps what that start trained in (auto depends on
+    /// the machine: AMX, the plugin), so the same command continues the run wherever that
+    /// precision can run; a precision given is taken as asked (the continuation then compares it).
     pub fn continuing_precision(&self, recorded: Option<Precision>, record: &Path) -> Result<Precision> {
-        let Some(p) = recorded.filter(|_| self.precision.is_none()) else { return self.training_precision() };
-        let given = SessionOptions { precision: Some(p), ..self.clone() };
-        given.training_precision().map_err(|e| Error::BadData {
-            path: record.into(),
-            reason: format!(
-                "this run was started in {} (`--precision auto` chose it there) and cannot continue so here: {e}; \
-                 continue it where it started, or add --restart to start over",
-                p.hint()
-            ),
-        })
+        match (self.precision, recorded) {
+            (None, Some(Precision::F32)) => Ok(Precision::F32),
+            (None, Some(Precision::Bf16)) => {
+                let why = match self.bf16_obstacle() {
+                    None => return Ok(Precision::Bf16),
+                    Some(NoBf16::Refused(why, _)) => why.to_string(),
+                    Some(NoBf16::Plugin(e)) => e.to_string(),
+                };
+                Err(Error::BadData {
+                    path: record.into(),
+                    reason: format!(
+                        "this run was started in bf16, and bf16 training cannot run here: {why}; continue it where \
+                         it can, or add --restart to start it over"
+                    ),
+                })
+            }
+            _ => self.training_precision(),
+        }
     }
 
     /// The options of a training step's session at `precision`: OpenVINO's CPU plugin for bf16

@@ -137,7 +137,8 @@ fn run(a: Args) -> Result<()> {
         seed: a.seed,
         head_epochs: a.head_epochs,
         budget: a.budget,
-        precision: tlearn::fit::precision(&a.runs.join(&a.run), a.restart, &a.ort.training())?,
+        precision: tlearn::fit::precision(&a.runs.join(&a.run), a.restart, &a.ort.training())
+            .with_context(|| format!("fitting {}", a.data.display()))?,
     }
     .check()?;
     let job = tlearn::fit::FitJob {

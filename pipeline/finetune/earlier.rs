@@ -2,7 +2,7 @@
 //! same command must make as that start made them: `--lr auto`'s rate and `--precision auto`'s
 //! precision both depend on more than the command (a sweep's noise, the machine's CPU).
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::runs::finetune::FinetuneConfig;
 use crate::runtime::Precision;
 use crate::train::checkpoint::{self, Resume, CHECKPOINT};
@@ -29,10 +29,18 @@ pub(super) fn recorded(cfg: &FinetuneConfig) -> Result<Option<(PathBuf, serde_js
 ///
 /// [`SessionOptions::continuing_precision`]: crate::runtime::SessionOptions::continuing_precision
 pub fn continuing(cfg: FinetuneConfig) -> Result<FinetuneConfig> {
+    if cfg.session.precision.is_some() {
+        return Ok(cfg);
+    }
     let Some((path, saved)) = recorded(&cfg)? else { return Ok(cfg) };
     // Records leave f32, the default, out.
-    let was = saved.get("precision").cloned().map(serde_json::from_value::<Precision>);
-    let was = was.and_then(|p| p.ok()).unwrap_or_default();
+    let was = match saved.get("precision") {
+        None => Precision::F32,
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| Error::BadModel {
+            path: path.clone(),
+            reason: format!("its recorded precision ({v}) does not parse: {e}; add --restart to start over"),
+        })?,
+    };
     let precision = cfg.session.continuing_precision(Some(was), &path)?;
     Ok(FinetuneConfig { precision, ..cfg })
 }

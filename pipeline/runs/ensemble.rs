@@ -38,15 +38,24 @@ pub struct EnsembleRecord {
 
 impl EnsembleRecord {
     /// The members as a person tells them apart: their run names, with the parent folder where
-    /// two share a name (`tv-a/tune`, `tv-b/tune`: the fine-tunes of two fits).
+    /// two share a name (`tv-a/tune`, `tv-b/tune`: the fine-tunes of two fits), and the whole
+    /// recorded folder where those are shared too.
     pub fn labels(&self) -> Vec<String> {
-        let shared = |name: &str| self.members.iter().filter(|m| m.name == name).count() > 1;
         let parent = |m: &Member| m.dir.parent().and_then(|p| p.file_name()).map(|p| p.to_string_lossy().into_owned());
+        let with_parent = |m: &Member| match parent(m) {
+            Some(p) => format!("{p}/{}", m.name),
+            None => m.name.clone(),
+        };
+        let shared = |label: &dyn Fn(&Member) -> String, m: &Member| {
+            self.members.iter().filter(|o| label(o) == label(m)).count() > 1
+        };
+        let name = |m: &Member| m.name.clone();
         self.members
             .iter()
-            .map(|m| match parent(m).filter(|_| shared(&m.name)) {
-                Some(p) => format!("{p}/{}", m.name),
-                None => m.name.clone(),
+            .map(|m| match (shared(&name, m), shared(&with_parent, m)) {
+                (false, _) => m.name.clone(),
+                (true, false) => with_parent(m),
+                (true, true) => m.dir.display().to_string(),
             })
             .collect()
     }
@@ -198,5 +207,7 @@ mod tests {
         let two = e(vec![m("/r/fit-a/tune"), m("/r/fit-b/tune"), m("lite1")]);
         assert_eq!(two.labels(), ["fit-a/tune", "fit-b/tune", "lite1"]);
         assert_eq!(e(vec![m("/r/fit-a/tune"), m("lite1")]).labels(), ["tune", "lite1"]);
+        let deeper = e(vec![m("/a/fit/tune"), m("/b/fit/tune"), m("/b/other/tune")]);
+        assert_eq!(deeper.labels(), ["/a/fit/tune", "/b/fit/tune", "other/tune"]);
     }
 }

@@ -1,7 +1,7 @@
 //! What a run predicts on a split, whatever its kind: a head on cached features, a fine-tune's
 //! best epoch on images, an ensemble's members each as they predict, averaged.
 
-use super::ensemble::{EnsembleRecord, Member};
+use super::ensemble::EnsembleRecord;
 use super::record::Record;
 use super::run::{PredictOptions, Predictions, Run};
 use super::{finetune, head, FinetuneConfig};
@@ -59,12 +59,13 @@ fn predict_ensemble(
     sink: &dyn Sink,
 ) -> Result<Predictions> {
     let members = open_members(e, dir)?;
+    let labels = e.labels();
     let mut each = Vec::with_capacity(members.len());
-    for (m, label) in members.iter().zip(e.labels()) {
+    for (m, label) in members.iter().zip(&labels) {
         sink.note(&format!("member {label}: predicting {split}"));
         each.push(m.predict(split, source, opts, sink)?);
     }
-    mean_predictions(&each, &e.members, dir)
+    mean_predictions(&each, &labels, dir)
 }
 
 /// The members of the ensemble in `ensemble_dir` opened, each checked to hold the deployable model
@@ -72,7 +73,8 @@ fn predict_ensemble(
 fn open_members(e: &EnsembleRecord, ensemble_dir: &Path) -> Result<Vec<Run>> {
     e.members
         .iter()
-        .map(|m| {
+        .zip(e.labels())
+        .map(|(m, label)| {
             let run = Run::open(&m.resolve(ensemble_dir))?;
             let model = run.dir.join(super::MODEL);
             super::check_current(&model)?;
@@ -83,9 +85,8 @@ fn open_members(e: &EnsembleRecord, ensemble_dir: &Path) -> Result<Vec<Run>> {
                 return Err(Error::BadData {
                     path: model,
                     reason: format!(
-                        "member `{}` changed since the ensemble {} was made (its deployable model is another); \
+                        "member `{label}` changed since the ensemble {} was made (its deployable model is another); \
                              make the ensemble again with `tlearn ensemble`",
-                        m.name,
                         ensemble_dir.display()
                     ),
                 });
@@ -97,7 +98,7 @@ fn open_members(e: &EnsembleRecord, ensemble_dir: &Path) -> Result<Vec<Run>> {
 
 /// The mean of `each` member's predictions, in the first member's row order; every member must
 /// have predicted the same images with the same true classes.
-fn mean_predictions(each: &[Predictions], members: &[Member], dir: &Path) -> Result<Predictions> {
+fn mean_predictions(each: &[Predictions], members: &[String], dir: &Path) -> Result<Predictions> {
     let first = &each[0];
     let mut probs = first.probs.clone();
     for (p, m) in each.iter().zip(members).skip(1) {
@@ -107,10 +108,9 @@ fn mean_predictions(each: &[Predictions], members: &[Member], dir: &Path) -> Res
             return Err(Error::BadData {
                 path: dir.into(),
                 reason: format!(
-                    "member `{}` predicted other images than `{}` ({} vs {}{}): evaluate an ensemble on data \
+                    "member `{m}` predicted other images than `{}` ({} vs {}{}): evaluate an ensemble on data \
                      every member reads the same way (give --data DIR)",
-                    m.name,
-                    members[0].name,
+                    members[0],
                     p.files.len(),
                     first.files.len(),
                     missing.map(|f| format!("; e.g. not {f}")).unwrap_or_default()

@@ -50,6 +50,11 @@ impl Gradients {
         }
     }
 
+    /// Whether these are the gradients of `train` (its input, output and parameters).
+    pub fn serves(&self, train: &TrainGraph) -> bool {
+        self.input == train.input && self.output == train.output && self.params == train.params
+    }
+
     /// How many sessions are open: on OpenVINO one per batch size met, elsewhere at most one.
     pub fn sessions(&self) -> usize {
         self.sessions.len()

@@ -27,7 +27,7 @@ pub struct Trainer {
     pub train: TrainGraph,
     pub(super) eval: TrainGraph,
     /// Gradients-only sessions of `train`, opened on first use ([`Trainer::gradients`], and every
-    /// step on OpenVINO): kept across fits, so OpenVINO compiles each batch size once.
+    /// step on OpenVINO): one set for all this trainer's fits, each batch size compiled once.
     grad_s: Option<Gradients>,
     pub(super) eval_s: ort::session::Session,
     pub params: Vec<ArrayD<f32>>,
@@ -113,10 +113,20 @@ impl Trainer {
         y: &ArrayD<f32>,
         masks: &[ArrayD<f32>],
     ) -> Result<Outputs> {
-        let (train, what, opts) = (&self.train, &self.what, &self.opts);
-        let g = self.grad_s.get_or_insert_with(|| Gradients::new(train, what, opts));
+        self.gradient_graph();
+        let g = self.grad_s.as_mut().expect("made above");
         let params = self.params.iter().map(|a| runtime::view(a.view())).collect::<Result<Vec<_>>>()?;
         g.run((x, y.view(), None), masks, params)
+    }
+
+    /// Make the gradients sessions of `self.train` on first use, and again where the graph was
+    /// replaced since (another trainable set).
+    fn gradient_graph(&mut self) {
+        if self.grad_s.as_ref().is_some_and(|g| !g.serves(&self.train)) {
+            self.grad_s = None;
+        }
+        let (train, what, opts) = (&self.train, &self.what, &self.opts);
+        self.grad_s.get_or_insert_with(|| Gradients::new(train, what, opts));
     }
 
     /// How many gradients sessions are open ([`Gradients::sessions`]): on OpenVINO one per batch
@@ -134,10 +144,13 @@ impl Trainer {
     /// Move the host parameters and `state`'s slots to the device for [`Trainer::train_step`].
     pub fn start(&mut self, state: &State) -> Result<()> {
         self.resident = None;
-        let (train, what, opts) = (&self.train, &self.what, &self.opts);
         // On OpenVINO the forward and backward pass runs there, the update alone on the CPU.
-        let grads = (opts.device == runtime::Device::Openvino)
-            .then(|| &*self.grad_s.get_or_insert_with(|| Gradients::new(train, what, opts)));
+        let split = self.opts.device == runtime::Device::Openvino;
+        if split {
+            self.gradient_graph();
+        }
+        let (train, what, opts) = (&self.train, &self.what, &self.opts);
+        let grads = self.grad_s.as_ref().filter(|_| split);
         let r = resident::Resident::new((train, &self.params), state, &self.groups, (what, opts), grads)?;
         self.resident = Some(r);
         Ok(())
