@@ -36,6 +36,14 @@ pub fn load_model(path: &Path) -> Result<ModelProto> {
     decode_model(&bytes, path)
 }
 
+/// The metadata of the model at `path` (`metadata_props`), its graph skipped.
+pub fn load_metadata(path: &Path) -> Result<Vec<proto::StringStringEntryProto>> {
+    let bytes = std::fs::read(path).at(path)?;
+    let m = proto::ModelMetadata::decode(bytes.as_slice())
+        .map_err(|e| Error::BadModel { path: path.into(), reason: e.to_string() })?;
+    Ok(m.metadata_props)
+}
+
 /// The model's bytes, every node named and no name repeated ([`name_nodes`]): onnxruntime
 /// refuses two nodes of one name, and a graph made of graphs whose nodes have no names (valid
 /// ONNX, common in Caffe2 and older exports) would otherwise hold many.
@@ -388,4 +396,26 @@ pub fn integer_tensors(g: &GraphProto) -> std::collections::HashSet<String> {
         }
     }
     ints
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metadata_alone_reads_as_the_whole_model_has_it() {
+        let mut b = GraphBuilder::new("meta");
+        b.input("x", &[Dim::Fixed(1), Dim::Fixed(4)]);
+        let w = b.init_f32("w", &ndarray::ArrayD::from_elem(ndarray::IxDyn(&[4, 4]), 0.5));
+        b.node("MatMul", &["x", &w], &["y"], vec![]);
+        b.output("y", &[Dim::Fixed(1), Dim::Fixed(4)]);
+        let mut m = model(b.finish(), "test");
+        let entry = |k: &str, v: &str| proto::StringStringEntryProto { key: k.into(), value: v.into() };
+        m.metadata_props = vec![entry("a", "1"), entry("state", "{\"epoch\": 3}")];
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("m.onnx");
+        std::fs::write(&path, encode_model(&m)).unwrap();
+        assert_eq!(load_metadata(&path).unwrap(), load_model(&path).unwrap().metadata_props);
+        assert_eq!(load_metadata(&path).unwrap(), m.metadata_props);
+    }
 }

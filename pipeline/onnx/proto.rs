@@ -38,6 +38,14 @@ pub struct OperatorSetIdProto {
     pub version: i64,
 }
 
+/// A `ModelProto` read for its metadata alone: decoding skips the graph, so a large model's
+/// recorded state reads without its tensors being materialised.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ModelMetadata {
+    #[prost(message, repeated, tag = "14")]
+    pub metadata_props: Vec<StringStringEntryProto>,
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct StringStringEntryProto {
     #[prost(string, tag = "1")]

@@ -12,7 +12,7 @@ use super::trainer::Trainer;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::history::Epoch;
-use crate::onnx::{self, proto::ModelProto};
+use crate::onnx::{self, proto::ModelProto, proto::StringStringEntryProto};
 use crate::train::compile::update::{self as optim, Optimizer};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -179,13 +179,13 @@ pub fn saved_config(path: &Path) -> Result<Option<serde_json::Value>> {
     if !path.exists() {
         return Ok(None);
     }
-    Ok(Some(read_saved(path, &onnx::load_model(path)?)?.config))
+    // The metadata alone: a rerun reads this before restoring (`--lr auto`, `--precision auto`).
+    Ok(Some(read_saved(path, &onnx::load_metadata(path)?)?.config))
 }
 
-fn read_saved(path: &Path, m: &ModelProto) -> Result<Saved> {
+fn read_saved(path: &Path, metadata: &[StringStringEntryProto]) -> Result<Saved> {
     let bad = |reason: String| Error::BadModel { path: path.into(), reason };
-    let text = m
-        .metadata_props
+    let text = metadata
         .iter()
         .find(|p| p.key == STATE_KEY)
         .ok_or_else(|| bad("no tlearn fit state in its metadata".into()))?;
@@ -208,7 +208,7 @@ pub fn restore(
     }
     let bad = |reason: String| Error::BadModel { path: path.into(), reason };
     let m = onnx::load_model(path)?;
-    let saved = read_saved(path, &m)?;
+    let saved = read_saved(path, &m.metadata_props)?;
     if saved.frozen_sha256.as_ref().is_some_and(|s| s != frozen) {
         // The source model's frozen tensors changed since: as other settings would.
         let tagged = |v: &serde_json::Value, sha: &str| {
