@@ -335,8 +335,13 @@ impl<'g> Consumers<'g> {
     /// The index of the node that reads `t` when it is `t`'s only reader and an `op` node, and `t`
     /// is not a graph output (so a rewrite may drop `t`).
     pub fn only(&self, t: &str, op: &str) -> Option<usize> {
+        self.sole(t).filter(|&j| self.g.node[j].op_type == op)
+    }
+
+    /// The index of `t`'s only reader, when `t` is not a graph output.
+    pub fn sole(&self, t: &str) -> Option<usize> {
         match self.readers.get(t).map(Vec::as_slice) {
-            Some(&[j]) if self.g.node[j].op_type == op && !self.outputs.contains(t) => Some(j),
+            Some(&[j]) if !self.outputs.contains(t) => Some(j),
             _ => None,
         }
     }

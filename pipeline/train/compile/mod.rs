@@ -3,7 +3,7 @@
 //! parameter, so that a stock onnxruntime `InferenceSession` trains it. It opens no session but
 //! the shape probe, and knows no fit, file or device buffer.
 //!
-//! The passes, in order: [`prepare`] (node names, attribute forms) → [`poolconv`] (train mode:
+//! The passes, in order: [`prepare`] (node names, attribute forms, [`input_layout`]) → [`poolconv`] (train mode:
 //! the first Conv→Relu→MaxPool block without pool indices) → the forward and loss
 //! ([`forward`]) → reverse-mode differentiation ([`backward`]: one rule per op in the registry
 //! [`rules`], the [`relupool`] fusion marking what the walk sees) → at [`lower()`]: the optimizer's
@@ -18,6 +18,7 @@ pub mod backward;
 pub mod ctx;
 pub mod forward;
 pub mod graph;
+pub mod input_layout;
 pub mod lower;
 pub mod nchwc;
 pub mod poolconv;

@@ -1,0 +1,228 @@
+//! Pass: a model's input normalisation moved after its layout Transpose. A deployable model
+//! scales and normalises its (N, H, W, 3) images by constants per channel (Mul, Sub, Div; a
+//! Gather for BGR order) and its backbone then transposes them to (N, 3, H, W). onnxruntime
+//! broadcasts a constant over a last axis of 3 element by element: 29 ms for a batch of 16 at
+//! 300×300, against 3 ms for the Transpose first and the same ops after it with (1, 3, 1, 1)
+//! constants (2 threads). Elementwise ops and a channel Gather commute with the transpose, so
+//! every value is the same to the bit.
+
+use crate::onnx::builder::attribute;
+use crate::onnx::proto::{GraphProto, NodeProto, TensorProto};
+use crate::onnx::{self, builder::A};
+use std::collections::HashSet;
+
+const NHWC_TO_NCHW: [i64; 4] = [0, 3, 1, 2];
+
+/// Where the pass applies: the nodes from the image input to the Transpose, in order.
+struct Chain {
+    input: String,
+    nodes: Vec<usize>,
+    transpose: usize,
+    channels: usize,
+}
+
+/// Whether [`rewrite`] would change `g`.
+pub fn applies(g: &GraphProto) -> bool {
+    find(g).is_some()
+}
+
+/// Move the chain of per-channel ops between `g`'s image input and an NHWC→NCHW Transpose after
+/// that Transpose; returns whether `g` had such a chain.
+pub fn rewrite(g: &mut GraphProto) -> bool {
+    let Some(chain) = find(g) else { return false };
+    let (input, t) = (chain.input.clone(), &g.node[chain.transpose]);
+    let mut moved = vec![NodeProto {
+        name: t.name.clone(),
+        op_type: "Transpose".into(),
+        input: vec![input.clone()],
+        output: vec![format!("{input}/nchw")],
+        attribute: t.attribute.clone(),
+        ..Default::default()
+    }];
+    let out = t.output[0].clone();
+    let mut x = moved[0].output[0].clone();
+    let mut inits = vec![];
+    for (k, &j) in chain.nodes.iter().enumerate() {
+        let mut n = g.node[j].clone();
+        let from = n.output[0].clone();
+        n.output[0] = if k + 1 == chain.nodes.len() { out.clone() } else { format!("{from}/nchw") };
+        for i in n.input.iter_mut() {
+            if is_constant(g, i) {
+                if let Some(c) = per_channel(g, i, chain.channels).map(|c| as_nchw(c, chain.channels)) {
+                    *i = c.name.clone();
+                    inits.push(c);
+                }
+            } else {
+                *i = x.clone();
+            }
+        }
+        if n.op_type == "Gather" {
+            n.attribute.retain(|a| a.name != "axis");
+            n.attribute.push(attribute("axis", A::I(1)));
+        }
+        x = n.output[0].clone();
+        moved.push(n);
+    }
+    let gone: HashSet<usize> = chain.nodes.iter().copied().chain([chain.transpose]).collect();
+    let first = chain.nodes[0];
+    let mut nodes = Vec::with_capacity(g.node.len() + 1);
+    for (i, n) in std::mem::take(&mut g.node).into_iter().enumerate() {
+        if i == first {
+            nodes.append(&mut moved);
+        }
+        if !gone.contains(&i) {
+            nodes.push(n);
+        }
+    }
+    g.node = nodes;
+    g.initializer.extend(inits);
+    let used: HashSet<String> = g.node.iter().flat_map(|n| n.input.iter().cloned()).collect();
+    g.initializer.retain(|t| used.contains(&t.name));
+    true
+}
+
+/// The chain from the single image input (rank 4, its last axis fixed) to a Transpose with perm
+/// (0, 3, 1, 2), each tensor on it read by the next node alone.
+fn find(g: &GraphProto) -> Option<Chain> {
+    let inputs = onnx::real_inputs(g);
+    let [input] = inputs.as_slice() else { return None };
+    let dims = onnx::vi_shape(input).1;
+    let channels = match dims.as_slice() {
+        [_, _, _, Some(c)] if *c > 1 => *c as usize,
+        _ => return None,
+    };
+    let consumers = onnx::Consumers::of(g);
+    let (mut t, mut nodes) = (input.name.clone(), vec![]);
+    loop {
+        let j = consumers.sole(&t)?;
+        let n = &g.node[j];
+        if n.op_type == "Transpose" {
+            let perm = onnx::attr_ints(n, "perm")?;
+            return (perm == NHWC_TO_NCHW && !nodes.is_empty()).then_some(Chain {
+                input: input.name.clone(),
+                nodes,
+                transpose: j,
+                channels,
+            });
+        }
+        if !movable(g, n, &t, channels) {
+            return None;
+        }
+        nodes.push(j);
+        t = n.output[0].clone();
+    }
+}
+
+/// Whether `n` (reading the chain's tensor `t`) gives the same values before or after the
+/// transpose: an elementwise op with a constant that is one number or one per channel, or a
+/// Gather of constant indices along the channel axis.
+fn movable(g: &GraphProto, n: &NodeProto, t: &str, channels: usize) -> bool {
+    if n.output.len() != 1 {
+        return false;
+    }
+    match n.op_type.as_str() {
+        "Mul" | "Add" | "Sub" | "Div" => {
+            let [a, b] = n.input.as_slice() else { return false };
+            let other = if a == t { b } else { a };
+            (a == t) != (b == t)
+                && onnx::constant(g, other).is_some_and(|c| {
+                    c.dims.len() <= 4 && (onnx::numel(c) == 1 || per_channel(g, other, channels).is_some())
+                })
+        }
+        "Gather" => {
+            let axis = onnx::attr_i(n, "axis", 0);
+            n.input.first().is_some_and(|i| i == t)
+                && (axis == 3 || axis == -1)
+                && n.input.get(1).and_then(|i| onnx::constant(g, i)).is_some_and(|c| c.dims.len() == 1)
+        }
+        _ => false,
+    }
+}
+
+fn is_constant(g: &GraphProto, t: &str) -> bool {
+    onnx::constant(g, t).is_some()
+}
+
+/// The float constant `name` when it holds one value per channel along the last axis (shape
+/// (C) or (1, …, 1, C)).
+fn per_channel<'g>(g: &'g GraphProto, name: &str, channels: usize) -> Option<&'g TensorProto> {
+    let c = onnx::constant(g, name)?;
+    let (last, rest) = c.dims.split_last()?;
+    (*last as usize == channels && rest.iter().all(|&d| d == 1) && onnx::tensor_to_f32(c).is_ok()).then_some(c)
+}
+
+/// `c` (C values) as a (1, C, 1, 1) initializer beside it.
+fn as_nchw(c: &TensorProto, channels: usize) -> TensorProto {
+    let a = onnx::tensor_to_f32(c).expect("checked by per_channel");
+    let a = a.into_shape_with_order(ndarray::IxDyn(&[1, channels, 1, 1])).expect("C values");
+    onnx::tensor_f32(&format!("{}/nchw", c.name), &a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::{Dim, GraphBuilder};
+    use ndarray::{ArrayD, IxDyn};
+    use std::path::Path;
+
+    /// An image normaliser as `fuse` writes one (BGR, scale, mean, std) before a backbone's
+    /// Transpose, then a Conv reading the transposed image.
+    fn model(bgr: bool) -> crate::onnx::proto::ModelProto {
+        let mut b = GraphBuilder::new("t");
+        b.input("image", &[Dim::named("N"), Dim::Fixed(5), Dim::Fixed(4), Dim::Fixed(3)]);
+        let mut x = "image".to_string();
+        if bgr {
+            let idx = b.const_i64("bgr", &[2, 1, 0]);
+            x = b.op("Gather", &[&x, &idx], vec![("axis", A::I(3))]);
+        }
+        let s = b.const_f32("scale", 1.0 / 255.0);
+        x = b.op("Mul", &[&x, &s], vec![]);
+        let m = b.const_vec_f32("mean", &[0.485, 0.456, 0.406]);
+        x = b.op("Sub", &[&x, &m], vec![]);
+        let sd = b.init_f32("std", &ArrayD::from_shape_vec(IxDyn(&[1, 1, 1, 3]), vec![0.229, 0.224, 0.225]).unwrap());
+        x = b.op("Div", &[&x, &sd], vec![]);
+        let t = b.op("Transpose", &[&x], vec![("perm", A::Ints(vec![0, 3, 1, 2]))]);
+        let w = b.init_f32("w", &ArrayD::from_shape_fn(IxDyn(&[2, 3, 1, 1]), |i| (i[0] + 2 * i[1]) as f32 * 0.1));
+        b.node("Conv", &[&t, &w], &["y"], vec![]);
+        b.output("y", &[Dim::named("N"), Dim::Fixed(2), Dim::Fixed(5), Dim::Fixed(4)]);
+        onnx::model(b.finish(), "test")
+    }
+
+    fn run(m: &crate::onnx::proto::ModelProto, x: &ArrayD<f32>) -> ArrayD<f32> {
+        let opts = crate::runtime::SessionOptions { device: crate::runtime::Device::Cpu, threads: 1, precision: None };
+        let mut s = crate::runtime::open(&onnx::encode_model(m), Path::new("t.onnx"), &opts).unwrap().session;
+        crate::runtime::run_f32(&mut s, vec![("image", x.view())], &["y"]).unwrap().remove(0)
+    }
+
+    #[test]
+    fn the_normalisation_runs_after_the_transpose_with_the_same_values() {
+        for bgr in [false, true] {
+            let before = model(bgr);
+            let mut after = before.clone();
+            assert!(rewrite(after.graph.as_mut().unwrap()));
+            let g = onnx::graph(&after);
+            assert_eq!(g.node[0].op_type, "Transpose");
+            assert_eq!(g.node[0].input, ["image"]);
+            for c in g.initializer.iter().filter(|c| c.data_type == onnx::proto::dtype::FLOAT && onnx::numel(c) == 3) {
+                assert_eq!(c.dims, [1, 3, 1, 1], "{}", c.name);
+            }
+            let x = ArrayD::from_shape_fn(IxDyn(&[2, 5, 4, 3]), |i| ((i[1] * 7 + i[2] * 3 + i[3] * 11) % 256) as f32);
+            assert_eq!(run(&before, &x), run(&after, &x), "bgr {bgr}");
+            assert!(!rewrite(after.graph.as_mut().unwrap()), "nothing left to move");
+        }
+    }
+
+    #[test]
+    fn a_tensor_read_twice_or_another_permutation_is_left_alone() {
+        let mut m = model(false);
+        let g = m.graph.as_mut().unwrap();
+        let t = g.node.iter_mut().find(|n| n.op_type == "Transpose").unwrap();
+        t.attribute = vec![attribute("perm", A::Ints(vec![0, 3, 2, 1]))];
+        assert!(!rewrite(g));
+        let mut m = model(false);
+        let g = m.graph.as_mut().unwrap();
+        let sub_out = g.node.iter().find(|n| n.op_type == "Sub").unwrap().output[0].clone();
+        g.output.push(onnx::value_info(&sub_out, 1, &[]));
+        assert!(!rewrite(g));
+    }
+}
