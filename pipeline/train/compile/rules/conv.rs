@@ -14,6 +14,7 @@ use crate::onnx::proto::dtype;
 use crate::onnx::proto::NodeProto;
 use crate::onnx::{attr, attr_i, attr_ints, value_info, Dim, GraphBuilder};
 use crate::train::compile::ctx::{unsupported, Ctx, Rule};
+use crate::train::compile::graph::BATCH;
 
 /// This family's entries in the registry (`rules::rule`).
 pub const RULES: &[(&str, Rule)] = &[("Conv", conv)];
@@ -91,7 +92,9 @@ fn conv(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
 }
 
 /// dX as ConvTranspose with the forward's geometry; output_padding gives back the rows and
-/// columns a stride dropped.
+/// columns a stride dropped. A strided depthwise one declares dX's dims in the graph's value_info:
+/// the NCHWc pass computes it by phases ([`nchwc`](crate::train::compile::nchwc)), which needs
+/// them.
 fn conv_input_grad(b: &mut GraphBuilder, r: &At, g: &ConvGeom) -> String {
     let k = [g.kh, g.kw];
     let opad: Vec<i64> = (0..2)
@@ -100,7 +103,7 @@ fn conv_input_grad(b: &mut GraphBuilder, r: &At, g: &ConvGeom) -> String {
             r.xs[2 + i] as i64 - (full - g.pads[i].0 - g.pads[i].1)
         })
         .collect();
-    b.op(
+    let dx = b.op(
         "ConvTranspose",
         &[r.dy, &r.n.input[1]],
         vec![
@@ -110,7 +113,13 @@ fn conv_input_grad(b: &mut GraphBuilder, r: &At, g: &ConvGeom) -> String {
             ("group", A::I(g.group as i64)),
             ("output_padding", A::Ints(opad)),
         ],
-    )
+    );
+    if g.group > 1 && g.s.iter().any(|&s| s > 1) {
+        let (c, h, w) = (r.xs[1] as i64, r.xs[2] as i64, r.xs[3] as i64);
+        let dims = [Dim::named(BATCH), Dim::Fixed(c), Dim::Fixed(h), Dim::Fixed(w)];
+        b.graph.value_info.push(value_info(&dx, dtype::FLOAT, &dims));
+    }
+    dx
 }
 
 /// The im2col columns of the forward's input: one grouped Conv with a constant one-hot kernel,
