@@ -7,7 +7,7 @@
 //! every value is the same to the bit.
 
 use crate::onnx::builder::attribute;
-use crate::onnx::proto::{GraphProto, NodeProto, TensorProto};
+use crate::onnx::proto::{dtype, GraphProto, NodeProto, TensorProto};
 use crate::onnx::{self, builder::A};
 use std::collections::HashSet;
 
@@ -41,16 +41,18 @@ pub fn rewrite(g: &mut GraphProto) -> bool {
     }];
     let out = t.output[0].clone();
     let mut x = moved[0].output[0].clone();
-    let mut inits = vec![];
+    let (mut inits, mut replaced) = (vec![], HashSet::new());
     for (k, &j) in chain.nodes.iter().enumerate() {
         let mut n = g.node[j].clone();
         let from = n.output[0].clone();
         n.output[0] = if k + 1 == chain.nodes.len() { out.clone() } else { format!("{from}/nchw") };
         for i in n.input.iter_mut() {
             if is_constant(g, i) {
-                if let Some(c) = per_channel(g, i, chain.channels).map(|c| as_nchw(c, chain.channels)) {
-                    *i = c.name.clone();
-                    inits.push(c);
+                if let Some(c) = per_channel(g, i, chain.channels).map(|c| as_nchw(c, i, chain.channels)) {
+                    replaced.insert(std::mem::replace(i, c.name.clone()));
+                    if !inits.iter().any(|t: &TensorProto| t.name == c.name) {
+                        inits.push(c);
+                    }
                 }
             } else {
                 *i = x.clone();
@@ -76,8 +78,12 @@ pub fn rewrite(g: &mut GraphProto) -> bool {
     }
     g.node = nodes;
     g.initializer.extend(inits);
-    let used: HashSet<String> = g.node.iter().flat_map(|n| n.input.iter().cloned()).collect();
-    g.initializer.retain(|t| used.contains(&t.name));
+    // The per-channel originals go where nothing reads them now.
+    let read: HashSet<&str> = g.node.iter().flat_map(|n| n.input.iter()).map(String::as_str).collect();
+    let outputs: HashSet<&str> = g.output.iter().map(|v| v.name.as_str()).collect();
+    let unread: HashSet<String> =
+        replaced.into_iter().filter(|t| !read.contains(t.as_str()) && !outputs.contains(t.as_str())).collect();
+    g.initializer.retain(|t| !unread.contains(&t.name));
     true
 }
 
@@ -125,6 +131,7 @@ fn movable(g: &GraphProto, n: &NodeProto, t: &str, channels: usize) -> bool {
             let [a, b] = n.input.as_slice() else { return false };
             let other = if a == t { b } else { a };
             (a == t) != (b == t)
+                && is_constant(g, other)
                 && onnx::constant(g, other).is_some_and(|c| {
                     c.dims.len() <= 4 && (onnx::numel(c) == 1 || per_channel(g, other, channels).is_some())
                 })
@@ -139,23 +146,25 @@ fn movable(g: &GraphProto, n: &NodeProto, t: &str, channels: usize) -> bool {
     }
 }
 
+/// Whether `t` is a constant no feed can replace (an initializer listed as a graph input, as
+/// older models list them all, is a default value).
 fn is_constant(g: &GraphProto, t: &str) -> bool {
-    onnx::constant(g, t).is_some()
+    onnx::constant(g, t).is_some() && !g.input.iter().any(|i| i.name == t)
 }
 
 /// The float constant `name` when it holds one value per channel along the last axis (shape
 /// (C) or (1, …, 1, C)).
 fn per_channel<'g>(g: &'g GraphProto, name: &str, channels: usize) -> Option<&'g TensorProto> {
-    let c = onnx::constant(g, name)?;
+    let c = onnx::constant(g, name).filter(|c| c.data_type == dtype::FLOAT)?;
     let (last, rest) = c.dims.split_last()?;
     (*last as usize == channels && rest.iter().all(|&d| d == 1) && onnx::tensor_to_f32(c).is_ok()).then_some(c)
 }
 
-/// `c` (C values) as a (1, C, 1, 1) initializer beside it.
-fn as_nchw(c: &TensorProto, channels: usize) -> TensorProto {
+/// The constant `name` (`c`: C values) as a (1, C, 1, 1) initializer beside it.
+fn as_nchw(c: &TensorProto, name: &str, channels: usize) -> TensorProto {
     let a = onnx::tensor_to_f32(c).expect("checked by per_channel");
     let a = a.into_shape_with_order(ndarray::IxDyn(&[1, channels, 1, 1])).expect("C values");
-    onnx::tensor_f32(&format!("{}/nchw", c.name), &a)
+    onnx::tensor_f32(&format!("{name}/nchw"), &a)
 }
 
 #[cfg(test)]
@@ -188,9 +197,12 @@ mod tests {
         onnx::model(b.finish(), "test")
     }
 
+    fn opts() -> crate::runtime::SessionOptions {
+        crate::runtime::SessionOptions { device: crate::runtime::Device::Cpu, threads: 1, precision: None }
+    }
+
     fn run(m: &crate::onnx::proto::ModelProto, x: &ArrayD<f32>) -> ArrayD<f32> {
-        let opts = crate::runtime::SessionOptions { device: crate::runtime::Device::Cpu, threads: 1, precision: None };
-        let mut s = crate::runtime::open(&onnx::encode_model(m), Path::new("t.onnx"), &opts).unwrap().session;
+        let mut s = crate::runtime::open(&onnx::encode_model(m), Path::new("t.onnx"), &opts()).unwrap().session;
         crate::runtime::run_f32(&mut s, vec![("image", x.view())], &["y"]).unwrap().remove(0)
     }
 
@@ -210,6 +222,43 @@ mod tests {
             assert_eq!(run(&before, &x), run(&after, &x), "bgr {bgr}");
             assert!(!rewrite(after.graph.as_mut().unwrap()), "nothing left to move");
         }
+    }
+
+    /// A mean held by a Constant node (its tensor unnamed) moves under a name of its own; an
+    /// initializer listed as a graph input (older models list them all: a feed may replace it)
+    /// is no constant, and its op stays where it is.
+    #[test]
+    fn constant_nodes_and_initializers_listed_as_inputs() {
+        let before = model(false);
+        let mut after = before.clone();
+        let g = after.graph.as_mut().unwrap();
+        let k = g.initializer.iter().position(|t| t.name.contains("mean")).unwrap();
+        let mut t = g.initializer.remove(k);
+        let name = std::mem::take(&mut t.name);
+        let value = crate::onnx::proto::AttributeProto {
+            name: "value".into(),
+            r#type: crate::onnx::proto::attr_type::TENSOR,
+            t: Some(t),
+            ..Default::default()
+        };
+        let constant = NodeProto {
+            op_type: "Constant".into(),
+            output: vec![name.clone()],
+            attribute: vec![value],
+            ..Default::default()
+        };
+        g.node.insert(0, constant);
+        let mut listed = g.clone();
+        assert!(rewrite(g));
+        assert!(g.initializer.iter().any(|t| t.name == format!("{name}/nchw")));
+        let x = ArrayD::from_shape_fn(IxDyn(&[1, 5, 4, 3]), |i| (i[1] * 5 + i[2] * 2 + i[3]) as f32);
+        assert_eq!(run(&after, &x), run(&before, &x));
+        listed.input.push(onnx::value_info(
+            "std",
+            dtype::FLOAT,
+            &[Dim::Fixed(1), Dim::Fixed(1), Dim::Fixed(1), Dim::Fixed(3)],
+        ));
+        assert!(!rewrite(&mut listed), "the Div by a replaceable std ends the chain before the Transpose");
     }
 
     #[test]
