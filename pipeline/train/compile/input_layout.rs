@@ -41,23 +41,22 @@ pub fn rewrite(g: &mut GraphProto) -> bool {
     }];
     let out = t.output[0].clone();
     let mut x = moved[0].output[0].clone();
-    let (mut inits, mut replaced) = (vec![], HashSet::new());
+    let (mut inits, mut replaced, mut prev) = (vec![], HashSet::new(), input.clone());
     for (k, &j) in chain.nodes.iter().enumerate() {
         let mut n = g.node[j].clone();
         let from = n.output[0].clone();
         n.output[0] = if k + 1 == chain.nodes.len() { out.clone() } else { format!("{from}/nchw") };
         for i in n.input.iter_mut() {
-            if is_constant(g, i) {
-                if let Some(c) = per_channel(g, i, chain.channels).map(|c| as_nchw(c, i, chain.channels)) {
-                    replaced.insert(std::mem::replace(i, c.name.clone()));
-                    if !inits.iter().any(|t: &TensorProto| t.name == c.name) {
-                        inits.push(c);
-                    }
+            if *i == prev {
+                i.clone_from(&x);
+            } else if let Some(c) = per_channel(g, i, chain.channels).map(|c| as_nchw(c, i, chain.channels)) {
+                replaced.insert(std::mem::replace(i, c.name.clone()));
+                if !inits.iter().any(|t: &TensorProto| t.name == c.name) {
+                    inits.push(c);
                 }
-            } else {
-                *i = x.clone();
             }
         }
+        prev = from;
         if n.op_type == "Gather" {
             n.attribute.retain(|a| a.name != "axis");
             n.attribute.push(attribute("axis", A::I(1)));
@@ -66,10 +65,10 @@ pub fn rewrite(g: &mut GraphProto) -> bool {
         moved.push(n);
     }
     let gone: HashSet<usize> = chain.nodes.iter().copied().chain([chain.transpose]).collect();
-    let first = chain.nodes[0];
+    // Where the Transpose was: every constant the chain reads is defined before it.
     let mut nodes = Vec::with_capacity(g.node.len() + 1);
     for (i, n) in std::mem::take(&mut g.node).into_iter().enumerate() {
-        if i == first {
+        if i == chain.transpose {
             nodes.append(&mut moved);
         }
         if !gone.contains(&i) {
@@ -138,9 +137,10 @@ fn movable(g: &GraphProto, n: &NodeProto, t: &str, channels: usize) -> bool {
         }
         "Gather" => {
             let axis = onnx::attr_i(n, "axis", 0);
+            let indices = n.input.get(1).filter(|i| is_constant(g, i) && i.as_str() != t);
             n.input.first().is_some_and(|i| i == t)
                 && (axis == 3 || axis == -1)
-                && n.input.get(1).and_then(|i| onnx::constant(g, i)).is_some_and(|c| c.dims.len() == 1)
+                && indices.and_then(|i| onnx::constant(g, i)).is_some_and(|c| c.dims.len() == 1)
         }
         _ => false,
     }
@@ -213,8 +213,9 @@ mod tests {
             let mut after = before.clone();
             assert!(rewrite(after.graph.as_mut().unwrap()));
             let g = onnx::graph(&after);
-            assert_eq!(g.node[0].op_type, "Transpose");
-            assert_eq!(g.node[0].input, ["image"]);
+            let t = g.node.iter().position(|n| n.op_type == "Transpose").unwrap();
+            assert_eq!(g.node[t].input, ["image"]);
+            assert_eq!(g.node.iter().filter(|n| n.input.iter().any(|i| i == "image")).count(), 1);
             for c in g.initializer.iter().filter(|c| c.data_type == onnx::proto::dtype::FLOAT && onnx::numel(c) == 3) {
                 assert_eq!(c.dims, [1, 3, 1, 1], "{}", c.name);
             }
@@ -259,6 +260,46 @@ mod tests {
             &[Dim::Fixed(1), Dim::Fixed(1), Dim::Fixed(1), Dim::Fixed(3)],
         ));
         assert!(!rewrite(&mut listed), "the Div by a replaceable std ends the chain before the Transpose");
+        let mut m = model(true);
+        let g = m.graph.as_mut().unwrap();
+        let idx = g.node.iter().find(|n| n.op_type == "Gather").unwrap().input[1].clone();
+        g.input.push(onnx::value_info(&idx, dtype::INT64, &[Dim::Fixed(3)]));
+        assert!(!rewrite(g), "a Gather of replaceable indices stays");
+    }
+
+    /// The moved nodes go where the Transpose was: a Constant the chain reads, defined after the
+    /// chain's first node (as exports put a Constant just before its use), is defined before them.
+    #[test]
+    fn the_moved_nodes_follow_the_constants_they_read() {
+        let before = model(false);
+        let mut after = before.clone();
+        let g = after.graph.as_mut().unwrap();
+        let k = g.initializer.iter().position(|t| t.name.contains("std")).unwrap();
+        let mut t = g.initializer.remove(k);
+        let name = std::mem::take(&mut t.name);
+        let value = crate::onnx::proto::AttributeProto {
+            name: "value".into(),
+            r#type: crate::onnx::proto::attr_type::TENSOR,
+            t: Some(t),
+            ..Default::default()
+        };
+        let div = g.node.iter().position(|n| n.op_type == "Div").unwrap();
+        let constant = NodeProto {
+            op_type: "Constant".into(),
+            output: vec![name.clone()],
+            attribute: vec![value],
+            ..Default::default()
+        };
+        g.node.insert(div, constant);
+        assert!(rewrite(g));
+        let defined = |t: &str| g.node.iter().position(|n| n.output.iter().any(|o| o == t));
+        for (i, n) in g.node.iter().enumerate() {
+            for t in n.input.iter().filter(|t| defined(t).is_some()) {
+                assert!(defined(t).unwrap() < i, "{} reads {t} before it is made", n.op_type);
+            }
+        }
+        let x = ArrayD::from_shape_fn(IxDyn(&[1, 5, 4, 3]), |i| (i[1] * 3 + i[2] * 5 + i[3]) as f32);
+        assert_eq!(run(&after, &x), run(&before, &x));
     }
 
     #[test]

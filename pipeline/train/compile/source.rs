@@ -70,7 +70,9 @@ pub(super) fn ends(g: &GraphProto, what: &Path) -> Result<Ends> {
 
 /// The constant operands of the elementwise and layout ops between the image input and the first
 /// other op (a Conv, a Gemm): a model's own input normalisation (a Keras `Rescaling` or
-/// `Normalization` layer, a deployable model's scale, mean and std), which training leaves alone.
+/// `Normalization` layer, a deployable model's channel order, scale, mean and std — a Gather of
+/// the image's channels passes, a Gather of a table by the input would not), which training
+/// leaves alone.
 fn input_constants(g: &GraphProto) -> HashSet<String> {
     let inits: HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
     let mut found = HashSet::new();
@@ -91,7 +93,7 @@ fn input_constants(g: &GraphProto) -> HashSet<String> {
                     | "Reshape"
                     | "Squeeze"
                     | "Unsqueeze"
-            );
+            ) || (n.op_type == "Gather" && n.input.first() == Some(&x));
             if !passes {
                 continue;
             }

@@ -251,6 +251,36 @@ fn nchwc_rewrite_matches_standard_ops_on_depthwise_convolutions() {
     assert_same_step(&m, &tg, &fast, input, 9);
 }
 
+/// A stride-2 depthwise layer's input gradient by phases on a non-square map with other pads on
+/// each axis: rows (0, 0) with a row the stride drops (output_padding 1), columns (1, 1) and an odd
+/// width (the odd phase cropped) — rows and columns swapped would not match.
+#[test]
+fn strided_depthwise_input_gradients_by_phases_on_a_non_square_map() {
+    let Some(block) = nchwc::block() else {
+        eprintln!("skipped: onnxruntime has no NCHWc kernels on this CPU");
+        return;
+    };
+    let input = [12, 17, 16];
+    let m = conv_model(input, 3, |b, rng, x| {
+        let h = conv(b, rng, &x, 16, 32, 1, vec![]);
+        let dw = vec![("group", A::I(32)), ("pads", A::Ints(vec![0, 1, 0, 1])), ("strides", A::Ints(vec![2, 2]))];
+        let h = conv(b, rng, &h, 1, 32, 3, dw);
+        conv(b, rng, &h, 32, 32, 1, vec![])
+    });
+    let tg = compile(&m, Path::new("phases.onnx"), &|_| true, &input, Mode::Train).unwrap();
+    let mut fast = tg.model.clone();
+    nchwc::rewrite(&mut fast, block);
+    let ops: Vec<&str> = onnx::graph(&fast).node.iter().map(|n| n.op_type.as_str()).collect();
+    assert!(!ops.contains(&"ConvTranspose"), "{ops:?}");
+    let phases = onnx::graph(&fast).node.iter().filter(|n| {
+        n.domain == nchwc::DOMAIN
+            && onnx::attr_i(n, "group", 1) == 32
+            && onnx::attr_ints(n, "kernel_shape").is_some_and(|k| k != [3, 3])
+    });
+    assert_eq!(phases.count(), 4, "one stride-1 convolution per phase");
+    assert_same_step(&m, &tg, &fast, input, 11);
+}
+
 /// Depthwise weight gradients in the stacked form (`Forms::nchwc`: one depthwise Conv of the
 /// batch stacked along the height) equal the correlation's, on every layer of
 /// [`depthwise_model`], on a batch other than the compile's (the kernels' rows follow it); on the
