@@ -225,15 +225,10 @@ mod tests {
         }
     }
 
-    /// A mean held by a Constant node (its tensor unnamed) moves under a name of its own; an
-    /// initializer listed as a graph input (older models list them all: a feed may replace it)
-    /// is no constant, and its op stays where it is.
-    #[test]
-    fn constant_nodes_and_initializers_listed_as_inputs() {
-        let before = model(false);
-        let mut after = before.clone();
-        let g = after.graph.as_mut().unwrap();
-        let k = g.initializer.iter().position(|t| t.name.contains("mean")).unwrap();
+    /// The initializer whose name contains `which`, taken out of `g` as a Constant node's value
+    /// (unnamed, as exports write them): the node, not yet placed, and the tensor it makes.
+    fn constant_node(g: &mut GraphProto, which: &str) -> (String, NodeProto) {
+        let k = g.initializer.iter().position(|t| t.name.contains(which)).unwrap();
         let mut t = g.initializer.remove(k);
         let name = std::mem::take(&mut t.name);
         let value = crate::onnx::proto::AttributeProto {
@@ -242,12 +237,24 @@ mod tests {
             t: Some(t),
             ..Default::default()
         };
-        let constant = NodeProto {
+        let node = NodeProto {
             op_type: "Constant".into(),
             output: vec![name.clone()],
             attribute: vec![value],
             ..Default::default()
         };
+        (name, node)
+    }
+
+    /// A mean held by a Constant node (its tensor unnamed) moves under a name of its own; an
+    /// initializer listed as a graph input (older models list them all: a feed may replace it)
+    /// is no constant, and its op stays where it is.
+    #[test]
+    fn constant_nodes_and_initializers_listed_as_inputs() {
+        let before = model(false);
+        let mut after = before.clone();
+        let g = after.graph.as_mut().unwrap();
+        let (name, constant) = constant_node(g, "mean");
         g.node.insert(0, constant);
         let mut listed = g.clone();
         assert!(rewrite(g));
@@ -274,22 +281,8 @@ mod tests {
         let before = model(false);
         let mut after = before.clone();
         let g = after.graph.as_mut().unwrap();
-        let k = g.initializer.iter().position(|t| t.name.contains("std")).unwrap();
-        let mut t = g.initializer.remove(k);
-        let name = std::mem::take(&mut t.name);
-        let value = crate::onnx::proto::AttributeProto {
-            name: "value".into(),
-            r#type: crate::onnx::proto::attr_type::TENSOR,
-            t: Some(t),
-            ..Default::default()
-        };
+        let (_, constant) = constant_node(g, "std");
         let div = g.node.iter().position(|n| n.op_type == "Div").unwrap();
-        let constant = NodeProto {
-            op_type: "Constant".into(),
-            output: vec![name.clone()],
-            attribute: vec![value],
-            ..Default::default()
-        };
         g.node.insert(div, constant);
         assert!(rewrite(g));
         let defined = |t: &str| g.node.iter().position(|n| n.output.iter().any(|o| o == t));
