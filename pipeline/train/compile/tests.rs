@@ -189,6 +189,41 @@ fn nchwc_rewrite_matches_standard_ops() {
     assert_same_step(&m, &tg, &fast, [9, 9, 16], 8);
 }
 
+/// Group-1 convolutions over channel counts that do not fill whole blocks (EfficientNet's 24 and
+/// 40) go onto the kernels with zero filters added, their outputs cropped, where that adds at most
+/// half the work: with AVX-512's 16, 24 → 32 and 40 → 48 move, 20 (→ 32) stays; with AVX2's 8
+/// all fill whole blocks. ReLU, ReLU6 and a residual Add on the 24 channels.
+#[test]
+fn nchwc_rewrite_fills_channels_to_whole_blocks() {
+    let Some(block) = nchwc::block() else {
+        eprintln!("skipped: onnxruntime has no NCHWc kernels on this CPU");
+        return;
+    };
+    let m = conv_model([10, 10, 16], 3, |b, rng, x| {
+        let h1 = conv(b, rng, &x, 16, 24, 1, vec![]);
+        let h1 = b.op("Relu", &[&h1], vec![]);
+        let h = conv(b, rng, &h1, 24, 40, 3, vec![("pads", A::Ints(vec![1, 1, 1, 1]))]);
+        let (lo, hi) = (b.const_f32("lo", 0.0), b.const_f32("hi", 0.5));
+        let h = b.op("Clip", &[&h, &lo, &hi], vec![]);
+        let h = conv(b, rng, &h, 40, 24, 1, vec![]);
+        let h = b.op("Add", &[&h, &h1], vec![]);
+        let h = conv(b, rng, &h, 24, 20, 1, vec![]);
+        conv(b, rng, &h, 20, 32, 1, vec![])
+    });
+    let what = Path::new("nchwc-filled.onnx");
+    let tg = compile(&m, what, &|_| true, &[10, 10, 16], Mode::Train).unwrap();
+    let mut fast = tg.model.clone();
+    // Forwards and the input gradients of all but the first (its input is the data).
+    let moved = nchwc::rewrite(&mut fast, block);
+    let pads = onnx::graph(&fast).node.iter().filter(|n| n.op_type == "Pad").count();
+    match block {
+        16 => assert_eq!((moved, pads), (3 + 2, 2 * 3 + 2), "24 and 40 filled (filters and biases, filters); 20 left"),
+        8 => assert_eq!((moved, pads), (5 + 4, 0), "whole blocks of 8"),
+        b => eprintln!("block {b}: {moved} moved"),
+    }
+    assert_same_step(&m, &tg, &fast, [10, 10, 16], 10);
+}
+
 /// `fast` (a rewrite of `tg`, compiled from `m`) gives the loss, outputs and gradients `tg` gives
 /// on one random batch of five `input`-shaped images.
 fn assert_same_step(m: &ModelProto, tg: &TrainGraph, fast: &ModelProto, input: [usize; 3], seed: u64) {
@@ -208,7 +243,7 @@ fn assert_same_step(m: &ModelProto, tg: &TrainGraph, fast: &ModelProto, input: [
 /// The same for depthwise convolutions (EfficientNet's): forwards at stride 1 and 2, dilated, with
 /// asymmetric, SAME_UPPER and SAME_LOWER (stride 2: pads 1 before, 0 after) pads, a fused ReLU and ReLU6,
 /// and the input gradients of the stride-1 undilated ones (a SAME forward's as explicit pads) and
-/// of the stride-2 ones by phases (`nchwc.rs`); the dilated one's stays
+/// of the stride-2 ones by phases (`nchwc/phases.rs`); the dilated one's stays
 /// ConvTranspose. A group-1 convolution with SAME pads moves too.
 #[test]
 fn nchwc_rewrite_matches_standard_ops_on_depthwise_convolutions() {

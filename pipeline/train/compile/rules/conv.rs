@@ -242,7 +242,7 @@ fn stacks(block: Option<usize>, g: &ConvGeom) -> bool {
 pub const STACKED_ROWS: &str = "stacked_rows";
 
 /// dW of a depthwise convolution as one depthwise Conv, the form the NCHWc depthwise kernel runs
-/// (`nchwc.rs` moves it there; a correlation or unfold of EfficientNet's 5×5 layers runs as
+/// (`nchwc/` moves it there; a correlation or unfold of EfficientNet's 5×5 layers runs as
 /// grouped GEMMs, 2–3× slower). The batch is stacked along the height: each image of X padded
 /// to R rows (its top pad, then zeros to a multiple of the stride s past its bottom pad), X as
 /// (1, C, N·R, W); each image of dY padded to R/s rows, dY as the (C, 1, N·R/s, w) kernels. The

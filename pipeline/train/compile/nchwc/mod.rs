@@ -7,7 +7,8 @@
 //! GEMM, one GEMM per image — slow for small feature maps (the mnist net's 5×5 layer: 2.1 ms
 //! against 0.75 ms). This pass, applied to the compiled graph of a CPU session only, rewrites
 //!
-//! - `Conv` (2-D, group 1, stride 1, dilation 1, channel counts multiples of the block; or
+//! - `Conv` (2-D, group 1, stride 1, dilation 1, channel counts multiples of 4, filled to whole
+//!   blocks with zero filters where that adds at most half the work (`padded`); or
 //!   depthwise over a multiple of the block, at any stride and dilation) into
 //!   `ReorderInput → nchwc.Conv → ReorderOutput`, with the weights reordered in the graph
 //!   (the layout `MlasReorderFilterOIHWBiBo` writes, or `…OIHWBo` for depthwise, by
@@ -43,8 +44,13 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::OnceLock;
 
-/// onnxruntime's domain of the NCHWc kernels.
-pub const DOMAIN: &str = "com.microsoft.nchwc";
+mod filter;
+mod phases;
+
+pub use filter::DOMAIN;
+use filter::{pad_bias, pad_filter, reorder_depthwise, reorder_filter};
+use phases::strided_depthwise_grad;
+
 /// `TLEARN_NCHWC=0`: leave training graphs in standard ops on the CPU too.
 pub const ENV: &str = "TLEARN_NCHWC";
 
@@ -180,23 +186,26 @@ pub fn rewrite(m: &mut ModelProto, block: usize) -> usize {
     g.initializer.retain(|t| !unread.contains(&t.name));
     g.node.retain(|n| !(n.op_type == "Constant" && n.output.iter().any(|o| unread.contains(o))));
     g.initializer.append(&mut b.graph.initializer);
-    skip_round_trips(g, block);
+    skip_round_trips(g);
     if moved > 0 && !m.opset_import.iter().any(|o| o.domain == DOMAIN) {
         m.opset_import.push(OperatorSetIdProto { domain: DOMAIN.into(), version: 1 });
     }
     moved
 }
 
-/// A `ReorderInput` of a `ReorderOutput`'s plain tensor is the blocked tensor the latter read
-/// (when the channels fill whole blocks: no padding to drop and restore): its readers take that
-/// one, and a `ReorderOutput` no node reads any more goes. One conv's output feeding the next
-/// conv was blocked, unblocked and blocked again — 33 such pairs in EfficientNet-Lite0's step.
-fn skip_round_trips(g: &mut GraphProto, block: usize) {
+/// A `ReorderInput` of a `ReorderOutput`'s plain tensor is the blocked tensor the latter read: its
+/// readers take that one, and a `ReorderOutput` no node reads any more goes. One conv's output
+/// feeding the next conv was blocked, unblocked and blocked again — 33 such pairs in
+/// EfficientNet-Lite0's step. Where the channels do not fill whole blocks the two differ in the
+/// last block's extra channels only (zeros against the activation of the added filters' zero
+/// outputs, finite either way), which only group-1 convolutions read, through the zero columns
+/// [`pad_filter`] gave them (a depthwise one needs whole blocks).
+fn skip_round_trips(g: &mut GraphProto) {
     let unblocked: HashMap<String, String> = g
         .node
         .iter()
         .filter(|n| n.domain == DOMAIN && n.op_type == "ReorderOutput")
-        .filter(|n| attr_i(n, "channels", 0) % block as i64 == 0 && attr_i(n, "channels_last", 0) == 0)
+        .filter(|n| attr_i(n, "channels_last", 0) == 0)
         .map(|n| (n.output[0].clone(), n.input[0].clone()))
         .collect();
     let mut blocked: HashMap<String, String> = HashMap::new();
@@ -250,11 +259,23 @@ struct Blocked {
     /// 1, or a depthwise node's channel count (one input and one output channel per group).
     group: i64,
     block: usize,
+    /// k0 and k1 as the kernels take them: group 1 filled to whole blocks ([`padded`]).
+    p0: i64,
+    p1: i64,
+}
+
+/// `c` channels filled to whole blocks of `block`: the kernels take a group-1 convolution over
+/// any multiple of 4 (`ReorderInput` fills the data's last block with zeros, the filter gets zero
+/// filters), where that adds at most half the work on that side (EfficientNet's 24 and 40
+/// channels: 32 and 48 with AVX-512). None where the channels are not so.
+fn padded(c: i64, block: i64) -> Option<i64> {
+    let p = (c + block - 1) / block * block;
+    (c > 0 && c % 4 == 0 && 2 * p <= 3 * c).then_some(p)
 }
 
 /// `n` as [`Blocked`] when it is a standard-domain node with a known rank-4 weight, a geometry
-/// (see [`geometry`]), and either group 1 with both weight channel counts multiples of the block,
-/// stride 1 and dilation 1, or depthwise over a multiple of the block (a forward at any stride and
+/// (see [`geometry`]), and either group 1 with both weight channel counts [`padded`], stride 1
+/// and dilation 1, or depthwise over a multiple of the block (a forward at any stride and
 /// dilation; an input gradient, stride 1 and dilation 1: only then is a ConvTranspose the
 /// convolution with flipped weights).
 fn blockable(n: &NodeProto, dims: &HashMap<String, Vec<i64>>, block: usize) -> Option<Blocked> {
@@ -265,11 +286,12 @@ fn blockable(n: &NodeProto, dims: &HashMap<String, Vec<i64>>, block: usize) -> O
     let (k0, k1, kh, kw) = (w[0], w[1], w[2], w[3]);
     let unit = geom.strides == [1, 1] && geom.dilations == [1, 1];
     let known = kh > 0 && kw > 0;
-    let fits = match group {
-        1 => unit && known && k0 % b_ == 0 && k1 % b_ == 0,
-        g => g == k0 && k1 == 1 && k0 % b_ == 0 && kw > 0 && ((known && unit) || n.op_type == "Conv"),
+    let (p0, p1) = match group {
+        1 if unit && known => (padded(k0, b_)?, padded(k1, b_)?),
+        g if g == k0 && k1 == 1 && k0 % b_ == 0 && kw > 0 && ((known && unit) || n.op_type == "Conv") => (k0, k1),
+        _ => return None,
     };
-    fits.then_some(Blocked { k0, k1, kh, kw, geom, group, block })
+    Some(Blocked { k0, k1, kh, kw, geom, group, block, p0, p1 })
 }
 
 /// An activation the kernels apply to a convolution's output.
@@ -293,16 +315,17 @@ fn activation(g: &GraphProto, consumers: &onnx::Consumers, t: &str) -> Option<(u
 /// `ReorderInput → nchwc.Conv → ReorderOutput` into `out`: the Conv's own output, or with `act`
 /// the output of the Relu or Clip fused as the kernel's activation.
 fn conv(b: &mut GraphBuilder, n: &NodeProto, c: &Blocked, out: &str, act: Option<&Activation>) {
-    let dims = [c.k0, c.k1, c.kh, c.kw];
     let wr = match c.group {
-        1 => reorder_filter(b, &n.input[1], dims, c.block, false),
-        _ => reorder_depthwise(b, &n.input[1], dims),
+        1 => {
+            let w = pad_filter(b, &n.input[1], [c.k0, c.k1], [c.p0, c.p1]);
+            reorder_filter(b, &w, [c.p0, c.p1, c.kh, c.kw], c.block, false)
+        }
+        _ => reorder_depthwise(b, &n.input[1], [c.k0, c.k1, c.kh, c.kw]),
     };
     let xb = b.op_in(DOMAIN, "ReorderInput", &[&n.input[0]], vec![]);
+    let bias = n.input.get(2).filter(|s| !s.is_empty()).map(|t| pad_bias(b, t, c.p0 - c.k0));
     let mut inputs = vec![xb.as_str(), wr.as_str()];
-    if let Some(bias) = n.input.get(2).filter(|s| !s.is_empty()) {
-        inputs.push(bias);
-    }
+    inputs.extend(bias.as_deref());
     let mut attrs = conv_attrs(c, c.geom.pads);
     match act {
         Some(Activation::Relu) => attrs.push(("activation", A::S("Relu"))),
@@ -337,7 +360,10 @@ fn conv_transpose(b: &mut GraphBuilder, n: &NodeProto, c: &Blocked) -> bool {
         n.input[1].clone()
     };
     let wr = match c.group {
-        1 => reorder_filter(b, &wf, [c.k1, c.k0, kh, kw], c.block, true),
+        1 => {
+            let wf = pad_filter(b, &wf, [c.k0, c.k1], [c.p0, c.p1]);
+            reorder_filter(b, &wf, [c.p1, c.p0, kh, kw], c.block, true)
+        }
         _ => reorder_depthwise(b, &wf, [c.k0, c.k1, kh, kw]),
     };
     let xb = b.op_in(DOMAIN, "ReorderInput", &[&n.input[0]], vec![]);
@@ -361,189 +387,4 @@ fn conv_attrs(c: &Blocked, pads: Pads) -> Vec<(&'static str, A)> {
         attrs.push(("group", A::I(c.group)));
     }
     attrs
-}
-
-/// A depthwise filter (C, 1, kh, kw) in the layout of `MlasReorderFilterOIHWBo` —
-/// [C/B][kh][kw][B] — which is a `ReorderInput` of it as one (1, C, kh·kw, 1) image (kh −1:
-/// as many rows as it has).
-fn reorder_depthwise(b: &mut GraphBuilder, w: &str, [c, _, kh, kw]: [i64; 4]) -> String {
-    let r = b.reshape(w, "shape", &[1, c, if kh > 0 { kh * kw } else { -1 }, 1]);
-    let ri = b.op_in(DOMAIN, "ReorderInput", &[&r], vec![]);
-    b.reshape(&ri, "shape", &[c, 1, kh, kw])
-}
-
-/// Filter `w` (M, C, kh, kw) in the blocked layout of `MlasReorderFilterOIHWBiBo` —
-/// [out/B][in/B][kh][kw][B (input)][B (output)] — as a filter of M outputs from C inputs, or, with
-/// `swap`, of C outputs from M inputs (the input gradient's); `dims` are the filter's as the
-/// kernel reads it: (out, in, kh, kw). Built from `ReorderInput`s, which move a block of channels
-/// innermost with MLAS's vectorised copy: onnxruntime's general Transpose of the same data is
-/// 3–7× slower (a ResNet-50 step reorders 94 MB of weights twice).
-fn reorder_filter(b: &mut GraphBuilder, w: &str, dims: [i64; 4], block: usize, swap: bool) -> String {
-    let [out, inp, kh, kw] = dims;
-    let (m, c) = if swap { (inp, out) } else { (out, inp) };
-    let (bl, k) = (block as i64, kh * kw);
-    let blocked = match (swap, k) {
-        // (M, C/B, B) → (C/B, M, B) is already [C/B][M/B][B_M][B_C].
-        (true, 1) => {
-            let r = b.reshape(w, "shape", &[m, c / bl, bl]);
-            b.op("Transpose", &[&r], vec![("perm", A::Ints(vec![1, 0, 2]))])
-        }
-        // (M, C/B, B·K) → (C/B, M, B·K): rows of B·K move whole; then, per (C/B, M/B) pair,
-        // (B_M·B_C, K) → (B_M, K, B_C) → (K, B_M, B_C).
-        (true, _) => {
-            let r = b.reshape(w, "shape", &[m, c / bl, bl * k]);
-            let t = b.op("Transpose", &[&r], vec![("perm", A::Ints(vec![1, 0, 2]))]);
-            let r = b.reshape(&t, "shape", &[(c / bl) * (m / bl), bl * bl, k, 1]);
-            let ri = b.op_in(DOMAIN, "ReorderInput", &[&r], vec![]);
-            let r = b.reshape(&ri, "shape", &[(c / bl) * (m / bl), bl, k, bl]);
-            b.op("Transpose", &[&r], vec![("perm", A::Ints(vec![0, 2, 1, 3]))])
-        }
-        // (M, C, K) → (M, C/B, K, B_C) (nothing to move for 1×1), then (M/B, B_M, C·K) →
-        // (M/B, C·K, B_M).
-        (false, _) => {
-            let cols = if k == 1 {
-                w.to_string()
-            } else {
-                let r = b.reshape(w, "shape", &[m, c, k, 1]);
-                b.op_in(DOMAIN, "ReorderInput", &[&r], vec![])
-            };
-            let r = b.reshape(&cols, "shape", &[m / bl, bl, c * k, 1]);
-            b.op_in(DOMAIN, "ReorderInput", &[&r], vec![])
-        }
-    };
-    b.reshape(&blocked, "shape", &[out, inp, kh, kw])
-}
-
-// The input gradient of a stride-2 depthwise convolution (a grouped ConvTranspose) by phases.
-// onnxruntime runs a grouped ConvTranspose as a GEMM of inner dimension 1 and a col2im per image
-// and channel, at 2–3 GFLOP/s: EfficientNet-Lite0's four strided layers took 12 % of its step at
-// 300×300. Row y = 2r + a of dX takes the filter's taps u ≡ a + p (mod 2) (p: the forward's top
-// pad) at output-gradient rows r + (a + p − u)/2 — a stride-1 correlation of dY with those taps
-// in reverse order, which the depthwise kernel runs. The four phases are interleaved on the
-// blocked (N, C/B, h, w, B) memory, so the Concats move runs of B floats, not single floats
-// (interleaving the plain phases, or DepthToSpace, costs what the ConvTranspose does).
-
-/// One axis of the gradient: how each of its two phases is computed.
-#[derive(Clone, Copy)]
-struct Axis {
-    /// Rows of each phase (the odd phase's last one is cropped when the axis is odd).
-    half: i64,
-    /// The axis' length in dX.
-    full: i64,
-    /// Per phase: the first tap (the highest index: taps go in reverse), how many, and the
-    /// correlation's pads (begin, end).
-    phase: [(i64, i64, (i64, i64)); 2],
-}
-
-/// Where the taps of a stride-2 axis go: kernel `k`, the forward's pads, `output_padding`, and
-/// dX's length along it; None where a phase would need a negative pad.
-fn axis(k: i64, (begin, end): (i64, i64), out_pad: i64, full: i64) -> Option<Axis> {
-    let twice = full - out_pad + begin + end - k;
-    if k < 2 || twice < 0 || twice % 2 != 0 {
-        return None;
-    }
-    let (dy, half) = (twice / 2 + 1, (full + 1) / 2);
-    let mut phase = [(0, 0, (0, 0)); 2];
-    for (a, p) in phase.iter_mut().enumerate() {
-        let taps: Vec<i64> = (0..k).filter(|u| (u - a as i64 - begin).rem_euclid(2) == 0).collect();
-        let (first, count) = (*taps.last()?, taps.len() as i64);
-        // The reversed taps' first (the highest u) reads dY row r + (a + begin − u)/2.
-        let before = (first - a as i64 - begin) / 2;
-        let after = half - dy - before + count - 1;
-        if before < 0 || after < 0 {
-            return None;
-        }
-        *p = (first, count, (before, after));
-    }
-    Some(Axis { half, full, phase })
-}
-
-/// Rewrite `n` into the phase form (emitted into `b`) when it is the input gradient of a
-/// stride-2, undilated depthwise convolution over whole blocks whose dX dims `dims` declares
-/// (`rules::conv` does); false (nothing emitted) otherwise.
-fn strided_depthwise_grad(b: &mut GraphBuilder, n: &NodeProto, dims: &HashMap<String, Vec<i64>>, block: usize) -> bool {
-    let standard = n.domain.is_empty() || n.domain == "ai.onnx";
-    let (Some(w), Some(out)) = (n.input.get(1).and_then(|w| dims.get(w)), dims.get(&n.output[0])) else {
-        return false;
-    };
-    let (&[c, 1, kh, kw], &[_, oc, oh, ow]) = (w.as_slice(), out.as_slice()) else { return false };
-    let pair = |name: &str, default: i64| attr_ints(n, name).unwrap_or_else(|| vec![default; 2]);
-    let pads = attr_ints(n, "pads").unwrap_or_else(|| vec![0; 4]);
-    let fits = standard
-        && n.input.len() == 2
-        && attr_i(n, "group", 1) == c
-        && oc == c
-        && c % block as i64 == 0
-        && pair("strides", 1) == [2, 2]
-        && pair("dilations", 1) == [1, 1]
-        && attr(n, "output_shape").is_none()
-        && attr(n, "auto_pad").is_none_or(|a| a.s == b"NOTSET")
-        && pads.len() == 4;
-    let out_pad = pair("output_padding", 0);
-    let axes = fits
-        .then(|| Some([axis(kh, (pads[0], pads[2]), out_pad[0], oh)?, axis(kw, (pads[1], pads[3]), out_pad[1], ow)?]))
-        .flatten();
-    let Some([rows, cols]) = axes else { return false };
-    let bl = block as i64;
-    let dyb = b.op_in(DOMAIN, "ReorderInput", &[&n.input[0]], vec![]);
-    let mut lines = vec![];
-    for (first_r, count_r, pads_r) in rows.phase {
-        let mut line = vec![];
-        for (first_c, count_c, pads_c) in cols.phase {
-            let st = b.const_i64("starts", &[first_r, first_c]);
-            let en = b.const_i64("ends", &[i64::MIN, i64::MIN]);
-            let ax = b.const_i64("axes", &[2, 3]);
-            let sp = b.const_i64("steps", &[-2, -2]);
-            let taps = b.op("Slice", &[&n.input[1], &st, &en, &ax, &sp], vec![]);
-            let wr = reorder_depthwise(b, &taps, [c, 1, count_r, count_c]);
-            let attrs = vec![
-                ("pads", A::Ints(vec![pads_r.0, pads_c.0, pads_r.1, pads_c.1])),
-                ("strides", A::Ints(vec![1, 1])),
-                ("dilations", A::Ints(vec![1, 1])),
-                ("kernel_shape", A::Ints(vec![count_r, count_c])),
-                ("group", A::I(c)),
-            ];
-            let p = b.op_in(DOMAIN, "Conv", &[&dyb, &wr], attrs);
-            // The blocked memory as it lies: (N, C/B, h, w, B); a phase column next to it.
-            let p = b.reshape(&p, "blocked", &[0, c / bl, 0, 0, bl]);
-            let ax = b.const_i64("axes", &[4]);
-            line.push(b.op("Unsqueeze", &[&p, &ax], vec![]));
-        }
-        let both = b.op("Concat", &[&line[0], &line[1]], vec![("axis", A::I(4))]);
-        let line = b.reshape(&both, "rows", &[0, 0, 0, -1, bl]);
-        let ax = b.const_i64("axes", &[3]);
-        lines.push(b.op("Unsqueeze", &[&line, &ax], vec![]));
-    }
-    let both = b.op("Concat", &[&lines[0], &lines[1]], vec![("axis", A::I(3))]);
-    let full = b.reshape(&both, "interleaved", &[0, c, 2 * rows.half, 2 * cols.half]);
-    let exact = 2 * rows.half == rows.full && 2 * cols.half == cols.full;
-    let dx = if exact { n.output[0].clone() } else { b.fresh("uncropped") };
-    b.domain_node(DOMAIN, "ReorderOutput", &[&full], &[&dx], vec![("channels", A::I(c))]);
-    if !exact {
-        let st = b.const_i64("starts", &[0, 0]);
-        let en = b.const_i64("ends", &[rows.full, cols.full]);
-        let ax = b.const_i64("axes", &[2, 3]);
-        b.node("Slice", &[&dx, &st, &en, &ax], &[&n.output[0]], vec![]);
-    }
-    true
-}
-
-#[cfg(test)]
-mod tests {
-    use super::axis;
-
-    /// EfficientNet-Lite0's strided layers (SAME_UPPER): 3×3 from 150 (pads 0, 1) and 5×5 from 75
-    /// (pads 2, 2), whose odd gradient crops the odd phase's extra row.
-    #[test]
-    fn each_phase_takes_the_taps_of_its_parity_in_reverse() {
-        let a = axis(3, (0, 1), 0, 150).unwrap();
-        assert_eq!((a.half, a.full), (75, 150));
-        // Even rows: taps 2, 0 at dY rows r − 1, r; odd rows: tap 1 at row r.
-        assert_eq!(a.phase, [(2, 2, (1, 0)), (1, 1, (0, 0))]);
-        let a = axis(5, (2, 2), 0, 75).unwrap();
-        assert_eq!((a.half, a.full), (38, 75));
-        assert_eq!(a.phase, [(4, 3, (1, 1)), (3, 2, (0, 1))]);
-        assert!(axis(1, (0, 0), 1, 20).is_none(), "a 1×1 filter leaves a phase without taps");
-        assert!(axis(3, (0, 1), 0, 151).is_none(), "no dY of that length");
-    }
 }
