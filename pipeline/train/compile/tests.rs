@@ -333,14 +333,16 @@ fn stacked_depthwise_weight_gradients_equal_the_standard_forms() {
     let g = onnx::graph(&standard.model);
     let declared = g.value_info.iter().filter(|v| format!("{v:?}").contains(super::rules::conv::STACKED_ROWS)).count();
     assert_eq!(declared, 7, "one stacked kernel per depthwise layer");
-    assert!(!g.node.iter().any(|n| n.op_type == "Pad"), "rows of zeros by Concat (Pad is 4× slower)");
+    // The group-1 3×3 layer's dW is a correlation (two Pads of zero images); no other Pad.
+    let pads = g.node.iter().filter(|n| n.op_type == "Pad").count();
+    assert_eq!(pads, 2, "rows of zeros by Concat (Pad is 4× slower)");
     assert_same_step(&m, &tg, &standard.model, input, 10);
     let Some(block) = nchwc::block() else {
         eprintln!("skipped (the NCHWc half): onnxruntime has no NCHWc kernels on this CPU");
         return;
     };
     let mut fast = stacked(block).model;
-    assert_eq!(nchwc::rewrite(&mut fast, block), 18 + 7, "and the seven weight gradients");
+    assert_eq!(nchwc::rewrite(&mut fast, block), 18 + 7 + 1, "and the eight weight gradients");
     let g = onnx::graph(&fast);
     let stacked_kernels: Vec<&str> = g.value_info.iter().map(|v| v.name.as_str()).collect();
     let left = g
@@ -349,6 +351,42 @@ fn stacked_depthwise_weight_gradients_equal_the_standard_forms() {
         .filter(|n| n.op_type == "Conv" && n.domain.is_empty() && stacked_kernels.contains(&n.input[1].as_str()));
     assert_eq!(left.count(), 0, "every stacked Conv on the kernels");
     assert_same_step(&m, &tg, &fast, input, 10);
+}
+
+/// Group-1 weight gradients with a small output as one correlation on the kernels
+/// (`Forms::nchwc`: X's channels as the batch, its images as the channels, dY as the kernels, both
+/// with zero images up to whole blocks) give the standard forms' gradients: a batch of five (not a
+/// block), symmetric, asymmetric and no pads, 24 output channels (filled with AVX-512's 16); the
+/// 1×1 layer's dW stays a MatMul.
+#[test]
+fn correlated_weight_gradients_on_the_kernels_equal_the_standard_forms() {
+    let Some(block) = nchwc::block() else {
+        eprintln!("skipped: onnxruntime has no NCHWc kernels on this CPU");
+        return;
+    };
+    let m = conv_model([9, 9, 16], 3, |b, rng, x| {
+        let h = conv(b, rng, &x, 16, 32, 3, vec![("pads", A::Ints(vec![1, 1, 1, 1]))]);
+        let h = b.op("Relu", &[&h], vec![]);
+        let h = conv(b, rng, &h, 32, 24, 3, vec![("pads", A::Ints(vec![0, 1, 1, 0]))]);
+        let h = conv(b, rng, &h, 24, 32, 3, vec![]);
+        conv(b, rng, &h, 32, 32, 1, vec![])
+    });
+    let (what, input) = (Path::new("correlated.onnx"), [9, 9, 16]);
+    let tg = compile(&m, what, &|_| true, &input, Mode::Train).unwrap();
+    let forms = Forms { nchwc: Some(block), ..Forms::default() };
+    let mut fast = compile_with(&m, what, &|_| true, &input, Mode::Train, forms).unwrap().model;
+    let declared: Vec<String> = onnx::graph(&fast)
+        .value_info
+        .iter()
+        .filter(|v| format!("{v:?}").contains(nchwc::BATCH_BLOCKS))
+        .map(|v| v.name.clone())
+        .collect();
+    assert_eq!(declared.len(), 3, "the three 3×3 layers");
+    nchwc::rewrite(&mut fast, block);
+    let g = onnx::graph(&fast);
+    let plain = g.node.iter().filter(|n| n.op_type == "Conv" && n.domain.is_empty());
+    assert_eq!(plain.filter(|n| declared.contains(&n.input[1])).count(), 0, "every correlation on the kernels");
+    assert_same_step(&m, &tg, &fast, input, 11);
 }
 
 /// Depthwise convolutions (EfficientNet's) at stride 1 and 2, dilated, with asymmetric,

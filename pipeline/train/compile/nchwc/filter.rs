@@ -26,6 +26,8 @@ pub(super) fn reorder_filter(b: &mut GraphBuilder, w: &str, dims: [i64; 4], bloc
     let [out, inp, kh, kw] = dims;
     let (m, c) = if swap { (inp, out) } else { (out, inp) };
     let (bl, k) = (block as i64, kh * kw);
+    // Input channels unknown when the graph is built (whole blocks of them): read from the shape.
+    let (c, ck, inp) = if c > 0 { (c, c * k, inp) } else { (-1, -1, -1) };
     let blocked = match (swap, k) {
         // (M, C/B, B) → (C/B, M, B) is already [C/B][M/B][B_M][B_C].
         (true, 1) => {
@@ -51,7 +53,7 @@ pub(super) fn reorder_filter(b: &mut GraphBuilder, w: &str, dims: [i64; 4], bloc
                 let r = b.reshape(w, "shape", &[m, c, k, 1]);
                 b.op_in(DOMAIN, "ReorderInput", &[&r], vec![])
             };
-            let r = b.reshape(&cols, "shape", &[m / bl, bl, c * k, 1]);
+            let r = b.reshape(&cols, "shape", &[m / bl, bl, ck, 1]);
             b.op_in(DOMAIN, "ReorderInput", &[&r], vec![])
         }
     };

@@ -229,14 +229,27 @@ fn skip_round_trips(g: &mut GraphProto) {
     g.node.retain(|n| !(n.domain == DOMAIN && n.op_type == "ReorderOutput" && !read.contains(&n.output[0])));
 }
 
+/// The prefix of a dim's name in the value_info that says the dim, unknown when the graph is
+/// built, is a multiple of the block: the images of a correlated weight gradient's kernels
+/// (`rules::conv`), padded with zero images to whole blocks.
+pub const BATCH_BLOCKS: &str = "batch_blocks";
+
+/// A dim so declared ([`BATCH_BLOCKS`]) in [`known_dims`].
+const WHOLE: i64 = -2;
+
 /// Dims of the initializers and of the graph inputs whose dims are all known (a training graph's
 /// weights are inputs); and those declared in the value_info, an unknown one as −1 (a stacked
-/// depthwise weight gradient's kernels, whose rows follow the batch).
+/// depthwise weight gradient's kernels, whose rows follow the batch), or [`WHOLE`].
 fn known_dims(g: &GraphProto) -> HashMap<String, Vec<i64>> {
     let mut dims: HashMap<String, Vec<i64>> = g.initializer.iter().map(|t| (t.name.clone(), t.dims.clone())).collect();
     for vi in &g.value_info {
-        let (_, d) = onnx::vi_shape(vi);
-        dims.insert(vi.name.clone(), d.into_iter().map(|d| d.unwrap_or(-1)).collect());
+        let declared = vi.r#type.as_ref().and_then(|t| t.tensor_type.as_ref()).and_then(|t| t.shape.as_ref());
+        let d = declared.map_or(&[][..], |s| &s.dim[..]).iter().map(|d| match &d.value {
+            Some(DimValue::DimValue(v)) if *v > 0 => *v,
+            Some(DimValue::DimParam(p)) if p.starts_with(BATCH_BLOCKS) => WHOLE,
+            _ => -1,
+        });
+        dims.insert(vi.name.clone(), d.collect());
     }
     for vi in &g.input {
         let (_, d) = onnx::vi_shape(vi);
@@ -250,7 +263,8 @@ fn known_dims(g: &GraphProto) -> HashMap<String, Vec<i64>> {
 /// A node the kernels can run: its weight dims, geometry and group, and the channel block.
 struct Blocked {
     /// Conv: (M, C, kh, kw); ConvTranspose: (C_in, C_out, kh, kw); depthwise: (C, 1, kh, kw), kh
-    /// −1 when the weight's rows are not a constant (the kernel reads them from its shape).
+    /// −1 when the weight's rows are not a constant (the kernel reads them from its shape); C
+    /// [`WHOLE`] for a correlated weight gradient's kernels.
     k0: i64,
     k1: i64,
     kh: i64,
@@ -268,7 +282,7 @@ struct Blocked {
 /// any multiple of 4 (`ReorderInput` fills the data's last block with zeros, the filter gets zero
 /// filters), where that adds at most half the work on that side (EfficientNet's 24 and 40
 /// channels: 32 and 48 with AVX-512). None where the channels are not so.
-fn padded(c: i64, block: i64) -> Option<i64> {
+pub fn padded(c: i64, block: i64) -> Option<i64> {
     let p = (c + block - 1) / block * block;
     (c > 0 && c % 4 == 0 && 2 * p <= 3 * c).then_some(p)
 }
@@ -287,7 +301,7 @@ fn blockable(n: &NodeProto, dims: &HashMap<String, Vec<i64>>, block: usize) -> O
     let unit = geom.strides == [1, 1] && geom.dilations == [1, 1];
     let known = kh > 0 && kw > 0;
     let (p0, p1) = match group {
-        1 if unit && known => (padded(k0, b_)?, padded(k1, b_)?),
+        1 if unit && known => (padded(k0, b_)?, if k1 == WHOLE { WHOLE } else { padded(k1, b_)? }),
         g if g == k0 && k1 == 1 && k0 % b_ == 0 && kw > 0 && ((known && unit) || n.op_type == "Conv") => (k0, k1),
         _ => return None,
     };

@@ -6,7 +6,9 @@
 //! the same per group (a MatMul batched over N and the groups) — except a depthwise one with a
 //! small output, whose dW is one grouped Conv of the input with dY as its kernel (no columns), and
 //! any depthwise one of a session on the NCHWc kernels, whose dW is one depthwise Conv of the
-//! batch stacked along the height (`stacked_weight_grad`), which their depthwise kernel runs.
+//! batch stacked along the height (`stacked_weight_grad`), which their depthwise kernel runs; and
+//! in such a session a group-1 one with little work per image, whose dW is one Conv of the input's
+//! channels as a batch with dY as its kernels (`correlated_weight_grad`).
 
 use crate::error::Result;
 use crate::onnx::builder::A;
@@ -15,6 +17,7 @@ use crate::onnx::proto::NodeProto;
 use crate::onnx::{attr, attr_i, attr_ints, value_info, Dim, GraphBuilder};
 use crate::train::compile::ctx::{unsupported, Ctx, Rule};
 use crate::train::compile::graph::BATCH;
+use crate::train::compile::nchwc::{padded, BATCH_BLOCKS};
 
 /// This family's entries in the registry (`rules::rule`).
 pub const RULES: &[(&str, Rule)] = &[("Conv", conv)];
@@ -80,8 +83,11 @@ fn conv(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
         cx.push(&n.input[0], dx);
     }
     if cx.wants(n, 1) {
-        let dw = match geom.group {
-            1 => conv_weight_grad(cx.b, &r, &geom),
+        let dw = match (geom.group, cx.forms.nchwc) {
+            (1, Some(block)) if correlates_on_kernels(block, &r, &geom) => {
+                correlated_weight_grad(cx.b, &r, &geom, block)
+            }
+            (1, _) => conv_weight_grad(cx.b, &r, &geom),
             _ if stacks(cx.forms.nchwc, &geom) => stacked_weight_grad(cx.b, &r, &geom),
             _ if correlates(&r, &geom) => depthwise_weight_grad(cx.b, &r, &geom),
             _ => grouped_weight_grad(cx.b, &r, &geom),
@@ -229,6 +235,51 @@ fn depthwise_weight_grad(b: &mut GraphBuilder, r: &At, g: &ConvGeom) -> String {
         (b.const_i64("start", &[0, 0]), b.const_i64("end", &[g.kh as i64, g.kw as i64]), b.const_i64("axes", &[2, 3]));
     let dw = b.op("Slice", &[&corr, &start, &end, &axes], vec![]);
     b.reshape(&dw, "w_shape", &[c, 1, g.kh as i64, g.kw as i64])
+}
+
+/// The most multiply-adds per image (M · C·kh·kw · h·w) of a group-1 dW that
+/// [`correlated_weight_grad`] takes: the unfold's per-image GEMMs are small there and the
+/// correlation's kernels (dY) not too large. Measured in the steps of `make bench-train` (AMD EPYC,
+/// 2 threads, onnxruntime 1.31.1): mnist's two 3×3 layers (0.3 and 2.2 M) and v1's last (33 M)
+/// faster, ResNet-50's 14×14 and 7×7 3×3 layers (116 M) slower (34–36 against ≈ 21 ms each).
+const CORRELATE_KERNELS_MAX_WORK: usize = 1 << 26;
+
+/// A group-1 convolution whose dW takes [`correlated_weight_grad`]'s form in a session on the
+/// NCHWc kernels (`block`): a filter larger than 1×1 (a 1×1's dW is one MatMul already) at stride
+/// 1 and dilation 1, little work per image, and output channels the kernels take.
+fn correlates_on_kernels(block: usize, r: &At, g: &ConvGeom) -> bool {
+    let unit = g.s.iter().chain(&g.d).all(|&v| v == 1);
+    let work = g.m * g.cg * g.kh * g.kw * r.ys[2] * r.ys[3];
+    unit && g.kh * g.kw > 1 && work <= CORRELATE_KERNELS_MAX_WORK && padded(g.m as i64, block as i64).is_some()
+}
+
+/// dW of a group-1 convolution as one correlation, the form the NCHWc kernels run (`nchwc/`
+/// moves it there): dW[m, c, i, j] = Σ_n Σ_y,x dY[n, m, y, x] · X[n, c, y + i, x + j] is a Conv of
+/// X as (C, N, H, W) — its channels as the batch, its images as the channels — with dY as (M, N,
+/// h, w) kernels and the forward's pads, giving (C, M, kh, kw). The kernels take whole blocks of
+/// input channels: both get zero images up to a multiple of `block` (adding nothing), and the
+/// kernels' count of them is declared [`BATCH_BLOCKS`] in the value_info, for the pass.
+fn correlated_weight_grad(b: &mut GraphBuilder, r: &At, g: &ConvGeom, block: usize) -> String {
+    let swap = |b: &mut GraphBuilder, t: &str| b.op("Transpose", &[t], vec![("perm", A::Ints(vec![1, 0, 2, 3]))]);
+    let shape = b.op("Shape", &[&r.n.input[0]], vec![]);
+    let first = b.const_i64("first", &[0]);
+    let n = b.op("Gather", &[&shape, &first], vec![]);
+    let bl = b.const_i64("block", &[block as i64]);
+    let rem = b.op("Mod", &[&n, &bl], vec![]);
+    let short = b.op("Sub", &[&bl, &rem], vec![]);
+    let extra = b.op("Mod", &[&short, &bl], vec![]);
+    let (before, after) = (b.const_i64("before", &[0; 5]), b.const_i64("after", &[0; 2]));
+    let pads = b.op("Concat", &[&before, &extra, &after], vec![("axis", A::I(0))]);
+    let xt = swap(b, &r.n.input[0]);
+    let xt = b.op("Pad", &[&xt, &pads], vec![]);
+    let kt = swap(b, r.dy);
+    let kernel = b.op("Pad", &[&kt, &pads], vec![]);
+    // A name of its own: one symbolic dim name would say that every layer's count is equal.
+    let images = Dim::named(&format!("{BATCH_BLOCKS}:{kernel}"));
+    let dims = [Dim::Fixed(g.m as i64), images, Dim::Fixed(r.ys[2] as i64), Dim::Fixed(r.ys[3] as i64)];
+    b.graph.value_info.push(value_info(&kernel, dtype::FLOAT, &dims));
+    let corr = b.op("Conv", &[&xt, &kernel], vec![("pads", A::Ints(g.pads_attr.clone()))]);
+    swap(b, &corr)
 }
 
 /// A depthwise convolution whose channels fill whole blocks of the NCHWc kernels (`block`: the
