@@ -195,10 +195,7 @@ fn nchwc_rewrite_matches_standard_ops() {
 /// all fill whole blocks. ReLU, ReLU6 and a residual Add on the 24 channels.
 #[test]
 fn nchwc_rewrite_fills_channels_to_whole_blocks() {
-    let Some(block) = nchwc::block() else {
-        eprintln!("skipped: onnxruntime has no NCHWc kernels on this CPU");
-        return;
-    };
+    let Some(block) = kernels_block() else { return };
     let m = conv_model([10, 10, 16], 3, |b, rng, x| {
         let h1 = conv(b, rng, &x, 16, 24, 1, vec![]);
         let h1 = b.op("Relu", &[&h1], vec![]);
@@ -224,6 +221,15 @@ fn nchwc_rewrite_fills_channels_to_whole_blocks() {
     assert_same_step(&m, &tg, &fast, [10, 10, 16], 10);
 }
 
+/// The NCHWc block, or None (saying the test skips) where onnxruntime has no NCHWc kernels.
+fn kernels_block() -> Option<usize> {
+    let block = nchwc::block();
+    if block.is_none() {
+        eprintln!("skipped: onnxruntime has no NCHWc kernels on this CPU");
+    }
+    block
+}
+
 /// `fast` (a rewrite of `tg`, compiled from `m`) gives the loss, outputs and gradients `tg` gives
 /// on one random batch of five `input`-shaped images.
 fn assert_same_step(m: &ModelProto, tg: &TrainGraph, fast: &ModelProto, input: [usize; 3], seed: u64) {
@@ -247,10 +253,7 @@ fn assert_same_step(m: &ModelProto, tg: &TrainGraph, fast: &ModelProto, input: [
 /// ConvTranspose. A group-1 convolution with SAME pads moves too.
 #[test]
 fn nchwc_rewrite_matches_standard_ops_on_depthwise_convolutions() {
-    let Some(block) = nchwc::block() else {
-        eprintln!("skipped: onnxruntime has no NCHWc kernels on this CPU");
-        return;
-    };
+    let Some(block) = kernels_block() else { return };
     let (m, input) = depthwise_model();
     let what = Path::new("nchwc-depthwise.onnx");
     let tg = compile(&m, what, &|_| true, &input, Mode::Train).unwrap();
@@ -291,10 +294,7 @@ fn nchwc_rewrite_matches_standard_ops_on_depthwise_convolutions() {
 /// width (the odd phase cropped) — rows and columns swapped would not match.
 #[test]
 fn strided_depthwise_input_gradients_by_phases_on_a_non_square_map() {
-    let Some(block) = nchwc::block() else {
-        eprintln!("skipped: onnxruntime has no NCHWc kernels on this CPU");
-        return;
-    };
+    let Some(block) = kernels_block() else { return };
     let input = [12, 17, 16];
     let m = conv_model(input, 3, |b, rng, x| {
         let h = conv(b, rng, &x, 16, 32, 1, vec![]);
@@ -360,10 +360,7 @@ fn stacked_depthwise_weight_gradients_equal_the_standard_forms() {
 /// 1×1 layer's dW stays a MatMul.
 #[test]
 fn correlated_weight_gradients_on_the_kernels_equal_the_standard_forms() {
-    let Some(block) = nchwc::block() else {
-        eprintln!("skipped: onnxruntime has no NCHWc kernels on this CPU");
-        return;
-    };
+    let Some(block) = kernels_block() else { return };
     let m = conv_model([9, 9, 16], 3, |b, rng, x| {
         let h = conv(b, rng, &x, 16, 32, 3, vec![("pads", A::Ints(vec![1, 1, 1, 1]))]);
         let h = b.op("Relu", &[&h], vec![]);

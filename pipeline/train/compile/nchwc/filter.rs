@@ -60,22 +60,14 @@ pub(super) fn reorder_filter(b: &mut GraphBuilder, w: &str, dims: [i64; 4], bloc
     b.reshape(&blocked, "shape", &[out, inp, kh, kw])
 }
 
-/// Filter `w` (k0, k1, kh, kw) with zero filters added to (p0, p1) channels (whole blocks):
-/// the added outputs are zeros (with a zero bias; the fused activations keep 0), the added inputs
-/// read the zeros `ReorderInput` fills a last block with.
-pub(super) fn pad_filter(b: &mut GraphBuilder, w: &str, [k0, k1]: [i64; 2], [p0, p1]: [i64; 2]) -> String {
-    if (k0, k1) == (p0, p1) {
-        return w.to_string();
-    }
-    let pads = b.const_i64("pads", &[0, 0, 0, 0, p0 - k0, p1 - k1, 0, 0]);
-    b.op("Pad", &[w, &pads], vec![])
-}
-
-/// Bias `t` with `extra` zeros after it (the added filters' outputs).
-pub(super) fn pad_bias(b: &mut GraphBuilder, t: &str, extra: i64) -> String {
-    if extra == 0 {
+/// `t` with `after[i]` zeros appended along axis i (nothing when all are 0): a filter's zero filters
+/// (the added outputs are zeros, with a zero bias, and the fused activations keep 0; the added
+/// inputs read the zeros `ReorderInput` fills a last block with), or a bias's zeros.
+pub(super) fn zeros_after(b: &mut GraphBuilder, t: &str, after: &[i64]) -> String {
+    if after.iter().all(|&a| a == 0) {
         return t.to_string();
     }
-    let pads = b.const_i64("pads", &[0, extra]);
+    let pads: Vec<i64> = after.iter().map(|_| 0).chain(after.iter().copied()).collect();
+    let pads = b.const_i64("pads", &pads);
     b.op("Pad", &[t, &pads], vec![])
 }

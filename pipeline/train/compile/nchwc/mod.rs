@@ -48,7 +48,7 @@ mod filter;
 mod phases;
 
 pub use filter::DOMAIN;
-use filter::{pad_bias, pad_filter, reorder_depthwise, reorder_filter};
+use filter::{reorder_depthwise, reorder_filter, zeros_after};
 use phases::strided_depthwise_grad;
 
 /// `TLEARN_NCHWC=0`: leave training graphs in standard ops on the CPU too.
@@ -199,7 +199,7 @@ pub fn rewrite(m: &mut ModelProto, block: usize) -> usize {
 /// EfficientNet-Lite0's step. Where the channels do not fill whole blocks the two differ in the
 /// last block's extra channels only (zeros against the activation of the added filters' zero
 /// outputs, finite either way), which only group-1 convolutions read, through the zero columns
-/// [`pad_filter`] gave them (a depthwise one needs whole blocks).
+/// [`Blocked::filled`] gave them (a depthwise one needs whole blocks).
 fn skip_round_trips(g: &mut GraphProto) {
     let unblocked: HashMap<String, String> = g
         .node
@@ -278,6 +278,13 @@ struct Blocked {
     p1: i64,
 }
 
+impl Blocked {
+    /// Weight `w` (k0, k1, kh, kw) with zero filters up to (p0, p1) channels.
+    fn filled(&self, b: &mut GraphBuilder, w: &str) -> String {
+        zeros_after(b, w, &[self.p0 - self.k0, self.p1 - self.k1, 0, 0])
+    }
+}
+
 /// `c` channels filled to whole blocks of `block`: the kernels take a group-1 convolution over
 /// any multiple of 4 (`ReorderInput` fills the data's last block with zeros, the filter gets zero
 /// filters), where that adds at most half the work on that side (EfficientNet's 24 and 40
@@ -331,13 +338,13 @@ fn activation(g: &GraphProto, consumers: &onnx::Consumers, t: &str) -> Option<(u
 fn conv(b: &mut GraphBuilder, n: &NodeProto, c: &Blocked, out: &str, act: Option<&Activation>) {
     let wr = match c.group {
         1 => {
-            let w = pad_filter(b, &n.input[1], [c.k0, c.k1], [c.p0, c.p1]);
+            let w = c.filled(b, &n.input[1]);
             reorder_filter(b, &w, [c.p0, c.p1, c.kh, c.kw], c.block, false)
         }
         _ => reorder_depthwise(b, &n.input[1], [c.k0, c.k1, c.kh, c.kw]),
     };
     let xb = b.op_in(DOMAIN, "ReorderInput", &[&n.input[0]], vec![]);
-    let bias = n.input.get(2).filter(|s| !s.is_empty()).map(|t| pad_bias(b, t, c.p0 - c.k0));
+    let bias = n.input.get(2).filter(|s| !s.is_empty()).map(|t| zeros_after(b, t, &[c.p0 - c.k0]));
     let mut inputs = vec![xb.as_str(), wr.as_str()];
     inputs.extend(bias.as_deref());
     let mut attrs = conv_attrs(c, c.geom.pads);
@@ -375,7 +382,7 @@ fn conv_transpose(b: &mut GraphBuilder, n: &NodeProto, c: &Blocked) -> bool {
     };
     let wr = match c.group {
         1 => {
-            let wf = pad_filter(b, &wf, [c.k0, c.k1], [c.p0, c.p1]);
+            let wf = c.filled(b, &wf);
             reorder_filter(b, &wf, [c.p1, c.p0, kh, kw], c.block, true)
         }
         _ => reorder_depthwise(b, &wf, [c.k0, c.k1, kh, kw]),

@@ -261,9 +261,7 @@ fn correlates_on_kernels(block: usize, r: &At, g: &ConvGeom) -> bool {
 /// kernels' count of them is declared [`BATCH_BLOCKS`] in the value_info, for the pass.
 fn correlated_weight_grad(b: &mut GraphBuilder, r: &At, g: &ConvGeom, block: usize) -> String {
     let swap = |b: &mut GraphBuilder, t: &str| b.op("Transpose", &[t], vec![("perm", A::Ints(vec![1, 0, 2, 3]))]);
-    let shape = b.op("Shape", &[&r.n.input[0]], vec![]);
-    let first = b.const_i64("first", &[0]);
-    let n = b.op("Gather", &[&shape, &first], vec![]);
+    let n = dim(b, &r.n.input[0], 0);
     let bl = b.const_i64("block", &[block as i64]);
     let rem = b.op("Mod", &[&n, &bl], vec![]);
     let short = b.op("Sub", &[&bl, &rem], vec![]);
@@ -343,9 +341,7 @@ fn zero_rows(b: &mut GraphBuilder, t: &str, pads: [i64; 2], c: i64, w: i64) -> S
     if pads == [0, 0] {
         return t.to_string();
     }
-    let shp = b.op("Shape", &[t], vec![]);
-    let second = b.const_i64("second", &[1]);
-    let n = b.op("Gather", &[&shp, &second], vec![]);
+    let n = dim(b, t, 1);
     let zero = b.const_f32("zero", 0.0);
     let zeros = |b: &mut GraphBuilder, rows: i64| {
         let (cc, rr, ww) = (b.const_i64("c", &[c]), b.const_i64("rows", &[rows]), b.const_i64("w", &[w]));
@@ -358,14 +354,19 @@ fn zero_rows(b: &mut GraphBuilder, t: &str, pads: [i64; 2], c: i64, w: i64) -> S
     b.op("Concat", &inputs, vec![("axis", A::I(2))])
 }
 
+/// The size of `t`'s axis `axis` when the graph runs, as a 1-element int64 tensor.
+fn dim(b: &mut GraphBuilder, t: &str, axis: i64) -> String {
+    let shape = b.op("Shape", &[t], vec![]);
+    let at = b.const_i64("axis", &[axis]);
+    b.op("Gather", &[&shape, &at], vec![])
+}
+
 /// Sum of `p` (N, …) over its first axis, reshaped to `shape`: a MatMul of a row of N ones with
 /// `p` as (N, rest). onnxruntime's ReduceSum over the leading axis runs on one thread; the MatMul
 /// is ~25× faster on v1's weight gradients (6.2 → 0.2 ms for (32, 1152, 128), `make bench-train`).
 fn batch_sum(b: &mut GraphBuilder, p: &str, shape: &[i64]) -> String {
     let p2 = b.reshape(p, "rows", &[0, -1]);
-    let shp = b.op("Shape", &[p], vec![]);
-    let first = b.const_i64("first", &[0]);
-    let dims = b.op("Gather", &[&shp, &first], vec![]);
+    let dims = dim(b, p, 0);
     let one = b.const_i64("one", &[1]);
     let row_shape = b.op("Concat", &[&one, &dims], vec![("axis", A::I(0))]);
     let one_f = b.const_f32("one", 1.0);
