@@ -36,6 +36,7 @@ pub mod imageset;
 pub mod init;
 pub mod inputs;
 pub mod journal;
+pub mod kernels;
 pub mod layout;
 pub mod lock;
 pub mod memory;

@@ -450,6 +450,8 @@ pub fn open_with(model: &[u8], what: &Path, opts: &SessionOptions, spin: bool) -
     let profile = std::env::var_os(PROFILE_ENV);
     let base = || -> Result<ort::session::builder::SessionBuilder> {
         let b = Session::builder(environment()?)?.with_intra_threads(threads)?.with_intra_op_spinning(spin)?;
+        // tlearn's CPU kernels: only training graphs compiled for the CPU use them.
+        let b = b.with_operators(crate::kernels::domain()?)?;
         Ok(match &profile {
             Some(prefix) => b.with_profiling(prefix)?,
             None => b,

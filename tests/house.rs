@@ -22,6 +22,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("fsutil", 0),
     ("output", 0),
     ("onnx", 0),
+    ("kernels", 0),
     ("runtime", 0),
     ("journal", 0),
     ("lock", 0),

@@ -5,6 +5,7 @@
 use super::graph::{Loss, MaskInput, Mode, PoolGrad, BATCH, LABELS, LOSS, WEIGHTS};
 use super::rules::pool;
 use crate::error::{Error, Result};
+use crate::kernels;
 use crate::onnx::builder::A;
 use crate::onnx::proto::*;
 use crate::onnx::{self, attr_f, Dim, GraphBuilder};
@@ -27,7 +28,8 @@ pub(super) fn declare_inputs(
     }
 }
 
-/// Forward: copy nodes, replacing Dropout; MaxPool also returns its argmax indices. Returns the
+/// Forward: copy nodes, replacing Dropout; MaxPool also returns its argmax indices (on tlearn's CPU
+/// kernels, [`PoolGrad::Argmax`], as a byte per output). Returns the
 /// dropout masks to feed and whether a MaxPool gradient needs ScatterElements.
 pub(super) fn forward(
     b: &mut GraphBuilder,
@@ -50,9 +52,16 @@ pub(super) fn forward(
                 }
             }
             "MaxPool" if mode == Mode::Train && needs.contains(&n.input[0]) => {
+                let (x, y) = (&n.input[0], &n.output[0]);
+                let indices = pool::pool_indices(y);
+                if let Some(k) = pool::argmax_window(n, pools) {
+                    let attrs = vec![("kernel_shape", A::Ints(k))];
+                    b.domain_node(kernels::DOMAIN, kernels::MAX_POOL, &[x], &[y, &indices], attrs);
+                    continue;
+                }
                 let mut n = n.clone();
                 n.output.truncate(1);
-                n.output.push(pool::pool_indices(&n.output[0]));
+                n.output.push(indices);
                 scatter |= pools == PoolGrad::Scatter || pool::pool_needs_scatter(&n);
                 b.graph.node.push(n);
             }

@@ -56,6 +56,10 @@ pub enum PoolGrad {
     /// Always ScatterElements(add): ORT's CUDA provider has a kernel for it but none for
     /// MaxUnpool (its OperatorKernels list), which would fall back to the CPU every step.
     Scatter,
+    /// tlearn's CPU kernels ([`crate::kernels`]) where windows neither overlap nor pad: the pool
+    /// keeps a byte per output for its argmax, the gradient is written from it in one pass, with
+    /// a Relu before the pool folded in; [`PoolGrad::Unpool`]'s forms elsewhere.
+    Argmax,
 }
 
 impl PoolGrad {
@@ -65,7 +69,7 @@ impl PoolGrad {
             // OpenVINO has no MaxUnpool either: onnxruntime would cut the graph around it, and
             // OpenVINO cannot convert the part after it (its input has no known rank).
             crate::runtime::Device::Cuda | crate::runtime::Device::Openvino => PoolGrad::Scatter,
-            _ => PoolGrad::Unpool,
+            _ => PoolGrad::Argmax,
         }
     }
 }

@@ -76,7 +76,11 @@ pub fn compile_with(
     let mut shapes = source::probe_shapes(m, what, (&input, &output), feature_shape, &float_inits)?;
 
     // The first Conv→Relu→MaxPool block as four strided convolutions and a Max (poolconv.rs).
-    let split = if mode == Mode::Train { poolconv::rewrite(g, &param_set, &needs, &mut shapes) } else { None };
+    let split = if mode == Mode::Train && forms.pools != PoolGrad::Argmax {
+        poolconv::rewrite(g, &param_set, &needs, &mut shapes)
+    } else {
+        None
+    };
     let (g, needs) = match &split {
         Some(g2) => (g2, source::needs_grad(g2, &param_set)),
         None => (g, needs),
@@ -102,6 +106,9 @@ pub fn compile_with(
     // ScatterElements with reduction needs opset 16.
     let opset = source::opset_of(m).max(if scatter { 16 } else { 13 });
     model.opset_import = vec![OperatorSetIdProto { domain: String::new(), version: opset }];
+    if onnx::graph(&model).node.iter().any(|n| n.domain == crate::kernels::DOMAIN) {
+        model.opset_import.push(OperatorSetIdProto { domain: crate::kernels::DOMAIN.into(), version: 1 });
+    }
     Ok(TrainGraph { model, input, output, loss, params, masks })
 }
 

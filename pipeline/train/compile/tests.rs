@@ -6,6 +6,7 @@ use super::graph::{grad_name, Forms, Mode, PoolGrad, TrainGraph, LABELS, LOSS, W
 use super::lower::{lower, Update};
 use super::update::{self, Groups, Optimizer};
 use super::{compile, compile_with, nchwc};
+use crate::kernels;
 use crate::onnx::builder::A;
 use crate::onnx::{self, proto::ModelProto, Dim, GraphBuilder};
 use crate::runtime::{Device, SessionOptions};
@@ -92,10 +93,13 @@ fn scatter_pool_gradients_equal_unpool_gradients() {
     };
     let (unpool, has_unpool, _) = grads(PoolGrad::Unpool);
     let (scatter, still_unpool, has_scatter) = grads(PoolGrad::Scatter);
-    assert!(has_unpool && !still_unpool && has_scatter);
-    for (a, b) in unpool.iter().zip(&scatter) {
-        let (d, _) = max_diff(a, b);
-        assert!(d <= 1e-6, "scatter vs unpool gradients differ by {d}");
+    let (argmax, unpool_left, scatter_left) = grads(PoolGrad::Argmax);
+    assert!(has_unpool && !still_unpool && has_scatter && !unpool_left && !scatter_left);
+    for (form, other) in [("scatter", &scatter), ("tlearn's CPU kernels", &argmax)] {
+        for (a, b) in unpool.iter().zip(other) {
+            let (d, _) = max_diff(a, b);
+            assert!(d <= 1e-6, "{form} vs unpool gradients differ by {d}");
+        }
     }
 }
 
@@ -139,19 +143,25 @@ fn first_block_without_pool_indices_equals_maxpool_gradients() {
     });
     let y = one_hot(&[0, 1, 2, 1], 3);
     let names: Vec<String> = ["w", "b", "dw", "db"].iter().map(|p| grad_name(p)).collect();
-    let grads = |train_scale: bool| {
+    let grads = |train_scale: bool, pools: PoolGrad| {
         let sel = |n: &str| train_scale || n != "scale";
-        let tg = compile(&m, Path::new("first-block.onnx"), &sel, &[13, 12, 1], Mode::Train).unwrap();
+        let forms = Forms { pools, ..Forms::default() };
+        let tg = compile_with(&m, Path::new("first-block.onnx"), &sel, &[13, 12, 1], Mode::Train, forms).unwrap();
         let ops: Vec<String> = onnx::graph(&tg.model).node.iter().map(|n| n.op_type.clone()).collect();
         (run_train_graph(&tg.model, &m, &tg, &x, &y, &names), ops)
     };
-    let (split, split_ops) = grads(false);
-    let (pooled, pooled_ops) = grads(true);
+    let (split, split_ops) = grads(false, PoolGrad::Unpool);
+    let (pooled, pooled_ops) = grads(true, PoolGrad::Unpool);
+    // On tlearn's CPU kernels the block keeps its MaxPool, with the Relu's ReLU′ folded in.
+    let (kernel, kernel_ops) = grads(false, PoolGrad::Argmax);
     assert!(!split_ops.iter().any(|o| o == "MaxPool") && split_ops.iter().any(|o| o == "Max"), "{split_ops:?}");
     assert!(pooled_ops.iter().any(|o| o == "MaxUnpool" || o == "ScatterElements"), "{pooled_ops:?}");
-    for ((a, c), name) in split.iter().zip(&pooled).zip(["w", "b", "dw", "db"]) {
-        let (d, scale) = max_diff(a, c);
-        assert!(scale > 0.0 && d <= 1e-5 * scale + 1e-7, "grad of {name}: split vs MaxPool form differ by {d}");
+    assert!(kernel_ops.iter().any(|o| o == kernels::MAX_POOL_GRAD) && !kernel_ops.iter().any(|o| o == "Max"));
+    for (form, other) in [("split", &split), ("tlearn's kernels", &kernel)] {
+        for ((a, c), name) in other.iter().zip(&pooled).zip(["w", "b", "dw", "db"]) {
+            let (d, scale) = max_diff(a, c);
+            assert!(scale > 0.0 && d <= 1e-5 * scale + 1e-7, "grad of {name}: {form} vs MaxPool form differ by {d}");
+        }
     }
 }
 

@@ -244,13 +244,19 @@ fn depthwise_weight_grad(b: &mut GraphBuilder, r: &At, g: &ConvGeom) -> String {
 /// faster, ResNet-50's 14×14 and 7×7 3×3 layers (116 M) slower (34–36 against ≈ 21 ms each).
 const CORRELATE_KERNELS_MAX_WORK: usize = 1 << 26;
 
+/// The largest dY (h·w, the correlation's kernel) [`correlated_weight_grad`] takes: measured the
+/// same way, v1's 34×34 layer even with the unfold, its 72×72 one 1.6× slower, and its first layer
+/// (148×148, 19 M multiply-adds per image, its pool on tlearn's kernels) 36 against ≈ 20 ms.
+const CORRELATE_KERNELS_MAX_AREA: usize = 32 * 32;
+
 /// A group-1 convolution whose dW takes [`correlated_weight_grad`]'s form in a session on the
 /// NCHWc kernels (`block`): a filter larger than 1×1 (a 1×1's dW is one MatMul already) at stride
 /// 1 and dilation 1, little work per image, and output channels the kernels take.
 fn correlates_on_kernels(block: usize, r: &At, g: &ConvGeom) -> bool {
     let unit = g.s.iter().chain(&g.d).all(|&v| v == 1);
     let work = g.m * g.cg * g.kh * g.kw * r.ys[2] * r.ys[3];
-    unit && g.kh * g.kw > 1 && work <= CORRELATE_KERNELS_MAX_WORK && padded(g.m as i64, block as i64).is_some()
+    let small = work <= CORRELATE_KERNELS_MAX_WORK && r.ys[2] * r.ys[3] <= CORRELATE_KERNELS_MAX_AREA;
+    unit && g.kh * g.kw > 1 && small && padded(g.m as i64, block as i64).is_some()
 }
 
 /// dW of a group-1 convolution as one correlation, the form the NCHWc kernels run (`nchwc/`

@@ -1,0 +1,28 @@
+//! tlearn's own CPU kernels: training ops that onnxruntime's standard forms run in several passes
+//! over memory, or in scalar code, done in one pass here and registered into every CPU session as
+//! custom operators of [`DOMAIN`] (the `ort` crate's `Operator` API on the stock library).
+//!
+//! Only the training compiler's CPU forms emit them (`train::compile::graph::PoolGrad::Argmax`);
+//! models tlearn exports for inference never contain them, so a deployable model needs nothing
+//! but onnxruntime.
+//!
+//! - [`MAX_POOL`]: a MaxPool whose windows neither overlap nor pad, returning the pooled map and
+//!   the position of each window's first maximum as one byte (onnxruntime's MaxPool with an
+//!   `Indices` output is scalar code writing 8-byte indices: 18 of a 380 ms v1 step for one layer).
+//! - [`MAX_POOL_GRAD`]: its gradient, dX written in one pass from dY and those bytes (what
+//!   MaxUnpool does from `Indices`), with the ReLU′ of a Relu before the pool folded in when the
+//!   pooled map is given.
+
+mod names;
+mod pool;
+mod shared;
+
+pub use names::{DOMAIN, MAX_POOL, MAX_POOL_GRAD, MAX_WINDOW};
+pub use pool::{max_pool_argmax, max_pool_argmax_grad, Plane};
+
+use ort::operator::OperatorDomain;
+
+/// The domain to register on a session builder (`SessionBuilder::with_operators`).
+pub fn domain() -> ort::Result<OperatorDomain> {
+    OperatorDomain::new(DOMAIN)?.add(pool::Forward)?.add(pool::Backward)
+}
