@@ -4,7 +4,8 @@ use crate::error::{Error, Result};
 use ort::ep::ExecutionProvider;
 use ort::session::Session;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 /// The pinned onnxruntime release.
 pub const ORT_VERSION: &str = "1.31.1";
@@ -440,6 +441,20 @@ pub fn open(model: &[u8], what: &Path, opts: &SessionOptions) -> Result<OpenSess
 /// ops per run; `make bench-train` measured mnist-net steps 18 % faster, v1 unchanged). Off
 /// elsewhere, so idle ORT threads do not compete with image decoding.
 pub fn open_with(model: &[u8], what: &Path, opts: &SessionOptions, spin: bool) -> Result<OpenSession> {
+    // onnxruntime adds a session's custom-operator domain (tlearn's kernels) to a process-wide map
+    // the first time, checking and adding without a lock: sessions created at once before any
+    // other may both add it, and one fails. So the first sessions are created one at a time.
+    static DOMAIN_ADDED: AtomicBool = AtomicBool::new(false);
+    static FIRST: Mutex<()> = Mutex::new(());
+    let _first = (!DOMAIN_ADDED.load(Ordering::Acquire)).then(|| FIRST.lock().unwrap_or_else(|e| e.into_inner()));
+    let session = open_session(model, what, opts, spin);
+    if session.is_ok() {
+        DOMAIN_ADDED.store(true, Ordering::Release);
+    }
+    session
+}
+
+fn open_session(model: &[u8], what: &Path, opts: &SessionOptions, spin: bool) -> Result<OpenSession> {
     init()?;
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)

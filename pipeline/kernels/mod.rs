@@ -6,23 +6,28 @@
 //! models tlearn exports for inference never contain them, so a deployable model needs nothing
 //! but onnxruntime.
 //!
-//! - [`MAX_POOL`]: a MaxPool whose windows neither overlap nor pad, returning the pooled map and
-//!   the position of each window's first maximum as one byte (onnxruntime's MaxPool with an
+//! - [`MAX_POOL`]: a 2-D MaxPool (any window of up to 255 positions, strides and pads), returning
+//!   the pooled map and the position of each window's first maximum as one byte (onnxruntime's MaxPool with an
 //!   `Indices` output is scalar code writing 8-byte indices: 18 of a 380 ms v1 step for one layer).
 //! - [`MAX_POOL_GRAD`]: its gradient, dX written in one pass from dY and those bytes (what
-//!   MaxUnpool does from `Indices`), with the ReLU′ of a Relu before the pool folded in when the
+//!   MaxUnpool, or ScatterElements where windows overlap, does from `Indices`), with the ReLU′ of a Relu before the pool folded in when the
 //!   pooled map is given.
+//! - [`CLIP_GRAD`]: a Relu's or Clip's gradient from its output in one pass (the standard form:
+//!   comparisons, a Cast and a Mul).
 
+mod clip;
 mod names;
 mod pool;
 mod shared;
+mod window;
 
-pub use names::{DOMAIN, MAX_POOL, MAX_POOL_GRAD, MAX_WINDOW};
-pub use pool::{max_pool_argmax, max_pool_argmax_grad, Plane};
+pub use clip::clip_grad;
+pub use names::{CLIP_GRAD, DOMAIN, MAX_POOL, MAX_POOL_GRAD, MAX_WINDOW};
+pub use window::{max_pool_argmax, max_pool_argmax_grad, Window};
 
 use ort::operator::OperatorDomain;
 
 /// The domain to register on a session builder (`SessionBuilder::with_operators`).
 pub fn domain() -> ort::Result<OperatorDomain> {
-    OperatorDomain::new(DOMAIN)?.add(pool::Forward)?.add(pool::Backward)
+    OperatorDomain::new(DOMAIN)?.add(pool::Forward)?.add(pool::Backward)?.add(clip::ClipGrad)
 }

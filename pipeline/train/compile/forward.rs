@@ -54,9 +54,8 @@ pub(super) fn forward(
             "MaxPool" if mode == Mode::Train && needs.contains(&n.input[0]) => {
                 let (x, y) = (&n.input[0], &n.output[0]);
                 let indices = pool::pool_indices(y);
-                if let Some(k) = pool::argmax_window(n, pools) {
-                    let attrs = vec![("kernel_shape", A::Ints(k))];
-                    b.domain_node(kernels::DOMAIN, kernels::MAX_POOL, &[x], &[y, &indices], attrs);
+                if let Some(window) = pool::argmax_window(n, pools) {
+                    b.domain_node(kernels::DOMAIN, kernels::MAX_POOL, &[x], &[y, &indices], window);
                     continue;
                 }
                 let mut n = n.clone();

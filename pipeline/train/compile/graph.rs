@@ -48,6 +48,10 @@ pub enum Mode {
     Eval,
 }
 
+/// `TLEARN_KERNELS=0`: CPU training graphs without tlearn's kernels ([`crate::kernels`]), the
+/// standard forms (side-by-side timings).
+pub const KERNELS_ENV: &str = "TLEARN_KERNELS";
+
 /// How MaxPool's gradient is routed back to the argmax positions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolGrad {
@@ -56,9 +60,9 @@ pub enum PoolGrad {
     /// Always ScatterElements(add): ORT's CUDA provider has a kernel for it but none for
     /// MaxUnpool (its OperatorKernels list), which would fall back to the CPU every step.
     Scatter,
-    /// tlearn's CPU kernels ([`crate::kernels`]) where windows neither overlap nor pad: the pool
-    /// keeps a byte per output for its argmax, the gradient is written from it in one pass, with
-    /// a Relu before the pool folded in; [`PoolGrad::Unpool`]'s forms elsewhere.
+    /// tlearn's CPU kernels ([`crate::kernels`]) for 2-D pools: the pool keeps a byte per output
+    /// for its argmax, the gradient is written from it in one pass, with a Relu before the pool
+    /// folded in; [`PoolGrad::Unpool`]'s forms elsewhere.
     Argmax,
 }
 
@@ -69,6 +73,7 @@ impl PoolGrad {
             // OpenVINO has no MaxUnpool either: onnxruntime would cut the graph around it, and
             // OpenVINO cannot convert the part after it (its input has no known rank).
             crate::runtime::Device::Cuda | crate::runtime::Device::Openvino => PoolGrad::Scatter,
+            _ if std::env::var(KERNELS_ENV).is_ok_and(|v| v == "0") => PoolGrad::Unpool,
             _ => PoolGrad::Argmax,
         }
     }
@@ -82,19 +87,23 @@ pub struct Forms {
     /// them (`nchwc::block_for`): a depthwise weight gradient then takes the form their
     /// depthwise kernel runs (`rules::conv`'s stacked correlation).
     pub nchwc: Option<usize>,
+    /// Whether the session has tlearn's CPU kernels ([`crate::kernels`]): a Relu's and a Clip's
+    /// gradient then take one pass there.
+    pub kernels: bool,
 }
 
 impl Forms {
     /// The forms for a session on `device`.
     pub fn for_device(device: crate::runtime::Device) -> Forms {
-        Forms { pools: PoolGrad::for_device(device), nchwc: super::nchwc::block_for(device) }
+        let pools = PoolGrad::for_device(device);
+        Forms { pools, nchwc: super::nchwc::block_for(device), kernels: pools == PoolGrad::Argmax }
     }
 }
 
 impl Default for Forms {
     /// The standard forms: no kernel-specific layout assumed.
     fn default() -> Forms {
-        Forms { pools: PoolGrad::Unpool, nchwc: None }
+        Forms { pools: PoolGrad::Unpool, nchwc: None, kernels: false }
     }
 }
 

@@ -231,6 +231,38 @@ fn nchwc_rewrite_fills_channels_to_whole_blocks() {
     assert_same_step(&m, &tg, &fast, [10, 10, 16], 10);
 }
 
+/// tlearn's CPU kernels (`kernels/`: MaxPools with byte argmaxes, one-pass Relu and Clip
+/// gradients) compute the standard forms' step: the first block's pool (the standard form splits
+/// it, poolconv.rs) on an odd map (the floor drops a row and a column), a Relu elsewhere, a ReLU6,
+/// and a Relu read by a 2×2 pool (its ReLU′ folded into the pool's gradient).
+#[test]
+fn cpu_kernel_forms_equal_the_standard_forms() {
+    let m = conv_model([11, 11, 4], 3, |b, rng, x| {
+        let pool = vec![("kernel_shape", A::Ints(vec![2, 2])), ("strides", A::Ints(vec![2, 2]))];
+        let h = conv(b, rng, &x, 4, 8, 3, vec![("pads", A::Ints(vec![1, 1, 1, 1]))]);
+        let h = b.op("Relu", &[&h], vec![]);
+        let h = b.op("MaxPool", &[&h], pool.clone());
+        let h = conv(b, rng, &h, 8, 8, 1, vec![]);
+        let r = b.op("Relu", &[&h], vec![]);
+        let h = conv(b, rng, &r, 8, 8, 3, vec![("pads", A::Ints(vec![1, 1, 1, 1]))]);
+        let (lo, hi) = (b.const_f32("lo", 0.0), b.const_f32("hi", 0.5));
+        let h = b.op("Clip", &[&h, &lo, &hi], vec![]);
+        let h = b.op("Add", &[&h, &r], vec![]);
+        let h = conv(b, rng, &h, 8, 8, 1, vec![]);
+        let h = b.op("Relu", &[&h], vec![]);
+        b.op("MaxPool", &[&h], pool)
+    });
+    let what = Path::new("kernels.onnx");
+    let tg = compile(&m, what, &|_| true, &[11, 11, 4], Mode::Train).unwrap();
+    let forms = Forms { pools: PoolGrad::Argmax, kernels: true, ..Forms::default() };
+    let on_kernels = compile_with(&m, what, &|_| true, &[11, 11, 4], Mode::Train, forms).unwrap();
+    let count = |op: &str| onnx::graph(&on_kernels.model).node.iter().filter(|n| n.op_type == op).count();
+    let standard = ["MaxUnpool", "Max", "Greater", "Less"].map(count);
+    let custom = [kernels::MAX_POOL, kernels::MAX_POOL_GRAD, kernels::CLIP_GRAD].map(count);
+    assert_eq!((standard, custom), ([0; 4], [2, 2, 2]), "a Relu and the Clip on the kernel, two on pools");
+    assert_same_step(&m, &tg, &on_kernels.model, [11, 11, 4], 12);
+}
+
 /// The NCHWc block, or None (saying the test skips) where onnxruntime has no NCHWc kernels.
 fn kernels_block() -> Option<usize> {
     let block = nchwc::block();
@@ -252,7 +284,7 @@ fn assert_same_step(m: &ModelProto, tg: &TrainGraph, fast: &ModelProto, input: [
     let rewritten = run_train_graph(fast, m, tg, &x, &y, &names);
     for ((a, b), name) in standard.iter().zip(&rewritten).zip(&names) {
         let (d, scale) = max_diff(a, b);
-        assert!(scale > 0.0 && d <= 1e-4 * scale + 1e-6, "{name}: NCHWc differs by {d} (scale {scale})");
+        assert!(scale > 0.0 && d <= 1e-4 * scale + 1e-6, "{name}: the rewritten form differs by {d} (scale {scale})");
     }
 }
 

@@ -25,8 +25,12 @@ pub const RULES: &[(&str, Rule)] = &[
 ];
 
 /// dy · relu'(x) from the ReLU's output y: dy · \[y > 0\] as Greater + Cast + Mul (≈ 2× faster
-/// than Sign + Mul on onnxruntime's CPU provider, whose Sign is not vectorised).
-pub fn relu_backward(b: &mut GraphBuilder, dy: &str, y: &str) -> String {
+/// than Sign + Mul on onnxruntime's CPU provider, whose Sign is not vectorised), or one pass of
+/// tlearn's CPU kernels when the session has them (`kernels`).
+pub fn relu_backward(b: &mut GraphBuilder, dy: &str, y: &str, kernels: bool) -> String {
+    if kernels {
+        return b.op_in(crate::kernels::DOMAIN, crate::kernels::CLIP_GRAD, &[dy, y], vec![("min", A::F(0.0))]);
+    }
     let zero = b.const_f32("zero", 0.0);
     let pos = b.op("Greater", &[y, &zero], vec![]);
     let mask = b.op("Cast", &[&pos], vec![("to", A::I(dtype::FLOAT as i64))]);
@@ -39,7 +43,7 @@ fn identity(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
 }
 
 fn relu(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
-    let d = relu_backward(cx.b, &dy, &n.output[0]);
+    let d = relu_backward(cx.b, &dy, &n.output[0], cx.forms.kernels);
     cx.push(&n.input[0], d);
     Ok(())
 }
@@ -50,10 +54,18 @@ fn relu(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
 /// so the forward's pre-activation need not be kept, and the NCHWc pass can fuse the Clip into the
 /// convolution before it. The comparisons are joined as booleans (And), then one Cast and one
 /// Mul: 1.6× faster than a Cast and a Mul per bound on onnxruntime's CPU provider
-/// (EfficientNet-Lite0's 96×150×150 maps at batch 16; Where is slower still).
+/// (EfficientNet-Lite0's 96×150×150 maps at batch 16; Where is slower still); one pass of tlearn's
+/// CPU kernels when the session has them.
 fn clip(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
     let (x, y) = (&n.input[0], &n.output[0]);
     let [lo, hi] = onnx::clip_bounds(cx.g, n).ok_or_else(|| unsupported(n, "Clip needs constant bounds"))?;
+    if cx.forms.kernels {
+        let mut attrs = vec![("min", A::F(lo.unwrap_or(f32::NEG_INFINITY)))];
+        attrs.extend(hi.map(|h| ("max", A::F(h))));
+        let d = cx.b.op_in(crate::kernels::DOMAIN, crate::kernels::CLIP_GRAD, &[&dy, y], attrs);
+        cx.push(x, d);
+        return Ok(());
+    }
     let mut inside: Option<String> = None;
     for (v, op) in [(lo, "Greater"), (hi, "Less")] {
         let Some(v) = v else { continue };

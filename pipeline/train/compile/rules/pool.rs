@@ -3,7 +3,7 @@
 //! - MaxPool: the forward also returns `Indices` ([`pool_indices`]); dX = MaxUnpool(dY, Indices)
 //!   when windows do not overlap, else ScatterElements(add) over the flattened input — always for
 //!   CUDA sessions ([`PoolGrad::Scatter`]), whose provider has no MaxUnpool kernel. On the CPU
-//!   ([`PoolGrad::Argmax`]) such pools run on tlearn's kernels instead ([`argmax_window`]): the
+//!   ([`PoolGrad::Argmax`]) 2-D pools run on tlearn's kernels instead ([`argmax_window`]): the
 //!   forward keeps a byte argmax, dX = [`kernels::MAX_POOL_GRAD`](dY, argmax).
 //! - GlobalAveragePool: dY spread evenly over the window.
 //! - A Relu that only feeds a MaxPool, as the [`relupool`] pass marks it: its ReLU' is applied
@@ -41,21 +41,25 @@ pub fn pool_needs_scatter(n: &NodeProto) -> bool {
     k != s || pads.iter().any(|&p| p != 0) || attr(n, "auto_pad").is_some_and(|a| a.s != b"NOTSET" && a.s != b"VALID")
 }
 
-/// The window of a MaxPool that `pools` puts on tlearn's CPU kernels ([`PoolGrad::Argmax`]): a
-/// 2-D one whose windows neither overlap nor pad, with MaxPool's floor, of at most
-/// [`kernels::MAX_WINDOW`] positions.
-pub fn argmax_window(n: &NodeProto, pools: PoolGrad) -> Option<Vec<i64>> {
+/// The attributes of a MaxPool that `pools` puts on tlearn's CPU kernels ([`PoolGrad::Argmax`]):
+/// a 2-D one with explicit pads (or none), MaxPool's floor and no dilation, whose window has at
+/// most [`kernels::MAX_WINDOW`] positions.
+pub fn argmax_window(n: &NodeProto, pools: PoolGrad) -> Option<Vec<(&'static str, A)>> {
     let k = attr_ints(n, "kernel_shape")?;
+    let explicit = attr(n, "auto_pad").is_none_or(|a| a.s == b"NOTSET" || a.s == b"VALID");
     let plain = attr_i(n, "ceil_mode", 0) == 0
         && attr_i(n, "storage_order", 0) == 0
         && ints(n, "dilations", 2, 1).iter().all(|&v| v == 1);
     let small = k.len() == 2 && k.iter().product::<i64>() <= kernels::MAX_WINDOW;
-    (pools == PoolGrad::Argmax && plain && small && !pool_needs_scatter(n)).then_some(k)
+    let ints = |name: &str, len: usize, default: i64| A::Ints(attr_ints(n, name).unwrap_or_else(|| vec![default; len]));
+    let window =
+        vec![("kernel_shape", A::Ints(k.clone())), ("strides", ints("strides", 2, 1)), ("pads", ints("pads", 4, 0))];
+    (pools == PoolGrad::Argmax && explicit && plain && small).then_some(window)
 }
 
 /// dX of a MaxPool on the CPU kernels: one pass from dY and the argmax bytes, zero where the
 /// pooled map is not positive when `relu` (a Relu before the pool).
-fn argmax_pool_grad(cx: &mut Ctx, n: &NodeProto, dy: &str, k: Vec<i64>, relu: bool) {
+fn argmax_pool_grad(cx: &mut Ctx, n: &NodeProto, dy: &str, window: Vec<(&str, A)>, relu: bool) {
     let (x0, y) = (&n.input[0], &n.output[0]);
     let b = &mut *cx.b;
     let shp = b.op("Shape", &[x0], vec![]);
@@ -64,14 +68,14 @@ fn argmax_pool_grad(cx: &mut Ctx, n: &NodeProto, dy: &str, k: Vec<i64>, relu: bo
     if relu {
         inputs.push(y);
     }
-    let dx = b.op_in(kernels::DOMAIN, kernels::MAX_POOL_GRAD, &inputs, vec![("kernel_shape", A::Ints(k))]);
+    let dx = b.op_in(kernels::DOMAIN, kernels::MAX_POOL_GRAD, &inputs, window);
     cx.push(x0, dx);
 }
 
 fn max_pool(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
     let x0 = &n.input[0];
-    if let Some(k) = argmax_window(n, cx.forms.pools) {
-        argmax_pool_grad(cx, n, &dy, k, false);
+    if let Some(window) = argmax_window(n, cx.forms.pools) {
+        argmax_pool_grad(cx, n, &dy, window, false);
         return Ok(());
     }
     if attr_i(n, "storage_order", 0) != 0 || ints(n, "dilations", 2, 1).iter().any(|&v| v != 1) {
@@ -119,10 +123,10 @@ fn pooled_relu(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
 /// positions, where the ReLU output equals the pooled value P, so relu' = [P > 0] there — exact,
 /// and 4× fewer elements than on the ReLU output (2×2 pools).
 fn relu_max_pool(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
-    if let Some(k) = argmax_window(n, cx.forms.pools) {
-        argmax_pool_grad(cx, n, &dy, k, true);
+    if let Some(window) = argmax_window(n, cx.forms.pools) {
+        argmax_pool_grad(cx, n, &dy, window, true);
         return Ok(());
     }
-    let masked = relu_backward(cx.b, &dy, &n.output[0]);
+    let masked = relu_backward(cx.b, &dy, &n.output[0], cx.forms.kernels);
     max_pool(cx, n, masked)
 }
