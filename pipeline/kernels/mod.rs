@@ -14,20 +14,24 @@
 //!   pooled map is given.
 //! - [`CLIP_GRAD`]: a Relu's or Clip's gradient from its output in one pass (the standard form:
 //!   comparisons, a Cast and a Mul).
+//! - [`UNFOLD`]: a convolution's im2col columns for its weight gradient, rows copied (the
+//!   standard form: a grouped Conv with one-hot filters).
 
 mod clip;
 mod names;
 mod pool;
 mod shared;
+mod unfold;
 mod window;
 
 pub use clip::clip_grad;
-pub use names::{CLIP_GRAD, DOMAIN, MAX_POOL, MAX_POOL_GRAD, MAX_WINDOW};
+pub use names::{CLIP_GRAD, DOMAIN, MAX_POOL, MAX_POOL_GRAD, MAX_WINDOW, UNFOLD};
+pub use unfold::unfold_plane;
 pub use window::{max_pool_argmax, max_pool_argmax_grad, Window};
 
 use ort::operator::OperatorDomain;
 
 /// The domain to register on a session builder (`SessionBuilder::with_operators`).
 pub fn domain() -> ort::Result<OperatorDomain> {
-    OperatorDomain::new(DOMAIN)?.add(pool::Forward)?.add(pool::Backward)?.add(clip::ClipGrad)
+    OperatorDomain::new(DOMAIN)?.add(pool::Forward)?.add(pool::Backward)?.add(clip::ClipGrad)?.add(unfold::Unfold)
 }

@@ -12,3 +12,6 @@ pub const MAX_WINDOW: i64 = 255;
 /// `ClipGrad(dY, Y) → dX`: attributes `min` and, optional, `max`; dX = dY where min < Y (< max),
 /// else 0 (a Relu's or Clip's gradient from its output).
 pub const CLIP_GRAD: &str = "ClipGrad";
+/// `Unfold(X) → columns (N, C·kh·kw, oh, ow)`: attributes `kernel_shape`, `strides`, `pads` (a
+/// convolution's, without dilation); column c·kh·kw + i·kw + j is channel c at tap (i, j).
+pub const UNFOLD: &str = "Unfold";

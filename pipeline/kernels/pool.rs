@@ -15,14 +15,14 @@ pub(super) struct Backward;
 
 /// A node's window attributes: `kernel_shape`, `strides` (default: 1) and `pads` (default: 0).
 #[derive(Clone, Copy, Debug)]
-struct Attrs {
+pub(super) struct Attrs {
     kernel: [usize; 2],
     strides: [usize; 2],
     pads: [usize; 4],
 }
 
 impl Attrs {
-    fn read(k: &KernelContext<'_>, op: &str) -> ort::Result<Attrs> {
+    pub(super) fn read(k: &KernelContext<'_>, op: &str) -> ort::Result<Attrs> {
         let ints = |name: &str, n: usize, default: i64| -> ort::Result<Vec<usize>> {
             let v = k.get::<Vec<i64>>(name).unwrap_or_else(|| vec![default; n]);
             match v.iter().map(|&d| usize::try_from(d)).collect::<Result<Vec<_>, _>>() {
@@ -43,7 +43,7 @@ impl Attrs {
     }
 
     /// The window over the planes of an (N, C, H, W) `shape`, and their count N·C.
-    fn over(&self, shape: &[i64], op: &str) -> ort::Result<(usize, Window)> {
+    pub(super) fn over(&self, shape: &[i64], op: &str) -> ort::Result<(usize, Window)> {
         match *shape {
             [n, c, h, w] if [n, c, h, w].iter().all(|&d| d >= 0) => {
                 Ok(((n * c) as usize, Window::new((h as usize, w as usize), self.kernel, self.strides, self.pads)))

@@ -44,7 +44,7 @@ impl Window {
 }
 
 /// The outputs (of `outputs`) whose tap `j` (stride `s`, pad `pad`) lands inside an axis of `n`.
-fn span(outputs: usize, s: usize, pad: usize, j: usize, n: usize) -> Range<usize> {
+pub(super) fn span(outputs: usize, s: usize, pad: usize, j: usize, n: usize) -> Range<usize> {
     let lo = pad.saturating_sub(j).div_ceil(s);
     let hi = (n + pad).checked_sub(j + 1).map_or(0, |last| last / s + 1).min(outputs);
     lo..hi.max(lo)

@@ -232,7 +232,7 @@ fn nchwc_rewrite_fills_channels_to_whole_blocks() {
 }
 
 /// tlearn's CPU kernels (`kernels/`: MaxPools with byte argmaxes, one-pass Relu and Clip
-/// gradients) compute the standard forms' step: the first block's pool (the standard form splits
+/// gradients, the weight gradients' columns) compute the standard forms' step: the first block's pool (the standard form splits
 /// it, poolconv.rs) on an odd map (the floor drops a row and a column), a Relu elsewhere, a ReLU6,
 /// and a Relu read by a 2×2 pool (its ReLU′ folded into the pool's gradient).
 #[test]
@@ -258,8 +258,9 @@ fn cpu_kernel_forms_equal_the_standard_forms() {
     let on_kernels = compile_with(&m, what, &|_| true, &[11, 11, 4], Mode::Train, forms).unwrap();
     let count = |op: &str| onnx::graph(&on_kernels.model).node.iter().filter(|n| n.op_type == op).count();
     let standard = ["MaxUnpool", "Max", "Greater", "Less"].map(count);
-    let custom = [kernels::MAX_POOL, kernels::MAX_POOL_GRAD, kernels::CLIP_GRAD].map(count);
-    assert_eq!((standard, custom), ([0; 4], [2, 2, 2]), "a Relu and the Clip on the kernel, two on pools");
+    let custom = [kernels::MAX_POOL, kernels::MAX_POOL_GRAD, kernels::CLIP_GRAD, kernels::UNFOLD].map(count);
+    let want = ([0; 4], [2, 2, 2, 2]);
+    assert_eq!((standard, custom), want, "two pools, a Relu and the Clip, the 3×3 layers' columns on the kernels");
     assert_same_step(&m, &tg, &on_kernels.model, [11, 11, 4], 12);
 }
 

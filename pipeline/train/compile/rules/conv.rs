@@ -11,6 +11,7 @@
 //! channels as a batch with dY as its kernels (`correlated_weight_grad`).
 
 use crate::error::Result;
+use crate::kernels;
 use crate::onnx::builder::A;
 use crate::onnx::proto::dtype;
 use crate::onnx::proto::NodeProto;
@@ -30,6 +31,8 @@ struct At<'a> {
     xs: &'a [usize],
     ys: &'a [usize],
     ws: &'a [usize],
+    /// Whether the session has tlearn's CPU kernels (its columns then come from their `Unfold`).
+    kernels: bool,
 }
 
 /// A 2-D convolution's geometry: its weight (M, C/group, kh, kw) and attributes, the pads made
@@ -71,7 +74,7 @@ fn conv(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
     if xs.len() != 4 {
         return Err(unsupported(n, &format!("only 2-D convolutions (rank-4 input), got rank {}", xs.len())));
     }
-    let r = At { n, dy: &dy, xs, ys: &shapes[&n.output[0]], ws: &shapes[&n.input[1]] };
+    let r = At { n, dy: &dy, xs, ys: &shapes[&n.output[0]], ws: &shapes[&n.input[1]], kernels: cx.forms.kernels };
     let geom = ConvGeom::of(&r);
     if n.input.len() > 2 && !n.input[2].is_empty() && cx.wants(n, 2) {
         let ax = cx.b.const_i64("axes", &[0, 2, 3]);
@@ -128,7 +131,8 @@ fn conv_input_grad(b: &mut GraphBuilder, r: &At, g: &ConvGeom) -> String {
     dx
 }
 
-/// The im2col columns of the forward's input: one grouped Conv with a constant one-hot kernel,
+/// The im2col columns of the forward's input: one grouped Conv with a constant one-hot kernel (on
+/// tlearn's CPU kernels their `Unfold`),
 /// (N, C·kh·kw, h, w) where channel c·kh·kw + (i·kw + j) is input channel c at kernel offset (i, j).
 fn unfold(b: &mut GraphBuilder, r: &At, g: &ConvGeom, c: usize) -> String {
     let (kh, kw) = (g.kh, g.kw);
@@ -136,6 +140,15 @@ fn unfold(b: &mut GraphBuilder, r: &At, g: &ConvGeom, c: usize) -> String {
     // A 1×1 filter at stride 1 without pads: the columns are the input itself.
     if kk == 1 && g.s.iter().all(|&s| s == 1) && g.pads.iter().all(|&p| p == (0, 0)) {
         return r.n.input[0].clone();
+    }
+    // On tlearn's CPU kernels: rows copied, not a multiply-add per tap.
+    if r.kernels && g.d.iter().all(|&d| d == 1) && kk as i64 <= kernels::MAX_WINDOW {
+        let window = vec![
+            ("kernel_shape", A::Ints(vec![kh as i64, kw as i64])),
+            ("strides", A::Ints(g.strides.clone())),
+            ("pads", A::Ints(g.pads_attr.clone())),
+        ];
+        return b.op_in(kernels::DOMAIN, kernels::UNFOLD, &[&r.n.input[0]], window);
     }
     let onehot = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[c * kk, 1, kh, kw]), |ix| {
         (ix[0] % kk == ix[2] * kw + ix[3]) as u8 as f32
@@ -433,7 +446,7 @@ mod tests {
         b.op("Conv", &["x", &w], attrs);
         let node = b.graph.node.last().unwrap().clone();
         let (xs, ys, ws) = (x.shape().to_vec(), vec![n, c, ho, ho], vec![c, 1, k, k]);
-        let r = At { n: &node, dy: "dy", xs: &xs, ys: &ys, ws: &ws };
+        let r = At { n: &node, dy: "dy", xs: &xs, ys: &ys, ws: &ws, kernels: false };
         let g = ConvGeom::of(&r);
         assert!(correlates(&r, &g));
         let corr = depthwise_weight_grad(&mut b, &r, &g);
