@@ -30,9 +30,6 @@ pub(super) struct ClipGrad;
 impl Operator for ClipGrad {
     type Kernel<'attr> = BoxedKernel<'attr>;
 
-    /// dX may take dY's buffer: each element is read before it is written, by the same task.
-    const INPLACES: &[(u32, u32)] = &[(0, 0)];
-
     fn name(&self) -> &str {
         CLIP_GRAD
     }
