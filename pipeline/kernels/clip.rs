@@ -1,6 +1,7 @@
 //! [`CLIP_GRAD`]: the gradient of a Relu or Clip from its output, in one pass (the standard form
 //! is a comparison or two, a Cast and a Mul: three to five passes over the map).
 
+use super::attrs::error;
 use super::names::CLIP_GRAD;
 use super::shared::Shared;
 use ort::operator::{BoxedKernel, ComputeContext, KernelContext, Operator, OperatorInput, OperatorOutput};
@@ -43,21 +44,21 @@ impl Operator for ClipGrad {
     }
 
     fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
-        let lo = k.get::<f32>("min").ok_or_else(|| ort::Error::new(format!("{CLIP_GRAD}: no attribute min")))?;
+        let lo = k.get::<f32>("min").ok_or_else(|| error(CLIP_GRAD, "no attribute min"))?;
         let hi = k.get::<f32>("max");
         Ok(Box::new(move |ctx: &ComputeContext| run(ctx, lo, hi)))
     }
 }
 
 fn run(ctx: &ComputeContext, lo: f32, hi: Option<f32>) -> ort::Result<()> {
-    let input = |i: usize| ctx.input(i)?.ok_or_else(|| ort::Error::new(format!("{CLIP_GRAD}: no input {i}")));
+    let input = |i: usize| ctx.input(i)?.ok_or_else(|| error(CLIP_GRAD, &format!("no input {i}")));
     let (dy, y) = (input(0)?, input(1)?);
     let (shape, dy) = dy.try_extract_tensor::<f32>()?;
     let (yshape, y) = y.try_extract_tensor::<f32>()?;
     if shape != yshape {
-        return Err(ort::Error::new(format!("{CLIP_GRAD}: dY {:?} and Y {:?} differ in shape", &**shape, &**yshape)));
+        return Err(error(CLIP_GRAD, &format!("dY {:?} and Y {:?} differ in shape", &**shape, &**yshape)));
     }
-    let mut dx = ctx.output(0, shape.to_vec())?.ok_or_else(|| ort::Error::new(format!("{CLIP_GRAD}: no output")))?;
+    let mut dx = ctx.output(0, shape.to_vec())?.ok_or_else(|| error(CLIP_GRAD, "no output"))?;
     let out = Shared(dx.try_extract_tensor_mut::<f32>()?.1.as_mut_ptr());
     let n = dy.len();
     ctx.par_for(n.div_ceil(CHUNK), 0, move |i| {

@@ -2,9 +2,10 @@
 //! shapes checked, the plane functions of `window.rs` run plane by plane on onnxruntime's
 //! intra-op threads.
 
-use super::names::{MAX_POOL, MAX_POOL_GRAD, MAX_WINDOW};
+use super::attrs::{error, Attrs};
+use super::names::{MAX_POOL, MAX_POOL_GRAD};
 use super::shared::Shared;
-use super::window::{max_pool_argmax, max_pool_argmax_grad, Window};
+use super::window::{max_pool_argmax, max_pool_argmax_grad};
 use ort::operator::{BoxedKernel, ComputeContext, KernelContext, Operator, OperatorInput, OperatorOutput};
 use ort::value::TensorElementType as T;
 
@@ -12,46 +13,6 @@ use ort::value::TensorElementType as T;
 pub(super) struct Forward;
 /// The operator of [`MAX_POOL_GRAD`].
 pub(super) struct Backward;
-
-/// A node's window attributes: `kernel_shape`, `strides` (default: 1) and `pads` (default: 0).
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Attrs {
-    kernel: [usize; 2],
-    strides: [usize; 2],
-    pads: [usize; 4],
-}
-
-impl Attrs {
-    pub(super) fn read(k: &KernelContext<'_>, op: &str) -> ort::Result<Attrs> {
-        let ints = |name: &str, n: usize, default: i64| -> ort::Result<Vec<usize>> {
-            let v = k.get::<Vec<i64>>(name).unwrap_or_else(|| vec![default; n]);
-            match v.iter().map(|&d| usize::try_from(d)).collect::<Result<Vec<_>, _>>() {
-                Ok(v) if v.len() == n => Ok(v),
-                _ => Err(error(op, &format!("{name} must be {n} non-negative integers, got {v:?}"))),
-            }
-        };
-        let k_ = ints("kernel_shape", 2, 0)?;
-        let (s, p) = (ints("strides", 2, 1)?, ints("pads", 4, 0)?);
-        let area = k_[0] * k_[1];
-        if area == 0 || area > MAX_WINDOW as usize || s.contains(&0) {
-            return Err(error(
-                op,
-                &format!("a window of 1 to {MAX_WINDOW} positions and positive strides, got {k_:?}, {s:?}"),
-            ));
-        }
-        Ok(Attrs { kernel: [k_[0], k_[1]], strides: [s[0], s[1]], pads: [p[0], p[1], p[2], p[3]] })
-    }
-
-    /// The window over the planes of an (N, C, H, W) `shape`, and their count N·C.
-    pub(super) fn over(&self, shape: &[i64], op: &str) -> ort::Result<(usize, Window)> {
-        match *shape {
-            [n, c, h, w] if [n, c, h, w].iter().all(|&d| d >= 0) => {
-                Ok(((n * c) as usize, Window::new((h as usize, w as usize), self.kernel, self.strides, self.pads)))
-            }
-            _ => Err(error(op, &format!("expected an (N, C, H, W) input, got shape {shape:?}"))),
-        }
-    }
-}
 
 impl Operator for Forward {
     type Kernel<'attr> = BoxedKernel<'attr>;
@@ -98,10 +59,6 @@ impl Operator for Backward {
         let attrs = Attrs::read(k, MAX_POOL_GRAD)?;
         Ok(Box::new(move |ctx: &ComputeContext| backward(ctx, attrs)))
     }
-}
-
-fn error(op: &str, what: &str) -> ort::Error {
-    ort::Error::new(format!("{op}: {what}"))
 }
 
 fn forward(ctx: &ComputeContext, attrs: Attrs) -> ort::Result<()> {

@@ -1,6 +1,7 @@
 //! [`UNFOLD`]: the im2col columns of a convolution's input for its weight gradient, rows copied
 //! (the standard form is a grouped Conv with one-hot filters: a multiply-add per tap).
 
+use super::attrs::{error, Attrs};
 use super::names::UNFOLD;
 use super::shared::Shared;
 use super::window::{span, Window};
@@ -55,18 +56,18 @@ impl Operator for Unfold {
     }
 
     fn create_kernel<'attr>(&self, k: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
-        let attrs = super::pool::Attrs::read(k, UNFOLD)?;
+        let attrs = Attrs::read(k, UNFOLD)?;
         Ok(Box::new(move |ctx: &ComputeContext| run(ctx, attrs)))
     }
 }
 
-fn run(ctx: &ComputeContext, attrs: super::pool::Attrs) -> ort::Result<()> {
-    let x = ctx.input(0)?.ok_or_else(|| ort::Error::new(format!("{UNFOLD}: no input")))?;
+fn run(ctx: &ComputeContext, attrs: Attrs) -> ort::Result<()> {
+    let x = ctx.input(0)?.ok_or_else(|| error(UNFOLD, "no input"))?;
     let (shape, x) = x.try_extract_tensor::<f32>()?;
     let (count, p) = attrs.over(shape, UNFOLD)?;
     let kk = (p.kh * p.kw) as i64;
     let out = vec![shape[0], shape[1] * kk, p.oh as i64, p.ow as i64];
-    let mut cols = ctx.output(0, out)?.ok_or_else(|| ort::Error::new(format!("{UNFOLD}: no output")))?;
+    let mut cols = ctx.output(0, out)?.ok_or_else(|| error(UNFOLD, "no output"))?;
     let dst = Shared(cols.try_extract_tensor_mut::<f32>()?.1.as_mut_ptr());
     let (inp, outp) = (p.h * p.w, p.kh * p.kw * p.oh * p.ow);
     ctx.par_for(count, 0, move |i| {

@@ -87,23 +87,25 @@ pub struct Forms {
     /// them (`nchwc::block_for`): a depthwise weight gradient then takes the form their
     /// depthwise kernel runs (`rules::conv`'s stacked correlation).
     pub nchwc: Option<usize>,
-    /// Whether the session has tlearn's CPU kernels ([`crate::kernels`]): a Relu's and a Clip's
-    /// gradient then take one pass there.
-    pub kernels: bool,
 }
 
 impl Forms {
     /// The forms for a session on `device`.
     pub fn for_device(device: crate::runtime::Device) -> Forms {
-        let pools = PoolGrad::for_device(device);
-        Forms { pools, nchwc: super::nchwc::block_for(device), kernels: pools == PoolGrad::Argmax }
+        Forms { pools: PoolGrad::for_device(device), nchwc: super::nchwc::block_for(device) }
+    }
+
+    /// Whether the session has tlearn's CPU kernels ([`crate::kernels`]), as its pools say: a
+    /// Relu's and a Clip's gradient and a weight gradient's columns then run there too.
+    pub fn kernels(&self) -> bool {
+        self.pools == PoolGrad::Argmax
     }
 }
 
 impl Default for Forms {
     /// The standard forms: no kernel-specific layout assumed.
     fn default() -> Forms {
-        Forms { pools: PoolGrad::Unpool, nchwc: None, kernels: false }
+        Forms { pools: PoolGrad::Unpool, nchwc: None }
     }
 }
 

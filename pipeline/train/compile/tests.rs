@@ -254,7 +254,7 @@ fn cpu_kernel_forms_equal_the_standard_forms() {
     });
     let what = Path::new("kernels.onnx");
     let tg = compile(&m, what, &|_| true, &[11, 11, 4], Mode::Train).unwrap();
-    let forms = Forms { pools: PoolGrad::Argmax, kernels: true, ..Forms::default() };
+    let forms = Forms { pools: PoolGrad::Argmax, ..Forms::default() };
     let on_kernels = compile_with(&m, what, &|_| true, &[11, 11, 4], Mode::Train, forms).unwrap();
     let count = |op: &str| onnx::graph(&on_kernels.model).node.iter().filter(|n| n.op_type == op).count();
     let standard = ["MaxUnpool", "Max", "Greater", "Less"].map(count);

@@ -74,7 +74,7 @@ fn conv(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
     if xs.len() != 4 {
         return Err(unsupported(n, &format!("only 2-D convolutions (rank-4 input), got rank {}", xs.len())));
     }
-    let r = At { n, dy: &dy, xs, ys: &shapes[&n.output[0]], ws: &shapes[&n.input[1]], kernels: cx.forms.kernels };
+    let r = At { n, dy: &dy, xs, ys: &shapes[&n.output[0]], ws: &shapes[&n.input[1]], kernels: cx.forms.kernels() };
     let geom = ConvGeom::of(&r);
     if n.input.len() > 2 && !n.input[2].is_empty() && cx.wants(n, 2) {
         let ax = cx.b.const_i64("axes", &[0, 2, 3]);

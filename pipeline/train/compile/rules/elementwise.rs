@@ -29,12 +29,19 @@ pub const RULES: &[(&str, Rule)] = &[
 /// tlearn's CPU kernels when the session has them (`kernels`).
 pub fn relu_backward(b: &mut GraphBuilder, dy: &str, y: &str, kernels: bool) -> String {
     if kernels {
-        return b.op_in(crate::kernels::DOMAIN, crate::kernels::CLIP_GRAD, &[dy, y], vec![("min", A::F(0.0))]);
+        return clip_grad(b, dy, y, Some(0.0), None);
     }
     let zero = b.const_f32("zero", 0.0);
     let pos = b.op("Greater", &[y, &zero], vec![]);
     let mask = b.op("Cast", &[&pos], vec![("to", A::I(dtype::FLOAT as i64))]);
     b.op("Mul", &[dy, &mask], vec![])
+}
+
+/// dy where lo < y < hi (a bound None: no test on that side), on tlearn's CPU kernels.
+fn clip_grad(b: &mut GraphBuilder, dy: &str, y: &str, lo: Option<f32>, hi: Option<f32>) -> String {
+    let mut attrs = vec![("min", A::F(lo.unwrap_or(f32::NEG_INFINITY)))];
+    attrs.extend(hi.map(|h| ("max", A::F(h))));
+    b.op_in(crate::kernels::DOMAIN, crate::kernels::CLIP_GRAD, &[dy, y], attrs)
 }
 
 fn identity(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
@@ -43,7 +50,7 @@ fn identity(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
 }
 
 fn relu(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
-    let d = relu_backward(cx.b, &dy, &n.output[0], cx.forms.kernels);
+    let d = relu_backward(cx.b, &dy, &n.output[0], cx.forms.kernels());
     cx.push(&n.input[0], d);
     Ok(())
 }
@@ -59,10 +66,8 @@ fn relu(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
 fn clip(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
     let (x, y) = (&n.input[0], &n.output[0]);
     let [lo, hi] = onnx::clip_bounds(cx.g, n).ok_or_else(|| unsupported(n, "Clip needs constant bounds"))?;
-    if cx.forms.kernels {
-        let mut attrs = vec![("min", A::F(lo.unwrap_or(f32::NEG_INFINITY)))];
-        attrs.extend(hi.map(|h| ("max", A::F(h))));
-        let d = cx.b.op_in(crate::kernels::DOMAIN, crate::kernels::CLIP_GRAD, &[&dy, y], attrs);
+    if cx.forms.kernels() {
+        let d = clip_grad(cx.b, &dy, y, lo, hi);
         cx.push(x, d);
         return Ok(());
     }

@@ -51,10 +51,9 @@ pub fn argmax_window(n: &NodeProto, pools: PoolGrad) -> Option<Vec<(&'static str
         && attr_i(n, "storage_order", 0) == 0
         && ints(n, "dilations", 2, 1).iter().all(|&v| v == 1);
     let small = k.len() == 2 && k.iter().product::<i64>() <= kernels::MAX_WINDOW;
-    let ints = |name: &str, len: usize, default: i64| A::Ints(attr_ints(n, name).unwrap_or_else(|| vec![default; len]));
-    let window =
-        vec![("kernel_shape", A::Ints(k.clone())), ("strides", ints("strides", 2, 1)), ("pads", ints("pads", 4, 0))];
-    (pools == PoolGrad::Argmax && explicit && plain && small).then_some(window)
+    let or = |name: &str, len: usize, default: i64| A::Ints(attr_ints(n, name).unwrap_or_else(|| vec![default; len]));
+    (pools == PoolGrad::Argmax && explicit && plain && small)
+        .then(|| vec![("kernel_shape", A::Ints(k)), ("strides", or("strides", 2, 1)), ("pads", or("pads", 4, 0))])
 }
 
 /// dX of a MaxPool on the CPU kernels: one pass from dY and the argmax bytes, zero where the
@@ -127,6 +126,6 @@ fn relu_max_pool(cx: &mut Ctx, n: &NodeProto, dy: String) -> Result<()> {
         argmax_pool_grad(cx, n, &dy, window, true);
         return Ok(());
     }
-    let masked = relu_backward(cx.b, &dy, &n.output[0], cx.forms.kernels);
+    let masked = relu_backward(cx.b, &dy, &n.output[0], cx.forms.kernels());
     max_pool(cx, n, masked)
 }
